@@ -1,0 +1,9 @@
+//! Intelligence about destinations: the world database (geolocation, AS,
+//! network registration country) and, later, the vendor and operator
+//! catalogs.
+
+pub mod country;
+pub mod world;
+
+pub use country::Country;
+pub use world::{World, WorldError, WorldInfo};
