@@ -1,0 +1,79 @@
+//! Command-line front end: argument parsing and output only; all logic lives
+//! in the library.
+
+mod lookup;
+mod world;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use geowall::intel::World;
+
+/// geowall: a client-side egress firewall that keeps traffic away from
+/// blocked jurisdictions.
+#[derive(Parser)]
+#[command(name = "geowall", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show where addresses are, which AS runs them, and where that AS is
+    /// registered.
+    Lookup(lookup::Args),
+    /// Build or inspect world databases.
+    #[command(subcommand)]
+    World(world::Command),
+}
+
+/// How a world database was chosen, for messages.
+pub(crate) enum WorldRef {
+    Owned(Box<World>),
+    Static(&'static World),
+}
+
+impl std::ops::Deref for WorldRef {
+    type Target = World;
+    fn deref(&self) -> &World {
+        match self {
+            WorldRef::Owned(w) => w,
+            WorldRef::Static(w) => w,
+        }
+    }
+}
+
+/// Loads `--world FILE`, else `$GEOWALL_WORLD`, else the shipped database.
+pub(crate) fn load_world(path: Option<&PathBuf>) -> anyhow::Result<WorldRef> {
+    let env = std::env::var_os("GEOWALL_WORLD").map(PathBuf::from);
+    if let Some(p) = path.or(env.as_ref()) {
+        return Ok(WorldRef::Owned(Box::new(World::open(p)?)));
+    }
+    #[cfg(feature = "embedded-world")]
+    {
+        Ok(WorldRef::Static(geowall::intel::world::embedded()?))
+    }
+    #[cfg(not(feature = "embedded-world"))]
+    {
+        anyhow::bail!(
+            "this geowall was built without the shipped world database; pass --world FILE or set GEOWALL_WORLD"
+        )
+    }
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Lookup(a) => lookup::run(a),
+        Command::World(c) => world::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("geowall: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

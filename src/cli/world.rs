@@ -1,0 +1,154 @@
+//! `geowall world build|info`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use geowall::intel::world::{BuildProgress, WorldBuilder};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+/// `geowall world` subcommands.
+#[derive(clap::Subcommand)]
+pub(crate) enum Command {
+    /// Compile public data sources into a world database.
+    Build {
+        /// A directory with the pinned sources (see `rules/world/refresh`),
+        /// or a fixture CSV file (see `tests/fixtures/world.csv`).
+        #[arg(long, value_name = "DIR|CSV")]
+        from: PathBuf,
+        /// Where to write the database.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Also write a JSON manifest (sources, versions, licences, build
+        /// date, counts, SHA-256 of the database).
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
+    },
+    /// Describe a world database: sources, build date, sizes.
+    Info {
+        /// Database to describe instead of the shipped one.
+        #[arg(long, value_name = "FILE")]
+        world: Option<PathBuf>,
+        /// Print the metadata as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
+    match c {
+        Command::Build {
+            from,
+            out,
+            manifest,
+        } => build(&from, &out, manifest.as_deref()),
+        Command::Info { world, json } => info(world.as_ref(), json),
+    }
+}
+
+fn build(from: &Path, out: &Path, manifest: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:<34} [{bar:30}] {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut progress = |p: BuildProgress| match p {
+        BuildProgress::Reading { file, done, total } => {
+            bar.set_message(format!("reading {file}"));
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+        BuildProgress::Stage(s) => {
+            bar.set_message(s.to_owned());
+            bar.tick();
+        }
+        _ => {}
+    };
+    let mut b = WorldBuilder::new();
+    if from.is_dir() {
+        b.add_source_dir(from, &mut progress)?;
+    } else {
+        b.add_fixture_csv(from, &mut progress)?;
+    }
+    let (bytes, stats) = b.build(&mut progress)?;
+    bar.finish_and_clear();
+    // Check what we wrote loads before replacing the old file.
+    let world = geowall::intel::World::from_vec(bytes.clone())
+        .context("the built database does not validate")?;
+    let tmp = out.with_extension("tmp");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    let sha = hex(&Sha256::digest(&bytes));
+    if let Some(m) = manifest {
+        let doc = serde_json::json!({
+            "file": out.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "bytes": bytes.len(),
+            "sha256": sha,
+            "meta": world.meta(),
+        });
+        let text = serde_json::to_string_pretty(&doc)? + "\n";
+        std::fs::write(m, text).with_context(|| format!("cannot write {}", m.display()))?;
+    }
+    eprintln!(
+        "wrote {} ({:.1} MB, sha256 {}): {} IPv4 and {} IPv6 range starts (+{} finer than /64), {} records, {} ASNs",
+        out.display(),
+        bytes.len() as f64 / 1e6,
+        &sha[..16],
+        stats.v4_entries,
+        stats.v6_entries,
+        stats.fine_entries,
+        stats.records,
+        stats.asns
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(path: Option<&PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    let w = super::load_world(path)?;
+    let m = w.meta();
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, m)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "world database: {:.1} MB, built {}",
+        w.size_bytes() as f64 / 1e6,
+        m.built_at
+    )?;
+    writeln!(out, "geolocation sources: {}", m.geo_sources.join(", "))?;
+    writeln!(
+        out,
+        "AS registration country: {}; AS and organisation: {}",
+        m.network_source, m.asn_source
+    )?;
+    writeln!(
+        out,
+        "{} IPv4 and {} IPv6 range starts (+{} finer than /64), {} records, {} ASNs",
+        m.stats.v4_entries, m.stats.v6_entries, m.stats.fine_entries, m.stats.records, m.stats.asns
+    )?;
+    for s in &m.sources {
+        writeln!(
+            out,
+            "  {:<24} {} {} ({}) sha256 {}",
+            s.name, s.package, s.version, s.licence, s.sha256
+        )?;
+    }
+    for (k, v) in &m.stats.inputs {
+        writeln!(
+            out,
+            "  input {k:<34} {:>8} ranges, {:>5} overlapping, {:>6} unknown",
+            v.ranges, v.overlapping, v.unknown
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
