@@ -29,9 +29,10 @@ enum Command {
     World(world::Command),
 }
 
-/// How a world database was chosen, for messages.
+/// A loaded world database: from a file, or the shipped one.
 pub(crate) enum WorldRef {
     Owned(Box<World>),
+    #[cfg(feature = "embedded-world")]
     Static(&'static World),
 }
 
@@ -40,6 +41,7 @@ impl std::ops::Deref for WorldRef {
     fn deref(&self) -> &World {
         match self {
             WorldRef::Owned(w) => w,
+            #[cfg(feature = "embedded-world")]
             WorldRef::Static(w) => w,
         }
     }

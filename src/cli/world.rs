@@ -61,6 +61,10 @@ fn build(from: &Path, out: &Path, manifest: Option<&Path>) -> anyhow::Result<Exi
             bar.set_length(total);
             bar.set_position(done);
         }
+        BuildProgress::Counting { file, done } => {
+            bar.set_message(format!("reading {file}: {done} networks"));
+            bar.tick();
+        }
         BuildProgress::Stage(s) => {
             bar.set_message(s.to_owned());
             bar.tick();

@@ -81,6 +81,13 @@ pub enum BuildProgress {
         /// Bytes in the file.
         total: u64,
     },
+    /// Reading a source whose size in records is not known up front.
+    Counting {
+        /// File name.
+        file: String,
+        /// Records read so far.
+        done: u64,
+    },
     /// A processing stage started.
     Stage(&'static str),
 }
@@ -547,7 +554,6 @@ impl WorldBuilder {
                 path: path.to_owned(),
                 source,
             })?;
-        let total = bytes.len() as u64;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -574,19 +580,15 @@ impl WorldBuilder {
                 })?;
             n += 1;
             if n.is_multiple_of(65_536) {
-                // The tree is walked in address order; report the share of
-                // networks seen against the node count as a rough measure.
-                progress(BuildProgress::Reading {
+                progress(BuildProgress::Counting {
                     file: name.clone(),
-                    done: (n * 16).min(total),
-                    total,
+                    done: n,
                 });
             }
         }
-        progress(BuildProgress::Reading {
+        progress(BuildProgress::Counting {
             file: name,
-            done: total,
-            total,
+            done: n,
         });
         Ok(())
     }
