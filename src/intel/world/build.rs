@@ -298,14 +298,7 @@ impl WorldBuilder {
         end: IpAddr,
         c: Option<Country>,
     ) -> Result<(), String> {
-        let layer = slot.min(1);
-        match c {
-            Some(c) => self.push(layer, start, end, u32::from(c.packed())),
-            None => {
-                self.stat(layer, to_key(start).0).unknown += 1;
-                Ok(())
-            }
-        }
+        self.push_country(slot.min(1), start, end, c)
     }
 
     /// Adds an AS registration-country range.
@@ -315,10 +308,21 @@ impl WorldBuilder {
         end: IpAddr,
         c: Option<Country>,
     ) -> Result<(), String> {
+        self.push_country(L_NET, start, end, c)
+    }
+
+    /// A country range for a country layer; `None` is counted as unknown.
+    fn push_country(
+        &mut self,
+        layer: usize,
+        start: IpAddr,
+        end: IpAddr,
+        c: Option<Country>,
+    ) -> Result<(), String> {
         match c {
-            Some(c) => self.push(L_NET, start, end, u32::from(c.packed())),
+            Some(c) => self.push(layer, start, end, u32::from(c.packed())),
             None => {
-                self.stat(L_NET, to_key(start).0).unknown += 1;
+                self.stat(layer, to_key(start).0).unknown += 1;
                 Ok(())
             }
         }
