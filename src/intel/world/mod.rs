@@ -385,67 +385,81 @@ impl World {
         self.info(rec)
     }
 
+    /// A section as fixed-size elements: zero-copy, one bounds check per
+    /// element read (the sections were validated at load).
+    #[inline(always)]
+    fn sec<const N: usize>(&self, r: (usize, usize)) -> &[[u8; N]] {
+        self.data()
+            .get(r.0..r.1)
+            .map_or(&[], |s| s.as_chunks::<N>().0)
+    }
+
+    #[inline]
     fn info(&self, rec: u32) -> WorldInfo<'_> {
-        let d = self.data();
-        let at = self.layout.records.0 + rec as usize * 8;
+        let r = self
+            .sec::<8>(self.layout.records)
+            .get(rec as usize)
+            .copied()
+            .unwrap_or([0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
         WorldInfo {
             world: self,
-            countries: unpack_countries(rd_u32(d, at)),
-            asn: rd_u32(d, at + 4),
+            countries: unpack_countries(u32::from_le_bytes([r[0], r[1], r[2], r[3]])),
+            asn: u32::from_le_bytes([r[4], r[5], r[6], r[7]]),
         }
     }
 
     #[inline]
     fn record_v4(&self, x: u32) -> u32 {
-        let d = self.data();
-        let idx = self.layout.v4_index.0 + (x >> 16) as usize * 4;
-        let lo = rd_u32(d, idx) as usize;
-        let hi = rd_u32(d, idx + 4) as usize;
-        let base = self.layout.v4_entries.0;
+        let index = self.sec::<4>(self.layout.v4_index);
+        let entries = self.sec::<5>(self.layout.v4_entries);
+        let b = (x >> 16) as usize;
+        let at = |i: usize| index.get(i).map_or(0, |v| u32::from_le_bytes(*v) as usize);
+        let (lo, hi) = (at(b), at(b + 1));
         let low = x as u16;
         // Branchless search for the number of entries in [lo, hi) whose low
         // key is <= `low`: no mispredictions, so the CPU overlaps
         // independent lookups.
-        let key = |i: usize| rd_u16(d, base + i * V4_ENTRY);
-        let pos = upper_bound(lo, hi - lo, |i| key(i) <= low);
+        let pos = upper_bound(lo, hi.saturating_sub(lo), |i| {
+            entries
+                .get(i)
+                .is_some_and(|e| u16::from_le_bytes([e[0], e[1]]) <= low)
+        });
         // Entry pos-1 is the last start <= x; when pos == lo it lies in an
         // earlier bucket, which is still the right answer.
-        if pos == 0 {
-            return 0;
+        match pos.checked_sub(1).and_then(|p| entries.get(p)) {
+            Some(e) => u32::from_le_bytes([e[2], e[3], e[4], 0]),
+            None => 0,
         }
-        rd_u24(d, base + (pos - 1) * V4_ENTRY + 2)
     }
 
     #[inline]
     fn record_v6(&self, x: u128) -> u32 {
-        let d = self.data();
         let hi = (x >> 64) as u64;
-        let n = self.counts.v6 as usize;
         let stride = self.counts.stride as usize;
-        let s0 = self.layout.v6_sample.0;
+        let sample = self.sec::<8>(self.layout.v6_sample);
+        let keys = self.sec::<8>(self.layout.v6_keys);
+        let le = |s: &[[u8; 8]], i: usize| s.get(i).is_some_and(|k| u64::from_le_bytes(*k) <= hi);
         // Last sample <= hi, then the last key <= hi inside its block.
-        let s = upper_bound(0, self.counts.samples(), |i| rd_u64(d, s0 + i * 8) <= hi);
+        let s = upper_bound(0, sample.len(), |i| le(sample, i));
         if s == 0 {
             return 0;
         }
-        let k0 = self.layout.v6_keys.0;
         let start = (s - 1) * stride;
-        let pos = upper_bound(start, (start + stride).min(n) - start, |i| {
-            rd_u64(d, k0 + i * 8) <= hi
-        });
+        let end = (start + stride).min(keys.len());
         // pos > start: the sample itself is <= hi.
-        let v = rd_u24(d, self.layout.v6_vals.0 + (pos - 1) * 3);
+        let pos = upper_bound(start, end.saturating_sub(start), |i| le(keys, i));
+        let v = u24_at(self.sec::<3>(self.layout.v6_vals), pos.wrapping_sub(1));
         if v != FINE {
             return v;
         }
-        let f0 = self.layout.fine_keys.0;
-        let pos = upper_bound(0, self.counts.fine as usize, |i| {
-            rd_u128(d, f0 + i * 16) <= x
+        let fine = self.sec::<16>(self.layout.fine_keys);
+        let pos = upper_bound(0, fine.len(), |i| {
+            fine.get(i).is_some_and(|k| u128::from_le_bytes(*k) <= x)
         });
         if pos == 0 {
             return 0;
         }
-        rd_u24(d, self.layout.fine_vals.0 + (pos - 1) * 3)
+        u24_at(self.sec::<3>(self.layout.fine_vals), pos - 1)
     }
 
     /// Looks up many addresses, appending one answer per address to `out`,
@@ -464,8 +478,6 @@ impl World {
 
     /// Records for up to [`GROUP`] addresses, searched in lockstep.
     fn records_group(&self, ips: &[IpAddr], recs: &mut [u32; GROUP]) {
-        let d = self.data();
-        let l = &self.layout;
         // Split lanes by family (IPv4-mapped IPv6 counts as IPv4).
         let (mut v4, mut v6) = (Lanes::default(), Lanes::default());
         for (k, ip) in ips.iter().enumerate() {
@@ -474,33 +486,45 @@ impl World {
                 IpAddr::V6(a) => v6.push(k, u128::from(a)),
             }
         }
-        // IPv4: bucket bounds, then the in-bucket search.
-        for i in 0..v4.n {
-            let at = l.v4_index.0 + (v4.key[i] >> 16) as usize * 4;
-            v4.first[i] = rd_u32(d, at) as usize;
-            v4.len[i] = (rd_u32(d, at + 4) as usize).saturating_sub(v4.first[i]);
-        }
-        v4.search(|k, m| rd_u16(d, l.v4_entries.0 + m * V4_ENTRY) <= k as u16);
-        for i in 0..v4.n {
-            let pos = v4.first[i];
-            recs[v4.lane[i]] = if pos == 0 {
-                0
-            } else {
-                rd_u24(d, l.v4_entries.0 + (pos - 1) * V4_ENTRY + 2)
-            };
+        if v4.n > 0 {
+            // IPv4: bucket bounds, then the in-bucket search.
+            let index = self.sec::<4>(self.layout.v4_index);
+            let entries = self.sec::<5>(self.layout.v4_entries);
+            let at = |i: usize| index.get(i).map_or(0, |v| u32::from_le_bytes(*v) as usize);
+            for i in 0..v4.n {
+                let b = (v4.key[i] >> 16) as usize;
+                v4.first[i] = at(b);
+                v4.len[i] = at(b + 1).saturating_sub(v4.first[i]);
+            }
+            v4.search(|k, m| {
+                entries
+                    .get(m)
+                    .is_some_and(|e| u16::from_le_bytes([e[0], e[1]]) <= k as u16)
+            });
+            for i in 0..v4.n {
+                recs[v4.lane[i]] = match v4.first[i].checked_sub(1).and_then(|p| entries.get(p)) {
+                    Some(e) => u32::from_le_bytes([e[2], e[3], e[4], 0]),
+                    None => 0,
+                };
+            }
         }
         if v6.n == 0 {
             return;
         }
         // IPv6: samples, then the block, then the value.
-        let samples = self.counts.samples();
+        let sample = self.sec::<8>(self.layout.v6_sample);
+        let keys = self.sec::<8>(self.layout.v6_keys);
+        let vals = self.sec::<3>(self.layout.v6_vals);
         let stride = self.counts.stride as usize;
-        let n6 = self.counts.v6 as usize;
         for i in 0..v6.n {
             v6.first[i] = 0;
-            v6.len[i] = samples;
+            v6.len[i] = sample.len();
         }
-        v6.search(|k, m| rd_u64(d, l.v6_sample.0 + m * 8) <= (k >> 64) as u64);
+        let le = |s: &[[u8; 8]], k: u128, m: usize| {
+            s.get(m)
+                .is_some_and(|v| u64::from_le_bytes(*v) <= (k >> 64) as u64)
+        };
+        v6.search(|k, m| le(sample, k, m));
         let mut none = [false; GROUP];
         for (i, none) in none.iter_mut().enumerate().take(v6.n) {
             let s = v6.first[i];
@@ -510,12 +534,12 @@ impl World {
             v6.len[i] = if s == 0 {
                 0
             } else {
-                (start + stride).min(n6) - start
+                (start + stride).min(keys.len()).saturating_sub(start)
             };
         }
-        v6.search(|k, m| rd_u64(d, l.v6_keys.0 + m * 8) <= (k >> 64) as u64);
+        v6.search(|k, m| le(keys, k, m));
         for i in 0..v6.n {
-            let v = rd_u24(d, l.v6_vals.0 + v6.first[i].saturating_sub(1) * 3);
+            let v = u24_at(vals, v6.first[i].wrapping_sub(1));
             recs[v6.lane[i]] = if none[i] {
                 0
             } else if v == FINE {
@@ -562,6 +586,13 @@ impl World {
         }
         None
     }
+}
+
+/// The u24 at element `i`, or 0 (nothing known) past the end.
+#[inline(always)]
+fn u24_at(s: &[[u8; 3]], i: usize) -> u32 {
+    s.get(i)
+        .map_or(0, |v| u32::from_le_bytes([v[0], v[1], v[2], 0]))
 }
 
 /// Lookups interleaved by [`World::lookup_many`].
