@@ -6,6 +6,7 @@ mod world;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use geowall::intel::World;
@@ -29,33 +30,15 @@ enum Command {
     World(world::Command),
 }
 
-/// A loaded world database: from a file, or the shipped one.
-pub(crate) enum WorldRef {
-    Owned(Box<World>),
-    #[cfg(feature = "embedded-world")]
-    Static(&'static World),
-}
-
-impl std::ops::Deref for WorldRef {
-    type Target = World;
-    fn deref(&self) -> &World {
-        match self {
-            WorldRef::Owned(w) => w,
-            #[cfg(feature = "embedded-world")]
-            WorldRef::Static(w) => w,
-        }
-    }
-}
-
 /// Loads `--world FILE`, else `$GEOWALL_WORLD`, else the shipped database.
-pub(crate) fn load_world(path: Option<&PathBuf>) -> anyhow::Result<WorldRef> {
+pub(crate) fn load_world(path: Option<&PathBuf>) -> anyhow::Result<Arc<World>> {
     let env = std::env::var_os("GEOWALL_WORLD").map(PathBuf::from);
     if let Some(p) = path.or(env.as_ref()) {
-        return Ok(WorldRef::Owned(Box::new(World::open(p)?)));
+        return Ok(Arc::new(World::open(p)?));
     }
     #[cfg(feature = "embedded-world")]
     {
-        Ok(WorldRef::Static(geowall::intel::world::embedded()?))
+        Ok(geowall::intel::world::embedded()?)
     }
     #[cfg(not(feature = "embedded-world"))]
     {

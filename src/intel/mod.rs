@@ -2,7 +2,9 @@
 //! network registration country) and, later, the vendor and operator
 //! catalogs.
 
+pub mod catalog;
 pub mod country;
+pub mod domain;
 pub mod world;
 
 pub use country::Country;
