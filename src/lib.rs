@@ -6,3 +6,4 @@
 //! See `README.md` for the whole design.
 
 pub mod intel;
+pub mod policy;

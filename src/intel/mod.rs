@@ -5,7 +5,9 @@
 pub mod catalog;
 pub mod country;
 pub mod domain;
+pub mod jurisdiction;
 pub mod world;
 
 pub use country::Country;
+pub use jurisdiction::{Intel, Jurisdiction, Layer};
 pub use world::{World, WorldError, WorldInfo};

@@ -1,0 +1,224 @@
+//! A destination's jurisdiction, layer by layer, with the evidence for each.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{Catalog, Operator, Vendor, VendorEvidence};
+use super::country::Country;
+use super::world::{World, lookup_key};
+
+/// The four jurisdiction layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    /// Where the server is (every geolocation source).
+    Geo,
+    /// Where the announcing AS is registered.
+    Network,
+    /// The ultimate parent of the network operator (operator catalog).
+    Owner,
+    /// The company running the service (vendor catalog).
+    Vendor,
+}
+
+impl Layer {
+    /// All layers, in order.
+    pub const ALL: [Layer; 4] = [Layer::Geo, Layer::Network, Layer::Owner, Layer::Vendor];
+
+    /// Bit for a layer set.
+    pub const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// The layer's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Layer::Geo => "geo",
+            Layer::Network => "network",
+            Layer::Owner => "owner",
+            Layer::Vendor => "vendor",
+        }
+    }
+}
+
+/// Everything known about where a destination answers to.
+#[derive(Debug, Clone, Copy)]
+pub struct Jurisdiction<'i, 'n> {
+    /// The address looked up (after IPv4-mapped IPv6 is unwrapped).
+    pub ip: Option<IpAddr>,
+    /// Each geolocation source's country.
+    pub geo: [Option<Country>; 2],
+    /// The AS registration country.
+    pub network: Option<Country>,
+    /// The announcing AS.
+    pub asn: Option<u32>,
+    /// The operator and its parent, when the AS is in the operator catalog.
+    pub owner: Option<&'i Operator>,
+    /// The vendor and how it was recognised.
+    pub vendor: Option<(&'i Vendor, VendorEvidence<'n>)>,
+    /// The address is in an IANA special-purpose block (private, loopback,
+    /// link-local, multicast, ...) with no data: it is local, not unknown.
+    pub local: bool,
+}
+
+impl Jurisdiction<'_, '_> {
+    /// True when the world database knows nothing of the address (or
+    /// there is no address) and it is not a local address.
+    pub fn geo_unknown(&self) -> bool {
+        !self.local && self.geo == [None, None]
+    }
+
+    /// True when the AS registration country is unknown (and the address is
+    /// not local).
+    pub fn network_unknown(&self) -> bool {
+        !self.local && self.network.is_none()
+    }
+
+    /// The countries one layer names (geo: each distinct source country).
+    pub fn countries(&self, layer: Layer) -> [Option<Country>; 2] {
+        match layer {
+            Layer::Geo => {
+                let [a, b] = self.geo;
+                [a, if b == a { None } else { b }]
+            }
+            Layer::Network => [self.network, None],
+            Layer::Owner => [self.owner.map(|o| o.jurisdiction), None],
+            Layer::Vendor => [self.vendor.map(|v| v.0.jurisdiction), None],
+        }
+    }
+
+    /// A JSON description of every layer and its evidence.
+    pub fn to_json(&self) -> serde_json::Value {
+        use super::world::GEO_SOURCE_NAMES;
+        let geo: serde_json::Map<String, serde_json::Value> = GEO_SOURCE_NAMES
+            .iter()
+            .zip(self.geo)
+            .map(|(n, c)| ((*n).to_owned(), serde_json::json!(c)))
+            .collect();
+        serde_json::json!({
+            "ip": self.ip,
+            "local": self.local,
+            "geo": geo,
+            "network": { "country": self.network, "asn": self.asn },
+            "owner": self.owner.map(|o| serde_json::json!({
+                "country": o.jurisdiction, "operator": o.name, "parent": o.parent, "operator_id": o.id,
+            })),
+            "vendor": self.vendor.map(|(v, ev)| serde_json::json!({
+                "country": v.jurisdiction, "vendor": v.name, "vendor_id": v.id, "evidence": ev,
+            })),
+        })
+    }
+}
+
+/// The world database and the catalogs together: everything needed to
+/// place a destination. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Intel {
+    world: Arc<World>,
+    catalog: Arc<Catalog>,
+}
+
+impl Intel {
+    /// Combines a world database and catalogs.
+    pub fn new(world: Arc<World>, catalog: Arc<Catalog>) -> Self {
+        Self { world, catalog }
+    }
+
+    /// The world database.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The catalogs.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Places a destination known by an address and/or names, with the
+    /// application protocol the classifier reported (for vendor
+    /// signatures). Allocates nothing.
+    pub fn jurisdiction<'n>(
+        &self,
+        ip: Option<IpAddr>,
+        names: &[&'n str],
+        protocol: Option<&'n str>,
+    ) -> Jurisdiction<'_, 'n> {
+        let key = ip.map(lookup_key);
+        let info = key.map(|k| self.world.lookup(k));
+        let asn = info.and_then(|i| i.asn());
+        let geo = info.map_or([None, None], |i| i.geo_sources());
+        let network = info.and_then(|i| i.network_country());
+        let local = key.is_some_and(is_special_purpose) && geo == [None, None] && network.is_none();
+        Jurisdiction {
+            ip: key,
+            geo,
+            network,
+            asn,
+            owner: asn.and_then(|a| self.catalog.operator_of(a)),
+            vendor: self.catalog.vendor_of(names, asn, protocol),
+            local,
+        }
+    }
+}
+
+/// True for addresses in the IANA special-purpose blocks listed in
+/// [`super::world::SPECIAL_PURPOSE`].
+pub fn is_special_purpose(ip: IpAddr) -> bool {
+    use std::sync::OnceLock;
+    static NETS: OnceLock<Vec<ipnet::IpNet>> = OnceLock::new();
+    let nets = NETS.get_or_init(|| {
+        super::world::SPECIAL_PURPOSE
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    });
+    let ip = lookup_key(ip);
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_purpose_addresses() {
+        for a in [
+            "10.1.2.3",
+            "192.168.0.1",
+            "127.0.0.1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:10.0.0.1",
+            "2001:db8::5",
+        ] {
+            assert!(is_special_purpose(a.parse().expect("ip")), "{a}");
+        }
+        for a in ["8.8.8.8", "2400:3200::1", "47.74.0.1"] {
+            assert!(!is_special_purpose(a.parse().expect("ip")), "{a}");
+        }
+    }
+
+    #[cfg(feature = "embedded-world")]
+    #[test]
+    fn layers_for_the_reference_addresses() {
+        let intel = Intel::new(
+            crate::intel::world::embedded().expect("world"),
+            Arc::new(Catalog::shipped().expect("catalog")),
+        );
+        let j = intel.jurisdiction(Some("47.74.0.1".parse().expect("ip")), &[], None);
+        assert_eq!(
+            j.countries(Layer::Geo)[0].map(|c| c.to_string()),
+            Some("US".into())
+        );
+        assert_eq!(j.network.map(|c| c.to_string()), Some("CN".into()));
+        assert_eq!(j.owner.map(|o| o.id.as_str()), Some("alibaba"));
+        assert!(j.vendor.is_none());
+        let j = intel.jurisdiction(None, &["104-166-161-75.edge.agora.io"], None);
+        assert!(j.geo_unknown() && j.network_unknown());
+        assert_eq!(j.vendor.map(|v| v.0.id.as_str()), Some("agora"));
+        let j = intel.jurisdiction(Some("192.168.1.1".parse().expect("ip")), &[], None);
+        assert!(j.local && !j.geo_unknown());
+    }
+}

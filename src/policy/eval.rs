@@ -1,0 +1,286 @@
+//! Evaluating a compiled policy on a flow's facts.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::rules::{
+    Action, BlockMode, CompiledList, DisputedMode, Policy, Rule, Traffic, Transport, UnknownMode,
+};
+use crate::intel::country::Country;
+use crate::intel::jurisdiction::{Intel, Jurisdiction, Layer};
+
+/// What is known about a flow when a verdict is asked for. Unknown facts
+/// are `None`; a condition on an unknown fact does not match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts<'a> {
+    /// Destination address.
+    pub dst: Option<IpAddr>,
+    /// Destination port.
+    pub port: Option<u16>,
+    /// Transport protocol.
+    pub transport: Option<Transport>,
+    /// Names the destination was reached by (DNS, SNI, Host, ...).
+    pub names: &'a [&'a str],
+    /// Traffic class.
+    pub traffic: Option<Traffic>,
+    /// Application protocol the classifier named (`tls`, `sd-rtn`, ...),
+    /// used for vendor signatures.
+    pub protocol: Option<&'a str>,
+    /// Whether the payload is encrypted.
+    pub encrypted: Option<bool>,
+    /// Whether a registered identifier was seen in cleartext.
+    pub leak: bool,
+    /// The app identity the platform gave.
+    pub app: Option<&'a str>,
+}
+
+/// Why a jurisdiction condition matched: the layer, and the country it
+/// named (`None` when it matched because the data is unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LayerMatch {
+    /// The layer.
+    pub layer: Layer,
+    /// The country, or `None` for "unknown".
+    pub country: Option<Country>,
+}
+
+/// The decision for a flow.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict<'p> {
+    /// Allow or block.
+    pub action: Action,
+    /// The deciding rule, or `None` for the policy's default.
+    pub rule: Option<(usize, &'p Rule)>,
+    /// The first `log` rule that matched on the way, if any.
+    pub logged_by: Option<(usize, &'p Rule)>,
+    /// The jurisdiction layer that made the deciding rule match.
+    pub layer: Option<LayerMatch>,
+}
+
+impl Verdict<'_> {
+    /// True for a block.
+    pub fn is_block(&self) -> bool {
+        matches!(self.action, Action::Block(_))
+    }
+
+    /// A JSON object with stable field names.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "action": self.action.name(),
+            "block": match self.action { Action::Block(BlockMode::Drop) => Some("drop"), Action::Block(BlockMode::Reject) => Some("reject"), _ => None },
+            "rule": self.rule.map(|(_, r)| r.name.as_str()),
+            "rule_index": self.rule.map(|(i, _)| i),
+            "logged_by": self.logged_by.map(|(_, r)| r.name.as_str()),
+            "layer": self.layer,
+        })
+    }
+}
+
+/// Why one rule did or did not match.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleTrace {
+    /// Rule index.
+    pub index: usize,
+    /// Rule name.
+    pub name: String,
+    /// `None` if it matched, else the first condition that failed.
+    pub failed: Option<&'static str>,
+    /// The jurisdiction layer that matched, when it did.
+    pub layer: Option<LayerMatch>,
+}
+
+impl Rule {
+    /// Checks the rule: `Ok(layer)` if it matches (with the jurisdiction
+    /// layer that matched, if it has that condition), `Err(condition)`
+    /// naming the first condition that failed.
+    /// `lists` are the policy's lists (for the `list` condition).
+    pub fn check(
+        &self,
+        lists: &[CompiledList],
+        f: &Facts<'_>,
+        j: Option<&Jurisdiction<'_, '_>>,
+    ) -> Result<Option<LayerMatch>, &'static str> {
+        let c = &self.cond;
+        let need = |ok: bool, what: &'static str| if ok { Ok(()) } else { Err(what) };
+        if let Some(p) = c.protocol {
+            need(
+                f.transport.is_some_and(|t| p & (1 << t as u8) != 0),
+                "protocol",
+            )?;
+        }
+        if let Some(t) = c.traffic {
+            need(
+                f.traffic.is_some_and(|x| t & (1 << x as u8) != 0),
+                "traffic",
+            )?;
+        }
+        if let Some(ports) = &c.port {
+            need(
+                f.port
+                    .is_some_and(|p| ports.iter().any(|&(a, b)| a <= p && p <= b)),
+                "port",
+            )?;
+        }
+        if let Some(e) = c.encrypted {
+            need(f.encrypted == Some(e), "encrypted")?;
+        }
+        if let Some(l) = c.leak {
+            need(f.leak == l, "leak")?;
+        }
+        if let Some(apps) = &c.app {
+            need(f.app.is_some_and(|a| apps.iter().any(|x| x == a)), "app")?;
+        }
+        if let Some(d) = &c.domain {
+            need(f.names.iter().any(|n| d.matches(n)), "domain")?;
+        }
+        if let Some(set) = &c.cidr {
+            need(f.dst.is_some_and(|ip| set.contains(ip)), "cidr")?;
+        }
+        if let Some(asns) = &c.asn {
+            need(
+                j.and_then(|j| j.asn)
+                    .is_some_and(|a| asns.binary_search(&a).is_ok()),
+                "asn",
+            )?;
+        }
+        if let Some(vs) = &c.vendor {
+            need(
+                j.and_then(|j| j.vendor)
+                    .is_some_and(|(v, _)| vs.contains(&v.id)),
+                "vendor",
+            )?;
+        }
+        if let Some(ls) = &c.list {
+            let hit = ls.iter().filter_map(|&i| lists.get(i)).any(|l| {
+                f.names.iter().any(|n| l.domains.matches(n))
+                    || f.dst.is_some_and(|ip| l.cidrs.contains(ip))
+                    || j.and_then(|j| j.asn)
+                        .is_some_and(|a| l.asns.binary_search(&a).is_ok())
+            });
+            need(hit, "list")?;
+        }
+        match &c.jurisdiction {
+            None => Ok(None),
+            Some(jc) => {
+                let j = j.ok_or("jurisdiction")?;
+                let has = |l: Layer| jc.layers & l.bit() != 0;
+                for layer in Layer::ALL.into_iter().filter(|l| has(*l)) {
+                    let [a, b] = j.countries(layer);
+                    let hit = if layer == Layer::Geo && jc.disputed == DisputedMode::All {
+                        let known = [a, b].into_iter().flatten();
+                        let mut any = false;
+                        let mut all = true;
+                        for cc in known {
+                            any = true;
+                            all &= jc.has(cc);
+                        }
+                        (any && all).then_some(a.or(b)).flatten()
+                    } else {
+                        [a, b].into_iter().flatten().find(|cc| jc.has(*cc))
+                    };
+                    if let Some(country) = hit {
+                        return Ok(Some(LayerMatch {
+                            layer,
+                            country: Some(country),
+                        }));
+                    }
+                }
+                if jc.unknown == UnknownMode::Match {
+                    if has(Layer::Geo) && j.geo_unknown() {
+                        return Ok(Some(LayerMatch {
+                            layer: Layer::Geo,
+                            country: None,
+                        }));
+                    }
+                    if has(Layer::Network) && j.network_unknown() {
+                        return Ok(Some(LayerMatch {
+                            layer: Layer::Network,
+                            country: None,
+                        }));
+                    }
+                }
+                Err("jurisdiction")
+            }
+        }
+    }
+}
+
+impl Policy {
+    /// The verdict for a flow. The first `allow` or `block` rule that
+    /// matches decides; `log` rules that match are recorded and
+    /// evaluation goes on; with no decision, the default applies.
+    pub fn evaluate<'p>(&'p self, intel: &Intel, f: &Facts<'_>) -> Verdict<'p> {
+        let j = self
+            .needs_intel
+            .then(|| intel.jurisdiction(f.dst, f.names, f.protocol));
+        self.decide(f, j.as_ref())
+    }
+
+    /// The verdict given an already computed jurisdiction.
+    pub fn decide<'p>(&'p self, f: &Facts<'_>, j: Option<&Jurisdiction<'_, '_>>) -> Verdict<'p> {
+        let mut logged_by = None;
+        for (i, r) in self.rules.iter().enumerate() {
+            let Ok(layer) = r.check(&self.lists, f, j) else {
+                continue;
+            };
+            if r.action == Action::Log {
+                logged_by.get_or_insert((i, r));
+                continue;
+            }
+            return Verdict {
+                action: r.action,
+                rule: Some((i, r)),
+                logged_by,
+                layer,
+            };
+        }
+        Verdict {
+            action: self.default,
+            rule: None,
+            logged_by,
+            layer: None,
+        }
+    }
+
+    /// Every rule's outcome for a flow, for `geowall rules explain`.
+    pub fn trace(&self, f: &Facts<'_>, j: Option<&Jurisdiction<'_, '_>>) -> Vec<RuleTrace> {
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let res = r.check(&self.lists, f, j);
+                RuleTrace {
+                    index,
+                    name: r.name.clone(),
+                    failed: res.err(),
+                    layer: res.ok().flatten(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A policy that can be replaced while flows are evaluated against it:
+/// readers never wait, a swap is atomic, and a failed update leaves the
+/// running policy untouched (the caller only swaps in what compiled).
+#[derive(Debug)]
+pub struct PolicyHandle(arc_swap::ArcSwap<Policy>);
+
+impl PolicyHandle {
+    /// Starts with a policy.
+    pub fn new(p: Policy) -> Self {
+        Self(arc_swap::ArcSwap::from_pointee(p))
+    }
+
+    /// The current policy.
+    pub fn current(&self) -> Arc<Policy> {
+        self.0.load_full()
+    }
+
+    /// Replaces the policy.
+    pub fn replace(&self, p: Policy) {
+        self.0.store(Arc::new(p));
+    }
+}

@@ -1,0 +1,17 @@
+//! Policy: the rule language, lists, and compiled policies evaluated on a
+//! flow's facts.
+//!
+//! A [`Policy`] is compiled once from TOML ([`rules`]) and is immutable;
+//! [`Policy::evaluate`] gives a [`Verdict`] naming the deciding rule and the
+//! jurisdiction layer that made it match. [`PolicyHandle`] swaps policies
+//! atomically while traffic is evaluated.
+
+pub mod eval;
+pub mod lists;
+pub mod rules;
+
+pub use eval::{Facts, LayerMatch, PolicyHandle, RuleTrace, Verdict};
+pub use rules::{Action, BlockMode, Policy, Rule, Traffic, Transport};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,517 @@
+//! Policy tests: presets on the reference destinations, located errors for
+//! every kind of mistake, lists, and the fixture test world.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::*;
+use crate::intel::catalog::Catalog;
+use crate::intel::jurisdiction::{Intel, Layer};
+use crate::intel::world::{BuildProgress, World, WorldBuilder};
+
+fn catalog() -> Catalog {
+    Catalog::shipped().expect("shipped catalog")
+}
+
+/// The test world of tests/fixtures/world.csv (documentation ranges).
+fn fixture_intel() -> Intel {
+    let mut b = WorldBuilder::new();
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/world.csv");
+    b.add_fixture_csv(&csv, &mut |_: BuildProgress| {})
+        .expect("fixture");
+    let world = World::from_vec(b.build(&mut |_| {}).expect("builds").0).expect("loads");
+    Intel::new(Arc::new(world), Arc::new(catalog()))
+}
+
+fn ip(s: &str) -> Option<IpAddr> {
+    Some(s.parse().expect("ip"))
+}
+
+fn parse(text: &str) -> Result<Policy, crate::intel::catalog::SourceError> {
+    Policy::parse(Path::new("p.toml"), text, None, &catalog())
+}
+
+#[test]
+fn all_presets_parse() {
+    for (name, _) in rules::PRESETS {
+        let p = Policy::preset(name, &catalog()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(p.name, name);
+        assert!(!p.rules.is_empty());
+    }
+    let e = Policy::preset("nope", &catalog()).expect_err("unknown preset");
+    assert!(e.to_string().contains("clubhouse"), "{e}");
+}
+
+#[test]
+fn clubhouse_blocks_media_and_pings_by_every_layer() {
+    let intel = fixture_intel();
+    let p = Policy::preset("clubhouse", &catalog()).expect("preset");
+    let v = |dst: Option<IpAddr>, names: &[&str], t: Traffic| {
+        let f = Facts {
+            dst,
+            names,
+            traffic: Some(t),
+            ..Facts::default()
+        };
+        let v = p.evaluate(&intel, &f);
+        (
+            v.is_block(),
+            v.layer.map(|l| (l.layer, l.country.map(|c| c.to_string()))),
+        )
+    };
+    let cn = Some("CN".to_owned());
+    // Geolocated in CN.
+    assert_eq!(
+        v(ip("203.0.113.5"), &[], Traffic::Media),
+        (true, Some((Layer::Geo, cn.clone())))
+    );
+    // US-located, network registered CN (a PRC cloud's US region).
+    assert_eq!(
+        v(ip("192.0.2.10"), &[], Traffic::Ping),
+        (true, Some((Layer::Network, cn.clone())))
+    );
+    // HK counts as PRC jurisdiction.
+    assert!(v(ip("203.0.113.200"), &[], Traffic::Ping).0);
+    // A German host reached by an Agora name: vendor layer.
+    assert_eq!(
+        v(
+            ip("192.0.2.200"),
+            &["104-166-161-75.edge.agora.io"],
+            Traffic::Media
+        ),
+        (true, Some((Layer::Vendor, cn.clone())))
+    );
+    // Web is not covered; US and DE are allowed.
+    assert!(!v(ip("203.0.113.5"), &[], Traffic::Web).0);
+    assert!(!v(ip("198.51.100.1"), &[], Traffic::Media).0);
+    assert!(!v(ip("192.0.2.200"), &[], Traffic::Media).0);
+    // IPv6 and IPv4-mapped IPv6.
+    assert!(v(ip("2001:db8:86::9"), &[], Traffic::Ping).0);
+    assert!(v(ip("::ffff:203.0.113.5"), &[], Traffic::Ping).0);
+    assert!(!v(ip("2001:db8:1::9"), &[], Traffic::Ping).0);
+    // Unclassified traffic is not matched by a traffic condition.
+    let f = Facts {
+        dst: ip("203.0.113.5"),
+        ..Facts::default()
+    };
+    assert!(!p.evaluate(&intel, &f).is_block());
+    // A cleartext identifier to PRC jurisdiction, whatever the class.
+    let f = Facts {
+        dst: ip("203.0.113.5"),
+        traffic: Some(Traffic::Web),
+        leak: true,
+        ..Facts::default()
+    };
+    let verdict = p.evaluate(&intel, &f);
+    assert_eq!(verdict.action, Action::Block(BlockMode::Reject));
+    assert_eq!(
+        verdict.rule.map(|r| r.1.name.as_str()),
+        Some("no cleartext identifiers to PRC jurisdiction")
+    );
+}
+
+#[test]
+fn disputes_count_in_clubhouse_but_not_in_default() {
+    let intel = fixture_intel();
+    // 192.0.2.150: geo sources say FR and DE in the fixture; make a policy
+    // against FR to see disputes.
+    let any = parse("name='t'\ndefault='allow'\n[[rule]]\nname='fr'\naction='block'\njurisdiction={countries=['FR'], layers=['geo']}\n").expect("ok");
+    let all = parse("name='t'\ndefault='allow'\n[[rule]]\nname='fr'\naction='block'\njurisdiction={countries=['FR'], layers=['geo'], disputed='all'}\n").expect("ok");
+    let f = Facts {
+        dst: ip("192.0.2.150"),
+        ..Facts::default()
+    };
+    assert!(any.evaluate(&intel, &f).is_block());
+    assert!(!all.evaluate(&intel, &f).is_block());
+    let both = parse("name='t'\ndefault='allow'\n[[rule]]\nname='x'\naction='block'\njurisdiction={countries=['FR','DE'], layers=['geo'], disputed='all'}\n").expect("ok");
+    assert!(both.evaluate(&intel, &f).is_block());
+}
+
+#[test]
+fn strict_blocks_unknown_but_not_local() {
+    let intel = fixture_intel();
+    let p = Policy::preset("strict", &catalog()).expect("preset");
+    let blocked = |a: &str| {
+        p.evaluate(
+            &intel,
+            &Facts {
+                dst: ip(a),
+                ..Facts::default()
+            },
+        )
+        .is_block()
+    };
+    assert!(blocked("203.0.113.5"), "CN");
+    // Evaluation only: nothing is sent anywhere.
+    assert!(
+        blocked("8.8.8.8"),
+        "an address the test world knows nothing about is unknown"
+    );
+    assert!(
+        !blocked("198.19.0.1"),
+        "a gap inside a special-purpose block is local, not unknown"
+    );
+    assert!(!blocked("198.51.100.1"), "US");
+    assert!(!blocked("10.0.0.1"), "private is local, not unknown");
+    assert!(!blocked("fe80::1"), "link-local");
+    let v = p.evaluate(
+        &intel,
+        &Facts {
+            dst: ip("8.8.8.8"),
+            ..Facts::default()
+        },
+    );
+    assert_eq!(
+        v.layer,
+        Some(LayerMatch {
+            layer: Layer::Geo,
+            country: None
+        })
+    );
+}
+
+#[test]
+fn default_preset_logs_and_allows_web() {
+    let intel = fixture_intel();
+    let p = Policy::preset("default", &catalog()).expect("preset");
+    let v = p.evaluate(
+        &intel,
+        &Facts {
+            dst: ip("203.0.113.5"),
+            traffic: Some(Traffic::Web),
+            ..Facts::default()
+        },
+    );
+    assert_eq!(v.action, Action::Allow);
+    assert!(v.rule.is_none());
+    assert_eq!(
+        v.logged_by.map(|r| r.1.name.as_str()),
+        Some("log other traffic to PRC jurisdiction")
+    );
+    let v = p.evaluate(
+        &intel,
+        &Facts {
+            dst: ip("203.0.113.5"),
+            traffic: Some(Traffic::Media),
+            ..Facts::default()
+        },
+    );
+    assert!(v.is_block());
+}
+
+#[test]
+fn conditions_combine() {
+    let intel = fixture_intel();
+    let p = parse(
+        r#"name = "t"
+default = "block"
+default_block = "reject"
+[[rule]]
+name = "dns"
+action = "allow"
+protocol = ["udp", "tcp"]
+port = [53, "5353-5355"]
+[[rule]]
+name = "app"
+action = "allow"
+app = ["com.example.ok"]
+encrypted = true
+[[rule]]
+name = "us carrier"
+action = "allow"
+asn = [64502]
+cidr = ["198.51.100.0/25"]
+[[rule]]
+name = "names"
+action = "allow"
+domain = ["=exact.example", "*.wild.example", "suffix.example"]
+"#,
+    )
+    .expect("parses");
+    let ev = |f: Facts<'_>| p.evaluate(&intel, &f).rule.map(|r| r.1.name.clone());
+    let base = Facts::default();
+    assert_eq!(
+        ev(Facts {
+            transport: Some(Transport::Udp),
+            port: Some(53),
+            ..base
+        }),
+        Some("dns".into())
+    );
+    assert_eq!(
+        ev(Facts {
+            transport: Some(Transport::Tcp),
+            port: Some(5354),
+            ..base
+        }),
+        Some("dns".into())
+    );
+    assert_eq!(
+        ev(Facts {
+            transport: Some(Transport::Icmp),
+            port: Some(53),
+            ..base
+        }),
+        None
+    );
+    assert_eq!(
+        ev(Facts {
+            app: Some("com.example.ok"),
+            encrypted: Some(true),
+            ..base
+        }),
+        Some("app".into())
+    );
+    assert_eq!(
+        ev(Facts {
+            app: Some("com.example.ok"),
+            encrypted: Some(false),
+            ..base
+        }),
+        None
+    );
+    assert_eq!(
+        ev(Facts {
+            dst: ip("198.51.100.7"),
+            ..base
+        }),
+        Some("us carrier".into())
+    );
+    assert_eq!(
+        ev(Facts {
+            dst: ip("198.51.100.200"),
+            ..base
+        }),
+        None,
+        "ASN matches but not the CIDR"
+    );
+    for (n, want) in [
+        ("exact.example", true),
+        ("a.exact.example", false),
+        ("a.wild.example", true),
+        ("wild.example", false),
+        ("x.suffix.example", true),
+    ] {
+        assert_eq!(
+            ev(Facts {
+                names: &[n],
+                ..base
+            })
+            .is_some(),
+            want,
+            "{n}"
+        );
+    }
+    let v = p.evaluate(&intel, &base);
+    assert_eq!(v.action, Action::Block(BlockMode::Reject));
+}
+
+#[test]
+fn lists_from_files_in_every_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = |name: &str, body: &str| std::fs::write(dir.path().join(name), body).expect("write");
+    w("d.txt", "blocked.example\n");
+    w("h.txt", "0.0.0.0 hosts.example\n");
+    w("a.txt", "! adblock\n||adblock.example^\n");
+    w("c.txt", "198.51.100.128/25\n");
+    w("n.txt", "AS64500\n");
+    w(
+        "s.json",
+        r#"{"version": 1, "rules": [{"domain_suffix": ["singbox.example"]}]}"#,
+    );
+    w(
+        "p.toml",
+        r#"name = "lists"
+default = "allow"
+[[list]]
+name = "d"
+file = "d.txt"
+format = "domains"
+[[list]]
+name = "h"
+file = "h.txt"
+format = "hosts"
+[[list]]
+name = "a"
+file = "a.txt"
+format = "adblock"
+[[list]]
+name = "c"
+file = "c.txt"
+format = "cidr"
+[[list]]
+name = "n"
+file = "n.txt"
+format = "asn"
+[[list]]
+name = "s"
+file = "s.json"
+format = "sing-box"
+[[rule]]
+name = "listed"
+action = "block"
+list = ["d", "h", "a", "c", "n", "s"]
+"#,
+    );
+    let p = Policy::load(&dir.path().join("p.toml"), &catalog()).expect("loads");
+    assert_eq!(p.lists.len(), 6);
+    let intel = fixture_intel();
+    let blocked = |dst: Option<IpAddr>, names: &[&str]| {
+        p.evaluate(
+            &intel,
+            &Facts {
+                dst,
+                names,
+                ..Facts::default()
+            },
+        )
+        .is_block()
+    };
+    for n in [
+        "blocked.example",
+        "x.blocked.example",
+        "hosts.example",
+        "a.adblock.example",
+        "singbox.example",
+    ] {
+        assert!(blocked(None, &[n]), "{n}");
+    }
+    assert!(
+        !blocked(None, &["x.hosts.example"]),
+        "hosts entries are exact"
+    );
+    assert!(blocked(ip("198.51.100.200"), &[]), "cidr list");
+    assert!(blocked(ip("203.0.113.9"), &[]), "asn list (AS64500)");
+    assert!(!blocked(ip("198.51.100.1"), &[]));
+    // A bad line in a list is located in the list file.
+    w("d.txt", "ok.example\nbad..example\n");
+    let e = Policy::load(&dir.path().join("p.toml"), &catalog()).expect_err("bad list");
+    assert!(e.path.ends_with("d.txt") && e.line == 2, "{e}");
+    // A missing list file is located at the policy's `file` key.
+    w(
+        "p2.toml",
+        "name='x'\ndefault='allow'\n[[list]]\nname='m'\nfile='missing.txt'\nformat='domains'\n",
+    );
+    let e = Policy::load(&dir.path().join("p2.toml"), &catalog()).expect_err("missing list");
+    assert_eq!(
+        (e.line, e.path.file_name().and_then(|f| f.to_str())),
+        (5, Some("p2.toml")),
+        "{e}"
+    );
+}
+
+#[test]
+fn malformed_rules_give_located_errors() {
+    let head = "name = 't'\ndefault = 'allow'\n[[rule]]\nname = 'r'\naction = 'block'\n";
+    let cases: &[(&str, usize, &str)] = &[
+        ("colour = 'red'\n", 6, "colour"),
+        ("jurisdiction = { countries = ['C1'] }\n", 6, "two-letter"),
+        (
+            "jurisdiction = { countries = [] }\n",
+            6,
+            "at least one country",
+        ),
+        (
+            "jurisdiction = { countries = ['CN'], layers = ['geo', 'moon'] }\n",
+            6,
+            "moon",
+        ),
+        ("cidr = ['203.0.113.1/24']\n", 6, "host bits"),
+        ("cidr = ['nope']\n", 6, "not a cidr"),
+        ("port = [70000]\n", 6, "port"),
+        ("port = ['90-80']\n", 6, "backwards"),
+        ("domain = ['a..b']\n", 6, "empty label"),
+        ("domain = []\n", 6, "empty list"),
+        ("vendor = ['nosuch']\n", 6, "unknown vendor"),
+        ("list = ['nosuch']\n", 6, "unknown list"),
+        ("traffic = ['video']\n", 6, "video"),
+        ("protocol = ['sctp']\n", 6, "sctp"),
+        ("block = 'maybe'\n", 6, "maybe"),
+    ];
+    for (body, line, needle) in cases {
+        let e = parse(&format!("{head}{body}")).expect_err(body);
+        assert_eq!(e.line, *line, "{body}: {e}");
+        assert!(e.col >= 1, "{e}");
+        assert!(e.to_string().to_lowercase().contains(needle), "{body}: {e}");
+        assert!(e.to_string().starts_with("p.toml:"), "{e}");
+    }
+    let e = parse(
+        "name = 't'\ndefault = 'allow'\n[[rule]]\nname = 'r'\naction = 'allow'\nblock = 'drop'\n",
+    )
+    .expect_err("block on allow");
+    assert_eq!((e.line, e.col), (6, 9), "{e}");
+    let e = parse("name = 't'\ndefault = 'log'\n").expect_err("log default");
+    assert_eq!(e.line, 2, "{e}");
+    let e = parse("name = 't'\ndefault = 'allow'\n[[rule]\n").expect_err("syntax");
+    assert_eq!(e.line, 3, "{e}");
+    let e = parse("default = 'allow'\n").expect_err("missing name");
+    assert!(e.message.contains("name"), "{e}");
+}
+
+#[test]
+fn trace_explains_each_rule() {
+    let intel = fixture_intel();
+    let p = Policy::preset("clubhouse", &catalog()).expect("preset");
+    let f = Facts {
+        dst: ip("198.51.100.1"),
+        traffic: Some(Traffic::Media),
+        ..Facts::default()
+    };
+    let j = intel.jurisdiction(f.dst, f.names, f.protocol);
+    let t = p.trace(&f, Some(&j));
+    assert_eq!(t.len(), 2);
+    assert_eq!(t[0].failed, Some("leak"));
+    assert_eq!(t[1].failed, Some("jurisdiction"));
+}
+
+#[test]
+fn handle_swaps_atomically() {
+    let a = Policy::preset("default", &catalog()).expect("a");
+    let b = Policy::preset("strict", &catalog()).expect("b");
+    let h = PolicyHandle::new(a);
+    let before = h.current();
+    h.replace(b);
+    assert_eq!(before.name, "default", "a reader keeps the policy it took");
+    assert_eq!(h.current().name, "strict");
+}
+
+#[cfg(feature = "embedded-world")]
+#[test]
+fn reference_cases_with_the_shipped_world() {
+    let intel = Intel::new(
+        crate::intel::world::embedded().expect("world"),
+        Arc::new(catalog()),
+    );
+    let p = Policy::preset("clubhouse", &catalog()).expect("preset");
+    let f = Facts {
+        names: &["104-166-161-75.edge.agora.io"],
+        traffic: Some(Traffic::Media),
+        ..Facts::default()
+    };
+    let v = p.evaluate(&intel, &f);
+    assert!(v.is_block());
+    assert_eq!(v.layer.map(|l| l.layer), Some(Layer::Vendor));
+    let f = Facts {
+        dst: ip("47.74.0.1"),
+        traffic: Some(Traffic::Ping),
+        ..Facts::default()
+    };
+    let v = p.evaluate(&intel, &f);
+    assert!(v.is_block());
+    assert!(matches!(
+        v.layer.map(|l| l.layer),
+        Some(Layer::Network | Layer::Owner)
+    ));
+    // Zenlayer's 114.114.114.114 is geolocated CN: blocked by geo.
+    let f = Facts {
+        dst: ip("114.114.114.114"),
+        traffic: Some(Traffic::Ping),
+        ..Facts::default()
+    };
+    assert_eq!(
+        p.evaluate(&intel, &f).layer.map(|l| l.layer),
+        Some(Layer::Geo)
+    );
+    let _ = PathBuf::new();
+}
