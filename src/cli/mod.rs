@@ -2,6 +2,7 @@
 //! in the library.
 
 mod lookup;
+mod rules;
 mod world;
 
 use std::path::PathBuf;
@@ -28,6 +29,9 @@ enum Command {
     /// Build or inspect world databases.
     #[command(subcommand)]
     World(world::Command),
+    /// Check policies and catalogs, and explain verdicts.
+    #[command(subcommand)]
+    Rules(rules::Command),
 }
 
 /// Loads `--world FILE`, else `$GEOWALL_WORLD`, else the shipped database.
@@ -53,6 +57,7 @@ pub(crate) fn main() -> ExitCode {
     let result = match cli.command {
         Command::Lookup(a) => lookup::run(a),
         Command::World(c) => world::run(c),
+        Command::Rules(c) => rules::run(c),
     };
     match result {
         Ok(code) => code,

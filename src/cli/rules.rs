@@ -1,0 +1,370 @@
+//! `geowall rules check|explain`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use geowall::intel::catalog::{Catalog, SourceError};
+use geowall::intel::jurisdiction::{Intel, Jurisdiction, Layer};
+use geowall::intel::world::GEO_SOURCE_NAMES;
+use geowall::policy::{Facts, Policy, Traffic, Transport};
+
+/// `geowall rules` subcommands.
+#[derive(clap::Subcommand)]
+pub(crate) enum Command {
+    /// Check policy and catalog files; errors are printed as
+    /// file:line:col: message, and the exit code is 1 if there are any.
+    Check {
+        /// Files or directories (every *.toml below a directory; files with
+        /// [[vendor]] or [[operator]] tables are checked as catalogs).
+        #[arg(required = true, value_name = "FILE|DIR")]
+        paths: Vec<PathBuf>,
+    },
+    /// Explain the verdict for a destination: each jurisdiction layer with
+    /// its evidence, each rule's outcome, and the verdict.
+    Explain(ExplainArgs),
+}
+
+/// Arguments of `geowall rules explain`.
+#[derive(clap::Args)]
+pub(crate) struct ExplainArgs {
+    /// An IP address or a domain name.
+    target: String,
+    /// A shipped preset (default, clubhouse, strict).
+    #[arg(long, conflicts_with = "policy")]
+    preset: Option<String>,
+    /// A policy file.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Destination port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Transport protocol: tcp, udp or icmp.
+    #[arg(long, value_parser = parse_transport)]
+    proto: Option<Transport>,
+    /// Traffic class: dns, web, media, ping or other.
+    #[arg(long, value_parser = parse_traffic)]
+    traffic: Option<Traffic>,
+    /// Application protocol the classifier would report (e.g. sd-rtn).
+    #[arg(long, value_name = "NAME")]
+    protocol: Option<String>,
+    /// The flow carries a registered identifier in cleartext.
+    #[arg(long)]
+    leak: bool,
+    /// The payload is encrypted (true or false).
+    #[arg(long)]
+    encrypted: Option<bool>,
+    /// The app identity.
+    #[arg(long)]
+    app: Option<String>,
+    /// Resolve a domain TARGET with the system resolver and explain each
+    /// address (this sends DNS queries).
+    #[arg(long)]
+    resolve: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// World database instead of the shipped one.
+    #[arg(long, value_name = "FILE")]
+    world: Option<PathBuf>,
+    /// Catalog files or directories instead of the shipped catalog.
+    #[arg(long, value_name = "FILE|DIR")]
+    catalog: Vec<PathBuf>,
+}
+
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    match s {
+        "tcp" => Ok(Transport::Tcp),
+        "udp" => Ok(Transport::Udp),
+        "icmp" => Ok(Transport::Icmp),
+        _ => Err("expected tcp, udp or icmp".into()),
+    }
+}
+
+fn parse_traffic(s: &str) -> Result<Traffic, String> {
+    match s {
+        "dns" => Ok(Traffic::Dns),
+        "web" => Ok(Traffic::Web),
+        "media" => Ok(Traffic::Media),
+        "ping" => Ok(Traffic::Ping),
+        "other" => Ok(Traffic::Other),
+        _ => Err("expected dns, web, media, ping or other".into()),
+    }
+}
+
+pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
+    match c {
+        Command::Check { paths } => check(&paths),
+        Command::Explain(a) => explain(a),
+    }
+}
+
+fn load_catalog(paths: &[PathBuf]) -> Result<Catalog, SourceError> {
+    if paths.is_empty() {
+        Catalog::shipped()
+    } else {
+        Catalog::load(paths)
+    }
+}
+
+fn toml_files_below(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if p.is_file() {
+        out.push(p.to_owned());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for e in entries {
+        if e.is_dir() {
+            toml_files_below(&e, out)?;
+        } else if e.extension().is_some_and(|x| x == "toml") {
+            out.push(e);
+        }
+    }
+    Ok(())
+}
+
+fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut files = Vec::new();
+    for p in paths {
+        toml_files_below(p, &mut files).with_context(|| format!("cannot read {}", p.display()))?;
+    }
+    // Catalogs first: policies are checked against them (vendor ids).
+    let is_catalog = |t: &str| {
+        t.lines()
+            .any(|l| matches!(l.trim(), "[[vendor]]" | "[[operator]]"))
+    };
+    let mut texts = Vec::new();
+    let mut errors = 0usize;
+    for f in &files {
+        match std::fs::read_to_string(f) {
+            Ok(t) => texts.push((f.clone(), t)),
+            Err(e) => {
+                errors += 1;
+                eprintln!("{}: cannot read: {e}", f.display());
+            }
+        }
+    }
+    let catalog_sources: Vec<(PathBuf, String)> = texts
+        .iter()
+        .filter(|(_, t)| is_catalog(t))
+        .cloned()
+        .collect();
+    let catalog = if catalog_sources.is_empty() {
+        Catalog::shipped().map_err(anyhow::Error::from)?
+    } else {
+        match Catalog::from_sources(catalog_sources.clone()) {
+            Ok(c) => {
+                for (f, _) in &catalog_sources {
+                    println!("ok: {} (catalog)", f.display());
+                }
+                c
+            }
+            Err(e) => {
+                errors += 1;
+                eprintln!("{e}");
+                Catalog::shipped().map_err(anyhow::Error::from)?
+            }
+        }
+    };
+    for (f, t) in texts.iter().filter(|(_, t)| !is_catalog(t)) {
+        match Policy::parse(f, t, f.parent(), &catalog) {
+            Ok(p) => println!(
+                "ok: {} (policy '{}', {} rules, {} lists)",
+                f.display(),
+                p.name,
+                p.rules.len(),
+                p.lists.len()
+            ),
+            Err(e) => {
+                errors += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if files.is_empty() {
+        eprintln!("geowall: no .toml files found");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(if errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let catalog = Arc::new(load_catalog(&a.catalog)?);
+    let policy = match (&a.preset, &a.policy) {
+        (_, Some(f)) => Policy::load(f, &catalog)?,
+        (p, None) => Policy::preset(p.as_deref().unwrap_or("default"), &catalog)?,
+    };
+    let world = super::load_world(a.world.as_ref())?;
+    let intel = Intel::new(world, catalog);
+    let (ips, name): (Vec<Option<IpAddr>>, Option<&str>) = match a.target.parse::<IpAddr>() {
+        Ok(ip) => (vec![Some(ip)], None),
+        Err(_) => {
+            geowall::intel::domain::DomainPattern::parse(&a.target).map_err(|e| {
+                anyhow::anyhow!("TARGET must be an IP address or a domain name: {e}")
+            })?;
+            if a.resolve {
+                use std::net::ToSocketAddrs;
+                let addrs: Vec<Option<IpAddr>> = (a.target.as_str(), 0)
+                    .to_socket_addrs()
+                    .with_context(|| format!("cannot resolve {}", a.target))?
+                    .map(|s| Some(s.ip()))
+                    .collect();
+                (addrs, Some(a.target.as_str()))
+            } else {
+                (vec![None], Some(a.target.as_str()))
+            }
+        }
+    };
+    let names: Vec<&str> = name.into_iter().collect();
+    for ip in ips {
+        let facts = Facts {
+            dst: ip,
+            port: a.port,
+            transport: a.proto,
+            names: &names,
+            traffic: a.traffic,
+            protocol: a.protocol.as_deref(),
+            encrypted: a.encrypted,
+            leak: a.leak,
+            app: a.app.as_deref(),
+        };
+        let j = intel.jurisdiction(facts.dst, facts.names, facts.protocol);
+        let trace = policy.trace(&facts, Some(&j));
+        let verdict = policy.decide(&facts, Some(&j));
+        if a.json {
+            let doc = serde_json::json!({
+                "target": a.target,
+                "ip": ip,
+                "names": names,
+                "policy": policy.name,
+                "jurisdiction": j.to_json(),
+                "rules": trace,
+                "verdict": verdict.to_json(),
+            });
+            println!("{doc}");
+            continue;
+        }
+        match (ip, name) {
+            (Some(ip), Some(n)) => println!("target: {n} -> {ip}"),
+            (Some(ip), None) => println!("target: {ip}"),
+            (None, Some(n)) => {
+                println!("target: {n} (not resolved; --resolve looks up its addresses)")
+            }
+            (None, None) => {}
+        }
+        println!("policy: {} ({})", policy.name, policy.source.display());
+        print_layers(&j);
+        println!("rules:");
+        for t in &trace {
+            let outcome = match (t.failed, t.layer) {
+                (Some(c), _) => format!("no match ({c})"),
+                (None, Some(l)) => format!(
+                    "MATCH via {} {}",
+                    l.layer.name(),
+                    l.country.map_or("unknown".to_owned(), |c| c.to_string())
+                ),
+                (None, None) => "MATCH".to_owned(),
+            };
+            println!("  {:>2}. {:<50} {}", t.index + 1, t.name, outcome);
+        }
+        let by = match verdict.rule {
+            Some((i, r)) => format!("rule {} \"{}\"", i + 1, r.name),
+            None => "the default action".to_owned(),
+        };
+        let how = match verdict.action {
+            geowall::policy::Action::Block(m) => format!(
+                "BLOCK ({})",
+                if m == geowall::policy::BlockMode::Drop {
+                    "drop"
+                } else {
+                    "reject"
+                }
+            ),
+            geowall::policy::Action::Allow => "ALLOW".to_owned(),
+            geowall::policy::Action::Log => "LOG".to_owned(),
+        };
+        let via = verdict
+            .layer
+            .map(|l| {
+                format!(
+                    " via the {} layer ({})",
+                    l.layer.name(),
+                    l.country.map_or("unknown".to_owned(), |c| c.to_string())
+                )
+            })
+            .unwrap_or_default();
+        println!("verdict: {how} by {by}{via}");
+        if let Some((i, r)) = verdict.logged_by {
+            println!("logged by rule {} \"{}\"", i + 1, r.name);
+        }
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_layers(j: &Jurisdiction<'_, '_>) {
+    let unknown = |local: bool| {
+        if local {
+            "local address (no jurisdiction)"
+        } else {
+            "unknown"
+        }
+    };
+    println!("jurisdiction:");
+    let geo = match j.ip {
+        None => "unknown (no address)".to_owned(),
+        Some(_) if j.geo == [None, None] => unknown(j.local).to_owned(),
+        Some(_) => GEO_SOURCE_NAMES
+            .iter()
+            .zip(j.geo)
+            .map(|(n, c)| format!("{n}={}", c.map_or("?".to_owned(), |c| c.to_string())))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    println!("  {:<8} {geo}", Layer::Geo.name());
+    let net = match (j.network, j.asn) {
+        (Some(c), Some(a)) => format!("{c} (AS{a} is registered there)"),
+        (Some(c), None) => c.to_string(),
+        (None, Some(a)) => format!("unknown (AS{a})"),
+        (None, None) => {
+            if j.ip.is_none() {
+                "unknown (no address)".to_owned()
+            } else {
+                unknown(j.local).to_owned()
+            }
+        }
+    };
+    println!("  {:<8} {net}", Layer::Network.name());
+    let owner = j
+        .owner
+        .map_or("- (not in the operator catalog)".to_owned(), |o| {
+            format!("{} ({} -> {})", o.jurisdiction, o.name, o.parent)
+        });
+    println!("  {:<8} {owner}", Layer::Owner.name());
+    let vendor = j
+        .vendor
+        .map_or("- (no vendor recognised)".to_owned(), |(v, ev)| {
+            let how = match ev {
+                geowall::intel::catalog::VendorEvidence::Domain { name, domain } => {
+                    format!("name {name} is under {domain}")
+                }
+                geowall::intel::catalog::VendorEvidence::Asn { asn } => {
+                    format!("AS{asn} is the vendor's")
+                }
+                geowall::intel::catalog::VendorEvidence::Signature { protocol } => {
+                    format!("protocol {protocol}")
+                }
+            };
+            format!("{} ({}; {how})", v.jurisdiction, v.name)
+        });
+    println!("  {:<8} {vendor}", Layer::Vendor.name());
+}
