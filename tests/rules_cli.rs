@@ -154,3 +154,96 @@ fn check_passes_on_the_shipped_rules_and_locates_errors() {
             .exists()
     );
 }
+
+#[test]
+fn bundle_keygen_build_sign_verify_and_rejections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = |p: &str| dir.path().join(p).to_str().expect("utf8").to_owned();
+    std::fs::create_dir(dir.path().join("r")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("r/policy.toml"),
+        "name='mine'\ndefault='allow'\n[[rule]]\nname='agora'\naction='block'\nvendor=['agora']\n",
+    )
+    .expect("write");
+    assert!(
+        geowall(&["rules", "keygen", "--out", &d("k")])
+            .status
+            .success()
+    );
+    assert!(
+        geowall(&["rules", "keygen", "--out", &d("other")])
+            .status
+            .success()
+    );
+    let o = geowall(&["rules", "keygen", "--out", &d("k")]);
+    assert!(!o.status.success(), "never overwrites a secret key");
+    assert!(
+        geowall(&[
+            "rules",
+            "build",
+            &d("r"),
+            "-o",
+            &d("b.gwb"),
+            "--sequence",
+            "3"
+        ])
+        .status
+        .success()
+    );
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["rules", "verify"];
+        args.extend_from_slice(extra);
+        let o = geowall(&args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = verify(&[&d("b.gwb"), "--pubkey", &d("k.pub")]);
+    assert!(code == Some(1) && err.contains("not signed"), "{err}");
+    assert!(
+        geowall(&["rules", "sign", &d("b.gwb"), "--key", &d("k.key")])
+            .status
+            .success()
+    );
+    let (code, _) = verify(&[&d("b.gwb"), "--pubkey", &d("k.pub")]);
+    assert_eq!(code, Some(0));
+    let (code, err) = verify(&[&d("b.gwb"), "--pubkey", &d("other.pub")]);
+    assert!(code == Some(1) && err.contains("unknown key"), "{err}");
+    let (code, err) = verify(&[
+        &d("b.gwb"),
+        "--pubkey",
+        &d("k.pub"),
+        "--installed-sequence",
+        "3",
+    ]);
+    assert!(code == Some(1) && err.contains("rollback"), "{err}");
+    let mut bytes = std::fs::read(d("b.gwb")).expect("read");
+    let n = bytes.len();
+    bytes[n - 80] ^= 1;
+    std::fs::write(d("t.gwb"), &bytes).expect("write");
+    let (code, err) = verify(&[&d("t.gwb"), "--pubkey", &d("k.pub")]);
+    assert!(code == Some(1) && err.contains("altered"), "{err}");
+    std::fs::write(d("c.gwb"), &bytes[..n / 2]).expect("write");
+    let (code, err) = verify(&[&d("c.gwb"), "--pubkey", &d("k.pub")]);
+    assert!(code == Some(1) && err.contains("truncated"), "{err}");
+    assert!(
+        geowall(&[
+            "rules",
+            "build",
+            &d("r"),
+            "-o",
+            &d("e.gwb"),
+            "--sequence",
+            "4",
+            "--expires-in-days",
+            "0",
+            "--key",
+            &d("k.key")
+        ])
+        .status
+        .success()
+    );
+    let (code, err) = verify(&[&d("e.gwb"), "--pubkey", &d("k.pub")]);
+    assert!(code == Some(1) && err.contains("expired"), "{err}");
+}

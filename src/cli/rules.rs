@@ -9,7 +9,7 @@ use anyhow::Context;
 use geowall::intel::catalog::{Catalog, SourceError};
 use geowall::intel::jurisdiction::{Intel, Jurisdiction, Layer};
 use geowall::intel::world::GEO_SOURCE_NAMES;
-use geowall::policy::{Facts, Policy, Traffic, Transport};
+use geowall::policy::{Facts, Policy, Traffic, Transport, bundle};
 
 /// `geowall rules` subcommands.
 #[derive(clap::Subcommand)]
@@ -25,6 +25,53 @@ pub(crate) enum Command {
     /// Explain the verdict for a destination: each jurisdiction layer with
     /// its evidence, each rule's outcome, and the verdict.
     Explain(ExplainArgs),
+    /// Compile DIR (policy.toml, its lists, optional vendors/ and
+    /// operators/ catalogs) into one bundle (unsigned unless --key).
+    Build {
+        /// The rules directory.
+        dir: PathBuf,
+        /// Output file (.gwb).
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+        /// Sequence number; must grow with every release.
+        #[arg(long)]
+        sequence: u64,
+        /// Days until the bundle expires.
+        #[arg(long, default_value_t = 30)]
+        expires_in_days: u64,
+        /// Sign with this secret key file.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Generate an Ed25519 key pair: PREFIX.key (secret, mode 0600) and
+    /// PREFIX.pub.
+    Keygen {
+        /// Path prefix for the two files.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
+    /// Sign a bundle.
+    Sign {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Secret key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Output (default: replace the bundle).
+        #[arg(short, long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Verify a bundle as a device would before installing it.
+    Verify {
+        /// The bundle.
+        bundle: PathBuf,
+        /// Trusted public key files.
+        #[arg(long, required = true, value_name = "FILE")]
+        pubkey: Vec<PathBuf>,
+        /// Sequence number of the installed bundle (rollback check).
+        #[arg(long)]
+        installed_sequence: Option<u64>,
+    },
 }
 
 /// Arguments of `geowall rules explain`.
@@ -98,7 +145,133 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Check { paths } => check(&paths),
         Command::Explain(a) => explain(a),
+        Command::Build {
+            dir,
+            out,
+            sequence,
+            expires_in_days,
+            key,
+        } => {
+            let now = now_secs();
+            let expires = now.saturating_add(expires_in_days.saturating_mul(86_400));
+            let mut b = bundle::build(&dir, sequence, now, expires)?;
+            if let Some(k) = key {
+                b = bundle::sign(&b, &bundle::read_signing_key(&k)?)?;
+            }
+            write_atomic(&out, &b)?;
+            println!(
+                "wrote {} ({} bytes, sequence {sequence}, expires in {expires_in_days} days{})",
+                out.display(),
+                b.len(),
+                if b.last() == Some(&0) {
+                    ", unsigned"
+                } else {
+                    ", signed"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { out } => {
+            let k = bundle::keygen()?;
+            let secret = out.with_extension("key");
+            let public = out.with_extension("pub");
+            if secret.exists() {
+                anyhow::bail!(
+                    "{} exists; refusing to overwrite a secret key",
+                    secret.display()
+                );
+            }
+            write_secret(
+                &secret,
+                format!("{}\n", bundle::key_hex(&k.to_bytes())).as_bytes(),
+            )?;
+            std::fs::write(
+                &public,
+                format!("{}\n", bundle::key_hex(k.verifying_key().as_bytes())),
+            )
+            .with_context(|| format!("cannot write {}", public.display()))?;
+            println!(
+                "wrote {} (secret: keep it offline) and {} (public: ship it to devices)",
+                secret.display(),
+                public.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sign {
+            bundle: path,
+            key,
+            out,
+        } => {
+            let b =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let signed = bundle::sign(&b, &bundle::read_signing_key(&key)?)?;
+            let out = out.unwrap_or(path);
+            write_atomic(&out, &signed)?;
+            println!("signed {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            bundle: path,
+            pubkey,
+            installed_sequence,
+        } => {
+            let b =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let keys = pubkey
+                .iter()
+                .map(|p| bundle::read_verifying_key(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            match bundle::open(&b, &keys, installed_sequence, now_secs()) {
+                Ok(v) => {
+                    println!(
+                        "ok: {} policy '{}' ({} rules, {} lists), sequence {}, expires {} (Unix), key {}, content sha256 {}",
+                        path.display(),
+                        v.policy.name,
+                        v.policy.rules.len(),
+                        v.policy.lists.len(),
+                        v.sequence,
+                        v.expires,
+                        v.key_id,
+                        v.content_hash
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("geowall: {}: rejected: {e}", path.display());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
     }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn write_secret(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn load_catalog(paths: &[PathBuf]) -> Result<Catalog, SourceError> {

@@ -397,6 +397,30 @@ impl Policy {
         base: Option<&Path>,
         catalog: &Catalog,
     ) -> Result<Self, SourceError> {
+        match base {
+            Some(base) => Self::parse_with(
+                path,
+                text,
+                &mut |f| std::fs::read_to_string(base.join(f)).map_err(|e| e.to_string()),
+                catalog,
+            ),
+            None => Self::parse_with(
+                path,
+                text,
+                &mut |_| Err("lists are not allowed here (a compiled-in preset)".into()),
+                catalog,
+            ),
+        }
+    }
+
+    /// Compiles policy text, reading each list's `file` (as written in the
+    /// policy) through `read_list`: from disk, or from a bundle.
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        read_list: &mut dyn FnMut(&str) -> Result<String, String>,
+        catalog: &Catalog,
+    ) -> Result<Self, SourceError> {
         let raw: RawPolicy =
             toml::from_str(text).map_err(|e| SourceError::from_toml(path, text, &e))?;
         let at = |span: std::ops::Range<usize>, msg: String| {
@@ -426,19 +450,16 @@ impl Policy {
                     format!("list '{}' is defined twice", l.name.get_ref()),
                 ));
             }
-            let Some(base) = base else {
-                return Err(at(
-                    l.file.span(),
-                    "lists are not allowed here (a compiled-in preset)".into(),
-                ));
-            };
-            let file = base.join(l.file.get_ref());
-            let body = std::fs::read_to_string(&file).map_err(|e| {
+            let body = read_list(l.file.get_ref()).map_err(|e| {
                 at(
                     l.file.span(),
-                    format!("cannot read list '{}': {e}", file.display()),
+                    format!("cannot read list '{}': {e}", l.file.get_ref()),
                 )
             })?;
+            let file = path
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join(l.file.get_ref());
             let entries = parse_list(&file, &body, l.format)?;
             lists.push(compile_list(l.name.into_inner(), file, &entries));
         }

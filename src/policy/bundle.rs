@@ -1,0 +1,690 @@
+//! Signed rules bundles (`.gwb`): a policy with its lists and catalogs in
+//! one file, signed with Ed25519, with a sequence number against rollback
+//! and an expiry against freeze attacks.
+//!
+//! Layout (little-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `GEOWALLB` |
+//! | 8 | 4 | format version (1) |
+//! | 12 | 4 | flags (0) |
+//! | 16 | 8 | sequence number |
+//! | 24 | 8 | created (Unix seconds) |
+//! | 32 | 8 | expires (Unix seconds) |
+//! | 40 | 8 | signing key id (first 8 bytes of SHA-256 of the public key; 0 if unsigned) |
+//! | 48 | 8 | content length N |
+//! | 56 | 32 | SHA-256 of the content |
+//! | 88 | N | content: a file count (u32), then per file: path length (u16), path, data length (u32), data |
+//! | 88+N | 1 | signature count (0 or 1) |
+//! | 89+N | 64 | Ed25519 signature over bytes 0..88+N |
+//!
+//! The content holds `policy.toml`, the list files it names, and the
+//! catalogs (`vendors/*.toml`, `operators/*.toml`). Loading checks, in this
+//! order, each failure with its own [`BundleError`]: length and magic
+//! (truncated), version, presence of a signature, a trusted key, the
+//! signature, the content hash and archive, expiry, sequence (rollback),
+//! and finally that the policy compiles. A rejected bundle changes nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use super::rules::Policy;
+use crate::intel::catalog::{Catalog, SourceError};
+
+const MAGIC: [u8; 8] = *b"GEOWALLB";
+const VERSION: u32 = 1;
+const HEADER: usize = 88;
+/// The largest bundle accepted (64 MiB).
+pub const MAX_BUNDLE: usize = 64 << 20;
+
+/// Why a bundle was rejected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// Shorter than its header says, or not a bundle at all.
+    #[error("bundle is truncated: {0}")]
+    Truncated(String),
+    /// Not a geowall bundle.
+    #[error("not a geowall rules bundle (bad magic bytes)")]
+    BadMagic,
+    /// Another format version.
+    #[error("bundle format version {0} is not supported (this geowall reads version 1)")]
+    UnsupportedVersion(u32),
+    /// Nobody signed it.
+    #[error("bundle is not signed: sign it with `geowall rules sign`")]
+    MissingSignature,
+    /// Signed by a key this installation does not trust.
+    #[error("bundle is signed by an unknown key (id {0}); trust its public key with --pubkey")]
+    UnknownKey(String),
+    /// The signature does not match: the bundle was altered after signing.
+    #[error("bundle signature is invalid: the bundle was altered after signing")]
+    BadSignature,
+    /// The content does not match its hash, or the archive is malformed.
+    #[error("bundle content is corrupt: {0}")]
+    Corrupt(String),
+    /// Past its expiry: a stale bundle replayed to freeze updates.
+    #[error("bundle expired at {expires} (now {now}); ask the list maintainer for a current one")]
+    Expired {
+        /// Expiry (Unix seconds).
+        expires: u64,
+        /// Now (Unix seconds).
+        now: u64,
+    },
+    /// Not newer than what is installed: a rollback.
+    #[error(
+        "bundle sequence {sequence} is not newer than the installed {installed} (rollback refused)"
+    )]
+    Rollback {
+        /// The bundle's sequence number.
+        sequence: u64,
+        /// The installed one.
+        installed: u64,
+    },
+    /// The policy inside does not compile.
+    #[error("bundle policy is invalid: {0}")]
+    InvalidPolicy(#[from] SourceError),
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// A verified bundle.
+#[derive(Debug)]
+pub struct Bundle {
+    /// Sequence number.
+    pub sequence: u64,
+    /// Created (Unix seconds).
+    pub created: u64,
+    /// Expires (Unix seconds).
+    pub expires: u64,
+    /// Hex SHA-256 of the content.
+    pub content_hash: String,
+    /// Hex id of the key that signed it.
+    pub key_id: String,
+    /// The compiled policy.
+    pub policy: Policy,
+    /// The catalog it carries.
+    pub catalog: Catalog,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The 8-byte id of a public key.
+pub fn key_id(k: &VerifyingKey) -> [u8; 8] {
+    let d = Sha256::digest(k.as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&d[..8]);
+    id
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// Encodes files as bundle content.
+fn archive(files: &BTreeMap<String, Vec<u8>>) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    out.extend_from_slice(
+        &u32::try_from(files.len())
+            .map_err(|_| "too many files")?
+            .to_le_bytes(),
+    );
+    for (p, d) in files {
+        out.extend_from_slice(
+            &u16::try_from(p.len())
+                .map_err(|_| format!("path too long: {p}"))?
+                .to_le_bytes(),
+        );
+        out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(
+            &u32::try_from(d.len())
+                .map_err(|_| format!("file too large: {p}"))?
+                .to_le_bytes(),
+        );
+        out.extend_from_slice(d);
+    }
+    Ok(out)
+}
+
+fn unarchive(c: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let s = c
+            .get(at..at.checked_add(n).ok_or("length overflow")?)
+            .ok_or("archive ends early")?;
+        at += n;
+        Ok(s)
+    };
+    let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "bad count")?);
+    let mut files = BTreeMap::new();
+    for _ in 0..count {
+        let pl = u16::from_le_bytes(take(2)?.try_into().map_err(|_| "bad path length")?) as usize;
+        let path = std::str::from_utf8(take(pl)?)
+            .map_err(|_| "a path is not UTF-8")?
+            .to_owned();
+        if path.is_empty()
+            || path.starts_with('/')
+            || path.split('/').any(|s| s == ".." || s.is_empty())
+        {
+            return Err(format!("unsafe path in archive: {path:?}"));
+        }
+        let dl = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "bad data length")?) as usize;
+        let data = take(dl)?.to_vec();
+        if files.insert(path.clone(), data).is_some() {
+            return Err(format!("duplicate path in archive: {path}"));
+        }
+    }
+    if at != c.len() {
+        return Err("trailing bytes after the archive".into());
+    }
+    Ok(files)
+}
+
+/// Compiles a policy and catalog from archived files.
+fn compile(files: &BTreeMap<String, Vec<u8>>) -> Result<(Policy, Catalog), BundleError> {
+    let text = |p: &str| -> Result<String, String> {
+        let d = files
+            .get(p)
+            .ok_or_else(|| format!("{p} is not in the bundle"))?;
+        String::from_utf8(d.clone()).map_err(|_| format!("{p} is not UTF-8"))
+    };
+    let mut cats = Vec::new();
+    for p in files
+        .keys()
+        .filter(|p| p.starts_with("vendors/") || p.starts_with("operators/"))
+    {
+        cats.push((PathBuf::from(p), text(p).map_err(BundleError::Corrupt)?));
+    }
+    let catalog = Catalog::from_sources(cats)?;
+    let policy_text = text("policy.toml").map_err(BundleError::Corrupt)?;
+    let policy = Policy::parse_with(
+        Path::new("policy.toml"),
+        &policy_text,
+        &mut |f| text(f),
+        &catalog,
+    )?;
+    Ok((policy, catalog))
+}
+
+/// Builds an unsigned bundle from a directory holding `policy.toml`, the
+/// list files it names, and optionally `vendors/` and `operators/`
+/// catalogs (the shipped catalogs are included when absent).
+pub fn build(
+    dir: &Path,
+    sequence: u64,
+    created: u64,
+    expires: u64,
+) -> Result<Vec<u8>, BundleError> {
+    let io = |p: &Path, e: std::io::Error| BundleError::Io {
+        path: p.to_owned(),
+        message: e.to_string(),
+    };
+    let mut files = BTreeMap::new();
+    let pol = dir.join("policy.toml");
+    let policy_text = std::fs::read_to_string(&pol).map_err(|e| io(&pol, e))?;
+    files.insert("policy.toml".to_owned(), policy_text.clone().into_bytes());
+    for sub in ["vendors", "operators"] {
+        let d = dir.join(sub);
+        if d.is_dir() {
+            for f in crate::intel::catalog::toml_files(&d)? {
+                let name = f
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                files.insert(
+                    format!("{sub}/{name}"),
+                    std::fs::read(&f).map_err(|e| io(&f, e))?,
+                );
+            }
+        } else {
+            for (p, t) in crate::intel::catalog::SHIPPED
+                .iter()
+                .filter(|(p, _)| p.contains(sub))
+            {
+                let name = Path::new(p)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                files.insert(format!("{sub}/{name}"), t.as_bytes().to_vec());
+            }
+        }
+    }
+    // Check it compiles, reading lists from the directory and recording them.
+    let cats: Vec<(PathBuf, String)> = files
+        .iter()
+        .filter(|(p, _)| p.starts_with("vendors/") || p.starts_with("operators/"))
+        .map(|(p, d)| (PathBuf::from(p), String::from_utf8_lossy(d).into_owned()))
+        .collect();
+    let catalog = Catalog::from_sources(cats)?;
+    let mut lists = BTreeMap::new();
+    Policy::parse_with(
+        &pol,
+        &policy_text,
+        &mut |f| {
+            let data = std::fs::read_to_string(dir.join(f)).map_err(|e| e.to_string())?;
+            lists.insert(f.to_owned(), data.clone().into_bytes());
+            Ok(data)
+        },
+        &catalog,
+    )?;
+    for (k, v) in lists {
+        files.insert(k, v);
+    }
+    let content = archive(&files).map_err(BundleError::Corrupt)?;
+    let mut out = Vec::with_capacity(HEADER + content.len() + 65);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&sequence.to_le_bytes());
+    out.extend_from_slice(&created.to_le_bytes());
+    out.extend_from_slice(&expires.to_le_bytes());
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&(content.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&content));
+    out.extend_from_slice(&content);
+    out.push(0);
+    Ok(out)
+}
+
+/// The signed part of a bundle and its length, after the frame checks.
+fn frame(b: &[u8]) -> Result<usize, BundleError> {
+    if b.len() > MAX_BUNDLE {
+        return Err(BundleError::Corrupt(format!(
+            "larger than {MAX_BUNDLE} bytes"
+        )));
+    }
+    if b.len() < 8 {
+        return Err(BundleError::Truncated(format!("{} bytes", b.len())));
+    }
+    if b[..8] != MAGIC {
+        return Err(BundleError::BadMagic);
+    }
+    if b.len() < HEADER {
+        return Err(BundleError::Truncated(format!(
+            "header needs {HEADER} bytes, have {}",
+            b.len()
+        )));
+    }
+    let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+    if version != VERSION {
+        return Err(BundleError::UnsupportedVersion(version));
+    }
+    let n = usize::try_from(u64_at(b, 48))
+        .map_err(|_| BundleError::Corrupt("content length overflows".into()))?;
+    let body = HEADER
+        .checked_add(n)
+        .ok_or_else(|| BundleError::Corrupt("content length overflows".into()))?;
+    if b.len() < body + 1 {
+        return Err(BundleError::Truncated(format!(
+            "content of {n} bytes declared, file has {}",
+            b.len()
+        )));
+    }
+    Ok(body)
+}
+
+/// Signs a bundle (replacing any signature).
+pub fn sign(bundle: &[u8], key: &SigningKey) -> Result<Vec<u8>, BundleError> {
+    let body = frame(bundle)?;
+    let mut out = bundle[..body].to_vec();
+    out[40..48].copy_from_slice(&key_id(&key.verifying_key()));
+    let sig = key.sign(&out);
+    out.push(1);
+    out.extend_from_slice(&sig.to_bytes());
+    Ok(out)
+}
+
+/// Verifies and opens a bundle.
+///
+/// `trusted`: the public keys to accept; `installed`: the sequence number
+/// of the installed bundle, if any; `now`: Unix seconds.
+pub fn open(
+    b: &[u8],
+    trusted: &[VerifyingKey],
+    installed: Option<u64>,
+    now: u64,
+) -> Result<Bundle, BundleError> {
+    let body = frame(b)?;
+    let sig = match b[body] {
+        0 if b.len() == body + 1 => return Err(BundleError::MissingSignature),
+        1 if b.len() == body + 65 => &b[body + 1..],
+        1 if b.len() < body + 65 => {
+            return Err(BundleError::Truncated("signature cut short".into()));
+        }
+        _ => {
+            return Err(BundleError::Corrupt(
+                "unexpected bytes after the content".into(),
+            ));
+        }
+    };
+    let id: [u8; 8] = b[40..48]
+        .try_into()
+        .map_err(|_| BundleError::Truncated("key id".into()))?;
+    let key = trusted
+        .iter()
+        .find(|k| key_id(k) == id)
+        .ok_or_else(|| BundleError::UnknownKey(hex(&id)))?;
+    let sig = Signature::from_slice(sig).map_err(|_| BundleError::BadSignature)?;
+    key.verify(&b[..body], &sig)
+        .map_err(|_| BundleError::BadSignature)?;
+    let content = &b[HEADER..body];
+    if Sha256::digest(content).as_slice() != &b[56..88] {
+        return Err(BundleError::Corrupt(
+            "content does not match its SHA-256".into(),
+        ));
+    }
+    let files = unarchive(content).map_err(BundleError::Corrupt)?;
+    let (sequence, created, expires) = (u64_at(b, 16), u64_at(b, 24), u64_at(b, 32));
+    if now >= expires {
+        return Err(BundleError::Expired { expires, now });
+    }
+    if let Some(i) = installed
+        && sequence <= i
+    {
+        return Err(BundleError::Rollback {
+            sequence,
+            installed: i,
+        });
+    }
+    let (policy, catalog) = compile(&files)?;
+    Ok(Bundle {
+        sequence,
+        created,
+        expires,
+        content_hash: hex(&b[56..88]),
+        key_id: hex(&id),
+        policy,
+        catalog,
+    })
+}
+
+/// Generates a signing key from the OS random source.
+pub fn keygen() -> Result<SigningKey, BundleError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| BundleError::Io {
+        path: PathBuf::from("(OS random source)"),
+        message: e.to_string(),
+    })?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Reads a hex key file (secret: 32-byte seed).
+pub fn read_signing_key(path: &Path) -> Result<SigningKey, BundleError> {
+    let bad = |m: &str| BundleError::Io {
+        path: path.to_owned(),
+        message: m.to_owned(),
+    };
+    let t = std::fs::read_to_string(path).map_err(|e| bad(&e.to_string()))?;
+    let b: [u8; 32] = unhex(&t)
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| bad("not a geowall secret key (64 hex digits)"))?;
+    Ok(SigningKey::from_bytes(&b))
+}
+
+/// Reads a hex public key file.
+pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey, BundleError> {
+    let bad = |m: &str| BundleError::Io {
+        path: path.to_owned(),
+        message: m.to_owned(),
+    };
+    let t = std::fs::read_to_string(path).map_err(|e| bad(&e.to_string()))?;
+    let b: [u8; 32] = unhex(&t)
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| bad("not a geowall public key (64 hex digits)"))?;
+    VerifyingKey::from_bytes(&b).map_err(|_| bad("not a valid Ed25519 public key"))
+}
+
+/// Hex of a key's bytes, for key files.
+pub fn key_hex(b: &[u8; 32]) -> String {
+    hex(b)
+}
+
+/// Holds the installed bundle and installs updates: a rejected update
+/// leaves what is installed untouched.
+#[derive(Debug)]
+pub struct Installer {
+    trusted: Vec<VerifyingKey>,
+    installed: Option<Bundle>,
+}
+
+impl Installer {
+    /// An installer trusting these keys, with nothing installed.
+    pub fn new(trusted: Vec<VerifyingKey>) -> Self {
+        Self {
+            trusted,
+            installed: None,
+        }
+    }
+
+    /// The installed bundle.
+    pub fn installed(&self) -> Option<&Bundle> {
+        self.installed.as_ref()
+    }
+
+    /// Verifies `bytes` against the trusted keys and the installed
+    /// sequence, and installs it. On error nothing changes.
+    pub fn install(&mut self, bytes: &[u8], now: u64) -> Result<&Bundle, BundleError> {
+        let b = open(
+            bytes,
+            &self.trusted,
+            self.installed.as_ref().map(|b| b.sequence),
+            now,
+        )?;
+        Ok(self.installed.insert(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn rules_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("policy.toml"),
+            "name='b'\ndefault='allow'\n[[list]]\nname='l'\nfile='lists/l.txt'\nformat='domains'\n[[rule]]\nname='r'\naction='block'\nlist=['l']\n",
+        )
+        .expect("write");
+        std::fs::create_dir(dir.path().join("lists")).expect("mkdir");
+        std::fs::write(dir.path().join("lists/l.txt"), "agora.io\n").expect("write");
+        dir
+    }
+
+    fn signed(seq: u64, expires: u64, k: &SigningKey) -> Vec<u8> {
+        let dir = rules_dir();
+        sign(
+            &build(dir.path(), seq, NOW - 10, expires).expect("builds"),
+            k,
+        )
+        .expect("signs")
+    }
+
+    #[test]
+    fn a_good_bundle_opens_and_carries_its_lists_and_catalog() {
+        let k = key(1);
+        let b = open(
+            &signed(5, NOW + 100, &k),
+            &[k.verifying_key()],
+            Some(4),
+            NOW,
+        )
+        .expect("opens");
+        assert_eq!((b.sequence, b.policy.name.as_str()), (5, "b"));
+        assert_eq!(b.policy.lists[0].entries, 1);
+        assert!(
+            b.catalog.vendor("agora").is_some(),
+            "the shipped catalog travels with it"
+        );
+        assert_eq!(b.key_id, hex(&key_id(&k.verifying_key())));
+    }
+
+    #[test]
+    fn each_kind_of_bad_bundle_has_its_own_error() {
+        let k = key(1);
+        let trusted = [k.verifying_key()];
+        let good = signed(5, NOW + 100, &k);
+        // Tampered: any byte of the signed part.
+        for at in [20, 60, HEADER + 3, good.len() - 70] {
+            let mut t = good.clone();
+            t[at] ^= 1;
+            assert!(
+                matches!(
+                    open(&t, &trusted, None, NOW),
+                    Err(BundleError::BadSignature)
+                ),
+                "byte {at}"
+            );
+        }
+        // Signed by a key nobody trusts.
+        let other = signed(5, NOW + 100, &key(2));
+        assert!(matches!(
+            open(&other, &trusted, None, NOW),
+            Err(BundleError::UnknownKey(_))
+        ));
+        // Signed by another key but claiming the trusted key's id.
+        let mut forged = other.clone();
+        forged[40..48].copy_from_slice(&key_id(&k.verifying_key()));
+        assert!(matches!(
+            open(&forged, &trusted, None, NOW),
+            Err(BundleError::BadSignature)
+        ));
+        // Not signed at all.
+        let unsigned = build(rules_dir().path(), 5, NOW, NOW + 100).expect("builds");
+        assert!(matches!(
+            open(&unsigned, &trusted, None, NOW),
+            Err(BundleError::MissingSignature)
+        ));
+        // Rolled back: same or older sequence than installed.
+        assert!(matches!(
+            open(&good, &trusted, Some(5), NOW),
+            Err(BundleError::Rollback {
+                sequence: 5,
+                installed: 5
+            })
+        ));
+        assert!(matches!(
+            open(&good, &trusted, Some(9), NOW),
+            Err(BundleError::Rollback { .. })
+        ));
+        // Expired (freeze attack).
+        let stale = signed(6, NOW - 1, &k);
+        assert!(matches!(
+            open(&stale, &trusted, None, NOW),
+            Err(BundleError::Expired { .. })
+        ));
+        // Truncated anywhere.
+        for len in [
+            0,
+            5,
+            40,
+            HEADER,
+            HEADER + 10,
+            good.len() - 1,
+            good.len() - 64,
+        ] {
+            let e = open(&good[..len], &trusted, None, NOW).expect_err("truncated");
+            assert!(matches!(e, BundleError::Truncated(_)), "len {len}: {e}");
+        }
+        // Not a bundle.
+        assert!(matches!(
+            open(b"GEOWALLW and more bytes", &trusted, None, NOW),
+            Err(BundleError::BadMagic)
+        ));
+        // Corrupt content under a valid signature: the hash field is wrong.
+        let mut c = build(rules_dir().path(), 7, NOW, NOW + 100).expect("builds");
+        c[56] ^= 0xFF;
+        let c = sign(&c, &k).expect("signs");
+        assert!(matches!(
+            open(&c, &trusted, None, NOW),
+            Err(BundleError::Corrupt(_))
+        ));
+        // A signed policy that does not compile.
+        let dir = rules_dir();
+        let mut files = BTreeMap::new();
+        files.insert(
+            "policy.toml".to_owned(),
+            b"name='x'\ndefault='maybe'\n".to_vec(),
+        );
+        let content = archive(&files).expect("archive");
+        let mut raw = build(dir.path(), 8, NOW, NOW + 100).expect("builds")[..HEADER].to_vec();
+        raw[48..56].copy_from_slice(&(content.len() as u64).to_le_bytes());
+        raw[56..88].copy_from_slice(&Sha256::digest(&content));
+        raw.extend_from_slice(&content);
+        raw.push(0);
+        let bad_policy = sign(&raw, &k).expect("signs");
+        assert!(matches!(
+            open(&bad_policy, &trusted, None, NOW),
+            Err(BundleError::InvalidPolicy(_))
+        ));
+    }
+
+    #[test]
+    fn a_rejected_update_keeps_the_installed_rules() {
+        let k = key(3);
+        let mut inst = Installer::new(vec![k.verifying_key()]);
+        inst.install(&signed(10, NOW + 100, &k), NOW)
+            .expect("first install");
+        let mut tampered = signed(11, NOW + 100, &k);
+        let n = tampered.len();
+        tampered[n - 100] ^= 1;
+        assert!(inst.install(&tampered, NOW).is_err());
+        assert!(
+            inst.install(&signed(9, NOW + 100, &k), NOW).is_err(),
+            "rollback"
+        );
+        assert_eq!(inst.installed().map(|b| b.sequence), Some(10));
+        inst.install(&signed(11, NOW + 100, &k), NOW)
+            .expect("a newer good one installs");
+        assert_eq!(inst.installed().map(|b| b.sequence), Some(11));
+    }
+
+    #[test]
+    fn archive_rejects_unsafe_paths() {
+        for bad in ["../x", "/etc/passwd", "a//b", ""] {
+            let mut files = BTreeMap::new();
+            files.insert(bad.to_owned(), vec![1]);
+            let c = archive(&files).expect("encodes");
+            assert!(unarchive(&c).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn opening_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = open(&bytes, &[key(1).verifying_key()], None, NOW);
+            let mut framed = MAGIC.to_vec();
+            framed.extend_from_slice(&bytes);
+            let _ = open(&framed, &[key(1).verifying_key()], Some(1), NOW);
+        }
+    }
+}
