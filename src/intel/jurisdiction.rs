@@ -150,7 +150,8 @@ impl Intel {
         let asn = info.and_then(|i| i.asn());
         let geo = info.map_or([None, None], |i| i.geo_sources());
         let network = info.and_then(|i| i.network_country());
-        let local = key.is_some_and(is_special_purpose) && geo == [None, None] && network.is_none();
+        // Only addresses the world knows nothing about can be local.
+        let local = geo == [None, None] && network.is_none() && key.is_some_and(is_special_purpose);
         Jurisdiction {
             ip: key,
             geo,
