@@ -135,11 +135,18 @@ const K_EXACT: u64 = 1;
 const K_SUFFIX: u64 = 2;
 const K_WILD: u64 = 4;
 const KIND_MASK: u64 = 7;
-const MAX_LABELS: usize = 32;
+const MAX_LABELS: usize = 16;
 
 #[inline]
 fn fnv_step(h: u64, b: u8) -> u64 {
     (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0000_0100_0000_01B3)
+}
+
+/// Hashes one label, case-insensitively.
+#[inline]
+fn hash_label(l: &[u8]) -> u64 {
+    l.iter()
+        .fold(0xCBF2_9CE4_8422_2325u64, |h, &c| fnv_step(h, c))
 }
 
 /// Final mixing (the splitmix64 finaliser) so similar names spread out;
@@ -156,44 +163,26 @@ fn finish(h: u64) -> u64 {
 
 /// Fingerprints of every suffix of `b` that starts at a label boundary,
 /// from the shortest (the last label) to the whole name, with their byte
-/// lengths; returns how many. Each label is hashed on its own (so the CPU
-/// hashes labels in parallel), then label hashes are folded from the right.
-/// Names with more than [`MAX_LABELS`] labels keep their rightmost
-/// suffixes and the whole name.
+/// lengths; returns how many. Each label is hashed on its own and folded
+/// into the running suffix hash from the right. Names with more than
+/// [`MAX_LABELS`] labels keep their rightmost suffixes and the whole name.
 #[inline]
 fn suffix_fps(b: &[u8], out: &mut [(u64, usize); MAX_LABELS + 1]) -> usize {
-    // Label hashes, rightmost first.
-    let mut labels = [(0u64, 0usize); MAX_LABELS + 1];
+    let label = hash_label;
     let mut n = 0;
+    let mut s = 0u64;
     let mut end = b.len();
-    let mut overflow = None::<u64>;
     for (i, &c) in b.iter().enumerate().rev() {
         if c == b'.' {
-            let h = b[i + 1..end]
-                .iter()
-                .fold(0xCBF2_9CE4_8422_2325u64, |h, &c| fnv_step(h, c));
-            if n < MAX_LABELS {
-                labels[n] = (h, b.len() - i - 1);
-                n += 1;
-            } else {
-                overflow = Some(overflow.unwrap_or(0).rotate_left(7) ^ h);
-            }
+            s = fold_label(s, label(&b[i + 1..end]));
             end = i;
+            if n < MAX_LABELS {
+                out[n] = (finish(s), b.len() - i - 1);
+                n += 1;
+            }
         }
     }
-    let first = b[..end]
-        .iter()
-        .fold(0xCBF2_9CE4_8422_2325u64, |h, &c| fnv_step(h, c));
-    let mut s = 0u64;
-    for (k, &(h, len)) in labels[..n].iter().enumerate() {
-        s = fold_label(s, h);
-        out[k] = (finish(s), len);
-    }
-    // The whole name (with any labels beyond MAX_LABELS folded in).
-    if let Some(o) = overflow {
-        s = fold_label(s, o);
-    }
-    s = fold_label(s, first);
+    s = fold_label(s, label(&b[..end]));
     out[n] = (finish(s), b.len());
     n + 1
 }
@@ -386,11 +375,11 @@ impl DomainMap {
         }
         let mut fps = [(0u64, 0usize); MAX_LABELS + 1];
         let n = suffix_fps(b, &mut fps);
-        // Load every home slot first (independent loads, overlapping
-        // misses), skipping suffixes the prefilter rules out.
+        // Load every home slot before inspecting any (independent loads,
+        // overlapping misses), skipping suffixes the prefilter rules out.
         let mut homes = [(0usize, 0u64); MAX_LABELS + 1];
         let words = self.filter.len();
-        for (k, &(fp, _)) in fps[..n].iter().enumerate() {
+        for (home, &(fp, _)) in homes.iter_mut().zip(&fps[..n]) {
             if words > 0 {
                 let m = filter_mask(fp);
                 if self
@@ -402,7 +391,7 @@ impl DomainMap {
                 }
             }
             let i = slot_of(fp, cap);
-            homes[k] = (i, self.slots.get(i).copied().unwrap_or(0));
+            *home = (i, self.slots.get(i).copied().unwrap_or(0));
         }
         // Most specific first: the whole name, then shorter suffixes.
         for k in (0..n).rev() {
