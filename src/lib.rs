@@ -7,3 +7,4 @@
 
 pub mod intel;
 pub mod policy;
+pub mod wire;

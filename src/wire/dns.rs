@@ -1,0 +1,180 @@
+//! DNS messages: the question's name and type. Names are decoded into a
+//! fixed 255-byte buffer (no allocation); compression pointers are
+//! followed with a bound on jumps.
+
+/// A decoded DNS name (dotted, lowercase, at most 253 characters).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DnsName {
+    buf: [u8; 255],
+    len: u8,
+}
+
+impl DnsName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for DnsName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DnsName({})", self.as_str())
+    }
+}
+
+/// The first question of a DNS message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Question {
+    /// Transaction id.
+    pub id: u16,
+    /// True for a response.
+    pub response: bool,
+    /// The queried name.
+    pub name: DnsName,
+    /// Query type (1 A, 28 AAAA, 65 HTTPS, ...).
+    pub qtype: u16,
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+/// Decodes a name starting at `at`; returns it and the offset after it.
+pub fn read_name(msg: &[u8], mut at: usize) -> Option<(DnsName, usize)> {
+    let mut name = DnsName {
+        buf: [0; 255],
+        len: 0,
+    };
+    let mut end = None;
+    let mut jumps = 0;
+    loop {
+        let l = *msg.get(at)?;
+        match l & 0xC0 {
+            0x00 => {
+                if l == 0 {
+                    return Some((name, end.unwrap_or(at + 1)));
+                }
+                let label = msg.get(at + 1..at + 1 + usize::from(l))?;
+                let n = usize::from(name.len);
+                let need = n + usize::from(n > 0) + label.len();
+                if need > 253 {
+                    return None;
+                }
+                if n > 0 {
+                    name.buf[n] = b'.';
+                }
+                let start = n + usize::from(n > 0);
+                for (d, &c) in name.buf[start..need].iter_mut().zip(label) {
+                    if !(c.is_ascii_graphic()) || c == b'.' {
+                        return None;
+                    }
+                    *d = c.to_ascii_lowercase();
+                }
+                name.len = need as u8;
+                at += 1 + label.len();
+            }
+            0xC0 => {
+                jumps += 1;
+                if jumps > 16 {
+                    return None;
+                }
+                let ptr = usize::from(be16(msg, at)? & 0x3FFF);
+                end.get_or_insert(at + 2);
+                if ptr >= at {
+                    return None;
+                }
+                at = ptr;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The first question of a DNS message over UDP.
+pub fn question(msg: &[u8]) -> Option<Question> {
+    let id = be16(msg, 0)?;
+    let flags = be16(msg, 2)?;
+    let qd = be16(msg, 4)?;
+    // Standard query or response, at least one question.
+    if qd == 0 || (flags >> 11) & 0xF > 2 {
+        return None;
+    }
+    let (name, at) = read_name(msg, 12)?;
+    let qtype = be16(msg, at)?;
+    let class = be16(msg, at + 2)?;
+    if class & 0x7FFF != 1 && class != 255 {
+        return None;
+    }
+    Some(Question {
+        id,
+        response: flags & 0x8000 != 0,
+        name,
+        qtype,
+    })
+}
+
+/// The first question of a DNS message over TCP (2-byte length prefix).
+pub fn question_tcp(stream: &[u8]) -> Option<Question> {
+    let len = usize::from(be16(stream, 0)?);
+    question(stream.get(2..2 + len).or_else(|| stream.get(2..))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for l in name.split('.') {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 1, 0, 1]);
+        m
+    }
+
+    #[test]
+    fn questions() {
+        let q = question(&query("WWW.Example.ORG")).expect("question");
+        assert_eq!(
+            (q.name.as_str(), q.qtype, q.response, q.id),
+            ("www.example.org", 1, false, 0x1234)
+        );
+        let mut tcp = (query("a.b").len() as u16).to_be_bytes().to_vec();
+        tcp.extend_from_slice(&query("a.b"));
+        assert_eq!(
+            question_tcp(&tcp).map(|q| q.name.as_str().to_owned()),
+            Some("a.b".into())
+        );
+    }
+
+    #[test]
+    fn compression_pointers_are_bounded() {
+        // A pointer to itself and a forward pointer are refused.
+        let mut m = vec![
+            0, 0, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1,
+        ];
+        assert!(question(&m).is_none());
+        m[13] = 40;
+        assert!(question(&m).is_none());
+        // A valid backward pointer.
+        let mut r = query("x.example");
+        let ans = r.len();
+        r.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+        assert_eq!(
+            read_name(&r, ans).map(|(n, e)| (n.as_str().to_owned(), e)),
+            Some(("x.example".into(), ans + 2))
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = question(&b);
+            let _ = question_tcp(&b);
+            let _ = read_name(&b, 0);
+        }
+    }
+}

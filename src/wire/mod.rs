@@ -1,0 +1,10 @@
+//! Zero-copy, checked views of packets and application protocols. Nothing
+//! here allocates on the common path or panics on any input: malformed
+//! input is a `None`, a [`packet::Drop`] reason or a capture error.
+
+pub mod capture;
+pub mod dns;
+pub mod http;
+pub mod packet;
+pub mod rtc;
+pub mod tls;

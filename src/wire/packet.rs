@@ -1,0 +1,420 @@
+//! Checked, zero-copy views of IP packets: link layers (Ethernet with
+//! stacked VLAN tags and PPPoE sessions, Linux SLL/SLL2, null/loopback,
+//! raw), IPv4 (with 6in4), IPv6 (with extension headers), TCP, UDP, ICMP
+//! and ICMPv6. A packet that cannot be
+//! parsed is a [`Drop`] with a reason, never a panic.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::capture::LinkType;
+
+/// Why a packet was not parsed (counted, not an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Drop {
+    /// Shorter than its headers.
+    Truncated,
+    /// Not IPv4 or IPv6 (e.g. ARP), or an unknown link type.
+    NotIp,
+    /// A header field is impossible (length, version).
+    Malformed,
+}
+
+impl Drop {
+    /// A stable name for counters and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drop::Truncated => "truncated",
+            Drop::NotIp => "not-ip",
+            Drop::Malformed => "malformed",
+        }
+    }
+}
+
+/// An IP fragment's identity, for reassembly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// Identification.
+    pub id: u32,
+    /// Offset in bytes.
+    pub offset: u32,
+    /// More fragments follow.
+    pub more: bool,
+}
+
+/// The transport part of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport<'a> {
+    /// TCP.
+    Tcp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+        /// Sequence number.
+        seq: u32,
+        /// Flags (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+        flags: u8,
+        /// Segment payload.
+        payload: &'a [u8],
+    },
+    /// UDP.
+    Udp {
+        /// Source port.
+        sport: u16,
+        /// Destination port.
+        dport: u16,
+        /// Datagram payload.
+        payload: &'a [u8],
+    },
+    /// ICMP or ICMPv6.
+    Icmp {
+        /// Type.
+        kind: u8,
+        /// Code.
+        code: u8,
+        /// Echo identifier, for echo request/reply.
+        echo_id: Option<u16>,
+        /// True for ICMPv6.
+        v6: bool,
+        /// Message body after the 4-byte header.
+        payload: &'a [u8],
+    },
+    /// A fragment (not the first, or the first too short to hold the
+    /// transport header): its transport is not parsed here.
+    Fragment(Fragment),
+    /// Another IP protocol.
+    Other {
+        /// The IP protocol number.
+        proto: u8,
+    },
+}
+
+/// A parsed IP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet<'a> {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// IP protocol number of the transport (after extension headers).
+    pub proto: u8,
+    /// Present when the packet is a fragment (including the first).
+    pub fragment: Option<Fragment>,
+    /// True when this packet was carried inside IPv4 (6in4, protocol 41).
+    pub tunnelled: bool,
+    /// The transport.
+    pub transport: Transport<'a>,
+}
+
+impl Packet<'_> {
+    /// Source and destination ports (0 for non-port protocols).
+    pub fn ports(&self) -> (u16, u16) {
+        match self.transport {
+            Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport, .. } => {
+                (sport, dport)
+            }
+            _ => (0, 0),
+        }
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+/// The IP packet inside a link-layer frame.
+pub fn strip_link(link: LinkType, f: &[u8]) -> Result<&[u8], Drop> {
+    let ip_after_ethertype = |mut et: u16, mut at: usize| -> Result<&[u8], Drop> {
+        // 802.1Q / 802.1ad tags, possibly stacked.
+        while et == 0x8100 || et == 0x88A8 || et == 0x9100 {
+            et = be16(f, at + 2).ok_or(Drop::Truncated)?;
+            at += 4;
+        }
+        match et {
+            0x0800 | 0x86DD => f.get(at..).ok_or(Drop::Truncated),
+            // PPPoE session: 6-byte PPPoE header, then the PPP protocol
+            // (0x0021 IPv4, 0x0057 IPv6).
+            0x8864 => match be16(f, at + 6).ok_or(Drop::Truncated)? {
+                0x0021 | 0x0057 => f.get(at + 8..).ok_or(Drop::Truncated),
+                _ => Err(Drop::NotIp),
+            },
+            _ => Err(Drop::NotIp),
+        }
+    };
+    match link {
+        LinkType::Ethernet => ip_after_ethertype(be16(f, 12).ok_or(Drop::Truncated)?, 14),
+        LinkType::Raw => Ok(f),
+        LinkType::LinuxSll => ip_after_ethertype(be16(f, 14).ok_or(Drop::Truncated)?, 16),
+        LinkType::LinuxSll2 => ip_after_ethertype(be16(f, 0).ok_or(Drop::Truncated)?, 20),
+        LinkType::Null | LinkType::Loop => {
+            // The address family is 4 bytes in host or network order; the
+            // IP version nibble decides.
+            let ip = f.get(4..).ok_or(Drop::Truncated)?;
+            match ip.first().map(|b| b >> 4) {
+                Some(4 | 6) => Ok(ip),
+                _ => Err(Drop::NotIp),
+            }
+        }
+        LinkType::Other(_) => Err(Drop::NotIp),
+    }
+}
+
+/// Parses an IP packet (IPv4 or IPv6).
+pub fn parse_ip(b: &[u8]) -> Result<Packet<'_>, Drop> {
+    match b.first().map(|v| v >> 4) {
+        Some(4) => parse_v4(b),
+        Some(6) => parse_v6(b, false),
+        Some(_) => Err(Drop::Malformed),
+        None => Err(Drop::Truncated),
+    }
+}
+
+fn parse_v4(b: &[u8]) -> Result<Packet<'_>, Drop> {
+    let ihl = usize::from(b.first().ok_or(Drop::Truncated)? & 0x0F) * 4;
+    if ihl < 20 {
+        return Err(Drop::Malformed);
+    }
+    let total = usize::from(be16(b, 2).ok_or(Drop::Truncated)?);
+    if total < ihl {
+        return Err(Drop::Malformed);
+    }
+    // Ethernet padding may follow; a capture may cut the packet short.
+    let body = b.get(ihl..total.min(b.len())).ok_or(Drop::Truncated)?;
+    let id = u32::from(be16(b, 4).ok_or(Drop::Truncated)?);
+    let ff = be16(b, 6).ok_or(Drop::Truncated)?;
+    let proto = *b.get(9).ok_or(Drop::Truncated)?;
+    let src: [u8; 4] = b
+        .get(12..16)
+        .ok_or(Drop::Truncated)?
+        .try_into()
+        .map_err(|_| Drop::Truncated)?;
+    let dst: [u8; 4] = b
+        .get(16..20)
+        .ok_or(Drop::Truncated)?
+        .try_into()
+        .map_err(|_| Drop::Truncated)?;
+    let more = ff & 0x2000 != 0;
+    let offset = u32::from(ff & 0x1FFF) * 8;
+    let fragment = (more || offset > 0).then_some(Fragment { id, offset, more });
+    if proto == 41 && fragment.is_none() {
+        let mut inner = parse_v6(body, true)?;
+        inner.tunnelled = true;
+        return Ok(inner);
+    }
+    let transport = if offset > 0 {
+        Transport::Fragment(Fragment { id, offset, more })
+    } else {
+        transport(proto, body, false).unwrap_or(Transport::Fragment(Fragment { id, offset, more }))
+    };
+    Ok(Packet {
+        src: IpAddr::V4(Ipv4Addr::from(src)),
+        dst: IpAddr::V4(Ipv4Addr::from(dst)),
+        proto,
+        fragment,
+        tunnelled: false,
+        transport,
+    })
+}
+
+fn parse_v6(b: &[u8], tunnelled: bool) -> Result<Packet<'_>, Drop> {
+    if b.first().map(|v| v >> 4) != Some(6) {
+        return Err(Drop::Malformed);
+    }
+    let plen = usize::from(be16(b, 4).ok_or(Drop::Truncated)?);
+    let src: [u8; 16] = b
+        .get(8..24)
+        .ok_or(Drop::Truncated)?
+        .try_into()
+        .map_err(|_| Drop::Truncated)?;
+    let dst: [u8; 16] = b
+        .get(24..40)
+        .ok_or(Drop::Truncated)?
+        .try_into()
+        .map_err(|_| Drop::Truncated)?;
+    let end = (40 + plen).min(b.len());
+    let mut next = *b.get(6).ok_or(Drop::Truncated)?;
+    let mut at = 40;
+    let mut fragment = None;
+    // Extension headers: hop-by-hop, routing, fragment, destination
+    // options, at most 8 of them.
+    for _ in 0..8 {
+        match next {
+            0 | 43 | 60 => {
+                let n = *b.get(at).ok_or(Drop::Truncated)?;
+                let len = (usize::from(*b.get(at + 1).ok_or(Drop::Truncated)?) + 1) * 8;
+                next = n;
+                at += len;
+            }
+            44 => {
+                let n = *b.get(at).ok_or(Drop::Truncated)?;
+                let fo = be16(b, at + 2).ok_or(Drop::Truncated)?;
+                let id = be32(b, at + 4).ok_or(Drop::Truncated)?;
+                fragment = Some(Fragment {
+                    id,
+                    offset: u32::from(fo & 0xFFF8),
+                    more: fo & 1 != 0,
+                });
+                next = n;
+                at += 8;
+            }
+            _ => break,
+        }
+    }
+    let body = b.get(at..end.max(at)).ok_or(Drop::Truncated)?;
+    let transport = match fragment {
+        Some(f) if f.offset > 0 => Transport::Fragment(f),
+        _ => transport(next, body, true).unwrap_or(Transport::Fragment(fragment.unwrap_or(
+            Fragment {
+                id: 0,
+                offset: 0,
+                more: false,
+            },
+        ))),
+    };
+    if matches!(transport, Transport::Fragment(_)) && fragment.is_none() {
+        return Err(Drop::Truncated);
+    }
+    Ok(Packet {
+        src: IpAddr::V6(Ipv6Addr::from(src)),
+        dst: IpAddr::V6(Ipv6Addr::from(dst)),
+        proto: next,
+        fragment,
+        tunnelled,
+        transport,
+    })
+}
+
+/// The transport view, or `None` when the header does not fit.
+fn transport(proto: u8, b: &[u8], v6: bool) -> Option<Transport<'_>> {
+    Some(match proto {
+        6 => {
+            let off = usize::from(*b.get(12)? >> 4) * 4;
+            if off < 20 {
+                return None;
+            }
+            Transport::Tcp {
+                sport: be16(b, 0)?,
+                dport: be16(b, 2)?,
+                seq: be32(b, 4)?,
+                flags: *b.get(13)?,
+                payload: b.get(off..)?,
+            }
+        }
+        17 => {
+            let len = usize::from(be16(b, 4)?);
+            let end = if len >= 8 { len.min(b.len()) } else { b.len() };
+            Transport::Udp {
+                sport: be16(b, 0)?,
+                dport: be16(b, 2)?,
+                payload: b.get(8..end)?,
+            }
+        }
+        1 | 58 => {
+            let kind = *b.first()?;
+            let echo = if v6 {
+                matches!(kind, 128 | 129)
+            } else {
+                matches!(kind, 0 | 8)
+            };
+            Transport::Icmp {
+                kind,
+                code: *b.get(1)?,
+                echo_id: if echo { be16(b, 4) } else { None },
+                v6: proto == 58,
+                payload: b.get(4..)?,
+            }
+        }
+        other => Transport::Other { proto: other },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    #[test]
+    fn ethernet_two_vlans_and_pppoe() {
+        // The start of a real frame (nDPI's dns.pcap): Ethernet, VLAN 421,
+        // VLAN 785, PPPoE session, PPP IPv4, UDP to port 53.
+        let mut f = hex("000000000001d494e80eadc1810001a58100031188641100556a003f0021");
+        let mut ip = hex("4500003d00004000401184a152b271f552b29eb5b8370035002900000000");
+        // Fix the lengths to what we carry: 20 IP + 8 UDP + 1 payload byte.
+        ip[2..4].copy_from_slice(&29u16.to_be_bytes());
+        ip[24..26].copy_from_slice(&9u16.to_be_bytes());
+        ip.truncate(29);
+        f.extend_from_slice(&ip);
+        let inner = strip_link(LinkType::Ethernet, &f).expect("IP inside");
+        let p = parse_ip(inner).expect("parses");
+        assert_eq!(p.dst.to_string(), "82.178.158.181");
+        assert_eq!(p.ports(), (47159, 53));
+    }
+
+    #[test]
+    fn drops_have_reasons() {
+        assert_eq!(
+            strip_link(LinkType::Ethernet, &[0; 10]),
+            Err(Drop::Truncated)
+        );
+        assert_eq!(
+            strip_link(LinkType::Ethernet, &hex("ffffffffffff0000000000010806")),
+            Err(Drop::NotIp)
+        );
+        assert_eq!(parse_ip(&[0x45, 0, 0, 10]), Err(Drop::Malformed));
+        assert_eq!(parse_ip(&[]), Err(Drop::Truncated));
+        assert_eq!(parse_ip(&[0x75]), Err(Drop::Malformed));
+    }
+
+    #[test]
+    fn fragments_are_flagged_not_parsed() {
+        // IPv4, MF set, UDP: the first fragment still shows its ports; a
+        // later one is a Fragment.
+        let mut first = hex("4500001c000120004011000001020304c6336401");
+        first.extend_from_slice(&hex("d903003500080000"));
+        let p = parse_ip(&first).expect("first fragment");
+        assert_eq!(p.fragment.map(|f| (f.offset, f.more)), Some((0, true)));
+        let mut later = first.clone();
+        later[6] = 0x00;
+        later[7] = 0x02; // offset 16 bytes, no MF
+        let p = parse_ip(&later).expect("later fragment");
+        assert!(matches!(
+            p.transport,
+            Transport::Fragment(Fragment {
+                offset: 16,
+                more: false,
+                ..
+            })
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            for link in [LinkType::Ethernet, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::Null, LinkType::Raw] {
+                if let Ok(ip) = strip_link(link, &b) {
+                    let _ = parse_ip(ip);
+                }
+            }
+            let mut v4 = vec![0x45];
+            v4.extend_from_slice(&b);
+            let _ = parse_ip(&v4);
+            let mut v6 = vec![0x60];
+            v6.extend_from_slice(&b);
+            let _ = parse_ip(&v6);
+        }
+    }
+}

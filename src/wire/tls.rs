@@ -1,0 +1,284 @@
+//! TLS ClientHello: server name (SNI) and ALPN.
+//!
+//! Input is the start of the client's byte stream. A ClientHello may be
+//! split across TCP segments (the caller passes more bytes and gets
+//! [`Hello::NeedMore`] until it is whole) and across TLS records (its
+//! fragments are joined in a caller-provided scratch buffer, bounded by
+//! [`MAX_HELLO`]).
+
+/// The largest ClientHello accepted (bytes of handshake message).
+pub const MAX_HELLO: usize = 64 * 1024;
+
+/// The outcome of looking for a ClientHello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hello<'a> {
+    /// Not (the start of) a TLS handshake.
+    NotTls,
+    /// Looks like TLS; at least this many bytes of stream are needed.
+    NeedMore(usize),
+    /// A ClientHello.
+    Found(ClientHello<'a>),
+}
+
+/// What a ClientHello says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientHello<'a> {
+    /// The server name, when present and a valid host name.
+    pub sni: Option<&'a str>,
+    /// The raw ALPN protocol list (see [`ClientHello::alpn`]).
+    pub alpn_raw: Option<&'a [u8]>,
+}
+
+impl<'a> ClientHello<'a> {
+    /// The offered ALPN protocols, in order.
+    pub fn alpn(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut rest = self.alpn_raw.unwrap_or(&[]);
+        std::iter::from_fn(move || {
+            let (&n, tail) = rest.split_first()?;
+            let (p, t) = tail.split_at_checked(usize::from(n))?;
+            rest = t;
+            Some(p)
+        })
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> Option<usize> {
+    Some(usize::from(u16::from_be_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    )))
+}
+
+/// True for a plausible host name: letters, digits, '-', '_' and dots.
+pub fn is_host_name(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+}
+
+/// Looks for a ClientHello at the start of `stream`.
+pub fn client_hello<'a>(stream: &'a [u8], scratch: &'a mut Vec<u8>) -> Hello<'a> {
+    // Record header: type 22 (handshake), version 3.x, length.
+    match stream.first() {
+        None => return Hello::NeedMore(5),
+        Some(22) => {}
+        Some(_) => return Hello::NotTls,
+    }
+    if stream.len() >= 2 && stream[1] != 3 {
+        return Hello::NotTls;
+    }
+    let Some(rlen) = be16(stream, 3) else {
+        return Hello::NeedMore(5);
+    };
+    if rlen == 0 || rlen > 18_432 {
+        return Hello::NotTls;
+    }
+    let first = match stream.get(5..5 + rlen) {
+        Some(f) => f,
+        None => &stream[5.min(stream.len())..],
+    };
+    // Handshake header: type 1 (ClientHello), 24-bit length.
+    match first.first() {
+        None => return Hello::NeedMore(9),
+        Some(1) => {}
+        Some(_) => return Hello::NotTls,
+    }
+    let Some(hs) = first.get(1..4) else {
+        return Hello::NeedMore(9);
+    };
+    let hlen = (usize::from(hs[0]) << 16) | (usize::from(hs[1]) << 8) | usize::from(hs[2]);
+    if hlen > MAX_HELLO {
+        return Hello::NotTls;
+    }
+    if 4 + hlen <= rlen {
+        // The whole hello is in the first record: no copy.
+        let Some(body) = first.get(4..4 + hlen) else {
+            return Hello::NeedMore(5 + 4 + hlen);
+        };
+        return parse_body(body);
+    }
+    // Joined from several records.
+    scratch.clear();
+    let mut at = 0;
+    while scratch.len() < 4 + hlen {
+        let Some(h) = stream.get(at..at + 5) else {
+            return Hello::NeedMore(at + 5);
+        };
+        if h[0] != 22 || h[1] != 3 {
+            return Hello::NotTls;
+        }
+        let Some(len) = be16(h, 3) else {
+            return Hello::NotTls;
+        };
+        let Some(frag) = stream.get(at + 5..at + 5 + len) else {
+            return Hello::NeedMore(at + 5 + len);
+        };
+        scratch.extend_from_slice(frag);
+        at += 5 + len;
+        if len == 0 {
+            return Hello::NotTls;
+        }
+    }
+    let joined: &'a [u8] = scratch.as_slice();
+    match joined.get(4..4 + hlen) {
+        Some(body) => parse_body(body),
+        None => Hello::NotTls,
+    }
+}
+
+fn parse_body(b: &[u8]) -> Hello<'_> {
+    let Some(found) = parse_extensions(b) else {
+        return Hello::NotTls;
+    };
+    Hello::Found(found)
+}
+
+fn parse_extensions(b: &[u8]) -> Option<ClientHello<'_>> {
+    // legacy_version(2) random(32)
+    let mut at = 34;
+    let sid = usize::from(*b.get(at)?);
+    at += 1 + sid;
+    let suites = be16(b, at)?;
+    at += 2 + suites;
+    let comp = usize::from(*b.get(at)?);
+    at += 1 + comp;
+    let mut hello = ClientHello {
+        sni: None,
+        alpn_raw: None,
+    };
+    let Some(ext_len) = be16(b, at) else {
+        return Some(hello);
+    };
+    let exts = b.get(at + 2..at + 2 + ext_len)?;
+    let mut e = 0;
+    while e + 4 <= exts.len() {
+        let kind = be16(exts, e)?;
+        let len = be16(exts, e + 2)?;
+        let data = exts.get(e + 4..e + 4 + len)?;
+        match kind {
+            0 => {
+                // server_name_list: (type 0, host_name)
+                let list = be16(data, 0)?;
+                let l = data.get(2..2 + list)?;
+                if l.first() == Some(&0) {
+                    let n = be16(l, 1)?;
+                    let name = l.get(3..3 + n)?;
+                    if is_host_name(name) {
+                        hello.sni = std::str::from_utf8(name).ok();
+                    }
+                }
+            }
+            16 => {
+                let list = be16(data, 0)?;
+                hello.alpn_raw = data.get(2..2 + list);
+            }
+            _ => {}
+        }
+        e += 4 + len;
+    }
+    Some(hello)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A real-shaped ClientHello record for `sni` with ALPN h2, http/1.1.
+    pub(crate) fn hello_record(sni: &str) -> Vec<u8> {
+        let mut ext = Vec::new();
+        let name = sni.as_bytes();
+        let mut sn = vec![0u8];
+        sn.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        sn.extend_from_slice(name);
+        ext.extend_from_slice(&0u16.to_be_bytes());
+        ext.extend_from_slice(&((sn.len() + 2) as u16).to_be_bytes());
+        ext.extend_from_slice(&(sn.len() as u16).to_be_bytes());
+        ext.extend_from_slice(&sn);
+        let alpn: &[u8] = b"\x02h2\x08http/1.1";
+        ext.extend_from_slice(&16u16.to_be_bytes());
+        ext.extend_from_slice(&((alpn.len() + 2) as u16).to_be_bytes());
+        ext.extend_from_slice(&(alpn.len() as u16).to_be_bytes());
+        ext.extend_from_slice(alpn);
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7u8; 32]);
+        body.push(32);
+        body.extend_from_slice(&[9u8; 32]);
+        body.extend_from_slice(&[0, 4, 0x13, 0x01, 0x13, 0x02]);
+        body.extend_from_slice(&[1, 0]);
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![1];
+        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        hs.extend_from_slice(&body);
+        let mut rec = vec![22, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn sni_and_alpn() {
+        let r = hello_record("www.example.org");
+        let mut s = Vec::new();
+        let Hello::Found(h) = client_hello(&r, &mut s) else {
+            panic!("found")
+        };
+        assert_eq!(h.sni, Some("www.example.org"));
+        assert_eq!(
+            h.alpn().collect::<Vec<_>>(),
+            [b"h2".as_slice(), b"http/1.1"]
+        );
+    }
+
+    #[test]
+    fn split_across_segments_and_records() {
+        let r = hello_record("split.example");
+        let mut s = Vec::new();
+        for cut in [0, 1, 4, 5, 8, 40, r.len() - 1] {
+            assert!(
+                matches!(client_hello(&r[..cut], &mut s), Hello::NeedMore(n) if n > cut),
+                "cut {cut}"
+            );
+        }
+        // The same handshake in two records.
+        let hs = &r[5..];
+        let (a, b) = hs.split_at(30);
+        let mut two = Vec::new();
+        for part in [a, b] {
+            two.extend_from_slice(&[22, 3, 1]);
+            two.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            two.extend_from_slice(part);
+        }
+        let Hello::Found(h) = client_hello(&two, &mut s) else {
+            panic!("joined")
+        };
+        assert_eq!(h.sni, Some("split.example"));
+        assert!(matches!(
+            client_hello(&two[..40], &mut s),
+            Hello::NeedMore(_)
+        ));
+    }
+
+    #[test]
+    fn not_tls_and_bad_names() {
+        let mut s = Vec::new();
+        assert_eq!(client_hello(b"GET / HTTP/1.1\r\n", &mut s), Hello::NotTls);
+        assert_eq!(client_hello(&[22, 2, 0, 0, 5], &mut s), Hello::NotTls);
+        let r = hello_record("bad name!");
+        let Hello::Found(h) = client_hello(&r, &mut s) else {
+            panic!("found")
+        };
+        assert_eq!(h.sni, None, "invalid host names are not reported");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let mut s = Vec::new();
+            let _ = client_hello(&b, &mut s);
+            let mut tls = vec![22, 3, 1];
+            tls.extend_from_slice(&b);
+            let _ = client_hello(&tls, &mut s);
+        }
+    }
+}
