@@ -1,8 +1,8 @@
 //! Ground truth from someone else: every capture in ../shared/pcap/ndpi is
 //! read through geowall's capture, IP and protocol parsers, and the server
 //! names found (TLS SNI, HTTP Host, DNS question) are compared with the
-//! names nDPI reported for the same flows (`*.out`). QUIC flows are left out
-//! until QUIC Initial decryption exists.
+//! names nDPI reported for the same flows (`*.out`), QUIC included (its
+//! Initials are decrypted).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use geowall::wire::capture::Capture;
 use geowall::wire::packet::{Transport, parse_ip, strip_link};
-use geowall::wire::{dns, http, rtc, tls};
+use geowall::wire::{dns, http, quic, rtc, tls};
 
 fn captures_dir() -> Option<PathBuf> {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcap/ndpi");
@@ -40,6 +40,7 @@ struct Seen {
     streams: BTreeMap<(SocketAddr, SocketAddr), Vec<u8>>,
     names: BTreeMap<FlowKey, BTreeSet<String>>,
     rtc: usize,
+    quic: BTreeMap<(SocketAddr, SocketAddr), quic::InitialAssembler>,
 }
 
 fn read(path: &Path) -> Seen {
@@ -76,6 +77,22 @@ fn read(path: &Path) -> Seen {
                 }
                 if rtc::classify(payload).is_some() {
                     s.rtc += 1;
+                }
+                if let Some(n) = quic::gquic_chlo_sni(payload) {
+                    s.names
+                        .entry(key(17, src, dst))
+                        .or_default()
+                        .insert(n.to_ascii_lowercase());
+                } else if payload.first().is_some_and(|b| b & 0xC0 == 0xC0) {
+                    let a = s.quic.entry((src, dst)).or_default();
+                    if a.feed(payload) == Some(true)
+                        && let Some(n) = a.client_hello().and_then(|h| h.sni)
+                    {
+                        s.names
+                            .entry(key(17, src, dst))
+                            .or_default()
+                            .insert(n.to_ascii_lowercase());
+                    }
                 }
             }
             _ => {}
@@ -143,8 +160,8 @@ fn ndpi_names(out: &Path) -> Vec<(FlowKey, String, String)> {
         else {
             continue;
         };
-        // 91 TLS, 7 HTTP, 5 DNS (QUIC 188 needs decryption: not yet).
-        if !matches!(master, "91" | "7" | "5") {
+        // 91 TLS, 7 HTTP, 5 DNS, 188 QUIC.
+        if !matches!(master, "91" | "7" | "5" | "188") {
             continue;
         }
         v.push((
@@ -206,6 +223,35 @@ fn every_capture_parses_and_names_agree_with_ndpi() {
         "{} disagreements",
         disagreements.len()
     );
+}
+
+#[test]
+fn quic_hello_split_over_initial_packets_is_reassembled() {
+    let Some(dir) = captures_dir() else { return };
+    let bytes =
+        std::fs::read(dir.join("quic_frags_ch_in_multiple_packets.pcapng")).expect("capture");
+    let mut a = quic::InitialAssembler::new();
+    let mut fed = Vec::new();
+    for f in Capture::new(&bytes).expect("capture") {
+        let f = f.expect("frame");
+        let Ok(p) = strip_link(f.link, f.data).and_then(parse_ip) else {
+            continue;
+        };
+        if let Transport::Udp {
+            sport: 58822,
+            payload,
+            ..
+        } = p.transport
+        {
+            fed.push(a.feed(payload));
+        }
+    }
+    // The hello needs both Initials: incomplete after the first.
+    assert_eq!(fed, [Some(false), Some(true)]);
+    let h = a.client_hello().expect("hello");
+    assert_eq!(h.alpn().next(), Some(b"h3-34".as_slice()));
+    // The client connected to [::1] by address: no SNI (nDPI names none).
+    assert_eq!(h.sni, None);
 }
 
 #[test]

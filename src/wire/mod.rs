@@ -6,5 +6,6 @@ pub mod capture;
 pub mod dns;
 pub mod http;
 pub mod packet;
+pub mod quic;
 pub mod rtc;
 pub mod tls;

@@ -126,6 +126,27 @@ pub fn client_hello<'a>(stream: &'a [u8], scratch: &'a mut Vec<u8>) -> Hello<'a>
     }
 }
 
+/// Parses a bare handshake message (no record layer), as QUIC carries it
+/// in CRYPTO frames: type 1, 24-bit length, ClientHello body.
+pub fn client_hello_message(msg: &[u8]) -> Hello<'_> {
+    match msg.first() {
+        None => return Hello::NeedMore(4),
+        Some(1) => {}
+        Some(_) => return Hello::NotTls,
+    }
+    let Some(h) = msg.get(1..4) else {
+        return Hello::NeedMore(4);
+    };
+    let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+    if len > MAX_HELLO {
+        return Hello::NotTls;
+    }
+    match msg.get(4..4 + len) {
+        Some(body) => parse_body(body),
+        None => Hello::NeedMore(4 + len),
+    }
+}
+
 fn parse_body(b: &[u8]) -> Hello<'_> {
     let Some(found) = parse_extensions(b) else {
         return Hello::NotTls;

@@ -1,0 +1,432 @@
+//! QUIC Initial packets (RFC 9000/9001, v2 RFC 9369, and draft-29): derive
+//! the client's Initial keys from the Destination Connection ID, remove
+//! header protection, decrypt, and reassemble CRYPTO frames across packets
+//! into the TLS ClientHello, for its server name and ALPN. Legacy Google
+//! QUIC (up to Q046) carries its hello in cleartext: [`gquic_chlo_sni`].
+//!
+//! Memory: an [`InitialAssembler`] holds at most [`tls::MAX_HELLO`] bytes of
+//! CRYPTO data per flow, plus one datagram of scratch.
+
+use ring::aead::{self, quic as hp};
+use ring::hkdf;
+
+use super::tls::{self, ClientHello, Hello};
+
+/// QUIC versions geowall can read Initials of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// QUIC v1 (RFC 9000).
+    V1,
+    /// QUIC v2 (RFC 9369).
+    V2,
+    /// IETF draft 29 (still seen in captures).
+    Draft29,
+}
+
+impl Version {
+    fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0x0000_0001 => Some(Version::V1),
+            0x6B33_43CF => Some(Version::V2),
+            0xFF00_001D => Some(Version::Draft29),
+            _ => None,
+        }
+    }
+
+    fn salt(self) -> &'static [u8] {
+        match self {
+            Version::V1 => &[
+                0x38, 0x76, 0x2c, 0xf7, 0xf5, 0x59, 0x34, 0xb3, 0x4d, 0x17, 0x9a, 0xe6, 0xa4, 0xc8,
+                0x0c, 0xad, 0xcc, 0xbb, 0x7f, 0x0a,
+            ],
+            Version::V2 => &[
+                0x0d, 0xed, 0xe3, 0xde, 0xf7, 0x00, 0xa6, 0xdb, 0x81, 0x93, 0x81, 0xbe, 0x6e, 0x26,
+                0x9d, 0xcb, 0xf9, 0xbd, 0x2e, 0xd9,
+            ],
+            Version::Draft29 => &[
+                0xaf, 0xbf, 0xec, 0x28, 0x99, 0x93, 0xd2, 0x4c, 0x9e, 0x97, 0x86, 0xf1, 0x9c, 0x61,
+                0x11, 0xe0, 0x43, 0x90, 0xa8, 0x99,
+            ],
+        }
+    }
+
+    /// The long-header packet type bits of an Initial.
+    fn initial_type(self) -> u8 {
+        if self == Version::V2 { 1 } else { 0 }
+    }
+
+    fn labels(self) -> (&'static [u8], &'static [u8], &'static [u8]) {
+        if self == Version::V2 {
+            (b"quicv2 key", b"quicv2 iv", b"quicv2 hp")
+        } else {
+            (b"quic key", b"quic iv", b"quic hp")
+        }
+    }
+}
+
+struct Len(usize);
+impl hkdf::KeyType for Len {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-Expand-Label (RFC 8446 section 7.1) with an empty context.
+fn expand_label(prk: &hkdf::Prk, label: &[u8], out: &mut [u8]) -> Option<()> {
+    let len = u16::try_from(out.len()).ok()?.to_be_bytes();
+    let label_len = [u8::try_from(6 + label.len()).ok()?];
+    let info: [&[u8]; 5] = [&len, &label_len, b"tls13 ", label, &[0]];
+    prk.expand(&info, Len(out.len())).ok()?.fill(out).ok()
+}
+
+/// The client's Initial packet protection keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitialKeys {
+    /// AEAD key.
+    pub key: [u8; 16],
+    /// AEAD IV.
+    pub iv: [u8; 12],
+    /// Header protection key.
+    pub hp: [u8; 16],
+}
+
+/// Derives the client Initial keys for a Destination Connection ID.
+pub fn client_initial_keys(version: Version, dcid: &[u8]) -> Option<InitialKeys> {
+    let initial = hkdf::Salt::new(hkdf::HKDF_SHA256, version.salt()).extract(dcid);
+    let mut client = [0u8; 32];
+    expand_label(&initial, b"client in", &mut client)?;
+    let client = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, &client);
+    let (lk, li, lh) = version.labels();
+    let mut k = InitialKeys {
+        key: [0; 16],
+        iv: [0; 12],
+        hp: [0; 16],
+    };
+    expand_label(&client, lk, &mut k.key)?;
+    expand_label(&client, li, &mut k.iv)?;
+    expand_label(&client, lh, &mut k.hp)?;
+    Some(k)
+}
+
+/// A QUIC variable-length integer at `at`: (value, bytes used).
+fn varint(b: &[u8], at: usize) -> Option<(u64, usize)> {
+    let first = *b.get(at)?;
+    let n = 1usize << (first >> 6);
+    let bytes = b.get(at..at + n)?;
+    let mut v = u64::from(first & 0x3F);
+    for &x in &bytes[1..] {
+        v = (v << 8) | u64::from(x);
+    }
+    Some((v, n))
+}
+
+/// Decrypts the client Initial at the start of `dgram` into `plain`
+/// (cleared first); returns the version, or `None` if this is not a
+/// client Initial geowall can read.
+pub fn decrypt_initial(dgram: &[u8], plain: &mut Vec<u8>) -> Option<Version> {
+    let first = *dgram.first()?;
+    if first & 0xC0 != 0xC0 {
+        return None;
+    }
+    let version = Version::from_u32(u32::from_be_bytes(dgram.get(1..5)?.try_into().ok()?))?;
+    if (first >> 4) & 0x03 != version.initial_type() {
+        return None;
+    }
+    let dcid_len = usize::from(*dgram.get(5)?);
+    if dcid_len > 20 {
+        return None;
+    }
+    let dcid = dgram.get(6..6 + dcid_len)?;
+    let mut at = 6 + dcid_len;
+    let scid_len = usize::from(*dgram.get(at)?);
+    at += 1 + scid_len;
+    let (token_len, n) = varint(dgram, at)?;
+    at += n + usize::try_from(token_len).ok()?;
+    let (length, n) = varint(dgram, at)?;
+    at += n;
+    let pn_offset = at;
+    let end = pn_offset.checked_add(usize::try_from(length).ok()?)?;
+    let packet = dgram.get(..end)?;
+    let keys = client_initial_keys(version, dcid)?;
+    // Header protection: the sample starts 4 bytes after the packet number.
+    let sample = packet.get(pn_offset + 4..pn_offset + 20)?;
+    let hpk = hp::HeaderProtectionKey::new(&hp::AES_128, &keys.hp).ok()?;
+    let mask = hpk.new_mask(sample).ok()?;
+    let first = first ^ (mask[0] & 0x0F);
+    let pn_len = usize::from(first & 0x03) + 1;
+    let hlen = pn_offset + pn_len;
+    // The header (with its token) is the AAD: assemble it in `plain`.
+    plain.clear();
+    plain.extend_from_slice(packet.get(..hlen)?);
+    plain[0] = first;
+    let mut pn = 0u64;
+    for i in 0..pn_len {
+        let b = plain[pn_offset + i] ^ mask[1 + i];
+        plain[pn_offset + i] = b;
+        pn = (pn << 8) | u64::from(b);
+    }
+    let mut nonce = keys.iv;
+    for (i, b) in pn.to_be_bytes().iter().enumerate() {
+        nonce[4 + i] ^= b;
+    }
+    let aad_len = plain.len();
+    plain.extend_from_slice(packet.get(hlen..)?);
+    let key = aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_128_GCM, &keys.key).ok()?);
+    let (aad, body) = plain.split_at_mut(aad_len);
+    let clear_len = key
+        .open_in_place(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(&*aad),
+            body,
+        )
+        .ok()?
+        .len();
+    // Keep only the plaintext, at the start of `plain`.
+    plain.copy_within(aad_len..aad_len + clear_len, 0);
+    plain.truncate(clear_len);
+    Some(version)
+}
+
+/// Collects CRYPTO frames from a flow's client Initials until the
+/// ClientHello is whole. Bounded by [`tls::MAX_HELLO`].
+#[derive(Debug, Default)]
+pub struct InitialAssembler {
+    data: Vec<u8>,
+    /// Sorted, disjoint byte ranges of `data` that were received.
+    have: Vec<(usize, usize)>,
+    plain: Vec<u8>,
+    /// The QUIC version seen.
+    pub version: Option<Version>,
+}
+
+impl InitialAssembler {
+    /// A new, empty assembler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn add(&mut self, off: usize, bytes: &[u8]) -> Option<()> {
+        let end = off.checked_add(bytes.len())?;
+        if end > tls::MAX_HELLO {
+            return None;
+        }
+        if self.data.len() < end {
+            self.data.resize(end, 0);
+        }
+        self.data[off..end].copy_from_slice(bytes);
+        self.have.push((off, end));
+        self.have.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.have.len());
+        for &(s, e) in &self.have {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.have = merged;
+        Some(())
+    }
+
+    /// Bytes received contiguously from offset 0.
+    fn prefix(&self) -> usize {
+        match self.have.first() {
+            Some(&(0, e)) => e,
+            _ => 0,
+        }
+    }
+
+    /// Feeds one UDP datagram from the client. Returns `Some(true)` once
+    /// the ClientHello is complete (read it with
+    /// [`InitialAssembler::client_hello`]), `Some(false)` when more is
+    /// needed, `None` when the datagram is not a readable client Initial.
+    pub fn feed(&mut self, dgram: &[u8]) -> Option<bool> {
+        let mut plain = std::mem::take(&mut self.plain);
+        let v = decrypt_initial(dgram, &mut plain);
+        let r = v.and_then(|v| {
+            self.version = Some(v);
+            self.frames(&plain)
+        });
+        self.plain = plain;
+        r?;
+        Some(matches!(
+            tls::client_hello_message(&self.data[..self.prefix()]),
+            Hello::Found(_)
+        ))
+    }
+
+    fn frames(&mut self, p: &[u8]) -> Option<()> {
+        let mut at = 0;
+        while at < p.len() {
+            let (kind, n) = varint(p, at)?;
+            at += n;
+            match kind {
+                0x00 | 0x01 => {}
+                0x02 | 0x03 => {
+                    // ACK: largest, delay, range count, first range, ranges.
+                    let mut fields = 4;
+                    let (_, n) = varint(p, at)?;
+                    at += n;
+                    let (_, n) = varint(p, at)?;
+                    at += n;
+                    let (count, n) = varint(p, at)?;
+                    at += n;
+                    fields += usize::try_from(count).ok()?.checked_mul(2)?;
+                    for _ in 3..fields {
+                        let (_, n) = varint(p, at)?;
+                        at += n;
+                    }
+                    if kind == 0x03 {
+                        for _ in 0..3 {
+                            let (_, n) = varint(p, at)?;
+                            at += n;
+                        }
+                    }
+                }
+                0x06 => {
+                    let (off, n) = varint(p, at)?;
+                    at += n;
+                    let (len, n) = varint(p, at)?;
+                    at += n;
+                    let len = usize::try_from(len).ok()?;
+                    let data = p.get(at..at.checked_add(len)?)?;
+                    self.add(usize::try_from(off).ok()?, data)?;
+                    at += len;
+                }
+                0x1C => return Some(()),
+                // Nothing else may appear in a client Initial before the
+                // hello is sent; stop reading this packet.
+                _ => return Some(()),
+            }
+        }
+        Some(())
+    }
+
+    /// The ClientHello, once complete.
+    pub fn client_hello(&self) -> Option<ClientHello<'_>> {
+        match tls::client_hello_message(&self.data[..self.prefix()]) {
+            Hello::Found(h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// Google QUIC (gQUIC, versions up to Q046): the client's CHLO handshake
+/// message travels in cleartext near the start of the first packet as a
+/// tag/value map; its `SNI\0` tag holds the server name. Looks for `CHLO`
+/// in the first 64 bytes, then requires a well-formed map (tags
+/// increasing, end offsets increasing and in bounds).
+pub fn gquic_chlo_sni(payload: &[u8]) -> Option<&str> {
+    let head = payload.get(..payload.len().min(64 + 4))?;
+    let at = head.windows(4).position(|w| w == b"CHLO")?;
+    let m = payload.get(at..)?;
+    let n = usize::from(u16::from_le_bytes(m.get(4..6)?.try_into().ok()?));
+    if n == 0 || n > 128 {
+        return None;
+    }
+    let index = m.get(8..8 + n * 8)?;
+    let values = m.get(8 + n * 8..)?;
+    let (mut prev_tag, mut prev_end) = (None::<u32>, 0usize);
+    let mut sni = None;
+    for e in index.chunks_exact(8) {
+        let tag = u32::from_le_bytes(e[..4].try_into().ok()?);
+        let end = usize::try_from(u32::from_le_bytes(e[4..].try_into().ok()?)).ok()?;
+        if prev_tag.is_some_and(|p| p >= tag) || end < prev_end || end > values.len() {
+            return None;
+        }
+        if &e[..4] == b"SNI\0" {
+            sni = Some(&values[prev_end..end]);
+        }
+        prev_tag = Some(tag);
+        prev_end = end;
+    }
+    let host = sni?;
+    if !tls::is_host_name(host) {
+        return None;
+    }
+    std::str::from_utf8(host).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    #[test]
+    fn rfc9001_appendix_a_client_keys() {
+        let k = client_initial_keys(Version::V1, &hex("8394c8f03e515708")).expect("keys");
+        assert_eq!(k.key.to_vec(), hex("1f369613dd76d5467730efcbe3b1a22d"));
+        assert_eq!(k.iv.to_vec(), hex("fa044b2f42a3fd3b46fb255c"));
+        assert_eq!(k.hp.to_vec(), hex("9f50449e04a0e810283a1e9933adedd2"));
+    }
+
+    #[test]
+    fn rfc9369_appendix_a_client_keys() {
+        let k = client_initial_keys(Version::V2, &hex("8394c8f03e515708")).expect("keys");
+        assert_eq!(k.key.to_vec(), hex("8b1a0bc121284290a29e0971b5cd045d"));
+        assert_eq!(k.iv.to_vec(), hex("91f73e2351d8fa91660e909f"));
+        assert_eq!(k.hp.to_vec(), hex("45b95e15235d6f45a6b19cbcb0294ba9"));
+    }
+
+    #[test]
+    fn gquic_chlo() {
+        // Public header (flags 0x0d, 8-byte CID, version Q043, packet
+        // number), a 12-byte hash, a STREAM frame header, then the CHLO.
+        let mut p = vec![0x0d, 1, 2, 3, 4, 5, 6, 7, 8];
+        p.extend_from_slice(b"Q043");
+        p.push(1);
+        p.extend_from_slice(&[0; 12]);
+        p.extend_from_slice(&[0xA0, 0x01, 0x00, 0x00]);
+        p.extend_from_slice(b"CHLO");
+        p.extend_from_slice(&[2, 0, 0, 0]);
+        let host = b"www.youtube.com";
+        p.extend_from_slice(b"PAD\0");
+        p.extend_from_slice(&4u32.to_le_bytes());
+        p.extend_from_slice(b"SNI\0");
+        p.extend_from_slice(&((4 + host.len()) as u32).to_le_bytes());
+        p.extend_from_slice(b"----");
+        p.extend_from_slice(host);
+        assert_eq!(gquic_chlo_sni(&p), Some("www.youtube.com"));
+        // Tags out of order, or an offset past the end, are refused.
+        let mut bad = p.clone();
+        let i = bad.windows(4).position(|w| w == b"PAD\0").expect("tag");
+        bad[i..i + 4].copy_from_slice(b"ZZZ\0");
+        assert_eq!(gquic_chlo_sni(&bad), None);
+        let mut short = p.clone();
+        short.truncate(short.len() - 3);
+        assert_eq!(gquic_chlo_sni(&short), None);
+    }
+
+    #[test]
+    fn varints() {
+        assert_eq!(varint(&hex("25"), 0), Some((37, 1)));
+        assert_eq!(varint(&hex("7bbd"), 0), Some((15_293, 2)));
+        assert_eq!(varint(&hex("9d7f3e7d"), 0), Some((494_878_333, 4)));
+        assert_eq!(
+            varint(&hex("c2197c5eff14e88c"), 0),
+            Some((151_288_809_941_952_652, 8))
+        );
+        assert_eq!(varint(&hex("c2"), 0), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let mut a = InitialAssembler::new();
+            let _ = a.feed(&b);
+            let mut v1 = vec![0xC3, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0];
+            v1.extend_from_slice(&b);
+            let _ = a.feed(&v1);
+            let _ = a.client_hello();
+            let mut c = b"CHLO".to_vec();
+            c.extend_from_slice(&b);
+            let _ = gquic_chlo_sni(&c);
+        }
+    }
+}
