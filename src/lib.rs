@@ -5,6 +5,8 @@
 //! (the `geowall` binary), then [`intel`] (world database and catalogs).
 //! See `README.md` for the whole design.
 
+pub mod classify;
+pub mod engine;
 pub mod intel;
 pub mod policy;
 pub mod wire;

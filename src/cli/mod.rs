@@ -1,6 +1,7 @@
 //! Command-line front end: argument parsing and output only; all logic lives
 //! in the library.
 
+mod audit;
 mod lookup;
 mod rules;
 mod world;
@@ -29,6 +30,9 @@ enum Command {
     /// Build or inspect world databases.
     #[command(subcommand)]
     World(world::Command),
+    /// Replay a packet capture: who the app talked to, under whose
+    /// jurisdiction, what would have been blocked, and what leaked.
+    Audit(audit::Args),
     /// Check policies and catalogs, and explain verdicts.
     #[command(subcommand)]
     Rules(rules::Command),
@@ -58,6 +62,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Lookup(a) => lookup::run(a),
         Command::World(c) => world::run(c),
         Command::Rules(c) => rules::run(c),
+        Command::Audit(a) => audit::run(a),
     };
     match result {
         Ok(code) => code,

@@ -82,21 +82,7 @@ pub enum Transport {
     Icmp,
 }
 
-/// Traffic class (decided by the classifier).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Traffic {
-    /// Name resolution.
-    Dns,
-    /// TLS, QUIC, HTTP.
-    Web,
-    /// Real-time audio and video.
-    Media,
-    /// Echo, connectivity checks, probes and keep-alives.
-    Ping,
-    /// Anything else.
-    Other,
-}
+pub use crate::classify::Traffic;
 
 /// What unknown geolocation or network data means for a jurisdiction
 /// condition.

@@ -115,6 +115,23 @@ pub fn question(msg: &[u8]) -> Option<Question> {
     })
 }
 
+/// The name a message is about: its first question, or (for mDNS and
+/// LLMNR announcements, which carry no question) its first answer's owner.
+pub fn first_name(msg: &[u8]) -> Option<DnsName> {
+    if let Some(q) = question(msg) {
+        return Some(q.name);
+    }
+    let flags = be16(msg, 2)?;
+    let (qd, an) = (be16(msg, 4)?, be16(msg, 6)?);
+    if qd != 0 || an == 0 || flags & 0x8000 == 0 {
+        return None;
+    }
+    let (name, at) = read_name(msg, 12)?;
+    // The answer's type and class must be there.
+    be16(msg, at + 2)?;
+    Some(name)
+}
+
 /// The first question of a DNS message over TCP (2-byte length prefix).
 pub fn question_tcp(stream: &[u8]) -> Option<Question> {
     let len = usize::from(be16(stream, 0)?);
@@ -148,6 +165,21 @@ mod tests {
             question_tcp(&tcp).map(|q| q.name.as_str().to_owned()),
             Some("a.b".into())
         );
+    }
+
+    #[test]
+    fn announcements_are_named_by_their_first_answer() {
+        let mut m = vec![0, 0, 0x84, 0x00, 0, 0, 0, 1, 0, 0, 0, 0];
+        for l in ["_raop", "_tcp", "local"] {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 12, 0, 1, 0, 0, 0, 10, 0, 0]);
+        assert_eq!(
+            first_name(&m).map(|n| n.as_str().to_owned()),
+            Some("_raop._tcp.local".into())
+        );
+        assert!(question(&m).is_none());
     }
 
     #[test]

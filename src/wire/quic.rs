@@ -314,8 +314,9 @@ impl InitialAssembler {
 /// message travels in cleartext near the start of the first packet as a
 /// tag/value map; its `SNI\0` tag holds the server name. Looks for `CHLO`
 /// in the first 64 bytes, then requires a well-formed map (tags
-/// increasing, end offsets increasing and in bounds).
-pub fn gquic_chlo_sni(payload: &[u8]) -> Option<&str> {
+/// increasing, end offsets increasing and in bounds). Returns `None` if
+/// there is no such CHLO, `Some(None)` for a CHLO without a valid SNI.
+pub fn gquic_chlo(payload: &[u8]) -> Option<Option<&str>> {
     let head = payload.get(..payload.len().min(64 + 4))?;
     let at = head.windows(4).position(|w| w == b"CHLO")?;
     let m = payload.get(at..)?;
@@ -339,11 +340,15 @@ pub fn gquic_chlo_sni(payload: &[u8]) -> Option<&str> {
         prev_tag = Some(tag);
         prev_end = end;
     }
-    let host = sni?;
-    if !tls::is_host_name(host) {
-        return None;
-    }
-    std::str::from_utf8(host).ok()
+    Some(
+        sni.filter(|h| tls::is_host_name(h))
+            .and_then(|h| std::str::from_utf8(h).ok()),
+    )
+}
+
+/// The server name of a gQUIC CHLO, if it has one.
+pub fn gquic_chlo_sni(payload: &[u8]) -> Option<&str> {
+    gquic_chlo(payload).flatten()
 }
 
 #[cfg(test)]

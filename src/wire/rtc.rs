@@ -118,6 +118,17 @@ pub fn classify(p: &[u8]) -> Option<Rtc<'_>> {
     }
 }
 
+/// A STUN message at the start of a TCP segment, which may hold more
+/// than one message: returns the first one's method.
+pub fn stun_prefix(p: &[u8]) -> Option<u16> {
+    let t = be16(p, 0)?;
+    let len = usize::from(be16(p, 2)?);
+    if t & 0xC000 != 0 || be32(p, 4)? != STUN_COOKIE || len % 4 != 0 || len + 20 > p.len() {
+        return None;
+    }
+    Some((t & 0x000F) | ((t & 0x00E0) >> 1) | ((t & 0x3E00) >> 2))
+}
+
 /// Agora SD-RTN (public facts): a UDP payload of at least 20 bytes with
 /// byte 6 = 0x21 and bytes 12..16 = `04 53 4E 49` ("\x04SNI"), a big-endian
 /// u16 length at 16, byte 18 = 0, then a cleartext host name at 19 of that

@@ -1,0 +1,577 @@
+//! Classification: which protocol a flow speaks, what kind of traffic it
+//! is, which server name it is for, whether it is encrypted, and whether it
+//! carries a registered identifier in cleartext.
+//!
+//! # Rules
+//!
+//! The first payload packets decide (at most [`SNIFF_PACKETS`] per flow,
+//! [`SNIFF_BYTES`] of the client's TCP stream):
+//!
+//! | seen | protocol | class | encrypted |
+//! |---|---|---|---|
+//! | ICMP/ICMPv6 echo | `icmp` | `ping` | no |
+//! | other ICMP | `icmp` | `other` | no |
+//! | DNS question, or an mDNS/LLMNR answer (UDP or TCP, ports 53, 5353, 5355) | `dns` | `dns` | no |
+//! | TLS ClientHello (or, mid-stream, TLS records) | `tls` | `web`; `dns` on port 853; `other` on mail/directory/SIP ports (465, 587, 993, 995, 636, 989, 990, 5061, 5223) | yes |
+//! | QUIC Initial (v1, v2, draft-29) or gQUIC CHLO | `quic` | `web` | yes |
+//! | HTTP/1.x request | `http` | `web` | no |
+//! | SD-RTN (Agora) | `sd-rtn` | `media` | no (its host name is cleartext) |
+//! | STUN, Binding only (also RFC 4571-framed on TCP) | `stun` | `ping` (connectivity checks) | no |
+//! | STUN with other methods (TURN Allocate, ...) | `stun` | `media` | no |
+//! | TURN ChannelData | `turn` | `media` | no |
+//! | DTLS | `dtls` | `media` | yes |
+//! | RTP / RTCP (also RFC 4571-framed on TCP) | `rtp` / `rtcp` | `media` | no (payload may be SRTP) |
+//! | ZRTP | `zrtp` | `media` | no |
+//!
+//! A STUN flow that later carries DTLS, RTP, RTCP or ChannelData becomes
+//! `media` (a refinement only ever moves a flow to a class at least as
+//! strictly handled: `ping` or `other` to `media`, never back). UDP that
+//! no sniffer recognises is `media` once it shows a real-time shape (at
+//! least [`REALTIME_PACKETS`] packets in one direction, each 20-1300 bytes,
+//! arriving on average at most 100 ms apart), else `other`.
+
+pub mod leak;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{dns, http, quic, rtc, tls};
+
+/// Traffic class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Traffic {
+    /// Name resolution.
+    Dns,
+    /// TLS, QUIC, HTTP.
+    Web,
+    /// Real-time audio and video.
+    Media,
+    /// Echo, connectivity checks, probes and keep-alives.
+    Ping,
+    /// Anything else.
+    Other,
+}
+
+impl Traffic {
+    /// The class's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Traffic::Dns => "dns",
+            Traffic::Web => "web",
+            Traffic::Media => "media",
+            Traffic::Ping => "ping",
+            Traffic::Other => "other",
+        }
+    }
+}
+
+/// Application protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Not recognised (yet).
+    Unknown,
+    /// TLS.
+    Tls,
+    /// QUIC.
+    Quic,
+    /// HTTP/1.x.
+    Http,
+    /// DNS.
+    Dns,
+    /// STUN.
+    Stun,
+    /// TURN ChannelData.
+    Turn,
+    /// RTP.
+    Rtp,
+    /// RTCP.
+    Rtcp,
+    /// DTLS.
+    Dtls,
+    /// ZRTP.
+    Zrtp,
+    /// Agora SD-RTN.
+    SdRtn,
+    /// ICMP/ICMPv6.
+    Icmp,
+}
+
+impl Protocol {
+    /// The protocol's name (as in vendor signatures).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Unknown => "unknown",
+            Protocol::Tls => "tls",
+            Protocol::Quic => "quic",
+            Protocol::Http => "http",
+            Protocol::Dns => "dns",
+            Protocol::Stun => "stun",
+            Protocol::Turn => "turn",
+            Protocol::Rtp => "rtp",
+            Protocol::Rtcp => "rtcp",
+            Protocol::Dtls => "dtls",
+            Protocol::Zrtp => "zrtp",
+            Protocol::SdRtn => "sd-rtn",
+            Protocol::Icmp => "icmp",
+        }
+    }
+}
+
+/// Payload packets per flow the sniffers look at.
+pub const SNIFF_PACKETS: u32 = 12;
+/// Bytes of the client's TCP stream kept for sniffing.
+pub const SNIFF_BYTES: usize = 16 * 1024;
+/// Packets in one direction before an unknown UDP flow can be judged
+/// real-time.
+pub const REALTIME_PACKETS: u32 = 20;
+
+/// Which way a packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// From the flow's initiator.
+    Up,
+    /// Towards the initiator.
+    Down,
+}
+
+/// The transport a payload came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP echo.
+    IcmpEcho,
+    /// Other ICMP.
+    IcmpOther,
+}
+
+/// What the classifier knows about one flow. Memory: at most
+/// [`SNIFF_BYTES`] of stream plus one QUIC assembler while sniffing; both
+/// are freed once the flow is decided.
+#[derive(Debug, Default)]
+pub struct Sniffer {
+    /// The protocol.
+    pub protocol: Option<Protocol>,
+    /// The class.
+    pub class: Option<Traffic>,
+    /// The server name.
+    pub server_name: Option<String>,
+    /// Whether payloads are encrypted.
+    pub encrypted: Option<bool>,
+    stun_only_binding: bool,
+    stream: Vec<u8>,
+    quic: Option<Box<quic::InitialAssembler>>,
+    scratch: Vec<u8>,
+    payloads: u32,
+    done: bool,
+    shape: [Shape; 2],
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Shape {
+    packets: u32,
+    in_range: u32,
+    first_ns: u64,
+    last_ns: u64,
+}
+
+impl Sniffer {
+    /// A sniffer for a new flow.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn decide(&mut self, p: Protocol, class: Traffic, encrypted: bool) {
+        self.protocol = Some(p);
+        self.class = Some(class);
+        self.encrypted = Some(encrypted);
+        self.done = true;
+        self.stream = Vec::new();
+        self.quic = None;
+        self.scratch = Vec::new();
+    }
+
+    fn name(&mut self, n: &str) {
+        if self.server_name.is_none() && !n.is_empty() {
+            self.server_name = Some(n.chars().take(253).collect());
+        }
+    }
+
+    /// Feeds one packet's payload. `ports` are (initiator, responder).
+    pub fn on_payload(
+        &mut self,
+        carrier: Carrier,
+        dir: Dir,
+        ports: (u16, u16),
+        payload: &[u8],
+        ts_ns: u64,
+    ) {
+        match carrier {
+            Carrier::IcmpEcho => return self.decide(Protocol::Icmp, Traffic::Ping, false),
+            Carrier::IcmpOther => {
+                if !self.done {
+                    self.decide(Protocol::Icmp, Traffic::Other, false);
+                }
+                return;
+            }
+            _ => {}
+        }
+        if payload.is_empty() {
+            return;
+        }
+        if carrier == Carrier::Udp {
+            self.shape_update(dir, payload.len(), ts_ns);
+        }
+        // A STUN flow can still turn out to be media.
+        if self.done {
+            if self.protocol == Some(Protocol::Stun) && carrier == Carrier::Udp {
+                match rtc::classify(payload) {
+                    Some(rtc::Rtc::Stun { method, .. }) if method != 1 => {
+                        self.class = Some(Traffic::Media)
+                    }
+                    Some(rtc::Rtc::Stun { .. }) | None => {}
+                    Some(_) => self.class = Some(Traffic::Media),
+                }
+            }
+            return;
+        }
+        self.payloads += 1;
+        let dns_port = [53, 5353, 5355].contains(&ports.1) || [53, 5353, 5355].contains(&ports.0);
+        match carrier {
+            Carrier::Udp => self.sniff_udp(dir, dns_port, payload),
+            Carrier::Tcp => self.sniff_tcp(dir, ports, dns_port, payload),
+            _ => {}
+        }
+        if !self.done && self.payloads >= SNIFF_PACKETS {
+            self.give_up(carrier);
+        }
+    }
+
+    fn sniff_udp(&mut self, dir: Dir, dns_port: bool, p: &[u8]) {
+        if dns_port && let Some(n) = dns::first_name(p) {
+            self.name(n.as_str());
+            return self.decide(Protocol::Dns, Traffic::Dns, false);
+        }
+        if let Some(host) = quic::gquic_chlo(p) {
+            if let Some(h) = host {
+                self.name(h);
+            }
+            return self.decide(Protocol::Quic, Traffic::Web, true);
+        }
+        if dir == Dir::Up && p.first().is_some_and(|b| b & 0xC0 == 0xC0) {
+            let a = self.quic.get_or_insert_with(Default::default);
+            match a.feed(p) {
+                Some(true) => {
+                    let sni = a.client_hello().and_then(|h| h.sni).map(str::to_owned);
+                    if let Some(n) = sni {
+                        self.name(&n);
+                    }
+                    return self.decide(Protocol::Quic, Traffic::Web, true);
+                }
+                Some(false) => {
+                    // A readable Initial: QUIC even before the hello ends.
+                    self.protocol = Some(Protocol::Quic);
+                    self.class = Some(Traffic::Web);
+                    self.encrypted = Some(true);
+                    return;
+                }
+                None => {}
+            }
+        }
+        match rtc::classify(p) {
+            Some(rtc::Rtc::SdRtn { host }) => {
+                self.name(host);
+                self.decide(Protocol::SdRtn, Traffic::Media, false);
+            }
+            Some(rtc::Rtc::Stun { method, .. }) => {
+                self.stun_only_binding = method == 1;
+                let class = if method == 1 {
+                    Traffic::Ping
+                } else {
+                    Traffic::Media
+                };
+                self.decide(Protocol::Stun, class, false);
+            }
+            Some(rtc::Rtc::TurnChannel { .. }) => {
+                self.decide(Protocol::Turn, Traffic::Media, false)
+            }
+            Some(rtc::Rtc::Dtls { .. }) => self.decide(Protocol::Dtls, Traffic::Media, true),
+            Some(rtc::Rtc::Rtp { .. }) => self.decide(Protocol::Rtp, Traffic::Media, false),
+            Some(rtc::Rtc::Rtcp { .. }) => self.decide(Protocol::Rtcp, Traffic::Media, false),
+            Some(rtc::Rtc::Zrtp) => self.decide(Protocol::Zrtp, Traffic::Media, false),
+            None => {}
+        }
+    }
+
+    fn sniff_tcp(&mut self, dir: Dir, ports: (u16, u16), dns_port: bool, p: &[u8]) {
+        // Whole-segment protocols first (STUN over TCP, RFC 4571 RTP).
+        let framed = p
+            .get(0..2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+        let stun = rtc::stun_prefix(p).or_else(|| {
+            // RFC 4571 framing: a 2-byte length, then the message.
+            framed
+                .filter(|&l| l + 2 <= p.len())
+                .and_then(|_| rtc::stun_prefix(&p[2..]))
+        });
+        match stun {
+            Some(method) => {
+                let class = if method == 1 {
+                    Traffic::Ping
+                } else {
+                    Traffic::Media
+                };
+                return self.decide(Protocol::Stun, class, false);
+            }
+            None => {
+                if let Some(len) = p
+                    .get(0..2)
+                    .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+                    && len + 2 <= p.len()
+                    && len >= 12
+                    && !dns_port
+                    && matches!(
+                        p.get(2..2 + len).and_then(rtc::classify),
+                        Some(rtc::Rtc::Rtp { .. } | rtc::Rtc::Rtcp { .. })
+                    )
+                {
+                    return self.decide(Protocol::Rtp, Traffic::Media, false);
+                }
+            }
+        }
+        if dir != Dir::Up {
+            // The client's start was not captured (mid-stream): TLS records
+            // from the server still say TLS, without a name.
+            if self.stream.is_empty() && tls_record(p) {
+                self.decide(Protocol::Tls, tls_class(ports.1), true);
+            }
+            return;
+        }
+        if self.stream.len() < SNIFF_BYTES {
+            let room = SNIFF_BYTES - self.stream.len();
+            self.stream.extend_from_slice(&p[..p.len().min(room)]);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let stream = std::mem::take(&mut self.stream);
+        let verdict: Option<(Protocol, Traffic, bool, Option<String>)> =
+            match tls::client_hello(&stream, &mut scratch) {
+                tls::Hello::Found(h) => {
+                    Some((Protocol::Tls, Traffic::Web, true, h.sni.map(str::to_owned)))
+                }
+                tls::Hello::NeedMore(_) => None,
+                tls::Hello::NotTls => match http::host(&stream) {
+                    http::HttpHost::Found(h) => {
+                        Some((Protocol::Http, Traffic::Web, false, h.map(str::to_owned)))
+                    }
+                    http::HttpHost::NeedMore => None,
+                    http::HttpHost::NotHttp => {
+                        if dns_port {
+                            dns::question_tcp(&stream).map(|q| {
+                                (
+                                    Protocol::Dns,
+                                    Traffic::Dns,
+                                    false,
+                                    Some(q.name.as_str().to_owned()),
+                                )
+                            })
+                        } else if tls_record(&stream) {
+                            // Mid-stream: the client's records, not a hello.
+                            Some((Protocol::Tls, Traffic::Web, true, None))
+                        } else {
+                            None
+                        }
+                    }
+                },
+            };
+        self.stream = stream;
+        self.scratch = scratch;
+        if let Some((proto, class, enc, name)) = verdict {
+            if let Some(n) = name {
+                self.name(&n);
+            }
+            let class = if proto == Protocol::Tls {
+                tls_class(ports.1)
+            } else {
+                class
+            };
+            self.decide(proto, class, enc);
+        }
+    }
+
+    fn shape_update(&mut self, dir: Dir, len: usize, ts: u64) {
+        let s = &mut self.shape[dir as usize];
+        if s.packets == 0 {
+            s.first_ns = ts;
+        }
+        s.packets += 1;
+        s.last_ns = ts;
+        if (20..=1300).contains(&len) {
+            s.in_range += 1;
+        }
+        if !self.done && self.protocol.is_none() && carrier_realtime(s) {
+            self.decide(Protocol::Unknown, Traffic::Media, false);
+        }
+    }
+
+    fn give_up(&mut self, carrier: Carrier) {
+        if self.protocol.is_some() {
+            // E.g. QUIC whose hello never completed.
+            self.done = true;
+            return;
+        }
+        if carrier == Carrier::Udp && self.shape.iter().any(carrier_realtime) {
+            return self.decide(Protocol::Unknown, Traffic::Media, false);
+        }
+        // Keep watching the shape of unknown UDP; decide TCP now.
+        if carrier == Carrier::Tcp {
+            self.decide(Protocol::Unknown, Traffic::Other, false);
+        } else {
+            self.stream = Vec::new();
+            self.quic = None;
+        }
+    }
+
+    /// The class to report now (`other` while nothing is known).
+    pub fn class_now(&self) -> Traffic {
+        self.class.unwrap_or(Traffic::Other)
+    }
+
+    /// True once the flow is decided.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+}
+
+/// The class of TLS on a server port: DNS over TLS (853) is `dns`; mail,
+/// directory and SIP over TLS are `other`; the rest is `web`.
+fn tls_class(server_port: u16) -> Traffic {
+    match server_port {
+        853 => Traffic::Dns,
+        465 | 587 | 993 | 995 | 636 | 989 | 990 | 5061 | 5223 => Traffic::Other,
+        _ => Traffic::Web,
+    }
+}
+
+/// A TLS record header: content type 20-23, version 3.1-3.4, a plausible
+/// length.
+fn tls_record(p: &[u8]) -> bool {
+    p.len() >= 5
+        && (20..=23).contains(&p[0])
+        && p[1] == 3
+        && (1..=4).contains(&p[2])
+        && usize::from(u16::from_be_bytes([p[3], p[4]])) <= 18_432
+}
+
+fn carrier_realtime(s: &Shape) -> bool {
+    s.packets >= REALTIME_PACKETS
+        && s.in_range == s.packets
+        && (s.last_ns.saturating_sub(s.first_ns)) / u64::from(s.packets - 1) <= 100_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(s: &mut Sniffer, c: Carrier, d: Dir, ports: (u16, u16), p: &[u8]) {
+        s.on_payload(c, d, ports, p, 0);
+    }
+
+    #[test]
+    fn tls_hello_over_two_segments() {
+        let r = tls::tests::hello_record("www.example.org");
+        let mut s = Sniffer::new();
+        feed(&mut s, Carrier::Tcp, Dir::Up, (50000, 443), &r[..20]);
+        assert!(!s.is_done());
+        feed(&mut s, Carrier::Tcp, Dir::Up, (50000, 443), &r[20..]);
+        assert_eq!(
+            (s.protocol, s.class, s.encrypted),
+            (Some(Protocol::Tls), Some(Traffic::Web), Some(true))
+        );
+        assert_eq!(s.server_name.as_deref(), Some("www.example.org"));
+    }
+
+    #[test]
+    fn sd_rtn_names_the_flow_and_is_media() {
+        let p = rtc::tests::sd_rtn_packet("104-166-161-75.edge.agora.io");
+        let mut s = Sniffer::new();
+        feed(&mut s, Carrier::Udp, Dir::Up, (40000, 8130), &p);
+        assert_eq!(
+            (s.protocol, s.class),
+            (Some(Protocol::SdRtn), Some(Traffic::Media))
+        );
+        assert_eq!(
+            s.server_name.as_deref(),
+            Some("104-166-161-75.edge.agora.io")
+        );
+    }
+
+    #[test]
+    fn stun_binding_is_ping_until_media_follows() {
+        let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        req.extend_from_slice(&[1; 12]);
+        let mut s = Sniffer::new();
+        feed(&mut s, Carrier::Udp, Dir::Up, (40000, 3478), &req);
+        assert_eq!(s.class, Some(Traffic::Ping));
+        let mut rtp = vec![0x80, 0x6F, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9];
+        rtp.extend_from_slice(&[0; 100]);
+        feed(&mut s, Carrier::Udp, Dir::Up, (40000, 3478), &rtp);
+        assert_eq!(s.class, Some(Traffic::Media), "tightened, never loosened");
+    }
+
+    #[test]
+    fn unknown_udp_with_a_realtime_shape_is_media() {
+        let mut s = Sniffer::new();
+        for i in 0..25u64 {
+            s.on_payload(
+                Carrier::Udp,
+                Dir::Up,
+                (40000, 50000),
+                &[0x55; 160],
+                i * 20_000_000,
+            );
+        }
+        assert_eq!(s.class, Some(Traffic::Media));
+        let mut bulk = Sniffer::new();
+        for i in 0..25u64 {
+            bulk.on_payload(
+                Carrier::Udp,
+                Dir::Up,
+                (40000, 50000),
+                &[0x55; 1400],
+                i * 20_000_000,
+            );
+        }
+        assert_ne!(bulk.class, Some(Traffic::Media));
+    }
+
+    #[test]
+    fn dns_http_icmp() {
+        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 7];
+        q.extend_from_slice(b"example");
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let mut s = Sniffer::new();
+        feed(&mut s, Carrier::Udp, Dir::Up, (5000, 53), &q);
+        assert_eq!(
+            (s.class, s.server_name.as_deref()),
+            (Some(Traffic::Dns), Some("a.example"))
+        );
+        let mut h = Sniffer::new();
+        feed(
+            &mut h,
+            Carrier::Tcp,
+            Dir::Up,
+            (5000, 80),
+            b"GET / HTTP/1.1\r\nHost: x.example\r\n\r\n",
+        );
+        assert_eq!(
+            (h.protocol, h.encrypted),
+            (Some(Protocol::Http), Some(false))
+        );
+        let mut i = Sniffer::new();
+        feed(&mut i, Carrier::IcmpEcho, Dir::Up, (0, 0), &[]);
+        assert_eq!(i.class, Some(Traffic::Ping));
+    }
+}

@@ -1,0 +1,261 @@
+//! `geowall audit`: replay a capture through the engine's flow table,
+//! classifier and policy, and report every flow.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use geowall::classify::leak::LeakDetector;
+use geowall::engine::{Flow, Inspector};
+use geowall::intel::catalog::Catalog;
+use geowall::intel::jurisdiction::Intel;
+use geowall::policy::{Facts, Policy, Transport, bundle};
+use geowall::wire::capture::Capture;
+use geowall::wire::packet::strip_link;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Arguments of `geowall audit`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// A pcap or pcapng capture.
+    file: PathBuf,
+    /// A shipped preset (default, clubhouse, strict).
+    #[arg(long, conflicts_with_all = ["policy", "bundle"])]
+    preset: Option<String>,
+    /// A policy file.
+    #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
+    policy: Option<PathBuf>,
+    /// A signed rules bundle (needs --pubkey).
+    #[arg(long, value_name = "FILE", requires = "pubkey")]
+    bundle: Option<PathBuf>,
+    /// Trusted public key for --bundle.
+    #[arg(long, value_name = "FILE")]
+    pubkey: Vec<PathBuf>,
+    /// An identifier to look for in cleartext, as LABEL=VALUE (repeatable).
+    #[arg(long = "identifier", value_name = "LABEL=VALUE")]
+    identifiers: Vec<String>,
+    /// One JSON object per flow.
+    #[arg(long)]
+    json: bool,
+    /// World database instead of the shipped one.
+    #[arg(long, value_name = "FILE")]
+    world: Option<PathBuf>,
+    /// The most flows to track (more are counted and skipped).
+    #[arg(long, default_value_t = 1_000_000)]
+    max_flows: usize,
+}
+
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let (policy, catalog) = match (&a.bundle, &a.policy) {
+        (Some(b), _) => {
+            let bytes = std::fs::read(b).with_context(|| format!("cannot read {}", b.display()))?;
+            let keys = a
+                .pubkey
+                .iter()
+                .map(|p| bundle::read_verifying_key(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let opened = bundle::open(&bytes, &keys, None, now)
+                .with_context(|| format!("{}: rejected", b.display()))?;
+            (opened.policy, opened.catalog)
+        }
+        (None, Some(p)) => {
+            let c = Catalog::shipped()?;
+            (Policy::load(p, &c)?, c)
+        }
+        (None, None) => {
+            let c = Catalog::shipped()?;
+            (
+                Policy::preset(a.preset.as_deref().unwrap_or("default"), &c)?,
+                c,
+            )
+        }
+    };
+    let mut ids = Vec::new();
+    for s in &a.identifiers {
+        let (l, v) = s
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--identifier '{s}': expected LABEL=VALUE"))?;
+        ids.push((l.to_owned(), v.to_owned()));
+    }
+    let leak = if ids.is_empty() {
+        None
+    } else {
+        Some(LeakDetector::new(&ids)?)
+    };
+    let world = super::load_world(a.world.as_ref())?;
+    let intel = Intel::new(world, Arc::new(catalog));
+
+    let bytes =
+        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    let cap = Capture::new(&bytes).with_context(|| format!("{}", a.file.display()))?;
+    let mut insp = Inspector::new(a.max_flows, leak);
+    let bar = ProgressBar::new(bytes.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} reading [{bar:30}] {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (mut frames, mut other_links) = (0u64, 0u64);
+    let mut damaged = None;
+    for f in cap {
+        match f {
+            Ok(f) => {
+                frames += 1;
+                if frames % 4096 == 0 {
+                    bar.set_position(
+                        (f.data.as_ptr() as usize).saturating_sub(bytes.as_ptr() as usize) as u64,
+                    );
+                }
+                match strip_link(f.link, f.data) {
+                    Ok(ip) => {
+                        insp.on_ip(ip, f.ts_nanos);
+                    }
+                    Err(_) => other_links += 1,
+                }
+            }
+            Err(e) => {
+                damaged = Some(e);
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let (mut blocked, mut leaking) = (0usize, 0usize);
+    if !a.json {
+        writeln!(
+            out,
+            "{:<5} {:<47} {:<8} {:<6} {:<34} {:<14} {:<7} LEAKS",
+            "PROTO",
+            "CLIENT -> SERVER",
+            "PROTOCOL",
+            "CLASS",
+            "SERVER NAME",
+            "JURISDICTION",
+            "VERDICT"
+        )?;
+    }
+    for f in insp.flows() {
+        let names: Vec<&str> = f.sniffer.server_name.as_deref().into_iter().collect();
+        let facts = facts(f, &names);
+        let j = intel.jurisdiction(facts.dst, facts.names, facts.protocol);
+        let v = policy.evaluate(&intel, &facts);
+        blocked += usize::from(v.is_block());
+        leaking += usize::from(!f.leaks.is_empty());
+        if a.json {
+            let doc = serde_json::json!({
+                "proto": proto_name(f.proto),
+                "src": f.client.to_string(),
+                "dst": f.server.to_string(),
+                "packets_up": f.packets_up,
+                "packets_down": f.packets_down,
+                "bytes_up": f.bytes_up,
+                "bytes_down": f.bytes_down,
+                "protocol": f.sniffer.protocol.map(|p| p.name()),
+                "class": f.sniffer.class_now().name(),
+                "server_name": f.sniffer.server_name,
+                "encrypted": f.sniffer.encrypted,
+                "jurisdiction": j.to_json(),
+                "verdict": v.to_json(),
+                "rule": v.rule.map(|(_, r)| r.name.as_str()),
+                "leaks": f.leaks,
+            });
+            serde_json::to_writer(&mut out, &doc)?;
+            writeln!(out)?;
+        } else {
+            let mut cc: Vec<String> = Vec::new();
+            for l in geowall::intel::Layer::ALL {
+                for c in j.countries(l).into_iter().flatten() {
+                    let s = c.to_string();
+                    if !cc.contains(&s) {
+                        cc.push(s);
+                    }
+                }
+            }
+            let verdict = if v.is_block() { "BLOCK" } else { "allow" };
+            writeln!(
+                out,
+                "{:<5} {:<47} {:<8} {:<6} {:<34} {:<14} {:<7} {}",
+                proto_name(f.proto),
+                format!("{} -> {}", f.client, f.server),
+                f.sniffer.protocol.map_or("-", |p| p.name()),
+                f.sniffer.class_now().name(),
+                f.sniffer.server_name.as_deref().unwrap_or("-"),
+                if cc.is_empty() {
+                    "-".to_owned()
+                } else {
+                    cc.join(",")
+                },
+                verdict,
+                f.leaks
+                    .iter()
+                    .map(|l| format!("{} ({:?})", l.label, l.encoding))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+        }
+    }
+    out.flush()?;
+    let c = &insp.counters;
+    eprintln!(
+        "{}: {frames} frames, {} flows ({} would be blocked under '{}', {} with identifier leaks); not inspected: {} non-IP frames, {} fragments, {} other IP protocols, {} malformed, {} flows over the limit",
+        a.file.display(),
+        insp.flows().len(),
+        blocked,
+        policy.name,
+        leaking,
+        other_links + c.drops.get("not-ip").copied().unwrap_or(0),
+        c.fragments,
+        c.other_protocols,
+        c.drops
+            .iter()
+            .filter(|(k, _)| **k != "not-ip")
+            .map(|(_, v)| v)
+            .sum::<u64>(),
+        c.refused_flows
+    );
+    if let Some(e) = damaged {
+        eprintln!(
+            "geowall: {}: {e}; the flows above are from the frames before it",
+            a.file.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        58 => "icmp6",
+        _ => "ip",
+    }
+}
+
+/// The facts the policy sees for a flow (the same the live engine passes).
+fn facts<'a>(f: &'a Flow, names: &'a [&'a str]) -> Facts<'a> {
+    Facts {
+        dst: Some(f.server.ip()),
+        port: (f.proto == 6 || f.proto == 17).then_some(f.server.port()),
+        transport: match f.proto {
+            6 => Some(Transport::Tcp),
+            17 => Some(Transport::Udp),
+            1 | 58 => Some(Transport::Icmp),
+            _ => None,
+        },
+        names,
+        traffic: f.sniffer.class,
+        protocol: f.sniffer.protocol.map(|p| p.name()),
+        encrypted: f.sniffer.encrypted,
+        leak: !f.leaks.is_empty(),
+        app: None,
+    }
+}

@@ -1,0 +1,260 @@
+//! The engine's packet path, sans-IO: packets and time in, flow state and
+//! findings out. This part (flow table, classification, leak scanning) is
+//! what `geowall audit` replays captures through; the live data plane
+//! builds on it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use crate::classify::leak::{LeakDetector, LeakHit, ScanState};
+use crate::classify::{Carrier, Dir, Sniffer};
+use crate::wire::packet::{Drop, Transport, parse_ip};
+
+/// The most leak findings kept per flow.
+pub const MAX_LEAKS_PER_FLOW: usize = 64;
+
+/// One flow, from its initiator's point of view.
+#[derive(Debug)]
+pub struct Flow {
+    /// IP protocol (6 TCP, 17 UDP, 1/58 ICMP).
+    pub proto: u8,
+    /// The initiator.
+    pub client: SocketAddr,
+    /// The responder.
+    pub server: SocketAddr,
+    /// First packet, ns.
+    pub first_ns: u64,
+    /// Last packet, ns.
+    pub last_ns: u64,
+    /// Packets from the client.
+    pub packets_up: u64,
+    /// Packets to the client.
+    pub packets_down: u64,
+    /// IP bytes from the client.
+    pub bytes_up: u64,
+    /// IP bytes to the client.
+    pub bytes_down: u64,
+    /// What the classifier knows.
+    pub sniffer: Sniffer,
+    /// Identifiers seen in cleartext (at most [`MAX_LEAKS_PER_FLOW`]).
+    pub leaks: Vec<LeakHit>,
+    scan: [ScanState; 2],
+}
+
+/// An unordered flow key.
+type Key = (u8, SocketAddr, SocketAddr);
+
+fn key(proto: u8, a: SocketAddr, b: SocketAddr) -> Key {
+    if a <= b { (proto, a, b) } else { (proto, b, a) }
+}
+
+/// Counters of what was not inspected.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets inspected.
+    pub packets: u64,
+    /// Packets not parsed, by reason.
+    pub drops: BTreeMap<&'static str, u64>,
+    /// IP fragments (counted; reassembly belongs to the data plane).
+    pub fragments: u64,
+    /// Other IP protocols (GRE, ESP, ...), counted per packet.
+    pub other_protocols: u64,
+    /// New flows refused because the table was full.
+    pub refused_flows: u64,
+}
+
+/// The flow table and the classifier, driven one packet at a time.
+#[derive(Debug)]
+pub struct Inspector {
+    flows: Vec<Flow>,
+    index: HashMap<Key, usize>,
+    max_flows: usize,
+    leak: Option<LeakDetector>,
+    hits: Vec<LeakHit>,
+    /// What was not inspected, and why.
+    pub counters: Counters,
+}
+
+impl Inspector {
+    /// An inspector holding at most `max_flows` flows (new ones beyond are
+    /// refused and counted), scanning cleartext for `leak` identifiers.
+    pub fn new(max_flows: usize, leak: Option<LeakDetector>) -> Self {
+        Self {
+            flows: Vec::new(),
+            index: HashMap::new(),
+            max_flows,
+            leak,
+            hits: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The flows, in order of first packet.
+    pub fn flows(&self) -> &[Flow] {
+        &self.flows
+    }
+
+    fn drop(&mut self, d: Drop) {
+        *self.counters.drops.entry(d.as_str()).or_insert(0) += 1;
+    }
+
+    /// Inspects one IP packet seen at `ts_ns`; returns the flow's index.
+    /// GTP-U (UDP port 2152, mobile core captures) is unwrapped once.
+    pub fn on_ip(&mut self, bytes: &[u8], ts_ns: u64) -> Option<usize> {
+        self.counters.packets += 1;
+        if let Ok(p) = parse_ip(bytes)
+            && let Transport::Udp {
+                sport,
+                dport,
+                payload,
+            } = p.transport
+            && (sport == 2152 || dport == 2152)
+            && let Some(inner) = gtp_u_inner(payload)
+        {
+            self.counters.packets -= 1;
+            return self.on_ip_inner(inner, ts_ns);
+        }
+        self.on_ip_inner(bytes, ts_ns)
+    }
+
+    fn on_ip_inner(&mut self, bytes: &[u8], ts_ns: u64) -> Option<usize> {
+        self.counters.packets += 1;
+        let p = match parse_ip(bytes) {
+            Ok(p) => p,
+            Err(d) => {
+                self.drop(d);
+                return None;
+            }
+        };
+        let (carrier, sport, dport, payload, syn) = match p.transport {
+            Transport::Tcp {
+                sport,
+                dport,
+                flags,
+                payload,
+                ..
+            } => (Carrier::Tcp, sport, dport, payload, Some(flags & 0x12)),
+            Transport::Udp {
+                sport,
+                dport,
+                payload,
+            } => (Carrier::Udp, sport, dport, payload, None),
+            Transport::Icmp {
+                echo_id, payload, ..
+            } => {
+                let id = echo_id.unwrap_or(0);
+                (
+                    if echo_id.is_some() {
+                        Carrier::IcmpEcho
+                    } else {
+                        Carrier::IcmpOther
+                    },
+                    id,
+                    id,
+                    payload,
+                    None,
+                )
+            }
+            Transport::Fragment(_) => {
+                self.counters.fragments += 1;
+                return None;
+            }
+            Transport::Other { .. } => {
+                self.counters.other_protocols += 1;
+                return None;
+            }
+        };
+        let src = SocketAddr::new(p.src, sport);
+        let dst = SocketAddr::new(p.dst, dport);
+        let k = key(p.proto, src, dst);
+        let idx = match self.index.get(&k) {
+            Some(&i) => i,
+            None => {
+                if self.flows.len() >= self.max_flows {
+                    self.counters.refused_flows += 1;
+                    return None;
+                }
+                // The initiator: SYN's sender, SYN-ACK's receiver; else the
+                // side on the higher (ephemeral) port when the other is a
+                // service port, else the first sender.
+                let reply = match syn {
+                    Some(0x12) => true,
+                    Some(0x02) => false,
+                    _ => sport < 1024 && dport >= 1024,
+                };
+                let (client, server) = if reply { (dst, src) } else { (src, dst) };
+                self.flows.push(Flow {
+                    proto: p.proto,
+                    client,
+                    server,
+                    first_ns: ts_ns,
+                    last_ns: ts_ns,
+                    packets_up: 0,
+                    packets_down: 0,
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    sniffer: Sniffer::new(),
+                    leaks: Vec::new(),
+                    scan: Default::default(),
+                });
+                self.index.insert(k, self.flows.len() - 1);
+                self.flows.len() - 1
+            }
+        };
+        let f = &mut self.flows[idx];
+        let dir = if src == f.client { Dir::Up } else { Dir::Down };
+        f.last_ns = ts_ns;
+        match dir {
+            Dir::Up => {
+                f.packets_up += 1;
+                f.bytes_up += bytes.len() as u64;
+            }
+            Dir::Down => {
+                f.packets_down += 1;
+                f.bytes_down += bytes.len() as u64;
+            }
+        }
+        f.sniffer.on_payload(
+            carrier,
+            dir,
+            (f.client.port(), f.server.port()),
+            payload,
+            ts_ns,
+        );
+        if let Some(det) = &self.leak
+            && !payload.is_empty()
+            && f.sniffer.encrypted != Some(true)
+            && f.leaks.len() < MAX_LEAKS_PER_FLOW
+        {
+            self.hits.clear();
+            det.scan(&mut f.scan[dir as usize], payload, &mut self.hits);
+            let room = MAX_LEAKS_PER_FLOW - f.leaks.len();
+            f.leaks.extend(self.hits.drain(..).take(room));
+        }
+        Some(idx)
+    }
+}
+
+/// The IP packet inside a GTPv1-U G-PDU, if that is what `p` is.
+fn gtp_u_inner(p: &[u8]) -> Option<&[u8]> {
+    let flags = *p.first()?;
+    if flags >> 5 != 1 || flags & 0x10 == 0 || *p.get(1)? != 0xFF {
+        return None;
+    }
+    let mut at = 8;
+    if flags & 0x07 != 0 {
+        let mut next = *p.get(11)?;
+        at = 12;
+        // Extension headers: length in 4-byte units, next type last.
+        while next != 0 {
+            let units = usize::from(*p.get(at)?);
+            if units == 0 {
+                return None;
+            }
+            at += units * 4;
+            next = *p.get(at - 1)?;
+        }
+    }
+    let inner = p.get(at..)?;
+    matches!(inner.first().map(|b| b >> 4), Some(4 | 6)).then_some(inner)
+}
