@@ -1,0 +1,211 @@
+//! `geowall audit` on captures built here and on the shared ones.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn geowall(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_geowall"))
+        .args(args)
+        .env_remove("GEOWALL_WORLD")
+        .output()
+        .expect("geowall runs")
+}
+
+/// A pcap (raw IPv4 link type) of UDP datagrams. Only a file: nothing is
+/// sent anywhere; the addresses are documentation ranges.
+fn pcap_udp(packets: &[([u8; 4], u16, [u8; 4], u16, Vec<u8>)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0xA1B2_C3D4u32.to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&4u16.to_le_bytes());
+    b.extend_from_slice(&[0; 8]);
+    b.extend_from_slice(&65_535u32.to_le_bytes());
+    b.extend_from_slice(&101u32.to_le_bytes());
+    for (i, (src, sp, dst, dp, payload)) in packets.iter().enumerate() {
+        let total = 20 + 8 + payload.len();
+        let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip.extend_from_slice(src);
+        ip.extend_from_slice(dst);
+        ip.extend_from_slice(&sp.to_be_bytes());
+        ip.extend_from_slice(&dp.to_be_bytes());
+        ip.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 0]);
+        ip.extend_from_slice(payload);
+        b.extend_from_slice(&(1_700_000_000u32 + i as u32).to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(ip.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(ip.len() as u32).to_le_bytes());
+        b.extend_from_slice(&ip);
+    }
+    b
+}
+
+/// An SD-RTN-shaped payload (the public facts: byte 6 = 0x21, "\x04SNI" at
+/// 12, a u16 length at 16, 0 at 18, the host name at 19), followed by
+/// `tail`.
+fn sd_rtn(host: &str, tail: &[u8]) -> Vec<u8> {
+    let mut p = vec![
+        0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x21, 0, 0, 0, 0, 0, 0x04, 0x53, 0x4E, 0x49,
+    ];
+    p.extend_from_slice(&(host.len() as u16).to_be_bytes());
+    p.push(0);
+    p.extend_from_slice(host.as_bytes());
+    p.extend_from_slice(tail);
+    p
+}
+
+#[test]
+fn synthetic_sd_rtn_with_a_cleartext_user_id_is_a_leak_and_blocked_by_clubhouse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = [192, 0, 2, 10];
+    let edge = [203, 0, 113, 5];
+    let host = "104-166-161-75.edge.agora.io";
+    let pcap = pcap_udp(&[
+        (client, 40_000, edge, 8130, sd_rtn(host, b"")),
+        (edge, 8130, client, 40_000, sd_rtn(host, b"ok")),
+        (
+            client,
+            40_000,
+            edge,
+            8130,
+            sd_rtn(host, b"uid=4815162342;room=ROOM-ab12cd"),
+        ),
+    ]);
+    let f = dir.path().join("sdrtn.pcap");
+    std::fs::write(&f, &pcap).expect("write");
+    let o = geowall(&[
+        "audit",
+        f.to_str().expect("utf8"),
+        "--preset",
+        "clubhouse",
+        "--json",
+        "--identifier",
+        "user_id=4815162342",
+        "--identifier",
+        "room=ROOM-ab12cd",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let flows: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(flows.len(), 1);
+    let fl = &flows[0];
+    assert_eq!(fl["src"], "192.0.2.10:40000");
+    assert_eq!(fl["dst"], "203.0.113.5:8130");
+    assert_eq!(
+        (fl["packets_up"].as_u64(), fl["packets_down"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(fl["protocol"], "sd-rtn");
+    assert_eq!(fl["class"], "media");
+    assert_eq!(fl["server_name"], host);
+    assert_eq!(fl["jurisdiction"]["vendor"]["vendor_id"], "agora");
+    assert_eq!(fl["verdict"]["action"], "block");
+    assert_eq!(fl["rule"], "no cleartext identifiers to PRC jurisdiction");
+    let labels: Vec<&str> = fl["leaks"]
+        .as_array()
+        .expect("leaks")
+        .iter()
+        .filter_map(|l| l["label"].as_str())
+        .collect();
+    assert!(
+        labels.contains(&"user_id") && labels.contains(&"room"),
+        "{labels:?}"
+    );
+    assert!(
+        fl["leaks"]
+            .as_array()
+            .expect("leaks")
+            .iter()
+            .all(|l| l["encoding"] == "plain")
+    );
+    // The human table says the same.
+    let t = geowall(&[
+        "audit",
+        f.to_str().expect("utf8"),
+        "--preset",
+        "clubhouse",
+        "--identifier",
+        "user_id=4815162342",
+    ]);
+    let s = String::from_utf8_lossy(&t.stdout);
+    assert!(
+        s.contains("sd-rtn") && s.contains("BLOCK") && s.contains("user_id"),
+        "{s}"
+    );
+}
+
+#[test]
+fn audit_reports_bad_input_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.pcap");
+    std::fs::write(&junk, b"this is not a capture").expect("write");
+    let o = geowall(&["audit", junk.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a pcap or pcapng"));
+    let o = geowall(&["audit", "/nonexistent/x.pcap"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read"));
+    let o = geowall(&[
+        "audit",
+        junk.to_str().expect("utf8"),
+        "--identifier",
+        "novalue",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("LABEL=VALUE"));
+    // A truncated capture: the flows before the damage are still reported.
+    let good = pcap_udp(&[
+        ([192, 0, 2, 1], 5000, [198, 51, 100, 1], 53, vec![0; 12]),
+        ([192, 0, 2, 1], 5001, [198, 51, 100, 1], 53, vec![0; 12]),
+    ]);
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &good[..good.len() - 5]).expect("write");
+    let o = geowall(&["audit", cut.to_str().expect("utf8"), "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("truncated"));
+}
+
+#[test]
+fn audit_of_a_shared_capture() {
+    let cap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcap/ndpi/signal.pcap");
+    if !cap.exists() {
+        println!("skipped: {} is not there", cap.display());
+        return;
+    }
+    let o = geowall(&["audit", cap.to_str().expect("utf8"), "--json"]);
+    assert!(o.status.success());
+    let flows: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert!(flows.iter().any(
+        |f| f["server_name"] == "textsecure-service.whispersystems.org"
+            && f["class"] == "web"
+            && f["encrypted"] == true
+    ));
+    for f in &flows {
+        for k in [
+            "proto",
+            "src",
+            "dst",
+            "packets_up",
+            "packets_down",
+            "bytes_up",
+            "bytes_down",
+            "protocol",
+            "class",
+            "server_name",
+            "encrypted",
+            "jurisdiction",
+            "verdict",
+            "rule",
+            "leaks",
+        ] {
+            assert!(f.get(k).is_some(), "{k} in {f}");
+        }
+    }
+}
