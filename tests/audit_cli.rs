@@ -13,9 +13,12 @@ fn geowall(args: &[&str]) -> Output {
         .expect("geowall runs")
 }
 
+/// Source, source port, destination, destination port, payload.
+type Datagram = ([u8; 4], u16, [u8; 4], u16, Vec<u8>);
+
 /// A pcap (raw IPv4 link type) of UDP datagrams. Only a file: nothing is
 /// sent anywhere; the addresses are documentation ranges.
-fn pcap_udp(packets: &[([u8; 4], u16, [u8; 4], u16, Vec<u8>)]) -> Vec<u8> {
+fn pcap_udp(packets: &[Datagram]) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&0xA1B2_C3D4u32.to_le_bytes());
     b.extend_from_slice(&2u16.to_le_bytes());
