@@ -143,6 +143,65 @@ fn synthetic_sd_rtn_with_a_cleartext_user_id_is_a_leak_and_blocked_by_clubhouse(
 }
 
 #[test]
+fn html_report_colours_countries_and_escapes_capture_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An HTTP-looking SD-RTN host cannot carry markup (host names are
+    // validated), so put hostile text where a capture can: a DNS name.
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in ["<script>x", "example"] {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let pcap = pcap_udp(&[
+        (
+            [192, 0, 2, 10],
+            40_000,
+            [112, 126, 96, 46],
+            8130,
+            sd_rtn("104-166-161-75.edge.agora.io", b"uid=4815162342"),
+        ),
+        ([192, 0, 2, 10], 40_001, [198, 51, 100, 53], 53, q),
+    ]);
+    let f = dir.path().join("c.pcap");
+    std::fs::write(&f, &pcap).expect("write");
+    let out = dir.path().join("r.html");
+    let o = geowall(&[
+        "audit",
+        f.to_str().expect("utf8"),
+        "--preset",
+        "clubhouse",
+        "--identifier",
+        "user_id=4815162342",
+        "--html",
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(&out).expect("report");
+    assert!(html.starts_with("<!doctype html>") && html.ends_with("</html>"));
+    assert!(
+        html.contains("#map path#cn { fill: #c0392b; }"),
+        "blocked country coloured"
+    );
+    assert!(
+        html.contains("<svg") && html.contains("id=\"cn\""),
+        "map embedded"
+    );
+    assert!(!html.contains("<script>"), "capture text is escaped");
+    assert!(html.contains("&lt;script&gt;x.example"));
+    assert!(
+        html.contains("user_id")
+            && html.contains("no cleartext identifiers to PRC jurisdiction (1 flow)")
+    );
+    assert!(
+        !html.contains("http://")
+            || html.matches("http://").count()
+                == html.matches("xmlns=\"http://www.w3.org/2000/svg\"").count(),
+        "no external resources"
+    );
+}
+
+#[test]
 fn audit_reports_bad_input_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let junk = dir.path().join("junk.pcap");

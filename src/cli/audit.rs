@@ -39,6 +39,9 @@ pub(crate) struct Args {
     /// One JSON object per flow.
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML report (map, blocks, leaks).
+    #[arg(long, value_name = "OUT.html")]
+    html: Option<PathBuf>,
     /// World database instead of the shipped one.
     #[arg(long, value_name = "FILE")]
     world: Option<PathBuf>,
@@ -126,8 +129,14 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     bar.finish_and_clear();
 
+    let rows: Vec<Row> = insp
+        .flows()
+        .iter()
+        .map(|f| row(f, &intel, &policy))
+        .collect();
+    let blocked = rows.iter().filter(|r| r.blocked).count();
+    let leaking = rows.iter().filter(|r| !r.leaks.is_empty()).count();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let (mut blocked, mut leaking) = (0usize, 0usize);
     if !a.json {
         writeln!(
             out,
@@ -141,61 +150,28 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             "VERDICT"
         )?;
     }
-    for f in insp.flows() {
-        let names: Vec<&str> = f.sniffer.server_name.as_deref().into_iter().collect();
-        let facts = facts(f, &names);
-        let j = intel.jurisdiction(facts.dst, facts.names, facts.protocol);
-        let v = policy.evaluate(&intel, &facts);
-        blocked += usize::from(v.is_block());
-        leaking += usize::from(!f.leaks.is_empty());
+    for r in &rows {
         if a.json {
-            let doc = serde_json::json!({
-                "proto": proto_name(f.proto),
-                "src": f.client.to_string(),
-                "dst": f.server.to_string(),
-                "packets_up": f.packets_up,
-                "packets_down": f.packets_down,
-                "bytes_up": f.bytes_up,
-                "bytes_down": f.bytes_down,
-                "protocol": f.sniffer.protocol.map(|p| p.name()),
-                "class": f.sniffer.class_now().name(),
-                "server_name": f.sniffer.server_name,
-                "encrypted": f.sniffer.encrypted,
-                "jurisdiction": j.to_json(),
-                "verdict": v.to_json(),
-                "rule": v.rule.map(|(_, r)| r.name.as_str()),
-                "leaks": f.leaks,
-            });
-            serde_json::to_writer(&mut out, &doc)?;
+            serde_json::to_writer(&mut out, &r.json)?;
             writeln!(out)?;
         } else {
-            let mut cc: Vec<String> = Vec::new();
-            for l in geowall::intel::Layer::ALL {
-                for c in j.countries(l).into_iter().flatten() {
-                    let s = c.to_string();
-                    if !cc.contains(&s) {
-                        cc.push(s);
-                    }
-                }
-            }
-            let verdict = if v.is_block() { "BLOCK" } else { "allow" };
             writeln!(
                 out,
                 "{:<5} {:<47} {:<8} {:<6} {:<34} {:<14} {:<7} {}",
-                proto_name(f.proto),
-                format!("{} -> {}", f.client, f.server),
-                f.sniffer.protocol.map_or("-", |p| p.name()),
-                f.sniffer.class_now().name(),
-                f.sniffer.server_name.as_deref().unwrap_or("-"),
-                if cc.is_empty() {
+                r.proto,
+                format!("{} -> {}", r.client, r.server),
+                r.protocol,
+                r.class,
+                r.server_name.as_deref().unwrap_or("-"),
+                if r.countries.is_empty() {
                     "-".to_owned()
                 } else {
-                    cc.join(",")
+                    r.countries.join(",")
                 },
-                verdict,
-                f.leaks
+                if r.blocked { "BLOCK" } else { "allow" },
+                r.leaks
                     .iter()
-                    .map(|l| format!("{} ({:?})", l.label, l.encoding))
+                    .map(|l| format!("{} ({})", l.0, l.1))
                     .collect::<Vec<_>>()
                     .join(", ")
             )?;
@@ -220,6 +196,16 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             .sum::<u64>(),
         c.refused_flows
     );
+    if let Some(path) = &a.html {
+        let title = a
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let html = super::report::html(&title, &policy.name, &rows, c);
+        std::fs::write(path, html).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     if let Some(e) = damaged {
         eprintln!(
             "geowall: {}: {e}; the flows above are from the frames before it",
@@ -228,6 +214,97 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One flow, ready for every output format.
+pub(crate) struct Row {
+    pub(crate) json: serde_json::Value,
+    pub(crate) proto: &'static str,
+    pub(crate) client: String,
+    pub(crate) server: String,
+    pub(crate) protocol: &'static str,
+    pub(crate) class: &'static str,
+    pub(crate) server_name: Option<String>,
+    /// Every country any jurisdiction layer names.
+    pub(crate) countries: Vec<String>,
+    /// Where the server is (each geolocation source).
+    pub(crate) geo: Vec<String>,
+    pub(crate) blocked: bool,
+    pub(crate) rule: Option<String>,
+    /// The layer and country that made the deciding rule match.
+    pub(crate) why: Option<String>,
+    /// (label, encoding, offset).
+    pub(crate) leaks: Vec<(String, String, u64)>,
+}
+
+fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
+    let names: Vec<&str> = f.sniffer.server_name.as_deref().into_iter().collect();
+    let facts = facts(f, &names);
+    let j = intel.jurisdiction(facts.dst, facts.names, facts.protocol);
+    let v = policy.evaluate(intel, &facts);
+    let mut countries: Vec<String> = Vec::new();
+    for l in geowall::intel::Layer::ALL {
+        for c in j.countries(l).into_iter().flatten() {
+            let s = c.to_string();
+            if !countries.contains(&s) {
+                countries.push(s);
+            }
+        }
+    }
+    let geo = j
+        .countries(geowall::intel::Layer::Geo)
+        .into_iter()
+        .flatten()
+        .map(|c| c.to_string())
+        .collect();
+    let json = serde_json::json!({
+        "proto": proto_name(f.proto),
+        "src": f.client.to_string(),
+        "dst": f.server.to_string(),
+        "packets_up": f.packets_up,
+        "packets_down": f.packets_down,
+        "bytes_up": f.bytes_up,
+        "bytes_down": f.bytes_down,
+        "protocol": f.sniffer.protocol.map(|p| p.name()),
+        "class": f.sniffer.class_now().name(),
+        "server_name": f.sniffer.server_name,
+        "encrypted": f.sniffer.encrypted,
+        "jurisdiction": j.to_json(),
+        "verdict": v.to_json(),
+        "rule": v.rule.map(|(_, r)| r.name.as_str()),
+        "leaks": f.leaks,
+    });
+    Row {
+        json,
+        proto: proto_name(f.proto),
+        client: f.client.to_string(),
+        server: f.server.to_string(),
+        protocol: f.sniffer.protocol.map_or("-", |p| p.name()),
+        class: f.sniffer.class_now().name(),
+        server_name: f.sniffer.server_name.clone(),
+        countries,
+        geo,
+        blocked: v.is_block(),
+        rule: v.rule.map(|(_, r)| r.name.clone()),
+        why: v.layer.map(|l| {
+            format!(
+                "{} layer: {}",
+                l.layer.name(),
+                l.country.map_or("unknown".to_owned(), |c| c.to_string())
+            )
+        }),
+        leaks: f
+            .leaks
+            .iter()
+            .map(|l| {
+                let enc = serde_json::to_value(l.encoding)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                (l.label.clone(), enc, l.offset)
+            })
+            .collect(),
+    }
 }
 
 fn proto_name(p: u8) -> &'static str {

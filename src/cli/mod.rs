@@ -3,6 +3,7 @@
 
 mod audit;
 mod lookup;
+mod report;
 mod rules;
 mod world;
 
