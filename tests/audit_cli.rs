@@ -106,6 +106,7 @@ fn synthetic_sd_rtn_with_a_cleartext_user_id_is_a_leak_and_blocked_by_clubhouse(
     assert_eq!(fl["protocol"], "sd-rtn");
     assert_eq!(fl["class"], "media");
     assert_eq!(fl["server_name"], host);
+    assert_eq!(fl["encrypted"], "cleartext");
     assert_eq!(fl["jurisdiction"]["vendor"]["vendor_id"], "agora");
     assert_eq!(fl["verdict"]["action"], "block");
     assert_eq!(fl["rule"], "no cleartext identifiers to PRC jurisdiction");
@@ -247,7 +248,7 @@ fn audit_of_a_shared_capture() {
     assert!(flows.iter().any(
         |f| f["server_name"] == "textsecure-service.whispersystems.org"
             && f["class"] == "web"
-            && f["encrypted"] == true
+            && f["encrypted"] == "encrypted"
     ));
     for f in &flows {
         for k in [
@@ -270,4 +271,67 @@ fn audit_of_a_shared_capture() {
             assert!(f.get(k).is_some(), "{k} in {f}");
         }
     }
+}
+
+/// The report opens in a real browser: headless Chromium renders it to a
+/// screenshot. Skipped (with a message) where Chromium is not installed
+/// (`apt-get install chromium`).
+#[test]
+fn html_report_renders_in_headless_chromium() {
+    let Some(browser) = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {b}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        println!("skipped: no chromium on PATH (apt-get install chromium to run this check)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = pcap_udp(&[(
+        [192, 0, 2, 10],
+        40_000,
+        [112, 126, 96, 46],
+        8130,
+        sd_rtn("104-166-161-75.edge.agora.io", b""),
+    )]);
+    let f = dir.path().join("c.pcap");
+    std::fs::write(&f, &pcap).expect("write");
+    let html = dir.path().join("r.html");
+    let o = geowall(&[
+        "audit",
+        f.to_str().expect("utf8"),
+        "--preset",
+        "clubhouse",
+        "--html",
+        html.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success());
+    let png = dir.path().join("r.png");
+    let profile = dir.path().join("profile");
+    let st = Command::new("timeout")
+        .args([
+            "90",
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--window-size=1200,900")
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium runs");
+    let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size > 20_000,
+        "screenshot of {size} bytes; chromium said: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 }

@@ -23,6 +23,11 @@
 //! | RTP / RTCP (also RFC 4571-framed on TCP) | `rtp` / `rtcp` | `media` | no (payload may be SRTP) |
 //! | ZRTP | `zrtp` | `media` | no |
 //!
+//! Encryption status ([`Sniffer::encryption`]): from the protocol (RTP is
+//! cleartext unless DTLS was seen in the same flow, then it is SRTP), else
+//! from the first [`SAMPLE_BYTES`] payload bytes: mostly printable is
+//! cleartext, high byte entropy is encrypted, otherwise unknown.
+//!
 //! A STUN flow that later carries DTLS, RTP, RTCP or ChannelData becomes
 //! `media` (a refinement only ever moves a flow to a class at least as
 //! strictly handled: `ping` or `other` to `media`, never back). UDP that
@@ -64,6 +69,21 @@ impl Traffic {
         }
     }
 }
+
+/// Whether a flow's payloads are encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// TLS, QUIC, DTLS, SRTP (after DTLS), or high-entropy payloads.
+    Encrypted,
+    /// HTTP, DNS, plain RTP, SD-RTN host names, printable payloads.
+    Cleartext,
+    /// Not enough to tell.
+    Unknown,
+}
+
+/// Payload bytes sampled per flow to judge unknown protocols.
+pub const SAMPLE_BYTES: usize = 512;
 
 /// Application protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -162,6 +182,10 @@ pub struct Sniffer {
     /// Whether payloads are encrypted.
     pub encrypted: Option<bool>,
     stun_only_binding: bool,
+    dtls_seen: bool,
+    /// Byte histogram of the first payload bytes and how many were seen.
+    hist: Option<Box<[u32; 256]>>,
+    sampled: usize,
     stream: Vec<u8>,
     quic: Option<Box<quic::InitialAssembler>>,
     scratch: Vec<u8>,
@@ -222,6 +246,7 @@ impl Sniffer {
         if payload.is_empty() {
             return;
         }
+        self.sample(payload);
         if carrier == Carrier::Udp {
             self.shape_update(dir, payload.len(), ts_ns);
         }
@@ -298,7 +323,10 @@ impl Sniffer {
             Some(rtc::Rtc::TurnChannel { .. }) => {
                 self.decide(Protocol::Turn, Traffic::Media, false)
             }
-            Some(rtc::Rtc::Dtls { .. }) => self.decide(Protocol::Dtls, Traffic::Media, true),
+            Some(rtc::Rtc::Dtls { .. }) => {
+                self.dtls_seen = true;
+                self.decide(Protocol::Dtls, Traffic::Media, true);
+            }
             Some(rtc::Rtc::Rtp { .. }) => self.decide(Protocol::Rtp, Traffic::Media, false),
             Some(rtc::Rtc::Rtcp { .. }) => self.decide(Protocol::Rtcp, Traffic::Media, false),
             Some(rtc::Rtc::Zrtp) => self.decide(Protocol::Zrtp, Traffic::Media, false),
@@ -434,6 +462,62 @@ impl Sniffer {
         }
     }
 
+    fn sample(&mut self, p: &[u8]) {
+        if self.sampled >= SAMPLE_BYTES {
+            return;
+        }
+        let h = self.hist.get_or_insert_with(|| Box::new([0; 256]));
+        let take = p.len().min(SAMPLE_BYTES - self.sampled);
+        for &b in &p[..take] {
+            h[usize::from(b)] += 1;
+        }
+        self.sampled += take;
+    }
+
+    /// The flow's encryption status: from the protocol where it says, else
+    /// from the sampled payload: mostly printable (at least 90% of at
+    /// least 32 bytes) is cleartext; byte entropy of at least 7.2 bits over
+    /// at least 256 bytes is encrypted; anything else is unknown.
+    pub fn encryption(&self) -> Encryption {
+        if self.protocol == Some(Protocol::Rtp) && self.dtls_seen {
+            return Encryption::Encrypted;
+        }
+        match self.encrypted {
+            Some(true) => return Encryption::Encrypted,
+            Some(false) if self.protocol != Some(Protocol::Unknown) => {
+                return Encryption::Cleartext;
+            }
+            _ => {}
+        }
+        let Some(h) = &self.hist else {
+            return Encryption::Unknown;
+        };
+        let n = self.sampled as f64;
+        let printable: u32 = h
+            .iter()
+            .enumerate()
+            .filter(|(b, _)| matches!(*b, 9 | 10 | 13 | 32..=126))
+            .map(|(_, c)| *c)
+            .sum();
+        if self.sampled >= 32 && f64::from(printable) >= 0.9 * n {
+            return Encryption::Cleartext;
+        }
+        if self.sampled >= 256 {
+            let entropy: f64 = h
+                .iter()
+                .filter(|&&c| c > 0)
+                .map(|&c| {
+                    let p = f64::from(c) / n;
+                    -p * p.log2()
+                })
+                .sum();
+            if entropy >= 7.2 {
+                return Encryption::Encrypted;
+            }
+        }
+        Encryption::Unknown
+    }
+
     /// The class to report now (`other` while nothing is known).
     pub fn class_now(&self) -> Traffic {
         self.class.unwrap_or(Traffic::Other)
@@ -545,6 +629,48 @@ mod tests {
             );
         }
         assert_ne!(bulk.class, Some(Traffic::Media));
+    }
+
+    #[test]
+    fn encryption_status() {
+        let mut h = Sniffer::new();
+        feed(
+            &mut h,
+            Carrier::Tcp,
+            Dir::Up,
+            (5000, 80),
+            b"GET / HTTP/1.1\r\nHost: x.example\r\n\r\n",
+        );
+        assert_eq!(h.encryption(), Encryption::Cleartext);
+        // Unknown TCP: printable text is cleartext, uniform bytes encrypted.
+        let mut t = Sniffer::new();
+        feed(
+            &mut t,
+            Carrier::Tcp,
+            Dir::Up,
+            (5000, 7000),
+            b"HELLO some plain protocol text with words in it",
+        );
+        assert_eq!(t.encryption(), Encryption::Cleartext);
+        let mut r = Sniffer::new();
+        let uniform: Vec<u8> = (0..512u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        feed(&mut r, Carrier::Tcp, Dir::Up, (5000, 7000), &uniform);
+        assert_eq!(r.encryption(), Encryption::Encrypted);
+        let mut few = Sniffer::new();
+        feed(
+            &mut few,
+            Carrier::Tcp,
+            Dir::Up,
+            (5000, 7000),
+            &[0, 1, 2, 250],
+        );
+        assert_eq!(few.encryption(), Encryption::Unknown);
+        let r = tls::tests::hello_record("a.example");
+        let mut s = Sniffer::new();
+        feed(&mut s, Carrier::Tcp, Dir::Up, (5000, 443), &r);
+        assert_eq!(s.encryption(), Encryption::Encrypted);
     }
 
     #[test]

@@ -268,7 +268,7 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
         "protocol": f.sniffer.protocol.map(|p| p.name()),
         "class": f.sniffer.class_now().name(),
         "server_name": f.sniffer.server_name,
-        "encrypted": f.sniffer.encrypted,
+        "encrypted": f.sniffer.encryption(),
         "jurisdiction": j.to_json(),
         "verdict": v.to_json(),
         "rule": v.rule.map(|(_, r)| r.name.as_str()),
@@ -331,7 +331,11 @@ fn facts<'a>(f: &'a Flow, names: &'a [&'a str]) -> Facts<'a> {
         names,
         traffic: f.sniffer.class,
         protocol: f.sniffer.protocol.map(|p| p.name()),
-        encrypted: f.sniffer.encrypted,
+        encrypted: match f.sniffer.encryption() {
+            geowall::classify::Encryption::Encrypted => Some(true),
+            geowall::classify::Encryption::Cleartext => Some(false),
+            geowall::classify::Encryption::Unknown => None,
+        },
         leak: !f.leaks.is_empty(),
         app: None,
     }
