@@ -335,3 +335,74 @@ fn html_report_renders_in_headless_chromium() {
         String::from_utf8_lossy(&st.stderr)
     );
 }
+
+/// A pcap (raw IPv4) of ready-made IP packets.
+fn pcap_raw(packets: &[Vec<u8>]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0xA1B2_C3D4u32.to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&4u16.to_le_bytes());
+    b.extend_from_slice(&[0; 8]);
+    b.extend_from_slice(&65_535u32.to_le_bytes());
+    b.extend_from_slice(&101u32.to_le_bytes());
+    for (i, p) in packets.iter().enumerate() {
+        b.extend_from_slice(&(1_700_000_000u32 + i as u32).to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        b.extend_from_slice(p);
+    }
+    b
+}
+
+#[test]
+fn fragmented_sd_rtn_with_a_tiny_first_fragment_is_still_seen_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payload = sd_rtn(
+        "104-166-161-75.edge.agora.io",
+        b"uid=4815162342 and more bytes to span fragments",
+    );
+    let mut l4 = vec![0x9C, 0x40, 0x1F, 0xC2];
+    l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    l4.extend_from_slice(&[0, 0]);
+    l4.extend_from_slice(&payload);
+    // Fragments at 0 (just the UDP header), 8 and 32; sent out of order.
+    let cuts = [0usize, 8, 32, l4.len()];
+    let mut frags: Vec<Vec<u8>> = cuts
+        .windows(2)
+        .map(|w| {
+            let more = w[1] < l4.len();
+            let mut h = vec![0x45, 0];
+            h.extend_from_slice(&((20 + w[1] - w[0]) as u16).to_be_bytes());
+            h.extend_from_slice(&[0x12, 0x34]);
+            h.extend_from_slice(
+                &(((w[0] / 8) as u16) | if more { 0x2000 } else { 0 }).to_be_bytes(),
+            );
+            h.extend_from_slice(&[64, 17, 0, 0, 192, 0, 2, 10, 203, 0, 113, 5]);
+            h.extend_from_slice(&l4[w[0]..w[1]]);
+            h
+        })
+        .collect();
+    frags.swap(0, 2);
+    let f = dir.path().join("frag.pcap");
+    std::fs::write(&f, pcap_raw(&frags)).expect("write");
+    let o = geowall(&[
+        "audit",
+        f.to_str().expect("utf8"),
+        "--preset",
+        "clubhouse",
+        "--json",
+        "--identifier",
+        "user_id=4815162342",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let flows: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(flows.len(), 1, "one flow, from the reassembled datagram");
+    assert_eq!(flows[0]["protocol"], "sd-rtn");
+    assert_eq!(flows[0]["verdict"]["action"], "block");
+    assert_eq!(flows[0]["leaks"][0]["label"], "user_id");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("3 fragments (1 datagrams reassembled)"));
+}

@@ -180,14 +180,15 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     out.flush()?;
     let c = &insp.counters;
     eprintln!(
-        "{}: {frames} frames, {} flows ({} would be blocked under '{}', {} with identifier leaks); not inspected: {} non-IP frames, {} fragments, {} other IP protocols, {} malformed, {} flows over the limit",
+        "{}: {frames} frames, {} flows ({} would be blocked under '{}', {} with identifier leaks); {} fragments ({} datagrams reassembled); not inspected: {} non-IP frames, {} other IP protocols, {} malformed or discarded (overlapping, incomplete, ...), {} flows over the limit",
         a.file.display(),
         insp.flows().len(),
         blocked,
         policy.name,
         leaking,
-        other_links + c.drops.get("not-ip").copied().unwrap_or(0),
         c.fragments,
+        c.reassembled,
+        other_links + c.drops.get("not-ip").copied().unwrap_or(0),
         c.other_protocols,
         c.drops
             .iter()

@@ -160,7 +160,7 @@ pub(crate) fn html(title: &str, policy: &str, rows: &[Row], counters: &Counters)
     }
     let _ = write!(
         h,
-        "</table><p><small>Not inspected: {} fragments, {} packets of other IP protocols, {} malformed packets, {} flows over the limit. \
+        "</table><p><small>{} IP fragments (inspected once reassembled); not inspected: {} packets of other IP protocols, {} malformed packets, {} flows over the limit. \
          Produced by geowall audit; jurisdiction data: see rules/world/LICENSE.</small></p></body></html>",
         counters.fragments,
         counters.other_protocols,

@@ -3,6 +3,8 @@
 //! what `geowall audit` replays captures through; the live data plane
 //! builds on it.
 
+pub mod frag;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
@@ -55,8 +57,10 @@ pub struct Counters {
     pub packets: u64,
     /// Packets not parsed, by reason.
     pub drops: BTreeMap<&'static str, u64>,
-    /// IP fragments (counted; reassembly belongs to the data plane).
+    /// IP fragments received.
     pub fragments: u64,
+    /// Datagrams reassembled from fragments (then inspected whole).
+    pub reassembled: u64,
     /// Other IP protocols (GRE, ESP, ...), counted per packet.
     pub other_protocols: u64,
     /// New flows refused because the table was full.
@@ -71,6 +75,7 @@ pub struct Inspector {
     max_flows: usize,
     leak: Option<LeakDetector>,
     hits: Vec<LeakHit>,
+    frags: frag::Reassembler,
     /// What was not inspected, and why.
     pub counters: Counters,
 }
@@ -85,6 +90,7 @@ impl Inspector {
             max_flows,
             leak,
             hits: Vec::new(),
+            frags: frag::Reassembler::new(frag::FragLimits::default()),
             counters: Counters::default(),
         }
     }
@@ -126,6 +132,22 @@ impl Inspector {
                 return None;
             }
         };
+        // Fragments are only ever inspected as whole datagrams.
+        if p.fragment.is_some() {
+            self.counters.fragments += 1;
+            return match self.frags.push(&p, ts_ns) {
+                frag::FragResult::Complete(whole) => {
+                    self.counters.reassembled += 1;
+                    self.counters.packets -= 1;
+                    self.on_ip_inner(&whole, ts_ns)
+                }
+                frag::FragResult::Pending => None,
+                frag::FragResult::Dropped(why) => {
+                    *self.counters.drops.entry(why.as_str()).or_insert(0) += 1;
+                    None
+                }
+            };
+        }
         let (carrier, sport, dport, payload, syn) = match p.transport {
             Transport::Tcp {
                 sport,
@@ -156,7 +178,8 @@ impl Inspector {
                 )
             }
             Transport::Fragment(_) => {
-                self.counters.fragments += 1;
+                // Unreachable: fragments were handled above.
+                self.drop(Drop::Malformed);
                 return None;
             }
             Transport::Other { .. } => {

@@ -102,6 +102,9 @@ pub struct Packet<'a> {
     pub fragment: Option<Fragment>,
     /// True when this packet was carried inside IPv4 (6in4, protocol 41).
     pub tunnelled: bool,
+    /// Everything after the IP header (and IPv6 extension headers): the
+    /// transport header and payload, or a fragment's data.
+    pub l4: &'a [u8],
     /// The transport.
     pub transport: Transport<'a>,
 }
@@ -220,6 +223,7 @@ fn parse_v4(b: &[u8]) -> Result<Packet<'_>, Drop> {
         proto,
         fragment,
         tunnelled: false,
+        l4: body,
         transport,
     })
 }
@@ -288,6 +292,7 @@ fn parse_v6(b: &[u8], tunnelled: bool) -> Result<Packet<'_>, Drop> {
         proto: next,
         fragment,
         tunnelled,
+        l4: body,
         transport,
     })
 }
