@@ -4,6 +4,7 @@
 //! builds on it.
 
 pub mod frag;
+pub mod reply;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

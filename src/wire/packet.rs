@@ -52,6 +52,8 @@ pub enum Transport<'a> {
         dport: u16,
         /// Sequence number.
         seq: u32,
+        /// Acknowledgement number.
+        ack: u32,
         /// Flags (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
         flags: u8,
         /// Segment payload.
@@ -309,6 +311,7 @@ fn transport(proto: u8, b: &[u8], v6: bool) -> Option<Transport<'_>> {
                 sport: be16(b, 0)?,
                 dport: be16(b, 2)?,
                 seq: be32(b, 4)?,
+                ack: be32(b, 8)?,
                 flags: *b.get(13)?,
                 payload: b.get(off..)?,
             }

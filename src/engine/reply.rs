@@ -1,0 +1,299 @@
+//! Packets the engine sends back to the app to carry out `reject`: a TCP
+//! RST for TCP, an ICMP/ICMPv6 "administratively prohibited" unreachable
+//! for everything else. `drop` sends nothing.
+//!
+//! Following RFC 1122 and RFC 4443, no error is generated in reply to an
+//! ICMP error, to a fragment other than the first, or to a packet sent to
+//! a broadcast or multicast address; no RST in reply to an RST.
+
+use std::net::IpAddr;
+
+use crate::wire::packet::{Packet, Transport, parse_ip};
+
+/// The most bytes of the offending packet quoted in an ICMPv6 error (so the
+/// error fits the IPv6 minimum MTU of 1280).
+const ICMP6_QUOTE: usize = 1280 - 40 - 8;
+/// Bytes quoted in an ICMPv4 error: the header and as much as fits 576.
+const ICMP4_QUOTE: usize = 576 - 20 - 8;
+
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    for c in data.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xFFFF {
+        acc = (acc & 0xFFFF) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// The Internet checksum of an upper-layer segment with its pseudo-header.
+pub fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> u16 {
+    let mut acc = 0u32;
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            acc = sum16(&s.octets(), acc);
+            acc = sum16(&d.octets(), acc);
+            acc += u32::from(proto) + segment.len() as u32;
+        }
+        (s, d) => {
+            let o = |a: IpAddr| match a {
+                IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+                IpAddr::V6(v) => v.octets(),
+            };
+            acc = sum16(&o(s), acc);
+            acc = sum16(&o(d), acc);
+            acc += segment.len() as u32;
+            acc += u32::from(proto);
+        }
+    }
+    fold(sum16(segment, acc))
+}
+
+fn ip_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Option<Vec<u8>> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = vec![0x45, 0];
+            h.extend_from_slice(&u16::try_from(20 + len).ok()?.to_be_bytes());
+            h.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            let c = fold(sum16(&h, 0));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            Some(h)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut h = vec![0x60, 0, 0, 0];
+            h.extend_from_slice(&u16::try_from(len).ok()?.to_be_bytes());
+            h.push(proto);
+            h.push(64);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            Some(h)
+        }
+        _ => None,
+    }
+}
+
+fn is_group(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => v.is_broadcast() || v.is_multicast(),
+        IpAddr::V6(v) => v.is_multicast(),
+    }
+}
+
+/// The RST that refuses the TCP segment `raw` (RFC 9293 section 3.10.7.1):
+/// from its destination to its source; `None` if `raw` is not TCP or is
+/// itself an RST.
+pub fn tcp_reset(raw: &[u8]) -> Option<Vec<u8>> {
+    let p = parse_ip(raw).ok()?;
+    let Transport::Tcp {
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        payload,
+    } = p.transport
+    else {
+        return None;
+    };
+    if flags & 0x04 != 0 || p.fragment.is_some_and(|f| f.offset > 0) {
+        return None;
+    }
+    let (rseq, rack, rflags) = if flags & 0x10 != 0 {
+        (ack, 0, 0x04u8)
+    } else {
+        let len =
+            payload.len() as u32 + u32::from(flags & 0x02 != 0) + u32::from(flags & 0x01 != 0);
+        (0, seq.wrapping_add(len), 0x14u8)
+    };
+    let mut t = Vec::with_capacity(20);
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&rseq.to_be_bytes());
+    t.extend_from_slice(&rack.to_be_bytes());
+    t.extend_from_slice(&[0x50, rflags, 0, 0, 0, 0, 0, 0]);
+    let c = l4_checksum(p.dst, p.src, 6, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut out = ip_header(p.dst, p.src, 6, t.len())?;
+    out.extend_from_slice(&t);
+    Some(out)
+}
+
+/// The ICMP (type 3 code 13) or ICMPv6 (type 1 code 1) "administratively
+/// prohibited" error refusing `raw`, quoting it; `None` where RFC 1122 /
+/// RFC 4443 forbid an error.
+pub fn unreachable(raw: &[u8]) -> Option<Vec<u8>> {
+    let p: Packet<'_> = parse_ip(raw).ok()?;
+    if p.fragment.is_some_and(|f| f.offset > 0) || is_group(p.dst) {
+        return None;
+    }
+    if let Transport::Icmp { kind, v6, .. } = p.transport {
+        let is_error = if v6 {
+            kind < 128
+        } else {
+            !matches!(kind, 0 | 8 | 13 | 14 | 15 | 16 | 17 | 18)
+        };
+        if is_error {
+            return None;
+        }
+    }
+    let v6 = matches!(p.src, IpAddr::V6(_));
+    let quote = &raw[..raw.len().min(if v6 { ICMP6_QUOTE } else { ICMP4_QUOTE })];
+    let mut m = if v6 {
+        vec![1, 1, 0, 0, 0, 0, 0, 0]
+    } else {
+        vec![3, 13, 0, 0, 0, 0, 0, 0]
+    };
+    m.extend_from_slice(quote);
+    let c = if v6 {
+        l4_checksum(p.dst, p.src, 58, &m)
+    } else {
+        fold(sum16(&m, 0))
+    };
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut out = ip_header(p.dst, p.src, if v6 { 58 } else { 1 }, m.len())?;
+    out.extend_from_slice(&m);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp_v4(flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut t = vec![
+            0x9C, 0x40, 0x01, 0xBB, 0, 0, 0x10, 0, 0, 0, 0x20, 0, 0x50, flags, 0xFF, 0xFF, 0, 0, 0,
+            0,
+        ];
+        t.extend_from_slice(payload);
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&((20 + t.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 10, 203, 0, 113, 5]);
+        ip.extend_from_slice(&t);
+        ip
+    }
+
+    fn checksum_ok(pkt: &[u8]) -> bool {
+        let p = parse_ip(pkt).expect("parses");
+        let l4 = p.l4;
+        let v4_header_ok = pkt[0] >> 4 != 4 || fold(sum16(&pkt[..20], 0)) == 0;
+        let l4_ok = match p.proto {
+            1 => fold(sum16(l4, 0)) == 0,
+            proto => l4_checksum(p.src, p.dst, proto, l4) == 0,
+        };
+        v4_header_ok && l4_ok
+    }
+
+    #[test]
+    fn rst_for_a_syn_and_for_an_ack() {
+        let syn = tcp_v4(0x02, b"");
+        let r = tcp_reset(&syn).expect("rst");
+        let p = parse_ip(&r).expect("parses");
+        assert_eq!(
+            (p.src.to_string(), p.dst.to_string()),
+            ("203.0.113.5".into(), "192.0.2.10".into())
+        );
+        let Transport::Tcp {
+            sport,
+            dport,
+            seq,
+            ack,
+            flags,
+            ..
+        } = p.transport
+        else {
+            panic!("tcp")
+        };
+        assert_eq!(
+            (sport, dport, seq, ack, flags),
+            (443, 40_000, 0, 0x1000 + 1, 0x14)
+        );
+        assert!(checksum_ok(&r));
+        let data = tcp_v4(0x18, b"hello");
+        let r = tcp_reset(&data).expect("rst");
+        let Transport::Tcp { seq, flags, .. } = parse_ip(&r).expect("p").transport else {
+            panic!("tcp")
+        };
+        assert_eq!((seq, flags), (0x2000, 0x04));
+        assert!(checksum_ok(&r));
+        assert!(
+            tcp_reset(&tcp_v4(0x04, b"")).is_none(),
+            "never an RST for an RST"
+        );
+    }
+
+    #[test]
+    fn unreachable_v4_and_v6() {
+        let syn = tcp_v4(0x02, b"");
+        let u = unreachable(&syn).expect("icmp");
+        let p = parse_ip(&u).expect("parses");
+        assert!(matches!(
+            p.transport,
+            Transport::Icmp {
+                kind: 3,
+                code: 13,
+                v6: false,
+                ..
+            }
+        ));
+        assert_eq!(&p.l4[8..], &syn[..], "quotes the packet");
+        assert!(checksum_ok(&u));
+        // IPv6 UDP.
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 12, 17, 64];
+        v6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        v6.extend_from_slice(&[
+            0x20, 0x01, 0x0d, 0xb8, 0, 0x86, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+        ]);
+        v6.extend_from_slice(&[0x9C, 0x40, 0x1F, 0xC2, 0, 12, 0, 0, 1, 2, 3, 4]);
+        let u = unreachable(&v6).expect("icmpv6");
+        let p = parse_ip(&u).expect("parses");
+        assert!(matches!(
+            p.transport,
+            Transport::Icmp {
+                kind: 1,
+                code: 1,
+                v6: true,
+                ..
+            }
+        ));
+        assert_eq!(p.dst.to_string(), "2001:db8:1::1");
+        assert!(checksum_ok(&u));
+    }
+
+    #[test]
+    fn no_error_for_errors_multicast_or_later_fragments() {
+        let syn = tcp_v4(0x02, b"");
+        let err = unreachable(&syn).expect("icmp");
+        assert!(unreachable(&err).is_none(), "no error about an error");
+        let mut mc = syn.clone();
+        mc[16..20].copy_from_slice(&[224, 0, 0, 1]);
+        assert!(unreachable(&mc).is_none());
+        let mut frag = syn.clone();
+        frag[6] = 0x00;
+        frag[7] = 0x02;
+        assert!(unreachable(&frag).is_none());
+        // An echo request does get an error.
+        let mut echo = vec![
+            0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0, 192, 0, 2, 10, 203, 0, 113, 5,
+        ];
+        echo.extend_from_slice(&[8, 0, 0, 0, 0, 1, 0, 1]);
+        assert!(unreachable(&echo).is_some());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = tcp_reset(&b);
+            let _ = unreachable(&b);
+            let mut v4 = vec![0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 192, 0, 2, 1, 198, 51, 100, 1];
+            v4.extend_from_slice(&b);
+            let _ = tcp_reset(&v4);
+            let _ = unreachable(&v4);
+        }
+    }
+}
