@@ -3,6 +3,7 @@
 //! what `geowall audit` replays captures through; the live data plane
 //! builds on it.
 
+pub mod dataplane;
 pub mod frag;
 pub mod reply;
 

@@ -85,6 +85,46 @@ fn is_group(a: IpAddr) -> bool {
     }
 }
 
+/// A UDP datagram from `src` to `dst` (both of one family), with its
+/// checksum.
+pub fn udp_packet(
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    payload: &[u8],
+) -> Option<Vec<u8>> {
+    let len = u16::try_from(8 + payload.len()).ok()?;
+    let mut u = Vec::with_capacity(8 + payload.len());
+    u.extend_from_slice(&src.port().to_be_bytes());
+    u.extend_from_slice(&dst.port().to_be_bytes());
+    u.extend_from_slice(&len.to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    let c = l4_checksum(src.ip(), dst.ip(), 17, &u);
+    // A computed 0 is sent as all ones (RFC 768).
+    u[6..8].copy_from_slice(&(if c == 0 { 0xFFFF } else { c }).to_be_bytes());
+    let mut out = ip_header(src.ip(), dst.ip(), 17, u.len())?;
+    out.extend_from_slice(&u);
+    Some(out)
+}
+
+/// An ICMP or ICMPv6 echo reply from `src` to `dst`.
+pub fn echo_reply(src: IpAddr, dst: IpAddr, ident: u16, seq: u16, data: &[u8]) -> Option<Vec<u8>> {
+    let v6 = matches!(src, IpAddr::V6(_));
+    let mut m = vec![if v6 { 129 } else { 0 }, 0, 0, 0];
+    m.extend_from_slice(&ident.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(data);
+    let c = if v6 {
+        l4_checksum(src, dst, 58, &m)
+    } else {
+        fold(sum16(&m, 0))
+    };
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut out = ip_header(src, dst, if v6 { 58 } else { 1 }, m.len())?;
+    out.extend_from_slice(&m);
+    Some(out)
+}
+
 /// The RST that refuses the TCP segment `raw` (RFC 9293 section 3.10.7.1):
 /// from its destination to its source; `None` if `raw` is not TCP or is
 /// itself an RST.

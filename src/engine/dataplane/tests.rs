@@ -1,0 +1,356 @@
+//! Engine simulation tests: packets built here, simulated time, the test
+//! world of tests/fixtures/world.csv. No TUN, no socket.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::intel::catalog::Catalog;
+use crate::intel::world::{World, WorldBuilder};
+use crate::policy::Policy;
+
+const S: u64 = 1_000_000_000;
+
+fn engine(preset: &str, cfg: EngineConfig, ids: &[(&str, &str)]) -> (Engine, Arc<PolicyHandle>) {
+    let mut b = WorldBuilder::new();
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/world.csv");
+    b.add_fixture_csv(&csv, &mut |_| {}).expect("fixture");
+    let world = World::from_vec(b.build(&mut |_| {}).expect("builds").0).expect("loads");
+    let catalog = Catalog::shipped().expect("catalog");
+    let policy = Arc::new(PolicyHandle::new(
+        Policy::preset(preset, &catalog).expect("preset"),
+    ));
+    let leak = (!ids.is_empty()).then(|| {
+        LeakDetector::new(
+            &ids.iter()
+                .map(|(l, v)| ((*l).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>(),
+        )
+        .expect("ids")
+    });
+    (
+        Engine::new(
+            cfg,
+            Intel::new(Arc::new(world), Arc::new(catalog)),
+            Arc::clone(&policy),
+            leak,
+        ),
+        policy,
+    )
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+fn udp(from: &str, to: &str, payload: &[u8]) -> Vec<u8> {
+    reply::udp_packet(sa(from), sa(to), payload).expect("packet")
+}
+
+fn drain(e: &mut Engine) -> Vec<Output> {
+    std::iter::from_fn(|| e.poll_output()).collect()
+}
+
+fn events(out: &[Output]) -> Vec<&Event> {
+    out.iter()
+        .filter_map(|o| {
+            if let Output::Event(e) = o {
+                Some(e)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn sent_upstream(out: &[Output]) -> usize {
+    out.iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::UdpOpen { .. } | Output::UdpSend { .. } | Output::EchoRequest { .. }
+            )
+        })
+        .count()
+}
+
+#[test]
+fn an_allowed_udp_exchange_byte_for_byte() {
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    e.handle_tun(&udp("192.0.2.200:40000", "198.51.100.7:5000", b"hello"), S);
+    let out = drain(&mut e);
+    let ev = events(&out);
+    assert_eq!((ev.len(), ev[0].kind, ev[0].action), (1, "opened", "allow"));
+    let flow = ev[0].flow;
+    assert!(out.contains(&Output::UdpOpen {
+        flow,
+        dst: sa("198.51.100.7:5000")
+    }));
+    assert!(out.contains(&Output::UdpSend {
+        flow,
+        payload: b"hello".to_vec()
+    }));
+    // The reply comes back to the app from the server's address.
+    e.handle_udp_from_upstream(flow, b"world", S + 1);
+    let out = drain(&mut e);
+    let [Output::ToTun(pkt)] = out.as_slice() else {
+        panic!("one packet: {out:?}")
+    };
+    let p = parse_ip(pkt).expect("parses");
+    assert_eq!(
+        (p.src, p.dst),
+        (
+            "198.51.100.7".parse::<IpAddr>().expect("ip"),
+            "192.0.2.200".parse::<IpAddr>().expect("ip")
+        )
+    );
+    let Transport::Udp {
+        sport,
+        dport,
+        payload,
+    } = p.transport
+    else {
+        panic!("udp")
+    };
+    assert_eq!((sport, dport, payload), (5000, 40_000, b"world".as_slice()));
+    assert_eq!(
+        reply::l4_checksum(p.src, p.dst, 17, p.l4),
+        0,
+        "valid UDP checksum"
+    );
+    // Later datagrams are sent without another open.
+    e.handle_tun(
+        &udp("192.0.2.200:40000", "198.51.100.7:5000", b"again"),
+        S + 2,
+    );
+    assert_eq!(
+        drain(&mut e),
+        vec![Output::UdpSend {
+            flow,
+            payload: b"again".to_vec()
+        }]
+    );
+    assert_eq!(e.counters.opened, 1);
+}
+
+#[test]
+fn blocked_first_datagram_never_goes_upstream() {
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    // SD-RTN probe to a CN-located edge: media, blocked (reject).
+    let probe = crate::wire::rtc::tests::sd_rtn_packet("104-166-161-75.edge.agora.io");
+    e.handle_tun(&udp("192.0.2.200:40000", "203.0.113.5:8130", &probe), S);
+    let out = drain(&mut e);
+    assert_eq!(sent_upstream(&out), 0, "zero bytes upstream: {out:?}");
+    let ev = events(&out);
+    assert_eq!(
+        (ev[0].kind, ev[0].action, ev[0].class, ev[0].protocol),
+        ("blocked", "block", "media", "sd-rtn")
+    );
+    assert_eq!(ev[0].layer.as_deref(), Some("geo:CN"));
+    // Reject: an ICMP unreachable back to the app.
+    let icmp = out
+        .iter()
+        .find_map(|o| {
+            if let Output::ToTun(p) = o {
+                Some(p)
+            } else {
+                None
+            }
+        })
+        .expect("an ICMP error");
+    assert!(matches!(
+        parse_ip(icmp).expect("p").transport,
+        Transport::Icmp {
+            kind: 3,
+            code: 13,
+            ..
+        }
+    ));
+    // More datagrams on the blocked flow: still nothing upstream.
+    e.handle_tun(&udp("192.0.2.200:40000", "203.0.113.5:8130", &probe), S + 1);
+    assert_eq!(sent_upstream(&drain(&mut e)), 0);
+    // The vendor layer: an Agora name on a German host.
+    e.handle_tun(&udp("192.0.2.201:40001", "192.0.2.200:8130", &probe), S + 2);
+    let out = drain(&mut e);
+    assert_eq!(sent_upstream(&out), 0);
+    assert_eq!(events(&out)[0].layer.as_deref(), Some("vendor:CN"));
+    // A STUN binding (ping) to a US-located PRC cloud: network layer.
+    let mut stun = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    stun.extend_from_slice(&[7; 12]);
+    e.handle_tun(&udp("192.0.2.201:40002", "192.0.2.10:3478", &stun), S + 3);
+    let out = drain(&mut e);
+    assert_eq!(sent_upstream(&out), 0);
+    assert_eq!(events(&out)[0].layer.as_deref(), Some("network:CN"));
+    assert_eq!(e.counters.blocked, 3);
+}
+
+#[test]
+fn later_evidence_cuts_an_open_flow() {
+    let (mut e, _) = engine(
+        "clubhouse",
+        EngineConfig::default(),
+        &[("user_id", "4815162342")],
+    );
+    // Unknown UDP to an HK server: not media or ping yet, allowed.
+    e.handle_tun(
+        &udp("192.0.2.200:40000", "203.0.113.200:7000", b"opaque start"),
+        S,
+    );
+    let out = drain(&mut e);
+    let flow = events(&out)[0].flow;
+    assert_eq!(events(&out)[0].kind, "opened");
+    assert!(out.contains(&Output::UdpSend {
+        flow,
+        payload: b"opaque start".to_vec()
+    }));
+    // Then the app sends the user id in cleartext: cut.
+    e.handle_tun(
+        &udp("192.0.2.200:40000", "203.0.113.200:7000", b"uid=4815162342"),
+        S + 1,
+    );
+    let out = drain(&mut e);
+    assert_eq!(sent_upstream(&out), 0, "the leaking datagram never leaves");
+    assert!(out.contains(&Output::Close { flow }));
+    let ev = events(&out);
+    assert_eq!(
+        (ev[0].kind, ev[0].leaks.as_slice()),
+        ("cut", ["user_id".to_owned()].as_slice())
+    );
+    assert_eq!(
+        ev[0].rule.as_deref(),
+        Some("no cleartext identifiers to PRC jurisdiction")
+    );
+    // Replies for the cut flow are not delivered.
+    e.handle_udp_from_upstream(flow, b"late", S + 2);
+    assert!(drain(&mut e).is_empty());
+    assert_eq!(e.counters.cut, 1);
+}
+
+#[test]
+fn echo_allowed_and_blocked() {
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    let echo = |dst: [u8; 4]| {
+        let mut m = vec![8, 0, 0, 0, 0x12, 0x34, 0, 1];
+        m.extend_from_slice(b"ping data");
+        let mut ip = vec![
+            0x45,
+            0,
+            0,
+            (20 + m.len()) as u8,
+            0,
+            1,
+            0,
+            0,
+            64,
+            1,
+            0,
+            0,
+            192,
+            0,
+            2,
+            200,
+        ];
+        ip.extend_from_slice(&dst);
+        ip.extend_from_slice(&m);
+        ip
+    };
+    e.handle_tun(&echo([198, 51, 100, 9]), S);
+    let out = drain(&mut e);
+    let Some(Output::EchoRequest {
+        flow,
+        dst,
+        seq,
+        data,
+    }) = out
+        .iter()
+        .find(|o| matches!(o, Output::EchoRequest { .. }))
+        .cloned()
+    else {
+        panic!("echo sent: {out:?}")
+    };
+    assert_eq!(
+        (dst.to_string(), seq, data.as_slice()),
+        ("198.51.100.9".into(), 1, b"ping data".as_slice())
+    );
+    e.handle_echo_reply(flow, 1, b"ping data", S + 1);
+    let out = drain(&mut e);
+    let [Output::ToTun(pkt)] = out.as_slice() else {
+        panic!("reply: {out:?}")
+    };
+    let p = parse_ip(pkt).expect("parses");
+    assert!(matches!(
+        p.transport,
+        Transport::Icmp {
+            kind: 0,
+            echo_id: Some(0x1234),
+            ..
+        }
+    ));
+    // To a CN-located address: ping blocked, nothing upstream.
+    e.handle_tun(&echo([203, 0, 113, 9]), S + 2);
+    let out = drain(&mut e);
+    assert_eq!(sent_upstream(&out), 0);
+    assert_eq!(events(&out)[0].class, "ping");
+}
+
+#[test]
+fn idle_flows_close_and_the_table_is_bounded() {
+    let cfg = EngineConfig {
+        max_flows: 2,
+        udp_idle_ns: 10 * S,
+        ..EngineConfig::default()
+    };
+    let (mut e, _) = engine("default", cfg, &[]);
+    e.handle_tun(&udp("192.0.2.200:1", "198.51.100.7:5000", b"a"), S);
+    e.handle_tun(&udp("192.0.2.200:2", "198.51.100.7:5000", b"b"), S);
+    drain(&mut e);
+    // Full: a third flow is refused (counted, ICMP back), the others work.
+    e.handle_tun(&udp("192.0.2.200:3", "198.51.100.7:5000", b"c"), S);
+    let out = drain(&mut e);
+    assert_eq!((sent_upstream(&out), e.counters.refused), (0, 1));
+    e.handle_tun(&udp("192.0.2.200:1", "198.51.100.7:5000", b"a2"), 2 * S);
+    assert_eq!(sent_upstream(&drain(&mut e)), 1);
+    assert_eq!(e.poll_timeout(), Some(11 * S));
+    e.handle_timeout(11 * S);
+    let out = drain(&mut e);
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, Output::Close { .. }))
+            .count(),
+        1,
+        "the flow idle since 1 s"
+    );
+    assert_eq!(e.flow_count(), 1);
+    e.handle_timeout(12 * S);
+    drain(&mut e);
+    assert_eq!(e.flow_count(), 0);
+}
+
+#[test]
+fn a_policy_swap_applies_to_new_flows() {
+    let (mut e, handle) = engine("default", EngineConfig::default(), &[]);
+    // Unknown UDP to CN under default: allowed (only media/ping blocked).
+    e.handle_tun(&udp("192.0.2.200:1", "203.0.113.5:7000", b"x"), S);
+    assert!(events(&drain(&mut e))[0].action == "allow");
+    handle
+        .replace(Policy::preset("strict", &Catalog::shipped().expect("catalog")).expect("strict"));
+    e.handle_tun(&udp("192.0.2.200:2", "203.0.113.5:7000", b"x"), S);
+    let out = drain(&mut e);
+    assert_eq!((events(&out)[0].action, sent_upstream(&out)), ("block", 0));
+}
+
+#[test]
+fn tcp_is_counted_not_handled_yet() {
+    let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+    let mut t = vec![
+        0x9C, 0x40, 0x01, 0xBB, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xFF, 0xFF, 0, 0, 0, 0,
+    ];
+    let mut ip = vec![
+        0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 200, 198, 51, 100, 7,
+    ];
+    ip.append(&mut t);
+    e.handle_tun(&ip, S);
+    assert!(drain(&mut e).is_empty());
+    assert_eq!(e.counters.drops.get("tcp-not-handled"), Some(&1));
+}
