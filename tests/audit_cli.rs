@@ -19,31 +19,23 @@ type Datagram = ([u8; 4], u16, [u8; 4], u16, Vec<u8>);
 /// A pcap (raw IPv4 link type) of UDP datagrams. Only a file: nothing is
 /// sent anywhere; the addresses are documentation ranges.
 fn pcap_udp(packets: &[Datagram]) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&0xA1B2_C3D4u32.to_le_bytes());
-    b.extend_from_slice(&2u16.to_le_bytes());
-    b.extend_from_slice(&4u16.to_le_bytes());
-    b.extend_from_slice(&[0; 8]);
-    b.extend_from_slice(&65_535u32.to_le_bytes());
-    b.extend_from_slice(&101u32.to_le_bytes());
-    for (i, (src, sp, dst, dp, payload)) in packets.iter().enumerate() {
-        let total = 20 + 8 + payload.len();
-        let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
-        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        ip.extend_from_slice(src);
-        ip.extend_from_slice(dst);
-        ip.extend_from_slice(&sp.to_be_bytes());
-        ip.extend_from_slice(&dp.to_be_bytes());
-        ip.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        ip.extend_from_slice(&[0, 0]);
-        ip.extend_from_slice(payload);
-        b.extend_from_slice(&(1_700_000_000u32 + i as u32).to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
-        b.extend_from_slice(&(ip.len() as u32).to_le_bytes());
-        b.extend_from_slice(&(ip.len() as u32).to_le_bytes());
-        b.extend_from_slice(&ip);
-    }
-    b
+    let ips: Vec<Vec<u8>> = packets
+        .iter()
+        .map(|(src, sp, dst, dp, payload)| {
+            let total = 20 + 8 + payload.len();
+            let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+            ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            ip.extend_from_slice(src);
+            ip.extend_from_slice(dst);
+            ip.extend_from_slice(&sp.to_be_bytes());
+            ip.extend_from_slice(&dp.to_be_bytes());
+            ip.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+            ip.extend_from_slice(&[0, 0]);
+            ip.extend_from_slice(payload);
+            ip
+        })
+        .collect();
+    pcap_raw(&ips)
 }
 
 /// An SD-RTN-shaped payload (the public facts: byte 6 = 0x21, "\x04SNI" at

@@ -2,6 +2,8 @@
 //! fixed 255-byte buffer (no allocation); compression pointers are
 //! followed with a bound on jumps.
 
+use super::bytes::be16;
+
 /// A decoded DNS name (dotted, lowercase, at most 253 characters).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct DnsName {
@@ -33,12 +35,6 @@ pub struct Question {
     pub name: DnsName,
     /// Query type (1 A, 28 AAAA, 65 HTTPS, ...).
     pub qtype: u16,
-}
-
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(
-        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
 }
 
 /// Decodes a name starting at `at`; returns it and the offset after it.

@@ -4,6 +4,8 @@
 //! and ICMPv6. A packet that cannot be
 //! parsed is a [`Drop`] with a reason, never a panic.
 
+use super::bytes::{be16, be32};
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::capture::LinkType;
@@ -121,18 +123,6 @@ impl Packet<'_> {
             _ => (0, 0),
         }
     }
-}
-
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(
-        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-
-fn be32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(
-        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
 }
 
 /// The IP packet inside a link-layer frame.

@@ -3,6 +3,8 @@
 //! RTP/RTCP), each then checked against its own header rules; and Agora's
 //! SD-RTN.
 
+use super::bytes::{be16, be32};
+
 /// A recognised real-time packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rtc<'a> {
@@ -44,18 +46,6 @@ pub enum Rtc<'a> {
         /// The host name (e.g. `104-166-161-75.edge.agora.io`).
         host: &'a str,
     },
-}
-
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(
-        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
-    ))
-}
-
-fn be32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(
-        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
-    ))
 }
 
 /// STUN magic cookie.
