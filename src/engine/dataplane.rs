@@ -7,12 +7,16 @@
 //! [`Engine::handle_timeout`]; after each, drain [`Engine::poll_output`];
 //! ask [`Engine::poll_timeout`] when to call `handle_timeout` next.
 //!
-//! This version handles UDP and ICMP/ICMPv6 echo. **No byte before the
-//! verdict:** a UDP flow's first datagram is classified and judged before
-//! the driver is asked to open anything upstream; later evidence (a
-//! reclassification, a leaked identifier) is judged again and can cut an
-//! open flow. TCP termination (smoltcp) is not in this version: TCP packets
-//! are counted as `tcp-not-handled` and dropped.
+//! **No byte before the verdict.** A UDP flow's first datagram is
+//! classified and judged before the driver is asked to open anything
+//! upstream. A TCP connection is accepted locally (smoltcp, AnyIP); when
+//! the policy needs payload facts ([`crate::policy::Policy::needs_payload`]),
+//! the app's first bytes are read (at most [`TCP_SNIFF_BYTES`], at most
+//! [`TCP_SNIFF_NS`] after the handshake) and judged before the upstream
+//! connection is even requested; when the address alone decides, it is
+//! judged at the SYN. Later evidence (a reclassification, a leaked
+//! identifier) is judged again and can cut an open flow: RST to the app,
+//! upstream closed.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -30,6 +34,44 @@ use crate::wire::packet::{Transport, parse_ip};
 
 /// A flow's identity towards the driver.
 pub type FlowId = u64;
+
+/// App bytes read from a TCP connection before it is judged, at most.
+pub const TCP_SNIFF_BYTES: usize = 16 * 1024;
+/// How long after the handshake a TCP connection may stay unjudged
+/// waiting for the app's first bytes (server-first protocols send none).
+pub const TCP_SNIFF_NS: u64 = 300_000_000;
+/// Per-connection receive and send buffers of the local TCP stack.
+pub const TCP_BUFFER: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TcpPhase {
+    /// Reading the app's first bytes.
+    Sniffing { since_ns: Option<u64> },
+    /// Allowed; waiting for the upstream connection.
+    Connecting,
+    /// Relaying.
+    Open,
+    /// Blocked or cut: the local socket was aborted.
+    Blocked,
+}
+
+struct TcpFlow {
+    id: FlowId,
+    client: SocketAddr,
+    server: SocketAddr,
+    handle: smoltcp::iface::SocketHandle,
+    sniffer: Sniffer,
+    leaks: Vec<LeakHit>,
+    scan: ScanState,
+    phase: TcpPhase,
+    /// App bytes read but not yet sent upstream.
+    pending: Vec<u8>,
+    app_fin_sent: bool,
+    /// Dropped silently: its socket is gone and its segments are
+    /// swallowed (no RST) until it has been idle for the UDP idle time.
+    silent: bool,
+    last_ns: u64,
+}
 
 /// Limits and timeouts, with defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +159,27 @@ pub enum Output {
         /// Data.
         data: Vec<u8>,
     },
+    /// Open an upstream TCP connection for the flow; answer with
+    /// [`Engine::handle_tcp_connected`] or [`Engine::handle_tcp_upstream_failed`].
+    TcpOpen {
+        /// The flow.
+        flow: FlowId,
+        /// Where to.
+        dst: SocketAddr,
+    },
+    /// Write bytes to the flow's upstream connection.
+    TcpSend {
+        /// The flow.
+        flow: FlowId,
+        /// The bytes.
+        payload: Vec<u8>,
+    },
+    /// The app finished sending: shut down the upstream connection's write
+    /// side.
+    TcpFin {
+        /// The flow.
+        flow: FlowId,
+    },
     /// Close the flow's upstream socket.
     Close {
         /// The flow.
@@ -176,6 +239,11 @@ pub struct Engine {
     frags: Reassembler,
     out: VecDeque<Output>,
     hits: Vec<LeakHit>,
+    device: super::stack::QueueDevice,
+    iface: smoltcp::iface::Interface,
+    sockets: smoltcp::iface::SocketSet<'static>,
+    tcp: HashMap<(SocketAddr, SocketAddr), TcpFlow>,
+    tcp_ids: HashMap<FlowId, (SocketAddr, SocketAddr)>,
     /// Counters.
     pub counters: EngineCounters,
 }
@@ -198,7 +266,14 @@ impl Engine {
         policy: Arc<PolicyHandle>,
         leak: Option<LeakDetector>,
     ) -> Self {
+        let mut device = super::stack::QueueDevice::default();
+        let iface = super::stack::any_ip_interface(&mut device, 0);
         Self {
+            device,
+            iface,
+            sockets: super::stack::sockets(),
+            tcp: HashMap::new(),
+            tcp_ids: HashMap::new(),
             frags: Reassembler::new(cfg.frag),
             cfg,
             intel,
@@ -218,33 +293,54 @@ impl Engine {
         self.out.pop_front()
     }
 
-    /// Flows in the table.
+    /// Flows in the table (UDP, echo and TCP).
     pub fn flow_count(&self) -> usize {
-        self.flows.len()
+        self.flows.len() + self.tcp.len()
     }
 
     /// When [`Engine::handle_timeout`] should next be called.
-    pub fn poll_timeout(&self) -> Option<u64> {
-        self.flows
+    pub fn poll_timeout(&mut self) -> Option<u64> {
+        let (udp, icmp) = (self.cfg.udp_idle_ns, self.cfg.icmp_idle_ns);
+        let idle = self
+            .flows
             .values()
-            .map(|f| {
-                f.last_ns
-                    + if f.icmp {
-                        self.cfg.icmp_idle_ns
-                    } else {
-                        self.cfg.udp_idle_ns
-                    }
+            .map(|f| f.last_ns + if f.icmp { icmp } else { udp })
+            .min();
+        let sniff = self
+            .tcp
+            .values()
+            .filter_map(|f| match f.phase {
+                TcpPhase::Sniffing { since_ns: Some(t) } => Some(t + TCP_SNIFF_NS),
+                _ => None,
             })
-            .min()
+            .min();
+        let stack = self
+            .iface
+            .poll_at(smoltcp::time::Instant::from_micros(0), &self.sockets)
+            .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000);
+        [idle, sniff, stack].into_iter().flatten().min()
     }
 
     fn drop_reason(&mut self, r: &'static str) {
         *self.counters.drops.entry(r).or_insert(0) += 1;
     }
 
-    /// Closes idle flows.
+    /// Closes idle flows, judges TCP connections whose sniffing time is up,
+    /// and lets the TCP stack retransmit.
     pub fn handle_timeout(&mut self, now_ns: u64) {
         self.frags.expire(now_ns);
+        self.poll_stack(now_ns);
+        let udp_idle = self.cfg.udp_idle_ns;
+        let gone: Vec<_> = self
+            .tcp
+            .iter()
+            .filter(|(_, f)| f.silent && now_ns.saturating_sub(f.last_ns) >= udp_idle)
+            .map(|(k, f)| (*k, f.id))
+            .collect();
+        for (k, id) in gone {
+            self.tcp.remove(&k);
+            self.tcp_ids.remove(&id);
+        }
         let (udp, icmp) = (self.cfg.udp_idle_ns, self.cfg.icmp_idle_ns);
         let idle: Vec<_> = self
             .flows
@@ -306,7 +402,16 @@ impl Engine {
                 self.on_datagram(packet, true, client, server, seq, data, now_ns);
             }
             Transport::Icmp { .. } => self.drop_reason("icmp-not-echo"),
-            Transport::Tcp { .. } => self.drop_reason("tcp-not-handled"),
+            Transport::Tcp {
+                sport,
+                dport,
+                flags,
+                ..
+            } => {
+                let client = SocketAddr::new(p.src, sport);
+                let server = SocketAddr::new(p.dst, dport);
+                self.on_tcp_packet(packet, client, server, flags, now_ns);
+            }
             Transport::Fragment(_) => self.drop_reason("malformed"),
             Transport::Other { .. } => self.drop_reason("other-protocol"),
         }
@@ -494,60 +599,468 @@ impl Engine {
         }
     }
 
-    fn event(&self, kind: &'static str, f: &FlowState, v: Option<&Verdict<'_>>) -> Event {
-        Event {
-            kind,
-            flow: f.id,
-            proto: if f.icmp { "icmp" } else { "udp" },
-            client: f.client.to_string(),
-            server: if f.icmp {
-                f.server.ip().to_string()
-            } else {
-                f.server.to_string()
-            },
-            class: f.sniffer.class_now().name(),
-            protocol: f.sniffer.protocol.map_or("unknown", |p| p.name()),
-            server_name: f.sniffer.server_name.clone(),
-            encrypted: f.sniffer.encryption(),
-            action: match v.map(|v| v.action) {
-                Some(Action::Block(_)) => "block",
-                _ => "allow",
-            },
-            rule: v.and_then(|v| v.rule.map(|(_, r)| r.name.clone())),
-            layer: v.and_then(|v| v.layer).map(|l| {
-                format!(
-                    "{}:{}",
-                    l.layer.name(),
-                    l.country.map_or("unknown".to_owned(), |c| c.to_string())
-                )
-            }),
-            leaks: f.leaks.iter().map(|l| l.label.clone()).collect(),
+    fn on_tcp_packet(
+        &mut self,
+        raw: &[u8],
+        client: SocketAddr,
+        server: SocketAddr,
+        flags: u8,
+        now_ns: u64,
+    ) {
+        let key = (client, server);
+        if let Some(f) = self.tcp.get_mut(&key) {
+            f.last_ns = now_ns;
+            if f.silent {
+                // A silently dropped connection: nothing back, nothing on.
+                return;
+            }
         }
+        if !self.tcp.contains_key(&key) && flags & 0x12 == 0x02 {
+            if self.flow_count() >= self.cfg.max_flows {
+                self.counters.refused += 1;
+                if let Some(r) = reply::tcp_reset(raw) {
+                    self.out.push_back(Output::ToTun(r));
+                }
+                return;
+            }
+            let policy = self.policy.current();
+            let sniff = policy.needs_payload();
+            let id = self.next_id;
+            self.next_id += 1;
+            if !sniff {
+                // The address alone decides: judge at the SYN.
+                let sn = Sniffer::new();
+                let v = judge_parts(&policy, &self.intel, PTransport::Tcp, server, &sn, &[]);
+                if let Action::Block(mode) = v.action {
+                    self.counters.blocked += 1;
+                    let ev = make_event(
+                        "blocked",
+                        id,
+                        "tcp",
+                        client,
+                        server.to_string(),
+                        &sn,
+                        &[],
+                        Some(&v),
+                    );
+                    if mode == BlockMode::Reject
+                        && let Some(r) = reply::tcp_reset(raw)
+                    {
+                        self.out.push_back(Output::ToTun(r));
+                    }
+                    self.out.push_back(Output::Event(ev));
+                    return;
+                }
+            }
+            let mut sock = smoltcp::socket::tcp::Socket::new(
+                smoltcp::socket::tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+                smoltcp::socket::tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+            );
+            sock.set_nagle_enabled(false);
+            sock.set_ack_delay(None);
+            let ep = smoltcp::wire::IpListenEndpoint {
+                addr: Some(server.ip().into()),
+                port: server.port(),
+            };
+            if sock.listen(ep).is_err() {
+                return self.drop_reason("tcp-listen-failed");
+            }
+            let handle = self.sockets.add(sock);
+            let phase = if sniff {
+                TcpPhase::Sniffing { since_ns: None }
+            } else {
+                TcpPhase::Connecting
+            };
+            let f = TcpFlow {
+                id,
+                client,
+                server,
+                handle,
+                sniffer: Sniffer::new(),
+                leaks: Vec::new(),
+                scan: ScanState::default(),
+                phase,
+                pending: Vec::new(),
+                app_fin_sent: false,
+                silent: false,
+                last_ns: now_ns,
+            };
+            if !sniff {
+                self.counters.opened += 1;
+                let ev = make_event(
+                    "opened",
+                    id,
+                    "tcp",
+                    client,
+                    server.to_string(),
+                    &f.sniffer,
+                    &[],
+                    None,
+                );
+                self.out.push_back(Output::Event(ev));
+                self.out.push_back(Output::TcpOpen {
+                    flow: id,
+                    dst: server,
+                });
+            }
+            self.tcp.insert(key, f);
+            self.tcp_ids.insert(id, key);
+        }
+        // Everything else (and segments of unknown connections, which the
+        // stack answers with an RST) goes through the stack.
+        self.device.rx.push_back(raw.to_vec());
+        self.poll_stack(now_ns);
+    }
+
+    /// Runs the TCP stack, moves app bytes along, judges, and collects the
+    /// packets it sends.
+    fn poll_stack(&mut self, now_ns: u64) {
+        let t = super::stack::instant(now_ns);
+        self.iface.poll(t, &mut self.device, &mut self.sockets);
+        self.service_tcp(now_ns);
+        self.iface.poll(t, &mut self.device, &mut self.sockets);
+        while let Some(p) = self.device.tx.pop_front() {
+            self.out.push_back(Output::ToTun(p));
+        }
+    }
+
+    fn service_tcp(&mut self, now_ns: u64) {
+        use smoltcp::socket::tcp::{Socket, State as S};
+        let keys: Vec<_> = self.tcp.keys().copied().collect();
+        let mut buf = vec![0u8; 16 * 1024];
+        for key in keys {
+            let Some(f) = self.tcp.get_mut(&key) else {
+                continue;
+            };
+            if f.silent {
+                continue;
+            }
+            let sock = self.sockets.get_mut::<Socket>(f.handle);
+            if let TcpPhase::Sniffing { since_ns: None } = f.phase
+                && sock.state() == S::Established
+            {
+                f.phase = TcpPhase::Sniffing {
+                    since_ns: Some(now_ns),
+                };
+            }
+            // Read what the app sent (bounded while not open).
+            let mut new_leak = false;
+            loop {
+                let room = match f.phase {
+                    TcpPhase::Open => buf.len(),
+                    TcpPhase::Sniffing { .. } | TcpPhase::Connecting => TCP_SNIFF_BYTES
+                        .saturating_sub(f.pending.len())
+                        .min(buf.len()),
+                    TcpPhase::Blocked => 0,
+                };
+                if room == 0 || !sock.can_recv() {
+                    break;
+                }
+                let n = sock.recv_slice(&mut buf[..room]).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                let data = &buf[..n];
+                f.sniffer.on_payload(
+                    Carrier::Tcp,
+                    Dir::Up,
+                    (f.client.port(), f.server.port()),
+                    data,
+                    now_ns,
+                );
+                if let Some(det) = &self.leak
+                    && f.sniffer.encrypted != Some(true)
+                    && f.leaks.len() < super::MAX_LEAKS_PER_FLOW
+                {
+                    self.hits.clear();
+                    det.scan(&mut f.scan, data, &mut self.hits);
+                    new_leak |= !self.hits.is_empty();
+                    f.leaks.append(&mut self.hits);
+                }
+                if f.phase == TcpPhase::Open && !new_leak {
+                    self.out.push_back(Output::TcpSend {
+                        flow: f.id,
+                        payload: data.to_vec(),
+                    });
+                } else {
+                    f.pending.extend_from_slice(data);
+                }
+            }
+            let mut aborted_now = false;
+            let mut drop_silently = false;
+            // Judge when the first bytes are in, or the time is up.
+            let due = match f.phase {
+                TcpPhase::Sniffing { since_ns: Some(t) } => {
+                    f.sniffer.is_done()
+                        || f.pending.len() >= TCP_SNIFF_BYTES
+                        || now_ns.saturating_sub(t) >= TCP_SNIFF_NS
+                }
+                TcpPhase::Connecting | TcpPhase::Open => new_leak,
+                _ => false,
+            };
+            if due {
+                let policy = self.policy.current();
+                let v = judge_parts(
+                    &policy,
+                    &self.intel,
+                    PTransport::Tcp,
+                    f.server,
+                    &f.sniffer,
+                    &f.leaks,
+                );
+                let was = f.phase;
+                if let Action::Block(mode) = v.action {
+                    if mode == BlockMode::Reject {
+                        // The RST goes out at the stack's next poll: keep
+                        // the socket until then.
+                        sock.abort();
+                        aborted_now = true;
+                    } else {
+                        drop_silently = true;
+                    }
+                    f.phase = TcpPhase::Blocked;
+                    f.pending.clear();
+                    let first = matches!(was, TcpPhase::Sniffing { .. });
+                    if first {
+                        self.counters.blocked += 1;
+                    } else {
+                        self.counters.cut += 1;
+                        self.out.push_back(Output::Close { flow: f.id });
+                    }
+                    let ev = make_event(
+                        if first { "blocked" } else { "cut" },
+                        f.id,
+                        "tcp",
+                        f.client,
+                        f.server.to_string(),
+                        &f.sniffer,
+                        &f.leaks,
+                        Some(&v),
+                    );
+                    self.out.push_back(Output::Event(ev));
+                } else if matches!(was, TcpPhase::Sniffing { .. }) {
+                    f.phase = TcpPhase::Connecting;
+                    self.counters.opened += 1;
+                    let ev = make_event(
+                        "opened",
+                        f.id,
+                        "tcp",
+                        f.client,
+                        f.server.to_string(),
+                        &f.sniffer,
+                        &f.leaks,
+                        Some(&v),
+                    );
+                    self.out.push_back(Output::Event(ev));
+                    self.out.push_back(Output::TcpOpen {
+                        flow: f.id,
+                        dst: f.server,
+                    });
+                } else if was == TcpPhase::Open && !f.pending.is_empty() {
+                    self.out.push_back(Output::TcpSend {
+                        flow: f.id,
+                        payload: std::mem::take(&mut f.pending),
+                    });
+                }
+            }
+            if drop_silently {
+                f.silent = true;
+                self.sockets.remove(f.handle);
+                continue;
+            }
+            // The app finished sending.
+            if !f.app_fin_sent
+                && f.phase == TcpPhase::Open
+                && f.pending.is_empty()
+                && matches!(
+                    sock.state(),
+                    S::CloseWait | S::LastAck | S::Closing | S::TimeWait
+                )
+            {
+                f.app_fin_sent = true;
+                self.out.push_back(Output::TcpFin { flow: f.id });
+            }
+            // Gone: free the socket and the flow.
+            if !aborted_now
+                && matches!(sock.state(), S::Closed | S::TimeWait)
+                && !matches!(f.phase, TcpPhase::Sniffing { since_ns: None })
+            {
+                let (id, handle, phase) = (f.id, f.handle, f.phase);
+                self.tcp.remove(&key);
+                self.tcp_ids.remove(&id);
+                self.sockets.remove(handle);
+                if matches!(phase, TcpPhase::Open | TcpPhase::Connecting) {
+                    self.out.push_back(Output::Close { flow: id });
+                }
+            }
+        }
+    }
+
+    /// The upstream connection for the flow is established: what the app
+    /// already sent goes out.
+    pub fn handle_tcp_connected(&mut self, flow: FlowId, now_ns: u64) {
+        let Some(key) = self.tcp_ids.get(&flow).copied() else {
+            return self.drop_reason("unknown-flow");
+        };
+        if let Some(f) = self.tcp.get_mut(&key)
+            && f.phase == TcpPhase::Connecting
+        {
+            f.phase = TcpPhase::Open;
+            if !f.pending.is_empty() {
+                self.out.push_back(Output::TcpSend {
+                    flow,
+                    payload: std::mem::take(&mut f.pending),
+                });
+            }
+        }
+        self.poll_stack(now_ns);
+    }
+
+    /// Bytes from the flow's upstream connection, for the app. Returns how
+    /// many were taken; the driver keeps the rest and offers them again
+    /// after the next call (backpressure: the app's window is full).
+    pub fn handle_tcp_from_upstream(&mut self, flow: FlowId, data: &[u8], now_ns: u64) -> usize {
+        let Some(key) = self.tcp_ids.get(&flow).copied() else {
+            self.drop_reason("unknown-flow");
+            return 0;
+        };
+        let Some(f) = self.tcp.get_mut(&key) else {
+            return 0;
+        };
+        if f.phase != TcpPhase::Open || f.silent {
+            return 0;
+        }
+        let sock = self
+            .sockets
+            .get_mut::<smoltcp::socket::tcp::Socket>(f.handle);
+        let n = sock.send_slice(data).unwrap_or(0);
+        f.sniffer.on_payload(
+            Carrier::Tcp,
+            Dir::Down,
+            (f.client.port(), f.server.port()),
+            &data[..n],
+            now_ns,
+        );
+        self.poll_stack(now_ns);
+        n
+    }
+
+    /// The upstream side closed cleanly: close towards the app (FIN).
+    pub fn handle_tcp_upstream_closed(&mut self, flow: FlowId, now_ns: u64) {
+        if let Some(key) = self.tcp_ids.get(&flow).copied()
+            && let Some(f) = self.tcp.get(&key)
+            && !f.silent
+        {
+            self.sockets
+                .get_mut::<smoltcp::socket::tcp::Socket>(f.handle)
+                .close();
+        }
+        self.poll_stack(now_ns);
+    }
+
+    /// The upstream connection failed or was reset: reset the app's side.
+    pub fn handle_tcp_upstream_failed(&mut self, flow: FlowId, now_ns: u64) {
+        if let Some(key) = self.tcp_ids.get(&flow).copied()
+            && let Some(f) = self.tcp.get(&key)
+            && !f.silent
+        {
+            self.sockets
+                .get_mut::<smoltcp::socket::tcp::Socket>(f.handle)
+                .abort();
+        }
+        self.poll_stack(now_ns);
+    }
+
+    fn event(&self, kind: &'static str, f: &FlowState, v: Option<&Verdict<'_>>) -> Event {
+        let server = if f.icmp {
+            f.server.ip().to_string()
+        } else {
+            f.server.to_string()
+        };
+        make_event(
+            kind,
+            f.id,
+            if f.icmp { "icmp" } else { "udp" },
+            f.client,
+            server,
+            &f.sniffer,
+            &f.leaks,
+            v,
+        )
     }
 }
 
-fn judge<'p>(policy: &'p crate::policy::Policy, intel: &Intel, f: &FlowState) -> Verdict<'p> {
-    let names: Vec<&str> = f.sniffer.server_name.as_deref().into_iter().collect();
-    let facts = Facts {
-        dst: Some(f.server.ip()),
-        port: (!f.icmp).then_some(f.server.port()),
-        transport: Some(if f.icmp {
-            PTransport::Icmp
-        } else {
-            PTransport::Udp
+#[expect(clippy::too_many_arguments, reason = "the event's fields, named")]
+fn make_event(
+    kind: &'static str,
+    id: FlowId,
+    proto: &'static str,
+    client: SocketAddr,
+    server: String,
+    sn: &Sniffer,
+    leaks: &[LeakHit],
+    v: Option<&Verdict<'_>>,
+) -> Event {
+    Event {
+        kind,
+        flow: id,
+        proto,
+        client: client.to_string(),
+        server,
+        class: sn.class_now().name(),
+        protocol: sn.protocol.map_or("unknown", |p| p.name()),
+        server_name: sn.server_name.clone(),
+        encrypted: sn.encryption(),
+        action: match v.map(|v| v.action) {
+            Some(Action::Block(_)) => "block",
+            _ => "allow",
+        },
+        rule: v.and_then(|v| v.rule.map(|(_, r)| r.name.clone())),
+        layer: v.and_then(|v| v.layer).map(|l| {
+            format!(
+                "{}:{}",
+                l.layer.name(),
+                l.country.map_or("unknown".to_owned(), |c| c.to_string())
+            )
         }),
+        leaks: leaks.iter().map(|l| l.label.clone()).collect(),
+    }
+}
+
+fn judge_parts<'p>(
+    policy: &'p crate::policy::Policy,
+    intel: &Intel,
+    transport: PTransport,
+    server: SocketAddr,
+    sn: &Sniffer,
+    leaks: &[LeakHit],
+) -> Verdict<'p> {
+    let names: Vec<&str> = sn.server_name.as_deref().into_iter().collect();
+    let facts = Facts {
+        dst: Some(server.ip()),
+        port: (transport != PTransport::Icmp).then_some(server.port()),
+        transport: Some(transport),
         names: &names,
-        traffic: f.sniffer.class,
-        protocol: f.sniffer.protocol.map(|p| p.name()),
-        encrypted: match f.sniffer.encryption() {
+        traffic: sn.class,
+        protocol: sn.protocol.map(|p| p.name()),
+        encrypted: match sn.encryption() {
             Encryption::Encrypted => Some(true),
             Encryption::Cleartext => Some(false),
             Encryption::Unknown => None,
         },
-        leak: !f.leaks.is_empty(),
+        leak: !leaks.is_empty(),
         app: None,
     };
     policy.evaluate(intel, &facts)
+}
+
+fn judge<'p>(policy: &'p crate::policy::Policy, intel: &Intel, f: &FlowState) -> Verdict<'p> {
+    let t = if f.icmp {
+        PTransport::Icmp
+    } else {
+        PTransport::Udp
+    };
+    judge_parts(policy, intel, t, f.server, &f.sniffer, &f.leaks)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod dataplane;
 pub mod frag;
 pub mod reply;
+pub mod stack;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

@@ -244,6 +244,24 @@ impl Policy {
         }
     }
 
+    /// True when some rule depends on facts only the payload gives (traffic
+    /// class, names, vendor, encryption, leaks, lists of domains): then a
+    /// TCP flow's first bytes must be read before it is judged. Otherwise
+    /// the address alone decides and the engine can connect at once.
+    pub fn needs_payload(&self) -> bool {
+        self.rules.iter().any(|r| {
+            let c = &r.cond;
+            c.traffic.is_some()
+                || c.domain.is_some()
+                || c.vendor.is_some()
+                || c.encrypted.is_some()
+                || c.leak.is_some()
+                || c.list.as_ref().is_some_and(|ls| ls.iter().any(|&i| self.lists.get(i).is_some_and(|l| !l.domains.is_empty())))
+                // The vendor layer can be recognised by name or signature.
+                || c.jurisdiction.as_ref().is_some_and(|j| j.layers & Layer::Vendor.bit() != 0)
+        })
+    }
+
     /// Every rule's outcome for a flow, for `geowall rules explain`.
     pub fn trace(&self, f: &Facts<'_>, j: Option<&Jurisdiction<'_, '_>>) -> Vec<RuleTrace> {
         self.rules

@@ -340,17 +340,323 @@ fn a_policy_swap_applies_to_new_flows() {
     assert_eq!((events(&out)[0].action, sent_upstream(&out)), ("block", 0));
 }
 
+/// An app with its own TCP stack (smoltcp), wired to the engine's TUN side.
+struct App {
+    dev: crate::engine::stack::QueueDevice,
+    iface: smoltcp::iface::Interface,
+    sockets: smoltcp::iface::SocketSet<'static>,
+    sock: smoltcp::iface::SocketHandle,
+    /// Packets the engine sent to the app.
+    received: usize,
+}
+
+impl App {
+    fn connect(to: &str) -> Self {
+        use smoltcp::iface::{Config, Interface, SocketSet};
+        use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+        let mut dev = crate::engine::stack::QueueDevice::default();
+        let mut cfg = Config::new(HardwareAddress::Ip);
+        cfg.random_seed = 7;
+        let mut iface = Interface::new(cfg, &mut dev, smoltcp::time::Instant::from_micros(0));
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(
+                IpAddress::Ipv4(Ipv4Address::new(192, 0, 2, 200)),
+                24,
+            ));
+        });
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::new(192, 0, 2, 1));
+        let mut sockets = SocketSet::new(Vec::new());
+        let mut s = smoltcp::socket::tcp::Socket::new(
+            smoltcp::socket::tcp::SocketBuffer::new(vec![0; 65_536]),
+            smoltcp::socket::tcp::SocketBuffer::new(vec![0; 65_536]),
+        );
+        let remote = sa(to);
+        s.connect(iface.context(), (remote.ip(), remote.port()), 40_000)
+            .expect("connect");
+        let sock = sockets.add(s);
+        Self {
+            dev,
+            iface,
+            sockets,
+            sock,
+            received: 0,
+        }
+    }
+
+    fn socket(&mut self) -> &mut smoltcp::socket::tcp::Socket<'static> {
+        self.sockets.get_mut(self.sock)
+    }
+
+    /// One round trip between the app and the engine at `now`; returns the
+    /// engine's outputs other than packets for the app.
+    fn step(&mut self, e: &mut Engine, now: u64) -> Vec<Output> {
+        let t = crate::engine::stack::instant(now);
+        self.iface.poll(t, &mut self.dev, &mut self.sockets);
+        while let Some(p) = self.dev.tx.pop_front() {
+            e.handle_tun(&p, now);
+        }
+        e.handle_timeout(now);
+        let mut rest = Vec::new();
+        while let Some(o) = e.poll_output() {
+            match o {
+                Output::ToTun(p) => {
+                    self.received += 1;
+                    self.dev.rx.push_back(p);
+                }
+                other => rest.push(other),
+            }
+        }
+        self.iface.poll(t, &mut self.dev, &mut self.sockets);
+        rest
+    }
+}
+
+const MS: u64 = 1_000_000;
+
 #[test]
-fn tcp_is_counted_not_handled_yet() {
+fn a_full_tcp_exchange_with_the_first_bytes_judged_before_connecting() {
     let (mut e, _) = engine("default", EngineConfig::default(), &[]);
-    let mut t = vec![
-        0x9C, 0x40, 0x01, 0xBB, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xFF, 0xFF, 0, 0, 0, 0,
-    ];
-    let mut ip = vec![
-        0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 200, 198, 51, 100, 7,
-    ];
-    ip.append(&mut t);
-    e.handle_tun(&ip, S);
-    assert!(drain(&mut e).is_empty());
-    assert_eq!(e.counters.drops.get("tcp-not-handled"), Some(&1));
+    let mut app = App::connect("198.51.100.7:80");
+    let request = b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n";
+    let mut outs = Vec::new();
+    let mut now = S;
+    let mut sent = false;
+    // Handshake, then the request; the engine asks to connect only after
+    // reading it.
+    for _ in 0..50 {
+        now += MS;
+        outs.extend(app.step(&mut e, now));
+        if !sent && app.socket().may_send() {
+            app.socket().send_slice(request).expect("send");
+            sent = true;
+        }
+        if outs.iter().any(|o| matches!(o, Output::TcpOpen { .. })) {
+            break;
+        }
+    }
+    let Some(Output::TcpOpen { flow, dst }) = outs
+        .iter()
+        .find(|o| matches!(o, Output::TcpOpen { .. }))
+        .cloned()
+    else {
+        panic!("no TcpOpen: {outs:?}")
+    };
+    assert_eq!(dst, sa("198.51.100.7:80"));
+    let opened = events(&outs)
+        .into_iter()
+        .find(|ev| ev.kind == "opened")
+        .expect("opened event");
+    assert_eq!(
+        (opened.protocol, opened.class, opened.server_name.as_deref()),
+        ("http", "web", Some("www.example.org"))
+    );
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::TcpSend { .. })),
+        "nothing sent before the upstream is connected"
+    );
+    // The upstream connects: the request goes out byte for byte.
+    e.handle_tcp_connected(flow, now);
+    let mut upstream = Vec::new();
+    while let Some(o) = e.poll_output() {
+        match o {
+            Output::TcpSend { payload, .. } => upstream.extend(payload),
+            Output::ToTun(p) => app.dev.rx.push_back(p),
+            _ => {}
+        }
+    }
+    assert_eq!(upstream, request);
+    // The response reaches the app byte for byte.
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+    assert_eq!(
+        e.handle_tcp_from_upstream(flow, response, now),
+        response.len()
+    );
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        now += MS;
+        app.step(&mut e, now);
+        let mut buf = [0u8; 256];
+        while app.socket().can_recv() {
+            let n = app.socket().recv_slice(&mut buf).expect("recv");
+            got.extend_from_slice(&buf[..n]);
+        }
+        if got.len() >= response.len() {
+            break;
+        }
+    }
+    assert_eq!(got, response);
+    // The app closes: the engine asks to shut down the upstream side.
+    app.socket().close();
+    let mut fin = false;
+    for _ in 0..50 {
+        now += MS;
+        fin |= app
+            .step(&mut e, now)
+            .iter()
+            .any(|o| matches!(o, Output::TcpFin { flow: f } if *f == flow));
+        if fin {
+            break;
+        }
+    }
+    assert!(fin, "TcpFin after the app's FIN");
+    e.handle_tcp_upstream_closed(flow, now);
+    let mut closed = false;
+    for _ in 0..100 {
+        now += 10 * MS;
+        closed |= app
+            .step(&mut e, now)
+            .iter()
+            .any(|o| matches!(o, Output::Close { flow: f } if *f == flow));
+        if closed {
+            break;
+        }
+    }
+    assert!(closed, "the flow is freed once both sides closed");
+    assert_eq!(e.flow_count(), 0);
+}
+
+#[test]
+fn a_blocked_tcp_flow_is_reset_and_never_opened_upstream() {
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let mut app = App::connect("203.0.113.5:443");
+    let hello = crate::wire::tls::tests::hello_record("www.example.cn");
+    let mut outs = Vec::new();
+    let mut now = S;
+    let mut sent = false;
+    for _ in 0..50 {
+        now += MS;
+        outs.extend(app.step(&mut e, now));
+        if !sent && app.socket().may_send() {
+            app.socket().send_slice(&hello).expect("send");
+            sent = true;
+        }
+        if sent && app.socket().state() == smoltcp::socket::tcp::State::Closed {
+            break;
+        }
+    }
+    assert_eq!(
+        app.socket().state(),
+        smoltcp::socket::tcp::State::Closed,
+        "the app saw an RST"
+    );
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::TcpOpen { .. } | Output::TcpSend { .. })),
+        "{outs:?}"
+    );
+    let ev = events(&outs);
+    assert_eq!(
+        (ev[0].kind, ev[0].protocol, ev[0].server_name.as_deref()),
+        ("blocked", "tls", Some("www.example.cn"))
+    );
+    assert_eq!(e.counters.blocked, 1);
+}
+
+#[test]
+fn an_address_only_policy_judges_at_the_syn() {
+    let cat = Catalog::shipped().expect("catalog");
+    let p = Policy::parse(
+        Path::new("p.toml"),
+        "name='cidr'\ndefault='allow'\n[[rule]]\nname='no test-CN'\naction='block'\nblock='reject'\ncidr=['203.0.113.0/25']\n",
+        None,
+        &cat,
+    )
+    .expect("policy");
+    assert!(!p.needs_payload());
+    let (mut e, handle) = engine("default", EngineConfig::default(), &[]);
+    handle.replace(p);
+    let mut app = App::connect("203.0.113.5:443");
+    let mut outs = Vec::new();
+    let mut now = S;
+    for _ in 0..20 {
+        now += MS;
+        outs.extend(app.step(&mut e, now));
+        if app.socket().state() == smoltcp::socket::tcp::State::Closed {
+            break;
+        }
+    }
+    assert_eq!(
+        app.socket().state(),
+        smoltcp::socket::tcp::State::Closed,
+        "RST answers the SYN"
+    );
+    assert_eq!(events(&outs)[0].kind, "blocked");
+    assert!(!outs.iter().any(|o| matches!(o, Output::TcpOpen { .. })));
+    // An allowed address connects at once, before any payload.
+    let mut app = App::connect("198.51.100.7:22");
+    outs.clear();
+    for _ in 0..5 {
+        now += MS;
+        outs.extend(app.step(&mut e, now));
+    }
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::TcpOpen { dst, .. } if *dst == sa("198.51.100.7:22"))),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn a_dropped_tcp_flow_gets_no_answer_at_all() {
+    let cat = Catalog::shipped().expect("catalog");
+    let p = Policy::parse(
+        Path::new("p.toml"),
+        "name='drop web'\ndefault='allow'\n[[rule]]\nname='no web to test-CN'\naction='block'\nblock='drop'\ntraffic=['web']\ncidr=['203.0.113.0/25']\n",
+        None,
+        &cat,
+    )
+    .expect("policy");
+    let cfg = EngineConfig {
+        udp_idle_ns: 5 * S,
+        ..EngineConfig::default()
+    };
+    let (mut e, handle) = engine("default", cfg, &[]);
+    handle.replace(p);
+    let mut app = App::connect("203.0.113.5:443");
+    let hello = crate::wire::tls::tests::hello_record("quiet.example");
+    let mut outs = Vec::new();
+    let mut now = S;
+    let mut sent = false;
+    for _ in 0..40 {
+        now += 10 * MS;
+        outs.extend(app.step(&mut e, now));
+        if !sent && app.socket().may_send() {
+            app.socket().send_slice(&hello).expect("send");
+            sent = true;
+        }
+    }
+    let ev = events(&outs);
+    assert_eq!(
+        (ev.len(), ev[0].kind, ev[0].action),
+        (1, "blocked", "block")
+    );
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::TcpOpen { .. } | Output::TcpSend { .. }))
+    );
+    // From the verdict on, nothing comes back, not even an RST: the app's
+    // connection just hangs while it keeps sending.
+    let before = app.received;
+    app.socket().send_slice(b"more bytes").expect("send");
+    for _ in 0..40 {
+        now += 50 * MS;
+        outs.extend(app.step(&mut e, now));
+    }
+    assert_eq!(app.received, before, "no packet back after the drop");
+    assert_eq!(
+        app.socket().state(),
+        smoltcp::socket::tcp::State::Established
+    );
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::TcpOpen { .. } | Output::TcpSend { .. }))
+    );
+    // The silent entry is freed once idle.
+    e.handle_timeout(now + 10 * S);
+    assert_eq!(e.flow_count(), 0);
 }
