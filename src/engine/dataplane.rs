@@ -82,6 +82,11 @@ pub struct EngineConfig {
     pub udp_idle_ns: u64,
     /// An echo flow idle this long is closed (default 30 s).
     pub icmp_idle_ns: u64,
+    /// An established TCP connection idle this long is reset (default 2 h).
+    pub tcp_idle_ns: u64,
+    /// A TCP handshake not completed in this time is forgotten (default
+    /// 30 s).
+    pub tcp_handshake_ns: u64,
     /// Fragment reassembly limits.
     pub frag: FragLimits,
 }
@@ -92,6 +97,8 @@ impl Default for EngineConfig {
             max_flows: 65_536,
             udp_idle_ns: 60_000_000_000,
             icmp_idle_ns: 30_000_000_000,
+            tcp_idle_ns: 7_200_000_000_000,
+            tcp_handshake_ns: 30_000_000_000,
             frag: FragLimits::default(),
         }
     }
@@ -314,11 +321,26 @@ impl Engine {
                 _ => None,
             })
             .min();
+        let (tcp_idle, handshake) = (self.cfg.tcp_idle_ns, self.cfg.tcp_handshake_ns);
+        let tcp = self
+            .tcp
+            .values()
+            .map(|f| {
+                f.last_ns
+                    + if f.silent {
+                        udp
+                    } else if matches!(f.phase, TcpPhase::Sniffing { since_ns: None }) {
+                        handshake
+                    } else {
+                        tcp_idle
+                    }
+            })
+            .min();
         let stack = self
             .iface
             .poll_at(smoltcp::time::Instant::from_micros(0), &self.sockets)
             .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000);
-        [idle, sniff, stack].into_iter().flatten().min()
+        [idle, sniff, tcp, stack].into_iter().flatten().min()
     }
 
     fn drop_reason(&mut self, r: &'static str) {
@@ -330,16 +352,45 @@ impl Engine {
     pub fn handle_timeout(&mut self, now_ns: u64) {
         self.frags.expire(now_ns);
         self.poll_stack(now_ns);
-        let udp_idle = self.cfg.udp_idle_ns;
-        let gone: Vec<_> = self
-            .tcp
-            .iter()
-            .filter(|(_, f)| f.silent && now_ns.saturating_sub(f.last_ns) >= udp_idle)
-            .map(|(k, f)| (*k, f.id))
-            .collect();
-        for (k, id) in gone {
+        let (udp_idle, tcp_idle, handshake) = (
+            self.cfg.udp_idle_ns,
+            self.cfg.tcp_idle_ns,
+            self.cfg.tcp_handshake_ns,
+        );
+        let mut stale = Vec::new();
+        for (k, f) in &self.tcp {
+            let limit = if f.silent {
+                udp_idle
+            } else if matches!(f.phase, TcpPhase::Sniffing { since_ns: None }) {
+                handshake
+            } else {
+                tcp_idle
+            };
+            if now_ns.saturating_sub(f.last_ns) >= limit {
+                stale.push((*k, f.id, f.silent, f.handle, f.phase));
+            }
+        }
+        for (k, id, silent, handle, phase) in stale {
             self.tcp.remove(&k);
             self.tcp_ids.remove(&id);
+            if !silent {
+                // Reset the app's side; the RST leaves at this poll.
+                self.sockets
+                    .get_mut::<smoltcp::socket::tcp::Socket>(handle)
+                    .abort();
+                self.iface.poll(
+                    super::stack::instant(now_ns),
+                    &mut self.device,
+                    &mut self.sockets,
+                );
+                self.sockets.remove(handle);
+                if matches!(phase, TcpPhase::Open | TcpPhase::Connecting) {
+                    self.out.push_back(Output::Close { flow: id });
+                }
+            }
+        }
+        while let Some(p) = self.device.tx.pop_front() {
+            self.out.push_back(Output::ToTun(p));
         }
         let (udp, icmp) = (self.cfg.udp_idle_ns, self.cfg.icmp_idle_ns);
         let idle: Vec<_> = self

@@ -660,3 +660,108 @@ fn a_dropped_tcp_flow_gets_no_answer_at_all() {
     e.handle_timeout(now + 10 * S);
     assert_eq!(e.flow_count(), 0);
 }
+
+#[test]
+fn idle_tcp_connections_are_reset() {
+    let cfg = EngineConfig {
+        tcp_idle_ns: 10 * S,
+        ..EngineConfig::default()
+    };
+    let (mut e, _) = engine("default", cfg, &[]);
+    let mut app = App::connect("198.51.100.7:80");
+    let mut outs = Vec::new();
+    let mut now = S;
+    let mut sent = false;
+    for _ in 0..20 {
+        now += MS;
+        outs.extend(app.step(&mut e, now));
+        if !sent && app.socket().may_send() {
+            app.socket()
+                .send_slice(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+                .expect("send");
+            sent = true;
+        }
+    }
+    let Some(Output::TcpOpen { flow, .. }) = outs
+        .iter()
+        .find(|o| matches!(o, Output::TcpOpen { .. }))
+        .cloned()
+    else {
+        panic!("opened")
+    };
+    e.handle_tcp_connected(flow, now);
+    while e.poll_output().is_some() {}
+    assert_eq!(e.flow_count(), 1);
+    // The engine asks to be woken when the connection would go idle.
+    let deadline = e.poll_timeout().expect("an idle deadline");
+    assert!(deadline <= now + 10 * S, "{deadline}");
+    // Quiet for longer than the idle limit: reset, upstream closed.
+    now += 11 * S;
+    e.handle_timeout(now);
+    let outs: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    assert!(outs.contains(&Output::Close { flow }), "{outs:?}");
+    for o in outs {
+        if let Output::ToTun(p) = o {
+            app.dev.rx.push_back(p);
+        }
+    }
+    assert_eq!(e.flow_count(), 0);
+    for _ in 0..3 {
+        now += MS;
+        app.step(&mut e, now);
+    }
+    assert_eq!(
+        app.socket().state(),
+        smoltcp::socket::tcp::State::Closed,
+        "the app saw the RST"
+    );
+}
+
+#[test]
+fn ipv6_udp_allowed_and_blocked() {
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    let mut stun = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    stun.extend_from_slice(&[3; 12]);
+    // US test range: allowed, the reply comes back over IPv6.
+    e.handle_tun(
+        &udp("[2001:db8:1::10]:40000", "[2001:db8:1::20]:3478", &stun),
+        S,
+    );
+    let out = drain(&mut e);
+    let flow = events(&out)[0].flow;
+    assert_eq!(events(&out)[0].action, "allow");
+    e.handle_udp_from_upstream(flow, b"pong", S + 1);
+    let out = drain(&mut e);
+    let [Output::ToTun(pkt)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    let p = parse_ip(pkt).expect("parses");
+    assert_eq!(p.src.to_string(), "2001:db8:1::20");
+    assert_eq!(reply::l4_checksum(p.src, p.dst, 17, p.l4), 0);
+    // CN test range: the ping is blocked, ICMPv6 unreachable back.
+    e.handle_tun(
+        &udp("[2001:db8:1::10]:40001", "[2001:db8:86::20]:3478", &stun),
+        S + 2,
+    );
+    let out = drain(&mut e);
+    assert_eq!(sent_upstream(&out), 0);
+    let icmp = out
+        .iter()
+        .find_map(|o| {
+            if let Output::ToTun(p) = o {
+                Some(p)
+            } else {
+                None
+            }
+        })
+        .expect("icmpv6");
+    assert!(matches!(
+        parse_ip(icmp).expect("p").transport,
+        Transport::Icmp {
+            kind: 1,
+            code: 1,
+            v6: true,
+            ..
+        }
+    ));
+}
