@@ -321,20 +321,10 @@ impl Engine {
                 _ => None,
             })
             .min();
-        let (tcp_idle, handshake) = (self.cfg.tcp_idle_ns, self.cfg.tcp_handshake_ns);
         let tcp = self
             .tcp
             .values()
-            .map(|f| {
-                f.last_ns
-                    + if f.silent {
-                        udp
-                    } else if matches!(f.phase, TcpPhase::Sniffing { since_ns: None }) {
-                        handshake
-                    } else {
-                        tcp_idle
-                    }
-            })
+            .map(|f| f.last_ns + tcp_idle_limit(&self.cfg, f))
             .min();
         let stack = self
             .iface
@@ -998,26 +988,29 @@ impl Engine {
 
     /// The upstream side closed cleanly: close towards the app (FIN).
     pub fn handle_tcp_upstream_closed(&mut self, flow: FlowId, now_ns: u64) {
-        if let Some(key) = self.tcp_ids.get(&flow).copied()
-            && let Some(f) = self.tcp.get(&key)
-            && !f.silent
-        {
-            self.sockets
-                .get_mut::<smoltcp::socket::tcp::Socket>(f.handle)
-                .close();
-        }
-        self.poll_stack(now_ns);
+        self.with_app_socket(flow, now_ns, smoltcp::socket::tcp::Socket::close);
     }
 
     /// The upstream connection failed or was reset: reset the app's side.
     pub fn handle_tcp_upstream_failed(&mut self, flow: FlowId, now_ns: u64) {
+        self.with_app_socket(flow, now_ns, smoltcp::socket::tcp::Socket::abort);
+    }
+
+    /// Applies `op` to the flow's local socket (if it still has one), then
+    /// runs the stack.
+    fn with_app_socket(
+        &mut self,
+        flow: FlowId,
+        now_ns: u64,
+        op: fn(&mut smoltcp::socket::tcp::Socket<'static>),
+    ) {
         if let Some(key) = self.tcp_ids.get(&flow).copied()
             && let Some(f) = self.tcp.get(&key)
             && !f.silent
         {
-            self.sockets
-                .get_mut::<smoltcp::socket::tcp::Socket>(f.handle)
-                .abort();
+            op(self
+                .sockets
+                .get_mut::<smoltcp::socket::tcp::Socket>(f.handle));
         }
         self.poll_stack(now_ns);
     }
@@ -1075,6 +1068,18 @@ fn make_event(
             )
         }),
         leaks: leaks.iter().map(|l| l.label.clone()).collect(),
+    }
+}
+
+/// How long a TCP flow may stay idle: a silently dropped one as long as UDP,
+/// a handshake for `tcp_handshake_ns`, a connection for `tcp_idle_ns`.
+fn tcp_idle_limit(cfg: &EngineConfig, f: &TcpFlow) -> u64 {
+    if f.silent {
+        cfg.udp_idle_ns
+    } else if matches!(f.phase, TcpPhase::Sniffing { since_ns: None }) {
+        cfg.tcp_handshake_ns
+    } else {
+        cfg.tcp_idle_ns
     }
 }
 
