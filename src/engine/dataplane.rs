@@ -927,12 +927,23 @@ impl Engine {
                 && !matches!(f.phase, TcpPhase::Sniffing { since_ns: None })
             {
                 let (id, handle, phase) = (f.id, f.handle, f.phase);
+                let ev = make_event(
+                    "closed",
+                    f.id,
+                    "tcp",
+                    f.client,
+                    f.server.to_string(),
+                    &f.sniffer,
+                    &f.leaks,
+                    None,
+                );
                 self.tcp.remove(&key);
                 self.tcp_ids.remove(&id);
                 self.sockets.remove(handle);
                 if matches!(phase, TcpPhase::Open | TcpPhase::Connecting) {
                     self.out.push_back(Output::Close { flow: id });
                 }
+                self.out.push_back(Output::Event(ev));
             }
         }
     }

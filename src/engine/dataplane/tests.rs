@@ -502,18 +502,26 @@ fn a_full_tcp_exchange_with_the_first_bytes_judged_before_connecting() {
     }
     assert!(fin, "TcpFin after the app's FIN");
     e.handle_tcp_upstream_closed(flow, now);
-    let mut closed = false;
+    let mut tail = Vec::new();
     for _ in 0..100 {
         now += 10 * MS;
-        closed |= app
-            .step(&mut e, now)
+        tail.extend(app.step(&mut e, now));
+        if tail
             .iter()
-            .any(|o| matches!(o, Output::Close { flow: f } if *f == flow));
-        if closed {
+            .any(|o| matches!(o, Output::Close { flow: f } if *f == flow))
+        {
             break;
         }
     }
-    assert!(closed, "the flow is freed once both sides closed");
+    assert!(
+        tail.contains(&Output::Close { flow }),
+        "the flow is freed once both sides closed"
+    );
+    assert!(
+        events(&tail)
+            .iter()
+            .any(|ev| ev.kind == "closed" && ev.flow == flow && ev.proto == "tcp")
+    );
     assert_eq!(e.flow_count(), 0);
 }
 
