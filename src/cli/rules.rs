@@ -540,4 +540,21 @@ fn print_layers(j: &Jurisdiction<'_, '_>) {
             format!("{} ({}; {how})", v.jurisdiction, v.name)
         });
     println!("  {:<8} {vendor}", Layer::Vendor.name());
+    if let Some(e) = j.embedded {
+        let geo: Vec<String> = e
+            .geo
+            .iter()
+            .map(|c| c.map_or("?".to_owned(), |c| c.to_string()))
+            .collect();
+        println!(
+            "  embedded {} ({:?}): geo {}, network {}{}; its countries count in every layer",
+            e.ip,
+            e.kind,
+            geo.join("/"),
+            e.network.map_or("unknown".to_owned(), |c| c.to_string()),
+            e.owner
+                .map(|o| format!(", owner {} ({})", o.jurisdiction, o.name))
+                .unwrap_or_default()
+        );
+    }
 }

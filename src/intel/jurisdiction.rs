@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, Operator, Vendor, VendorEvidence};
 use super::country::Country;
-use super::world::{World, lookup_key};
+use super::world::{Embedding, World, embedded_ipv4, lookup_key};
 
 /// The four jurisdiction layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -61,32 +61,71 @@ pub struct Jurisdiction<'i, 'n> {
     /// The address is in an IANA special-purpose block (private, loopback,
     /// link-local, multicast, ...) with no data: it is local, not unknown.
     pub local: bool,
+    /// The IPv4 address an IPv6 address embeds (NAT64, 6to4, Teredo,
+    /// IPv4-compatible), with what is known of it: its countries count in
+    /// every layer too.
+    pub embedded: Option<Embedded<'i>>,
+}
+
+/// What is known of an embedded IPv4 address.
+#[derive(Debug, Clone, Copy)]
+pub struct Embedded<'i> {
+    /// How it is embedded.
+    pub kind: Embedding,
+    /// The IPv4 address.
+    pub ip: std::net::Ipv4Addr,
+    /// Its geolocation sources' countries.
+    pub geo: [Option<Country>; 2],
+    /// Its AS registration country.
+    pub network: Option<Country>,
+    /// Its AS.
+    pub asn: Option<u32>,
+    /// Its operator.
+    pub owner: Option<&'i Operator>,
 }
 
 impl Jurisdiction<'_, '_> {
     /// True when the world database knows nothing of the address (or
     /// there is no address) and it is not a local address.
     pub fn geo_unknown(&self) -> bool {
-        !self.local && self.geo == [None, None]
+        !self.local
+            && self.geo == [None, None]
+            && self.embedded.is_none_or(|e| e.geo == [None, None])
     }
 
     /// True when the AS registration country is unknown (and the address is
     /// not local).
     pub fn network_unknown(&self) -> bool {
-        !self.local && self.network.is_none()
+        !self.local && self.network.is_none() && self.embedded.is_none_or(|e| e.network.is_none())
     }
 
-    /// The countries one layer names (geo: each distinct source country).
-    pub fn countries(&self, layer: Layer) -> [Option<Country>; 2] {
-        match layer {
+    /// The countries one layer names (geo: each source's country), the
+    /// embedded IPv4 address's included; duplicates removed.
+    pub fn countries(&self, layer: Layer) -> [Option<Country>; 4] {
+        let e = self.embedded;
+        let raw: [Option<Country>; 4] = match layer {
             Layer::Geo => {
-                let [a, b] = self.geo;
-                [a, if b == a { None } else { b }]
+                let [x, y] = e.map_or([None, None], |e| e.geo);
+                [self.geo[0], self.geo[1], x, y]
             }
-            Layer::Network => [self.network, None],
-            Layer::Owner => [self.owner.map(|o| o.jurisdiction), None],
-            Layer::Vendor => [self.vendor.map(|v| v.0.jurisdiction), None],
+            Layer::Network => [self.network, e.and_then(|e| e.network), None, None],
+            Layer::Owner => [
+                self.owner.map(|o| o.jurisdiction),
+                e.and_then(|e| e.owner).map(|o| o.jurisdiction),
+                None,
+                None,
+            ],
+            Layer::Vendor => [self.vendor.map(|v| v.0.jurisdiction), None, None, None],
+        };
+        let mut out = [None; 4];
+        let mut n = 0;
+        for c in raw.into_iter().flatten() {
+            if !out[..n].contains(&Some(c)) {
+                out[n] = Some(c);
+                n += 1;
+            }
         }
+        out
     }
 
     /// A JSON description of every layer and its evidence.
@@ -107,6 +146,10 @@ impl Jurisdiction<'_, '_> {
             })),
             "vendor": self.vendor.map(|(v, ev)| serde_json::json!({
                 "country": v.jurisdiction, "vendor": v.name, "vendor_id": v.id, "evidence": ev,
+            })),
+            "embedded": self.embedded.map(|e| serde_json::json!({
+                "kind": e.kind, "ipv4": e.ip, "geo": e.geo, "network": e.network, "asn": e.asn,
+                "owner": e.owner.map(|o| o.id.as_str()),
             })),
         })
     }
@@ -150,9 +193,24 @@ impl Intel {
         let asn = info.and_then(|i| i.asn());
         let geo = info.map_or([None, None], |i| i.geo_sources());
         let network = info.and_then(|i| i.network_country());
+        let embedded = key.and_then(embedded_ipv4).map(|(kind, v4)| {
+            let i = self.world.lookup_v4(v4);
+            Embedded {
+                kind,
+                ip: v4,
+                geo: i.geo_sources(),
+                network: i.network_country(),
+                asn: i.asn(),
+                owner: i.asn().and_then(|a| self.catalog.operator_of(a)),
+            }
+        });
         // Only addresses the world knows nothing about can be local.
-        let local = geo == [None, None] && network.is_none() && key.is_some_and(is_special_purpose);
+        let local = geo == [None, None]
+            && network.is_none()
+            && key.is_some_and(is_special_purpose)
+            && embedded.is_none_or(|e| e.geo == [None, None] && e.network.is_none());
         Jurisdiction {
+            embedded,
             ip: key,
             geo,
             network,

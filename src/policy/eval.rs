@@ -167,18 +167,14 @@ impl Rule {
                 let j = j.ok_or("jurisdiction")?;
                 let has = |l: Layer| jc.layers & l.bit() != 0;
                 for layer in Layer::ALL.into_iter().filter(|l| has(*l)) {
-                    let [a, b] = j.countries(layer);
+                    let cs = j.countries(layer);
                     let hit = if layer == Layer::Geo && jc.disputed == DisputedMode::All {
-                        let known = [a, b].into_iter().flatten();
-                        let mut any = false;
-                        let mut all = true;
-                        for cc in known {
-                            any = true;
-                            all &= jc.has(cc);
-                        }
-                        (any && all).then_some(a.or(b)).flatten()
+                        let mut known = cs.into_iter().flatten().peekable();
+                        let first = known.peek().copied();
+                        let all = cs.into_iter().flatten().all(|cc| jc.has(cc));
+                        first.filter(|_| all)
                     } else {
-                        [a, b].into_iter().flatten().find(|cc| jc.has(*cc))
+                        cs.into_iter().flatten().find(|cc| jc.has(*cc))
                     };
                     if let Some(country) = hit {
                         return Ok(Some(LayerMatch {

@@ -515,3 +515,32 @@ fn reference_cases_with_the_shipped_world() {
     );
     let _ = PathBuf::new();
 }
+
+#[test]
+fn embedded_ipv4_jurisdiction_counts() {
+    let intel = fixture_intel();
+    let p = Policy::preset("clubhouse", &catalog()).expect("preset");
+    let ping = |a: &str| {
+        let f = Facts {
+            dst: ip(a),
+            traffic: Some(Traffic::Ping),
+            ..Facts::default()
+        };
+        p.evaluate(&intel, &f).is_block()
+    };
+    // 203.0.113.5 is CN in the test world; 198.51.100.7 is US.
+    for blocked in [
+        "64:ff9b::203.0.113.5",
+        "2002:cb00:7105::1",
+        "2001:0:4136:e378:8000:63bf:34ff:8efa",
+        "::203.0.113.5",
+    ] {
+        assert!(ping(blocked), "{blocked} embeds a CN address");
+    }
+    for allowed in ["64:ff9b::198.51.100.7", "2002:c633:6407::1"] {
+        assert!(!ping(allowed), "{allowed} embeds a US address");
+    }
+    let j = intel.jurisdiction(ip("64:ff9b::203.0.113.5"), &[], None);
+    assert!(!j.geo_unknown() && !j.local);
+    assert_eq!(j.to_json()["embedded"]["kind"], "nat64");
+}

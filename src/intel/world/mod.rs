@@ -264,6 +264,46 @@ impl<'w> WorldInfo<'w> {
     }
 }
 
+/// How an IPv6 address carries an IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Embedding {
+    /// NAT64, the well-known prefix `64:ff9b::/96` (RFC 6052).
+    Nat64,
+    /// 6to4, `2002::/16` (RFC 3056): the IPv4 address in bits 16-47.
+    SixToFour,
+    /// Teredo, `2001::/32` (RFC 4380): the client's IPv4 address,
+    /// inverted, in the last 32 bits.
+    Teredo,
+    /// IPv4-compatible, `::a.b.c.d` (deprecated, RFC 4291).
+    Compatible,
+}
+
+/// The IPv4 address an IPv6 address embeds, if it is one of the
+/// [`Embedding`] forms. Traffic to such an address ends at (or is relayed
+/// to) that IPv4 address, so its jurisdiction counts.
+pub fn embedded_ipv4(ip: IpAddr) -> Option<(Embedding, Ipv4Addr)> {
+    let IpAddr::V6(v6) = ip else { return None };
+    let o = v6.octets();
+    let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    if o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0] {
+        return Some((Embedding::Nat64, last));
+    }
+    if o[0] == 0x20 && o[1] == 0x02 {
+        return Some((Embedding::SixToFour, Ipv4Addr::new(o[2], o[3], o[4], o[5])));
+    }
+    if o[..4] == [0x20, 0x01, 0, 0] {
+        return Some((
+            Embedding::Teredo,
+            Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]),
+        ));
+    }
+    if o[..12] == [0; 12] && o[12] != 0 {
+        return Some((Embedding::Compatible, last));
+    }
+    None
+}
+
 /// The address actually looked up: IPv4-mapped IPv6 addresses
 /// (`::ffff:a.b.c.d`) are answered as the IPv4 address.
 pub fn lookup_key(ip: IpAddr) -> IpAddr {

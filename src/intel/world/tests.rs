@@ -534,3 +534,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn embedded_ipv4_forms() {
+    use std::net::Ipv4Addr;
+    let e = |s: &str| embedded_ipv4(ip(s));
+    let v4 = Ipv4Addr::new(203, 0, 113, 5);
+    assert_eq!(e("64:ff9b::203.0.113.5"), Some((Embedding::Nat64, v4)));
+    assert_eq!(e("2002:cb00:7105::1"), Some((Embedding::SixToFour, v4)));
+    // Teredo: server 65.54.227.120, client 203.0.113.5 inverted.
+    assert_eq!(
+        e("2001:0:4136:e378:8000:63bf:34ff:8efa"),
+        Some((Embedding::Teredo, v4))
+    );
+    assert_eq!(e("::203.0.113.5"), Some((Embedding::Compatible, v4)));
+    for none in [
+        "::",
+        "::1",
+        "2001:db8::1",
+        "2400:3200::1",
+        "203.0.113.5",
+        "::ffff:203.0.113.5",
+    ] {
+        assert_eq!(e(none), None, "{none}");
+    }
+}
