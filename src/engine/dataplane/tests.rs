@@ -773,3 +773,53 @@ fn ipv6_udp_allowed_and_blocked() {
         }
     ));
 }
+
+#[test]
+fn data_on_the_syn_is_not_relayed_before_the_verdict() {
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    // A SYN carrying a TLS hello (TCP Fast Open style) to a CN address.
+    let hello = crate::wire::tls::tests::hello_record("tfo.example");
+    let mut t = vec![
+        0x9C, 0x40, 0x01, 0xBB, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xFF, 0xFF, 0, 0, 0, 0,
+    ];
+    t.extend_from_slice(&hello);
+    let c = reply::l4_checksum(
+        "192.0.2.200".parse().expect("ip"),
+        "203.0.113.5".parse().expect("ip"),
+        6,
+        &t,
+    );
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + t.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 200, 203, 0, 113, 5]);
+    let hc = super::super::frag::ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&hc.to_be_bytes());
+    ip.extend_from_slice(&t);
+    let mut outs = Vec::new();
+    for i in 0..5 {
+        e.handle_tun(&ip, S + i * MS);
+        e.handle_timeout(S + i * MS + 400 * MS);
+        outs.extend(drain(&mut e));
+    }
+    assert!(
+        !outs
+            .iter()
+            .any(|o| matches!(o, Output::TcpOpen { .. } | Output::TcpSend { .. })),
+        "{outs:?}"
+    );
+}
+
+#[test]
+fn raw_ip_protocols_never_leave() {
+    let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+    for proto in [47u8, 50, 132, 253] {
+        let mut ip = vec![
+            0x45, 0, 0, 28, 0, 1, 0x40, 0, 64, proto, 0, 0, 192, 0, 2, 200, 203, 0, 113, 5,
+        ];
+        ip.extend_from_slice(&[0; 8]);
+        e.handle_tun(&ip, S);
+    }
+    assert!(drain(&mut e).is_empty());
+    assert_eq!(e.counters.drops.get("other-protocol"), Some(&4));
+}
