@@ -475,7 +475,8 @@ impl Engine {
         let key = (icmp, client, server);
         let new = !self.flows.contains_key(&key);
         if new {
-            if self.flows.len() >= self.cfg.max_flows {
+            // The bound covers every flow, TCP included.
+            if self.flow_count() >= self.cfg.max_flows {
                 self.counters.refused += 1;
                 // Refuse like a block: the app learns at once.
                 if let Some(r) = reply::unreachable(raw) {

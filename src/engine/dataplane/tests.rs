@@ -823,3 +823,64 @@ fn raw_ip_protocols_never_leave() {
     assert!(drain(&mut e).is_empty());
     assert_eq!(e.counters.drops.get("other-protocol"), Some(&4));
 }
+
+#[test]
+fn the_flow_bound_counts_tcp_and_udp_together() {
+    // Found by the property test below: a TCP flow plus a full set of UDP
+    // flows went over the bound.
+    let cfg = EngineConfig {
+        max_flows: 2,
+        ..EngineConfig::default()
+    };
+    let (mut e, _) = engine("default", cfg, &[]);
+    let mut syn = vec![
+        0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 200, 198, 51, 100, 7,
+    ];
+    syn.extend_from_slice(&[
+        0x9C, 0x40, 0, 22, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xFF, 0xFF, 0, 0, 0, 0,
+    ]);
+    e.handle_tun(&syn, S);
+    e.handle_tun(&udp("192.0.2.200:1", "198.51.100.7:5000", b"a"), S);
+    e.handle_tun(&udp("192.0.2.200:2", "198.51.100.7:5000", b"b"), S);
+    assert_eq!((e.flow_count(), e.counters.refused), (2, 1));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Nothing on the packet path panics, whatever the app sends, and the
+    /// flow table stays within its bound.
+    #[test]
+    fn arbitrary_packets_never_panic(packets in proptest::collection::vec((0u8..4, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120)), 1..40)) {
+        let cfg = EngineConfig { max_flows: 8, ..EngineConfig::default() };
+        let (mut e, _) = engine("clubhouse", cfg, &[("id", "secret-123")]);
+        for (i, (kind, body)) in packets.iter().enumerate() {
+            let now = S + i as u64 * 50 * MS;
+            let pkt: Vec<u8> = match kind {
+                // Random bytes as they come.
+                0 => body.clone(),
+                // A valid IPv4 header around random transport bytes.
+                1 | 2 => {
+                    let proto = if *kind == 1 { 6 } else { 17 };
+                    let mut ip = vec![0x45, 0];
+                    ip.extend_from_slice(&((20 + body.len()) as u16).to_be_bytes());
+                    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, proto, 0, 0, 192, 0, 2, 200, 203, 0, 113, (i % 7) as u8]);
+                    ip.extend_from_slice(body);
+                    ip
+                }
+                // A fragment with random data.
+                _ => {
+                    let mut ip = vec![0x45, 0];
+                    ip.extend_from_slice(&((20 + body.len()) as u16).to_be_bytes());
+                    ip.extend_from_slice(&[0, 9, 0x20 | (i % 3) as u8, 0, 64, 17, 0, 0, 192, 0, 2, 200, 198, 51, 100, 1]);
+                    ip.extend_from_slice(body);
+                    ip
+                }
+            };
+            e.handle_tun(&pkt, now);
+            e.handle_timeout(now);
+            while e.poll_output().is_some() {}
+            proptest::prop_assert!(e.flow_count() <= 8);
+        }
+    }
+}
