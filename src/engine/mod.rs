@@ -284,3 +284,33 @@ fn gtp_u_inner(p: &[u8]) -> Option<&[u8]> {
     let inner = p.get(at..)?;
     matches!(inner.first().map(|b| b >> 4), Some(4 | 6)).then_some(inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Whatever a capture holds, inspection never panics and the flow
+        /// table stays within its bound.
+        #[test]
+        fn arbitrary_packets_never_panic(packets in proptest::collection::vec((0u8..3, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..160)), 1..60)) {
+            let det = LeakDetector::new(&[("id".to_owned(), "secret-123".to_owned())]).ok();
+            let mut insp = Inspector::new(5, det);
+            for (i, (kind, body)) in packets.iter().enumerate() {
+                let pkt: Vec<u8> = match kind {
+                    0 => body.clone(),
+                    k => {
+                        let proto = if *k == 1 { 6 } else { 17 };
+                        let mut ip = vec![0x45, 0];
+                        ip.extend_from_slice(&((20 + body.len()) as u16).to_be_bytes());
+                        ip.extend_from_slice(&[0, 1, 0, 0, 64, proto, 0, 0, 192, 0, 2, (i % 9) as u8, 198, 51, 100, 1]);
+                        ip.extend_from_slice(body);
+                        ip
+                    }
+                };
+                insp.on_ip(&pkt, i as u64 * 1_000_000);
+                proptest::prop_assert!(insp.flows().len() <= 5);
+            }
+        }
+    }
+}
