@@ -519,16 +519,14 @@ impl Engine {
             payload,
             now_ns,
         );
-        let mut new_leak = false;
-        if let Some(det) = &self.leak
-            && f.sniffer.encrypted != Some(true)
-            && f.leaks.len() < super::MAX_LEAKS_PER_FLOW
-        {
-            self.hits.clear();
-            det.scan(&mut f.scan, payload, &mut self.hits);
-            new_leak = !self.hits.is_empty();
-            f.leaks.append(&mut self.hits);
-        }
+        let new_leak = super::scan_leaks(
+            self.leak.as_ref(),
+            f.sniffer.encrypted,
+            &mut f.scan,
+            payload,
+            &mut self.hits,
+            &mut f.leaks,
+        );
         if let State::Blocked(mode) = f.state {
             // Still blocked: nothing leaves; a reject answers again.
             if mode == BlockMode::Reject
@@ -600,18 +598,26 @@ impl Engine {
             .is_some_and(|f| f.sniffer.protocol == Some(crate::classify::Protocol::Stun))
     }
 
+    /// The open UDP or echo flow `flow`, its idle clock refreshed; `None`
+    /// (counted when the id is unknown) for blocked or closed flows.
+    fn open_flow(&mut self, flow: FlowId, now_ns: u64) -> Option<&mut FlowState> {
+        let Some(key) = self.ids.get(&flow).copied() else {
+            self.drop_reason("unknown-flow");
+            return None;
+        };
+        let f = self
+            .flows
+            .get_mut(&key)
+            .filter(|f| f.state == State::Open)?;
+        f.last_ns = now_ns;
+        Some(f)
+    }
+
     /// A datagram that arrived on the flow's upstream socket.
     pub fn handle_udp_from_upstream(&mut self, flow: FlowId, payload: &[u8], now_ns: u64) {
-        let Some(key) = self.ids.get(&flow).copied() else {
-            return self.drop_reason("unknown-flow");
-        };
-        let Some(f) = self.flows.get_mut(&key) else {
+        let Some(f) = self.open_flow(flow, now_ns) else {
             return;
         };
-        if f.state != State::Open {
-            return;
-        }
-        f.last_ns = now_ns;
         f.sniffer.on_payload(
             Carrier::Udp,
             Dir::Down,
@@ -626,16 +632,9 @@ impl Engine {
 
     /// An echo reply that arrived upstream for the flow.
     pub fn handle_echo_reply(&mut self, flow: FlowId, seq: u16, data: &[u8], now_ns: u64) {
-        let Some(key) = self.ids.get(&flow).copied() else {
-            return self.drop_reason("unknown-flow");
-        };
-        let Some(f) = self.flows.get_mut(&key) else {
+        let Some(f) = self.open_flow(flow, now_ns) else {
             return;
         };
-        if f.state != State::Open {
-            return;
-        }
-        f.last_ns = now_ns;
         if let Some(pkt) = reply::echo_reply(f.server.ip(), f.client.ip(), f.ident, seq, data) {
             self.out.push_back(Output::ToTun(pkt));
         }
@@ -810,15 +809,14 @@ impl Engine {
                     data,
                     now_ns,
                 );
-                if let Some(det) = &self.leak
-                    && f.sniffer.encrypted != Some(true)
-                    && f.leaks.len() < super::MAX_LEAKS_PER_FLOW
-                {
-                    self.hits.clear();
-                    det.scan(&mut f.scan, data, &mut self.hits);
-                    new_leak |= !self.hits.is_empty();
-                    f.leaks.append(&mut self.hits);
-                }
+                new_leak |= super::scan_leaks(
+                    self.leak.as_ref(),
+                    f.sniffer.encrypted,
+                    &mut f.scan,
+                    data,
+                    &mut self.hits,
+                    &mut f.leaks,
+                );
                 if f.phase == TcpPhase::Open && !new_leak {
                     self.out.push_back(Output::TcpSend {
                         flow: f.id,

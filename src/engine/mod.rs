@@ -247,18 +247,40 @@ impl Inspector {
             payload,
             ts_ns,
         );
-        if let Some(det) = &self.leak
-            && !payload.is_empty()
-            && f.sniffer.encrypted != Some(true)
-            && f.leaks.len() < MAX_LEAKS_PER_FLOW
-        {
-            self.hits.clear();
-            det.scan(&mut f.scan[dir as usize], payload, &mut self.hits);
-            let room = MAX_LEAKS_PER_FLOW - f.leaks.len();
-            f.leaks.extend(self.hits.drain(..).take(room));
-        }
+        scan_leaks(
+            self.leak.as_ref(),
+            f.sniffer.encrypted,
+            &mut f.scan[dir as usize],
+            payload,
+            &mut self.hits,
+            &mut f.leaks,
+        );
         Some(idx)
     }
+}
+
+/// Scans one payload of a flow for registered identifiers, keeping at most
+/// [`MAX_LEAKS_PER_FLOW`] findings in `leaks`; flows known to be encrypted
+/// are not scanned. Returns whether a new finding was added. `hits` is
+/// scratch space.
+pub(crate) fn scan_leaks(
+    det: Option<&LeakDetector>,
+    encrypted: Option<bool>,
+    scan: &mut ScanState,
+    payload: &[u8],
+    hits: &mut Vec<LeakHit>,
+    leaks: &mut Vec<LeakHit>,
+) -> bool {
+    let Some(det) = det else { return false };
+    if payload.is_empty() || encrypted == Some(true) || leaks.len() >= MAX_LEAKS_PER_FLOW {
+        return false;
+    }
+    hits.clear();
+    det.scan(scan, payload, hits);
+    let room = MAX_LEAKS_PER_FLOW - leaks.len();
+    let before = leaks.len();
+    leaks.extend(hits.drain(..).take(room));
+    leaks.len() > before
 }
 
 /// The IP packet inside a GTPv1-U G-PDU, if that is what `p` is.
