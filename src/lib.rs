@@ -6,6 +6,7 @@
 //! See `README.md` for the whole design.
 
 pub mod classify;
+pub mod driver;
 pub mod engine;
 pub mod intel;
 pub mod policy;

@@ -7,11 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use geowall::classify::leak::LeakDetector;
 use geowall::engine::{Flow, Inspector};
-use geowall::intel::catalog::Catalog;
 use geowall::intel::jurisdiction::Intel;
-use geowall::policy::{Facts, Policy, Transport, bundle};
+use geowall::policy::{Facts, Policy, Transport};
 use geowall::wire::capture::Capture;
 use geowall::wire::packet::strip_link;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,77 +19,26 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub(crate) struct Args {
     /// A pcap or pcapng capture.
     file: PathBuf,
-    /// A shipped preset (default, clubhouse, strict).
-    #[arg(long, conflicts_with_all = ["policy", "bundle"])]
-    preset: Option<String>,
-    /// A policy file.
-    #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
-    policy: Option<PathBuf>,
-    /// A signed rules bundle (needs --pubkey).
-    #[arg(long, value_name = "FILE", requires = "pubkey")]
-    bundle: Option<PathBuf>,
-    /// Trusted public key for --bundle.
-    #[arg(long, value_name = "FILE")]
-    pubkey: Vec<PathBuf>,
-    /// An identifier to look for in cleartext, as LABEL=VALUE (repeatable).
-    #[arg(long = "identifier", value_name = "LABEL=VALUE")]
-    identifiers: Vec<String>,
+    #[command(flatten)]
+    rules: super::source::RulesArgs,
     /// One JSON object per flow.
     #[arg(long)]
     json: bool,
     /// Also write a self-contained HTML report (map, blocks, leaks).
     #[arg(long, value_name = "OUT.html")]
     html: Option<PathBuf>,
-    /// World database instead of the shipped one.
-    #[arg(long, value_name = "FILE")]
-    world: Option<PathBuf>,
     /// The most flows to track (more are counted and skipped).
     #[arg(long, default_value_t = 1_000_000)]
     max_flows: usize,
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let (policy, catalog) = match (&a.bundle, &a.policy) {
-        (Some(b), _) => {
-            let bytes = std::fs::read(b).with_context(|| format!("cannot read {}", b.display()))?;
-            let keys = a
-                .pubkey
-                .iter()
-                .map(|p| bundle::read_verifying_key(p))
-                .collect::<Result<Vec<_>, _>>()?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let opened = bundle::open(&bytes, &keys, None, now)
-                .with_context(|| format!("{}: rejected", b.display()))?;
-            (opened.policy, opened.catalog)
-        }
-        (None, Some(p)) => {
-            let c = Catalog::shipped()?;
-            (Policy::load(p, &c)?, c)
-        }
-        (None, None) => {
-            let c = Catalog::shipped()?;
-            (
-                Policy::preset(a.preset.as_deref().unwrap_or("default"), &c)?,
-                c,
-            )
-        }
-    };
-    let mut ids = Vec::new();
-    for s in &a.identifiers {
-        let (l, v) = s
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--identifier '{s}': expected LABEL=VALUE"))?;
-        ids.push((l.to_owned(), v.to_owned()));
-    }
-    let leak = if ids.is_empty() {
-        None
-    } else {
-        Some(LeakDetector::new(&ids)?)
-    };
-    let world = super::load_world(a.world.as_ref())?;
+    let super::source::Loaded {
+        policy,
+        catalog,
+        leak,
+        world,
+    } = a.rules.load()?;
     let intel = Intel::new(world, Arc::new(catalog));
 
     let bytes =

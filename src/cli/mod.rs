@@ -5,6 +5,8 @@ mod audit;
 mod lookup;
 mod report;
 mod rules;
+mod source;
+mod tunnel;
 mod world;
 
 use std::path::PathBuf;
@@ -37,6 +39,10 @@ enum Command {
     /// Check policies and catalogs, and explain verdicts.
     #[command(subcommand)]
     Rules(rules::Command),
+    /// Run the firewall on a TUN device: create it (optionally in another
+    /// network namespace, with addresses and a default route there) and
+    /// judge and relay everything that enters it.
+    Tunnel(tunnel::Args),
 }
 
 /// Loads `--world FILE`, else `$GEOWALL_WORLD`, else the shipped database.
@@ -64,6 +70,7 @@ pub(crate) fn main() -> ExitCode {
         Command::World(c) => world::run(c),
         Command::Rules(c) => rules::run(c),
         Command::Audit(a) => audit::run(a),
+        Command::Tunnel(a) => tunnel::run(a),
     };
     match result {
         Ok(code) => code,

@@ -40,8 +40,11 @@ pub const TCP_SNIFF_BYTES: usize = 16 * 1024;
 /// How long after the handshake a TCP connection may stay unjudged
 /// waiting for the app's first bytes (server-first protocols send none).
 pub const TCP_SNIFF_NS: u64 = 300_000_000;
-/// Per-connection receive and send buffers of the local TCP stack.
-pub const TCP_BUFFER: usize = 64 * 1024;
+/// Default per-connection receive and send buffers of the local TCP stack
+/// (each way). Reserved per connection, committed by the OS only as used.
+pub const TCP_BUFFER: usize = 256 * 1024;
+/// App bytes moved out of a local TCP socket in one read.
+const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TcpPhase {
@@ -67,6 +70,9 @@ struct TcpFlow {
     /// App bytes read but not yet sent upstream.
     pending: Vec<u8>,
     app_fin_sent: bool,
+    /// The driver's upstream queue is full: leave the app's bytes in the
+    /// local socket (its window closes) until resumed.
+    paused: bool,
     /// Dropped silently: its socket is gone and its segments are
     /// swallowed (no RST) until it has been idle for the UDP idle time.
     silent: bool,
@@ -89,6 +95,12 @@ pub struct EngineConfig {
     pub tcp_handshake_ns: u64,
     /// Fragment reassembly limits.
     pub frag: FragLimits,
+    /// The TUN's MTU, which the local TCP stack sizes segments by (default
+    /// 65,535: big segments make the userspace stack cheap per byte).
+    pub mtu: usize,
+    /// Receive and send buffer of each local TCP connection, each way
+    /// (default [`TCP_BUFFER`]); it is also the most the app's window opens.
+    pub tcp_buffer: usize,
 }
 
 impl Default for EngineConfig {
@@ -100,6 +112,8 @@ impl Default for EngineConfig {
             tcp_idle_ns: 7_200_000_000_000,
             tcp_handshake_ns: 30_000_000_000,
             frag: FragLimits::default(),
+            mtu: 65_535,
+            tcp_buffer: TCP_BUFFER,
         }
     }
 }
@@ -251,6 +265,11 @@ pub struct Engine {
     sockets: smoltcp::iface::SocketSet<'static>,
     tcp: HashMap<(SocketAddr, SocketAddr), TcpFlow>,
     tcp_ids: HashMap<FlowId, (SocketAddr, SocketAddr)>,
+    /// No flow deadline (idle, sniffing) falls before this: a lower bound,
+    /// so that [`Engine::poll_timeout`] need not look at every flow.
+    wake_ns: Option<u64>,
+    /// Scratch space for reading app bytes.
+    scratch: Vec<u8>,
     /// Counters.
     pub counters: EngineCounters,
 }
@@ -273,7 +292,7 @@ impl Engine {
         policy: Arc<PolicyHandle>,
         leak: Option<LeakDetector>,
     ) -> Self {
-        let mut device = super::stack::QueueDevice::default();
+        let mut device = super::stack::QueueDevice::new(cfg.mtu);
         let iface = super::stack::any_ip_interface(&mut device, 0);
         Self {
             device,
@@ -281,6 +300,8 @@ impl Engine {
             sockets: super::stack::sockets(),
             tcp: HashMap::new(),
             tcp_ids: HashMap::new(),
+            wake_ns: None,
+            scratch: vec![0; READ_CHUNK],
             frags: Reassembler::new(cfg.frag),
             cfg,
             intel,
@@ -305,8 +326,23 @@ impl Engine {
         self.flows.len() + self.tcp.len()
     }
 
-    /// When [`Engine::handle_timeout`] should next be called.
+    /// When [`Engine::handle_timeout`] should next be called. Cheap: flow
+    /// deadlines are kept as one lower bound, refreshed at each sweep.
     pub fn poll_timeout(&mut self) -> Option<u64> {
+        let stack = self
+            .iface
+            .poll_at(smoltcp::time::Instant::from_micros(0), &self.sockets)
+            .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000);
+        [self.wake_ns, stack].into_iter().flatten().min()
+    }
+
+    /// Lowers the flow-deadline bound to `t`.
+    fn wake_at(&mut self, t: u64) {
+        self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
+    }
+
+    /// The earliest flow deadline, looking at every flow.
+    fn next_deadline(&self) -> Option<u64> {
         let (udp, icmp) = (self.cfg.udp_idle_ns, self.cfg.icmp_idle_ns);
         let idle = self
             .flows
@@ -326,11 +362,7 @@ impl Engine {
             .values()
             .map(|f| f.last_ns + tcp_idle_limit(&self.cfg, f))
             .min();
-        let stack = self
-            .iface
-            .poll_at(smoltcp::time::Instant::from_micros(0), &self.sockets)
-            .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000);
-        [idle, sniff, tcp, stack].into_iter().flatten().min()
+        [idle, sniff, tcp].into_iter().flatten().min()
     }
 
     fn drop_reason(&mut self, r: &'static str) {
@@ -341,7 +373,11 @@ impl Engine {
     /// and lets the TCP stack retransmit.
     pub fn handle_timeout(&mut self, now_ns: u64) {
         self.frags.expire(now_ns);
-        self.poll_stack(now_ns);
+        if self.wake_ns.is_none_or(|w| now_ns < w) {
+            // Only the stack's timers are due.
+            return self.poll_stack(now_ns, None);
+        }
+        self.poll_stack(now_ns, None);
         let (udp_idle, tcp_idle, handshake) = (
             self.cfg.udp_idle_ns,
             self.cfg.tcp_idle_ns,
@@ -399,6 +435,7 @@ impl Engine {
                 self.out.push_back(Output::Event(ev));
             }
         }
+        self.wake_ns = self.next_deadline();
     }
 
     /// A packet the app sent into the TUN.
@@ -502,6 +539,12 @@ impl Engine {
                     last_ns: now_ns,
                 },
             );
+            let idle = if icmp {
+                self.cfg.icmp_idle_ns
+            } else {
+                self.cfg.udp_idle_ns
+            };
+            self.wake_at(now_ns + idle);
         }
         let Some(f) = self.flows.get_mut(&key) else {
             return;
@@ -694,8 +737,8 @@ impl Engine {
                 }
             }
             let mut sock = smoltcp::socket::tcp::Socket::new(
-                smoltcp::socket::tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-                smoltcp::socket::tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
+                smoltcp::socket::tcp::SocketBuffer::new(vec![0; self.cfg.tcp_buffer]),
+                smoltcp::socket::tcp::SocketBuffer::new(vec![0; self.cfg.tcp_buffer]),
             );
             sock.set_nagle_enabled(false);
             sock.set_ack_delay(None);
@@ -723,9 +766,11 @@ impl Engine {
                 phase,
                 pending: Vec::new(),
                 app_fin_sent: false,
+                paused: false,
                 silent: false,
                 last_ns: now_ns,
             };
+            self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
             if !sniff {
                 self.counters.opened += 1;
                 let ev = make_event(
@@ -750,31 +795,39 @@ impl Engine {
         // Everything else (and segments of unknown connections, which the
         // stack answers with an RST) goes through the stack.
         self.device.rx.push_back(raw.to_vec());
-        self.poll_stack(now_ns);
+        self.poll_stack(now_ns, Some(key));
     }
 
     /// Runs the TCP stack, moves app bytes along, judges, and collects the
-    /// packets it sends.
-    fn poll_stack(&mut self, now_ns: u64) {
+    /// packets it sends. With `only`, just that connection is serviced (a
+    /// packet or an upstream event touches one); without, all are (timers).
+    fn poll_stack(&mut self, now_ns: u64, only: Option<(SocketAddr, SocketAddr)>) {
         let t = super::stack::instant(now_ns);
         self.iface.poll(t, &mut self.device, &mut self.sockets);
-        self.service_tcp(now_ns);
+        match only {
+            Some(key) => self.service_tcp(now_ns, key),
+            None => {
+                let keys: Vec<_> = self.tcp.keys().copied().collect();
+                for key in keys {
+                    self.service_tcp(now_ns, key);
+                }
+            }
+        }
         self.iface.poll(t, &mut self.device, &mut self.sockets);
         while let Some(p) = self.device.tx.pop_front() {
             self.out.push_back(Output::ToTun(p));
         }
     }
 
-    fn service_tcp(&mut self, now_ns: u64) {
+    fn service_tcp(&mut self, now_ns: u64, key: (SocketAddr, SocketAddr)) {
         use smoltcp::socket::tcp::{Socket, State as S};
-        let keys: Vec<_> = self.tcp.keys().copied().collect();
-        let mut buf = vec![0u8; 16 * 1024];
-        for key in keys {
+        let buf = &mut self.scratch;
+        {
             let Some(f) = self.tcp.get_mut(&key) else {
-                continue;
+                return;
             };
             if f.silent {
-                continue;
+                return;
             }
             let sock = self.sockets.get_mut::<Socket>(f.handle);
             if let TcpPhase::Sniffing { since_ns: None } = f.phase
@@ -783,11 +836,14 @@ impl Engine {
                 f.phase = TcpPhase::Sniffing {
                     since_ns: Some(now_ns),
                 };
+                let t = now_ns + TCP_SNIFF_NS;
+                self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
             }
             // Read what the app sent (bounded while not open).
             let mut new_leak = false;
             loop {
                 let room = match f.phase {
+                    TcpPhase::Open if f.paused => 0,
                     TcpPhase::Open => buf.len(),
                     TcpPhase::Sniffing { .. } | TcpPhase::Connecting => TCP_SNIFF_BYTES
                         .saturating_sub(f.pending.len())
@@ -906,12 +962,13 @@ impl Engine {
             if drop_silently {
                 f.silent = true;
                 self.sockets.remove(f.handle);
-                continue;
+                return;
             }
             // The app finished sending.
             if !f.app_fin_sent
                 && f.phase == TcpPhase::Open
                 && f.pending.is_empty()
+                && sock.recv_queue() == 0
                 && matches!(
                     sock.state(),
                     S::CloseWait | S::LastAck | S::Closing | S::TimeWait
@@ -964,7 +1021,7 @@ impl Engine {
                 });
             }
         }
-        self.poll_stack(now_ns);
+        self.poll_stack(now_ns, Some(key));
     }
 
     /// Bytes from the flow's upstream connection, for the app. Returns how
@@ -992,8 +1049,37 @@ impl Engine {
             &data[..n],
             now_ns,
         );
-        self.poll_stack(now_ns);
+        self.poll_stack(now_ns, Some(key));
         n
+    }
+
+    /// How many bytes [`Engine::handle_tcp_from_upstream`] would take now
+    /// for the flow (room in its local send buffer); 0 for a flow that is
+    /// not open.
+    pub fn tcp_send_room(&self, flow: FlowId) -> usize {
+        self.tcp_ids
+            .get(&flow)
+            .and_then(|k| self.tcp.get(k))
+            .filter(|f| f.phase == TcpPhase::Open && !f.silent)
+            .map_or(0, |f| {
+                let s = self.sockets.get::<smoltcp::socket::tcp::Socket>(f.handle);
+                s.send_capacity() - s.send_queue()
+            })
+    }
+
+    /// Backpressure from upstream: while paused, the app's bytes for the
+    /// flow stay in its local socket (so its window closes) instead of
+    /// becoming [`Output::TcpSend`]; resuming moves them along at once.
+    pub fn set_tcp_upstream_paused(&mut self, flow: FlowId, paused: bool, now_ns: u64) {
+        let Some(key) = self.tcp_ids.get(&flow).copied() else {
+            return;
+        };
+        if let Some(f) = self.tcp.get_mut(&key) {
+            f.paused = paused;
+        }
+        if !paused {
+            self.poll_stack(now_ns, Some(key));
+        }
     }
 
     /// The upstream side closed cleanly: close towards the app (FIN).
@@ -1014,7 +1100,8 @@ impl Engine {
         now_ns: u64,
         op: fn(&mut smoltcp::socket::tcp::Socket<'static>),
     ) {
-        if let Some(key) = self.tcp_ids.get(&flow).copied()
+        let key = self.tcp_ids.get(&flow).copied();
+        if let Some(key) = key
             && let Some(f) = self.tcp.get(&key)
             && !f.silent
         {
@@ -1022,7 +1109,7 @@ impl Engine {
                 .sockets
                 .get_mut::<smoltcp::socket::tcp::Socket>(f.handle));
         }
-        self.poll_stack(now_ns);
+        self.poll_stack(now_ns, key);
     }
 
     fn event(&self, kind: &'static str, f: &FlowState, v: Option<&Verdict<'_>>) -> Event {

@@ -11,16 +11,26 @@ use smoltcp::phy::{
 use smoltcp::time::Instant;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 
-/// The MTU of the virtual link (the TUN's).
-pub const MTU: usize = 1500;
-
 /// Packets in (from the TUN) and out (to the TUN), in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct QueueDevice {
     /// Packets for the stack.
     pub rx: VecDeque<Vec<u8>>,
     /// Packets the stack sent.
     pub tx: VecDeque<Vec<u8>>,
+    /// The virtual link's MTU (the TUN's).
+    pub mtu: usize,
+}
+
+impl QueueDevice {
+    /// An empty device for a link with this MTU.
+    pub fn new(mtu: usize) -> Self {
+        Self {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            mtu,
+        }
+    }
 }
 
 /// Receive token.
@@ -61,7 +71,7 @@ impl Device for QueueDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ip;
-        c.max_transmission_unit = MTU;
+        c.max_transmission_unit = self.mtu;
         // Packets from the TUN come from the local kernel: their checksums
         // are checked anyway, and ours are computed.
         let mut cs = ChecksumCapabilities::default();

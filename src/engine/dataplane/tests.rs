@@ -354,7 +354,7 @@ impl App {
     fn connect(to: &str) -> Self {
         use smoltcp::iface::{Config, Interface, SocketSet};
         use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address};
-        let mut dev = crate::engine::stack::QueueDevice::default();
+        let mut dev = crate::engine::stack::QueueDevice::new(1500);
         let mut cfg = Config::new(HardwareAddress::Ip);
         cfg.random_seed = 7;
         let mut iface = Interface::new(cfg, &mut dev, smoltcp::time::Instant::from_micros(0));
@@ -883,4 +883,56 @@ proptest::proptest! {
             proptest::prop_assert!(e.flow_count() <= 8);
         }
     }
+}
+
+/// The app's FIN reaches upstream only after every byte before it, even
+/// when the upstream was paused (backpressure) while the app finished.
+#[test]
+fn the_app_fin_follows_all_its_bytes_through_a_paused_upstream() {
+    let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+    let mut app = App::connect("198.51.100.7:9000");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let (mut now, mut off, mut flow, mut upstream) = (S, 0usize, None, Vec::new());
+    let mut fin_at = None;
+    for step in 0..4000 {
+        now += MS;
+        for o in app.step(&mut e, now) {
+            match o {
+                Output::TcpOpen { flow: f, .. } => {
+                    flow = Some(f);
+                    e.handle_tcp_connected(f, now);
+                    // Pause at once: everything the app sends waits.
+                    e.set_tcp_upstream_paused(f, true, now);
+                }
+                Output::TcpSend { payload, .. } => {
+                    assert!(fin_at.is_none(), "bytes after the FIN");
+                    upstream.extend(payload);
+                }
+                Output::TcpFin { .. } => fin_at = Some(upstream.len()),
+                _ => {}
+            }
+        }
+        if app.socket().may_send() && off < data.len() {
+            off += app.socket().send_slice(&data[off..]).unwrap_or(0);
+            if off == data.len() {
+                app.socket().close();
+            }
+        }
+        // Resume after a while, with the app long finished.
+        if step == 300
+            && let Some(f) = flow
+        {
+            e.set_tcp_upstream_paused(f, false, now);
+        }
+        if fin_at.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        fin_at,
+        Some(data.len()),
+        "FIN after all {} bytes",
+        data.len()
+    );
+    assert!(upstream == data, "the bytes, in order");
 }

@@ -1,0 +1,96 @@
+//! The options every command that judges traffic shares: which rules,
+//! which world database, which identifiers to watch for.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use geowall::classify::leak::LeakDetector;
+use geowall::intel::World;
+use geowall::intel::catalog::Catalog;
+use geowall::policy::{Policy, bundle};
+
+/// Rules, world and identifiers.
+#[derive(clap::Args)]
+pub(crate) struct RulesArgs {
+    /// A shipped preset (default, clubhouse, strict).
+    #[arg(long, conflicts_with_all = ["policy", "bundle"])]
+    preset: Option<String>,
+    /// A policy file.
+    #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
+    policy: Option<PathBuf>,
+    /// A signed rules bundle (needs --pubkey).
+    #[arg(long, value_name = "FILE", requires = "pubkey")]
+    bundle: Option<PathBuf>,
+    /// Trusted public key for --bundle.
+    #[arg(long, value_name = "FILE")]
+    pubkey: Vec<PathBuf>,
+    /// An identifier to look for in cleartext, as LABEL=VALUE (repeatable).
+    #[arg(long = "identifier", value_name = "LABEL=VALUE")]
+    identifiers: Vec<String>,
+    /// World database instead of the shipped one.
+    #[arg(long, value_name = "FILE")]
+    world: Option<PathBuf>,
+}
+
+/// What [`RulesArgs::load`] gives.
+pub(crate) struct Loaded {
+    pub(crate) policy: Policy,
+    pub(crate) catalog: Catalog,
+    pub(crate) leak: Option<LeakDetector>,
+    pub(crate) world: Arc<World>,
+}
+
+impl RulesArgs {
+    /// Reads, checks and compiles everything the options name.
+    pub(crate) fn load(&self) -> anyhow::Result<Loaded> {
+        let (policy, catalog) = match (&self.bundle, &self.policy) {
+            (Some(b), _) => {
+                let bytes =
+                    std::fs::read(b).with_context(|| format!("cannot read {}", b.display()))?;
+                let keys = self
+                    .pubkey
+                    .iter()
+                    .map(|p| bundle::read_verifying_key(p))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let opened = bundle::open(&bytes, &keys, None, now)
+                    .with_context(|| format!("{}: rejected", b.display()))?;
+                (opened.policy, opened.catalog)
+            }
+            (None, Some(p)) => {
+                let c = Catalog::shipped()?;
+                (Policy::load(p, &c)?, c)
+            }
+            (None, None) => {
+                let c = Catalog::shipped()?;
+                (
+                    Policy::preset(self.preset.as_deref().unwrap_or("default"), &c)?,
+                    c,
+                )
+            }
+        };
+        let mut ids = Vec::new();
+        for s in &self.identifiers {
+            let (l, v) = s
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--identifier '{s}': expected LABEL=VALUE"))?;
+            ids.push((l.to_owned(), v.to_owned()));
+        }
+        let leak = if ids.is_empty() {
+            None
+        } else {
+            Some(LeakDetector::new(&ids)?)
+        };
+        let world = super::load_world(self.world.as_ref())?;
+        Ok(Loaded {
+            policy,
+            catalog,
+            leak,
+            world,
+        })
+    }
+}

@@ -1,0 +1,279 @@
+//! The IO around the sans-IO engine: a TUN device read and written on
+//! tokio, real upstream sockets (kept out of the TUN, see [`protect`]), and
+//! the engine's clock.
+//!
+//! One task runs the engine loop: it reads packets from the TUN in
+//! batches, feeds them to the [`Engine`] with the time, and carries out
+//! what the engine asks ([`Output`]): packets back to the TUN, upstream
+//! sockets opened, written, closed (each flow's socket is a small task of
+//! its own, [`upstream`]), events to the caller. Everything runs on the
+//! caller's tokio runtime; a current-thread runtime is enough and is what
+//! `geowall tunnel` uses.
+//!
+//! **Fail-closed.** The driver forwards nothing by itself: every byte that
+//! leaves goes through a socket the engine asked for. If the process dies,
+//! the TUN's file descriptor closes and the kernel deletes the device with
+//! its routes; an app namespace whose only interface was the TUN (as
+//! `geowall tunnel --netns` and `geowall exec` set up) is then left with no
+//! route at all, so nothing leaves until geowall is back.
+
+pub mod protect;
+pub mod tun;
+pub mod upstream;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::engine::dataplane::{Engine, EngineCounters, Event, FlowId, Output};
+pub use protect::{Protection, SocketProtector};
+pub use tun::{Tun, TunSpec};
+use upstream::{Cmd, Shared, UP_QUEUE, Up};
+
+/// Packets read from the TUN before the loop looks at anything else.
+const TUN_BATCH: usize = 64;
+/// Reports from upstream tasks handled before the loop looks elsewhere.
+const REPORT_BATCH: usize = 64;
+
+/// A flow's upstream side, as the loop sees it.
+struct Link {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    shared: Arc<Shared>,
+    /// Server bytes the app's window could not take yet.
+    down: VecDeque<Vec<u8>>,
+    /// The server closed; tell the app once `down` is empty.
+    eof: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// The engine's counters.
+    pub counters: EngineCounters,
+    /// Upstream sockets that failed to open or broke, by error kind.
+    pub upstream_failures: HashMap<String, u64>,
+}
+
+/// Runs the engine on `tun` until `shutdown` completes or the TUN fails.
+/// `on_event` gets every decision.
+///
+/// # Errors
+/// Reading or writing the TUN failed (for example, the device was
+/// removed); the error says which.
+pub async fn run(
+    mut engine: Engine,
+    tun: Tun,
+    protection: Protection,
+    mut on_event: impl FnMut(&Event),
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<Summary> {
+    let start = Instant::now();
+    let now = || u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let (report_tx, mut reports) = mpsc::unbounded_channel::<(FlowId, Up)>();
+    let mut links: HashMap<FlowId, Link> = HashMap::new();
+    let mut stalled: HashSet<FlowId> = HashSet::new();
+    let mut buf = vec![0u8; usize::from(tun.mtu()).max(1500) + 64];
+    let mut summary = Summary::default();
+    tokio::pin!(shutdown);
+    loop {
+        // Carry out what the engine asked.
+        while let Some(o) = engine.poll_output() {
+            match o {
+                Output::ToTun(p) => tun.send(&p).await?,
+                Output::Event(e) => on_event(&e),
+                Output::TcpOpen { flow, dst } => {
+                    let (link, rx) = new_link();
+                    let shared = link.shared.clone();
+                    links.insert(flow, link);
+                    let (p, r) = (protection.clone(), report_tx.clone());
+                    tokio::spawn(upstream::tcp(flow, dst, p, rx, shared, r));
+                }
+                Output::UdpOpen { flow, dst } => {
+                    let (link, rx) = new_link();
+                    links.insert(flow, link);
+                    let (p, r) = (protection.clone(), report_tx.clone());
+                    tokio::spawn(upstream::udp(flow, dst, p, rx, r));
+                }
+                Output::EchoRequest {
+                    flow,
+                    dst,
+                    seq,
+                    data,
+                } => {
+                    let link = links.entry(flow).or_insert_with(|| {
+                        let (link, rx) = new_link();
+                        let (p, r) = (protection.clone(), report_tx.clone());
+                        tokio::spawn(upstream::echo(flow, dst, p, rx, r));
+                        link
+                    });
+                    let _ = link.cmds.send(Cmd::Echo { seq, data });
+                }
+                Output::UdpSend { flow, payload } => {
+                    if let Some(l) = links.get(&flow) {
+                        let _ = l.cmds.send(Cmd::Data(payload));
+                    }
+                }
+                Output::TcpSend { flow, payload } => {
+                    if let Some(l) = links.get(&flow) {
+                        let n = payload.len();
+                        let _ = l.cmds.send(Cmd::Data(payload));
+                        let q = l.shared.up_queued.fetch_add(n, Ordering::AcqRel) + n;
+                        if q >= UP_QUEUE {
+                            engine.set_tcp_upstream_paused(flow, true, now());
+                        }
+                    }
+                }
+                Output::TcpFin { flow } => {
+                    if let Some(l) = links.get(&flow) {
+                        let _ = l.cmds.send(Cmd::Fin);
+                    }
+                }
+                Output::Close { flow } => {
+                    // Dropping the sender ends the task and its socket.
+                    links.remove(&flow);
+                    stalled.remove(&flow);
+                }
+            }
+        }
+        let deadline = engine
+            .poll_timeout()
+            .map(|t| start + Duration::from_nanos(t));
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            r = tun.recv(&mut buf) => {
+                let mut next = Some(r);
+                for _ in 0..TUN_BATCH {
+                    match next {
+                        Some(Ok(n)) => engine.handle_tun(&buf[..n], now()),
+                        Some(Err(e)) => return Err(tun_error(&e)),
+                        None => break,
+                    }
+                    next = tun.try_recv(&mut buf);
+                }
+            }
+            r = reports.recv() => {
+                let mut next = r;
+                for _ in 0..REPORT_BATCH {
+                    let Some((flow, up)) = next else { break };
+                    on_report(&mut engine, &mut links, &mut stalled, &mut summary, flow, up, now());
+                    next = reports.try_recv().ok();
+                }
+            }
+            () = sleep_until(deadline) => engine.handle_timeout(now()),
+        }
+        // Server bytes that waited for the app's window.
+        if !stalled.is_empty() {
+            let t = now();
+            stalled.retain(|&flow| {
+                let Some(l) = links.get_mut(&flow) else {
+                    return false;
+                };
+                push_down(&mut engine, flow, l, t);
+                !l.down.is_empty() || l.eof
+            });
+        }
+    }
+    summary.counters = engine.counters.clone();
+    Ok(summary)
+}
+
+fn tun_error(e: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("reading the TUN: {e}"))
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn new_link() -> (Link, mpsc::UnboundedReceiver<Cmd>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Link {
+            cmds: tx,
+            shared: Arc::new(Shared::default()),
+            down: VecDeque::new(),
+            eof: false,
+        },
+        rx,
+    )
+}
+
+/// Offers the flow's waiting server bytes to the app's window; tells the
+/// app about the server's close once all are through.
+fn push_down(engine: &mut Engine, flow: FlowId, l: &mut Link, now: u64) {
+    while let Some(front) = l.down.front_mut() {
+        if engine.tcp_send_room(flow) == 0 {
+            return;
+        }
+        let n = engine.handle_tcp_from_upstream(flow, front, now);
+        l.shared.taken(n);
+        if n == front.len() {
+            l.down.pop_front();
+        } else {
+            front.drain(..n);
+            return;
+        }
+    }
+    if l.eof {
+        l.eof = false;
+        engine.handle_tcp_upstream_closed(flow, now);
+    }
+}
+
+fn on_report(
+    engine: &mut Engine,
+    links: &mut HashMap<FlowId, Link>,
+    stalled: &mut HashSet<FlowId>,
+    summary: &mut Summary,
+    flow: FlowId,
+    up: Up,
+    now: u64,
+) {
+    let Some(l) = links.get_mut(&flow) else {
+        // The flow was closed meanwhile.
+        return;
+    };
+    match up {
+        Up::Connected => engine.handle_tcp_connected(flow, now),
+        Up::Failed { tcp, error } => {
+            *summary
+                .upstream_failures
+                .entry(format!("{:?}", error.kind()))
+                .or_insert(0) += 1;
+            links.remove(&flow);
+            stalled.remove(&flow);
+            if tcp {
+                engine.handle_tcp_upstream_failed(flow, now);
+            }
+        }
+        Up::Datagram(d) => engine.handle_udp_from_upstream(flow, &d, now),
+        Up::Data(d) => {
+            l.down.push_back(d);
+            push_down(engine, flow, l, now);
+            if !l.down.is_empty() {
+                stalled.insert(flow);
+            }
+        }
+        Up::Echo { seq, data } => engine.handle_echo_reply(flow, seq, &data, now),
+        Up::Eof => {
+            l.eof = true;
+            push_down(engine, flow, l, now);
+            if l.eof {
+                stalled.insert(flow);
+            }
+        }
+        Up::Drained => {
+            if l.shared.up_queued.load(Ordering::Acquire) < UP_QUEUE {
+                engine.set_tcp_upstream_paused(flow, false, now);
+            }
+        }
+    }
+}

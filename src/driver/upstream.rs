@@ -1,0 +1,321 @@
+//! The real sockets behind allowed flows: one small task per flow, which
+//! connects (protected) and relays between its socket and the engine loop.
+//!
+//! Flow control both ways is by byte counts shared with the loop: a task
+//! stops reading from its server while [`DOWN_WINDOW`] bytes it read are
+//! still waiting for room in the app's window, and the loop pauses reading
+//! from the app while [`UP_QUEUE`] bytes wait to be written upstream. So a
+//! flow's memory here is bounded whatever the two ends do.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+
+use super::protect::Protection;
+use crate::engine::dataplane::FlowId;
+
+/// Server bytes read but not yet taken by the app's window, per flow, at
+/// most (plus one read).
+pub const DOWN_WINDOW: usize = 256 * 1024;
+/// App bytes queued for the server, per flow, before the app is paused.
+pub const UP_QUEUE: usize = 256 * 1024;
+/// Bytes read from a server at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// How long an upstream TCP connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// From the loop to a flow's task.
+#[derive(Debug)]
+pub enum Cmd {
+    /// Bytes (TCP) or one datagram (UDP) to send.
+    Data(Vec<u8>),
+    /// An echo request.
+    Echo {
+        /// Sequence number.
+        seq: u16,
+        /// Data after the header.
+        data: Vec<u8>,
+    },
+    /// Shut down the write side (TCP).
+    Fin,
+}
+
+/// From a flow's task to the loop.
+#[derive(Debug)]
+pub enum Up {
+    /// The TCP connection is up.
+    Connected,
+    /// Opening, connecting, sending or receiving failed.
+    Failed {
+        /// A TCP flow's (the app's side is then reset).
+        tcp: bool,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// Bytes from the server (TCP).
+    Data(Vec<u8>),
+    /// A datagram from the server (UDP).
+    Datagram(Vec<u8>),
+    /// An echo reply.
+    Echo {
+        /// Sequence number.
+        seq: u16,
+        /// Data after the header.
+        data: Vec<u8>,
+    },
+    /// The server closed its side (TCP).
+    Eof,
+    /// The upstream queue fell below [`UP_QUEUE`].
+    Drained,
+}
+
+/// Counters a flow's task shares with the loop.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Bytes read from the server and not yet taken by the engine.
+    pub down_inflight: AtomicUsize,
+    /// Bytes queued for the server.
+    pub up_queued: AtomicUsize,
+    /// Wakes the task when `down_inflight` falls below [`DOWN_WINDOW`].
+    pub room: Notify,
+}
+
+impl Shared {
+    /// The engine took `n` of the task's bytes.
+    pub fn taken(&self, n: usize) {
+        let before = self.down_inflight.fetch_sub(n, Ordering::AcqRel);
+        if before >= DOWN_WINDOW && before - n < DOWN_WINDOW {
+            self.room.notify_one();
+        }
+    }
+}
+
+/// Where a task reports.
+pub type Reports = mpsc::UnboundedSender<(FlowId, Up)>;
+
+fn socket(
+    dst: IpAddr,
+    ty: socket2::Type,
+    proto: socket2::Protocol,
+    prot: &Protection,
+) -> std::io::Result<socket2::Socket> {
+    let domain = match dst {
+        IpAddr::V4(_) => socket2::Domain::IPV4,
+        IpAddr::V6(_) => socket2::Domain::IPV6,
+    };
+    let s = socket2::Socket::new(domain, ty, Some(proto))?;
+    prot.apply(&s)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Connects to `dst` and relays until either side is done.
+pub async fn tcp(
+    flow: FlowId,
+    dst: SocketAddr,
+    prot: Protection,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    shared: Arc<Shared>,
+    reports: Reports,
+) {
+    let connect = async {
+        let s = socket(
+            dst.ip(),
+            socket2::Type::STREAM,
+            socket2::Protocol::TCP,
+            &prot,
+        )?;
+        s.set_tcp_nodelay(true)?;
+        let s = tokio::net::TcpSocket::from_std_stream(s.into());
+        match tokio::time::timeout(CONNECT_TIMEOUT, s.connect(dst)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect to {dst} timed out"),
+            )),
+        }
+    };
+    let stream = match connect.await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = reports.send((
+                flow,
+                Up::Failed {
+                    tcp: true,
+                    error: e,
+                },
+            ));
+            return;
+        }
+    };
+    let _ = reports.send((flow, Up::Connected));
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut reading = true;
+    loop {
+        let may_read = reading && shared.down_inflight.load(Ordering::Acquire) < DOWN_WINDOW;
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Data(b)) => {
+                    if let Err(e) = wr.write_all(&b).await {
+                        let _ = reports.send((flow, Up::Failed { tcp: true, error: e }));
+                        return;
+                    }
+                    let before = shared.up_queued.fetch_sub(b.len(), Ordering::AcqRel);
+                    if before >= UP_QUEUE && before - b.len() < UP_QUEUE {
+                        let _ = reports.send((flow, Up::Drained));
+                    }
+                }
+                Some(Cmd::Fin) => {
+                    let _ = wr.shutdown().await;
+                }
+                Some(Cmd::Echo { .. }) => {}
+                // The loop closed the flow.
+                None => return,
+            },
+            r = rd.read(&mut buf), if may_read => match r {
+                Ok(0) => {
+                    reading = false;
+                    let _ = reports.send((flow, Up::Eof));
+                }
+                Ok(n) => {
+                    shared.down_inflight.fetch_add(n, Ordering::AcqRel);
+                    let _ = reports.send((flow, Up::Data(buf[..n].to_vec())));
+                }
+                Err(e) => {
+                    let _ = reports.send((flow, Up::Failed { tcp: true, error: e }));
+                    return;
+                }
+            },
+            () = shared.room.notified(), if reading && !may_read => {}
+        }
+    }
+}
+
+/// A connected UDP socket to `dst`; relays datagrams both ways.
+pub async fn udp(
+    flow: FlowId,
+    dst: SocketAddr,
+    prot: Protection,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    reports: Reports,
+) {
+    let open = async {
+        let s = socket(
+            dst.ip(),
+            socket2::Type::DGRAM,
+            socket2::Protocol::UDP,
+            &prot,
+        )?;
+        let s = tokio::net::UdpSocket::from_std(s.into())?;
+        s.connect(dst).await?;
+        Ok::<_, std::io::Error>(s)
+    };
+    let sock = match open.await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = reports.send((
+                flow,
+                Up::Failed {
+                    tcp: false,
+                    error: e,
+                },
+            ));
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Data(b)) => {
+                    // A datagram the kernel cannot take now is lost, as on
+                    // any UDP path; refused sends (ICMP errors) are too.
+                    let _ = sock.send(&b).await;
+                }
+                Some(_) => {}
+                None => return,
+            },
+            r = sock.recv(&mut buf) => {
+                // Errors (ECONNREFUSED and the like) leave the flow as it
+                // is, as UDP does.
+                if let Ok(n) = r {
+                    let _ = reports.send((flow, Up::Datagram(buf[..n].to_vec())));
+                }
+            }
+        }
+    }
+}
+
+/// An unprivileged ICMP ("ping") socket to `dst`; sends echo requests and
+/// relays replies. Needs the process's group in `net.ipv4.ping_group_range`
+/// (it covers ICMPv6 too); otherwise the flow fails with that reason.
+pub async fn echo(
+    flow: FlowId,
+    dst: IpAddr,
+    prot: Protection,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    reports: Reports,
+) {
+    let (proto, request, reply) = match dst {
+        IpAddr::V4(_) => (socket2::Protocol::ICMPV4, 8u8, 0u8),
+        IpAddr::V6(_) => (socket2::Protocol::ICMPV6, 128, 129),
+    };
+    let open = || -> std::io::Result<tokio::net::UdpSocket> {
+        let s = socket(dst, socket2::Type::DGRAM, proto, &prot).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot open a ping socket ({e}); is the group in net.ipv4.ping_group_range?"
+                ),
+            )
+        })?;
+        s.connect(&SocketAddr::new(dst, 0).into())?;
+        // A ping socket is a datagram socket: tokio's UDP type carries it.
+        tokio::net::UdpSocket::from_std(s.into())
+    };
+    let sock = match open() {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = reports.send((
+                flow,
+                Up::Failed {
+                    tcp: false,
+                    error: e,
+                },
+            ));
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 65_536];
+    let mut pkt = Vec::new();
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Echo { seq, data }) => {
+                    pkt.clear();
+                    // The kernel fills in the identifier and the checksum.
+                    pkt.extend_from_slice(&[request, 0, 0, 0, 0, 0]);
+                    pkt.extend_from_slice(&seq.to_be_bytes());
+                    pkt.extend_from_slice(&data);
+                    let _ = sock.send(&pkt).await;
+                }
+                Some(_) => {}
+                None => return,
+            },
+            r = sock.recv(&mut buf) => {
+                if let Ok(n) = r
+                    && n >= 8
+                    && buf[0] == reply
+                {
+                    let seq = u16::from_be_bytes([buf[6], buf[7]]);
+                    let _ = reports.send((flow, Up::Echo { seq, data: buf[8..n].to_vec() }));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! End to end through a real TUN, in network namespaces (root only; skips
+//! otherwise): allowed flows work byte for byte, blocked flows put zero
+//! packets on the wire at the server's side, rejected TCP sees an RST.
+//! Servers sit in the test world's CN, HK, US and DE ranges.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use support::{Net, addr, in_ns};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The clubhouse rules, plus TCP rules to see reject and drop on the wire.
+const POLICY: &str = r#"
+name = "e2e"
+default = "allow"
+
+[[rule]]
+name = "reject tcp 7000 to PRC"
+action = "block"
+block = "reject"
+protocol = ["tcp"]
+port = [7000]
+jurisdiction = { countries = ["CN", "HK", "MO"] }
+
+[[rule]]
+name = "drop tcp 7001 to PRC"
+action = "block"
+block = "drop"
+protocol = ["tcp"]
+port = [7001]
+jurisdiction = { countries = ["CN", "HK", "MO"] }
+
+[[rule]]
+name = "no pings or media to PRC jurisdiction"
+action = "block"
+block = "reject"
+traffic = ["ping", "media"]
+jurisdiction = { countries = ["CN", "HK", "MO"], layers = ["geo", "network", "owner", "vendor"], disputed = "any" }
+"#;
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("ip"), port)
+}
+
+fn echo(req: &[u8]) -> Vec<u8> {
+    req.to_vec()
+}
+
+/// Answers a ClientHello with the server name it carries.
+fn sni_reply(req: &[u8]) -> Vec<u8> {
+    let mut scratch = Vec::new();
+    match geowall::wire::tls::client_hello(req, &mut scratch) {
+        geowall::wire::tls::Hello::Found(h) => format!("sni:{}", h.sni.unwrap_or("-")).into_bytes(),
+        _ => b"not a hello".to_vec(),
+    }
+}
+
+fn silent(_: &[u8]) -> Vec<u8> {
+    Vec::new()
+}
+
+/// Sends `req`, closes the sending side, reads the whole answer.
+fn tcp_exchange(to: SocketAddr, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&to, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.write_all(req)?;
+    s.shutdown(Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Sends one datagram and waits for one back.
+fn udp_exchange(to: SocketAddr, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(to)?;
+    s.set_read_timeout(Some(Duration::from_millis(700)))?;
+    s.send(req)?;
+    let mut buf = vec![0u8; 65_536];
+    let n = s.recv(&mut buf)?;
+    Ok(buf[..n].to_vec())
+}
+
+/// One echo request from an unprivileged ping socket; the reply's data.
+fn ping(to: &str) -> std::io::Result<Vec<u8>> {
+    let ip: std::net::IpAddr = to.parse().map_err(std::io::Error::other)?;
+    let (domain, proto, kind) = if ip.is_ipv4() {
+        (socket2::Domain::IPV4, socket2::Protocol::ICMPV4, 8u8)
+    } else {
+        (socket2::Domain::IPV6, socket2::Protocol::ICMPV6, 128u8)
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(proto))?;
+    s.set_read_timeout(Some(Duration::from_millis(700)))?;
+    s.connect(&SocketAddr::new(ip, 0).into())?;
+    let mut pkt = vec![kind, 0, 0, 0, 0, 0, 0, 1];
+    pkt.extend_from_slice(b"geowall-ping-payload");
+    s.send(&pkt)?;
+    let mut buf = vec![0u8; 2048];
+    let n = (&s).read(&mut buf)?;
+    Ok(buf[8.min(n)..n].to_vec())
+}
+
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 96];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(&[0x55; 160]);
+    p
+}
+
+/// An SD-RTN-shaped probe naming an Agora edge (the vendor layer says CN
+/// wherever the address is).
+fn sd_rtn(host: &str) -> Vec<u8> {
+    let mut p = vec![
+        0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x21, 0, 0, 0, 0, 0, 0x04, 0x53, 0x4E, 0x49,
+    ];
+    p.extend_from_slice(&(host.len() as u16).to_be_bytes());
+    p.push(0);
+    p.extend_from_slice(host.as_bytes());
+    p.extend_from_slice(&[0; 8]);
+    p
+}
+
+#[test]
+fn allowed_flows_work_and_blocked_flows_never_reach_the_server() {
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    let mut net = Net::new();
+    let world = support::test_world(net.dir.path());
+    let policy = net.dir.path().join("e2e.toml");
+    std::fs::write(&policy, POLICY).expect("policy");
+    for ip in [addr::US, addr::CN, addr::US6, addr::CN6] {
+        net.tcp_server(sa(ip, 7000), echo);
+        net.tcp_server(sa(ip, 7001), echo);
+        net.udp_server(sa(ip, 7000), echo);
+    }
+    net.tcp_server(sa(addr::US, 7443), sni_reply);
+    for ip in [addr::US, addr::CN, addr::DE, addr::CN6] {
+        net.udp_server(sa(ip, 5004), echo);
+    }
+    net.udp_server(sa(addr::HK, 4001), silent);
+    net.udp_server(sa(addr::US, 4001), silent);
+    net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
+
+    let app = net.app.clone();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    in_ns(&app, || {
+        // TCP, both families, byte for byte (300 kB each way).
+        for ip in [addr::US, addr::US6] {
+            let got = tcp_exchange(sa(ip, 7000), &big).expect("tcp to US");
+            assert!(
+                got == big,
+                "TCP to {ip}: {} bytes back, not the same",
+                got.len()
+            );
+        }
+        // A TLS ClientHello reaches the server intact.
+        let hello = support::client_hello("meet.example.org");
+        let got = tcp_exchange(sa(addr::US, 7443), &hello).expect("tls to US");
+        assert_eq!(got, b"sni:meet.example.org");
+        // Rejected TCP: an RST (refused or reset), never an answer.
+        for ip in [addr::CN, addr::CN6] {
+            match tcp_exchange(sa(ip, 7000), b"hello") {
+                Err(e) => assert!(
+                    matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset
+                    ),
+                    "TCP to {ip}:7000: {e}"
+                ),
+                Ok(b) => panic!("TCP to {ip}:7000 was answered: {b:?}"),
+            }
+        }
+        // Dropped TCP: no answer at all.
+        assert!(tcp_exchange(sa(addr::CN, 7001), b"hello").is_err());
+        // UDP echo, both families.
+        for ip in [addr::US, addr::US6] {
+            let got = udp_exchange(sa(ip, 7000), b"udp hello").expect("udp to US");
+            assert_eq!(got, b"udp hello");
+        }
+        // Media: allowed to DE, blocked to CN (v4 and v6).
+        assert_eq!(
+            udp_exchange(sa(addr::DE, 5004), &rtp(1)).expect("rtp to DE"),
+            rtp(1)
+        );
+        for ip in [addr::CN, addr::CN6] {
+            for seq in 1..=5 {
+                assert!(
+                    udp_exchange(sa(ip, 5004), &rtp(seq)).is_err(),
+                    "RTP to {ip}"
+                );
+            }
+        }
+        // SD-RTN probes: to HK, and to a US address (caught by the vendor).
+        for ip in [addr::HK, addr::US] {
+            let _ = udp_exchange(sa(ip, 4001), &sd_rtn("104-166-161-75.edge.agora.io"));
+        }
+        // Ping: US answers, v4 and v6; CN and a US-located CN network don't.
+        assert_eq!(ping(addr::US).expect("ping US"), b"geowall-ping-payload");
+        assert_eq!(ping(addr::US6).expect("ping US6"), b"geowall-ping-payload");
+        for ip in [addr::CN, addr::US_CN_NET, addr::CN6] {
+            assert!(ping(ip).is_err(), "ping {ip} was answered");
+        }
+    });
+    // Let the last packets land before reading the counters.
+    std::thread::sleep(Duration::from_millis(200));
+    let blocked = [
+        (addr::CN, 6, 7000),
+        (addr::CN6, 6, 7000),
+        (addr::CN, 6, 7001),
+        (addr::CN, 17, 5004),
+        (addr::CN6, 17, 5004),
+        (addr::HK, 17, 4001),
+        (addr::US, 17, 4001),
+        (addr::CN, 1, 0),
+        (addr::US_CN_NET, 1, 0),
+        (addr::CN6, 58, 0),
+    ];
+    for (ip, proto, port) in blocked {
+        assert_eq!(
+            net.count(ip, proto, port),
+            0,
+            "packets reached {ip} proto {proto} port {port}"
+        );
+    }
+    let allowed = [
+        (addr::US, 6, 7000),
+        (addr::US6, 6, 7000),
+        (addr::US, 6, 7443),
+        (addr::US, 17, 7000),
+        (addr::US6, 17, 7000),
+        (addr::DE, 17, 5004),
+        (addr::US, 1, 0),
+        (addr::US6, 58, 0),
+    ];
+    for (ip, proto, port) in allowed {
+        assert!(
+            net.count(ip, proto, port) > 0,
+            "nothing reached {ip} proto {proto} port {port}"
+        );
+    }
+    // Every decision is an event with its rule and layer.
+    let events = net.events();
+    let find = |kind: &str, server: &str| {
+        events
+            .iter()
+            .find(|e| e["kind"] == kind && e["server"] == server)
+            .unwrap_or_else(|| panic!("no {kind} event for {server}: {events:#?}"))
+    };
+    let e = find("blocked", &format!("{}:4001", addr::US));
+    assert_eq!(e["layer"], "vendor:CN");
+    assert_eq!(e["server_name"], "104-166-161-75.edge.agora.io");
+    assert_eq!(
+        find("blocked", &format!("{}:7000", addr::CN))["rule"],
+        "reject tcp 7000 to PRC"
+    );
+    assert_eq!(find("blocked", addr::US_CN_NET)["layer"], "network:CN");
+    assert_eq!(
+        find("opened", &format!("{}:7443", addr::US))["server_name"],
+        "meet.example.org"
+    );
+    net.stop_geowall();
+}

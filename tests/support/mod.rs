@@ -1,0 +1,449 @@
+//! A private internet in network namespaces, for end-to-end tests (see
+//! `shared/docs/testing.md`): an app namespace whose only way out is
+//! geowall's TUN, a firewall namespace where `geowall tunnel` runs, and an
+//! "internet" namespace with the test's servers on its loopback, reached
+//! over a veth pair. Only documentation and benchmark ranges are used, and
+//! every namespace is deleted when the [`Net`] is dropped (and leftovers of
+//! dead test processes at the next start).
+#![allow(dead_code, reason = "each test binary uses a part")]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Whether this process may build namespaces; prints why not.
+pub(crate) fn root_or_skip(test: &str) -> bool {
+    let why = if !nix::unistd::geteuid().is_root() {
+        Some("not root")
+    } else if !Path::new("/dev/net/tun").exists() {
+        Some("no /dev/net/tun")
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        Some("no `ip` (iproute2)")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        eprintln!("{test}: skipped ({why}); these tests need root, /dev/net/tun and iproute2");
+        return false;
+    }
+    true
+}
+
+/// Runs `ip ARGS`, panicking with its message on failure.
+pub(crate) fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`: the sockets it
+/// makes live there.
+pub(crate) fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(ns);
+            f()
+        })
+        .join()
+        .expect("the namespace thread")
+    })
+}
+
+/// Moves the calling thread into namespace `ns`.
+pub(crate) fn enter(ns: &str) {
+    let f = File::open(format!("/run/netns/{ns}")).expect("the namespace exists");
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// Deletes namespaces left by test processes that are gone.
+fn clean_leftovers() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // gw{a,f,n}{pid}x{n}
+        if let Some(rest) = name.strip_prefix("gw")
+            && let Some(pid) = rest.get(1..).and_then(|r| r.split('x').next())
+            && let Ok(pid) = pid.parse::<u32>()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        }
+    }
+}
+
+/// The server addresses (see `tests/fixtures/world.csv`).
+pub(crate) mod addr {
+    /// Geolocated CN, network CN.
+    pub(crate) const CN: &str = "203.0.113.10";
+    /// Geolocated HK, network CN.
+    pub(crate) const HK: &str = "203.0.113.200";
+    /// Geolocated US, network US.
+    pub(crate) const US: &str = "198.51.100.10";
+    /// Geolocated US, network registered in CN.
+    pub(crate) const US_CN_NET: &str = "192.0.2.10";
+    /// Geolocated DE, network DE.
+    pub(crate) const DE: &str = "192.0.2.200";
+    /// IPv6, CN.
+    pub(crate) const CN6: &str = "2001:db8:86::10";
+    /// IPv6, US.
+    pub(crate) const US6: &str = "2001:db8:1::10";
+}
+
+/// Packets seen on the internet side, by destination address, IP protocol
+/// and destination port (0 for ICMP).
+pub(crate) type Counts = Arc<Mutex<HashMap<(IpAddr, u8, u16), u64>>>;
+
+/// The three namespaces, the servers' stop flag, and geowall.
+pub(crate) struct Net {
+    /// The app namespace.
+    pub(crate) app: String,
+    /// The firewall namespace.
+    pub(crate) fw: String,
+    /// The internet namespace.
+    pub(crate) net: String,
+    /// The internet side of the veth pair.
+    pub(crate) veth_net: String,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Packets counted on the internet side of the link.
+    pub(crate) counts: Counts,
+    geowall: Option<Child>,
+    /// Where geowall writes its events.
+    pub(crate) events: PathBuf,
+    /// The TUN's name.
+    pub(crate) tun: String,
+    /// A scratch directory.
+    pub(crate) dir: tempfile::TempDir,
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Net {
+    /// Builds the namespaces and the link, puts the servers' addresses on
+    /// the internet's loopback, and starts counting packets there.
+    pub(crate) fn new() -> Self {
+        clean_leftovers();
+        let id = format!(
+            "{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let (app, fw, net) = (format!("gwa{id}"), format!("gwf{id}"), format!("gwn{id}"));
+        let (vf, vn) = (format!("gvf{id}"), format!("gvn{id}"));
+        let mut me = Self {
+            app: app.clone(),
+            fw: fw.clone(),
+            net: net.clone(),
+            veth_net: vn.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            counts: Counts::default(),
+            geowall: None,
+            events: PathBuf::new(),
+            tun: format!("gwt{id}"),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        me.events = me.dir.path().join("events.jsonl");
+        for n in [&app, &fw, &net] {
+            ip(&["netns", "add", n]);
+            ip(&["-n", n, "link", "set", "lo", "up"]);
+        }
+        ip(&[
+            "link", "add", &vf, "netns", &fw, "type", "veth", "peer", "name", &vn, "netns", &net,
+        ]);
+        ip(&["-n", &fw, "addr", "add", "198.18.0.1/30", "dev", &vf]);
+        ip(&["-n", &net, "addr", "add", "198.18.0.2/30", "dev", &vn]);
+        ip(&[
+            "-n",
+            &fw,
+            "addr",
+            "add",
+            "2001:db8:ff00::1/64",
+            "dev",
+            &vf,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &net,
+            "addr",
+            "add",
+            "2001:db8:ff00::2/64",
+            "dev",
+            &vn,
+            "nodad",
+        ]);
+        ip(&["-n", &fw, "link", "set", &vf, "up"]);
+        ip(&["-n", &net, "link", "set", &vn, "up"]);
+        ip(&["-n", &fw, "route", "add", "default", "via", "198.18.0.2"]);
+        ip(&[
+            "-n",
+            &fw,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:ff00::2",
+        ]);
+        for a in [addr::CN, addr::HK, addr::US, addr::US_CN_NET, addr::DE] {
+            ip(&["-n", &net, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
+        }
+        for a in [addr::CN6, addr::US6] {
+            ip(&[
+                "-n",
+                &net,
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ]);
+        }
+        // Unprivileged ping sockets: geowall's upstream echo and the app's.
+        for n in [&fw, &app] {
+            sysctl(n, "net.ipv4.ping_group_range", "0 2147483647");
+        }
+        me.start_counter();
+        me
+    }
+
+    fn start_counter(&mut self) {
+        let (net, stop, counts) = (self.net.clone(), self.stop.clone(), self.counts.clone());
+        let ready = Arc::new(AtomicBool::new(false));
+        let r = ready.clone();
+        self.threads.push(std::thread::spawn(move || {
+            enter(&net);
+            // Every frame on every interface of the internet namespace.
+            let s = socket2::Socket::new(
+                socket2::Domain::PACKET,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(0x0300)),
+            )
+            .expect("packet socket");
+            s.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            r.store(true, Ordering::SeqCst);
+            let mut buf = vec![0u8; 70_000];
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(n) = (&s).read(&mut buf) else {
+                    continue;
+                };
+                if n < 14 {
+                    continue;
+                }
+                if let Ok(p) = geowall::wire::packet::parse_ip(&buf[14..n]) {
+                    use geowall::wire::packet::Transport as T;
+                    let (proto, port) = match p.transport {
+                        T::Tcp { dport, .. } => (6, dport),
+                        T::Udp { dport, .. } => (17, dport),
+                        T::Icmp { .. } => (if p.dst.is_ipv4() { 1 } else { 58 }, 0),
+                        _ => (0, 0),
+                    };
+                    *counts
+                        .lock()
+                        .expect("counts")
+                        .entry((p.dst, proto, port))
+                        .or_insert(0) += 1;
+                }
+            }
+        }));
+        let t = Instant::now();
+        while !ready.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Packets counted towards `dst` (address, protocol, port).
+    pub(crate) fn count(&self, dst: &str, proto: u8, port: u16) -> u64 {
+        let ip: IpAddr = dst.parse().expect("address");
+        self.counts
+            .lock()
+            .expect("counts")
+            .get(&(ip, proto, port))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Starts `geowall tunnel` in the firewall namespace with the TUN in the
+    /// app namespace, and waits until the TUN is up there.
+    pub(crate) fn start_geowall(&mut self, world: &Path, rules: &[&str]) {
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &self.fw,
+            env!("CARGO_BIN_EXE_geowall"),
+            "tunnel",
+        ]);
+        c.args(["--tun", &self.tun, "--netns", &self.app, "--default-route"]);
+        c.args([
+            "--address",
+            "198.18.1.2/24",
+            "--address",
+            "2001:db8:ff01::2/64",
+        ]);
+        c.arg("--world")
+            .arg(world)
+            .arg("--events")
+            .arg(&self.events);
+        c.args(rules);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("geowall starts");
+        let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        let _ = err.read_line(&mut line);
+        assert!(
+            line.contains(" up in netns"),
+            "geowall did not start: {line}"
+        );
+        // Keep reading its stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = err.read_to_string(&mut rest);
+            if !rest.is_empty() {
+                eprintln!("geowall: {rest}");
+            }
+        });
+        self.geowall = Some(child);
+    }
+
+    /// Stops geowall (SIGTERM) and waits for it.
+    pub(crate) fn stop_geowall(&mut self) {
+        if let Some(mut c) = self.geowall.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    /// geowall's events so far.
+    pub(crate) fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// A TCP server in the internet namespace on `at`: for each connection
+    /// it reads until the client's FIN and answers `reply(request)`.
+    pub(crate) fn tcp_server(&mut self, at: SocketAddr, reply: fn(&[u8]) -> Vec<u8>) {
+        let (net, stop) = (self.net.clone(), self.stop.clone());
+        let l = in_ns(&net, || TcpListener::bind(at).expect("bind tcp server"));
+        l.set_nonblocking(true).expect("nonblocking");
+        self.threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                        let mut req = Vec::new();
+                        let _ = c.read_to_end(&mut req);
+                        let _ = c.write_all(&reply(&req));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }));
+    }
+
+    /// A UDP server in the internet namespace on `at` that answers each
+    /// datagram with `reply(datagram)` (nothing when empty).
+    pub(crate) fn udp_server(&mut self, at: SocketAddr, reply: fn(&[u8]) -> Vec<u8>) {
+        let (net, stop) = (self.net.clone(), self.stop.clone());
+        let s = in_ns(&net, || UdpSocket::bind(at).expect("bind udp server"));
+        s.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        self.threads.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    let r = reply(&buf[..n]);
+                    if !r.is_empty() {
+                        let _ = s.send_to(&r, from);
+                    }
+                }
+            }
+        }));
+    }
+}
+
+/// Sets a sysctl inside namespace `ns`.
+pub(crate) fn sysctl(ns: &str, key: &str, value: &str) {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    // /proc/sys/net shows the namespace of the thread that opens it.
+    in_ns(ns, || std::fs::write(&path, value))
+        .unwrap_or_else(|e| panic!("sysctl {key} in {ns}: {e}"));
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.stop_geowall();
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for n in [&self.app, &self.fw, &self.net] {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// Builds the test world database from `tests/fixtures/world.csv` into
+/// `dir`.
+pub(crate) fn test_world(dir: &Path) -> PathBuf {
+    let out = dir.join("world.gwdb");
+    let s = Command::new(env!("CARGO_BIN_EXE_geowall"))
+        .args(["world", "build", "--from"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/world.csv"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("geowall world build");
+    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    out
+}
+
+/// A TLS 1.3-shaped ClientHello record naming `sni`.
+pub(crate) fn client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let mut sni_ext = Vec::new();
+    sni_ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    sni_ext.push(0);
+    sni_ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni_ext.extend_from_slice(name);
+    let mut exts = vec![0, 0];
+    exts.extend_from_slice(&(sni_ext.len() as u16).to_be_bytes());
+    exts.extend_from_slice(&sni_ext);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![22, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
