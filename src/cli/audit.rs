@@ -38,7 +38,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         catalog,
         leak,
         world,
-    } = a.rules.load()?;
+    } = a.rules.load(false)?;
     let intel = Intel::new(world, Arc::new(catalog));
 
     let bytes =

@@ -45,18 +45,24 @@ enum Command {
     Tunnel(tunnel::Args),
 }
 
-/// Loads `--world FILE`, else `$GEOWALL_WORLD`, else the shipped database.
-pub(crate) fn load_world(path: Option<&PathBuf>) -> anyhow::Result<Arc<World>> {
+/// Loads `--world FILE`, else `$GEOWALL_WORLD`, else the shipped database
+/// (with `lean`, used in place: small resident memory, slower lookups).
+pub(crate) fn load_world(path: Option<&PathBuf>, lean: bool) -> anyhow::Result<Arc<World>> {
     let env = std::env::var_os("GEOWALL_WORLD").map(PathBuf::from);
     if let Some(p) = path.or(env.as_ref()) {
         return Ok(Arc::new(World::open(p)?));
     }
     #[cfg(feature = "embedded-world")]
     {
-        Ok(geowall::intel::world::embedded()?)
+        if lean {
+            Ok(geowall::intel::world::embedded_lean()?)
+        } else {
+            Ok(geowall::intel::world::embedded()?)
+        }
     }
     #[cfg(not(feature = "embedded-world"))]
     {
+        let _ = lean;
         anyhow::bail!(
             "this geowall was built without the shipped world database; pass --world FILE or set GEOWALL_WORLD"
         )

@@ -376,7 +376,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         (_, Some(f)) => Policy::load(f, &catalog)?,
         (p, None) => Policy::preset(p.as_deref().unwrap_or("default"), &catalog)?,
     };
-    let world = super::load_world(a.world.as_ref())?;
+    let world = super::load_world(a.world.as_ref(), false)?;
     let intel = Intel::new(world, catalog);
     let (ips, name): (Vec<Option<IpAddr>>, Option<&str>) = match a.target.parse::<IpAddr>() {
         Ok(ip) => (vec![Some(ip)], None),

@@ -42,8 +42,9 @@ pub(crate) struct Loaded {
 }
 
 impl RulesArgs {
-    /// Reads, checks and compiles everything the options name.
-    pub(crate) fn load(&self) -> anyhow::Result<Loaded> {
+    /// Reads, checks and compiles everything the options name (`lean`: see
+    /// [`super::load_world`]).
+    pub(crate) fn load(&self, lean: bool) -> anyhow::Result<Loaded> {
         let (policy, catalog) = match (&self.bundle, &self.policy) {
             (Some(b), _) => {
                 let bytes =
@@ -85,7 +86,7 @@ impl RulesArgs {
         } else {
             Some(LeakDetector::new(&ids)?)
         };
-        let world = super::load_world(self.world.as_ref())?;
+        let world = super::load_world(self.world.as_ref(), lean)?;
         Ok(Loaded {
             policy,
             catalog,

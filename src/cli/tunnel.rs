@@ -57,7 +57,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         catalog,
         leak,
         world,
-    } = a.rules.load()?;
+    } = a.rules.load(true)?;
     let intel = Intel::new(world, Arc::new(catalog));
     let cfg = EngineConfig {
         max_flows: a.max_flows,

@@ -111,7 +111,7 @@ fn build(from: &Path, out: &Path, manifest: Option<&Path>) -> anyhow::Result<Exi
 }
 
 fn info(path: Option<&PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
-    let w = super::load_world(path)?;
+    let w = super::load_world(path, false)?;
     let m = w.meta();
     let mut out = std::io::stdout().lock();
     if json {

@@ -23,8 +23,23 @@ use crate::engine::dataplane::FlowId;
 pub const DOWN_WINDOW: usize = 256 * 1024;
 /// App bytes queued for the server, per flow, before the app is paused.
 pub const UP_QUEUE: usize = 256 * 1024;
-/// Bytes read from a server at once.
+/// Bytes read from a server at once, at most.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from a server at once, at first.
+const MIN_CHUNK: usize = 4 * 1024;
+/// Largest datagram.
+const DATAGRAM: usize = 65_536;
+
+/// Reads up to `chunk` bytes into a new buffer (not zeroed first: only
+/// what arrives is written); empty at the end of the stream.
+async fn read_chunk(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    chunk: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut b = Vec::with_capacity(chunk);
+    rd.read_buf(&mut b).await?;
+    Ok(b)
+}
 /// How long an upstream TCP connect may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -154,7 +169,9 @@ pub async fn tcp(
     };
     let _ = reports.send((flow, Up::Connected));
     let (mut rd, mut wr) = stream.into_split();
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Reads start small and grow while they come back full: an idle or
+    // chatty flow holds little, a bulk one reads in big chunks.
+    let mut chunk = MIN_CHUNK;
     let mut reading = true;
     loop {
         let may_read = reading && shared.down_inflight.load(Ordering::Acquire) < DOWN_WINDOW;
@@ -177,14 +194,17 @@ pub async fn tcp(
                 // The loop closed the flow.
                 None => return,
             },
-            r = rd.read(&mut buf), if may_read => match r {
-                Ok(0) => {
+            r = read_chunk(&mut rd, chunk), if may_read => match r {
+                Ok(b) if b.is_empty() => {
                     reading = false;
                     let _ = reports.send((flow, Up::Eof));
                 }
-                Ok(n) => {
-                    shared.down_inflight.fetch_add(n, Ordering::AcqRel);
-                    let _ = reports.send((flow, Up::Data(buf[..n].to_vec())));
+                Ok(b) => {
+                    if b.len() == chunk {
+                        chunk = (chunk * 2).min(READ_CHUNK);
+                    }
+                    shared.down_inflight.fetch_add(b.len(), Ordering::AcqRel);
+                    let _ = reports.send((flow, Up::Data(b)));
                 }
                 Err(e) => {
                     let _ = reports.send((flow, Up::Failed { tcp: true, error: e }));
@@ -228,8 +248,9 @@ pub async fn udp(
             return;
         }
     };
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = Vec::with_capacity(DATAGRAM);
     loop {
+        buf.clear();
         tokio::select! {
             cmd = cmds.recv() => match cmd {
                 Some(Cmd::Data(b)) => {
@@ -240,7 +261,7 @@ pub async fn udp(
                 Some(_) => {}
                 None => return,
             },
-            r = sock.recv(&mut buf) => {
+            r = sock.recv_buf(&mut buf) => {
                 // Errors (ECONNREFUSED and the like) leave the flow as it
                 // is, as UDP does.
                 if let Ok(n) = r {
@@ -291,9 +312,10 @@ pub async fn echo(
             return;
         }
     };
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = Vec::with_capacity(DATAGRAM);
     let mut pkt = Vec::new();
     loop {
+        buf.clear();
         tokio::select! {
             cmd = cmds.recv() => match cmd {
                 Some(Cmd::Echo { seq, data }) => {
@@ -307,7 +329,7 @@ pub async fn echo(
                 Some(_) => {}
                 None => return,
             },
-            r = sock.recv(&mut buf) => {
+            r = sock.recv_buf(&mut buf) => {
                 if let Ok(n) = r
                     && n >= 8
                     && buf[0] == reply

