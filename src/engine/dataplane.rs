@@ -283,8 +283,6 @@ pub struct Engine {
     /// No flow deadline (idle, sniffing) falls before this: a lower bound,
     /// so that [`Engine::poll_timeout`] need not look at every flow.
     wake_ns: Option<u64>,
-    /// Scratch space for reading app bytes.
-    scratch: Vec<u8>,
     /// Bytes of local TCP buffers held by all connections.
     tcp_memory: usize,
     /// Counters.
@@ -318,7 +316,6 @@ impl Engine {
             tcp: HashMap::new(),
             tcp_ids: HashMap::new(),
             wake_ns: None,
-            scratch: vec![0; READ_CHUNK],
             tcp_memory: 0,
             frags: Reassembler::new(cfg.frag),
             cfg,
@@ -838,16 +835,31 @@ impl Engine {
         }
         // Everything else (and segments of unknown connections, which the
         // stack answers with an RST) goes through the stack.
-        self.device.rx.push_back(raw.to_vec());
-        self.poll_stack(now_ns, Some(key));
+        self.poll_stack_with(now_ns, Some(key), Some(raw));
     }
 
     /// Runs the TCP stack, moves app bytes along, judges, and collects the
     /// packets it sends. With `only`, just that connection is serviced (a
     /// packet or an upstream event touches one); without, all are (timers).
     fn poll_stack(&mut self, now_ns: u64, only: Option<(SocketAddr, SocketAddr)>) {
+        self.poll_stack_with(now_ns, only, None);
+    }
+
+    /// [`Engine::poll_stack`], first handing the stack `packet` (borrowed,
+    /// not copied).
+    fn poll_stack_with(
+        &mut self,
+        now_ns: u64,
+        only: Option<(SocketAddr, SocketAddr)>,
+        packet: Option<&[u8]>,
+    ) {
         let t = super::stack::instant(now_ns);
-        self.iface.poll(t, &mut self.device, &mut self.sockets);
+        let mut dev = super::stack::OneShot {
+            rx: packet,
+            tx: &mut self.device.tx,
+            mtu: self.device.mtu,
+        };
+        self.iface.poll(t, &mut dev, &mut self.sockets);
         match only {
             Some(key) => self.service_tcp(now_ns, key),
             None => {
@@ -865,7 +877,6 @@ impl Engine {
 
     fn service_tcp(&mut self, now_ns: u64, key: (SocketAddr, SocketAddr)) {
         use smoltcp::socket::tcp::{Socket, State as S};
-        let buf = &mut self.scratch;
         {
             let Some(f) = self.tcp.get_mut(&key) else {
                 return;
@@ -888,42 +899,46 @@ impl Engine {
             loop {
                 let room = match f.phase {
                     TcpPhase::Open if f.paused => 0,
-                    TcpPhase::Open => buf.len(),
+                    TcpPhase::Open => READ_CHUNK,
                     TcpPhase::Sniffing { .. } | TcpPhase::Connecting => TCP_SNIFF_BYTES
                         .saturating_sub(f.pending.len())
-                        .min(buf.len()),
+                        .min(READ_CHUNK),
                     TcpPhase::Blocked => 0,
                 };
                 if room == 0 || !sock.can_recv() {
                     break;
                 }
-                let n = sock.recv_slice(&mut buf[..room]).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                let data = &buf[..n];
+                // One copy, out of the socket's ring into the bytes that
+                // travel on.
+                let data = match sock.recv(|b| {
+                    let n = b.len().min(room);
+                    (n, b[..n].to_vec())
+                }) {
+                    Ok(v) if !v.is_empty() => v,
+                    _ => break,
+                };
                 f.sniffer.on_payload(
                     Carrier::Tcp,
                     Dir::Up,
                     (f.client.port(), f.server.port()),
-                    data,
+                    &data,
                     now_ns,
                 );
                 new_leak |= super::scan_leaks(
                     self.leak.as_ref(),
                     f.sniffer.encrypted,
                     &mut f.scan,
-                    data,
+                    &data,
                     &mut self.hits,
                     &mut f.leaks,
                 );
                 if f.phase == TcpPhase::Open && !new_leak {
                     self.out.push_back(Output::TcpSend {
                         flow: f.id,
-                        payload: data.to_vec(),
+                        payload: data,
                     });
                 } else {
-                    f.pending.extend_from_slice(data);
+                    f.pending.extend_from_slice(&data);
                 }
             }
             let mut aborted_now = false;

@@ -69,19 +69,69 @@ impl Device for QueueDevice {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        let mut c = DeviceCapabilities::default();
-        c.medium = Medium::Ip;
-        c.max_transmission_unit = self.mtu;
-        // Packets from the TUN come from the local kernel, which computed
-        // their checksums over memory: checking them again costs a pass over
-        // every 64 KiB segment and finds nothing. Ours are computed (the
-        // kernel checks them).
-        let mut cs = ChecksumCapabilities::default();
-        cs.ipv4 = Checksum::Tx;
-        cs.tcp = Checksum::Tx;
-        c.checksum = cs;
-        c
+        capabilities(self.mtu)
     }
+}
+
+/// A device for one poll: at most one packet in, borrowed from the caller
+/// (no copy), and the transmit queue of a [`QueueDevice`].
+#[derive(Debug)]
+pub struct OneShot<'a> {
+    /// The packet for the stack, if any.
+    pub rx: Option<&'a [u8]>,
+    /// Where the stack's packets go.
+    pub tx: &'a mut VecDeque<Vec<u8>>,
+    /// The link's MTU.
+    pub mtu: usize,
+}
+
+/// Receive token of a [`OneShot`].
+#[derive(Debug)]
+pub struct RxRef<'a>(&'a [u8]);
+
+impl RxToken for RxRef<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl Device for OneShot<'_> {
+    type RxToken<'b>
+        = RxRef<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = Tx<'b>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _: Instant) -> Option<(RxRef<'_>, Tx<'_>)> {
+        let p = self.rx.take()?;
+        Some((RxRef(p), Tx(self.tx)))
+    }
+
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        Some(Tx(self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        capabilities(self.mtu)
+    }
+}
+
+fn capabilities(mtu: usize) -> DeviceCapabilities {
+    let mut c = DeviceCapabilities::default();
+    c.medium = Medium::Ip;
+    c.max_transmission_unit = mtu;
+    // Packets from the TUN come from the local kernel, which computed
+    // their checksums over memory: checking them again costs a pass over
+    // every 64 KiB segment and finds nothing. Ours are computed (the
+    // kernel checks them).
+    let mut cs = ChecksumCapabilities::default();
+    cs.ipv4 = Checksum::Tx;
+    cs.tcp = Checksum::Tx;
+    c.checksum = cs;
+    c
 }
 
 /// Converts nanoseconds to smoltcp's clock.
