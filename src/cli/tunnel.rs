@@ -41,6 +41,13 @@ pub(crate) struct Args {
     /// Bind upstream sockets to this interface.
     #[arg(long, value_name = "IFACE")]
     bind_interface: Option<String>,
+    /// Where DNS queries are resolved: `system` (/etc/resolv.conf),
+    /// `udp:IP[:PORT]`, `tcp:IP[:PORT]`, `tls:IP[:PORT]@NAME`,
+    /// `https:IP[:PORT]@NAME` (repeatable). Every query the apps send, to
+    /// any address, is answered by geowall through these; an upstream under
+    /// a jurisdiction the policy blocks is refused at start.
+    #[arg(long = "dns-upstream", value_name = "SPEC", default_value = "system")]
+    dns_upstream: Vec<driver::dns::Upstream>,
     /// Write decisions as JSON lines to FILE (`-` for standard output).
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
@@ -59,6 +66,23 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         world,
     } = a.rules.load(true)?;
     let intel = Intel::new(world, Arc::new(catalog));
+    let (resolver, upstream_ips) =
+        driver::dns::build(&a.dns_upstream).map_err(anyhow::Error::msg)?;
+    for ip in upstream_ips {
+        if let Some((rule, layer)) = policy.dns_blocks_address(&intel, ip, &[], None) {
+            anyhow::bail!(
+                "refusing upstream resolver {ip}: it is under a blocked jurisdiction (rule '{}'{}); choose another with --dns-upstream",
+                rule.name,
+                layer
+                    .map(|l| format!(
+                        ", {} layer: {}",
+                        l.layer.name(),
+                        l.country.map_or("unknown".to_owned(), |c| c.to_string())
+                    ))
+                    .unwrap_or_default()
+            );
+        }
+    }
     let cfg = EngineConfig {
         max_flows: a.max_flows,
         mtu: usize::from(a.mtu),
@@ -108,7 +132,15 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
                 let _ = w.flush();
             }
         };
-        driver::run(engine, tun, protection, on_event, shutdown_signal()).await
+        driver::run(
+            engine,
+            tun,
+            protection,
+            Some(resolver),
+            on_event,
+            shutdown_signal(),
+        )
+        .await
     })?;
     let c = &summary.counters;
     eprintln!(

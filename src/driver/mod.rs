@@ -17,6 +17,7 @@
 //! `geowall tunnel --netns` and `geowall exec` set up) is then left with no
 //! route at all, so nothing leaves until geowall is back.
 
+pub mod dns;
 pub mod protect;
 pub mod tun;
 pub mod upstream;
@@ -68,6 +69,7 @@ pub async fn run(
     mut engine: Engine,
     tun: Tun,
     protection: Protection,
+    resolver: Option<dns::Resolver>,
     mut on_event: impl FnMut(&Event),
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Summary> {
@@ -85,6 +87,16 @@ pub async fn run(
             match o {
                 Output::ToTun(p) => tun.send(&p).await?,
                 Output::Event(e) => on_event(&e),
+                Output::DnsQuery { query, name, rtype } => match &resolver {
+                    Some(r) => {
+                        let (r, tx) = (r.clone(), report_tx.clone());
+                        tokio::spawn(async move {
+                            let answer = dns::resolve(&r, name, rtype).await;
+                            let _ = tx.send((query, Up::Dns(answer)));
+                        });
+                    }
+                    None => engine.handle_dns_answer(query, None, now()),
+                },
                 Output::TcpOpen { flow, dst } => {
                     let (link, rx) = new_link();
                     let shared = link.shared.clone();
@@ -237,6 +249,10 @@ fn on_report(
     up: Up,
     now: u64,
 ) {
+    if let Up::Dns(answer) = up {
+        // `flow` is the query's token here.
+        return engine.handle_dns_answer(flow, answer, now);
+    }
     let Some(l) = links.get_mut(&flow) else {
         // The flow was closed meanwhile.
         return;
@@ -270,6 +286,7 @@ fn on_report(
                 stalled.insert(flow);
             }
         }
+        Up::Dns(_) => {}
         Up::Drained => {
             if l.shared.up_queued.load(Ordering::Acquire) < UP_QUEUE {
                 engine.set_tcp_upstream_paused(flow, false, now);

@@ -86,6 +86,8 @@ pub enum Up {
     Eof,
     /// The upstream queue fell below [`UP_QUEUE`].
     Drained,
+    /// The resolver's answer to a DNS query (the id is the query's token).
+    Dns(Option<crate::engine::dns::Resolved>),
 }
 
 /// Counters a flow's task shares with the loop.

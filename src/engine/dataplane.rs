@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::dns::{self, DnsLimits, Question, Refusal, Resolved};
 use super::frag::{FragLimits, FragResult, Reassembler};
 use super::reply;
 use crate::classify::leak::{LeakDetector, LeakHit, ScanState};
@@ -60,6 +61,8 @@ enum TcpPhase {
     Open,
     /// Blocked or cut: the local socket was aborted.
     Blocked,
+    /// DNS over TCP, answered here: never opened upstream.
+    Dns,
 }
 
 struct TcpFlow {
@@ -79,6 +82,8 @@ struct TcpFlow {
     paused: bool,
     /// Bytes of local buffers (both ways) this connection holds.
     buffers: usize,
+    /// Names the server's address was learned with (DNS, earlier flows).
+    names: Vec<String>,
     /// Dropped silently: its socket is gone and its segments are
     /// swallowed (no RST) until it has been idle for the UDP idle time.
     silent: bool,
@@ -108,6 +113,8 @@ pub struct EngineConfig {
     /// way (default [`TCP_BUFFER`]); it is also the most the app's window
     /// opens.
     pub tcp_buffer: usize,
+    /// DNS cache, name map and pending-query bounds.
+    pub dns: DnsLimits,
     /// All local TCP buffers together, at most (default [`TCP_MEMORY`]).
     /// Buffers adapt: a new connection gets a sixteenth of what is left,
     /// between [`TCP_BUFFER_MIN`] and `tcp_buffer` each way, so the first
@@ -129,6 +136,7 @@ impl Default for EngineConfig {
             mtu: 65_535,
             tcp_buffer: TCP_BUFFER,
             tcp_memory: TCP_MEMORY,
+            dns: DnsLimits::default(),
         }
     }
 }
@@ -137,11 +145,13 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     /// `opened`, `blocked` (at the first packet), `cut` (an open flow
-    /// blocked by later evidence), `closed`.
+    /// blocked by later evidence), `closed`; for DNS, `dns-blocked` (a
+    /// name, or a link of its CNAME chain, is blocked) and `dns-filtered`
+    /// (addresses removed from an answer).
     pub kind: &'static str,
     /// The flow.
     pub flow: FlowId,
-    /// `udp` or `icmp`.
+    /// `tcp`, `udp`, `icmp`, or `dns`.
     pub proto: &'static str,
     /// The app's side.
     pub client: String,
@@ -163,6 +173,12 @@ pub struct Event {
     pub layer: Option<String>,
     /// Identifier labels seen in cleartext.
     pub leaks: Vec<String>,
+    /// Names the server's address was learned with (DNS answers, earlier
+    /// flows); for DNS events, the queried name and its CNAME chain.
+    pub names: Vec<String>,
+    /// More about a DNS decision (the addresses removed from an answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What the driver must do.
@@ -221,6 +237,16 @@ pub enum Output {
         /// The flow.
         flow: FlowId,
     },
+    /// Resolve `name` (fully qualified) for type `rtype`; answer with
+    /// [`Engine::handle_dns_answer`] and the same `query`.
+    DnsQuery {
+        /// The query's token.
+        query: u64,
+        /// The name.
+        name: hickory_proto::rr::Name,
+        /// The record type.
+        rtype: hickory_proto::rr::RecordType,
+    },
     /// A decision, for logs and the user.
     Event(Event),
 }
@@ -243,7 +269,21 @@ struct FlowState {
     leaks: Vec<LeakHit>,
     scan: ScanState,
     state: State,
+    /// Names the server's address was learned with.
+    names: Vec<String>,
     last_ns: u64,
+}
+
+/// Where a DNS answer goes.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    /// A UDP datagram from `server` to `client`.
+    Udp {
+        client: SocketAddr,
+        server: SocketAddr,
+    },
+    /// The local TCP connection with this key.
+    Tcp((SocketAddr, SocketAddr)),
 }
 
 /// Counters (monotonic).
@@ -261,6 +301,12 @@ pub struct EngineCounters {
     pub cut: u64,
     /// New flows refused because the table was full.
     pub refused: u64,
+    /// DNS queries answered (from the cache, the resolver, or blocked).
+    pub dns_queries: u64,
+    /// DNS queries whose name was blocked.
+    pub dns_blocked: u64,
+    /// DNS answers with addresses removed.
+    pub dns_filtered: u64,
 }
 
 /// The engine.
@@ -285,6 +331,12 @@ pub struct Engine {
     wake_ns: Option<u64>,
     /// Bytes of local TCP buffers held by all connections.
     tcp_memory: usize,
+    /// Resolver answers, as received.
+    pub dns_cache: dns::Cache,
+    /// Address → names, from DNS answers and flows.
+    pub names: dns::NameMap,
+    dns_pending: HashMap<u64, (Question, Reply)>,
+    next_query: u64,
     /// Counters.
     pub counters: EngineCounters,
 }
@@ -317,6 +369,10 @@ impl Engine {
             tcp_ids: HashMap::new(),
             wake_ns: None,
             tcp_memory: 0,
+            dns_cache: dns::Cache::default(),
+            names: dns::NameMap::default(),
+            dns_pending: HashMap::new(),
+            next_query: 1,
             frags: Reassembler::new(cfg.frag),
             cfg,
             intel,
@@ -501,6 +557,10 @@ impl Engine {
             } => {
                 let client = SocketAddr::new(p.src, sport);
                 let server = SocketAddr::new(p.dst, dport);
+                if dport == 53 {
+                    // Every DNS query is answered here, whatever its address.
+                    return self.on_dns(payload, Reply::Udp { client, server }, now_ns);
+                }
                 self.on_datagram(packet, false, client, server, 0, payload, now_ns);
             }
             Transport::Icmp {
@@ -561,6 +621,7 @@ impl Engine {
             }
             let id = self.next_id;
             self.next_id += 1;
+            let names = self.learned_names(server.ip(), now_ns);
             self.ids.insert(id, key);
             self.flows.insert(
                 key,
@@ -574,6 +635,7 @@ impl Engine {
                     leaks: Vec::new(),
                     scan: ScanState::default(),
                     state: State::Open,
+                    names,
                     last_ns: now_ns,
                 },
             );
@@ -747,13 +809,23 @@ impl Engine {
                 return;
             }
             let policy = self.policy.current();
-            let sniff = policy.needs_payload();
+            let is_dns = server.port() == 53;
+            let sniff = policy.needs_payload() && !is_dns;
+            let names = self.learned_names(server.ip(), now_ns);
             let id = self.next_id;
             self.next_id += 1;
-            if !sniff {
+            if !sniff && !is_dns {
                 // The address alone decides: judge at the SYN.
                 let sn = Sniffer::new();
-                let v = judge_parts(&policy, &self.intel, PTransport::Tcp, server, &sn, &[]);
+                let v = judge_parts(
+                    &policy,
+                    &self.intel,
+                    PTransport::Tcp,
+                    server,
+                    &sn,
+                    &[],
+                    &names,
+                );
                 if let Action::Block(mode) = v.action {
                     self.counters.blocked += 1;
                     let ev = make_event(
@@ -764,6 +836,7 @@ impl Engine {
                         server.to_string(),
                         &sn,
                         &[],
+                        &names,
                         Some(&v),
                     );
                     if mode == BlockMode::Reject
@@ -790,7 +863,9 @@ impl Engine {
             }
             let handle = self.sockets.add(sock);
             self.tcp_memory += 2 * each;
-            let phase = if sniff {
+            let phase = if is_dns {
+                TcpPhase::Dns
+            } else if sniff {
                 TcpPhase::Sniffing { since_ns: None }
             } else {
                 TcpPhase::Connecting
@@ -808,11 +883,12 @@ impl Engine {
                 app_fin_sent: false,
                 paused: false,
                 buffers: 2 * each,
+                names,
                 silent: false,
                 last_ns: now_ns,
             };
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
-            if !sniff {
+            if !sniff && !is_dns {
                 self.counters.opened += 1;
                 let ev = make_event(
                     "opened",
@@ -822,6 +898,7 @@ impl Engine {
                     server.to_string(),
                     &f.sniffer,
                     &[],
+                    &f.names,
                     None,
                 );
                 self.out.push_back(Output::Event(ev));
@@ -904,6 +981,8 @@ impl Engine {
                         .saturating_sub(f.pending.len())
                         .min(READ_CHUNK),
                     TcpPhase::Blocked => 0,
+                    // Queries, at most two full messages waiting.
+                    TcpPhase::Dns => (2 * 65_537usize).saturating_sub(f.pending.len()),
                 };
                 if room == 0 || !sock.can_recv() {
                     break;
@@ -941,6 +1020,26 @@ impl Engine {
                     f.pending.extend_from_slice(&data);
                 }
             }
+            if f.phase == TcpPhase::Dns {
+                // Length-prefixed queries; answered here, in order.
+                let mut frames = Vec::new();
+                while let [a, b, ..] = f.pending[..] {
+                    let n = usize::from(u16::from_be_bytes([a, b]));
+                    if f.pending.len() < 2 + n {
+                        break;
+                    }
+                    frames.push(f.pending[2..2 + n].to_vec());
+                    f.pending.drain(..2 + n);
+                }
+                if frames.is_empty() && matches!(sock.state(), S::CloseWait) && f.pending.is_empty()
+                {
+                    sock.close();
+                }
+                for q in frames {
+                    self.on_dns(&q, Reply::Tcp(key), now_ns);
+                }
+                return;
+            }
             let mut aborted_now = false;
             let mut drop_silently = false;
             // Judge when the first bytes are in, or the time is up.
@@ -964,6 +1063,7 @@ impl Engine {
                     f.server,
                     &f.sniffer,
                     &f.leaks,
+                    &f.names,
                 );
                 let was = f.phase;
                 if let Action::Block(mode) = v.action {
@@ -992,6 +1092,7 @@ impl Engine {
                         f.server.to_string(),
                         &f.sniffer,
                         &f.leaks,
+                        &f.names,
                         Some(&v),
                     );
                     self.out.push_back(Output::Event(ev));
@@ -1006,6 +1107,7 @@ impl Engine {
                         f.server.to_string(),
                         &f.sniffer,
                         &f.leaks,
+                        &f.names,
                         Some(&v),
                     );
                     self.out.push_back(Output::Event(ev));
@@ -1053,6 +1155,7 @@ impl Engine {
                     f.server.to_string(),
                     &f.sniffer,
                     &f.leaks,
+                    &f.names,
                     None,
                 );
                 let held = f.buffers;
@@ -1176,6 +1279,192 @@ impl Engine {
         self.poll_stack(now_ns, key);
     }
 
+    /// Names the address `ip` was learned with, still valid at `now_ns`.
+    fn learned_names(&self, ip: IpAddr, now_ns: u64) -> Vec<String> {
+        self.names.names(ip, now_ns).map(str::to_owned).collect()
+    }
+
+    /// A DNS query from the app: answered at once when blocked, cached or
+    /// malformed; otherwise sent to the resolver.
+    fn on_dns(&mut self, payload: &[u8], reply: Reply, now_ns: u64) {
+        self.counters.dns_queries += 1;
+        let q = match dns::parse_query(payload) {
+            Ok(q) => q,
+            Err(Refusal::Unreadable) => return self.drop_reason("dns-unreadable"),
+            Err(Refusal::Answer(id, rcode)) => {
+                self.drop_reason("dns-malformed");
+                let a = dns::error_answer(id, rcode, None);
+                return self.dns_reply(reply, &a, now_ns);
+            }
+        };
+        if let Some((rcode, records, age)) = dns::cached(&mut self.dns_cache, &q, now_ns) {
+            return self.dns_answer(&q, reply, rcode, &records, age, now_ns);
+        }
+        if self.dns_pending.len() >= self.cfg.dns.pending {
+            self.drop_reason("dns-pending-full");
+            let a = dns::error_answer(q.id, hickory_proto::op::ResponseCode::ServFail, Some(&q));
+            return self.dns_reply(reply, &a, now_ns);
+        }
+        // A name blocked by itself needs no resolver.
+        let policy = self.policy.current();
+        let name = q.name_text();
+        if let Some(rule) = policy.dns_blocks_name(&self.intel, &[name.as_str()], None) {
+            let how = rule.dns_answer.unwrap_or(policy.dns.blocked);
+            let rule = rule.name.clone();
+            drop(policy);
+            let a = dns::block_answer(&q, how, matches!(reply, Reply::Tcp(_)));
+            self.dns_event("dns-blocked", &q, vec![name], Some(rule), None, None);
+            self.counters.dns_blocked += 1;
+            return self.dns_reply(reply, &a, now_ns);
+        }
+        let token = self.next_query;
+        self.next_query += 1;
+        self.out.push_back(Output::DnsQuery {
+            query: token,
+            name: q.name.clone(),
+            rtype: q.query.query_type(),
+        });
+        self.dns_pending.insert(token, (q, reply));
+    }
+
+    /// The resolver's answer to query `query` (`None`: it failed; the app
+    /// gets SERVFAIL).
+    pub fn handle_dns_answer(&mut self, query: u64, answer: Option<Resolved>, now_ns: u64) {
+        let Some((q, reply)) = self.dns_pending.remove(&query) else {
+            return self.drop_reason("dns-unknown-query");
+        };
+        match answer {
+            Some(r) => {
+                dns::store(&mut self.dns_cache, &q, &r, now_ns, &self.cfg.dns);
+                self.dns_answer(&q, reply, r.rcode, &r.records, 0, now_ns);
+            }
+            None => {
+                let a =
+                    dns::error_answer(q.id, hickory_proto::op::ResponseCode::ServFail, Some(&q));
+                self.dns_reply(reply, &a, now_ns);
+            }
+        }
+    }
+
+    /// Queries waiting for the resolver.
+    pub fn dns_pending(&self) -> usize {
+        self.dns_pending.len()
+    }
+
+    fn dns_answer(
+        &mut self,
+        q: &Question,
+        reply: Reply,
+        rcode: hickory_proto::op::ResponseCode,
+        records: &[hickory_proto::rr::Record],
+        age: u32,
+        now_ns: u64,
+    ) {
+        let policy = self.policy.current();
+        let tcp = matches!(reply, Reply::Tcp(_));
+        let (bytes, out) = dns::answer(q, rcode, records, age, &policy, &self.intel, None, tcp);
+        drop(policy);
+        if let Some(rule) = out.blocked_by {
+            self.counters.dns_blocked += 1;
+            self.dns_event("dns-blocked", q, out.chain, Some(rule), None, None);
+        } else {
+            // What the app may now connect to carries the names.
+            for ip in &out.kept {
+                let ttl = records
+                    .iter()
+                    .map(|r| r.ttl.saturating_sub(age))
+                    .min()
+                    .unwrap_or(0)
+                    .max(dns::MIN_TTL);
+                let until = now_ns + u64::from(ttl) * 1_000_000_000;
+                for n in &out.chain {
+                    self.names.learn(*ip, n, until, self.cfg.dns.names);
+                }
+            }
+            if let Some((rule, layer)) = out.removed_by {
+                self.counters.dns_filtered += 1;
+                let detail = format!(
+                    "removed {}",
+                    out.removed
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                self.dns_event(
+                    "dns-filtered",
+                    q,
+                    out.chain,
+                    Some(rule),
+                    layer,
+                    Some(detail),
+                );
+            }
+        }
+        self.dns_reply(reply, &bytes, now_ns);
+    }
+
+    fn dns_event(
+        &mut self,
+        kind: &'static str,
+        q: &Question,
+        names: Vec<String>,
+        rule: Option<String>,
+        layer: Option<String>,
+        detail: Option<String>,
+    ) {
+        self.out.push_back(Output::Event(Event {
+            kind,
+            flow: 0,
+            proto: "dns",
+            client: String::new(),
+            server: q.name_text(),
+            class: "dns",
+            protocol: "dns",
+            server_name: Some(q.name_text()),
+            encrypted: Encryption::Cleartext,
+            action: "block",
+            rule,
+            layer,
+            leaks: Vec::new(),
+            names,
+            detail,
+        }));
+    }
+
+    /// Sends a DNS answer back the way its query came.
+    fn dns_reply(&mut self, reply: Reply, bytes: &[u8], now_ns: u64) {
+        match reply {
+            Reply::Udp { client, server } => {
+                if let Some(p) = reply::udp_packet(server, client, bytes) {
+                    self.out.push_back(Output::ToTun(p));
+                }
+            }
+            Reply::Tcp(key) => {
+                let Some(f) = self.tcp.get(&key) else {
+                    return self.drop_reason("dns-tcp-gone");
+                };
+                let sock = self
+                    .sockets
+                    .get_mut::<smoltcp::socket::tcp::Socket>(f.handle);
+                let Ok(len) = u16::try_from(bytes.len()) else {
+                    return;
+                };
+                let mut framed = Vec::with_capacity(bytes.len() + 2);
+                framed.extend_from_slice(&len.to_be_bytes());
+                framed.extend_from_slice(bytes);
+                if sock.send_capacity() - sock.send_queue() < framed.len() {
+                    // An app that does not read its answers: reset it.
+                    sock.abort();
+                    self.drop_reason("dns-tcp-full");
+                } else {
+                    let _ = sock.send_slice(&framed);
+                }
+                self.poll_stack(now_ns, Some(key));
+            }
+        }
+    }
+
     fn event(&self, kind: &'static str, f: &FlowState, v: Option<&Verdict<'_>>) -> Event {
         let server = if f.icmp {
             f.server.ip().to_string()
@@ -1190,6 +1479,7 @@ impl Engine {
             server,
             &f.sniffer,
             &f.leaks,
+            &f.names,
             v,
         )
     }
@@ -1204,6 +1494,7 @@ fn make_event(
     server: String,
     sn: &Sniffer,
     leaks: &[LeakHit],
+    names: &[String],
     v: Option<&Verdict<'_>>,
 ) -> Event {
     Event {
@@ -1229,6 +1520,8 @@ fn make_event(
             )
         }),
         leaks: leaks.iter().map(|l| l.label.clone()).collect(),
+        names: names.to_vec(),
+        detail: None,
     }
 }
 
@@ -1251,8 +1544,14 @@ fn judge_parts<'p>(
     server: SocketAddr,
     sn: &Sniffer,
     leaks: &[LeakHit],
+    learned: &[String],
 ) -> Verdict<'p> {
-    let names: Vec<&str> = sn.server_name.as_deref().into_iter().collect();
+    let names: Vec<&str> = sn
+        .server_name
+        .as_deref()
+        .into_iter()
+        .chain(learned.iter().map(String::as_str))
+        .collect();
     let facts = Facts {
         dst: Some(server.ip()),
         port: (transport != PTransport::Icmp).then_some(server.port()),
@@ -1277,7 +1576,7 @@ fn judge<'p>(policy: &'p crate::policy::Policy, intel: &Intel, f: &FlowState) ->
     } else {
         PTransport::Udp
     };
-    judge_parts(policy, intel, t, f.server, &f.sniffer, &f.leaks)
+    judge_parts(policy, intel, t, f.server, &f.sniffer, &f.leaks, &f.names)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! builds on it.
 
 pub mod dataplane;
+pub mod dns;
 pub mod frag;
 pub mod reply;
 pub mod stack;

@@ -102,8 +102,48 @@ impl Rule {
         f: &Facts<'_>,
         j: Option<&Jurisdiction<'_, '_>>,
     ) -> Result<Option<LayerMatch>, &'static str> {
+        self.check_with(lists, f, j, false)
+    }
+
+    /// Whether the rule has conditions on the flow itself (port, protocol,
+    /// class, encryption, leak), which DNS cannot know.
+    fn has_flow_conditions(&self) -> bool {
+        let c = &self.cond;
+        c.protocol.is_some()
+            || c.traffic.is_some()
+            || c.port.is_some()
+            || c.encrypted.is_some()
+            || c.leak.is_some()
+    }
+
+    /// Whether the rule has conditions on the address (jurisdiction, ASN,
+    /// CIDR, or a list with addresses or ASNs).
+    fn has_address_conditions(&self, lists: &[CompiledList]) -> bool {
+        let c = &self.cond;
+        c.jurisdiction.is_some()
+            || c.asn.is_some()
+            || c.cidr.is_some()
+            || c.list.as_ref().is_some_and(|ls| {
+                ls.iter()
+                    .filter_map(|&i| lists.get(i))
+                    .any(|l| !l.cidrs.is_empty() || !l.asns.is_empty())
+            })
+    }
+
+    /// Like [`Rule::check`]; with `any_flow`, conditions on the flow
+    /// (port, protocol, class, encryption, leak) count as met.
+    fn check_with(
+        &self,
+        lists: &[CompiledList],
+        f: &Facts<'_>,
+        j: Option<&Jurisdiction<'_, '_>>,
+        any_flow: bool,
+    ) -> Result<Option<LayerMatch>, &'static str> {
         let c = &self.cond;
         let need = |ok: bool, what: &'static str| if ok { Ok(()) } else { Err(what) };
+        if any_flow {
+            return self.check_where(lists, f, j);
+        }
         if let Some(p) = c.protocol {
             need(
                 f.transport.is_some_and(|t| p & (1 << t as u8) != 0),
@@ -129,6 +169,19 @@ impl Rule {
         if let Some(l) = c.leak {
             need(f.leak == l, "leak")?;
         }
+        self.check_where(lists, f, j)
+    }
+
+    /// The conditions on who and where: app, names, addresses, vendor,
+    /// jurisdiction.
+    fn check_where(
+        &self,
+        lists: &[CompiledList],
+        f: &Facts<'_>,
+        j: Option<&Jurisdiction<'_, '_>>,
+    ) -> Result<Option<LayerMatch>, &'static str> {
+        let c = &self.cond;
+        let need = |ok: bool, what: &'static str| if ok { Ok(()) } else { Err(what) };
         if let Some(apps) = &c.app {
             need(f.app.is_some_and(|a| apps.iter().any(|x| x == a)), "app")?;
         }
@@ -256,6 +309,82 @@ impl Policy {
                 // The vendor layer can be recognised by name or signature.
                 || c.jurisdiction.as_ref().is_some_and(|j| j.layers & Layer::Vendor.bit() != 0)
         })
+    }
+
+    /// The DNS step for a queried name (and the names of a CNAME chain):
+    /// the first rule about names alone (domain, vendor, lists of domains,
+    /// perhaps app; nothing about addresses or the flow) that matches
+    /// decides; `Some` when that rule blocks.
+    pub fn dns_blocks_name<'p>(
+        &'p self,
+        intel: &Intel,
+        names: &[&str],
+        app: Option<&str>,
+    ) -> Option<&'p Rule> {
+        let f = Facts {
+            dst: None,
+            port: None,
+            transport: None,
+            names,
+            traffic: None,
+            protocol: None,
+            encrypted: None,
+            leak: false,
+            app,
+        };
+        let j = self
+            .needs_intel
+            .then(|| intel.jurisdiction(None, names, None));
+        self.rules
+            .iter()
+            .filter(|r| {
+                r.action != Action::Log
+                    && !r.has_flow_conditions()
+                    && !r.has_address_conditions(&self.lists)
+                    && (r.cond.domain.is_some() || r.cond.vendor.is_some() || r.cond.list.is_some())
+            })
+            .find(|r| r.check_with(&self.lists, &f, j.as_ref(), false).is_ok())
+            .filter(|r| matches!(r.action, Action::Block(_)))
+    }
+
+    /// The DNS step for an answered address reached by `names`: the first
+    /// rule with address conditions that matches it, whatever the flow
+    /// would be (allow rules that depend on the flow cannot decide here and
+    /// are passed over); `Some` (with the layer) when that rule blocks, so
+    /// the address is removed from the answer.
+    pub fn dns_blocks_address<'p>(
+        &'p self,
+        intel: &Intel,
+        ip: IpAddr,
+        names: &[&str],
+        app: Option<&str>,
+    ) -> Option<(&'p Rule, Option<LayerMatch>)> {
+        let f = Facts {
+            dst: Some(ip),
+            port: None,
+            transport: None,
+            names,
+            traffic: None,
+            protocol: None,
+            encrypted: None,
+            leak: false,
+            app,
+        };
+        let j = self
+            .needs_intel
+            .then(|| intel.jurisdiction(Some(ip), names, None));
+        for r in &self.rules {
+            if r.action == Action::Log
+                || !r.has_address_conditions(&self.lists)
+                || (r.action == Action::Allow && r.has_flow_conditions())
+            {
+                continue;
+            }
+            if let Ok(layer) = r.check_with(&self.lists, &f, j.as_ref(), true) {
+                return matches!(r.action, Action::Block(_)).then_some((r, layer));
+            }
+        }
+        None
     }
 
     /// Every rule's outcome for a flow, for `geowall rules explain`.

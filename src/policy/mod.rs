@@ -12,7 +12,10 @@ pub mod lists;
 pub mod rules;
 
 pub use eval::{Facts, LayerMatch, PolicyHandle, RuleTrace, Verdict};
-pub use rules::{Action, BlockMode, Policy, Rule, Traffic, Transport};
+pub use rules::{
+    Action, BlockMode, DnsBlockAnswer, DnsEmptyAnswer, DnsFilter, DnsSettings, Policy, Rule,
+    Traffic, Transport,
+};
 
 #[cfg(test)]
 mod tests;

@@ -129,6 +129,60 @@ struct RawPolicy {
     list: Vec<RawList>,
     #[serde(default)]
     rule: Vec<RawRule>,
+    #[serde(default)]
+    dns: DnsSettings,
+}
+
+/// What a blocked DNS name is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsBlockAnswer {
+    /// NXDOMAIN: the name does not exist.
+    #[default]
+    Nxdomain,
+    /// `0.0.0.0` for A, `::` for AAAA (apps that retry on NXDOMAIN stop).
+    Null,
+}
+
+/// What an answer whose every address was filtered out becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsEmptyAnswer {
+    /// NOERROR with no addresses (NODATA).
+    #[default]
+    Nodata,
+    /// NXDOMAIN.
+    Nxdomain,
+}
+
+/// Which addresses answer filtering removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsFilter {
+    /// Every address some block rule's address conditions match
+    /// (jurisdiction, ASN, CIDR), whatever the traffic would be.
+    #[default]
+    All,
+    /// Such addresses only when others remain: names served only from
+    /// blocked jurisdictions still resolve (the flow rules then decide).
+    Prefer,
+    /// None.
+    Off,
+}
+
+/// The policy's `[dns]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSettings {
+    /// Answer for blocked names (a rule's `dns_answer` overrides it).
+    #[serde(default)]
+    pub blocked: DnsBlockAnswer,
+    /// Answer when filtering removed every address.
+    #[serde(default)]
+    pub filtered: DnsEmptyAnswer,
+    /// Which addresses are filtered out of answers.
+    #[serde(default)]
+    pub filter: DnsFilter,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +243,8 @@ struct RawRule {
     app: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     list: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    dns_answer: Option<DnsBlockAnswer>,
 }
 
 /// Sorted, merged address ranges; membership by binary search.
@@ -317,6 +373,9 @@ pub struct Rule {
     pub action: Action,
     /// 1-based line of the rule in its file.
     pub line: usize,
+    /// What a DNS query this rule blocks is answered with (else the
+    /// policy's `[dns] blocked`).
+    pub dns_answer: Option<DnsBlockAnswer>,
     pub(crate) cond: Conditions,
 }
 
@@ -342,6 +401,8 @@ pub struct Policy {
     pub lists: Vec<CompiledList>,
     /// The file it came from.
     pub source: PathBuf,
+    /// DNS answers: blocked names, filtered addresses.
+    pub dns: DnsSettings,
     pub(crate) needs_intel: bool,
 }
 
@@ -467,6 +528,7 @@ impl Policy {
             rules,
             lists,
             source: path.to_owned(),
+            dns: raw.dns,
             needs_intel,
         })
     }
@@ -699,6 +761,7 @@ fn compile_rule(
         name: r.name.into_inner(),
         action,
         line,
+        dns_answer: r.dns_answer,
         cond: c,
     })
 }

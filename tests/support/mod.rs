@@ -447,3 +447,124 @@ pub(crate) fn client_hello(sni: &str) -> Vec<u8> {
     rec.extend_from_slice(&hs);
     rec
 }
+
+/// Answers for the test's DNS server: name (lowercase, no final dot) and
+/// type to records.
+pub(crate) type Zone = fn(&str, hickory_proto::rr::RecordType) -> Vec<hickory_proto::rr::Record>;
+
+/// The answer of the test's DNS server to `query`.
+fn zone_answer(query: &[u8], zone: Zone) -> Option<Vec<u8>> {
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
+    let q = Message::from_vec(query).ok()?;
+    let question = q.queries.first()?.clone();
+    let mut m = Message::response(q.metadata.id, q.metadata.op_code);
+    m.metadata.message_type = MessageType::Response;
+    m.metadata.recursion_desired = q.metadata.recursion_desired;
+    m.metadata.recursion_available = true;
+    let n = question.name().to_lowercase().to_ascii();
+    let records = zone(n.trim_end_matches('.'), question.query_type());
+    if records.is_empty() && question.query_type() == hickory_proto::rr::RecordType::A {
+        m.metadata.response_code = ResponseCode::NXDomain;
+    }
+    m.add_query(question);
+    m.add_answers(records);
+    m.to_vec().ok()
+}
+
+impl Net {
+    /// A DNS server in the internet namespace on `at`, over UDP and TCP,
+    /// answering from `zone`; it counts the queries it got.
+    pub(crate) fn dns_server(&mut self, at: SocketAddr, zone: Zone) -> Arc<AtomicUsize> {
+        let served = Arc::new(AtomicUsize::new(0));
+        let (net, stop) = (self.net.clone(), self.stop.clone());
+        let (u, t) = in_ns(&net, || {
+            (
+                UdpSocket::bind(at).expect("bind dns/udp"),
+                TcpListener::bind(at).expect("bind dns/tcp"),
+            )
+        });
+        u.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        t.set_nonblocking(true).expect("nonblocking");
+        let (s1, st1) = (served.clone(), stop.clone());
+        self.threads.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while !st1.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = u.recv_from(&mut buf) {
+                    s1.fetch_add(1, Ordering::SeqCst);
+                    if let Some(a) = zone_answer(&buf[..n], zone) {
+                        let _ = u.send_to(&a, from);
+                    }
+                }
+            }
+        }));
+        let s2 = served.clone();
+        self.threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((mut c, _)) = t.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut len = [0u8; 2];
+                while c.read_exact(&mut len).is_ok() {
+                    let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if c.read_exact(&mut q).is_err() {
+                        break;
+                    }
+                    s2.fetch_add(1, Ordering::SeqCst);
+                    if let Some(a) = zone_answer(&q, zone) {
+                        let _ = c.write_all(&(a.len() as u16).to_be_bytes());
+                        let _ = c.write_all(&a);
+                    }
+                }
+            }
+        }));
+        served
+    }
+}
+
+/// Asks `server` for `name`/`rtype` over UDP (or TCP); the answer.
+pub(crate) fn dns_query(
+    server: SocketAddr,
+    name: &str,
+    rtype: hickory_proto::rr::RecordType,
+    tcp: bool,
+) -> std::io::Result<hickory_proto::op::Message> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::Name;
+    let mut m = Message::query();
+    m.metadata.id = 0x4242;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(
+        Name::from_ascii(name).map_err(std::io::Error::other)?,
+        rtype,
+    ));
+    let q = m.to_vec().map_err(std::io::Error::other)?;
+    let bytes = if tcp {
+        let mut s = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(&(q.len() as u16).to_be_bytes())?;
+        s.write_all(&q)?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut a = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut a)?;
+        a
+    } else {
+        let bind = if server.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let s = UdpSocket::bind(bind)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.send_to(&q, server)?;
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = s.recv_from(&mut buf)?;
+        buf.truncate(n);
+        buf
+    };
+    Message::from_vec(&bytes).map_err(std::io::Error::other)
+}

@@ -1,0 +1,215 @@
+//! The resolver behind the engine's DNS: hickory, with upstreams given as
+//! `system` (`/etc/resolv.conf`), `udp:IP[:PORT]`, `tcp:IP[:PORT]`,
+//! `tls:IP[:PORT]@NAME` (DNS over TLS) or `https:IP[:PORT]@NAME` (DNS over
+//! HTTPS).
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{Name, RecordType};
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+
+use crate::engine::dns::Resolved;
+
+/// The resolver the driver uses.
+pub type Resolver = hickory_resolver::TokioResolver;
+
+/// One upstream resolver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// The system's (`/etc/resolv.conf`).
+    System,
+    /// Plain DNS over UDP (falling back to TCP for truncated answers).
+    Udp(SocketAddr),
+    /// Plain DNS over TCP.
+    Tcp(SocketAddr),
+    /// DNS over TLS, checking the certificate against the name.
+    Tls(SocketAddr, String),
+    /// DNS over HTTPS, checking the certificate against the name.
+    Https(SocketAddr, String),
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upstream::System => write!(f, "system"),
+            Upstream::Udp(a) => write!(f, "udp:{a}"),
+            Upstream::Tcp(a) => write!(f, "tcp:{a}"),
+            Upstream::Tls(a, n) => write!(f, "tls:{a}@{n}"),
+            Upstream::Https(a, n) => write!(f, "https:{a}@{n}"),
+        }
+    }
+}
+
+fn addr(s: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let ip = s.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, port))
+        .map_err(|_| format!("'{s}' is not an address (IP, IP:PORT or [IPv6]:PORT)"))
+}
+
+impl FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "system" {
+            return Ok(Upstream::System);
+        }
+        let (kind, rest) = s.split_once(':').ok_or_else(|| {
+            format!("upstream '{s}': expected system, udp:IP, tcp:IP, tls:IP@NAME or https:IP@NAME")
+        })?;
+        let named = |port| -> Result<(SocketAddr, String), String> {
+            let (a, n) = rest.rsplit_once('@').ok_or_else(|| {
+                format!("upstream '{s}': {kind} needs @NAME (the certificate's name)")
+            })?;
+            if n.is_empty() {
+                return Err(format!("upstream '{s}': empty name after @"));
+            }
+            Ok((addr(a, port)?, n.to_owned()))
+        };
+        match kind {
+            "udp" => Ok(Upstream::Udp(addr(rest, 53)?)),
+            "tcp" => Ok(Upstream::Tcp(addr(rest, 53)?)),
+            "tls" => named(853).map(|(a, n)| Upstream::Tls(a, n)),
+            "https" => named(443).map(|(a, n)| Upstream::Https(a, n)),
+            _ => Err(format!("upstream '{s}': unknown kind '{kind}'")),
+        }
+    }
+}
+
+fn server(a: SocketAddr, protocol: ProtocolConfig) -> NameServerConfig {
+    let mut c = ConnectionConfig::new(protocol);
+    c.port = a.port();
+    NameServerConfig::new(a.ip(), true, vec![c])
+}
+
+/// Builds the resolver; also returns the upstream servers' addresses (to
+/// check against the policy before any query leaves).
+///
+/// # Errors
+/// The system configuration cannot be read, or hickory refuses it.
+pub fn build(upstreams: &[Upstream]) -> Result<(Resolver, Vec<IpAddr>), String> {
+    let mut servers = Vec::new();
+    let mut opts = ResolverOpts::default();
+    for u in upstreams {
+        match u {
+            Upstream::System => {
+                let (cfg, sys) = hickory_resolver::system_conf::read_system_conf()
+                    .map_err(|e| format!("cannot read the system's resolver configuration: {e}"))?;
+                opts = sys;
+                servers.extend(cfg.name_servers().iter().cloned());
+            }
+            Upstream::Udp(a) => {
+                let mut s = server(*a, ProtocolConfig::Udp);
+                let mut tcp = ConnectionConfig::new(ProtocolConfig::Tcp);
+                tcp.port = a.port();
+                s.connections.push(tcp);
+                servers.push(s);
+            }
+            Upstream::Tcp(a) => servers.push(server(*a, ProtocolConfig::Tcp)),
+            Upstream::Tls(a, n) => {
+                servers.push(server(
+                    *a,
+                    ConnectionConfig::tls(Arc::from(n.as_str())).protocol,
+                ));
+            }
+            Upstream::Https(a, n) => servers.push(server(
+                *a,
+                ConnectionConfig::https(Arc::from(n.as_str()), None).protocol,
+            )),
+        }
+    }
+    if servers.is_empty() {
+        return Err("no upstream resolver configured (the system lists none)".into());
+    }
+    let ips = servers.iter().map(|s| s.ip).collect();
+    // geowall caches answers itself (to filter them per policy); hickory
+    // keeps a small cache of its own for concurrent identical queries.
+    opts.cache_size = 256;
+    opts.timeout = Duration::from_secs(3);
+    opts.attempts = 2;
+    opts.ndots = 0;
+    let cfg = ResolverConfig::from_name_servers(servers);
+    let r = hickory_resolver::Resolver::builder_with_config(cfg, TokioRuntimeProvider::default())
+        .with_options(opts)
+        .build()
+        .map_err(|e| format!("cannot build the resolver: {e}"))?;
+    Ok((r, ips))
+}
+
+/// Resolves `name` for `rtype`: the answer section, or the negative
+/// answer; `None` when no upstream answered.
+pub async fn resolve(r: &Resolver, name: Name, rtype: RecordType) -> Option<Resolved> {
+    match r.lookup(name, rtype).await {
+        Ok(l) => Some(Resolved {
+            rcode: ResponseCode::NoError,
+            records: l.answers().to_vec(),
+            negative_ttl: None,
+        }),
+        Err(NetError::Dns(DnsError::NoRecordsFound(n))) => Some(Resolved {
+            rcode: n.response_code,
+            records: Vec::new(),
+            negative_ttl: n.negative_ttl,
+        }),
+        Err(NetError::Dns(DnsError::ResponseCode(c))) if c == ResponseCode::NXDomain => {
+            Some(Resolved {
+                rcode: c,
+                records: Vec::new(),
+                negative_ttl: None,
+            })
+        }
+        Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_specs_parse_and_say_what_is_wrong() {
+        assert_eq!("system".parse(), Ok(Upstream::System));
+        assert_eq!(
+            "udp:192.0.2.53".parse(),
+            Ok(Upstream::Udp("192.0.2.53:53".parse().expect("addr")))
+        );
+        assert_eq!(
+            "tcp:[2001:db8::53]:5353".parse(),
+            Ok(Upstream::Tcp("[2001:db8::53]:5353".parse().expect("addr")))
+        );
+        assert_eq!(
+            "tls:192.0.2.53@dns.example".parse(),
+            Ok(Upstream::Tls(
+                "192.0.2.53:853".parse().expect("addr"),
+                "dns.example".into()
+            ))
+        );
+        assert_eq!(
+            "https:2001:db8::53@dns.example".parse(),
+            Ok(Upstream::Https(
+                "[2001:db8::53]:443".parse().expect("addr"),
+                "dns.example".into()
+            ))
+        );
+        for (bad, says) in [
+            ("udp:nowhere", "not an address"),
+            ("tls:192.0.2.53", "needs @NAME"),
+            ("quic:192.0.2.53", "unknown kind"),
+            ("8.8.8.8", "expected system"),
+        ] {
+            let e = bad.parse::<Upstream>().expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}

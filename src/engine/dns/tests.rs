@@ -1,0 +1,439 @@
+//! DNS through the engine: queries built as an app would send them, the
+//! resolver's part played by the test, the test world of
+//! tests/fixtures/world.csv.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+use hickory_proto::op::Query;
+use hickory_proto::rr::rdata::svcb::{SVCB, SvcParamKey};
+use hickory_proto::rr::rdata::{CNAME, HTTPS};
+
+use super::*;
+use crate::engine::dataplane::{Engine, EngineConfig, Output};
+use crate::engine::reply;
+use crate::intel::catalog::Catalog;
+use crate::intel::world::{World, WorldBuilder};
+use crate::policy::PolicyHandle;
+use crate::wire::packet::{Transport, parse_ip};
+
+const S: u64 = 1_000_000_000;
+const APP: &str = "192.0.2.200:40000";
+const DNS: &str = "198.18.1.1:53";
+
+const POLICY: &str = r#"
+name = "dns-test"
+default = "allow"
+
+[[rule]]
+name = "no trackers"
+action = "block"
+domain = ["tracker.example"]
+
+[[rule]]
+name = "no ads"
+action = "block"
+domain = ["ads.example"]
+dns_answer = "null"
+
+[[rule]]
+name = "no media to PRC"
+action = "block"
+traffic = ["media"]
+jurisdiction = { countries = ["CN", "HK", "MO"] }
+"#;
+
+fn engine(policy: &str, cfg: EngineConfig) -> Engine {
+    let mut b = WorldBuilder::new();
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/world.csv");
+    b.add_fixture_csv(&csv, &mut |_| {}).expect("fixture");
+    let world = World::from_vec(b.build(&mut |_| {}).expect("builds").0).expect("loads");
+    let catalog = Catalog::shipped().expect("catalog");
+    let p = Policy::parse(Path::new("dns-test.toml"), policy, None, &catalog).expect("policy");
+    Engine::new(
+        cfg,
+        Intel::new(Arc::new(world), Arc::new(catalog)),
+        Arc::new(PolicyHandle::new(p)),
+        None,
+    )
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+fn name(s: &str) -> Name {
+    Name::from_ascii(s).expect("name")
+}
+
+fn query_bytes(id: u16, qname: &str, t: RecordType, edns: bool) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(name(qname), t));
+    if edns {
+        m.set_edns(Edns::new());
+    }
+    m.to_vec().expect("encodes")
+}
+
+fn query(e: &mut Engine, id: u16, qname: &str, t: RecordType) -> Vec<Output> {
+    let q = query_bytes(id, qname, t, true);
+    e.handle_tun(&reply::udp_packet(sa(APP), sa(DNS), &q).expect("packet"), S);
+    std::iter::from_fn(|| e.poll_output()).collect()
+}
+
+/// The DNS answer in the packets for the app.
+fn answer_of(out: &[Output]) -> Option<Message> {
+    out.iter().find_map(|o| match o {
+        Output::ToTun(p) => {
+            let ip = parse_ip(p).ok()?;
+            match ip.transport {
+                Transport::Udp {
+                    sport: 53, payload, ..
+                } => Message::from_vec(payload).ok(),
+                _ => None,
+            }
+        }
+        _ => None,
+    })
+}
+
+fn token(out: &[Output]) -> u64 {
+    out.iter()
+        .find_map(|o| match o {
+            Output::DnsQuery { query, .. } => Some(*query),
+            _ => None,
+        })
+        .expect("a query for the resolver")
+}
+
+fn a(owner: &str, ip: [u8; 4]) -> Record {
+    Record::from_rdata(name(owner), 300, RData::A(A(Ipv4Addr::from(ip))))
+}
+
+fn addresses(m: &Message) -> Vec<IpAddr> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(A(ip)) => Some(IpAddr::V4(*ip)),
+            RData::AAAA(AAAA(ip)) => Some(IpAddr::V6(*ip)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(out: &[Output]) -> Vec<&crate::engine::dataplane::Event> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+fn resolve(e: &mut Engine, out: &[Output], records: Vec<Record>) -> Vec<Output> {
+    e.handle_dns_answer(
+        token(out),
+        Some(Resolved {
+            rcode: ResponseCode::NoError,
+            records,
+            negative_ttl: None,
+        }),
+        S,
+    );
+    std::iter::from_fn(|| e.poll_output()).collect()
+}
+
+#[test]
+fn blocked_jurisdictions_are_filtered_out_and_names_follow_the_addresses() {
+    let mut e = engine(POLICY, EngineConfig::default());
+    let out = query(&mut e, 7, "meet.example.org.", RecordType::A);
+    assert!(
+        answer_of(&out).is_none(),
+        "nothing before the resolver answers"
+    );
+    let out = resolve(
+        &mut e,
+        &out,
+        vec![
+            a("meet.example.org.", [203, 0, 113, 10]),
+            a("meet.example.org.", [198, 51, 100, 10]),
+        ],
+    );
+    let m = answer_of(&out).expect("an answer");
+    assert_eq!(m.metadata.id, 7);
+    assert_eq!(addresses(&m), vec![IpAddr::from([198, 51, 100, 10])]);
+    let ev = events(&out);
+    assert_eq!(ev[0].kind, "dns-filtered");
+    assert_eq!(ev[0].rule.as_deref(), Some("no media to PRC"));
+    assert_eq!(ev[0].detail.as_deref(), Some("removed 203.0.113.10"));
+    // A later flow to the kept address carries the name and matches on it.
+    e.handle_tun(
+        &reply::udp_packet(sa(APP), sa("198.51.100.10:9000"), b"hi").expect("packet"),
+        2 * S,
+    );
+    let out: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    assert_eq!(events(&out)[0].names, vec!["meet.example.org".to_owned()]);
+    // The same query again comes from the cache: no resolver, same answer.
+    let out = query(&mut e, 8, "MEET.example.org.", RecordType::A);
+    assert!(!out.iter().any(|o| matches!(o, Output::DnsQuery { .. })));
+    assert_eq!(
+        addresses(&answer_of(&out).expect("cached")),
+        vec![IpAddr::from([198, 51, 100, 10])]
+    );
+    assert_eq!(e.dns_cache.hits, 1);
+}
+
+#[test]
+fn blocked_names_get_the_configured_answer_without_the_resolver() {
+    let mut e = engine(POLICY, EngineConfig::default());
+    let out = query(&mut e, 1, "x.tracker.example.", RecordType::A);
+    let m = answer_of(&out).expect("answered at once");
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(!out.iter().any(|o| matches!(o, Output::DnsQuery { .. })));
+    assert_eq!(events(&out)[0].kind, "dns-blocked");
+    let out = query(&mut e, 2, "ads.example.", RecordType::AAAA);
+    let m = answer_of(&out).expect("answered");
+    assert_eq!(addresses(&m), vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)]);
+    let out = query(&mut e, 3, "ads.example.", RecordType::A);
+    assert_eq!(
+        addresses(&answer_of(&out).expect("answered")),
+        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+    );
+}
+
+#[test]
+fn a_blocked_link_in_a_cname_chain_blocks_the_answer() {
+    let mut e = engine(POLICY, EngineConfig::default());
+    let out = query(&mut e, 9, "www.example.org.", RecordType::A);
+    let out = resolve(
+        &mut e,
+        &out,
+        vec![
+            Record::from_rdata(
+                name("www.example.org."),
+                300,
+                RData::CNAME(CNAME(name("edge.cdn.example."))),
+            ),
+            Record::from_rdata(
+                name("edge.cdn.example."),
+                300,
+                RData::CNAME(CNAME(name("x.tracker.example."))),
+            ),
+            a("x.tracker.example.", [198, 51, 100, 10]),
+        ],
+    );
+    let m = answer_of(&out).expect("answer");
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let ev = events(&out);
+    assert_eq!(ev[0].kind, "dns-blocked");
+    assert_eq!(
+        ev[0].names,
+        vec!["www.example.org", "edge.cdn.example", "x.tracker.example"]
+    );
+}
+
+#[test]
+fn only_blocked_addresses_leave_an_empty_answer_or_nxdomain_per_policy() {
+    let mut e = engine(POLICY, EngineConfig::default());
+    let out = query(&mut e, 4, "cn-only.example.", RecordType::A);
+    let out = resolve(&mut e, &out, vec![a("cn-only.example.", [203, 0, 113, 10])]);
+    let m = answer_of(&out).expect("answer");
+    assert_eq!(
+        (m.metadata.response_code, m.answers.len()),
+        (ResponseCode::NoError, 0)
+    );
+
+    let mut e = engine(
+        &format!("{POLICY}\n[dns]\nfiltered = \"nxdomain\"\n"),
+        EngineConfig::default(),
+    );
+    let out = query(&mut e, 4, "cn-only.example.", RecordType::A);
+    let out = resolve(&mut e, &out, vec![a("cn-only.example.", [203, 0, 113, 10])]);
+    assert_eq!(
+        answer_of(&out).expect("answer").metadata.response_code,
+        ResponseCode::NXDomain
+    );
+
+    // "prefer": with nothing else to offer, the answer stands.
+    let mut e = engine(
+        &format!("{POLICY}\n[dns]\nfilter = \"prefer\"\n"),
+        EngineConfig::default(),
+    );
+    let out = query(&mut e, 4, "cn-only.example.", RecordType::A);
+    let out = resolve(&mut e, &out, vec![a("cn-only.example.", [203, 0, 113, 10])]);
+    assert_eq!(
+        addresses(&answer_of(&out).expect("answer")),
+        vec![IpAddr::from([203, 0, 113, 10])]
+    );
+}
+
+#[test]
+fn https_hints_cannot_smuggle_a_blocked_address() {
+    let mut e = engine(POLICY, EngineConfig::default());
+    let out = query(&mut e, 5, "svc.example.", RecordType::HTTPS);
+    let svcb = SVCB::new(
+        1,
+        name("."),
+        vec![
+            (
+                SvcParamKey::Ipv4Hint,
+                SvcParamValue::Ipv4Hint(IpHint(vec![
+                    A::new(203, 0, 113, 10),
+                    A::new(198, 51, 100, 10),
+                ])),
+            ),
+            (
+                SvcParamKey::Ipv6Hint,
+                SvcParamValue::Ipv6Hint(IpHint(vec![AAAA("2001:db8:86::1".parse().expect("v6"))])),
+            ),
+        ],
+    );
+    let out = resolve(
+        &mut e,
+        &out,
+        vec![Record::from_rdata(
+            name("svc.example."),
+            300,
+            RData::HTTPS(HTTPS(svcb)),
+        )],
+    );
+    let m = answer_of(&out).expect("answer");
+    let RData::HTTPS(h) = &m.answers[0].data else {
+        panic!("{m:?}")
+    };
+    let hints: Vec<&SvcParamValue> = h.0.svc_params.iter().map(|(_, v)| v).collect();
+    assert_eq!(
+        hints,
+        vec![&SvcParamValue::Ipv4Hint(IpHint(vec![A::new(
+            198, 51, 100, 10
+        )]))],
+        "the CN v4 hint and the whole CN-only v6 hint list are gone"
+    );
+}
+
+#[test]
+fn big_answers_over_udp_are_truncated_and_malformed_queries_get_servfail() {
+    let mut e = engine(POLICY, EngineConfig::default());
+    let q = query_bytes(6, "many.example.", RecordType::A, false);
+    e.handle_tun(&reply::udp_packet(sa(APP), sa(DNS), &q).expect("packet"), S);
+    let out: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    let many: Vec<Record> = (0..100u8)
+        .map(|i| a("many.example.", [198, 51, 100, i]))
+        .collect();
+    let out = resolve(&mut e, &out, many);
+    let m = answer_of(&out).expect("answer");
+    assert!(m.metadata.truncation, "512 bytes without EDNS");
+    assert!(m.answers.is_empty());
+
+    // Twelve bytes of nonsense: SERVFAIL with the same id.
+    let junk = [0xAB, 0xCD, 1, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0xFF];
+    e.handle_tun(
+        &reply::udp_packet(sa(APP), sa(DNS), &junk).expect("packet"),
+        S,
+    );
+    let out: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    let m = answer_of(&out).expect("an error answer");
+    assert_eq!(
+        (m.metadata.id, m.metadata.response_code),
+        (0xABCD, ResponseCode::ServFail)
+    );
+    // Too short to answer: dropped and counted.
+    e.handle_tun(
+        &reply::udp_packet(sa(APP), sa(DNS), &[1, 2, 3]).expect("packet"),
+        S,
+    );
+    assert!(answer_of(&std::iter::from_fn(|| e.poll_output()).collect::<Vec<_>>()).is_none());
+    assert_eq!(e.counters.drops.get("dns-unreadable"), Some(&1));
+}
+
+#[test]
+fn a_failed_resolver_gives_servfail_and_the_pending_bound_holds() {
+    let cfg = EngineConfig {
+        dns: DnsLimits {
+            pending: 2,
+            ..DnsLimits::default()
+        },
+        ..EngineConfig::default()
+    };
+    let mut e = engine(POLICY, cfg);
+    let out = query(&mut e, 1, "a.example.", RecordType::A);
+    e.handle_dns_answer(token(&out), None, S);
+    let out: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    assert_eq!(
+        answer_of(&out).expect("answer").metadata.response_code,
+        ResponseCode::ServFail
+    );
+    query(&mut e, 2, "b.example.", RecordType::A);
+    query(&mut e, 3, "c.example.", RecordType::A);
+    let out = query(&mut e, 4, "d.example.", RecordType::A);
+    assert_eq!(
+        answer_of(&out).expect("refused").metadata.response_code,
+        ResponseCode::ServFail
+    );
+    assert_eq!(e.dns_pending(), 2);
+}
+
+#[test]
+fn the_cache_and_the_name_map_stay_within_their_bounds() {
+    let lim = DnsLimits {
+        cache_entries: 16,
+        cache_bytes: 4096,
+        names: 8,
+        pending: 8,
+    };
+    let mut c = Cache::default();
+    let mut names = NameMap::default();
+    for i in 0..200u32 {
+        let q = parse_query(&query_bytes(
+            1,
+            &format!("n{i}.example."),
+            RecordType::A,
+            false,
+        ))
+        .expect("q");
+        let r = Resolved {
+            rcode: ResponseCode::NoError,
+            records: vec![a(
+                &format!("n{i}.example."),
+                [198, 51, 100, (i % 250) as u8],
+            )],
+            negative_ttl: None,
+        };
+        store(&mut c, &q, &r, u64::from(i) * S, &lim);
+        assert!(
+            c.len() <= 16 && c.bytes() <= 4096,
+            "{} {}",
+            c.len(),
+            c.bytes()
+        );
+        names.learn(
+            IpAddr::from([198, 51, 100, (i % 250) as u8]),
+            &format!("n{i}.example"),
+            1000 * S,
+            8,
+        );
+        assert!(names.len() <= 8);
+    }
+    // Expiry: an answer is not served past its TTL (300 s here).
+    let q = parse_query(&query_bytes(1, "n199.example.", RecordType::A, false)).expect("q");
+    assert!(cached(&mut c, &q, 199 * S + 299 * S).is_some());
+    assert!(cached(&mut c, &q, 199 * S + 301 * S).is_none());
+}
+
+proptest::proptest! {
+    /// Whatever the app sends to port 53, the engine answers or drops it,
+    /// never panics, and never asks the resolver for more than one name.
+    #[test]
+    fn arbitrary_dns_messages_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+        let mut e = engine(POLICY, EngineConfig::default());
+        e.handle_tun(&reply::udp_packet(sa(APP), sa(DNS), &body).expect("packet"), S);
+        let out: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+        let asks = out.iter().filter(|o| matches!(o, Output::DnsQuery { .. })).count();
+        proptest::prop_assert!(asks <= 1);
+        if let Some(t) = out.iter().find_map(|o| match o { Output::DnsQuery { query, .. } => Some(*query), _ => None }) {
+            e.handle_dns_answer(t, None, S);
+        }
+    }
+}
