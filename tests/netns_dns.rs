@@ -82,9 +82,7 @@ fn queries_are_answered_filtered_and_attributed() {
         return;
     }
     let mut net = Net::new();
-    let world = support::test_world(net.dir.path());
-    let policy = net.dir.path().join("dns.toml");
-    std::fs::write(&policy, POLICY).expect("policy");
+    let (policy, world) = net.policy_and_world(POLICY);
     support::ip(&[
         "-n",
         &net.net,

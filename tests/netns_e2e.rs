@@ -133,9 +133,7 @@ fn allowed_flows_work_and_blocked_flows_never_reach_the_server() {
         return;
     }
     let mut net = Net::new();
-    let world = support::test_world(net.dir.path());
-    let policy = net.dir.path().join("e2e.toml");
-    std::fs::write(&policy, POLICY).expect("policy");
+    let (policy, world) = net.policy_and_world(POLICY);
     for ip in [addr::US, addr::CN, addr::US6, addr::CN6] {
         net.tcp_server(sa(ip, 7000), echo);
         net.tcp_server(sa(ip, 7001), echo);

@@ -36,6 +36,24 @@ pub struct Facts<'a> {
     pub app: Option<&'a str>,
 }
 
+impl<'a> Facts<'a> {
+    /// What DNS knows: an address (or none yet), names, the app; nothing
+    /// about the flow.
+    pub fn dns(dst: Option<IpAddr>, names: &'a [&'a str], app: Option<&'a str>) -> Self {
+        Self {
+            dst,
+            port: None,
+            transport: None,
+            names,
+            traffic: None,
+            protocol: None,
+            encrypted: None,
+            leak: false,
+            app,
+        }
+    }
+}
+
 /// Why a jurisdiction condition matched: the layer, and the country it
 /// named (`None` when it matched because the data is unknown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -321,17 +339,7 @@ impl Policy {
         names: &[&str],
         app: Option<&str>,
     ) -> Option<&'p Rule> {
-        let f = Facts {
-            dst: None,
-            port: None,
-            transport: None,
-            names,
-            traffic: None,
-            protocol: None,
-            encrypted: None,
-            leak: false,
-            app,
-        };
+        let f = Facts::dns(None, names, app);
         let j = self
             .needs_intel
             .then(|| intel.jurisdiction(None, names, None));
@@ -359,17 +367,7 @@ impl Policy {
         names: &[&str],
         app: Option<&str>,
     ) -> Option<(&'p Rule, Option<LayerMatch>)> {
-        let f = Facts {
-            dst: Some(ip),
-            port: None,
-            transport: None,
-            names,
-            traffic: None,
-            protocol: None,
-            encrypted: None,
-            leak: false,
-            app,
-        };
+        let f = Facts::dns(Some(ip), names, app);
         let j = self
             .needs_intel
             .then(|| intel.jurisdiction(Some(ip), names, None));

@@ -267,6 +267,14 @@ impl Net {
         }
     }
 
+    /// Writes `policy` into the scratch directory and builds the test world
+    /// there; their paths.
+    pub(crate) fn policy_and_world(&self, policy: &str) -> (PathBuf, PathBuf) {
+        let p = self.dir.path().join("policy.toml");
+        std::fs::write(&p, policy).expect("policy");
+        (p, test_world(self.dir.path()))
+    }
+
     /// Packets counted towards `dst` (address, protocol, port).
     pub(crate) fn count(&self, dst: &str, proto: u8, port: u16) -> u64 {
         let ip: IpAddr = dst.parse().expect("address");
