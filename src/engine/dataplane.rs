@@ -683,6 +683,12 @@ impl Engine {
         if new || new_leak || !f.sniffer.is_done() || self.needs_rejudge(&key) {
             let policy = self.policy.current();
             let f = &self.flows[&key];
+            if let Some(n) = &f.sniffer.server_name {
+                // QUIC, SD-RTN and other names feed the same map as DNS.
+                let until = now_ns + dns::SEEN_NAME_TTL_NS;
+                self.names
+                    .learn(f.server.ip(), n, until, self.cfg.dns.names);
+            }
             let verdict = judge(&policy, &self.intel, f);
             if let Action::Block(mode) = verdict.action {
                 let kind = if new { "blocked" } else { "cut" };
@@ -1055,6 +1061,12 @@ impl Engine {
                 _ => false,
             };
             if due {
+                if let Some(n) = &f.sniffer.server_name {
+                    // TLS, QUIC and HTTP names feed the same map as DNS.
+                    let until = now_ns + dns::SEEN_NAME_TTL_NS;
+                    self.names
+                        .learn(f.server.ip(), n, until, self.cfg.dns.names);
+                }
                 let policy = self.policy.current();
                 let v = judge_parts(
                     &policy,

@@ -544,3 +544,91 @@ fn embedded_ipv4_jurisdiction_counts() {
     assert!(!j.geo_unknown() && !j.local);
     assert_eq!(j.to_json()["embedded"]["kind"], "nat64");
 }
+
+#[test]
+fn strict_refuses_encrypted_dns_around_geowall() {
+    let intel = fixture_intel();
+    let p = Policy::preset("strict", &catalog()).expect("preset");
+    let rule = |f: Facts<'_>| p.evaluate(&intel, &f).rule.map(|r| r.1.name.clone());
+    // DoT to a US address of the test world (only evaluated, never sent).
+    assert_eq!(
+        rule(Facts {
+            dst: ip("198.51.100.9"),
+            port: Some(853),
+            transport: Some(Transport::Tcp),
+            ..Facts::default()
+        })
+        .as_deref(),
+        Some("no DNS over TLS or QUIC around geowall")
+    );
+    // DoH by name: the flow, and the name at the DNS step.
+    assert_eq!(
+        rule(Facts {
+            dst: ip("198.51.100.9"),
+            port: Some(443),
+            names: &["dns.google"],
+            ..Facts::default()
+        })
+        .as_deref(),
+        Some("no DNS over HTTPS to public resolvers, by name")
+    );
+    assert!(
+        p.dns_blocks_name(&intel, &["cloudflare-dns.com"], None)
+            .is_some()
+    );
+    assert!(
+        p.dns_blocks_name(&intel, &["www.example.org"], None)
+            .is_none()
+    );
+    // DoH by address, on 443 only.
+    let doh = |port| {
+        rule(Facts {
+            dst: ip("1.1.1.1"),
+            port: Some(port),
+            ..Facts::default()
+        })
+    };
+    assert_eq!(
+        doh(443).as_deref(),
+        Some("no DNS over HTTPS to public resolvers, by address")
+    );
+    assert_ne!(
+        doh(80).as_deref(),
+        Some("no DNS over HTTPS to public resolvers, by address")
+    );
+}
+
+#[test]
+fn dns_address_filtering_ignores_the_flow_but_respects_allow_rules() {
+    let intel = fixture_intel();
+    let p = Policy::preset("clubhouse", &catalog()).expect("preset");
+    // The clubhouse rules are about pings and media; at DNS time any
+    // traffic could follow, so a CN address is filtered.
+    assert!(
+        p.dns_blocks_address(&intel, "203.0.113.5".parse().expect("ip"), &[], None)
+            .is_some()
+    );
+    assert!(
+        p.dns_blocks_address(&intel, "198.51.100.5".parse().expect("ip"), &[], None)
+            .is_none()
+    );
+    // An earlier allow rule on the address alone keeps it.
+    let allow = parse("name='t'\ndefault='allow'\n[[rule]]\nname='ok'\naction='allow'\ncidr=['203.0.113.5/32']\n[[rule]]\nname='cn'\naction='block'\ntraffic=['media']\njurisdiction={countries=['CN']}\n").expect("ok");
+    assert!(
+        allow
+            .dns_blocks_address(&intel, "203.0.113.5".parse().expect("ip"), &[], None)
+            .is_none()
+    );
+    assert!(
+        allow
+            .dns_blocks_address(&intel, "203.0.113.6".parse().expect("ip"), &[], None)
+            .is_some()
+    );
+    // A name rule that also needs a flow condition does not block names.
+    let media = parse("name='t'\ndefault='allow'\n[[rule]]\nname='m'\naction='block'\ntraffic=['media']\ndomain=['meet.example.org']\n").expect("ok");
+    assert!(
+        media
+            .dns_blocks_name(&intel, &["meet.example.org"], None)
+            .is_none()
+    );
+}

@@ -437,3 +437,37 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn names_seen_in_flows_feed_the_same_map() {
+    let mut e = engine(POLICY, EngineConfig::default());
+    // An SD-RTN probe naming an Agora edge, to a US address.
+    let mut probe = vec![
+        0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x21, 0, 0, 0, 0, 0, 0x04, 0x53, 0x4E, 0x49,
+    ];
+    let host = b"1-2-3-4.edge.agora.io";
+    probe.extend_from_slice(&(host.len() as u16).to_be_bytes());
+    probe.push(0);
+    probe.extend_from_slice(host);
+    probe.extend_from_slice(&[0; 8]);
+    e.handle_tun(
+        &reply::udp_packet(sa(APP), sa("198.51.100.20:4001"), &probe).expect("packet"),
+        S,
+    );
+    while e.poll_output().is_some() {}
+    let names: Vec<&str> = e
+        .names
+        .names(IpAddr::from([198, 51, 100, 20]), 2 * S)
+        .collect();
+    assert_eq!(names, vec!["1-2-3-4.edge.agora.io"]);
+    // Another flow to that address carries the name.
+    e.handle_tun(
+        &reply::udp_packet(sa("192.0.2.200:40001"), sa("198.51.100.20:9"), b"x").expect("packet"),
+        2 * S,
+    );
+    let out: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    assert_eq!(
+        events(&out)[0].names,
+        vec!["1-2-3-4.edge.agora.io".to_owned()]
+    );
+}
