@@ -144,7 +144,7 @@ fn allowed_flows_work_and_blocked_flows_never_reach_the_server() {
         net.udp_server(sa(ip, 5004), echo);
     }
     net.udp_server(sa(addr::HK, 4001), silent);
-    net.udp_server(sa(addr::US, 4001), silent);
+    net.udp_server(sa(addr::US2, 4001), silent);
     net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
 
     let app = net.app.clone();
@@ -196,8 +196,10 @@ fn allowed_flows_work_and_blocked_flows_never_reach_the_server() {
                 );
             }
         }
-        // SD-RTN probes: to HK, and to a US address (caught by the vendor).
-        for ip in [addr::HK, addr::US] {
+        // SD-RTN probes: to HK, and to a US address (caught by the vendor;
+        // that address is then known as an Agora edge's, so it gets its
+        // own: pings to it would be blocked from now on).
+        for ip in [addr::HK, addr::US2] {
             let _ = udp_exchange(sa(ip, 4001), &sd_rtn("104-166-161-75.edge.agora.io"));
         }
         // Ping: US answers, v4 and v6; CN and a US-located CN network don't.
@@ -216,7 +218,7 @@ fn allowed_flows_work_and_blocked_flows_never_reach_the_server() {
         (addr::CN, 17, 5004),
         (addr::CN6, 17, 5004),
         (addr::HK, 17, 4001),
-        (addr::US, 17, 4001),
+        (addr::US2, 17, 4001),
         (addr::CN, 1, 0),
         (addr::US_CN_NET, 1, 0),
         (addr::CN6, 58, 0),
@@ -252,7 +254,7 @@ fn allowed_flows_work_and_blocked_flows_never_reach_the_server() {
             .find(|e| e["kind"] == kind && e["server"] == server)
             .unwrap_or_else(|| panic!("no {kind} event for {server}: {events:#?}"))
     };
-    let e = find("blocked", &format!("{}:4001", addr::US));
+    let e = find("blocked", &format!("{}:4001", addr::US2));
     assert_eq!(e["layer"], "vendor:CN");
     assert_eq!(e["server_name"], "104-166-161-75.edge.agora.io");
     assert_eq!(
@@ -264,5 +266,70 @@ fn allowed_flows_work_and_blocked_flows_never_reach_the_server() {
         find("opened", &format!("{}:7443", addr::US))["server_name"],
         "meet.example.org"
     );
+    net.stop_geowall();
+}
+
+/// Fail-closed: killed mid-transfer, geowall takes its TUN with it; the app
+/// namespace has no route left and nothing reaches the server until
+/// geowall is back, and then traffic flows again.
+#[test]
+fn when_geowall_dies_nothing_leaves_until_it_is_back() {
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    let rules = ["--policy", policy.to_str().expect("utf-8")];
+    net.tcp_server(sa(addr::US, 7000), echo);
+    net.udp_server(sa(addr::US, 7000), echo);
+    net.start_geowall(&world, &rules);
+    let app = net.app.clone();
+    // A TCP connection in the middle of sending.
+    let mut open = in_ns(&app, || {
+        assert_eq!(
+            udp_exchange(sa(addr::US, 7000), b"before").expect("udp"),
+            b"before"
+        );
+        let mut s = TcpStream::connect_timeout(&sa(addr::US, 7000), TIMEOUT).expect("tcp");
+        s.write_all(&[7u8; 50_000]).expect("first half");
+        s
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    net.kill_geowall();
+    std::thread::sleep(Duration::from_millis(200));
+    let (tcp0, udp0) = (net.count(addr::US, 6, 7000), net.count(addr::US, 17, 7000));
+    let routes = std::process::Command::new("ip")
+        .args(["-n", &app, "route", "show", "table", "all"])
+        .output()
+        .expect("ip route");
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(!routes.contains(&net.tun), "the TUN is gone: {routes}");
+    assert!(
+        !routes.contains("default"),
+        "no default route is left: {routes}"
+    );
+    in_ns(&app, || {
+        let _ = open.write_all(&[8u8; 50_000]);
+        assert!(udp_exchange(sa(addr::US, 7000), b"during").is_err());
+        assert!(tcp_exchange(sa(addr::US, 7000), b"during").is_err());
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        (net.count(addr::US, 6, 7000), net.count(addr::US, 17, 7000)),
+        (tcp0, udp0),
+        "nothing reached the server while geowall was down"
+    );
+    // Back: traffic flows again.
+    net.start_geowall(&world, &rules);
+    in_ns(&app, || {
+        assert_eq!(
+            udp_exchange(sa(addr::US, 7000), b"after").expect("udp"),
+            b"after"
+        );
+        assert_eq!(
+            tcp_exchange(sa(addr::US, 7000), b"after").expect("tcp"),
+            b"after"
+        );
+    });
     net.stop_geowall();
 }

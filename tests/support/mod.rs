@@ -91,6 +91,8 @@ pub(crate) mod addr {
     pub(crate) const HK: &str = "203.0.113.200";
     /// Geolocated US, network US.
     pub(crate) const US: &str = "198.51.100.10";
+    /// Another US address (names learned for one do not touch the other).
+    pub(crate) const US2: &str = "198.51.100.20";
     /// Geolocated US, network registered in CN.
     pub(crate) const US_CN_NET: &str = "192.0.2.10";
     /// Geolocated DE, network DE.
@@ -198,7 +200,14 @@ impl Net {
             "via",
             "2001:db8:ff00::2",
         ]);
-        for a in [addr::CN, addr::HK, addr::US, addr::US_CN_NET, addr::DE] {
+        for a in [
+            addr::CN,
+            addr::HK,
+            addr::US,
+            addr::US2,
+            addr::US_CN_NET,
+            addr::DE,
+        ] {
             ip(&["-n", &net, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
         }
         for a in [addr::CN6, addr::US6] {
@@ -333,11 +342,18 @@ impl Net {
 
     /// Stops geowall (SIGTERM) and waits for it.
     pub(crate) fn stop_geowall(&mut self) {
+        self.signal_geowall(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Kills geowall outright (SIGKILL: no cleanup of its own).
+    pub(crate) fn kill_geowall(&mut self) {
+        self.signal_geowall(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    fn signal_geowall(&mut self, sig: nix::sys::signal::Signal) {
+        // `ip netns exec` execs geowall: the child's pid is geowall's.
         if let Some(mut c) = self.geowall.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
             let _ = c.wait();
         }
     }
