@@ -333,3 +333,93 @@ fn when_geowall_dies_nothing_leaves_until_it_is_back() {
     });
     net.stop_geowall();
 }
+
+/// `geowall exec` (run here inside the test's firewall namespace, which
+/// plays the host): the program runs as the sudo user in a namespace of its
+/// own, its traffic goes through geowall (allowed byte for byte, blocked
+/// never reaching the server), its output and exit status come through, and
+/// the namespace is gone afterwards.
+#[test]
+fn exec_confines_one_program() {
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("exec_confines_one_program: skipped (no /usr/bin/python3 to run as the program)");
+        return;
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.udp_server(sa(addr::US, 7000), echo);
+    net.udp_server(sa(addr::CN, 5004), echo);
+    let script = format!(
+        r#"
+import os, socket, sys
+print("uid", os.getuid())
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+u.sendto(b"through", ("{us}", 7000)); print("udp", u.recvfrom(100)[0].decode())
+m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); m.settimeout(0.5)
+rtp = bytes([0x80, 96, 0, 1, 0, 0, 0, 160, 0x12, 0x34, 0x56, 0x78]) + bytes(160)
+try:
+    m.sendto(rtp, ("{cn}", 5004)); m.recvfrom(100); print("media answered")
+except OSError as e:
+    print("media blocked")
+sys.exit(7)
+"#,
+        us = addr::US,
+        cn = addr::CN
+    );
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.fw,
+            env!("CARGO_BIN_EXE_geowall"),
+            "exec",
+        ])
+        .arg("--world")
+        .arg(&world)
+        .arg("--policy")
+        .arg(&policy)
+        // The system's Python: one under root's home is not the user's to run.
+        .args([
+            "--dns-upstream",
+            "udp:198.51.100.53",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .env("SUDO_UID", "65534")
+        .env("SUDO_GID", "65534")
+        .output()
+        .expect("geowall exec runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "exit status passes through: {stdout} {stderr}"
+    );
+    assert!(
+        stdout.contains("uid 65534"),
+        "runs as the sudo user: {stdout}"
+    );
+    assert!(stdout.contains("udp through"), "{stdout} {stderr}");
+    assert!(stdout.contains("media blocked"), "{stdout}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        net.count(addr::CN, 17, 5004),
+        0,
+        "media never reached the CN relay"
+    );
+    assert!(net.count(addr::US, 17, 7000) > 0);
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains("gwexec"),
+        "the namespace is removed"
+    );
+}

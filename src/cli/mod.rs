@@ -2,6 +2,8 @@
 //! in the library.
 
 mod audit;
+mod demo;
+mod exec;
 mod lookup;
 mod report;
 mod rules;
@@ -43,6 +45,13 @@ enum Command {
     /// network namespace, with addresses and a default route there) and
     /// judge and relay everything that enters it.
     Tunnel(tunnel::Args),
+    /// Run one program confined to a network namespace whose only way out
+    /// is geowall (as the user who called sudo); its exit status is
+    /// geowall's.
+    Exec(exec::Args),
+    /// See the firewall work in a sandbox of its own (root; touches nothing
+    /// on your network): a Clubhouse-like app under the clubhouse preset.
+    Demo(demo::Args),
 }
 
 /// Loads `--world FILE`, else `$GEOWALL_WORLD`, else the shipped database
@@ -69,6 +78,27 @@ pub(crate) fn load_world(path: Option<&PathBuf>, lean: bool) -> anyhow::Result<A
     }
 }
 
+/// Runs `ip ARGS` (iproute2); its message on failure.
+pub(crate) fn ip(args: &[&str]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run `ip` (iproute2)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Whether this process runs with effective uid 0.
+pub(crate) fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -77,6 +107,8 @@ pub(crate) fn main() -> ExitCode {
         Command::Rules(c) => rules::run(c),
         Command::Audit(a) => audit::run(a),
         Command::Tunnel(a) => tunnel::run(a),
+        Command::Exec(a) => exec::run(a),
+        Command::Demo(a) => demo::run(a),
     };
     match result {
         Ok(code) => code,

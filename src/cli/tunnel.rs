@@ -1,15 +1,16 @@
 //! `geowall tunnel`: the firewall on one TUN device. The building block of
-//! `geowall run` and `geowall exec`, and what the end-to-end tests and the
-//! benchmark drive.
+//! `geowall exec` (and later `geowall run`), and what the end-to-end tests
+//! and the benchmark drive.
 
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use geowall::driver::{self, Protection, Tun, TunSpec};
-use geowall::engine::dataplane::{Engine, EngineConfig};
+use geowall::driver::{self, Protection, Summary, Tun, TunSpec};
+use geowall::engine::dataplane::{Engine, EngineConfig, Event};
 use geowall::intel::jurisdiction::Intel;
 use geowall::policy::PolicyHandle;
 use ipnet::IpNet;
@@ -32,15 +33,22 @@ pub(crate) struct Args {
     /// an IPv6 address is given).
     #[arg(long, requires = "netns")]
     default_route: bool,
-    /// The TUN's MTU.
-    #[arg(long, default_value_t = 65_535)]
-    mtu: u16,
     /// Mark upstream sockets with this fwmark (for policy routing).
     #[arg(long, value_name = "MARK")]
     fwmark: Option<u32>,
     /// Bind upstream sockets to this interface.
     #[arg(long, value_name = "IFACE")]
     bind_interface: Option<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// What every command that runs the firewall takes.
+#[derive(clap::Args)]
+pub(crate) struct EngineArgs {
+    /// The TUN's MTU.
+    #[arg(long, default_value_t = 65_535)]
+    mtu: u16,
     /// Where DNS queries are resolved: `system` (/etc/resolv.conf),
     /// `udp:IP[:PORT]`, `tcp:IP[:PORT]`, `tls:IP[:PORT]@NAME`,
     /// `https:IP[:PORT]@NAME` (repeatable). Every query the apps send, to
@@ -58,41 +66,128 @@ pub(crate) struct Args {
     rules: super::source::RulesArgs,
 }
 
-pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let super::source::Loaded {
-        policy,
-        catalog,
-        leak,
-        world,
-    } = a.rules.load(true)?;
-    let intel = Intel::new(world, Arc::new(catalog));
-    let (resolver, upstream_ips) =
-        driver::dns::build(&a.dns_upstream).map_err(anyhow::Error::msg)?;
-    for ip in upstream_ips {
-        if let Some((rule, layer)) = policy.dns_blocks_address(&intel, ip, &[], None) {
-            anyhow::bail!(
-                "refusing upstream resolver {ip}: it is under a blocked jurisdiction (rule '{}'{}); choose another with --dns-upstream",
-                rule.name,
-                layer
-                    .map(|l| format!(
-                        ", {} layer: {}",
-                        l.layer.name(),
-                        l.country.map_or("unknown".to_owned(), |c| c.to_string())
-                    ))
-                    .unwrap_or_default()
-            );
+/// An engine ready to run, with what the driver needs beside it.
+pub(crate) struct Prepared {
+    engine: Engine,
+    resolver: driver::dns::Resolver,
+    sink: Option<Box<dyn Write + Send>>,
+    /// The policy's name.
+    pub(crate) policy_name: String,
+    /// The TUN's MTU.
+    pub(crate) mtu: u16,
+}
+
+impl EngineArgs {
+    /// Loads the rules and the world, builds the resolver (refusing an
+    /// upstream under a blocked jurisdiction) and the engine.
+    pub(crate) fn prepare(&self) -> anyhow::Result<Prepared> {
+        let super::source::Loaded {
+            policy,
+            catalog,
+            leak,
+            world,
+        } = self.rules.load(true)?;
+        let intel = Intel::new(world, Arc::new(catalog));
+        let (resolver, upstream_ips) =
+            driver::dns::build(&self.dns_upstream).map_err(anyhow::Error::msg)?;
+        for ip in upstream_ips {
+            if let Some((rule, layer)) = policy.dns_blocks_address(&intel, ip, &[], None) {
+                anyhow::bail!(
+                    "refusing upstream resolver {ip}: it is under a blocked jurisdiction (rule '{}'{}); choose another with --dns-upstream",
+                    rule.name,
+                    layer
+                        .map(|l| format!(
+                            ", {} layer: {}",
+                            l.layer.name(),
+                            l.country.map_or("unknown".to_owned(), |c| c.to_string())
+                        ))
+                        .unwrap_or_default()
+                );
+            }
         }
+        let cfg = EngineConfig {
+            max_flows: self.max_flows,
+            mtu: usize::from(self.mtu),
+            ..EngineConfig::default()
+        };
+        let policy_name = policy.name.clone();
+        let engine = Engine::new(cfg, intel, Arc::new(PolicyHandle::new(policy)), leak);
+        let sink: Option<Box<dyn Write + Send>> = match &self.events {
+            None => None,
+            Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
+            Some(p) => Some(Box::new(
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot create {}", p.display()))?,
+            )),
+        };
+        Ok(Prepared {
+            engine,
+            resolver,
+            sink,
+            policy_name,
+            mtu: self.mtu,
+        })
     }
-    let cfg = EngineConfig {
-        max_flows: a.max_flows,
-        mtu: usize::from(a.mtu),
-        ..EngineConfig::default()
-    };
-    let policy_name = policy.name.clone();
-    let engine = Engine::new(cfg, intel, Arc::new(PolicyHandle::new(policy)), leak);
+}
+
+/// Creates the TUN of `spec`, calls `up`, and runs the firewall on it until
+/// `shutdown` completes (on a runtime of its own, on this thread).
+pub(crate) fn serve(
+    p: Prepared,
+    spec: &TunSpec,
+    protection: Protection,
+    up: impl FnOnce(),
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Summary> {
+    let Prepared {
+        engine,
+        resolver,
+        mut sink,
+        ..
+    } = p;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let summary = rt.block_on(async {
+        let tun = Tun::create(spec)?;
+        up();
+        let on_event = |e: &Event| {
+            if let Some(w) = sink.as_mut()
+                && let Ok(line) = serde_json::to_string(e)
+            {
+                let _ = writeln!(w, "{line}");
+                let _ = w.flush();
+            }
+        };
+        driver::run(engine, tun, protection, Some(resolver), on_event, shutdown).await
+    })?;
+    Ok(summary)
+}
+
+/// One line about a finished run, for standard error.
+pub(crate) fn summary_line(s: &Summary) -> String {
+    let c = &s.counters;
+    format!(
+        "geowall: stopped; {} packets from the TUN, {} flows opened, {} blocked, {} cut, {} refused; {} DNS queries ({} blocked, {} filtered); upstream failures {:?}; drops {:?}",
+        c.tun_packets,
+        c.opened,
+        c.blocked,
+        c.cut,
+        c.refused,
+        c.dns_queries,
+        c.dns_blocked,
+        c.dns_filtered,
+        s.upstream_failures,
+        c.drops
+    )
+}
+
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let prepared = a.engine.prepare()?;
     let spec = TunSpec {
         name: a.tun.clone(),
-        mtu: a.mtu,
+        mtu: prepared.mtu,
         netns: a.netns.clone(),
         addresses: a.addresses.clone(),
         default_route: a.default_route,
@@ -102,19 +197,8 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         bind_device: a.bind_interface.clone(),
         protector: None,
     };
-    let mut sink: Option<Box<dyn Write>> = match &a.events {
-        None => None,
-        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
-        Some(p) => Some(Box::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let summary = rt.block_on(async {
-        let tun = Tun::create(&spec)?;
+    let policy_name = prepared.policy_name.clone();
+    let up = || {
         eprintln!(
             "geowall: {} up{} (policy {policy_name}, mtu {}); Ctrl-C stops",
             spec.name,
@@ -124,29 +208,9 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default(),
             spec.mtu
         );
-        let on_event = |e: &geowall::engine::dataplane::Event| {
-            if let Some(w) = sink.as_mut()
-                && let Ok(line) = serde_json::to_string(e)
-            {
-                let _ = writeln!(w, "{line}");
-                let _ = w.flush();
-            }
-        };
-        driver::run(
-            engine,
-            tun,
-            protection,
-            Some(resolver),
-            on_event,
-            shutdown_signal(),
-        )
-        .await
-    })?;
-    let c = &summary.counters;
-    eprintln!(
-        "geowall: stopped; {} packets from the TUN, {} flows opened, {} blocked, {} cut, {} refused; upstream failures {:?}; drops {:?}",
-        c.tun_packets, c.opened, c.blocked, c.cut, c.refused, summary.upstream_failures, c.drops
-    );
+    };
+    let summary = serve(prepared, &spec, protection, up, shutdown_signal())?;
+    eprintln!("{}", summary_line(&summary));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,144 @@
+//! `geowall exec -- CMD [ARGS]`: runs one program confined to a network
+//! namespace of its own whose only way out is geowall's TUN (plus
+//! loopback), with a resolv.conf pointing into the TUN, as the invoking
+//! user. The engine stays in the host namespace, so its sockets cannot
+//! loop. The namespace is removed when the program exits; its exit status
+//! is geowall's.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::Context;
+use geowall::driver::{Protection, TunSpec};
+
+/// The TUN's addresses inside the namespace, and the resolver address the
+/// program is given (any address works: every query is answered by
+/// geowall). Benchmark and documentation ranges only.
+const V4: &str = "198.18.255.2/24";
+const V6: &str = "2001:db8:ffff:1::2/64";
+const RESOLVER: &str = "198.18.255.1";
+
+/// Arguments of `geowall exec`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    engine: super::tunnel::EngineArgs,
+    /// The program and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// The namespace and its resolv.conf, removed on drop (also on error).
+struct Sandbox {
+    name: String,
+    etc: PathBuf,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.etc);
+    }
+}
+
+/// The user to run the program as: the one who called sudo, else root.
+fn invoking_user() -> Option<(String, String)> {
+    let uid = std::env::var("SUDO_UID").ok()?;
+    let gid = std::env::var("SUDO_GID").ok()?;
+    (uid != "0").then_some((uid, gid))
+}
+
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if !super::is_root() {
+        anyhow::bail!(
+            "geowall exec needs root (it creates a network namespace and a TUN device); run it with sudo"
+        );
+    }
+    let prepared = a.engine.prepare()?;
+    let name = format!("gwexec{}", std::process::id());
+    let etc = PathBuf::from("/etc/netns").join(&name);
+    // Leftovers of an earlier run that died are removed first.
+    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+    super::ip(&["netns", "add", &name])?;
+    let sandbox = Sandbox {
+        name: name.clone(),
+        etc: etc.clone(),
+    };
+    super::ip(&["-n", &name, "link", "set", "lo", "up"])?;
+    std::fs::create_dir_all(&etc).with_context(|| format!("cannot create {}", etc.display()))?;
+    std::fs::write(etc.join("resolv.conf"), format!("nameserver {RESOLVER}\n"))
+        .with_context(|| format!("cannot write {}/resolv.conf", etc.display()))?;
+    let spec = TunSpec {
+        name: format!("gwx{}", std::process::id() % 1_000_000_000),
+        mtu: prepared.mtu,
+        netns: Some(name.clone()),
+        addresses: vec![
+            V4.parse().context("address")?,
+            V6.parse().context("address")?,
+        ],
+        default_route: true,
+    };
+    let (up_tx, up_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let engine = std::thread::spawn(move || {
+        let shutdown = async move {
+            // Ctrl-C reaches the program (same terminal); geowall stays up
+            // until the program is gone, then cleans up.
+            let _int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+            let _ = stop_rx.await;
+        };
+        super::tunnel::serve(
+            prepared,
+            &spec,
+            Protection::default(),
+            || {
+                let _ = up_tx.send(());
+            },
+            shutdown,
+        )
+    });
+    if up_rx.recv().is_err() {
+        // The engine ended before the TUN was up: its error says why.
+        return match engine.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(anyhow::anyhow!("the firewall did not start")),
+        };
+    }
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &name]);
+    if let Some((uid, gid)) = invoking_user() {
+        cmd.args([
+            "setpriv",
+            "--reuid",
+            &uid,
+            "--regid",
+            &gid,
+            "--init-groups",
+            "--",
+        ]);
+    }
+    cmd.args(&a.command);
+    let status = cmd.status();
+    let _ = stop_tx.send(());
+    let summary = engine.join();
+    drop(sandbox);
+    let status = status.with_context(|| format!("cannot run {:?}", a.command[0]))?;
+    match summary {
+        Ok(Ok(s)) => eprintln!("{}", super::tunnel::summary_line(&s)),
+        Ok(Err(e)) => eprintln!("geowall: the firewall stopped with an error: {e:#}"),
+        Err(_) => eprintln!("geowall: the firewall thread failed"),
+    }
+    Ok(match status.code() {
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        // Killed by a signal: the shell convention.
+        None => {
+            use std::os::unix::process::ExitStatusExt;
+            ExitCode::from(
+                128u8.saturating_add(u8::try_from(status.signal().unwrap_or(1)).unwrap_or(1)),
+            )
+        }
+    })
+}
