@@ -12,7 +12,8 @@ benchmark ranges only):
                                                      198.51.100.10, 2001:db8:1::10
 
 - direct:   the clients run in cli, no TUN.
-- geowall:  `geowall tunnel` runs in cli (its sockets leave by the veth);
+- geowall:  `geowall tunnel` runs in cli (its sockets leave by the veth;
+            `geowall-no-offload`: the same without TUN offloads);
             its TUN is moved into a third namespace `app` where the clients
             run, with the default route through it. Default preset, full
             shipped world database.
@@ -150,11 +151,11 @@ def start_servers(tmp):
     return procs
 
 
-def start_geowall(tmp, geowall):
+def start_geowall(tmp, geowall, *extra):
     p = subprocess.Popen(
         ["ip", "netns", "exec", CLI, geowall, "tunnel", "--tun", f"{TAG}t", "--netns", APP,
          "--address", "198.18.1.2/24", "--address", "2001:db8:ff01::2/64", "--default-route",
-         "--preset", "default"],
+         "--preset", "default", "--dns-upstream", "udp:198.51.100.53", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     line = p.stderr.readline()
     if " up in netns" not in line:
@@ -210,7 +211,7 @@ def peak_rss_mb(proc):
 
 
 def measure(name, start, seconds, samples):
-    with_app = name == "geowall"
+    with_app = name.startswith("geowall")
     topology(with_app)
     tmp = tempfile.mkdtemp()
     servers = start_servers(tmp)
@@ -246,7 +247,8 @@ def main():
     ap.add_argument("--samples", type=int, default=2000, help="UDP round trips (connects: a quarter)")
     ap.add_argument("--geowall", default=os.path.join(ROOT, "target/release/geowall"))
     ap.add_argument("--sing-box", dest="singbox", default=shutil.which("sing-box"))
-    ap.add_argument("--only", help="comma-separated subset of direct,geowall,sing-box-gvisor,sing-box-system")
+    ap.add_argument("--only", default="direct,geowall,sing-box-gvisor,sing-box-system",
+                    help="comma-separated subset of direct,geowall,geowall-no-offload,sing-box-gvisor,sing-box-system")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (network namespaces, TUN)")
@@ -258,6 +260,7 @@ def main():
     cases = {
         "direct": None,
         "geowall": lambda tmp: start_geowall(tmp, a.geowall),
+        "geowall-no-offload": lambda tmp: start_geowall(tmp, a.geowall, "--no-offload"),
     }
     if a.singbox:
         cases["sing-box-gvisor"] = lambda tmp: start_singbox(tmp, a.singbox, "gvisor")

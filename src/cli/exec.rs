@@ -57,7 +57,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             "geowall exec needs root (it creates a network namespace and a TUN device); run it with sudo"
         );
     }
-    let prepared = a.engine.prepare()?;
+    let prepared = a.engine.prepare(&Protection::default())?;
     let name = format!("gwexec{}", std::process::id());
     let etc = PathBuf::from("/etc/netns").join(&name);
     // Leftovers of an earlier run that died are removed first.
@@ -80,6 +80,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             V6.parse().context("address")?,
         ],
         default_route: true,
+        offload: !a.engine.no_offload,
     };
     let (up_tx, up_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

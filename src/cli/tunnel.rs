@@ -49,6 +49,10 @@ pub(crate) struct EngineArgs {
     /// The TUN's MTU.
     #[arg(long, default_value_t = 65_535)]
     mtu: u16,
+    /// Do not use the kernel's TUN offloads (checksums then are computed
+    /// and checked on both sides of the TUN).
+    #[arg(long)]
+    pub(crate) no_offload: bool,
     /// Where DNS queries are resolved: `system` (/etc/resolv.conf),
     /// `udp:IP[:PORT]`, `tcp:IP[:PORT]`, `tls:IP[:PORT]@NAME`,
     /// `https:IP[:PORT]@NAME` (repeatable). Every query the apps send, to
@@ -78,9 +82,10 @@ pub(crate) struct Prepared {
 }
 
 impl EngineArgs {
-    /// Loads the rules and the world, builds the resolver (refusing an
-    /// upstream under a blocked jurisdiction) and the engine.
-    pub(crate) fn prepare(&self) -> anyhow::Result<Prepared> {
+    /// Loads the rules and the world, builds the resolver (its sockets
+    /// protected like the flows'; refusing an upstream under a blocked
+    /// jurisdiction) and the engine.
+    pub(crate) fn prepare(&self, protection: &Protection) -> anyhow::Result<Prepared> {
         let super::source::Loaded {
             policy,
             catalog,
@@ -89,7 +94,7 @@ impl EngineArgs {
         } = self.rules.load(true)?;
         let intel = Intel::new(world, Arc::new(catalog));
         let (resolver, upstream_ips) =
-            driver::dns::build(&self.dns_upstream).map_err(anyhow::Error::msg)?;
+            driver::dns::build(&self.dns_upstream, protection).map_err(anyhow::Error::msg)?;
         for ip in upstream_ips {
             if let Some((rule, layer)) = policy.dns_blocks_address(&intel, ip, &[], None) {
                 anyhow::bail!(
@@ -145,6 +150,7 @@ pub(crate) fn serve(
         mut sink,
         ..
     } = p;
+    // The resolver's sockets were protected when it was built.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -184,18 +190,19 @@ pub(crate) fn summary_line(s: &Summary) -> String {
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let prepared = a.engine.prepare()?;
+    let protection = Protection {
+        fwmark: a.fwmark,
+        bind_device: a.bind_interface.clone(),
+        protector: None,
+    };
+    let prepared = a.engine.prepare(&protection)?;
     let spec = TunSpec {
         name: a.tun.clone(),
         mtu: prepared.mtu,
         netns: a.netns.clone(),
         addresses: a.addresses.clone(),
         default_route: a.default_route,
-    };
-    let protection = Protection {
-        fwmark: a.fwmark,
-        bind_device: a.bind_interface.clone(),
-        protector: None,
+        offload: !a.engine.no_offload,
     };
     let policy_name = prepared.policy_name.clone();
     let up = || {

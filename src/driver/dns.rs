@@ -4,7 +4,10 @@
 //! HTTPS).
 
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +17,82 @@ use hickory_proto::rr::{Name, RecordType};
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
 };
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::runtime::iocompat::AsyncIoTokioAsStd;
+use hickory_resolver::net::runtime::{
+    RuntimeProvider, TokioHandle, TokioRuntimeProvider, TokioTime,
+};
 use hickory_resolver::net::{DnsError, NetError};
 
+use super::protect::Protection;
 use crate::engine::dns::Resolved;
 
-/// The resolver the driver uses.
-pub type Resolver = hickory_resolver::TokioResolver;
+/// The resolver the driver uses: its sockets get the same protection as
+/// the flows' (fwmark, interface, protector hook).
+pub type Resolver = hickory_resolver::Resolver<ProtectedRuntime>;
+
+/// hickory's tokio runtime, with every socket it opens protected.
+#[derive(Clone, Default)]
+pub struct ProtectedRuntime {
+    inner: TokioRuntimeProvider,
+    protection: Protection,
+}
+
+impl RuntimeProvider for ProtectedRuntime {
+    type Handle = TokioHandle;
+    type Timer = TokioTime;
+    type Udp = tokio::net::UdpSocket;
+    type Tcp = AsyncIoTokioAsStd<tokio::net::TcpStream>;
+
+    fn create_handle(&self) -> Self::Handle {
+        self.inner.create_handle()
+    }
+
+    fn connect_tcp(
+        &self,
+        server: SocketAddr,
+        bind: Option<SocketAddr>,
+        wait: Option<Duration>,
+    ) -> Pin<Box<dyn Send + Future<Output = io::Result<Self::Tcp>>>> {
+        let prot = self.protection.clone();
+        Box::pin(async move {
+            let s = socket(server, socket2::Type::STREAM, &prot)?;
+            if let Some(b) = bind {
+                s.bind(&b.into())?;
+            }
+            s.set_tcp_nodelay(true)?;
+            let s = tokio::net::TcpSocket::from_std_stream(s.into());
+            match tokio::time::timeout(wait.unwrap_or(Duration::from_secs(5)), s.connect(server))
+                .await
+            {
+                Ok(r) => r.map(AsyncIoTokioAsStd),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect to resolver {server} timed out"),
+                )),
+            }
+        })
+    }
+
+    fn bind_udp(
+        &self,
+        local: SocketAddr,
+        server: SocketAddr,
+    ) -> Pin<Box<dyn Send + Future<Output = io::Result<Self::Udp>>>> {
+        let prot = self.protection.clone();
+        Box::pin(async move {
+            let s = socket(server, socket2::Type::DGRAM, &prot)?;
+            s.bind(&local.into())?;
+            tokio::net::UdpSocket::from_std(s.into())
+        })
+    }
+}
+
+fn socket(to: SocketAddr, ty: socket2::Type, prot: &Protection) -> io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(to), ty, None)?;
+    prot.apply(&s)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
 
 /// One upstream resolver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +171,10 @@ fn server(a: SocketAddr, protocol: ProtocolConfig) -> NameServerConfig {
 ///
 /// # Errors
 /// The system configuration cannot be read, or hickory refuses it.
-pub fn build(upstreams: &[Upstream]) -> Result<(Resolver, Vec<IpAddr>), String> {
+pub fn build(
+    upstreams: &[Upstream],
+    protection: &Protection,
+) -> Result<(Resolver, Vec<IpAddr>), String> {
     let mut servers = Vec::new();
     let mut opts = ResolverOpts::default();
     for u in upstreams {
@@ -141,7 +216,11 @@ pub fn build(upstreams: &[Upstream]) -> Result<(Resolver, Vec<IpAddr>), String> 
     opts.attempts = 2;
     opts.ndots = 0;
     let cfg = ResolverConfig::from_name_servers(servers);
-    let r = hickory_resolver::Resolver::builder_with_config(cfg, TokioRuntimeProvider::default())
+    let runtime = ProtectedRuntime {
+        inner: TokioRuntimeProvider::default(),
+        protection: protection.clone(),
+    };
+    let r = hickory_resolver::Resolver::builder_with_config(cfg, runtime)
         .with_options(opts)
         .build()
         .map_err(|e| format!("cannot build the resolver: {e}"))?;
@@ -176,6 +255,69 @@ pub async fn resolve(r: &Resolver, name: Name, rtype: RecordType) -> Option<Reso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Count(AtomicUsize);
+    impl crate::driver::SocketProtector for Count {
+        fn protect(&self, _fd: std::os::fd::RawFd) -> bool {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            true
+        }
+    }
+
+    /// A real resolver against a server of the test's own on loopback:
+    /// the answer comes back, and the protector saw the resolver's socket.
+    #[test]
+    fn resolver_sockets_are_protected_and_answers_come_back() {
+        use hickory_proto::op::Message;
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::{RData, Record};
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let at = server.local_addr().expect("addr");
+        let t = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            server
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let Ok((n, from)) = server.recv_from(&mut buf) else {
+                return;
+            };
+            let q = Message::from_vec(&buf[..n]).expect("query");
+            let mut m = Message::response(q.metadata.id, q.metadata.op_code);
+            m.metadata.recursion_available = true;
+            let question = q.queries[0].clone();
+            let name = question.name().clone();
+            m.add_query(question);
+            m.add_answer(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 7))));
+            let _ = server.send_to(&m.to_vec().expect("encode"), from);
+        });
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let prot = Protection {
+            protector: Some(count.clone()),
+            ..Protection::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let got = rt.block_on(async {
+            let (r, ips) = build(&[Upstream::Udp(at)], &prot).expect("resolver");
+            assert_eq!(ips, vec![at.ip()]);
+            resolve(
+                &r,
+                Name::from_ascii("api.example.").expect("name"),
+                RecordType::A,
+            )
+            .await
+        });
+        let _ = t.join();
+        let got = got.expect("an answer");
+        assert_eq!(got.records.len(), 1);
+        assert!(
+            count.0.load(Ordering::SeqCst) >= 1,
+            "the protector saw the socket"
+        );
+    }
 
     #[test]
     fn upstream_specs_parse_and_say_what_is_wrong() {

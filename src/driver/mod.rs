@@ -78,7 +78,8 @@ pub async fn run(
     let (report_tx, mut reports) = mpsc::unbounded_channel::<(FlowId, Up)>();
     let mut links: HashMap<FlowId, Link> = HashMap::new();
     let mut stalled: HashSet<FlowId> = HashSet::new();
-    let mut buf = vec![0u8; usize::from(tun.mtu()).max(1500) + 64];
+    let mut buf = vec![0u8; tun.buffer_len()];
+    let mut scratch = Vec::new();
     let mut summary = Summary::default();
     tokio::pin!(shutdown);
     loop {
@@ -161,7 +162,10 @@ pub async fn run(
                 let mut next = Some(r);
                 for _ in 0..TUN_BATCH {
                     match next {
-                        Some(Ok(n)) => engine.handle_tun(&buf[..n], now()),
+                        Some(Ok(n)) => {
+                            let t = now();
+                            tun.packets(&buf[..n], &mut scratch, |p| engine.handle_tun(p, t));
+                        }
                         Some(Err(e)) => return Err(tun_error(&e)),
                         None => break,
                     }

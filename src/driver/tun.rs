@@ -26,11 +26,28 @@ pub struct TunSpec {
     /// `netns`: whole-host routing is `geowall run`'s job, done with policy
     /// routing so the engine's own sockets cannot loop.
     pub default_route: bool,
+    /// Use the kernel's TUN offloads (a virtio-net header on every packet):
+    /// the apps' kernel stops computing checksums for what it sends into
+    /// the TUN and stops checking those geowall writes back.
+    pub offload: bool,
+}
+
+/// Size of the virtio-net header in front of each packet with offloads.
+pub const VNET_HDR: usize = 10;
+const F_DATA_VALID: u8 = 2;
+const GSO_NONE: u8 = 0;
+const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
+const GSO_UDP_L4: u8 = 5;
+
+enum Dev {
+    Plain(tun::AsyncDevice),
+    Offload(tun_rs::AsyncDevice),
 }
 
 /// An open TUN device, non-blocking, registered with tokio.
 pub struct Tun {
-    dev: tun::AsyncDevice,
+    dev: Dev,
     mtu: u16,
 }
 
@@ -78,11 +95,27 @@ impl Tun {
                 "a default route through the TUN needs --netns (whole-host routing is `geowall run`)",
             ));
         }
-        let mut cfg = tun::Configuration::default();
-        cfg.tun_name(&spec.name).mtu(spec.mtu);
-        let dev = tun::create(&cfg).map_err(|e| {
-            io::Error::other(format!("cannot create TUN device {}: {e}", spec.name))
-        })?;
+        let dev = if spec.offload {
+            let d = tun_rs::DeviceBuilder::new()
+                .name(&spec.name)
+                .mtu(spec.mtu)
+                .offload(true)
+                .build_async()
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot create TUN device {} with offloads: {e}", spec.name),
+                    )
+                })?;
+            Dev::Offload(d)
+        } else {
+            let mut cfg = tun::Configuration::default();
+            cfg.tun_name(&spec.name).mtu(spec.mtu);
+            let d = tun::create(&cfg).map_err(|e| {
+                io::Error::other(format!("cannot create TUN device {}: {e}", spec.name))
+            })?;
+            Dev::Plain(tun::AsyncDevice::new(d)?)
+        };
         let ns = spec.netns.as_deref();
         if let Some(ns) = ns {
             ip(None, &["link", "set", "dev", &spec.name, "netns", ns])?;
@@ -106,7 +139,7 @@ impl Tun {
                 )?;
             }
         }
-        Self::wrap(dev, spec.mtu)
+        Ok(Self { dev, mtu: spec.mtu })
     }
 
     /// Adopts an open TUN file descriptor (closed when this is dropped).
@@ -120,7 +153,7 @@ impl Tun {
 
     fn wrap(dev: tun::Device, mtu: u16) -> io::Result<Self> {
         Ok(Self {
-            dev: tun::AsyncDevice::new(dev)?,
+            dev: Dev::Plain(tun::AsyncDevice::new(dev)?),
             mtu,
         })
     }
@@ -130,23 +163,136 @@ impl Tun {
         self.mtu
     }
 
-    /// Reads one packet, waiting for it.
-    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.dev.recv(buf).await
+    /// Bytes a read buffer needs (a packet and its header, if any).
+    pub fn buffer_len(&self) -> usize {
+        usize::from(self.mtu).max(1500) + VNET_HDR + 64
     }
 
-    /// Reads one packet if one is waiting, without waiting.
+    /// Reads what the kernel has (waiting for it); hand it to
+    /// [`Tun::packets`].
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.dev {
+            Dev::Plain(d) => d.recv(buf).await,
+            Dev::Offload(d) => d.recv(buf).await,
+        }
+    }
+
+    /// Reads what the kernel has, if anything, without waiting.
     pub fn try_recv(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
-        let fut = std::pin::pin!(self.dev.recv(buf));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match fut.poll(&mut cx) {
-            std::task::Poll::Ready(r) => Some(r),
-            std::task::Poll::Pending => None,
+        let r = match &self.dev {
+            Dev::Plain(d) => {
+                let fut = std::pin::pin!(d.recv(buf));
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match fut.poll(&mut cx) {
+                    std::task::Poll::Ready(r) => r,
+                    std::task::Poll::Pending => return None,
+                }
+            }
+            Dev::Offload(d) => d.try_recv(buf),
+        };
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            r => Some(r),
+        }
+    }
+
+    /// The IP packets in what [`Tun::recv`] read: one, or with offloads a
+    /// UDP segmentation batch split into its datagrams (in `scratch`).
+    pub fn packets(&self, raw: &[u8], scratch: &mut Vec<u8>, mut f: impl FnMut(&[u8])) {
+        match &self.dev {
+            Dev::Plain(_) => f(raw),
+            Dev::Offload(_) => {
+                let Some((hdr, pkt)) = raw.split_at_checked(VNET_HDR) else {
+                    return;
+                };
+                let gso_size = usize::from(u16::from_le_bytes([hdr[4], hdr[5]]));
+                match hdr[1] & 0x7f {
+                    // One packet (a TCP segment of up to 64 KiB is one
+                    // segment to the engine; checksums are not checked).
+                    GSO_NONE | GSO_TCPV4 | GSO_TCPV6 => f(pkt),
+                    GSO_UDP_L4 => split_udp(pkt, gso_size, scratch, &mut f),
+                    _ => {}
+                }
+            }
         }
     }
 
     /// Writes one packet, waiting while the device cannot take it.
     pub async fn send(&self, p: &[u8]) -> io::Result<()> {
-        self.dev.send(p).await.map(|_| ())
+        match &self.dev {
+            Dev::Plain(d) => d.send(p).await.map(|_| ()),
+            Dev::Offload(d) => {
+                // The checksums are right (the stack computed them): the
+                // kernel need not check them again.
+                let hdr = [F_DATA_VALID, GSO_NONE, 0, 0, 0, 0, 0, 0, 0, 0];
+                let bufs = [io::IoSlice::new(&hdr), io::IoSlice::new(p)];
+                d.send_vectored(&bufs).await.map(|_| ())
+            }
+        }
+    }
+}
+
+/// Splits a UDP segmentation batch (one IP and UDP header, then datagrams
+/// of `size` bytes, the last maybe shorter) into datagrams with their own
+/// headers; lengths are fixed, checksums left (nothing checks them).
+fn split_udp(pkt: &[u8], size: usize, scratch: &mut Vec<u8>, f: &mut dyn FnMut(&[u8])) {
+    let ihl = match pkt.first().map(|b| b >> 4) {
+        Some(4) => usize::from(pkt[0] & 0x0f) * 4,
+        Some(6) => 40,
+        _ => return,
+    };
+    let hl = ihl + 8;
+    if size == 0 || pkt.len() <= hl {
+        return;
+    }
+    for chunk in pkt[hl..].chunks(size) {
+        scratch.clear();
+        scratch.extend_from_slice(&pkt[..hl]);
+        scratch.extend_from_slice(chunk);
+        let total = scratch.len();
+        let udp_len = u16::try_from(8 + chunk.len()).unwrap_or(u16::MAX);
+        if ihl == 40 {
+            scratch[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        } else {
+            scratch[2..4].copy_from_slice(&u16::try_from(total).unwrap_or(u16::MAX).to_be_bytes());
+            scratch[10..12].copy_from_slice(&[0, 0]);
+            let mut sum = 0u32;
+            for w in scratch[..ihl].chunks(2) {
+                sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+            }
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            scratch[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        }
+        scratch[ihl + 4..ihl + 6].copy_from_slice(&udp_len.to_be_bytes());
+        f(scratch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_udp_segmentation_batch_becomes_its_datagrams() {
+        let src = "198.18.1.2:5000".parse().expect("addr");
+        let dst = "198.51.100.10:5004".parse().expect("addr");
+        let payload: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        // One "datagram" carrying three of 1000, 1000 and 500 bytes.
+        let batch = crate::engine::reply::udp_packet(src, dst, &payload).expect("packet");
+        let mut got = Vec::new();
+        split_udp(&batch, 1000, &mut Vec::new(), &mut |p| {
+            let ip = crate::wire::packet::parse_ip(p).expect("parses");
+            if let crate::wire::packet::Transport::Udp { payload, dport, .. } = ip.transport {
+                assert_eq!(dport, 5004);
+                got.push(payload.to_vec());
+            }
+        });
+        assert_eq!(
+            got.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![1000, 1000, 500]
+        );
+        assert_eq!(got.concat(), payload);
     }
 }
