@@ -423,3 +423,86 @@ sys.exit(7)
         "the namespace is removed"
     );
 }
+
+/// `geowall status` and `geowall reload` against a running instance: the
+/// status shows the flows and blocks; a reload applies new rules to new
+/// flows, and a broken file is refused with the running rules kept.
+#[test]
+fn status_and_reload_work_against_a_running_instance() {
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.udp_server(sa(addr::US, 7000), echo);
+    net.udp_server(sa(addr::CN, 5004), echo);
+    net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
+    let app = net.app.clone();
+    in_ns(&app, || {
+        assert_eq!(
+            udp_exchange(sa(addr::US, 7000), b"one").expect("udp"),
+            b"one"
+        );
+        assert!(udp_exchange(sa(addr::CN, 5004), &rtp(1)).is_err());
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let geowall = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_geowall"))
+            .args(args)
+            .args(["--tun", &net.tun])
+            .output()
+            .expect("geowall runs")
+    };
+    let out = geowall(&["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["policy"], "e2e");
+    assert!(
+        v["opened"].as_u64() >= Some(1) && v["blocked"].as_u64() >= Some(1),
+        "{v}"
+    );
+    assert!(v["flows_open"].as_u64() >= Some(1), "{v}");
+    assert_eq!(v["blocked_by_jurisdiction"]["geo:CN"], 1, "{v}");
+    // A broken file: refused, the running rules stay.
+    std::fs::write(&policy, "name = 'broken'\n[[rule]]\n").expect("write");
+    let out = geowall(&["reload"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the running rules stay"));
+    in_ns(&app, || {
+        assert_eq!(
+            udp_exchange(sa(addr::US, 7000), b"two").expect("udp"),
+            b"two"
+        );
+    });
+    // New rules: UDP 7000 to the US is blocked for new flows.
+    let blocked = format!(
+        "{POLICY}\n[[rule]]\nname = \"no udp 7000\"\naction = \"block\"\nprotocol = [\"udp\"]\nport = [7000]\n"
+    );
+    std::fs::write(
+        &policy,
+        blocked.replace("name = \"e2e\"", "name = \"e2e-2\""),
+    )
+    .expect("write");
+    let out = geowall(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("e2e-2"));
+    std::thread::sleep(Duration::from_millis(100));
+    let before = net.count(addr::US, 17, 7000);
+    in_ns(&app, || {
+        assert!(
+            udp_exchange(sa(addr::US, 7000), b"three").is_err(),
+            "blocked after the reload"
+        );
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(net.count(addr::US, 17, 7000), before);
+    net.stop_geowall();
+}

@@ -99,6 +99,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
                 let _ = up_tx.send(());
             },
             shutdown,
+            None,
         )
     });
     if up_rx.recv().is_err() {

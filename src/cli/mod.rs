@@ -2,6 +2,7 @@
 //! in the library.
 
 mod audit;
+mod control;
 mod demo;
 mod exec;
 mod lookup;
@@ -52,6 +53,12 @@ enum Command {
     /// See the firewall work in a sandbox of its own (root; touches nothing
     /// on your network): a Clubhouse-like app under the clubhouse preset.
     Demo(demo::Args),
+    /// Show what a running geowall is doing (flows, blocks by
+    /// jurisdiction, class and rule, top destinations).
+    Status(control::Args),
+    /// Re-read the rules of a running geowall; open flows go on, new ones
+    /// are judged by the new rules. A rejected file keeps the running rules.
+    Reload(control::Args),
 }
 
 /// Loads `--world FILE`, else `$GEOWALL_WORLD`, else the shipped database
@@ -109,6 +116,8 @@ pub(crate) fn main() -> ExitCode {
         Command::Tunnel(a) => tunnel::run(a),
         Command::Exec(a) => exec::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Status(a) => control::run_status(a),
+        Command::Reload(a) => control::run_reload(a),
     };
     match result {
         Ok(code) => code,

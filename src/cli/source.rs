@@ -11,7 +11,7 @@ use geowall::intel::catalog::Catalog;
 use geowall::policy::{Policy, bundle};
 
 /// Rules, world and identifiers.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub(crate) struct RulesArgs {
     /// A shipped preset (default, clubhouse, strict).
     #[arg(long, conflicts_with_all = ["policy", "bundle"])]

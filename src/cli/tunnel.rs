@@ -6,10 +6,10 @@ use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use geowall::driver::{self, Protection, Summary, Tun, TunSpec};
+use geowall::driver::{self, Live, Protection, Summary, Tun, TunSpec};
 use geowall::engine::dataplane::{Engine, EngineConfig, Event};
 use geowall::intel::jurisdiction::Intel;
 use geowall::policy::PolicyHandle;
@@ -67,12 +67,14 @@ pub(crate) struct EngineArgs {
     #[arg(long, default_value_t = EngineConfig::default().max_flows)]
     max_flows: usize,
     #[command(flatten)]
-    rules: super::source::RulesArgs,
+    pub(crate) rules: super::source::RulesArgs,
 }
 
 /// An engine ready to run, with what the driver needs beside it.
 pub(crate) struct Prepared {
     engine: Engine,
+    /// The running rules (replaced by a reload).
+    pub(crate) policy: Arc<PolicyHandle>,
     resolver: driver::dns::Resolver,
     sink: Option<Box<dyn Write + Send>>,
     /// The policy's name.
@@ -116,7 +118,8 @@ impl EngineArgs {
             ..EngineConfig::default()
         };
         let policy_name = policy.name.clone();
-        let engine = Engine::new(cfg, intel, Arc::new(PolicyHandle::new(policy)), leak);
+        let handle = Arc::new(PolicyHandle::new(policy));
+        let engine = Engine::new(cfg, intel, Arc::clone(&handle), leak);
         let sink: Option<Box<dyn Write + Send>> = match &self.events {
             None => None,
             Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
@@ -127,6 +130,7 @@ impl EngineArgs {
         };
         Ok(Prepared {
             engine,
+            policy: handle,
             resolver,
             sink,
             policy_name,
@@ -134,6 +138,10 @@ impl EngineArgs {
         })
     }
 }
+
+/// What a status query reads: the engine's live numbers and the tally of
+/// its decisions.
+pub(crate) type Watch = (Arc<Mutex<Live>>, Arc<Mutex<super::control::Tally>>);
 
 /// Creates the TUN of `spec`, calls `up`, and runs the firewall on it until
 /// `shutdown` completes (on a runtime of its own, on this thread).
@@ -143,6 +151,7 @@ pub(crate) fn serve(
     protection: Protection,
     up: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
+    control: Option<Watch>,
 ) -> anyhow::Result<Summary> {
     let Prepared {
         engine,
@@ -158,7 +167,13 @@ pub(crate) fn serve(
     let summary = rt.block_on(async {
         let tun = Tun::create(spec)?;
         up();
+        let (live, tally) = control.unzip();
         let on_event = |e: &Event| {
+            if let Some(t) = &tally
+                && let Ok(mut t) = t.lock()
+            {
+                t.add(e);
+            }
             if let Some(w) = sink.as_mut()
                 && let Ok(line) = serde_json::to_string(e)
             {
@@ -166,7 +181,16 @@ pub(crate) fn serve(
                 let _ = w.flush();
             }
         };
-        driver::run(engine, tun, protection, Some(resolver), on_event, shutdown).await
+        driver::run(
+            engine,
+            tun,
+            protection,
+            Some(resolver),
+            live,
+            on_event,
+            shutdown,
+        )
+        .await
     })?;
     Ok(summary)
 }
@@ -216,7 +240,31 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             spec.mtu
         );
     };
-    let summary = serve(prepared, &spec, protection, up, shutdown_signal())?;
+    // The control socket: `geowall status`, `geowall reload`.
+    let live = Arc::new(Mutex::new(Live::default()));
+    let tally = Arc::new(Mutex::new(super::control::Tally::default()));
+    let rules = a.engine.rules.clone();
+    let sock = super::control::socket_path(&spec.name);
+    super::control::serve(
+        &sock,
+        super::control::State {
+            live: live.clone(),
+            tally: tally.clone(),
+            policy: prepared.policy.clone(),
+            reload: Box::new(move || Ok(rules.load(true)?.policy)),
+            started: std::time::Instant::now(),
+        },
+    )?;
+    let summary = serve(
+        prepared,
+        &spec,
+        protection,
+        up,
+        shutdown_signal(),
+        Some((live, tally)),
+    );
+    let _ = std::fs::remove_file(&sock);
+    let summary = summary?;
     eprintln!("{}", summary_line(&summary));
     Ok(ExitCode::SUCCESS)
 }

@@ -50,6 +50,17 @@ struct Link {
     eof: bool,
 }
 
+/// What a running engine shows the outside (refreshed about every 100 ms).
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// Flows in the table now.
+    pub flows: usize,
+    /// The engine's counters.
+    pub counters: EngineCounters,
+    /// DNS answers cached now.
+    pub dns_cached: usize,
+}
+
 /// What a finished run reports.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
@@ -60,7 +71,8 @@ pub struct Summary {
 }
 
 /// Runs the engine on `tun` until `shutdown` completes or the TUN fails.
-/// `on_event` gets every decision.
+/// `on_event` gets every decision; `live`, if given, is kept up to date
+/// (about every 100 ms) for status queries.
 ///
 /// # Errors
 /// Reading or writing the TUN failed (for example, the device was
@@ -70,9 +82,11 @@ pub async fn run(
     tun: Tun,
     protection: Protection,
     resolver: Option<dns::Resolver>,
+    live: Option<Arc<std::sync::Mutex<Live>>>,
     mut on_event: impl FnMut(&Event),
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Summary> {
+    let mut published = Instant::now();
     let start = Instant::now();
     let now = || u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let (report_tx, mut reports) = mpsc::unbounded_channel::<(FlowId, Up)>();
@@ -152,9 +166,14 @@ pub async fn run(
                 }
             }
         }
-        let deadline = engine
+        let mut deadline = engine
             .poll_timeout()
             .map(|t| start + Duration::from_nanos(t));
+        if live.is_some() {
+            // Wake up to publish what is live, even when nothing happens.
+            let p = published + Duration::from_millis(150);
+            deadline = Some(deadline.map_or(p, |d| d.min(p)));
+        }
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -181,6 +200,15 @@ pub async fn run(
                 }
             }
             () = sleep_until(deadline) => engine.handle_timeout(now()),
+        }
+        if let Some(l) = &live
+            && published.elapsed() >= Duration::from_millis(100)
+            && let Ok(mut l) = l.lock()
+        {
+            published = Instant::now();
+            l.flows = engine.flow_count();
+            l.counters.clone_from(&engine.counters);
+            l.dns_cached = engine.dns_cache.len();
         }
         // Server bytes that waited for the app's window.
         if !stalled.is_empty() {

@@ -1,0 +1,230 @@
+//! The local control socket of a running geowall (`/run/geowall/NAME.sock`,
+//! root only), and `geowall status` / `geowall reload`, which talk to it.
+//! One JSON request per line (`{"cmd":"status"}` or `{"cmd":"reload"}`),
+//! one JSON answer per line.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use geowall::driver::Live;
+use geowall::engine::dataplane::Event;
+use geowall::policy::PolicyHandle;
+use serde_json::{Value, json};
+
+/// Where the control socket of the instance named `name` lives.
+pub(crate) fn socket_path(name: &str) -> PathBuf {
+    Path::new("/run/geowall").join(format!("{name}.sock"))
+}
+
+/// Decisions added up from events.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    blocked_by_layer: HashMap<String, u64>,
+    by_class: HashMap<String, u64>,
+    blocked_by_rule: HashMap<String, u64>,
+    destinations: HashMap<String, u64>,
+    bytes_events: u64,
+}
+
+impl Tally {
+    /// Counts one decision.
+    pub(crate) fn add(&mut self, e: &Event) {
+        self.bytes_events += 1;
+        if e.kind == "closed" {
+            return;
+        }
+        *self.by_class.entry(e.class.to_owned()).or_insert(0) += 1;
+        if e.action == "block" {
+            if let Some(l) = &e.layer {
+                *self.blocked_by_layer.entry(l.clone()).or_insert(0) += 1;
+            }
+            if let Some(r) = &e.rule {
+                *self.blocked_by_rule.entry(r.clone()).or_insert(0) += 1;
+            }
+        }
+        // Bounded: the map keeps at most 4,096 destinations.
+        if self.destinations.len() < 4_096 || self.destinations.contains_key(&e.server) {
+            *self.destinations.entry(e.server.clone()).or_insert(0) += 1;
+        }
+    }
+}
+
+/// What the control socket serves from.
+pub(crate) struct State {
+    pub(crate) live: Arc<Mutex<Live>>,
+    pub(crate) tally: Arc<Mutex<Tally>>,
+    pub(crate) policy: Arc<PolicyHandle>,
+    /// Reloads the rules as the instance was started (files re-read).
+    pub(crate) reload: Box<dyn Fn() -> anyhow::Result<geowall::policy::Policy> + Send + Sync>,
+    pub(crate) started: Instant,
+}
+
+fn status(s: &State) -> Value {
+    let live = s.live.lock().map(|l| l.clone()).unwrap_or_default();
+    let t = s.tally.lock();
+    let (layers, classes, rules, mut top) = match &t {
+        Ok(t) => (
+            t.blocked_by_layer.clone(),
+            t.by_class.clone(),
+            t.blocked_by_rule.clone(),
+            t.destinations
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect::<Vec<_>>(),
+        ),
+        Err(_) => Default::default(),
+    };
+    drop(t);
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    top.truncate(10);
+    let c = &live.counters;
+    json!({
+        "policy": s.policy.current().name,
+        "uptime_s": s.started.elapsed().as_secs(),
+        "flows_open": live.flows,
+        "packets_from_tun": c.tun_packets,
+        "opened": c.opened,
+        "blocked": c.blocked,
+        "cut": c.cut,
+        "refused": c.refused,
+        "dns": {"queries": c.dns_queries, "blocked": c.dns_blocked, "filtered": c.dns_filtered, "cached": live.dns_cached},
+        "drops": c.drops,
+        "blocked_by_jurisdiction": layers,
+        "decisions_by_class": classes,
+        "blocked_by_rule": rules,
+        "top_destinations": top,
+    })
+}
+
+fn answer(s: &State, line: &str) -> Value {
+    let req: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return json!({"error": format!("not a JSON request: {e}")}),
+    };
+    match req["cmd"].as_str() {
+        Some("status") => status(s),
+        Some("reload") => match (s.reload)() {
+            Ok(p) => {
+                let name = p.name.clone();
+                // New flows are judged by the new rules; open ones go on.
+                s.policy.replace(p);
+                json!({"reloaded": name})
+            }
+            Err(e) => json!({"error": format!("reload refused, the running rules stay: {e:#}")}),
+        },
+        _ => json!({"error": "unknown command (status, reload)"}),
+    }
+}
+
+/// Serves the control socket at `path` until the process ends (a thread).
+pub(crate) fn serve(path: &Path, state: State) -> anyhow::Result<()> {
+    let dir = path.parent().context("socket path")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut w = match c.try_clone() {
+                Ok(w) => w,
+                Err(_) => continue,
+            };
+            let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            for line in BufReader::new(c).lines().take(64) {
+                let Ok(line) = line else { break };
+                let a = answer(&state, &line);
+                if writeln!(w, "{a}").is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Arguments of `geowall status` and `geowall reload`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The instance: its TUN's name (`geowall tunnel --tun`).
+    #[arg(long, default_value = "geowall0", conflicts_with = "socket")]
+    tun: String,
+    /// The control socket's path instead.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the raw JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn ask(a: &Args, cmd: &str) -> anyhow::Result<Value> {
+    let path = a.socket.clone().unwrap_or_else(|| socket_path(&a.tun));
+    let mut s = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
+        format!(
+            "cannot reach a running geowall at {} (is it running, and are you root?)",
+            path.display()
+        )
+    })?;
+    writeln!(s, "{}", json!({ "cmd": cmd }))?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    let v: Value = serde_json::from_str(&line).context("a garbled answer")?;
+    if let Some(e) = v["error"].as_str() {
+        anyhow::bail!("{e}");
+    }
+    Ok(v)
+}
+
+pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
+    let v = ask(&a, "status")?;
+    if a.json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "policy {}  up {} s  flows open {}  opened {}  blocked {}  cut {}  refused {}",
+        v["policy"].as_str().unwrap_or("?"),
+        v["uptime_s"],
+        v["flows_open"],
+        v["opened"],
+        v["blocked"],
+        v["cut"],
+        v["refused"]
+    );
+    println!(
+        "dns: {} queries, {} blocked, {} filtered, {} cached",
+        v["dns"]["queries"], v["dns"]["blocked"], v["dns"]["filtered"], v["dns"]["cached"]
+    );
+    for (title, key) in [
+        ("blocked by jurisdiction", "blocked_by_jurisdiction"),
+        ("decisions by class", "decisions_by_class"),
+        ("blocked by rule", "blocked_by_rule"),
+    ] {
+        if let Some(m) = v[key].as_object().filter(|m| !m.is_empty()) {
+            println!("{title}:");
+            for (k, n) in m {
+                println!("  {n:>6}  {k}");
+            }
+        }
+    }
+    if let Some(t) = v["top_destinations"].as_array().filter(|t| !t.is_empty()) {
+        println!("top destinations:");
+        for d in t {
+            println!("  {:>6}  {}", d[1], d[0].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn run_reload(a: Args) -> anyhow::Result<ExitCode> {
+    let v = ask(&a, "reload")?;
+    println!("reloaded: policy {}", v["reloaded"].as_str().unwrap_or("?"));
+    Ok(ExitCode::SUCCESS)
+}
