@@ -506,3 +506,176 @@ fn status_and_reload_work_against_a_running_instance() {
     assert_eq!(net.count(addr::US, 17, 7000), before);
     net.stop_geowall();
 }
+
+fn snapshot(ns: &str) -> String {
+    let mut s = String::new();
+    for args in [
+        vec!["-4", "rule"],
+        vec!["-6", "rule"],
+        vec!["-4", "route", "show", "table", "all"],
+        vec!["-6", "route", "show", "table", "all"],
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns])
+            .args(&args)
+            .output()
+            .expect("ip");
+        // Link-local addresses of a fresh namespace appear when their
+        // duplicate address detection ends, whatever geowall does.
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            if !l.contains("fe80:") {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+    }
+    s
+}
+
+fn start_run(net: &Net, world: &std::path::Path, policy: &std::path::Path) -> std::process::Child {
+    use std::io::BufRead;
+    let mut c = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.fw,
+            env!("CARGO_BIN_EXE_geowall"),
+            "run",
+        ])
+        .arg("--world")
+        .arg(world)
+        .arg("--policy")
+        .arg(policy)
+        .args(["--dns-upstream", "udp:198.51.100.53"])
+        .arg("--events")
+        .arg(&net.events)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("geowall run");
+    let mut err = std::io::BufReader::new(c.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let _ = err.read_line(&mut line);
+    assert!(
+        line.contains("whole host goes through"),
+        "geowall run did not start: {line}"
+    );
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    c
+}
+
+/// `geowall run` in a namespace that plays the host (never on the real
+/// host): all of its traffic, IPv4 and IPv6, goes through geowall; SIGTERM
+/// leaves rules, routes and resolver exactly as before; after SIGKILL
+/// nothing leaves until `geowall down`, which is idempotent.
+#[test]
+fn run_routes_the_whole_host_and_fails_closed() {
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.udp_server(sa(addr::US, 7000), echo);
+    net.udp_server(sa(addr::US6, 7000), echo);
+    net.udp_server(sa(addr::CN, 5004), echo);
+    // `ip netns exec` shows this file as the namespace's /etc/resolv.conf:
+    // geowall run changes it, never the real one.
+    let etc = std::path::PathBuf::from("/etc/netns").join(&net.fw);
+    std::fs::create_dir_all(&etc).expect("etc");
+    let resolv = etc.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 192.0.2.99\n").expect("resolv.conf");
+    let real = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    let before = snapshot(&net.fw);
+    let fw = net.fw.clone();
+
+    let mut g = start_run(&net, &world, &policy);
+    assert!(
+        std::fs::read_to_string(&resolv)
+            .expect("read")
+            .contains("198.18.255.2")
+    );
+    let r = in_ns(&fw, || {
+        (
+            udp_exchange(sa(addr::US, 7000), b"v4").map_err(|e| e.to_string()),
+            // In a namespace this fresh the veth's link-local address may
+            // still be in duplicate address detection for about a second,
+            // which holds up neighbour discovery for the first packets.
+            (0..4)
+                .map(|_| udp_exchange(sa(addr::US6, 7000), b"v6"))
+                .find(Result::is_ok)
+                .unwrap_or_else(|| Err(std::io::Error::other("no IPv6 answer in 4 tries")))
+                .map_err(|e| e.to_string()),
+            udp_exchange(sa(addr::CN, 5004), &rtp(1)).is_err(),
+        )
+    });
+    if r.0.is_err() || r.1.is_err() || !r.2 {
+        let _ = g.kill();
+        let _ = g.wait();
+        panic!(
+            "{r:?}; events: {:#?}; routes: {}",
+            net.events(),
+            snapshot(&net.fw)
+        );
+    }
+    assert_eq!(
+        net.count(addr::CN, 17, 5004),
+        0,
+        "media never reached the CN relay"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = g.wait();
+    assert_eq!(snapshot(&net.fw), before, "rules and routes as before");
+    assert_eq!(
+        std::fs::read_to_string(&resolv).expect("read"),
+        "nameserver 192.0.2.99\n"
+    );
+
+    // Killed: fail-closed until `geowall down`.
+    let mut g = start_run(&net, &world, &policy);
+    in_ns(&fw, || {
+        assert_eq!(udp_exchange(sa(addr::US, 7000), b"a").expect("up"), b"a")
+    });
+    let _ = g.kill();
+    let _ = g.wait();
+    std::thread::sleep(Duration::from_millis(200));
+    let n = net.count(addr::US, 17, 7000);
+    in_ns(&fw, || {
+        assert!(udp_exchange(sa(addr::US, 7000), b"leak?").is_err());
+        assert!(udp_exchange(sa(addr::US6, 7000), b"leak?").is_err());
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        net.count(addr::US, 17, 7000),
+        n,
+        "nothing left while geowall was dead"
+    );
+    let down = |expect: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &fw, env!("CARGO_BIN_EXE_geowall"), "down"])
+            .output()
+            .expect("down");
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(expect));
+    };
+    down("removed");
+    down("nothing to remove");
+    assert_eq!(
+        snapshot(&net.fw),
+        before,
+        "down restores the rules and routes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&resolv).expect("read"),
+        "nameserver 192.0.2.99\n"
+    );
+    assert_eq!(
+        std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+        real,
+        "the real resolver untouched"
+    );
+    let _ = std::fs::remove_dir_all(&etc);
+}

@@ -8,6 +8,7 @@ mod exec;
 mod lookup;
 mod report;
 mod rules;
+mod run;
 mod source;
 mod tunnel;
 mod world;
@@ -56,6 +57,11 @@ enum Command {
     /// Show what a running geowall is doing (flows, blocks by
     /// jurisdiction, class and rule, top destinations).
     Status(control::Args),
+    /// Protect the whole host: route everything through geowall (policy
+    /// routing, IPv4 and IPv6, resolver pointed at geowall); fail-closed.
+    Run(run::Args),
+    /// Remove what `geowall run` set up (after a crash); idempotent.
+    Down,
     /// Re-read the rules of a running geowall; open flows go on, new ones
     /// are judged by the new rules. A rejected file keeps the running rules.
     Reload(control::Args),
@@ -117,6 +123,8 @@ pub(crate) fn main() -> ExitCode {
         Command::Exec(a) => exec::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Status(a) => control::run_status(a),
+        Command::Run(a) => run::run(a),
+        Command::Down => run::down(),
         Command::Reload(a) => control::run_reload(a),
     };
     match result {

@@ -195,6 +195,31 @@ pub(crate) fn serve(
     Ok(summary)
 }
 
+/// Opens the control socket of the instance named `name` (`geowall status`,
+/// `geowall reload`); what the driver must keep up to date, and the
+/// socket's path (to remove at the end).
+pub(crate) fn control(
+    name: &str,
+    prepared: &Prepared,
+    args: &EngineArgs,
+) -> anyhow::Result<(Watch, PathBuf)> {
+    let live = Arc::new(Mutex::new(Live::default()));
+    let tally = Arc::new(Mutex::new(super::control::Tally::default()));
+    let rules = args.rules.clone();
+    let sock = super::control::socket_path(name);
+    super::control::serve(
+        &sock,
+        super::control::State {
+            live: live.clone(),
+            tally: tally.clone(),
+            policy: prepared.policy.clone(),
+            reload: Box::new(move || Ok(rules.load(true)?.policy)),
+            started: std::time::Instant::now(),
+        },
+    )?;
+    Ok(((live, tally), sock))
+}
+
 /// One line about a finished run, for standard error.
 pub(crate) fn summary_line(s: &Summary) -> String {
     let c = &s.counters;
@@ -240,28 +265,14 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             spec.mtu
         );
     };
-    // The control socket: `geowall status`, `geowall reload`.
-    let live = Arc::new(Mutex::new(Live::default()));
-    let tally = Arc::new(Mutex::new(super::control::Tally::default()));
-    let rules = a.engine.rules.clone();
-    let sock = super::control::socket_path(&spec.name);
-    super::control::serve(
-        &sock,
-        super::control::State {
-            live: live.clone(),
-            tally: tally.clone(),
-            policy: prepared.policy.clone(),
-            reload: Box::new(move || Ok(rules.load(true)?.policy)),
-            started: std::time::Instant::now(),
-        },
-    )?;
+    let (watch, sock) = control(&spec.name, &prepared, &a.engine)?;
     let summary = serve(
         prepared,
         &spec,
         protection,
         up,
         shutdown_signal(),
-        Some((live, tally)),
+        Some(watch),
     );
     let _ = std::fs::remove_file(&sock);
     let summary = summary?;
@@ -270,7 +281,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

@@ -1,0 +1,194 @@
+//! `geowall run`: the whole host through geowall, and `geowall down`.
+//!
+//! Routing in the manner of `wg-quick`: geowall's own sockets carry a
+//! firewall mark; everything unmarked is looked up in a routing table of
+//! geowall's whose default route is the TUN, after the main table has had
+//! its say for everything more specific than a default route
+//! (`suppress_prefixlength 0`), so the LAN and loopback keep working. IPv4
+//! and IPv6 alike. The system resolver is pointed into the TUN (geowall
+//! answers every query anyway).
+//!
+//! **Fail-closed:** geowall's table also holds a blackhole default route
+//! behind the TUN's. If geowall dies, the TUN and its route go with it and
+//! the blackhole is what is left: nothing leaves until geowall is back or
+//! `geowall down` removes the rules. SIGINT/SIGTERM restore everything.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::Context;
+use geowall::driver::{Protection, TunSpec};
+
+/// The mark on geowall's own sockets, and its routing table.
+pub(crate) const FWMARK: u32 = 0x6777;
+const TABLE: &str = "6777";
+/// Rule priorities (below main's 32766).
+const PRIO_SUPPRESS: &str = "6776";
+const PRIO_TABLE: &str = "6777";
+const TUN: &str = "geowall0";
+const V4: &str = "198.18.255.1/30";
+const V6: &str = "2001:db8:ffff::1/64";
+const RESOLVER: &str = "198.18.255.2";
+const STATE: &str = "/run/geowall";
+
+/// Arguments of `geowall run`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    engine: super::tunnel::EngineArgs,
+}
+
+/// IPv4, and IPv6 when the host has it (then it must not bypass geowall).
+fn families() -> Vec<&'static str> {
+    if Path::new("/proc/net/if_inet6").exists() {
+        vec!["-4", "-6"]
+    } else {
+        vec!["-4"]
+    }
+}
+
+fn resolv_backup() -> PathBuf {
+    Path::new(STATE).join("resolv.conf.before")
+}
+
+/// Sets up the routing and the resolver (idempotent: a leftover setup is
+/// removed first).
+fn up() -> anyhow::Result<()> {
+    down_quiet();
+    let mark = format!("{FWMARK:#x}");
+    for fam in families() {
+        super::ip(&[
+            fam,
+            "route",
+            "add",
+            "blackhole",
+            "default",
+            "table",
+            TABLE,
+            "metric",
+            "4000",
+        ])?;
+        super::ip(&[
+            fam, "route", "add", "default", "dev", TUN, "table", TABLE, "metric", "1",
+        ])?;
+        super::ip(&[
+            fam, "rule", "add", "not", "fwmark", &mark, "table", TABLE, "priority", PRIO_TABLE,
+        ])?;
+        super::ip(&[
+            fam,
+            "rule",
+            "add",
+            "table",
+            "main",
+            "suppress_prefixlength",
+            "0",
+            "priority",
+            PRIO_SUPPRESS,
+        ])?;
+    }
+    std::fs::create_dir_all(STATE)?;
+    let before = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    std::fs::write(resolv_backup(), before).context("cannot keep /etc/resolv.conf")?;
+    std::fs::write(
+        "/etc/resolv.conf",
+        format!("# geowall run: every query is answered by geowall\nnameserver {RESOLVER}\n"),
+    )
+    .context("cannot point /etc/resolv.conf at geowall")?;
+    Ok(())
+}
+
+/// Removes what `up` set; true if anything was there.
+fn down_quiet() -> bool {
+    let mut any = false;
+    for fam in families() {
+        for prio in [PRIO_TABLE, PRIO_SUPPRESS] {
+            while Command::new("ip")
+                .args([fam, "rule", "del", "priority", prio])
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
+                any = true;
+            }
+        }
+        if Command::new("ip")
+            .args([fam, "route", "flush", "table", TABLE])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            // `flush` succeeds on an empty table too; what counts are rules.
+        }
+    }
+    if let Ok(before) = std::fs::read(resolv_backup()) {
+        if std::fs::write("/etc/resolv.conf", before).is_ok() {
+            let _ = std::fs::remove_file(resolv_backup());
+        }
+        any = true;
+    }
+    any
+}
+
+pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if !super::is_root() {
+        anyhow::bail!(
+            "geowall run needs root (it routes the whole host through geowall); run it with sudo"
+        );
+    }
+    let protection = Protection {
+        fwmark: Some(FWMARK),
+        ..Protection::default()
+    };
+    let prepared = a.engine.prepare(&protection)?;
+    let spec = TunSpec {
+        name: TUN.into(),
+        mtu: prepared.mtu,
+        netns: None,
+        addresses: vec![V4.parse()?, V6.parse()?],
+        default_route: false,
+        offload: !a.engine.no_offload,
+    };
+    let policy = prepared.policy_name.clone();
+    let (watch, sock) = super::tunnel::control(TUN, &prepared, &a.engine)?;
+    let mut setup = Ok(());
+    let failed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let stop = failed.clone();
+    let summary = super::tunnel::serve(
+        prepared,
+        &spec,
+        protection,
+        || {
+            setup = up();
+            match &setup {
+                Ok(()) => eprintln!(
+                    "geowall: the whole host goes through {TUN} (policy {policy}); Ctrl-C restores the routes and the resolver; if geowall dies, traffic stays blocked until `geowall down`"
+                ),
+                // Stop at once; what was set up is removed below.
+                Err(_) => failed.notify_one(),
+            }
+        },
+        async move {
+            tokio::select! {
+                () = super::tunnel::shutdown_signal() => {}
+                () = stop.notified() => {}
+            }
+        },
+        Some(watch),
+    );
+    let _ = std::fs::remove_file(&sock);
+    down_quiet();
+    setup?;
+    let summary = summary?;
+    eprintln!("{}", super::tunnel::summary_line(&summary));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn down() -> anyhow::Result<ExitCode> {
+    if !super::is_root() {
+        anyhow::bail!("geowall down needs root");
+    }
+    if down_quiet() {
+        eprintln!("geowall: routing rules removed and the resolver restored");
+    } else {
+        eprintln!("geowall: nothing to remove");
+    }
+    Ok(ExitCode::SUCCESS)
+}
