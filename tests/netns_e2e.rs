@@ -583,6 +583,13 @@ fn run_routes_the_whole_host_and_fails_closed() {
     // geowall run changes it, never the real one.
     let etc = std::path::PathBuf::from("/etc/netns").join(&net.fw);
     std::fs::create_dir_all(&etc).expect("etc");
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Remove(etc.clone());
     let resolv = etc.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 192.0.2.99\n").expect("resolv.conf");
     let real = std::fs::read("/etc/resolv.conf").unwrap_or_default();
