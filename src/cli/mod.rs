@@ -62,6 +62,13 @@ enum Command {
     Run(run::Args),
     /// Remove what `geowall run` set up (after a crash); idempotent.
     Down,
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `geowall man > geowall.1`.
+    Man,
     /// Re-read the rules of a running geowall; open flows go on, new ones
     /// are judged by the new rules. A rejected file keeps the running rules.
     Reload(control::Args),
@@ -125,6 +132,23 @@ pub(crate) fn main() -> ExitCode {
         Command::Status(a) => control::run_status(a),
         Command::Run(a) => run::run(a),
         Command::Down => run::down(),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "geowall",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
         Command::Reload(a) => control::run_reload(a),
     };
     match result {

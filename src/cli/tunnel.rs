@@ -60,7 +60,8 @@ pub(crate) struct EngineArgs {
     /// a jurisdiction the policy blocks is refused at start.
     #[arg(long = "dns-upstream", value_name = "SPEC", default_value = "system")]
     dns_upstream: Vec<driver::dns::Upstream>,
-    /// Write decisions as JSON lines to FILE (`-` for standard output).
+    /// Write decisions as JSON lines to FILE (`-`: standard output, as a
+    /// readable coloured log when it is a terminal).
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
     /// Flows at most; more are refused and counted.
@@ -73,6 +74,8 @@ pub(crate) struct EngineArgs {
 /// An engine ready to run, with what the driver needs beside it.
 pub(crate) struct Prepared {
     engine: Engine,
+    /// Events go to a terminal: readable lines rather than JSON.
+    readable: bool,
     /// The running rules (replaced by a reload).
     pub(crate) policy: Arc<PolicyHandle>,
     resolver: driver::dns::Resolver,
@@ -128,8 +131,11 @@ impl EngineArgs {
                     .with_context(|| format!("cannot create {}", p.display()))?,
             )),
         };
+        let readable = self.events.as_ref().is_some_and(|p| p.as_os_str() == "-")
+            && std::io::IsTerminal::is_terminal(&std::io::stdout());
         Ok(Prepared {
             engine,
+            readable,
             policy: handle,
             resolver,
             sink,
@@ -157,6 +163,7 @@ pub(crate) fn serve(
         engine,
         resolver,
         mut sink,
+        readable,
         ..
     } = p;
     // The resolver's sockets were protected when it was built.
@@ -174,9 +181,12 @@ pub(crate) fn serve(
             {
                 t.add(e);
             }
-            if let Some(w) = sink.as_mut()
-                && let Ok(line) = serde_json::to_string(e)
-            {
+            if let Some(w) = sink.as_mut() {
+                let line = if readable {
+                    readable_line(e)
+                } else {
+                    serde_json::to_string(e).unwrap_or_default()
+                };
                 let _ = writeln!(w, "{line}");
                 let _ = w.flush();
             }
@@ -218,6 +228,36 @@ pub(crate) fn control(
         },
     )?;
     Ok(((live, tally), sock))
+}
+
+/// A decision as a coloured line for a terminal: blocks red, openings
+/// green, the rest plain.
+pub(crate) fn readable_line(e: &Event) -> String {
+    let colour = match (e.action, e.kind) {
+        ("block", _) => "\x1b[31m",
+        (_, "opened") => "\x1b[32m",
+        _ => "\x1b[2m",
+    };
+    let mut s = format!(
+        "{colour}{:<12}\x1b[0m {:<4} {:<24} {:<5} {:<8}",
+        e.kind, e.proto, e.server, e.class, e.protocol
+    );
+    for n in e.server_name.iter().chain(e.names.first()) {
+        s.push_str(&format!(" {n}"));
+    }
+    if let Some(r) = &e.rule {
+        s.push_str(&format!(" rule \"{r}\""));
+    }
+    if let Some(l) = &e.layer {
+        s.push_str(&format!(" ({l})"));
+    }
+    if !e.leaks.is_empty() {
+        s.push_str(&format!(" \x1b[33mleak: {}\x1b[0m", e.leaks.join(",")));
+    }
+    if let Some(d) = &e.detail {
+        s.push_str(&format!(" {d}"));
+    }
+    s
 }
 
 /// One line about a finished run, for standard error.

@@ -1,0 +1,47 @@
+//! Shell completions and the manual page come from the command's own
+//! definitions; the systemd unit names commands that exist.
+
+use std::process::Command;
+
+fn geowall(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_geowall"))
+        .args(args)
+        .output()
+        .expect("geowall runs")
+}
+
+#[test]
+fn completions_and_man_page_cover_every_command() {
+    let bash = geowall(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let bash = String::from_utf8_lossy(&bash.stdout);
+    let man = geowall(&["man"]);
+    assert!(man.status.success());
+    let man = String::from_utf8_lossy(&man.stdout);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH geowall"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    for cmd in [
+        "lookup", "audit", "rules", "tunnel", "run", "down", "exec", "demo", "status", "reload",
+    ] {
+        assert!(bash.contains(cmd), "completions lack {cmd}");
+        assert!(man.contains(cmd), "the man page lacks {cmd}");
+    }
+    let bad = geowall(&["completions", "nosuchshell"]);
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn the_systemd_unit_runs_and_tears_down_with_real_commands() {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dist/geowall.service"))
+            .expect("unit");
+    assert!(unit.contains("ExecStart=/usr/local/bin/geowall run --preset default"));
+    assert!(unit.contains("ExecStopPost=/usr/local/bin/geowall down"));
+    // The flags it uses parse.
+    let help = geowall(&["run", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--preset") && help.contains("--events"));
+}
