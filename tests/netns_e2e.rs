@@ -466,6 +466,10 @@ fn status_and_reload_work_against_a_running_instance() {
         "{v}"
     );
     assert!(v["flows_open"].as_u64() >= Some(1), "{v}");
+    assert!(
+        v["bytes_up"].as_u64() >= Some(3) && v["bytes_down"].as_u64() >= Some(3),
+        "{v}"
+    );
     assert_eq!(v["blocked_by_jurisdiction"]["geo:CN"], 1, "{v}");
     // A broken file: refused, the running rules stay.
     std::fs::write(&policy, "name = 'broken'\n[[rule]]\n").expect("write");

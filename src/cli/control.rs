@@ -93,6 +93,8 @@ fn status(s: &State) -> Value {
         "blocked": c.blocked,
         "cut": c.cut,
         "refused": c.refused,
+        "bytes_up": live.bytes_up,
+        "bytes_down": live.bytes_down,
         "dns": {"queries": c.dns_queries, "blocked": c.dns_blocked, "filtered": c.dns_filtered, "cached": live.dns_cached},
         "drops": c.drops,
         "blocked_by_jurisdiction": layers,
@@ -197,6 +199,10 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
         v["blocked"],
         v["cut"],
         v["refused"]
+    );
+    println!(
+        "bytes: {} to servers, {} from servers",
+        v["bytes_up"], v["bytes_down"]
     );
     println!(
         "dns: {} queries, {} blocked, {} filtered, {} cached",

@@ -57,7 +57,12 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             "geowall exec needs root (it creates a network namespace and a TUN device); run it with sudo"
         );
     }
-    let prepared = a.engine.prepare(&Protection::default())?;
+    let mut prepared = a.engine.prepare(&Protection::default())?;
+    // Every flow in the namespace is the program's.
+    let app = a.command[0].to_string_lossy().into_owned();
+    prepared
+        .engine
+        .set_app_lookup(Box::new(move |_, _, _| Some(app.clone())));
     let name = format!("gwexec{}", std::process::id());
     let etc = PathBuf::from("/etc/netns").join(&name);
     // Leftovers of an earlier run that died are removed first.

@@ -137,7 +137,13 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         fwmark: Some(FWMARK),
         ..Protection::default()
     };
-    let prepared = a.engine.prepare(&protection)?;
+    let mut prepared = a.engine.prepare(&protection)?;
+    // Each flow's owning process, for events and `app = ...` rules.
+    prepared
+        .engine
+        .set_app_lookup(Box::new(|t, client, _server| {
+            geowall::driver::procs::owner(t, client)
+        }));
     let spec = TunSpec {
         name: TUN.into(),
         mtu: prepared.mtu,

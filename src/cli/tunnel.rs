@@ -73,7 +73,7 @@ pub(crate) struct EngineArgs {
 
 /// An engine ready to run, with what the driver needs beside it.
 pub(crate) struct Prepared {
-    engine: Engine,
+    pub(crate) engine: Engine,
     /// Events go to a terminal: readable lines rather than JSON.
     readable: bool,
     /// The running rules (replaced by a reload).

@@ -18,6 +18,7 @@
 //! route at all, so nothing leaves until geowall is back.
 
 pub mod dns;
+pub mod procs;
 pub mod protect;
 pub mod tun;
 pub mod upstream;
@@ -59,6 +60,10 @@ pub struct Live {
     pub counters: EngineCounters,
     /// DNS answers cached now.
     pub dns_cached: usize,
+    /// Payload bytes relayed to servers.
+    pub bytes_up: u64,
+    /// Payload bytes relayed from servers.
+    pub bytes_down: u64,
 }
 
 /// What a finished run reports.
@@ -68,6 +73,10 @@ pub struct Summary {
     pub counters: EngineCounters,
     /// Upstream sockets that failed to open or broke, by error kind.
     pub upstream_failures: HashMap<String, u64>,
+    /// Payload bytes relayed to servers.
+    pub bytes_up: u64,
+    /// Payload bytes relayed from servers.
+    pub bytes_down: u64,
 }
 
 /// Runs the engine on `tun` until `shutdown` completes or the TUN fails.
@@ -140,11 +149,13 @@ pub async fn run(
                     let _ = link.cmds.send(Cmd::Echo { seq, data });
                 }
                 Output::UdpSend { flow, payload } => {
+                    summary.bytes_up += payload.len() as u64;
                     if let Some(l) = links.get(&flow) {
                         let _ = l.cmds.send(Cmd::Data(payload));
                     }
                 }
                 Output::TcpSend { flow, payload } => {
+                    summary.bytes_up += payload.len() as u64;
                     if let Some(l) = links.get(&flow) {
                         let n = payload.len();
                         let _ = l.cmds.send(Cmd::Data(payload));
@@ -209,6 +220,8 @@ pub async fn run(
             l.flows = engine.flow_count();
             l.counters.clone_from(&engine.counters);
             l.dns_cached = engine.dns_cache.len();
+            l.bytes_up = summary.bytes_up;
+            l.bytes_down = summary.bytes_down;
         }
         // Server bytes that waited for the app's window.
         if !stalled.is_empty() {
@@ -302,8 +315,12 @@ fn on_report(
                 engine.handle_tcp_upstream_failed(flow, now);
             }
         }
-        Up::Datagram(d) => engine.handle_udp_from_upstream(flow, &d, now),
+        Up::Datagram(d) => {
+            summary.bytes_down += d.len() as u64;
+            engine.handle_udp_from_upstream(flow, &d, now);
+        }
         Up::Data(d) => {
+            summary.bytes_down += d.len() as u64;
             l.down.push_back(d);
             push_down(engine, flow, l, now);
             if !l.down.is_empty() {

@@ -83,7 +83,7 @@ struct TcpFlow {
     /// Bytes of local buffers (both ways) this connection holds.
     buffers: usize,
     /// Names the server's address was learned with (DNS, earlier flows).
-    names: Vec<String>,
+    ctx: FlowCtx,
     /// Dropped silently: its socket is gone and its segments are
     /// swallowed (no RST) until it has been idle for the UDP idle time.
     silent: bool,
@@ -176,6 +176,10 @@ pub struct Event {
     /// Names the server's address was learned with (DNS answers, earlier
     /// flows); for DNS events, the queried name and its CNAME chain.
     pub names: Vec<String>,
+    /// The app that owns the flow (an executable path, or what the
+    /// platform calls it), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     /// More about a DNS decision (the addresses removed from an answer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -248,7 +252,7 @@ pub enum Output {
         rtype: hickory_proto::rr::RecordType,
     },
     /// A decision, for logs and the user.
-    Event(Event),
+    Event(Box<Event>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,9 +274,22 @@ struct FlowState {
     scan: ScanState,
     state: State,
     /// Names the server's address was learned with.
-    names: Vec<String>,
+    ctx: FlowCtx,
     last_ns: u64,
 }
+
+/// What a flow is judged with beside its packets: names its address was
+/// learned with, and the app that owns it.
+#[derive(Debug, Clone, Default)]
+pub struct FlowCtx {
+    /// Names (DNS answers, earlier flows).
+    pub names: Vec<String>,
+    /// The owning app, from [`Engine::set_app_lookup`].
+    pub app: Option<String>,
+}
+
+/// Finds the app that owns a flow: (transport, app side, server side).
+pub type AppLookup = Box<dyn FnMut(PTransport, SocketAddr, SocketAddr) -> Option<String> + Send>;
 
 /// Where a DNS answer goes.
 #[derive(Debug, Clone, Copy)]
@@ -336,6 +353,7 @@ pub struct Engine {
     /// Address → names, from DNS answers and flows.
     pub names: dns::NameMap,
     dns_pending: HashMap<u64, (Question, Reply)>,
+    apps: Option<AppLookup>,
     next_query: u64,
     /// Counters.
     pub counters: EngineCounters,
@@ -372,6 +390,7 @@ impl Engine {
             dns_cache: dns::Cache::default(),
             names: dns::NameMap::default(),
             dns_pending: HashMap::new(),
+            apps: None,
             next_query: 1,
             frags: Reassembler::new(cfg.frag),
             cfg,
@@ -526,7 +545,7 @@ impl Engine {
                     self.out.push_back(Output::Close { flow: f.id });
                 }
                 let ev = self.event("closed", &f, None);
-                self.out.push_back(Output::Event(ev));
+                self.out.push_back(Output::Event(Box::new(ev)));
             }
         }
         self.wake_ns = self.next_deadline();
@@ -621,7 +640,7 @@ impl Engine {
             }
             let id = self.next_id;
             self.next_id += 1;
-            let names = self.learned_names(server.ip(), now_ns);
+            let ctx = self.flow_ctx(PTransport::Udp, icmp, client, server, now_ns);
             self.ids.insert(id, key);
             self.flows.insert(
                 key,
@@ -635,7 +654,7 @@ impl Engine {
                     leaks: Vec::new(),
                     scan: ScanState::default(),
                     state: State::Open,
-                    names,
+                    ctx,
                     last_ns: now_ns,
                 },
             );
@@ -708,13 +727,13 @@ impl Engine {
                 {
                     self.out.push_back(Output::ToTun(r));
                 }
-                self.out.push_back(Output::Event(ev));
+                self.out.push_back(Output::Event(Box::new(ev)));
                 return;
             }
             if new {
                 let ev = self.event("opened", &self.flows[&key], Some(&verdict));
                 self.counters.opened += 1;
-                self.out.push_back(Output::Event(ev));
+                self.out.push_back(Output::Event(Box::new(ev)));
                 if !icmp {
                     self.out.push_back(Output::UdpOpen {
                         flow: self.flows[&key].id,
@@ -817,7 +836,7 @@ impl Engine {
             let policy = self.policy.current();
             let is_dns = server.port() == 53;
             let sniff = policy.needs_payload() && !is_dns;
-            let names = self.learned_names(server.ip(), now_ns);
+            let ctx = self.flow_ctx(PTransport::Tcp, false, client, server, now_ns);
             let id = self.next_id;
             self.next_id += 1;
             if !sniff && !is_dns {
@@ -830,7 +849,7 @@ impl Engine {
                     server,
                     &sn,
                     &[],
-                    &names,
+                    &ctx,
                 );
                 if let Action::Block(mode) = v.action {
                     self.counters.blocked += 1;
@@ -842,7 +861,7 @@ impl Engine {
                         server.to_string(),
                         &sn,
                         &[],
-                        &names,
+                        &ctx,
                         Some(&v),
                     );
                     if mode == BlockMode::Reject
@@ -850,7 +869,7 @@ impl Engine {
                     {
                         self.out.push_back(Output::ToTun(r));
                     }
-                    self.out.push_back(Output::Event(ev));
+                    self.out.push_back(Output::Event(Box::new(ev)));
                     return;
                 }
             }
@@ -891,7 +910,7 @@ impl Engine {
                 app_fin_sent: false,
                 paused: false,
                 buffers: 2 * each,
-                names,
+                ctx,
                 silent: false,
                 last_ns: now_ns,
             };
@@ -906,10 +925,10 @@ impl Engine {
                     server.to_string(),
                     &f.sniffer,
                     &[],
-                    &f.names,
+                    &f.ctx,
                     None,
                 );
-                self.out.push_back(Output::Event(ev));
+                self.out.push_back(Output::Event(Box::new(ev)));
                 self.out.push_back(Output::TcpOpen {
                     flow: id,
                     dst: server,
@@ -1077,7 +1096,7 @@ impl Engine {
                     f.server,
                     &f.sniffer,
                     &f.leaks,
-                    &f.names,
+                    &f.ctx,
                 );
                 let was = f.phase;
                 if let Action::Block(mode) = v.action {
@@ -1106,10 +1125,10 @@ impl Engine {
                         f.server.to_string(),
                         &f.sniffer,
                         &f.leaks,
-                        &f.names,
+                        &f.ctx,
                         Some(&v),
                     );
-                    self.out.push_back(Output::Event(ev));
+                    self.out.push_back(Output::Event(Box::new(ev)));
                 } else if matches!(was, TcpPhase::Sniffing { .. }) {
                     f.phase = TcpPhase::Connecting;
                     self.counters.opened += 1;
@@ -1121,10 +1140,10 @@ impl Engine {
                         f.server.to_string(),
                         &f.sniffer,
                         &f.leaks,
-                        &f.names,
+                        &f.ctx,
                         Some(&v),
                     );
-                    self.out.push_back(Output::Event(ev));
+                    self.out.push_back(Output::Event(Box::new(ev)));
                     self.out.push_back(Output::TcpOpen {
                         flow: f.id,
                         dst: f.server,
@@ -1169,7 +1188,7 @@ impl Engine {
                     f.server.to_string(),
                     &f.sniffer,
                     &f.leaks,
-                    &f.names,
+                    &f.ctx,
                     None,
                 );
                 let held = f.buffers;
@@ -1180,7 +1199,7 @@ impl Engine {
                 if matches!(phase, TcpPhase::Open | TcpPhase::Connecting) {
                     self.out.push_back(Output::Close { flow: id });
                 }
-                self.out.push_back(Output::Event(ev));
+                self.out.push_back(Output::Event(Box::new(ev)));
             }
         }
     }
@@ -1291,6 +1310,28 @@ impl Engine {
                 .get_mut::<smoltcp::socket::tcp::Socket>(f.handle));
         }
         self.poll_stack(now_ns, key);
+    }
+
+    /// How to find the app that owns a new flow (the platform's answer:
+    /// the kernel's socket tables on Linux, `getConnectionOwnerUid` on
+    /// Android). Called once per flow, before it is judged.
+    pub fn set_app_lookup(&mut self, f: AppLookup) {
+        self.apps = Some(f);
+    }
+
+    fn flow_ctx(
+        &mut self,
+        t: PTransport,
+        icmp: bool,
+        client: SocketAddr,
+        server: SocketAddr,
+        now_ns: u64,
+    ) -> FlowCtx {
+        let t = if icmp { PTransport::Icmp } else { t };
+        FlowCtx {
+            names: self.learned_names(server.ip(), now_ns),
+            app: self.apps.as_mut().and_then(|f| f(t, client, server)),
+        }
     }
 
     /// Names the address `ip` was learned with, still valid at `now_ns`.
@@ -1427,7 +1468,7 @@ impl Engine {
         layer: Option<String>,
         detail: Option<String>,
     ) {
-        self.out.push_back(Output::Event(Event {
+        self.out.push_back(Output::Event(Box::new(Event {
             kind,
             flow: 0,
             proto: "dns",
@@ -1442,8 +1483,9 @@ impl Engine {
             layer,
             leaks: Vec::new(),
             names,
+            app: None,
             detail,
-        }));
+        })));
     }
 
     /// Sends a DNS answer back the way its query came.
@@ -1493,7 +1535,7 @@ impl Engine {
             server,
             &f.sniffer,
             &f.leaks,
-            &f.names,
+            &f.ctx,
             v,
         )
     }
@@ -1508,7 +1550,7 @@ fn make_event(
     server: String,
     sn: &Sniffer,
     leaks: &[LeakHit],
-    names: &[String],
+    ctx: &FlowCtx,
     v: Option<&Verdict<'_>>,
 ) -> Event {
     Event {
@@ -1534,7 +1576,8 @@ fn make_event(
             )
         }),
         leaks: leaks.iter().map(|l| l.label.clone()).collect(),
-        names: names.to_vec(),
+        names: ctx.names.clone(),
+        app: ctx.app.clone(),
         detail: None,
     }
 }
@@ -1558,13 +1601,13 @@ fn judge_parts<'p>(
     server: SocketAddr,
     sn: &Sniffer,
     leaks: &[LeakHit],
-    learned: &[String],
+    ctx: &FlowCtx,
 ) -> Verdict<'p> {
     let names: Vec<&str> = sn
         .server_name
         .as_deref()
         .into_iter()
-        .chain(learned.iter().map(String::as_str))
+        .chain(ctx.names.iter().map(String::as_str))
         .collect();
     let facts = Facts {
         dst: Some(server.ip()),
@@ -1579,7 +1622,7 @@ fn judge_parts<'p>(
             Encryption::Unknown => None,
         },
         leak: !leaks.is_empty(),
-        app: None,
+        app: ctx.app.as_deref(),
     };
     policy.evaluate(intel, &facts)
 }
@@ -1590,7 +1633,7 @@ fn judge<'p>(policy: &'p crate::policy::Policy, intel: &Intel, f: &FlowState) ->
     } else {
         PTransport::Udp
     };
-    judge_parts(policy, intel, t, f.server, &f.sniffer, &f.leaks, &f.names)
+    judge_parts(policy, intel, t, f.server, &f.sniffer, &f.leaks, &f.ctx)
 }
 
 #[cfg(test)]

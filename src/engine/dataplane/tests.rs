@@ -72,7 +72,7 @@ fn events(out: &[Output]) -> Vec<&Event> {
     out.iter()
         .filter_map(|o| {
             if let Output::Event(e) = o {
-                Some(e)
+                Some(&**e)
             } else {
                 None
             }

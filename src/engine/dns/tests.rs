@@ -126,7 +126,7 @@ fn addresses(m: &Message) -> Vec<IpAddr> {
 fn events(out: &[Output]) -> Vec<&crate::engine::dataplane::Event> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Event(e) => Some(e),
+            Output::Event(e) => Some(&**e),
             _ => None,
         })
         .collect()
