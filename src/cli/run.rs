@@ -118,6 +118,8 @@ fn down_quiet() -> bool {
             // `flush` succeeds on an empty table too; what counts are rules.
         }
     }
+    // The control socket of an instance that died.
+    let _ = std::fs::remove_file(super::control::socket_path(TUN));
     if let Ok(before) = std::fs::read(resolv_backup()) {
         if std::fs::write("/etc/resolv.conf", before).is_ok() {
             let _ = std::fs::remove_file(resolv_backup());
