@@ -55,7 +55,7 @@ impl RuntimeProvider for ProtectedRuntime {
     ) -> Pin<Box<dyn Send + Future<Output = io::Result<Self::Tcp>>>> {
         let prot = self.protection.clone();
         Box::pin(async move {
-            let s = socket(server, socket2::Type::STREAM, &prot)?;
+            let s = prot.socket(server.ip(), socket2::Type::STREAM, None)?;
             if let Some(b) = bind {
                 s.bind(&b.into())?;
             }
@@ -80,18 +80,11 @@ impl RuntimeProvider for ProtectedRuntime {
     ) -> Pin<Box<dyn Send + Future<Output = io::Result<Self::Udp>>>> {
         let prot = self.protection.clone();
         Box::pin(async move {
-            let s = socket(server, socket2::Type::DGRAM, &prot)?;
+            let s = prot.socket(server.ip(), socket2::Type::DGRAM, None)?;
             s.bind(&local.into())?;
             tokio::net::UdpSocket::from_std(s.into())
         })
     }
-}
-
-fn socket(to: SocketAddr, ty: socket2::Type, prot: &Protection) -> io::Result<socket2::Socket> {
-    let s = socket2::Socket::new(socket2::Domain::for_address(to), ty, None)?;
-    prot.apply(&s)?;
-    s.set_nonblocking(true)?;
-    Ok(s)
 }
 
 /// One upstream resolver.

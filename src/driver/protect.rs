@@ -42,6 +42,23 @@ impl fmt::Debug for Protection {
 }
 
 impl Protection {
+    /// A non-blocking socket for talking to `dst`, protected.
+    pub fn socket(
+        &self,
+        dst: std::net::IpAddr,
+        ty: socket2::Type,
+        proto: Option<socket2::Protocol>,
+    ) -> std::io::Result<socket2::Socket> {
+        let domain = match dst {
+            std::net::IpAddr::V4(_) => socket2::Domain::IPV4,
+            std::net::IpAddr::V6(_) => socket2::Domain::IPV6,
+        };
+        let s = socket2::Socket::new(domain, ty, proto)?;
+        self.apply(&s)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    }
+
     /// Applies every configured protection to `sock`; the error says which
     /// failed.
     pub fn apply(&self, sock: &socket2::Socket) -> std::io::Result<()> {

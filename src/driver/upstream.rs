@@ -114,20 +114,13 @@ impl Shared {
 /// Where a task reports.
 pub type Reports = mpsc::UnboundedSender<(FlowId, Up)>;
 
-fn socket(
-    dst: IpAddr,
-    ty: socket2::Type,
-    proto: socket2::Protocol,
-    prot: &Protection,
-) -> std::io::Result<socket2::Socket> {
-    let domain = match dst {
-        IpAddr::V4(_) => socket2::Domain::IPV4,
-        IpAddr::V6(_) => socket2::Domain::IPV6,
-    };
-    let s = socket2::Socket::new(domain, ty, Some(proto))?;
-    prot.apply(&s)?;
-    s.set_nonblocking(true)?;
-    Ok(s)
+/// The opened socket, or `None` after reporting why it could not be
+/// opened (`tcp`: the app's side is then reset).
+fn opened<T>(r: std::io::Result<T>, flow: FlowId, tcp: bool, reports: &Reports) -> Option<T> {
+    r.map_err(|error| {
+        let _ = reports.send((flow, Up::Failed { tcp, error }));
+    })
+    .ok()
 }
 
 /// Connects to `dst` and relays until either side is done.
@@ -140,11 +133,10 @@ pub async fn tcp(
     reports: Reports,
 ) {
     let connect = async {
-        let s = socket(
+        let s = prot.socket(
             dst.ip(),
             socket2::Type::STREAM,
-            socket2::Protocol::TCP,
-            &prot,
+            Some(socket2::Protocol::TCP),
         )?;
         s.set_tcp_nodelay(true)?;
         let s = tokio::net::TcpSocket::from_std_stream(s.into());
@@ -156,18 +148,8 @@ pub async fn tcp(
             )),
         }
     };
-    let stream = match connect.await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = reports.send((
-                flow,
-                Up::Failed {
-                    tcp: true,
-                    error: e,
-                },
-            ));
-            return;
-        }
+    let Some(stream) = opened(connect.await, flow, true, &reports) else {
+        return;
     };
     let _ = reports.send((flow, Up::Connected));
     let (mut rd, mut wr) = stream.into_split();
@@ -227,28 +209,13 @@ pub async fn udp(
     reports: Reports,
 ) {
     let open = async {
-        let s = socket(
-            dst.ip(),
-            socket2::Type::DGRAM,
-            socket2::Protocol::UDP,
-            &prot,
-        )?;
+        let s = prot.socket(dst.ip(), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
         let s = tokio::net::UdpSocket::from_std(s.into())?;
         s.connect(dst).await?;
         Ok::<_, std::io::Error>(s)
     };
-    let sock = match open.await {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = reports.send((
-                flow,
-                Up::Failed {
-                    tcp: false,
-                    error: e,
-                },
-            ));
-            return;
-        }
+    let Some(sock) = opened(open.await, flow, false, &reports) else {
+        return;
     };
     let mut buf = Vec::with_capacity(DATAGRAM);
     loop {
@@ -289,7 +256,7 @@ pub async fn echo(
         IpAddr::V6(_) => (socket2::Protocol::ICMPV6, 128, 129),
     };
     let open = || -> std::io::Result<tokio::net::UdpSocket> {
-        let s = socket(dst, socket2::Type::DGRAM, proto, &prot).map_err(|e| {
+        let s = prot.socket(dst, socket2::Type::DGRAM, Some(proto)).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!(
@@ -301,18 +268,8 @@ pub async fn echo(
         // A ping socket is a datagram socket: tokio's UDP type carries it.
         tokio::net::UdpSocket::from_std(s.into())
     };
-    let sock = match open() {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = reports.send((
-                flow,
-                Up::Failed {
-                    tcp: false,
-                    error: e,
-                },
-            ));
-            return;
-        }
+    let Some(sock) = opened(open(), flow, false, &reports) else {
+        return;
     };
     let mut buf = Vec::with_capacity(DATAGRAM);
     let mut pkt = Vec::new();

@@ -485,8 +485,15 @@ impl Engine {
     pub fn handle_timeout(&mut self, now_ns: u64) {
         self.frags.expire(now_ns);
         if self.wake_ns.is_none_or(|w| now_ns < w) {
-            // Only the stack's timers are due.
-            return self.poll_stack(now_ns, None);
+            // Only the stack's timers (delayed ACKs, retransmissions) are
+            // due: they make it send, and change nothing the connections'
+            // owners must look at, so no connection is serviced.
+            let t = super::stack::instant(now_ns);
+            self.iface.poll(t, &mut self.device, &mut self.sockets);
+            while let Some(p) = self.device.tx.pop_front() {
+                self.out.push_back(Output::ToTun(p));
+            }
+            return;
         }
         self.poll_stack(now_ns, None);
         let (udp_idle, tcp_idle, handshake) = (
@@ -1117,32 +1124,12 @@ impl Engine {
                         self.counters.cut += 1;
                         self.out.push_back(Output::Close { flow: f.id });
                     }
-                    let ev = make_event(
-                        if first { "blocked" } else { "cut" },
-                        f.id,
-                        "tcp",
-                        f.client,
-                        f.server.to_string(),
-                        &f.sniffer,
-                        &f.leaks,
-                        &f.ctx,
-                        Some(&v),
-                    );
+                    let ev = f.event(if first { "blocked" } else { "cut" }, Some(&v));
                     self.out.push_back(Output::Event(Box::new(ev)));
                 } else if matches!(was, TcpPhase::Sniffing { .. }) {
                     f.phase = TcpPhase::Connecting;
                     self.counters.opened += 1;
-                    let ev = make_event(
-                        "opened",
-                        f.id,
-                        "tcp",
-                        f.client,
-                        f.server.to_string(),
-                        &f.sniffer,
-                        &f.leaks,
-                        &f.ctx,
-                        Some(&v),
-                    );
+                    let ev = f.event("opened", Some(&v));
                     self.out.push_back(Output::Event(Box::new(ev)));
                     self.out.push_back(Output::TcpOpen {
                         flow: f.id,
@@ -1180,17 +1167,7 @@ impl Engine {
                 && !matches!(f.phase, TcpPhase::Sniffing { since_ns: None })
             {
                 let (id, handle, phase) = (f.id, f.handle, f.phase);
-                let ev = make_event(
-                    "closed",
-                    f.id,
-                    "tcp",
-                    f.client,
-                    f.server.to_string(),
-                    &f.sniffer,
-                    &f.leaks,
-                    &f.ctx,
-                    None,
-                );
+                let ev = f.event("closed", None);
                 let held = f.buffers;
                 self.tcp.remove(&key);
                 self.tcp_ids.remove(&id);
@@ -1579,6 +1556,23 @@ fn make_event(
         names: ctx.names.clone(),
         app: ctx.app.clone(),
         detail: None,
+    }
+}
+
+impl TcpFlow {
+    /// A decision event about this connection.
+    fn event(&self, kind: &'static str, v: Option<&Verdict<'_>>) -> Event {
+        make_event(
+            kind,
+            self.id,
+            "tcp",
+            self.client,
+            self.server.to_string(),
+            &self.sniffer,
+            &self.leaks,
+            &self.ctx,
+            v,
+        )
     }
 }
 
