@@ -38,6 +38,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         catalog,
         leak,
         world,
+        ..
     } = a.rules.load(false)?;
     let intel = Intel::new(world, Arc::new(catalog));
 

@@ -39,12 +39,21 @@ pub(crate) struct Loaded {
     pub(crate) catalog: Catalog,
     pub(crate) leak: Option<LeakDetector>,
     pub(crate) world: Arc<World>,
+    /// The bundle's sequence number, when the rules came from one.
+    pub(crate) sequence: Option<u64>,
 }
 
 impl RulesArgs {
     /// Reads, checks and compiles everything the options name (`lean`: see
     /// [`super::load_world`]).
     pub(crate) fn load(&self, lean: bool) -> anyhow::Result<Loaded> {
+        self.load_after(lean, None)
+    }
+
+    /// As [`RulesArgs::load`], refusing a bundle that is not newer than
+    /// sequence `installed` (a rollback), as a reload must.
+    pub(crate) fn load_after(&self, lean: bool, installed: Option<u64>) -> anyhow::Result<Loaded> {
+        let mut sequence = None;
         let (policy, catalog) = match (&self.bundle, &self.policy) {
             (Some(b), _) => {
                 let bytes =
@@ -58,8 +67,9 @@ impl RulesArgs {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                let opened = bundle::open(&bytes, &keys, None, now)
+                let opened = bundle::open(&bytes, &keys, installed, now)
                     .with_context(|| format!("{}: rejected", b.display()))?;
+                sequence = Some(opened.sequence);
                 (opened.policy, opened.catalog)
             }
             (None, Some(p)) => {
@@ -92,6 +102,7 @@ impl RulesArgs {
             catalog,
             leak,
             world,
+            sequence,
         })
     }
 }

@@ -84,6 +84,8 @@ pub(crate) struct Prepared {
     pub(crate) policy_name: String,
     /// The TUN's MTU.
     pub(crate) mtu: u16,
+    /// The rules bundle's sequence number, if the rules came from one.
+    pub(crate) sequence: Option<u64>,
 }
 
 impl EngineArgs {
@@ -91,30 +93,19 @@ impl EngineArgs {
     /// protected like the flows'; refusing an upstream under a blocked
     /// jurisdiction) and the engine.
     pub(crate) fn prepare(&self, protection: &Protection) -> anyhow::Result<Prepared> {
+        raise_fd_limit(self.max_flows);
         let super::source::Loaded {
             policy,
             catalog,
             leak,
             world,
+            sequence,
         } = self.rules.load(true)?;
         let intel = Intel::new(world, Arc::new(catalog));
         let (resolver, upstream_ips) =
             driver::dns::build(&self.dns_upstream, protection).map_err(anyhow::Error::msg)?;
-        for ip in upstream_ips {
-            if let Some((rule, layer)) = policy.dns_blocks_address(&intel, ip, &[], None) {
-                anyhow::bail!(
-                    "refusing upstream resolver {ip}: it is under a blocked jurisdiction (rule '{}'{}); choose another with --dns-upstream",
-                    rule.name,
-                    layer
-                        .map(|l| format!(
-                            ", {} layer: {}",
-                            l.layer.name(),
-                            l.country.map_or("unknown".to_owned(), |c| c.to_string())
-                        ))
-                        .unwrap_or_default()
-                );
-            }
-        }
+        driver::dns::refuse_blocked(&policy, &intel, &upstream_ips)
+            .map_err(|e| anyhow::anyhow!("{e} (--dns-upstream)"))?;
         let cfg = EngineConfig {
             max_flows: self.max_flows,
             mtu: usize::from(self.mtu),
@@ -141,7 +132,27 @@ impl EngineArgs {
             sink,
             policy_name,
             mtu: self.mtu,
+            sequence,
         })
+    }
+}
+
+/// Each relayed flow holds an upstream socket: raises the soft limit on
+/// open files to the hard one, and says so when even that is below what
+/// `max_flows` flows need (beyond it, flows fail to open and are counted).
+fn raise_fd_limit(max_flows: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    let want = max_flows as u64 + 256;
+    if hard < want {
+        eprintln!(
+            "geowall: at most {hard} open files (ulimit -n) for up to {max_flows} flows; flows beyond that fail to open"
+        );
     }
 }
 
@@ -216,6 +227,7 @@ pub(crate) fn control(
     let live = Arc::new(Mutex::new(Live::default()));
     let tally = Arc::new(Mutex::new(super::control::Tally::default()));
     let rules = args.rules.clone();
+    let installed = Mutex::new(prepared.sequence);
     let sock = super::control::socket_path(name);
     super::control::serve(
         &sock,
@@ -223,7 +235,17 @@ pub(crate) fn control(
             live: live.clone(),
             tally: tally.clone(),
             policy: prepared.policy.clone(),
-            reload: Box::new(move || Ok(rules.load(true)?.policy)),
+            // A reloaded bundle must be newer than the running one.
+            reload: Box::new(move || {
+                let mut seq = installed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let l = rules.load_after(true, *seq)?;
+                if l.sequence.is_some() {
+                    *seq = l.sequence;
+                }
+                Ok(l.policy)
+            }),
             started: std::time::Instant::now(),
         },
     )?;
@@ -262,20 +284,7 @@ pub(crate) fn readable_line(e: &Event) -> String {
 
 /// One line about a finished run, for standard error.
 pub(crate) fn summary_line(s: &Summary) -> String {
-    let c = &s.counters;
-    format!(
-        "geowall: stopped; {} packets from the TUN, {} flows opened, {} blocked, {} cut, {} refused; {} DNS queries ({} blocked, {} filtered); upstream failures {:?}; drops {:?}",
-        c.tun_packets,
-        c.opened,
-        c.blocked,
-        c.cut,
-        c.refused,
-        c.dns_queries,
-        c.dns_blocked,
-        c.dns_filtered,
-        s.upstream_failures,
-        c.drops
-    )
+    format!("geowall: stopped; {s}")
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {

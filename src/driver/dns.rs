@@ -159,6 +159,34 @@ fn server(a: SocketAddr, protocol: ProtocolConfig) -> NameServerConfig {
     NameServerConfig::new(a.ip(), true, vec![c])
 }
 
+/// Refuses upstream resolvers that `policy` blocks by address (under a
+/// blocked jurisdiction, ASN or range): every query would go there.
+///
+/// # Errors
+/// The first refused address, with the rule and the layer that matched.
+pub fn refuse_blocked(
+    policy: &crate::policy::Policy,
+    intel: &crate::intel::jurisdiction::Intel,
+    upstreams: &[IpAddr],
+) -> Result<(), String> {
+    for &ip in upstreams {
+        if let Some((rule, layer)) = policy.dns_blocks_address(intel, ip, &[], None) {
+            return Err(format!(
+                "refusing upstream resolver {ip}: it is under a blocked jurisdiction (rule '{}'{}); choose another upstream",
+                rule.name,
+                layer
+                    .map(|l| format!(
+                        ", {} layer: {}",
+                        l.layer.name(),
+                        l.country.map_or("unknown".to_owned(), |c| c.to_string())
+                    ))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the resolver; also returns the upstream servers' addresses (to
 /// check against the policy before any query leaves).
 ///
@@ -205,7 +233,9 @@ pub fn build(
     // geowall caches answers itself (to filter them per policy); hickory
     // keeps a small cache of its own for concurrent identical queries.
     opts.cache_size = 256;
-    opts.timeout = Duration::from_secs(3);
+    // Two tries of 2 s: an app's stub resolver (glibc: 5 s) gets SERVFAIL
+    // from geowall before it gives up on its own.
+    opts.timeout = Duration::from_secs(2);
     opts.attempts = 2;
     opts.ndots = 0;
     let cfg = ResolverConfig::from_name_servers(servers);

@@ -79,6 +79,29 @@ pub struct Summary {
     pub bytes_down: u64,
 }
 
+impl std::fmt::Display for Summary {
+    /// One line: packets, flows, DNS, upstream failures, drops.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.counters;
+        write!(
+            f,
+            "{} packets from the TUN, {} flows opened, {} blocked, {} cut, {} refused; {} DNS queries ({} blocked, {} filtered); {} bytes up, {} down; upstream failures {:?}; drops {:?}",
+            c.tun_packets,
+            c.opened,
+            c.blocked,
+            c.cut,
+            c.refused,
+            c.dns_queries,
+            c.dns_blocked,
+            c.dns_filtered,
+            self.bytes_up,
+            self.bytes_down,
+            self.upstream_failures,
+            c.drops
+        )
+    }
+}
+
 /// Runs the engine on `tun` until `shutdown` completes or the TUN fails.
 /// `on_event` gets every decision; `live`, if given, is kept up to date
 /// (about every 100 ms) for status queries.
@@ -214,14 +237,9 @@ pub async fn run(
         }
         if let Some(l) = &live
             && published.elapsed() >= Duration::from_millis(100)
-            && let Ok(mut l) = l.lock()
         {
             published = Instant::now();
-            l.flows = engine.flow_count();
-            l.counters.clone_from(&engine.counters);
-            l.dns_cached = engine.dns_cache.len();
-            l.bytes_up = summary.bytes_up;
-            l.bytes_down = summary.bytes_down;
+            publish(l, &engine, &summary);
         }
         // Server bytes that waited for the app's window.
         if !stalled.is_empty() {
@@ -236,7 +254,21 @@ pub async fn run(
         }
     }
     summary.counters = engine.counters.clone();
+    if let Some(l) = &live {
+        // The final numbers, for whoever reads them after the stop.
+        publish(l, &engine, &summary);
+    }
     Ok(summary)
+}
+
+fn publish(live: &std::sync::Mutex<Live>, engine: &Engine, summary: &Summary) {
+    if let Ok(mut l) = live.lock() {
+        l.flows = engine.flow_count();
+        l.counters.clone_from(&engine.counters);
+        l.dns_cached = engine.dns_cache.len();
+        l.bytes_up = summary.bytes_up;
+        l.bytes_down = summary.bytes_down;
+    }
 }
 
 fn tun_error(e: &std::io::Error) -> std::io::Error {

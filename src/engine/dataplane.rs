@@ -331,7 +331,7 @@ pub struct Engine {
     cfg: EngineConfig,
     intel: Intel,
     policy: Arc<PolicyHandle>,
-    leak: Option<LeakDetector>,
+    leak: Arc<arc_swap::ArcSwapOption<LeakDetector>>,
     flows: HashMap<(bool, SocketAddr, SocketAddr), FlowState>,
     ids: HashMap<FlowId, (bool, SocketAddr, SocketAddr)>,
     next_id: FlowId,
@@ -352,7 +352,9 @@ pub struct Engine {
     pub dns_cache: dns::Cache,
     /// Address → names, from DNS answers and flows.
     pub names: dns::NameMap,
-    dns_pending: HashMap<u64, (Question, Reply)>,
+    /// Queries sent to the resolver: the question, where the answer goes,
+    /// and when SERVFAIL is due if none came.
+    dns_pending: HashMap<u64, (Question, Reply, u64)>,
     apps: Option<AppLookup>,
     next_query: u64,
     /// Counters.
@@ -396,7 +398,7 @@ impl Engine {
             cfg,
             intel,
             policy,
-            leak,
+            leak: Arc::new(arc_swap::ArcSwapOption::from(leak.map(Arc::new))),
             flows: HashMap::new(),
             ids: HashMap::new(),
             next_id: 1,
@@ -404,6 +406,13 @@ impl Engine {
             hits: Vec::new(),
             counters: EngineCounters::default(),
         }
+    }
+
+    /// The identifiers watched for leaks, replaceable while the engine
+    /// runs (from another thread too): `store(Some(..))` to watch new ones,
+    /// `store(None)` to stop. Flows judged later see the new set.
+    pub fn identifiers(&self) -> Arc<arc_swap::ArcSwapOption<LeakDetector>> {
+        Arc::clone(&self.leak)
     }
 
     /// The next thing for the driver to do.
@@ -473,7 +482,8 @@ impl Engine {
             .values()
             .map(|f| f.last_ns + tcp_idle_limit(&self.cfg, f))
             .min();
-        [idle, sniff, tcp].into_iter().flatten().min()
+        let dns = self.dns_pending.values().map(|p| p.2).min();
+        [idle, sniff, tcp, dns].into_iter().flatten().min()
     }
 
     fn drop_reason(&mut self, r: &'static str) {
@@ -496,6 +506,17 @@ impl Engine {
             return;
         }
         self.poll_stack(now_ns, None);
+        // Queries the resolver did not answer in time: SERVFAIL.
+        let late: Vec<u64> = self
+            .dns_pending
+            .iter()
+            .filter(|(_, p)| p.2 <= now_ns)
+            .map(|(&t, _)| t)
+            .collect();
+        for t in late {
+            self.drop_reason("dns-resolver-timeout");
+            self.handle_dns_answer(t, None, now_ns);
+        }
         let (udp_idle, tcp_idle, handshake) = (
             self.cfg.udp_idle_ns,
             self.cfg.tcp_idle_ns,
@@ -574,6 +595,12 @@ impl Engine {
                 FragResult::Pending => return,
                 FragResult::Dropped(why) => return self.drop_reason(why.as_str()),
             }
+        }
+        if reply::is_group(p.dst) || p.dst.is_unspecified() {
+            // Relayed through an upstream socket, a broadcast or multicast
+            // (mDNS, SSDP, ...) would land on the real network's link, and
+            // no one server answers it: it stays in the tunnel.
+            return self.drop_reason("broadcast-or-multicast");
         }
         match p.transport {
             Transport::Udp {
@@ -689,7 +716,7 @@ impl Engine {
             now_ns,
         );
         let new_leak = super::scan_leaks(
-            self.leak.as_ref(),
+            self.leak.load().as_deref(),
             f.sniffer.encrypted,
             &mut f.scan,
             payload,
@@ -1038,7 +1065,7 @@ impl Engine {
                     now_ns,
                 );
                 new_leak |= super::scan_leaks(
-                    self.leak.as_ref(),
+                    self.leak.load().as_deref(),
                     f.sniffer.encrypted,
                     &mut f.scan,
                     &data,
@@ -1356,13 +1383,15 @@ impl Engine {
             name: q.name.clone(),
             rtype: q.query.query_type(),
         });
-        self.dns_pending.insert(token, (q, reply));
+        let due = now_ns.saturating_add(self.cfg.dns.answer_within_ns);
+        self.dns_pending.insert(token, (q, reply, due));
+        self.wake_at(due);
     }
 
     /// The resolver's answer to query `query` (`None`: it failed; the app
     /// gets SERVFAIL).
     pub fn handle_dns_answer(&mut self, query: u64, answer: Option<Resolved>, now_ns: u64) {
-        let Some((q, reply)) = self.dns_pending.remove(&query) else {
+        let Some((q, reply, _)) = self.dns_pending.remove(&query) else {
             return self.drop_reason("dns-unknown-query");
         };
         match answer {

@@ -52,6 +52,10 @@ pub struct DnsLimits {
     /// Queries waiting for the resolver at most (default 1,024); more get
     /// SERVFAIL at once.
     pub pending: usize,
+    /// A query the resolver has not answered by then gets SERVFAIL
+    /// (default 4 s: before a stub resolver's own 5 s timeout, so that a
+    /// dead or slow upstream fails fast and visibly).
+    pub answer_within_ns: u64,
 }
 
 impl Default for DnsLimits {
@@ -61,6 +65,7 @@ impl Default for DnsLimits {
             cache_bytes: 4 << 20,
             names: 65_536,
             pending: 1_024,
+            answer_within_ns: 4_000_000_000,
         }
     }
 }

@@ -78,7 +78,9 @@ fn ip_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Option<Vec<u8>>
     }
 }
 
-fn is_group(a: IpAddr) -> bool {
+/// Broadcast (255.255.255.255) or multicast: addresses of the local link
+/// or of groups, never one server.
+pub(crate) fn is_group(a: IpAddr) -> bool {
     match a {
         IpAddr::V4(v) => v.is_broadcast() || v.is_multicast(),
         IpAddr::V6(v) => v.is_multicast(),

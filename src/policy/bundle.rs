@@ -29,7 +29,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, Verifier};
+/// The key types of bundle signatures (Ed25519).
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use super::rules::Policy;
@@ -452,10 +454,18 @@ pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey, BundleError> {
         message: m.to_owned(),
     };
     let t = std::fs::read_to_string(path).map_err(|e| bad(&e.to_string()))?;
-    let b: [u8; 32] = unhex(&t)
+    parse_verifying_key(&t).map_err(bad)
+}
+
+/// A public key from its 64 hex digits (as key files hold it).
+///
+/// # Errors
+/// Not 64 hex digits, or not an Ed25519 public key.
+pub fn parse_verifying_key(hex: &str) -> Result<VerifyingKey, &'static str> {
+    let b: [u8; 32] = unhex(hex)
         .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| bad("not a geowall public key (64 hex digits)"))?;
-    VerifyingKey::from_bytes(&b).map_err(|_| bad("not a valid Ed25519 public key"))
+        .ok_or("not a geowall public key (64 hex digits)")?;
+    VerifyingKey::from_bytes(&b).map_err(|_| "not a valid Ed25519 public key")
 }
 
 /// Hex of a key's bytes, for key files.

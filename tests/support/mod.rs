@@ -122,6 +122,8 @@ pub(crate) struct Net {
     /// Packets counted on the internet side of the link.
     pub(crate) counts: Counts,
     geowall: Option<Child>,
+    /// What geowall wrote to standard error after its first line.
+    geowall_err: Arc<Mutex<String>>,
     /// Where geowall writes its events.
     pub(crate) events: PathBuf,
     /// The TUN's name.
@@ -153,6 +155,7 @@ impl Net {
             threads: Vec::new(),
             counts: Counts::default(),
             geowall: None,
+            geowall_err: Arc::default(),
             events: PathBuf::new(),
             tun: format!("gwt{id}"),
             dir: tempfile::tempdir().expect("tempdir"),
@@ -161,6 +164,11 @@ impl Net {
         for n in [&app, &fw, &net] {
             ip(&["netns", "add", n]);
             ip(&["-n", n, "link", "set", "lo", "up"]);
+            // No duplicate address detection on the links made from here
+            // on: it would hold back their first IPv6 packets for a second.
+            for conf in ["all", "default"] {
+                sysctl(n, &format!("net.ipv6.conf.{conf}.accept_dad"), "0");
+            }
         }
         ip(&[
             "link", "add", &vf, "netns", &fw, "type", "veth", "peer", "name", &vn, "netns", &net,
@@ -276,6 +284,20 @@ impl Net {
         }
     }
 
+    /// Puts one more server address on the internet namespace's loopback.
+    pub(crate) fn add_server_address(&self, a: &str) {
+        let plen = if a.contains(':') { 128 } else { 32 };
+        ip(&[
+            "-n",
+            &self.net,
+            "addr",
+            "add",
+            &format!("{a}/{plen}"),
+            "dev",
+            "lo",
+        ]);
+    }
+
     /// Writes `policy` into the scratch directory and builds the test world
     /// there; their paths.
     pub(crate) fn policy_and_world(&self, policy: &str) -> (PathBuf, PathBuf) {
@@ -298,14 +320,12 @@ impl Net {
     /// Starts `geowall tunnel` in the firewall namespace with the TUN in the
     /// app namespace, and waits until the TUN is up there.
     pub(crate) fn start_geowall(&mut self, world: &Path, rules: &[&str]) {
+        // Only the root package has the binary (mobile-ffi shares this file).
+        let Some(bin) = option_env!("CARGO_BIN_EXE_geowall") else {
+            panic!("start_geowall needs the geowall binary (the root package's tests)")
+        };
         let mut c = Command::new("ip");
-        c.args([
-            "netns",
-            "exec",
-            &self.fw,
-            env!("CARGO_BIN_EXE_geowall"),
-            "tunnel",
-        ]);
+        c.args(["netns", "exec", &self.fw, bin, "tunnel"]);
         c.args(["--tun", &self.tun, "--netns", &self.app, "--default-route"]);
         c.args([
             "--address",
@@ -323,18 +343,29 @@ impl Net {
             .stderr(Stdio::piped());
         let mut child = c.spawn().expect("geowall starts");
         let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        let _ = err.read_line(&mut line);
-        assert!(
-            line.contains(" up in netns"),
-            "geowall did not start: {line}"
-        );
+        // Notes (such as the open-files limit) may come before the line
+        // that says the TUN is up.
+        let mut said = String::new();
+        loop {
+            let mut line = String::new();
+            if err.read_line(&mut line).unwrap_or(0) == 0 {
+                panic!("geowall did not start: {said}");
+            }
+            said.push_str(&line);
+            if line.contains(" up in netns") {
+                break;
+            }
+        }
         // Keep reading its stderr so it never blocks on a full pipe.
+        let keep = self.geowall_err.clone();
         std::thread::spawn(move || {
             let mut rest = String::new();
             let _ = err.read_to_string(&mut rest);
             if !rest.is_empty() {
                 eprintln!("geowall: {rest}");
+            }
+            if let Ok(mut k) = keep.lock() {
+                k.push_str(&rest);
             }
         });
         self.geowall = Some(child);
@@ -343,6 +374,36 @@ impl Net {
     /// Stops geowall (SIGTERM) and waits for it.
     pub(crate) fn stop_geowall(&mut self) {
         self.signal_geowall(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// geowall's process id (`ip netns exec` execs it), while it runs.
+    pub(crate) fn geowall_pid(&self) -> Option<u32> {
+        self.geowall.as_ref().map(Child::id)
+    }
+
+    /// Waits up to `limit` for geowall to exit by itself; its status and
+    /// standard error, or `None` if it still runs.
+    pub(crate) fn wait_geowall(
+        &mut self,
+        limit: Duration,
+    ) -> Option<(std::process::ExitStatus, String)> {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            let c = self.geowall.as_mut()?;
+            if let Ok(Some(st)) = c.try_wait() {
+                self.geowall = None;
+                // The reader thread sees the end of the pipe right after.
+                std::thread::sleep(Duration::from_millis(100));
+                let err = self
+                    .geowall_err
+                    .lock()
+                    .map(|e| e.clone())
+                    .unwrap_or_default();
+                return Some((st, err));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Kills geowall outright (SIGKILL: no cleanup of its own).
@@ -435,14 +496,17 @@ impl Drop for Net {
 /// `dir`.
 pub(crate) fn test_world(dir: &Path) -> PathBuf {
     let out = dir.join("world.gwdb");
-    let s = Command::new(env!("CARGO_BIN_EXE_geowall"))
-        .args(["world", "build", "--from"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/world.csv"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("geowall world build");
-    assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    // The root package's, also from mobile-ffi/ (which includes this file).
+    let csv = ["tests/fixtures/world.csv", "../tests/fixtures/world.csv"]
+        .iter()
+        .map(|p| Path::new(env!("CARGO_MANIFEST_DIR")).join(p))
+        .find(|p| p.exists())
+        .expect("tests/fixtures/world.csv");
+    let mut b = geowall::intel::world::WorldBuilder::new();
+    b.add_fixture_csv(&csv, &mut |_| {})
+        .expect("the fixture world reads");
+    let (bytes, _) = b.build(&mut |_| {}).expect("the fixture world builds");
+    std::fs::write(&out, bytes).expect("write the world");
     out
 }
 
@@ -591,4 +655,40 @@ pub(crate) fn dns_query(
         buf
     };
     Message::from_vec(&bytes).map_err(std::io::Error::other)
+}
+
+/// `ip:port` as a socket address.
+pub(crate) fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("ip"), port)
+}
+
+/// A server's reply: the request itself.
+pub(crate) fn echo(req: &[u8]) -> Vec<u8> {
+    req.to_vec()
+}
+
+/// Connects to `to`, sends `req`, closes the sending side and reads the
+/// whole answer (3 s timeouts).
+pub(crate) fn tcp_exchange(to: SocketAddr, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    let t = Duration::from_secs(3);
+    let mut s = std::net::TcpStream::connect_timeout(&to, t)?;
+    s.set_read_timeout(Some(t))?;
+    s.write_all(req)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// An SD-RTN-shaped probe naming an Agora edge (the vendor layer says CN
+/// wherever the address is).
+pub(crate) fn sd_rtn(host: &str) -> Vec<u8> {
+    let mut p = vec![
+        0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x21, 0, 0, 0, 0, 0, 0x04, 0x53, 0x4E, 0x49,
+    ];
+    p.extend_from_slice(&(host.len() as u16).to_be_bytes());
+    p.push(0);
+    p.extend_from_slice(host.as_bytes());
+    p.extend_from_slice(&[0; 8]);
+    p
 }

@@ -841,6 +841,25 @@ fn raw_ip_protocols_never_leave() {
 }
 
 #[test]
+fn broadcast_and_multicast_stay_in_the_tunnel() {
+    let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+    for (from, to) in [
+        ("198.18.1.2:5353", "224.0.0.251:5353"),
+        ("198.18.1.2:1900", "239.255.255.250:1900"),
+        ("198.18.1.2:6000", "255.255.255.255:6000"),
+        ("198.18.1.2:6000", "0.0.0.0:6000"),
+        ("[2001:db8:ff01::2]:5353", "[ff02::fb]:5353"),
+        ("[2001:db8:ff01::2]:53", "[ff05::1:3]:53"),
+    ] {
+        e.handle_tun(&udp(from, to, b"who is there"), S);
+    }
+    e.handle_tun(&tcp_syn("198.18.1.2:40000", "224.0.0.1:80"), S);
+    assert!(drain(&mut e).is_empty());
+    assert_eq!(e.counters.drops.get("broadcast-or-multicast"), Some(&7));
+    assert_eq!(e.flow_count(), 0);
+}
+
+#[test]
 fn the_flow_bound_counts_tcp_and_udp_together() {
     // Found by the property test below: a TCP flow plus a full set of UDP
     // flows went over the bound.

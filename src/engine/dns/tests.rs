@@ -376,12 +376,36 @@ fn a_failed_resolver_gives_servfail_and_the_pending_bound_holds() {
 }
 
 #[test]
+fn a_resolver_that_does_not_answer_in_time_gives_servfail() {
+    let mut e = engine(POLICY, EngineConfig::default());
+    let out = query(&mut e, 7, "late.example.", RecordType::A);
+    let t = token(&out);
+    // The engine asks to be woken when the answer is due.
+    let due = e.poll_timeout().expect("a deadline");
+    assert!(due <= S + 4 * S, "{due}");
+    e.handle_timeout(S + 2 * S);
+    assert!(std::iter::from_fn(|| e.poll_output()).next().is_none());
+    e.handle_timeout(S + 4 * S);
+    let out: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    let a = answer_of(&out).expect("SERVFAIL");
+    assert_eq!(a.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(a.metadata.id, 7);
+    assert_eq!(e.dns_pending(), 0);
+    assert_eq!(e.counters.drops.get("dns-resolver-timeout"), Some(&1));
+    // The resolver's late answer finds no one waiting: counted, not sent.
+    e.handle_dns_answer(t, None, S + 5 * S);
+    assert!(std::iter::from_fn(|| e.poll_output()).next().is_none());
+    assert_eq!(e.counters.drops.get("dns-unknown-query"), Some(&1));
+}
+
+#[test]
 fn the_cache_and_the_name_map_stay_within_their_bounds() {
     let lim = DnsLimits {
         cache_entries: 16,
         cache_bytes: 4096,
         names: 8,
         pending: 8,
+        ..DnsLimits::default()
     };
     let mut c = Cache::default();
     let mut names = NameMap::default();

@@ -1,0 +1,823 @@
+//! What both bindings (C and JNI) call: configuration, the engine on its
+//! own thread, checks, bundles, statistics. Plain Rust types only; the
+//! bindings convert at their edge.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::Instant;
+
+use geowall::classify::leak::LeakDetector;
+use geowall::driver::{self, Live, Protection, SocketProtector, Tun};
+use geowall::engine::dataplane::{AppLookup, Engine, EngineConfig, Event};
+use geowall::intel::World;
+use geowall::intel::catalog::Catalog;
+use geowall::intel::jurisdiction::Intel;
+use geowall::policy::bundle::{self, Installer};
+use geowall::policy::{Action, BlockMode, Facts, Policy, PolicyHandle, Traffic, Transport};
+use serde::Deserialize;
+
+/// What went wrong, as a status code and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// The status (see [`crate::GeowallStatus`]).
+    pub code: Code,
+    /// What happened, for people.
+    pub message: String,
+}
+
+/// Error kinds; the C and Java bindings turn them into codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// A required pointer was null.
+    NullPointer,
+    /// A string was not UTF-8.
+    InvalidUtf8,
+    /// The configuration (JSON) was refused.
+    InvalidConfig,
+    /// An argument was out of range.
+    InvalidArgument,
+    /// No engine or checker has this handle (never was, or freed).
+    InvalidHandle,
+    /// The engine was stopped.
+    Stopped,
+    /// A rules bundle was refused; the running rules stay.
+    BundleRejected,
+    /// The TUN or a socket failed.
+    Io,
+    /// The call would wait for the thread it was made on.
+    WrongThread,
+    /// A bug inside geowall (a caught panic).
+    Internal,
+}
+
+impl Error {
+    pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn config_error(m: impl Into<String>) -> Error {
+    Error::new(Code::InvalidConfig, m)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The configuration an app passes as JSON.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// A shipped preset: `default`, `clubhouse` or `strict` (the default
+    /// is `default`).
+    pub preset: Option<String>,
+    /// A policy as TOML text, instead of a preset (lists must be inline:
+    /// there are no files to read them from).
+    pub policy: Option<String>,
+    /// Hex Ed25519 public keys trusted to sign rules bundles.
+    pub trusted_keys: Vec<String>,
+    /// Identifiers to watch for in cleartext, label → value.
+    pub identifiers: BTreeMap<String, String>,
+    /// Where DNS queries are resolved: `system`, `udp:IP[:PORT]`,
+    /// `tcp:IP[:PORT]`, `tls:IP[:PORT]@NAME`, `https:IP[:PORT]@NAME`.
+    /// Default `system` (`/etc/resolv.conf`; phones have none: give one).
+    pub dns_upstreams: Vec<String>,
+    /// The TUN's MTU (default 1500).
+    pub mtu: Option<u16>,
+    /// Flows at most (default: the engine's).
+    pub max_flows: Option<usize>,
+    /// `SO_MARK` for upstream sockets (Linux, needs `CAP_NET_ADMIN`).
+    pub fwmark: Option<u32>,
+    /// Bind upstream sockets to this interface.
+    pub bind_interface: Option<String>,
+    /// A world database file instead of the one compiled in.
+    pub world: Option<PathBuf>,
+    /// Deliver decisions to `on_event` (default true).
+    pub events: Option<bool>,
+}
+
+impl Config {
+    /// Parses the JSON text.
+    ///
+    /// # Errors
+    /// Not JSON, or an unknown or ill-typed field (the message says which).
+    pub fn parse(json: &str) -> Result<Self, Error> {
+        serde_json::from_str(json).map_err(|e| config_error(format!("configuration: {e}")))
+    }
+}
+
+/// The rules side shared by a running engine and an engine-free checker:
+/// policy (replaced by bundle updates), world and catalog, bundle state.
+pub struct Rules {
+    policy: Arc<PolicyHandle>,
+    intel: Intel,
+    installer: Mutex<Installer>,
+    sequence: AtomicU64,
+}
+
+fn parse_key(hex: &str) -> Result<bundle::VerifyingKey, Error> {
+    bundle::parse_verifying_key(hex)
+        .map_err(|e| config_error(format!("trusted_keys: '{hex}': {e}")))
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Rules {
+    /// Loads what `cfg` names: policy (preset or text), catalog, world.
+    ///
+    /// # Errors
+    /// An unknown preset, a policy that does not compile, a bad key, a
+    /// world file that cannot be read.
+    pub fn load(cfg: &Config) -> Result<Self, Error> {
+        let catalog = Catalog::shipped().map_err(|e| config_error(format!("catalog: {e}")))?;
+        let policy = match (&cfg.preset, &cfg.policy) {
+            (Some(_), Some(_)) => {
+                return Err(config_error("give either preset or policy, not both"));
+            }
+            (_, Some(text)) => Policy::parse(std::path::Path::new("policy"), text, None, &catalog)
+                .map_err(|e| config_error(format!("policy: {e}")))?,
+            (p, None) => Policy::preset(p.as_deref().unwrap_or("default"), &catalog)
+                .map_err(|e| config_error(format!("preset: {e}")))?,
+        };
+        let keys = cfg
+            .trusted_keys
+            .iter()
+            .map(|k| parse_key(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let world = load_world(cfg.world.as_ref())?;
+        Ok(Self {
+            policy: Arc::new(PolicyHandle::new(policy)),
+            intel: Intel::new(world, Arc::new(catalog)),
+            installer: Mutex::new(Installer::new(keys)),
+            sequence: AtomicU64::new(0),
+        })
+    }
+
+    /// Verifies and installs a signed bundle; its policy replaces the
+    /// running one at once. A refused bundle changes nothing.
+    ///
+    /// # Errors
+    /// [`Code::BundleRejected`] with the reason (signature, key, rollback,
+    /// expiry, format).
+    pub fn install(&self, bytes: &[u8]) -> Result<u64, Error> {
+        let mut inst = lock(&self.installer);
+        let b = inst
+            .install(bytes, now_unix())
+            .map_err(|e| Error::new(Code::BundleRejected, format!("bundle rejected: {e}")))?;
+        self.policy.replace(b.policy.clone());
+        self.sequence.store(b.sequence, Ordering::Release);
+        Ok(b.sequence)
+    }
+
+    /// The installed bundle's sequence number (0: none).
+    pub fn sequence(&self) -> u64 {
+        self.sequence.load(Ordering::Acquire)
+    }
+
+    /// The running policy's name.
+    pub fn policy_name(&self) -> String {
+        self.policy.current().name.clone()
+    }
+
+    /// The verdict for a destination given by name or address.
+    pub fn check(&self, q: &Query<'_>) -> Result<Checked, Error> {
+        let host = q.host.trim().trim_end_matches('.');
+        if host.is_empty() {
+            return Err(Error::new(Code::InvalidArgument, "host is empty"));
+        }
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .ok();
+        let lower = host.to_ascii_lowercase();
+        let name = [lower.as_str()];
+        let facts = Facts {
+            dst: ip,
+            port: (q.port != 0).then_some(q.port),
+            transport: q.transport,
+            names: if ip.is_some() { &[] } else { &name },
+            traffic: q.traffic,
+            protocol: None,
+            encrypted: None,
+            leak: false,
+            app: q.app,
+        };
+        let policy = self.policy.current();
+        let v = policy.evaluate(&self.intel, &facts);
+        Ok(Checked {
+            action: v.action,
+            rule: v.rule.map(|(i, r)| (i, r.name.clone())),
+            layer: v.layer.map(|l| {
+                format!(
+                    "{}:{}",
+                    l.layer.name(),
+                    l.country.map_or("unknown".to_owned(), |c| c.to_string())
+                )
+            }),
+            json: v.to_json().to_string(),
+        })
+    }
+}
+
+fn load_world(path: Option<&PathBuf>) -> Result<Arc<World>, Error> {
+    match path {
+        Some(p) => World::open(p)
+            .map(Arc::new)
+            .map_err(|e| config_error(format!("world {}: {e}", p.display()))),
+        None => {
+            geowall::intel::world::embedded_lean().map_err(|e| config_error(format!("world: {e}")))
+        }
+    }
+}
+
+/// A question for [`Rules::check`].
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// A host name or an IP address.
+    pub host: &'a str,
+    /// Destination port (0: any).
+    pub port: u16,
+    /// Transport, if known.
+    pub transport: Option<Transport>,
+    /// Traffic class, if known.
+    pub traffic: Option<Traffic>,
+    /// The asking app's identity.
+    pub app: Option<&'a str>,
+}
+
+/// The answer of [`Rules::check`].
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// Allow or block (and how).
+    pub action: Action,
+    /// The deciding rule's index and name; `None`: the default.
+    pub rule: Option<(usize, String)>,
+    /// The jurisdiction layer that matched, `layer:COUNTRY`.
+    pub layer: Option<String>,
+    /// All of it as JSON.
+    pub json: String,
+}
+
+impl Checked {
+    /// 0 allow, 1 block silently (drop), 2 block with an answer (reject).
+    pub fn action_code(&self) -> i32 {
+        match self.action {
+            Action::Block(BlockMode::Drop) => 1,
+            Action::Block(BlockMode::Reject) => 2,
+            _ => 0,
+        }
+    }
+}
+
+/// Transport from an IP protocol number (0: unknown).
+///
+/// # Errors
+/// Another number.
+pub fn transport(proto: i32) -> Result<Option<Transport>, Error> {
+    match proto {
+        0 => Ok(None),
+        6 => Ok(Some(Transport::Tcp)),
+        17 => Ok(Some(Transport::Udp)),
+        1 | 58 => Ok(Some(Transport::Icmp)),
+        _ => Err(Error::new(
+            Code::InvalidArgument,
+            format!("transport {proto}: expected 0, 6 (TCP), 17 (UDP), 1 or 58 (ICMP)"),
+        )),
+    }
+}
+
+/// Traffic class from its code (0: unknown).
+///
+/// # Errors
+/// Another number.
+pub fn traffic(code: i32) -> Result<Option<Traffic>, Error> {
+    match code {
+        0 => Ok(None),
+        1 => Ok(Some(Traffic::Dns)),
+        2 => Ok(Some(Traffic::Web)),
+        3 => Ok(Some(Traffic::Media)),
+        4 => Ok(Some(Traffic::Ping)),
+        5 => Ok(Some(Traffic::Other)),
+        _ => Err(Error::new(
+            Code::InvalidArgument,
+            format!("traffic {code}: expected 0..=5 (unknown, dns, web, media, ping, other)"),
+        )),
+    }
+}
+
+/// Compiles identifiers to watch for (empty: watch for none).
+///
+/// # Errors
+/// An identifier the detector refuses (too short, empty label).
+pub fn identifiers(ids: &BTreeMap<String, String>) -> Result<Option<LeakDetector>, Error> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let pairs: Vec<(String, String)> = ids.iter().map(|(l, v)| (l.clone(), v.clone())).collect();
+    LeakDetector::new(&pairs)
+        .map(Some)
+        .map_err(|e| Error::new(Code::InvalidArgument, format!("identifiers: {e}")))
+}
+
+/// Log levels given to `on_log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Level {
+    /// Something failed.
+    Error = 1,
+    /// Something is off.
+    Warn = 2,
+    /// Start, stop, updates.
+    Info = 3,
+}
+
+/// What the platform does for the engine: the bindings implement it over
+/// C function pointers or Java methods. Called on the engine's thread.
+pub trait Host: Send + Sync {
+    /// Keeps `fd` out of the tunnel; `false` refuses the socket.
+    fn protect(&self, fd: RawFd) -> bool;
+    /// Whether [`Host::app_for_flow`] is implemented.
+    fn has_app_lookup(&self) -> bool;
+    /// The app that owns a flow (proto is 6 or 17), if known.
+    fn app_for_flow(&self, proto: i32, src: SocketAddr, dst: SocketAddr) -> Option<String>;
+    /// Whether [`Host::protect`] is implemented.
+    fn has_protect(&self) -> bool;
+    /// A decision, as JSON.
+    fn on_event(&self, json: &str);
+    /// A message for the app's log.
+    fn on_log(&self, level: Level, msg: &str);
+}
+
+struct Protect(Arc<dyn Host>);
+
+impl SocketProtector for Protect {
+    fn protect(&self, fd: RawFd) -> bool {
+        self.0.protect(fd)
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Default)]
+struct Ending {
+    /// The engine's thread has returned.
+    ended: bool,
+    /// Why, if not by `stop`.
+    error: Option<String>,
+}
+
+/// A running (or stopped) engine.
+pub struct Running {
+    /// Its rules (checks and bundle updates go here).
+    pub rules: Arc<Rules>,
+    leak: Arc<arc_swap::ArcSwapOption<LeakDetector>>,
+    live: Arc<Mutex<Live>>,
+    ending: Arc<Mutex<Ending>>,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    thread_id: ThreadId,
+    host: Arc<dyn Host>,
+    started: Instant,
+}
+
+/// Statistics of an engine.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Still running.
+    pub running: bool,
+    /// What the engine's loop last published.
+    pub live: Live,
+    /// Sequence of the installed bundle (0: none).
+    pub bundle_sequence: u64,
+    /// Milliseconds since start.
+    pub uptime_ms: u64,
+}
+
+impl Running {
+    /// Starts the engine on a duplicate of `tun_fd` (the caller keeps its
+    /// own descriptor) on a thread of its own, and waits until it reads.
+    ///
+    /// # Errors
+    /// A bad configuration, an upstream resolver under a blocked
+    /// jurisdiction, a descriptor that is not a usable TUN.
+    pub fn start(tun_fd: RawFd, cfg: &Config, host: Arc<dyn Host>) -> Result<Self, Error> {
+        if tun_fd < 0 {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!("TUN descriptor {tun_fd} is negative"),
+            ));
+        }
+        // A bad descriptor fails before anything is loaded.
+        let fd = dup(tun_fd)?;
+        let rules = Arc::new(Rules::load(cfg)?);
+        let leak = identifiers(&cfg.identifiers).map_err(|e| config_error(e.message))?;
+        let protection = Protection {
+            fwmark: cfg.fwmark,
+            bind_device: cfg.bind_interface.clone(),
+            protector: host
+                .has_protect()
+                .then(|| Arc::new(Protect(host.clone())) as Arc<dyn SocketProtector>),
+        };
+        let upstreams = if cfg.dns_upstreams.is_empty() {
+            vec![driver::dns::Upstream::System]
+        } else {
+            cfg.dns_upstreams
+                .iter()
+                .map(|s| s.parse().map_err(config_error))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let (resolver, ips) = driver::dns::build(&upstreams, &protection).map_err(config_error)?;
+        driver::dns::refuse_blocked(&rules.policy.current(), &rules.intel, &ips)
+            .map_err(config_error)?;
+        let mtu = cfg.mtu.unwrap_or(1500);
+        if mtu < 1280 {
+            return Err(config_error(format!(
+                "mtu {mtu}: at least 1280 (IPv6's minimum)"
+            )));
+        }
+        let mut ecfg = EngineConfig {
+            mtu: usize::from(mtu),
+            ..EngineConfig::default()
+        };
+        if let Some(m) = cfg.max_flows {
+            ecfg.max_flows = m;
+        }
+        let mut engine = Engine::new(ecfg, rules.intel.clone(), rules.policy.clone(), leak);
+        if host.has_app_lookup() {
+            let h = host.clone();
+            let lookup: AppLookup = Box::new(move |t, src, dst| {
+                let proto = match t {
+                    Transport::Tcp => 6,
+                    Transport::Udp => 17,
+                    Transport::Icmp => 1,
+                };
+                h.app_for_flow(proto, src, dst)
+            });
+            engine.set_app_lookup(lookup);
+        }
+        let leak = engine.identifiers();
+        let live = Arc::new(Mutex::new(Live::default()));
+        let ending = Arc::new(Mutex::new(Ending::default()));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let events = cfg.events.unwrap_or(true);
+        let policy_name = rules.policy_name();
+        let t = {
+            let (live, ending, host) = (live.clone(), ending.clone(), host.clone());
+            std::thread::Builder::new()
+                .name("geowall-engine".into())
+                .spawn(move || {
+                    let h = host.clone();
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                        engine_thread(
+                            engine, fd, mtu, protection, resolver, live, host, events, stop_rx,
+                            ready_tx,
+                        )
+                    }));
+                    let error = match run {
+                        Ok(Ok(summary)) => {
+                            h.on_log(Level::Info, &format!("stopped: {summary}"));
+                            None
+                        }
+                        Ok(Err(e)) => Some(e),
+                        Err(_) => Some("the engine's thread panicked (a bug in geowall)".into()),
+                    };
+                    if let Some(e) = &error {
+                        h.on_log(Level::Error, e);
+                    }
+                    let mut g = lock(&ending);
+                    g.ended = true;
+                    g.error = error;
+                })
+                .map_err(|e| Error::new(Code::Io, format!("cannot start a thread: {e}")))?
+        };
+        let thread_id = t.thread().id();
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = t.join();
+                return Err(Error::new(Code::Io, e));
+            }
+            Err(_) => {
+                let _ = t.join();
+                let e = lock(&ending).error.clone();
+                return Err(Error::new(
+                    Code::Internal,
+                    e.unwrap_or_else(|| "the engine's thread ended before starting".into()),
+                ));
+            }
+        }
+        host.on_log(
+            Level::Info,
+            &format!("started on TUN fd {tun_fd} (policy {policy_name}, mtu {mtu})"),
+        );
+        Ok(Self {
+            rules,
+            leak,
+            live,
+            ending,
+            stop: Mutex::new(Some(stop_tx)),
+            thread: Mutex::new(Some(t)),
+            thread_id,
+            host,
+            started: Instant::now(),
+        })
+    }
+
+    fn usable(&self) -> Result<(), Error> {
+        if lock(&self.stop).is_none() {
+            return Err(Error::new(Code::Stopped, "the engine was stopped"));
+        }
+        Ok(())
+    }
+
+    /// Stops the engine and waits for its thread; no callback is called
+    /// after this returns.
+    ///
+    /// # Errors
+    /// Already stopped; called from a callback (the engine's own thread);
+    /// the engine had ended by itself with an error (returned here).
+    pub fn stop(&self) -> Result<(), Error> {
+        if std::thread::current().id() == self.thread_id {
+            return Err(Error::new(
+                Code::WrongThread,
+                "stop was called from a callback on the engine's own thread; call it from another thread",
+            ));
+        }
+        let Some(tx) = lock(&self.stop).take() else {
+            return Err(Error::new(Code::Stopped, "the engine was already stopped"));
+        };
+        let _ = tx.send(());
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+        match lock(&self.ending).error.clone() {
+            Some(e) => Err(Error::new(Code::Io, format!("the engine had ended: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Verifies and installs a signed bundle.
+    ///
+    /// # Errors
+    /// Stopped, or the bundle was refused (the running rules stay).
+    pub fn install(&self, bytes: &[u8]) -> Result<u64, Error> {
+        self.usable()?;
+        match self.rules.install(bytes) {
+            Ok(seq) => {
+                self.host.on_log(
+                    Level::Info,
+                    &format!(
+                        "rules bundle {seq} installed (policy {})",
+                        self.rules.policy_name()
+                    ),
+                );
+                Ok(seq)
+            }
+            Err(e) => {
+                self.host.on_log(Level::Warn, &e.message);
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces the identifiers watched for leaks.
+    ///
+    /// # Errors
+    /// Stopped, or an identifier was refused (the old set stays).
+    pub fn set_identifiers(&self, ids: &BTreeMap<String, String>) -> Result<(), Error> {
+        self.usable()?;
+        let d = identifiers(ids)?;
+        self.leak.store(d.map(Arc::new));
+        self.host.on_log(
+            Level::Info,
+            &format!("watching {} identifiers for leaks", ids.len()),
+        );
+        Ok(())
+    }
+
+    /// A check against the running rules.
+    ///
+    /// # Errors
+    /// Stopped, or a bad query.
+    pub fn check(&self, q: &Query<'_>) -> Result<Checked, Error> {
+        self.usable()?;
+        self.rules.check(q)
+    }
+
+    /// The numbers (the last ones, after a stop).
+    pub fn stats(&self) -> Stats {
+        Stats {
+            running: !lock(&self.ending).ended,
+            live: lock(&self.live).clone(),
+            bundle_sequence: self.rules.sequence(),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if std::thread::current().id() != self.thread_id
+            && let Some(tx) = lock(&self.stop).take()
+        {
+            let _ = tx.send(());
+            if let Some(t) = lock(&self.thread).take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn dup(fd: RawFd) -> Result<OwnedFd, Error> {
+    // SAFETY: `fd` is non-negative (checked by the caller) and the caller
+    // of the binding promises it is an open descriptor for this call; it
+    // is only borrowed for the duration of `dup`.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::unistd::dup(borrowed).map_err(|e| {
+        Error::new(
+            Code::InvalidArgument,
+            format!("TUN descriptor {fd} is not open ({e})"),
+        )
+    })
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, the thread's body"
+)]
+fn engine_thread(
+    engine: Engine,
+    fd: OwnedFd,
+    mtu: u16,
+    protection: Protection,
+    resolver: driver::dns::Resolver,
+    live: Arc<Mutex<Live>>,
+    host: Arc<dyn Host>,
+    events: bool,
+    stop: tokio::sync::oneshot::Receiver<()>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) -> Result<driver::Summary, String> {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let e = format!("cannot start the async runtime: {e}");
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    rt.block_on(async move {
+        let raw = fd.into_raw_fd();
+        let tun = match Tun::from_fd(raw, mtu) {
+            Ok(t) => t,
+            Err(e) => {
+                // The tun crate owned the descriptor from the start and
+                // has closed it on the way out.
+                let e = e.to_string();
+                let _ = ready.send(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let on_event = |e: &Event| {
+            if events && let Ok(j) = serde_json::to_string(e) {
+                host.on_event(&j);
+            }
+        };
+        let shutdown = async move {
+            let _ = stop.await;
+        };
+        driver::run(
+            engine,
+            tun,
+            protection,
+            Some(resolver),
+            Some(live),
+            on_event,
+            shutdown,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    })
+}
+
+/// Sum of the engine's drop counters.
+pub fn dropped(live: &Live) -> u64 {
+    live.counters.drops.values().sum()
+}
+
+/// The engines and checkers alive, by handle. Handles are never reused,
+/// so a stale one is an error, not someone else's engine.
+pub(crate) enum Object {
+    Engine(Arc<Running>),
+    Checker(Arc<Rules>),
+}
+
+struct Registry {
+    next: u64,
+    objects: HashMap<u64, Object>,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+/// Registers an object; its handle (never 0).
+pub(crate) fn register(o: Object) -> u64 {
+    let mut g = lock(&REGISTRY);
+    let r = g.get_or_insert_with(|| Registry {
+        next: 1,
+        objects: HashMap::new(),
+    });
+    let h = r.next;
+    r.next += 1;
+    r.objects.insert(h, o);
+    h
+}
+
+fn bad_handle(h: u64) -> Error {
+    Error::new(
+        Code::InvalidHandle,
+        format!("no engine or checker has handle {h} (never made, or freed)"),
+    )
+}
+
+/// The engine with handle `h`.
+pub(crate) fn engine(h: u64) -> Result<Arc<Running>, Error> {
+    match lock(&REGISTRY).as_ref().and_then(|r| r.objects.get(&h)) {
+        Some(Object::Engine(e)) => Ok(e.clone()),
+        Some(Object::Checker(_)) => Err(Error::new(
+            Code::InvalidHandle,
+            format!("handle {h} is a checker, not an engine"),
+        )),
+        None => Err(bad_handle(h)),
+    }
+}
+
+/// The rules of handle `h` (an engine's or a checker's).
+pub(crate) fn rules(h: u64) -> Result<(Arc<Rules>, Option<Arc<Running>>), Error> {
+    match lock(&REGISTRY).as_ref().and_then(|r| r.objects.get(&h)) {
+        Some(Object::Engine(e)) => Ok((e.rules.clone(), Some(e.clone()))),
+        Some(Object::Checker(c)) => Ok((c.clone(), None)),
+        None => Err(bad_handle(h)),
+    }
+}
+
+/// Removes `h`; an engine still running is stopped (outside the lock).
+pub(crate) fn free(h: u64) -> Result<(), Error> {
+    let o = lock(&REGISTRY)
+        .as_mut()
+        .and_then(|r| r.objects.remove(&h))
+        .ok_or_else(|| bad_handle(h))?;
+    if let Object::Engine(e) = &o
+        && std::thread::current().id() == e.thread_id
+    {
+        // Put it back: dropping it here would wait for this very thread.
+        lock(&REGISTRY).as_mut().map(|r| r.objects.insert(h, o));
+        return Err(Error::new(
+            Code::WrongThread,
+            "free was called from a callback on the engine's own thread",
+        ));
+    }
+    drop(o);
+    Ok(())
+}
+
+/// The installed bundle's sequence of `h` (0 for handle 0 or none).
+pub(crate) fn bundle_sequence(h: u64) -> Result<u64, Error> {
+    if h == 0 {
+        return Ok(0);
+    }
+    Ok(rules(h)?.0.sequence())
+}
+
+/// Installs a bundle in the engine or checker `h`; its sequence.
+pub(crate) fn install(h: u64, bytes: &[u8]) -> Result<u64, Error> {
+    match rules(h)? {
+        (_, Some(engine)) => engine.install(bytes),
+        (rules, None) => rules.install(bytes),
+    }
+}
+
+/// A check against the rules of the engine or checker `h`.
+pub(crate) fn check(h: u64, q: &Query<'_>) -> Result<Checked, Error> {
+    match rules(h)? {
+        (_, Some(engine)) => engine.check(q),
+        (rules, None) => rules.check(q),
+    }
+}

@@ -1,0 +1,311 @@
+//! Bad input through the C ABI, without root: null pointers, invalid
+//! UTF-8, invalid JSON, unknown handles, a checker used after it was
+//! freed, double free; every call returns its error code and a message,
+//! none crashes. Checks (the engine-free call) against the shipped rules.
+
+use std::ffi::{CStr, CString, c_char};
+use std::ptr;
+
+use geowall_ffi::*;
+
+fn last_error() -> String {
+    let mut buf = [0 as c_char; 512];
+    // SAFETY: `buf` has `buf.len()` writable bytes.
+    unsafe { geowall_last_error(buf.as_mut_ptr(), buf.len()) };
+    // SAFETY: geowall_last_error NUL-terminates within the buffer.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}
+
+/// A NUL-terminated string that is not UTF-8.
+const BAD_UTF8: &[u8] = b"{\"preset\":\"\xff\"}\0";
+
+fn checker(config: &str) -> GeowallHandle {
+    let mut h = 0;
+    let cfg = c(config);
+    // SAFETY: valid string and out pointer.
+    let s = unsafe { geowall_checker_new(cfg.as_ptr(), &raw mut h) };
+    assert_eq!(s, GeowallStatus::Ok, "{}", last_error());
+    assert_ne!(h, 0);
+    h
+}
+
+fn check(h: GeowallHandle, host: &str, port: u16, proto: i32, traffic: i32) -> GeowallVerdict {
+    let mut v = GeowallVerdict::default();
+    let host = c(host);
+    // SAFETY: valid strings (app null) and out pointer.
+    let s = unsafe {
+        geowall_check(
+            h,
+            host.as_ptr(),
+            port,
+            proto,
+            traffic,
+            ptr::null(),
+            &raw mut v,
+        )
+    };
+    assert_eq!(s, GeowallStatus::Ok, "{}", last_error());
+    v
+}
+
+fn text(a: &[c_char]) -> String {
+    // SAFETY: geowall NUL-terminates these arrays.
+    unsafe { CStr::from_ptr(a.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn null_pointers_are_errors() {
+    let mut h = 0;
+    let cfg = c("{}");
+    // SAFETY: every pointer is valid or null, as each case says.
+    unsafe {
+        assert_eq!(
+            geowall_start(3, ptr::null(), ptr::null(), &raw mut h),
+            GeowallStatus::NullPointer
+        );
+        assert!(
+            last_error().contains("config_json is null"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            geowall_start(3, cfg.as_ptr(), ptr::null(), ptr::null_mut()),
+            GeowallStatus::NullPointer
+        );
+        assert_eq!(
+            geowall_checker_new(ptr::null(), &raw mut h),
+            GeowallStatus::NullPointer
+        );
+        assert_eq!(
+            geowall_checker_new(cfg.as_ptr(), ptr::null_mut()),
+            GeowallStatus::NullPointer
+        );
+        assert_eq!(
+            geowall_stats(1, ptr::null_mut()),
+            GeowallStatus::NullPointer
+        );
+        assert_eq!(
+            geowall_version(0, ptr::null_mut()),
+            GeowallStatus::NullPointer
+        );
+        assert_eq!(
+            geowall_update_bundle(1, ptr::null(), 5),
+            GeowallStatus::NullPointer
+        );
+        assert_eq!(
+            geowall_set_identifiers(1, ptr::null()),
+            GeowallStatus::NullPointer
+        );
+    }
+    let h = checker("{}");
+    let mut v = GeowallVerdict::default();
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(
+            geowall_check(h, ptr::null(), 443, 6, 0, ptr::null(), &raw mut v),
+            GeowallStatus::NullPointer
+        );
+        let host = c("example.org");
+        assert_eq!(
+            geowall_check(h, host.as_ptr(), 443, 6, 0, ptr::null(), ptr::null_mut()),
+            GeowallStatus::NullPointer
+        );
+        assert_eq!(geowall_free(h), GeowallStatus::Ok);
+    }
+}
+
+#[test]
+fn invalid_utf8_and_json_are_errors() {
+    let mut h = 0;
+    // SAFETY: NUL-terminated strings and a valid out pointer.
+    unsafe {
+        assert_eq!(
+            geowall_checker_new(BAD_UTF8.as_ptr().cast(), &raw mut h),
+            GeowallStatus::InvalidUtf8
+        );
+        for (json, want) in [
+            ("{not json", "configuration"),
+            ("{\"mtuu\": 1500}", "unknown field `mtuu`"),
+            ("{\"mtu\": \"big\"}", "invalid type"),
+            ("{\"preset\": \"nope\"}", "nope"),
+            (
+                "{\"preset\": \"default\", \"policy\": \"name='x'\"}",
+                "either preset or policy",
+            ),
+            ("{\"policy\": \"name = \"}", "policy"),
+            ("{\"trusted_keys\": [\"abcd\"]}", "trusted_keys"),
+            (
+                "{\"world\": \"/nonexistent/world.gwdb\"}",
+                "/nonexistent/world.gwdb",
+            ),
+        ] {
+            let cfg = c(json);
+            assert_eq!(
+                geowall_checker_new(cfg.as_ptr(), &raw mut h),
+                GeowallStatus::InvalidConfig,
+                "{json}"
+            );
+            assert!(last_error().contains(want), "{json}: {}", last_error());
+        }
+        // The engine refuses a bad configuration before it touches the TUN.
+        let cfg = c("{\"mtu\": 500}");
+        let devnull = std::fs::File::open("/dev/null").expect("/dev/null");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&devnull);
+        assert_eq!(
+            geowall_start(fd, cfg.as_ptr(), ptr::null(), &raw mut h),
+            GeowallStatus::InvalidConfig
+        );
+        assert!(last_error().contains("1280"), "{}", last_error());
+        // Not a TUN: an error, not a crash.
+        let cfg = c("{\"dns_upstreams\": [\"udp:192.0.2.53\"]}");
+        let s = geowall_start(fd, cfg.as_ptr(), ptr::null(), &raw mut h);
+        assert_eq!(s, GeowallStatus::Io, "{}", last_error());
+        assert_eq!(
+            geowall_start(-1, cfg.as_ptr(), ptr::null(), &raw mut h),
+            GeowallStatus::InvalidArgument
+        );
+        assert_eq!(
+            geowall_start(100_000, cfg.as_ptr(), ptr::null(), &raw mut h),
+            GeowallStatus::InvalidArgument
+        );
+    }
+    let h = checker("{}");
+    let mut v = GeowallVerdict::default();
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(
+            geowall_check(
+                h,
+                BAD_UTF8.as_ptr().cast(),
+                1,
+                6,
+                0,
+                ptr::null(),
+                &raw mut v
+            ),
+            GeowallStatus::InvalidUtf8
+        );
+        let host = c("example.org");
+        assert_eq!(
+            geowall_check(
+                h,
+                host.as_ptr(),
+                1,
+                6,
+                0,
+                BAD_UTF8.as_ptr().cast(),
+                &raw mut v
+            ),
+            GeowallStatus::InvalidUtf8
+        );
+        assert_eq!(
+            geowall_check(h, host.as_ptr(), 1, 99, 0, ptr::null(), &raw mut v),
+            GeowallStatus::InvalidArgument
+        );
+        assert_eq!(
+            geowall_check(h, host.as_ptr(), 1, 6, 9, ptr::null(), &raw mut v),
+            GeowallStatus::InvalidArgument
+        );
+        let empty = c("  ");
+        assert_eq!(
+            geowall_check(h, empty.as_ptr(), 1, 6, 0, ptr::null(), &raw mut v),
+            GeowallStatus::InvalidArgument
+        );
+        assert_eq!(
+            geowall_update_bundle(h, b"GEOWALLB".as_ptr(), 8),
+            GeowallStatus::BundleRejected
+        );
+        assert!(
+            last_error().starts_with("bundle rejected"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(geowall_free(h), GeowallStatus::Ok);
+    }
+}
+
+#[test]
+fn handles_are_checked() {
+    let h = checker("{\"preset\": \"clubhouse\"}");
+    let mut st = GeowallStats::default();
+    let ids = c("{}");
+    // SAFETY: valid pointers; handles are plain numbers.
+    unsafe {
+        // A checker is not an engine.
+        assert_eq!(geowall_stop(h), GeowallStatus::InvalidHandle);
+        assert_eq!(geowall_stats(h, &raw mut st), GeowallStatus::InvalidHandle);
+        assert_eq!(
+            geowall_set_identifiers(h, ids.as_ptr()),
+            GeowallStatus::InvalidHandle
+        );
+        // Made-up handles.
+        for bad in [0, u64::MAX, h + 1_000_000] {
+            assert_eq!(geowall_stop(bad), GeowallStatus::InvalidHandle);
+            assert_eq!(geowall_free(bad), GeowallStatus::InvalidHandle);
+        }
+        assert_eq!(geowall_free(h), GeowallStatus::Ok);
+        // Freed: every use is an error, a second free too.
+        assert_eq!(geowall_free(h), GeowallStatus::InvalidHandle);
+        let mut v = GeowallVerdict::default();
+        let host = c("agora.io");
+        assert_eq!(
+            geowall_check(h, host.as_ptr(), 443, 6, 0, ptr::null(), &raw mut v),
+            GeowallStatus::InvalidHandle
+        );
+        assert!(last_error().contains(&h.to_string()), "{}", last_error());
+    }
+}
+
+#[test]
+fn checks_follow_the_rules() {
+    let h = checker("{\"preset\": \"clubhouse\"}");
+    // Agora's names are a CN vendor: media to them is blocked, by name.
+    let v = check(h, "edge.agora.io", 4001, 17, GEOWALL_TRAFFIC_MEDIA);
+    assert_ne!(v.action, GEOWALL_ALLOW, "{v:?}");
+    assert!(v.rule_index >= 0);
+    assert!(!text(&v.rule).is_empty());
+    assert_eq!(text(&v.layer), "vendor:CN");
+    // Web to an unrelated name is allowed by the default.
+    let v = check(h, "example.org.", 443, 6, GEOWALL_TRAFFIC_WEB);
+    assert_eq!(v.action, GEOWALL_ALLOW);
+    assert_eq!(v.rule_index, -1);
+    assert_eq!(text(&v.rule), "");
+    let mut ver = GeowallVersion {
+        abi: 0,
+        reserved0: 0,
+        library: [0; 32],
+        bundle_sequence: 9,
+        reserved: [0; 4],
+    };
+    // SAFETY: valid out pointer.
+    let s = unsafe { geowall_version(h, &raw mut ver) };
+    assert_eq!(s, GeowallStatus::Ok);
+    assert_eq!(ver.abi, GEOWALL_ABI_VERSION);
+    assert_eq!(ver.bundle_sequence, 0);
+    assert_eq!(text(&ver.library), env!("CARGO_PKG_VERSION"));
+    // SAFETY: a handle from checker_new.
+    assert_eq!(unsafe { geowall_free(h) }, GeowallStatus::Ok);
+}
+
+#[test]
+fn the_error_message_fits_the_callers_buffer() {
+    // SAFETY: handles are plain numbers.
+    assert_eq!(unsafe { geowall_stop(0) }, GeowallStatus::InvalidHandle);
+    // SAFETY: null with 0 asks for the length.
+    let full = unsafe { geowall_last_error(ptr::null_mut(), 0) };
+    assert!(full > 10);
+    let mut small = [1 as c_char; 5];
+    // SAFETY: `small` has 5 writable bytes.
+    let n = unsafe { geowall_last_error(small.as_mut_ptr(), small.len()) };
+    assert_eq!(n, full);
+    assert_eq!(small[4], 0, "NUL-terminated within the buffer");
+    assert_eq!(text(&small).len(), 4);
+}
