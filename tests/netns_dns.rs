@@ -83,15 +83,7 @@ fn queries_are_answered_filtered_and_attributed() {
     }
     let mut net = Net::new();
     let (policy, world) = net.policy_and_world(POLICY);
-    support::ip(&[
-        "-n",
-        &net.net,
-        "addr",
-        "add",
-        &format!("{UPSTREAM}/32"),
-        "dev",
-        "lo",
-    ]);
+    net.add_server_address(UPSTREAM);
     let served = net.dns_server(sa(&format!("{UPSTREAM}:53")), zone);
     net.tcp_server(sa(&format!("{}:7000", addr::US)), |r| r.to_vec());
     net.tcp_server(sa(&format!("{}:7001", addr::US)), |r| r.to_vec());

@@ -6,10 +6,10 @@
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use support::{Net, addr, in_ns};
+use support::{Net, addr, echo, in_ns, sa, sd_rtn, tcp_exchange};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -42,14 +42,6 @@ traffic = ["ping", "media"]
 jurisdiction = { countries = ["CN", "HK", "MO"], layers = ["geo", "network", "owner", "vendor"], disputed = "any" }
 "#;
 
-fn sa(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().expect("ip"), port)
-}
-
-fn echo(req: &[u8]) -> Vec<u8> {
-    req.to_vec()
-}
-
 /// Answers a ClientHello with the server name it carries.
 fn sni_reply(req: &[u8]) -> Vec<u8> {
     let mut scratch = Vec::new();
@@ -61,17 +53,6 @@ fn sni_reply(req: &[u8]) -> Vec<u8> {
 
 fn silent(_: &[u8]) -> Vec<u8> {
     Vec::new()
-}
-
-/// Sends `req`, closes the sending side, reads the whole answer.
-fn tcp_exchange(to: SocketAddr, req: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect_timeout(&to, TIMEOUT)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.write_all(req)?;
-    s.shutdown(Shutdown::Write)?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    Ok(out)
 }
 
 /// Sends one datagram and waits for one back.
@@ -111,19 +92,6 @@ fn rtp(seq: u16) -> Vec<u8> {
     p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
     p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
     p.extend_from_slice(&[0x55; 160]);
-    p
-}
-
-/// An SD-RTN-shaped probe naming an Agora edge (the vendor layer says CN
-/// wherever the address is).
-fn sd_rtn(host: &str) -> Vec<u8> {
-    let mut p = vec![
-        0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x21, 0, 0, 0, 0, 0, 0x04, 0x53, 0x4E, 0x49,
-    ];
-    p.extend_from_slice(&(host.len() as u16).to_be_bytes());
-    p.push(0);
-    p.extend_from_slice(host.as_bytes());
-    p.extend_from_slice(&[0; 8]);
     p
 }
 

@@ -1,0 +1,595 @@
+//! The clever cases (root only; skips otherwise): traffic shaped to slip
+//! past a firewall that looks only at the obvious. Each case counts the
+//! packets that reach the blocked server on the internet side of the link
+//! (must be zero) and checks that the allowed twin still gets through, so
+//! that a zero means "blocked", not "broken". See `SECURITY.md`.
+//!
+//! Packets the kernel would not build for an ordinary socket (fragments,
+//! data on a SYN, raw IP protocols, ICMP errors) are written with raw
+//! sockets in the app namespace; they reach geowall through its TUN like
+//! any other packet.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use support::{Net, addr, dns_query, echo, in_ns, sa, sd_rtn, tcp_exchange};
+
+/// Everything under PRC jurisdiction by any layer (Agora's edges are CN by
+/// the vendor layer wherever they sit), and one name blocked by domain.
+const POLICY: &str = r#"
+name = "adversarial"
+default = "allow"
+
+[[rule]]
+name = "nothing to PRC jurisdiction"
+action = "block"
+block = "drop"
+jurisdiction = { countries = ["CN", "HK", "MO"], layers = ["geo", "network", "owner", "vendor"], disputed = "any" }
+
+[[rule]]
+name = "not this name"
+action = "block"
+block = "drop"
+domain = ["mail.google.com"]
+"#;
+
+/// The DNS server the engine asks (US in the test world).
+const UPSTREAM: &str = "198.51.100.53";
+/// The app's address on the TUN.
+const APP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+
+fn v4(ip: &str) -> Ipv4Addr {
+    ip.parse().expect("IPv4")
+}
+
+// ---- packets by hand -------------------------------------------------------
+
+fn csum(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    let mut odd: Option<u8> = None;
+    for p in parts {
+        for &b in *p {
+            match odd.take() {
+                Some(h) => sum += u32::from(u16::from_be_bytes([h, b])),
+                None => odd = Some(b),
+            }
+        }
+    }
+    if let Some(h) = odd {
+        sum += u32::from(u16::from_be_bytes([h, 0]));
+    }
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A transport segment with its checksum over the IPv4 pseudo-header.
+fn l4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, mut seg: Vec<u8>, at: usize) -> Vec<u8> {
+    let len = (seg.len() as u16).to_be_bytes();
+    let pseudo = [&src.octets()[..], &dst.octets()[..], &[0, proto], &len[..]].concat();
+    let c = csum(&[&pseudo, &seg]);
+    seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    seg
+}
+
+fn udp_seg(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    s.extend_from_slice(&[0, 0]);
+    s.extend_from_slice(payload);
+    l4(src, dst, 17, s, 6)
+}
+
+fn tcp_syn_seg(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&[
+        0, 0, 0x10, 0, 0, 0, 0, 0, 0x50, 0x02, 0xFF, 0xFF, 0, 0, 0, 0,
+    ]);
+    s.extend_from_slice(payload);
+    l4(src, dst, 6, s, 16)
+}
+
+/// An IPv4 packet: `frag` is the fragment offset in bytes, `more` the MF
+/// flag.
+fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    id: u16,
+    frag: usize,
+    more: bool,
+    body: &[u8],
+) -> Vec<u8> {
+    let off = (frag / 8) as u16 | if more { 0x2000 } else { 0 };
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&((20 + body.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&off.to_be_bytes());
+    h.extend_from_slice(&[64, proto, 0, 0]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    let c = csum(&[&h]);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(body);
+    h
+}
+
+/// `seg` cut at the byte offsets `cuts` (multiples of 8) into fragments.
+fn fragments(dst: Ipv4Addr, proto: u8, id: u16, seg: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(seg.len());
+    bounds
+        .windows(2)
+        .map(|w| {
+            ipv4(
+                APP,
+                dst,
+                proto,
+                id,
+                w[0],
+                w[1] < seg.len(),
+                &seg[w[0]..w[1]],
+            )
+        })
+        .collect()
+}
+
+/// Sends whole IPv4 packets from the app namespace (header included).
+fn send_raw(app: &str, packets: &[Vec<u8>]) {
+    in_ns(app, || {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(255)),
+        )
+        .expect("raw socket");
+        s.set_broadcast(true).expect("broadcast");
+        for p in packets {
+            let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+            let to = socket2::SockAddr::from(SocketAddrV4::new(dst, 0));
+            s.send_to(p, &to).expect("raw send");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+}
+
+/// One datagram from the app; errors (no route, refused) are ignored by
+/// the callers: what counts is what reaches the far side.
+fn udp_send(app: &str, to: SocketAddr, payload: &[u8]) -> std::io::Result<()> {
+    in_ns(app, || {
+        let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let s = UdpSocket::bind(bind)?;
+        s.set_broadcast(true)?;
+        s.send_to(payload, to).map(drop)
+    })
+}
+
+/// Waits (a few seconds at most) until IPv6 goes through end to end: the
+/// links' neighbour discovery must settle before a lone datagram can pass.
+fn warm_up_ipv6(app: &str) {
+    let ok = in_ns(app, || {
+        let s = UdpSocket::bind("[::]:0").expect("bind");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        (0..25).any(|_| {
+            let _ = s.send_to(b"warm", sa(addr::US6, 6201));
+            s.recv_from(&mut buf).is_ok()
+        })
+    });
+    assert!(ok, "IPv6 through geowall never worked");
+}
+
+/// The first UDP payload a capture's client sends from `sport`.
+fn first_udp_payload(file: &str, sport: u16) -> Vec<u8> {
+    use geowall::wire::packet::{Transport, parse_ip, strip_link};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/pcap/ndpi")
+        .join(file);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let cap = geowall::wire::capture::Capture::new(&bytes).expect("capture");
+    for f in cap.flatten() {
+        let Ok(ip) = strip_link(f.link, f.data) else {
+            continue;
+        };
+        if let Ok(p) = parse_ip(ip)
+            && let Transport::Udp {
+                sport: s, payload, ..
+            } = p.transport
+            && s == sport
+        {
+            return payload.to_vec();
+        }
+    }
+    panic!("no UDP payload from port {sport} in {file}")
+}
+
+// ---- the world -------------------------------------------------------------
+
+static FLIPS: AtomicUsize = AtomicUsize::new(0);
+
+fn rec(name: &str, ip: &str) -> Record {
+    let n = Name::from_ascii(format!("{name}.")).expect("name");
+    Record::from_rdata(n, 1, RData::A(A(v4(ip))))
+}
+
+/// `flip.example` is US at the first answer and CN after it.
+fn zone(name: &str, t: RecordType) -> Vec<Record> {
+    match (name, t) {
+        ("flip.example", RecordType::A) => {
+            if FLIPS.fetch_add(1, Ordering::SeqCst) == 0 {
+                vec![rec(name, addr::US)]
+            } else {
+                vec![rec(name, addr::CN)]
+            }
+        }
+        ("ok.example", RecordType::A) => vec![rec(name, addr::US)],
+        _ => Vec::new(),
+    }
+}
+
+fn start(net: &mut Net) {
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.add_server_address(UPSTREAM);
+    net.dns_server(sa(UPSTREAM, 53), zone);
+    net.start_geowall(
+        &world,
+        &[
+            "--policy",
+            policy.to_str().expect("utf-8"),
+            "--dns-upstream",
+            &format!("udp:{UPSTREAM}"),
+        ],
+    );
+}
+
+/// Waits for the last packets to land, then checks the counts: zero for
+/// every blocked destination, some for every allowed one.
+fn settle_and_check(net: &Net, blocked: &[(&str, u8, u16)], allowed: &[(&str, u8, u16)]) {
+    std::thread::sleep(Duration::from_millis(300));
+    for &(ip, proto, port) in blocked {
+        assert_eq!(
+            net.count(ip, proto, port),
+            0,
+            "packets reached blocked {ip} proto {proto} port {port}"
+        );
+    }
+    for &(ip, proto, port) in allowed {
+        assert!(
+            net.count(ip, proto, port) > 0,
+            "nothing reached allowed {ip} proto {proto} port {port}: the case proves nothing; seen: {:?}; events: {:#?}",
+            net.counts.lock().map(|c| c.clone()).unwrap_or_default(),
+            net.events()
+        );
+    }
+}
+
+// ---- the cases -------------------------------------------------------------
+
+/// IPv4 fragments: a tiny first fragment that hides the TCP flags and the
+/// UDP payload, out-of-order fragments, overlapping fragments (dropped
+/// whole), fragments never completed (nothing leaves). Reassembly happens
+/// before any verdict; nothing is forwarded as a fragment.
+#[test]
+fn fragments_are_judged_whole_or_not_at_all() {
+    if !support::root_or_skip("fragments_are_judged_whole_or_not_at_all") {
+        return;
+    }
+    let mut net = Net::new();
+    for ip in [addr::US, addr::CN, addr::US2] {
+        for port in [6000, 6001, 6002, 6003, 9999] {
+            net.udp_server(sa(ip, port), echo);
+        }
+        net.tcp_server(sa(ip, 7000), echo);
+    }
+    start(&mut net);
+    let app = net.app.clone();
+    let payload: Vec<u8> = (0..64u8).collect();
+    let (us, cn, us2) = (v4(addr::US), v4(addr::CN), v4(addr::US2));
+
+    // Tiny first fragment (8 bytes: the UDP header and nothing else).
+    let mut p = Vec::new();
+    for (i, dst) in [us, cn].into_iter().enumerate() {
+        let seg = udp_seg(APP, dst, 40_000, 6000, &payload);
+        p.extend(fragments(dst, 17, 100 + i as u16, &seg, &[8, 40]));
+    }
+    // An Agora SD-RTN probe to a US address, its signature only in the
+    // later fragments: seen whole, it is the vendor's, and blocked.
+    let probe = sd_rtn("104-166-161-75.edge.agora.io");
+    let seg = udp_seg(APP, us2, 40_001, 9999, &probe);
+    p.extend(fragments(us2, 17, 110, &seg, &[8, 16]));
+    // A TCP SYN to CN whose first fragment (8 bytes) holds only the ports.
+    let syn = tcp_syn_seg(APP, cn, 40_002, 7000, &[]);
+    p.extend(fragments(cn, 6, 120, &syn, &[8]));
+    // Out of order: last fragment first.
+    for (i, dst) in [us, cn].into_iter().enumerate() {
+        let seg = udp_seg(APP, dst, 40_003, 6002, &payload);
+        let mut f = fragments(dst, 17, 130 + i as u16, &seg, &[16, 48]);
+        f.reverse();
+        p.extend(f);
+    }
+    // Overlapping: the second fragment rewrites bytes the first carried
+    // (here, the destination port); such datagrams are dropped whole.
+    let seg = udp_seg(APP, us, 40_004, 6001, &payload);
+    let mut rewritten = seg.clone();
+    rewritten[2..4].copy_from_slice(&6003u16.to_be_bytes());
+    p.push(ipv4(APP, us, 17, 140, 0, true, &seg[..24]));
+    p.push(ipv4(APP, us, 17, 140, 0, true, &rewritten[..16]));
+    p.push(ipv4(APP, us, 17, 140, 24, false, &seg[24..]));
+    // Never completed: the first fragment alone.
+    let seg = udp_seg(APP, us, 40_005, 6003, &payload);
+    p.push(ipv4(APP, us, 17, 150, 0, true, &seg[..32]));
+    send_raw(&app, &p);
+
+    // Allowed traffic still flows.
+    let r = in_ns(&app, || {
+        tcp_exchange(sa(addr::US, 7000), b"after the fragments")
+    });
+    assert_eq!(r.expect("TCP to US").as_slice(), b"after the fragments");
+    settle_and_check(
+        &net,
+        &[
+            (addr::CN, 17, 6000),
+            (addr::US2, 17, 9999),
+            (addr::CN, 6, 7000),
+            (addr::CN, 17, 6002),
+            (addr::US, 17, 6001),
+            (addr::US, 17, 6003),
+        ],
+        &[
+            (addr::US, 17, 6000),
+            (addr::US, 17, 6002),
+            (addr::US, 6, 7000),
+        ],
+    );
+}
+
+/// Data on a SYN (TCP Fast Open), raw IP protocols (GRE, ESP, SCTP, 253),
+/// ICMP errors, broadcast and multicast: none of it leaves, to a blocked
+/// server or any other. geowall relays TCP, UDP and ICMP echo only.
+#[test]
+fn odd_packets_never_leave() {
+    if !support::root_or_skip("odd_packets_never_leave") {
+        return;
+    }
+    let mut net = Net::new();
+    for ip in [addr::US, addr::CN] {
+        net.tcp_server(sa(ip, 7000), echo);
+    }
+    start(&mut net);
+    let app = net.app.clone();
+    let (us, cn) = (v4(addr::US), v4(addr::CN));
+    let mut p = Vec::new();
+    // A SYN carrying a TLS ClientHello, to CN.
+    let hello = support::client_hello("tfo.example");
+    p.push(ipv4(
+        APP,
+        cn,
+        6,
+        200,
+        0,
+        false,
+        &tcp_syn_seg(APP, cn, 41_000, 7000, &hello),
+    ));
+    // Raw IP protocols, to CN and to US.
+    for (i, proto) in [47u8, 50, 132, 253].into_iter().enumerate() {
+        for dst in [us, cn] {
+            p.push(ipv4(APP, dst, proto, 210 + i as u16, 0, false, &[0x42; 32]));
+        }
+    }
+    // ICMP errors (destination unreachable, time exceeded) toward both.
+    for dst in [us, cn] {
+        for kind in [3u8, 11] {
+            let mut icmp = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+            icmp.extend_from_slice(&ipv4(dst, APP, 17, 1, 0, false, &[0; 8]));
+            let c = csum(&[&icmp]);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            p.push(ipv4(APP, dst, 1, 230, 0, false, &icmp));
+        }
+    }
+    // Limited broadcast.
+    p.push(ipv4(
+        APP,
+        Ipv4Addr::BROADCAST,
+        17,
+        240,
+        0,
+        false,
+        &udp_seg(APP, Ipv4Addr::BROADCAST, 41_001, 6100, b"anyone?"),
+    ));
+    send_raw(&app, &p);
+    // Multicast through ordinary sockets: mDNS and SSDP, v4 and v6.
+    let _ = udp_send(&app, sa("224.0.0.251", 5353), b"mdns");
+    let _ = udp_send(&app, sa("239.255.255.250", 1900), b"ssdp");
+    let _ = udp_send(&app, sa("ff0e::fb", 5353), b"mdns6");
+    let r = in_ns(&app, || tcp_exchange(sa(addr::US, 7000), b"still fine"));
+    assert_eq!(r.expect("TCP to US").as_slice(), b"still fine");
+    settle_and_check(
+        &net,
+        &[
+            (addr::CN, 6, 7000),
+            (addr::CN, 0, 0),
+            (addr::US, 0, 0),
+            (addr::CN, 1, 0),
+            (addr::US, 1, 0),
+            ("255.255.255.255", 17, 6100),
+            ("224.0.0.251", 17, 5353),
+            ("239.255.255.250", 17, 1900),
+            ("ff0e::fb", 17, 5353),
+        ],
+        &[(addr::US, 6, 7000)],
+    );
+}
+
+/// Real QUIC and DTLS handshakes (from captures) to CN, QUIC naming a
+/// blocked server to an allowed address, and SD-RTN on a port Agora does not
+/// use: all blocked; the same handshakes to an allowed server pass.
+#[test]
+fn quic_dtls_and_sd_rtn_are_seen_on_any_port() {
+    if !support::root_or_skip("quic_dtls_and_sd_rtn_are_seen_on_any_port") {
+        return;
+    }
+    let mut net = Net::new();
+    for ip in [addr::US, addr::CN, addr::US2] {
+        for port in [443, 8443, 11111, 5555] {
+            net.udp_server(sa(ip, port), |_| Vec::new());
+        }
+    }
+    start(&mut net);
+    let app = net.app.clone();
+    // Flow 1 of quic.pcap names mail.google.com (blocked by domain here);
+    // flow 2 names www.youtube.com.
+    let quic_blocked = first_udp_payload("quic.pcap", 57_833);
+    let quic_ok = first_udp_payload("quic.pcap", 35_236);
+    let dtls = first_udp_payload("dtls.pcap", 40_983);
+    for (to, what) in [
+        (sa(addr::CN, 443), &quic_ok),
+        // (Another address than the allowed flows': a server name seen
+        // in a flow sticks to its address, for later flows too.)
+        (sa(addr::DE, 8443), &quic_blocked),
+        (sa(addr::US, 443), &quic_ok),
+        (sa(addr::CN, 11111), &dtls),
+        (sa(addr::US, 11111), &dtls),
+        (sa(addr::US2, 5555), &sd_rtn("104-166-161-75.edge.agora.io")),
+    ] {
+        udp_send(&app, to, what).expect("send");
+    }
+    settle_and_check(
+        &net,
+        &[
+            (addr::CN, 17, 443),
+            (addr::DE, 17, 8443),
+            (addr::CN, 17, 11111),
+            (addr::US2, 17, 5555),
+        ],
+        &[(addr::US, 17, 443), (addr::US, 17, 11111)],
+    );
+    let events = net.events();
+    let blocked = |server: &str| {
+        events
+            .iter()
+            .any(|e| e["kind"] == "blocked" && e["server"] == server)
+    };
+    assert!(blocked(&format!("{}:8443", addr::DE)), "{events:#?}");
+    assert!(blocked(&format!("{}:5555", addr::US2)), "{events:#?}");
+}
+
+/// DNS to a resolver in a blocked jurisdiction, over UDP and TCP, is
+/// answered by geowall through its own upstream: not a packet to the
+/// blocked resolver. DNS over TLS and over HTTPS to it are blocked as the
+/// TCP flows they are.
+#[test]
+fn dns_to_a_blocked_resolver_never_reaches_it() {
+    if !support::root_or_skip("dns_to_a_blocked_resolver_never_reaches_it") {
+        return;
+    }
+    let mut net = Net::new();
+    for port in [853, 443] {
+        net.tcp_server(sa(addr::CN, port), echo);
+    }
+    start(&mut net);
+    let app = net.app.clone();
+    in_ns(&app, || {
+        for tcp in [false, true] {
+            let m = dns_query(sa(addr::CN, 53), "ok.example", RecordType::A, tcp)
+                .expect("answered by geowall");
+            assert_eq!(m.answers.len(), 1, "tcp={tcp}: {m:?}");
+        }
+        for port in [853, 443] {
+            let hello = support::client_hello("dns.example");
+            assert!(tcp_exchange(sa(addr::CN, port), &hello).is_err(), "{port}");
+        }
+    });
+    settle_and_check(
+        &net,
+        &[
+            (addr::CN, 17, 53),
+            (addr::CN, 6, 53),
+            (addr::CN, 6, 853),
+            (addr::CN, 6, 443),
+        ],
+        &[(UPSTREAM, 17, 53)],
+    );
+}
+
+/// IPv6 addresses that embed a CN IPv4 address (NAT64, 6to4, Teredo,
+/// IPv4-compatible, IPv4-mapped): the embedded address's jurisdiction
+/// counts. The same forms embedding a US address pass.
+#[test]
+fn ipv6_addresses_embedding_a_blocked_ipv4_address_are_blocked() {
+    if !support::root_or_skip("ipv6_addresses_embedding_a_blocked_ipv4_address_are_blocked") {
+        return;
+    }
+    let mut net = Net::new();
+    net.udp_server(sa(addr::US6, 6201), echo);
+    start(&mut net);
+    let app = net.app.clone();
+    warm_up_ipv6(&app);
+    // 203.0.113.10 (CN) = cb00:710a; 198.51.100.10 (US) = c633:640a.
+    // Teredo keeps the client address inverted.
+    let blocked = [
+        "64:ff9b::cb00:710a",
+        "2002:cb00:710a::1",
+        "2001:0:4136:e378:8000:63bf:34ff:8ef5",
+        "::cb00:710a",
+        "::ffff:203.0.113.10",
+    ];
+    let allowed = [
+        "64:ff9b::c633:640a",
+        "2002:c633:640a::1",
+        "2001:0:4136:e378:8000:63bf:39cc:9bf5",
+    ];
+    for ip in blocked.iter().chain(&allowed) {
+        let _ = udp_send(&app, sa(ip, 6200), b"embedded");
+    }
+    let mut b: Vec<(&str, u8, u16)> = blocked.iter().map(|ip| (*ip, 17, 6200)).collect();
+    // The mapped form travels as plain IPv4.
+    b.push((addr::CN, 17, 6200));
+    let a: Vec<(&str, u8, u16)> = allowed.iter().map(|ip| (*ip, 17, 6200)).collect();
+    settle_and_check(&net, &b, &a);
+}
+
+/// A name that resolved to an allowed address and later to a blocked one:
+/// the flow is judged by the address it goes to, whatever the name's
+/// earlier answer; the blocked address is also filtered out of the answer.
+#[test]
+fn an_address_that_changes_jurisdiction_is_judged_at_connect() {
+    if !support::root_or_skip("an_address_that_changes_jurisdiction_is_judged_at_connect") {
+        return;
+    }
+    let mut net = Net::new();
+    for ip in [addr::US, addr::CN] {
+        net.tcp_server(sa(ip, 7443), echo);
+    }
+    start(&mut net);
+    let app = net.app.clone();
+    let resolver = sa("192.0.2.53", 53);
+    in_ns(&app, || {
+        let first = dns_query(resolver, "flip.example", RecordType::A, false).expect("answer");
+        assert_eq!(first.answers.len(), 1, "US address: {first:?}");
+        let hello = support::client_hello("flip.example");
+        let r = tcp_exchange(sa(addr::US, 7443), &hello).expect("to the US address");
+        assert_eq!(r, hello);
+        // The TTL (1 s) runs out; the name now points to CN.
+        std::thread::sleep(Duration::from_millis(1_500));
+        let second = dns_query(resolver, "flip.example", RecordType::A, false).expect("answer");
+        assert!(second.answers.is_empty(), "CN address filtered: {second:?}");
+        // An app that connects to the CN address anyway (a stale cache, its
+        // own resolver) is blocked by where the address is.
+        assert!(tcp_exchange(sa(addr::CN, 7443), &hello).is_err());
+    });
+    settle_and_check(&net, &[(addr::CN, 6, 7443)], &[(addr::US, 6, 7443)]);
+    assert!(FLIPS.load(Ordering::SeqCst) >= 2);
+    let _: IpAddr = addr::CN.parse().expect("ip");
+}

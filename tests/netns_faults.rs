@@ -1,0 +1,414 @@
+//! Faults (root only; skips otherwise): a flood of new flows, a resolver
+//! that is down or slow, a slow client, rules bundles that are corrupt,
+//! truncated, rolled back or wrongly signed pushed during traffic, and the
+//! TUN removed under the engine. (SIGKILL mid-transfer is in
+//! `netns_e2e.rs`.) See `SECURITY.md`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use geowall::policy::bundle;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use support::{Net, addr, dns_query, echo, in_ns, sa};
+
+const POLICY: &str = r#"
+name = "faults"
+default = "allow"
+
+[[rule]]
+name = "nothing to PRC networks"
+action = "block"
+block = "reject"
+jurisdiction = { countries = ["CN", "HK", "MO"], layers = ["geo", "network"] }
+"#;
+
+/// An echo server in the internet namespace that answers each read at
+/// once (for a connection that stays open while other things happen).
+fn interactive_echo(net: &Net, at: SocketAddr) {
+    let l = in_ns(&net.net, || TcpListener::bind(at).expect("bind"));
+    std::thread::spawn(move || {
+        for c in l.incoming().take(8) {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65_536];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Sends `msg` on an open connection and reads the same back.
+fn round_trip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg)?;
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back)?;
+    assert_eq!(back, msg);
+    Ok(())
+}
+
+fn status(net: &Net) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_geowall"))
+        .args(["status", "--json", "--tun", &net.tun])
+        .output()
+        .expect("geowall status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// A process's memory figure (`VmHWM`, `VmRSS`) in KiB.
+fn memory(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 100,000 new UDP flows from the app against a table of 2,000: memory
+/// stays bounded, refusals are counted, a connection opened before the
+/// flood keeps working during and after it. (The flood's flows leave the
+/// table when they idle out, after 60 s by default.)
+#[test]
+fn a_flood_of_new_flows_is_refused_and_counted() {
+    if !support::root_or_skip("a_flood_of_new_flows_is_refused_and_counted") {
+        return;
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    interactive_echo(&net, sa(addr::US, 7000));
+    net.start_geowall(
+        &world,
+        &[
+            "--policy",
+            policy.to_str().expect("utf-8"),
+            "--max-flows",
+            "2000",
+            "--dns-upstream",
+            &format!("udp:{}:53", addr::US),
+        ],
+    );
+    let pid = net.geowall_pid().expect("geowall runs");
+    let app = net.app.clone();
+    let mut open = in_ns(&app, || {
+        let mut s = TcpStream::connect_timeout(&sa(addr::US, 7000), Duration::from_secs(3))
+            .expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        round_trip(&mut s, b"before the flood").expect("echo");
+        s
+    });
+    let rss_before = memory(pid, "VmRSS");
+    // The flood: 100,000 datagrams, each a new flow (50,000 ports from
+    // each of two sockets), to a US address nobody serves.
+    let sent = in_ns(&app, || {
+        let socks = [
+            UdpSocket::bind("0.0.0.0:0").expect("bind"),
+            UdpSocket::bind("0.0.0.0:0").expect("bind"),
+        ];
+        let mut sent = 0u32;
+        for port in 10_000u16..60_000 {
+            for s in &socks {
+                // A full socket buffer drops the datagram in the app's own
+                // kernel; count only what left.
+                if s.send_to(b"flood", sa(addr::US2, port)).is_ok() {
+                    sent += 1;
+                }
+            }
+            // Paced (about 50,000 a second at most) so that the TUN's
+            // queue in the app's kernel does not drop what geowall has not
+            // read yet: the flood is meant to reach the engine.
+            if port % 25 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    round_trip(&mut open, b"after the flood").expect("the open connection still works");
+    let v = status(&net);
+    let refused = v["refused"].as_u64().unwrap_or(0);
+    let flows = v["flows_open"].as_u64().unwrap_or(0);
+    let seen = v["packets_from_tun"].as_u64().unwrap_or(0);
+    let peak = memory(pid, "VmHWM");
+    eprintln!(
+        "flood: {sent} datagrams sent, {seen} packets reached geowall, {refused} flows refused, {flows} open (bound 2,000); geowall RSS before {rss_before} KiB, peak {peak} KiB"
+    );
+    assert!(flows <= 2_000, "{v}");
+    // Every flood datagram that reached geowall opened a flow or was
+    // refused (the rest of the packets: the open connection's).
+    assert!(seen > 50_000, "the flood reached geowall: {v}");
+    assert!(refused + 2_000 + 100 >= seen, "refusals counted: {v}");
+    assert!(peak < 200 * 1024, "peak RSS {peak} KiB");
+    // A new connection meets the full table: refused, and counted.
+    let refused_before = refused;
+    let r = in_ns(&app, || support::tcp_exchange(sa(addr::US, 7000), b"new"));
+    assert!(r.is_err(), "a new flow while the table is full");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(status(&net)["refused"].as_u64() > Some(refused_before));
+    round_trip(&mut open, b"still").expect("the open connection still works");
+}
+
+/// The upstream resolver down (nothing listens) or slow (1.5 s): the app
+/// gets an answer before its own 5 s timeout (SERVFAIL after 4 s, or the
+/// slow answer), other traffic is not held up meanwhile.
+#[test]
+fn a_dead_or_slow_resolver_fails_only_dns() {
+    if !support::root_or_skip("a_dead_or_slow_resolver_fails_only_dns") {
+        return;
+    }
+    fn slow(name: &str, t: RecordType) -> Vec<Record> {
+        std::thread::sleep(Duration::from_millis(1_500));
+        match (name, t) {
+            ("slow.example", RecordType::A) => vec![Record::from_rdata(
+                Name::from_ascii("slow.example.").expect("name"),
+                60,
+                RData::A(A(addr::US.parse().expect("ip"))),
+            )],
+            _ => Vec::new(),
+        }
+    }
+    for (case, upstream) in [("dead", "198.51.100.53"), ("slow", "198.51.100.54")] {
+        let mut net = Net::new();
+        let (policy, world) = net.policy_and_world(POLICY);
+        net.add_server_address(upstream);
+        if case == "slow" {
+            net.dns_server(sa(upstream, 53), slow);
+        }
+        net.udp_server(sa(addr::US, 7000), echo);
+        net.start_geowall(
+            &world,
+            &[
+                "--policy",
+                policy.to_str().expect("utf-8"),
+                "--dns-upstream",
+                &format!("udp:{upstream}"),
+            ],
+        );
+        let app = net.app.clone();
+        let (answer, during) = in_ns(&app, || {
+            std::thread::scope(|s| {
+                let q = s.spawn(|| {
+                    dns_query(sa("192.0.2.53", 53), "slow.example", RecordType::A, false)
+                });
+                std::thread::sleep(Duration::from_millis(200));
+                // Meanwhile, other traffic flows.
+                let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
+                u.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                u.send_to(b"meanwhile", sa(addr::US, 7000)).expect("send");
+                let mut buf = [0u8; 64];
+                let during = u.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
+                (q.join().expect("query thread"), during)
+            })
+        });
+        assert_eq!(during.expect("UDP while DNS waits"), b"meanwhile", "{case}");
+        let m = answer.unwrap_or_else(|e| panic!("{case}: no answer at all: {e}"));
+        match case {
+            "dead" => assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{m:?}"),
+            _ => assert_eq!(m.answers.len(), 1, "the slow answer: {m:?}"),
+        }
+    }
+}
+
+/// A slow reader: a 4 MB download the app reads only after a pause, while
+/// another flow works; the download arrives whole.
+#[test]
+fn a_slow_client_gets_everything_and_holds_up_no_one() {
+    if !support::root_or_skip("a_slow_client_gets_everything_and_holds_up_no_one") {
+        return;
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i % 253) as u8).collect();
+    net.tcp_server(sa(addr::US, 7100), |_| {
+        (0..4_000_000u32).map(|i| (i % 253) as u8).collect()
+    });
+    net.udp_server(sa(addr::US, 7000), echo);
+    net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
+    let app = net.app.clone();
+    let got = in_ns(&app, || {
+        let mut s = TcpStream::connect_timeout(&sa(addr::US, 7100), Duration::from_secs(3))
+            .expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.shutdown(std::net::Shutdown::Write).expect("fin");
+        // Read nothing for two seconds; another flow meanwhile.
+        std::thread::sleep(Duration::from_secs(1));
+        let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        u.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        u.send_to(b"other", sa(addr::US, 7000)).expect("send");
+        let mut buf = [0u8; 16];
+        let (n, _) = u.recv_from(&mut buf).expect("the other flow works");
+        assert_eq!(&buf[..n], b"other");
+        std::thread::sleep(Duration::from_secs(1));
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).expect("read");
+        all
+    });
+    assert!(
+        got == big,
+        "{} of {} bytes, or different",
+        got.len(),
+        big.len()
+    );
+}
+
+/// Bundles pushed with `geowall reload` while a connection is open: a
+/// corrupt, a truncated, a rolled-back and a wrongly signed one are refused
+/// and the running rules stay; the open connection never notices; a newer
+/// valid one applies.
+#[test]
+fn bad_bundles_pushed_during_traffic_are_refused() {
+    if !support::root_or_skip("bad_bundles_pushed_during_traffic_are_refused") {
+        return;
+    }
+    let mut net = Net::new();
+    let (_, world) = net.policy_and_world(POLICY);
+    interactive_echo(&net, sa(addr::US, 7000));
+    net.udp_server(sa(addr::US2, 7000), echo);
+    let dir = net.dir.path().to_owned();
+    let key = bundle::SigningKey::from_bytes(&[5; 32]);
+    let pubkey = dir.join("key.pub");
+    std::fs::write(&pubkey, bundle::key_hex(key.verifying_key().as_bytes())).expect("key");
+    let make = |seq: u64, policy: &str, key: &bundle::SigningKey| {
+        let d = dir.join(format!("src{seq}"));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("policy.toml"), policy).expect("policy");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        bundle::sign(
+            &bundle::build(&d, seq, now - 60, now + 3_600).expect("build"),
+            key,
+        )
+        .expect("sign")
+    };
+    let blocks_us2 = format!(
+        "{POLICY}\n[[rule]]\nname = \"no US2\"\naction = \"block\"\ncidr = [\"{}/32\"]\n",
+        addr::US2
+    );
+    let live = dir.join("rules.gwb");
+    std::fs::write(&live, make(10, POLICY, &key)).expect("bundle");
+    net.start_geowall(
+        &world,
+        &[
+            "--bundle",
+            live.to_str().expect("utf-8"),
+            "--pubkey",
+            pubkey.to_str().expect("utf-8"),
+        ],
+    );
+    let app = net.app.clone();
+    let mut open = in_ns(&app, || {
+        let mut s = TcpStream::connect_timeout(&sa(addr::US, 7000), Duration::from_secs(3))
+            .expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        round_trip(&mut s, b"start").expect("echo");
+        s
+    });
+    let reload = || {
+        Command::new(env!("CARGO_BIN_EXE_geowall"))
+            .args(["reload", "--tun", &net.tun])
+            .output()
+            .expect("geowall reload")
+    };
+    let good = make(11, &blocks_us2, &key);
+    let mut corrupt = make(12, &blocks_us2, &key);
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 1;
+    let other = bundle::SigningKey::from_bytes(&[6; 32]);
+    for (what, bytes) in [
+        ("corrupt", corrupt),
+        ("truncated", good[..good.len() - 10].to_vec()),
+        ("rolled back", make(9, &blocks_us2, &key)),
+        ("wrongly signed", make(13, &blocks_us2, &other)),
+        ("empty", Vec::new()),
+    ] {
+        std::fs::write(&live, &bytes).expect("write");
+        let out = reload();
+        assert!(!out.status.success(), "{what} bundle accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("the running rules stay"), "{what}: {err}");
+        round_trip(&mut open, what.as_bytes()).expect("the open connection is unaffected");
+        // The old rules: US2 still allowed.
+        let ok = in_ns(&app, || {
+            let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            u.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            u.send_to(what.as_bytes(), sa(addr::US2, 7000))
+                .expect("send");
+            let mut buf = [0u8; 64];
+            u.recv_from(&mut buf).is_ok()
+        });
+        assert!(ok, "after the {what} bundle, the old rules still allow US2");
+    }
+    std::fs::write(&live, &good).expect("write");
+    let out = reload();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    round_trip(&mut open, b"after the update").expect("still open");
+    std::thread::sleep(Duration::from_millis(100));
+    let before = net.count(addr::US2, 17, 7000);
+    in_ns(&app, || {
+        let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        u.send_to(b"now blocked", sa(addr::US2, 7000))
+            .expect("send");
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        net.count(addr::US2, 17, 7000),
+        before,
+        "bundle 11 blocks US2"
+    );
+    // Reloading the same bundle again is not an update.
+    assert!(!reload().status.success());
+}
+
+/// The TUN deleted under the engine: geowall exits with an error that
+/// says so, the app namespace is left without a route, nothing leaves.
+#[test]
+fn a_removed_tun_is_a_clean_error_and_fails_closed() {
+    if !support::root_or_skip("a_removed_tun_is_a_clean_error_and_fails_closed") {
+        return;
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.udp_server(sa(addr::US, 7000), echo);
+    net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
+    let app = net.app.clone();
+    support::ip(&["-n", &app, "link", "del", &net.tun]);
+    let (status, err) = net
+        .wait_geowall(Duration::from_secs(10))
+        .expect("geowall exits when its TUN is gone");
+    assert!(!status.success(), "exit status {status}");
+    assert!(err.contains("TUN"), "the error names the TUN: {err}");
+    let before = net.count(addr::US, 17, 7000);
+    let sent = in_ns(&app, || {
+        let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        u.send_to(b"after", sa(addr::US, 7000)).is_ok()
+    });
+    assert!(!sent, "no route is left in the app namespace");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(net.count(addr::US, 17, 7000), before);
+}
