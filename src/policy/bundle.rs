@@ -297,6 +297,12 @@ pub fn build(
         files.insert(k, v);
     }
     let content = archive(&files).map_err(BundleError::Corrupt)?;
+    Ok(frame_content(&content, sequence, created, expires))
+}
+
+/// An unsigned bundle around `content` taken as it is (normally the
+/// archive [`build`] makes; tools and the fuzzer pass other bytes).
+pub fn frame_content(content: &[u8], sequence: u64, created: u64, expires: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + content.len() + 65);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -306,10 +312,10 @@ pub fn build(
     out.extend_from_slice(&expires.to_le_bytes());
     out.extend_from_slice(&[0u8; 8]);
     out.extend_from_slice(&(content.len() as u64).to_le_bytes());
-    out.extend_from_slice(&Sha256::digest(&content));
-    out.extend_from_slice(&content);
+    out.extend_from_slice(&Sha256::digest(content));
+    out.extend_from_slice(content);
     out.push(0);
-    Ok(out)
+    out
 }
 
 /// The signed part of a bundle and its length, after the frame checks.

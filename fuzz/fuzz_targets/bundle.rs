@@ -1,0 +1,19 @@
+//! The bundle loader: the input as a whole bundle (rejected at the frame
+//! or the signature), and as the content of a correctly framed and signed
+//! bundle (so that the archive, catalog and policy inside are parsed).
+#![no_main]
+
+use geowall::policy::bundle::{self, SigningKey};
+use libfuzzer_sys::fuzz_target;
+
+const NOW: u64 = 1_800_000_000;
+
+fuzz_target!(|data: &[u8]| {
+    let key = SigningKey::from_bytes(&[42; 32]);
+    let trusted = [key.verifying_key()];
+    let _ = bundle::open(data, &trusted, None, NOW);
+    let framed = bundle::frame_content(data, 7, NOW - 10, NOW + 10);
+    if let Ok(signed) = bundle::sign(&framed, &key) {
+        let _ = bundle::open(&signed, &trusted, Some(3), NOW);
+    }
+});

@@ -1,0 +1,53 @@
+//! The engine's packet input: a sequence of operations read from the fuzz
+//! input (`op`, 2-byte length, bytes): a packet from the TUN, time passing,
+//! or the upstream side answering the last flow it opened.
+#![no_main]
+
+use geowall::engine::dataplane::Output;
+use libfuzzer_sys::fuzz_target;
+
+#[path = "common.rs"]
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    let mut e = common::engine();
+    let mut now = 1_000_000_000u64;
+    let (mut last_tcp, mut last_udp) = (None, None);
+    let mut rest = data;
+    while rest.len() >= 3 {
+        let op = rest[0];
+        let len = usize::from(u16::from_be_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let body = &rest[3..3 + len];
+        rest = &rest[3 + len..];
+        match op % 5 {
+            0 | 1 => e.handle_tun(body, now),
+            2 => {
+                now += u64::from(body.first().copied().unwrap_or(1)) * 50_000_000;
+                e.handle_timeout(now);
+            }
+            3 => {
+                if let Some(f) = last_tcp {
+                    e.handle_tcp_connected(f, now);
+                    e.handle_tcp_from_upstream(f, body, now);
+                    if body.first() == Some(&0) {
+                        e.handle_tcp_upstream_closed(f, now);
+                    }
+                }
+            }
+            _ => {
+                if let Some(f) = last_udp {
+                    e.handle_udp_from_upstream(f, body, now);
+                }
+            }
+        }
+        while let Some(o) = e.poll_output() {
+            match o {
+                Output::TcpOpen { flow, .. } => last_tcp = Some(flow),
+                Output::UdpOpen { flow, .. } => last_udp = Some(flow),
+                Output::DnsQuery { query, .. } => e.handle_dns_answer(query, None, now),
+                _ => {}
+            }
+        }
+        let _ = e.poll_timeout();
+    }
+});

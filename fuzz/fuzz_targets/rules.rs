@@ -1,0 +1,42 @@
+//! The rule language and the list formats: a policy, with its lists read
+//! from the same input, and each list format on its own.
+#![no_main]
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use geowall::intel::catalog::Catalog;
+use geowall::policy::Policy;
+use geowall::policy::lists::{ListFormat, parse_list};
+use libfuzzer_sys::fuzz_target;
+
+fn catalog() -> &'static Catalog {
+    static C: OnceLock<Catalog> = OnceLock::new();
+    C.get_or_init(|| Catalog::shipped().expect("shipped catalog"))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = Policy::parse_with(
+        Path::new("fuzz.toml"),
+        text,
+        &mut |_| Ok(text.to_owned()),
+        catalog(),
+    );
+    for f in [
+        ListFormat::Domains,
+        ListFormat::Hosts,
+        ListFormat::Adblock,
+        ListFormat::Cidr,
+        ListFormat::Asn,
+        ListFormat::SingBox,
+    ] {
+        let _ = parse_list(Path::new("fuzz.list"), text, f);
+    }
+    let _ = Catalog::from_sources(vec![(
+        Path::new("vendors/fuzz.toml").to_owned(),
+        text.to_owned(),
+    )]);
+});

@@ -1,0 +1,27 @@
+//! Every first-payload sniffer and wire parser, on the same bytes.
+#![no_main]
+
+use geowall::wire::{dns, http, quic, rtc, tls};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut scratch = Vec::new();
+    let _ = tls::client_hello(data, &mut scratch);
+    let _ = tls::client_hello_message(data);
+    let _ = http::host(data);
+    let _ = rtc::classify(data);
+    let _ = rtc::sd_rtn(data);
+    let _ = rtc::stun_prefix(data);
+    let _ = quic::gquic_chlo(data);
+    let mut plain = Vec::new();
+    let _ = quic::decrypt_initial(data, &mut plain);
+    let mut r = quic::InitialAssembler::new();
+    // The bytes as up to three datagrams of one connection.
+    for part in data.chunks(data.len() / 3 + 1) {
+        let _ = r.feed(part);
+    }
+    let _ = r.client_hello();
+    let _ = dns::question(data);
+    let _ = dns::question_tcp(data);
+    let _ = dns::read_name(data, 0);
+});
