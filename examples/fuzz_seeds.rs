@@ -81,8 +81,23 @@ fn main() {
         let t = std::fs::read(root.join(format!("rules/presets/{p}.toml"))).expect("preset");
         write(&corpus.join("rules"), p, &t);
     }
+    // bundle: a real one (unsigned) and its content, from the clubhouse
+    // preset; the target signs what it is given as content.
+    let dir = std::env::temp_dir().join(format!("geowall-fuzz-seed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp folder");
+    std::fs::copy(
+        root.join("rules/presets/clubhouse.toml"),
+        dir.join("policy.toml"),
+    )
+    .expect("preset");
+    let b = geowall::policy::bundle::build(&dir, 1, 1_700_000_000, 1_900_000_000)
+        .expect("the preset builds into a bundle");
+    let _ = std::fs::remove_dir_all(&dir);
+    write(&corpus.join("bundle"), "whole", &b);
+    // The header is 88 bytes; an unsigned bundle ends with one 0 byte.
+    write(&corpus.join("bundle"), "content", &b[88..b.len() - 1]);
     println!(
-        "seeds: {} captures, {} packets, {} payloads, {} DNS messages, 3 presets into {}",
+        "seeds: {} captures, {} packets, {} payloads, {} DNS messages, 3 presets, 2 bundles into {}",
         counts[0],
         counts[1],
         counts[2],

@@ -282,8 +282,14 @@ fn when_geowall_dies_nothing_leaves_until_it_is_back() {
         assert!(tcp_exchange(sa(addr::US, 7000), b"during").is_err());
     });
     std::thread::sleep(Duration::from_millis(200));
+    let after = (net.count(addr::US, 6, 7000), net.count(addr::US, 17, 7000));
+    eprintln!(
+        "kill: packets at the server after SIGKILL: {} TCP, {} UDP",
+        after.0 - tcp0,
+        after.1 - udp0
+    );
     assert_eq!(
-        (net.count(addr::US, 6, 7000), net.count(addr::US, 17, 7000)),
+        after,
         (tcp0, udp0),
         "nothing reached the server while geowall was down"
     );
