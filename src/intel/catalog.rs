@@ -258,15 +258,13 @@ impl Catalog {
                 }
                 for &a in &v.asns {
                     if let Some(&(_, o)) = c.vendor_asns.iter().find(|(x, _)| *x == a) {
-                        return Err(SourceError::at(
-                            &path,
-                            &text,
-                            at,
-                            format!(
-                                "AS{a} is claimed by vendors '{}' and '{}'",
-                                c.vendors[o as usize].id, v.id
-                            ),
-                        ));
+                        let msg = match c.vendors.get(o as usize) {
+                            Some(other) => {
+                                format!("AS{a} is claimed by vendors '{}' and '{}'", other.id, v.id)
+                            }
+                            None => format!("AS{a} is listed twice under vendor '{}'", v.id),
+                        };
+                        return Err(SourceError::at(&path, &text, at, msg));
                     }
                     c.vendor_asns.push((a, idx));
                 }
@@ -277,18 +275,27 @@ impl Catalog {
             }
             for o in file.operator {
                 let at = locate(&format!("\"{}\"", o.id));
+                if c.operators.iter().any(|x| x.id == o.id) {
+                    return Err(SourceError::at(
+                        &path,
+                        &text,
+                        at,
+                        format!("operator '{}' is defined twice", o.id),
+                    ));
+                }
                 let idx = c.operators.len() as u32;
                 for &a in &o.asns {
                     if let Some(&(_, p)) = c.operator_asns.iter().find(|(x, _)| *x == a) {
-                        return Err(SourceError::at(
-                            &path,
-                            &text,
-                            at,
-                            format!(
+                        // `p` is this operator's own index when it lists an
+                        // ASN twice.
+                        let msg = match c.operators.get(p as usize) {
+                            Some(other) => format!(
                                 "AS{a} is listed under operators '{}' and '{}'",
-                                c.operators[p as usize].id, o.id
+                                other.id, o.id
                             ),
-                        ));
+                            None => format!("AS{a} is listed twice under operator '{}'", o.id),
+                        };
+                        return Err(SourceError::at(&path, &text, at, msg));
                     }
                     c.operator_asns.push((a, idx));
                 }
@@ -380,6 +387,36 @@ pub(crate) fn toml_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `bundle` fuzz target: an ASN listed twice in one entry
+    /// indexed past the end of the list being built.
+    #[test]
+    fn an_asn_listed_twice_in_one_entry_is_an_error_not_a_panic() {
+        let op = "[[operator]]\nid = \"x\"\nname = \"X\"\nparent = \"X\"\njurisdiction = \"CN\"\nevidence = \"e\"\nasns = [64500, 64500]\n";
+        let e = Catalog::from_sources([(PathBuf::from("operators/x.toml"), op.to_owned())])
+            .expect_err("duplicate ASN");
+        assert!(
+            e.to_string()
+                .contains("AS64500 is listed twice under operator 'x'"),
+            "{e}"
+        );
+        let single = op.replace("64500, 64500", "64500");
+        let twice = format!("{single}{}", single.replace("64500", "64501"));
+        let e = Catalog::from_sources([(PathBuf::from("operators/x.toml"), twice)])
+            .expect_err("duplicate operator");
+        assert!(
+            e.to_string().contains("operator 'x' is defined twice"),
+            "{e}"
+        );
+        let v = "[[vendor]]\nid = \"v\"\nname = \"V\"\njurisdiction = \"CN\"\nevidence = \"e\"\nasns = [64502, 64502]\n";
+        let e = Catalog::from_sources([(PathBuf::from("vendors/v.toml"), v.to_owned())])
+            .expect_err("duplicate ASN");
+        assert!(
+            e.to_string()
+                .contains("AS64502 is listed twice under vendor 'v'"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn shipped_catalog_loads_and_knows_agora() {
