@@ -64,7 +64,9 @@ pub(crate) struct EngineArgs {
     /// readable coloured log when it is a terminal).
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
-    /// Flows at most; more are refused and counted.
+    /// Flows at most; more are refused and counted. Each relayed flow holds
+    /// an open file: the bound is lowered to fit the open-files limit
+    /// (`ulimit -n`, hard) minus 256.
     #[arg(long, default_value_t = EngineConfig::default().max_flows)]
     max_flows: usize,
     #[command(flatten)]
@@ -93,7 +95,7 @@ impl EngineArgs {
     /// protected like the flows'; refusing an upstream under a blocked
     /// jurisdiction) and the engine.
     pub(crate) fn prepare(&self, protection: &Protection) -> anyhow::Result<Prepared> {
-        raise_fd_limit(self.max_flows);
+        let max_flows = raise_fd_limit(self.max_flows);
         let super::source::Loaded {
             policy,
             catalog,
@@ -107,7 +109,7 @@ impl EngineArgs {
         driver::dns::refuse_blocked(&policy, &intel, &upstream_ips)
             .map_err(|e| anyhow::anyhow!("{e} (--dns-upstream)"))?;
         let cfg = EngineConfig {
-            max_flows: self.max_flows,
+            max_flows,
             mtu: usize::from(self.mtu),
             ..EngineConfig::default()
         };
@@ -138,22 +140,18 @@ impl EngineArgs {
 }
 
 /// Each relayed flow holds an upstream socket: raises the soft limit on
-/// open files to the hard one, and says so when even that is below what
-/// `max_flows` flows need (beyond it, flows fail to open and are counted).
-fn raise_fd_limit(max_flows: usize) {
+/// open files to the hard one, and returns how many flows fit under it
+/// (256 descriptors kept for everything else).
+fn raise_fd_limit(max_flows: usize) -> usize {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
+        return max_flows;
     };
     if soft < hard {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
-    let want = max_flows as u64 + 256;
-    if hard < want {
-        eprintln!(
-            "geowall: at most {hard} open files (ulimit -n) for up to {max_flows} flows; flows beyond that fail to open"
-        );
-    }
+    let fit = usize::try_from(hard.saturating_sub(256)).unwrap_or(usize::MAX);
+    max_flows.min(fit.max(64))
 }
 
 /// What a status query reads: the engine's live numbers and the tally of
