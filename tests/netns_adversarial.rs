@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use geowall::engine::reply::{checksum, l4_checksum};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use support::{Net, addr, dns_query, echo, in_ns, sa, sd_rtn, tcp_exchange};
@@ -49,31 +50,9 @@ fn v4(ip: &str) -> Ipv4Addr {
 
 // ---- packets by hand -------------------------------------------------------
 
-fn csum(parts: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
-    let mut odd: Option<u8> = None;
-    for p in parts {
-        for &b in *p {
-            match odd.take() {
-                Some(h) => sum += u32::from(u16::from_be_bytes([h, b])),
-                None => odd = Some(b),
-            }
-        }
-    }
-    if let Some(h) = odd {
-        sum += u32::from(u16::from_be_bytes([h, 0]));
-    }
-    while sum > 0xFFFF {
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// A transport segment with its checksum over the IPv4 pseudo-header.
 fn l4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, mut seg: Vec<u8>, at: usize) -> Vec<u8> {
-    let len = (seg.len() as u16).to_be_bytes();
-    let pseudo = [&src.octets()[..], &dst.octets()[..], &[0, proto], &len[..]].concat();
-    let c = csum(&[&pseudo, &seg]);
+    let c = l4_checksum(src.into(), dst.into(), proto, &seg);
     seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
     seg
 }
@@ -118,7 +97,7 @@ fn ipv4(
     h.extend_from_slice(&[64, proto, 0, 0]);
     h.extend_from_slice(&src.octets());
     h.extend_from_slice(&dst.octets());
-    let c = csum(&[&h]);
+    let c = checksum(&h);
     h[10..12].copy_from_slice(&c.to_be_bytes());
     h.extend_from_slice(body);
     h
@@ -393,7 +372,7 @@ fn odd_packets_never_leave() {
         for kind in [3u8, 11] {
             let mut icmp = vec![kind, 0, 0, 0, 0, 0, 0, 0];
             icmp.extend_from_slice(&ipv4(dst, APP, 17, 1, 0, false, &[0; 8]));
-            let c = csum(&[&icmp]);
+            let c = checksum(&icmp);
             icmp[2..4].copy_from_slice(&c.to_be_bytes());
             p.push(ipv4(APP, dst, 1, 230, 0, false, &icmp));
         }

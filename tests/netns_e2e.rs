@@ -6,10 +6,10 @@
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use support::{Net, addr, echo, in_ns, sa, sd_rtn, tcp_exchange};
+use support::{Net, addr, echo, in_ns, sa, sd_rtn, tcp_exchange, udp_exchange};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -53,18 +53,6 @@ fn sni_reply(req: &[u8]) -> Vec<u8> {
 
 fn silent(_: &[u8]) -> Vec<u8> {
     Vec::new()
-}
-
-/// Sends one datagram and waits for one back.
-fn udp_exchange(to: SocketAddr, req: &[u8]) -> std::io::Result<Vec<u8>> {
-    let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-    let s = UdpSocket::bind(bind)?;
-    s.connect(to)?;
-    s.set_read_timeout(Some(Duration::from_millis(700)))?;
-    s.send(req)?;
-    let mut buf = vec![0u8; 65_536];
-    let n = s.recv(&mut buf)?;
-    Ok(buf[..n].to_vec())
 }
 
 /// One echo request from an unprivileged ping socket; the reply's data.
@@ -420,13 +408,7 @@ fn status_and_reload_work_against_a_running_instance() {
         assert!(udp_exchange(sa(addr::CN, 5004), &rtp(1)).is_err());
     });
     std::thread::sleep(Duration::from_millis(300));
-    let geowall = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_geowall"))
-            .args(args)
-            .args(["--tun", &net.tun])
-            .output()
-            .expect("geowall runs")
-    };
+    let geowall = |args: &[&str]| support::geowall_cli(&net, args);
     let out = geowall(&["status", "--json"]);
     assert!(
         out.status.success(),

@@ -8,14 +8,13 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
 use std::time::Duration;
 
 use geowall::policy::bundle;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use support::{Net, addr, dns_query, echo, in_ns, sa};
+use support::{Net, addr, dns_query, echo, in_ns, sa, udp_exchange_within};
 
 const POLICY: &str = r#"
 name = "faults"
@@ -27,6 +26,9 @@ action = "block"
 block = "reject"
 jurisdiction = { countries = ["CN", "HK", "MO"], layers = ["geo", "network"] }
 "#;
+
+/// How long a UDP exchange waits for its answer.
+const WAIT: Duration = Duration::from_secs(2);
 
 /// An echo server in the internet namespace that answers each read at
 /// once (for a connection that stays open while other things happen).
@@ -57,10 +59,7 @@ fn round_trip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
 }
 
 fn status(net: &Net) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_geowall"))
-        .args(["status", "--json", "--tun", &net.tun])
-        .output()
-        .expect("geowall status");
+    let out = support::geowall_cli(net, &["status", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -207,12 +206,7 @@ fn a_dead_or_slow_resolver_fails_only_dns() {
                 });
                 std::thread::sleep(Duration::from_millis(200));
                 // Meanwhile, other traffic flows.
-                let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
-                u.set_read_timeout(Some(Duration::from_secs(2)))
-                    .expect("timeout");
-                u.send_to(b"meanwhile", sa(addr::US, 7000)).expect("send");
-                let mut buf = [0u8; 64];
-                let during = u.recv_from(&mut buf).map(|(n, _)| buf[..n].to_vec());
+                let during = udp_exchange_within(sa(addr::US, 7000), b"meanwhile", WAIT);
                 (q.join().expect("query thread"), during)
             })
         });
@@ -249,13 +243,8 @@ fn a_slow_client_gets_everything_and_holds_up_no_one() {
         s.shutdown(std::net::Shutdown::Write).expect("fin");
         // Read nothing for two seconds; another flow meanwhile.
         std::thread::sleep(Duration::from_secs(1));
-        let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        u.set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("timeout");
-        u.send_to(b"other", sa(addr::US, 7000)).expect("send");
-        let mut buf = [0u8; 16];
-        let (n, _) = u.recv_from(&mut buf).expect("the other flow works");
-        assert_eq!(&buf[..n], b"other");
+        let other = udp_exchange_within(sa(addr::US, 7000), b"other", WAIT);
+        assert_eq!(other.expect("the other flow works"), b"other");
         std::thread::sleep(Duration::from_secs(1));
         let mut all = Vec::new();
         s.read_to_end(&mut all).expect("read");
@@ -324,12 +313,7 @@ fn bad_bundles_pushed_during_traffic_are_refused() {
         round_trip(&mut s, b"start").expect("echo");
         s
     });
-    let reload = || {
-        Command::new(env!("CARGO_BIN_EXE_geowall"))
-            .args(["reload", "--tun", &net.tun])
-            .output()
-            .expect("geowall reload")
-    };
+    let reload = || support::geowall_cli(&net, &["reload"]);
     let good = make(11, &blocks_us2, &key);
     let mut corrupt = make(12, &blocks_us2, &key);
     let mid = corrupt.len() / 2;
@@ -350,13 +334,7 @@ fn bad_bundles_pushed_during_traffic_are_refused() {
         round_trip(&mut open, what.as_bytes()).expect("the open connection is unaffected");
         // The old rules: US2 still allowed.
         let ok = in_ns(&app, || {
-            let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
-            u.set_read_timeout(Some(Duration::from_secs(2)))
-                .expect("timeout");
-            u.send_to(what.as_bytes(), sa(addr::US2, 7000))
-                .expect("send");
-            let mut buf = [0u8; 64];
-            u.recv_from(&mut buf).is_ok()
+            udp_exchange_within(sa(addr::US2, 7000), what.as_bytes(), WAIT).is_ok()
         });
         assert!(ok, "after the {what} bundle, the old rules still allow US2");
     }

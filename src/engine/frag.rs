@@ -247,18 +247,6 @@ impl Reassembler {
     }
 }
 
-/// The IPv4 header checksum.
-pub(crate) fn ipv4_checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = h
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xFFFF {
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// An unfragmented packet around a reassembled payload.
 fn rebuild(src: IpAddr, dst: IpAddr, proto: u8, payload: &[u8]) -> Vec<u8> {
     match (src, dst) {
@@ -269,7 +257,7 @@ fn rebuild(src: IpAddr, dst: IpAddr, proto: u8, payload: &[u8]) -> Vec<u8> {
             h.extend_from_slice(&[0, 0, 0, 0, 64, proto, 0, 0]);
             h.extend_from_slice(&s.octets());
             h.extend_from_slice(&d.octets());
-            let c = ipv4_checksum(&h);
+            let c = super::reply::checksum(&h);
             h[10..12].copy_from_slice(&c.to_be_bytes());
             h.extend_from_slice(payload);
             h

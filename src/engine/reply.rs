@@ -30,6 +30,11 @@ fn fold(mut acc: u32) -> u16 {
     !(acc as u16)
 }
 
+/// The Internet checksum of `data` (an IPv4 header, an ICMPv4 message).
+pub fn checksum(data: &[u8]) -> u16 {
+    fold(sum16(data, 0))
+}
+
 /// The Internet checksum of an upper-layer segment with its pseudo-header.
 pub fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> u16 {
     let mut acc = 0u32;
@@ -61,7 +66,7 @@ fn ip_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Option<Vec<u8>>
             h.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
             h.extend_from_slice(&s.octets());
             h.extend_from_slice(&d.octets());
-            let c = fold(sum16(&h, 0));
+            let c = checksum(&h);
             h[10..12].copy_from_slice(&c.to_be_bytes());
             Some(h)
         }
@@ -119,7 +124,7 @@ pub fn echo_reply(src: IpAddr, dst: IpAddr, ident: u16, seq: u16, data: &[u8]) -
     let c = if v6 {
         l4_checksum(src, dst, 58, &m)
     } else {
-        fold(sum16(&m, 0))
+        checksum(&m)
     };
     m[2..4].copy_from_slice(&c.to_be_bytes());
     let mut out = ip_header(src, dst, if v6 { 58 } else { 1 }, m.len())?;
@@ -195,7 +200,7 @@ pub fn unreachable(raw: &[u8]) -> Option<Vec<u8>> {
     let c = if v6 {
         l4_checksum(p.dst, p.src, 58, &m)
     } else {
-        fold(sum16(&m, 0))
+        checksum(&m)
     };
     m[2..4].copy_from_slice(&c.to_be_bytes());
     let mut out = ip_header(p.dst, p.src, if v6 { 58 } else { 1 }, m.len())?;
@@ -223,9 +228,9 @@ mod tests {
     fn checksum_ok(pkt: &[u8]) -> bool {
         let p = parse_ip(pkt).expect("parses");
         let l4 = p.l4;
-        let v4_header_ok = pkt[0] >> 4 != 4 || fold(sum16(&pkt[..20], 0)) == 0;
+        let v4_header_ok = pkt[0] >> 4 != 4 || checksum(&pkt[..20]) == 0;
         let l4_ok = match p.proto {
-            1 => fold(sum16(l4, 0)) == 0,
+            1 => checksum(l4) == 0,
             proto => l4_checksum(p.src, p.dst, proto, l4) == 0,
         };
         v4_header_ok && l4_ok

@@ -680,6 +680,39 @@ pub(crate) fn tcp_exchange(to: SocketAddr, req: &[u8]) -> std::io::Result<Vec<u8
     Ok(out)
 }
 
+/// Sends one datagram and waits up to `wait` for one back.
+pub(crate) fn udp_exchange_within(
+    to: SocketAddr,
+    req: &[u8],
+    wait: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(to)?;
+    s.set_read_timeout(Some(wait))?;
+    s.send(req)?;
+    let mut buf = vec![0u8; 65_536];
+    let n = s.recv(&mut buf)?;
+    Ok(buf[..n].to_vec())
+}
+
+/// Sends one datagram and waits (700 ms at most) for one back.
+pub(crate) fn udp_exchange(to: SocketAddr, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    udp_exchange_within(to, req, Duration::from_millis(700))
+}
+
+/// Runs `geowall ARGS --tun TUN` (status, reload) against this instance.
+pub(crate) fn geowall_cli(net: &Net, args: &[&str]) -> std::process::Output {
+    let Some(bin) = option_env!("CARGO_BIN_EXE_geowall") else {
+        panic!("geowall_cli needs the geowall binary (the root package's tests)")
+    };
+    Command::new(bin)
+        .args(args)
+        .args(["--tun", &net.tun])
+        .output()
+        .expect("geowall runs")
+}
+
 /// An SD-RTN-shaped probe naming an Agora edge (the vendor layer says CN
 /// wherever the address is).
 pub(crate) fn sd_rtn(host: &str) -> Vec<u8> {

@@ -809,7 +809,7 @@ fn data_on_the_syn_is_not_relayed_before_the_verdict() {
     let mut ip = vec![0x45, 0];
     ip.extend_from_slice(&((20 + t.len()) as u16).to_be_bytes());
     ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 200, 203, 0, 113, 5]);
-    let hc = super::super::frag::ipv4_checksum(&ip);
+    let hc = reply::checksum(&ip);
     ip[10..12].copy_from_slice(&hc.to_be_bytes());
     ip.extend_from_slice(&t);
     let mut outs = Vec::new();
