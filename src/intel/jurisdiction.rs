@@ -188,6 +188,19 @@ impl Intel {
         names: &[&'n str],
         protocol: Option<&'n str>,
     ) -> Jurisdiction<'_, 'n> {
+        self.jurisdiction_in(&self.catalog, ip, names, protocol)
+    }
+
+    /// Like [`Intel::jurisdiction`], with owners and vendors from `catalog`
+    /// instead of this one's: a policy is evaluated with the catalogs it
+    /// was compiled with (a rules bundle brings its own).
+    pub fn jurisdiction_in<'a, 'n>(
+        &'a self,
+        catalog: &'a Catalog,
+        ip: Option<IpAddr>,
+        names: &[&'n str],
+        protocol: Option<&'n str>,
+    ) -> Jurisdiction<'a, 'n> {
         let key = ip.map(lookup_key);
         let info = key.map(|k| self.world.lookup(k));
         let asn = info.and_then(|i| i.asn());
@@ -201,7 +214,7 @@ impl Intel {
                 geo: i.geo_sources(),
                 network: i.network_country(),
                 asn: i.asn(),
-                owner: i.asn().and_then(|a| self.catalog.operator_of(a)),
+                owner: i.asn().and_then(|a| catalog.operator_of(a)),
             }
         });
         // Only addresses the world knows nothing about can be local.
@@ -215,8 +228,8 @@ impl Intel {
             geo,
             network,
             asn,
-            owner: asn.and_then(|a| self.catalog.operator_of(a)),
-            vendor: self.catalog.vendor_of(names, asn, protocol),
+            owner: asn.and_then(|a| catalog.operator_of(a)),
+            vendor: catalog.vendor_of(names, asn, protocol),
             local,
         }
     }

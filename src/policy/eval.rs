@@ -281,7 +281,7 @@ impl Policy {
     pub fn evaluate<'p>(&'p self, intel: &Intel, f: &Facts<'_>) -> Verdict<'p> {
         let j = self
             .needs_intel
-            .then(|| intel.jurisdiction(f.dst, f.names, f.protocol));
+            .then(|| intel.jurisdiction_in(&self.catalog, f.dst, f.names, f.protocol));
         self.decide(f, j.as_ref())
     }
 
@@ -342,7 +342,7 @@ impl Policy {
         let f = Facts::dns(None, names, app);
         let j = self
             .needs_intel
-            .then(|| intel.jurisdiction(None, names, None));
+            .then(|| intel.jurisdiction_in(&self.catalog, None, names, None));
         self.rules
             .iter()
             .filter(|r| {
@@ -370,7 +370,7 @@ impl Policy {
         let f = Facts::dns(Some(ip), names, app);
         let j = self
             .needs_intel
-            .then(|| intel.jurisdiction(Some(ip), names, None));
+            .then(|| intel.jurisdiction_in(&self.catalog, Some(ip), names, None));
         for r in &self.rules {
             if r.action == Action::Log
                 || !r.has_address_conditions(&self.lists)

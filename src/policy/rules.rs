@@ -27,6 +27,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -404,6 +405,11 @@ pub struct Policy {
     /// DNS answers: blocked names, filtered addresses.
     pub dns: DnsSettings,
     pub(crate) needs_intel: bool,
+    /// The catalogs the policy was compiled against. Vendors and owners are
+    /// recognised with these while it is evaluated, so a policy swapped in
+    /// from a rules bundle uses the bundle's catalogs, not the ones the
+    /// firewall started with.
+    pub(crate) catalog: Arc<Catalog>,
 }
 
 /// The presets shipped in `rules/presets/`, compiled in.
@@ -417,6 +423,12 @@ pub const PRESETS: [(&str, &str); 3] = [
 ];
 
 impl Policy {
+    /// The catalogs this policy was compiled against, which its evaluation
+    /// uses to recognise vendors and owners.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     /// A shipped preset by name.
     pub fn preset(name: &str, catalog: &Catalog) -> Result<Self, SourceError> {
         let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
@@ -530,6 +542,7 @@ impl Policy {
             source: path.to_owned(),
             dns: raw.dns,
             needs_intel,
+            catalog: Arc::new(catalog.clone()),
         })
     }
 }

@@ -632,3 +632,42 @@ fn dns_address_filtering_ignores_the_flow_but_respects_allow_rules() {
             .is_none()
     );
 }
+
+/// A policy brings the catalogs it was compiled with: evaluated by an
+/// engine whose own catalogs predate it (a rules bundle swapped in at run
+/// time), it still recognises the vendors it names.
+#[test]
+fn a_policy_recognises_vendors_with_its_own_catalog() {
+    let vendor = r#"
+[[vendor]]
+id = "examplecorp"
+name = "Example Corp"
+jurisdiction = "CN"
+evidence = "a test vendor"
+domains = ["vendor.example"]
+sources = ["this test"]
+"#;
+    let mut sources: Vec<(PathBuf, String)> = crate::intel::catalog::SHIPPED
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), (*t).to_owned()))
+        .collect();
+    sources.push((PathBuf::from("extra/vendors.toml"), vendor.to_owned()));
+    let newer = Catalog::from_sources(sources).expect("catalog with the extra vendor");
+    let text = "name = 'bundle'\ndefault = 'allow'\n[[rule]]\nname = 'no-examplecorp'\naction = 'block'\nvendor = ['examplecorp']\n";
+    let p = Policy::parse(Path::new("bundle.toml"), text, None, &newer).expect("compiles");
+    // The engine's intel still has the shipped catalogs only.
+    let intel = fixture_intel();
+    assert!(intel.catalog().vendor("examplecorp").is_none());
+    let names = ["cdn.vendor.example"];
+    let f = Facts {
+        dst: ip("203.0.113.5"),
+        names: &names,
+        ..Facts::default()
+    };
+    let v = p.evaluate(&intel, &f);
+    assert!(v.is_block(), "blocked via the policy's catalog: {v:?}");
+    assert_eq!(v.rule.map(|r| r.1.name.as_str()), Some("no-examplecorp"));
+    // A policy compiled against the shipped catalogs cannot name it.
+    let err = Policy::parse(Path::new("old.toml"), text, None, &catalog()).expect_err("unknown");
+    assert!(err.to_string().contains("unknown vendor"), "{err}");
+}
