@@ -177,6 +177,9 @@ pub struct World {
     layout: Layout,
     counts: Counts,
     meta: WorldMeta,
+    /// Every [`TOP`]-th key of the v6 sample, built at load (a few KiB, so
+    /// the first steps of an IPv6 search stay in the fastest cache).
+    v6_top: Box<[u64]>,
 }
 
 impl std::fmt::Debug for World {
@@ -369,11 +372,13 @@ impl World {
         let (counts, layout) = check_frame(bytes, false)?;
         let meta: WorldMeta = serde_json::from_slice(&bytes[layout.meta.0..layout.meta.1])
             .map_err(|e| bad("meta", format!("not valid meta JSON: {e}")))?;
+        let v6_top = v6_top(bytes, &layout);
         Ok(Self {
             bytes: Bytes::Static(bytes),
             layout,
             counts,
             meta,
+            v6_top,
         })
     }
 
@@ -399,11 +404,13 @@ impl World {
         let data = bytes.as_slice();
         let (counts, layout) = check_frame(data, true)?;
         let meta = check_sections(data, &counts, &layout)?;
+        let v6_top = v6_top(data, &layout);
         Ok(Self {
             bytes,
             layout,
             counts,
             meta,
+            v6_top,
         })
     }
 
@@ -448,9 +455,7 @@ impl World {
     /// element read (the sections were validated at load).
     #[inline(always)]
     fn sec<const N: usize>(&self, r: (usize, usize)) -> &[[u8; N]] {
-        self.data()
-            .get(r.0..r.1)
-            .map_or(&[], |s| s.as_chunks::<N>().0)
+        sec(self.data(), r)
     }
 
     #[inline]
@@ -469,56 +474,57 @@ impl World {
 
     #[inline]
     fn record_v4(&self, x: u32) -> u32 {
-        let index = self.sec::<4>(self.layout.v4_index);
-        let entries = self.sec::<5>(self.layout.v4_entries);
+        let d = self.data();
+        let index = sec::<4>(d, self.layout.v4_index);
+        let entries = sec::<5>(d, self.layout.v4_entries);
         let b = (x >> 16) as usize;
         let at = |i: usize| index.get(i).map_or(0, |v| u32::from_le_bytes(*v) as usize);
         let (lo, hi) = (at(b), at(b + 1));
         let low = x as u16;
-        // Branchless search for the number of entries in [lo, hi) whose low
-        // key is <= `low`: no mispredictions, so the CPU overlaps
-        // independent lookups.
-        let pos = upper_bound(lo, hi.saturating_sub(lo), |i| {
+        // Past the end reads as the largest key (never, after validation).
+        let key = |i: usize| {
             entries
                 .get(i)
-                .is_some_and(|e| u16::from_le_bytes([e[0], e[1]]) <= low)
-        });
+                .map_or(u16::MAX, |e| u16::from_le_bytes([e[0], e[1]]))
+        };
+        // Number of entries in [lo, hi) whose low key is <= `low`.
+        let pos = upper_bound(lo, hi.saturating_sub(lo), |i| key(i) <= low);
         // Entry pos-1 is the last start <= x; when pos == lo it lies in an
         // earlier bucket, which is still the right answer.
-        match pos.checked_sub(1).and_then(|p| entries.get(p)) {
-            Some(e) => u32::from_le_bytes([e[2], e[3], e[4], 0]),
-            None => 0,
-        }
+        u24_at_entry(entries, pos.wrapping_sub(1))
     }
 
     #[inline]
     fn record_v6(&self, x: u128) -> u32 {
+        let d = self.data();
         let hi = (x >> 64) as u64;
         let stride = self.counts.stride as usize;
-        let sample = self.sec::<8>(self.layout.v6_sample);
-        let keys = self.sec::<8>(self.layout.v6_keys);
-        let le = |s: &[[u8; 8]], i: usize| s.get(i).is_some_and(|k| u64::from_le_bytes(*k) <= hi);
-        // Last sample <= hi, then the last key <= hi inside its block.
-        let s = upper_bound(0, sample.len(), |i| le(sample, i));
-        if s == 0 {
+        let sample = sec::<8>(d, self.layout.v6_sample);
+        let keys = sec::<8>(d, self.layout.v6_keys);
+        // The last top key <= hi, then the last sample <= hi in its block
+        // of TOP samples, then the last key <= hi in that sample's block.
+        let top = &self.v6_top;
+        let t = upper_bound(0, top.len(), |i| top.get(i).map_or(u64::MAX, |k| *k) <= hi);
+        if t == 0 {
             return 0;
         }
-        let start = (s - 1) * stride;
+        let first = (t - 1) * TOP;
+        let s = upper_bound(first, TOP.min(sample.len().saturating_sub(first)), |i| {
+            u64_at(sample, i) <= hi
+        });
+        let start = s.saturating_sub(1) * stride;
         let end = (start + stride).min(keys.len());
         // pos > start: the sample itself is <= hi.
-        let pos = upper_bound(start, end.saturating_sub(start), |i| le(keys, i));
-        let v = u24_at(self.sec::<3>(self.layout.v6_vals), pos.wrapping_sub(1));
+        let pos = upper_bound(start, end.saturating_sub(start), |i| u64_at(keys, i) <= hi);
+        let v = u24_at(sec::<3>(d, self.layout.v6_vals), pos.wrapping_sub(1));
         if v != FINE {
             return v;
         }
-        let fine = self.sec::<16>(self.layout.fine_keys);
+        let fine = sec::<16>(d, self.layout.fine_keys);
         let pos = upper_bound(0, fine.len(), |i| {
-            fine.get(i).is_some_and(|k| u128::from_le_bytes(*k) <= x)
+            fine.get(i).map_or(u128::MAX, |k| u128::from_le_bytes(*k)) <= x
         });
-        if pos == 0 {
-            return 0;
-        }
-        u24_at(self.sec::<3>(self.layout.fine_vals), pos - 1)
+        u24_at(sec::<3>(d, self.layout.fine_vals), pos.wrapping_sub(1))
     }
 
     /// Looks up many addresses, appending one answer per address to `out`,
@@ -558,7 +564,8 @@ impl World {
             v4.search(|k, m| {
                 entries
                     .get(m)
-                    .is_some_and(|e| u16::from_le_bytes([e[0], e[1]]) <= k as u16)
+                    .map_or(u16::MAX, |e| u16::from_le_bytes([e[0], e[1]]))
+                    <= k as u16
             });
             for i in 0..v4.n {
                 recs[v4.lane[i]] = match v4.first[i].checked_sub(1).and_then(|p| entries.get(p)) {
@@ -579,10 +586,7 @@ impl World {
             v6.first[i] = 0;
             v6.len[i] = sample.len();
         }
-        let le = |s: &[[u8; 8]], k: u128, m: usize| {
-            s.get(m)
-                .is_some_and(|v| u64::from_le_bytes(*v) <= (k >> 64) as u64)
-        };
+        let le = |s: &[[u8; 8]], k: u128, m: usize| u64_at(s, m) <= (k >> 64) as u64;
         v6.search(|k, m| le(sample, k, m));
         let mut none = [false; GROUP];
         for (i, none) in none.iter_mut().enumerate().take(v6.n) {
@@ -647,6 +651,39 @@ impl World {
     }
 }
 
+/// Section `r` of `d` as fixed-size elements (empty if out of range, which
+/// validation rules out).
+#[inline(always)]
+fn sec<const N: usize>(d: &[u8], r: (usize, usize)) -> &[[u8; N]] {
+    d.get(r.0..r.1).map_or(&[], |s| s.as_chunks::<N>().0)
+}
+
+/// The record of IPv4 entry `i`, or 0 (nothing known) past either end.
+#[inline(always)]
+fn u24_at_entry(s: &[[u8; 5]], i: usize) -> u32 {
+    s.get(i)
+        .map_or(0, |e| u32::from_le_bytes([e[2], e[3], e[4], 0]))
+}
+
+/// The v6 key or sample at `i`; past the end reads as the largest key
+/// (never, after validation).
+#[inline(always)]
+fn u64_at(s: &[[u8; 8]], i: usize) -> u64 {
+    s.get(i).map_or(u64::MAX, |k| u64::from_le_bytes(*k))
+}
+
+/// Samples per key of [`World`]'s top level of the IPv6 search.
+const TOP: usize = 16;
+
+/// Every [`TOP`]-th sampled v6 key of a checked file.
+fn v6_top(d: &[u8], l: &Layout) -> Box<[u64]> {
+    sec::<8>(d, l.v6_sample)
+        .iter()
+        .step_by(TOP)
+        .map(|k| u64::from_le_bytes(*k))
+        .collect()
+}
+
 /// The u24 at element `i`, or 0 (nothing known) past the end.
 #[inline(always)]
 fn u24_at(s: &[[u8; 3]], i: usize) -> u32 {
@@ -689,7 +726,11 @@ impl Lanes {
                 let probe = self.first[i] + half.max(1) - 1;
                 // Arithmetic select: a data-dependent branch here would be
                 // mispredicted half the time and serialise the lanes.
-                self.first[i] += half * usize::from(le(self.key[i], probe));
+                self.first[i] = std::hint::select_unpredictable(
+                    le(self.key[i], probe),
+                    self.first[i] + half,
+                    self.first[i],
+                );
                 self.len[i] -= half;
             }
             longest -= longest / 2;
@@ -708,10 +749,13 @@ fn upper_bound(first: usize, mut len: usize, le: impl Fn(usize) -> bool) -> usiz
     let mut base = first;
     while len > 1 {
         let half = len / 2;
-        base += half * usize::from(le(base + half - 1));
+        // A conditional move, not a branch: a data-dependent branch here
+        // is mispredicted half the time and stops the CPU from overlapping
+        // the memory accesses of independent lookups.
+        base = std::hint::select_unpredictable(le(base + half - 1), base + half, base);
         len -= half;
     }
-    base + usize::from(len == 1 && le(base))
+    base + usize::from(len == 1) * usize::from(le(base))
 }
 
 /// Checks magic, version, length and (with `crc`) the checksum; returns the
