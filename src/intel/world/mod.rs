@@ -458,7 +458,7 @@ impl World {
         sec(self.data(), r)
     }
 
-    #[inline]
+    #[inline(always)]
     fn info(&self, rec: u32) -> WorldInfo<'_> {
         let r = self
             .sec::<8>(self.layout.records)
@@ -472,20 +472,25 @@ impl World {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn record_v4(&self, x: u32) -> u32 {
         let d = self.data();
-        let index = sec::<4>(d, self.layout.v4_index);
         let entries = sec::<5>(d, self.layout.v4_entries);
+        // Sizes were validated at load; these guards keep every index below
+        // in bounds without a check per access.
+        let (Ok(index), Some(last)) = (
+            <&[[u8; 4]; V4_INDEX_LEN]>::try_from(sec::<4>(d, self.layout.v4_index)),
+            entries.len().checked_sub(1),
+        ) else {
+            return 0;
+        };
         let b = (x >> 16) as usize;
-        let at = |i: usize| index.get(i).map_or(0, |v| u32::from_le_bytes(*v) as usize);
-        let (lo, hi) = (at(b), at(b + 1));
+        let lo = u32::from_le_bytes(index[b]) as usize;
+        let hi = u32::from_le_bytes(index[b + 1]) as usize;
         let low = x as u16;
-        // Past the end reads as the largest key (never, after validation).
         let key = |i: usize| {
-            entries
-                .get(i)
-                .map_or(u16::MAX, |e| u16::from_le_bytes([e[0], e[1]]))
+            let e = entries[i.min(last)];
+            u16::from_le_bytes([e[0], e[1]])
         };
         // Number of entries in [lo, hi) whose low key is <= `low`.
         let pos = upper_bound(lo, hi.saturating_sub(lo), |i| key(i) <= low);
