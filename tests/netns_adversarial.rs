@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -43,6 +43,10 @@ domain = ["mail.google.com"]
 const UPSTREAM: &str = "198.51.100.53";
 /// The app's address on the TUN.
 const APP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+/// The app's IPv6 address on the TUN.
+const APP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff01, 0, 0, 0, 0, 2);
+/// A second US IPv6 server (names learned for one do not touch the other).
+const US6_2: &str = "2001:db8:1::20";
 
 fn v4(ip: &str) -> Ipv4Addr {
     ip.parse().expect("IPv4")
@@ -51,23 +55,35 @@ fn v4(ip: &str) -> Ipv4Addr {
 // ---- packets by hand -------------------------------------------------------
 
 /// A transport segment with its checksum over the IPv4 pseudo-header.
-fn l4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, mut seg: Vec<u8>, at: usize) -> Vec<u8> {
-    let c = l4_checksum(src.into(), dst.into(), proto, &seg);
+fn l4(src: IpAddr, dst: IpAddr, proto: u8, mut seg: Vec<u8>, at: usize) -> Vec<u8> {
+    let c = l4_checksum(src, dst, proto, &seg);
     seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
     seg
 }
 
-fn udp_seg(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+fn udp_seg(
+    src: impl Into<IpAddr>,
+    dst: impl Into<IpAddr>,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut s = Vec::new();
     s.extend_from_slice(&sport.to_be_bytes());
     s.extend_from_slice(&dport.to_be_bytes());
     s.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     s.extend_from_slice(&[0, 0]);
     s.extend_from_slice(payload);
-    l4(src, dst, 17, s, 6)
+    l4(src.into(), dst.into(), 17, s, 6)
 }
 
-fn tcp_syn_seg(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+fn tcp_syn_seg(
+    src: impl Into<IpAddr>,
+    dst: impl Into<IpAddr>,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut s = Vec::new();
     s.extend_from_slice(&sport.to_be_bytes());
     s.extend_from_slice(&dport.to_be_bytes());
@@ -75,7 +91,7 @@ fn tcp_syn_seg(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[
         0, 0, 0x10, 0, 0, 0, 0, 0, 0x50, 0x02, 0xFF, 0xFF, 0, 0, 0, 0,
     ]);
     s.extend_from_slice(payload);
-    l4(src, dst, 6, s, 16)
+    l4(src.into(), dst.into(), 6, s, 16)
 }
 
 /// An IPv4 packet: `frag` is the fragment offset in bytes, `more` the MF
@@ -103,44 +119,88 @@ fn ipv4(
     h
 }
 
-/// `seg` cut at the byte offsets `cuts` (multiples of 8) into fragments.
-fn fragments(dst: Ipv4Addr, proto: u8, id: u16, seg: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+/// The pieces of `seg` cut at the byte offsets `cuts` (multiples of 8):
+/// offset, bytes, and whether more follow.
+fn pieces<'a>(seg: &'a [u8], cuts: &[usize]) -> Vec<(usize, &'a [u8], bool)> {
     let mut bounds = vec![0];
     bounds.extend_from_slice(cuts);
     bounds.push(seg.len());
     bounds
         .windows(2)
-        .map(|w| {
-            ipv4(
-                APP,
-                dst,
-                proto,
-                id,
-                w[0],
-                w[1] < seg.len(),
-                &seg[w[0]..w[1]],
-            )
-        })
+        .map(|w| (w[0], &seg[w[0]..w[1]], w[1] < seg.len()))
         .collect()
 }
 
-/// Sends whole IPv4 packets from the app namespace (header included).
+/// `seg` cut at the byte offsets `cuts` (multiples of 8) into fragments.
+fn fragments(dst: Ipv4Addr, proto: u8, id: u16, seg: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    pieces(seg, cuts)
+        .into_iter()
+        .map(|(at, body, more)| ipv4(APP, dst, proto, id, at, more, body))
+        .collect()
+}
+
+/// Sends whole IP packets from the app namespace, headers included (raw
+/// IPPROTO_RAW sockets; the family from each packet's version).
 fn send_raw(app: &str, packets: &[Vec<u8>]) {
     in_ns(app, || {
-        let s = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::RAW,
-            Some(socket2::Protocol::from(255)),
-        )
-        .expect("raw socket");
-        s.set_broadcast(true).expect("broadcast");
+        let raw = |d| {
+            socket2::Socket::new(d, socket2::Type::RAW, Some(socket2::Protocol::from(255)))
+                .expect("raw socket")
+        };
+        let (v4, v6) = (raw(socket2::Domain::IPV4), raw(socket2::Domain::IPV6));
+        v4.set_broadcast(true).expect("broadcast");
         for p in packets {
-            let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-            let to = socket2::SockAddr::from(SocketAddrV4::new(dst, 0));
-            s.send_to(p, &to).expect("raw send");
+            let (s, to) = if p[0] >> 4 == 6 {
+                let d: [u8; 16] = p[24..40].try_into().expect("IPv6 header");
+                (&v6, SocketAddr::from((Ipv6Addr::from(d), 0)))
+            } else {
+                (
+                    &v4,
+                    SocketAddr::from((Ipv4Addr::new(p[16], p[17], p[18], p[19]), 0)),
+                )
+            };
+            s.send_to(p, &to.into()).expect("raw send");
             std::thread::sleep(Duration::from_millis(5));
         }
     });
+}
+
+/// An IPv6 packet carrying one fragment: `frag` is the fragment offset in
+/// bytes, `more` the M flag; `before` are extension headers placed ahead
+/// of the fragment header (their first byte, the next header, is set here).
+fn ipv6_fragment(
+    dst: Ipv6Addr,
+    proto: u8,
+    id: u32,
+    frag: usize,
+    more: bool,
+    before: &[u8],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&((before.len() + 8 + body.len()) as u16).to_be_bytes());
+    h.push(if before.is_empty() { 44 } else { 60 });
+    h.push(64);
+    h.extend_from_slice(&APP6.octets());
+    h.extend_from_slice(&dst.octets());
+    if !before.is_empty() {
+        h.push(44);
+        h.extend_from_slice(&before[1..]);
+    }
+    h.extend_from_slice(&[proto, 0]);
+    h.extend_from_slice(&(((frag as u16) & 0xFFF8) | u16::from(more)).to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(body);
+    h
+}
+
+/// `seg` cut at the byte offsets `cuts` (multiples of 8) into IPv6
+/// fragments.
+fn fragments6(dst: Ipv6Addr, proto: u8, id: u32, seg: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    pieces(seg, cuts)
+        .into_iter()
+        .map(|(at, body, more)| ipv6_fragment(dst, proto, id, at, more, &[], body))
+        .collect()
 }
 
 /// One datagram from the app; errors (no route, refused) are ignored by
@@ -330,6 +390,109 @@ fn fragments_are_judged_whole_or_not_at_all() {
             (addr::US, 17, 6000),
             (addr::US, 17, 6002),
             (addr::US, 6, 7000),
+        ],
+    );
+}
+
+/// The IPv6 twin of the fragments case: a tiny first fragment, fragments
+/// out of order, overlapping (dropped whole), never completed, an atomic
+/// fragment (RFC 6946), a fragment header behind a destination-options
+/// header, a TCP SYN in pieces and an SD-RTN probe whose signature sits in
+/// the later fragments. Reassembled before any verdict; nothing leaves as
+/// a fragment.
+#[test]
+fn ipv6_fragments_are_judged_whole_or_not_at_all() {
+    if !support::root_or_skip("ipv6_fragments_are_judged_whole_or_not_at_all") {
+        return;
+    }
+    let mut net = Net::new();
+    net.add_server_address(US6_2);
+    for ip in [addr::US6, addr::CN6] {
+        for port in 6300..=6305 {
+            net.udp_server(sa(ip, port), echo);
+        }
+        net.tcp_server(sa(ip, 7000), echo);
+    }
+    net.udp_server(sa(addr::US6, 6201), echo);
+    net.udp_server(sa(US6_2, 9999), echo);
+    start(&mut net);
+    let app = net.app.clone();
+    warm_up_ipv6(&app);
+    let payload: Vec<u8> = (0..64u8).collect();
+    let v6 = |s: &str| -> Ipv6Addr { s.parse().expect("IPv6") };
+    let (us, cn, us2) = (v6(addr::US6), v6(addr::CN6), v6(US6_2));
+
+    let mut p = Vec::new();
+    // Tiny first fragment (8 bytes: the UDP header and nothing else).
+    for (i, dst) in [us, cn].into_iter().enumerate() {
+        let seg = udp_seg(APP6, dst, 41_000, 6300, &payload);
+        p.extend(fragments6(dst, 17, 600 + i as u32, &seg, &[8, 40]));
+    }
+    // Out of order: last fragment first.
+    for (i, dst) in [us, cn].into_iter().enumerate() {
+        let seg = udp_seg(APP6, dst, 41_002, 6302, &payload);
+        let mut f = fragments6(dst, 17, 610 + i as u32, &seg, &[16, 48]);
+        f.reverse();
+        p.extend(f);
+    }
+    // Overlapping: the second fragment rewrites the destination port.
+    let seg = udp_seg(APP6, us, 41_001, 6301, &payload);
+    let mut rewritten = seg.clone();
+    rewritten[2..4].copy_from_slice(&6303u16.to_be_bytes());
+    p.push(ipv6_fragment(us, 17, 620, 0, true, &[], &seg[..24]));
+    p.push(ipv6_fragment(us, 17, 620, 0, true, &[], &rewritten[..16]));
+    p.push(ipv6_fragment(us, 17, 620, 24, false, &[], &seg[24..]));
+    // Never completed: the first fragment alone.
+    let seg = udp_seg(APP6, us, 41_003, 6303, &payload);
+    p.push(ipv6_fragment(us, 17, 630, 0, true, &[], &seg[..32]));
+    // Atomic fragments: offset 0, no more to come; judged as the datagram.
+    for (i, dst) in [us, cn].into_iter().enumerate() {
+        let seg = udp_seg(APP6, dst, 41_004, 6304, &payload);
+        p.push(ipv6_fragment(dst, 17, 640 + i as u32, 0, false, &[], &seg));
+    }
+    // A destination-options header (PadN) ahead of the fragment header.
+    let dest_opts = [0, 0, 1, 4, 0, 0, 0, 0];
+    let seg = udp_seg(APP6, cn, 41_005, 6305, &payload);
+    p.push(ipv6_fragment(cn, 17, 650, 0, true, &dest_opts, &seg[..8]));
+    p.push(ipv6_fragment(cn, 17, 650, 8, false, &dest_opts, &seg[8..]));
+    // A TCP SYN to CN whose first fragment (8 bytes) holds only the ports.
+    let syn = tcp_syn_seg(APP6, cn, 41_006, 7000, &[]);
+    p.extend(fragments6(cn, 6, 660, &syn, &[8]));
+    // Agora's SD-RTN probe to a US address, its signature only in the
+    // later fragments: seen whole, it is the vendor's, and blocked.
+    let probe = sd_rtn("104-166-161-75.edge.agora.io");
+    let seg = udp_seg(APP6, us2, 41_007, 9999, &probe);
+    p.extend(fragments6(us2, 17, 670, &seg, &[8, 16]));
+    send_raw(&app, &p);
+
+    // Allowed traffic still flows.
+    let r = in_ns(&app, || {
+        tcp_exchange(sa(addr::US6, 7000), b"after the IPv6 fragments")
+    });
+    assert_eq!(
+        r.expect("TCP to US over IPv6").as_slice(),
+        b"after the IPv6 fragments"
+    );
+    let mut blocked = vec![
+        (addr::CN6, 17, 6300),
+        (addr::CN6, 17, 6302),
+        (addr::US6, 17, 6301),
+        (addr::US6, 17, 6303),
+        (addr::CN6, 17, 6304),
+        (addr::CN6, 17, 6305),
+        (addr::CN6, 6, 7000),
+        (US6_2, 17, 9999),
+    ];
+    // Nothing of any kind, fragments included, to the blocked servers.
+    blocked.extend([(addr::CN6, 0, 0), (US6_2, 0, 0)]);
+    settle_and_check(
+        &net,
+        &blocked,
+        &[
+            (addr::US6, 17, 6300),
+            (addr::US6, 17, 6302),
+            (addr::US6, 17, 6304),
+            (addr::US6, 6, 7000),
         ],
     );
 }
