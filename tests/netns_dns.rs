@@ -6,6 +6,9 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
@@ -57,6 +60,7 @@ fn zone(name: &str, t: RecordType) -> Vec<Record> {
         ("meet.example.org", RecordType::A) => vec![rec(name, addr::CN), rec(name, addr::US)],
         ("meet.example.org", RecordType::AAAA) => vec![rec(name, addr::CN6), rec(name, addr::US6)],
         ("x.edge.agora.io", RecordType::A) => vec![rec(name, addr::US)],
+        ("ok.example", RecordType::A) => vec![rec(name, addr::US)],
         _ => Vec::new(),
     }
 }
@@ -160,7 +164,7 @@ fn queries_are_answered_filtered_and_attributed() {
         0
     );
     assert!(net.count(UPSTREAM, 17, 53) > 0, "the upstream was asked");
-    assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    assert!(served.load(Ordering::SeqCst) >= 3);
     assert_eq!(
         net.count(addr::US, 6, 7001),
         0,
@@ -209,5 +213,109 @@ fn an_upstream_under_a_blocked_jurisdiction_is_refused_at_start() {
     assert!(
         err.contains("refusing upstream resolver 203.0.113.10") && err.contains("layer"),
         "{err}"
+    );
+}
+
+// ---- DNS over TLS upstreams -------------------------------------------------
+
+fn dot_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/dot")
+        .join(name)
+}
+
+/// A DNS-over-TLS server on UPSTREAM:853 with the `dns.test` certificate
+/// of the test CA; counts the queries it answered.
+fn dot_server(net: &mut Net) -> Arc<AtomicUsize> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    net.add_server_address(UPSTREAM);
+    let certs = CertificateDer::pem_file_iter(dot_fixture("server.pem"))
+        .expect("server.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(dot_fixture("server.key")).expect("server.key");
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server TLS settings");
+    let cfg = Arc::new(cfg);
+    net.dns_stream_server(sa(&format!("{UPSTREAM}:853")), zone, move |tcp| {
+        let conn = rustls::ServerConnection::new(Arc::clone(&cfg)).ok()?;
+        Some(rustls::StreamOwned::new(conn, tcp))
+    })
+}
+
+/// Starts the DoT server and geowall with it as the upstream, trusting
+/// `ca`; asks for `ok.example` from the app. The network, the queries the
+/// server answered, and the app's answer.
+fn query_through_dot(ca: &str) -> (Net, Arc<AtomicUsize>, hickory_proto::op::Message) {
+    let mut net = Net::new();
+    let served = dot_server(&mut net);
+    let (policy, world) = net.policy_and_world(POLICY);
+    let ca = dot_fixture(ca);
+    net.start_geowall(
+        &world,
+        &[
+            "--policy",
+            policy.to_str().expect("utf-8"),
+            "--dns-upstream",
+            &format!("tls:{UPSTREAM}@dns.test"),
+            "--dns-ca",
+            ca.to_str().expect("utf-8"),
+        ],
+    );
+    let m = in_ns(&net.app, || {
+        dns_query(sa(APP_RESOLVER), "ok.example.", RecordType::A, false)
+    })
+    .expect("an answer");
+    (net, served, m)
+}
+
+/// A DNS-over-TLS upstream with a private CA (`--dns-ca`): the app's
+/// plain queries are answered through it, and nothing of DNS leaves in
+/// clear text.
+#[test]
+fn dns_over_tls_upstreams_answer_with_a_private_ca() {
+    if !support::root_or_skip("dns_over_tls_upstreams_answer_with_a_private_ca") {
+        return;
+    }
+    let (net, served, m) = query_through_dot("ca.pem");
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&m), vec![addr::US.parse::<IpAddr>().expect("ip")]);
+    assert!(
+        served.load(Ordering::SeqCst) >= 1,
+        "the DoT server answered"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(net.count(UPSTREAM, 6, 853) > 0, "queries went over TLS");
+    for proto in [6, 17] {
+        assert_eq!(net.count(UPSTREAM, proto, 53), 0, "no clear-text DNS");
+    }
+}
+
+/// The same upstream when only an unrelated CA is trusted: the
+/// certificate is refused, no query is sent, and the app gets SERVFAIL.
+#[test]
+fn a_dns_over_tls_upstream_with_an_untrusted_certificate_gets_no_query() {
+    if !support::root_or_skip("a_dns_over_tls_upstream_with_an_untrusted_certificate_gets_no_query")
+    {
+        return;
+    }
+    let (net, served, m) = query_through_dot("other-ca.pem");
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert!(addresses(&m).is_empty());
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        0,
+        "no query reached the server"
+    );
+    assert!(
+        net.count(UPSTREAM, 6, 853) > 0,
+        "the TLS handshake was tried (else the case proves nothing)"
     );
 }

@@ -440,7 +440,8 @@ impl Running {
                 .map(|s| s.parse().map_err(config_error))
                 .collect::<Result<Vec<_>, _>>()?
         };
-        let (resolver, ips) = driver::dns::build(&upstreams, &protection).map_err(config_error)?;
+        let (resolver, ips) =
+            driver::dns::build(&upstreams, &protection, &[]).map_err(config_error)?;
         driver::dns::refuse_blocked(&rules.policy.current(), &rules.intel, &ips)
             .map_err(config_error)?;
         let mtu = cfg.mtu.unwrap_or(1500);

@@ -60,6 +60,11 @@ pub(crate) struct EngineArgs {
     /// a jurisdiction the policy blocks is refused at start.
     #[arg(long = "dns-upstream", value_name = "SPEC", default_value = "system")]
     dns_upstream: Vec<driver::dns::Upstream>,
+    /// A PEM file of certificate authorities trusted for `tls:` and
+    /// `https:` upstreams besides the public ones, for a resolver with a
+    /// private CA (repeatable).
+    #[arg(long = "dns-ca", value_name = "FILE")]
+    dns_ca: Vec<PathBuf>,
     /// Write decisions as JSON lines to FILE (`-`: standard output, as a
     /// readable coloured log when it is a terminal).
     #[arg(long, value_name = "FILE")]
@@ -104,8 +109,14 @@ impl EngineArgs {
             sequence,
         } = self.rules.load(true)?;
         let intel = Intel::new(world, Arc::new(catalog));
+        let mut extra_roots = Vec::new();
+        for f in &self.dns_ca {
+            extra_roots
+                .extend(driver::dns::read_ca(f).map_err(|e| anyhow::anyhow!("{e} (--dns-ca)"))?);
+        }
         let (resolver, upstream_ips) =
-            driver::dns::build(&self.dns_upstream, protection).map_err(anyhow::Error::msg)?;
+            driver::dns::build(&self.dns_upstream, protection, &extra_roots)
+                .map_err(anyhow::Error::msg)?;
         driver::dns::refuse_blocked(&policy, &intel, &upstream_ips)
             .map_err(|e| anyhow::anyhow!("{e} (--dns-upstream)"))?;
         let cfg = EngineConfig {

@@ -1,12 +1,15 @@
 //! The resolver behind the engine's DNS: hickory, with upstreams given as
 //! `system` (`/etc/resolv.conf`), `udp:IP[:PORT]`, `tcp:IP[:PORT]`,
 //! `tls:IP[:PORT]@NAME` (DNS over TLS) or `https:IP[:PORT]@NAME` (DNS over
-//! HTTPS).
+//! HTTPS). Certificates of `tls:` and `https:` upstreams are checked
+//! against the public authorities (webpki-roots) and any extra authorities
+//! given with [`read_ca`] (a resolver with a private CA).
 
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -22,6 +25,9 @@ use hickory_resolver::net::runtime::{
     RuntimeProvider, TokioHandle, TokioRuntimeProvider, TokioTime,
 };
 use hickory_resolver::net::{DnsError, NetError};
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use super::protect::Protection;
 use crate::engine::dns::Resolved;
@@ -195,6 +201,7 @@ pub fn refuse_blocked(
 pub fn build(
     upstreams: &[Upstream],
     protection: &Protection,
+    extra_roots: &[CertificateDer<'static>],
 ) -> Result<(Resolver, Vec<IpAddr>), String> {
     let mut servers = Vec::new();
     let mut opts = ResolverOpts::default();
@@ -243,11 +250,52 @@ pub fn build(
         inner: TokioRuntimeProvider::default(),
         protection: protection.clone(),
     };
-    let r = hickory_resolver::Resolver::builder_with_config(cfg, runtime)
-        .with_options(opts)
+    let mut builder =
+        hickory_resolver::Resolver::builder_with_config(cfg, runtime).with_options(opts);
+    if !extra_roots.is_empty() {
+        builder = builder.with_tls_config(tls_config(extra_roots)?);
+    }
+    let r = builder
         .build()
         .map_err(|e| format!("cannot build the resolver: {e}"))?;
     Ok((r, ips))
+}
+
+/// The certificates of a PEM file of certificate authorities, to trust
+/// for `tls:` and `https:` upstreams besides the public ones.
+///
+/// # Errors
+/// The file cannot be read, is not PEM, or holds no certificate; the
+/// message names the file.
+pub fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no certificate in it (expected PEM blocks '-----BEGIN CERTIFICATE-----')",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// TLS settings for the upstreams: the public authorities and `extra`.
+fn tls_config(extra: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for (i, c) in extra.iter().enumerate() {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("extra certificate authority {}: {e}", i + 1))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Resolves `name` for `rtype`: the answer section, or the negative
@@ -279,6 +327,47 @@ pub async fn resolve(r: &Resolver, name: Name, rtype: RecordType) -> Option<Reso
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/dot")
+            .join(name)
+    }
+
+    /// Extra authorities: a PEM file with one certificate is read and goes
+    /// into the TLS settings; every way a file can be wrong is an error
+    /// naming it.
+    #[test]
+    fn extra_certificate_authorities_are_read_or_refused_with_the_file() {
+        let ca = read_ca(&fixture("ca.pem")).expect("the test CA");
+        assert_eq!(ca.len(), 1);
+        tls_config(&ca).expect("TLS settings with the test CA");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cases: [(&str, &[u8], &str); 3] = [
+            ("empty.pem", b"", "no certificate"),
+            (
+                "key.pem",
+                b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                "no certificate",
+            ),
+            (
+                "bad.pem",
+                b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                "not a PEM",
+            ),
+        ];
+        for (name, text, want) in cases {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write");
+            let e = read_ca(&p).expect_err(name);
+            assert!(e.contains(want) && e.contains(name), "{name}: {e}");
+        }
+        let e = read_ca(&dir.path().join("missing.pem")).expect_err("missing");
+        assert!(
+            e.contains("cannot read") && e.contains("missing.pem"),
+            "{e}"
+        );
+    }
 
     struct Count(AtomicUsize);
     impl crate::driver::SocketProtector for Count {
@@ -324,7 +413,7 @@ mod tests {
             .build()
             .expect("runtime");
         let got = rt.block_on(async {
-            let (r, ips) = build(&[Upstream::Udp(at)], &prot).expect("resolver");
+            let (r, ips) = build(&[Upstream::Udp(at)], &prot, &[]).expect("resolver");
             assert_eq!(ips, vec![at.ip()]);
             resolve(
                 &r,

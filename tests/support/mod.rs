@@ -586,30 +586,66 @@ impl Net {
                 }
             }
         }));
-        let s2 = served.clone();
+        self.stream_thread(t, zone, served.clone(), Some);
+        served
+    }
+
+    /// A DNS server over a stream (two-byte length framing) in the
+    /// internet namespace on `at`: `wrap` turns each accepted connection
+    /// into the stream spoken on (TLS, say). It counts the queries it
+    /// answered.
+    pub(crate) fn dns_stream_server<S: Read + Write>(
+        &mut self,
+        at: SocketAddr,
+        zone: Zone,
+        wrap: impl Fn(std::net::TcpStream) -> Option<S> + Send + 'static,
+    ) -> Arc<AtomicUsize> {
+        let served = Arc::new(AtomicUsize::new(0));
+        let t = in_ns(&self.net, || {
+            TcpListener::bind(at).expect("bind dns stream")
+        });
+        t.set_nonblocking(true).expect("nonblocking");
+        self.stream_thread(t, zone, served.clone(), wrap);
+        served
+    }
+
+    /// Accepts connections on `t` until the stop flag, answering framed
+    /// queries from `zone` on each, one connection at a time.
+    fn stream_thread<S: Read + Write>(
+        &mut self,
+        t: TcpListener,
+        zone: Zone,
+        served: Arc<AtomicUsize>,
+        wrap: impl Fn(std::net::TcpStream) -> Option<S> + Send + 'static,
+    ) {
+        let stop = self.stop.clone();
         self.threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                let Ok((mut c, _)) = t.accept() else {
+                let Ok((c, _)) = t.accept() else {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
                 let _ = c.set_nonblocking(false);
                 let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let Some(mut c) = wrap(c) else {
+                    continue;
+                };
                 let mut len = [0u8; 2];
                 while c.read_exact(&mut len).is_ok() {
                     let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
                     if c.read_exact(&mut q).is_err() {
                         break;
                     }
-                    s2.fetch_add(1, Ordering::SeqCst);
+                    served.fetch_add(1, Ordering::SeqCst);
                     if let Some(a) = zone_answer(&q, zone) {
-                        let _ = c.write_all(&(a.len() as u16).to_be_bytes());
-                        let _ = c.write_all(&a);
+                        let mut framed = (a.len() as u16).to_be_bytes().to_vec();
+                        framed.extend_from_slice(&a);
+                        let _ = c.write_all(&framed);
+                        let _ = c.flush();
                     }
                 }
             }
         }));
-        served
     }
 }
 
