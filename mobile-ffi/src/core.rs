@@ -91,6 +91,9 @@ pub struct Config {
     /// `tcp:IP[:PORT]`, `tls:IP[:PORT]@NAME`, `https:IP[:PORT]@NAME`.
     /// Default `system` (`/etc/resolv.conf`; phones have none: give one).
     pub dns_upstreams: Vec<String>,
+    /// Certificate authorities (PEM text) trusted for `tls:` and `https:`
+    /// upstreams besides the public ones: a resolver with a private CA.
+    pub dns_ca: Vec<String>,
     /// The TUN's MTU (default 1500).
     pub mtu: Option<u16>,
     /// Flows at most (default: the engine's).
@@ -440,8 +443,15 @@ impl Running {
                 .map(|s| s.parse().map_err(config_error))
                 .collect::<Result<Vec<_>, _>>()?
         };
+        let mut roots = Vec::new();
+        for (i, pem) in cfg.dns_ca.iter().enumerate() {
+            roots.extend(
+                driver::dns::parse_ca(pem.as_bytes(), &format!("dns_ca[{i}]"))
+                    .map_err(config_error)?,
+            );
+        }
         let (resolver, ips) =
-            driver::dns::build(&upstreams, &protection, &[]).map_err(config_error)?;
+            driver::dns::build(&upstreams, &protection, &roots).map_err(config_error)?;
         driver::dns::refuse_blocked(&rules.policy.current(), &rules.intel, &ips)
             .map_err(config_error)?;
         let mtu = cfg.mtu.unwrap_or(1500);

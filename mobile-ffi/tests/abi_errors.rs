@@ -164,6 +164,36 @@ fn invalid_utf8_and_json_are_errors() {
             GeowallStatus::InvalidConfig
         );
         assert!(last_error().contains("1280"), "{}", last_error());
+        // An extra certificate authority that is not PEM, or holds none.
+        for (bad, want) in [
+            ("not pem at all", "dns_ca[0]: no certificate"),
+            (
+                "-----BEGIN CERTIFICATE-----\\n!!\\n-----END CERTIFICATE-----\\n",
+                "dns_ca[0]: not a PEM",
+            ),
+        ] {
+            let cfg = c(&format!(
+                "{{\"dns_upstreams\": [\"tls:192.0.2.53@dns.test\"], \"dns_ca\": [\"{bad}\"]}}"
+            ));
+            assert_eq!(
+                geowall_start(fd, cfg.as_ptr(), ptr::null(), &raw mut h),
+                GeowallStatus::InvalidConfig,
+                "{bad}"
+            );
+            assert!(last_error().contains(want), "{bad}: {}", last_error());
+        }
+        // A good one passes the configuration (and then /dev/null is no TUN).
+        let ca = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/dot/ca.pem"),
+        )
+        .expect("test CA");
+        let cfg = c(&serde_json::json!({
+            "dns_upstreams": ["tls:192.0.2.53@dns.test"],
+            "dns_ca": [ca],
+        })
+        .to_string());
+        let s = geowall_start(fd, cfg.as_ptr(), ptr::null(), &raw mut h);
+        assert_eq!(s, GeowallStatus::Io, "{}", last_error());
         // Not a TUN: an error, not a crash.
         let cfg = c("{\"dns_upstreams\": [\"udp:192.0.2.53\"]}");
         let s = geowall_start(fd, cfg.as_ptr(), ptr::null(), &raw mut h);

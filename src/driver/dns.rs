@@ -269,13 +269,21 @@ pub fn build(
 /// message names the file.
 pub fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    parse_ca(&bytes, &path.display().to_string())
+}
+
+/// The certificates of PEM text (`what` names it in errors), as
+/// [`read_ca`] reads them from a file.
+///
+/// # Errors
+/// Not PEM, or no certificate in it.
+pub fn parse_ca(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+        .map_err(|e| format!("{what}: not a PEM certificate file: {e}"))?;
     if certs.is_empty() {
         return Err(format!(
-            "{}: no certificate in it (expected PEM blocks '-----BEGIN CERTIFICATE-----')",
-            path.display()
+            "{what}: no certificate in it (expected PEM blocks '-----BEGIN CERTIFICATE-----')"
         ));
     }
     Ok(certs)
