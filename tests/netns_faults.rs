@@ -1,13 +1,14 @@
 //! Faults (root only; skips otherwise): a flood of new flows, a resolver
 //! that is down or slow, a slow client, rules bundles that are corrupt,
-//! truncated, rolled back or wrongly signed pushed during traffic, and the
-//! TUN removed under the engine. (SIGKILL mid-transfer is in
+//! truncated, rolled back or wrongly signed pushed during traffic, a valid
+//! one bringing a vendor of its own, and the TUN removed under the engine. (SIGKILL mid-transfer is in
 //! `netns_e2e.rs`.) See `SECURITY.md`.
 
 mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use geowall::policy::bundle;
@@ -258,6 +259,129 @@ fn a_slow_client_gets_everything_and_holds_up_no_one() {
     );
 }
 
+/// Starts geowall on a bundle of [`POLICY`] (sequence 10) signed by `key`,
+/// trusting only `key`; the bundle file's path (rewrite it and run
+/// `geowall reload` to update).
+fn start_on_bundle(net: &mut Net, world: &Path, key: &bundle::SigningKey) -> PathBuf {
+    let dir = net.dir.path().to_owned();
+    let pubkey = dir.join("key.pub");
+    std::fs::write(&pubkey, bundle::key_hex(key.verifying_key().as_bytes())).expect("key");
+    let live = dir.join("rules.gwb");
+    std::fs::write(&live, signed_bundle(&dir, 10, POLICY, &[], key)).expect("bundle");
+    net.start_geowall(
+        world,
+        &[
+            "--bundle",
+            live.to_str().expect("utf-8"),
+            "--pubkey",
+            pubkey.to_str().expect("utf-8"),
+        ],
+    );
+    live
+}
+
+/// A bundle of `policy` with sequence `seq`, valid for an hour, signed by
+/// `key`; with `vendors` (file name, TOML) as its vendor catalog, or the
+/// shipped one when empty.
+fn signed_bundle(
+    dir: &Path,
+    seq: u64,
+    policy: &str,
+    vendors: &[(&str, &str)],
+    key: &bundle::SigningKey,
+) -> Vec<u8> {
+    let d = dir.join(format!("src{seq}"));
+    std::fs::create_dir_all(&d).expect("mkdir");
+    std::fs::write(d.join("policy.toml"), policy).expect("policy");
+    if !vendors.is_empty() {
+        std::fs::create_dir_all(d.join("vendors")).expect("mkdir vendors");
+        for (name, text) in vendors {
+            std::fs::write(d.join("vendors").join(name), text).expect("vendor file");
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    bundle::sign(
+        &bundle::build(&d, seq, now - 60, now + 3_600).expect("build"),
+        key,
+    )
+    .expect("sign")
+}
+
+/// A bundle that brings a vendor of its own, pushed with `geowall reload`:
+/// the running engine recognises the vendor from then on (by the name in a
+/// TLS ClientHello) and blocks it, while other names still pass.
+#[test]
+fn a_reloaded_bundle_brings_its_own_vendors() {
+    if !support::root_or_skip("a_reloaded_bundle_brings_its_own_vendors") {
+        return;
+    }
+    let mut net = Net::new();
+    let (_, world) = net.policy_and_world(POLICY);
+    net.tcp_server(sa(addr::US, 7000), echo);
+    net.tcp_server(sa(addr::US2, 7001), echo);
+    let dir = net.dir.path().to_owned();
+    let key = bundle::SigningKey::from_bytes(&[7; 32]);
+    let live = start_on_bundle(&mut net, &world, &key);
+    let app = net.app.clone();
+    let hello = support::client_hello("cdn.vendor.test");
+    let got = in_ns(&app, || support::tcp_exchange(sa(addr::US, 7000), &hello));
+    assert_eq!(got.expect("allowed before the update"), hello);
+
+    let shipped = geowall::intel::catalog::SHIPPED
+        .iter()
+        .find(|(p, _)| p.contains("vendors"))
+        .map(|(_, t)| *t)
+        .expect("shipped vendors");
+    let extra = r#"
+[[vendor]]
+id = "testvendor"
+name = "Test Vendor"
+jurisdiction = "CN"
+evidence = "a vendor only this bundle knows"
+domains = ["vendor.test"]
+sources = ["this test"]
+"#;
+    let policy = format!(
+        "{POLICY}\n[[rule]]\nname = \"no testvendor\"\naction = \"block\"\nblock = \"reject\"\nvendor = [\"testvendor\"]\n"
+    );
+    let update = signed_bundle(
+        &dir,
+        11,
+        &policy,
+        &[("vendors.toml", shipped), ("extra.toml", extra)],
+        &key,
+    );
+    std::fs::write(&live, update).expect("write");
+    let out = support::geowall_cli(&net, &["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let before = net.count(addr::US, 6, 7000);
+    let got = in_ns(&app, || support::tcp_exchange(sa(addr::US, 7000), &hello));
+    assert!(
+        got.is_err() || got.as_ref().is_ok_and(Vec::is_empty),
+        "the bundle's vendor is blocked: {got:?}"
+    );
+    // Another name still passes (the block is the vendor's, not a
+    // breakage); at another address, since names seen for one are
+    // remembered for its later flows.
+    let other = support::client_hello("cdn.other.test");
+    let got = in_ns(&app, || support::tcp_exchange(sa(addr::US2, 7001), &other));
+    assert_eq!(got.expect("another name passes"), other);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        net.count(addr::US, 6, 7000),
+        before,
+        "no packet of the blocked flow reached the server"
+    );
+}
+
 /// Bundles pushed with `geowall reload` while a connection is open: a
 /// corrupt, a truncated, a rolled-back and a wrongly signed one are refused
 /// and the running rules stay; the open connection never notices; a newer
@@ -273,37 +397,14 @@ fn bad_bundles_pushed_during_traffic_are_refused() {
     net.udp_server(sa(addr::US2, 7000), echo);
     let dir = net.dir.path().to_owned();
     let key = bundle::SigningKey::from_bytes(&[5; 32]);
-    let pubkey = dir.join("key.pub");
-    std::fs::write(&pubkey, bundle::key_hex(key.verifying_key().as_bytes())).expect("key");
     let make = |seq: u64, policy: &str, key: &bundle::SigningKey| {
-        let d = dir.join(format!("src{seq}"));
-        std::fs::create_dir_all(&d).expect("mkdir");
-        std::fs::write(d.join("policy.toml"), policy).expect("policy");
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
-        bundle::sign(
-            &bundle::build(&d, seq, now - 60, now + 3_600).expect("build"),
-            key,
-        )
-        .expect("sign")
+        signed_bundle(&dir, seq, policy, &[], key)
     };
     let blocks_us2 = format!(
         "{POLICY}\n[[rule]]\nname = \"no US2\"\naction = \"block\"\ncidr = [\"{}/32\"]\n",
         addr::US2
     );
-    let live = dir.join("rules.gwb");
-    std::fs::write(&live, make(10, POLICY, &key)).expect("bundle");
-    net.start_geowall(
-        &world,
-        &[
-            "--bundle",
-            live.to_str().expect("utf-8"),
-            "--pubkey",
-            pubkey.to_str().expect("utf-8"),
-        ],
-    );
+    let live = start_on_bundle(&mut net, &world, &key);
     let app = net.app.clone();
     let mut open = in_ns(&app, || {
         let mut s = TcpStream::connect_timeout(&sa(addr::US, 7000), Duration::from_secs(3))
