@@ -216,7 +216,32 @@ fn an_upstream_under_a_blocked_jurisdiction_is_refused_at_start() {
     );
 }
 
-// ---- DNS over TLS upstreams -------------------------------------------------
+// ---- DNS over TLS and over HTTPS upstreams ---------------------------------
+
+/// How geowall reaches its upstream in these cases.
+#[derive(Clone, Copy)]
+enum Encrypted {
+    /// DNS over TLS, port 853.
+    Tls,
+    /// DNS over HTTPS (HTTP/2, POST /dns-query), port 443.
+    Https,
+}
+
+impl Encrypted {
+    fn port(self) -> u16 {
+        match self {
+            Encrypted::Tls => 853,
+            Encrypted::Https => 443,
+        }
+    }
+
+    fn spec(self) -> String {
+        match self {
+            Encrypted::Tls => format!("tls:{UPSTREAM}@dns.test"),
+            Encrypted::Https => format!("https:{UPSTREAM}@dns.test"),
+        }
+    }
+}
 
 fn dot_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -224,18 +249,16 @@ fn dot_fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A DNS-over-TLS server on UPSTREAM:853 with the `dns.test` certificate
-/// of the test CA; counts the queries it answered.
-fn dot_server(net: &mut Net) -> Arc<AtomicUsize> {
+/// Server TLS settings with the `dns.test` certificate of the test CA.
+fn server_tls(alpn: &[&[u8]]) -> rustls::ServerConfig {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    net.add_server_address(UPSTREAM);
     let certs = CertificateDer::pem_file_iter(dot_fixture("server.pem"))
         .expect("server.pem")
         .collect::<Result<Vec<_>, _>>()
         .expect("certificates");
     let key = PrivateKeyDer::from_pem_file(dot_fixture("server.key")).expect("server.key");
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -243,19 +266,98 @@ fn dot_server(net: &mut Net) -> Arc<AtomicUsize> {
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .expect("server TLS settings");
-    let cfg = Arc::new(cfg);
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg
+}
+
+/// A DNS-over-TLS server on UPSTREAM:853; counts the queries it answered.
+fn dot_server(net: &mut Net) -> Arc<AtomicUsize> {
+    let cfg = Arc::new(server_tls(&[]));
     net.dns_stream_server(sa(&format!("{UPSTREAM}:853")), zone, move |tcp| {
         let conn = rustls::ServerConnection::new(Arc::clone(&cfg)).ok()?;
         Some(rustls::StreamOwned::new(conn, tcp))
     })
 }
 
-/// Starts the DoT server and geowall with it as the upstream, trusting
-/// `ca`; asks for `ok.example` from the app. The network, the queries the
-/// server answered, and the app's answer.
-fn query_through_dot(ca: &str) -> (Net, Arc<AtomicUsize>, hickory_proto::op::Message) {
+/// A DNS-over-HTTPS server on UPSTREAM:443 (HTTP/2 over TLS, queries as
+/// POST bodies, RFC 8484); counts the queries it answered. Runs until the
+/// network is dropped.
+fn doh_server(net: &Net) -> Arc<AtomicUsize> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(&[b"h2"])));
+    let listener = in_ns(&net.net, || {
+        std::net::TcpListener::bind(sa(&format!("{UPSTREAM}:443"))).expect("bind doh")
+    });
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (stop, served) = (net.stopping(), Arc::new(AtomicUsize::new(0)));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(Ok((tcp, _))) =
+                    tokio::time::timeout(Duration::from_millis(50), l.accept()).await
+                else {
+                    continue;
+                };
+                let (acceptor, counter) = (acceptor.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut conn) = h2::server::handshake(tls).await else {
+                        return;
+                    };
+                    while let Some(Ok((req, respond))) = conn.accept().await {
+                        tokio::spawn(answer_doh(req, respond, counter.clone()));
+                    }
+                });
+            }
+        });
+    });
+    served
+}
+
+/// Answers one DNS-over-HTTPS request from the zone.
+async fn answer_doh(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    served: Arc<AtomicUsize>,
+) {
+    let mut body = req.into_body();
+    let mut q = Vec::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        q.extend_from_slice(&chunk);
+    }
+    served.fetch_add(1, Ordering::SeqCst);
+    let a = support::zone_answer(&q, zone).unwrap_or_default();
+    let Ok(head) = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/dns-message")
+        .header("content-length", a.len())
+        .body(())
+    else {
+        return;
+    };
+    if let Ok(mut send) = respond.send_response(head, false) {
+        let _ = send.send_data(bytes::Bytes::from(a), true);
+    }
+}
+
+/// Starts the encrypted upstream and geowall with it, trusting `ca`; asks
+/// for `ok.example` from the app. The network, the queries the server
+/// answered, and the app's answer.
+fn query_through(how: Encrypted, ca: &str) -> (Net, Arc<AtomicUsize>, hickory_proto::op::Message) {
     let mut net = Net::new();
-    let served = dot_server(&mut net);
+    net.add_server_address(UPSTREAM);
+    let served = match how {
+        Encrypted::Tls => dot_server(&mut net),
+        Encrypted::Https => doh_server(&net),
+    };
     let (policy, world) = net.policy_and_world(POLICY);
     let ca = dot_fixture(ca);
     net.start_geowall(
@@ -264,7 +366,7 @@ fn query_through_dot(ca: &str) -> (Net, Arc<AtomicUsize>, hickory_proto::op::Mes
             "--policy",
             policy.to_str().expect("utf-8"),
             "--dns-upstream",
-            &format!("tls:{UPSTREAM}@dns.test"),
+            &how.spec(),
             "--dns-ca",
             ca.to_str().expect("utf-8"),
         ],
@@ -276,37 +378,28 @@ fn query_through_dot(ca: &str) -> (Net, Arc<AtomicUsize>, hickory_proto::op::Mes
     (net, served, m)
 }
 
-/// A DNS-over-TLS upstream with a private CA (`--dns-ca`): the app's
-/// plain queries are answered through it, and nothing of DNS leaves in
-/// clear text.
-#[test]
-fn dns_over_tls_upstreams_answer_with_a_private_ca() {
-    if !support::root_or_skip("dns_over_tls_upstreams_answer_with_a_private_ca") {
-        return;
-    }
-    let (net, served, m) = query_through_dot("ca.pem");
+/// With the upstream's private CA trusted (`--dns-ca`), the app's plain
+/// query is answered through the encrypted upstream, and nothing of DNS
+/// leaves in clear text.
+fn answers_with_a_private_ca(how: Encrypted) {
+    let (net, served, m) = query_through(how, "ca.pem");
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert_eq!(addresses(&m), vec![addr::US.parse::<IpAddr>().expect("ip")]);
-    assert!(
-        served.load(Ordering::SeqCst) >= 1,
-        "the DoT server answered"
-    );
+    assert!(served.load(Ordering::SeqCst) >= 1, "the server answered");
     std::thread::sleep(Duration::from_millis(200));
-    assert!(net.count(UPSTREAM, 6, 853) > 0, "queries went over TLS");
+    assert!(
+        net.count(UPSTREAM, 6, how.port()) > 0,
+        "queries went encrypted"
+    );
     for proto in [6, 17] {
         assert_eq!(net.count(UPSTREAM, proto, 53), 0, "no clear-text DNS");
     }
 }
 
-/// The same upstream when only an unrelated CA is trusted: the
-/// certificate is refused, no query is sent, and the app gets SERVFAIL.
-#[test]
-fn a_dns_over_tls_upstream_with_an_untrusted_certificate_gets_no_query() {
-    if !support::root_or_skip("a_dns_over_tls_upstream_with_an_untrusted_certificate_gets_no_query")
-    {
-        return;
-    }
-    let (net, served, m) = query_through_dot("other-ca.pem");
+/// With only an unrelated CA trusted, the certificate is refused, no query
+/// is sent, and the app gets SERVFAIL.
+fn an_untrusted_certificate_gets_no_query(how: Encrypted) {
+    let (net, served, m) = query_through(how, "other-ca.pem");
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     assert!(addresses(&m).is_empty());
     assert_eq!(
@@ -315,7 +408,38 @@ fn a_dns_over_tls_upstream_with_an_untrusted_certificate_gets_no_query() {
         "no query reached the server"
     );
     assert!(
-        net.count(UPSTREAM, 6, 853) > 0,
+        net.count(UPSTREAM, 6, how.port()) > 0,
         "the TLS handshake was tried (else the case proves nothing)"
     );
+}
+
+#[test]
+fn dns_over_tls_upstreams_answer_with_a_private_ca() {
+    if support::root_or_skip("dns_over_tls_upstreams_answer_with_a_private_ca") {
+        answers_with_a_private_ca(Encrypted::Tls);
+    }
+}
+
+#[test]
+fn a_dns_over_tls_upstream_with_an_untrusted_certificate_gets_no_query() {
+    if support::root_or_skip("a_dns_over_tls_upstream_with_an_untrusted_certificate_gets_no_query")
+    {
+        an_untrusted_certificate_gets_no_query(Encrypted::Tls);
+    }
+}
+
+#[test]
+fn dns_over_https_upstreams_answer_with_a_private_ca() {
+    if support::root_or_skip("dns_over_https_upstreams_answer_with_a_private_ca") {
+        answers_with_a_private_ca(Encrypted::Https);
+    }
+}
+
+#[test]
+fn a_dns_over_https_upstream_with_an_untrusted_certificate_gets_no_query() {
+    if support::root_or_skip(
+        "a_dns_over_https_upstream_with_an_untrusted_certificate_gets_no_query",
+    ) {
+        an_untrusted_certificate_gets_no_query(Encrypted::Https);
+    }
 }

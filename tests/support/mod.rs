@@ -541,7 +541,7 @@ pub(crate) fn client_hello(sni: &str) -> Vec<u8> {
 pub(crate) type Zone = fn(&str, hickory_proto::rr::RecordType) -> Vec<hickory_proto::rr::Record>;
 
 /// The answer of the test's DNS server to `query`.
-fn zone_answer(query: &[u8], zone: Zone) -> Option<Vec<u8>> {
+pub(crate) fn zone_answer(query: &[u8], zone: Zone) -> Option<Vec<u8>> {
     use hickory_proto::op::{Message, MessageType, ResponseCode};
     let q = Message::from_vec(query).ok()?;
     let question = q.queries.first()?.clone();
@@ -588,6 +588,12 @@ impl Net {
         }));
         self.stream_thread(t, zone, served.clone(), Some);
         served
+    }
+
+    /// The flag that stops the test's servers (set when the network is
+    /// dropped).
+    pub(crate) fn stopping(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
     }
 
     /// A DNS server over a stream (two-byte length framing) in the
