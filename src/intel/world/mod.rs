@@ -178,7 +178,9 @@ pub struct World {
     counts: Counts,
     meta: WorldMeta,
     /// Every [`TOP`]-th key of the v6 sample, built at load (a few KiB, so
-    /// the first steps of an IPv6 search stay in the fastest cache).
+    /// the first steps of an IPv6 search stay in the fastest cache); empty
+    /// for [`World::from_static_trusted`], whose point is to touch only the
+    /// pages lookups visit.
     v6_top: Box<[u64]>,
 }
 
@@ -372,13 +374,13 @@ impl World {
         let (counts, layout) = check_frame(bytes, false)?;
         let meta: WorldMeta = serde_json::from_slice(&bytes[layout.meta.0..layout.meta.1])
             .map_err(|e| bad("meta", format!("not valid meta JSON: {e}")))?;
-        let v6_top = v6_top(bytes, &layout);
         Ok(Self {
             bytes: Bytes::Static(bytes),
             layout,
             counts,
             meta,
-            v6_top,
+            // Building it would read the whole v6 sample now.
+            v6_top: Box::new([]),
         })
     }
 
@@ -508,15 +510,23 @@ impl World {
         let keys = sec::<8>(d, self.layout.v6_keys);
         // The last top key <= hi, then the last sample <= hi in its block
         // of TOP samples, then the last key <= hi in that sample's block.
+        // Without a top level (the lean embedding) the whole sample is
+        // searched.
         let top = &self.v6_top;
-        let t = upper_bound(0, top.len(), |i| top.get(i).map_or(u64::MAX, |k| *k) <= hi);
-        if t == 0 {
+        let (first, len) = if top.is_empty() {
+            (0, sample.len())
+        } else {
+            let t = upper_bound(0, top.len(), |i| top.get(i).map_or(u64::MAX, |k| *k) <= hi);
+            if t == 0 {
+                return 0;
+            }
+            let first = (t - 1) * TOP;
+            (first, TOP.min(sample.len().saturating_sub(first)))
+        };
+        let s = upper_bound(first, len, |i| u64_at(sample, i) <= hi);
+        if s == 0 {
             return 0;
         }
-        let first = (t - 1) * TOP;
-        let s = upper_bound(first, TOP.min(sample.len().saturating_sub(first)), |i| {
-            u64_at(sample, i) <= hi
-        });
         let start = s.saturating_sub(1) * stride;
         let end = (start + stride).min(keys.len());
         // pos > start: the sample itself is <= hi.
