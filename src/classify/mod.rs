@@ -579,7 +579,7 @@ mod tests {
 
     #[test]
     fn sd_rtn_names_the_flow_and_is_media() {
-        let p = rtc::tests::sd_rtn_packet("104-166-161-75.edge.agora.io");
+        let p = rtc::sd_rtn_probe("104-166-161-75.edge.agora.io");
         let mut s = Sniffer::new();
         feed(&mut s, Carrier::Udp, Dir::Up, (40000, 8130), &p);
         assert_eq!(

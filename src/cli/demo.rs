@@ -306,7 +306,9 @@ fn play() -> Vec<Step> {
     let answered = TcpStream::connect_timeout(&sa(API_US, 443), Duration::from_secs(3))
         .and_then(|mut s| {
             s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            s.write_all(&client_hello("api.clubhouse.example"))?;
+            s.write_all(&geowall::wire::tls::client_hello_record(
+                "api.clubhouse.example",
+            ))?;
             let mut b = [0u8; 16];
             s.read(&mut b)
         })
@@ -423,40 +425,10 @@ fn ping(dst: &str) -> bool {
 
 /// An SD-RTN-shaped probe naming `host`, with `id` after it.
 fn sd_rtn(host: &str, id: &str) -> Vec<u8> {
-    let mut p = vec![
-        0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x21, 0, 0, 0, 0, 0, 0x04, 0x53, 0x4E, 0x49,
-    ];
-    p.extend_from_slice(&u16::try_from(host.len()).unwrap_or(0).to_be_bytes());
-    p.push(0);
-    p.extend_from_slice(host.as_bytes());
-    p.extend_from_slice(&[0; 8]);
+    let mut p = geowall::wire::rtc::sd_rtn_probe(host);
     p.extend_from_slice(b"uid=");
     p.extend_from_slice(id.as_bytes());
     p
-}
-
-/// A TLS ClientHello record naming `sni`.
-fn client_hello(sni: &str) -> Vec<u8> {
-    let name = sni.as_bytes();
-    let n = |v: usize| u16::try_from(v).unwrap_or(0).to_be_bytes();
-    let mut ext = vec![0, 0];
-    ext.extend_from_slice(&n(name.len() + 5));
-    ext.extend_from_slice(&n(name.len() + 3));
-    ext.push(0);
-    ext.extend_from_slice(&n(name.len()));
-    ext.extend_from_slice(name);
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[7; 32]);
-    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
-    body.extend_from_slice(&n(ext.len()));
-    body.extend_from_slice(&ext);
-    let mut hs = vec![1, 0];
-    hs.extend_from_slice(&n(body.len()));
-    hs.extend_from_slice(&body);
-    let mut rec = vec![22, 3, 1];
-    rec.extend_from_slice(&n(hs.len()));
-    rec.extend_from_slice(&hs);
-    rec
 }
 
 fn serve_tcp(l: TcpListener, stop: Arc<AtomicBool>) {

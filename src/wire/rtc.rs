@@ -137,25 +137,26 @@ pub fn sd_rtn(p: &[u8]) -> Option<Rtc<'_>> {
     })
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+/// A minimal SD-RTN-shaped datagram naming `host`, as [`sd_rtn`] reads it:
+/// what the demo and the tests send as Agora's probe.
+pub fn sd_rtn_probe(host: &str) -> Vec<u8> {
+    let mut p = vec![
+        0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x21, 0, 0, 0, 0, 0, 0x04, 0x53, 0x4E, 0x49,
+    ];
+    p.extend_from_slice(&u16::try_from(host.len()).unwrap_or(0).to_be_bytes());
+    p.push(0);
+    p.extend_from_slice(host.as_bytes());
+    p.extend_from_slice(&[0; 8]);
+    p
+}
 
-    /// An SD-RTN-shaped payload carrying `host`.
-    pub(crate) fn sd_rtn_packet(host: &str) -> Vec<u8> {
-        let mut p = vec![
-            0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x21, 0, 0, 0, 0, 0, 0x04, 0x53, 0x4E, 0x49,
-        ];
-        p.extend_from_slice(&(host.len() as u16).to_be_bytes());
-        p.push(0);
-        p.extend_from_slice(host.as_bytes());
-        p.extend_from_slice(&[0; 8]);
-        p
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn sd_rtn_from_the_documented_layout() {
-        let p = sd_rtn_packet("104-166-161-75.edge.agora.io");
+        let p = sd_rtn_probe("104-166-161-75.edge.agora.io");
         assert_eq!(
             classify(&p),
             Some(Rtc::SdRtn {

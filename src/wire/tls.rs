@@ -126,6 +126,32 @@ pub fn client_hello<'a>(stream: &'a [u8], scratch: &'a mut Vec<u8>) -> Hello<'a>
     }
 }
 
+/// A minimal TLS 1.3-shaped ClientHello record naming `sni` (one cipher
+/// suite, the server-name extension only): what the demo and the tests
+/// send.
+pub fn client_hello_record(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let n = |v: usize| u16::try_from(v).unwrap_or(0).to_be_bytes();
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&n(name.len() + 5));
+    ext.extend_from_slice(&n(name.len() + 3));
+    ext.push(0);
+    ext.extend_from_slice(&n(name.len()));
+    ext.extend_from_slice(name);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&n(ext.len()));
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1, 0];
+    hs.extend_from_slice(&n(body.len()));
+    hs.extend_from_slice(&body);
+    let mut rec = vec![22, 3, 1];
+    rec.extend_from_slice(&n(hs.len()));
+    rec.extend_from_slice(&hs);
+    rec
+}
+
 /// Parses a bare handshake message (no record layer), as QUIC carries it
 /// in CRYPTO frames: type 1, 24-bit length, ClientHello body.
 pub fn client_hello_message(msg: &[u8]) -> Hello<'_> {

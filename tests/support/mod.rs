@@ -512,28 +512,7 @@ pub(crate) fn test_world(dir: &Path) -> PathBuf {
 
 /// A TLS 1.3-shaped ClientHello record naming `sni`.
 pub(crate) fn client_hello(sni: &str) -> Vec<u8> {
-    let name = sni.as_bytes();
-    let mut sni_ext = Vec::new();
-    sni_ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-    sni_ext.push(0);
-    sni_ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    sni_ext.extend_from_slice(name);
-    let mut exts = vec![0, 0];
-    exts.extend_from_slice(&(sni_ext.len() as u16).to_be_bytes());
-    exts.extend_from_slice(&sni_ext);
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[7; 32]);
-    body.push(0);
-    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
-    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
-    body.extend_from_slice(&exts);
-    let mut hs = vec![1];
-    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend_from_slice(&body);
-    let mut rec = vec![22, 3, 1];
-    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-    rec.extend_from_slice(&hs);
-    rec
+    geowall::wire::tls::client_hello_record(sni)
 }
 
 /// Answers for the test's DNS server: name (lowercase, no final dot) and
@@ -758,12 +737,5 @@ pub(crate) fn geowall_cli(net: &Net, args: &[&str]) -> std::process::Output {
 /// An SD-RTN-shaped probe naming an Agora edge (the vendor layer says CN
 /// wherever the address is).
 pub(crate) fn sd_rtn(host: &str) -> Vec<u8> {
-    let mut p = vec![
-        0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x21, 0, 0, 0, 0, 0, 0x04, 0x53, 0x4E, 0x49,
-    ];
-    p.extend_from_slice(&(host.len() as u16).to_be_bytes());
-    p.push(0);
-    p.extend_from_slice(host.as_bytes());
-    p.extend_from_slice(&[0; 8]);
-    p
+    geowall::wire::rtc::sd_rtn_probe(host)
 }

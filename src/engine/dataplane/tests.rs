@@ -154,7 +154,7 @@ fn an_allowed_udp_exchange_byte_for_byte() {
 fn blocked_first_datagram_never_goes_upstream() {
     let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
     // SD-RTN probe to a CN-located edge: media, blocked (reject).
-    let probe = crate::wire::rtc::tests::sd_rtn_packet("104-166-161-75.edge.agora.io");
+    let probe = crate::wire::rtc::sd_rtn_probe("104-166-161-75.edge.agora.io");
     e.handle_tun(&udp("192.0.2.200:40000", "203.0.113.5:8130", &probe), S);
     let out = drain(&mut e);
     assert_eq!(sent_upstream(&out), 0, "zero bytes upstream: {out:?}");

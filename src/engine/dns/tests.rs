@@ -466,14 +466,7 @@ proptest::proptest! {
 fn names_seen_in_flows_feed_the_same_map() {
     let mut e = engine(POLICY, EngineConfig::default());
     // An SD-RTN probe naming an Agora edge, to a US address.
-    let mut probe = vec![
-        0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x21, 0, 0, 0, 0, 0, 0x04, 0x53, 0x4E, 0x49,
-    ];
-    let host = b"1-2-3-4.edge.agora.io";
-    probe.extend_from_slice(&(host.len() as u16).to_be_bytes());
-    probe.push(0);
-    probe.extend_from_slice(host);
-    probe.extend_from_slice(&[0; 8]);
+    let probe = crate::wire::rtc::sd_rtn_probe("1-2-3-4.edge.agora.io");
     e.handle_tun(
         &reply::udp_packet(sa(APP), sa("198.51.100.20:4001"), &probe).expect("packet"),
         S,
