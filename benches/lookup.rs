@@ -6,6 +6,10 @@
 //! noise; the figures printed are medians over the rounds. Environment:
 //! `GEOWALL_BENCH_N` (addresses per family, default 1,000,000),
 //! `GEOWALL_BENCH_ROUNDS` (default 9).
+//!
+//! It also times this machine's memory floor in the same rounds: one
+//! random read per address in a buffer the size of the database, the
+//! least any lookup in it must do (see `support/floor.rs`).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -13,6 +17,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use geowall::intel::{World, WorldInfo};
+
+#[path = "support/floor.rs"]
+mod floor;
 
 /// xorshift64*: a fixed, seedable sequence, so every run uses the same IPs.
 struct Rng(u64);
@@ -81,6 +88,17 @@ fn ours_many(w: &World, ips: &[IpAddr]) -> u64 {
         acc = buf.iter().fold(acc, fold);
     }
     acc
+}
+
+/// The address as a key for the memory floor.
+fn key(ip: &IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(a) => u64::from(u32::from(*a)),
+        IpAddr::V6(a) => {
+            let x = u128::from(*a);
+            (x >> 64) as u64 ^ x as u64
+        }
+    }
 }
 
 fn theirs(r: &maxminddb::Reader<Vec<u8>>, ips: &[IpAddr]) -> u64 {
@@ -200,6 +218,12 @@ fn main() {
         rss1.saturating_sub(rss0) as f64 / 1e6,
         rss_after.saturating_sub(rss_before) as f64 / 1e6
     );
+    let floor = floor::Floor::new(world.size_bytes());
+    // The IPv4 part alone (its /16 index, 5-byte entries and the 8-byte
+    // records), what IPv4 lookups actually touch.
+    let st = &world.meta().stats;
+    let floor4 =
+        floor::Floor::new(65_537 * 4 + st.v4_entries as usize * 5 + st.records as usize * 8);
     for (name, ips) in [("IPv4", &v4), ("IPv6", &v6)] {
         assert_eq!(
             ours(&world, ips),
@@ -208,6 +232,7 @@ fn main() {
         );
         let (mut a, mut m, mut b, mut ratio_a, mut ratio_m) =
             (vec![], vec![], vec![], vec![], vec![]);
+        let (mut f, mut ratio_f, mut f4, mut ratio_f4) = (vec![], vec![], vec![], vec![]);
         for _ in 0..rounds {
             let t = Instant::now();
             black_box(ours(&world, ips));
@@ -218,6 +243,16 @@ fn main() {
             let t = Instant::now();
             black_box(theirs(&mmdb, ips));
             let rb = ips.len() as f64 / t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            black_box(floor.independent(ips.iter().map(key)));
+            let rf = ips.len() as f64 / t.elapsed().as_secs_f64();
+            f.push(rf);
+            ratio_f.push(rf / rb);
+            let t = Instant::now();
+            black_box(floor4.independent(ips.iter().map(key)));
+            let rf4 = ips.len() as f64 / t.elapsed().as_secs_f64();
+            f4.push(rf4);
+            ratio_f4.push(rf4 / rb);
             a.push(ra);
             m.push(rm);
             b.push(rb);
@@ -232,7 +267,27 @@ fn main() {
             median(&mut m) / 1e6,
             median(&mut ratio_m)
         );
+        println!(
+            "{name}: memory floor, one random read per address and nothing else: in {:.1} MB {:>6.2} M/s = {:>4.1}x maxminddb; in {:.1} MB {:>6.2} M/s = {:>4.1}x",
+            floor.bytes() as f64 / 1e6,
+            median(&mut f) / 1e6,
+            median(&mut ratio_f),
+            floor4.bytes() as f64 / 1e6,
+            median(&mut f4) / 1e6,
+            median(&mut ratio_f4)
+        );
     }
+    let steps = if full { 2_000_000 } else { 10_000 };
+    let small = floor::Floor::new(2 << 20);
+    let (mut big_ns, mut small_ns): (Vec<f64>, Vec<f64>) = (0..rounds)
+        .map(|_| (floor.chase_ns(steps), small.chase_ns(steps)))
+        .unzip();
+    println!(
+        "dependent random read (each waits for the last): {:.0} ns in {:.1} MB, {:.0} ns in 2.1 MB",
+        median(&mut big_ns),
+        floor.bytes() as f64 / 1e6,
+        median(&mut small_ns)
+    );
     println!(
         "(geowall answers two geolocation sources, the AS number and the AS registration country;"
     );

@@ -1,6 +1,12 @@
 //! `cargo bench --bench policy`: compiling and matching a generated
 //! 1,000,000-domain list, and full policy evaluations per second.
 //!
+//! Two more figures bound the match rate from below and above on this
+//! machine: the memory floor (one random read per name in a buffer the
+//! matcher's size, and nothing else; `support/floor.rs`) and the match rate
+//! with every table line the names touch already cached (the first 1,000
+//! names, over and over).
+//!
 //! Figures are medians over rounds. Under `cargo test` (no `--bench`
 //! argument) it runs a small smoke pass instead.
 
@@ -15,6 +21,9 @@ use geowall::intel::domain::DomainMap;
 use geowall::intel::jurisdiction::Intel;
 use geowall::policy::lists::{ListFormat, parse_list};
 use geowall::policy::{Facts, Policy, Traffic};
+
+#[path = "support/floor.rs"]
+mod floor;
 
 struct Rng(u64);
 impl Rng {
@@ -85,8 +94,25 @@ fn main() {
         })
         .collect();
     let hits = names.iter().filter(|s| map.matches(s)).count();
-    let mut match_rate = Vec::new();
+    let floor = floor::Floor::new(map.heap_bytes());
+    let mut krng = Rng(0xF100_F100_F100_F100);
+    let keys: Vec<u64> = names.iter().map(|_| krng.next()).collect();
+    let few = &names[..names.len().min(1_000)];
+    let repeat = names.len() / few.len();
+    let (mut match_rate, mut floor_rate, mut cached_rate) = (vec![], vec![], vec![]);
     for _ in 0..rounds {
+        let t = Instant::now();
+        black_box(floor.independent(keys.iter().copied()));
+        floor_rate.push(keys.len() as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut c = 0usize;
+        for _ in 0..repeat {
+            for s in few {
+                c += usize::from(map.matches(s));
+            }
+        }
+        black_box(c);
+        cached_rate.push((repeat * few.len()) as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
         let mut c = 0usize;
         for s in &names {
@@ -142,6 +168,19 @@ fn main() {
         median(&mut match_rate) / 1e6,
         names.len(),
         hits
+    );
+    let steps = if full { 2_000_000 } else { 10_000 };
+    let mut chase: Vec<f64> = (0..rounds).map(|_| floor.chase_ns(steps)).collect();
+    println!(
+        "  memory floor, one random read per name and nothing else, in {:.1} MB: {:.2} M/s; a read that waits for the last: {:.0} ns",
+        floor.bytes() as f64 / 1e6,
+        median(&mut floor_rate) / 1e6,
+        median(&mut chase)
+    );
+    println!(
+        "  match with the table lines cached ({} names, {repeat} times): {:.2} M names/s",
+        few.len(),
+        median(&mut cached_rate) / 1e6
     );
     println!(
         "full policy evaluation (clubhouse, shipped world): {:.2} M flows/s ({} of {} blocked)",
