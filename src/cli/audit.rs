@@ -189,7 +189,8 @@ pub(crate) struct Row {
 fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
     let names: Vec<&str> = f.sniffer.server_name.as_deref().into_iter().collect();
     let facts = facts(f, &names);
-    let j = intel.jurisdiction(facts.dst, facts.names, facts.protocol);
+    // With the policy's catalogs, as its verdict sees them.
+    let j = intel.jurisdiction_in(policy.catalog(), facts.dst, facts.names, facts.protocol);
     let v = policy.evaluate(intel, &facts);
     let mut countries: Vec<String> = Vec::new();
     for l in geowall::intel::Layer::ALL {

@@ -410,7 +410,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             leak: a.leak,
             app: a.app.as_deref(),
         };
-        let j = intel.jurisdiction(facts.dst, facts.names, facts.protocol);
+        let j = intel.jurisdiction_in(policy.catalog(), facts.dst, facts.names, facts.protocol);
         let trace = policy.trace(&facts, Some(&j));
         let verdict = policy.decide(&facts, Some(&j));
         if a.json {
