@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use geowall::engine::dataplane::fact_names;
 use geowall::engine::{Flow, Inspector};
 use geowall::intel::jurisdiction::Intel;
-use geowall::policy::{Facts, Policy, Transport};
+use geowall::policy::Policy;
 use geowall::wire::capture::Capture;
 use geowall::wire::packet::strip_link;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -187,11 +188,17 @@ pub(crate) struct Row {
 }
 
 fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
-    let names: Vec<&str> = f.sniffer.server_name.as_deref().into_iter().collect();
-    let facts = facts(f, &names);
+    // The names and the verdict as the live engine has them: the flow's
+    // own name, then those DNS answers in the capture tied to its server.
+    let names = fact_names(&f.sniffer, &f.ctx);
     // With the policy's catalogs, as its verdict sees them.
-    let j = intel.jurisdiction_in(policy.catalog(), facts.dst, facts.names, facts.protocol);
-    let v = policy.evaluate(intel, &facts);
+    let j = intel.jurisdiction_in(
+        policy.catalog(),
+        Some(f.server.ip()),
+        &names,
+        f.sniffer.protocol.map(|p| p.name()),
+    );
+    let v = f.judge(policy, intel);
     let mut countries: Vec<String> = Vec::new();
     for l in geowall::intel::Layer::ALL {
         for c in j.countries(l).into_iter().flatten() {
@@ -218,6 +225,7 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
         "protocol": f.sniffer.protocol.map(|p| p.name()),
         "class": f.sniffer.class_now().name(),
         "server_name": f.sniffer.server_name,
+        "names": f.ctx.names,
         "encrypted": f.sniffer.encryption(),
         "jurisdiction": j.to_json(),
         "verdict": v.to_json(),
@@ -264,29 +272,5 @@ fn proto_name(p: u8) -> &'static str {
         1 => "icmp",
         58 => "icmp6",
         _ => "ip",
-    }
-}
-
-/// The facts the policy sees for a flow (the same the live engine passes).
-fn facts<'a>(f: &'a Flow, names: &'a [&'a str]) -> Facts<'a> {
-    Facts {
-        dst: Some(f.server.ip()),
-        port: (f.proto == 6 || f.proto == 17).then_some(f.server.port()),
-        transport: match f.proto {
-            6 => Some(Transport::Tcp),
-            17 => Some(Transport::Udp),
-            1 | 58 => Some(Transport::Icmp),
-            _ => None,
-        },
-        names,
-        traffic: f.sniffer.class,
-        protocol: f.sniffer.protocol.map(|p| p.name()),
-        encrypted: match f.sniffer.encryption() {
-            geowall::classify::Encryption::Encrypted => Some(true),
-            geowall::classify::Encryption::Cleartext => Some(false),
-            geowall::classify::Encryption::Unknown => None,
-        },
-        leak: !f.leaks.is_empty(),
-        app: None,
     }
 }

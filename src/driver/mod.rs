@@ -77,6 +77,9 @@ pub struct Summary {
     pub bytes_up: u64,
     /// Payload bytes relayed from servers.
     pub bytes_down: u64,
+    /// Datagrams dropped because their flow's upstream queue held
+    /// [`upstream::UDP_QUEUE`] bytes already.
+    pub udp_queue_full: u64,
 }
 
 impl std::fmt::Display for Summary {
@@ -85,7 +88,7 @@ impl std::fmt::Display for Summary {
         let c = &self.counters;
         write!(
             f,
-            "{} packets from the TUN, {} flows opened, {} blocked, {} cut, {} refused; {} DNS queries ({} blocked, {} filtered); {} bytes up, {} down; upstream failures {:?}; drops {:?}",
+            "{} packets from the TUN, {} flows opened, {} blocked, {} cut, {} refused; {} DNS queries ({} blocked, {} filtered); {} bytes up, {} down ({} datagrams dropped on full queues); upstream failures {:?}; drops {:?}",
             c.tun_packets,
             c.opened,
             c.blocked,
@@ -96,6 +99,7 @@ impl std::fmt::Display for Summary {
             c.dns_filtered,
             self.bytes_up,
             self.bytes_down,
+            self.udp_queue_full,
             self.upstream_failures,
             c.drops
         )
@@ -153,9 +157,10 @@ pub async fn run(
                 }
                 Output::UdpOpen { flow, dst } => {
                     let (link, rx) = new_link();
+                    let shared = link.shared.clone();
                     links.insert(flow, link);
                     let (p, r) = (protection.clone(), report_tx.clone());
-                    tokio::spawn(upstream::udp(flow, dst, p, rx, r));
+                    tokio::spawn(upstream::udp(flow, dst, p, rx, shared, r));
                 }
                 Output::EchoRequest {
                     flow,
@@ -172,9 +177,15 @@ pub async fn run(
                     let _ = link.cmds.send(Cmd::Echo { seq, data });
                 }
                 Output::UdpSend { flow, payload } => {
-                    summary.bytes_up += payload.len() as u64;
                     if let Some(l) = links.get(&flow) {
-                        let _ = l.cmds.send(Cmd::Data(payload));
+                        let n = payload.len();
+                        if l.shared.up_queued.load(Ordering::Acquire) + n > upstream::UDP_QUEUE {
+                            summary.udp_queue_full += 1;
+                        } else {
+                            summary.bytes_up += n as u64;
+                            l.shared.up_queued.fetch_add(n, Ordering::AcqRel);
+                            let _ = l.cmds.send(Cmd::Data(payload));
+                        }
                     }
                 }
                 Output::TcpSend { flow, payload } => {
@@ -203,11 +214,11 @@ pub async fn run(
         let mut deadline = engine
             .poll_timeout()
             .map(|t| start + Duration::from_nanos(t));
-        if live.is_some() {
-            // Wake up to publish what is live, even when nothing happens.
-            let p = published + Duration::from_millis(150);
-            deadline = Some(deadline.map_or(p, |d| d.min(p)));
-        }
+        // Wake up at least this often, even when nothing happens: to
+        // publish what is live, and so that new rules (a reload) reach the
+        // open flows within a quarter of a second.
+        let tick = published + Duration::from_millis(if live.is_some() { 150 } else { 250 });
+        deadline = Some(deadline.map_or(tick, |d| d.min(tick)));
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -235,11 +246,11 @@ pub async fn run(
             }
             () = sleep_until(deadline) => engine.handle_timeout(now()),
         }
-        if let Some(l) = &live
-            && published.elapsed() >= Duration::from_millis(100)
-        {
+        if published.elapsed() >= Duration::from_millis(100) {
             published = Instant::now();
-            publish(l, &engine, &summary);
+            if let Some(l) = &live {
+                publish(l, &engine, &summary);
+            }
         }
         // Server bytes that waited for the app's window.
         if !stalled.is_empty() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc};
 
 use super::protect::Protection;
@@ -29,16 +29,28 @@ const READ_CHUNK: usize = 64 * 1024;
 const MIN_CHUNK: usize = 4 * 1024;
 /// Largest datagram.
 const DATAGRAM: usize = 65_536;
+/// Datagram bytes queued for one UDP flow's server at most; past it new
+/// datagrams are dropped (counted as `udp-queue-full`), as a full network
+/// queue would.
+pub const UDP_QUEUE: usize = 256 * 1024;
 
-/// Reads up to `chunk` bytes into a new buffer (not zeroed first: only
-/// what arrives is written); empty at the end of the stream.
+/// Waits until the server sent something, then reads up to `chunk` bytes
+/// into a new buffer (not zeroed first: only what arrives is written);
+/// empty at the end of the stream. No buffer is held while waiting, so an
+/// idle connection costs none.
 async fn read_chunk(
     rd: &mut tokio::net::tcp::OwnedReadHalf,
     chunk: usize,
 ) -> std::io::Result<Vec<u8>> {
-    let mut b = Vec::with_capacity(chunk);
-    rd.read_buf(&mut b).await?;
-    Ok(b)
+    loop {
+        rd.readable().await?;
+        let mut b = Vec::with_capacity(chunk);
+        match rd.try_read_buf(&mut b) {
+            Ok(_) => return Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Queued chunks written upstream in one system call, at most.
@@ -257,6 +269,7 @@ pub async fn udp(
     dst: SocketAddr,
     prot: Protection,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    shared: Arc<Shared>,
     reports: Reports,
 ) {
     let open = async {
@@ -277,6 +290,7 @@ pub async fn udp(
                     // A datagram the kernel cannot take now is lost, as on
                     // any UDP path; refused sends (ICMP errors) are too.
                     let _ = sock.send(&b).await;
+                    shared.up_queued.fetch_sub(b.len(), Ordering::AcqRel);
                 }
                 Some(_) => {}
                 None => return,
@@ -355,6 +369,7 @@ pub async fn echo(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     /// A vectored write of many chunks (empty ones among them) through a
     /// small send buffer arrives whole and in order, however the kernel

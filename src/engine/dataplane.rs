@@ -51,6 +51,20 @@ pub const TCP_MEMORY: usize = 16 * 1024 * 1024;
 /// App bytes moved out of a local TCP socket in one read.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Where a TCP flow is with the app's first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstBytes {
+    /// Judged (or the flow is DNS, answered here).
+    Judged,
+    /// Opened by the timer before the app sent anything: the first bytes
+    /// will be held and judged.
+    Awaited,
+    /// The first bytes came after the flow was opened: held since then,
+    /// judged when the sniffer is done, [`TCP_SNIFF_BYTES`] are in, the app
+    /// finished sending, or [`TCP_SNIFF_NS`] passed.
+    Reading { since_ns: u64 },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TcpPhase {
     /// Reading the app's first bytes.
@@ -76,6 +90,13 @@ struct TcpFlow {
     phase: TcpPhase,
     /// App bytes read but not yet sent upstream.
     pending: Vec<u8>,
+    /// Whether the app's first bytes were judged: a flow opened by the
+    /// sniffing timer (server-first protocols) still has its client's
+    /// first bytes read, held and judged before they are relayed.
+    first_bytes: FirstBytes,
+    /// Judge again at the next service (the rules changed, or a name for
+    /// the server was learned).
+    rejudge: bool,
     app_fin_sent: bool,
     /// The driver's upstream queue is full: leave the app's bytes in the
     /// local socket (its window closes) until resumed.
@@ -115,12 +136,15 @@ pub struct EngineConfig {
     pub tcp_buffer: usize,
     /// DNS cache, name map and pending-query bounds.
     pub dns: DnsLimits,
-    /// All local TCP buffers together, at most (default [`TCP_MEMORY`]).
+    /// Budget for the local TCP buffers (default [`TCP_MEMORY`]).
     /// Buffers adapt: a new connection gets a sixteenth of what is left,
     /// between [`TCP_BUFFER_MIN`] and `tcp_buffer` each way, so the first
     /// connections run at full speed and a flood of them shrinks each
-    /// one's share; when not even the minimum is left, new connections are
-    /// refused (counted as `refused`, the app gets an RST).
+    /// one's share. Once the budget is spent, new connections still open,
+    /// with [`TCP_BUFFER_MIN`] each way (small windows: pressure slows
+    /// them, it does not refuse them; counted as `tcp_squeezed`). Only the
+    /// flow table's bound (`max_flows`) refuses connections, so the most
+    /// these buffers hold is `tcp_memory + max_flows × 2 × TCP_BUFFER_MIN`.
     pub tcp_memory: usize,
 }
 
@@ -291,6 +315,9 @@ pub struct FlowCtx {
 /// Finds the app that owns a flow: (transport, app side, server side).
 pub type AppLookup = Box<dyn FnMut(PTransport, SocketAddr, SocketAddr) -> Option<String> + Send>;
 
+/// A UDP or echo flow's key: (echo?, app side, server side).
+type DatagramKey = (bool, SocketAddr, SocketAddr);
+
 /// Where a DNS answer goes.
 #[derive(Debug, Clone, Copy)]
 enum Reply {
@@ -318,6 +345,9 @@ pub struct EngineCounters {
     pub cut: u64,
     /// New flows refused because the table was full.
     pub refused: u64,
+    /// TCP connections given the smallest buffers because the TCP memory
+    /// budget was spent (they run with small windows; none is refused).
+    pub tcp_squeezed: u64,
     /// DNS queries answered (from the cache, the resolver, or blocked).
     pub dns_queries: u64,
     /// DNS queries whose name was blocked.
@@ -332,8 +362,8 @@ pub struct Engine {
     intel: Intel,
     policy: Arc<PolicyHandle>,
     leak: Arc<arc_swap::ArcSwapOption<LeakDetector>>,
-    flows: HashMap<(bool, SocketAddr, SocketAddr), FlowState>,
-    ids: HashMap<FlowId, (bool, SocketAddr, SocketAddr)>,
+    flows: HashMap<DatagramKey, FlowState>,
+    ids: HashMap<FlowId, DatagramKey>,
     next_id: FlowId,
     frags: Reassembler,
     out: VecDeque<Output>,
@@ -357,6 +387,8 @@ pub struct Engine {
     dns_pending: HashMap<u64, (Question, Reply, u64)>,
     apps: Option<AppLookup>,
     next_query: u64,
+    /// The policy generation the open flows were judged with.
+    policy_gen: u64,
     /// Counters.
     pub counters: EngineCounters,
 }
@@ -394,6 +426,7 @@ impl Engine {
             dns_pending: HashMap::new(),
             apps: None,
             next_query: 1,
+            policy_gen: policy.generation(),
             frags: Reassembler::new(cfg.frag),
             cfg,
             intel,
@@ -428,6 +461,10 @@ impl Engine {
     /// When [`Engine::handle_timeout`] should next be called. Cheap: flow
     /// deadlines are kept as one lower bound, refreshed at each sweep.
     pub fn poll_timeout(&mut self) -> Option<u64> {
+        if self.policy.generation() != self.policy_gen {
+            // New rules: the open flows are judged again at once.
+            return Some(0);
+        }
         let stack = self
             .iface
             .poll_at(smoltcp::time::Instant::from_micros(0), &self.sockets)
@@ -436,22 +473,17 @@ impl Engine {
     }
 
     /// Buffer size (each way) for a new TCP connection: a sixteenth of the
-    /// budget left, within [`TCP_BUFFER_MIN`]..=`tcp_buffer`; 0 when not
-    /// even the minimum is left.
+    /// budget left, within [`TCP_BUFFER_MIN`]..=`tcp_buffer`. Past the
+    /// budget it is the minimum: the connection is served with a small
+    /// window, never refused.
     fn tcp_buffer_size(&self) -> usize {
         let left = self.cfg.tcp_memory.saturating_sub(self.tcp_memory);
-        if left < 2 * TCP_BUFFER_MIN {
-            return 0;
-        }
-        (left / 16)
-            .clamp(TCP_BUFFER_MIN, self.cfg.tcp_buffer.max(TCP_BUFFER_MIN))
-            .min(left / 2)
-            / 1024
-            * 1024
+        (left / 16).clamp(TCP_BUFFER_MIN, self.cfg.tcp_buffer.max(TCP_BUFFER_MIN)) / 1024 * 1024
     }
 
-    /// Bytes of local TCP buffers held now (at most
-    /// [`EngineConfig::tcp_memory`]).
+    /// Bytes of local TCP buffers held now: at most
+    /// [`EngineConfig::tcp_memory`] plus 2 × [`TCP_BUFFER_MIN`] for each
+    /// connection opened past it.
     pub fn tcp_memory(&self) -> usize {
         self.tcp_memory
     }
@@ -472,8 +504,9 @@ impl Engine {
         let sniff = self
             .tcp
             .values()
-            .filter_map(|f| match f.phase {
-                TcpPhase::Sniffing { since_ns: Some(t) } => Some(t + TCP_SNIFF_NS),
+            .filter_map(|f| match (f.phase, f.first_bytes) {
+                (TcpPhase::Sniffing { since_ns: Some(t) }, _)
+                | (_, FirstBytes::Reading { since_ns: t }) => Some(t + TCP_SNIFF_NS),
                 _ => None,
             })
             .min();
@@ -493,6 +526,7 @@ impl Engine {
     /// Closes idle flows, judges TCP connections whose sniffing time is up,
     /// and lets the TCP stack retransmit.
     pub fn handle_timeout(&mut self, now_ns: u64) {
+        self.follow_policy(now_ns);
         self.frags.expire(now_ns);
         if self.wake_ns.is_none_or(|w| now_ns < w) {
             // Only the stack's timers (delayed ACKs, retransmissions) are
@@ -581,6 +615,7 @@ impl Engine {
 
     /// A packet the app sent into the TUN.
     pub fn handle_tun(&mut self, packet: &[u8], now_ns: u64) {
+        self.follow_policy(now_ns);
         self.counters.tun_packets += 1;
         let p = match parse_ip(packet) {
             Ok(p) => p,
@@ -792,6 +827,99 @@ impl Engine {
         }
     }
 
+    /// Judges every open flow again when the rules were replaced since they
+    /// were judged (`geowall reload`, a bundle pushed by the phone
+    /// library): those the new rules block are cut, with an event naming
+    /// the rule. Called at every packet and timeout; costs one atomic load
+    /// when nothing changed.
+    fn follow_policy(&mut self, now_ns: u64) {
+        let g = self.policy.generation();
+        if g == self.policy_gen {
+            return;
+        }
+        self.policy_gen = g;
+        let open: Vec<_> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.state == State::Open)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in open {
+            self.rejudge_datagram_flow(k);
+        }
+        let mut any = false;
+        for f in self.tcp.values_mut() {
+            if matches!(f.phase, TcpPhase::Connecting | TcpPhase::Open) && !f.silent {
+                f.rejudge = true;
+                any = true;
+            }
+        }
+        if any {
+            self.poll_stack(now_ns, None);
+        }
+    }
+
+    /// Judges an open UDP or echo flow again (new rules, a name learned for
+    /// its server); cuts it if it is now blocked.
+    fn rejudge_datagram_flow(&mut self, key: DatagramKey) {
+        let policy = self.policy.current();
+        let Some(f) = self.flows.get(&key).filter(|f| f.state == State::Open) else {
+            return;
+        };
+        let v = judge(&policy, &self.intel, f);
+        let Action::Block(mode) = v.action else {
+            return;
+        };
+        let ev = self.event("cut", f, Some(&v));
+        let id = f.id;
+        if let Some(f) = self.flows.get_mut(&key) {
+            f.state = State::Blocked(mode);
+        }
+        self.counters.cut += 1;
+        self.out.push_back(Output::Close { flow: id });
+        self.out.push_back(Output::Event(Box::new(ev)));
+    }
+
+    /// A DNS answer tied `names` to `ip` after flows to it were opened:
+    /// those flows carry the names from now on and are judged again.
+    fn names_learned(&mut self, ip: IpAddr, names: &[String], now_ns: u64) {
+        let add = |ctx: &mut FlowCtx| {
+            let mut changed = false;
+            for n in names {
+                if !ctx.names.iter().any(|m| m == n) {
+                    ctx.names.push(n.clone());
+                    changed = true;
+                }
+            }
+            changed
+        };
+        let mut udp = Vec::new();
+        for (k, f) in &mut self.flows {
+            if f.server.ip() == ip && f.state == State::Open && add(&mut f.ctx) {
+                udp.push(*k);
+            }
+        }
+        for k in udp {
+            self.rejudge_datagram_flow(k);
+        }
+        let mut tcp = Vec::new();
+        for (k, f) in &mut self.tcp {
+            // Flows still sniffing take the names into their first verdict.
+            if f.server.ip() == ip
+                && !f.silent
+                && f.phase != TcpPhase::Blocked
+                && add(&mut f.ctx)
+                && matches!(f.phase, TcpPhase::Connecting | TcpPhase::Open)
+            {
+                f.rejudge = true;
+                tcp.push(*k);
+            }
+        }
+        for k in tcp {
+            self.poll_stack(now_ns, Some(k));
+        }
+    }
+
     /// STUN flows can turn out to carry media after they are decided:
     /// judge them again on every packet.
     fn needs_rejudge(&self, key: &(bool, SocketAddr, SocketAddr)) -> bool {
@@ -859,8 +987,7 @@ impl Engine {
             }
         }
         if !self.tcp.contains_key(&key) && flags & 0x12 == 0x02 {
-            let each = self.tcp_buffer_size();
-            if self.flow_count() >= self.cfg.max_flows || each == 0 {
+            if self.flow_count() >= self.cfg.max_flows {
                 self.counters.refused += 1;
                 if let Some(r) = reply::tcp_reset(raw) {
                     self.out.push_back(Output::ToTun(r));
@@ -873,19 +1000,30 @@ impl Engine {
             let ctx = self.flow_ctx(PTransport::Tcp, false, client, server, now_ns);
             let id = self.next_id;
             self.next_id += 1;
-            if !sniff && !is_dns {
-                // The address alone decides: judge at the SYN.
+            if !is_dns {
+                // Judge at the SYN when the address alone decides: every
+                // time for a policy with no payload rules, and for a block
+                // that no payload could lift (so the app fails over at
+                // once instead of after its first write).
                 let sn = Sniffer::new();
-                let v = judge_parts(
-                    &policy,
-                    &self.intel,
-                    PTransport::Tcp,
-                    server,
-                    &sn,
-                    &[],
-                    &ctx,
-                );
-                if let Action::Block(mode) = v.action {
+                let v = if sniff {
+                    let names = fact_names(&sn, &ctx);
+                    let facts = facts(PTransport::Tcp, server, &sn, &[], &ctx, &names);
+                    policy.settled_block(&self.intel, &facts)
+                } else {
+                    Some(judge_parts(
+                        &policy,
+                        &self.intel,
+                        PTransport::Tcp,
+                        server,
+                        &sn,
+                        &[],
+                        &ctx,
+                    ))
+                };
+                if let Some(v) = v
+                    && let Action::Block(mode) = v.action
+                {
                     self.counters.blocked += 1;
                     let ev = make_event(
                         "blocked",
@@ -906,6 +1044,10 @@ impl Engine {
                     self.out.push_back(Output::Event(Box::new(ev)));
                     return;
                 }
+            }
+            let each = self.tcp_buffer_size();
+            if self.cfg.tcp_memory.saturating_sub(self.tcp_memory) < 2 * each {
+                self.counters.tcp_squeezed += 1;
             }
             let mut sock = smoltcp::socket::tcp::Socket::new(
                 smoltcp::socket::tcp::SocketBuffer::new(vec![0; each]),
@@ -941,6 +1083,8 @@ impl Engine {
                 scan: ScanState::default(),
                 phase,
                 pending: Vec::new(),
+                first_bytes: FirstBytes::Judged,
+                rejudge: false,
                 app_fin_sent: false,
                 paused: false,
                 buffers: 2 * each,
@@ -1032,11 +1176,16 @@ impl Engine {
                 let t = now_ns + TCP_SNIFF_NS;
                 self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
             }
-            // Read what the app sent (bounded while not open).
+            // Read what the app sent (bounded while not open, and while
+            // late first bytes are held).
             let mut new_leak = false;
+            let holding = f.first_bytes != FirstBytes::Judged;
             loop {
                 let room = match f.phase {
                     TcpPhase::Open if f.paused => 0,
+                    TcpPhase::Open | TcpPhase::Connecting if holding => TCP_SNIFF_BYTES
+                        .saturating_sub(f.pending.len())
+                        .min(READ_CHUNK),
                     TcpPhase::Open => READ_CHUNK,
                     TcpPhase::Sniffing { .. } | TcpPhase::Connecting => TCP_SNIFF_BYTES
                         .saturating_sub(f.pending.len())
@@ -1072,7 +1221,12 @@ impl Engine {
                     &mut self.hits,
                     &mut f.leaks,
                 );
-                if f.phase == TcpPhase::Open && !new_leak {
+                if f.first_bytes == FirstBytes::Awaited {
+                    f.first_bytes = FirstBytes::Reading { since_ns: now_ns };
+                    let t = now_ns + TCP_SNIFF_NS;
+                    self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
+                }
+                if f.phase == TcpPhase::Open && !new_leak && !holding {
                     self.out.push_back(Output::TcpSend {
                         flow: f.id,
                         payload: data,
@@ -1104,17 +1258,23 @@ impl Engine {
             let mut aborted_now = false;
             let mut drop_silently = false;
             // Judge when the first bytes are in, or the time is up.
-            let due = match f.phase {
-                TcpPhase::Sniffing { since_ns: Some(t) } => {
-                    f.sniffer.is_done()
-                        || f.pending.len() >= TCP_SNIFF_BYTES
-                        // The app finished sending: no more bytes will come.
-                        || (matches!(sock.state(), S::CloseWait | S::LastAck) && !sock.can_recv())
-                        || now_ns.saturating_sub(t) >= TCP_SNIFF_NS
-                }
-                TcpPhase::Connecting | TcpPhase::Open => new_leak,
+            let first_in = |t: u64| {
+                f.sniffer.is_done()
+                    || f.pending.len() >= TCP_SNIFF_BYTES
+                    // The app finished sending: no more bytes will come.
+                    || (matches!(sock.state(), S::CloseWait | S::LastAck) && !sock.can_recv())
+                    || now_ns.saturating_sub(t) >= TCP_SNIFF_NS
+            };
+            let late_in = match f.first_bytes {
+                FirstBytes::Reading { since_ns } => first_in(since_ns),
                 _ => false,
             };
+            let due = match f.phase {
+                TcpPhase::Sniffing { since_ns: Some(t) } => first_in(t),
+                TcpPhase::Connecting | TcpPhase::Open => new_leak || late_in || f.rejudge,
+                _ => false,
+            };
+            f.rejudge = false;
             if due {
                 if let Some(n) = &f.sniffer.server_name {
                     // TLS, QUIC and HTTP names feed the same map as DNS.
@@ -1155,6 +1315,11 @@ impl Engine {
                     self.out.push_back(Output::Event(Box::new(ev)));
                 } else if matches!(was, TcpPhase::Sniffing { .. }) {
                     f.phase = TcpPhase::Connecting;
+                    if f.pending.is_empty() && !f.sniffer.is_done() {
+                        // The timer opened it: the app's first bytes, when
+                        // they come, are still judged before they leave.
+                        f.first_bytes = FirstBytes::Awaited;
+                    }
                     self.counters.opened += 1;
                     let ev = f.event("opened", Some(&v));
                     self.out.push_back(Output::Event(Box::new(ev)));
@@ -1162,11 +1327,19 @@ impl Engine {
                         flow: f.id,
                         dst: f.server,
                     });
-                } else if was == TcpPhase::Open && !f.pending.is_empty() {
-                    self.out.push_back(Output::TcpSend {
-                        flow: f.id,
-                        payload: std::mem::take(&mut f.pending),
-                    });
+                } else {
+                    if late_in {
+                        f.first_bytes = FirstBytes::Judged;
+                    }
+                    if was == TcpPhase::Open
+                        && f.first_bytes == FirstBytes::Judged
+                        && !f.pending.is_empty()
+                    {
+                        self.out.push_back(Output::TcpSend {
+                            flow: f.id,
+                            payload: std::mem::take(&mut f.pending),
+                        });
+                    }
                 }
             }
             if drop_silently {
@@ -1218,7 +1391,7 @@ impl Engine {
             && f.phase == TcpPhase::Connecting
         {
             f.phase = TcpPhase::Open;
-            if !f.pending.is_empty() {
+            if f.first_bytes == FirstBytes::Judged && !f.pending.is_empty() {
                 self.out.push_back(Output::TcpSend {
                     flow,
                     payload: std::mem::take(&mut f.pending),
@@ -1339,7 +1512,7 @@ impl Engine {
     }
 
     /// Names the address `ip` was learned with, still valid at `now_ns`.
-    fn learned_names(&self, ip: IpAddr, now_ns: u64) -> Vec<String> {
+    fn learned_names(&mut self, ip: IpAddr, now_ns: u64) -> Vec<String> {
         self.names.names(ip, now_ns).map(str::to_owned).collect()
     }
 
@@ -1425,23 +1598,40 @@ impl Engine {
         let tcp = matches!(reply, Reply::Tcp(_));
         let (bytes, out) = dns::answer(q, rcode, records, age, &policy, &self.intel, None, tcp);
         drop(policy);
+        // Every address of the answer carries its names, also those removed
+        // from it or the whole answer blocked: the app may know them
+        // anyway (its own cache, a hard-coded list), and the name is the
+        // evidence of whose service it is. An audit of the same answer
+        // learns the same ([`dns::learn_answer`]).
+        let addrs: Vec<IpAddr> = records
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_proto::rr::RData::A(a) => Some(IpAddr::V4(a.0)),
+                hickory_proto::rr::RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect();
+        let ttl = records
+            .iter()
+            .map(|r| r.ttl.saturating_sub(age))
+            .min()
+            .unwrap_or(0)
+            .max(dns::MIN_TTL);
+        dns::learn_answer(
+            &mut self.names,
+            &out.chain,
+            &addrs,
+            ttl,
+            now_ns,
+            self.cfg.dns.names,
+        );
+        for ip in &addrs {
+            self.names_learned(*ip, &out.chain, now_ns);
+        }
         if let Some(rule) = out.blocked_by {
             self.counters.dns_blocked += 1;
             self.dns_event("dns-blocked", q, out.chain, Some(rule), None, None);
         } else {
-            // What the app may now connect to carries the names.
-            for ip in &out.kept {
-                let ttl = records
-                    .iter()
-                    .map(|r| r.ttl.saturating_sub(age))
-                    .min()
-                    .unwrap_or(0)
-                    .max(dns::MIN_TTL);
-                let until = now_ns + u64::from(ttl) * 1_000_000_000;
-                for n in &out.chain {
-                    self.names.learn(*ip, n, until, self.cfg.dns.names);
-                }
-            }
             if let Some((rule, layer)) = out.removed_by {
                 self.counters.dns_filtered += 1;
                 let detail = format!(
@@ -1617,26 +1807,31 @@ fn tcp_idle_limit(cfg: &EngineConfig, f: &TcpFlow) -> u64 {
     }
 }
 
-fn judge_parts<'p>(
-    policy: &'p crate::policy::Policy,
-    intel: &Intel,
-    transport: PTransport,
-    server: SocketAddr,
-    sn: &Sniffer,
-    leaks: &[LeakHit],
-    ctx: &FlowCtx,
-) -> Verdict<'p> {
-    let names: Vec<&str> = sn
-        .server_name
+/// The names a flow's facts carry: the one its payload named (SNI, Host,
+/// QUIC, SD-RTN), then those its address was learned with.
+pub fn fact_names<'a>(sn: &'a Sniffer, ctx: &'a FlowCtx) -> Vec<&'a str> {
+    sn.server_name
         .as_deref()
         .into_iter()
         .chain(ctx.names.iter().map(String::as_str))
-        .collect();
-    let facts = Facts {
+        .collect()
+}
+
+/// The policy's facts about a flow: the one place they are built, for the
+/// live engine and the audit alike. `names` comes from [`fact_names`].
+pub fn facts<'a>(
+    transport: PTransport,
+    server: SocketAddr,
+    sn: &'a Sniffer,
+    leaks: &[LeakHit],
+    ctx: &'a FlowCtx,
+    names: &'a [&'a str],
+) -> Facts<'a> {
+    Facts {
         dst: Some(server.ip()),
         port: (transport != PTransport::Icmp).then_some(server.port()),
         transport: Some(transport),
-        names: &names,
+        names,
         traffic: sn.class,
         protocol: sn.protocol.map(|p| p.name()),
         encrypted: match sn.encryption() {
@@ -1646,8 +1841,21 @@ fn judge_parts<'p>(
         },
         leak: !leaks.is_empty(),
         app: ctx.app.as_deref(),
-    };
-    policy.evaluate(intel, &facts)
+    }
+}
+
+/// The verdict on a flow's facts (see [`facts`]).
+pub fn judge_parts<'p>(
+    policy: &'p crate::policy::Policy,
+    intel: &Intel,
+    transport: PTransport,
+    server: SocketAddr,
+    sn: &Sniffer,
+    leaks: &[LeakHit],
+    ctx: &FlowCtx,
+) -> Verdict<'p> {
+    let names = fact_names(sn, ctx);
+    policy.evaluate(intel, &facts(transport, server, sn, leaks, ctx, &names))
 }
 
 fn judge<'p>(policy: &'p crate::policy::Policy, intel: &Intel, f: &FlowState) -> Verdict<'p> {

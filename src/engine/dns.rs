@@ -38,6 +38,10 @@ pub const BLOCK_TTL: u32 = 60;
 pub const NAMES_PER_ADDRESS: usize = 8;
 /// How long a name seen in a flow (SNI, Host, ...) is remembered.
 pub const SEEN_NAME_TTL_NS: u64 = 300_000_000_000;
+/// How long a name from a DNS answer stays with its address at least,
+/// whatever the answer's TTL (one hour): apps keep using addresses past
+/// their TTL, and the name is the evidence of whose service it is.
+pub const NAME_HOLD_NS: u64 = 3_600_000_000_000;
 
 /// Limits of the DNS state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,20 +208,36 @@ fn approx_size(r: &Record) -> usize {
         _ => 128,
     }
 }
-
-/// Address → names it was reached by, learned from DNS answers and from
-/// flows; bounded, each name with its expiry; oldest address out first.
+/// Address → the names it was reached by, each with an expiry. Bounded by
+/// a number of addresses; when full, the address used least recently
+/// (learned or looked up) makes room. At most [`NAMES_PER_ADDRESS`] names
+/// per address.
 #[derive(Debug, Default)]
 pub struct NameMap {
-    map: HashMap<IpAddr, Vec<(Arc<str>, u64)>>,
-    order: VecDeque<IpAddr>,
+    map: HashMap<IpAddr, NameEntry>,
+    /// Addresses in order of use, with the use's stamp; an entry whose
+    /// stamp is not its address's latest is stale and skipped.
+    order: VecDeque<(IpAddr, u64)>,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct NameEntry {
+    names: Vec<(Arc<str>, u64)>,
+    used: u64,
 }
 
 impl NameMap {
-    /// Remembers that `ip` was reached by `name` until `expires_ns`.
+    /// Remembers that `ip` was reached by `name` until `expires_ns`, in a
+    /// map of at most `max` addresses.
     pub fn learn(&mut self, ip: IpAddr, name: &str, expires_ns: u64, max: usize) {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(v) = self.map.get_mut(&ip) {
+        if self.map.contains_key(&ip) {
+            self.touch(ip);
+            let Some(e) = self.map.get_mut(&ip) else {
+                return;
+            };
+            let v = &mut e.names;
             if let Some(e) = v.iter_mut().find(|(n, _)| **n == *name) {
                 e.1 = e.1.max(expires_ns);
             } else if v.len() < NAMES_PER_ADDRESS {
@@ -229,21 +249,56 @@ impl NameMap {
             return;
         }
         while self.map.len() >= max.max(1) {
-            let Some(old) = self.order.pop_front() else {
+            let Some((old, stamp)) = self.order.pop_front() else {
                 break;
             };
-            self.map.remove(&old);
+            if self.map.get(&old).is_some_and(|e| e.used == stamp) {
+                self.map.remove(&old);
+            }
         }
-        self.order.push_back(ip);
-        self.map.insert(ip, vec![(name.into(), expires_ns)]);
+        self.clock += 1;
+        self.order.push_back((ip, self.clock));
+        self.map.insert(
+            ip,
+            NameEntry {
+                names: vec![(name.into(), expires_ns)],
+                used: self.clock,
+            },
+        );
+        self.compact();
     }
 
-    /// The names `ip` was reached by that have not expired at `now_ns`.
-    pub fn names(&self, ip: IpAddr, now_ns: u64) -> impl Iterator<Item = &str> {
+    /// Marks `ip` as just used.
+    fn touch(&mut self, ip: IpAddr) {
+        self.clock += 1;
+        let stamp = self.clock;
+        if let Some(e) = self.map.get_mut(&ip) {
+            e.used = stamp;
+            self.order.push_back((ip, stamp));
+            self.compact();
+        }
+    }
+
+    /// Drops stale order entries once they outnumber the live ones, so the
+    /// queue stays within twice the map's size.
+    fn compact(&mut self) {
+        if self.order.len() > 2 * self.map.len() + 16 {
+            let map = &self.map;
+            self.order
+                .retain(|(ip, stamp)| map.get(ip).is_some_and(|e| e.used == *stamp));
+        }
+    }
+
+    /// The names `ip` was reached by that have not expired at `now_ns`; a
+    /// hit counts as a use.
+    pub fn names(&mut self, ip: IpAddr, now_ns: u64) -> impl Iterator<Item = &str> {
+        if self.map.contains_key(&ip) {
+            self.touch(ip);
+        }
         self.map
             .get(&ip)
             .into_iter()
-            .flatten()
+            .flat_map(|e| &e.names)
             .filter(move |(_, t)| *t > now_ns)
             .map(|(n, _)| &**n)
     }
@@ -363,18 +418,7 @@ pub fn answer(
     tcp: bool,
 ) -> (Vec<u8>, Outcome) {
     let mut out = Outcome::default();
-    let qname = q.name_text();
-    // The chain: the question's name, then every CNAME target.
-    let mut chain = vec![qname.clone()];
-    for r in records {
-        if let RData::CNAME(c) = &r.data {
-            let t = c.0.to_lowercase().to_ascii();
-            let t = t.trim_end_matches('.').to_owned();
-            if !chain.contains(&t) {
-                chain.push(t);
-            }
-        }
-    }
+    let chain = chain(&q.name_text(), records);
     out.chain.clone_from(&chain);
     // Link by link: a blocked name anywhere in the chain blocks the query.
     for link in &chain {
@@ -468,6 +512,82 @@ pub fn answer(
     }
     m.add_answers(kept);
     (encode(&m, q, tcp), out)
+}
+
+/// The names of an answer's CNAME chain: the question's name, then every
+/// CNAME target, lowercased, without the final dot.
+pub fn chain(qname: &str, records: &[Record]) -> Vec<String> {
+    let mut chain = vec![qname.trim_end_matches('.').to_ascii_lowercase()];
+    for r in records {
+        if let RData::CNAME(c) = &r.data {
+            let t = c.0.to_lowercase().to_ascii();
+            let t = t.trim_end_matches('.').to_owned();
+            if !chain.contains(&t) {
+                chain.push(t);
+            }
+        }
+    }
+    chain
+}
+
+/// Ties each address of an answer to every name of its chain, for the
+/// answer's TTL but at least [`NAME_HOLD_NS`]: apps use an answer past its
+/// TTL (their own caches, Happy Eyeballs), and a low TTL must not detach a
+/// vendor's name from its edge. The one rule for the live engine and the
+/// audit.
+pub fn learn_answer(
+    names: &mut NameMap,
+    chain: &[String],
+    addrs: &[IpAddr],
+    ttl_s: u32,
+    now_ns: u64,
+    max: usize,
+) {
+    let until = now_ns + (u64::from(ttl_s) * 1_000_000_000).max(NAME_HOLD_NS);
+    for ip in addrs {
+        for n in chain {
+            names.learn(*ip, n, until, max);
+        }
+    }
+}
+
+/// A DNS answer seen on the wire (in a capture): its chain, its addresses
+/// and their smallest TTL. `None` for anything that is not a response
+/// carrying addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenAnswer {
+    /// The CNAME chain, as [`chain`] gives it.
+    pub chain: Vec<String>,
+    /// The A and AAAA addresses.
+    pub addrs: Vec<IpAddr>,
+    /// The smallest TTL of the answer's records, seconds.
+    pub ttl_s: u32,
+}
+
+/// Reads a DNS response message (see [`SeenAnswer`]).
+pub fn seen_answer(payload: &[u8]) -> Option<SeenAnswer> {
+    let m = Message::from_vec(payload).ok()?;
+    if m.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    let q = m.queries.first()?;
+    let addrs: Vec<IpAddr> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(A(ip)) => Some(IpAddr::V4(*ip)),
+            RData::AAAA(AAAA(ip)) => Some(IpAddr::V6(*ip)),
+            _ => None,
+        })
+        .collect();
+    if addrs.is_empty() {
+        return None;
+    }
+    Some(SeenAnswer {
+        chain: chain(&q.name().to_lowercase().to_ascii(), &m.answers),
+        addrs,
+        ttl_s: m.answers.iter().map(|r| r.ttl).min().unwrap_or(0),
+    })
 }
 
 /// Removes blocked addresses from ipv4hint/ipv6hint; a hint list left

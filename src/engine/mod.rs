@@ -10,11 +10,14 @@ pub mod reply;
 pub mod stack;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::classify::leak::{LeakDetector, LeakHit, ScanState};
 use crate::classify::{Carrier, Dir, Sniffer};
+use crate::intel::jurisdiction::Intel;
+use crate::policy::{Policy, Transport as PTransport, Verdict};
 use crate::wire::packet::{Drop, Transport, parse_ip};
+use dataplane::FlowCtx;
 
 /// The most leak findings kept per flow.
 pub const MAX_LEAKS_PER_FLOW: usize = 64;
@@ -44,7 +47,35 @@ pub struct Flow {
     pub sniffer: Sniffer,
     /// Identifiers seen in cleartext (at most [`MAX_LEAKS_PER_FLOW`]).
     pub leaks: Vec<LeakHit>,
+    /// Names the server's address was reached by: DNS answers and names
+    /// seen in earlier flows, at the flow's first packet and learned while
+    /// it lasted (as the live engine keeps them).
+    pub ctx: FlowCtx,
+    /// Whether the flow's own server name went into the name map.
+    name_shared: bool,
     scan: [ScanState; 2],
+}
+
+impl Flow {
+    /// The policy's verdict on the flow, from the facts the live engine
+    /// judges with ([`dataplane::judge_parts`]): the same packets give the
+    /// same verdict in an audit and in the firewall.
+    pub fn judge<'p>(&self, policy: &'p Policy, intel: &Intel) -> Verdict<'p> {
+        let t = match self.proto {
+            6 => PTransport::Tcp,
+            1 | 58 => PTransport::Icmp,
+            _ => PTransport::Udp,
+        };
+        dataplane::judge_parts(
+            policy,
+            intel,
+            t,
+            self.server,
+            &self.sniffer,
+            &self.leaks,
+            &self.ctx,
+        )
+    }
 }
 
 /// An unordered flow key.
@@ -69,6 +100,8 @@ pub struct Counters {
     pub other_protocols: u64,
     /// New flows refused because the table was full.
     pub refused_flows: u64,
+    /// DNS answers whose names were tied to their addresses.
+    pub dns_answers: u64,
 }
 
 /// The flow table and the classifier, driven one packet at a time.
@@ -80,6 +113,12 @@ pub struct Inspector {
     leak: Option<LeakDetector>,
     hits: Vec<LeakHit>,
     frags: frag::Reassembler,
+    /// Address → names, from the DNS answers and the flows in the capture,
+    /// as the live engine learns them.
+    names: dns::NameMap,
+    /// Flows by server address, to give names learned later to the flows
+    /// already open (bounded by the flow table).
+    by_server: HashMap<IpAddr, Vec<usize>>,
     /// What was not inspected, and why.
     pub counters: Counters,
 }
@@ -95,6 +134,8 @@ impl Inspector {
             leak,
             hits: Vec::new(),
             frags: frag::Reassembler::new(frag::FragLimits::default()),
+            names: dns::NameMap::default(),
+            by_server: HashMap::new(),
             counters: Counters::default(),
         }
     }
@@ -210,6 +251,18 @@ impl Inspector {
                     _ => sport < 1024 && dport >= 1024,
                 };
                 let (client, server) = if reply { (dst, src) } else { (src, dst) };
+                let ctx = FlowCtx {
+                    names: self
+                        .names
+                        .names(server.ip(), ts_ns)
+                        .map(str::to_owned)
+                        .collect(),
+                    app: None,
+                };
+                self.by_server
+                    .entry(server.ip())
+                    .or_default()
+                    .push(self.flows.len());
                 self.flows.push(Flow {
                     proto: p.proto,
                     client,
@@ -222,6 +275,8 @@ impl Inspector {
                     bytes_down: 0,
                     sniffer: Sniffer::new(),
                     leaks: Vec::new(),
+                    ctx,
+                    name_shared: false,
                     scan: Default::default(),
                 });
                 self.index.insert(k, self.flows.len() - 1);
@@ -256,7 +311,43 @@ impl Inspector {
             &mut self.hits,
             &mut f.leaks,
         );
+        if !f.name_shared
+            && let Some(n) = &f.sniffer.server_name
+        {
+            // TLS, QUIC, HTTP and SD-RTN names feed the map, as live.
+            f.name_shared = true;
+            let (ip, n) = (f.server.ip(), n.clone());
+            let limit = dns::DnsLimits::default().names;
+            self.names
+                .learn(ip, &n, ts_ns + dns::SEEN_NAME_TTL_NS, limit);
+        }
+        if carrier == Carrier::Udp
+            && sport == 53
+            && let Some(a) = dns::seen_answer(payload)
+        {
+            self.dns_answer(&a, ts_ns);
+        }
         Some(idx)
+    }
+
+    /// A DNS answer in the capture: its names go with its addresses, for
+    /// the flows to come and those already open, as the live engine ties
+    /// them ([`dns::learn_answer`]).
+    fn dns_answer(&mut self, a: &dns::SeenAnswer, ts_ns: u64) {
+        self.counters.dns_answers += 1;
+        let limit = dns::DnsLimits::default().names;
+        let ttl = a.ttl_s.max(dns::MIN_TTL);
+        dns::learn_answer(&mut self.names, &a.chain, &a.addrs, ttl, ts_ns, limit);
+        for ip in &a.addrs {
+            for &i in self.by_server.get(ip).into_iter().flatten() {
+                let ctx = &mut self.flows[i].ctx;
+                for n in &a.chain {
+                    if !ctx.names.contains(n) {
+                        ctx.names.push(n.clone());
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -132,6 +133,26 @@ impl Rule {
             || c.port.is_some()
             || c.encrypted.is_some()
             || c.leak.is_some()
+    }
+
+    /// Whether what the payload tells (class, encryption, leaks, names
+    /// from SNI or Host, vendor signatures) could decide if the rule
+    /// matches.
+    fn may_match_later(&self, lists: &[CompiledList]) -> bool {
+        let c = &self.cond;
+        c.traffic.is_some()
+            || c.encrypted.is_some()
+            || c.leak.is_some()
+            || c.domain.is_some()
+            || c.vendor.is_some()
+            || c.list.as_ref().is_some_and(|ls| {
+                ls.iter()
+                    .filter_map(|&i| lists.get(i))
+                    .any(|l| !l.domains.is_empty())
+            })
+            || c.jurisdiction
+                .as_ref()
+                .is_some_and(|j| j.layers & Layer::Vendor.bit() != 0)
     }
 
     /// Whether the rule has conditions on the address (jurisdiction, ASN,
@@ -329,6 +350,55 @@ impl Policy {
         })
     }
 
+    /// The verdict at a TCP SYN or a flow's first datagram when the payload
+    /// cannot change it: `Some` when a rule that needs nothing from the
+    /// payload (no class, encryption or leak condition) blocks `f` (the
+    /// address, port, app and names learned before), and no rule before it
+    /// could still match once the payload is read and allow the flow; the
+    /// policy's default block counts the same way. `None` when the payload
+    /// could still matter or the flow is allowed: then it is read first.
+    ///
+    /// Names only add matches (an SNI or a vendor signature can make a
+    /// `domain`, `vendor` or vendor-layer rule match, never unmatch), so a
+    /// rule that matches on the names known now still matches later.
+    pub fn settled_block<'p>(&'p self, intel: &Intel, f: &Facts<'_>) -> Option<Verdict<'p>> {
+        let j = self
+            .needs_intel
+            .then(|| intel.jurisdiction_in(&self.catalog, f.dst, f.names, f.protocol));
+        let mut logged_by = None;
+        for (i, r) in self.rules.iter().enumerate() {
+            let c = &r.cond;
+            let payload_bound = c.traffic.is_some() || c.encrypted.is_some() || c.leak.is_some();
+            let matched = r.check(&self.lists, f, j.as_ref());
+            if r.action == Action::Log {
+                if matched.is_ok() {
+                    logged_by.get_or_insert((i, r));
+                }
+                continue;
+            }
+            match matched {
+                Ok(layer) if !payload_bound => {
+                    return matches!(r.action, Action::Block(_)).then_some(Verdict {
+                        action: r.action,
+                        rule: Some((i, r)),
+                        logged_by,
+                        layer,
+                    });
+                }
+                // It may match (or stop matching) once the payload is read:
+                // an allow rule then leaves the outcome open.
+                _ if r.action == Action::Allow && r.may_match_later(&self.lists) => return None,
+                _ => {}
+            }
+        }
+        matches!(self.default, Action::Block(_)).then_some(Verdict {
+            action: self.default,
+            rule: None,
+            logged_by,
+            layer: None,
+        })
+    }
+
     /// The DNS step for a queried name (and the names of a CNAME chain):
     /// the first rule about names alone (domain, vendor, lists of domains,
     /// perhaps app; nothing about addresses or the flow) that matches
@@ -406,22 +476,36 @@ impl Policy {
 /// A policy that can be replaced while flows are evaluated against it:
 /// readers never wait, a swap is atomic, and a failed update leaves the
 /// running policy untouched (the caller only swaps in what compiled).
+/// Each swap bumps a generation number, so that whoever judged flows with
+/// the old policy (the engine) can tell and judge them again.
 #[derive(Debug)]
-pub struct PolicyHandle(arc_swap::ArcSwap<Policy>);
+pub struct PolicyHandle {
+    policy: arc_swap::ArcSwap<Policy>,
+    generation: AtomicU64,
+}
 
 impl PolicyHandle {
-    /// Starts with a policy.
+    /// Starts with a policy (generation 0).
     pub fn new(p: Policy) -> Self {
-        Self(arc_swap::ArcSwap::from_pointee(p))
+        Self {
+            policy: arc_swap::ArcSwap::from_pointee(p),
+            generation: AtomicU64::new(0),
+        }
     }
 
     /// The current policy.
     pub fn current(&self) -> Arc<Policy> {
-        self.0.load_full()
+        self.policy.load_full()
     }
 
     /// Replaces the policy.
     pub fn replace(&self, p: Policy) {
-        self.0.store(Arc::new(p));
+        self.policy.store(Arc::new(p));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times the policy was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }

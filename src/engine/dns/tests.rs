@@ -488,3 +488,116 @@ fn names_seen_in_flows_feed_the_same_map() {
         vec!["1-2-3-4.edge.agora.io".to_owned()]
     );
 }
+
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 96];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(&[0x55; 160]);
+    p
+}
+
+/// No media to Agora's services, recognised by name: the DNS step keeps
+/// their addresses (signalling to them is allowed), so the names must
+/// follow the addresses into the flows.
+const NO_AGORA_MEDIA: &str = r#"
+name = "no-agora-media"
+default = "allow"
+
+[[rule]]
+name = "no media to Agora"
+action = "block"
+traffic = ["media"]
+vendor = ["agora"]
+"#;
+
+fn no_agora_media() -> Engine {
+    engine(NO_AGORA_MEDIA, EngineConfig::default())
+}
+
+/// Sends RTP from the app to `to` until the engine decides; the events.
+fn media_to(e: &mut Engine, to: &str, at: u64) -> Vec<Output> {
+    let mut out = Vec::new();
+    for seq in 0..12u16 {
+        let p = reply::udp_packet(sa(APP), sa(to), &rtp(seq)).expect("packet");
+        e.handle_tun(&p, at + u64::from(seq) * 20_000_000);
+        out.extend(std::iter::from_fn(|| e.poll_output()));
+    }
+    out
+}
+
+/// A vendor's name learned from an answer with a 1 s TTL stays with its
+/// edge's address: media to it 5 s later is still blocked by the vendor
+/// layer, and not a datagram of it leaves.
+#[test]
+fn a_low_ttl_cannot_detach_a_vendor_name_from_its_edge() {
+    let mut e = no_agora_media();
+    let out = query(&mut e, 9, "104-166-161-75.edge.agora.io.", RecordType::A);
+    let mut rec = a("104-166-161-75.edge.agora.io.", [198, 51, 100, 20]);
+    rec.ttl = 1;
+    let out = resolve(&mut e, &out, vec![rec]);
+    assert!(answer_of(&out).is_some());
+    let out = media_to(&mut e, "198.51.100.20:5000", 6 * S);
+    let ev = events(&out);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::UdpOpen { .. } | Output::UdpSend { .. })),
+        "{out:?}"
+    );
+    let b = ev.iter().find(|e| e.action == "block").expect("blocked");
+    assert_eq!(b.rule.as_deref(), Some("no media to Agora"));
+    assert_eq!(b.names, vec!["104-166-161-75.edge.agora.io".to_owned()]);
+}
+
+/// A name learned for an address after a flow to it opened is judged with
+/// that flow: media already flowing to what turns out to be an Agora edge
+/// is cut.
+#[test]
+fn a_name_learned_later_rejudges_open_flows() {
+    let mut e = no_agora_media();
+    let out = media_to(&mut e, "198.51.100.21:5000", S);
+    let flow = events(&out)[0].flow;
+    assert!(
+        out.iter().any(|o| matches!(o, Output::UdpSend { .. })),
+        "allowed at first"
+    );
+    let q = query(&mut e, 10, "1-2-3-4.edge.agora.io.", RecordType::A);
+    let out = resolve(
+        &mut e,
+        &q,
+        vec![a("1-2-3-4.edge.agora.io.", [198, 51, 100, 21])],
+    );
+    assert!(out.contains(&Output::Close { flow }), "{out:?}");
+    let cut = events(&out)
+        .into_iter()
+        .find(|e| e.kind == "cut")
+        .expect("cut");
+    assert_eq!(cut.rule.as_deref(), Some("no media to Agora"));
+}
+
+/// The name map evicts the address used least recently, not the oldest:
+/// an edge looked up again survives newer addresses.
+#[test]
+fn the_name_map_evicts_the_least_recently_used() {
+    let mut m = NameMap::default();
+    let (a1, a2, a3) = (
+        IpAddr::from([198, 51, 100, 1]),
+        IpAddr::from([198, 51, 100, 2]),
+        IpAddr::from([198, 51, 100, 3]),
+    );
+    m.learn(a1, "edge.example", 100 * S, 2);
+    m.learn(a2, "other.example", 100 * S, 2);
+    assert_eq!(m.names(a1, S).count(), 1, "a1 used again");
+    m.learn(a3, "new.example", 100 * S, 2);
+    assert_eq!(m.len(), 2);
+    assert_eq!(m.names(a1, S).collect::<Vec<_>>(), vec!["edge.example"]);
+    assert_eq!(m.names(a2, S).count(), 0, "a2 was the least recently used");
+    // Many uses keep the bookkeeping bounded.
+    for _ in 0..1000 {
+        let _ = m.names(a1, S).count();
+    }
+    m.learn(a2, "other.example", 100 * S, 2);
+    assert_eq!(m.len(), 2);
+    assert_eq!(m.names(a1, S).count(), 1, "a1 still most recent");
+}
