@@ -628,6 +628,85 @@ fn run_routes_the_whole_host_and_fails_closed() {
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains(expect));
     };
+    // The unit's stop step after a crash, as systemd runs it: everything
+    // stays and nothing leaves; only a clean stop removes the setup.
+    let blocked = snapshot(&net.fw);
+    for result in ["signal", "exit-code", "core-dump", "timeout", ""] {
+        let mut c = std::process::Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &fw,
+            env!("CARGO_BIN_EXE_geowall"),
+            "down",
+            "--after-stop",
+        ]);
+        if !result.is_empty() {
+            c.env("SERVICE_RESULT", result);
+        }
+        let out = c.output().expect("down --after-stop");
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("stay"));
+        assert_eq!(
+            snapshot(&net.fw),
+            blocked,
+            "kept after SERVICE_RESULT={result}"
+        );
+        assert!(
+            std::fs::read_to_string(&resolv)
+                .expect("read")
+                .contains("198.18.255.2"),
+            "the resolver stays pointed at geowall"
+        );
+    }
+    in_ns(&fw, || {
+        assert!(udp_exchange(sa(addr::US, 7000), b"leak?").is_err());
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(net.count(addr::US, 17, 7000), n, "still nothing leaves");
+    // A restart after the crash keeps the host blocked throughout and its
+    // SIGTERM restores the host as it was before the first start.
+    let mut g = start_run(&net, &world, &policy);
+    in_ns(&fw, || {
+        assert_eq!(
+            udp_exchange(sa(addr::US, 7000), b"b").expect("up again"),
+            b"b"
+        )
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = g.wait();
+    assert_eq!(snapshot(&net.fw), before, "restored after the restart");
+    assert_eq!(
+        std::fs::read_to_string(&resolv).expect("read"),
+        "nameserver 192.0.2.99\n",
+        "the host's own resolver, kept across the crash"
+    );
+    // Crash again; this time a clean stop's step removes it all.
+    let mut g = start_run(&net, &world, &policy);
+    let _ = g.kill();
+    let _ = g.wait();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &fw,
+            env!("CARGO_BIN_EXE_geowall"),
+            "down",
+            "--after-stop",
+        ])
+        .env("SERVICE_RESULT", "success")
+        .output()
+        .expect("down --after-stop");
+    assert!(out.status.success());
+    assert_eq!(snapshot(&net.fw), before, "a clean stop removes it");
+    down("nothing to remove");
+    // And by hand after a crash.
+    let mut g = start_run(&net, &world, &policy);
+    let _ = g.kill();
+    let _ = g.wait();
     down("removed");
     down("nothing to remove");
     assert_eq!(

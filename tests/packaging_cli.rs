@@ -34,12 +34,34 @@ fn completions_and_man_page_cover_every_command() {
 }
 
 #[test]
-fn the_systemd_unit_runs_and_tears_down_with_real_commands() {
+fn the_systemd_unit_fails_closed_with_real_commands() {
     let unit =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dist/geowall.service"))
             .expect("unit");
     assert!(unit.contains("ExecStart=/usr/local/bin/geowall run --preset default"));
-    assert!(unit.contains("ExecStopPost=/usr/local/bin/geowall down"));
+    // Fail-closed: the stop step removes the setup only after a clean stop
+    // (systemd runs ExecStopPost after crashes too), nothing else tears it
+    // down, restarts never give up, and it starts before the network.
+    let stops: Vec<&str> = unit
+        .lines()
+        .filter(|l| l.starts_with("ExecStopPost=") || l.starts_with("ExecStartPre="))
+        .collect();
+    assert_eq!(
+        stops,
+        ["ExecStopPost=/usr/local/bin/geowall down --after-stop"],
+        "no unconditional teardown"
+    );
+    for line in [
+        "Restart=always",
+        "StartLimitIntervalSec=0",
+        "Before=network-pre.target",
+        "Wants=network-pre.target",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
+    }
+    assert!(!unit.contains("After=network-online.target"));
+    let help = geowall(&["down", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--after-stop"));
     // The flags it uses parse.
     let help = geowall(&["run", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);

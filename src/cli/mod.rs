@@ -61,7 +61,7 @@ enum Command {
     /// routing, IPv4 and IPv6, resolver pointed at geowall); fail-closed.
     Run(run::Args),
     /// Remove what `geowall run` set up (after a crash); idempotent.
-    Down,
+    Down(run::DownArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -131,7 +131,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Demo(a) => demo::run(a),
         Command::Status(a) => control::run_status(a),
         Command::Run(a) => run::run(a),
-        Command::Down => run::down(),
+        Command::Down(a) => run::down(a),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

@@ -51,16 +51,25 @@ fn resolv_backup() -> PathBuf {
     Path::new(STATE).join("resolv.conf.before")
 }
 
-/// Sets up the routing and the resolver (idempotent: a leftover setup is
-/// removed first).
+/// Whether a routing rule with this priority is in place.
+fn rule_present(fam: &str, prio: &str) -> bool {
+    Command::new("ip")
+        .args([fam, "rule", "list", "priority", prio])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
+}
+
+/// Sets up the routing and the resolver. Idempotent, and never opens the
+/// host on the way: what a crashed instance left (rules, the blackhole) is
+/// kept and completed, not removed and added again, so a restart leaves no
+/// moment without them.
 fn up() -> anyhow::Result<()> {
-    down_quiet();
     let mark = format!("{FWMARK:#x}");
     for fam in families() {
         super::ip(&[
             fam,
             "route",
-            "add",
+            "replace",
             "blackhole",
             "default",
             "table",
@@ -69,26 +78,34 @@ fn up() -> anyhow::Result<()> {
             "4000",
         ])?;
         super::ip(&[
-            fam, "route", "add", "default", "dev", TUN, "table", TABLE, "metric", "1",
+            fam, "route", "replace", "default", "dev", TUN, "table", TABLE, "metric", "1",
         ])?;
-        super::ip(&[
-            fam, "rule", "add", "not", "fwmark", &mark, "table", TABLE, "priority", PRIO_TABLE,
-        ])?;
-        super::ip(&[
-            fam,
-            "rule",
-            "add",
-            "table",
-            "main",
-            "suppress_prefixlength",
-            "0",
-            "priority",
-            PRIO_SUPPRESS,
-        ])?;
+        if !rule_present(fam, PRIO_TABLE) {
+            super::ip(&[
+                fam, "rule", "add", "not", "fwmark", &mark, "table", TABLE, "priority", PRIO_TABLE,
+            ])?;
+        }
+        if !rule_present(fam, PRIO_SUPPRESS) {
+            super::ip(&[
+                fam,
+                "rule",
+                "add",
+                "table",
+                "main",
+                "suppress_prefixlength",
+                "0",
+                "priority",
+                PRIO_SUPPRESS,
+            ])?;
+        }
     }
     std::fs::create_dir_all(STATE)?;
-    let before = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    std::fs::write(resolv_backup(), before).context("cannot keep /etc/resolv.conf")?;
+    // A backup left by an instance that died is the host's own resolver:
+    // keep it (the file now names geowall's).
+    if !resolv_backup().exists() {
+        let before = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        std::fs::write(resolv_backup(), before).context("cannot keep /etc/resolv.conf")?;
+    }
     std::fs::write(
         "/etc/resolv.conf",
         format!("# geowall run: every query is answered by geowall\nnameserver {RESOLVER}\n"),
@@ -189,9 +206,31 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn down() -> anyhow::Result<ExitCode> {
+/// Arguments of `geowall down`.
+#[derive(clap::Args)]
+pub(crate) struct DownArgs {
+    /// Run as a service manager's stop step (systemd's `ExecStopPost`):
+    /// remove the setup only when the service stopped cleanly
+    /// (`SERVICE_RESULT=success`); after a crash, a kill or a failed start
+    /// the blackhole and the rules stay, so nothing leaves until geowall is
+    /// back.
+    #[arg(long)]
+    after_stop: bool,
+}
+
+pub(crate) fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
     if !super::is_root() {
         anyhow::bail!("geowall down needs root");
+    }
+    if a.after_stop {
+        let result = std::env::var("SERVICE_RESULT").unwrap_or_default();
+        if result != "success" {
+            let shown = if result.is_empty() { "unset" } else { &result };
+            eprintln!(
+                "geowall: the service did not stop cleanly (SERVICE_RESULT={shown}): the routing rules and the blackhole stay, so nothing leaves until geowall is back; `geowall down` removes them"
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
     }
     if down_quiet() {
         eprintln!("geowall: routing rules removed and the resolver restored");
