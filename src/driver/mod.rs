@@ -88,12 +88,13 @@ impl std::fmt::Display for Summary {
         let c = &self.counters;
         write!(
             f,
-            "{} packets from the TUN, {} flows opened, {} blocked, {} cut, {} refused; {} DNS queries ({} blocked, {} filtered); {} bytes up, {} down ({} datagrams dropped on full queues); upstream failures {:?}; drops {:?}",
+            "{} packets from the TUN, {} flows opened, {} blocked, {} cut, {} refused ({} TCP with small windows past the memory budget); {} DNS queries ({} blocked, {} filtered); {} bytes up, {} down ({} datagrams dropped on full queues); upstream failures {:?}; drops {:?}",
             c.tun_packets,
             c.opened,
             c.blocked,
             c.cut,
             c.refused,
+            c.tcp_squeezed,
             c.dns_queries,
             c.dns_blocked,
             c.dns_filtered,

@@ -1,0 +1,705 @@
+//! A flow's life end to end, in network namespaces (root only; skips
+//! otherwise): first bytes that come late are still judged, a reload cuts
+//! the open flows the new rules block, a name learned from DNS outlives its
+//! TTL, a block the address settles is refused at the SYN, and thousands of
+//! connections held at once are all served. Every block is checked at the
+//! server: what it received, not only what the app saw.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use support::{Net, addr, in_ns, sa};
+
+/// An Agora media edge's name (the vendor layer says CN wherever it is).
+const AGORA_EDGE: &str = "104-166-161-75.edge.agora.io";
+/// The test's DNS server (US in the test world).
+const UPSTREAM: &str = "198.51.100.53";
+/// Where the app thinks its resolver is (geowall answers every query).
+const APP_RESOLVER: &str = "192.0.2.53:53";
+/// A third US address, for a flow no other flow's name touches.
+const US3: &str = "198.51.100.30";
+
+/// Runs `body` on a thread of its own and fails the test if it takes
+/// longer than `limit` (its panics are the test's).
+fn bounded(test: &str, limit: Duration, body: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        body();
+        let _ = tx.send(());
+    });
+    let t = Instant::now();
+    match rx.recv_timeout(limit) {
+        Ok(()) => {
+            let _ = h.join();
+            eprintln!("{test}: done in {:.1} s", t.elapsed().as_secs_f64());
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(p) = h.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{test}: still running after {limit:?}")
+        }
+    }
+}
+
+/// What a test server received.
+#[derive(Clone, Default)]
+struct Tally {
+    /// Connections accepted (TCP) or datagrams received (UDP).
+    accepted: Arc<AtomicUsize>,
+    /// Payload bytes received.
+    bytes: Arc<AtomicU64>,
+    /// TCP connections open now.
+    live: Arc<AtomicUsize>,
+}
+
+impl Tally {
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+    fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+}
+
+/// A TCP server in the internet namespace on `at` that counts what it
+/// accepts and receives and echoes every read at once, keeping each
+/// connection open until the client closes it (or the network is
+/// dropped). One small thread per connection.
+fn counting_tcp_server(net: &Net, at: SocketAddr) -> Tally {
+    let tally = Tally::default();
+    let l = in_ns(&net.net, || {
+        let domain = if at.is_ipv4() {
+            socket2::Domain::IPV4
+        } else {
+            socket2::Domain::IPV6
+        };
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, None).expect("socket");
+        s.set_reuse_address(true).expect("reuse");
+        s.bind(&at.into()).expect("bind tcp server");
+        // Thousands of connections may arrive at once.
+        s.listen(4096).expect("listen");
+        std::net::TcpListener::from(s)
+    });
+    l.set_nonblocking(true).expect("nonblocking");
+    let (stop, t) = (net.stopping(), tally.clone());
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            t.accepted.fetch_add(1, Ordering::SeqCst);
+            t.live.fetch_add(1, Ordering::SeqCst);
+            let (stop, t) = (stop.clone(), t.clone());
+            let spawned = std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    serve_connection(c, &stop, &t);
+                    t.live.fetch_sub(1, Ordering::SeqCst);
+                });
+            assert!(spawned.is_ok(), "a server thread");
+        }
+    });
+    tally
+}
+
+fn serve_connection(mut c: TcpStream, stop: &AtomicBool, t: &Tally) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::SeqCst) {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                t.bytes.fetch_add(n as u64, Ordering::SeqCst);
+                if c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// A UDP server in the internet namespace on `at` that counts the
+/// datagrams and bytes it receives and answers nothing.
+fn counting_udp_server(net: &Net, at: SocketAddr) -> Tally {
+    let tally = Tally::default();
+    let s = in_ns(&net.net, || UdpSocket::bind(at).expect("bind udp server"));
+    s.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let (stop, t) = (net.stopping(), tally.clone());
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                t.accepted.fetch_add(1, Ordering::SeqCst);
+                t.bytes.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        }
+    });
+    tally
+}
+
+/// Waits up to `limit` for `done`.
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+fn status(net: &Net) -> serde_json::Value {
+    let out = support::geowall_cli(net, &["status", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+    )
+}
+
+/// An RTP packet (as in `netns_e2e.rs`).
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 96];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(&[0x55; 160]);
+    p
+}
+
+/// Connects from the app namespace to `to`, waits `delay` (the sniffing
+/// timer opens the flow meanwhile), sends a ClientHello naming `sni` and
+/// reads what comes back: the echoed hello, or the error.
+fn late_hello(app: &str, to: SocketAddr, delay: Duration, sni: &str) -> std::io::Result<Vec<u8>> {
+    in_ns(app, || {
+        let hello = support::client_hello(sni);
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        std::thread::sleep(delay);
+        s.write_all(&hello)?;
+        let mut back = vec![0u8; hello.len()];
+        s.read_exact(&mut back)?;
+        Ok(back)
+    })
+}
+
+/// Under `strict`, a ClientHello naming an Agora edge sent 0.5 s and 2 s
+/// after the connect (the 300 ms sniffing timer has opened the flow to the
+/// server by then) is still held and judged: the server gets none of it,
+/// the app gets a reset. The same with an ordinary name arrives whole.
+#[test]
+fn a_late_client_hello_naming_a_blocked_vendor_never_reaches_the_server() {
+    let test = "a_late_client_hello_naming_a_blocked_vendor_never_reaches_the_server";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        net.add_server_address(US3);
+        let world = support::test_world(net.dir.path());
+        // One address each: a name seen for an address is remembered for
+        // its later flows, which would then be refused at the SYN.
+        let cases = [
+            ("A", addr::US, Duration::from_millis(500)),
+            ("B", addr::US2, Duration::from_secs(2)),
+        ];
+        let servers: Vec<Tally> = cases
+            .iter()
+            .map(|(_, ip, _)| counting_tcp_server(&net, sa(ip, 443)))
+            .collect();
+        let control = counting_tcp_server(&net, sa(US3, 443));
+        net.start_geowall(&world, &["--preset", "strict"]);
+        let app = net.app.clone();
+        for ((case, ip, delay), server) in cases.iter().zip(&servers) {
+            let r = late_hello(&app, sa(ip, 443), *delay, AGORA_EDGE);
+            std::thread::sleep(Duration::from_millis(300));
+            eprintln!(
+                "case {case} ({delay:?}): the app got {:?}; the server accepted {}, received {} bytes",
+                r.as_ref().map(Vec::len),
+                server.accepted(),
+                server.bytes()
+            );
+            assert_eq!(server.bytes(), 0, "case {case}: bytes reached the server");
+            // The late path indeed: the timer had opened the connection.
+            assert_eq!(server.accepted(), 1, "case {case}: opened before the hello");
+            match &r {
+                Err(e) => assert!(is_reset(e), "case {case}: not a reset: {e}"),
+                Ok(b) => panic!("case {case}: the hello came back ({} bytes)", b.len()),
+            }
+        }
+        // Control: an ordinary name, as late, arrives whole.
+        let hello = support::client_hello("www.example.org");
+        let got = late_hello(
+            &app,
+            sa(US3, 443),
+            Duration::from_millis(500),
+            "www.example.org",
+        )
+        .expect("the control hello is answered");
+        assert_eq!(got, hello);
+        assert_eq!(control.bytes(), hello.len() as u64);
+        let events = net.events();
+        for (case, ip, _) in cases {
+            let server = format!("{ip}:443");
+            let cut = events
+                .iter()
+                .find(|e| e["server"] == server.as_str() && e["action"] == "block")
+                .unwrap_or_else(|| panic!("case {case}: no block event: {events:#?}"));
+            assert_eq!(cut["kind"], "cut", "case {case}: {cut}");
+            assert_eq!(cut["server_name"], AGORA_EDGE, "case {case}: {cut}");
+        }
+        net.stop_geowall();
+    });
+}
+
+/// The first policy: allows everything (its rule about media makes TCP
+/// connections be read before they are judged, as under the presets).
+const ALLOW_US: &str = r#"
+name = "before"
+default = "allow"
+
+[[rule]]
+name = "no media to PRC"
+action = "block"
+traffic = ["media"]
+jurisdiction = { countries = ["CN", "HK", "MO"] }
+"#;
+
+/// A UDP flow and a TCP connection to a US address carry data every 50 ms;
+/// `geowall reload` to rules that block the address cuts both: the server
+/// receives nothing more while the app keeps sending, and the app's
+/// connection is reset.
+#[test]
+fn a_reload_that_blocks_an_address_cuts_open_udp_and_tcp_flows() {
+    let test = "a_reload_that_blocks_an_address_cuts_open_udp_and_tcp_flows";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        let (policy, world) = net.policy_and_world(ALLOW_US);
+        let tcp = counting_tcp_server(&net, sa(addr::US, 7000));
+        let udp = counting_udp_server(&net, sa(addr::US, 7000));
+        net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
+        let app = net.app.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        // The app: one datagram every 50 ms on one socket (one flow).
+        let udp_app = {
+            let (app, stop) = (app.clone(), stop.clone());
+            std::thread::spawn(move || {
+                support::enter(&app);
+                let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+                let mut sent = 0u32;
+                for i in 0..400u32 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    // A reject answers with ICMP unreachable, which a
+                    // later send reports; keep sending anyway.
+                    if s.send_to(format!("datagram {i}").as_bytes(), sa(addr::US, 7000))
+                        .is_ok()
+                    {
+                        sent += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                sent
+            })
+        };
+        // ... and 100 bytes every 50 ms on one TCP connection, reading the
+        // echo; the first error ends it.
+        let tcp_app = {
+            let (app, stop) = (app.clone(), stop.clone());
+            std::thread::spawn(move || -> (u32, Option<std::io::Error>) {
+                support::enter(&app);
+                let mut s = TcpStream::connect_timeout(&sa(addr::US, 7000), Duration::from_secs(3))
+                    .expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                let mut rounds = 0;
+                let mut back = [0u8; 100];
+                for _ in 0..400 {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Err(e) = s
+                        .write_all(&[b'x'; 100])
+                        .and_then(|()| s.read_exact(&mut back))
+                    {
+                        return (rounds, Some(e));
+                    }
+                    rounds += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                (rounds, None)
+            })
+        };
+        // Both reach the server.
+        std::thread::sleep(Duration::from_secs(1));
+        let (t0, u0) = (tcp.bytes(), udp.accepted());
+        std::thread::sleep(Duration::from_millis(500));
+        let (t1, u1) = (tcp.bytes(), udp.accepted());
+        eprintln!("before the reload: TCP bytes {t0} -> {t1}, UDP datagrams {u0} -> {u1}");
+        assert!(t1 > t0 && t0 > 0, "TCP reaches the server: {t0} -> {t1}");
+        assert!(u1 > u0 && u0 > 0, "UDP reaches the server: {u0} -> {u1}");
+        // New rules: the address is blocked.
+        let blocks = format!(
+            "{}\n[[rule]]\nname = \"no US server\"\naction = \"block\"\nblock = \"reject\"\ncidr = [\"{}/32\"]\n",
+            ALLOW_US.replace("\"before\"", "\"after\""),
+            addr::US
+        );
+        std::fs::write(&policy, blocks).expect("write");
+        let reloaded = Instant::now();
+        let out = support::geowall_cli(&net, &["reload"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A short settle, then nothing more for a second while the app
+        // keeps sending.
+        std::thread::sleep(Duration::from_millis(500));
+        let (t2, u2) = (tcp.bytes(), udp.accepted());
+        std::thread::sleep(Duration::from_millis(1_200));
+        let (t3, u3) = (tcp.bytes(), udp.accepted());
+        stop.store(true, Ordering::SeqCst);
+        let sent = udp_app.join().expect("udp app");
+        let (rounds, err) = tcp_app.join().expect("tcp app");
+        eprintln!(
+            "after the reload ({:.1} s ago): TCP bytes {t2} -> {t3}, UDP datagrams {u2} -> {u3}; the app sent {sent} datagrams, {rounds} TCP rounds, then {err:?}",
+            reloaded.elapsed().as_secs_f64()
+        );
+        assert_eq!(t3, t2, "TCP bytes reached the server after the cut");
+        assert_eq!(u3, u2, "UDP datagrams reached the server after the cut");
+        let err = err.expect("the app's connection ended");
+        assert!(is_reset(&err), "the app's connection was reset: {err}");
+        let events = net.events();
+        for proto in ["tcp", "udp"] {
+            let cut = events
+                .iter()
+                .find(|e| e["kind"] == "cut" && e["proto"] == proto)
+                .unwrap_or_else(|| panic!("no {proto} cut event: {events:#?}"));
+            assert_eq!(cut["rule"], "no US server", "{cut}");
+        }
+        let v = status(&net);
+        assert!(v["cut"].as_u64() >= Some(2), "{v}");
+        net.stop_geowall();
+    });
+}
+
+/// The test DNS server's zone: the Agora edge's name on a US address, with
+/// a one-second TTL.
+fn agora_zone(name: &str, t: RecordType) -> Vec<Record> {
+    match (name, t) {
+        (AGORA_EDGE, RecordType::A) => vec![Record::from_rdata(
+            Name::from_ascii(format!("{AGORA_EDGE}.")).expect("name"),
+            1,
+            RData::A(A(addr::US.parse().expect("ip"))),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+const NO_AGORA_MEDIA: &str = r#"
+name = "no agora media"
+default = "allow"
+
+[[rule]]
+name = "no media to Agora"
+action = "block"
+traffic = ["media"]
+vendor = ["agora"]
+"#;
+
+/// The app resolves an Agora edge's name (TTL 1 s) through geowall and
+/// sends RTP to its address 5 s later: the name still ties the address to
+/// Agora, and no packet reaches the server. RTP to another US address,
+/// which no name ties to anyone, arrives.
+#[test]
+fn a_vendor_name_from_a_one_second_ttl_answer_still_blocks_media_5s_later() {
+    let test = "a_vendor_name_from_a_one_second_ttl_answer_still_blocks_media_5s_later";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        let (policy, world) = net.policy_and_world(NO_AGORA_MEDIA);
+        net.add_server_address(UPSTREAM);
+        let served = net.dns_server(sa(UPSTREAM, 53), agora_zone);
+        let agora = counting_udp_server(&net, sa(addr::US, 5004));
+        let other = counting_udp_server(&net, sa(addr::US2, 5004));
+        net.start_geowall(
+            &world,
+            &[
+                "--policy",
+                policy.to_str().expect("utf-8"),
+                "--dns-upstream",
+                &format!("udp:{UPSTREAM}"),
+            ],
+        );
+        let app = net.app.clone();
+        let answer = in_ns(&app, || {
+            support::dns_query(
+                APP_RESOLVER.parse().expect("address"),
+                &format!("{AGORA_EDGE}."),
+                RecordType::A,
+                false,
+            )
+        })
+        .expect("the name resolves through geowall");
+        let ips: Vec<IpAddr> = answer
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(A(ip)) => Some(IpAddr::V4(*ip)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ips, vec![addr::US.parse::<IpAddr>().expect("ip")]);
+        assert!(served.load(Ordering::SeqCst) >= 1, "the upstream was asked");
+        std::thread::sleep(Duration::from_secs(5));
+        in_ns(&app, || {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            for seq in 1..=10u16 {
+                let _ = s.send_to(&rtp(seq), sa(addr::US, 5004));
+                let _ = s.send_to(&rtp(seq), sa(addr::US2, 5004));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        assert!(
+            wait_for(Duration::from_secs(2), || other.accepted() == 10),
+            "the control's RTP arrives: {} of 10",
+            other.accepted()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        eprintln!(
+            "RTP at the Agora edge's address: {} datagrams ({} packets on the wire); at the other: {}",
+            agora.accepted(),
+            net.count(addr::US, 17, 5004),
+            other.accepted()
+        );
+        assert_eq!(agora.accepted(), 0, "RTP reached the Agora edge");
+        assert_eq!(net.count(addr::US, 17, 5004), 0, "packets on the wire");
+        let events = net.events();
+        let blocked = events
+            .iter()
+            .find(|e| e["kind"] == "blocked" && e["server"] == format!("{}:5004", addr::US))
+            .unwrap_or_else(|| panic!("no blocked event: {events:#?}"));
+        assert_eq!(blocked["rule"], "no media to Agora", "{blocked}");
+        assert_eq!(blocked["names"][0], AGORA_EDGE, "{blocked}");
+        net.stop_geowall();
+    });
+}
+
+/// Under `strict`, a connection to a CN address is refused at the SYN:
+/// `connect()` fails at once and the server never sees a connection; a
+/// connection to a US address is served.
+#[test]
+fn strict_refuses_a_connect_to_a_cn_address_at_once() {
+    let test = "strict_refuses_a_connect_to_a_cn_address_at_once";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(30), || {
+        let mut net = Net::new();
+        let world = support::test_world(net.dir.path());
+        let cn = counting_tcp_server(&net, sa(addr::CN, 443));
+        let us = counting_tcp_server(&net, sa(addr::US, 443));
+        net.start_geowall(&world, &["--preset", "strict"]);
+        let app = net.app.clone();
+        let (took, r) = in_ns(&app, || {
+            let t = Instant::now();
+            let r = TcpStream::connect_timeout(&sa(addr::CN, 443), Duration::from_secs(3));
+            (t.elapsed(), r)
+        });
+        // Were it relayed, the server would have it by now (the
+        // sniffing timer opens a silent connection after 300 ms).
+        std::thread::sleep(Duration::from_millis(600));
+        eprintln!(
+            "connect to {}:443: {r:?} after {took:?}; the server accepted {}, {} packets reached it",
+            addr::CN,
+            cn.accepted(),
+            net.count(addr::CN, 6, 443)
+        );
+        assert_eq!(cn.accepted(), 0, "the CN server accepted a connection");
+        assert_eq!(net.count(addr::CN, 6, 443), 0, "packets to the CN server");
+        match r {
+            Err(e) => assert!(is_reset(&e), "refused or reset: {e}"),
+            Ok(_) => panic!("the connect to a CN address succeeded"),
+        }
+        assert!(took < Duration::from_secs(1), "refused at once: {took:?}");
+        let hello = support::client_hello("www.example.org");
+        let got = in_ns(&app, || {
+            let mut s = TcpStream::connect_timeout(&sa(addr::US, 443), Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(&hello)?;
+            let mut back = vec![0u8; hello.len()];
+            s.read_exact(&mut back)?;
+            Ok::<_, std::io::Error>(back)
+        });
+        assert_eq!(got.expect("the US connection is served"), hello);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(cn.accepted(), 0, "the CN server accepted a connection");
+        assert_eq!(net.count(addr::CN, 6, 443), 0, "packets to the CN server");
+        assert_eq!(us.accepted(), 1);
+        let events = net.events();
+        let e = events
+            .iter()
+            .find(|e| e["kind"] == "blocked" && e["server"] == format!("{}:443", addr::CN))
+            .unwrap_or_else(|| panic!("no blocked event: {events:#?}"));
+        assert_eq!(e["rule"], "nothing to PRC jurisdiction; unknown counts");
+        net.stop_geowall();
+    });
+}
+
+/// Connections held open at once.
+const CONNECTIONS: usize = 2_000;
+/// App threads opening them.
+const OPENERS: usize = 8;
+
+/// Under `default`, the app opens 2,000 connections to a keep-alive server
+/// (8 threads, 250 each), each sending a request and reading the reply,
+/// all held open; then each is used once more. None is refused or reset,
+/// and the server holds all 2,000 at the end.
+#[test]
+fn two_thousand_concurrent_connections_are_all_served() {
+    let test = "two_thousand_concurrent_connections_are_all_served";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    // This process holds both ends (the app's and the server's), geowall
+    // one upstream socket a connection; it inherits this limit and lowers
+    // its flow bound (65,536 by default) to the hard limit minus 256.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let need = 2 * CONNECTIONS as u64 + 1_000;
+    if hard < need {
+        eprintln!("{test}: skipped (the open-files limit is {hard}, {need} are needed)");
+        return;
+    }
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        let world = support::test_world(net.dir.path());
+        let server = counting_tcp_server(&net, sa(addr::US, 8080));
+        net.start_geowall(&world, &["--preset", "default"]);
+        let app = net.app.clone();
+        let t = Instant::now();
+        let openers: Vec<_> = (0..OPENERS)
+            .map(|k| {
+                let app = app.clone();
+                std::thread::spawn(move || {
+                    support::enter(&app);
+                    let mut held = Vec::new();
+                    let mut failed = Vec::new();
+                    for i in (k..CONNECTIONS).step_by(OPENERS) {
+                        let req = format!("GET /{i:04} HTTP/1.1\r\nHost: www.example.org\r\n\r\n");
+                        let r =
+                            TcpStream::connect_timeout(&sa(addr::US, 8080), Duration::from_secs(5))
+                                .and_then(|mut s| {
+                                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                                    s.write_all(req.as_bytes())?;
+                                    let mut back = vec![0u8; req.len()];
+                                    s.read_exact(&mut back)?;
+                                    if back != req.as_bytes() {
+                                        return Err(std::io::Error::other("a wrong reply"));
+                                    }
+                                    Ok(s)
+                                });
+                        match r {
+                            Ok(s) => held.push((i, s)),
+                            Err(e) => failed.push((i, e)),
+                        }
+                    }
+                    (held, failed)
+                })
+            })
+            .collect();
+        let mut held = Vec::new();
+        let mut failed = Vec::new();
+        for h in openers {
+            let (ok, bad) = h.join().expect("an opener");
+            held.extend(ok);
+            failed.extend(bad);
+        }
+        let opened_in = t.elapsed();
+        let served_live = server.live();
+        eprintln!(
+            "{} connections served and held in {:.1} s, {} failed{}; the server holds {served_live}",
+            held.len(),
+            opened_in.as_secs_f64(),
+            failed.len(),
+            failed
+                .first()
+                .map(|(i, e)| format!(" (first: #{i}: {e})"))
+                .unwrap_or_default()
+        );
+        assert!(failed.is_empty(), "{} connections failed", failed.len());
+        assert_eq!(held.len(), CONNECTIONS);
+        // All held at once: each answers once more.
+        let mut second = 0;
+        for (i, s) in &mut held {
+            let msg = format!("again {i:04}\n");
+            let mut back = vec![0u8; msg.len()];
+            match s
+                .write_all(msg.as_bytes())
+                .and_then(|()| s.read_exact(&mut back))
+            {
+                Ok(()) if back == msg.as_bytes() => second += 1,
+                Ok(()) => panic!("#{i}: a wrong second reply"),
+                Err(e) => panic!("#{i}: the second round failed: {e}"),
+            }
+        }
+        assert_eq!(second, CONNECTIONS);
+        assert_eq!(server.accepted(), CONNECTIONS, "connections at the server");
+        assert_eq!(server.live(), CONNECTIONS, "all open at the server at once");
+        let v = status(&net);
+        eprintln!(
+            "geowall: {} flows open, {} opened, {} refused, {} cut, {} blocked; all in {:.1} s",
+            v["flows_open"],
+            v["opened"],
+            v["refused"],
+            v["cut"],
+            v["blocked"],
+            t.elapsed().as_secs_f64()
+        );
+        assert_eq!(v["refused"], 0, "{v}");
+        assert_eq!(v["cut"], 0, "{v}");
+        assert_eq!(v["blocked"], 0, "{v}");
+        assert!(v["flows_open"].as_u64() >= Some(CONNECTIONS as u64), "{v}");
+        drop(held);
+        net.stop_geowall();
+    });
+}
