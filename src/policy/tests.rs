@@ -531,13 +531,18 @@ fn embedded_ipv4_jurisdiction_counts() {
     // 203.0.113.5 is CN in the test world; 198.51.100.7 is US.
     for blocked in [
         "64:ff9b::203.0.113.5",
+        "64:ff9b:1::203.0.113.5",
         "2002:cb00:7105::1",
         "2001:0:4136:e378:8000:63bf:34ff:8efa",
         "::203.0.113.5",
     ] {
         assert!(ping(blocked), "{blocked} embeds a CN address");
     }
-    for allowed in ["64:ff9b::198.51.100.7", "2002:c633:6407::1"] {
+    for allowed in [
+        "64:ff9b::198.51.100.7",
+        "64:ff9b:1::198.51.100.7",
+        "2002:c633:6407::1",
+    ] {
         assert!(!ping(allowed), "{allowed} embeds a US address");
     }
     let j = intel.jurisdiction(ip("64:ff9b::203.0.113.5"), &[], None);

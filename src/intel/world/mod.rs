@@ -275,6 +275,10 @@ impl<'w> WorldInfo<'w> {
 pub enum Embedding {
     /// NAT64, the well-known prefix `64:ff9b::/96` (RFC 6052).
     Nat64,
+    /// NAT64 under the local-use prefix `64:ff9b:1::/48` (RFC 8215), as a
+    /// `/96` inside it (`64:ff9b:1::a.b.c.d`, the IPv4 address in the last
+    /// 32 bits).
+    Nat64Local,
     /// 6to4, `2002::/16` (RFC 3056): the IPv4 address in bits 16-47.
     SixToFour,
     /// Teredo, `2001::/32` (RFC 4380): the client's IPv4 address,
@@ -293,6 +297,9 @@ pub fn embedded_ipv4(ip: IpAddr) -> Option<(Embedding, Ipv4Addr)> {
     let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
     if o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0] {
         return Some((Embedding::Nat64, last));
+    }
+    if o[..12] == [0, 0x64, 0xff, 0x9b, 0, 1, 0, 0, 0, 0, 0, 0] {
+        return Some((Embedding::Nat64Local, last));
     }
     if o[0] == 0x20 && o[1] == 0x02 {
         return Some((Embedding::SixToFour, Ipv4Addr::new(o[2], o[3], o[4], o[5])));
