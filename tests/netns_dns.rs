@@ -91,15 +91,7 @@ fn queries_are_answered_filtered_and_attributed() {
     let served = net.dns_server(sa(&format!("{UPSTREAM}:53")), zone);
     net.tcp_server(sa(&format!("{}:7000", addr::US)), |r| r.to_vec());
     net.tcp_server(sa(&format!("{}:7001", addr::US)), |r| r.to_vec());
-    net.start_geowall(
-        &world,
-        &[
-            "--policy",
-            policy.to_str().expect("utf-8"),
-            "--dns-upstream",
-            &format!("udp:{UPSTREAM}"),
-        ],
-    );
+    support::start_with_resolver(&mut net, &world, &policy, UPSTREAM);
     let app = net.app.clone();
     in_ns(&app, || {
         // One CN and one US address: only the US one, over UDP and TCP.

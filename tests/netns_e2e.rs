@@ -75,12 +75,7 @@ fn ping(to: &str) -> std::io::Result<Vec<u8>> {
 }
 
 fn rtp(seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 96];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    p.extend_from_slice(&[0x55; 160]);
-    p
+    geowall::wire::rtc::rtp_packet(seq)
 }
 
 #[test]

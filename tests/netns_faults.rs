@@ -355,12 +355,7 @@ sources = ["this test"]
         &key,
     );
     std::fs::write(&live, update).expect("write");
-    let out = support::geowall_cli(&net, &["reload"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::reload(&net);
     std::thread::sleep(Duration::from_millis(300));
     let before = net.count(addr::US, 6, 7000);
     let got = in_ns(&app, || support::tcp_exchange(sa(addr::US, 7000), &hello));

@@ -187,14 +187,9 @@ fn is_reset(e: &std::io::Error) -> bool {
     )
 }
 
-/// An RTP packet (as in `netns_e2e.rs`).
+/// An RTP packet.
 fn rtp(seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 96];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    p.extend_from_slice(&[0x55; 160]);
-    p
+    geowall::wire::rtc::rtp_packet(seq)
 }
 
 /// Connects from the app namespace to `to`, waits `delay` (the sniffing
@@ -380,12 +375,7 @@ fn a_reload_that_blocks_an_address_cuts_open_udp_and_tcp_flows() {
         );
         std::fs::write(&policy, blocks).expect("write");
         let reloaded = Instant::now();
-        let out = support::geowall_cli(&net, &["reload"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::reload(&net);
         // A short settle, then nothing more for a second while the app
         // keeps sending.
         std::thread::sleep(Duration::from_millis(500));
@@ -458,15 +448,7 @@ fn a_vendor_name_from_a_one_second_ttl_answer_still_blocks_media_5s_later() {
         let served = net.dns_server(sa(UPSTREAM, 53), agora_zone);
         let agora = counting_udp_server(&net, sa(addr::US, 5004));
         let other = counting_udp_server(&net, sa(addr::US2, 5004));
-        net.start_geowall(
-            &world,
-            &[
-                "--policy",
-                policy.to_str().expect("utf-8"),
-                "--dns-upstream",
-                &format!("udp:{UPSTREAM}"),
-            ],
-        );
+        support::start_with_resolver(&mut net, &world, &policy, UPSTREAM);
         let app = net.app.clone();
         let answer = in_ns(&app, || {
             support::dns_query(

@@ -334,13 +334,7 @@ fn play() -> Vec<Step> {
         step(what, dst, 17, 4001, true, udp(dst, 4001, &p));
     }
     // Media.
-    let rtp = |seq: u16| {
-        let mut p = vec![0x80, 96];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&[0, 0, 0, 160, 0x12, 0x34, 0x56, 0x78]);
-        p.extend_from_slice(&[0x55; 160]);
-        p
-    };
+    let rtp = geowall::wire::rtc::rtp_packet;
     step(
         "RTP media to CN relay",
         EDGE_CN,

@@ -150,9 +150,28 @@ pub fn sd_rtn_probe(host: &str) -> Vec<u8> {
     p
 }
 
+/// A plain RTP packet (version 2, payload type 96, 160 bytes of payload,
+/// timestamp advancing 160 per packet, a fixed SSRC), as [`classify`]
+/// reads it: what the demo and the tests send as voice.
+pub fn rtp_packet(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 96];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&u32::from(seq).wrapping_mul(160).to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(&[0x55; 160]);
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rtp_builder_is_read_as_rtp() {
+        for seq in [0, 1, 65_535] {
+            assert!(matches!(classify(&rtp_packet(seq)), Some(Rtc::Rtp { .. })));
+        }
+    }
 
     #[test]
     fn sd_rtn_from_the_documented_layout() {

@@ -734,6 +734,35 @@ pub(crate) fn geowall_cli(net: &Net, args: &[&str]) -> std::process::Output {
         .expect("geowall runs")
 }
 
+/// `geowall reload` against this instance, which must succeed.
+pub(crate) fn reload(net: &Net) {
+    let out = geowall_cli(net, &["reload"]);
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts geowall with the policy file `policy` and `upstream` (an IPv4
+/// address) as its plain DNS upstream.
+pub(crate) fn start_with_resolver(
+    net: &mut Net,
+    world: &Path,
+    policy: &Path,
+    upstream: &str,
+) {
+    net.start_geowall(
+        world,
+        &[
+            "--policy",
+            policy.to_str().expect("utf-8"),
+            "--dns-upstream",
+            &format!("udp:{upstream}"),
+        ],
+    );
+}
+
 /// An SD-RTN-shaped probe naming an Agora edge (the vendor layer says CN
 /// wherever the address is).
 pub(crate) fn sd_rtn(host: &str) -> Vec<u8> {

@@ -1246,14 +1246,7 @@ fn the_audit_and_the_engine_give_the_same_verdicts() {
     ));
     r.add_answer(rec.clone());
     let (app_dns, dns) = ("192.0.2.200:5353", "198.18.1.1:53");
-    let rtp = |seq: u16| {
-        let mut p = vec![0x80, 96];
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-        p.extend_from_slice(&[0x55; 160]);
-        p
-    };
+    let rtp = crate::wire::rtc::rtp_packet;
     let probe = crate::wire::rtc::sd_rtn_probe("1-2-3-4.edge.agora.io");
     // (time, packet) after the DNS exchange.
     let mut later: Vec<(u64, Vec<u8>)> = Vec::new();

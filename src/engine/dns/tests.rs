@@ -489,14 +489,7 @@ fn names_seen_in_flows_feed_the_same_map() {
     );
 }
 
-fn rtp(seq: u16) -> Vec<u8> {
-    let mut p = vec![0x80, 96];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    p.extend_from_slice(&[0x55; 160]);
-    p
-}
+use crate::wire::rtc::rtp_packet as rtp;
 
 /// No media to Agora's services, recognised by name: the DNS step keeps
 /// their addresses (signalling to them is allowed), so the names must
