@@ -83,7 +83,11 @@ struct TcpFlow {
     id: FlowId,
     client: SocketAddr,
     server: SocketAddr,
+    /// Its socket, in its own set in [`Engine`]'s `socks`.
     handle: smoltcp::iface::SocketHandle,
+    /// When the stack wants this connection polled again (retransmission,
+    /// delayed ACK), as kept in [`Engine`]'s timer queue.
+    timer: Option<u64>,
     sniffer: Sniffer,
     leaks: Vec<LeakHit>,
     scan: ScanState,
@@ -317,6 +321,8 @@ pub type AppLookup = Box<dyn FnMut(PTransport, SocketAddr, SocketAddr) -> Option
 
 /// A UDP or echo flow's key: (echo?, app side, server side).
 type DatagramKey = (bool, SocketAddr, SocketAddr);
+/// A TCP connection's key: (app side, server side).
+type TcpKey = (SocketAddr, SocketAddr);
 
 /// Where a DNS answer goes.
 #[derive(Debug, Clone, Copy)]
@@ -370,7 +376,16 @@ pub struct Engine {
     hits: Vec<LeakHit>,
     device: super::stack::QueueDevice,
     iface: smoltcp::iface::Interface,
-    sockets: smoltcp::iface::SocketSet<'static>,
+    /// Each connection's own socket set, holding its one socket: the stack
+    /// is polled per connection, so a packet costs the same whatever the
+    /// number of connections. A connection dropped silently has none.
+    socks: HashMap<TcpKey, smoltcp::iface::SocketSet<'static>>,
+    /// An empty socket set, for segments of no connection (the stack
+    /// answers them with an RST).
+    no_sockets: smoltcp::iface::SocketSet<'static>,
+    /// The stack's timers: (when, connection), one entry per connection
+    /// that has one (see [`TcpFlow::timer`]).
+    tcp_timers: std::collections::BTreeSet<(u64, TcpKey)>,
     tcp: HashMap<(SocketAddr, SocketAddr), TcpFlow>,
     tcp_ids: HashMap<FlowId, (SocketAddr, SocketAddr)>,
     /// No flow deadline (idle, sniffing) falls before this: a lower bound,
@@ -416,7 +431,9 @@ impl Engine {
         Self {
             device,
             iface,
-            sockets: super::stack::sockets(),
+            socks: HashMap::new(),
+            no_sockets: super::stack::sockets(),
+            tcp_timers: std::collections::BTreeSet::new(),
             tcp: HashMap::new(),
             tcp_ids: HashMap::new(),
             wake_ns: None,
@@ -465,10 +482,7 @@ impl Engine {
             // New rules: the open flows are judged again at once.
             return Some(0);
         }
-        let stack = self
-            .iface
-            .poll_at(smoltcp::time::Instant::from_micros(0), &self.sockets)
-            .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000);
+        let stack = self.tcp_timers.first().map(|(t, _)| *t);
         [self.wake_ns, stack].into_iter().flatten().min()
     }
 
@@ -528,15 +542,18 @@ impl Engine {
     pub fn handle_timeout(&mut self, now_ns: u64) {
         self.follow_policy(now_ns);
         self.frags.expire(now_ns);
-        if self.wake_ns.is_none_or(|w| now_ns < w) {
-            // Only the stack's timers (delayed ACKs, retransmissions) are
-            // due: they make it send, and change nothing the connections'
-            // owners must look at, so no connection is serviced.
-            let t = super::stack::instant(now_ns);
-            self.iface.poll(t, &mut self.device, &mut self.sockets);
-            while let Some(p) = self.device.tx.pop_front() {
-                self.out.push_back(Output::ToTun(p));
+        // The connections whose stack timers (delayed ACKs,
+        // retransmissions) are due, and only those.
+        while let Some(&(t, key)) = self.tcp_timers.first()
+            && t <= now_ns
+        {
+            self.tcp_timers.pop_first();
+            if let Some(f) = self.tcp.get_mut(&key) {
+                f.timer = None;
             }
+            self.poll_stack(now_ns, Some(key));
+        }
+        if self.wake_ns.is_none_or(|w| now_ns < w) {
             return;
         }
         self.poll_stack(now_ns, None);
@@ -566,27 +583,21 @@ impl Engine {
                 tcp_idle
             };
             if now_ns.saturating_sub(f.last_ns) >= limit {
-                stale.push((*k, f.id, f.silent, f.handle, f.phase));
+                stale.push(*k);
             }
         }
-        for (k, id, silent, handle, phase) in stale {
-            if let Some(f) = self.tcp.remove(&k) {
-                self.tcp_memory -= f.buffers;
-            }
-            self.tcp_ids.remove(&id);
-            if !silent {
+        for k in stale {
+            let Some((f, set)) = self.remove_tcp(&k) else {
+                continue;
+            };
+            if let Some(mut set) = set {
                 // Reset the app's side; the RST leaves at this poll.
-                self.sockets
-                    .get_mut::<smoltcp::socket::tcp::Socket>(handle)
+                set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle)
                     .abort();
-                self.iface.poll(
-                    super::stack::instant(now_ns),
-                    &mut self.device,
-                    &mut self.sockets,
-                );
-                self.sockets.remove(handle);
-                if matches!(phase, TcpPhase::Open | TcpPhase::Connecting) {
-                    self.out.push_back(Output::Close { flow: id });
+                self.iface
+                    .poll(super::stack::instant(now_ns), &mut self.device, &mut set);
+                if matches!(f.phase, TcpPhase::Open | TcpPhase::Connecting) {
+                    self.out.push_back(Output::Close { flow: f.id });
                 }
             }
         }
@@ -1064,7 +1075,9 @@ impl Engine {
             if sock.listen(ep).is_err() {
                 return self.drop_reason("tcp-listen-failed");
             }
-            let handle = self.sockets.add(sock);
+            let mut set = super::stack::sockets();
+            let handle = set.add(sock);
+            self.socks.insert(key, set);
             self.tcp_memory += 2 * each;
             let phase = if is_dns {
                 TcpPhase::Dns
@@ -1078,6 +1091,7 @@ impl Engine {
                 client,
                 server,
                 handle,
+                timer: None,
                 sniffer: Sniffer::new(),
                 leaks: Vec::new(),
                 scan: ScanState::default(),
@@ -1135,26 +1149,72 @@ impl Engine {
         only: Option<(SocketAddr, SocketAddr)>,
         packet: Option<&[u8]>,
     ) {
+        match only {
+            Some(key) => self.poll_one(now_ns, key, packet),
+            None => {
+                let keys: Vec<_> = self.tcp.keys().copied().collect();
+                for key in keys {
+                    self.poll_one(now_ns, key, None);
+                }
+            }
+        }
+        while let Some(p) = self.device.tx.pop_front() {
+            self.out.push_back(Output::ToTun(p));
+        }
+    }
+
+    /// Runs the stack for one connection (its own socket set, with
+    /// `packet` if given), services it, and files its next stack timer.
+    /// A segment of no connection goes to the stack with no socket, which
+    /// answers an RST.
+    fn poll_one(&mut self, now_ns: u64, key: TcpKey, packet: Option<&[u8]>) {
         let t = super::stack::instant(now_ns);
         let mut dev = super::stack::OneShot {
             rx: packet,
             tx: &mut self.device.tx,
             mtu: self.device.mtu,
         };
-        self.iface.poll(t, &mut dev, &mut self.sockets);
-        match only {
-            Some(key) => self.service_tcp(now_ns, key),
-            None => {
-                let keys: Vec<_> = self.tcp.keys().copied().collect();
-                for key in keys {
-                    self.service_tcp(now_ns, key);
-                }
+        let set = self.socks.get_mut(&key).unwrap_or(&mut self.no_sockets);
+        self.iface.poll(t, &mut dev, set);
+        if !self.tcp.contains_key(&key) {
+            return;
+        }
+        self.service_tcp(now_ns, key);
+        let at = match self.socks.get_mut(&key) {
+            Some(set) => {
+                self.iface.poll(t, &mut self.device, set);
+                self.iface
+                    .poll_at(t, set)
+                    .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000)
             }
+            None => None,
+        };
+        if let Some(f) = self.tcp.get_mut(&key)
+            && f.timer != at
+        {
+            if let Some(old) = f.timer {
+                self.tcp_timers.remove(&(old, key));
+            }
+            if let Some(a) = at {
+                self.tcp_timers.insert((a, key));
+            }
+            f.timer = at;
         }
-        self.iface.poll(t, &mut self.device, &mut self.sockets);
-        while let Some(p) = self.device.tx.pop_front() {
-            self.out.push_back(Output::ToTun(p));
+    }
+
+    /// Forgets a connection: its flow, id, socket set, timer and buffers.
+    /// Returns them (the set, if it still had one).
+    fn remove_tcp(
+        &mut self,
+        key: &TcpKey,
+    ) -> Option<(TcpFlow, Option<smoltcp::iface::SocketSet<'static>>)> {
+        let f = self.tcp.remove(key)?;
+        self.tcp_ids.remove(&f.id);
+        if let Some(t) = f.timer {
+            self.tcp_timers.remove(&(t, *key));
         }
+        self.tcp_memory -= f.buffers;
+        Some((f, self.socks.remove(key)))
     }
 
     fn service_tcp(&mut self, now_ns: u64, key: (SocketAddr, SocketAddr)) {
@@ -1166,7 +1226,10 @@ impl Engine {
             if f.silent {
                 return;
             }
-            let sock = self.sockets.get_mut::<Socket>(f.handle);
+            let Some(set) = self.socks.get_mut(&key) else {
+                return;
+            };
+            let sock = set.get_mut::<Socket>(f.handle);
             if let TcpPhase::Sniffing { since_ns: None } = f.phase
                 && sock.state() == S::Established
             {
@@ -1344,7 +1407,7 @@ impl Engine {
             }
             if drop_silently {
                 f.silent = true;
-                self.sockets.remove(f.handle);
+                self.socks.remove(&key);
                 self.tcp_memory -= std::mem::take(&mut f.buffers);
                 return;
             }
@@ -1366,13 +1429,9 @@ impl Engine {
                 && matches!(sock.state(), S::Closed | S::TimeWait)
                 && !matches!(f.phase, TcpPhase::Sniffing { since_ns: None })
             {
-                let (id, handle, phase) = (f.id, f.handle, f.phase);
+                let (id, phase) = (f.id, f.phase);
                 let ev = f.event("closed", None);
-                let held = f.buffers;
-                self.tcp.remove(&key);
-                self.tcp_ids.remove(&id);
-                self.sockets.remove(handle);
-                self.tcp_memory -= held;
+                self.remove_tcp(&key);
                 if matches!(phase, TcpPhase::Open | TcpPhase::Connecting) {
                     self.out.push_back(Output::Close { flow: id });
                 }
@@ -1415,9 +1474,10 @@ impl Engine {
         if f.phase != TcpPhase::Open || f.silent {
             return 0;
         }
-        let sock = self
-            .sockets
-            .get_mut::<smoltcp::socket::tcp::Socket>(f.handle);
+        let Some(set) = self.socks.get_mut(&key) else {
+            return 0;
+        };
+        let sock = set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle);
         let n = sock.send_slice(data).unwrap_or(0);
         f.sniffer.on_payload(
             Carrier::Tcp,
@@ -1434,12 +1494,15 @@ impl Engine {
     /// for the flow (room in its local send buffer); 0 for a flow that is
     /// not open.
     pub fn tcp_send_room(&self, flow: FlowId) -> usize {
-        self.tcp_ids
-            .get(&flow)
-            .and_then(|k| self.tcp.get(k))
+        let Some(k) = self.tcp_ids.get(&flow) else {
+            return 0;
+        };
+        self.tcp
+            .get(k)
             .filter(|f| f.phase == TcpPhase::Open && !f.silent)
-            .map_or(0, |f| {
-                let s = self.sockets.get::<smoltcp::socket::tcp::Socket>(f.handle);
+            .zip(self.socks.get(k))
+            .map_or(0, |(f, set)| {
+                let s = set.get::<smoltcp::socket::tcp::Socket>(f.handle);
                 s.send_capacity() - s.send_queue()
             })
     }
@@ -1480,11 +1543,9 @@ impl Engine {
         let key = self.tcp_ids.get(&flow).copied();
         if let Some(key) = key
             && let Some(f) = self.tcp.get(&key)
-            && !f.silent
+            && let Some(set) = self.socks.get_mut(&key)
         {
-            op(self
-                .sockets
-                .get_mut::<smoltcp::socket::tcp::Socket>(f.handle));
+            op(set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle));
         }
         self.poll_stack(now_ns, key);
     }
@@ -1693,12 +1754,10 @@ impl Engine {
                 }
             }
             Reply::Tcp(key) => {
-                let Some(f) = self.tcp.get(&key) else {
+                let (Some(f), Some(set)) = (self.tcp.get(&key), self.socks.get_mut(&key)) else {
                     return self.drop_reason("dns-tcp-gone");
                 };
-                let sock = self
-                    .sockets
-                    .get_mut::<smoltcp::socket::tcp::Socket>(f.handle);
+                let sock = set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle);
                 let Ok(len) = u16::try_from(bytes.len()) else {
                     return;
                 };

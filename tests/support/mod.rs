@@ -746,12 +746,7 @@ pub(crate) fn reload(net: &Net) {
 
 /// Starts geowall with the policy file `policy` and `upstream` (an IPv4
 /// address) as its plain DNS upstream.
-pub(crate) fn start_with_resolver(
-    net: &mut Net,
-    world: &Path,
-    policy: &Path,
-    upstream: &str,
-) {
+pub(crate) fn start_with_resolver(net: &mut Net, world: &Path, policy: &Path, upstream: &str) {
     net.start_geowall(
         world,
         &[

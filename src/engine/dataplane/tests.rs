@@ -1321,3 +1321,29 @@ fn the_audit_and_the_engine_give_the_same_verdicts() {
     assert_eq!(audit["203.0.113.10:8130"], "block");
     assert_eq!(audit["198.51.100.40:443"], "allow");
 }
+
+/// Each connection's stack timers are filed on their own: SYN-ACKs the
+/// app never acknowledged are sent again when their retransmission time
+/// comes, for every connection, and the engine says when that is.
+#[test]
+fn stack_timers_are_kept_per_connection() {
+    let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+    let synacks = |out: &[Output]| {
+        out.iter()
+            .filter(|o| matches!(o, Output::ToTun(p) if p[33] & 0x12 == 0x12))
+            .count()
+    };
+    for i in 0..100u16 {
+        let syn = tcp_syn(&format!("192.0.2.200:{}", 20_000 + i), "198.51.100.7:443");
+        e.handle_tun(&syn, S);
+    }
+    assert_eq!(synacks(&drain(&mut e)), 100);
+    let due = e.poll_timeout().expect("a retransmission is due");
+    assert!(due > S && due < S + 5 * S, "{due}");
+    // Nothing before it is due; all 100 when it is.
+    e.handle_timeout(due - 1);
+    assert_eq!(synacks(&drain(&mut e)), 0);
+    e.handle_timeout(due);
+    assert_eq!(synacks(&drain(&mut e)), 100);
+    assert!(e.poll_timeout().expect("the next one") > due);
+}
