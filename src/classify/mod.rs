@@ -184,7 +184,9 @@ pub struct Sniffer {
     stun_only_binding: bool,
     dtls_seen: bool,
     /// Byte histogram of the first payload bytes and how many were seen.
-    hist: Option<Box<[u32; 256]>>,
+    /// Kept only while the encryption status depends on it (a named
+    /// protocol says its own). Counts fit: at most [`SAMPLE_BYTES`].
+    hist: Option<Box<[u16; 256]>>,
     sampled: usize,
     stream: Vec<u8>,
     quic: Option<Box<quic::InitialAssembler>>,
@@ -208,11 +210,20 @@ impl Sniffer {
         Self::default()
     }
 
+    /// Whether the protocol decided says the encryption status itself, so
+    /// that the sampled bytes no longer matter.
+    fn protocol_says_encryption(&self) -> bool {
+        self.done && self.encrypted.is_some() && self.protocol != Some(Protocol::Unknown)
+    }
+
     fn decide(&mut self, p: Protocol, class: Traffic, encrypted: bool) {
         self.protocol = Some(p);
         self.class = Some(class);
         self.encrypted = Some(encrypted);
         self.done = true;
+        if self.protocol_says_encryption() {
+            self.hist = None;
+        }
         self.stream = Vec::new();
         self.quic = None;
         self.scratch = Vec::new();
@@ -469,7 +480,7 @@ impl Sniffer {
     }
 
     fn sample(&mut self, p: &[u8]) {
-        if self.sampled >= SAMPLE_BYTES {
+        if self.sampled >= SAMPLE_BYTES || self.protocol_says_encryption() {
             return;
         }
         let h = self.hist.get_or_insert_with(|| Box::new([0; 256]));
@@ -503,7 +514,7 @@ impl Sniffer {
             .iter()
             .enumerate()
             .filter(|(b, _)| matches!(*b, 9 | 10 | 13 | 32..=126))
-            .map(|(_, c)| *c)
+            .map(|(_, c)| u32::from(*c))
             .sum();
         if self.sampled >= 32 && f64::from(printable) >= 0.9 * n {
             return Encryption::Cleartext;

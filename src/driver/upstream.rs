@@ -198,7 +198,8 @@ pub async fn tcp(
     // chatty flow holds little, a bulk one reads in big chunks.
     let mut chunk = MIN_CHUNK;
     let mut reading = true;
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(MAX_BATCH);
+    // Allocated at the first write, not for a connection that stays idle.
+    let mut batch: Vec<Vec<u8>> = Vec::new();
     loop {
         let may_read = reading && shared.down_inflight.load(Ordering::Acquire) < DOWN_WINDOW;
         tokio::select! {
