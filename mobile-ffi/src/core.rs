@@ -225,13 +225,7 @@ impl Rules {
         Ok(Checked {
             action: v.action,
             rule: v.rule.map(|(i, r)| (i, r.name.clone())),
-            layer: v.layer.map(|l| {
-                format!(
-                    "{}:{}",
-                    l.layer.name(),
-                    l.country.map_or("unknown".to_owned(), |c| c.to_string())
-                )
-            }),
+            layer: v.layer.map(|l| l.to_string()),
             json: v.to_json().to_string(),
         })
     }

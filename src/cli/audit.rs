@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use geowall::engine::dataplane::fact_names;
+use geowall::engine::dataplane::{DropReason, fact_names};
 use geowall::engine::{Flow, Inspector};
 use geowall::intel::jurisdiction::Intel;
 use geowall::policy::Policy;
@@ -128,6 +128,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     let c = &insp.counters;
+    let not_ip = DropReason::Packet(geowall::wire::packet::Drop::NotIp);
     eprintln!(
         "{}: {frames} frames, {} flows ({} would be blocked under '{}', {} with identifier leaks); {} fragments ({} datagrams reassembled); not inspected: {} non-IP frames, {} other IP protocols, {} malformed or discarded (overlapping, incomplete, ...), {} flows over the limit",
         a.file.display(),
@@ -137,11 +138,11 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         leaking,
         c.fragments,
         c.reassembled,
-        other_links + c.drops.get("not-ip").copied().unwrap_or(0),
+        other_links + c.drops.get(&not_ip).copied().unwrap_or(0),
         c.other_protocols,
         c.drops
             .iter()
-            .filter(|(k, _)| **k != "not-ip")
+            .filter(|(k, _)| **k != not_ip)
             .map(|(_, v)| v)
             .sum::<u64>(),
         c.refused_flows
@@ -244,13 +245,9 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
         geo,
         blocked: v.is_block(),
         rule: v.rule.map(|(_, r)| r.name.clone()),
-        why: v.layer.map(|l| {
-            format!(
-                "{} layer: {}",
-                l.layer.name(),
-                l.country.map_or("unknown".to_owned(), |c| c.to_string())
-            )
-        }),
+        why: v
+            .layer
+            .map(|l| format!("{} layer: {}", l.layer.name(), l.country_name())),
         leaks: f
             .leaks
             .iter()

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use geowall::driver::Live;
-use geowall::engine::dataplane::Event;
+use geowall::engine::dataplane::{Decision, Event, EventKind};
 use geowall::policy::PolicyHandle;
 use serde_json::{Value, json};
 
@@ -36,11 +36,11 @@ impl Tally {
     /// Counts one decision.
     pub(crate) fn add(&mut self, e: &Event) {
         self.bytes_events += 1;
-        if e.kind == "closed" {
+        if e.kind == EventKind::Closed {
             return;
         }
-        *self.by_class.entry(e.class.to_owned()).or_insert(0) += 1;
-        if e.action == "block" {
+        *self.by_class.entry(e.class.name().to_owned()).or_insert(0) += 1;
+        if e.action == Decision::Block {
             if let Some(l) = &e.layer {
                 *self.blocked_by_layer.entry(l.clone()).or_insert(0) += 1;
             }

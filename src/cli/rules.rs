@@ -440,11 +440,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         for t in &trace {
             let outcome = match (t.failed, t.layer) {
                 (Some(c), _) => format!("no match ({c})"),
-                (None, Some(l)) => format!(
-                    "MATCH via {} {}",
-                    l.layer.name(),
-                    l.country.map_or("unknown".to_owned(), |c| c.to_string())
-                ),
+                (None, Some(l)) => format!("MATCH via {} {}", l.layer.name(), l.country_name()),
                 (None, None) => "MATCH".to_owned(),
             };
             println!("  {:>2}. {:<50} {}", t.index + 1, t.name, outcome);
@@ -467,13 +463,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         };
         let via = verdict
             .layer
-            .map(|l| {
-                format!(
-                    " via the {} layer ({})",
-                    l.layer.name(),
-                    l.country.map_or("unknown".to_owned(), |c| c.to_string())
-                )
-            })
+            .map(|l| format!(" via the {} layer ({})", l.layer.name(), l.country_name()))
             .unwrap_or_default();
         println!("verdict: {how} by {by}{via}");
         if let Some((i, r)) = verdict.logged_by {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use geowall::driver::{self, Live, Protection, Summary, Tun, TunSpec};
-use geowall::engine::dataplane::{Engine, EngineConfig, Event};
+use geowall::engine::dataplane::{Decision, Engine, EngineConfig, Event, EventKind};
 use geowall::intel::jurisdiction::Intel;
 use geowall::policy::PolicyHandle;
 use ipnet::IpNet;
@@ -265,8 +265,8 @@ pub(crate) fn control(
 /// green, the rest plain.
 pub(crate) fn readable_line(e: &Event) -> String {
     let colour = match (e.action, e.kind) {
-        ("block", _) => "\x1b[31m",
-        (_, "opened") => "\x1b[32m",
+        (Decision::Block, _) => "\x1b[31m",
+        (_, EventKind::Opened) => "\x1b[32m",
         _ => "\x1b[2m",
     };
     let mut s = format!(

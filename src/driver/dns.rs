@@ -181,11 +181,7 @@ pub fn refuse_blocked(
                 "refusing upstream resolver {ip}: it is under a blocked jurisdiction (rule '{}'{}); choose another upstream",
                 rule.name,
                 layer
-                    .map(|l| format!(
-                        ", {} layer: {}",
-                        l.layer.name(),
-                        l.country.map_or("unknown".to_owned(), |c| c.to_string())
-                    ))
+                    .map(|l| format!(", {} layer: {}", l.layer.name(), l.country_name()))
                     .unwrap_or_default()
             ));
         }

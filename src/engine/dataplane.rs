@@ -22,16 +22,16 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use super::dns::{self, DnsLimits, Question, Refusal, Resolved};
+use super::events::FlowView;
+pub use super::events::{Decision, DropReason, Event, EventKind, FlowProto};
 use super::frag::{FragLimits, FragResult, Reassembler};
 use super::reply;
 use crate::classify::leak::{LeakDetector, LeakHit, ScanState};
 use crate::classify::{Carrier, Dir, Encryption, Sniffer};
 use crate::intel::jurisdiction::Intel;
 use crate::policy::{Action, BlockMode, Facts, PolicyHandle, Transport as PTransport, Verdict};
-use crate::wire::packet::{Transport, parse_ip};
+use crate::wire::packet::{Transport, icmp_type, parse_ip, tcp_flags};
 
 /// A flow's identity towards the driver.
 pub type FlowId = u64;
@@ -169,50 +169,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// What a decision event records.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Event {
-    /// `opened`, `blocked` (at the first packet), `cut` (an open flow
-    /// blocked by later evidence), `closed`; for DNS, `dns-blocked` (a
-    /// name, or a link of its CNAME chain, is blocked) and `dns-filtered`
-    /// (addresses removed from an answer).
-    pub kind: &'static str,
-    /// The flow.
-    pub flow: FlowId,
-    /// `tcp`, `udp`, `icmp`, or `dns`.
-    pub proto: &'static str,
-    /// The app's side.
-    pub client: String,
-    /// The destination.
-    pub server: String,
-    /// The traffic class.
-    pub class: &'static str,
-    /// The application protocol.
-    pub protocol: &'static str,
-    /// The server name, if known.
-    pub server_name: Option<String>,
-    /// Encryption status.
-    pub encrypted: Encryption,
-    /// `allow` or `block`.
-    pub action: &'static str,
-    /// The deciding rule.
-    pub rule: Option<String>,
-    /// The layer and country that made it match (`vendor:CN`).
-    pub layer: Option<String>,
-    /// Identifier labels seen in cleartext.
-    pub leaks: Vec<String>,
-    /// Names the server's address was learned with (DNS answers, earlier
-    /// flows); for DNS events, the queried name and its CNAME chain.
-    pub names: Vec<String>,
-    /// The app that owns the flow (an executable path, or what the
-    /// platform calls it), when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub app: Option<String>,
-    /// More about a DNS decision (the addresses removed from an answer).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -342,7 +298,7 @@ pub struct EngineCounters {
     /// Packets from the TUN.
     pub tun_packets: u64,
     /// Packets dropped without a flow, by reason.
-    pub drops: HashMap<&'static str, u64>,
+    pub drops: HashMap<DropReason, u64>,
     /// Flows opened upstream.
     pub opened: u64,
     /// Flows blocked at their first packet.
@@ -533,7 +489,7 @@ impl Engine {
         [idle, sniff, tcp, dns].into_iter().flatten().min()
     }
 
-    fn drop_reason(&mut self, r: &'static str) {
+    fn drop_reason(&mut self, r: DropReason) {
         *self.counters.drops.entry(r).or_insert(0) += 1;
     }
 
@@ -565,7 +521,7 @@ impl Engine {
             .map(|(&t, _)| t)
             .collect();
         for t in late {
-            self.drop_reason("dns-resolver-timeout");
+            self.drop_reason(DropReason::DnsResolverTimeout);
             self.handle_dns_answer(t, None, now_ns);
         }
         let (udp_idle, tcp_idle, handshake) = (
@@ -617,7 +573,7 @@ impl Engine {
                 if f.state == State::Open {
                     self.out.push_back(Output::Close { flow: f.id });
                 }
-                let ev = self.event("closed", &f, None);
+                let ev = f.event(EventKind::Closed, None);
                 self.out.push_back(Output::Event(Box::new(ev)));
             }
         }
@@ -630,7 +586,7 @@ impl Engine {
         self.counters.tun_packets += 1;
         let p = match parse_ip(packet) {
             Ok(p) => p,
-            Err(d) => return self.drop_reason(d.as_str()),
+            Err(d) => return self.drop_reason(DropReason::Packet(d)),
         };
         if p.fragment.is_some() {
             match self.frags.push(&p, now_ns) {
@@ -639,14 +595,14 @@ impl Engine {
                     return self.handle_tun(&whole, now_ns);
                 }
                 FragResult::Pending => return,
-                FragResult::Dropped(why) => return self.drop_reason(why.as_str()),
+                FragResult::Dropped(why) => return self.drop_reason(DropReason::Fragment(why)),
             }
         }
         if reply::is_group(p.dst) || p.dst.is_unspecified() {
             // Relayed through an upstream socket, a broadcast or multicast
             // (mDNS, SSDP, ...) would land on the real network's link, and
             // no one server answers it: it stays in the tunnel.
-            return self.drop_reason("broadcast-or-multicast");
+            return self.drop_reason(DropReason::BroadcastOrMulticast);
         }
         match p.transport {
             Transport::Udp {
@@ -667,7 +623,7 @@ impl Engine {
                 echo_id: Some(ident),
                 payload,
                 ..
-            } if kind == 8 || kind == 128 => {
+            } if kind == icmp_type::ECHO_REQUEST_V4 || kind == icmp_type::ECHO_REQUEST_V6 => {
                 let seq = payload
                     .get(2..4)
                     .map_or(0, |s| u16::from_be_bytes([s[0], s[1]]));
@@ -676,7 +632,7 @@ impl Engine {
                 let server = SocketAddr::new(p.dst, 0);
                 self.on_datagram(packet, true, client, server, seq, data, now_ns);
             }
-            Transport::Icmp { .. } => self.drop_reason("icmp-not-echo"),
+            Transport::Icmp { .. } => self.drop_reason(DropReason::IcmpNotEcho),
             Transport::Tcp {
                 sport,
                 dport,
@@ -687,8 +643,10 @@ impl Engine {
                 let server = SocketAddr::new(p.dst, dport);
                 self.on_tcp_packet(packet, client, server, flags, now_ns);
             }
-            Transport::Fragment(_) => self.drop_reason("malformed"),
-            Transport::Other { .. } => self.drop_reason("other-protocol"),
+            Transport::Fragment(_) => {
+                self.drop_reason(DropReason::Packet(crate::wire::packet::Drop::Malformed))
+            }
+            Transport::Other { .. } => self.drop_reason(DropReason::OtherProtocol),
         }
     }
 
@@ -790,8 +748,12 @@ impl Engine {
             }
             let verdict = judge(&policy, &self.intel, f);
             if let Action::Block(mode) = verdict.action {
-                let kind = if new { "blocked" } else { "cut" };
-                let ev = self.event(kind, &self.flows[&key], Some(&verdict));
+                let kind = if new {
+                    EventKind::Blocked
+                } else {
+                    EventKind::Cut
+                };
+                let ev = self.flows[&key].event(kind, Some(&verdict));
                 let id = self.flows[&key].id;
                 if let Some(f) = self.flows.get_mut(&key) {
                     f.state = State::Blocked(mode);
@@ -811,7 +773,7 @@ impl Engine {
                 return;
             }
             if new {
-                let ev = self.event("opened", &self.flows[&key], Some(&verdict));
+                let ev = self.flows[&key].event(EventKind::Opened, Some(&verdict));
                 self.counters.opened += 1;
                 self.out.push_back(Output::Event(Box::new(ev)));
                 if !icmp {
@@ -881,7 +843,7 @@ impl Engine {
         let Action::Block(mode) = v.action else {
             return;
         };
-        let ev = self.event("cut", f, Some(&v));
+        let ev = f.event(EventKind::Cut, Some(&v));
         let id = f.id;
         if let Some(f) = self.flows.get_mut(&key) {
             f.state = State::Blocked(mode);
@@ -943,7 +905,7 @@ impl Engine {
     /// (counted when the id is unknown) for blocked or closed flows.
     fn open_flow(&mut self, flow: FlowId, now_ns: u64) -> Option<&mut FlowState> {
         let Some(key) = self.ids.get(&flow).copied() else {
-            self.drop_reason("unknown-flow");
+            self.drop_reason(DropReason::UnknownFlow);
             return None;
         };
         let f = self
@@ -997,7 +959,9 @@ impl Engine {
                 return;
             }
         }
-        if !self.tcp.contains_key(&key) && flags & 0x12 == 0x02 {
+        if !self.tcp.contains_key(&key)
+            && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+        {
             if self.flow_count() >= self.cfg.max_flows {
                 self.counters.refused += 1;
                 if let Some(r) = reply::tcp_reset(raw) {
@@ -1036,17 +1000,16 @@ impl Engine {
                     && let Action::Block(mode) = v.action
                 {
                     self.counters.blocked += 1;
-                    let ev = make_event(
-                        "blocked",
+                    let view = FlowView {
                         id,
-                        "tcp",
+                        proto: FlowProto::Tcp,
                         client,
-                        server.to_string(),
-                        &sn,
-                        &[],
-                        &ctx,
-                        Some(&v),
-                    );
+                        server,
+                        sniffer: &sn,
+                        leaks: &[],
+                        ctx: &ctx,
+                    };
+                    let ev = Event::of_flow(EventKind::Blocked, view, Some(&v));
                     if mode == BlockMode::Reject
                         && let Some(r) = reply::tcp_reset(raw)
                     {
@@ -1073,7 +1036,7 @@ impl Engine {
                 port: server.port(),
             };
             if sock.listen(ep).is_err() {
-                return self.drop_reason("tcp-listen-failed");
+                return self.drop_reason(DropReason::TcpListenFailed);
             }
             let mut set = super::stack::sockets();
             let handle = set.add(sock);
@@ -1109,17 +1072,7 @@ impl Engine {
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
             if !sniff && !is_dns {
                 self.counters.opened += 1;
-                let ev = make_event(
-                    "opened",
-                    id,
-                    "tcp",
-                    client,
-                    server.to_string(),
-                    &f.sniffer,
-                    &[],
-                    &f.ctx,
-                    None,
-                );
+                let ev = f.event(EventKind::Opened, None);
                 self.out.push_back(Output::Event(Box::new(ev)));
                 self.out.push_back(Output::TcpOpen {
                     flow: id,
@@ -1374,7 +1327,14 @@ impl Engine {
                         self.counters.cut += 1;
                         self.out.push_back(Output::Close { flow: f.id });
                     }
-                    let ev = f.event(if first { "blocked" } else { "cut" }, Some(&v));
+                    let ev = f.event(
+                        if first {
+                            EventKind::Blocked
+                        } else {
+                            EventKind::Cut
+                        },
+                        Some(&v),
+                    );
                     self.out.push_back(Output::Event(Box::new(ev)));
                 } else if matches!(was, TcpPhase::Sniffing { .. }) {
                     f.phase = TcpPhase::Connecting;
@@ -1384,7 +1344,7 @@ impl Engine {
                         f.first_bytes = FirstBytes::Awaited;
                     }
                     self.counters.opened += 1;
-                    let ev = f.event("opened", Some(&v));
+                    let ev = f.event(EventKind::Opened, Some(&v));
                     self.out.push_back(Output::Event(Box::new(ev)));
                     self.out.push_back(Output::TcpOpen {
                         flow: f.id,
@@ -1430,7 +1390,7 @@ impl Engine {
                 && !matches!(f.phase, TcpPhase::Sniffing { since_ns: None })
             {
                 let (id, phase) = (f.id, f.phase);
-                let ev = f.event("closed", None);
+                let ev = f.event(EventKind::Closed, None);
                 self.remove_tcp(&key);
                 if matches!(phase, TcpPhase::Open | TcpPhase::Connecting) {
                     self.out.push_back(Output::Close { flow: id });
@@ -1444,7 +1404,7 @@ impl Engine {
     /// already sent goes out.
     pub fn handle_tcp_connected(&mut self, flow: FlowId, now_ns: u64) {
         let Some(key) = self.tcp_ids.get(&flow).copied() else {
-            return self.drop_reason("unknown-flow");
+            return self.drop_reason(DropReason::UnknownFlow);
         };
         if let Some(f) = self.tcp.get_mut(&key)
             && f.phase == TcpPhase::Connecting
@@ -1465,7 +1425,7 @@ impl Engine {
     /// after the next call (backpressure: the app's window is full).
     pub fn handle_tcp_from_upstream(&mut self, flow: FlowId, data: &[u8], now_ns: u64) -> usize {
         let Some(key) = self.tcp_ids.get(&flow).copied() else {
-            self.drop_reason("unknown-flow");
+            self.drop_reason(DropReason::UnknownFlow);
             return 0;
         };
         let Some(f) = self.tcp.get_mut(&key) else {
@@ -1583,9 +1543,9 @@ impl Engine {
         self.counters.dns_queries += 1;
         let q = match dns::parse_query(payload) {
             Ok(q) => q,
-            Err(Refusal::Unreadable) => return self.drop_reason("dns-unreadable"),
+            Err(Refusal::Unreadable) => return self.drop_reason(DropReason::DnsUnreadable),
             Err(Refusal::Answer(id, rcode)) => {
-                self.drop_reason("dns-malformed");
+                self.drop_reason(DropReason::DnsMalformed);
                 let a = dns::error_answer(id, rcode, None);
                 return self.dns_reply(reply, &a, now_ns);
             }
@@ -1594,7 +1554,7 @@ impl Engine {
             return self.dns_answer(&q, reply, rcode, &records, age, now_ns);
         }
         if self.dns_pending.len() >= self.cfg.dns.pending {
-            self.drop_reason("dns-pending-full");
+            self.drop_reason(DropReason::DnsPendingFull);
             let a = dns::error_answer(q.id, hickory_proto::op::ResponseCode::ServFail, Some(&q));
             return self.dns_reply(reply, &a, now_ns);
         }
@@ -1606,7 +1566,14 @@ impl Engine {
             let rule = rule.name.clone();
             drop(policy);
             let a = dns::block_answer(&q, how, matches!(reply, Reply::Tcp(_)));
-            self.dns_event("dns-blocked", &q, vec![name], Some(rule), None, None);
+            self.dns_event(
+                EventKind::DnsBlocked,
+                &q,
+                vec![name],
+                Some(rule),
+                None,
+                None,
+            );
             self.counters.dns_blocked += 1;
             return self.dns_reply(reply, &a, now_ns);
         }
@@ -1626,7 +1593,7 @@ impl Engine {
     /// gets SERVFAIL).
     pub fn handle_dns_answer(&mut self, query: u64, answer: Option<Resolved>, now_ns: u64) {
         let Some((q, reply, _)) = self.dns_pending.remove(&query) else {
-            return self.drop_reason("dns-unknown-query");
+            return self.drop_reason(DropReason::DnsUnknownQuery);
         };
         match answer {
             Some(r) => {
@@ -1691,7 +1658,7 @@ impl Engine {
         }
         if let Some(rule) = out.blocked_by {
             self.counters.dns_blocked += 1;
-            self.dns_event("dns-blocked", q, out.chain, Some(rule), None, None);
+            self.dns_event(EventKind::DnsBlocked, q, out.chain, Some(rule), None, None);
         } else {
             if let Some((rule, layer)) = out.removed_by {
                 self.counters.dns_filtered += 1;
@@ -1704,7 +1671,7 @@ impl Engine {
                         .join(", ")
                 );
                 self.dns_event(
-                    "dns-filtered",
+                    EventKind::DnsFiltered,
                     q,
                     out.chain,
                     Some(rule),
@@ -1718,31 +1685,15 @@ impl Engine {
 
     fn dns_event(
         &mut self,
-        kind: &'static str,
+        kind: EventKind,
         q: &Question,
         names: Vec<String>,
         rule: Option<String>,
         layer: Option<String>,
         detail: Option<String>,
     ) {
-        self.out.push_back(Output::Event(Box::new(Event {
-            kind,
-            flow: 0,
-            proto: "dns",
-            client: String::new(),
-            server: q.name_text(),
-            class: "dns",
-            protocol: "dns",
-            server_name: Some(q.name_text()),
-            encrypted: Encryption::Cleartext,
-            action: "block",
-            rule,
-            layer,
-            leaks: Vec::new(),
-            names,
-            app: None,
-            detail,
-        })));
+        let ev = Event::dns(kind, q.name_text(), names, rule, layer, detail);
+        self.out.push_back(Output::Event(Box::new(ev)));
     }
 
     /// Sends a DNS answer back the way its query came.
@@ -1755,7 +1706,7 @@ impl Engine {
             }
             Reply::Tcp(key) => {
                 let (Some(f), Some(set)) = (self.tcp.get(&key), self.socks.get_mut(&key)) else {
-                    return self.drop_reason("dns-tcp-gone");
+                    return self.drop_reason(DropReason::DnsTcpGone);
                 };
                 let sock = set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle);
                 let Ok(len) = u16::try_from(bytes.len()) else {
@@ -1767,7 +1718,7 @@ impl Engine {
                 if sock.send_capacity() - sock.send_queue() < framed.len() {
                     // An app that does not read its answers: reset it.
                     sock.abort();
-                    self.drop_reason("dns-tcp-full");
+                    self.drop_reason(DropReason::DnsTcpFull);
                 } else {
                     let _ = sock.send_slice(&framed);
                 }
@@ -1775,80 +1726,45 @@ impl Engine {
             }
         }
     }
+}
 
-    fn event(&self, kind: &'static str, f: &FlowState, v: Option<&Verdict<'_>>) -> Event {
-        let server = if f.icmp {
-            f.server.ip().to_string()
-        } else {
-            f.server.to_string()
-        };
-        make_event(
+impl TcpFlow {
+    /// A decision event about this connection.
+    fn event(&self, kind: EventKind, v: Option<&Verdict<'_>>) -> Event {
+        Event::of_flow(
             kind,
-            f.id,
-            if f.icmp { "icmp" } else { "udp" },
-            f.client,
-            server,
-            &f.sniffer,
-            &f.leaks,
-            &f.ctx,
+            FlowView {
+                id: self.id,
+                proto: FlowProto::Tcp,
+                client: self.client,
+                server: self.server,
+                sniffer: &self.sniffer,
+                leaks: &self.leaks,
+                ctx: &self.ctx,
+            },
             v,
         )
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "the event's fields, named")]
-fn make_event(
-    kind: &'static str,
-    id: FlowId,
-    proto: &'static str,
-    client: SocketAddr,
-    server: String,
-    sn: &Sniffer,
-    leaks: &[LeakHit],
-    ctx: &FlowCtx,
-    v: Option<&Verdict<'_>>,
-) -> Event {
-    Event {
-        kind,
-        flow: id,
-        proto,
-        client: client.to_string(),
-        server,
-        class: sn.class_now().name(),
-        protocol: sn.protocol.map_or("unknown", |p| p.name()),
-        server_name: sn.server_name.clone(),
-        encrypted: sn.encryption(),
-        action: match v.map(|v| v.action) {
-            Some(Action::Block(_)) => "block",
-            _ => "allow",
-        },
-        rule: v.and_then(|v| v.rule.map(|(_, r)| r.name.clone())),
-        layer: v.and_then(|v| v.layer).map(|l| {
-            format!(
-                "{}:{}",
-                l.layer.name(),
-                l.country.map_or("unknown".to_owned(), |c| c.to_string())
-            )
-        }),
-        leaks: leaks.iter().map(|l| l.label.clone()).collect(),
-        names: ctx.names.clone(),
-        app: ctx.app.clone(),
-        detail: None,
-    }
-}
-
-impl TcpFlow {
-    /// A decision event about this connection.
-    fn event(&self, kind: &'static str, v: Option<&Verdict<'_>>) -> Event {
-        make_event(
+impl FlowState {
+    /// A decision event about this UDP or echo flow.
+    fn event(&self, kind: EventKind, v: Option<&Verdict<'_>>) -> Event {
+        Event::of_flow(
             kind,
-            self.id,
-            "tcp",
-            self.client,
-            self.server.to_string(),
-            &self.sniffer,
-            &self.leaks,
-            &self.ctx,
+            FlowView {
+                id: self.id,
+                proto: if self.icmp {
+                    FlowProto::Icmp
+                } else {
+                    FlowProto::Udp
+                },
+                client: self.client,
+                server: self.server,
+                sniffer: &self.sniffer,
+                leaks: &self.leaks,
+                ctx: &self.ctx,
+            },
             v,
         )
     }

@@ -439,18 +439,8 @@ pub fn answer(
         match policy.dns_blocks_address(intel, ip, &names, app) {
             Some((rule, layer)) => {
                 out.removed.push(ip);
-                out.removed_by.get_or_insert_with(|| {
-                    (
-                        rule.name.clone(),
-                        layer.map(|l| {
-                            format!(
-                                "{}:{}",
-                                l.layer.name(),
-                                l.country.map_or("unknown".to_owned(), |c| c.to_string())
-                            )
-                        }),
-                    )
-                });
+                out.removed_by
+                    .get_or_insert_with(|| (rule.name.clone(), layer.map(|l| l.to_string())));
                 true
             }
             None => false,

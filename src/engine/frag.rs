@@ -42,7 +42,7 @@ impl Default for FragLimits {
 }
 
 /// Why fragments were discarded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FragDrop {
     /// Fragments overlap.
     Overlap,

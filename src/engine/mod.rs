@@ -5,6 +5,7 @@
 
 pub mod dataplane;
 pub mod dns;
+pub mod events;
 pub mod frag;
 pub mod reply;
 pub mod stack;
@@ -16,8 +17,9 @@ use crate::classify::leak::{LeakDetector, LeakHit, ScanState};
 use crate::classify::{Carrier, Dir, Sniffer};
 use crate::intel::jurisdiction::Intel;
 use crate::policy::{Policy, Transport as PTransport, Verdict};
-use crate::wire::packet::{Drop, Transport, parse_ip};
+use crate::wire::packet::{Drop, Transport, parse_ip, tcp_flags};
 use dataplane::FlowCtx;
+use events::DropReason;
 
 /// The most leak findings kept per flow.
 pub const MAX_LEAKS_PER_FLOW: usize = 64;
@@ -91,7 +93,7 @@ pub struct Counters {
     /// Packets inspected.
     pub packets: u64,
     /// Packets not parsed, by reason.
-    pub drops: BTreeMap<&'static str, u64>,
+    pub drops: BTreeMap<DropReason, u64>,
     /// IP fragments received.
     pub fragments: u64,
     /// Datagrams reassembled from fragments (then inspected whole).
@@ -146,7 +148,11 @@ impl Inspector {
     }
 
     fn drop(&mut self, d: Drop) {
-        *self.counters.drops.entry(d.as_str()).or_insert(0) += 1;
+        *self
+            .counters
+            .drops
+            .entry(DropReason::Packet(d))
+            .or_insert(0) += 1;
     }
 
     /// Inspects one IP packet seen at `ts_ns`; returns the flow's index.
@@ -188,7 +194,11 @@ impl Inspector {
                 }
                 frag::FragResult::Pending => None,
                 frag::FragResult::Dropped(why) => {
-                    *self.counters.drops.entry(why.as_str()).or_insert(0) += 1;
+                    *self
+                        .counters
+                        .drops
+                        .entry(DropReason::Fragment(why))
+                        .or_insert(0) += 1;
                     None
                 }
             };
@@ -200,7 +210,13 @@ impl Inspector {
                 flags,
                 payload,
                 ..
-            } => (Carrier::Tcp, sport, dport, payload, Some(flags & 0x12)),
+            } => (
+                Carrier::Tcp,
+                sport,
+                dport,
+                payload,
+                Some(flags & (tcp_flags::SYN | tcp_flags::ACK)),
+            ),
             Transport::Udp {
                 sport,
                 dport,
@@ -246,8 +262,8 @@ impl Inspector {
                 // side on the higher (ephemeral) port when the other is a
                 // service port, else the first sender.
                 let reply = match syn {
-                    Some(0x12) => true,
-                    Some(0x02) => false,
+                    Some(f) if f == tcp_flags::SYN | tcp_flags::ACK => true,
+                    Some(tcp_flags::SYN) => false,
                     _ => sport < 1024 && dport >= 1024,
                 };
                 let (client, server) = if reply { (dst, src) } else { (src, dst) };

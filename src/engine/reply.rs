@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use crate::wire::packet::{Packet, Transport, parse_ip};
+use crate::wire::packet::{Packet, Transport, icmp_type, parse_ip, tcp_flags};
 
 /// The most bytes of the offending packet quoted in an ICMPv6 error (so the
 /// error fits the IPv6 minimum MTU of 1280).
@@ -117,7 +117,12 @@ pub fn udp_packet(
 /// An ICMP or ICMPv6 echo reply from `src` to `dst`.
 pub fn echo_reply(src: IpAddr, dst: IpAddr, ident: u16, seq: u16, data: &[u8]) -> Option<Vec<u8>> {
     let v6 = matches!(src, IpAddr::V6(_));
-    let mut m = vec![if v6 { 129 } else { 0 }, 0, 0, 0];
+    let kind = if v6 {
+        icmp_type::ECHO_REPLY_V6
+    } else {
+        icmp_type::ECHO_REPLY_V4
+    };
+    let mut m = vec![kind, 0, 0, 0];
     m.extend_from_slice(&ident.to_be_bytes());
     m.extend_from_slice(&seq.to_be_bytes());
     m.extend_from_slice(data);
@@ -148,15 +153,18 @@ pub fn tcp_reset(raw: &[u8]) -> Option<Vec<u8>> {
     else {
         return None;
     };
-    if flags & 0x04 != 0 || p.fragment.is_some_and(|f| f.offset > 0) {
+    if flags & tcp_flags::RST != 0 || p.fragment.is_some_and(|f| f.offset > 0) {
         return None;
     }
-    let (rseq, rack, rflags) = if flags & 0x10 != 0 {
-        (ack, 0, 0x04u8)
+    // RFC 9293 3.10.7.1: answer an ACK with its number, anything else by
+    // acknowledging what it occupied.
+    let (rseq, rack, rflags) = if flags & tcp_flags::ACK != 0 {
+        (ack, 0, tcp_flags::RST)
     } else {
-        let len =
-            payload.len() as u32 + u32::from(flags & 0x02 != 0) + u32::from(flags & 0x01 != 0);
-        (0, seq.wrapping_add(len), 0x14u8)
+        let len = payload.len() as u32
+            + u32::from(flags & tcp_flags::SYN != 0)
+            + u32::from(flags & tcp_flags::FIN != 0);
+        (0, seq.wrapping_add(len), tcp_flags::RST | tcp_flags::ACK)
     };
     let mut t = Vec::with_capacity(20);
     t.extend_from_slice(&dport.to_be_bytes());
@@ -181,8 +189,9 @@ pub fn unreachable(raw: &[u8]) -> Option<Vec<u8>> {
     }
     if let Transport::Icmp { kind, v6, .. } = p.transport {
         let is_error = if v6 {
-            kind < 128
+            kind < icmp_type::FIRST_INFO_V6
         } else {
+            // Echo, timestamp, information and address-mask messages.
             !matches!(kind, 0 | 8 | 13 | 14 | 15 | 16 | 17 | 18)
         };
         if is_error {
@@ -191,10 +200,11 @@ pub fn unreachable(raw: &[u8]) -> Option<Vec<u8>> {
     }
     let v6 = matches!(p.src, IpAddr::V6(_));
     let quote = &raw[..raw.len().min(if v6 { ICMP6_QUOTE } else { ICMP4_QUOTE })];
+    // "Administratively prohibited": ICMPv6 code 1, ICMP code 13.
     let mut m = if v6 {
-        vec![1, 1, 0, 0, 0, 0, 0, 0]
+        vec![icmp_type::UNREACHABLE_V6, 1, 0, 0, 0, 0, 0, 0]
     } else {
-        vec![3, 13, 0, 0, 0, 0, 0, 0]
+        vec![icmp_type::UNREACHABLE_V4, 13, 0, 0, 0, 0, 0, 0]
     };
     m.extend_from_slice(quote);
     let c = if v6 {

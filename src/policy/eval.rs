@@ -65,6 +65,23 @@ pub struct LayerMatch {
     pub country: Option<Country>,
 }
 
+impl LayerMatch {
+    /// The country, or `unknown` when the layer matched because the data
+    /// is unknown.
+    pub fn country_name(&self) -> String {
+        self.country
+            .map_or_else(|| "unknown".to_owned(), |c| c.to_string())
+    }
+}
+
+impl std::fmt::Display for LayerMatch {
+    /// `layer:COUNTRY`, as events and the phone library show it
+    /// (`vendor:CN`, `geo:unknown`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.layer.name(), self.country_name())
+    }
+}
+
 /// The decision for a flow.
 #[derive(Debug, Clone, Copy)]
 pub struct Verdict<'p> {

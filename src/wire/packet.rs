@@ -10,8 +10,38 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::capture::LinkType;
 
+/// TCP header flag bits (RFC 9293).
+pub mod tcp_flags {
+    /// No more data from the sender.
+    pub const FIN: u8 = 0x01;
+    /// Synchronise sequence numbers (opens a connection).
+    pub const SYN: u8 = 0x02;
+    /// Reset the connection.
+    pub const RST: u8 = 0x04;
+    /// The acknowledgment field is significant.
+    pub const ACK: u8 = 0x10;
+}
+
+/// ICMP (RFC 792) and ICMPv6 (RFC 4443) message types geowall handles.
+pub mod icmp_type {
+    /// ICMP echo reply.
+    pub const ECHO_REPLY_V4: u8 = 0;
+    /// ICMP destination unreachable.
+    pub const UNREACHABLE_V4: u8 = 3;
+    /// ICMP echo request.
+    pub const ECHO_REQUEST_V4: u8 = 8;
+    /// ICMPv6 destination unreachable.
+    pub const UNREACHABLE_V6: u8 = 1;
+    /// ICMPv6 echo request.
+    pub const ECHO_REQUEST_V6: u8 = 128;
+    /// ICMPv6 echo reply.
+    pub const ECHO_REPLY_V6: u8 = 129;
+    /// ICMPv6 types below this are errors.
+    pub const FIRST_INFO_V6: u8 = 128;
+}
+
 /// Why a packet was not parsed (counted, not an error).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Drop {
     /// Shorter than its headers.
     Truncated,
@@ -318,9 +348,9 @@ fn transport(proto: u8, b: &[u8], v6: bool) -> Option<Transport<'_>> {
         1 | 58 => {
             let kind = *b.first()?;
             let echo = if v6 {
-                matches!(kind, 128 | 129)
+                matches!(kind, icmp_type::ECHO_REQUEST_V6 | icmp_type::ECHO_REPLY_V6)
             } else {
-                matches!(kind, 0 | 8)
+                matches!(kind, icmp_type::ECHO_REPLY_V4 | icmp_type::ECHO_REQUEST_V4)
             };
             Transport::Icmp {
                 kind,

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
+use crate::classify::{Protocol, Traffic};
 use crate::intel::catalog::Catalog;
 use crate::intel::world::{World, WorldBuilder};
 use crate::policy::Policy;
@@ -98,7 +99,10 @@ fn an_allowed_udp_exchange_byte_for_byte() {
     e.handle_tun(&udp("192.0.2.200:40000", "198.51.100.7:5000", b"hello"), S);
     let out = drain(&mut e);
     let ev = events(&out);
-    assert_eq!((ev.len(), ev[0].kind, ev[0].action), (1, "opened", "allow"));
+    assert_eq!(
+        (ev.len(), ev[0].kind, ev[0].action),
+        (1, EventKind::Opened, Decision::Allow)
+    );
     let flow = ev[0].flow;
     assert!(out.contains(&Output::UdpOpen {
         flow,
@@ -162,7 +166,12 @@ fn blocked_first_datagram_never_goes_upstream() {
     let ev = events(&out);
     assert_eq!(
         (ev[0].kind, ev[0].action, ev[0].class, ev[0].protocol),
-        ("blocked", "block", "media", "sd-rtn")
+        (
+            EventKind::Blocked,
+            Decision::Block,
+            Traffic::Media,
+            Protocol::SdRtn
+        )
     );
     assert_eq!(ev[0].layer.as_deref(), Some("geo:CN"));
     // Reject: an ICMP unreachable back to the app.
@@ -216,7 +225,7 @@ fn later_evidence_cuts_an_open_flow() {
     );
     let out = drain(&mut e);
     let flow = events(&out)[0].flow;
-    assert_eq!(events(&out)[0].kind, "opened");
+    assert_eq!(events(&out)[0].kind, EventKind::Opened);
     assert!(out.contains(&Output::UdpSend {
         flow,
         payload: b"opaque start".to_vec()
@@ -232,7 +241,7 @@ fn later_evidence_cuts_an_open_flow() {
     let ev = events(&out);
     assert_eq!(
         (ev[0].kind, ev[0].leaks.as_slice()),
-        ("cut", ["user_id".to_owned()].as_slice())
+        (EventKind::Cut, ["user_id".to_owned()].as_slice())
     );
     assert_eq!(
         ev[0].rule.as_deref(),
@@ -308,7 +317,7 @@ fn echo_allowed_and_blocked() {
     e.handle_tun(&echo([203, 0, 113, 9]), S + 2);
     let out = drain(&mut e);
     assert_eq!(sent_upstream(&out), 0);
-    assert_eq!(events(&out)[0].class, "ping");
+    assert_eq!(events(&out)[0].class, Traffic::Ping);
 }
 
 #[test]
@@ -349,12 +358,15 @@ fn a_policy_swap_applies_to_new_flows() {
     let (mut e, handle) = engine("default", EngineConfig::default(), &[]);
     // Unknown UDP to CN under default: allowed (only media/ping blocked).
     e.handle_tun(&udp("192.0.2.200:1", "203.0.113.5:7000", b"x"), S);
-    assert!(events(&drain(&mut e))[0].action == "allow");
+    assert!(events(&drain(&mut e))[0].action == Decision::Allow);
     handle
         .replace(Policy::preset("strict", &Catalog::shipped().expect("catalog")).expect("strict"));
     e.handle_tun(&udp("192.0.2.200:2", "203.0.113.5:7000", b"x"), S);
     let out = drain(&mut e);
-    assert_eq!((events(&out)[0].action, sent_upstream(&out)), ("block", 0));
+    assert_eq!(
+        (events(&out)[0].action, sent_upstream(&out)),
+        (Decision::Block, 0)
+    );
 }
 
 /// An app with its own TCP stack (smoltcp), wired to the engine's TUN side.
@@ -463,11 +475,11 @@ fn a_full_tcp_exchange_with_the_first_bytes_judged_before_connecting() {
     assert_eq!(dst, sa("198.51.100.7:80"));
     let opened = events(&outs)
         .into_iter()
-        .find(|ev| ev.kind == "opened")
+        .find(|ev| ev.kind == EventKind::Opened)
         .expect("opened event");
     assert_eq!(
         (opened.protocol, opened.class, opened.server_name.as_deref()),
-        ("http", "web", Some("www.example.org"))
+        (Protocol::Http, Traffic::Web, Some("www.example.org"))
     );
     assert!(
         !outs.iter().any(|o| matches!(o, Output::TcpSend { .. })),
@@ -535,9 +547,9 @@ fn a_full_tcp_exchange_with_the_first_bytes_judged_before_connecting() {
         "the flow is freed once both sides closed"
     );
     assert!(
-        events(&tail)
-            .iter()
-            .any(|ev| ev.kind == "closed" && ev.flow == flow && ev.proto == "tcp")
+        events(&tail).iter().any(|ev| ev.kind == EventKind::Closed
+            && ev.flow == flow
+            && ev.proto == FlowProto::Tcp)
     );
     assert_eq!(e.flow_count(), 0);
 }
@@ -577,7 +589,11 @@ fn a_blocked_tcp_flow_is_reset_and_never_opened_upstream() {
     let ev = events(&outs);
     assert_eq!(
         (ev[0].kind, ev[0].protocol, ev[0].server_name.as_deref()),
-        ("blocked", "tls", Some("104-166-161-75.edge.agora.io"))
+        (
+            EventKind::Blocked,
+            Protocol::Tls,
+            Some("104-166-161-75.edge.agora.io")
+        )
     );
     assert_eq!(e.counters.blocked, 1);
 }
@@ -610,7 +626,7 @@ fn an_address_only_policy_judges_at_the_syn() {
         smoltcp::socket::tcp::State::Closed,
         "RST answers the SYN"
     );
-    assert_eq!(events(&outs)[0].kind, "blocked");
+    assert_eq!(events(&outs)[0].kind, EventKind::Blocked);
     assert!(!outs.iter().any(|o| matches!(o, Output::TcpOpen { .. })));
     // An allowed address connects at once, before any payload.
     let mut app = App::connect("198.51.100.7:22");
@@ -658,7 +674,7 @@ fn a_dropped_tcp_flow_gets_no_answer_at_all() {
     let ev = events(&outs);
     assert_eq!(
         (ev.len(), ev[0].kind, ev[0].action),
-        (1, "blocked", "block")
+        (1, EventKind::Blocked, Decision::Block)
     );
     assert!(
         !outs
@@ -756,7 +772,7 @@ fn ipv6_udp_allowed_and_blocked() {
     );
     let out = drain(&mut e);
     let flow = events(&out)[0].flow;
-    assert_eq!(events(&out)[0].action, "allow");
+    assert_eq!(events(&out)[0].action, Decision::Allow);
     e.handle_udp_from_upstream(flow, b"pong", S + 1);
     let out = drain(&mut e);
     let [Output::ToTun(pkt)] = out.as_slice() else {
@@ -840,7 +856,7 @@ fn raw_ip_protocols_never_leave() {
         e.handle_tun(&ip, S);
     }
     assert!(drain(&mut e).is_empty());
-    assert_eq!(e.counters.drops.get("other-protocol"), Some(&4));
+    assert_eq!(e.counters.drops.get(&DropReason::OtherProtocol), Some(&4));
 }
 
 #[test]
@@ -858,7 +874,10 @@ fn broadcast_and_multicast_stay_in_the_tunnel() {
     }
     e.handle_tun(&tcp_syn("198.18.1.2:40000", "224.0.0.1:80"), S);
     assert!(drain(&mut e).is_empty());
-    assert_eq!(e.counters.drops.get("broadcast-or-multicast"), Some(&7));
+    assert_eq!(
+        e.counters.drops.get(&DropReason::BroadcastOrMulticast),
+        Some(&7)
+    );
     assert_eq!(e.flow_count(), 0);
 }
 
@@ -1077,7 +1096,7 @@ fn an_address_that_settles_the_block_is_refused_at_the_syn() {
     let ev = events(&outs);
     assert_eq!(
         (ev.len(), ev[0].kind, ev[0].layer.as_deref()),
-        (1, "blocked", Some("geo:CN"))
+        (1, EventKind::Blocked, Some("geo:CN"))
     );
     assert_eq!(tcp_open_of(&outs), None);
     // A US address: the handshake completes and the engine waits for the
@@ -1139,7 +1158,10 @@ fn late_first_bytes_are_judged_before_they_leave() {
                 "{name} after {delay} ns: {outs:?}"
             );
             assert!(outs.contains(&Output::Close { flow }));
-            let cut = ev.iter().find(|e| e.kind == "cut").expect("a cut event");
+            let cut = ev
+                .iter()
+                .find(|e| e.kind == EventKind::Cut)
+                .expect("a cut event");
             assert_eq!(
                 (cut.server_name.as_deref(), cut.layer.as_deref()),
                 (Some(name), Some("vendor:CN"))
@@ -1147,7 +1169,7 @@ fn late_first_bytes_are_judged_before_they_leave() {
             assert_eq!(app.socket().state(), S_::Closed, "the app saw an RST");
         } else {
             assert_eq!(upstream_bytes(&outs), hello.len(), "the hello, whole");
-            assert!(!ev.iter().any(|e| e.kind == "cut"));
+            assert!(!ev.iter().any(|e| e.kind == EventKind::Cut));
         }
     }
 }
@@ -1162,7 +1184,7 @@ fn a_rules_change_cuts_open_flows_it_now_blocks() {
     e.handle_tun(&udp("192.0.2.200:40000", "203.0.113.5:7000", b"x"), S);
     let out = drain(&mut e);
     let udp_flow = events(&out)[0].flow;
-    assert_eq!(events(&out)[0].action, "allow");
+    assert_eq!(events(&out)[0].action, Decision::Allow);
     let mut app = App::connect("203.0.113.5:80");
     let mut now = S;
     let mut sent = false;
@@ -1198,7 +1220,7 @@ fn a_rules_change_cuts_open_flows_it_now_blocks() {
     assert!(outs.contains(&Output::Close { flow: tcp_flow }), "{outs:?}");
     let cuts: Vec<_> = events(&outs)
         .into_iter()
-        .filter(|e| e.kind == "cut")
+        .filter(|e| e.kind == EventKind::Cut)
         .collect();
     assert_eq!(cuts.len(), 2);
     assert!(
@@ -1286,7 +1308,7 @@ fn the_audit_and_the_engine_give_the_same_verdicts() {
         e.handle_tun(p, *t);
         for o in drain(&mut e) {
             if let Output::Event(ev) = o {
-                live.insert(ev.server.clone(), ev.action);
+                live.insert(ev.server.clone(), ev.action.as_str());
             }
         }
     }

@@ -10,7 +10,7 @@ use hickory_proto::rr::rdata::svcb::{SVCB, SvcParamKey};
 use hickory_proto::rr::rdata::{CNAME, HTTPS};
 
 use super::*;
-use crate::engine::dataplane::{Engine, EngineConfig, Output};
+use crate::engine::dataplane::{Decision, DropReason, Engine, EngineConfig, EventKind, Output};
 use crate::engine::reply;
 use crate::intel::catalog::Catalog;
 use crate::intel::world::{World, WorldBuilder};
@@ -165,7 +165,7 @@ fn blocked_jurisdictions_are_filtered_out_and_names_follow_the_addresses() {
     assert_eq!(m.metadata.id, 7);
     assert_eq!(addresses(&m), vec![IpAddr::from([198, 51, 100, 10])]);
     let ev = events(&out);
-    assert_eq!(ev[0].kind, "dns-filtered");
+    assert_eq!(ev[0].kind, EventKind::DnsFiltered);
     assert_eq!(ev[0].rule.as_deref(), Some("no media to PRC"));
     assert_eq!(ev[0].detail.as_deref(), Some("removed 203.0.113.10"));
     // A later flow to the kept address carries the name and matches on it.
@@ -192,7 +192,7 @@ fn blocked_names_get_the_configured_answer_without_the_resolver() {
     let m = answer_of(&out).expect("answered at once");
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert!(!out.iter().any(|o| matches!(o, Output::DnsQuery { .. })));
-    assert_eq!(events(&out)[0].kind, "dns-blocked");
+    assert_eq!(events(&out)[0].kind, EventKind::DnsBlocked);
     let out = query(&mut e, 2, "ads.example.", RecordType::AAAA);
     let m = answer_of(&out).expect("answered");
     assert_eq!(addresses(&m), vec![IpAddr::V6(Ipv6Addr::UNSPECIFIED)]);
@@ -227,7 +227,7 @@ fn a_blocked_link_in_a_cname_chain_blocks_the_answer() {
     let m = answer_of(&out).expect("answer");
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     let ev = events(&out);
-    assert_eq!(ev[0].kind, "dns-blocked");
+    assert_eq!(ev[0].kind, EventKind::DnsBlocked);
     assert_eq!(
         ev[0].names,
         vec!["www.example.org", "edge.cdn.example", "x.tracker.example"]
@@ -345,7 +345,7 @@ fn big_answers_over_udp_are_truncated_and_malformed_queries_get_servfail() {
         S,
     );
     assert!(answer_of(&std::iter::from_fn(|| e.poll_output()).collect::<Vec<_>>()).is_none());
-    assert_eq!(e.counters.drops.get("dns-unreadable"), Some(&1));
+    assert_eq!(e.counters.drops.get(&DropReason::DnsUnreadable), Some(&1));
 }
 
 #[test]
@@ -391,11 +391,14 @@ fn a_resolver_that_does_not_answer_in_time_gives_servfail() {
     assert_eq!(a.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(a.metadata.id, 7);
     assert_eq!(e.dns_pending(), 0);
-    assert_eq!(e.counters.drops.get("dns-resolver-timeout"), Some(&1));
+    assert_eq!(
+        e.counters.drops.get(&DropReason::DnsResolverTimeout),
+        Some(&1)
+    );
     // The resolver's late answer finds no one waiting: counted, not sent.
     e.handle_dns_answer(t, None, S + 5 * S);
     assert!(std::iter::from_fn(|| e.poll_output()).next().is_none());
-    assert_eq!(e.counters.drops.get("dns-unknown-query"), Some(&1));
+    assert_eq!(e.counters.drops.get(&DropReason::DnsUnknownQuery), Some(&1));
 }
 
 #[test]
@@ -538,7 +541,10 @@ fn a_low_ttl_cannot_detach_a_vendor_name_from_its_edge() {
             .any(|o| matches!(o, Output::UdpOpen { .. } | Output::UdpSend { .. })),
         "{out:?}"
     );
-    let b = ev.iter().find(|e| e.action == "block").expect("blocked");
+    let b = ev
+        .iter()
+        .find(|e| e.action == Decision::Block)
+        .expect("blocked");
     assert_eq!(b.rule.as_deref(), Some("no media to Agora"));
     assert_eq!(b.names, vec!["104-166-161-75.edge.agora.io".to_owned()]);
 }
@@ -564,7 +570,7 @@ fn a_name_learned_later_rejudges_open_flows() {
     assert!(out.contains(&Output::Close { flow }), "{out:?}");
     let cut = events(&out)
         .into_iter()
-        .find(|e| e.kind == "cut")
+        .find(|e| e.kind == EventKind::Cut)
         .expect("cut");
     assert_eq!(cut.rule.as_deref(), Some("no media to Agora"));
 }

@@ -1,0 +1,336 @@
+//! What the engine tells the outside about its decisions: typed events,
+//! built in one place, serialised to stable JSON lines (the field names and
+//! values `--events` files, `geowall status` and the phone library's
+//! callback have always carried).
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use super::dataplane::{FlowCtx, FlowId};
+use super::frag::FragDrop;
+use crate::classify::leak::LeakHit;
+use crate::classify::{Encryption, Protocol, Sniffer, Traffic};
+use crate::policy::{Action, Verdict};
+use crate::wire::packet::Drop;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A flow was allowed and opened upstream.
+    Opened,
+    /// A flow was blocked at its first packet (or its first bytes).
+    Blocked,
+    /// An open flow was blocked by later evidence and cut.
+    Cut,
+    /// A flow ended (idle, or both sides closed).
+    Closed,
+    /// A DNS name (or a link of its CNAME chain) is blocked.
+    DnsBlocked,
+    /// Addresses were removed from a DNS answer.
+    DnsFiltered,
+}
+
+impl EventKind {
+    /// The kind as it is written in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Opened => "opened",
+            EventKind::Blocked => "blocked",
+            EventKind::Cut => "cut",
+            EventKind::Closed => "closed",
+            EventKind::DnsBlocked => "dns-blocked",
+            EventKind::DnsFiltered => "dns-filtered",
+        }
+    }
+}
+
+/// Whether an event's flow (or name) was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Let through.
+    Allow,
+    /// Stopped.
+    Block,
+}
+
+impl Decision {
+    /// The decision as it is written in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Block => "block",
+        }
+    }
+}
+
+/// What kind of flow an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowProto {
+    /// A TCP connection.
+    Tcp,
+    /// A UDP flow.
+    Udp,
+    /// An ICMP or ICMPv6 echo flow.
+    Icmp,
+    /// A DNS query, answered by geowall.
+    Dns,
+}
+
+impl FlowProto {
+    /// The name as it is written in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowProto::Tcp => "tcp",
+            FlowProto::Udp => "udp",
+            FlowProto::Icmp => "icmp",
+            FlowProto::Dns => "dns",
+        }
+    }
+}
+
+/// Why a packet (or a DNS query) was dropped without a flow decision: a
+/// counter key, written in JSON as its [`DropReason::as_str`] name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The IP packet could not be read.
+    Packet(Drop),
+    /// Fragments were discarded.
+    Fragment(FragDrop),
+    /// Broadcast or multicast: no one server answers it.
+    BroadcastOrMulticast,
+    /// ICMP other than an echo request from the app.
+    IcmpNotEcho,
+    /// An IP protocol other than TCP, UDP and ICMP.
+    OtherProtocol,
+    /// The driver named a flow the engine does not have.
+    UnknownFlow,
+    /// The local stack could not take the connection.
+    TcpListenFailed,
+    /// A DNS query too broken to answer.
+    DnsUnreadable,
+    /// A malformed DNS query (answered with an error).
+    DnsMalformed,
+    /// Too many queries waiting for the resolver (answered SERVFAIL).
+    DnsPendingFull,
+    /// The resolver did not answer in time (answered SERVFAIL).
+    DnsResolverTimeout,
+    /// An answer for a query no longer waiting.
+    DnsUnknownQuery,
+    /// A DNS-over-TCP answer whose connection is gone.
+    DnsTcpGone,
+    /// A DNS-over-TCP app that does not read its answers (reset).
+    DnsTcpFull,
+}
+
+impl DropReason {
+    /// The reason's stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Packet(d) => d.as_str(),
+            DropReason::Fragment(f) => f.as_str(),
+            DropReason::BroadcastOrMulticast => "broadcast-or-multicast",
+            DropReason::IcmpNotEcho => "icmp-not-echo",
+            DropReason::OtherProtocol => "other-protocol",
+            DropReason::UnknownFlow => "unknown-flow",
+            DropReason::TcpListenFailed => "tcp-listen-failed",
+            DropReason::DnsUnreadable => "dns-unreadable",
+            DropReason::DnsMalformed => "dns-malformed",
+            DropReason::DnsPendingFull => "dns-pending-full",
+            DropReason::DnsResolverTimeout => "dns-resolver-timeout",
+            DropReason::DnsUnknownQuery => "dns-unknown-query",
+            DropReason::DnsTcpGone => "dns-tcp-gone",
+            DropReason::DnsTcpFull => "dns-tcp-full",
+        }
+    }
+}
+
+impl Serialize for DropReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(EventKind, Decision, FlowProto, DropReason);
+
+/// A decision, for logs and the user.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// What happened.
+    pub kind: EventKind,
+    /// The flow (0 for DNS events).
+    pub flow: FlowId,
+    /// What kind of flow.
+    pub proto: FlowProto,
+    /// The app's side.
+    pub client: String,
+    /// The destination (for DNS events, the queried name).
+    pub server: String,
+    /// The traffic class.
+    pub class: Traffic,
+    /// The application protocol.
+    pub protocol: Protocol,
+    /// The server name, if known.
+    pub server_name: Option<String>,
+    /// Encryption status.
+    pub encrypted: Encryption,
+    /// Allowed or blocked.
+    pub action: Decision,
+    /// The deciding rule.
+    pub rule: Option<String>,
+    /// The layer and country that made it match (`vendor:CN`).
+    pub layer: Option<String>,
+    /// Identifier labels seen in cleartext.
+    pub leaks: Vec<String>,
+    /// Names the server's address was learned with (DNS answers, earlier
+    /// flows); for DNS events, the queried name and its CNAME chain.
+    pub names: Vec<String>,
+    /// The app that owns the flow (an executable path, or what the
+    /// platform calls it), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// More about a DNS decision (the addresses removed from an answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A flow as an event shows it: the one input of [`Event::of_flow`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FlowView<'a> {
+    pub(crate) id: FlowId,
+    pub(crate) proto: FlowProto,
+    pub(crate) client: SocketAddr,
+    pub(crate) server: SocketAddr,
+    pub(crate) sniffer: &'a Sniffer,
+    pub(crate) leaks: &'a [LeakHit],
+    pub(crate) ctx: &'a FlowCtx,
+}
+
+impl Event {
+    /// The event about a flow, with the verdict that decided it (none: an
+    /// allow without a rule, or a close). Echo flows show the server's
+    /// address without a port.
+    pub(crate) fn of_flow(kind: EventKind, f: FlowView<'_>, v: Option<&Verdict<'_>>) -> Self {
+        Self {
+            kind,
+            flow: f.id,
+            proto: f.proto,
+            client: f.client.to_string(),
+            server: if f.proto == FlowProto::Icmp {
+                f.server.ip().to_string()
+            } else {
+                f.server.to_string()
+            },
+            class: f.sniffer.class_now(),
+            protocol: f.sniffer.protocol.unwrap_or(Protocol::Unknown),
+            server_name: f.sniffer.server_name.clone(),
+            encrypted: f.sniffer.encryption(),
+            action: match v.map(|v| v.action) {
+                Some(Action::Block(_)) => Decision::Block,
+                _ => Decision::Allow,
+            },
+            rule: v.and_then(|v| v.rule.map(|(_, r)| r.name.clone())),
+            layer: v.and_then(|v| v.layer).map(|l| l.to_string()),
+            leaks: f.leaks.iter().map(|l| l.label.clone()).collect(),
+            names: f.ctx.names.clone(),
+            app: f.ctx.app.clone(),
+            detail: None,
+        }
+    }
+
+    /// A DNS decision about `name` (always a block or a filter).
+    pub(crate) fn dns(
+        kind: EventKind,
+        name: String,
+        names: Vec<String>,
+        rule: Option<String>,
+        layer: Option<String>,
+        detail: Option<String>,
+    ) -> Self {
+        Self {
+            kind,
+            flow: 0,
+            proto: FlowProto::Dns,
+            client: String::new(),
+            server_name: Some(name.clone()),
+            server: name,
+            class: Traffic::Dns,
+            protocol: Protocol::Dns,
+            encrypted: Encryption::Cleartext,
+            action: Decision::Block,
+            rule,
+            layer,
+            leaks: Vec::new(),
+            names,
+            app: None,
+            detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON consumers read is pinned: field names, order and values.
+    #[test]
+    fn event_json_is_stable() {
+        let ctx = FlowCtx {
+            names: vec!["edge.example".into()],
+            app: Some("/usr/bin/app".into()),
+        };
+        let sn = Sniffer::new();
+        let e = Event::of_flow(
+            EventKind::Opened,
+            FlowView {
+                id: 7,
+                proto: FlowProto::Udp,
+                client: "192.0.2.200:40000".parse().expect("addr"),
+                server: "198.51.100.7:5000".parse().expect("addr"),
+                sniffer: &sn,
+                leaks: &[],
+                ctx: &ctx,
+            },
+            None,
+        );
+        assert_eq!(
+            serde_json::to_string(&e).expect("json"),
+            r#"{"kind":"opened","flow":7,"proto":"udp","client":"192.0.2.200:40000","server":"198.51.100.7:5000","class":"other","protocol":"unknown","server_name":null,"encrypted":"unknown","action":"allow","rule":null,"layer":null,"leaks":[],"names":["edge.example"],"app":"/usr/bin/app"}"#
+        );
+        let d = Event::dns(
+            EventKind::DnsFiltered,
+            "a.example".into(),
+            vec!["a.example".into()],
+            Some("r".into()),
+            Some("geo:CN".into()),
+            Some("removed 203.0.113.5".into()),
+        );
+        assert_eq!(
+            serde_json::to_string(&d).expect("json"),
+            r#"{"kind":"dns-filtered","flow":0,"proto":"dns","client":"","server":"a.example","class":"dns","protocol":"dns","server_name":"a.example","encrypted":"cleartext","action":"block","rule":"r","layer":"geo:CN","leaks":[],"names":["a.example"],"detail":"removed 203.0.113.5"}"#
+        );
+        for (k, s) in [
+            (EventKind::Blocked, "\"blocked\""),
+            (EventKind::Cut, "\"cut\""),
+            (EventKind::Closed, "\"closed\""),
+            (EventKind::DnsBlocked, "\"dns-blocked\""),
+        ] {
+            assert_eq!(serde_json::to_string(&k).expect("json"), s);
+            assert_eq!(format!("\"{k}\""), s);
+        }
+    }
+}
