@@ -690,11 +690,17 @@ fn engine_thread(
     };
     rt.block_on(async move {
         let raw = fd.into_raw_fd();
-        let tun = match Tun::from_fd(raw, mtu) {
-            Ok(t) => t,
+        // SAFETY: `raw` is an open descriptor this thread owns (it came
+        // from an `OwnedFd`, whose ownership `into_raw_fd` gave up), and it
+        // is the platform's TUN: Android's `VpnService` and the test host
+        // open it with `IFF_NO_PI` and without `IFF_VNET_HDR`, as
+        // `from_fd` requires. `from_fd` takes ownership at once, also on
+        // error, so nothing else closes it.
+        let tun = match unsafe { tun_rs::AsyncDevice::from_fd(raw) } {
+            Ok(d) => Tun::from_device(d, mtu),
             Err(e) => {
-                // The tun crate owned the descriptor from the start and
-                // has closed it on the way out.
+                // tun-rs owned the descriptor from the start and has
+                // closed it on the way out.
                 let e = e.to_string();
                 let _ = ready.send(Err(e.clone()));
                 return Err(e);

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use geowall::intel::world::{BuildProgress, WorldBuilder};
 use indicatif::{ProgressBar, ProgressStyle};
-use sha2::{Digest, Sha256};
 
 /// `geowall world` subcommands.
 #[derive(clap::Subcommand)]
@@ -85,7 +84,7 @@ fn build(from: &Path, out: &Path, manifest: Option<&Path>) -> anyhow::Result<Exi
     let tmp = out.with_extension("tmp");
     std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
-    let sha = hex(&Sha256::digest(&bytes));
+    let sha = hex(&geowall::policy::bundle::sha256(&bytes));
     if let Some(m) = manifest {
         let doc = serde_json::json!({
             "file": out.file_name().map(|n| n.to_string_lossy().into_owned()),

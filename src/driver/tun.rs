@@ -2,9 +2,7 @@
 //! namespace and addressed there) or adopted from a file descriptor that a
 //! platform handed over (Android's `VpnService`, a parent process).
 
-use std::future::Future;
 use std::io;
-use std::os::fd::RawFd;
 use std::process::Command;
 
 use ipnet::IpNet;
@@ -40,14 +38,11 @@ const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
 const GSO_UDP_L4: u8 = 5;
 
-enum Dev {
-    Plain(tun::AsyncDevice),
-    Offload(tun_rs::AsyncDevice),
-}
-
 /// An open TUN device, non-blocking, registered with tokio.
 pub struct Tun {
-    dev: Dev,
+    dev: tun_rs::AsyncDevice,
+    /// Packets carry a virtio-net header (see [`TunSpec::offload`]).
+    offload: bool,
     mtu: u16,
 }
 
@@ -95,27 +90,21 @@ impl Tun {
                 "a default route through the TUN needs --netns (whole-host routing is `geowall run`)",
             ));
         }
-        let dev = if spec.offload {
-            let d = tun_rs::DeviceBuilder::new()
-                .name(&spec.name)
-                .mtu(spec.mtu)
-                .offload(true)
-                .build_async()
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot create TUN device {} with offloads: {e}", spec.name),
-                    )
-                })?;
-            Dev::Offload(d)
-        } else {
-            let mut cfg = tun::Configuration::default();
-            cfg.tun_name(&spec.name).mtu(spec.mtu);
-            let d = tun::create(&cfg).map_err(|e| {
-                io::Error::other(format!("cannot create TUN device {}: {e}", spec.name))
+        let dev = tun_rs::DeviceBuilder::new()
+            .name(&spec.name)
+            .mtu(spec.mtu)
+            .offload(spec.offload)
+            .build_async()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create TUN device {}{}: {e}",
+                        spec.name,
+                        if spec.offload { " with offloads" } else { "" }
+                    ),
+                )
             })?;
-            Dev::Plain(tun::AsyncDevice::new(d)?)
-        };
         let ns = spec.netns.as_deref();
         if let Some(ns) = ns {
             ip(None, &["link", "set", "dev", &spec.name, "netns", ns])?;
@@ -139,23 +128,23 @@ impl Tun {
                 )?;
             }
         }
-        Ok(Self { dev, mtu: spec.mtu })
-    }
-
-    /// Adopts an open TUN file descriptor (closed when this is dropped).
-    pub fn from_fd(fd: RawFd, mtu: u16) -> io::Result<Self> {
-        let mut cfg = tun::Configuration::default();
-        cfg.raw_fd(fd).mtu(mtu);
-        let dev = tun::create(&cfg)
-            .map_err(|e| io::Error::other(format!("cannot use TUN fd {fd}: {e}")))?;
-        Self::wrap(dev, mtu)
-    }
-
-    fn wrap(dev: tun::Device, mtu: u16) -> io::Result<Self> {
         Ok(Self {
-            dev: Dev::Plain(tun::AsyncDevice::new(dev)?),
-            mtu,
+            dev,
+            offload: spec.offload,
+            mtu: spec.mtu,
         })
+    }
+
+    /// Adopts a TUN device opened elsewhere, without offloads: a file
+    /// descriptor a platform handed over (Android's `VpnService`) becomes
+    /// one with `tun_rs::AsyncDevice::from_fd`, in the caller that owns
+    /// the descriptor (it is `unsafe`: the phone library does it).
+    pub fn from_device(dev: tun_rs::AsyncDevice, mtu: u16) -> Self {
+        Self {
+            dev,
+            offload: false,
+            mtu,
+        }
     }
 
     /// The MTU.
@@ -171,26 +160,12 @@ impl Tun {
     /// Reads what the kernel has (waiting for it); hand it to
     /// [`Tun::packets`].
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match &self.dev {
-            Dev::Plain(d) => d.recv(buf).await,
-            Dev::Offload(d) => d.recv(buf).await,
-        }
+        self.dev.recv(buf).await
     }
 
     /// Reads what the kernel has, if anything, without waiting.
     pub fn try_recv(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
-        let r = match &self.dev {
-            Dev::Plain(d) => {
-                let fut = std::pin::pin!(d.recv(buf));
-                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                match fut.poll(&mut cx) {
-                    std::task::Poll::Ready(r) => r,
-                    std::task::Poll::Pending => return None,
-                }
-            }
-            Dev::Offload(d) => d.try_recv(buf),
-        };
-        match r {
+        match self.dev.try_recv(buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
             r => Some(r),
         }
@@ -199,36 +174,32 @@ impl Tun {
     /// The IP packets in what [`Tun::recv`] read: one, or with offloads a
     /// UDP segmentation batch split into its datagrams (in `scratch`).
     pub fn packets(&self, raw: &[u8], scratch: &mut Vec<u8>, mut f: impl FnMut(&[u8])) {
-        match &self.dev {
-            Dev::Plain(_) => f(raw),
-            Dev::Offload(_) => {
-                let Some((hdr, pkt)) = raw.split_at_checked(VNET_HDR) else {
-                    return;
-                };
-                let gso_size = usize::from(u16::from_le_bytes([hdr[4], hdr[5]]));
-                match hdr[1] & 0x7f {
-                    // One packet (a TCP segment of up to 64 KiB is one
-                    // segment to the engine; checksums are not checked).
-                    GSO_NONE | GSO_TCPV4 | GSO_TCPV6 => f(pkt),
-                    GSO_UDP_L4 => split_udp(pkt, gso_size, scratch, &mut f),
-                    _ => {}
-                }
-            }
+        if !self.offload {
+            return f(raw);
+        }
+        let Some((hdr, pkt)) = raw.split_at_checked(VNET_HDR) else {
+            return;
+        };
+        let gso_size = usize::from(u16::from_le_bytes([hdr[4], hdr[5]]));
+        match hdr[1] & 0x7f {
+            // One packet (a TCP segment of up to 64 KiB is one segment to
+            // the engine; checksums are not checked).
+            GSO_NONE | GSO_TCPV4 | GSO_TCPV6 => f(pkt),
+            GSO_UDP_L4 => split_udp(pkt, gso_size, scratch, &mut f),
+            _ => {}
         }
     }
 
     /// Writes one packet, waiting while the device cannot take it.
     pub async fn send(&self, p: &[u8]) -> io::Result<()> {
-        match &self.dev {
-            Dev::Plain(d) => d.send(p).await.map(|_| ()),
-            Dev::Offload(d) => {
-                // The checksums are right (the stack computed them): the
-                // kernel need not check them again.
-                let hdr = [F_DATA_VALID, GSO_NONE, 0, 0, 0, 0, 0, 0, 0, 0];
-                let bufs = [io::IoSlice::new(&hdr), io::IoSlice::new(p)];
-                d.send_vectored(&bufs).await.map(|_| ())
-            }
+        if !self.offload {
+            return self.dev.send(p).await.map(|_| ());
         }
+        // The checksums are right (the stack computed them): the kernel
+        // need not check them again.
+        let hdr = [F_DATA_VALID, GSO_NONE, 0, 0, 0, 0, 0, 0, 0, 0];
+        let bufs = [io::IoSlice::new(&hdr), io::IoSlice::new(p)];
+        self.dev.send_vectored(&bufs).await.map(|_| ())
     }
 }
 

@@ -29,10 +29,81 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::{Signature, Signer, Verifier};
-/// The key types of bundle signatures (Ed25519).
-pub use ed25519_dalek::{SigningKey, VerifyingKey};
-use sha2::{Digest, Sha256};
+/// SHA-256 of `b`.
+pub fn sha256(b: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// An Ed25519 signing key (a maintainer's secret), from its 32-byte seed.
+pub struct SigningKey {
+    seed: [u8; 32],
+    pair: ring::signature::Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the seed.
+        f.debug_struct("SigningKey")
+            .field("public", &self.verifying_key())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// The key with this seed (every 32-byte seed is one).
+    pub fn from_bytes(seed: &[u8; 32]) -> Self {
+        let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed)
+            .expect("ring takes any 32-byte Ed25519 seed");
+        Self { seed: *seed, pair }
+    }
+
+    /// The seed, as key files hold it.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.seed
+    }
+
+    /// The public key.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        use ring::signature::KeyPair;
+        let mut b = [0u8; 32];
+        b.copy_from_slice(self.pair.public_key().as_ref());
+        VerifyingKey(b)
+    }
+
+    /// The Ed25519 signature of `msg`.
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out.copy_from_slice(self.pair.sign(msg).as_ref());
+        out
+    }
+}
+
+/// An Ed25519 public key: whose signatures a device trusts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyingKey([u8; 32]);
+
+impl VerifyingKey {
+    /// The key with these bytes. Bytes that are not a curve point are
+    /// accepted here and verify nothing.
+    pub fn from_bytes(b: &[u8; 32]) -> Self {
+        Self(*b)
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Whether `sig` is this key's signature of `msg`.
+    pub fn verify(&self, msg: &[u8], sig: &[u8]) -> bool {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.0)
+            .verify(msg, sig)
+            .is_ok()
+    }
+}
 
 use super::rules::Policy;
 use crate::intel::catalog::{Catalog, SourceError};
@@ -135,7 +206,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 /// The 8-byte id of a public key.
 pub fn key_id(k: &VerifyingKey) -> [u8; 8] {
-    let d = Sha256::digest(k.as_bytes());
+    let d = sha256(k.as_bytes());
     let mut id = [0u8; 8];
     id.copy_from_slice(&d[..8]);
     id
@@ -312,7 +383,7 @@ pub fn frame_content(content: &[u8], sequence: u64, created: u64, expires: u64) 
     out.extend_from_slice(&expires.to_le_bytes());
     out.extend_from_slice(&[0u8; 8]);
     out.extend_from_slice(&(content.len() as u64).to_le_bytes());
-    out.extend_from_slice(&Sha256::digest(content));
+    out.extend_from_slice(&sha256(content));
     out.extend_from_slice(content);
     out.push(0);
     out
@@ -362,7 +433,7 @@ pub fn sign(bundle: &[u8], key: &SigningKey) -> Result<Vec<u8>, BundleError> {
     out[40..48].copy_from_slice(&key_id(&key.verifying_key()));
     let sig = key.sign(&out);
     out.push(1);
-    out.extend_from_slice(&sig.to_bytes());
+    out.extend_from_slice(&sig);
     Ok(out)
 }
 
@@ -396,11 +467,11 @@ pub fn open(
         .iter()
         .find(|k| key_id(k) == id)
         .ok_or_else(|| BundleError::UnknownKey(hex(&id)))?;
-    let sig = Signature::from_slice(sig).map_err(|_| BundleError::BadSignature)?;
-    key.verify(&b[..body], &sig)
-        .map_err(|_| BundleError::BadSignature)?;
+    if !key.verify(&b[..body], sig) {
+        return Err(BundleError::BadSignature);
+    }
     let content = &b[HEADER..body];
-    if Sha256::digest(content).as_slice() != &b[56..88] {
+    if sha256(content).as_slice() != &b[56..88] {
         return Err(BundleError::Corrupt(
             "content does not match its SHA-256".into(),
         ));
@@ -432,11 +503,14 @@ pub fn open(
 
 /// Generates a signing key from the OS random source.
 pub fn keygen() -> Result<SigningKey, BundleError> {
+    use ring::rand::SecureRandom;
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| BundleError::Io {
-        path: PathBuf::from("(OS random source)"),
-        message: e.to_string(),
-    })?;
+    ring::rand::SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| BundleError::Io {
+            path: PathBuf::from("(OS random source)"),
+            message: "no random bytes".into(),
+        })?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
@@ -466,12 +540,12 @@ pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey, BundleError> {
 /// A public key from its 64 hex digits (as key files hold it).
 ///
 /// # Errors
-/// Not 64 hex digits, or not an Ed25519 public key.
+/// Not 64 hex digits.
 pub fn parse_verifying_key(hex: &str) -> Result<VerifyingKey, &'static str> {
     let b: [u8; 32] = unhex(hex)
         .and_then(|v| v.try_into().ok())
         .ok_or("not a geowall public key (64 hex digits)")?;
-    VerifyingKey::from_bytes(&b).map_err(|_| "not a valid Ed25519 public key")
+    Ok(VerifyingKey::from_bytes(&b))
 }
 
 /// Hex of a key's bytes, for key files.
@@ -654,7 +728,7 @@ mod tests {
         let content = archive(&files).expect("archive");
         let mut raw = build(dir.path(), 8, NOW, NOW + 100).expect("builds")[..HEADER].to_vec();
         raw[48..56].copy_from_slice(&(content.len() as u64).to_le_bytes());
-        raw[56..88].copy_from_slice(&Sha256::digest(&content));
+        raw[56..88].copy_from_slice(&sha256(&content));
         raw.extend_from_slice(&content);
         raw.push(0);
         let bad_policy = sign(&raw, &k).expect("signs");

@@ -8,10 +8,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+#[cfg(feature = "world-build")]
 use std::fs::File;
+#[cfg(feature = "world-build")]
 use std::io::Read;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+#[cfg(feature = "world-build")]
+use std::path::Path;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -354,6 +358,7 @@ impl WorldBuilder {
         self.push(L_ASN, start, end, asn)
     }
 
+    #[cfg(feature = "world-build")]
     /// Reads the pinned public sources from a directory laid out by
     /// `rules/world/refresh`:
     /// `geo-whois-asn-country-ipv4.csv`, `geo-whois-asn-country-ipv6.csv`,
@@ -422,6 +427,7 @@ impl WorldBuilder {
         Ok(())
     }
 
+    #[cfg(feature = "world-build")]
     /// Reads a fixture CSV: a header line
     /// `range,geo-whois-asn-country,ipfire-location,asn,as_org,network`, then
     /// one row per range, where `range` is a CIDR (`203.0.113.0/25`) or
@@ -468,6 +474,7 @@ impl WorldBuilder {
         })
     }
 
+    #[cfg(feature = "world-build")]
     fn read_csv(
         &mut self,
         path: &Path,
@@ -537,6 +544,7 @@ impl WorldBuilder {
         Ok(())
     }
 
+    #[cfg(feature = "world-build")]
     fn read_mmdb(
         &mut self,
         path: &Path,
@@ -766,6 +774,7 @@ fn put_all<const N: usize>(out: &mut [u8], mut at: usize, items: impl Iterator<I
     }
 }
 
+#[cfg(feature = "world-build")]
 fn read_text(path: &Path) -> Result<String, BuildError> {
     std::fs::read_to_string(path).map_err(|source| BuildError::Io {
         path: path.to_owned(),
@@ -773,6 +782,7 @@ fn read_text(path: &Path) -> Result<String, BuildError> {
     })
 }
 
+#[cfg(feature = "world-build")]
 /// An address as written in the sources: dotted IPv4, IPv6 text, or a
 /// decimal IPv4 number (Tor's `geoip`).
 fn parse_addr(s: &str) -> Result<IpAddr, String> {
@@ -786,6 +796,7 @@ fn parse_addr(s: &str) -> Result<IpAddr, String> {
     s.parse().map_err(|_| format!("'{s}' is not an IP address"))
 }
 
+#[cfg(feature = "world-build")]
 fn parse_asn(s: &str) -> Result<u32, String> {
     let t = s.trim();
     let t = t
@@ -796,6 +807,7 @@ fn parse_asn(s: &str) -> Result<u32, String> {
         .map_err(|_| format!("'{}' is not an AS number", s.trim()))
 }
 
+#[cfg(feature = "world-build")]
 /// A CIDR (`192.0.2.0/25`) or an inclusive `first-last` range.
 fn parse_range(s: &str) -> Result<(IpAddr, IpAddr), String> {
     if let Some((a, b)) = s.split_once('-') {
