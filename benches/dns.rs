@@ -30,7 +30,7 @@ fn main() {
     let world = geowall::intel::world::embedded_lean().expect("world");
     let mut e = Engine::new(
         EngineConfig::default(),
-        Intel::new(world, Arc::new(catalog)),
+        Intel::new(world),
         Arc::new(PolicyHandle::new(policy)),
         None,
     );

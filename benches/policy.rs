@@ -127,7 +127,7 @@ fn main() {
     let world = geowall::intel::world::embedded().expect("shipped world");
     let catalog = Arc::new(Catalog::shipped().expect("catalog"));
     let policy = Policy::preset("clubhouse", &catalog).expect("preset");
-    let intel = Intel::new(world, catalog);
+    let intel = Intel::new(world);
     let flows: Vec<(IpAddr, usize, Traffic)> = (0..200_000)
         .map(|k| {
             let ip = IpAddr::V4(Ipv4Addr::from(rng.next() as u32));

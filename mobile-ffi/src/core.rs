@@ -164,7 +164,7 @@ impl Rules {
         let world = load_world(cfg.world.as_ref())?;
         Ok(Self {
             policy: Arc::new(PolicyHandle::new(policy)),
-            intel: Intel::new(world, Arc::new(catalog)),
+            intel: Intel::new(world),
             installer: Mutex::new(Installer::new(keys)),
             sequence: AtomicU64::new(0),
         })

@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use geowall::engine::dataplane::{DropReason, fact_names};
@@ -36,12 +35,11 @@ pub(crate) struct Args {
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let super::source::Loaded {
         policy,
-        catalog,
         leak,
         world,
         ..
     } = a.rules.load(false)?;
-    let intel = Intel::new(world, Arc::new(catalog));
+    let intel = Intel::new(world);
 
     let bytes =
         std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
@@ -193,7 +191,7 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
     // own name, then those DNS answers in the capture tied to its server.
     let names = fact_names(&f.sniffer, &f.ctx);
     // With the policy's catalogs, as its verdict sees them.
-    let j = intel.jurisdiction_in(
+    let j = intel.jurisdiction(
         policy.catalog(),
         Some(f.server.ip()),
         &names,

@@ -377,7 +377,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         (p, None) => Policy::preset(p.as_deref().unwrap_or("default"), &catalog)?,
     };
     let world = super::load_world(a.world.as_ref(), false)?;
-    let intel = Intel::new(world, catalog);
+    let intel = Intel::new(world);
     let (ips, name): (Vec<Option<IpAddr>>, Option<&str>) = match a.target.parse::<IpAddr>() {
         Ok(ip) => (vec![Some(ip)], None),
         Err(_) => {
@@ -410,7 +410,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             leak: a.leak,
             app: a.app.as_deref(),
         };
-        let j = intel.jurisdiction_in(policy.catalog(), facts.dst, facts.names, facts.protocol);
+        let j = intel.jurisdiction(policy.catalog(), facts.dst, facts.names, facts.protocol);
         let trace = policy.trace(&facts, Some(&j));
         let verdict = policy.decide(&facts, Some(&j));
         if a.json {

@@ -35,8 +35,8 @@ pub(crate) struct RulesArgs {
 
 /// What [`RulesArgs::load`] gives.
 pub(crate) struct Loaded {
+    /// The policy, with the catalogs it was compiled against.
     pub(crate) policy: Policy,
-    pub(crate) catalog: Catalog,
     pub(crate) leak: Option<LeakDetector>,
     pub(crate) world: Arc<World>,
     /// The bundle's sequence number, when the rules came from one.
@@ -54,7 +54,9 @@ impl RulesArgs {
     /// sequence `installed` (a rollback), as a reload must.
     pub(crate) fn load_after(&self, lean: bool, installed: Option<u64>) -> anyhow::Result<Loaded> {
         let mut sequence = None;
-        let (policy, catalog) = match (&self.bundle, &self.policy) {
+        // The policy carries the catalogs it was compiled against (a
+        // bundle's own, or the shipped ones).
+        let policy = match (&self.bundle, &self.policy) {
             (Some(b), _) => {
                 let bytes =
                     std::fs::read(b).with_context(|| format!("cannot read {}", b.display()))?;
@@ -70,19 +72,13 @@ impl RulesArgs {
                 let opened = bundle::open(&bytes, &keys, installed, now)
                     .with_context(|| format!("{}: rejected", b.display()))?;
                 sequence = Some(opened.sequence);
-                (opened.policy, opened.catalog)
+                opened.policy
             }
-            (None, Some(p)) => {
-                let c = Catalog::shipped()?;
-                (Policy::load(p, &c)?, c)
-            }
-            (None, None) => {
-                let c = Catalog::shipped()?;
-                (
-                    Policy::preset(self.preset.as_deref().unwrap_or("default"), &c)?,
-                    c,
-                )
-            }
+            (None, Some(p)) => Policy::load(p, &Catalog::shipped()?)?,
+            (None, None) => Policy::preset(
+                self.preset.as_deref().unwrap_or("default"),
+                &Catalog::shipped()?,
+            )?,
         };
         let mut ids = Vec::new();
         for s in &self.identifiers {
@@ -99,7 +95,6 @@ impl RulesArgs {
         let world = super::load_world(self.world.as_ref(), lean)?;
         Ok(Loaded {
             policy,
-            catalog,
             leak,
             world,
             sequence,

@@ -103,12 +103,11 @@ impl EngineArgs {
         let max_flows = raise_fd_limit(self.max_flows);
         let super::source::Loaded {
             policy,
-            catalog,
             leak,
             world,
             sequence,
         } = self.rules.load(true)?;
-        let intel = Intel::new(world, Arc::new(catalog));
+        let intel = Intel::new(world);
         let mut extra_roots = Vec::new();
         for f in &self.dns_ca {
             extra_roots

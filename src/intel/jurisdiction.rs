@@ -155,18 +155,20 @@ impl Jurisdiction<'_, '_> {
     }
 }
 
-/// The world database and the catalogs together: everything needed to
-/// place a destination. Cheap to clone.
+/// The world database: where addresses are and whose networks they are
+/// on. Cheap to clone. The catalogs (owners, vendors) are not here: a
+/// policy carries the ones it was compiled against (a rules bundle brings
+/// its own), and every question about owners and vendors names them, so no
+/// answer can come from a stale copy.
 #[derive(Debug, Clone)]
 pub struct Intel {
     world: Arc<World>,
-    catalog: Arc<Catalog>,
 }
 
 impl Intel {
-    /// Combines a world database and catalogs.
-    pub fn new(world: Arc<World>, catalog: Arc<Catalog>) -> Self {
-        Self { world, catalog }
+    /// Wraps a world database.
+    pub fn new(world: Arc<World>) -> Self {
+        Self { world }
     }
 
     /// The world database.
@@ -174,27 +176,11 @@ impl Intel {
         &self.world
     }
 
-    /// The catalogs.
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
-    }
-
     /// Places a destination known by an address and/or names, with the
     /// application protocol the classifier reported (for vendor
-    /// signatures). Allocates nothing.
-    pub fn jurisdiction<'n>(
-        &self,
-        ip: Option<IpAddr>,
-        names: &[&'n str],
-        protocol: Option<&'n str>,
-    ) -> Jurisdiction<'_, 'n> {
-        self.jurisdiction_in(&self.catalog, ip, names, protocol)
-    }
-
-    /// Like [`Intel::jurisdiction`], with owners and vendors from `catalog`
-    /// instead of this one's: a policy is evaluated with the catalogs it
-    /// was compiled with (a rules bundle brings its own).
-    pub fn jurisdiction_in<'a, 'n>(
+    /// signatures), owners and vendors from `catalog` (the policy's:
+    /// [`crate::policy::Policy::catalog`]). Allocates nothing.
+    pub fn jurisdiction<'a, 'n>(
         &'a self,
         catalog: &'a Catalog,
         ip: Option<IpAddr>,
@@ -275,11 +261,9 @@ mod tests {
     #[cfg(feature = "embedded-world")]
     #[test]
     fn layers_for_the_reference_addresses() {
-        let intel = Intel::new(
-            crate::intel::world::embedded().expect("world"),
-            Arc::new(Catalog::shipped().expect("catalog")),
-        );
-        let j = intel.jurisdiction(Some("47.74.0.1".parse().expect("ip")), &[], None);
+        let intel = Intel::new(crate::intel::world::embedded().expect("world"));
+        let cat = Catalog::shipped().expect("catalog");
+        let j = intel.jurisdiction(&cat, Some("47.74.0.1".parse().expect("ip")), &[], None);
         assert_eq!(
             j.countries(Layer::Geo)[0].map(|c| c.to_string()),
             Some("US".into())
@@ -287,10 +271,10 @@ mod tests {
         assert_eq!(j.network.map(|c| c.to_string()), Some("CN".into()));
         assert_eq!(j.owner.map(|o| o.id.as_str()), Some("alibaba"));
         assert!(j.vendor.is_none());
-        let j = intel.jurisdiction(None, &["104-166-161-75.edge.agora.io"], None);
+        let j = intel.jurisdiction(&cat, None, &["104-166-161-75.edge.agora.io"], None);
         assert!(j.geo_unknown() && j.network_unknown());
         assert_eq!(j.vendor.map(|v| v.0.id.as_str()), Some("agora"));
-        let j = intel.jurisdiction(Some("192.168.1.1".parse().expect("ip")), &[], None);
+        let j = intel.jurisdiction(&cat, Some("192.168.1.1".parse().expect("ip")), &[], None);
         assert!(j.local && !j.geo_unknown());
     }
 }

@@ -319,7 +319,7 @@ impl Policy {
     pub fn evaluate<'p>(&'p self, intel: &Intel, f: &Facts<'_>) -> Verdict<'p> {
         let j = self
             .needs_intel
-            .then(|| intel.jurisdiction_in(&self.catalog, f.dst, f.names, f.protocol));
+            .then(|| intel.jurisdiction(&self.catalog, f.dst, f.names, f.protocol));
         self.decide(f, j.as_ref())
     }
 
@@ -381,7 +381,7 @@ impl Policy {
     pub fn settled_block<'p>(&'p self, intel: &Intel, f: &Facts<'_>) -> Option<Verdict<'p>> {
         let j = self
             .needs_intel
-            .then(|| intel.jurisdiction_in(&self.catalog, f.dst, f.names, f.protocol));
+            .then(|| intel.jurisdiction(&self.catalog, f.dst, f.names, f.protocol));
         let mut logged_by = None;
         for (i, r) in self.rules.iter().enumerate() {
             let c = &r.cond;
@@ -429,7 +429,7 @@ impl Policy {
         let f = Facts::dns(None, names, app);
         let j = self
             .needs_intel
-            .then(|| intel.jurisdiction_in(&self.catalog, None, names, None));
+            .then(|| intel.jurisdiction(&self.catalog, None, names, None));
         self.rules
             .iter()
             .filter(|r| {
@@ -457,7 +457,7 @@ impl Policy {
         let f = Facts::dns(Some(ip), names, app);
         let j = self
             .needs_intel
-            .then(|| intel.jurisdiction_in(&self.catalog, Some(ip), names, None));
+            .then(|| intel.jurisdiction(&self.catalog, Some(ip), names, None));
         for r in &self.rules {
             if r.action == Action::Log
                 || !r.has_address_conditions(&self.lists)

@@ -21,7 +21,7 @@ fn fixture_intel() -> Intel {
     b.add_fixture_csv(&csv, &mut |_: BuildProgress| {})
         .expect("fixture");
     let world = World::from_vec(b.build(&mut |_| {}).expect("builds").0).expect("loads");
-    Intel::new(Arc::new(world), Arc::new(catalog()))
+    Intel::new(Arc::new(world))
 }
 
 fn ip(s: &str) -> Option<IpAddr> {
@@ -458,7 +458,7 @@ fn trace_explains_each_rule() {
         traffic: Some(Traffic::Media),
         ..Facts::default()
     };
-    let j = intel.jurisdiction(f.dst, f.names, f.protocol);
+    let j = intel.jurisdiction(p.catalog(), f.dst, f.names, f.protocol);
     let t = p.trace(&f, Some(&j));
     assert_eq!(t.len(), 2);
     assert_eq!(t[0].failed, Some("leak"));
@@ -479,10 +479,7 @@ fn handle_swaps_atomically() {
 #[cfg(feature = "embedded-world")]
 #[test]
 fn reference_cases_with_the_shipped_world() {
-    let intel = Intel::new(
-        crate::intel::world::embedded().expect("world"),
-        Arc::new(catalog()),
-    );
+    let intel = Intel::new(crate::intel::world::embedded().expect("world"));
     let p = Policy::preset("clubhouse", &catalog()).expect("preset");
     let f = Facts {
         names: &["104-166-161-75.edge.agora.io"],
@@ -545,7 +542,7 @@ fn embedded_ipv4_jurisdiction_counts() {
     ] {
         assert!(!ping(allowed), "{allowed} embeds a US address");
     }
-    let j = intel.jurisdiction(ip("64:ff9b::203.0.113.5"), &[], None);
+    let j = intel.jurisdiction(p.catalog(), ip("64:ff9b::203.0.113.5"), &[], None);
     assert!(!j.geo_unknown() && !j.local);
     assert_eq!(j.to_json()["embedded"]["kind"], "nat64");
 }
@@ -660,9 +657,9 @@ sources = ["this test"]
     let newer = Catalog::from_sources(sources).expect("catalog with the extra vendor");
     let text = "name = 'bundle'\ndefault = 'allow'\n[[rule]]\nname = 'no-examplecorp'\naction = 'block'\nvendor = ['examplecorp']\n";
     let p = Policy::parse(Path::new("bundle.toml"), text, None, &newer).expect("compiles");
-    // The engine's intel still has the shipped catalogs only.
+    // The shipped catalogs do not know the vendor; the policy's do.
     let intel = fixture_intel();
-    assert!(intel.catalog().vendor("examplecorp").is_none());
+    assert!(catalog().vendor("examplecorp").is_none());
     let names = ["cdn.vendor.example"];
     let f = Facts {
         dst: ip("203.0.113.5"),

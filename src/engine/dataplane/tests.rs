@@ -32,12 +32,7 @@ fn engine(preset: &str, cfg: EngineConfig, ids: &[(&str, &str)]) -> (Engine, Arc
         .expect("ids")
     });
     (
-        Engine::new(
-            cfg,
-            Intel::new(Arc::new(world), Arc::new(catalog)),
-            Arc::clone(&policy),
-            leak,
-        ),
+        Engine::new(cfg, Intel::new(Arc::new(world)), Arc::clone(&policy), leak),
         policy,
     )
 }

@@ -52,7 +52,7 @@ fn engine(policy: &str, cfg: EngineConfig) -> Engine {
     let p = Policy::parse(Path::new("dns-test.toml"), policy, None, &catalog).expect("policy");
     Engine::new(
         cfg,
-        Intel::new(Arc::new(world), Arc::new(catalog)),
+        Intel::new(Arc::new(world)),
         Arc::new(PolicyHandle::new(p)),
         None,
     )
