@@ -1,0 +1,693 @@
+//! TCP: connections terminated in the userspace stack (smoltcp, one
+//! socket set per connection), the app's first bytes read and judged
+//! before anything is relayed, bytes moved between the local socket and
+//! the driver's upstream connection with flow control both ways.
+//!
+//! About 700 lines, on purpose: a connection's whole life (SYN, first
+//! bytes, verdict, relay, close) with [`Engine`]'s `service_tcp` as its one
+//! state machine reads best in one place.
+
+use super::*;
+
+/// App bytes moved out of a local TCP socket in one read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Where a TCP flow is with the app's first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FirstBytes {
+    /// Judged (or the flow is DNS, answered here).
+    Judged,
+    /// Opened by the timer before the app sent anything: the first bytes
+    /// will be held and judged.
+    Awaited,
+    /// The first bytes came after the flow was opened: held since then,
+    /// judged when the sniffer is done, [`TCP_SNIFF_BYTES`] are in, the app
+    /// finished sending, or [`TCP_SNIFF_NS`] passed.
+    Reading { since_ns: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TcpPhase {
+    /// Reading the app's first bytes.
+    Sniffing { since_ns: Option<u64> },
+    /// Allowed; waiting for the upstream connection.
+    Connecting,
+    /// Relaying.
+    Open,
+    /// Blocked or cut: the local socket was aborted.
+    Blocked,
+    /// DNS over TCP, answered here: never opened upstream.
+    Dns,
+}
+
+pub(super) struct TcpFlow {
+    pub(super) id: FlowId,
+    pub(super) client: SocketAddr,
+    pub(super) server: SocketAddr,
+    /// Its socket, in its own set in [`Engine`]'s `socks`.
+    pub(super) handle: smoltcp::iface::SocketHandle,
+    /// When the stack wants this connection polled again (retransmission,
+    /// delayed ACK), as kept in [`Engine`]'s timer queue.
+    pub(super) timer: Option<u64>,
+    pub(super) sniffer: Sniffer,
+    pub(super) leaks: Vec<LeakHit>,
+    pub(super) scan: ScanState,
+    pub(super) phase: TcpPhase,
+    /// App bytes read but not yet sent upstream.
+    pub(super) pending: Vec<u8>,
+    /// Whether the app's first bytes were judged: a flow opened by the
+    /// sniffing timer (server-first protocols) still has its client's
+    /// first bytes read, held and judged before they are relayed.
+    pub(super) first_bytes: FirstBytes,
+    /// Judge again at the next service (the rules changed, or a name for
+    /// the server was learned).
+    pub(super) rejudge: bool,
+    pub(super) app_fin_sent: bool,
+    /// The driver's upstream queue is full: leave the app's bytes in the
+    /// local socket (its window closes) until resumed.
+    pub(super) paused: bool,
+    /// Bytes of local buffers (both ways) this connection holds.
+    pub(super) buffers: usize,
+    /// Names the server's address was learned with (DNS, earlier flows).
+    pub(super) ctx: FlowCtx,
+    /// Dropped silently: its socket is gone and its segments are
+    /// swallowed (no RST) until it has been idle for the UDP idle time.
+    pub(super) silent: bool,
+    pub(super) last_ns: u64,
+}
+
+impl Engine {
+    /// Buffer size (each way) for a new TCP connection: a sixteenth of the
+    /// budget left, within [`TCP_BUFFER_MIN`]..=`tcp_buffer`. Past the
+    /// budget it is the minimum: the connection is served with a small
+    /// window, never refused.
+    pub(super) fn tcp_buffer_size(&self) -> usize {
+        let left = self.cfg.tcp_memory.saturating_sub(self.tcp_memory);
+        (left / 16).clamp(TCP_BUFFER_MIN, self.cfg.tcp_buffer.max(TCP_BUFFER_MIN)) / 1024 * 1024
+    }
+
+    /// Bytes of local TCP buffers held now: at most
+    /// [`EngineConfig::tcp_memory`] plus 2 × [`TCP_BUFFER_MIN`] for each
+    /// connection opened past it.
+    pub fn tcp_memory(&self) -> usize {
+        self.tcp_memory
+    }
+
+    pub(super) fn on_tcp_packet(
+        &mut self,
+        raw: &[u8],
+        client: SocketAddr,
+        server: SocketAddr,
+        flags: u8,
+        now_ns: u64,
+    ) {
+        let key = (client, server);
+        if let Some(f) = self.tcp.get_mut(&key) {
+            f.last_ns = now_ns;
+            if f.silent {
+                // A silently dropped connection: nothing back, nothing on.
+                return;
+            }
+        }
+        if !self.tcp.contains_key(&key)
+            && flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+        {
+            if self.flow_count() >= self.cfg.max_flows {
+                self.counters.refused += 1;
+                if let Some(r) = reply::tcp_reset(raw) {
+                    self.out.push_back(Output::ToTun(r));
+                }
+                return;
+            }
+            let policy = self.policy.current();
+            let is_dns = server.port() == 53;
+            let sniff = policy.needs_payload() && !is_dns;
+            let ctx = self.flow_ctx(PTransport::Tcp, false, client, server, now_ns);
+            let id = self.next_id;
+            self.next_id += 1;
+            if !is_dns {
+                // Judge at the SYN when the address alone decides: every
+                // time for a policy with no payload rules, and for a block
+                // that no payload could lift (so the app fails over at
+                // once instead of after its first write).
+                let sn = Sniffer::new();
+                let v = if sniff {
+                    let names = fact_names(&sn, &ctx);
+                    let facts = facts(PTransport::Tcp, server, &sn, &[], &ctx, &names);
+                    policy.settled_block(&self.intel, &facts)
+                } else {
+                    Some(judge_parts(
+                        &policy,
+                        &self.intel,
+                        PTransport::Tcp,
+                        server,
+                        &sn,
+                        &[],
+                        &ctx,
+                    ))
+                };
+                if let Some(v) = v
+                    && let Action::Block(mode) = v.action
+                {
+                    self.counters.blocked += 1;
+                    let view = FlowView {
+                        id,
+                        proto: FlowProto::Tcp,
+                        client,
+                        server,
+                        sniffer: &sn,
+                        leaks: &[],
+                        ctx: &ctx,
+                    };
+                    let ev = Event::of_flow(EventKind::Blocked, view, Some(&v));
+                    if mode == BlockMode::Reject
+                        && let Some(r) = reply::tcp_reset(raw)
+                    {
+                        self.out.push_back(Output::ToTun(r));
+                    }
+                    self.out.push_back(Output::Event(Box::new(ev)));
+                    return;
+                }
+            }
+            let each = self.tcp_buffer_size();
+            if self.cfg.tcp_memory.saturating_sub(self.tcp_memory) < 2 * each {
+                self.counters.tcp_squeezed += 1;
+            }
+            let mut sock = smoltcp::socket::tcp::Socket::new(
+                smoltcp::socket::tcp::SocketBuffer::new(vec![0; each]),
+                smoltcp::socket::tcp::SocketBuffer::new(vec![0; each]),
+            );
+            sock.set_nagle_enabled(false);
+            // One ACK per two segments (or after 1 ms): with 64 KiB
+            // segments, half the packets written back during an upload.
+            sock.set_ack_delay(Some(smoltcp::time::Duration::from_millis(1)));
+            let ep = smoltcp::wire::IpListenEndpoint {
+                addr: Some(server.ip().into()),
+                port: server.port(),
+            };
+            if sock.listen(ep).is_err() {
+                return self.drop_reason(DropReason::TcpListenFailed);
+            }
+            let mut set = crate::engine::stack::sockets();
+            let handle = set.add(sock);
+            self.socks.insert(key, set);
+            self.tcp_memory += 2 * each;
+            let phase = if is_dns {
+                TcpPhase::Dns
+            } else if sniff {
+                TcpPhase::Sniffing { since_ns: None }
+            } else {
+                TcpPhase::Connecting
+            };
+            let f = TcpFlow {
+                id,
+                client,
+                server,
+                handle,
+                timer: None,
+                sniffer: Sniffer::new(),
+                leaks: Vec::new(),
+                scan: ScanState::default(),
+                phase,
+                pending: Vec::new(),
+                first_bytes: FirstBytes::Judged,
+                rejudge: false,
+                app_fin_sent: false,
+                paused: false,
+                buffers: 2 * each,
+                ctx,
+                silent: false,
+                last_ns: now_ns,
+            };
+            self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
+            if !sniff && !is_dns {
+                self.counters.opened += 1;
+                let ev = f.event(EventKind::Opened, None);
+                self.out.push_back(Output::Event(Box::new(ev)));
+                self.out.push_back(Output::TcpOpen {
+                    flow: id,
+                    dst: server,
+                });
+            }
+            self.tcp.insert(key, f);
+            self.tcp_ids.insert(id, key);
+        }
+        // Everything else (and segments of unknown connections, which the
+        // stack answers with an RST) goes through the stack.
+        self.poll_stack_with(now_ns, Some(key), Some(raw));
+    }
+
+    /// Runs the TCP stack, moves app bytes along, judges, and collects the
+    /// packets it sends. With `only`, just that connection is serviced (a
+    /// packet or an upstream event touches one); without, all are (timers).
+    pub(super) fn poll_stack(&mut self, now_ns: u64, only: Option<(SocketAddr, SocketAddr)>) {
+        self.poll_stack_with(now_ns, only, None);
+    }
+
+    /// [`Engine::poll_stack`], first handing the stack `packet` (borrowed,
+    /// not copied).
+    pub(super) fn poll_stack_with(
+        &mut self,
+        now_ns: u64,
+        only: Option<(SocketAddr, SocketAddr)>,
+        packet: Option<&[u8]>,
+    ) {
+        match only {
+            Some(key) => self.poll_one(now_ns, key, packet),
+            None => {
+                let keys: Vec<_> = self.tcp.keys().copied().collect();
+                for key in keys {
+                    self.poll_one(now_ns, key, None);
+                }
+            }
+        }
+        while let Some(p) = self.device.tx.pop_front() {
+            self.out.push_back(Output::ToTun(p));
+        }
+    }
+
+    /// Runs the stack for one connection (its own socket set, with
+    /// `packet` if given), services it, and files its next stack timer.
+    /// A segment of no connection goes to the stack with no socket, which
+    /// answers an RST.
+    pub(super) fn poll_one(&mut self, now_ns: u64, key: TcpKey, packet: Option<&[u8]>) {
+        let t = crate::engine::stack::instant(now_ns);
+        let mut dev = crate::engine::stack::OneShot {
+            rx: packet,
+            tx: &mut self.device.tx,
+            mtu: self.device.mtu,
+        };
+        let set = self.socks.get_mut(&key).unwrap_or(&mut self.no_sockets);
+        self.iface.poll(t, &mut dev, set);
+        if !self.tcp.contains_key(&key) {
+            return;
+        }
+        self.service_tcp(now_ns, key);
+        let at = match self.socks.get_mut(&key) {
+            Some(set) => {
+                self.iface.poll(t, &mut self.device, set);
+                self.iface
+                    .poll_at(t, set)
+                    .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000)
+            }
+            None => None,
+        };
+        if let Some(f) = self.tcp.get_mut(&key)
+            && f.timer != at
+        {
+            if let Some(old) = f.timer {
+                self.tcp_timers.remove(&(old, key));
+            }
+            if let Some(a) = at {
+                self.tcp_timers.insert((a, key));
+            }
+            f.timer = at;
+        }
+    }
+
+    /// Forgets a connection: its flow, id, socket set, timer and buffers.
+    /// Returns them (the set, if it still had one).
+    pub(super) fn remove_tcp(
+        &mut self,
+        key: &TcpKey,
+    ) -> Option<(TcpFlow, Option<smoltcp::iface::SocketSet<'static>>)> {
+        let f = self.tcp.remove(key)?;
+        self.tcp_ids.remove(&f.id);
+        if let Some(t) = f.timer {
+            self.tcp_timers.remove(&(t, *key));
+        }
+        self.tcp_memory -= f.buffers;
+        Some((f, self.socks.remove(key)))
+    }
+
+    pub(super) fn service_tcp(&mut self, now_ns: u64, key: (SocketAddr, SocketAddr)) {
+        use smoltcp::socket::tcp::{Socket, State as S};
+        {
+            let Some(f) = self.tcp.get_mut(&key) else {
+                return;
+            };
+            if f.silent {
+                return;
+            }
+            let Some(set) = self.socks.get_mut(&key) else {
+                return;
+            };
+            let sock = set.get_mut::<Socket>(f.handle);
+            if let TcpPhase::Sniffing { since_ns: None } = f.phase
+                && sock.state() == S::Established
+            {
+                f.phase = TcpPhase::Sniffing {
+                    since_ns: Some(now_ns),
+                };
+                let t = now_ns + TCP_SNIFF_NS;
+                self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
+            }
+            // Read what the app sent (bounded while not open, and while
+            // late first bytes are held).
+            let mut new_leak = false;
+            let holding = f.first_bytes != FirstBytes::Judged;
+            loop {
+                let room = match f.phase {
+                    TcpPhase::Open if f.paused => 0,
+                    TcpPhase::Open | TcpPhase::Connecting if holding => TCP_SNIFF_BYTES
+                        .saturating_sub(f.pending.len())
+                        .min(READ_CHUNK),
+                    TcpPhase::Open => READ_CHUNK,
+                    TcpPhase::Sniffing { .. } | TcpPhase::Connecting => TCP_SNIFF_BYTES
+                        .saturating_sub(f.pending.len())
+                        .min(READ_CHUNK),
+                    TcpPhase::Blocked => 0,
+                    // Queries, at most two full messages waiting.
+                    TcpPhase::Dns => (2 * 65_537usize).saturating_sub(f.pending.len()),
+                };
+                if room == 0 || !sock.can_recv() {
+                    break;
+                }
+                // One copy, out of the socket's ring into the bytes that
+                // travel on.
+                let data = match sock.recv(|b| {
+                    let n = b.len().min(room);
+                    (n, b[..n].to_vec())
+                }) {
+                    Ok(v) if !v.is_empty() => v,
+                    _ => break,
+                };
+                f.sniffer.on_payload(
+                    Carrier::Tcp,
+                    Dir::Up,
+                    (f.client.port(), f.server.port()),
+                    &data,
+                    now_ns,
+                );
+                new_leak |= crate::engine::scan_leaks(
+                    self.leak.load().as_deref(),
+                    f.sniffer.encrypted,
+                    &mut f.scan,
+                    &data,
+                    &mut self.hits,
+                    &mut f.leaks,
+                );
+                if f.first_bytes == FirstBytes::Awaited {
+                    f.first_bytes = FirstBytes::Reading { since_ns: now_ns };
+                    let t = now_ns + TCP_SNIFF_NS;
+                    self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
+                }
+                if f.phase == TcpPhase::Open && !new_leak && !holding {
+                    self.out.push_back(Output::TcpSend {
+                        flow: f.id,
+                        payload: data,
+                    });
+                } else {
+                    f.pending.extend_from_slice(&data);
+                }
+            }
+            if f.phase == TcpPhase::Dns {
+                // Length-prefixed queries; answered here, in order.
+                let mut frames = Vec::new();
+                while let [a, b, ..] = f.pending[..] {
+                    let n = usize::from(u16::from_be_bytes([a, b]));
+                    if f.pending.len() < 2 + n {
+                        break;
+                    }
+                    frames.push(f.pending[2..2 + n].to_vec());
+                    f.pending.drain(..2 + n);
+                }
+                if frames.is_empty() && matches!(sock.state(), S::CloseWait) && f.pending.is_empty()
+                {
+                    sock.close();
+                }
+                for q in frames {
+                    self.on_dns(&q, Reply::Tcp(key), now_ns);
+                }
+                return;
+            }
+            let mut aborted_now = false;
+            let mut drop_silently = false;
+            // Judge when the first bytes are in, or the time is up.
+            let first_in = |t: u64| {
+                f.sniffer.is_done()
+                    || f.pending.len() >= TCP_SNIFF_BYTES
+                    // The app finished sending: no more bytes will come.
+                    || (matches!(sock.state(), S::CloseWait | S::LastAck) && !sock.can_recv())
+                    || now_ns.saturating_sub(t) >= TCP_SNIFF_NS
+            };
+            let late_in = match f.first_bytes {
+                FirstBytes::Reading { since_ns } => first_in(since_ns),
+                _ => false,
+            };
+            let due = match f.phase {
+                TcpPhase::Sniffing { since_ns: Some(t) } => first_in(t),
+                TcpPhase::Connecting | TcpPhase::Open => new_leak || late_in || f.rejudge,
+                _ => false,
+            };
+            f.rejudge = false;
+            if due {
+                if let Some(n) = &f.sniffer.server_name {
+                    // TLS, QUIC and HTTP names feed the same map as DNS.
+                    let until = now_ns + dns::SEEN_NAME_TTL_NS;
+                    self.names
+                        .learn(f.server.ip(), n, until, self.cfg.dns.names);
+                }
+                let policy = self.policy.current();
+                let v = judge_parts(
+                    &policy,
+                    &self.intel,
+                    PTransport::Tcp,
+                    f.server,
+                    &f.sniffer,
+                    &f.leaks,
+                    &f.ctx,
+                );
+                let was = f.phase;
+                if let Action::Block(mode) = v.action {
+                    if mode == BlockMode::Reject {
+                        // The RST goes out at the stack's next poll: keep
+                        // the socket until then.
+                        sock.abort();
+                        aborted_now = true;
+                    } else {
+                        drop_silently = true;
+                    }
+                    f.phase = TcpPhase::Blocked;
+                    f.pending.clear();
+                    let first = matches!(was, TcpPhase::Sniffing { .. });
+                    if first {
+                        self.counters.blocked += 1;
+                    } else {
+                        self.counters.cut += 1;
+                        self.out.push_back(Output::Close { flow: f.id });
+                    }
+                    let ev = f.event(
+                        if first {
+                            EventKind::Blocked
+                        } else {
+                            EventKind::Cut
+                        },
+                        Some(&v),
+                    );
+                    self.out.push_back(Output::Event(Box::new(ev)));
+                } else if matches!(was, TcpPhase::Sniffing { .. }) {
+                    f.phase = TcpPhase::Connecting;
+                    if f.pending.is_empty() && !f.sniffer.is_done() {
+                        // The timer opened it: the app's first bytes, when
+                        // they come, are still judged before they leave.
+                        f.first_bytes = FirstBytes::Awaited;
+                    }
+                    self.counters.opened += 1;
+                    let ev = f.event(EventKind::Opened, Some(&v));
+                    self.out.push_back(Output::Event(Box::new(ev)));
+                    self.out.push_back(Output::TcpOpen {
+                        flow: f.id,
+                        dst: f.server,
+                    });
+                } else {
+                    if late_in {
+                        f.first_bytes = FirstBytes::Judged;
+                    }
+                    if was == TcpPhase::Open
+                        && f.first_bytes == FirstBytes::Judged
+                        && !f.pending.is_empty()
+                    {
+                        self.out.push_back(Output::TcpSend {
+                            flow: f.id,
+                            payload: std::mem::take(&mut f.pending),
+                        });
+                    }
+                }
+            }
+            if drop_silently {
+                f.silent = true;
+                self.socks.remove(&key);
+                self.tcp_memory -= std::mem::take(&mut f.buffers);
+                return;
+            }
+            // The app finished sending.
+            if !f.app_fin_sent
+                && f.phase == TcpPhase::Open
+                && f.pending.is_empty()
+                && sock.recv_queue() == 0
+                && matches!(
+                    sock.state(),
+                    S::CloseWait | S::LastAck | S::Closing | S::TimeWait
+                )
+            {
+                f.app_fin_sent = true;
+                self.out.push_back(Output::TcpFin { flow: f.id });
+            }
+            // Gone: free the socket and the flow.
+            if !aborted_now
+                && matches!(sock.state(), S::Closed | S::TimeWait)
+                && !matches!(f.phase, TcpPhase::Sniffing { since_ns: None })
+            {
+                let (id, phase) = (f.id, f.phase);
+                let ev = f.event(EventKind::Closed, None);
+                self.remove_tcp(&key);
+                if matches!(phase, TcpPhase::Open | TcpPhase::Connecting) {
+                    self.out.push_back(Output::Close { flow: id });
+                }
+                self.out.push_back(Output::Event(Box::new(ev)));
+            }
+        }
+    }
+
+    /// The upstream connection for the flow is established: what the app
+    /// already sent goes out.
+    pub fn handle_tcp_connected(&mut self, flow: FlowId, now_ns: u64) {
+        let Some(key) = self.tcp_ids.get(&flow).copied() else {
+            return self.drop_reason(DropReason::UnknownFlow);
+        };
+        if let Some(f) = self.tcp.get_mut(&key)
+            && f.phase == TcpPhase::Connecting
+        {
+            f.phase = TcpPhase::Open;
+            if f.first_bytes == FirstBytes::Judged && !f.pending.is_empty() {
+                self.out.push_back(Output::TcpSend {
+                    flow,
+                    payload: std::mem::take(&mut f.pending),
+                });
+            }
+        }
+        self.poll_stack(now_ns, Some(key));
+    }
+
+    /// Bytes from the flow's upstream connection, for the app. Returns how
+    /// many were taken; the driver keeps the rest and offers them again
+    /// after the next call (backpressure: the app's window is full).
+    pub fn handle_tcp_from_upstream(&mut self, flow: FlowId, data: &[u8], now_ns: u64) -> usize {
+        let Some(key) = self.tcp_ids.get(&flow).copied() else {
+            self.drop_reason(DropReason::UnknownFlow);
+            return 0;
+        };
+        let Some(f) = self.tcp.get_mut(&key) else {
+            return 0;
+        };
+        if f.phase != TcpPhase::Open || f.silent {
+            return 0;
+        }
+        let Some(set) = self.socks.get_mut(&key) else {
+            return 0;
+        };
+        let sock = set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle);
+        let n = sock.send_slice(data).unwrap_or(0);
+        f.sniffer.on_payload(
+            Carrier::Tcp,
+            Dir::Down,
+            (f.client.port(), f.server.port()),
+            &data[..n],
+            now_ns,
+        );
+        self.poll_stack(now_ns, Some(key));
+        n
+    }
+
+    /// How many bytes [`Engine::handle_tcp_from_upstream`] would take now
+    /// for the flow (room in its local send buffer); 0 for a flow that is
+    /// not open.
+    pub fn tcp_send_room(&self, flow: FlowId) -> usize {
+        let Some(k) = self.tcp_ids.get(&flow) else {
+            return 0;
+        };
+        self.tcp
+            .get(k)
+            .filter(|f| f.phase == TcpPhase::Open && !f.silent)
+            .zip(self.socks.get(k))
+            .map_or(0, |(f, set)| {
+                let s = set.get::<smoltcp::socket::tcp::Socket>(f.handle);
+                s.send_capacity() - s.send_queue()
+            })
+    }
+
+    /// Backpressure from upstream: while paused, the app's bytes for the
+    /// flow stay in its local socket (so its window closes) instead of
+    /// becoming [`Output::TcpSend`]; resuming moves them along at once.
+    pub fn set_tcp_upstream_paused(&mut self, flow: FlowId, paused: bool, now_ns: u64) {
+        let Some(key) = self.tcp_ids.get(&flow).copied() else {
+            return;
+        };
+        if let Some(f) = self.tcp.get_mut(&key) {
+            f.paused = paused;
+        }
+        if !paused {
+            self.poll_stack(now_ns, Some(key));
+        }
+    }
+
+    /// The upstream side closed cleanly: close towards the app (FIN).
+    pub fn handle_tcp_upstream_closed(&mut self, flow: FlowId, now_ns: u64) {
+        self.with_app_socket(flow, now_ns, smoltcp::socket::tcp::Socket::close);
+    }
+
+    /// The upstream connection failed or was reset: reset the app's side.
+    pub fn handle_tcp_upstream_failed(&mut self, flow: FlowId, now_ns: u64) {
+        self.with_app_socket(flow, now_ns, smoltcp::socket::tcp::Socket::abort);
+    }
+
+    /// Applies `op` to the flow's local socket (if it still has one), then
+    /// runs the stack.
+    pub(super) fn with_app_socket(
+        &mut self,
+        flow: FlowId,
+        now_ns: u64,
+        op: fn(&mut smoltcp::socket::tcp::Socket<'static>),
+    ) {
+        let key = self.tcp_ids.get(&flow).copied();
+        if let Some(key) = key
+            && let Some(f) = self.tcp.get(&key)
+            && let Some(set) = self.socks.get_mut(&key)
+        {
+            op(set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle));
+        }
+        self.poll_stack(now_ns, key);
+    }
+}
+
+impl TcpFlow {
+    /// A decision event about this connection.
+    pub(super) fn event(&self, kind: EventKind, v: Option<&Verdict<'_>>) -> Event {
+        Event::of_flow(
+            kind,
+            FlowView {
+                id: self.id,
+                proto: FlowProto::Tcp,
+                client: self.client,
+                server: self.server,
+                sniffer: &self.sniffer,
+                leaks: &self.leaks,
+                ctx: &self.ctx,
+            },
+            v,
+        )
+    }
+}
+
+/// How long a TCP flow may stay idle: a silently dropped one as long as UDP,
+/// a handshake for `tcp_handshake_ns`, a connection for `tcp_idle_ns`.
+pub(super) fn tcp_idle_limit(cfg: &EngineConfig, f: &TcpFlow) -> u64 {
+    if f.silent {
+        cfg.udp_idle_ns
+    } else if matches!(f.phase, TcpPhase::Sniffing { since_ns: None }) {
+        cfg.tcp_handshake_ns
+    } else {
+        cfg.tcp_idle_ns
+    }
+}
