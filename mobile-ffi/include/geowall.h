@@ -72,7 +72,8 @@ enum GeowallStatus
   GEOWALL_STATUS_INVALID_HANDLE = 5,
   // The engine was stopped.
   GEOWALL_STATUS_STOPPED = 6,
-  // A rules bundle was refused; the running rules stay.
+  // A rules bundle was refused as malformed (truncated, corrupt, an
+  // unknown format, rules that do not compile); the running rules stay.
   GEOWALL_STATUS_BUNDLE_REJECTED = 7,
   // The TUN or a socket failed.
   GEOWALL_STATUS_IO = 8,
@@ -81,6 +82,17 @@ enum GeowallStatus
   GEOWALL_STATUS_WRONG_THREAD = 9,
   // A bug in geowall (a caught panic); the message says where.
   GEOWALL_STATUS_INTERNAL = 10,
+  // A rules bundle was not newer than the installed one (a rollback,
+  // or the same update again); the running rules stay.
+  GEOWALL_STATUS_BUNDLE_ROLLBACK = 11,
+  // A rules bundle had expired; the running rules stay.
+  GEOWALL_STATUS_BUNDLE_EXPIRED = 12,
+  // A rules bundle's signature was missing or does not verify (forged
+  // or damaged); the running rules stay.
+  GEOWALL_STATUS_BUNDLE_BAD_SIGNATURE = 13,
+  // A rules bundle was signed by a key the app does not trust; the
+  // running rules stay.
+  GEOWALL_STATUS_BUNDLE_UNKNOWN_KEY = 14,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

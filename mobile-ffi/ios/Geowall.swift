@@ -29,6 +29,14 @@ public struct GeowallError: Error, LocalizedError, CustomStringConvertible {
         case wrongThread = 9
         /// A bug in geowall (a caught panic).
         case internalError = 10
+        /// A rules bundle was not newer than the installed one.
+        case bundleRollback = 11
+        /// A rules bundle had expired.
+        case bundleExpired = 12
+        /// A rules bundle's signature was missing or wrong.
+        case bundleBadSignature = 13
+        /// A rules bundle was signed by an untrusted key.
+        case bundleUnknownKey = 14
         /// A status this wrapper does not know (a newer library): see `status`.
         case unknown = -1
     }
@@ -232,7 +240,9 @@ public final class Geowall: @unchecked Sendable {
     /// it: its policy applies to new decisions at once.
     ///
     /// - Returns: the sequence number installed after the call.
-    /// - Throws: `.bundleRejected` with the reason; the running rules stay.
+    /// - Throws: `.bundleRollback`, `.bundleExpired`, `.bundleBadSignature`,
+    ///   `.bundleUnknownKey` or (malformed) `.bundleRejected`, with the
+    ///   reason; the running rules stay.
     @discardableResult
     public func updateBundle(_ data: Data) throws -> UInt64 {
         let bytes = [UInt8](data)  // a valid pointer even when empty

@@ -13,8 +13,9 @@ use std::thread::{JoinHandle, ThreadId};
 use std::time::Instant;
 
 use geowall::classify::leak::LeakDetector;
+use geowall::driver::setup::{CaPem, RunConfig, Started};
 use geowall::driver::{self, Live, Protection, SocketProtector, Tun};
-use geowall::engine::dataplane::{AppLookup, Engine, EngineConfig, Event};
+use geowall::engine::dataplane::{AppLookup, Engine, Event};
 use geowall::intel::World;
 use geowall::intel::catalog::Catalog;
 use geowall::intel::jurisdiction::Intel;
@@ -46,8 +47,21 @@ pub enum Code {
     InvalidHandle,
     /// The engine was stopped.
     Stopped,
-    /// A rules bundle was refused; the running rules stay.
+    /// A rules bundle was refused as malformed (truncated, corrupt, an
+    /// unknown format or version, rules that do not compile); the running
+    /// rules stay.
     BundleRejected,
+    /// A rules bundle was not newer than the installed one (a rollback);
+    /// the running rules stay. Harmless: an update seen twice.
+    BundleRollback,
+    /// A rules bundle had expired; the running rules stay.
+    BundleExpired,
+    /// A rules bundle's signature was missing or wrong (forged or damaged);
+    /// the running rules stay.
+    BundleBadSignature,
+    /// A rules bundle was signed by a key the app does not trust; the
+    /// running rules stay.
+    BundleUnknownKey,
     /// The TUN or a socket failed.
     Io,
     /// The call would wait for the thread it was made on.
@@ -174,13 +188,23 @@ impl Rules {
     /// running one at once. A refused bundle changes nothing.
     ///
     /// # Errors
-    /// [`Code::BundleRejected`] with the reason (signature, key, rollback,
-    /// expiry, format).
+    /// [`Code::BundleRollback`], [`Code::BundleExpired`],
+    /// [`Code::BundleBadSignature`], [`Code::BundleUnknownKey`] or (a
+    /// malformed bundle) [`Code::BundleRejected`], with the reason.
     pub fn install(&self, bytes: &[u8]) -> Result<u64, Error> {
         let mut inst = lock(&self.installer);
-        let b = inst
-            .install(bytes, now_unix())
-            .map_err(|e| Error::new(Code::BundleRejected, format!("bundle rejected: {e}")))?;
+        let b = inst.install(bytes, now_unix()).map_err(|e| {
+            let code = match e {
+                bundle::BundleError::Rollback { .. } => Code::BundleRollback,
+                bundle::BundleError::Expired { .. } => Code::BundleExpired,
+                bundle::BundleError::BadSignature | bundle::BundleError::MissingSignature => {
+                    Code::BundleBadSignature
+                }
+                bundle::BundleError::UnknownKey(_) => Code::BundleUnknownKey,
+                _ => Code::BundleRejected,
+            };
+            Error::new(code, format!("bundle rejected: {e}"))
+        })?;
         self.policy.replace(b.policy.clone());
         self.sequence.store(b.sequence, Ordering::Release);
         Ok(b.sequence)
@@ -429,39 +453,37 @@ impl Running {
                 .has_protect()
                 .then(|| Arc::new(Protect(host.clone())) as Arc<dyn SocketProtector>),
         };
-        let upstreams = if cfg.dns_upstreams.is_empty() {
-            vec![driver::dns::Upstream::System]
-        } else {
-            cfg.dns_upstreams
-                .iter()
-                .map(|s| s.parse().map_err(config_error))
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        let mut roots = Vec::new();
-        for (i, pem) in cfg.dns_ca.iter().enumerate() {
-            roots.extend(
-                driver::dns::parse_ca(pem.as_bytes(), &format!("dns_ca[{i}]"))
-                    .map_err(config_error)?,
-            );
-        }
-        let (resolver, ips) =
-            driver::dns::build(&upstreams, &protection, &roots).map_err(config_error)?;
-        driver::dns::refuse_blocked(&rules.policy.current(), &rules.intel, &ips)
-            .map_err(config_error)?;
-        let mtu = cfg.mtu.unwrap_or(1500);
-        if mtu < 1280 {
-            return Err(config_error(format!(
-                "mtu {mtu}: at least 1280 (IPv6's minimum)"
-            )));
-        }
-        let mut ecfg = EngineConfig {
-            mtu: usize::from(mtu),
-            ..EngineConfig::default()
-        };
+        let mut run = RunConfig::default();
+        // Phones' TUNs default to the Ethernet MTU.
+        run.mtu = cfg.mtu.unwrap_or(1500);
         if let Some(m) = cfg.max_flows {
-            ecfg.max_flows = m;
+            run.max_flows = m;
         }
-        let mut engine = Engine::new(ecfg, rules.intel.clone(), rules.policy.clone(), leak);
+        if !cfg.dns_upstreams.is_empty() {
+            run.dns_upstreams.clone_from(&cfg.dns_upstreams);
+        }
+        run.dns_ca = cfg
+            .dns_ca
+            .iter()
+            .enumerate()
+            .map(|(i, pem)| CaPem {
+                name: format!("dns_ca[{i}]"),
+                pem: pem.clone(),
+            })
+            .collect();
+        let Started {
+            mut engine,
+            resolver,
+            ..
+        } = driver::setup::start(
+            rules.policy.clone(),
+            rules.intel.clone(),
+            leak,
+            &run,
+            &protection,
+        )
+        .map_err(|e| config_error(e.to_string()))?;
+        let mtu = run.mtu;
         if host.has_app_lookup() {
             let h = host.clone();
             let lookup: AppLookup = Box::new(move |t, src, dst| {

@@ -51,7 +51,8 @@ pub enum GeowallStatus {
     InvalidHandle = 5,
     /// The engine was stopped.
     Stopped = 6,
-    /// A rules bundle was refused; the running rules stay.
+    /// A rules bundle was refused as malformed (truncated, corrupt, an
+    /// unknown format, rules that do not compile); the running rules stay.
     BundleRejected = 7,
     /// The TUN or a socket failed.
     Io = 8,
@@ -60,6 +61,17 @@ pub enum GeowallStatus {
     WrongThread = 9,
     /// A bug in geowall (a caught panic); the message says where.
     Internal = 10,
+    /// A rules bundle was not newer than the installed one (a rollback,
+    /// or the same update again); the running rules stay.
+    BundleRollback = 11,
+    /// A rules bundle had expired; the running rules stay.
+    BundleExpired = 12,
+    /// A rules bundle's signature was missing or does not verify (forged
+    /// or damaged); the running rules stay.
+    BundleBadSignature = 13,
+    /// A rules bundle was signed by a key the app does not trust; the
+    /// running rules stay.
+    BundleUnknownKey = 14,
 }
 
 impl From<Code> for GeowallStatus {
@@ -72,6 +84,10 @@ impl From<Code> for GeowallStatus {
             Code::InvalidHandle => Self::InvalidHandle,
             Code::Stopped => Self::Stopped,
             Code::BundleRejected => Self::BundleRejected,
+            Code::BundleRollback => Self::BundleRollback,
+            Code::BundleExpired => Self::BundleExpired,
+            Code::BundleBadSignature => Self::BundleBadSignature,
+            Code::BundleUnknownKey => Self::BundleUnknownKey,
             Code::Io => Self::Io,
             Code::WrongThread => Self::WrongThread,
             Code::Internal => Self::Internal,

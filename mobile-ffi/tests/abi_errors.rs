@@ -339,3 +339,61 @@ fn the_error_message_fits_the_callers_buffer() {
     assert_eq!(small[4], 0, "NUL-terminated within the buffer");
     assert_eq!(text(&small).len(), 4);
 }
+
+/// Each kind of refused rules bundle keeps its kind across the C ABI, so
+/// an app can tell an update seen twice (harmless) from a forged one; the
+/// running rules stay after each.
+#[test]
+fn each_kind_of_refused_bundle_has_its_own_status() {
+    use geowall::policy::bundle;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "name = 'pushed'\ndefault = 'allow'\n[[rule]]\nname = 'no CN'\naction = 'block'\njurisdiction = { countries = ['CN'] }\n",
+    )
+    .expect("policy");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let trusted = bundle::SigningKey::from_bytes(&[3; 32]);
+    let stranger = bundle::SigningKey::from_bytes(&[4; 32]);
+    let make = |seq: u64, expires: u64, key: &bundle::SigningKey| {
+        bundle::sign(
+            &bundle::build(dir.path(), seq, now - 100, expires).expect("build"),
+            key,
+        )
+        .expect("sign")
+    };
+    let h = checker(&format!(
+        "{{\"trusted_keys\":[\"{}\"]}}",
+        bundle::key_hex(trusted.verifying_key().as_bytes())
+    ));
+    let push = |b: &[u8]| {
+        // SAFETY: `b` is a live slice of `b.len()` bytes.
+        let s = unsafe { geowall_update_bundle(h, b.as_ptr(), b.len()) };
+        (s, last_error())
+    };
+    assert_eq!(push(&make(5, now + 3_600, &trusted)).0, GeowallStatus::Ok);
+    let (s, m) = push(&make(5, now + 3_600, &trusted));
+    assert_eq!(s, GeowallStatus::BundleRollback, "{m}");
+    let (s, m) = push(&make(6, now - 10, &trusted));
+    assert_eq!(s, GeowallStatus::BundleExpired, "{m}");
+    let (s, m) = push(&make(7, now + 3_600, &stranger));
+    assert_eq!(s, GeowallStatus::BundleUnknownKey, "{m}");
+    let mut forged = make(8, now + 3_600, &trusted);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let (s, m) = push(&forged);
+    assert_eq!(s, GeowallStatus::BundleBadSignature, "{m}");
+    let (s, m) = push(b"GEOWALLB");
+    assert_eq!(s, GeowallStatus::BundleRejected, "{m}");
+    // The bundle installed first still decides.
+    let v = check(h, "112.126.96.46", 443, 6, 0);
+    assert_eq!(
+        (v.action, text(&v.rule)),
+        (GEOWALL_DROP, "no CN".to_owned())
+    );
+    // SAFETY: a live handle.
+    assert_eq!(unsafe { geowall_free(h) }, GeowallStatus::Ok);
+}

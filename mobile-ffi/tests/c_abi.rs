@@ -149,12 +149,12 @@ fn a_c_app_runs_the_engine_on_a_tun() {
     let b6 = dir.join("b6.gwb");
     std::fs::write(&b6, bad).expect("bundle");
     let r = app.cmd(&format!("bundle {}", b6.display()));
-    assert!(r.starts_with("err 7 "), "tampered bundle: {r}");
+    assert!(r.starts_with("err 13 "), "tampered bundle: {r}");
     // ... as is an older one (rollback) that would allow everything ...
     let b4 = dir.join("b4.gwb");
     std::fs::write(&b4, signed(&dir, "name='open'\ndefault='allow'\n", 4, &key)).expect("bundle");
     let r = app.cmd(&format!("bundle {}", b4.display()));
-    assert!(r.starts_with("err 7 "), "rolled-back bundle: {r}");
+    assert!(r.starts_with("err 11 "), "rolled-back bundle: {r}");
     // ... and one signed by another key.
     let other = bundle::SigningKey::from_bytes(&[9; 32]);
     let b7 = dir.join("b7.gwb");
@@ -164,7 +164,7 @@ fn a_c_app_runs_the_engine_on_a_tun() {
     )
     .expect("bundle");
     let r = app.cmd(&format!("bundle {}", b7.display()));
-    assert!(r.starts_with("err 7 "), "foreign bundle: {r}");
+    assert!(r.starts_with("err 14 "), "foreign bundle: {r}");
     // The rules of bundle 5 still hold.
     assert_blocked(
         in_ns(&fw, || tcp_exchange(us2, b"x")),

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use geowall::driver::setup::{CaPem, RunConfig, Started};
 use geowall::driver::{self, Live, Protection, Summary, Tun, TunSpec};
 use geowall::engine::dataplane::{Decision, Engine, EngineConfig, Event, EventKind};
 use geowall::intel::jurisdiction::Intel;
@@ -58,8 +59,8 @@ pub(crate) struct EngineArgs {
     /// `https:IP[:PORT]@NAME` (repeatable). Every query the apps send, to
     /// any address, is answered by geowall through these; an upstream under
     /// a jurisdiction the policy blocks is refused at start.
-    #[arg(long = "dns-upstream", value_name = "SPEC", default_value = "system")]
-    dns_upstream: Vec<driver::dns::Upstream>,
+    #[arg(long = "dns-upstream", value_name = "SPEC", default_value = "system", value_parser = upstream)]
+    dns_upstream: Vec<String>,
     /// A PEM file of certificate authorities trusted for `tls:` and
     /// `https:` upstreams besides the public ones, for a resolver with a
     /// private CA (repeatable).
@@ -76,6 +77,11 @@ pub(crate) struct EngineArgs {
     max_flows: usize,
     #[command(flatten)]
     pub(crate) rules: super::source::RulesArgs,
+}
+
+/// Checks a `--dns-upstream` while the arguments are read.
+fn upstream(s: &str) -> Result<String, String> {
+    s.parse::<driver::dns::Upstream>().map(|_| s.to_owned())
 }
 
 /// An engine ready to run, with what the driver needs beside it.
@@ -100,32 +106,37 @@ impl EngineArgs {
     /// protected like the flows'; refusing an upstream under a blocked
     /// jurisdiction) and the engine.
     pub(crate) fn prepare(&self, protection: &Protection) -> anyhow::Result<Prepared> {
-        let max_flows = raise_fd_limit(self.max_flows);
         let super::source::Loaded {
             policy,
             leak,
             world,
             sequence,
         } = self.rules.load(true)?;
-        let intel = Intel::new(world);
-        let mut extra_roots = Vec::new();
+        let mut dns_ca = Vec::new();
         for f in &self.dns_ca {
-            extra_roots
-                .extend(driver::dns::read_ca(f).map_err(|e| anyhow::anyhow!("{e} (--dns-ca)"))?);
+            let pem = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {} (--dns-ca)", f.display()))?;
+            dns_ca.push(CaPem {
+                name: format!("{} (--dns-ca)", f.display()),
+                pem,
+            });
         }
-        let (resolver, upstream_ips) =
-            driver::dns::build(&self.dns_upstream, protection, &extra_roots)
-                .map_err(anyhow::Error::msg)?;
-        driver::dns::refuse_blocked(&policy, &intel, &upstream_ips)
-            .map_err(|e| anyhow::anyhow!("{e} (--dns-upstream)"))?;
-        let cfg = EngineConfig {
-            max_flows,
-            mtu: usize::from(self.mtu),
-            ..EngineConfig::default()
-        };
+        let mut run = RunConfig::default();
+        run.mtu = self.mtu;
+        run.max_flows = self.max_flows;
+        run.dns_upstreams.clone_from(&self.dns_upstream);
+        run.dns_ca = dns_ca;
         let policy_name = policy.name.clone();
         let handle = Arc::new(PolicyHandle::new(policy));
-        let engine = Engine::new(cfg, intel, Arc::clone(&handle), leak);
+        let Started {
+            engine, resolver, ..
+        } = driver::setup::start(
+            Arc::clone(&handle),
+            Intel::new(world),
+            leak,
+            &run,
+            protection,
+        )?;
         let sink: Option<Box<dyn Write + Send>> = match &self.events {
             None => None,
             Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
@@ -147,21 +158,6 @@ impl EngineArgs {
             sequence,
         })
     }
-}
-
-/// Each relayed flow holds an upstream socket: raises the soft limit on
-/// open files to the hard one, and returns how many flows fit under it
-/// (256 descriptors kept for everything else).
-fn raise_fd_limit(max_flows: usize) -> usize {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return max_flows;
-    };
-    if soft < hard {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-    let fit = usize::try_from(hard.saturating_sub(256)).unwrap_or(usize::MAX);
-    max_flows.min(fit.max(64))
 }
 
 /// What a status query reads: the engine's live numbers and the tally of

@@ -20,6 +20,7 @@
 pub mod dns;
 pub mod procs;
 pub mod protect;
+pub mod setup;
 pub mod tun;
 pub mod upstream;
 

@@ -113,8 +113,10 @@ public final class GeowallVpnService extends VpnService {
         try {
             Log.i(TAG, "rules bundle " + engine.updateBundle(bundle) + " installed");
         } catch (GeowallException e) {
-            // BUNDLE_REJECTED: bad signature, unknown key, older than the
-            // installed one, expired... The running rules stay.
+            // BUNDLE_ROLLBACK (an update seen twice: harmless),
+            // BUNDLE_EXPIRED, BUNDLE_BAD_SIGNATURE (forged or damaged),
+            // BUNDLE_UNKNOWN_KEY, BUNDLE_REJECTED (malformed). The running
+            // rules stay.
             Log.w(TAG, "rules bundle refused (status " + e.code + "): " + e.getMessage());
         }
     }

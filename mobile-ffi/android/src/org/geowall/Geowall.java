@@ -92,7 +92,10 @@ public final class Geowall implements AutoCloseable {
 
     /**
      * Verifies and installs a signed rules bundle; returns its sequence. A
-     * refused bundle ({@link GeowallException#BUNDLE_REJECTED}) changes nothing.
+     * refused bundle changes nothing; the code says why:
+     * {@link GeowallException#BUNDLE_ROLLBACK}, {@link GeowallException#BUNDLE_EXPIRED},
+     * {@link GeowallException#BUNDLE_BAD_SIGNATURE}, {@link GeowallException#BUNDLE_UNKNOWN_KEY},
+     * {@link GeowallException#BUNDLE_REJECTED} (malformed).
      */
     public long updateBundle(byte[] bundle) throws GeowallException {
         return nativeUpdateBundle(handle, bundle);

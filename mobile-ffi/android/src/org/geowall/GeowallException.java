@@ -16,7 +16,7 @@ public final class GeowallException extends Exception {
     public static final int INVALID_HANDLE = 5;
     /** The engine was stopped. */
     public static final int STOPPED = 6;
-    /** A rules bundle was refused; the running rules stay. */
+    /** A rules bundle was refused as malformed; the running rules stay. */
     public static final int BUNDLE_REJECTED = 7;
     /** The TUN or a socket failed. */
     public static final int IO = 8;
@@ -24,6 +24,14 @@ public final class GeowallException extends Exception {
     public static final int WRONG_THREAD = 9;
     /** A bug in geowall. */
     public static final int INTERNAL = 10;
+    /** A rules bundle was not newer than the installed one; the running rules stay. */
+    public static final int BUNDLE_ROLLBACK = 11;
+    /** A rules bundle had expired; the running rules stay. */
+    public static final int BUNDLE_EXPIRED = 12;
+    /** A rules bundle's signature was missing or wrong; the running rules stay. */
+    public static final int BUNDLE_BAD_SIGNATURE = 13;
+    /** A rules bundle was signed by an untrusted key; the running rules stay. */
+    public static final int BUNDLE_UNKNOWN_KEY = 14;
 
     /** The status code (one of the constants above). */
     public final int code;
