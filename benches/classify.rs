@@ -1,6 +1,6 @@
 //! `cargo bench --bench classify`: packets per second through IP parsing,
 //! flow lookup and classification (the engine's inspection path), one core,
-//! on every capture in ../shared/pcap/ndpi. Capture-file IO and the
+//! on every capture in tests/fixtures/ndpi. Capture-file IO and the
 //! capture format are excluded: the IP packets are extracted first.
 //! Each round replays all packets into a fresh flow table (so flow
 //! creation and sniffing are included); the figure is the median round.
@@ -15,7 +15,7 @@ use geowall::wire::packet::strip_link;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcap/ndpi");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi");
     let Ok(rd) = std::fs::read_dir(&dir) else {
         println!("skipped: {} is not there", dir.display());
         return;

@@ -1,5 +1,5 @@
 //! Writes the seed corpora of the fuzz targets (`fuzz/corpus/TARGET/`) from
-//! real captures (`../shared/pcap/ndpi`, or the folder given): each IP
+//! real captures (`tests/fixtures/ndpi`, or the folder given): each IP
 //! packet, each payload, each DNS message, each whole capture, and the
 //! shipped presets. `fuzz/run` calls it:
 //! `cargo run --release --example fuzz_seeds -- [CAPTURES_DIR]`.
@@ -20,7 +20,7 @@ fn main() {
     let src = std::env::args()
         .nth(1)
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../shared/pcap/ndpi"));
+        .unwrap_or_else(|| root.join("tests/fixtures/ndpi"));
     let corpus = here.join("corpus");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
         .unwrap_or_else(|e| panic!("{}: {e}", src.display()))

@@ -226,7 +226,7 @@ fn audit_reports_bad_input_clearly() {
 
 #[test]
 fn audit_of_a_shared_capture() {
-    let cap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcap/ndpi/signal.pcap");
+    let cap = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi/signal.pcap");
     if !cap.exists() {
         println!("skipped: {} is not there", cap.display());
         return;
@@ -397,4 +397,79 @@ fn fragmented_sd_rtn_with_a_tiny_first_fragment_is_still_seen_whole() {
     assert_eq!(flows[0]["verdict"]["action"], "block");
     assert_eq!(flows[0]["leaks"][0]["label"], "user_id");
     assert!(String::from_utf8_lossy(&o.stderr).contains("3 fragments (1 datagrams reassembled)"));
+}
+
+/// The Clubhouse researchers' situation: a DNS answer in the capture names
+/// an Agora edge (1 s TTL) at a US address, then the app sends RTP there
+/// (one packet a second, past the TTL). The audit says what the firewall
+/// would do: block, by the vendor layer, through the name the answer tied
+/// to the address. RTP to another US address, which no answer names, is
+/// allowed.
+#[test]
+fn a_name_from_a_dns_answer_in_the_capture_blocks_media_to_its_address() {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, Record, RecordType, rdata::A};
+    let edge = "104-166-161-75.edge.agora.io.";
+    let name = Name::from_ascii(edge).expect("name");
+    let mut q = Message::query();
+    q.metadata.id = 7;
+    q.add_query(Query::query(name.clone(), RecordType::A));
+    let mut r = Message::response(7, OpCode::Query);
+    r.metadata.message_type = MessageType::Response;
+    r.add_query(Query::query(name.clone(), RecordType::A));
+    r.add_answer(Record::from_rdata(
+        name,
+        1,
+        RData::A(A("198.51.100.20".parse().expect("ip"))),
+    ));
+    let (app, resolver) = ([192, 0, 2, 10], [198, 18, 1, 1]);
+    let (agora, other) = ([198, 51, 100, 20], [198, 51, 100, 30]);
+    let mut packets = vec![
+        (app, 5353, resolver, 53, q.to_vec().expect("query")),
+        (resolver, 53, app, 5353, r.to_vec().expect("answer")),
+    ];
+    for seq in 0..4u16 {
+        packets.push((
+            app,
+            40_002,
+            agora,
+            5004,
+            geowall::wire::rtc::rtp_packet(seq),
+        ));
+        packets.push((
+            app,
+            40_003,
+            other,
+            5004,
+            geowall::wire::rtc::rtp_packet(seq),
+        ));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("dns-then-rtp.pcap");
+    std::fs::write(&f, pcap_udp(&packets)).expect("write");
+    let o = geowall(&[
+        "audit",
+        f.to_str().expect("utf8"),
+        "--preset",
+        "clubhouse",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let flows: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let flow = |dst: &str| {
+        flows
+            .iter()
+            .find(|f| f["dst"] == dst)
+            .unwrap_or_else(|| panic!("no flow to {dst}: {flows:?}"))
+    };
+    let a = flow("198.51.100.20:5004");
+    assert_eq!(a["class"], "media");
+    assert_eq!(a["verdict"]["action"], "block", "{a}");
+    assert_eq!(a["verdict"]["layer"]["layer"], "vendor", "{a}");
+    assert_eq!(a["names"][0], "104-166-161-75.edge.agora.io");
+    let b = flow("198.51.100.30:5004");
+    assert_eq!(b["verdict"]["action"], "allow", "{b}");
 }

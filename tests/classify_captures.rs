@@ -1,7 +1,6 @@
-//! Traffic classes against nDPI's, flow by flow, on every shared capture:
-//! nDPI's master protocol is mapped to a class as in
-//! ../shared/pcap/README.md (RTP, RTCP, SRTP, STUN, DTLS, SD-RTN, Zoom media
-//! -> media; TLS, QUIC, HTTP -> web; DNS, MDNS, LLMNR -> dns; ICMP, ICMPV6 ->
+//! Traffic classes against nDPI's, flow by flow, on every capture in
+//! tests/fixtures/ndpi: nDPI's master protocol is mapped to a class (RTP,
+//! RTCP, SRTP, STUN, DTLS, SD-RTN, Zoom media -> media; TLS, QUIC, HTTP -> web; DNS, MDNS, LLMNR -> dns; ICMP, ICMPV6 ->
 //! ping; anything else -> other), and geowall's class for the same flow
 //! agree, or the difference must be one of [`DOCUMENTED`], each with its
 //! reason. The issue asks for 95% agreement or a reason for each
@@ -17,7 +16,7 @@ use geowall::wire::capture::Capture;
 use geowall::wire::packet::strip_link;
 
 fn captures_dir() -> Option<PathBuf> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcap/ndpi");
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi");
     if d.is_dir() {
         Some(d)
     } else {

@@ -234,7 +234,7 @@ fn warm_up_ipv6(app: &str) {
 fn first_udp_payload(file: &str, sport: u16) -> Vec<u8> {
     use geowall::wire::packet::{Transport, parse_ip, strip_link};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/pcap/ndpi")
+        .join("tests/fixtures/ndpi")
         .join(file);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let cap = geowall::wire::capture::Capture::new(&bytes).expect("capture");

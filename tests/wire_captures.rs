@@ -1,4 +1,4 @@
-//! Ground truth from someone else: every capture in ../shared/pcap/ndpi is
+//! Ground truth from someone else: every capture in tests/fixtures/ndpi is
 //! read through geowall's capture, IP and protocol parsers, and the server
 //! names found (TLS SNI, HTTP Host, DNS question) are compared with the
 //! names nDPI reported for the same flows (`*.out`), QUIC included (its
@@ -13,7 +13,7 @@ use geowall::wire::packet::{Transport, parse_ip, strip_link};
 use geowall::wire::{dns, http, quic, rtc, tls};
 
 fn captures_dir() -> Option<PathBuf> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/pcap/ndpi");
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi");
     if d.is_dir() {
         Some(d)
     } else {
