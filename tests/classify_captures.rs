@@ -161,10 +161,10 @@ fn classes_agree_with_ndpi() {
             .map(|fl| {
                 let p = if fl.proto == 58 { 1 } else { fl.proto };
                 (
-                    key(p, fl.client, fl.server),
+                    key(p, fl.core.client, fl.core.server),
                     (
-                        fl.sniffer.class_now().name(),
-                        fl.sniffer.protocol.map_or("-", |p| p.name()),
+                        fl.core.sniffer.class_now().name(),
+                        fl.core.sniffer.protocol.map_or("-", |p| p.name()),
                     ),
                 )
             })

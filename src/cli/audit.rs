@@ -189,13 +189,13 @@ pub(crate) struct Row {
 fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
     // The names and the verdict as the live engine has them: the flow's
     // own name, then those DNS answers in the capture tied to its server.
-    let names = fact_names(&f.sniffer, &f.ctx);
+    let names = fact_names(&f.core);
     // With the policy's catalogs, as its verdict sees them.
     let j = intel.jurisdiction(
         policy.catalog(),
-        Some(f.server.ip()),
+        Some(f.core.server.ip()),
         &names,
-        f.sniffer.protocol.map(|p| p.name()),
+        f.core.sniffer.protocol.map(|p| p.name()),
     );
     let v = f.judge(policy, intel);
     let mut countries: Vec<String> = Vec::new();
@@ -215,30 +215,30 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
         .collect();
     let json = serde_json::json!({
         "proto": proto_name(f.proto),
-        "src": f.client.to_string(),
-        "dst": f.server.to_string(),
+        "src": f.core.client.to_string(),
+        "dst": f.core.server.to_string(),
         "packets_up": f.packets_up,
         "packets_down": f.packets_down,
         "bytes_up": f.bytes_up,
         "bytes_down": f.bytes_down,
-        "protocol": f.sniffer.protocol.map(|p| p.name()),
-        "class": f.sniffer.class_now().name(),
-        "server_name": f.sniffer.server_name,
-        "names": f.ctx.names,
-        "encrypted": f.sniffer.encryption(),
+        "protocol": f.core.sniffer.protocol.map(|p| p.name()),
+        "class": f.core.sniffer.class_now().name(),
+        "server_name": f.core.sniffer.server_name,
+        "names": f.core.ctx.names,
+        "encrypted": f.core.sniffer.encryption(),
         "jurisdiction": j.to_json(),
         "verdict": v.to_json(),
         "rule": v.rule.map(|(_, r)| r.name.as_str()),
-        "leaks": f.leaks,
+        "leaks": f.core.leaks,
     });
     Row {
         json,
         proto: proto_name(f.proto),
-        client: f.client.to_string(),
-        server: f.server.to_string(),
-        protocol: f.sniffer.protocol.map_or("-", |p| p.name()),
-        class: f.sniffer.class_now().name(),
-        server_name: f.sniffer.server_name.clone(),
+        client: f.core.client.to_string(),
+        server: f.core.server.to_string(),
+        protocol: f.core.sniffer.protocol.map_or("-", |p| p.name()),
+        class: f.core.sniffer.class_now().name(),
+        server_name: f.core.sniffer.server_name.clone(),
         countries,
         geo,
         blocked: v.is_block(),
@@ -247,6 +247,7 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
             .layer
             .map(|l| format!("{} layer: {}", l.layer.name(), l.country_name())),
         leaks: f
+            .core
             .leaks
             .iter()
             .map(|l| {

@@ -22,13 +22,13 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use super::FlowCore;
 use super::dns::{self, DnsLimits, Question, Refusal, Resolved};
-use super::events::FlowView;
 pub use super::events::{Decision, DropReason, Event, EventKind, FlowProto};
 use super::frag::{FragLimits, FragResult, Reassembler};
 use super::reply;
 use crate::classify::leak::{LeakDetector, LeakHit, ScanState};
-use crate::classify::{Carrier, Dir, Encryption, Sniffer};
+use crate::classify::{Carrier, Dir, Encryption};
 use crate::intel::jurisdiction::Intel;
 use crate::policy::{Action, BlockMode, Facts, PolicyHandle, Transport as PTransport, Verdict};
 use crate::wire::packet::{Transport, icmp_type, parse_ip, tcp_flags};
@@ -352,7 +352,7 @@ impl Engine {
         let idle = self
             .flows
             .values()
-            .map(|f| f.last_ns + if f.icmp { icmp } else { udp })
+            .map(|f| f.core.last_ns + if f.icmp { icmp } else { udp })
             .min();
         let sniff = self
             .tcp
@@ -366,7 +366,7 @@ impl Engine {
         let tcp = self
             .tcp
             .values()
-            .map(|f| f.last_ns + tcp_idle_limit(&self.cfg, f))
+            .map(|f| f.core.last_ns + tcp_idle_limit(&self.cfg, f))
             .min();
         let dns = self.dns_pending.values().map(|p| p.2).min();
         [idle, sniff, tcp, dns].into_iter().flatten().min()
@@ -421,7 +421,7 @@ impl Engine {
             } else {
                 tcp_idle
             };
-            if now_ns.saturating_sub(f.last_ns) >= limit {
+            if now_ns.saturating_sub(f.core.last_ns) >= limit {
                 stale.push(*k);
             }
         }
@@ -447,7 +447,9 @@ impl Engine {
         let idle: Vec<_> = self
             .flows
             .iter()
-            .filter(|(_, f)| now_ns.saturating_sub(f.last_ns) >= if f.icmp { icmp } else { udp })
+            .filter(|(_, f)| {
+                now_ns.saturating_sub(f.core.last_ns) >= if f.icmp { icmp } else { udp }
+            })
             .map(|(k, _)| *k)
             .collect();
         for k in idle {

@@ -3,14 +3,12 @@
 //! values `--events` files, `geowall status` and the phone library's
 //! callback have always carried).
 
-use std::net::SocketAddr;
-
 use serde::Serialize;
 
-use super::dataplane::{FlowCtx, FlowId};
+use super::FlowCore;
+use super::dataplane::FlowId;
 use super::frag::FragDrop;
-use crate::classify::leak::LeakHit;
-use crate::classify::{Encryption, Protocol, Sniffer, Traffic};
+use crate::classify::{Encryption, Protocol, Traffic};
 use crate::policy::{Action, Verdict};
 use crate::wire::packet::Drop;
 
@@ -208,29 +206,23 @@ pub struct Event {
     pub detail: Option<String>,
 }
 
-/// A flow as an event shows it: the one input of [`Event::of_flow`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FlowView<'a> {
-    pub(crate) id: FlowId,
-    pub(crate) proto: FlowProto,
-    pub(crate) client: SocketAddr,
-    pub(crate) server: SocketAddr,
-    pub(crate) sniffer: &'a Sniffer,
-    pub(crate) leaks: &'a [LeakHit],
-    pub(crate) ctx: &'a FlowCtx,
-}
-
 impl Event {
-    /// The event about a flow, with the verdict that decided it (none: an
-    /// allow without a rule, or a close). Echo flows show the server's
+    /// The event about flow `id`, with the verdict that decided it (none:
+    /// an allow without a rule, or a close). Echo flows show the server's
     /// address without a port.
-    pub(crate) fn of_flow(kind: EventKind, f: FlowView<'_>, v: Option<&Verdict<'_>>) -> Self {
+    pub(crate) fn of_flow(
+        kind: EventKind,
+        id: FlowId,
+        proto: FlowProto,
+        f: &FlowCore,
+        v: Option<&Verdict<'_>>,
+    ) -> Self {
         Self {
             kind,
-            flow: f.id,
-            proto: f.proto,
+            flow: id,
+            proto,
             client: f.client.to_string(),
-            server: if f.proto == FlowProto::Icmp {
+            server: if proto == FlowProto::Icmp {
                 f.server.ip().to_string()
             } else {
                 f.server.to_string()
@@ -289,24 +281,17 @@ mod tests {
     /// The JSON consumers read is pinned: field names, order and values.
     #[test]
     fn event_json_is_stable() {
-        let ctx = FlowCtx {
+        let ctx = crate::engine::dataplane::FlowCtx {
             names: vec!["edge.example".into()],
             app: Some("/usr/bin/app".into()),
         };
-        let sn = Sniffer::new();
-        let e = Event::of_flow(
-            EventKind::Opened,
-            FlowView {
-                id: 7,
-                proto: FlowProto::Udp,
-                client: "192.0.2.200:40000".parse().expect("addr"),
-                server: "198.51.100.7:5000".parse().expect("addr"),
-                sniffer: &sn,
-                leaks: &[],
-                ctx: &ctx,
-            },
-            None,
+        let core = FlowCore::new(
+            "192.0.2.200:40000".parse().expect("addr"),
+            "198.51.100.7:5000".parse().expect("addr"),
+            ctx,
+            0,
         );
+        let e = Event::of_flow(EventKind::Opened, 7, FlowProto::Udp, &core, None);
         assert_eq!(
             serde_json::to_string(&e).expect("json"),
             r#"{"kind":"opened","flow":7,"proto":"udp","client":"192.0.2.200:40000","server":"198.51.100.7:5000","class":"other","protocol":"unknown","server_name":null,"encrypted":"unknown","action":"allow","rule":null,"layer":null,"leaks":[],"names":["edge.example"],"app":"/usr/bin/app"}"#

@@ -24,19 +24,50 @@ use events::DropReason;
 /// The most leak findings kept per flow.
 pub const MAX_LEAKS_PER_FLOW: usize = 64;
 
+/// What every flow has, whoever tracks it: the live engine's UDP, echo
+/// and TCP flows and the audit's inspector each embed one, and the
+/// policy's facts are built from it alone ([`dataplane::judge_parts`]).
+#[derive(Debug)]
+pub struct FlowCore {
+    /// The initiator (the app).
+    pub client: SocketAddr,
+    /// The responder (for echo flows, port 0).
+    pub server: SocketAddr,
+    /// What the classifier knows.
+    pub sniffer: Sniffer,
+    /// Identifiers seen in cleartext (at most [`MAX_LEAKS_PER_FLOW`]).
+    pub leaks: Vec<LeakHit>,
+    /// Names the server's address was reached by (DNS answers, earlier
+    /// flows) and the app that owns the flow.
+    pub ctx: FlowCtx,
+    /// Last packet, ns.
+    pub last_ns: u64,
+}
+
+impl FlowCore {
+    /// A flow with nothing seen yet.
+    pub fn new(client: SocketAddr, server: SocketAddr, ctx: FlowCtx, now_ns: u64) -> Self {
+        Self {
+            client,
+            server,
+            sniffer: Sniffer::new(),
+            leaks: Vec::new(),
+            ctx,
+            last_ns: now_ns,
+        }
+    }
+}
+
 /// One flow, from its initiator's point of view.
 #[derive(Debug)]
 pub struct Flow {
     /// IP protocol (6 TCP, 17 UDP, 1/58 ICMP).
     pub proto: u8,
-    /// The initiator.
-    pub client: SocketAddr,
-    /// The responder.
-    pub server: SocketAddr,
+    /// What every flow has: endpoints, classifier, leaks, names, last
+    /// packet.
+    pub core: FlowCore,
     /// First packet, ns.
     pub first_ns: u64,
-    /// Last packet, ns.
-    pub last_ns: u64,
     /// Packets from the client.
     pub packets_up: u64,
     /// Packets to the client.
@@ -45,14 +76,6 @@ pub struct Flow {
     pub bytes_up: u64,
     /// IP bytes to the client.
     pub bytes_down: u64,
-    /// What the classifier knows.
-    pub sniffer: Sniffer,
-    /// Identifiers seen in cleartext (at most [`MAX_LEAKS_PER_FLOW`]).
-    pub leaks: Vec<LeakHit>,
-    /// Names the server's address was reached by: DNS answers and names
-    /// seen in earlier flows, at the flow's first packet and learned while
-    /// it lasted (as the live engine keeps them).
-    pub ctx: FlowCtx,
     /// Whether the flow's own server name went into the name map.
     name_shared: bool,
     scan: [ScanState; 2],
@@ -68,15 +91,7 @@ impl Flow {
             1 | 58 => PTransport::Icmp,
             _ => PTransport::Udp,
         };
-        dataplane::judge_parts(
-            policy,
-            intel,
-            t,
-            self.server,
-            &self.sniffer,
-            &self.leaks,
-            &self.ctx,
-        )
+        dataplane::judge_parts(policy, intel, t, &self.core)
     }
 }
 
@@ -281,17 +296,12 @@ impl Inspector {
                     .push(self.flows.len());
                 self.flows.push(Flow {
                     proto: p.proto,
-                    client,
-                    server,
+                    core: FlowCore::new(client, server, ctx, ts_ns),
                     first_ns: ts_ns,
-                    last_ns: ts_ns,
                     packets_up: 0,
                     packets_down: 0,
                     bytes_up: 0,
                     bytes_down: 0,
-                    sniffer: Sniffer::new(),
-                    leaks: Vec::new(),
-                    ctx,
                     name_shared: false,
                     scan: Default::default(),
                 });
@@ -300,8 +310,12 @@ impl Inspector {
             }
         };
         let f = &mut self.flows[idx];
-        let dir = if src == f.client { Dir::Up } else { Dir::Down };
-        f.last_ns = ts_ns;
+        let dir = if src == f.core.client {
+            Dir::Up
+        } else {
+            Dir::Down
+        };
+        f.core.last_ns = ts_ns;
         match dir {
             Dir::Up => {
                 f.packets_up += 1;
@@ -312,27 +326,27 @@ impl Inspector {
                 f.bytes_down += bytes.len() as u64;
             }
         }
-        f.sniffer.on_payload(
+        f.core.sniffer.on_payload(
             carrier,
             dir,
-            (f.client.port(), f.server.port()),
+            (f.core.client.port(), f.core.server.port()),
             payload,
             ts_ns,
         );
         scan_leaks(
             self.leak.as_ref(),
-            f.sniffer.encrypted,
+            f.core.sniffer.encrypted,
             &mut f.scan[dir as usize],
             payload,
             &mut self.hits,
-            &mut f.leaks,
+            &mut f.core.leaks,
         );
         if !f.name_shared
-            && let Some(n) = &f.sniffer.server_name
+            && let Some(n) = &f.core.sniffer.server_name
         {
             // TLS, QUIC, HTTP and SD-RTN names feed the map, as live.
             f.name_shared = true;
-            let (ip, n) = (f.server.ip(), n.clone());
+            let (ip, n) = (f.core.server.ip(), n.clone());
             let limit = dns::DnsLimits::default().names;
             self.names
                 .learn(ip, &n, ts_ns + dns::SEEN_NAME_TTL_NS, limit);
@@ -356,7 +370,7 @@ impl Inspector {
         dns::learn_answer(&mut self.names, &a.chain, &a.addrs, ttl, ts_ns, limit);
         for ip in &a.addrs {
             for &i in self.by_server.get(ip).into_iter().flatten() {
-                let ctx = &mut self.flows[i].ctx;
+                let ctx = &mut self.flows[i].core.ctx;
                 for n in &a.chain {
                     if !ctx.names.contains(n) {
                         ctx.names.push(n.clone());

@@ -32,7 +32,7 @@ impl Engine {
         };
         let mut udp = Vec::new();
         for (k, f) in &mut self.flows {
-            if f.server.ip() == ip && f.state == State::Open && add(&mut f.ctx) {
+            if f.core.server.ip() == ip && f.state == State::Open && add(&mut f.core.ctx) {
                 udp.push(*k);
             }
         }
@@ -42,10 +42,10 @@ impl Engine {
         let mut tcp = Vec::new();
         for (k, f) in &mut self.tcp {
             // Flows still sniffing take the names into their first verdict.
-            if f.server.ip() == ip
+            if f.core.server.ip() == ip
                 && !f.silent
                 && f.phase != TcpPhase::Blocked
-                && add(&mut f.ctx)
+                && add(&mut f.core.ctx)
                 && matches!(f.phase, TcpPhase::Connecting | TcpPhase::Open)
             {
                 f.rejudge = true;

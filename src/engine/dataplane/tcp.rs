@@ -42,15 +42,13 @@ pub(super) enum TcpPhase {
 
 pub(super) struct TcpFlow {
     pub(super) id: FlowId,
-    pub(super) client: SocketAddr,
-    pub(super) server: SocketAddr,
+    /// Endpoints, classifier, leaks, names, last packet.
+    pub(super) core: FlowCore,
     /// Its socket, in its own set in [`Engine`]'s `socks`.
     pub(super) handle: smoltcp::iface::SocketHandle,
     /// When the stack wants this connection polled again (retransmission,
     /// delayed ACK), as kept in [`Engine`]'s timer queue.
     pub(super) timer: Option<u64>,
-    pub(super) sniffer: Sniffer,
-    pub(super) leaks: Vec<LeakHit>,
     pub(super) scan: ScanState,
     pub(super) phase: TcpPhase,
     /// App bytes read but not yet sent upstream.
@@ -68,12 +66,9 @@ pub(super) struct TcpFlow {
     pub(super) paused: bool,
     /// Bytes of local buffers (both ways) this connection holds.
     pub(super) buffers: usize,
-    /// Names the server's address was learned with (DNS, earlier flows).
-    pub(super) ctx: FlowCtx,
     /// Dropped silently: its socket is gone and its segments are
     /// swallowed (no RST) until it has been idle for the UDP idle time.
     pub(super) silent: bool,
-    pub(super) last_ns: u64,
 }
 
 impl Engine {
@@ -103,7 +98,7 @@ impl Engine {
     ) {
         let key = (client, server);
         if let Some(f) = self.tcp.get_mut(&key) {
-            f.last_ns = now_ns;
+            f.core.last_ns = now_ns;
             if f.silent {
                 // A silently dropped connection: nothing back, nothing on.
                 return;
@@ -123,6 +118,7 @@ impl Engine {
             let is_dns = server.port() == 53;
             let sniff = policy.needs_payload() && !is_dns;
             let ctx = self.flow_ctx(PTransport::Tcp, false, client, server, now_ns);
+            let core = FlowCore::new(client, server, ctx, now_ns);
             let id = self.next_id;
             self.next_id += 1;
             if !is_dns {
@@ -130,36 +126,19 @@ impl Engine {
                 // time for a policy with no payload rules, and for a block
                 // that no payload could lift (so the app fails over at
                 // once instead of after its first write).
-                let sn = Sniffer::new();
                 let v = if sniff {
-                    let names = fact_names(&sn, &ctx);
-                    let facts = facts(PTransport::Tcp, server, &sn, &[], &ctx, &names);
+                    let names = fact_names(&core);
+                    let facts = facts(PTransport::Tcp, &core, &names);
                     policy.settled_block(&self.intel, &facts)
                 } else {
-                    Some(judge_parts(
-                        &policy,
-                        &self.intel,
-                        PTransport::Tcp,
-                        server,
-                        &sn,
-                        &[],
-                        &ctx,
-                    ))
+                    Some(judge_parts(&policy, &self.intel, PTransport::Tcp, &core))
                 };
                 if let Some(v) = v
                     && let Action::Block(mode) = v.action
                 {
                     self.counters.blocked += 1;
-                    let view = FlowView {
-                        id,
-                        proto: FlowProto::Tcp,
-                        client,
-                        server,
-                        sniffer: &sn,
-                        leaks: &[],
-                        ctx: &ctx,
-                    };
-                    let ev = Event::of_flow(EventKind::Blocked, view, Some(&v));
+                    let ev =
+                        Event::of_flow(EventKind::Blocked, id, FlowProto::Tcp, &core, Some(&v));
                     if mode == BlockMode::Reject
                         && let Some(r) = reply::tcp_reset(raw)
                     {
@@ -201,12 +180,9 @@ impl Engine {
             };
             let f = TcpFlow {
                 id,
-                client,
-                server,
+                core,
                 handle,
                 timer: None,
-                sniffer: Sniffer::new(),
-                leaks: Vec::new(),
                 scan: ScanState::default(),
                 phase,
                 pending: Vec::new(),
@@ -215,9 +191,7 @@ impl Engine {
                 app_fin_sent: false,
                 paused: false,
                 buffers: 2 * each,
-                ctx,
                 silent: false,
-                last_ns: now_ns,
             };
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
             if !sniff && !is_dns {
@@ -372,20 +346,20 @@ impl Engine {
                     Ok(v) if !v.is_empty() => v,
                     _ => break,
                 };
-                f.sniffer.on_payload(
+                f.core.sniffer.on_payload(
                     Carrier::Tcp,
                     Dir::Up,
-                    (f.client.port(), f.server.port()),
+                    (f.core.client.port(), f.core.server.port()),
                     &data,
                     now_ns,
                 );
                 new_leak |= crate::engine::scan_leaks(
                     self.leak.load().as_deref(),
-                    f.sniffer.encrypted,
+                    f.core.sniffer.encrypted,
                     &mut f.scan,
                     &data,
                     &mut self.hits,
-                    &mut f.leaks,
+                    &mut f.core.leaks,
                 );
                 if f.first_bytes == FirstBytes::Awaited {
                     f.first_bytes = FirstBytes::Reading { since_ns: now_ns };
@@ -425,7 +399,7 @@ impl Engine {
             let mut drop_silently = false;
             // Judge when the first bytes are in, or the time is up.
             let first_in = |t: u64| {
-                f.sniffer.is_done()
+                f.core.sniffer.is_done()
                     || f.pending.len() >= TCP_SNIFF_BYTES
                     // The app finished sending: no more bytes will come.
                     || (matches!(sock.state(), S::CloseWait | S::LastAck) && !sock.can_recv())
@@ -442,22 +416,14 @@ impl Engine {
             };
             f.rejudge = false;
             if due {
-                if let Some(n) = &f.sniffer.server_name {
+                if let Some(n) = &f.core.sniffer.server_name {
                     // TLS, QUIC and HTTP names feed the same map as DNS.
                     let until = now_ns + dns::SEEN_NAME_TTL_NS;
                     self.names
-                        .learn(f.server.ip(), n, until, self.cfg.dns.names);
+                        .learn(f.core.server.ip(), n, until, self.cfg.dns.names);
                 }
                 let policy = self.policy.current();
-                let v = judge_parts(
-                    &policy,
-                    &self.intel,
-                    PTransport::Tcp,
-                    f.server,
-                    &f.sniffer,
-                    &f.leaks,
-                    &f.ctx,
-                );
+                let v = judge_parts(&policy, &self.intel, PTransport::Tcp, &f.core);
                 let was = f.phase;
                 if let Action::Block(mode) = v.action {
                     if mode == BlockMode::Reject {
@@ -488,7 +454,7 @@ impl Engine {
                     self.out.push_back(Output::Event(Box::new(ev)));
                 } else if matches!(was, TcpPhase::Sniffing { .. }) {
                     f.phase = TcpPhase::Connecting;
-                    if f.pending.is_empty() && !f.sniffer.is_done() {
+                    if f.pending.is_empty() && !f.core.sniffer.is_done() {
                         // The timer opened it: the app's first bytes, when
                         // they come, are still judged before they leave.
                         f.first_bytes = FirstBytes::Awaited;
@@ -498,7 +464,7 @@ impl Engine {
                     self.out.push_back(Output::Event(Box::new(ev)));
                     self.out.push_back(Output::TcpOpen {
                         flow: f.id,
-                        dst: f.server,
+                        dst: f.core.server,
                     });
                 } else {
                     if late_in {
@@ -589,10 +555,10 @@ impl Engine {
         };
         let sock = set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle);
         let n = sock.send_slice(data).unwrap_or(0);
-        f.sniffer.on_payload(
+        f.core.sniffer.on_payload(
             Carrier::Tcp,
             Dir::Down,
-            (f.client.port(), f.server.port()),
+            (f.core.client.port(), f.core.server.port()),
             &data[..n],
             now_ns,
         );
@@ -664,19 +630,7 @@ impl Engine {
 impl TcpFlow {
     /// A decision event about this connection.
     pub(super) fn event(&self, kind: EventKind, v: Option<&Verdict<'_>>) -> Event {
-        Event::of_flow(
-            kind,
-            FlowView {
-                id: self.id,
-                proto: FlowProto::Tcp,
-                client: self.client,
-                server: self.server,
-                sniffer: &self.sniffer,
-                leaks: &self.leaks,
-                ctx: &self.ctx,
-            },
-            v,
-        )
+        Event::of_flow(kind, self.id, FlowProto::Tcp, &self.core, v)
     }
 }
 

@@ -1319,11 +1319,11 @@ fn the_audit_and_the_engine_give_the_same_verdicts() {
     let audit: HashMap<String, &'static str> = insp
         .flows()
         .iter()
-        .filter(|f| f.server.port() != 53)
+        .filter(|f| f.core.server.port() != 53)
         .map(|f| {
             let v = f.judge(&policy, &e.intel);
             (
-                f.server.to_string(),
+                f.core.server.to_string(),
                 if v.is_block() { "block" } else { "allow" },
             )
         })

@@ -12,18 +12,13 @@ pub(super) enum State {
 #[derive(Debug)]
 pub(super) struct FlowState {
     pub(super) id: FlowId,
+    /// Endpoints, classifier, leaks, names, last packet.
+    pub(super) core: FlowCore,
     pub(super) icmp: bool,
-    pub(super) client: SocketAddr,
-    pub(super) server: SocketAddr,
     /// Echo identifier the app used (ICMP).
     pub(super) ident: u16,
-    pub(super) sniffer: Sniffer,
-    pub(super) leaks: Vec<LeakHit>,
     pub(super) scan: ScanState,
     pub(super) state: State,
-    /// Names the server's address was learned with.
-    pub(super) ctx: FlowCtx,
-    pub(super) last_ns: u64,
 }
 
 impl Engine {
@@ -61,16 +56,11 @@ impl Engine {
                 key,
                 FlowState {
                     id,
+                    core: FlowCore::new(client, server, ctx, now_ns),
                     icmp,
-                    client,
-                    server,
                     ident: client.port(),
-                    sniffer: Sniffer::new(),
-                    leaks: Vec::new(),
                     scan: ScanState::default(),
                     state: State::Open,
-                    ctx,
-                    last_ns: now_ns,
                 },
             );
             let idle = if icmp {
@@ -83,13 +73,13 @@ impl Engine {
         let Some(f) = self.flows.get_mut(&key) else {
             return;
         };
-        f.last_ns = now_ns;
+        f.core.last_ns = now_ns;
         let carrier = if icmp {
             Carrier::IcmpEcho
         } else {
             Carrier::Udp
         };
-        f.sniffer.on_payload(
+        f.core.sniffer.on_payload(
             carrier,
             Dir::Up,
             (client.port(), server.port()),
@@ -98,11 +88,11 @@ impl Engine {
         );
         let new_leak = crate::engine::scan_leaks(
             self.leak.load().as_deref(),
-            f.sniffer.encrypted,
+            f.core.sniffer.encrypted,
             &mut f.scan,
             payload,
             &mut self.hits,
-            &mut f.leaks,
+            &mut f.core.leaks,
         );
         if let State::Blocked(mode) = f.state {
             // Still blocked: nothing leaves; a reject answers again.
@@ -114,14 +104,14 @@ impl Engine {
             return;
         }
         // Judge at the first datagram, and again on new evidence.
-        if new || new_leak || !f.sniffer.is_done() || self.needs_rejudge(&key) {
+        if new || new_leak || !f.core.sniffer.is_done() || self.needs_rejudge(&key) {
             let policy = self.policy.current();
             let f = &self.flows[&key];
-            if let Some(n) = &f.sniffer.server_name {
+            if let Some(n) = &f.core.sniffer.server_name {
                 // QUIC, SD-RTN and other names feed the same map as DNS.
                 let until = now_ns + dns::SEEN_NAME_TTL_NS;
                 self.names
-                    .learn(f.server.ip(), n, until, self.cfg.dns.names);
+                    .learn(f.core.server.ip(), n, until, self.cfg.dns.names);
             }
             let verdict = judge(&policy, &self.intel, f);
             if let Action::Block(mode) = verdict.action {
@@ -203,7 +193,7 @@ impl Engine {
     pub(super) fn needs_rejudge(&self, key: &(bool, SocketAddr, SocketAddr)) -> bool {
         self.flows
             .get(key)
-            .is_some_and(|f| f.sniffer.protocol == Some(crate::classify::Protocol::Stun))
+            .is_some_and(|f| f.core.sniffer.protocol == Some(crate::classify::Protocol::Stun))
     }
 
     /// The open UDP or echo flow `flow`, its idle clock refreshed; `None`
@@ -217,7 +207,7 @@ impl Engine {
             .flows
             .get_mut(&key)
             .filter(|f| f.state == State::Open)?;
-        f.last_ns = now_ns;
+        f.core.last_ns = now_ns;
         Some(f)
     }
 
@@ -226,14 +216,14 @@ impl Engine {
         let Some(f) = self.open_flow(flow, now_ns) else {
             return;
         };
-        f.sniffer.on_payload(
+        f.core.sniffer.on_payload(
             Carrier::Udp,
             Dir::Down,
-            (f.client.port(), f.server.port()),
+            (f.core.client.port(), f.core.server.port()),
             payload,
             now_ns,
         );
-        if let Some(pkt) = reply::udp_packet(f.server, f.client, payload) {
+        if let Some(pkt) = reply::udp_packet(f.core.server, f.core.client, payload) {
             self.out.push_back(Output::ToTun(pkt));
         }
     }
@@ -243,7 +233,9 @@ impl Engine {
         let Some(f) = self.open_flow(flow, now_ns) else {
             return;
         };
-        if let Some(pkt) = reply::echo_reply(f.server.ip(), f.client.ip(), f.ident, seq, data) {
+        if let Some(pkt) =
+            reply::echo_reply(f.core.server.ip(), f.core.client.ip(), f.ident, seq, data)
+        {
             self.out.push_back(Output::ToTun(pkt));
         }
     }
@@ -252,23 +244,12 @@ impl Engine {
 impl FlowState {
     /// A decision event about this UDP or echo flow.
     pub(super) fn event(&self, kind: EventKind, v: Option<&Verdict<'_>>) -> Event {
-        Event::of_flow(
-            kind,
-            FlowView {
-                id: self.id,
-                proto: if self.icmp {
-                    FlowProto::Icmp
-                } else {
-                    FlowProto::Udp
-                },
-                client: self.client,
-                server: self.server,
-                sniffer: &self.sniffer,
-                leaks: &self.leaks,
-                ctx: &self.ctx,
-            },
-            v,
-        )
+        let proto = if self.icmp {
+            FlowProto::Icmp
+        } else {
+            FlowProto::Udp
+        };
+        Event::of_flow(kind, self.id, proto, &self.core, v)
     }
 }
 
@@ -282,5 +263,5 @@ pub(super) fn judge<'p>(
     } else {
         PTransport::Udp
     };
-    judge_parts(policy, intel, t, f.server, &f.sniffer, &f.leaks, &f.ctx)
+    judge_parts(policy, intel, t, &f.core)
 }

@@ -1,31 +1,27 @@
 //! The one place a flow's facts are built for the policy: the live engine
-//! (UDP, echo, TCP) and the audit's inspector judge with it.
+//! (UDP, echo, TCP) and the audit's inspector judge with it, from the
+//! [`FlowCore`] every flow embeds.
 
 use super::*;
 
 /// The names a flow's facts carry: the one its payload named (SNI, Host,
 /// QUIC, SD-RTN), then those its address was learned with.
-pub fn fact_names<'a>(sn: &'a Sniffer, ctx: &'a FlowCtx) -> Vec<&'a str> {
-    sn.server_name
+pub fn fact_names(core: &FlowCore) -> Vec<&str> {
+    core.sniffer
+        .server_name
         .as_deref()
         .into_iter()
-        .chain(ctx.names.iter().map(String::as_str))
+        .chain(core.ctx.names.iter().map(String::as_str))
         .collect()
 }
 
-/// The policy's facts about a flow: the one place they are built, for the
-/// live engine and the audit alike. `names` comes from [`fact_names`].
-pub fn facts<'a>(
-    transport: PTransport,
-    server: SocketAddr,
-    sn: &'a Sniffer,
-    leaks: &[LeakHit],
-    ctx: &'a FlowCtx,
-    names: &'a [&'a str],
-) -> Facts<'a> {
+/// The policy's facts about a flow carried over `transport`. `names`
+/// comes from [`fact_names`].
+pub fn facts<'a>(transport: PTransport, core: &'a FlowCore, names: &'a [&'a str]) -> Facts<'a> {
+    let sn = &core.sniffer;
     Facts {
-        dst: Some(server.ip()),
-        port: (transport != PTransport::Icmp).then_some(server.port()),
+        dst: Some(core.server.ip()),
+        port: (transport != PTransport::Icmp).then_some(core.server.port()),
         transport: Some(transport),
         names,
         traffic: sn.class,
@@ -35,21 +31,18 @@ pub fn facts<'a>(
             Encryption::Cleartext => Some(false),
             Encryption::Unknown => None,
         },
-        leak: !leaks.is_empty(),
-        app: ctx.app.as_deref(),
+        leak: !core.leaks.is_empty(),
+        app: core.ctx.app.as_deref(),
     }
 }
 
-/// The verdict on a flow's facts (see [`facts`]).
+/// The verdict on a flow (see [`facts`]).
 pub fn judge_parts<'p>(
     policy: &'p crate::policy::Policy,
     intel: &Intel,
     transport: PTransport,
-    server: SocketAddr,
-    sn: &Sniffer,
-    leaks: &[LeakHit],
-    ctx: &FlowCtx,
+    core: &FlowCore,
 ) -> Verdict<'p> {
-    let names = fact_names(sn, ctx);
-    policy.evaluate(intel, &facts(transport, server, sn, leaks, ctx, &names))
+    let names = fact_names(core);
+    policy.evaluate(intel, &facts(transport, core, &names))
 }
