@@ -29,6 +29,13 @@ pub(crate) fn root_or_skip(test: &str) -> bool {
         None
     };
     if let Some(why) = why {
+        // CI runs as root with everything installed: a network test that
+        // would skip there is a broken CI machine, not a pass.
+        assert!(
+            !(std::env::var_os("CI").is_some_and(|v| v == "true")
+                && nix::unistd::geteuid().is_root()),
+            "{test}: would skip ({why}) in a root CI run; the network tests must run there"
+        );
         eprintln!("{test}: skipped ({why}); these tests need root, /dev/net/tun and iproute2");
         return false;
     }
