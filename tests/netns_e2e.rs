@@ -720,3 +720,104 @@ fn run_routes_the_whole_host_and_fails_closed() {
     );
     let _ = std::fs::remove_dir_all(&etc);
 }
+
+/// `geowall run` whose only rules are an expired bundle (and nothing was
+/// accepted before) does not run open: it installs the blackhole and its
+/// rules, says why, and exits; nothing leaves the namespace, to any
+/// server, until `geowall down`.
+#[test]
+fn run_with_an_expired_bundle_blocks_the_host() {
+    use geowall::policy::bundle;
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    let mut net = Net::new();
+    let (_, world) = net.policy_and_world(POLICY);
+    net.udp_server(sa(addr::US, 7000), echo);
+    net.udp_server(sa(addr::CN, 7000), echo);
+    let etc = std::path::PathBuf::from("/etc/netns").join(&net.fw);
+    std::fs::create_dir_all(&etc).expect("etc");
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Remove(etc.clone());
+    std::fs::write(etc.join("resolv.conf"), "nameserver 192.0.2.99\n").expect("resolv.conf");
+    let fw = net.fw.clone();
+    let before = snapshot(&fw);
+    // Reachable before.
+    in_ns(&fw, || {
+        assert_eq!(
+            udp_exchange(sa(addr::US, 7000), b"hi").expect("open"),
+            b"hi"
+        )
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = bundle::SigningKey::from_bytes(&[8; 32]);
+    let pubkey = dir.path().join("key.pub");
+    std::fs::write(&pubkey, bundle::key_hex(key.verifying_key().as_bytes())).expect("key");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("policy.toml"), "name = 'old'\ndefault = 'allow'\n").expect("policy");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let expired = bundle::sign(
+        &bundle::build(&src, 3, now - 7_200, now - 3_600).expect("build"),
+        &key,
+    )
+    .expect("sign");
+    let b = dir.path().join("expired.gwb");
+    std::fs::write(&b, expired).expect("bundle");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &fw, env!("CARGO_BIN_EXE_geowall"), "run"])
+        .arg("--world")
+        .arg(&world)
+        .arg("--bundle")
+        .arg(&b)
+        .arg("--pubkey")
+        .arg(&pubkey)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--dns-upstream", "udp:198.51.100.53"])
+        .output()
+        .expect("geowall run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("expired") && err.contains("blocked (fail-closed"),
+        "a clear message: {err}"
+    );
+    let us = net.count(addr::US, 17, 7000);
+    let cn = net.count(addr::CN, 17, 7000);
+    in_ns(&fw, || {
+        assert!(udp_exchange(sa(addr::US, 7000), b"leak?").is_err());
+        assert!(udp_exchange(sa(addr::CN, 7000), b"leak?").is_err());
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        (net.count(addr::US, 17, 7000), net.count(addr::CN, 17, 7000)),
+        (us, cn),
+        "nothing left, to any server"
+    );
+    assert_ne!(
+        snapshot(&fw),
+        before,
+        "the blackhole and its rules are in place"
+    );
+    let down = std::process::Command::new("ip")
+        .args(["netns", "exec", &fw, env!("CARGO_BIN_EXE_geowall"), "down"])
+        .output()
+        .expect("down");
+    assert!(down.status.success());
+    assert_eq!(snapshot(&fw), before, "down opens it again");
+    in_ns(&fw, || {
+        assert_eq!(
+            udp_exchange(sa(addr::US, 7000), b"hi").expect("open again"),
+            b"hi"
+        )
+    });
+}

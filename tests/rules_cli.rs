@@ -247,3 +247,99 @@ fn bundle_keygen_build_sign_verify_and_rejections() {
     let (code, err) = verify(&[&d("e.gwb"), "--pubkey", &d("k.pub")]);
     assert!(code == Some(1) && err.contains("expired"), "{err}");
 }
+
+/// The trust state outlives the process: with `--state-dir`, a bundle
+/// older than one accepted before is refused after a restart too, and the
+/// newer rules stay in force (said loudly); the very bundle accepted
+/// before is accepted again; without a state directory the older bundle
+/// would be taken.
+#[test]
+fn rollback_protection_survives_a_restart() {
+    use geowall::policy::bundle;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = bundle::SigningKey::from_bytes(&[5; 32]);
+    let pubkey = dir.path().join("key.pub");
+    std::fs::write(
+        &pubkey,
+        format!("{}\n", bundle::key_hex(key.verifying_key().as_bytes())),
+    )
+    .expect("pubkey");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let make = |seq: u64, policy: &str| {
+        let src = dir.path().join(format!("src{seq}"));
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("policy.toml"), policy).expect("policy");
+        let b = bundle::sign(
+            &bundle::build(&src, seq, now - 60, now + 3_600).expect("build"),
+            &key,
+        )
+        .expect("sign");
+        let path = dir.path().join(format!("b{seq}.gwb"));
+        std::fs::write(&path, b).expect("bundle");
+        path
+    };
+    let strict = make(
+        11,
+        "name = 'no-cn'\ndefault = 'allow'\n[[rule]]\nname = 'no CN'\naction = 'block'\njurisdiction = { countries = ['CN'] }\n",
+    );
+    let open = make(10, "name = 'open'\ndefault = 'allow'\n");
+    // One datagram to a CN address of the shipped world.
+    let mut ip = vec![0x45, 0, 0, 33, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    ip.extend_from_slice(&[192, 0, 2, 10, 112, 126, 96, 46]);
+    ip.extend_from_slice(&[
+        0x9c, 0x40, 0x13, 0x88, 0, 13, 0, 0, b'x', b'y', b'z', b'!', b'?',
+    ]);
+    let mut pcap = Vec::new();
+    pcap.extend_from_slice(&0xA1B2_C3D4u32.to_le_bytes());
+    pcap.extend_from_slice(&[
+        2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 101, 0, 0, 0,
+    ]);
+    pcap.extend_from_slice(&1_700_000_000u32.to_le_bytes());
+    pcap.extend_from_slice(&0u32.to_le_bytes());
+    pcap.extend_from_slice(&(ip.len() as u32).to_le_bytes());
+    pcap.extend_from_slice(&(ip.len() as u32).to_le_bytes());
+    pcap.extend_from_slice(&ip);
+    let cap = dir.path().join("one.pcap");
+    std::fs::write(&cap, pcap).expect("pcap");
+    let state = dir.path().join("state");
+    let audit = |b: &Path, with_state: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_geowall"));
+        c.args(["audit", "--json"])
+            .arg(&cap)
+            .arg("--bundle")
+            .arg(b)
+            .arg("--pubkey")
+            .arg(&pubkey);
+        if with_state {
+            c.arg("--state-dir").arg(&state);
+        }
+        let o = c.output().expect("geowall runs");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value =
+            serde_json::from_slice(o.stdout.split(|b| *b == b'\n').next().expect("a flow"))
+                .expect("json");
+        (
+            v["verdict"]["action"].as_str().unwrap_or("?").to_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (v, err) = audit(&strict, true);
+    assert_eq!(v, "block");
+    assert!(!err.contains("WARNING"), "{err}");
+    // A later start with the older bundle: refused, the newer one decides.
+    let (v, err) = audit(&open, true);
+    assert_eq!(v, "block", "the rules of bundle 11 stay");
+    assert!(
+        err.contains("WARNING") && err.contains("rollback") && err.contains("sequence 11"),
+        "{err}"
+    );
+    // The bundle accepted before is accepted again, quietly.
+    let (v, err) = audit(&strict, true);
+    assert_eq!(v, "block");
+    assert!(!err.contains("WARNING"), "{err}");
+    // Without the state directory the older bundle would have been taken.
+    assert_eq!(audit(&open, false).0, "allow");
+}

@@ -37,8 +37,12 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         policy,
         leak,
         world,
+        note,
         ..
     } = a.rules.load(false)?;
+    if let Some(n) = note {
+        eprintln!("geowall: WARNING: {n}");
+    }
     let intel = Intel::new(world);
 
     let bytes =

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -63,6 +63,9 @@ pub(crate) struct State {
     /// Reloads the rules as the instance was started (files re-read).
     pub(crate) reload: Box<dyn Fn() -> anyhow::Result<geowall::policy::Policy> + Send + Sync>,
     pub(crate) started: Instant,
+    /// When the running rules bundle expires (Unix seconds), if they came
+    /// from one.
+    pub(crate) expires: Arc<Mutex<Option<u64>>>,
 }
 
 fn status(s: &State) -> Value {
@@ -84,7 +87,15 @@ fn status(s: &State) -> Value {
     top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     top.truncate(10);
     let c = &live.counters;
+    let expires = *s.expires.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     json!({
+        // An expired bundle's rules stay in force (fail-closed) until newer
+        // ones arrive; status says they are stale.
+        "rules_expires": expires,
+        "rules_stale": expires.is_some_and(|e| now >= e),
         "policy": s.policy.current().name,
         "uptime_s": s.started.elapsed().as_secs(),
         "flows_open": live.flows,
@@ -115,7 +126,8 @@ fn answer(s: &State, line: &str) -> Value {
         Some("reload") => match (s.reload)() {
             Ok(p) => {
                 let name = p.name.clone();
-                // New flows are judged by the new rules; open ones go on.
+                // Every flow is judged by the new rules, the open ones
+                // too (the engine sees the swap).
                 s.policy.replace(p);
                 json!({"reloaded": name})
             }
@@ -202,6 +214,12 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
         v["refused"],
         v["tcp_squeezed"]
     );
+    if v["rules_stale"].as_bool() == Some(true) {
+        println!(
+            "WARNING: the rules bundle expired at {} (Unix): its rules stay in force until newer ones arrive",
+            v["rules_expires"]
+        );
+    }
     println!(
         "bytes: {} to servers, {} from servers",
         v["bytes_up"], v["bytes_down"]

@@ -59,11 +59,12 @@ fn rule_present(fam: &str, prio: &str) -> bool {
         .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
 }
 
-/// Sets up the routing and the resolver. Idempotent, and never opens the
-/// host on the way: what a crashed instance left (rules, the blackhole) is
-/// kept and completed, not removed and added again, so a restart leaves no
-/// moment without them.
-fn up() -> anyhow::Result<()> {
+/// The fail-closed part of the setup: geowall's table with a blackhole
+/// default route, and the rules that send everything unmarked there (after
+/// the main table has had its say for everything more specific than a
+/// default route). Idempotent: what is there is kept and completed, never
+/// removed and added again, so there is no moment without it.
+fn install_blackhole() -> anyhow::Result<()> {
     let mark = format!("{FWMARK:#x}");
     for fam in families() {
         super::ip(&[
@@ -76,9 +77,6 @@ fn up() -> anyhow::Result<()> {
             TABLE,
             "metric",
             "4000",
-        ])?;
-        super::ip(&[
-            fam, "route", "replace", "default", "dev", TUN, "table", TABLE, "metric", "1",
         ])?;
         if !rule_present(fam, PRIO_TABLE) {
             super::ip(&[
@@ -98,6 +96,19 @@ fn up() -> anyhow::Result<()> {
                 PRIO_SUPPRESS,
             ])?;
         }
+    }
+    Ok(())
+}
+
+/// Sets up the routing and the resolver: the blackhole and its rules
+/// ([`install_blackhole`]), the TUN's route in front of the blackhole, and
+/// the resolver pointed at geowall.
+fn up() -> anyhow::Result<()> {
+    install_blackhole()?;
+    for fam in families() {
+        super::ip(&[
+            fam, "route", "replace", "default", "dev", TUN, "table", TABLE, "metric", "1",
+        ])?;
     }
     std::fs::create_dir_all(STATE)?;
     // A backup left by an instance that died is the host's own resolver:
@@ -146,17 +157,31 @@ fn down_quiet() -> bool {
     any
 }
 
-pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+/// Where `geowall run` keeps the last accepted rules bundle by default.
+const STATE_DIR: &str = "/var/lib/geowall";
+
+pub(crate) fn run(mut a: Args) -> anyhow::Result<ExitCode> {
     if !super::is_root() {
         anyhow::bail!(
             "geowall run needs root (it routes the whole host through geowall); run it with sudo"
         );
     }
+    a.engine.rules.default_state_dir(STATE_DIR);
     let protection = Protection {
         fwmark: Some(FWMARK),
         ..Protection::default()
     };
-    let mut prepared = a.engine.prepare(&protection)?;
+    let mut prepared = match a.engine.prepare(&protection) {
+        Ok(p) => p,
+        Err(e) => {
+            // No usable rules is never a reason to run open.
+            install_blackhole().context("cannot install the blackhole (fail-closed)")?;
+            eprintln!(
+                "geowall: cannot start: {e:#}\ngeowall: the host is blocked (fail-closed: nothing leaves but the LAN) until geowall starts with good rules; `geowall down` opens it"
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
     // Each flow's owning process, for events and `app = ...` rules.
     prepared
         .engine

@@ -31,6 +31,12 @@ pub(crate) struct RulesArgs {
     /// World database instead of the shipped one.
     #[arg(long, value_name = "FILE")]
     world: Option<PathBuf>,
+    /// Keep the last accepted bundle and its sequence number here, so that
+    /// an older bundle is refused after a restart too, and a restart whose
+    /// bundle is refused (older, expired, damaged) falls back to the last
+    /// accepted one (`geowall run`: /var/lib/geowall unless given).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 }
 
 /// What [`RulesArgs::load`] gives.
@@ -41,25 +47,43 @@ pub(crate) struct Loaded {
     pub(crate) world: Arc<World>,
     /// The bundle's sequence number, when the rules came from one.
     pub(crate) sequence: Option<u64>,
+    /// When that bundle expires (Unix seconds).
+    pub(crate) expires: Option<u64>,
+    /// Said loudly at start: the given bundle was refused and the last
+    /// accepted one is in force instead.
+    pub(crate) note: Option<String>,
 }
 
 impl RulesArgs {
     /// Reads, checks and compiles everything the options name (`lean`: see
     /// [`super::load_world`]).
     pub(crate) fn load(&self, lean: bool) -> anyhow::Result<Loaded> {
-        self.load_after(lean, None)
+        self.load_rules(lean, None, true)
     }
 
     /// As [`RulesArgs::load`], refusing a bundle that is not newer than
-    /// sequence `installed` (a rollback), as a reload must.
+    /// sequence `installed` (a rollback), as a reload must; a refused
+    /// reload never falls back (the running rules stay).
     pub(crate) fn load_after(&self, lean: bool, installed: Option<u64>) -> anyhow::Result<Loaded> {
-        let mut sequence = None;
+        self.load_rules(lean, installed, false)
+    }
+
+    /// The state directory, unless one was given.
+    pub(crate) fn default_state_dir(&mut self, dir: &str) {
+        self.state_dir.get_or_insert_with(|| PathBuf::from(dir));
+    }
+
+    fn load_rules(
+        &self,
+        lean: bool,
+        installed: Option<u64>,
+        start: bool,
+    ) -> anyhow::Result<Loaded> {
+        let (mut sequence, mut expires, mut note) = (None, None, None);
         // The policy carries the catalogs it was compiled against (a
         // bundle's own, or the shipped ones).
         let policy = match (&self.bundle, &self.policy) {
             (Some(b), _) => {
-                let bytes =
-                    std::fs::read(b).with_context(|| format!("cannot read {}", b.display()))?;
                 let keys = self
                     .pubkey
                     .iter()
@@ -69,9 +93,65 @@ impl RulesArgs {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                let opened = bundle::open(&bytes, &keys, installed, now)
-                    .with_context(|| format!("{}: rejected", b.display()))?;
+                let store = self
+                    .state_dir
+                    .as_deref()
+                    .map(bundle::TrustStore::open_dir)
+                    .transpose()?;
+                let recorded = match &store {
+                    Some(s) => s.installed_sequence()?,
+                    None => None,
+                };
+                // The newer of the running bundle and the recorded one; a
+                // restart with the very bundle recorded (systemd restarting
+                // geowall) is no rollback.
+                let floor = installed.max(recorded);
+                let given = std::fs::read(b)
+                    .with_context(|| format!("cannot read {}", b.display()))
+                    .and_then(|bytes| {
+                        let same = start
+                            && store
+                                .as_ref()
+                                .and_then(bundle::TrustStore::last_good)
+                                .is_some_and(|l| l == bytes);
+                        let floor = if same { None } else { floor };
+                        let o = bundle::open(&bytes, &keys, floor, now)
+                            .with_context(|| format!("{}: rejected", b.display()))?;
+                        Ok((bytes, o))
+                    });
+                let opened = match (given, &store) {
+                    (Ok((bytes, o)), store) => {
+                        if let Some(s) = store {
+                            s.record(&bytes, o.sequence)?;
+                        }
+                        o
+                    }
+                    (Err(e), Some(s)) if start => {
+                        // Never open because the given bundle is unusable:
+                        // the last accepted one, or nothing.
+                        let Some(last) = s.last_good() else {
+                            return Err(e.context(
+                                "and no bundle was accepted before (the state directory is empty)",
+                            ));
+                        };
+                        let o = bundle::open(&last, &keys, None, now).map_err(|e2| {
+                            anyhow::anyhow!(
+                                "{}: rejected; the last accepted bundle is not usable either ({e2})",
+                                b.display()
+                            )
+                        })?;
+                        note = Some(format!(
+                            "{}: rejected ({}); the last accepted bundle (sequence {}) stays in force",
+                            b.display(),
+                            e.root_cause(),
+                            o.sequence
+                        ));
+                        o
+                    }
+                    (Err(e), _) => return Err(e),
+                };
                 sequence = Some(opened.sequence);
+                expires = Some(opened.expires);
                 opened.policy
             }
             (None, Some(p)) => Policy::load(p, &Catalog::shipped()?)?,
@@ -98,6 +178,8 @@ impl RulesArgs {
             leak,
             world,
             sequence,
+            expires,
+            note,
         })
     }
 }

@@ -99,6 +99,11 @@ pub(crate) struct Prepared {
     pub(crate) mtu: u16,
     /// The rules bundle's sequence number, if the rules came from one.
     pub(crate) sequence: Option<u64>,
+    /// When that bundle expires (Unix seconds).
+    pub(crate) expires: Option<u64>,
+    /// Said loudly once the firewall is up (the bundle given was refused
+    /// and the last accepted one is in force).
+    note: Option<String>,
 }
 
 impl EngineArgs {
@@ -111,6 +116,8 @@ impl EngineArgs {
             leak,
             world,
             sequence,
+            expires,
+            note,
         } = self.rules.load(true)?;
         let mut dns_ca = Vec::new();
         for f in &self.dns_ca {
@@ -156,6 +163,8 @@ impl EngineArgs {
             policy_name,
             mtu: self.mtu,
             sequence,
+            expires,
+            note,
         })
     }
 }
@@ -179,6 +188,7 @@ pub(crate) fn serve(
         resolver,
         mut sink,
         readable,
+        note,
         ..
     } = p;
     // The resolver's sockets were protected when it was built.
@@ -189,6 +199,9 @@ pub(crate) fn serve(
     let summary = rt.block_on(async {
         let tun = Tun::create(spec)?;
         up();
+        if let Some(n) = &note {
+            eprintln!("geowall: WARNING: {n}");
+        }
         let (live, tally) = control.unzip();
         let on_event = |e: &Event| {
             if let Some(t) = &tally
@@ -232,6 +245,8 @@ pub(crate) fn control(
     let tally = Arc::new(Mutex::new(super::control::Tally::default()));
     let rules = args.rules.clone();
     let installed = Mutex::new(prepared.sequence);
+    let expires = Arc::new(Mutex::new(prepared.expires));
+    let expires_seen = Arc::clone(&expires);
     let sock = super::control::socket_path(name);
     super::control::serve(
         &sock,
@@ -247,9 +262,13 @@ pub(crate) fn control(
                 let l = rules.load_after(true, *seq)?;
                 if l.sequence.is_some() {
                     *seq = l.sequence;
+                    *expires_seen
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = l.expires;
                 }
                 Ok(l.policy)
             }),
+            expires,
             started: std::time::Instant::now(),
         },
     )?;

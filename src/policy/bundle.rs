@@ -588,11 +588,108 @@ impl Installer {
     }
 }
 
+/// The device's memory of the last accepted bundle, kept across restarts
+/// in a directory of its own (`/var/lib/geowall` for `geowall run`; a path
+/// the app gives on phones): the bundle itself (`installed.gwb`) and its
+/// sequence number (`sequence`). A bundle not newer than the recorded one
+/// is a rollback even after a restart, and the recorded bundle is what a
+/// restart falls back to. Files are replaced atomically (written beside,
+/// then renamed), so a power cut leaves the old record or the new one.
+#[derive(Debug, Clone)]
+pub struct TrustStore {
+    dir: PathBuf,
+}
+
+impl TrustStore {
+    /// The store in `dir`, created (mode 0700) if missing.
+    ///
+    /// # Errors
+    /// The directory cannot be created.
+    pub fn open_dir(dir: &Path) -> Result<Self, BundleError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| BundleError::Io {
+                path: dir.to_owned(),
+                message: format!("cannot create the state directory: {e}"),
+            })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The recorded sequence number, if a bundle was ever accepted.
+    ///
+    /// # Errors
+    /// The record cannot be read or is not a number (a damaged state
+    /// directory is an error, never "no bundle yet": that would allow a
+    /// rollback).
+    pub fn installed_sequence(&self) -> Result<Option<u64>, BundleError> {
+        let p = self.dir.join("sequence");
+        match std::fs::read_to_string(&p) {
+            Ok(t) => t.trim().parse().map(Some).map_err(|_| BundleError::Io {
+                path: p,
+                message: "not a sequence number (a damaged state directory)".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BundleError::Io {
+                path: p,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// The recorded bundle's bytes, if any.
+    pub fn last_good(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.join("installed.gwb")).ok()
+    }
+
+    /// Records an accepted bundle and its sequence number.
+    ///
+    /// # Errors
+    /// The files cannot be written.
+    pub fn record(&self, bytes: &[u8], sequence: u64) -> Result<(), BundleError> {
+        let put = |name: &str, data: &[u8]| {
+            let path = self.dir.join(name);
+            let tmp = self.dir.join(format!(".{name}.new"));
+            std::fs::write(&tmp, data)
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| BundleError::Io {
+                    path,
+                    message: e.to_string(),
+                })
+        };
+        // The bundle first: a record whose sequence is newer than its
+        // bundle would refuse the bundle it names.
+        put("installed.gwb", bytes)?;
+        put("sequence", format!("{sequence}\n").as_bytes())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn the_trust_store_remembers_across_instances() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().join("state");
+        let s = TrustStore::open_dir(&d).expect("store");
+        assert_eq!(s.installed_sequence().expect("read"), None);
+        assert!(s.last_good().is_none());
+        s.record(b"bundle-11", 11).expect("record");
+        // A new instance (a restart) reads the same.
+        let s = TrustStore::open_dir(&d).expect("store");
+        assert_eq!(s.installed_sequence().expect("read"), Some(11));
+        assert_eq!(s.last_good().as_deref(), Some(b"bundle-11".as_slice()));
+        std::fs::write(d.join("sequence"), "eleven").expect("damage");
+        assert!(s.installed_sequence().is_err(), "damaged is an error");
+    }
 
     fn key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])
