@@ -685,3 +685,113 @@ fn two_thousand_concurrent_connections_are_all_served() {
         net.stop_geowall();
     });
 }
+
+/// A UDP server in the internet namespace on `at` that counts the media
+/// datagrams it receives (172-byte RTP as [`rtp`] makes them, and the
+/// 160-byte opaque voice frames of [`opaque_voice`]) and everything else
+/// apart, by reading them itself.
+fn rtp_counting_server(net: &Net, at: SocketAddr) -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let (rtp_seen, other) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let s = in_ns(&net.net, || UdpSocket::bind(at).expect("bind udp server"));
+    s.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let (stop, r, o) = (net.stopping(), rtp_seen.clone(), other.clone());
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                let media = (n == 172 && buf[0] & 0xC0 == 0x80) || n == 160;
+                let c = if media { &r } else { &o };
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (rtp_seen, other)
+}
+
+/// An encrypted voice frame no sniffer names (only its real-time shape
+/// tells): 160 bytes, nothing like RTP, STUN or QUIC.
+fn opaque_voice(seq: u16) -> Vec<u8> {
+    (0..160u16)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(seq.wrapping_mul(17)) as u8) | 0x01)
+        .map(|b| b & 0x3F)
+        .collect()
+}
+
+/// Media to a CN relay cannot be disguised by its start: under
+/// `clubhouse`, voice that only its real-time shape gives away and that
+/// begins with one odd 1,400-byte datagram, and RTP that begins with a
+/// real QUIC Initial (from a capture), reach the relay with 0 media
+/// packets; the same voice to a US relay arrives whole.
+#[test]
+fn disguised_media_to_a_cn_relay_never_reaches_it() {
+    let test = "disguised_media_to_a_cn_relay_never_reaches_it";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        let (_, world) = net.policy_and_world("name='x'\ndefault='allow'\n");
+        let (cn_rtp, cn_other) = rtp_counting_server(&net, sa(addr::CN, 5004));
+        let (us_rtp, _) = rtp_counting_server(&net, sa(addr::US, 5004));
+        net.start_geowall(&world, &["--preset", "clubhouse"]);
+        let initial = quic_initial();
+        let app = net.app.clone();
+        let send = |to: &str, first: &[u8], frame: fn(u16) -> Vec<u8>| {
+            in_ns(&app, || {
+                let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+                let _ = s.send_to(first, sa(to, 5004));
+                for seq in 0..25u16 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let _ = s.send_to(&frame(seq), sa(to, 5004));
+                }
+            });
+        };
+        send(addr::CN, &[0x17; 1400], opaque_voice);
+        send(addr::CN, &initial, rtp);
+        send(addr::US, &[0x17; 1400], opaque_voice);
+        // Longer than any hold.
+        std::thread::sleep(Duration::from_millis(1_500));
+        eprintln!(
+            "CN relay: {} media, {} other datagrams; US relay: {} media",
+            cn_rtp.load(Ordering::SeqCst),
+            cn_other.load(Ordering::SeqCst),
+            us_rtp.load(Ordering::SeqCst)
+        );
+        assert_eq!(
+            cn_rtp.load(Ordering::SeqCst),
+            0,
+            "media reached the CN relay"
+        );
+        assert_eq!(
+            us_rtp.load(Ordering::SeqCst),
+            25,
+            "the US relay gets it all"
+        );
+    });
+}
+
+/// The first QUIC Initial a client sends in tests/fixtures/ndpi/quic.pcap.
+fn quic_initial() -> Vec<u8> {
+    use geowall::wire::capture::Capture;
+    use geowall::wire::packet::{Transport, parse_ip, strip_link};
+    let bytes = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi/quic.pcap"),
+    )
+    .expect("capture");
+    Capture::new(&bytes)
+        .expect("pcap")
+        .filter_map(Result::ok)
+        .find_map(|f| {
+            let ip = parse_ip(strip_link(f.link, f.data).ok()?).ok()?;
+            match ip.transport {
+                Transport::Udp {
+                    dport: 443,
+                    payload,
+                    ..
+                } => Some(payload.to_vec()),
+                _ => None,
+            }
+        })
+        .expect("a QUIC Initial")
+}

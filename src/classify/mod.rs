@@ -32,8 +32,10 @@
 //! `media` (a refinement only ever moves a flow to a class at least as
 //! strictly handled: `ping` or `other` to `media`, never back). UDP that
 //! no sniffer recognises is `media` once it shows a real-time shape (at
-//! least [`REALTIME_PACKETS`] packets in one direction, each 20-1300 bytes,
-//! arriving on average at most 100 ms apart), else `other`.
+//! least [`REALTIME_PACKETS`] packets in one direction, at least 90% of
+//! them 20-1300 bytes, arriving on average at most 100 ms apart), else
+//! `other`. A flow decided QUIC whose app then sends a real-time packet
+//! (RTP, RTCP, SD-RTN, TURN or non-binding STUN) becomes `media`.
 
 pub mod leak;
 
@@ -152,6 +154,11 @@ impl Protocol {
 
 /// Payload packets per flow the sniffers look at.
 pub const SNIFF_PACKETS: u32 = 12;
+/// Real-time packets after a QUIC start that make a flow media. One is
+/// enough: RTP v2 starts with the bits `10`, which in QUIC is a long header
+/// without the fixed bit, something a QUIC endpoint sends only if both
+/// sides greased that bit (RFC 9287), and then only during the handshake.
+const QUIC_THEN_RTC: u8 = 1;
 /// Bytes of the client's TCP stream kept for sniffing.
 pub const SNIFF_BYTES: usize = 16 * 1024;
 /// Packets in one direction before an unknown UDP flow can be judged
@@ -195,6 +202,9 @@ pub struct Sniffer {
     pub encrypted: Option<bool>,
     stun_only_binding: bool,
     dtls_seen: bool,
+    /// Real-time datagrams (RTP, RTCP, SD-RTN, TURN, STUN other than a
+    /// binding) the app sent after the flow was decided QUIC.
+    rtc_after_quic: u8,
     /// Byte histogram of the first payload bytes and how many were seen.
     /// Kept only while the encryption status depends on it (a named
     /// protocol says its own). Counts fit: at most [`SAMPLE_BYTES`].
@@ -273,8 +283,25 @@ impl Sniffer {
         if carrier == Carrier::Udp {
             self.shape_update(dir, payload.len(), ts_ns);
         }
-        // A STUN flow can still turn out to be media.
+        // A STUN flow can still turn out to be media; so can a flow that
+        // began with one QUIC Initial and goes on with real-time packets
+        // (a QUIC-looking start does not make media `web`).
         if self.done {
+            if self.protocol == Some(Protocol::Quic) && carrier == Carrier::Udp && dir == Dir::Up {
+                let rtc = match rtc::classify(payload) {
+                    Some(rtc::Rtc::Stun { method, .. }) => method != 1,
+                    Some(_) => true,
+                    None => false,
+                };
+                if rtc {
+                    self.rtc_after_quic = self.rtc_after_quic.saturating_add(1);
+                    if self.rtc_after_quic >= QUIC_THEN_RTC {
+                        self.protocol = Some(Protocol::Unknown);
+                        self.class = Some(Traffic::Media);
+                        self.encrypted = None;
+                    }
+                }
+            }
             if self.protocol == Some(Protocol::Stun) && carrier == Carrier::Udp {
                 match rtc::classify(payload) {
                     Some(rtc::Rtc::Stun { method, .. }) if method != 1 => {
@@ -579,8 +606,10 @@ fn tls_record(p: &[u8]) -> bool {
 }
 
 fn carrier_realtime(s: &Shape) -> bool {
+    // At least 90% in range: one odd datagram (a 1,400-byte start, a
+    // keyframe) does not switch the detection off.
     s.packets >= REALTIME_PACKETS
-        && s.in_range == s.packets
+        && u64::from(s.in_range) * 10 >= u64::from(s.packets) * 9
         && (s.last_ns.saturating_sub(s.first_ns)) / u64::from(s.packets - 1) <= 100_000_000
 }
 
@@ -658,6 +687,53 @@ mod tests {
             );
         }
         assert_ne!(bulk.class, Some(Traffic::Media));
+    }
+
+    /// One odd datagram does not switch real-time detection off: unknown
+    /// UDP of 20 datagrams 20 ms apart, the first 1,400 bytes, is media.
+    #[test]
+    fn one_odd_datagram_does_not_hide_a_real_time_shape() {
+        let mut s = Sniffer::new();
+        for i in 0..20u64 {
+            let len = if i == 0 { 1400 } else { 200 };
+            let p: Vec<u8> = (0..len)
+                .map(|b| (b * 7 + i as usize) as u8 | 0x01)
+                .collect();
+            s.on_payload(Carrier::Udp, Dir::Up, (40000, 7000), &p, i * 20_000_000);
+        }
+        assert_eq!(s.class, Some(Traffic::Media));
+    }
+
+    /// A flow that starts with a real QUIC Initial (from a capture) and
+    /// goes on with RTP is media, not `web`.
+    #[test]
+    fn a_quic_start_does_not_make_media_web() {
+        use crate::wire::packet::{Transport, parse_ip, strip_link};
+        let bytes = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi/quic.pcap"),
+        )
+        .expect("capture");
+        let cap = crate::wire::capture::Capture::new(&bytes).expect("pcap");
+        let initial = cap
+            .filter_map(Result::ok)
+            .find_map(|f| {
+                let ip = parse_ip(strip_link(f.link, f.data).ok()?).ok()?;
+                match ip.transport {
+                    Transport::Udp {
+                        dport: 443,
+                        payload,
+                        ..
+                    } => Some(payload.to_vec()),
+                    _ => None,
+                }
+            })
+            .expect("a QUIC Initial");
+        let mut s = Sniffer::new();
+        s.on_payload(Carrier::Udp, Dir::Up, (40000, 443), &initial, 0);
+        assert_eq!(s.protocol, Some(Protocol::Quic));
+        assert_eq!(s.class, Some(Traffic::Web));
+        s.on_payload(Carrier::Udp, Dir::Up, (40000, 443), &rtc::rtp_packet(0), 1);
+        assert_eq!(s.class, Some(Traffic::Media));
     }
 
     /// A TCP client's first bytes that neither TLS nor HTTP can start

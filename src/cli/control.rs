@@ -105,6 +105,8 @@ fn status(s: &State) -> Value {
         "cut": c.cut,
         "refused": c.refused,
         "tcp_squeezed": c.tcp_squeezed,
+        "udp_held": c.held,
+        "udp_held_dropped": c.held_dropped,
         "bytes_up": live.bytes_up,
         "bytes_down": live.bytes_down,
         "dns": {"queries": c.dns_queries, "blocked": c.dns_blocked, "filtered": c.dns_filtered, "cached": live.dns_cached},

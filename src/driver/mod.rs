@@ -87,9 +87,11 @@ impl std::fmt::Display for Summary {
     /// One line: packets, flows, DNS, upstream failures, drops.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = &self.counters;
+        let mut drops: Vec<String> = c.drops.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        drops.sort();
         write!(
             f,
-            "{} packets from the TUN, {} flows opened, {} blocked, {} cut, {} refused ({} TCP with small windows past the memory budget); {} DNS queries ({} blocked, {} filtered); {} bytes up, {} down ({} datagrams dropped on full queues); upstream failures {:?}; drops {:?}",
+            "{} packets from the TUN, {} flows opened, {} blocked, {} cut, {} refused ({} TCP with small windows past the memory budget); {} DNS queries ({} blocked, {} filtered); {} bytes up, {} down ({} datagrams dropped on full queues); {} UDP flows held until their class was known ({} held datagrams dropped); upstream failures {:?}; drops {{{}}}",
             c.tun_packets,
             c.opened,
             c.blocked,
@@ -102,8 +104,10 @@ impl std::fmt::Display for Summary {
             self.bytes_up,
             self.bytes_down,
             self.udp_queue_full,
+            c.held,
+            c.held_dropped,
             self.upstream_failures,
-            c.drops
+            drops.join(", ")
         )
     }
 }

@@ -209,6 +209,12 @@ pub struct EngineCounters {
     /// TCP connections given the smallest buffers because the TCP memory
     /// budget was spent (they run with small windows; none is refused).
     pub tcp_squeezed: u64,
+    /// UDP flows whose first datagrams were held until their class was
+    /// known (a class could decide a block).
+    pub held: u64,
+    /// Held datagrams that never left: their flow was blocked, or the
+    /// hold's bounds were full.
+    pub held_dropped: u64,
     /// DNS queries answered (from the cache, the resolver, or blocked).
     pub dns_queries: u64,
     /// DNS queries whose name was blocked.
@@ -259,6 +265,9 @@ pub struct Engine {
     next_query: u64,
     /// The policy generation the open flows were judged with.
     policy_gen: u64,
+    /// Bytes of datagrams held by all flows (at most
+    /// `udp::HOLD_BYTES_TOTAL`).
+    held_bytes: usize,
     /// Counters.
     pub counters: EngineCounters,
 }
@@ -299,6 +308,7 @@ impl Engine {
             apps: None,
             next_query: 1,
             policy_gen: policy.generation(),
+            held_bytes: 0,
             frags: Reassembler::new(cfg.frag),
             cfg,
             intel,
@@ -352,7 +362,10 @@ impl Engine {
         let idle = self
             .flows
             .values()
-            .map(|f| f.core.last_ns + if f.icmp { icmp } else { udp })
+            .map(|f| match f.state {
+                State::Holding { since_ns } => since_ns + udp::HOLD_NS,
+                _ => f.core.last_ns + if f.icmp { icmp } else { udp },
+            })
             .min();
         let sniff = self
             .tcp
@@ -443,6 +456,18 @@ impl Engine {
         while let Some(p) = self.device.tx.pop_front() {
             self.out.push_back(Output::ToTun(p));
         }
+        // Flows held past the hold time: decided with what is known.
+        let ripe: Vec<_> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| {
+                matches!(f.state, State::Holding { since_ns } if now_ns.saturating_sub(since_ns) >= udp::HOLD_NS)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in ripe {
+            self.release_held(k, None);
+        }
         let (udp, icmp) = (self.cfg.udp_idle_ns, self.cfg.icmp_idle_ns);
         let idle: Vec<_> = self
             .flows
@@ -455,6 +480,7 @@ impl Engine {
         for k in idle {
             if let Some(f) = self.flows.remove(&k) {
                 self.ids.remove(&f.id);
+                self.held_bytes -= f.held.iter().map(Vec::len).sum::<usize>();
                 if f.state == State::Open {
                     self.out.push_back(Output::Close { flow: f.id });
                 }

@@ -416,6 +416,30 @@ impl Policy {
         })
     }
 
+    /// Whether the traffic class, once known, could block a flow that
+    /// `f` (class not yet known) allows: some class would make the policy
+    /// block it. The engine then holds the flow's first datagrams until
+    /// the class is decided, instead of relaying them.
+    pub fn class_could_block(&self, intel: &Intel, f: &Facts<'_>) -> bool {
+        const CLASSES: [Traffic; 5] = [
+            Traffic::Media,
+            Traffic::Ping,
+            Traffic::Web,
+            Traffic::Dns,
+            Traffic::Other,
+        ];
+        let j = self
+            .needs_intel
+            .then(|| intel.jurisdiction(&self.catalog, f.dst, f.names, f.protocol));
+        CLASSES.iter().any(|&t| {
+            let g = Facts {
+                traffic: Some(t),
+                ..*f
+            };
+            self.decide(&g, j.as_ref()).is_block()
+        })
+    }
+
     /// The DNS step for a queried name (and the names of a CNAME chain):
     /// the first rule about names alone (domain, vendor, lists of domains,
     /// perhaps app; nothing about addresses or the flow) that matches

@@ -213,11 +213,14 @@ fn later_evidence_cuts_an_open_flow() {
         EngineConfig::default(),
         &[("user_id", "4815162342")],
     );
-    // Unknown UDP to an HK server: not media or ping yet, allowed.
+    // Unknown UDP to an HK server: held while it could turn out to be
+    // media; when the hold time is up, still unknown: allowed.
     e.handle_tun(
         &udp("192.0.2.200:40000", "203.0.113.200:7000", b"opaque start"),
         S,
     );
+    assert_eq!(sent_upstream(&drain(&mut e)), 0, "held");
+    e.handle_timeout(S + udp::HOLD_NS);
     let out = drain(&mut e);
     let flow = events(&out)[0].flow;
     assert_eq!(events(&out)[0].kind, EventKind::Opened);
@@ -228,7 +231,7 @@ fn later_evidence_cuts_an_open_flow() {
     // Then the app sends the user id in cleartext: cut.
     e.handle_tun(
         &udp("192.0.2.200:40000", "203.0.113.200:7000", b"uid=4815162342"),
-        S + 1,
+        S + udp::HOLD_NS + 1,
     );
     let out = drain(&mut e);
     assert_eq!(sent_upstream(&out), 0, "the leaking datagram never leaves");
@@ -243,7 +246,7 @@ fn later_evidence_cuts_an_open_flow() {
         Some("no cleartext identifiers to PRC jurisdiction")
     );
     // Replies for the cut flow are not delivered.
-    e.handle_udp_from_upstream(flow, b"late", S + 2);
+    e.handle_udp_from_upstream(flow, b"late", S + udp::HOLD_NS + 2);
     assert!(drain(&mut e).is_empty());
     assert_eq!(e.counters.cut, 1);
 }
@@ -351,8 +354,11 @@ fn idle_flows_close_and_the_table_is_bounded() {
 #[test]
 fn a_policy_swap_applies_to_new_flows() {
     let (mut e, handle) = engine("default", EngineConfig::default(), &[]);
-    // Unknown UDP to CN under default: allowed (only media/ping blocked).
+    // Unknown UDP to CN under default: held while its class could still
+    // be media, then allowed (only media/ping blocked).
     e.handle_tun(&udp("192.0.2.200:1", "203.0.113.5:7000", b"x"), S);
+    assert!(events(&drain(&mut e)).is_empty(), "held");
+    e.handle_timeout(S + udp::HOLD_NS);
     assert!(events(&drain(&mut e))[0].action == Decision::Allow);
     handle
         .replace(Policy::preset("strict", &Catalog::shipped().expect("catalog")).expect("strict"));
@@ -1177,6 +1183,9 @@ fn a_rules_change_cuts_open_flows_it_now_blocks() {
     use smoltcp::socket::tcp::State as S_;
     let (mut e, handle) = engine("default", EngineConfig::default(), &[]);
     e.handle_tun(&udp("192.0.2.200:40000", "203.0.113.5:7000", b"x"), S);
+    drain(&mut e);
+    // Held while it could be media, then opened.
+    e.handle_timeout(S + udp::HOLD_NS);
     let out = drain(&mut e);
     let udp_flow = events(&out)[0].flow;
     assert_eq!(events(&out)[0].action, Decision::Allow);
@@ -1363,4 +1372,65 @@ fn stack_timers_are_kept_per_connection() {
     e.handle_timeout(due);
     assert_eq!(synacks(&drain(&mut e)), 100);
     assert!(e.poll_timeout().expect("the next one") > due);
+}
+
+/// Media cannot be disguised by its start: under `clubhouse`, RTP to a CN
+/// relay that begins with one odd 1,400-byte datagram is held until its
+/// class is known and then blocked, not a datagram of it leaving; the
+/// same stream to a US relay, where no class could be blocked, is not held
+/// and leaves whole, in order.
+#[test]
+fn media_that_starts_with_an_odd_datagram_is_held_then_judged() {
+    let rtp = crate::wire::rtc::rtp_packet;
+    let stream = |e: &mut Engine, to: &str, port: u16| {
+        let from = format!("192.0.2.200:{port}");
+        let mut out = Vec::new();
+        e.handle_tun(&udp(&from, to, &[0x17; 1400]), S);
+        out.extend(drain(e));
+        for seq in 0..10u16 {
+            e.handle_tun(&udp(&from, to, &rtp(seq)), S + u64::from(seq + 1) * 20 * MS);
+            out.extend(drain(e));
+        }
+        out
+    };
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    let out = stream(&mut e, "203.0.113.10:5004", 41_000);
+    assert_eq!(sent_upstream(&out), 0, "nothing to the CN relay: {out:?}");
+    let ev = events(&out);
+    assert_eq!(
+        (ev[0].kind, ev[0].class, ev[0].action),
+        (EventKind::Blocked, Traffic::Media, Decision::Block)
+    );
+    assert!(e.counters.held_dropped >= 1);
+    let out = stream(&mut e, "198.51.100.30:5004", 41_001);
+    let sent: Vec<&Vec<u8>> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::UdpSend { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 11, "all of it, once allowed");
+    assert_eq!(sent[0].len(), 1400, "in order, the odd one first");
+    assert_eq!(sent[1], &rtp(0));
+    assert_eq!(e.counters.held, 1, "only the CN flow was held");
+}
+
+/// A held flow whose class never becomes known is decided when the hold
+/// time is up: allowed here (unknown UDP to CN under `clubhouse`), it
+/// opens and what was held leaves.
+#[test]
+fn a_hold_ends_at_its_time() {
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    e.handle_tun(&udp("192.0.2.200:41002", "203.0.113.10:7000", b"opaque"), S);
+    assert_eq!(sent_upstream(&drain(&mut e)), 0, "held");
+    let due = e.poll_timeout().expect("a deadline");
+    assert!(due <= S + udp::HOLD_NS, "{due}");
+    e.handle_timeout(S + udp::HOLD_NS);
+    let out = drain(&mut e);
+    assert!(out.contains(&Output::UdpSend {
+        flow: events(&out)[0].flow,
+        payload: b"opaque".to_vec()
+    }));
+    assert_eq!(events(&out)[0].kind, EventKind::Opened);
 }

@@ -6,8 +6,26 @@ use super::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
     Open,
+    /// The class is not known yet and could decide a block: datagrams are
+    /// held (in [`FlowState::held`]), nothing is opened upstream, until the
+    /// classifier is done, [`HOLD_DATAGRAMS`] or [`HOLD_BYTES`] are held,
+    /// or [`HOLD_NS`] passed since the first.
+    Holding {
+        since_ns: u64,
+    },
     Blocked(BlockMode),
 }
+
+/// Datagrams of one flow held before its class is known, at most (as many
+/// as the real-time detector needs to decide).
+pub(super) const HOLD_DATAGRAMS: usize = crate::classify::REALTIME_PACKETS as usize;
+/// Bytes of one flow's held datagrams, at most.
+pub(super) const HOLD_BYTES: usize = 64 * 1024;
+/// Bytes held by all flows together, at most; past it a flow is decided
+/// with what is known.
+pub(super) const HOLD_BYTES_TOTAL: usize = 4 * 1024 * 1024;
+/// How long a flow's datagrams are held at most (one second).
+pub(super) const HOLD_NS: u64 = 1_000_000_000;
 
 #[derive(Debug)]
 pub(super) struct FlowState {
@@ -19,6 +37,11 @@ pub(super) struct FlowState {
     pub(super) ident: u16,
     pub(super) scan: ScanState,
     pub(super) state: State,
+    /// Datagrams held while the class is decided (see [`State::Holding`]).
+    pub(super) held: Vec<Vec<u8>>,
+    /// The class the flow was last judged with: a change (STUN or QUIC
+    /// turning out to be media) judges it again.
+    pub(super) judged_class: Option<crate::classify::Traffic>,
 }
 
 impl Engine {
@@ -61,6 +84,8 @@ impl Engine {
                     ident: client.port(),
                     scan: ScanState::default(),
                     state: State::Open,
+                    held: Vec::new(),
+                    judged_class: None,
                 },
             );
             let idle = if icmp {
@@ -103,8 +128,33 @@ impl Engine {
             }
             return;
         }
+        if let State::Holding { since_ns } = f.state {
+            let held: usize = f.held.iter().map(Vec::len).sum();
+            let fits = f.held.len() < HOLD_DATAGRAMS
+                && held + payload.len() <= HOLD_BYTES
+                && self.held_bytes + payload.len() <= HOLD_BYTES_TOTAL;
+            if fits {
+                f.held.push(payload.to_vec());
+                self.held_bytes += payload.len();
+            } else {
+                self.counters.held_dropped += 1;
+            }
+            let due = !fits
+                || f.core.sniffer.is_done()
+                || new_leak
+                || f.held.len() >= HOLD_DATAGRAMS
+                || now_ns.saturating_sub(since_ns) >= HOLD_NS;
+            if due {
+                self.release_held(key, Some(raw));
+            }
+            return;
+        }
         // Judge at the first datagram, and again on new evidence.
-        if new || new_leak || !f.core.sniffer.is_done() || self.needs_rejudge(&key) {
+        let class_changed = f.core.sniffer.class != f.judged_class;
+        if new || new_leak || !f.core.sniffer.is_done() || class_changed {
+            if let Some(f) = self.flows.get_mut(&key) {
+                f.judged_class = f.core.sniffer.class;
+            }
             let policy = self.policy.current();
             let f = &self.flows[&key];
             if let Some(n) = &f.core.sniffer.server_name {
@@ -139,6 +189,22 @@ impl Engine {
                 self.out.push_back(Output::Event(Box::new(ev)));
                 return;
             }
+            if new
+                && !icmp
+                && !self.flows[&key].core.sniffer.is_done()
+                && self.class_could_block(&policy, &self.flows[&key])
+                && self.held_bytes + payload.len() <= HOLD_BYTES_TOTAL
+            {
+                // The class could still block it: hold, open nothing.
+                self.held_bytes += payload.len();
+                if let Some(f) = self.flows.get_mut(&key) {
+                    f.state = State::Holding { since_ns: now_ns };
+                    f.held.push(payload.to_vec());
+                }
+                self.counters.held += 1;
+                self.wake_at(now_ns + HOLD_NS);
+                return;
+            }
             if new {
                 let ev = self.flows[&key].event(EventKind::Opened, Some(&verdict));
                 self.counters.opened += 1;
@@ -167,6 +233,56 @@ impl Engine {
         }
     }
 
+    /// Whether some traffic class would make the policy block this flow
+    /// (so its first datagrams wait for the class).
+    fn class_could_block(&self, policy: &crate::policy::Policy, f: &FlowState) -> bool {
+        let names = fact_names(&f.core);
+        let facts = facts(PTransport::Udp, &f.core, &names);
+        policy.class_could_block(&self.intel, &facts)
+    }
+
+    /// Decides a flow whose datagrams were held: blocked, they are dropped
+    /// (the app told with `raw`'s unreachable under `reject`); allowed,
+    /// the flow opens upstream and they leave in order.
+    pub(super) fn release_held(&mut self, key: DatagramKey, raw: Option<&[u8]>) {
+        let policy = self.policy.current();
+        let Some(f) = self.flows.get_mut(&key) else {
+            return;
+        };
+        let held = std::mem::take(&mut f.held);
+        f.judged_class = f.core.sniffer.class;
+        self.held_bytes -= held.iter().map(Vec::len).sum::<usize>();
+        let f = &self.flows[&key];
+        let v = judge(&policy, &self.intel, f);
+        let id = f.id;
+        if let Action::Block(mode) = v.action {
+            let ev = f.event(EventKind::Blocked, Some(&v));
+            self.counters.blocked += 1;
+            self.counters.held_dropped += held.len() as u64;
+            if let Some(f) = self.flows.get_mut(&key) {
+                f.state = State::Blocked(mode);
+            }
+            if mode == BlockMode::Reject
+                && let Some(r) = raw.and_then(reply::unreachable)
+            {
+                self.out.push_back(Output::ToTun(r));
+            }
+            self.out.push_back(Output::Event(Box::new(ev)));
+            return;
+        }
+        let ev = f.event(EventKind::Opened, Some(&v));
+        let dst = f.core.server;
+        if let Some(f) = self.flows.get_mut(&key) {
+            f.state = State::Open;
+        }
+        self.counters.opened += 1;
+        self.out.push_back(Output::Event(Box::new(ev)));
+        self.out.push_back(Output::UdpOpen { flow: id, dst });
+        for payload in held {
+            self.out.push_back(Output::UdpSend { flow: id, payload });
+        }
+    }
+
     /// Judges an open UDP or echo flow again (new rules, a name learned for
     /// its server); cuts it if it is now blocked.
     pub(super) fn rejudge_datagram_flow(&mut self, key: DatagramKey) {
@@ -186,14 +302,6 @@ impl Engine {
         self.counters.cut += 1;
         self.out.push_back(Output::Close { flow: id });
         self.out.push_back(Output::Event(Box::new(ev)));
-    }
-
-    /// STUN flows can turn out to carry media after they are decided:
-    /// judge them again on every packet.
-    pub(super) fn needs_rejudge(&self, key: &(bool, SocketAddr, SocketAddr)) -> bool {
-        self.flows
-            .get(key)
-            .is_some_and(|f| f.core.sniffer.protocol == Some(crate::classify::Protocol::Stun))
     }
 
     /// The open UDP or echo flow `flow`, its idle clock refreshed; `None`

@@ -485,6 +485,9 @@ fn names_seen_in_flows_feed_the_same_map() {
         &reply::udp_packet(sa("192.0.2.200:40001"), sa("198.51.100.20:9"), b"x").expect("packet"),
         2 * S,
     );
+    // Held while it could be media to a PRC vendor, then decided.
+    while e.poll_output().is_some() {}
+    e.handle_timeout(3 * S);
     let out: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
     assert_eq!(
         events(&out)[0].names,
