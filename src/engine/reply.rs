@@ -8,7 +8,55 @@
 
 use std::net::IpAddr;
 
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet,
+    Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
+    UdpRepr,
+};
+
 use crate::wire::packet::{Packet, Transport, icmp_type, parse_ip, tcp_flags};
+
+/// A packet from `src` to `dst` (one family) with room for `len` bytes of
+/// `proto`, its IP header written by smoltcp's emitter (header checksum
+/// computed, TTL 64, IPv4 don't-fragment); and where the upper layer
+/// starts. `None` for mixed families or a packet over 65,535 bytes.
+fn ip_packet(src: IpAddr, dst: IpAddr, proto: IpProtocol, len: usize) -> Option<(Vec<u8>, usize)> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let repr = Ipv4Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: proto,
+                payload_len: len,
+                hop_limit: 64,
+            };
+            let at = repr.buffer_len();
+            u16::try_from(at + len).ok()?;
+            let mut buf = vec![0u8; at + len];
+            repr.emit(
+                &mut Ipv4Packet::new_unchecked(&mut buf[..]),
+                &ChecksumCapabilities::default(),
+            );
+            Some((buf, at))
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let repr = Ipv6Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: proto,
+                payload_len: len,
+                hop_limit: 64,
+            };
+            let at = repr.buffer_len();
+            u16::try_from(len).ok()?;
+            let mut buf = vec![0u8; at + len];
+            repr.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
+            Some((buf, at))
+        }
+        _ => None,
+    }
+}
 
 /// The most bytes of the offending packet quoted in an ICMPv6 error (so the
 /// error fits the IPv6 minimum MTU of 1280).
@@ -93,48 +141,59 @@ pub(crate) fn is_group(a: IpAddr) -> bool {
 }
 
 /// A UDP datagram from `src` to `dst` (both of one family), with its
-/// checksum.
+/// checksum (a computed 0 is sent as all ones, RFC 768).
 pub fn udp_packet(
     src: std::net::SocketAddr,
     dst: std::net::SocketAddr,
     payload: &[u8],
 ) -> Option<Vec<u8>> {
-    let len = u16::try_from(8 + payload.len()).ok()?;
-    let mut u = Vec::with_capacity(8 + payload.len());
-    u.extend_from_slice(&src.port().to_be_bytes());
-    u.extend_from_slice(&dst.port().to_be_bytes());
-    u.extend_from_slice(&len.to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(payload);
-    let c = l4_checksum(src.ip(), dst.ip(), 17, &u);
-    // A computed 0 is sent as all ones (RFC 768).
-    u[6..8].copy_from_slice(&(if c == 0 { 0xFFFF } else { c }).to_be_bytes());
-    let mut out = ip_header(src.ip(), dst.ip(), 17, u.len())?;
-    out.extend_from_slice(&u);
-    Some(out)
+    let (mut buf, at) = ip_packet(src.ip(), dst.ip(), IpProtocol::Udp, 8 + payload.len())?;
+    UdpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+    }
+    .emit(
+        &mut UdpPacket::new_unchecked(&mut buf[at..]),
+        &IpAddress::from(src.ip()),
+        &IpAddress::from(dst.ip()),
+        payload.len(),
+        |b| b.copy_from_slice(payload),
+        &ChecksumCapabilities::default(),
+    );
+    Some(buf)
 }
 
 /// An ICMP or ICMPv6 echo reply from `src` to `dst`.
 pub fn echo_reply(src: IpAddr, dst: IpAddr, ident: u16, seq: u16, data: &[u8]) -> Option<Vec<u8>> {
-    let v6 = matches!(src, IpAddr::V6(_));
-    let kind = if v6 {
-        icmp_type::ECHO_REPLY_V6
-    } else {
-        icmp_type::ECHO_REPLY_V4
-    };
-    let mut m = vec![kind, 0, 0, 0];
-    m.extend_from_slice(&ident.to_be_bytes());
-    m.extend_from_slice(&seq.to_be_bytes());
-    m.extend_from_slice(data);
-    let c = if v6 {
-        l4_checksum(src, dst, 58, &m)
-    } else {
-        checksum(&m)
-    };
-    m[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut out = ip_header(src, dst, if v6 { 58 } else { 1 }, m.len())?;
-    out.extend_from_slice(&m);
-    Some(out)
+    let caps = ChecksumCapabilities::default();
+    match (src, dst) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => {
+            let repr = Icmpv4Repr::EchoReply {
+                ident,
+                seq_no: seq,
+                data,
+            };
+            let (mut buf, at) = ip_packet(src, dst, IpProtocol::Icmp, repr.buffer_len())?;
+            repr.emit(&mut Icmpv4Packet::new_unchecked(&mut buf[at..]), &caps);
+            Some(buf)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let repr = Icmpv6Repr::EchoReply {
+                ident,
+                seq_no: seq,
+                data,
+            };
+            let (mut buf, at) = ip_packet(src, dst, IpProtocol::Icmpv6, repr.buffer_len())?;
+            repr.emit(
+                &s,
+                &d,
+                &mut Icmpv6Packet::new_unchecked(&mut buf[at..]),
+                &caps,
+            );
+            Some(buf)
+        }
+        _ => None,
+    }
 }
 
 /// The RST that refuses the TCP segment `raw` (RFC 9293 section 3.10.7.1):
@@ -156,27 +215,38 @@ pub fn tcp_reset(raw: &[u8]) -> Option<Vec<u8>> {
     if flags & tcp_flags::RST != 0 || p.fragment.is_some_and(|f| f.offset > 0) {
         return None;
     }
-    // RFC 9293 3.10.7.1: answer an ACK with its number, anything else by
-    // acknowledging what it occupied.
-    let (rseq, rack, rflags) = if flags & tcp_flags::ACK != 0 {
-        (ack, 0, tcp_flags::RST)
+    // RFC 9293 3.10.7.1: answer an ACK with its number (RST alone),
+    // anything else by acknowledging what it occupied (RST and ACK).
+    let (rseq, rack) = if flags & tcp_flags::ACK != 0 {
+        (ack, None)
     } else {
-        let len = payload.len() as u32
-            + u32::from(flags & tcp_flags::SYN != 0)
-            + u32::from(flags & tcp_flags::FIN != 0);
-        (0, seq.wrapping_add(len), tcp_flags::RST | tcp_flags::ACK)
+        let len = payload.len()
+            + usize::from(flags & tcp_flags::SYN != 0)
+            + usize::from(flags & tcp_flags::FIN != 0);
+        (0, Some(TcpSeqNumber(seq as i32) + len))
     };
-    let mut t = Vec::with_capacity(20);
-    t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&sport.to_be_bytes());
-    t.extend_from_slice(&rseq.to_be_bytes());
-    t.extend_from_slice(&rack.to_be_bytes());
-    t.extend_from_slice(&[0x50, rflags, 0, 0, 0, 0, 0, 0]);
-    let c = l4_checksum(p.dst, p.src, 6, &t);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut out = ip_header(p.dst, p.src, 6, t.len())?;
-    out.extend_from_slice(&t);
-    Some(out)
+    let repr = TcpRepr {
+        src_port: dport,
+        dst_port: sport,
+        control: TcpControl::Rst,
+        seq_number: TcpSeqNumber(rseq as i32),
+        ack_number: rack,
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let (mut buf, at) = ip_packet(p.dst, p.src, IpProtocol::Tcp, repr.buffer_len())?;
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut buf[at..]),
+        &IpAddress::from(p.dst),
+        &IpAddress::from(p.src),
+        &ChecksumCapabilities::default(),
+    );
+    Some(buf)
 }
 
 /// The ICMP (type 3 code 13) or ICMPv6 (type 1 code 1) "administratively
