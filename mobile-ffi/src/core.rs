@@ -120,6 +120,10 @@ pub struct Config {
     pub world: Option<PathBuf>,
     /// Deliver decisions to `on_event` (default true).
     pub events: Option<bool>,
+    /// The network's NAT64 prefixes (Android: `LinkProperties
+    /// .getNat64Prefix()`), e.g. `64:ff9b::/96`: addresses under them are
+    /// judged by the IPv4 address they embed.
+    pub nat64_prefixes: Vec<String>,
 }
 
 impl Config {
@@ -471,6 +475,14 @@ impl Running {
                 pem: pem.clone(),
             })
             .collect();
+        run.nat64_prefixes = cfg
+            .nat64_prefixes
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| config_error(format!("nat64_prefixes: '{p}': {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let Started {
             mut engine,
             resolver,

@@ -66,6 +66,13 @@ pub(crate) struct EngineArgs {
     /// private CA (repeatable).
     #[arg(long = "dns-ca", value_name = "FILE")]
     dns_ca: Vec<PathBuf>,
+    /// A NAT64 prefix of the network (a carrier's, e.g. 2001:db8:64::/96;
+    /// lengths /32, /40, /48, /56, /64, /96): IPv6 addresses under it are
+    /// judged by the IPv4 address they embed (repeatable; 64:ff9b::/96 and
+    /// 64:ff9b:1::/48 always are, and prefixes the apps' `ipv4only.arpa`
+    /// lookups reveal are added).
+    #[arg(long = "nat64-prefix", value_name = "CIDR")]
+    nat64_prefixes: Vec<ipnet::Ipv6Net>,
     /// Write decisions as JSON lines to FILE (`-`: standard output, as a
     /// readable coloured log when it is a terminal).
     #[arg(long, value_name = "FILE")]
@@ -133,6 +140,7 @@ impl EngineArgs {
         run.max_flows = self.max_flows;
         run.dns_upstreams.clone_from(&self.dns_upstream);
         run.dns_ca = dns_ca;
+        run.nat64_prefixes.clone_from(&self.nat64_prefixes);
         let policy_name = policy.name.clone();
         let handle = Arc::new(PolicyHandle::new(policy));
         let Started {

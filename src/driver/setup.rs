@@ -50,6 +50,13 @@ pub struct RunConfig {
     /// 2 h).
     #[serde(with = "seconds")]
     pub tcp_idle: Duration,
+    /// NAT64 prefixes the device's network uses besides `64:ff9b::/96` and
+    /// `64:ff9b:1::/48` (a carrier's; Android reports it to VPN apps):
+    /// addresses under them carry the jurisdiction of the IPv4 address they
+    /// embed. Lengths /32, /40, /48, /56, /64 or /96 (RFC 6052). Prefixes
+    /// the apps' own `ipv4only.arpa` lookups reveal (RFC 7050) are added
+    /// while running.
+    pub nat64_prefixes: Vec<ipnet::Ipv6Net>,
 }
 
 /// PEM text of certificate authorities, with what to call it in errors
@@ -73,6 +80,7 @@ impl Default for RunConfig {
             dns_ca: Vec::new(),
             udp_idle: Duration::from_nanos(e.udp_idle_ns),
             tcp_idle: Duration::from_nanos(e.tcp_idle_ns),
+            nat64_prefixes: Vec::new(),
         }
     }
 }
@@ -112,6 +120,9 @@ pub enum SetupError {
     /// An upstream resolver is under a jurisdiction the rules block.
     #[error("{0}")]
     BlockedUpstream(String),
+    /// A NAT64 prefix of a length RFC 6052 does not allow.
+    #[error("{0}")]
+    Nat64(String),
 }
 
 /// An engine ready to run, with what the driver needs beside it.
@@ -149,6 +160,9 @@ pub fn start(
     if cfg.mtu < 1280 {
         return Err(SetupError::Mtu(cfg.mtu));
     }
+    let intel = intel
+        .with_nat64(&cfg.nat64_prefixes)
+        .map_err(SetupError::Nat64)?;
     let max_flows = fit_open_files(cfg.max_flows);
     let upstreams = if cfg.dns_upstreams.is_empty() {
         vec![Upstream::System]

@@ -215,6 +215,8 @@ pub struct EngineCounters {
     /// Held datagrams that never left: their flow was blocked, or the
     /// hold's bounds were full.
     pub held_dropped: u64,
+    /// NAT64 prefixes learned from `ipv4only.arpa` answers (RFC 7050).
+    pub nat64_discovered: u64,
     /// DNS queries answered (from the cache, the resolver, or blocked).
     pub dns_queries: u64,
     /// DNS queries whose name was blocked.

@@ -163,12 +163,66 @@ impl Jurisdiction<'_, '_> {
 #[derive(Debug, Clone)]
 pub struct Intel {
     world: Arc<World>,
+    /// NAT64 prefixes the device uses beside the well-known and local-use
+    /// ones (a carrier's), at most [`MAX_NAT64_PREFIXES`].
+    nat64: Arc<Vec<ipnet::Ipv6Net>>,
 }
+
+/// NAT64 prefixes kept at most (configured and discovered together).
+pub const MAX_NAT64_PREFIXES: usize = 8;
 
 impl Intel {
     /// Wraps a world database.
     pub fn new(world: Arc<World>) -> Self {
-        Self { world }
+        Self {
+            world,
+            nat64: Arc::default(),
+        }
+    }
+
+    /// The same, with these NAT64 prefixes too: an address under one
+    /// carries the jurisdiction of the IPv4 address it embeds (RFC 6052
+    /// layout of the prefix's length). Duplicates are kept once; past
+    /// [`MAX_NAT64_PREFIXES`] the oldest give way.
+    ///
+    /// # Errors
+    /// A prefix length RFC 6052 does not allow (32, 40, 48, 56, 64, 96).
+    pub fn with_nat64(&self, prefixes: &[ipnet::Ipv6Net]) -> Result<Self, String> {
+        let mut all: Vec<ipnet::Ipv6Net> = self.nat64.as_ref().clone();
+        for p in prefixes {
+            if !super::world::RFC6052_LENGTHS.contains(&p.prefix_len()) {
+                return Err(format!(
+                    "NAT64 prefix {p}: RFC 6052 allows the lengths /32, /40, /48, /56, /64 and /96"
+                ));
+            }
+            let p = p.trunc();
+            if !all.contains(&p) {
+                all.push(p);
+            }
+        }
+        let extra = all.len().saturating_sub(MAX_NAT64_PREFIXES);
+        all.drain(..extra);
+        Ok(Self {
+            world: Arc::clone(&self.world),
+            nat64: Arc::new(all),
+        })
+    }
+
+    /// The NAT64 prefixes in use besides the well-known ones.
+    pub fn nat64_prefixes(&self) -> &[ipnet::Ipv6Net] {
+        &self.nat64
+    }
+
+    /// The IPv4 address `ip` embeds: under one of the device's NAT64
+    /// prefixes, or in a well-known form ([`embedded_ipv4`]).
+    pub fn embedded(&self, ip: IpAddr) -> Option<(Embedding, std::net::Ipv4Addr)> {
+        if let IpAddr::V6(v6) = ip
+            && let Some(p) = self.nat64.iter().find(|p| p.contains(&v6))
+        {
+            return super::world::rfc6052_extract(v6, p.prefix_len())
+                .map(|v4| (Embedding::Nat64Prefix, v4));
+        }
+        embedded_ipv4(ip)
     }
 
     /// The world database.
@@ -192,7 +246,7 @@ impl Intel {
         let asn = info.and_then(|i| i.asn());
         let geo = info.map_or([None, None], |i| i.geo_sources());
         let network = info.and_then(|i| i.network_country());
-        let embedded = key.and_then(embedded_ipv4).map(|(kind, v4)| {
+        let embedded = key.and_then(|k| self.embedded(k)).map(|(kind, v4)| {
             let i = self.world.lookup_v4(v4);
             Embedded {
                 kind,

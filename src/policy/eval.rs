@@ -244,8 +244,21 @@ impl Rule {
         if let Some(d) = &c.domain {
             need(f.names.iter().any(|n| d.matches(n)), "domain")?;
         }
+        // An IPv6 address that embeds an IPv4 one (NAT64, 6to4, ...) is
+        // also matched by that address: a range of IPv4 servers cannot be
+        // reached around a rule through the carrier's NAT64.
+        let embedded = j
+            .and_then(|j| j.embedded.as_ref().map(|e| IpAddr::V4(e.ip)))
+            .or_else(|| {
+                f.dst
+                    .and_then(crate::intel::world::embedded_ipv4)
+                    .map(|(_, v4)| IpAddr::V4(v4))
+            });
+        let in_set = |contains: &dyn Fn(IpAddr) -> bool| {
+            f.dst.is_some_and(contains) || embedded.is_some_and(contains)
+        };
         if let Some(set) = &c.cidr {
-            need(f.dst.is_some_and(|ip| set.contains(ip)), "cidr")?;
+            need(in_set(&|ip| set.contains(ip)), "cidr")?;
         }
         if let Some(asns) = &c.asn {
             need(
@@ -264,7 +277,7 @@ impl Rule {
         if let Some(ls) = &c.list {
             let hit = ls.iter().filter_map(|&i| lists.get(i)).any(|l| {
                 f.names.iter().any(|n| l.domains.matches(n))
-                    || f.dst.is_some_and(|ip| l.cidrs.contains(ip))
+                    || in_set(&|ip| l.cidrs.contains(ip))
                     || j.and_then(|j| j.asn)
                         .is_some_and(|a| l.asns.binary_search(&a).is_ok())
             });

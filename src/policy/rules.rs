@@ -527,10 +527,13 @@ impl Policy {
         for r in raw.rule {
             let rule = compile_rule(r, text, path, &lists, catalog)?;
             let c = &rule.cond;
+            // CIDRs too: an IPv6 address under a NAT64 prefix is matched
+            // by the IPv4 address it embeds, which intel extracts.
             needs_intel |= c.jurisdiction.is_some()
                 || c.asn.is_some()
                 || c.vendor.is_some()
-                || c.list.is_some();
+                || c.list.is_some()
+                || c.cidr.is_some();
             rules.push(rule);
         }
         Ok(Policy {

@@ -673,3 +673,72 @@ sources = ["this test"]
     let err = Policy::parse(Path::new("old.toml"), text, None, &catalog()).expect_err("unknown");
     assert!(err.to_string().contains("unknown vendor"), "{err}");
 }
+
+/// NAT64 beyond the well-known prefix: an address under a network's own
+/// prefix (any RFC 6052 length) carries the embedded IPv4 address's
+/// jurisdiction, and `cidr` rules match IPv4 ranges through any NAT64
+/// form, configured or well-known.
+#[test]
+fn nat64_prefixes_and_cidr_rules_see_the_embedded_address() {
+    let strict = Policy::preset("strict", &catalog()).expect("strict");
+    // 203.0.113.5 (CN in the test world) under 2001:db8:64::/48: RFC 6052
+    // puts it in bytes 6-7 and 9-10.
+    let under48 = |v4: [u8; 4]| {
+        let mut o = [0u8; 16];
+        o[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0x00, 0x64]);
+        o[6] = v4[0];
+        o[7] = v4[1];
+        o[9] = v4[2];
+        o[10] = v4[3];
+        Some(IpAddr::from(o))
+    };
+    let f = |dst| Facts {
+        dst,
+        ..Facts::default()
+    };
+    let plain = fixture_intel();
+    let carrier = plain
+        .with_nat64(&["2001:db8:64::/48".parse().expect("prefix")])
+        .expect("an RFC 6052 length");
+    let cn = under48([203, 0, 113, 5]);
+    assert!(
+        !strict.evaluate(&plain, &f(cn)).is_block(),
+        "unknown prefix: not seen"
+    );
+    let v = strict.evaluate(&carrier, &f(cn));
+    assert!(v.is_block(), "the carrier's prefix: CN");
+    assert!(
+        !strict
+            .evaluate(&carrier, &f(under48([198, 51, 100, 7])))
+            .is_block()
+    );
+    assert!(
+        plain
+            .with_nat64(&["2001:db8:64::/50".parse().expect("prefix")])
+            .is_err()
+    );
+    // A cidr rule on an IPv4 range blocks it through NAT64.
+    let cat = catalog();
+    let p = Policy::parse(
+        Path::new("p.toml"),
+        "name='r'\ndefault='allow'\n[[rule]]\nname='no range'\naction='block'\ncidr=['203.0.113.0/25']\n",
+        None,
+        &cat,
+    )
+    .expect("policy");
+    for blocked in [
+        "203.0.113.5",
+        "64:ff9b::203.0.113.5",
+        "64:ff9b:1::203.0.113.5",
+    ] {
+        assert!(p.evaluate(&plain, &f(ip(blocked))).is_block(), "{blocked}");
+    }
+    assert!(
+        p.evaluate(&carrier, &f(cn)).is_block(),
+        "through the carrier's prefix"
+    );
+    assert!(
+        !p.evaluate(&plain, &f(ip("64:ff9b::198.51.100.7")))
+            .is_block()
+    );
+}

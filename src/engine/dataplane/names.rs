@@ -138,6 +138,42 @@ impl Engine {
         self.dns_pending.len()
     }
 
+    /// RFC 7050: the network's NAT64 prefix, read from the AAAA answer to
+    /// `ipv4only.arpa` (an app or the OS asks it to find the prefix): each
+    /// address embedding 192.0.0.170 or 192.0.0.171 under an RFC 6052
+    /// length gives a prefix, which flows are judged with from then on.
+    fn learn_nat64(&mut self, records: &[hickory_proto::rr::Record]) {
+        let wka = [
+            std::net::Ipv4Addr::new(192, 0, 0, 170),
+            std::net::Ipv4Addr::new(192, 0, 0, 171),
+        ];
+        let mut found = Vec::new();
+        for r in records {
+            let hickory_proto::rr::RData::AAAA(a) = &r.data else {
+                continue;
+            };
+            for len in crate::intel::world::RFC6052_LENGTHS {
+                if crate::intel::world::rfc6052_extract(a.0, len)
+                    .is_some_and(|v4| wka.contains(&v4))
+                    && let Ok(p) = ipnet::Ipv6Net::new(a.0, len)
+                {
+                    found.push(p.trunc());
+                    break;
+                }
+            }
+        }
+        let new: Vec<_> = found
+            .into_iter()
+            .filter(|p| !self.intel.nat64_prefixes().contains(p))
+            .collect();
+        if !new.is_empty()
+            && let Ok(intel) = self.intel.with_nat64(&new)
+        {
+            self.counters.nat64_discovered += new.len() as u64;
+            self.intel = intel;
+        }
+    }
+
     pub(super) fn dns_answer(
         &mut self,
         q: &Question,
@@ -147,6 +183,9 @@ impl Engine {
         age: u32,
         now_ns: u64,
     ) {
+        if q.name_text() == "ipv4only.arpa" {
+            self.learn_nat64(records);
+        }
         let policy = self.policy.current();
         let tcp = matches!(reply, Reply::Tcp(_));
         let (bytes, out) = dns::answer(q, rcode, records, age, &policy, &self.intel, None, tcp);

@@ -603,3 +603,52 @@ fn the_name_map_evicts_the_least_recently_used() {
     assert_eq!(m.len(), 2);
     assert_eq!(m.names(a1, S).count(), 1, "a1 still most recent");
 }
+
+/// RFC 7050: the AAAA answer to `ipv4only.arpa` reveals the network's
+/// NAT64 prefix; from then on an address under it is judged by the IPv4
+/// address it embeds (a CN relay here), where before it was unknown.
+#[test]
+fn the_nat64_prefix_is_discovered_from_ipv4only_arpa() {
+    let mut e = engine(
+        "name='no-cn'\ndefault='allow'\n[[rule]]\nname='no CN'\naction='block'\njurisdiction={countries=['CN']}\n",
+        EngineConfig::default(),
+    );
+    let app6 = "[2001:db8:ffff::2]:40000";
+    let relay = "[2001:db8:64::203.0.113.10]:7000";
+    let send = |e: &mut Engine, port: u16| {
+        let from: SocketAddr = format!("[2001:db8:ffff::2]:{port}").parse().expect("addr");
+        e.handle_tun(
+            &reply::udp_packet(from, sa(relay), b"hello").expect("packet"),
+            2 * S,
+        );
+        let out: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+        events(&out).first().map(|ev| ev.action)
+    };
+    assert_eq!(
+        send(&mut e, 40_001),
+        Some(Decision::Allow),
+        "prefix unknown"
+    );
+    let q = query_bytes(3, "ipv4only.arpa.", RecordType::AAAA, true);
+    e.handle_tun(
+        &reply::udp_packet(sa(app6), sa("[2001:db8::53]:53"), &q).expect("packet"),
+        S,
+    );
+    let out: Vec<Output> = std::iter::from_fn(|| e.poll_output()).collect();
+    let wka: Ipv6Addr = "2001:db8:64::192.0.0.170".parse().expect("addr");
+    let _ = resolve(
+        &mut e,
+        &out,
+        vec![Record::from_rdata(
+            name("ipv4only.arpa."),
+            300,
+            RData::AAAA(AAAA(wka)),
+        )],
+    );
+    assert_eq!(e.counters.nat64_discovered, 1);
+    assert_eq!(
+        send(&mut e, 40_002),
+        Some(Decision::Block),
+        "judged as the CN relay"
+    );
+}

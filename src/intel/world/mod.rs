@@ -286,6 +286,31 @@ pub enum Embedding {
     Teredo,
     /// IPv4-compatible, `::a.b.c.d` (deprecated, RFC 4291).
     Compatible,
+    /// NAT64 under a network-specific prefix the device uses (a carrier's,
+    /// given or discovered per RFC 7050), in the RFC 6052 layout of its
+    /// length.
+    Nat64Prefix,
+}
+
+/// The RFC 6052 prefix lengths, the only ones an IPv4-embedded IPv6
+/// address can use.
+pub const RFC6052_LENGTHS: [u8; 6] = [32, 40, 48, 56, 64, 96];
+
+/// The IPv4 address embedded in `addr` under a NAT64 prefix of length
+/// `len` (RFC 6052 section 2.2: the 32 bits follow the prefix, skipping bits
+/// 64-71); `None` for a length RFC 6052 does not allow.
+pub fn rfc6052_extract(addr: Ipv6Addr, len: u8) -> Option<Ipv4Addr> {
+    let o = addr.octets();
+    let b = match len {
+        32 => [o[4], o[5], o[6], o[7]],
+        40 => [o[5], o[6], o[7], o[9]],
+        48 => [o[6], o[7], o[9], o[10]],
+        56 => [o[7], o[9], o[10], o[11]],
+        64 => [o[9], o[10], o[11], o[12]],
+        96 => [o[12], o[13], o[14], o[15]],
+        _ => return None,
+    };
+    Some(Ipv4Addr::from(b))
 }
 
 /// The IPv4 address an IPv6 address embeds, if it is one of the

@@ -564,3 +564,22 @@ fn embedded_ipv4_forms() {
         assert_eq!(e(none), None, "{none}");
     }
 }
+
+/// RFC 6052 section 2.4's table: 192.0.2.33 under each prefix length.
+#[test]
+fn rfc6052_layouts() {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let want = Ipv4Addr::new(192, 0, 2, 33);
+    for (len, addr) in [
+        (32, "2001:db8:c000:221::"),
+        (40, "2001:db8:1c0:2:21::"),
+        (48, "2001:db8:122:c000:2:2100::"),
+        (56, "2001:db8:122:3c0:0:221::"),
+        (64, "2001:db8:122:344:c0:2:2100:0"),
+        (96, "2001:db8:122:344::192.0.2.33"),
+    ] {
+        let a: Ipv6Addr = addr.parse().expect("addr");
+        assert_eq!(rfc6052_extract(a, len), Some(want), "/{len}");
+    }
+    assert_eq!(rfc6052_extract(Ipv6Addr::LOCALHOST, 50), None);
+}
