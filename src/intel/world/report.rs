@@ -30,8 +30,11 @@ impl Serialize for GeoSources {
 pub struct LookupReport {
     /// The address asked about.
     pub ip: IpAddr,
-    /// The address the answer is for, when it differs (an IPv4-mapped IPv6
-    /// address is answered as its IPv4 address).
+    /// The address the answer is for, when it differs: an IPv4-mapped IPv6
+    /// address is answered as its IPv4 address, and an IPv6 address the
+    /// data knows nothing about that embeds an IPv4 address (NAT64, 6to4,
+    /// Teredo, IPv4-compatible) as the embedded one, as the firewall judges
+    /// it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub looked_up: Option<IpAddr>,
     /// The country the geolocation sources agree on; `None` if none knows
@@ -52,8 +55,14 @@ pub struct LookupReport {
 impl World {
     /// Looks `ip` up and returns an owned report.
     pub fn report(&self, ip: IpAddr) -> LookupReport {
-        let key = super::lookup_key(ip);
-        let info = self.lookup(key);
+        let mut key = super::lookup_key(ip);
+        let mut info = self.lookup(key);
+        if info.is_empty()
+            && let Some((_, v4)) = super::embedded_ipv4(key)
+        {
+            key = IpAddr::V4(v4);
+            info = self.lookup(key);
+        }
         LookupReport {
             ip,
             looked_up: (key != ip).then_some(key),

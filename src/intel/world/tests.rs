@@ -161,6 +161,13 @@ fn v4_mapped_ipv6_is_answered_as_ipv4() {
     // The IPv6 table itself knows nothing at ::ffff:0:0/96.
     let v6: Ipv6Addr = "::ffff:1.0.0.20".parse().expect("v6");
     assert!(w.lookup_v6(v6).is_empty());
+    // A NAT64 or 6to4 address the data does not know is reported as the
+    // IPv4 address it embeds, as the firewall judges it.
+    for embedding in ["64:ff9b::1.0.0.20", "64:ff9b:1::1.0.0.20", "2002:100:14::1"] {
+        let r = w.report(ip(embedding));
+        assert_eq!(r.looked_up, Some(ip("1.0.0.20")), "{embedding}");
+        assert_eq!((r.asn, r.network_country), (Some(13335), cc("US")));
+    }
 }
 
 #[test]
