@@ -812,23 +812,23 @@ fn ipv6_udp_allowed_and_blocked() {
 
 #[test]
 fn data_on_the_syn_is_not_relayed_before_the_verdict() {
+    // A SYN carrying a TLS hello (TCP Fast Open style) to a US address: only
+    // the payload (an Agora edge's name, PRC vendor) could block it, so
+    // the address alone settles nothing and the payload path is what runs.
     let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
-    // A SYN carrying a TLS hello (TCP Fast Open style) to a CN address.
-    let hello = crate::wire::tls::tests::hello_record("tfo.example");
+    let hello = crate::wire::tls::tests::hello_record("104-166-161-75.edge.agora.io");
+    let (src, dst) = ([192, 0, 2, 200], [198, 51, 100, 7]);
     let mut t = vec![
         0x9C, 0x40, 0x01, 0xBB, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xFF, 0xFF, 0, 0, 0, 0,
     ];
     t.extend_from_slice(&hello);
-    let c = reply::l4_checksum(
-        "192.0.2.200".parse().expect("ip"),
-        "203.0.113.5".parse().expect("ip"),
-        6,
-        &t,
-    );
+    let c = reply::l4_checksum(IpAddr::from(src), IpAddr::from(dst), 6, &t);
     t[16..18].copy_from_slice(&c.to_be_bytes());
     let mut ip = vec![0x45, 0];
     ip.extend_from_slice(&((20 + t.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 200, 203, 0, 113, 5]);
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]);
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
     let hc = reply::checksum(&ip);
     ip[10..12].copy_from_slice(&hc.to_be_bytes());
     ip.extend_from_slice(&t);
@@ -843,6 +843,14 @@ fn data_on_the_syn_is_not_relayed_before_the_verdict() {
             .iter()
             .any(|o| matches!(o, Output::TcpOpen { .. } | Output::TcpSend { .. })),
         "{outs:?}"
+    );
+    assert_eq!(e.counters.opened, 0);
+    // The SYN was answered (the connection is accepted locally and waits
+    // for the app's first bytes), not refused: the address settled nothing.
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::ToTun(p) if p[33] & 0x12 == 0x12)),
+        "a SYN-ACK: {outs:?}"
     );
 }
 
