@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use support::{Net, addr, in_ns, sa};
+use support::{Net, addr, echo, in_ns, sa, udp_exchange};
 
 /// An Agora media edge's name (the vendor layer says CN wherever it is).
 const AGORA_EDGE: &str = "104-166-161-75.edge.agora.io";
@@ -794,4 +794,61 @@ fn quic_initial() -> Vec<u8> {
             }
         })
         .expect("a QUIC Initial")
+}
+
+/// NAT64 in every form a network uses: under `strict`, a server reached
+/// through the local-use prefix (`64:ff9b:1::/96`) or through the
+/// network's own /48 prefix (`--nat64-prefix`) is judged by the IPv4
+/// address it embeds: the one embedding a CN address gets 0 packets, the
+/// one embedding a US address answers. (The test world has no NAT64
+/// gateway: the servers listen on the NAT64 addresses themselves.)
+#[test]
+fn nat64_addresses_are_judged_by_the_ipv4_address_they_embed() {
+    let test = "nat64_addresses_are_judged_by_the_ipv4_address_they_embed";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        let (_, world) = net.policy_and_world("name='x'\ndefault='allow'\n");
+        // 203.0.113.10 (CN) and 198.51.100.10 (US), under 64:ff9b:1::/96
+        // and, in the RFC 6052 /48 layout, under 2001:db8:64::/48.
+        let cases = [
+            ("64:ff9b:1::cb00:710a", true),
+            ("64:ff9b:1::c633:640a", false),
+            ("2001:db8:64:cb00:71:a00::", true),
+            ("2001:db8:64:c633:64:a00::", false),
+        ];
+        for (a, _) in cases {
+            net.add_server_address(a);
+            net.udp_server(sa(a, 7000), echo);
+        }
+        net.start_geowall(
+            &world,
+            &["--preset", "strict", "--nat64-prefix", "2001:db8:64::/48"],
+        );
+        let app = net.app.clone();
+        for (a, blocked) in cases {
+            let r = in_ns(&app, || {
+                (0..3)
+                    .map(|_| udp_exchange(sa(a, 7000), b"nat64?"))
+                    .find(Result::is_ok)
+                    .unwrap_or_else(|| Err(std::io::Error::other("no answer in 3 tries")))
+            });
+            if blocked {
+                assert!(r.is_err(), "{a}: answered");
+            } else {
+                assert_eq!(r.expect(a), b"nat64?", "{a}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for (a, blocked) in cases {
+            let n = net.count(a, 17, 7000);
+            if blocked {
+                assert_eq!(n, 0, "packets reached {a}");
+            } else {
+                assert!(n > 0, "nothing reached {a}");
+            }
+        }
+    });
 }
