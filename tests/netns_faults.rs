@@ -486,3 +486,81 @@ fn a_removed_tun_is_a_clean_error_and_fails_closed() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(net.count(addr::US, 17, 7000), before);
 }
+
+/// Rollback protection survives a restart: geowall started on bundle 11
+/// (which blocks US2) with a state directory, stopped, and started again
+/// on the older bundle 10 (which allows everything) keeps bundle 11's rules
+/// in force, says so, and US2 gets 0 packets.
+#[test]
+fn a_restart_with_an_older_bundle_keeps_the_newer_rules() {
+    if !support::root_or_skip("a_restart_with_an_older_bundle_keeps_the_newer_rules") {
+        return;
+    }
+    let mut net = Net::new();
+    let (_, world) = net.policy_and_world(POLICY);
+    net.udp_server(sa(addr::US2, 7000), echo);
+    let dir = net.dir.path().to_owned();
+    let key = bundle::SigningKey::from_bytes(&[7; 32]);
+    let pubkey = dir.join("key.pub");
+    std::fs::write(&pubkey, bundle::key_hex(key.verifying_key().as_bytes())).expect("key");
+    let blocks_us2 = format!(
+        "{POLICY}\n[[rule]]\nname = \"no US2\"\naction = \"block\"\ncidr = [\"{}/32\"]\n",
+        addr::US2
+    );
+    let b11 = dir.join("b11.gwb");
+    std::fs::write(&b11, signed_bundle(&dir, 11, &blocks_us2, &[], &key)).expect("bundle");
+    let b10 = dir.join("b10.gwb");
+    std::fs::write(&b10, signed_bundle(&dir, 10, POLICY, &[], &key)).expect("bundle");
+    let state = dir.join("state");
+    let args = |b: &Path| {
+        vec![
+            "--bundle".to_owned(),
+            b.to_str().expect("utf-8").to_owned(),
+            "--pubkey".to_owned(),
+            pubkey.to_str().expect("utf-8").to_owned(),
+            "--state-dir".to_owned(),
+            state.to_str().expect("utf-8").to_owned(),
+        ]
+    };
+    let app = net.app.clone();
+    let a11 = args(&b11);
+    net.start_geowall(&world, &a11.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        in_ns(&app, || udp_exchange_within(
+            sa(addr::US2, 7000),
+            b"x",
+            Duration::from_millis(700)
+        ))
+        .is_err()
+    );
+    net.stop_geowall();
+    let a10 = args(&b10);
+    net.start_geowall(&world, &a10.iter().map(String::as_str).collect::<Vec<_>>());
+    let before = net.count(addr::US2, 17, 7000);
+    assert!(
+        in_ns(&app, || udp_exchange_within(
+            sa(addr::US2, 7000),
+            b"y",
+            Duration::from_millis(700)
+        ))
+        .is_err(),
+        "bundle 11's rules stay in force"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        net.count(addr::US2, 17, 7000),
+        before,
+        "nothing reached US2"
+    );
+    // It said why, loudly.
+    let pid = net.geowall_pid().expect("running");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let (_, err) = net.wait_geowall(Duration::from_secs(10)).expect("stopped");
+    assert!(
+        err.contains("WARNING") && err.contains("rollback") && err.contains("sequence 11"),
+        "{err}"
+    );
+}
