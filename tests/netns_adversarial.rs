@@ -752,3 +752,48 @@ fn an_address_that_changes_jurisdiction_is_judged_at_connect() {
     assert!(FLIPS.load(Ordering::SeqCst) >= 2);
     let _: IpAddr = addr::CN.parse().expect("ip");
 }
+
+/// The `strict` preset's own DNS rules, where the address alone would
+/// allow: DNS over TLS (port 853) and DNS over HTTPS to a public resolver
+/// by name (`dns.google` in the ClientHello) to a US address reach it with
+/// 0 packets; ordinary HTTPS to another US address goes through (not to
+/// the same one: the name seen in the refused hello stays with its address
+/// for a while, and judges it).
+#[test]
+fn strict_refuses_encrypted_dns_around_geowall_to_an_allowed_address() {
+    let test = "strict_refuses_encrypted_dns_around_geowall_to_an_allowed_address";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    let mut net = Net::new();
+    let (_, world) = net.policy_and_world(POLICY);
+    for port in [853, 443] {
+        net.tcp_server(sa(addr::US, port), echo);
+    }
+    net.tcp_server(sa(addr::US2, 443), echo);
+    net.start_geowall(&world, &["--preset", "strict"]);
+    let app = net.app.clone();
+    in_ns(&app, || {
+        let dot = support::client_hello("resolver.example");
+        assert!(tcp_exchange(sa(addr::US, 853), &dot).is_err(), "DoT");
+        let doh = support::client_hello("dns.google");
+        assert!(
+            tcp_exchange(sa(addr::US, 443), &doh).is_err(),
+            "DoH by name"
+        );
+    });
+    let before = net.count(addr::US, 6, 443);
+    assert_eq!(
+        before, 0,
+        "nothing of the DoH connection reached the server"
+    );
+    in_ns(&app, || {
+        let web = support::client_hello("www.example.org");
+        assert_eq!(tcp_exchange(sa(addr::US2, 443), &web).expect("HTTPS"), web);
+    });
+    settle_and_check(
+        &net,
+        &[(addr::US, 6, 853), (addr::US, 6, 443)],
+        &[(addr::US2, 6, 443)],
+    );
+}
