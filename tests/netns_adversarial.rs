@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use geowall::engine::reply::{checksum, l4_checksum};
-use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use support::{Net, addr, dns_query, echo, in_ns, sa, sd_rtn, tcp_exchange};
 
@@ -263,17 +263,43 @@ fn rec(name: &str, ip: &str) -> Record {
     Record::from_rdata(n, 1, RData::A(A(v4(ip))))
 }
 
-/// `flip.example` is US at the first answer and CN after it.
+/// 192.0.0.170 and 192.0.0.171 under the test network's NAT64 prefix.
+const NAT64_WKA_170: &str = "2001:db8:6464:1:c0:0:aa00:0";
+const NAT64_WKA_171: &str = "2001:db8:6464:1:c0:0:ab00:0";
+/// 203.0.113.10 (CN) and 198.51.100.10 (US) under the same prefix.
+const NAT64_CN: &str = "2001:db8:6464:1:cb:71:a00:0";
+const NAT64_US: &str = "2001:db8:6464:1:c6:3364:a00:0";
+
+/// The vendor edge name `flip.example` turns into at its second answer.
+const EDGE: &str = "104-166-161-75.edge.agora.io";
+
+/// `flip.example` is a plain US name at the first answer; from the second
+/// on it is a CNAME to an Agora edge name on the same US address (CN by
+/// the vendor layer, allowed by every other layer).
 fn zone(name: &str, t: RecordType) -> Vec<Record> {
     match (name, t) {
         ("flip.example", RecordType::A) => {
             if FLIPS.fetch_add(1, Ordering::SeqCst) == 0 {
-                vec![rec(name, addr::US)]
+                vec![rec(name, addr::US2)]
             } else {
-                vec![rec(name, addr::CN)]
+                let owner = Name::from_ascii("flip.example.").expect("name");
+                let target = Name::from_ascii(format!("{EDGE}.")).expect("name");
+                vec![
+                    Record::from_rdata(owner, 1, RData::CNAME(CNAME(target))),
+                    rec(EDGE, addr::US2),
+                ]
             }
         }
         ("ok.example", RecordType::A) => vec![rec(name, addr::US)],
+        // RFC 7050: the network's NAT64 prefix is 2001:db8:6464:1::/64
+        // (RFC 6052's /64 layout: the IPv4 address in bytes 9 to 12).
+        ("ipv4only.arpa", RecordType::AAAA) => [NAT64_WKA_170, NAT64_WKA_171]
+            .iter()
+            .map(|ip| {
+                let n = Name::from_ascii("ipv4only.arpa.").expect("name");
+                Record::from_rdata(n, 60, RData::AAAA(AAAA(ip.parse().expect("IPv6"))))
+            })
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -719,38 +745,88 @@ fn ipv6_addresses_embedding_a_blocked_ipv4_address_are_blocked() {
     settle_and_check(&net, &b, &a);
 }
 
-/// A name that resolved to an allowed address and later to a blocked one:
-/// the flow is judged by the address it goes to, whatever the name's
-/// earlier answer; the blocked address is also filtered out of the answer.
+/// An address whose name changes: `flip.example` first answers a US
+/// address (allowed by every layer), then becomes a CNAME to an Agora edge
+/// name on the same address. A connection after the change is judged by
+/// the current answer (CN by the vendor layer), although the app's own
+/// hello still says `flip.example` and the address alone would allow; the
+/// address is also filtered out of the second answer.
 #[test]
 fn an_address_that_changes_jurisdiction_is_judged_at_connect() {
     if !support::root_or_skip("an_address_that_changes_jurisdiction_is_judged_at_connect") {
         return;
     }
     let mut net = Net::new();
-    for ip in [addr::US, addr::CN] {
-        net.tcp_server(sa(ip, 7443), echo);
+    for port in [7443, 7444] {
+        net.tcp_server(sa(addr::US2, port), echo);
     }
     start(&mut net);
     let app = net.app.clone();
     let resolver = sa("192.0.2.53", 53);
     in_ns(&app, || {
         let first = dns_query(resolver, "flip.example", RecordType::A, false).expect("answer");
-        assert_eq!(first.answers.len(), 1, "US address: {first:?}");
+        assert_eq!(first.answers.len(), 1, "the US address: {first:?}");
         let hello = support::client_hello("flip.example");
-        let r = tcp_exchange(sa(addr::US, 7443), &hello).expect("to the US address");
+        let r = tcp_exchange(sa(addr::US2, 7443), &hello).expect("before the change");
         assert_eq!(r, hello);
-        // The TTL (1 s) runs out; the name now points to CN.
+        // The TTL (1 s) runs out; the name now leads to the vendor's edge.
         std::thread::sleep(Duration::from_millis(1_500));
         let second = dns_query(resolver, "flip.example", RecordType::A, false).expect("answer");
-        assert!(second.answers.is_empty(), "CN address filtered: {second:?}");
-        // An app that connects to the CN address anyway (a stale cache, its
-        // own resolver) is blocked by where the address is.
-        assert!(tcp_exchange(sa(addr::CN, 7443), &hello).is_err());
+        let kept: Vec<_> = second
+            .answers
+            .iter()
+            .filter(|r| matches!(r.data, RData::A(_)))
+            .collect();
+        assert!(kept.is_empty(), "the edge's address filtered: {second:?}");
+        // An app that connects to the address anyway (a stale cache, its
+        // own resolver) is judged by what the address is now.
+        assert!(tcp_exchange(sa(addr::US2, 7444), &hello).is_err());
     });
-    settle_and_check(&net, &[(addr::CN, 6, 7443)], &[(addr::US, 6, 7443)]);
+    settle_and_check(&net, &[(addr::US2, 6, 7444)], &[(addr::US2, 6, 7443)]);
     assert!(FLIPS.load(Ordering::SeqCst) >= 2);
-    let _: IpAddr = addr::CN.parse().expect("ip");
+}
+
+/// RFC 7050 end to end: the network's NAT64 prefix (a /64, not configured
+/// anywhere) is learned when the app asks geowall's resolver for
+/// `ipv4only.arpa`; from then on the address embedding a CN server under
+/// it gets 0 packets, while the one embedding a US server answers. (The
+/// prefix is outside the test world, so without discovery both addresses
+/// are unknown and the policy allows them.)
+#[test]
+fn a_nat64_prefix_discovered_from_ipv4only_arpa_judges_by_the_embedded_address() {
+    let test = "a_nat64_prefix_discovered_from_ipv4only_arpa_judges_by_the_embedded_address";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    let mut net = Net::new();
+    for a in [NAT64_CN, NAT64_US] {
+        net.add_server_address(a);
+        net.udp_server(sa(a, 7000), echo);
+    }
+    start(&mut net);
+    let app = net.app.clone();
+    let answer = in_ns(&app, || {
+        dns_query(
+            sa("192.0.2.53", 53),
+            "ipv4only.arpa",
+            RecordType::AAAA,
+            false,
+        )
+    })
+    .expect("an answer for ipv4only.arpa");
+    assert_eq!(answer.answers.len(), 2, "{answer:?}");
+    let us = in_ns(&app, || {
+        // Neighbour discovery on the links settles within a few tries.
+        (0..10)
+            .map(|_| support::udp_exchange(sa(NAT64_US, 7000), b"nat64?"))
+            .find(Result::is_ok)
+            .unwrap_or_else(|| Err(std::io::Error::other("no answer in 10 tries")))
+    });
+    assert_eq!(us.expect("the US server through NAT64"), b"nat64?");
+    for _ in 0..3 {
+        let _ = udp_send(&app, sa(NAT64_CN, 7000), b"nat64?");
+    }
+    settle_and_check(&net, &[(NAT64_CN, 17, 7000)], &[(NAT64_US, 17, 7000)]);
 }
 
 /// The `strict` preset's own DNS rules, where the address alone would

@@ -290,6 +290,18 @@ fn signed_bundle(
     vendors: &[(&str, &str)],
     key: &bundle::SigningKey,
 ) -> Vec<u8> {
+    signed_bundle_for(dir, seq, policy, vendors, key, 3_600)
+}
+
+/// [`signed_bundle`] valid for `valid_s` seconds from now.
+fn signed_bundle_for(
+    dir: &Path,
+    seq: u64,
+    policy: &str,
+    vendors: &[(&str, &str)],
+    key: &bundle::SigningKey,
+    valid_s: u64,
+) -> Vec<u8> {
     let d = dir.join(format!("src{seq}"));
     std::fs::create_dir_all(&d).expect("mkdir");
     std::fs::write(d.join("policy.toml"), policy).expect("policy");
@@ -304,7 +316,7 @@ fn signed_bundle(
         .expect("clock")
         .as_secs();
     bundle::sign(
-        &bundle::build(&d, seq, now - 60, now + 3_600).expect("build"),
+        &bundle::build(&d, seq, now - 60, now + valid_s).expect("build"),
         key,
     )
     .expect("sign")
@@ -563,4 +575,65 @@ fn a_restart_with_an_older_bundle_keeps_the_newer_rules() {
         err.contains("WARNING") && err.contains("rollback") && err.contains("sequence 11"),
         "{err}"
     );
+}
+
+/// A bundle that expires while geowall runs: its rules stay in force (the
+/// address they block still gets 0 packets), and `status` says the rules
+/// are stale, in JSON and as a warning in the text.
+#[test]
+fn a_bundle_that_expires_while_running_stays_in_force_and_status_says_stale() {
+    let test = "a_bundle_that_expires_while_running_stays_in_force_and_status_says_stale";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    let mut net = Net::new();
+    let (_, world) = net.policy_and_world(POLICY);
+    net.udp_server(sa(addr::US2, 7000), echo);
+    net.udp_server(sa(addr::US, 7000), echo);
+    let dir = net.dir.path().to_owned();
+    let key = bundle::SigningKey::from_bytes(&[9; 32]);
+    let pubkey = dir.join("key.pub");
+    std::fs::write(&pubkey, bundle::key_hex(key.verifying_key().as_bytes())).expect("key");
+    let blocks_us2 = format!(
+        "{POLICY}\n[[rule]]\nname = \"no US2\"\naction = \"block\"\ncidr = [\"{}/32\"]\n",
+        addr::US2
+    );
+    let b = dir.join("short.gwb");
+    std::fs::write(&b, signed_bundle_for(&dir, 3, &blocks_us2, &[], &key, 4)).expect("bundle");
+    let state = dir.join("state");
+    net.start_geowall(
+        &world,
+        &[
+            "--bundle",
+            b.to_str().expect("utf-8"),
+            "--pubkey",
+            pubkey.to_str().expect("utf-8"),
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    let fresh = status(&net);
+    assert_eq!(fresh["rules_stale"], false, "{fresh}");
+    assert!(fresh["rules_expires"].as_u64().is_some(), "{fresh}");
+    // Past the bundle's expiry (4 s after it was signed).
+    std::thread::sleep(Duration::from_secs(5));
+    let stale = status(&net);
+    assert_eq!(stale["rules_stale"], true, "{stale}");
+    let text = support::geowall_cli(&net, &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("WARNING") && text.contains("expired"),
+        "{text}"
+    );
+    let app = net.app.clone();
+    let (us2, us) = in_ns(&app, || {
+        (
+            udp_exchange_within(sa(addr::US2, 7000), b"x", Duration::from_millis(700)),
+            udp_exchange_within(sa(addr::US, 7000), b"x", Duration::from_millis(700)),
+        )
+    });
+    assert!(us2.is_err(), "the expired bundle's block still holds");
+    assert_eq!(us.expect("US"), b"x");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(net.count(addr::US2, 17, 7000), 0, "nothing reached US2");
 }
