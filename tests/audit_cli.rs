@@ -473,3 +473,75 @@ fn a_name_from_a_dns_answer_in_the_capture_blocks_media_to_its_address() {
     let b = flow("198.51.100.30:5004");
     assert_eq!(b["verdict"]["action"], "allow", "{b}");
 }
+
+/// The same capture from a file, from standard input, gzip- and
+/// zstd-compressed: the same flows, byte for byte.
+#[test]
+fn audit_reads_standard_input_and_compressed_captures() {
+    use std::io::Write;
+    let cap = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi/quic.pcap");
+    let plain = std::fs::read(&cap).expect("fixture");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let want = geowall(&["audit", "--json", cap.to_str().expect("utf8")]);
+    assert!(want.status.success());
+    assert!(want.stdout.len() > 100);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_geowall"))
+        .args(["audit", "--json", "-"])
+        .env_remove("GEOWALL_WORLD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("geowall runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feed = plain.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&feed));
+    let got = child.wait_with_output().expect("output");
+    writer.join().expect("writer").expect("write");
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(got.stdout, want.stdout, "from standard input");
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&plain).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    // Named without .gz: the format is told by its bytes.
+    let gz_path = dir.path().join("capture.gz");
+    std::fs::write(&gz_path, &gz).expect("write");
+    let got = geowall(&["audit", "--json", gz_path.to_str().expect("utf8")]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(got.stdout, want.stdout, "gzip");
+
+    let zst = zstd::encode_all(&plain[..], 3).expect("zstd");
+    let zst_path = dir.path().join("capture.pcap.zst");
+    std::fs::write(&zst_path, &zst).expect("write");
+    let got = geowall(&["audit", "--json", zst_path.to_str().expect("utf8")]);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(got.stdout, want.stdout, "zstd");
+
+    // A compressed capture cut short: the flows before the cut, a warning
+    // that says where, exit status 1.
+    let cut_path = dir.path().join("cut.pcap.gz");
+    std::fs::write(&cut_path, &gz[..gz.len() / 2]).expect("write");
+    let got = geowall(&["audit", "--json", cut_path.to_str().expect("utf8")]);
+    assert_eq!(got.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&got.stderr);
+    assert!(
+        err.contains("WARNING") && err.contains("frames before it"),
+        "{err}"
+    );
+    let flows = String::from_utf8_lossy(&got.stdout).lines().count();
+    assert!(flows >= 1, "the flows before the cut: {err}");
+}

@@ -21,7 +21,7 @@ fn shared() -> &'static Shared {
         let policy = Policy::preset("clubhouse", &catalog).expect("preset");
         let world = geowall::intel::world::embedded_lean().expect("embedded world");
         Shared {
-            intel: Intel::new(world, Arc::new(catalog)),
+            intel: Intel::new(world),
             policy: Arc::new(PolicyHandle::new(policy)),
         }
     })

@@ -1,23 +1,27 @@
 //! `geowall audit`: replay a capture through the engine's flow table,
 //! classifier and policy, and report every flow.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use geowall::engine::dataplane::{DropReason, fact_names};
 use geowall::engine::{Flow, Inspector};
 use geowall::intel::jurisdiction::Intel;
 use geowall::policy::Policy;
-use geowall::wire::capture::Capture;
+use geowall::wire::capture::CaptureStream;
 use geowall::wire::packet::strip_link;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Arguments of `geowall audit`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// A pcap or pcapng capture.
+    /// A pcap or pcapng capture, plain or gzip/zstd-compressed; `-` reads
+    /// standard input. Read as a stream: memory does not grow with the
+    /// capture's size.
     file: PathBuf,
     #[command(flatten)]
     rules: super::source::RulesArgs,
@@ -45,26 +49,26 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let intel = Intel::new(world);
 
-    let bytes =
-        std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
-    let cap = Capture::new(&bytes).with_context(|| format!("{}", a.file.display()))?;
+    let input = open_capture(&a.file)?;
+    let mut cap = CaptureStream::new(input.reader);
     let mut insp = Inspector::new(a.max_flows, leak);
-    let bar = ProgressBar::new(bytes.len() as u64);
+    // Drawn only on a terminal, and only once the work has taken a second.
+    let bar = match input.size {
+        Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::hidden()),
+        None => ProgressBar::hidden(),
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} reading [{bar:30}] {bytes}/{total_bytes}")
+        ProgressStyle::with_template("{spinner} reading [{bar:30}] {bytes}/{total_bytes} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let started = std::time::Instant::now();
+    let mut shown = false;
     let (mut frames, mut other_links) = (0u64, 0u64);
     let mut damaged = None;
-    for f in cap {
+    while let Some(f) = cap.next_frame() {
         match f {
             Ok(f) => {
                 frames += 1;
-                if frames % 4096 == 0 {
-                    bar.set_position(
-                        (f.data.as_ptr() as usize).saturating_sub(bytes.as_ptr() as usize) as u64,
-                    );
-                }
                 match strip_link(f.link, f.data) {
                     Ok(ip) => {
                         insp.on_ip(ip, f.ts_nanos);
@@ -77,16 +81,30 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
                 break;
             }
         }
+        if frames % 8192 == 0 {
+            if !shown && started.elapsed() >= std::time::Duration::from_secs(1) {
+                shown = true;
+                if input.size.is_some() {
+                    bar.set_draw_target(ProgressDrawTarget::stderr());
+                } else {
+                    // A stream of unknown size: a spinner with the counts.
+                    bar.set_draw_target(ProgressDrawTarget::stderr());
+                    bar.set_style(
+                        ProgressStyle::with_template("{spinner} reading {bytes} {msg}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
+                }
+            }
+            bar.set_position(input.read.load(Ordering::Relaxed));
+            bar.set_message(format!("{frames} packets, {} flows", insp.flows().len()));
+        }
     }
     bar.finish_and_clear();
 
-    let rows: Vec<Row> = insp
-        .flows()
-        .iter()
-        .map(|f| row(f, &intel, &policy))
-        .collect();
-    let blocked = rows.iter().filter(|r| r.blocked).count();
-    let leaking = rows.iter().filter(|r| !r.leaks.is_empty()).count();
+    // Each flow's row is written as it is made; only the HTML report
+    // keeps them all.
+    let mut rows: Vec<Row> = Vec::new();
+    let (mut blocked, mut leaking) = (0usize, 0usize);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if !a.json {
         writeln!(
@@ -101,7 +119,10 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             "VERDICT"
         )?;
     }
-    for r in &rows {
+    for f in insp.flows() {
+        let r = row(f, &intel, &policy);
+        blocked += usize::from(r.blocked);
+        leaking += usize::from(!r.leaks.is_empty());
         if a.json {
             serde_json::to_writer(&mut out, &r.json)?;
             writeln!(out)?;
@@ -126,6 +147,9 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .join(", ")
             )?;
+        }
+        if a.html.is_some() {
+            rows.push(r);
         }
     }
     out.flush()?;
@@ -161,12 +185,59 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(e) = damaged {
         eprintln!(
-            "geowall: {}: {e}; the flows above are from the frames before it",
+            "geowall: WARNING: {}: {e}; the flows above are from the {frames} frames before it",
             a.file.display()
         );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A capture opened for reading: its bytes (decompressed), how many of the
+/// underlying file's bytes have been read, and the file's size if known.
+struct Input {
+    reader: Box<dyn Read>,
+    read: Arc<AtomicU64>,
+    size: Option<u64>,
+}
+
+/// Counts the bytes read from the file (before decompression), for the
+/// progress bar.
+struct Counting<R>(R, Arc<AtomicU64>);
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Opens `path` (`-` for standard input), decompressing gzip and zstd
+/// captures, recognised by their magic numbers rather than their names.
+fn open_capture(path: &Path) -> anyhow::Result<Input> {
+    let read = Arc::new(AtomicU64::new(0));
+    let (raw, size): (Box<dyn Read>, Option<u64>) = if path == Path::new("-") {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let f =
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let size = f.metadata().ok().map(|m| m.len()).filter(|n| *n > 0);
+        (Box::new(f), size)
+    };
+    let mut buf = BufReader::with_capacity(1 << 16, Counting(raw, read.clone()));
+    let head = buf
+        .fill_buf()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let reader: Box<dyn Read> = match head {
+        [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(buf)),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
+            zstd::stream::read::Decoder::with_buffer(buf)
+                .with_context(|| format!("{}: cannot start zstd", path.display()))?,
+        ),
+        _ => Box::new(buf),
+    };
+    Ok(Input { reader, read, size })
 }
 
 /// One flow, ready for every output format.

@@ -371,6 +371,231 @@ impl<'a> Iterator for Capture<'a> {
     }
 }
 
+/// The largest record [`CaptureStream`] reads: a pcap record or pcapng
+/// block longer than this is reported as malformed rather than buffered.
+pub const MAX_RECORD: usize = 64 << 20;
+
+/// What [`CaptureStream`] reads in one go (its buffer's starting size).
+const CHUNK: usize = 1 << 20;
+
+/// A capture read from any byte stream (a file, standard input, a
+/// decompressor) in chunks: memory is one buffer of [`CHUNK`] bytes, grown
+/// only for a record longer than that, up to [`MAX_RECORD`], whatever the
+/// capture's size. Frames borrow the buffer until the next call.
+#[derive(Debug)]
+pub struct CaptureStream<R> {
+    src: R,
+    buf: Vec<u8>,
+    /// Consumed up to here.
+    start: usize,
+    /// Filled up to here.
+    end: usize,
+    /// Stream offset of `buf[0]`.
+    base: u64,
+    eof: bool,
+    format: Option<Format>,
+    interfaces: Vec<(LinkType, u64)>,
+    failed: bool,
+}
+
+/// A frame found in [`CaptureStream`]'s buffer.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    /// Offset in the buffer.
+    at: usize,
+    len: usize,
+    ts_nanos: u64,
+    link: LinkType,
+    orig_len: u32,
+}
+
+/// A read error or a capture error, with the stream offset.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The source could not be read.
+    #[error("cannot read the capture at byte {offset}: {source}")]
+    Io {
+        /// Bytes read before the error.
+        offset: u64,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The bytes are not a well-formed capture (offsets are stream offsets).
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+}
+
+impl<R: std::io::Read> CaptureStream<R> {
+    /// Reads from `src`; the format is recognised at the first frame.
+    pub fn new(src: R) -> Self {
+        Self {
+            src,
+            buf: vec![0; CHUNK],
+            start: 0,
+            end: 0,
+            base: 0,
+            eof: false,
+            format: None,
+            interfaces: Vec::new(),
+            failed: false,
+        }
+    }
+
+    /// Bytes consumed from the stream so far.
+    pub fn position(&self) -> u64 {
+        self.base + self.start as u64
+    }
+
+    /// Moves the unread bytes to the front, grows the buffer when a single
+    /// record fills it, and reads more. `Ok(false)` at the end of the
+    /// stream.
+    fn refill(&mut self) -> Result<bool, StreamError> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.base += self.start as u64;
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            if self.buf.len() >= MAX_RECORD {
+                return Err(CaptureError::Malformed {
+                    offset: usize::try_from(self.base).unwrap_or(usize::MAX),
+                    what: "record longer than the 64 MiB limit",
+                }
+                .into());
+            }
+            let n = (self.buf.len() * 2).min(MAX_RECORD);
+            self.buf.resize(n, 0);
+        }
+        loop {
+            match self.src.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(StreamError::Io {
+                        offset: self.base + self.end as u64,
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    fn shift(&self, e: CaptureError) -> CaptureError {
+        let b = usize::try_from(self.base).unwrap_or(usize::MAX);
+        match e {
+            CaptureError::Truncated { offset, what } => CaptureError::Truncated {
+                offset: offset.saturating_add(b),
+                what,
+            },
+            CaptureError::Malformed { offset, what } => CaptureError::Malformed {
+                offset: offset.saturating_add(b),
+                what,
+            },
+            other => other,
+        }
+    }
+
+    /// The next frame, `None` at the end of the stream. After an error
+    /// (a truncated last record, a malformed one, a read error) it returns
+    /// `None`: the frames before it stand.
+    pub fn next_frame(&mut self) -> Option<Result<Frame<'_>, StreamError>> {
+        if self.failed {
+            return None;
+        }
+        let r = self.step();
+        if r.is_err() {
+            self.failed = true;
+        }
+        match r {
+            Ok(None) => None,
+            Ok(Some(f)) => Some(Ok(Frame {
+                ts_nanos: f.ts_nanos,
+                link: f.link,
+                data: &self.buf[f.at..f.at + f.len],
+                orig_len: f.orig_len,
+            })),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Parses the next frame in the buffer, refilling as needed.
+    fn step(&mut self) -> Result<Option<Found>, StreamError> {
+        loop {
+            let format = match self.format {
+                Some(f) => f,
+                None => match Capture::new(&self.buf[self.start..self.end]) {
+                    Ok(c) => {
+                        self.format = Some(c.format);
+                        self.start += c.at;
+                        continue;
+                    }
+                    Err(CaptureError::Truncated { .. }) if !self.eof => {
+                        self.refill()?;
+                        continue;
+                    }
+                    Err(CaptureError::Truncated { .. }) if self.end == self.start => {
+                        return Err(CaptureError::Truncated {
+                            offset: 0,
+                            what: "magic number (the capture is empty)",
+                        }
+                        .into());
+                    }
+                    Err(e) => return Err(self.shift(e).into()),
+                },
+            };
+            let mut c = Capture {
+                data: &self.buf[..self.end],
+                at: self.start,
+                format,
+                interfaces: std::mem::take(&mut self.interfaces),
+                failed: false,
+            };
+            let r = c.next();
+            let (at, fmt, ifs) = (c.at, c.format, c.interfaces);
+            self.interfaces = ifs;
+            match r {
+                Some(Ok(f)) => {
+                    let off = f.data.as_ptr() as usize - self.buf.as_ptr() as usize;
+                    let out = Found {
+                        at: off,
+                        len: f.data.len(),
+                        ts_nanos: f.ts_nanos,
+                        link: f.link,
+                        orig_len: f.orig_len,
+                    };
+                    self.format = Some(fmt);
+                    self.start = at;
+                    return Ok(Some(out));
+                }
+                // Not all of the next record is here yet.
+                None | Some(Err(CaptureError::Truncated { .. })) if !self.eof => {
+                    // Blocks before the cut (pcapng interfaces) are kept.
+                    self.format = Some(fmt);
+                    self.start = at;
+                    self.refill()?;
+                }
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    self.start = at;
+                    return Err(self.shift(e).into());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,6 +738,108 @@ mod tests {
         ));
     }
 
+    /// A reader that hands out at most `step` bytes a call.
+    struct Dribble<'a>(&'a [u8], usize);
+
+    impl std::io::Read for Dribble<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(self.1).min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    type Owned = (u64, LinkType, Vec<u8>, u32);
+
+    fn in_memory(b: &[u8]) -> (Vec<Owned>, Option<CaptureError>) {
+        let mut frames = Vec::new();
+        let Ok(c) = Capture::new(b) else {
+            return (frames, Capture::new(b).err());
+        };
+        for f in c {
+            match f {
+                Ok(f) => frames.push((f.ts_nanos, f.link, f.data.to_vec(), f.orig_len)),
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+        (frames, None)
+    }
+
+    fn streamed(b: &[u8], step: usize) -> (Vec<Owned>, Option<String>) {
+        let mut s = CaptureStream::new(Dribble(b, step));
+        let mut frames = Vec::new();
+        while let Some(f) = s.next_frame() {
+            match f {
+                Ok(f) => frames.push((f.ts_nanos, f.link, f.data.to_vec(), f.orig_len)),
+                Err(e) => return (frames, Some(e.to_string())),
+            }
+        }
+        assert!(s.next_frame().is_none());
+        (frames, None)
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/ndpi")
+            .join(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn a_stream_gives_the_frames_of_the_whole_file_in_any_chunking() {
+        for name in [
+            "quic.pcap",
+            "rtp.pcapng",
+            "quic_frags_ch_in_multiple_packets.pcapng",
+        ] {
+            let b = fixture(name);
+            let (want, err) = in_memory(&b);
+            assert!(err.is_none() && !want.is_empty(), "{name}");
+            for step in [1, 7, 4096, 1 << 20] {
+                let (got, err) = streamed(&b, step);
+                assert_eq!(err, None, "{name} in steps of {step}");
+                assert!(got == want, "{name} in steps of {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_anywhere_keeps_the_frames_before_the_cut_and_says_where() {
+        let b = fixture("dns.pcap");
+        let (all, _) = in_memory(&b);
+        for cut in (0..b.len()).step_by(13) {
+            let (want, want_err) = in_memory(&b[..cut]);
+            let (got, err) = streamed(&b[..cut], 5);
+            assert!(got == want, "cut at {cut}");
+            assert!(all.starts_with(&got));
+            // A cut exactly between records is a clean end; an empty
+            // stream says so.
+            if cut == 0 {
+                assert!(err.expect("empty").contains("empty"));
+            } else {
+                assert_eq!(err, want_err.map(|e| e.to_string()), "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn records_longer_than_a_chunk_are_read_and_absurd_ones_refused() {
+        let big = vec![0x45u8; 3 * CHUNK + 5];
+        let b = pcap(false, false, 101, &[&big, b"tail"]);
+        let (got, err) = streamed(&b, 1 << 16);
+        assert_eq!(err, None);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].2, big);
+        // A record header claiming 1 GiB: an error, not a 1 GiB buffer.
+        let mut b = pcap(false, false, 101, &[b"x"]);
+        b[24 + 8..24 + 12].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        b.extend(std::iter::repeat_n(0u8, 2 * MAX_RECORD));
+        let (got, err) = streamed(&b, 1 << 20);
+        assert!(got.is_empty());
+        assert!(err.expect("an error").contains("64 MiB"));
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
@@ -525,6 +852,20 @@ mod tests {
                     }
                 }
             }
+        }
+
+        #[test]
+        fn a_stream_agrees_with_the_whole_buffer(
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            step in 1usize..64,
+            ng in proptest::prelude::any::<bool>(),
+        ) {
+            let mut v = if ng { vec![0x0A, 0x0D, 0x0D, 0x0A] } else { vec![0xD4, 0xC3, 0xB2, 0xA1] };
+            v.extend_from_slice(&b);
+            let (want, want_err) = in_memory(&v);
+            let (got, err) = streamed(&v, step);
+            proptest::prop_assert!(got == want);
+            proptest::prop_assert_eq!(err.is_some(), want_err.is_some());
         }
     }
 }
