@@ -8,12 +8,41 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A two-letter country code (`"CN"`, `"US"`, ...), always two ASCII
 /// uppercase letters.
 ///
-/// Codes are not checked against the ISO list: data sources also use
+/// Codes are not checked against the ISO list here: data sources also use
 /// registry codes such as `EU` and `AP`, and a firewall must report what its
-/// sources say. Placeholders that mean "unknown" (`??`, `--`, `ZZ`) are not
+/// sources say. Rules are checked ([`Country::is_known`]). Placeholders that mean "unknown" (`??`, `--`, `ZZ`) are not
 /// countries: [`Country::parse_source_code`] turns them into `None`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Country([u8; 2]);
+
+/// The ISO 3166-1 alpha-2 codes officially assigned (249, sorted),
+/// space-separated.
+const ASSIGNED: &str = "\
+    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE \
+    BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD \
+    CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM \
+    DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF \
+    GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU \
+    ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN \
+    KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME \
+    MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA \
+    NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM \
+    PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI \
+    SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK \
+    TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI \
+    VN VU WF WS YE YT ZA ZM ZW";
+
+/// Codes a rule may name besides [`ASSIGNED`]: Kosovo's user-assigned `XK`
+/// (used by the registries and the geolocation sources) and the registry
+/// blocks `EU` and `AP` that some sources give instead of a country.
+const ALSO_IN_RULES: [&str; 3] = ["XK", "EU", "AP"];
+
+/// Codes people write for a country whose ISO code differs.
+const MISTAKEN: [(&str, &str); 3] = [
+    ("UK", "GB (the United Kingdom)"),
+    ("EL", "GR (Greece)"),
+    ("KS", "XK (Kosovo)"),
+];
 
 /// Why a text is not a country code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +74,23 @@ impl Country {
             "" | "??" | "--" | "ZZ" | "zz" => Ok(None),
             _ => t.parse().map(Some),
         }
+    }
+
+    /// Whether a rule may name this code: an ISO 3166-1 code in use, or
+    /// one of the few registry codes the data sources give (`XK`, `EU`,
+    /// `AP`).
+    pub fn is_known(self) -> bool {
+        let s = self.as_str();
+        ALSO_IN_RULES.contains(&s) || ASSIGNED.as_bytes().chunks(3).any(|c| c[..2] == self.0)
+    }
+
+    /// For a code people write in place of another (`UK` for `GB`), the
+    /// right one, as a hint.
+    pub fn meant(self) -> Option<&'static str> {
+        MISTAKEN
+            .iter()
+            .find(|(m, _)| *m == self.as_str())
+            .map(|(_, h)| *h)
     }
 
     /// The 10-bit packed form used in the world database: 0 is "none",
@@ -119,6 +165,26 @@ mod tests {
         assert_eq!(Country::from_packed(0), None);
         assert_eq!(Country::from_packed(677), None);
         assert_eq!(Country::from_packed(1023), None);
+    }
+
+    #[test]
+    fn the_assigned_list_is_whole_and_the_usual_mistakes_have_hints() {
+        let n = (b'A'..=b'Z')
+            .flat_map(|a| (b'A'..=b'Z').map(move |b| [a, b]))
+            .filter_map(Country::from_bytes)
+            .filter(|c| c.is_known())
+            .count();
+        assert_eq!(n, 249 + ALSO_IN_RULES.len());
+        for ok in ["CN", "HK", "MO", "TW", "GB", "US", "XK", "AX", "ZW"] {
+            assert!(ok.parse::<Country>().expect(ok).is_known(), "{ok}");
+        }
+        for bad in ["UK", "XX", "EL", "AA", "ZZ"] {
+            assert!(!bad.parse::<Country>().expect(bad).is_known(), "{bad}");
+        }
+        assert_eq!(
+            "uk".parse::<Country>().map(Country::meant),
+            Ok(Some("GB (the United Kingdom)"))
+        );
     }
 
     #[test]

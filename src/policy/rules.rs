@@ -618,6 +618,15 @@ fn compile_rule(
                 .get_ref()
                 .parse()
                 .map_err(|e: crate::intel::country::CountryError| at(s.span(), e.to_string()))?;
+            if !country.is_known() {
+                let hint = country
+                    .meant()
+                    .map_or_else(String::new, |m| format!("; did you mean {m}?"));
+                return Err(at(
+                    s.span(),
+                    format!("'{country}' is not an ISO 3166-1 country code{hint}"),
+                ));
+            }
             let p = usize::from(country.packed());
             bits[p / 64] |= 1 << (p % 64);
             list.push(country);

@@ -417,6 +417,16 @@ fn malformed_rules_give_located_errors() {
             6,
             "moon",
         ),
+        (
+            "jurisdiction = { countries = ['RU', 'UK'] }\n",
+            6,
+            "did you mean gb",
+        ),
+        (
+            "jurisdiction = { countries = ['XX'] }\n",
+            6,
+            "not an iso 3166-1 country code",
+        ),
         ("cidr = ['203.0.113.1/24']\n", 6, "host bits"),
         ("cidr = ['nope']\n", 6, "not a cidr"),
         ("port = [70000]\n", 6, "port"),
