@@ -10,4 +10,5 @@ pub mod driver;
 pub mod engine;
 pub mod intel;
 pub mod policy;
+pub mod timefmt;
 pub mod wire;

@@ -218,8 +218,10 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
     );
     if v["rules_stale"].as_bool() == Some(true) {
         println!(
-            "WARNING: the rules bundle expired at {} (Unix): its rules stay in force until newer ones arrive",
+            "WARNING: the rules bundle expired at {}: its rules stay in force until newer ones arrive",
             v["rules_expires"]
+                .as_u64()
+                .map_or_else(|| "?".to_owned(), geowall::timefmt::rfc3339)
         );
     }
     println!(

@@ -224,13 +224,13 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
             match bundle::open(&b, &keys, installed_sequence, now_secs()) {
                 Ok(v) => {
                     println!(
-                        "ok: {} policy '{}' ({} rules, {} lists), sequence {}, expires {} (Unix), key {}, content sha256 {}",
+                        "ok: {} policy '{}' ({} rules, {} lists), sequence {}, expires {}, key {}, content sha256 {}",
                         path.display(),
                         v.policy.name,
                         v.policy.rules.len(),
                         v.policy.lists.len(),
                         v.sequence,
-                        v.expires,
+                        geowall::timefmt::rfc3339(v.expires),
                         v.key_id,
                         v.content_hash
                     );

@@ -80,8 +80,9 @@ struct CatalogFile {
 }
 
 /// An error in a catalog or rules file, located.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}:{col}: {message}{}", path.display(), hint.as_deref().map(|h| format!("\n  hint: {h}")).unwrap_or_default())]
+/// Shown as `path:line:col: message`, or `path: message` for an error about
+/// a whole file.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceError {
     /// The file.
     pub path: PathBuf,
@@ -131,6 +132,22 @@ impl SourceError {
         }
     }
 }
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.col)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SourceError {}
 
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -140,7 +140,7 @@ pub enum BundleError {
     #[error("bundle content is corrupt: {0}")]
     Corrupt(String),
     /// Past its expiry: a stale bundle replayed to freeze updates.
-    #[error("bundle expired at {expires} (now {now}); ask the list maintainer for a current one")]
+    #[error("bundle expired at {} (now {}); ask the list maintainer for a current one", crate::timefmt::rfc3339(*expires), crate::timefmt::rfc3339(*now))]
     Expired {
         /// Expiry (Unix seconds).
         expires: u64,

@@ -432,10 +432,12 @@ impl Policy {
     /// A shipped preset by name.
     pub fn preset(name: &str, catalog: &Catalog) -> Result<Self, SourceError> {
         let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
-            SourceError::file(Path::new(name), format!("no preset named '{name}'")).hint(format!(
-                "the presets are: {}",
-                PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
-            ))
+            SourceError::file(Path::new("--preset"), format!("no preset named '{name}'")).hint(
+                format!(
+                    "the presets are: {}",
+                    PRESETS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+                ),
+            )
         })?;
         let path = PathBuf::from(format!("rules/presets/{name}.toml"));
         Self::parse(&path, text, None, catalog)
