@@ -22,6 +22,17 @@ pub fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// Formats a time since the Unix epoch as RFC 3339 UTC with milliseconds
+/// (`2026-12-04T20:57:09.123Z`).
+pub fn rfc3339_millis(since_epoch: std::time::Duration) -> String {
+    let s = rfc3339(since_epoch.as_secs());
+    format!(
+        "{}.{:03}Z",
+        s.trim_end_matches('Z'),
+        since_epoch.subsec_millis()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +42,9 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_781_654_399), "2026-06-16T23:59:59Z");
+        assert_eq!(
+            rfc3339_millis(std::time::Duration::from_millis(951_782_400_042)),
+            "2000-02-29T00:00:00.042Z"
+        );
     }
 }

@@ -546,6 +546,17 @@ fn a_restart_with_an_older_bundle_keeps_the_newer_rules() {
         .is_err()
     );
     net.stop_geowall();
+    // The events carry their time; a restart appends to them.
+    let first = net.events();
+    assert!(!first.is_empty());
+    for e in &first {
+        assert!(
+            e["time"]
+                .as_str()
+                .is_some_and(|t| t.len() == 24 && t.ends_with('Z')),
+            "{e}"
+        );
+    }
     let a10 = args(&b10);
     net.start_geowall(&world, &a10.iter().map(String::as_str).collect::<Vec<_>>());
     let before = net.count(addr::US2, 17, 7000);
@@ -575,6 +586,9 @@ fn a_restart_with_an_older_bundle_keeps_the_newer_rules() {
         err.contains("WARNING") && err.contains("rollback") && err.contains("sequence 11"),
         "{err}"
     );
+    let all = net.events();
+    assert!(all.len() > first.len(), "the first run's events are kept");
+    assert_eq!(all[..first.len()], first[..]);
 }
 
 /// A bundle that expires while geowall runs: its rules stay in force (the

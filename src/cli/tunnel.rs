@@ -73,8 +73,8 @@ pub(crate) struct EngineArgs {
     /// lookups reveal are added).
     #[arg(long = "nat64-prefix", value_name = "CIDR")]
     nat64_prefixes: Vec<ipnet::Ipv6Net>,
-    /// Write decisions as JSON lines to FILE (`-`: standard output, as a
-    /// readable coloured log when it is a terminal).
+    /// Append decisions as JSON lines, each with its time, to FILE (`-`:
+    /// standard output, as a readable coloured log when it is a terminal).
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
     /// Flows at most; more are refused and counted. Each relayed flow holds
@@ -155,9 +155,14 @@ impl EngineArgs {
         let sink: Option<Box<dyn Write + Send>> = match &self.events {
             None => None,
             Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
+            // Appended to: a restart (a reboot under the unit) keeps the
+            // history.
             Some(p) => Some(Box::new(
-                std::fs::File::create(p)
-                    .with_context(|| format!("cannot create {}", p.display()))?,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("cannot open {} for the events", p.display()))?,
             )),
         };
         let readable = self.events.as_ref().is_some_and(|p| p.as_os_str() == "-")
@@ -199,6 +204,8 @@ pub(crate) fn serve(
         note,
         ..
     } = p;
+    // Event lines that could not be written (a full disk, a closed pipe).
+    let unwritten = std::cell::Cell::new(0u64);
     // The resolver's sockets were protected when it was built.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -218,13 +225,22 @@ pub(crate) fn serve(
                 t.add(e);
             }
             if let Some(w) = sink.as_mut() {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
                 let line = if readable {
-                    readable_line(e)
+                    format!("{} {}", clock(now), readable_line(e))
                 } else {
-                    serde_json::to_string(e).unwrap_or_default()
+                    timed_json(e, now)
                 };
-                let _ = writeln!(w, "{line}");
-                let _ = w.flush();
+                if let Err(err) = writeln!(w, "{line}").and_then(|()| w.flush()) {
+                    if unwritten.get() == 0 {
+                        eprintln!(
+                            "geowall: WARNING: cannot write the events ({err}); later failures are counted"
+                        );
+                    }
+                    unwritten.set(unwritten.get() + 1);
+                }
             }
         };
         driver::run(
@@ -238,6 +254,12 @@ pub(crate) fn serve(
         )
         .await
     })?;
+    if unwritten.get() > 0 {
+        eprintln!(
+            "geowall: WARNING: {} events could not be written",
+            unwritten.get()
+        );
+    }
     Ok(summary)
 }
 
@@ -285,6 +307,28 @@ pub(crate) fn control(
 
 /// A decision as a coloured line for a terminal: blocks red, openings
 /// green, the rest plain.
+/// An event as a JSON line, with the wall-clock `time` it was written
+/// (RFC 3339, milliseconds) first.
+fn timed_json(e: &Event, now: std::time::Duration) -> String {
+    let mut line = format!("{{\"time\":\"{}\",", geowall::timefmt::rfc3339_millis(now));
+    let body = serde_json::to_string(e).unwrap_or_default();
+    // The event is a JSON object: its fields follow the time.
+    match body.strip_prefix('{') {
+        Some(rest) if rest != "}" => line.push_str(rest),
+        _ => {
+            line.pop();
+            line.push('}');
+        }
+    }
+    line
+}
+
+/// The time of day, UTC, for the readable log.
+fn clock(now: std::time::Duration) -> String {
+    let t = geowall::timefmt::rfc3339_millis(now);
+    t.get(11..23).map_or(t.clone(), str::to_owned)
+}
+
 pub(crate) fn readable_line(e: &Event) -> String {
     let colour = match (e.action, e.kind) {
         (Decision::Block, _) => "\x1b[31m",
