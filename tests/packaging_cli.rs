@@ -67,3 +67,46 @@ fn the_systemd_unit_fails_closed_with_real_commands() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("--preset") && help.contains("--events"));
 }
+
+/// Every command that needs root says so the same way, as an unprivileged
+/// user: the command, why, how to run it, exit status 1 (as root, the
+/// commands run through `setpriv` as `nobody`; nothing is started).
+#[test]
+fn commands_that_need_root_refuse_alike_with_status_1() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = nix::unistd::geteuid().is_root();
+    // A copy `nobody` can run wherever the checkout lives.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("geowall");
+    if root {
+        std::fs::copy(env!("CARGO_BIN_EXE_geowall"), &bin).expect("copy");
+        for (p, mode) in [(dir.path(), 0o755), (bin.as_path(), 0o755)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+    }
+    for args in [
+        &["run"][..],
+        &["exec", "--", "true"],
+        &["tunnel"],
+        &["demo"],
+        &["down"],
+    ] {
+        let mut c = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+            c.arg(&bin);
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_geowall"))
+        };
+        let out = c.args(args).output().expect("geowall runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        let cmd = args[0];
+        assert!(
+            err.contains(&format!("geowall {cmd} needs root ("))
+                && err.contains(&format!("sudo geowall {cmd}")),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -99,12 +99,10 @@ struct Step {
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
-    if !super::is_root() {
-        eprintln!(
-            "geowall demo needs root: it builds network namespaces and a TUN device of its own (nothing on your network is touched). Run: sudo geowall demo"
-        );
-        return Ok(ExitCode::from(2));
-    }
+    super::need_root(
+        "demo",
+        "it builds network namespaces and a TUN device of its own; nothing on your network is touched",
+    )?;
     let id = std::process::id();
     let names = [
         format!("gwdemo{id}a"),

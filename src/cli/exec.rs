@@ -52,11 +52,7 @@ fn invoking_user() -> Option<(String, String)> {
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
-    if !super::is_root() {
-        anyhow::bail!(
-            "geowall exec needs root (it creates a network namespace and a TUN device); run it with sudo"
-        );
-    }
+    super::need_root("exec", "it creates a network namespace and a TUN device")?;
     let mut prepared = a.engine.prepare(&Protection::default())?;
     // Every flow in the namespace is the program's.
     let app = a.command[0].to_string_lossy().into_owned();

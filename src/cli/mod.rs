@@ -119,6 +119,17 @@ pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// The one refusal for commands that need root: what the command does that
+/// needs it, and how to run it. An error (exit status 1) like any other.
+pub(crate) fn need_root(command: &str, why: &str) -> anyhow::Result<()> {
+    if is_root() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "geowall {command} needs root ({why}); run it with sudo: sudo geowall {command} ..."
+    )
+}
+
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

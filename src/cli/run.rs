@@ -161,11 +161,7 @@ fn down_quiet() -> bool {
 const STATE_DIR: &str = "/var/lib/geowall";
 
 pub(crate) fn run(mut a: Args) -> anyhow::Result<ExitCode> {
-    if !super::is_root() {
-        anyhow::bail!(
-            "geowall run needs root (it routes the whole host through geowall); run it with sudo"
-        );
-    }
+    super::need_root("run", "it routes the whole host through geowall")?;
     a.engine.rules.default_state_dir(STATE_DIR);
     let protection = Protection {
         fwmark: Some(FWMARK),
@@ -244,9 +240,7 @@ pub(crate) struct DownArgs {
 }
 
 pub(crate) fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
-    if !super::is_root() {
-        anyhow::bail!("geowall down needs root");
-    }
+    super::need_root("down", "it removes routes and restores the resolver")?;
     if a.after_stop {
         let result = std::env::var("SERVICE_RESULT").unwrap_or_default();
         if result != "success" {

@@ -363,6 +363,7 @@ pub(crate) fn summary_line(s: &Summary) -> String {
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    super::need_root("tunnel", "it creates a TUN device and sets routes")?;
     let protection = Protection {
         fwmark: a.fwmark,
         bind_device: a.bind_interface.clone(),
