@@ -133,6 +133,21 @@ fn synthetic_sd_rtn_with_a_cleartext_user_id_is_a_leak_and_blocked_by_clubhouse(
         s.contains("sd-rtn") && s.contains("BLOCK") && s.contains("user_id"),
         "{s}"
     );
+    // With the rule and the layer that decided, each layer in its column,
+    // and the counts.
+    let line = s
+        .lines()
+        .find(|l| l.contains("BLOCK"))
+        .expect("a BLOCK row");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[6], "CN", "the vendor column: {line}");
+    assert!(
+        line.contains("rule \"") && line.contains("vendor layer"),
+        "{line}"
+    );
+    let header = s.lines().next().expect("header");
+    let col = |name: &str| header.find(name).expect(name);
+    assert!(line.len() > col("VERDICT") && &line[col("VERDICT")..col("VERDICT") + 5] == "BLOCK");
 }
 
 #[test]

@@ -109,14 +109,18 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     if !a.json {
         writeln!(
             out,
-            "{:<5} {:<47} {:<8} {:<6} {:<34} {:<14} {:<7} LEAKS",
+            "{:<5} {:<8} {:<6} {:<6} {:<6} {:<6} {:<6} {:>13} {:>19} {:<7} {:<30} CLIENT -> SERVER, WHY, LEAKS",
             "PROTO",
-            "CLIENT -> SERVER",
             "PROTOCOL",
             "CLASS",
-            "SERVER NAME",
-            "JURISDICTION",
-            "VERDICT"
+            "GEO",
+            "NET",
+            "OWNER",
+            "VENDOR",
+            "PKTS UP/DOWN",
+            "BYTES UP/DOWN",
+            "VERDICT",
+            "SERVER NAME"
         )?;
     }
     for f in insp.flows() {
@@ -127,26 +131,39 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             serde_json::to_writer(&mut out, &r.json)?;
             writeln!(out)?;
         } else {
-            writeln!(
-                out,
-                "{:<5} {:<47} {:<8} {:<6} {:<34} {:<14} {:<7} {}",
+            // The columns of fixed width first; addresses (IPv6 ones are
+            // long), the reason and the leaks after them.
+            let mut line = format!(
+                "{:<5} {:<8} {:<6} {:<6} {:<6} {:<6} {:<6} {:>13} {:>19} {:<7} {:<30} {} -> {}",
                 r.proto,
-                format!("{} -> {}", r.client, r.server),
                 r.protocol,
                 r.class,
-                r.server_name.as_deref().unwrap_or("-"),
-                if r.countries.is_empty() {
-                    "-".to_owned()
-                } else {
-                    r.countries.join(",")
-                },
+                r.layers[0],
+                r.layers[1],
+                r.layers[2],
+                r.layers[3],
+                format!("{}/{}", r.packets.0, r.packets.1),
+                format!("{}/{}", r.bytes.0, r.bytes.1),
                 if r.blocked { "BLOCK" } else { "allow" },
-                r.leaks
+                r.server_name.as_deref().unwrap_or("-"),
+                r.client,
+                r.server,
+            );
+            if let Some(rule) = &r.rule {
+                line.push_str(&format!("  rule \"{rule}\""));
+                if let Some(why) = &r.why {
+                    line.push_str(&format!(" ({why})"));
+                }
+            }
+            if !r.leaks.is_empty() {
+                let leaks: Vec<String> = r
+                    .leaks
                     .iter()
                     .map(|l| format!("{} ({})", l.0, l.1))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )?;
+                    .collect();
+                line.push_str(&format!("  leaks: {}", leaks.join(", ")));
+            }
+            writeln!(out, "{line}")?;
         }
         if a.html.is_some() {
             rows.push(r);
@@ -253,6 +270,11 @@ pub(crate) struct Row {
     pub(crate) countries: Vec<String>,
     /// Where the server is (each geolocation source).
     pub(crate) geo: Vec<String>,
+    /// Each layer's countries (geo, network, owner, vendor), `-` for none.
+    pub(crate) layers: [String; 4],
+    /// Packets and bytes, client to server and back.
+    pub(crate) packets: (u64, u64),
+    pub(crate) bytes: (u64, u64),
     pub(crate) blocked: bool,
     pub(crate) rule: Option<String>,
     /// The layer and country that made the deciding rule match.
@@ -282,6 +304,19 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
             }
         }
     }
+    let layers = geowall::intel::Layer::ALL.map(|l| {
+        let cs: Vec<String> = j
+            .countries(l)
+            .into_iter()
+            .flatten()
+            .map(|c| c.to_string())
+            .collect();
+        if cs.is_empty() {
+            "-".to_owned()
+        } else {
+            cs.join(",")
+        }
+    });
     let geo = j
         .countries(geowall::intel::Layer::Geo)
         .into_iter()
@@ -316,6 +351,9 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
         server_name: f.core.sniffer.server_name.clone(),
         countries,
         geo,
+        layers,
+        packets: (f.packets_up, f.packets_down),
+        bytes: (f.bytes_up, f.bytes_down),
         blocked: v.is_block(),
         rule: v.rule.map(|(_, r)| r.name.clone()),
         why: v
