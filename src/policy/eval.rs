@@ -179,6 +179,7 @@ impl Rule {
         c.jurisdiction.is_some()
             || c.asn.is_some()
             || c.cidr.is_some()
+            || c.local.is_some()
             || c.list.as_ref().is_some_and(|ls| {
                 ls.iter()
                     .filter_map(|&i| lists.get(i))
@@ -259,6 +260,9 @@ impl Rule {
         };
         if let Some(set) = &c.cidr {
             need(in_set(&|ip| set.contains(ip)), "cidr")?;
+        }
+        if let Some(l) = c.local {
+            need(f.dst.is_some_and(is_local) == l, "local")?;
         }
         if let Some(asns) = &c.asn {
             need(
@@ -561,5 +565,31 @@ impl PolicyHandle {
     /// How many times the policy was replaced.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// Whether an address is on the device or its local network, not the
+/// internet: loopback, private (RFC 1918, IPv6 unique local), link-local,
+/// multicast and the IPv4 broadcast address; an IPv4-mapped IPv6 address by
+/// its IPv4 address. The `local` rule condition.
+pub fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_local(IpAddr::V4(v4));
+            }
+            let s = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_multicast()
+                || (s & 0xfe00) == 0xfc00
+                || (s & 0xffc0) == 0xfe80
+        }
     }
 }

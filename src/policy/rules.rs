@@ -21,7 +21,9 @@
 //! values in one list are alternatives): `jurisdiction`, `asn`, `cidr`,
 //! `domain`, `vendor`, `port` (numbers or `"a-b"` ranges), `protocol`
 //! (`tcp`, `udp`, `icmp`), `traffic` (`dns`, `web`, `media`, `ping`,
-//! `other`), `encrypted`, `leak`, `app`, `list`. A condition on a fact that
+//! `other`), `encrypted`, `leak`, `local` (the server is on the device or
+//! the local network: loopback, private, link-local, multicast), `app`,
+//! `list`. A condition on a fact that
 //! is not known yet (no server name, traffic not classified) does not
 //! match.
 
@@ -241,6 +243,8 @@ struct RawRule {
     #[serde(default)]
     leak: Option<bool>,
     #[serde(default)]
+    local: Option<bool>,
+    #[serde(default)]
     app: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     list: Option<Spanned<Vec<Spanned<String>>>>,
@@ -361,6 +365,8 @@ pub struct Conditions {
     pub(crate) traffic: Option<u8>,
     pub(crate) encrypted: Option<bool>,
     pub(crate) leak: Option<bool>,
+    /// The server is on the device or the local network ([`super::eval::is_local`]).
+    pub(crate) local: Option<bool>,
     pub(crate) app: Option<Vec<String>>,
     pub(crate) list: Option<Vec<usize>>,
 }
@@ -765,6 +771,7 @@ fn compile_rule(
     }
     c.encrypted = r.encrypted;
     c.leak = r.leak;
+    c.local = r.local;
     if let Some(v) = r.app {
         nonempty(&v, "app", path, text)?;
         c.app = Some(v.into_inner());

@@ -752,3 +752,60 @@ fn nat64_prefixes_and_cidr_rules_see_the_embedded_address() {
             .is_block()
     );
 }
+
+/// An allow-list policy can let the LAN and the device itself through with
+/// `local = true`, and nothing else: private, link-local, loopback,
+/// multicast and IPv6 unique-local addresses are local; a public address,
+/// a documentation one and NAT64 to a private IPv4 address are not.
+#[test]
+fn an_allow_list_lets_the_local_network_through_with_local() {
+    let intel = fixture_intel();
+    let p = parse(
+        "name='allow-list'\ndefault='block'\n[[rule]]\nname='the LAN'\naction='allow'\nlocal=true\n",
+    )
+    .expect("compiles");
+    let allowed = |s: &str| {
+        !p.evaluate(
+            &intel,
+            &Facts {
+                dst: ip(s),
+                ..Facts::default()
+            },
+        )
+        .is_block()
+    };
+    for lan in [
+        "192.168.1.1",
+        "10.0.0.8",
+        "172.16.5.4",
+        "169.254.1.1",
+        "127.0.0.1",
+        "224.0.0.251",
+        "255.255.255.255",
+        "::1",
+        "fe80::1",
+        "fd12:3456::1",
+        "ff02::fb",
+        "::ffff:192.168.1.1",
+    ] {
+        assert!(allowed(lan), "{lan}");
+    }
+    for far in [
+        "198.51.100.10",
+        "8.8.8.8",
+        "2001:db8:1::10",
+        "64:ff9b::c0a8:101",
+        "172.32.0.1",
+    ] {
+        assert!(!allowed(far), "{far}");
+    }
+    // The opposite: a rule for everything but the LAN.
+    let p = parse("name='t'\ndefault='allow'\n[[rule]]\nname='not local'\naction='block'\nlocal=false\nprotocol=['udp']\n").expect("compiles");
+    let f = |s: &str| Facts {
+        dst: ip(s),
+        transport: Some(Transport::Udp),
+        ..Facts::default()
+    };
+    assert!(p.evaluate(&intel, &f("198.51.100.10")).is_block());
+    assert!(!p.evaluate(&intel, &f("192.168.1.1")).is_block());
+}
