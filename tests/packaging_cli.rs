@@ -31,6 +31,31 @@ fn completions_and_man_page_cover_every_command() {
     }
     let bad = geowall(&["completions", "nosuchshell"]);
     assert!(!bad.status.success());
+    // Every page the manual refers to is one `geowall man --dir` writes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = geowall(&["man", "--dir", dir.path().to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pages: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("pages")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        pages.contains(&"geowall-rules-check.1".to_owned()),
+        "{pages:?}"
+    );
+    let mut named = 0;
+    for part in man.split("geowall\\-").skip(1) {
+        let Some(end) = part.find("(1)") else {
+            continue;
+        };
+        let page = format!("geowall-{}.1", part[..end].replace("\\-", "-"));
+        assert!(
+            pages.contains(&page),
+            "{page} is named but not written: {pages:?}"
+        );
+        named += 1;
+    }
+    assert!(named >= 10, "the manual names its subcommands' pages");
 }
 
 #[test]

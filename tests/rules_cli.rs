@@ -343,3 +343,45 @@ fn rollback_protection_survives_a_restart() {
     // Without the state directory the older bundle would have been taken.
     assert_eq!(audit(&open, false).0, "allow");
 }
+
+/// A user with the binary alone can see what the presets are and read
+/// their files: `rules list` names each preset and its rules in order,
+/// `rules show` prints the very file the preset is compiled from (it
+/// checks clean), and `rules explain` points at `rules show`, not at a
+/// source path.
+#[test]
+fn the_presets_can_be_listed_and_read_without_the_source() {
+    let o = geowall(&["rules", "list"]);
+    assert!(o.status.success());
+    let s = String::from_utf8_lossy(&o.stdout);
+    for preset in ["default", "clubhouse", "strict"] {
+        assert!(
+            s.contains(&format!("\n{preset}: ")) || s.starts_with(&format!("{preset}: ")),
+            "{s}"
+        );
+    }
+    assert!(
+        s.contains("2. block  no pings or media to PRC jurisdiction"),
+        "{s}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    for preset in ["default", "clubhouse", "strict"] {
+        let o = geowall(&["rules", "show", preset]);
+        assert!(o.status.success());
+        let shipped = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("rules/presets/{preset}.toml")),
+        )
+        .expect("preset file");
+        assert_eq!(o.stdout, shipped, "{preset}");
+        let copy = dir.path().join(format!("{preset}.toml"));
+        std::fs::write(&copy, &o.stdout).expect("write");
+        let c = geowall(&["rules", "check", copy.to_str().expect("utf8")]);
+        assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    }
+    let e = geowall(&["rules", "explain", "--preset", "strict", "198.51.100.10"]);
+    let s = String::from_utf8_lossy(&e.stdout);
+    assert!(
+        s.contains("geowall rules show strict") && !s.contains("rules/presets"),
+        "{s}"
+    );
+}

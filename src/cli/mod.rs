@@ -67,10 +67,17 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff), e.g. `geowall man > geowall.1`.
-    Man,
-    /// Re-read the rules of a running geowall; open flows go on, new ones
-    /// are judged by the new rules. A rejected file keeps the running rules.
+    /// Print the manual page (roff), e.g. `geowall man > geowall.1`; with
+    /// `--dir`, write it and a page for every subcommand (geowall-run.1,
+    /// geowall-rules-check.1, ...) there.
+    Man {
+        /// Write geowall.1 and every subcommand's page into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Re-read the rules of a running geowall; every open flow is judged
+    /// again and those the new rules block are cut. A rejected file keeps
+    /// the running rules.
     Reload(control::Args),
 }
 
@@ -153,12 +160,20 @@ pub(crate) fn main() -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
+        Command::Man { dir } => {
             use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map(|()| ExitCode::SUCCESS)
-                .map_err(anyhow::Error::from)
+            match dir {
+                None => clap_mangen::Man::new(Cli::command().disable_help_subcommand(true))
+                    .render(&mut std::io::stdout())
+                    .map(|()| ExitCode::SUCCESS)
+                    .map_err(anyhow::Error::from),
+                Some(d) => std::fs::create_dir_all(&d)
+                    .and_then(|()| clap_mangen::generate_to(Cli::command(), &d))
+                    .map(|()| ExitCode::SUCCESS)
+                    .map_err(|e| {
+                        anyhow::anyhow!("cannot write the manual pages to {}: {e}", d.display())
+                    }),
+            }
         }
         Command::Reload(a) => control::run_reload(a),
     };

@@ -9,6 +9,7 @@ use anyhow::Context;
 use geowall::intel::catalog::{Catalog, SourceError};
 use geowall::intel::jurisdiction::{Intel, Jurisdiction, Layer};
 use geowall::intel::world::GEO_SOURCE_NAMES;
+use geowall::policy::rules::PRESETS;
 use geowall::policy::{Facts, Policy, Traffic, Transport, bundle};
 
 /// `geowall rules` subcommands.
@@ -21,6 +22,15 @@ pub(crate) enum Command {
         /// [[vendor]] or [[operator]] tables are checked as catalogs).
         #[arg(required = true, value_name = "FILE|DIR")]
         paths: Vec<PathBuf>,
+    },
+    /// List the shipped presets: what each is for and its rules in order.
+    List,
+    /// Print a shipped preset's policy file (commented TOML: a starting
+    /// point for your own, and the rule syntax by example).
+    Show {
+        /// The preset.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(PRESETS.map(|p| p.0)))]
+        preset: String,
     },
     /// Explain the verdict for a destination: each jurisdiction layer with
     /// its evidence, each rule's outcome, and the verdict.
@@ -144,6 +154,16 @@ fn parse_traffic(s: &str) -> Result<Traffic, String> {
 pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
     match c {
         Command::Check { paths } => check(&paths),
+        Command::List => list(),
+        Command::Show { preset } => {
+            let text = PRESETS
+                .iter()
+                .find(|(n, _)| *n == preset)
+                .map(|p| p.1)
+                .context("no such preset")?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Explain(a) => explain(a),
         Command::Build {
             dir,
@@ -301,6 +321,29 @@ fn toml_files_below(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `geowall rules list`.
+fn list() -> anyhow::Result<ExitCode> {
+    let catalog = Catalog::shipped()?;
+    for (name, text) in PRESETS {
+        let p = Policy::preset(name, &catalog)?;
+        // The file's first comment paragraph says what the preset is for.
+        let about = text
+            .lines()
+            .map_while(|l| l.strip_prefix('#').map(str::trim))
+            .take_while(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let prefix = format!("geowall preset \"{name}\": ");
+        println!("{name}: {}", about.strip_prefix(&prefix).unwrap_or(&about));
+        println!("  default: {}", p.default.name());
+        for (i, r) in p.rules.iter().enumerate() {
+            println!("  {:>2}. {:<6} {}", i + 1, r.action.name(), r.name);
+        }
+    }
+    println!("(`geowall rules show NAME` prints a preset's file)");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut files = Vec::new();
     for p in paths {
@@ -434,7 +477,17 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             }
             (None, None) => {}
         }
-        println!("policy: {} ({})", policy.name, policy.source.display());
+        match policy
+            .source
+            .to_str()
+            .and_then(|s| s.strip_prefix("preset:"))
+        {
+            Some(p) => println!(
+                "policy: {} (the shipped preset; `geowall rules show {p}` prints it)",
+                policy.name
+            ),
+            None => println!("policy: {} ({})", policy.name, policy.source.display()),
+        }
         print_layers(&j);
         println!("rules:");
         for t in &trace {

@@ -445,7 +445,8 @@ impl Policy {
                 ),
             )
         })?;
-        let path = PathBuf::from(format!("rules/presets/{name}.toml"));
+        // Named as a binary-only user can find it: `geowall rules show`.
+        let path = PathBuf::from(format!("preset:{name}"));
         Self::parse(&path, text, None, catalog)
     }
 
