@@ -12,7 +12,7 @@ fn the_demo_blocks_what_clubhouse_promised_and_cleans_up() {
         .expect("geowall demo runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(1) && stderr.contains("needs root") {
+    if out.status.code() == Some(2) && stderr.contains("needs root") {
         eprintln!("demo_cli: skipped (not root)");
         return;
     }

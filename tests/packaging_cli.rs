@@ -30,7 +30,8 @@ fn completions_and_man_page_cover_every_command() {
         assert!(man.contains(cmd), "the man page lacks {cmd}");
     }
     let bad = geowall(&["completions", "nosuchshell"]);
-    assert!(!bad.status.success());
+    assert_eq!(bad.status.code(), Some(1), "bad input");
+    assert_eq!(geowall(&["--help"]).status.code(), Some(0));
     // Every page the manual refers to is one `geowall man --dir` writes.
     let dir = tempfile::tempdir().expect("tempdir");
     let o = geowall(&["man", "--dir", dir.path().to_str().expect("utf8")]);
@@ -94,10 +95,10 @@ fn the_systemd_unit_fails_closed_with_real_commands() {
 }
 
 /// Every command that needs root says so the same way, as an unprivileged
-/// user: the command, why, how to run it, exit status 1 (as root, the
+/// user: the command, why, how to run it, exit status 2 (as root, the
 /// commands run through `setpriv` as `nobody`; nothing is started).
 #[test]
-fn commands_that_need_root_refuse_alike_with_status_1() {
+fn commands_that_need_root_refuse_alike_with_status_2() {
     use std::os::unix::fs::PermissionsExt;
     let root = nix::unistd::geteuid().is_root();
     // A copy `nobody` can run wherever the checkout lives.
@@ -126,7 +127,7 @@ fn commands_that_need_root_refuse_alike_with_status_1() {
         };
         let out = c.args(args).output().expect("geowall runs");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         let cmd = args[0];
         assert!(
             err.contains(&format!("geowall {cmd} needs root ("))

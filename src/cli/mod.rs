@@ -127,18 +127,36 @@ pub(crate) fn is_root() -> bool {
 }
 
 /// The one refusal for commands that need root: what the command does that
-/// needs it, and how to run it. An error (exit status 1) like any other.
+/// needs it, and how to run it (exit status 2).
 pub(crate) fn need_root(command: &str, why: &str) -> anyhow::Result<()> {
     if is_root() {
         return Ok(());
     }
-    anyhow::bail!(
+    Err(NeedRoot(format!(
         "geowall {command} needs root ({why}); run it with sudo: sudo geowall {command} ..."
-    )
+    ))
+    .into())
 }
 
+/// A command that needs root, run without it: exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct NeedRoot(String);
+
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A command line that cannot be read is bad input: status 1, like any
+    // other (clap's own choice would be 2, which here means "needs root").
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let result = match cli.command {
         Command::Lookup(a) => lookup::run(a),
         Command::World(c) => world::run(c),
@@ -181,7 +199,11 @@ pub(crate) fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("geowall: {e:#}");
-            ExitCode::from(1)
+            if e.downcast_ref::<NeedRoot>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
