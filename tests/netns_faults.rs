@@ -264,8 +264,7 @@ fn a_slow_client_gets_everything_and_holds_up_no_one() {
 /// `geowall reload` to update).
 fn start_on_bundle(net: &mut Net, world: &Path, key: &bundle::SigningKey) -> PathBuf {
     let dir = net.dir.path().to_owned();
-    let pubkey = dir.join("key.pub");
-    std::fs::write(&pubkey, bundle::key_hex(key.verifying_key().as_bytes())).expect("key");
+    let pubkey = trusted_key(&dir, key);
     let live = dir.join("rules.gwb");
     std::fs::write(&live, signed_bundle(&dir, 10, POLICY, &[], key)).expect("bundle");
     net.start_geowall(
@@ -291,6 +290,21 @@ fn signed_bundle(
     key: &bundle::SigningKey,
 ) -> Vec<u8> {
     signed_bundle_for(dir, seq, policy, vendors, key, 3_600)
+}
+
+/// Writes `key`'s public half to `dir/key.pub`, the file `--pubkey` takes.
+fn trusted_key(dir: &Path, key: &bundle::SigningKey) -> PathBuf {
+    let pubkey = dir.join("key.pub");
+    std::fs::write(&pubkey, bundle::key_hex(key.verifying_key().as_bytes())).expect("key");
+    pubkey
+}
+
+/// [`POLICY`] with one more rule that blocks US2 by address.
+fn policy_blocking_us2() -> String {
+    format!(
+        "{POLICY}\n[[rule]]\nname = \"no US2\"\naction = \"block\"\ncidr = [\"{}/32\"]\n",
+        addr::US2
+    )
 }
 
 /// [`signed_bundle`] valid for `valid_s` seconds from now.
@@ -513,12 +527,8 @@ fn a_restart_with_an_older_bundle_keeps_the_newer_rules() {
     net.udp_server(sa(addr::US2, 7000), echo);
     let dir = net.dir.path().to_owned();
     let key = bundle::SigningKey::from_bytes(&[7; 32]);
-    let pubkey = dir.join("key.pub");
-    std::fs::write(&pubkey, bundle::key_hex(key.verifying_key().as_bytes())).expect("key");
-    let blocks_us2 = format!(
-        "{POLICY}\n[[rule]]\nname = \"no US2\"\naction = \"block\"\ncidr = [\"{}/32\"]\n",
-        addr::US2
-    );
+    let pubkey = trusted_key(&dir, &key);
+    let blocks_us2 = policy_blocking_us2();
     let b11 = dir.join("b11.gwb");
     std::fs::write(&b11, signed_bundle(&dir, 11, &blocks_us2, &[], &key)).expect("bundle");
     let b10 = dir.join("b10.gwb");
@@ -606,12 +616,8 @@ fn a_bundle_that_expires_while_running_stays_in_force_and_status_says_stale() {
     net.udp_server(sa(addr::US, 7000), echo);
     let dir = net.dir.path().to_owned();
     let key = bundle::SigningKey::from_bytes(&[9; 32]);
-    let pubkey = dir.join("key.pub");
-    std::fs::write(&pubkey, bundle::key_hex(key.verifying_key().as_bytes())).expect("key");
-    let blocks_us2 = format!(
-        "{POLICY}\n[[rule]]\nname = \"no US2\"\naction = \"block\"\ncidr = [\"{}/32\"]\n",
-        addr::US2
-    );
+    let pubkey = trusted_key(&dir, &key);
+    let blocks_us2 = policy_blocking_us2();
     let b = dir.join("short.gwb");
     std::fs::write(&b, signed_bundle_for(&dir, 3, &blocks_us2, &[], &key, 4)).expect("bundle");
     let state = dir.join("state");

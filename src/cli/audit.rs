@@ -52,14 +52,15 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let input = open_capture(&a.file)?;
     let mut cap = CaptureStream::new(input.reader);
     let mut insp = Inspector::new(a.max_flows, leak);
-    // Drawn only on a terminal, and only once the work has taken a second.
-    let bar = match input.size {
-        Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::hidden()),
-        None => ProgressBar::hidden(),
+    // Drawn only on a terminal, and only once the work has taken a second;
+    // a stream of unknown size gets a spinner with the counts.
+    let bar = ProgressBar::with_draw_target(input.size, ProgressDrawTarget::hidden());
+    let template = match input.size {
+        Some(_) => "{spinner} reading [{bar:30}] {bytes}/{total_bytes} {msg}",
+        None => "{spinner} reading {bytes} {msg}",
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} reading [{bar:30}] {bytes}/{total_bytes} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = std::time::Instant::now();
     let mut shown = false;
@@ -84,16 +85,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         if frames % 8192 == 0 {
             if !shown && started.elapsed() >= std::time::Duration::from_secs(1) {
                 shown = true;
-                if input.size.is_some() {
-                    bar.set_draw_target(ProgressDrawTarget::stderr());
-                } else {
-                    // A stream of unknown size: a spinner with the counts.
-                    bar.set_draw_target(ProgressDrawTarget::stderr());
-                    bar.set_style(
-                        ProgressStyle::with_template("{spinner} reading {bytes} {msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
-                }
+                bar.set_draw_target(ProgressDrawTarget::stderr());
             }
             bar.set_position(input.read.load(Ordering::Relaxed));
             bar.set_message(format!("{frames} packets, {} flows", insp.flows().len()));
