@@ -462,6 +462,102 @@ fn status_and_reload_work_against_a_running_instance() {
     net.stop_geowall();
 }
 
+/// Waits up to 5 s for an event that `pred` accepts; the events so far.
+fn wait_event(net: &Net, pred: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+    let t = std::time::Instant::now();
+    loop {
+        let ev = net.events();
+        if ev.iter().any(&pred) || t.elapsed() > Duration::from_secs(5) {
+            return ev;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A closed flow's event counts its packets and bytes each way (checked
+/// against what the app sent); `status` adds them up by destination; after
+/// logrotate moves the events file, SIGHUP makes geowall write a new one.
+#[test]
+fn closed_flows_carry_their_bytes_and_sighup_reopens_the_events() {
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.tcp_server(sa(addr::US, 7002), echo);
+    net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
+    let app = net.app.clone();
+    let request = vec![b'x'; 20_000];
+    in_ns(&app, || {
+        assert_eq!(
+            tcp_exchange(sa(addr::US, 7002), &request).expect("tcp"),
+            request
+        );
+    });
+    let closed = |e: &serde_json::Value| e["kind"] == "closed" && e["proto"] == "tcp";
+    let ev = wait_event(&net, closed);
+    let c = ev.iter().find(|e| closed(e)).expect("a closed TCP flow");
+    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+    // 20,000 bytes each way, plus the IP and TCP headers of every segment.
+    for (packets, bytes) in [("packets_up", "bytes_up"), ("packets_down", "bytes_down")] {
+        assert!(
+            n(bytes) >= 20_000 + 40 * n(packets) && n(bytes) < 20_000 + 80 * n(packets),
+            "{c}"
+        );
+    }
+    let out = support::geowall_cli(&net, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let row = v["bytes_by_destination"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["destination"] == addr::US))
+        .unwrap_or_else(|| panic!("the US server by bytes: {v}"));
+    assert_eq!(
+        (row["bytes_up"].as_u64(), row["bytes_down"].as_u64()),
+        (Some(n("bytes_up")), Some(n("bytes_down"))),
+        "{v}"
+    );
+    let out = support::geowall_cli(&net, &["status"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("bytes by destination"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // logrotate: the file moves, SIGHUP, the next events go to a new file.
+    let rotated = net.events.with_extension("1");
+    std::fs::rename(&net.events, &rotated).expect("rotate");
+    let pid = net.geowall_pid().expect("running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    std::thread::sleep(Duration::from_millis(300));
+    in_ns(&app, || {
+        assert_eq!(
+            tcp_exchange(sa(addr::US, 7002), b"again").expect("tcp after SIGHUP"),
+            b"again"
+        );
+    });
+    let ev = wait_event(&net, closed);
+    assert!(
+        ev.iter().any(closed),
+        "the new file has the new flow: {ev:?}"
+    );
+    assert!(
+        net.geowall_pid().is_some() && net.wait_geowall(Duration::from_millis(100)).is_none(),
+        "SIGHUP does not stop geowall"
+    );
+    let old = std::fs::read_to_string(&rotated).expect("rotated");
+    assert_eq!(
+        old.lines()
+            .filter(|l| l.contains("\"kind\":\"closed\""))
+            .count(),
+        1,
+        "{old}"
+    );
+    net.stop_geowall();
+}
+
 fn snapshot(ns: &str) -> String {
     let mut s = String::new();
     for args in [

@@ -92,6 +92,27 @@ fn the_systemd_unit_fails_closed_with_real_commands() {
     let help = geowall(&["run", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("--preset") && help.contains("--events"));
+    // The logrotate rules rotate the file the unit writes, and signal the
+    // unit's main process (which opens the file again on SIGHUP).
+    let events = unit
+        .split_whitespace()
+        .skip_while(|w| *w != "--events")
+        .nth(1)
+        .expect("the unit writes events");
+    let rotate = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dist/geowall.logrotate"
+    ))
+    .expect("logrotate rules");
+    assert!(
+        rotate.lines().any(|l| l.trim() == format!("{events} {{")),
+        "{rotate}"
+    );
+    assert!(rotate.contains("--signal=SIGHUP --kill-whom=main geowall.service"));
+    assert!(
+        unit.lines()
+            .any(|l| l == "ExecReload=/usr/local/bin/geowall reload")
+    );
 }
 
 /// Every command that needs root says so the same way, as an unprivileged

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use geowall::driver::Live;
+use geowall::engine::Volume;
 use geowall::engine::dataplane::{Decision, Event, EventKind};
 use geowall::policy::PolicyHandle;
 use serde_json::{Value, json};
@@ -29,13 +30,36 @@ pub(crate) struct Tally {
     by_class: HashMap<String, u64>,
     blocked_by_rule: HashMap<String, u64>,
     destinations: HashMap<String, u64>,
+    /// Packets and bytes of the closed flows, by app.
+    closed_by_app: HashMap<String, Volume>,
+    /// Packets and bytes of the closed flows, by destination.
+    closed_by_destination: HashMap<String, Volume>,
     bytes_events: u64,
+}
+
+/// The most apps, and destinations, a tally keeps (each).
+const TALLY_KEYS: usize = 4_096;
+
+/// Adds `v` to `key`'s entry in `map`, holding at most [`TALLY_KEYS`]
+/// keys (past it, new keys are added up under `(others)`).
+fn add_bounded(map: &mut HashMap<String, Volume>, key: String, v: &Volume) {
+    let key = if map.len() < TALLY_KEYS || map.contains_key(&key) {
+        key
+    } else {
+        "(others)".to_owned()
+    };
+    map.entry(key).or_default().add(v);
 }
 
 impl Tally {
     /// Counts one decision.
     pub(crate) fn add(&mut self, e: &Event) {
         self.bytes_events += 1;
+        if let Some(v) = &e.volume {
+            let app = e.app.clone().unwrap_or_else(|| "-".to_owned());
+            add_bounded(&mut self.closed_by_app, app, v);
+            add_bounded(&mut self.closed_by_destination, e.destination(), v);
+        }
         if e.kind == EventKind::Closed {
             return;
         }
@@ -68,10 +92,34 @@ pub(crate) struct State {
     pub(crate) expires: Arc<Mutex<Option<u64>>>,
 }
 
+/// How many apps and destinations `status` lists by bytes.
+const STATUS_TOP: usize = 10;
+
+/// The closed flows' volumes plus the open ones', the [`STATUS_TOP`]
+/// largest by bytes, as JSON rows named by `key`.
+fn by_bytes(key: &str, closed: &HashMap<String, Volume>, open: &[(String, Volume)]) -> Value {
+    let mut all = closed.clone();
+    for (k, v) in open {
+        all.entry(k.clone()).or_default().add(v);
+    }
+    let mut rows: Vec<(String, Volume)> = all.into_iter().collect();
+    rows.sort_by(|a, b| b.1.bytes().cmp(&a.1.bytes()).then_with(|| a.0.cmp(&b.0)));
+    rows.truncate(STATUS_TOP);
+    Value::Array(
+        rows.into_iter()
+            .map(|(k, v)| {
+                let mut row = serde_json::to_value(v).unwrap_or_default();
+                row[key] = Value::String(k);
+                row
+            })
+            .collect(),
+    )
+}
+
 fn status(s: &State) -> Value {
     let live = s.live.lock().map(|l| l.clone()).unwrap_or_default();
     let t = s.tally.lock();
-    let (layers, classes, rules, mut top) = match &t {
+    let (layers, classes, rules, mut top, apps, dests) = match &t {
         Ok(t) => (
             t.blocked_by_layer.clone(),
             t.by_class.clone(),
@@ -80,6 +128,12 @@ fn status(s: &State) -> Value {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect::<Vec<_>>(),
+            by_bytes("app", &t.closed_by_app, &live.open_by_app),
+            by_bytes(
+                "destination",
+                &t.closed_by_destination,
+                &live.open_by_destination,
+            ),
         ),
         Err(_) => Default::default(),
     };
@@ -115,6 +169,9 @@ fn status(s: &State) -> Value {
         "decisions_by_class": classes,
         "blocked_by_rule": rules,
         "top_destinations": top,
+        // Closed flows, plus the open ones as of the last second.
+        "bytes_by_app": apps,
+        "bytes_by_destination": dests,
     })
 }
 
@@ -245,9 +302,29 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(t) = v["top_destinations"].as_array().filter(|t| !t.is_empty()) {
-        println!("top destinations:");
+        println!("top destinations (flows):");
         for d in t {
             println!("  {:>6}  {}", d[1], d[0].as_str().unwrap_or("?"));
+        }
+    }
+    for (title, key, name) in [
+        ("bytes by app", "bytes_by_app", "app"),
+        (
+            "bytes by destination",
+            "bytes_by_destination",
+            "destination",
+        ),
+    ] {
+        if let Some(rows) = v[key].as_array().filter(|t| !t.is_empty()) {
+            println!("{title} (up / down):");
+            for r in rows {
+                println!(
+                    "  {:>10} / {:<10}  {}",
+                    human_bytes(r["bytes_up"].as_u64().unwrap_or(0)),
+                    human_bytes(r["bytes_down"].as_u64().unwrap_or(0)),
+                    r[name].as_str().unwrap_or("?")
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -257,4 +334,68 @@ pub(crate) fn run_reload(a: Args) -> anyhow::Result<ExitCode> {
     let v = ask(&a, "reload")?;
     println!("reloaded: policy {}", v["reloaded"].as_str().unwrap_or("?"));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `n` bytes for a person: `512 B`, `1.5 KiB`, `20.0 MiB`, `3.1 GiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_as_a_person_says_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(20 * 1024 * 1024), "20.0 MiB");
+        assert_eq!(human_bytes(3 << 40), "3.0 TiB");
+        assert_eq!(human_bytes(5000 << 40), "5000.0 TiB");
+    }
+
+    #[test]
+    fn status_adds_closed_and_open_flows_by_bytes() {
+        let mut closed = HashMap::new();
+        let v = |up, down| Volume {
+            packets_up: 1,
+            packets_down: 1,
+            bytes_up: up,
+            bytes_down: down,
+        };
+        add_bounded(&mut closed, "a.example".into(), &v(10, 20));
+        add_bounded(&mut closed, "b.example".into(), &v(1, 1));
+        let open = vec![
+            ("a.example".to_owned(), v(5, 5)),
+            ("c.example".to_owned(), v(100, 0)),
+        ];
+        let rows = by_bytes("destination", &closed, &open);
+        let names: Vec<&str> = rows
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["destination"].as_str().expect("name"))
+            .collect();
+        assert_eq!(names, ["c.example", "a.example", "b.example"]);
+        assert_eq!(rows[1]["bytes_up"], 15);
+        assert_eq!(rows[1]["packets_down"], 2);
+        // The tally's keys are bounded; the rest add up under one row.
+        let mut many = HashMap::new();
+        for i in 0..TALLY_KEYS + 5 {
+            add_bounded(&mut many, format!("{i}.example"), &v(1, 0));
+        }
+        assert_eq!(many.len(), TALLY_KEYS + 1);
+        assert_eq!(many["(others)"].bytes_up, 5);
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
@@ -99,7 +99,7 @@ pub(crate) struct Prepared {
     /// The running rules (replaced by a reload).
     pub(crate) policy: Arc<PolicyHandle>,
     resolver: driver::dns::Resolver,
-    sink: Option<Box<dyn Write + Send>>,
+    sink: Option<EventSink>,
     /// The policy's name.
     pub(crate) policy_name: String,
     /// The TUN's MTU.
@@ -152,18 +152,18 @@ impl EngineArgs {
             &run,
             protection,
         )?;
-        let sink: Option<Box<dyn Write + Send>> = match &self.events {
+        let sink = match &self.events {
             None => None,
-            Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
-            // Appended to: a restart (a reboot under the unit) keeps the
-            // history.
-            Some(p) => Some(Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .with_context(|| format!("cannot open {} for the events", p.display()))?,
-            )),
+            Some(p) if p.as_os_str() == "-" => Some(EventSink {
+                path: None,
+                w: Box::new(std::io::stdout()),
+                reopen: Arc::default(),
+            }),
+            Some(p) => Some(EventSink {
+                w: Box::new(append_to(p)?),
+                path: Some(p.clone()),
+                reopen: Arc::default(),
+            }),
         };
         let readable = self.events.as_ref().is_some_and(|p| p.as_os_str() == "-")
             && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -180,6 +180,45 @@ impl EngineArgs {
             note,
         })
     }
+}
+
+/// Where the events go: standard output, or a file appended to (a restart
+/// keeps the history) and opened again on SIGHUP (after logrotate moved
+/// it).
+pub(crate) struct EventSink {
+    /// The file, if not standard output.
+    path: Option<PathBuf>,
+    w: Box<dyn Write + Send>,
+    /// Set by SIGHUP: open the file again before the next line.
+    reopen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EventSink {
+    /// Writes one line (and flushes it), first opening the file again if a
+    /// SIGHUP asked for it. A file that cannot be opened again is said at
+    /// once; the lines go on to the file open until then.
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        if self.reopen.swap(false, std::sync::atomic::Ordering::AcqRel)
+            && let Some(p) = &self.path
+        {
+            match append_to(p) {
+                Ok(f) => self.w = Box::new(f),
+                Err(e) => eprintln!(
+                    "geowall: WARNING: {e:#}; the events go on to the file open until now"
+                ),
+            }
+        }
+        writeln!(self.w, "{line}").and_then(|()| self.w.flush())
+    }
+}
+
+/// Opens `p` to append events to, creating it.
+fn append_to(p: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .with_context(|| format!("cannot open {} for the events", p.display()))
 }
 
 /// What a status query reads: the engine's live numbers and the tally of
@@ -217,6 +256,19 @@ pub(crate) fn serve(
         if let Some(n) = &note {
             eprintln!("geowall: WARNING: {n}");
         }
+        if let Some(s) = &sink
+            && s.path.is_some()
+        {
+            // SIGHUP (logrotate's postrotate) opens the events file again.
+            let flag = Arc::clone(&s.reopen);
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot watch for SIGHUP: {e}")))?;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    flag.store(true, std::sync::atomic::Ordering::Release);
+                }
+            });
+        }
         let (live, tally) = control.unzip();
         let on_event = |e: &Event| {
             if let Some(t) = &tally
@@ -233,7 +285,7 @@ pub(crate) fn serve(
                 } else {
                     timed_json(e, now)
                 };
-                if let Err(err) = writeln!(w, "{line}").and_then(|()| w.flush()) {
+                if let Err(err) = w.write_line(&line) {
                     if unwritten.get() == 0 {
                         eprintln!(
                             "geowall: WARNING: cannot write the events ({err}); later failures are counted"

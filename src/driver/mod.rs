@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::engine::Volume;
 use crate::engine::dataplane::{Engine, EngineCounters, Event, FlowId, Output};
 pub use protect::{Protection, SocketProtector};
 pub use tun::{Tun, TunSpec};
@@ -65,6 +66,40 @@ pub struct Live {
     pub bytes_up: u64,
     /// Payload bytes relayed from servers.
     pub bytes_down: u64,
+    /// The open flows' packets and bytes by app (the platform's name for
+    /// it, or `-` when unknown), most bytes first, at most
+    /// [`OPEN_TOP`]; refreshed about every second.
+    pub open_by_app: Volumes,
+    /// The same by destination ([`crate::engine::FlowCore::destination`]).
+    pub open_by_destination: Volumes,
+}
+
+/// Packets and bytes by app or by destination, most bytes first.
+pub type Volumes = Vec<(String, Volume)>;
+
+/// How many apps and destinations [`Live`] keeps of the open flows.
+pub const OPEN_TOP: usize = 32;
+
+/// The open flows' volumes added up by app and by destination, the
+/// [`OPEN_TOP`] largest of each.
+fn open_volumes(engine: &Engine) -> (Volumes, Volumes) {
+    let mut apps: HashMap<&str, Volume> = HashMap::new();
+    let mut dests: HashMap<String, Volume> = HashMap::new();
+    for f in engine.open_flows() {
+        apps.entry(f.ctx.app.as_deref().unwrap_or("-"))
+            .or_default()
+            .add(&f.volume);
+        dests.entry(f.destination()).or_default().add(&f.volume);
+    }
+    let top = |mut v: Volumes| {
+        v.sort_by(|a, b| b.1.bytes().cmp(&a.1.bytes()).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(OPEN_TOP);
+        v
+    };
+    (
+        top(apps.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+        top(dests.into_iter().collect()),
+    )
 }
 
 /// What a finished run reports.
@@ -129,6 +164,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Summary> {
     let mut published = Instant::now();
+    let mut volumes_published = Instant::now();
     let start = Instant::now();
     let now = || u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let (report_tx, mut reports) = mpsc::unbounded_channel::<(FlowId, Up)>();
@@ -255,7 +291,11 @@ pub async fn run(
         if published.elapsed() >= Duration::from_millis(100) {
             published = Instant::now();
             if let Some(l) = &live {
-                publish(l, &engine, &summary);
+                let volumes = volumes_published.elapsed() >= Duration::from_secs(1);
+                if volumes {
+                    volumes_published = published;
+                }
+                publish(l, &engine, &summary, volumes);
             }
         }
         // Server bytes that waited for the app's window.
@@ -273,13 +313,19 @@ pub async fn run(
     summary.counters = engine.counters.clone();
     if let Some(l) = &live {
         // The final numbers, for whoever reads them after the stop.
-        publish(l, &engine, &summary);
+        publish(l, &engine, &summary, true);
     }
     Ok(summary)
 }
 
-fn publish(live: &std::sync::Mutex<Live>, engine: &Engine, summary: &Summary) {
+/// Refreshes `live` (and, with `volumes`, the open flows' volumes).
+fn publish(live: &std::sync::Mutex<Live>, engine: &Engine, summary: &Summary, volumes: bool) {
+    let v = volumes.then(|| open_volumes(engine));
     if let Ok(mut l) = live.lock() {
+        if let Some((apps, dests)) = v {
+            l.open_by_app = apps;
+            l.open_by_destination = dests;
+        }
         l.flows = engine.flow_count();
         l.counters.clone_from(&engine.counters);
         l.dns_cached = engine.dns_cache.len();

@@ -337,6 +337,14 @@ impl Engine {
         self.out.pop_front()
     }
 
+    /// The open flows (UDP, echo and TCP), in no particular order.
+    pub fn open_flows(&self) -> impl Iterator<Item = &FlowCore> {
+        self.flows
+            .values()
+            .map(|f| &f.core)
+            .chain(self.tcp.values().map(|f| &f.core))
+    }
+
     /// Flows in the table (UDP, echo and TCP).
     pub fn flow_count(&self) -> usize {
         self.flows.len() + self.tcp.len()

@@ -5,9 +5,9 @@
 
 use serde::Serialize;
 
-use super::FlowCore;
 use super::dataplane::FlowId;
 use super::frag::FragDrop;
+use super::{FlowCore, Volume};
 use crate::classify::{Encryption, Protocol, Traffic};
 use crate::policy::{Action, Verdict};
 use crate::wire::packet::Drop;
@@ -204,9 +204,33 @@ pub struct Event {
     /// More about a DNS decision (the addresses removed from an answer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// On `closed` and `cut`: the flow's IP packets and bytes each way
+    /// (`packets_up`, `packets_down`, `bytes_up`, `bytes_down`, as the
+    /// app's side saw them).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Volume>,
+}
+
+/// What a person calls a server: the name the flow reached it by, else the
+/// first name its address was learned with, else the address.
+pub(crate) fn destination(server_name: Option<&str>, names: &[String], address: &str) -> String {
+    server_name
+        .or(names.first().map(String::as_str))
+        .unwrap_or(address)
+        .to_owned()
 }
 
 impl Event {
+    /// What a person calls the event's server (see
+    /// [`FlowCore::destination`]): for DNS events, the queried name.
+    pub fn destination(&self) -> String {
+        let address = self
+            .server
+            .parse::<std::net::SocketAddr>()
+            .map_or_else(|_| self.server.clone(), |a| a.ip().to_string());
+        destination(self.server_name.as_deref(), &self.names, &address)
+    }
+
     /// The event about flow `id`, with the verdict that decided it (none:
     /// an allow without a rule, or a close). Echo flows show the server's
     /// address without a port.
@@ -241,6 +265,7 @@ impl Event {
             names: f.ctx.names.clone(),
             app: f.ctx.app.clone(),
             detail: None,
+            volume: matches!(kind, EventKind::Closed | EventKind::Cut).then_some(f.volume),
         }
     }
 
@@ -270,6 +295,7 @@ impl Event {
             names,
             app: None,
             detail,
+            volume: None,
         }
     }
 }
@@ -295,6 +321,15 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&e).expect("json"),
             r#"{"kind":"opened","flow":7,"proto":"udp","client":"192.0.2.200:40000","server":"198.51.100.7:5000","class":"other","protocol":"unknown","server_name":null,"encrypted":"unknown","action":"allow","rule":null,"layer":null,"leaks":[],"names":["edge.example"],"app":"/usr/bin/app"}"#
+        );
+        let mut core = core;
+        core.volume.up(60);
+        core.volume.up(1500);
+        core.volume.down(80);
+        let c = Event::of_flow(EventKind::Closed, 7, FlowProto::Udp, &core, None);
+        assert_eq!(
+            serde_json::to_string(&c).expect("json"),
+            r#"{"kind":"closed","flow":7,"proto":"udp","client":"192.0.2.200:40000","server":"198.51.100.7:5000","class":"other","protocol":"unknown","server_name":null,"encrypted":"unknown","action":"allow","rule":null,"layer":null,"leaks":[],"names":["edge.example"],"app":"/usr/bin/app","packets_up":2,"packets_down":1,"bytes_up":1560,"bytes_down":80}"#
         );
         let d = Event::dns(
             EventKind::DnsFiltered,

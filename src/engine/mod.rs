@@ -42,9 +42,62 @@ pub struct FlowCore {
     pub ctx: FlowCtx,
     /// Last packet, ns.
     pub last_ns: u64,
+    /// IP packets and bytes each way, as seen on the app's side.
+    pub volume: Volume,
+}
+
+/// IP packets and bytes of one flow (or many), each way, as the app's
+/// side sees them: what it sent (`up`) and what it was given (`down`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Volume {
+    /// Packets from the app.
+    pub packets_up: u64,
+    /// Packets to the app.
+    pub packets_down: u64,
+    /// IP bytes from the app.
+    pub bytes_up: u64,
+    /// IP bytes to the app.
+    pub bytes_down: u64,
+}
+
+impl Volume {
+    /// Counts one packet of `len` bytes from the app.
+    pub fn up(&mut self, len: usize) {
+        self.packets_up += 1;
+        self.bytes_up += len as u64;
+    }
+
+    /// Counts one packet of `len` bytes to the app.
+    pub fn down(&mut self, len: usize) {
+        self.packets_down += 1;
+        self.bytes_down += len as u64;
+    }
+
+    /// Adds another flow's counts.
+    pub fn add(&mut self, o: &Volume) {
+        self.packets_up += o.packets_up;
+        self.packets_down += o.packets_down;
+        self.bytes_up += o.bytes_up;
+        self.bytes_down += o.bytes_down;
+    }
+
+    /// Bytes both ways.
+    pub fn bytes(&self) -> u64 {
+        self.bytes_up + self.bytes_down
+    }
 }
 
 impl FlowCore {
+    /// What a person calls the server: the name it was reached by, else
+    /// its address.
+    pub fn destination(&self) -> String {
+        events::destination(
+            self.sniffer.server_name.as_deref(),
+            &self.ctx.names,
+            &self.server.ip().to_string(),
+        )
+    }
+
     /// A flow with nothing seen yet.
     pub fn new(client: SocketAddr, server: SocketAddr, ctx: FlowCtx, now_ns: u64) -> Self {
         Self {
@@ -54,6 +107,7 @@ impl FlowCore {
             leaks: Vec::new(),
             ctx,
             last_ns: now_ns,
+            volume: Volume::default(),
         }
     }
 }
@@ -64,18 +118,10 @@ pub struct Flow {
     /// IP protocol (6 TCP, 17 UDP, 1/58 ICMP).
     pub proto: u8,
     /// What every flow has: endpoints, classifier, leaks, names, last
-    /// packet.
+    /// packet, packets and bytes.
     pub core: FlowCore,
     /// First packet, ns.
     pub first_ns: u64,
-    /// Packets from the client.
-    pub packets_up: u64,
-    /// Packets to the client.
-    pub packets_down: u64,
-    /// IP bytes from the client.
-    pub bytes_up: u64,
-    /// IP bytes to the client.
-    pub bytes_down: u64,
     /// Whether the flow's own server name went into the name map.
     name_shared: bool,
     scan: [ScanState; 2],
@@ -298,10 +344,6 @@ impl Inspector {
                     proto: p.proto,
                     core: FlowCore::new(client, server, ctx, ts_ns),
                     first_ns: ts_ns,
-                    packets_up: 0,
-                    packets_down: 0,
-                    bytes_up: 0,
-                    bytes_down: 0,
                     name_shared: false,
                     scan: Default::default(),
                 });
@@ -317,14 +359,8 @@ impl Inspector {
         };
         f.core.last_ns = ts_ns;
         match dir {
-            Dir::Up => {
-                f.packets_up += 1;
-                f.bytes_up += bytes.len() as u64;
-            }
-            Dir::Down => {
-                f.packets_down += 1;
-                f.bytes_down += bytes.len() as u64;
-            }
+            Dir::Up => f.core.volume.up(bytes.len()),
+            Dir::Down => f.core.volume.down(bytes.len()),
         }
         f.core.sniffer.on_payload(
             carrier,

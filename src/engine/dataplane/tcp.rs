@@ -99,6 +99,7 @@ impl Engine {
         let key = (client, server);
         if let Some(f) = self.tcp.get_mut(&key) {
             f.core.last_ns = now_ns;
+            f.core.volume.up(raw.len());
             if f.silent {
                 // A silently dropped connection: nothing back, nothing on.
                 return;
@@ -118,7 +119,8 @@ impl Engine {
             let is_dns = server.port() == 53;
             let sniff = policy.needs_payload() && !is_dns;
             let ctx = self.flow_ctx(PTransport::Tcp, false, client, server, now_ns);
-            let core = FlowCore::new(client, server, ctx, now_ns);
+            let mut core = FlowCore::new(client, server, ctx, now_ns);
+            core.volume.up(raw.len());
             let id = self.next_id;
             self.next_id += 1;
             if !is_dns {
@@ -246,6 +248,7 @@ impl Engine {
     /// answers an RST.
     pub(super) fn poll_one(&mut self, now_ns: u64, key: TcpKey, packet: Option<&[u8]>) {
         let t = crate::engine::stack::instant(now_ns);
+        let sent = self.device.tx.len();
         let mut dev = crate::engine::stack::OneShot {
             rx: packet,
             tx: &mut self.device.tx,
@@ -253,13 +256,18 @@ impl Engine {
         };
         let set = self.socks.get_mut(&key).unwrap_or(&mut self.no_sockets);
         self.iface.poll(t, &mut dev, set);
-        if !self.tcp.contains_key(&key) {
+        let Some(f) = self.tcp.get_mut(&key) else {
             return;
-        }
+        };
+        count_sent(&mut f.core, &self.device.tx, sent);
         self.service_tcp(now_ns, key);
+        let sent = self.device.tx.len();
         let at = match self.socks.get_mut(&key) {
             Some(set) => {
                 self.iface.poll(t, &mut self.device, set);
+                if let Some(f) = self.tcp.get_mut(&key) {
+                    count_sent(&mut f.core, &self.device.tx, sent);
+                }
                 self.iface
                     .poll_at(t, set)
                     .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000)
@@ -631,6 +639,14 @@ impl TcpFlow {
     /// A decision event about this connection.
     pub(super) fn event(&self, kind: EventKind, v: Option<&Verdict<'_>>) -> Event {
         Event::of_flow(kind, self.id, FlowProto::Tcp, &self.core, v)
+    }
+}
+
+/// Counts the packets the stack queued for the app past the first `from`
+/// as the connection's.
+fn count_sent(core: &mut FlowCore, tx: &VecDeque<Vec<u8>>, from: usize) {
+    for p in tx.iter().skip(from) {
+        core.volume.down(p.len());
     }
 }
 

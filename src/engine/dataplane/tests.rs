@@ -148,6 +148,22 @@ fn an_allowed_udp_exchange_byte_for_byte() {
         }]
     );
     assert_eq!(e.counters.opened, 1);
+    // Idle, it closes with its counts: two datagrams up, one down.
+    e.handle_timeout(S + 2 + EngineConfig::default().udp_idle_ns);
+    let out = drain(&mut e);
+    let closed = events(&out)
+        .into_iter()
+        .find(|ev| ev.kind == EventKind::Closed)
+        .expect("closed");
+    assert_eq!(
+        closed.volume,
+        Some(crate::engine::Volume {
+            packets_up: 2,
+            packets_down: 1,
+            bytes_up: 2 * 33,
+            bytes_down: 33,
+        })
+    );
 }
 
 #[test]
@@ -378,6 +394,10 @@ struct App {
     sock: smoltcp::iface::SocketHandle,
     /// Packets the engine sent to the app.
     received: usize,
+    /// IP bytes the engine sent to the app.
+    received_bytes: usize,
+    /// Packets and IP bytes the app sent the engine.
+    sent: (usize, usize),
 }
 
 impl App {
@@ -412,6 +432,8 @@ impl App {
             sockets,
             sock,
             received: 0,
+            received_bytes: 0,
+            sent: (0, 0),
         }
     }
 
@@ -425,6 +447,8 @@ impl App {
         let t = crate::engine::stack::instant(now);
         self.iface.poll(t, &mut self.dev, &mut self.sockets);
         while let Some(p) = self.dev.tx.pop_front() {
+            self.sent.0 += 1;
+            self.sent.1 += p.len();
             e.handle_tun(&p, now);
         }
         e.handle_timeout(now);
@@ -433,6 +457,7 @@ impl App {
             match o {
                 Output::ToTun(p) => {
                     self.received += 1;
+                    self.received_bytes += p.len();
                     self.dev.rx.push_back(p);
                 }
                 other => rest.push(other),
@@ -547,11 +572,22 @@ fn a_full_tcp_exchange_with_the_first_bytes_judged_before_connecting() {
         tail.contains(&Output::Close { flow }),
         "the flow is freed once both sides closed"
     );
-    assert!(
-        events(&tail).iter().any(|ev| ev.kind == EventKind::Closed
-            && ev.flow == flow
-            && ev.proto == FlowProto::Tcp)
+    let closed = events(&tail)
+        .into_iter()
+        .find(|ev| ev.kind == EventKind::Closed && ev.flow == flow && ev.proto == FlowProto::Tcp)
+        .expect("a closed event");
+    // It counts every packet each way, as the app's side saw them.
+    let v = closed.volume.expect("a close carries its counts");
+    assert_eq!(
+        (v.packets_up, v.bytes_up, v.packets_down, v.bytes_down),
+        (
+            app.sent.0 as u64,
+            app.sent.1 as u64,
+            app.received as u64,
+            app.received_bytes as u64
+        )
     );
+    assert!(v.bytes_down > response.len() as u64);
     assert_eq!(e.flow_count(), 0);
 }
 

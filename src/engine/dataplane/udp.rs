@@ -99,6 +99,7 @@ impl Engine {
             return;
         };
         f.core.last_ns = now_ns;
+        f.core.volume.up(raw.len());
         let carrier = if icmp {
             Carrier::IcmpEcho
         } else {
@@ -332,6 +333,7 @@ impl Engine {
             now_ns,
         );
         if let Some(pkt) = reply::udp_packet(f.core.server, f.core.client, payload) {
+            f.core.volume.down(pkt.len());
             self.out.push_back(Output::ToTun(pkt));
         }
     }
@@ -344,6 +346,7 @@ impl Engine {
         if let Some(pkt) =
             reply::echo_reply(f.core.server.ip(), f.core.client.ip(), f.ident, seq, data)
         {
+            f.core.volume.down(pkt.len());
             self.out.push_back(Output::ToTun(pkt));
         }
     }
