@@ -583,6 +583,119 @@ fn snapshot(ns: &str) -> String {
     s
 }
 
+/// Removes a directory when dropped.
+struct Remove(std::path::PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The resolv.conf `ip netns exec` shows as `/etc/resolv.conf` in the
+/// namespace `net.fw` plays the host in (`geowall run` changes it, never
+/// the real one), naming 192.0.2.99; removed when the guard drops.
+fn host_resolv(net: &Net) -> (Remove, std::path::PathBuf) {
+    let etc = std::path::PathBuf::from("/etc/netns").join(&net.fw);
+    std::fs::create_dir_all(&etc).expect("etc");
+    let resolv = etc.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 192.0.2.99\n").expect("resolv.conf");
+    (Remove(etc), resolv)
+}
+
+/// What a reboot clears while `geowall run` held the host: its routing
+/// rules and table (the kernel's), and /run.
+fn reboot(net: &Net) {
+    for fam in ["-4", "-6"] {
+        for prio in ["6776", "6777"] {
+            while std::process::Command::new("ip")
+                .args(["-n", &net.fw, fam, "rule", "del", "priority", prio])
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {}
+        }
+        support::ip(&["-n", &net.fw, fam, "route", "flush", "table", "6777"]);
+    }
+    // Where the resolver's backup lived before it moved to the state
+    // directory: a tmpfs, empty after a power loss.
+    let _ = std::fs::remove_file("/run/geowall/resolv.conf.before");
+}
+
+/// A power loss while `geowall run` holds the host: at the next boot the
+/// kernel's rules and /run are gone, but /etc/resolv.conf still names
+/// geowall. A restart keeps the host's own resolver as its backup (a
+/// clean stop puts it back), and `geowall down` puts it back from the
+/// state directory.
+#[test]
+fn down_restores_the_resolver_after_a_power_loss() {
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    let net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    let (_cleanup, resolv) = host_resolv(&net);
+    let read = || std::fs::read_to_string(&resolv).expect("read");
+    let before = snapshot(&net.fw);
+    let power_loss = |mut g: std::process::Child| {
+        let _ = g.kill();
+        let _ = g.wait();
+        reboot(&net);
+        assert_eq!(snapshot(&net.fw), before, "the reboot cleared the routing");
+        assert!(
+            read().contains("198.18.255.2"),
+            "still geowall's: {}",
+            read()
+        );
+    };
+    power_loss(start_run(&net, &world, &policy));
+    // geowall starts again at boot, then stops cleanly.
+    let g = start_run(&net, &world, &policy);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let mut g = g;
+    let _ = g.wait();
+    assert_eq!(
+        read(),
+        "nameserver 192.0.2.99\n",
+        "the host's own, kept across the power loss"
+    );
+    // Or it does not start again: `down` puts the resolver back.
+    power_loss(start_run(&net, &world, &policy));
+    let out = down_in(&net, &[]).output().expect("down");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("resolver restored"),
+        "{err}"
+    );
+    assert_eq!(read(), "nameserver 192.0.2.99\n");
+    let out = down_in(&net, &[]).output().expect("down");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to remove"));
+}
+
+/// Where the tests' `geowall run` keeps its state (never the host's).
+fn run_state(net: &Net) -> std::path::PathBuf {
+    net.dir.path().join("run-state")
+}
+
+/// `geowall down ARGS` in the namespace `net.fw` plays the host in, with
+/// the tests' state directory.
+fn down_in(net: &Net, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &net.fw,
+        env!("CARGO_BIN_EXE_geowall"),
+        "down",
+    ])
+    .args(args)
+    .arg("--state-dir")
+    .arg(run_state(net));
+    c
+}
+
 fn start_run(net: &Net, world: &std::path::Path, policy: &std::path::Path) -> std::process::Child {
     use std::io::BufRead;
     let mut c = std::process::Command::new("ip")
@@ -598,6 +711,8 @@ fn start_run(net: &Net, world: &std::path::Path, policy: &std::path::Path) -> st
         .arg("--policy")
         .arg(policy)
         .args(["--dns-upstream", "udp:198.51.100.53"])
+        .arg("--state-dir")
+        .arg(run_state(net))
         .arg("--events")
         .arg(&net.events)
         .stdin(std::process::Stdio::null())
@@ -632,17 +747,7 @@ fn run_routes_the_whole_host_and_fails_closed() {
     net.udp_server(sa(addr::CN, 5004), echo);
     // `ip netns exec` shows this file as the namespace's /etc/resolv.conf:
     // geowall run changes it, never the real one.
-    let etc = std::path::PathBuf::from("/etc/netns").join(&net.fw);
-    std::fs::create_dir_all(&etc).expect("etc");
-    struct Remove(std::path::PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Remove(etc.clone());
-    let resolv = etc.join("resolv.conf");
-    std::fs::write(&resolv, "nameserver 192.0.2.99\n").expect("resolv.conf");
+    let (_cleanup, resolv) = host_resolv(&net);
     let real = std::fs::read("/etc/resolv.conf").unwrap_or_default();
     let before = snapshot(&net.fw);
     let fw = net.fw.clone();
@@ -712,10 +817,7 @@ fn run_routes_the_whole_host_and_fails_closed() {
         "nothing left while geowall was dead"
     );
     let down = |expect: &str| {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &fw, env!("CARGO_BIN_EXE_geowall"), "down"])
-            .output()
-            .expect("down");
+        let out = down_in(&net, &[]).output().expect("down");
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains(expect));
     };
@@ -723,15 +825,7 @@ fn run_routes_the_whole_host_and_fails_closed() {
     // stays and nothing leaves; only a clean stop removes the setup.
     let blocked = snapshot(&net.fw);
     for result in ["signal", "exit-code", "core-dump", "timeout", ""] {
-        let mut c = std::process::Command::new("ip");
-        c.args([
-            "netns",
-            "exec",
-            &fw,
-            env!("CARGO_BIN_EXE_geowall"),
-            "down",
-            "--after-stop",
-        ]);
+        let mut c = down_in(&net, &["--after-stop"]);
         if !result.is_empty() {
             c.env("SERVICE_RESULT", result);
         }
@@ -779,15 +873,7 @@ fn run_routes_the_whole_host_and_fails_closed() {
     let mut g = start_run(&net, &world, &policy);
     let _ = g.kill();
     let _ = g.wait();
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &fw,
-            env!("CARGO_BIN_EXE_geowall"),
-            "down",
-            "--after-stop",
-        ])
+    let out = down_in(&net, &["--after-stop"])
         .env("SERVICE_RESULT", "success")
         .output()
         .expect("down --after-stop");
@@ -814,7 +900,6 @@ fn run_routes_the_whole_host_and_fails_closed() {
         real,
         "the real resolver untouched"
     );
-    let _ = std::fs::remove_dir_all(&etc);
 }
 
 /// `geowall run` whose only rules are an expired bundle (and nothing was
@@ -831,16 +916,7 @@ fn run_with_an_expired_bundle_blocks_the_host() {
     let (_, world) = net.policy_and_world(POLICY);
     net.udp_server(sa(addr::US, 7000), echo);
     net.udp_server(sa(addr::CN, 7000), echo);
-    let etc = std::path::PathBuf::from("/etc/netns").join(&net.fw);
-    std::fs::create_dir_all(&etc).expect("etc");
-    struct Remove(std::path::PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Remove(etc.clone());
-    std::fs::write(etc.join("resolv.conf"), "nameserver 192.0.2.99\n").expect("resolv.conf");
+    let (_cleanup, _) = host_resolv(&net);
     let fw = net.fw.clone();
     let before = snapshot(&fw);
     // Reachable before.
@@ -904,10 +980,7 @@ fn run_with_an_expired_bundle_blocks_the_host() {
         before,
         "the blackhole and its rules are in place"
     );
-    let down = std::process::Command::new("ip")
-        .args(["netns", "exec", &fw, env!("CARGO_BIN_EXE_geowall"), "down"])
-        .output()
-        .expect("down");
+    let down = down_in(&net, &[]).output().expect("down");
     assert!(down.status.success());
     assert_eq!(snapshot(&fw), before, "down opens it again");
     in_ns(&fw, || {

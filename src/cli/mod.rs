@@ -5,6 +5,7 @@ mod audit;
 mod control;
 mod demo;
 mod exec;
+mod hostdns;
 mod lookup;
 mod report;
 mod rules;

@@ -6,7 +6,7 @@
 //! its say for everything more specific than a default route
 //! (`suppress_prefixlength 0`), so the LAN and loopback keep working. IPv4
 //! and IPv6 alike. The system resolver is pointed into the TUN (geowall
-//! answers every query anyway).
+//! answers every query anyway; see [`super::hostdns`]).
 //!
 //! **Fail-closed:** geowall's table also holds a blackhole default route
 //! behind the TUN's. If geowall dies, the TUN and its route go with it and
@@ -29,7 +29,6 @@ const TUN: &str = "geowall0";
 const V4: &str = "198.18.255.1/30";
 const V6: &str = "2001:db8:ffff::1/64";
 const RESOLVER: &str = "198.18.255.2";
-const STATE: &str = "/run/geowall";
 
 /// Arguments of `geowall run`.
 #[derive(clap::Args)]
@@ -45,10 +44,6 @@ fn families() -> Vec<&'static str> {
     } else {
         vec!["-4"]
     }
-}
-
-fn resolv_backup() -> PathBuf {
-    Path::new(STATE).join("resolv.conf.before")
 }
 
 /// Whether a routing rule with this priority is in place.
@@ -102,31 +97,20 @@ fn install_blackhole() -> anyhow::Result<()> {
 
 /// Sets up the routing and the resolver: the blackhole and its rules
 /// ([`install_blackhole`]), the TUN's route in front of the blackhole, and
-/// the resolver pointed at geowall.
-fn up() -> anyhow::Result<()> {
+/// the resolver pointed at geowall (its backup kept in `state`).
+fn up(state: &Path) -> anyhow::Result<()> {
     install_blackhole()?;
     for fam in families() {
         super::ip(&[
             fam, "route", "replace", "default", "dev", TUN, "table", TABLE, "metric", "1",
         ])?;
     }
-    std::fs::create_dir_all(STATE)?;
-    // A backup left by an instance that died is the host's own resolver:
-    // keep it (the file now names geowall's).
-    if !resolv_backup().exists() {
-        let before = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-        std::fs::write(resolv_backup(), before).context("cannot keep /etc/resolv.conf")?;
-    }
-    std::fs::write(
-        "/etc/resolv.conf",
-        format!("# geowall run: every query is answered by geowall\nnameserver {RESOLVER}\n"),
-    )
-    .context("cannot point /etc/resolv.conf at geowall")?;
-    Ok(())
+    super::hostdns::point_at(state, TUN, RESOLVER)
 }
 
-/// Removes what `up` set; true if anything was there.
-fn down_quiet() -> bool {
+/// Removes what `up` set (the resolver as its backup in `state` says);
+/// true if anything was there.
+fn down_quiet(state: &Path) -> anyhow::Result<bool> {
     let mut any = false;
     for fam in families() {
         for prio in [PRIO_TABLE, PRIO_SUPPRESS] {
@@ -138,23 +122,15 @@ fn down_quiet() -> bool {
                 any = true;
             }
         }
-        if Command::new("ip")
+        // `flush` succeeds on an empty table too; what counts are rules.
+        let _ = Command::new("ip")
             .args([fam, "route", "flush", "table", TABLE])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            // `flush` succeeds on an empty table too; what counts are rules.
-        }
+            .output();
     }
     // The control socket of an instance that died.
     let _ = std::fs::remove_file(super::control::socket_path(TUN));
-    if let Ok(before) = std::fs::read(resolv_backup()) {
-        if std::fs::write("/etc/resolv.conf", before).is_ok() {
-            let _ = std::fs::remove_file(resolv_backup());
-        }
-        any = true;
-    }
-    any
+    any |= super::hostdns::restore(state)?;
+    Ok(any)
 }
 
 /// Where `geowall run` keeps the last accepted rules bundle by default.
@@ -162,7 +138,7 @@ const STATE_DIR: &str = "/var/lib/geowall";
 
 pub(crate) fn run(mut a: Args) -> anyhow::Result<ExitCode> {
     super::need_root("run", "it routes the whole host through geowall")?;
-    a.engine.rules.default_state_dir(STATE_DIR);
+    let state = a.engine.rules.default_state_dir(STATE_DIR);
     let protection = Protection {
         fwmark: Some(FWMARK),
         ..Protection::default()
@@ -202,7 +178,7 @@ pub(crate) fn run(mut a: Args) -> anyhow::Result<ExitCode> {
         &spec,
         protection,
         || {
-            setup = up();
+            setup = up(&state);
             match &setup {
                 Ok(()) => eprintln!(
                     "geowall: the whole host goes through {TUN} (policy {policy}); Ctrl-C restores the routes and the resolver; if geowall dies, traffic stays blocked until `geowall down`"
@@ -220,8 +196,9 @@ pub(crate) fn run(mut a: Args) -> anyhow::Result<ExitCode> {
         Some(watch),
     );
     let _ = std::fs::remove_file(&sock);
-    down_quiet();
+    let restored = down_quiet(&state);
     setup?;
+    restored?;
     let summary = summary?;
     eprintln!("{}", super::tunnel::summary_line(&summary));
     Ok(ExitCode::SUCCESS)
@@ -237,6 +214,10 @@ pub(crate) struct DownArgs {
     /// back.
     #[arg(long)]
     after_stop: bool,
+    /// Where `geowall run` kept the host's resolver settings (its
+    /// `--state-dir`).
+    #[arg(long, value_name = "DIR", default_value = STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 pub(crate) fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
@@ -251,7 +232,7 @@ pub(crate) fn down(a: DownArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    if down_quiet() {
+    if down_quiet(&a.state_dir)? {
         eprintln!("geowall: routing rules removed and the resolver restored");
     } else {
         eprintln!("geowall: nothing to remove");

@@ -68,9 +68,11 @@ impl RulesArgs {
         self.load_rules(lean, installed, false)
     }
 
-    /// The state directory, unless one was given.
-    pub(crate) fn default_state_dir(&mut self, dir: &str) {
-        self.state_dir.get_or_insert_with(|| PathBuf::from(dir));
+    /// The state directory, unless one was given; the one in use.
+    pub(crate) fn default_state_dir(&mut self, dir: &str) -> PathBuf {
+        self.state_dir
+            .get_or_insert_with(|| PathBuf::from(dir))
+            .clone()
     }
 
     fn load_rules(
