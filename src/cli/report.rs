@@ -30,6 +30,48 @@ fn esc(s: &str) -> String {
     o
 }
 
+/// The map with a tooltip (an SVG `<title>`) on every country: its name,
+/// and for those with servers in the capture, how many flows, how many
+/// would have been blocked and how many leaked identifiers.
+fn map_with_titles(svg: &str, by_country: &BTreeMap<String, (usize, usize, usize)>) -> String {
+    let mut out = String::with_capacity(svg.len() + 64 * 256);
+    let mut rest = svg;
+    while let Some(start) = rest.find("<path") {
+        let Some(len) = rest[start..].find("/>") else {
+            break;
+        };
+        let path = &rest[start..start + len];
+        let attr = |name: &str| {
+            let key = format!("{name}=\"");
+            let i = path.find(&key)? + key.len();
+            path[i..].find('"').map(|j| &path[i..i + j])
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(path);
+        match (attr("id"), attr("aria-label")) {
+            (Some(id), Some(name)) => {
+                let what = match by_country.get(id) {
+                    Some((flows, blocked, leaking)) => format!(
+                        "{flows} flow{}, {blocked} would have been blocked, {leaking} leaked identifiers",
+                        if *flows == 1 { "" } else { "s" }
+                    ),
+                    None => "no servers in the capture".to_owned(),
+                };
+                let _ = write!(
+                    out,
+                    "><title>{} ({}): {what}</title></path>",
+                    esc(name),
+                    id.to_ascii_uppercase()
+                );
+            }
+            _ => out.push_str("/>"),
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Builds the page.
 pub(crate) fn html(title: &str, policy: &str, rows: &[Row], counters: &Counters) -> String {
     // Per country: (flows, blocked, leaking).
@@ -56,6 +98,7 @@ pub(crate) fn html(title: &str, policy: &str, rows: &[Row], counters: &Counters)
             let _ = writeln!(css, "#map path#{cc} {{ fill: {colour}; }}");
         }
     }
+    let map = map_with_titles(WORLD_SVG, &by_country);
     let blocked = rows.iter().filter(|r| r.blocked).count();
     let leaking = rows.iter().filter(|r| !r.leaks.is_empty()).count();
     let mut h = String::new();
@@ -84,7 +127,7 @@ pub(crate) fn html(title: &str, policy: &str, rows: &[Row], counters: &Counters)
         "<h2>Where the servers are</h2><p class=\"legend\">Countries where servers were located:\
          <span style=\"background:#c0392b\"></span>some traffic would have been blocked\
          <span style=\"background:#e67e22\"></span>identifiers leaked, not blocked\
-         <span style=\"background:#2e86c1\"></span>allowed</p><div id=\"map\">{WORLD_SVG}</div>\
+         <span style=\"background:#2e86c1\"></span>allowed (point at a country for its numbers)</p><div id=\"map\">{map}</div>\
          <p><small>Map: &ldquo;Map of World&rdquo; by Victor Cazanave (@svg-maps/world), CC BY 4.0.</small></p>"
     );
     // Blocked, grouped by rule.
@@ -172,7 +215,7 @@ pub(crate) fn html(title: &str, policy: &str, rows: &[Row], counters: &Counters)
 
 #[cfg(test)]
 mod tests {
-    use super::esc;
+    use super::*;
 
     #[test]
     fn escapes_markup() {
@@ -180,5 +223,24 @@ mod tests {
             esc("<script>alert('x')&\"</script>"),
             "&lt;script&gt;alert(&#39;x&#39;)&amp;&quot;&lt;/script&gt;"
         );
+    }
+
+    #[test]
+    fn every_country_gets_a_tooltip_and_the_map_stays_whole() {
+        let mut by = BTreeMap::new();
+        by.insert("cn".to_owned(), (3, 2, 1));
+        by.insert("us".to_owned(), (1, 0, 0));
+        let m = map_with_titles(WORLD_SVG, &by);
+        assert_eq!(
+            m.matches("<title>").count(),
+            WORLD_SVG.matches("<path").count()
+        );
+        assert!(m.contains(
+            "<title>China (CN): 3 flows, 2 would have been blocked, 1 leaked identifiers</title></path>"
+        ));
+        assert!(m.contains("(US): 1 flow, 0 would have been blocked"));
+        assert!(m.contains("<title>Andorra (AD): no servers in the capture</title>"));
+        assert!(!m.contains("/>"), "every path closed with its title");
+        assert!(m.trim_end().ends_with("</svg>"));
     }
 }
