@@ -674,6 +674,106 @@ fn down_restores_the_resolver_after_a_power_loss() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to remove"));
 }
 
+/// Runs `script` with bash in the namespace `ns`, as user `uid` (through
+/// setpriv) unless it is 0; its exit status.
+fn bash_in(ns: &str, uid: u32, script: &str) -> std::process::ExitStatus {
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", ns]);
+    if uid != 0 {
+        let id = uid.to_string();
+        c.args(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"]);
+    }
+    c.args(["bash", "-c", script]).status().expect("bash runs")
+}
+
+/// Under `geowall run`, each new flow's owner is found (by sock_diag, off
+/// the engine's thread) before it is judged: `uid` and `app` rules (a
+/// glob) block the flows of one user and of one program, and no other;
+/// the events name both.
+#[test]
+fn run_judges_flows_by_their_program_and_user() {
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    let mut net = Net::new();
+    let policy = r#"
+name = "owners"
+default = "allow"
+
+[[rule]]
+name = "nobody stays home"
+action = "block"
+uid = [65534]
+
+[[rule]]
+name = "no shells to 7001"
+action = "block"
+block = "reject"
+app = ["b*sh"]
+port = [7001]
+"#;
+    let (policy, world) = net.policy_and_world(policy);
+    net.udp_server(sa(addr::US, 7000), echo);
+    net.udp_server(sa(addr::US, 7001), echo);
+    net.tcp_server(sa(addr::US, 7001), echo);
+    let (_cleanup, _) = host_resolv(&net);
+    let mut g = start_run(&net, &world, &policy);
+    let fw = net.fw.clone();
+    // Each socket stays open a moment after sending, as an app's does
+    // (waiting for the echo in the shell itself: a `sleep` would hold the
+    // socket too).
+    let send = |port: u16| {
+        format!(
+            "exec 3<>/dev/udp/{}/{port}; printf x >&3; read -r -t 0.5 -u 3 _ || true",
+            addr::US
+        )
+    };
+    assert!(bash_in(&fw, 65534, &send(7000)).success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        net.count(addr::US, 17, 7000),
+        0,
+        "nobody's datagram stayed home"
+    );
+    assert!(bash_in(&fw, 0, &send(7000)).success());
+    assert!(bash_in(&fw, 0, &send(7001)).success());
+    let tcp = bash_in(&fw, 0, &format!("exec 3<>/dev/tcp/{}/7001", addr::US));
+    std::thread::sleep(Duration::from_millis(300));
+    let (at_7000, at_7001) = (net.count(addr::US, 17, 7000), net.count(addr::US, 17, 7001));
+    // The test itself (not a shell, not nobody) is let through.
+    let me = in_ns(&fw, || {
+        (
+            udp_exchange(sa(addr::US, 7000), b"me").is_ok(),
+            udp_exchange(sa(addr::US, 7001), b"me").is_ok(),
+        )
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = g.wait();
+    assert_eq!(at_7000, 1, "root's shell reached 7000");
+    assert_eq!(at_7001, 0, "no shell reached 7001");
+    assert!(!tcp.success(), "a shell's connection to 7001 is refused");
+    assert_eq!(me, (true, true));
+    let ev = net.events();
+    let blocked = |rule: &str| {
+        ev.iter()
+            .find(|e| e["kind"] == "blocked" && e["rule"] == rule)
+            .cloned()
+            .unwrap_or_else(|| panic!("no block by {rule}: {ev:#?}"))
+    };
+    let b = blocked("nobody stays home");
+    assert_eq!(b["uid"], 65534, "{b}");
+    assert_eq!(b["app"], "/usr/bin/bash", "{b}");
+    let b = blocked("no shells to 7001");
+    assert_eq!(
+        (b["uid"].as_u64(), b["app"].as_str()),
+        (Some(0), Some("/usr/bin/bash")),
+        "{b}"
+    );
+}
+
 /// Where the tests' `geowall run` keeps its state (never the host's).
 fn run_state(net: &Net) -> std::path::PathBuf {
     net.dir.path().join("run-state")

@@ -15,7 +15,7 @@ use std::time::Instant;
 use geowall::classify::leak::LeakDetector;
 use geowall::driver::setup::{CaPem, RunConfig, Started};
 use geowall::driver::{self, Live, Protection, SocketProtector, Tun};
-use geowall::engine::dataplane::{AppLookup, Engine, Event};
+use geowall::engine::dataplane::{AppLookup, AppOwner, Engine, Event};
 use geowall::intel::World;
 use geowall::intel::catalog::Catalog;
 use geowall::intel::jurisdiction::Intel;
@@ -247,6 +247,7 @@ impl Rules {
             encrypted: None,
             leak: false,
             app: q.app,
+            uid: None,
         };
         let policy = self.policy.current();
         let v = policy.evaluate(&self.intel, &facts);
@@ -504,7 +505,10 @@ impl Running {
                     Transport::Udp => 17,
                     Transport::Icmp => 1,
                 };
-                h.app_for_flow(proto, src, dst)
+                AppOwner {
+                    app: h.app_for_flow(proto, src, dst),
+                    uid: None,
+                }
             });
             engine.set_app_lookup(lookup);
         }
@@ -753,8 +757,12 @@ fn engine_thread(
             engine,
             tun,
             protection,
-            Some(resolver),
-            Some(live),
+            driver::Services {
+                resolver: Some(resolver),
+                live: Some(live),
+                // The platform says who owns a flow (`app_for_flow`).
+                attribution: None,
+            },
             on_event,
             shutdown,
         )

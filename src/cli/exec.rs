@@ -6,11 +6,12 @@
 //! is geowall's.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
 use geowall::driver::{Protection, TunSpec};
+use geowall::engine::dataplane::AppOwner;
 
 /// The TUN's addresses inside the namespace, and the resolver address the
 /// program is given (any address works: every query is answered by
@@ -51,14 +52,45 @@ fn invoking_user() -> Option<(String, String)> {
     (uid != "0").then_some((uid, gid))
 }
 
+/// The executable `program` names: found on `PATH` when it has no slash,
+/// with links resolved; as given when it cannot be found (the command then
+/// fails to start and says so).
+fn program_path(program: &std::ffi::OsStr) -> String {
+    let given = Path::new(program);
+    let found = if given.components().count() > 1 {
+        Some(given.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(given))
+                .find(|p| p.is_file())
+        })
+    };
+    found
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .unwrap_or_else(|| given.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     super::need_root("exec", "it creates a network namespace and a TUN device")?;
     let mut prepared = a.engine.prepare(&Protection::default())?;
-    // Every flow in the namespace is the program's.
-    let app = a.command[0].to_string_lossy().into_owned();
+    // Every flow in the namespace is the program's (by its executable's
+    // full path, as `app` rules and events name programs under `run`),
+    // running as the invoking user.
+    let app = program_path(&a.command[0]);
+    let uid = invoking_user()
+        .and_then(|(u, _)| u.parse().ok())
+        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
     prepared
         .engine
-        .set_app_lookup(Box::new(move |_, _, _| Some(app.clone())));
+        .set_app_lookup(Box::new(move |_, _, _| AppOwner {
+            app: Some(app.clone()),
+            uid: Some(uid),
+        }));
+    // The program's end stops the firewall, not geowall's signals.
+    prepared.stop_on_signals = false;
     let name = format!("gwexec{}", std::process::id());
     let etc = PathBuf::from("/etc/netns").join(&name);
     // Leftovers of an earlier run that died are removed first.

@@ -116,6 +116,9 @@ pub(crate) struct ExplainArgs {
     /// The app identity.
     #[arg(long)]
     app: Option<String>,
+    /// The user the app runs as.
+    #[arg(long)]
+    uid: Option<u32>,
     /// Resolve a domain TARGET with the system resolver and explain each
     /// address (this sends DNS queries).
     #[arg(long)]
@@ -452,6 +455,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             encrypted: a.encrypted,
             leak: a.leak,
             app: a.app.as_deref(),
+            uid: a.uid,
         };
         let j = intel.jurisdiction(policy.catalog(), facts.dst, facts.names, facts.protocol);
         let trace = policy.trace(&facts, Some(&j));

@@ -154,12 +154,9 @@ pub(crate) fn run(mut a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    // Each flow's owning process, for events and `app = ...` rules.
-    prepared
-        .engine
-        .set_app_lookup(Box::new(|t, client, _server| {
-            geowall::driver::procs::owner(t, client)
-        }));
+    // Each flow's owning process and user, for events and `app` / `uid`
+    // rules, found off the engine's thread.
+    prepared.attribute = true;
     let spec = TunSpec {
         name: TUN.into(),
         mtu: prepared.mtu,
@@ -187,12 +184,8 @@ pub(crate) fn run(mut a: Args) -> anyhow::Result<ExitCode> {
                 Err(_) => failed.notify_one(),
             }
         },
-        async move {
-            tokio::select! {
-                () = super::tunnel::shutdown_signal() => {}
-                () = stop.notified() => {}
-            }
-        },
+        // SIGINT and SIGTERM stop it too.
+        async move { stop.notified().await },
         Some(watch),
     );
     let _ = std::fs::remove_file(&sock);

@@ -111,6 +111,14 @@ pub(crate) struct Prepared {
     /// Said loudly once the firewall is up (the bundle given was refused
     /// and the last accepted one is in force).
     note: Option<String>,
+    /// Find each new flow's owning process in the host's socket tables
+    /// (`geowall run`, where the apps share geowall's namespace).
+    pub(crate) attribute: bool,
+    /// Stop on SIGINT and SIGTERM (restoring what was set up); the
+    /// handlers are in place before the TUN comes up, so a signal that
+    /// comes at once is never the default, uncleaned death. `exec` leaves
+    /// the signals to its program.
+    pub(crate) stop_on_signals: bool,
 }
 
 impl EngineArgs {
@@ -178,6 +186,8 @@ impl EngineArgs {
             sequence,
             expires,
             note,
+            attribute: false,
+            stop_on_signals: true,
         })
     }
 }
@@ -241,6 +251,8 @@ pub(crate) fn serve(
         mut sink,
         readable,
         note,
+        attribute,
+        stop_on_signals,
         ..
     } = p;
     // Event lines that could not be written (a full disk, a closed pipe).
@@ -251,6 +263,25 @@ pub(crate) fn serve(
         .build()
         .context("cannot start the async runtime")?;
     let summary = rt.block_on(async {
+        let signals = if stop_on_signals {
+            use tokio::signal::unix::{SignalKind, signal};
+            Some((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        } else {
+            None
+        };
+        let shutdown = async move {
+            match signals {
+                Some((mut int, mut term)) => tokio::select! {
+                    () = shutdown => {}
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                },
+                None => shutdown.await,
+            }
+        };
         let tun = Tun::create(spec)?;
         up();
         if let Some(n) = &note {
@@ -269,6 +300,11 @@ pub(crate) fn serve(
                 }
             });
         }
+        let attribution = if attribute {
+            Some(driver::attribution::Attribution::start()?)
+        } else {
+            None
+        };
         let (live, tally) = control.unzip();
         let on_event = |e: &Event| {
             if let Some(t) = &tally
@@ -299,8 +335,11 @@ pub(crate) fn serve(
             engine,
             tun,
             protection,
-            Some(resolver),
-            live,
+            driver::Services {
+                resolver: Some(resolver),
+                live,
+                attribution,
+            },
             on_event,
             shutdown,
         )
@@ -448,27 +487,12 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         &spec,
         protection,
         up,
-        shutdown_signal(),
+        // Only a signal stops it.
+        std::future::pending(),
         Some(watch),
     );
     let _ = std::fs::remove_file(&sock);
     let summary = summary?;
     eprintln!("{}", summary_line(&summary));
     Ok(ExitCode::SUCCESS)
-}
-
-/// SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers, only the TUN's end stops the run.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -17,10 +17,12 @@
 //! `geowall tunnel --netns` and `geowall exec` set up) is then left with no
 //! route at all, so nothing leaves until geowall is back.
 
+pub mod attribution;
 pub mod dns;
 pub mod procs;
 pub mod protect;
 pub mod setup;
+pub mod sockdiag;
 pub mod tun;
 pub mod upstream;
 
@@ -34,6 +36,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::Volume;
 use crate::engine::dataplane::{Engine, EngineCounters, Event, FlowId, Output};
+use attribution::{Attribution, AttributionCounters};
 pub use protect::{Protection, SocketProtector};
 pub use tun::{Tun, TunSpec};
 use upstream::{Cmd, Shared, UP_QUEUE, Up};
@@ -116,6 +119,8 @@ pub struct Summary {
     /// Datagrams dropped because their flow's upstream queue held
     /// [`upstream::UDP_QUEUE`] bytes already.
     pub udp_queue_full: u64,
+    /// What finding the flows' owners did.
+    pub attribution: AttributionCounters,
 }
 
 impl std::fmt::Display for Summary {
@@ -143,13 +148,33 @@ impl std::fmt::Display for Summary {
             c.held_dropped,
             self.upstream_failures,
             drops.join(", ")
-        )
+        )?;
+        let a = &self.attribution;
+        if a.asked > 0 {
+            write!(
+                f,
+                "; owners found for {} of {} new flows ({} went on without, {} packets dropped while waiting)",
+                a.found, a.asked, a.unattributed, a.dropped
+            )?;
+        }
+        Ok(())
     }
 }
 
-/// Runs the engine on `tun` until `shutdown` completes or the TUN fails.
-/// `on_event` gets every decision; `live`, if given, is kept up to date
-/// (about every 100 ms) for status queries.
+/// What runs beside the engine, each optional.
+#[derive(Debug, Default)]
+pub struct Services {
+    /// Answers the DNS queries geowall takes (without, they fail).
+    pub resolver: Option<dns::Resolver>,
+    /// Kept up to date (about every 100 ms) for status queries.
+    pub live: Option<Arc<std::sync::Mutex<Live>>>,
+    /// Finds each new flow's owner (off the loop's thread) before the
+    /// engine sees the flow.
+    pub attribution: Option<Attribution>,
+}
+
+/// Runs the engine on `tun` until `shutdown` completes or the TUN fails,
+/// with `services` beside it. `on_event` gets every decision.
 ///
 /// # Errors
 /// Reading or writing the TUN failed (for example, the device was
@@ -158,11 +183,15 @@ pub async fn run(
     mut engine: Engine,
     tun: Tun,
     protection: Protection,
-    resolver: Option<dns::Resolver>,
-    live: Option<Arc<std::sync::Mutex<Live>>>,
+    services: Services,
     mut on_event: impl FnMut(&Event),
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Summary> {
+    let Services {
+        resolver,
+        live,
+        mut attribution,
+    } = services;
     let mut published = Instant::now();
     let mut volumes_published = Instant::now();
     let start = Instant::now();
@@ -261,6 +290,9 @@ pub async fn run(
         // open flows within a quarter of a second.
         let tick = published + Duration::from_millis(if live.is_some() { 150 } else { 250 });
         deadline = Some(deadline.map_or(tick, |d| d.min(tick)));
+        if let Some(d) = attribution.as_ref().and_then(Attribution::deadline) {
+            deadline = deadline.map(|t| t.min(d));
+        }
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -270,7 +302,10 @@ pub async fn run(
                     match next {
                         Some(Ok(n)) => {
                             let t = now();
-                            tun.packets(&buf[..n], &mut scratch, |p| engine.handle_tun(p, t));
+                            tun.packets(&buf[..n], &mut scratch, |p| match &mut attribution {
+                                Some(a) => a.offer(&mut engine, p, t),
+                                None => engine.handle_tun(p, t),
+                            });
                         }
                         Some(Err(e)) => return Err(tun_error(&e)),
                         None => break,
@@ -286,7 +321,15 @@ pub async fn run(
                     next = reports.try_recv().ok();
                 }
             }
+            Some((key, owner)) = answer(&mut attribution) => {
+                if let Some(a) = &mut attribution {
+                    a.answered(&mut engine, key, owner, now());
+                }
+            }
             () = sleep_until(deadline) => engine.handle_timeout(now()),
+        }
+        if let Some(a) = &mut attribution {
+            a.expire(&mut engine, now());
         }
         if published.elapsed() >= Duration::from_millis(100) {
             published = Instant::now();
@@ -311,6 +354,7 @@ pub async fn run(
         }
     }
     summary.counters = engine.counters.clone();
+    summary.attribution = attribution.map(|a| a.counters).unwrap_or_default();
     if let Some(l) = &live {
         // The final numbers, for whoever reads them after the stop.
         publish(l, &engine, &summary, true);
@@ -336,6 +380,19 @@ fn publish(live: &std::sync::Mutex<Live>, engine: &Engine, summary: &Summary, vo
 
 fn tun_error(e: &std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("reading the TUN: {e}"))
+}
+
+/// The next owner found, when attribution runs (otherwise never).
+async fn answer(
+    a: &mut Option<Attribution>,
+) -> Option<(
+    crate::engine::dataplane::OwnerKey,
+    crate::engine::dataplane::AppOwner,
+)> {
+    match a {
+        Some(a) => a.answer().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(t: Option<Instant>) {

@@ -1,15 +1,116 @@
-//! Which process owns a socket, from the kernel's tables in `/proc`: the
-//! socket's inode from `/proc/net/{tcp,udp}{,6}` by its local address, then
-//! the process holding that inode among its file descriptors. Used by
-//! `geowall run` (the apps share the host's namespace with geowall).
+//! Which process owns a socket: its uid and inode from the kernel
+//! (sock_diag for TCP and UDP, the `/proc/net/icmp*` tables for ping
+//! sockets), then the process holding that inode among its file
+//! descriptors. Used by `geowall run` (the apps share the host's namespace
+//! with geowall), on a thread of its own ([`super::attribution`]): never on
+//! the engine's.
+//!
+//! The search for the process starts with the processes that owned the
+//! last flows (an app opens many), then those of the socket's user, then
+//! the rest.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
 
+use super::sockdiag::SockDiag;
+use crate::engine::dataplane::AppOwner;
 use crate::policy::Transport;
 
-/// The executable of the process that owns the socket bound to `local`
-/// (`proto`: TCP, UDP or ICMP), if it can be found.
-pub fn owner(proto: Transport, local: SocketAddr) -> Option<String> {
+/// How many recent owners are searched first.
+const RECENT: usize = 16;
+
+/// Finds the owners of sockets; one per thread that asks.
+#[derive(Debug)]
+pub struct Finder {
+    diag: Option<SockDiag>,
+    /// Processes that owned recent flows, most recent first.
+    recent: VecDeque<u32>,
+}
+
+impl Default for Finder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Finder {
+    /// A finder (without sock_diag, the `/proc/net` tables are read).
+    pub fn new() -> Self {
+        Self {
+            diag: SockDiag::open().ok(),
+            recent: VecDeque::with_capacity(RECENT),
+        }
+    }
+
+    /// The owner of the `proto` socket with local address `local` talking
+    /// to `remote`: the executable of the process holding it, and its
+    /// user. Either may be unknown (a socket already closed, a process
+    /// gone).
+    pub fn owner(&mut self, proto: Transport, local: SocketAddr, remote: SocketAddr) -> AppOwner {
+        let found = match (&mut self.diag, proto) {
+            (Some(d), Transport::Tcp | Transport::Udp) => d
+                .owner(proto, local, remote)
+                .map(|o| (o.inode, Some(o.uid))),
+            _ => table_entry(proto, local),
+        };
+        let Some((inode, uid)) = found else {
+            return AppOwner::default();
+        };
+        let app = self.process_of(inode, uid).and_then(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .map(|e| e.to_string_lossy().into_owned())
+        });
+        AppOwner { app, uid }
+    }
+
+    /// The process holding socket `inode`: recent owners first, then the
+    /// processes of `uid`, then the others.
+    fn process_of(&mut self, inode: u64, uid: Option<u32>) -> Option<u32> {
+        let want = format!("socket:[{inode}]");
+        let recent: Vec<u32> = self.recent.iter().copied().collect();
+        let found = recent
+            .into_iter()
+            .find(|&pid| holds(pid, &want))
+            .or_else(|| {
+                let mut pids: Vec<(bool, u32)> = std::fs::read_dir("/proc")
+                    .ok()?
+                    .flatten()
+                    .filter_map(|e| {
+                        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                        let mine = uid.is_some_and(|u| e.metadata().is_ok_and(|m| m.uid() == u));
+                        Some((!mine, pid))
+                    })
+                    .collect();
+                // The socket's user's processes first (false sorts first).
+                pids.sort_unstable();
+                pids.into_iter()
+                    .map(|(_, pid)| pid)
+                    .find(|&pid| !self.recent.contains(&pid) && holds(pid, &want))
+            })?;
+        self.recent.retain(|&p| p != found);
+        if self.recent.len() == RECENT {
+            self.recent.pop_back();
+        }
+        self.recent.push_front(found);
+        Some(found)
+    }
+}
+
+/// Whether process `pid` holds the descriptor whose link reads `want`.
+fn holds(pid: u32, want: &str) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want))
+}
+
+/// The inode and uid of the socket bound to `local` from the kernel's
+/// `/proc/net/*` table for `proto` (ICMP's ping sockets, and TCP and UDP
+/// where sock_diag is not available).
+fn table_entry(proto: Transport, local: SocketAddr) -> Option<(u64, Option<u32>)> {
     let table = match (proto, local.ip()) {
         (Transport::Tcp, IpAddr::V4(_)) => "tcp",
         (Transport::Tcp, IpAddr::V6(_)) => "tcp6",
@@ -19,30 +120,12 @@ pub fn owner(proto: Transport, local: SocketAddr) -> Option<String> {
         (Transport::Icmp, IpAddr::V6(_)) => "icmp6",
     };
     let text = std::fs::read_to_string(format!("/proc/net/{table}")).ok()?;
-    let inode = find_inode(&text, local)?;
-    let want = format!("socket:[{inode}]");
-    for p in std::fs::read_dir("/proc").ok()?.flatten() {
-        let pid = p.file_name();
-        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == want.as_str()) {
-                return std::fs::read_link(p.path().join("exe"))
-                    .ok()
-                    .map(|e| e.to_string_lossy().into_owned());
-            }
-        }
-    }
-    None
+    find_inode(&text, local)
 }
 
-/// The inode of the socket whose local address is `local` in a
+/// The inode and uid of the socket whose local address is `local` in a
 /// `/proc/net/*` table (wildcard-bound sockets match any address).
-fn find_inode(text: &str, local: SocketAddr) -> Option<u64> {
+fn find_inode(text: &str, local: SocketAddr) -> Option<(u64, Option<u32>)> {
     let mut wildcard = None;
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -58,9 +141,10 @@ fn find_inode(text: &str, local: SocketAddr) -> Option<u64> {
         let Ok(inode) = inode.parse::<u64>() else {
             continue;
         };
+        let entry = (inode, f.get(7).and_then(|u| u.parse().ok()));
         match parse_ip(ip) {
-            Some(a) if a == local.ip() => return Some(inode),
-            Some(a) if a.is_unspecified() => wildcard = Some(inode),
+            Some(a) if a == local.ip() => return Some(entry),
+            Some(a) if a.is_unspecified() => wildcard = Some(entry),
             _ => {}
         }
     }
@@ -90,11 +174,11 @@ mod tests {
         let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0 100 0 0 10 0\n   1: 00000000:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 777 1\n";
         assert_eq!(
             find_inode(t, "127.0.0.1:8080".parse().expect("a")),
-            Some(12345)
+            Some((12345, Some(0)))
         );
         assert_eq!(
             find_inode(t, "198.18.255.1:53".parse().expect("a")),
-            Some(777),
+            Some((777, Some(0))),
             "wildcard"
         );
         assert_eq!(find_inode(t, "127.0.0.1:9".parse().expect("a")), None);
@@ -104,16 +188,33 @@ mod tests {
         );
     }
 
-    /// A socket of this very process is found, and its owner is this
-    /// test's executable.
+    /// Sockets of this very process are found, by sock_diag (TCP, UDP)
+    /// and by the table (ICMP is looked up the same way), and their owner
+    /// is this test's executable, run by this user.
     #[test]
     fn a_real_socket_is_traced_to_its_process() {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let local = s.local_addr().expect("addr");
         let exe = std::env::current_exe().expect("exe");
+        let me = AppOwner {
+            app: Some(exe.to_string_lossy().into_owned()),
+            uid: Some(nix::unistd::geteuid().as_raw()),
+        };
+        let mut f = Finder::new();
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let local = u.local_addr().expect("addr");
+        let remote: SocketAddr = "127.0.0.1:9".parse().expect("a");
+        assert_eq!(f.owner(Transport::Udp, local, remote), me);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let c = std::net::TcpStream::connect(l.local_addr().expect("a")).expect("connect");
+        let (local, remote) = (c.local_addr().expect("l"), c.peer_addr().expect("p"));
+        assert_eq!(f.owner(Transport::Tcp, local, remote), me);
+        // Without sock_diag, from the tables.
         assert_eq!(
-            owner(Transport::Udp, local).as_deref(),
-            Some(exe.to_string_lossy().as_ref())
+            table_entry(Transport::Tcp, local).map(|e| e.1),
+            Some(me.uid)
         );
+        // A socket nobody holds: unknown.
+        drop(c);
+        let gone = f.owner(Transport::Tcp, local, remote);
+        assert_eq!(gone.app, None);
     }
 }

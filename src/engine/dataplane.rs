@@ -179,12 +179,31 @@ pub enum Output {
 pub struct FlowCtx {
     /// Names (DNS answers, earlier flows).
     pub names: Vec<String>,
-    /// The owning app, from [`Engine::set_app_lookup`].
+    /// The owning app, from [`Engine::set_app_lookup`] or
+    /// [`Engine::hint_owner`].
     pub app: Option<String>,
+    /// The user the owning app runs as, when the platform says.
+    pub uid: Option<u32>,
+}
+
+/// Who owns a flow, as the platform can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppOwner {
+    /// The app: an executable's path, or the platform's name for it.
+    pub app: Option<String>,
+    /// The user it runs as.
+    pub uid: Option<u32>,
 }
 
 /// Finds the app that owns a flow: (transport, app side, server side).
-pub type AppLookup = Box<dyn FnMut(PTransport, SocketAddr, SocketAddr) -> Option<String> + Send>;
+pub type AppLookup = Box<dyn FnMut(PTransport, SocketAddr, SocketAddr) -> AppOwner + Send>;
+
+/// A flow as an owner is looked up for it: (transport, app side, server
+/// side; for echo flows the identifier and port 0).
+pub type OwnerKey = (PTransport, SocketAddr, SocketAddr);
+
+/// The most owners [`Engine::hint_owner`] keeps for flows not yet seen.
+pub const OWNER_HINTS: usize = 4_096;
 
 /// A UDP or echo flow's key: (echo?, app side, server side).
 type DatagramKey = (bool, SocketAddr, SocketAddr);
@@ -264,6 +283,8 @@ pub struct Engine {
     /// and when SERVFAIL is due if none came.
     dns_pending: HashMap<u64, (Question, Reply, u64)>,
     apps: Option<AppLookup>,
+    /// Owners found ahead of their flows' first packets.
+    owner_hints: HashMap<OwnerKey, AppOwner>,
     next_query: u64,
     /// The policy generation the open flows were judged with.
     policy_gen: u64,
@@ -308,6 +329,7 @@ impl Engine {
             names: dns::NameMap::default(),
             dns_pending: HashMap::new(),
             apps: None,
+            owner_hints: HashMap::new(),
             next_query: 1,
             policy_gen: policy.generation(),
             held_bytes: 0,
@@ -604,10 +626,66 @@ impl Engine {
     }
 
     /// How to find the app that owns a new flow (the platform's answer:
-    /// the kernel's socket tables on Linux, `getConnectionOwnerUid` on
-    /// Android). Called once per flow, before it is judged.
+    /// `getConnectionOwnerUid` on Android, the program under `geowall
+    /// exec`). Called once per flow, before it is judged, unless
+    /// [`Engine::hint_owner`] already said.
     pub fn set_app_lookup(&mut self, f: AppLookup) {
         self.apps = Some(f);
+    }
+
+    /// The owner of the flow `key` will start, found ahead of its first
+    /// packet (off the packet path: the driver holds the packet until the
+    /// answer is in). Kept until that flow starts; at most
+    /// [`OWNER_HINTS`] are kept (past it, the oldest go all at once).
+    pub fn hint_owner(&mut self, key: OwnerKey, owner: AppOwner) {
+        if self.owner_hints.len() >= OWNER_HINTS {
+            self.owner_hints.clear();
+        }
+        self.owner_hints.insert(key, owner);
+    }
+
+    /// The flow `packet` (from the app) would start, if it starts one: a
+    /// TCP SYN, the first datagram or echo request of an unknown flow. DNS
+    /// queries, which geowall answers itself, start none.
+    pub fn starts_flow(&self, packet: &[u8]) -> Option<OwnerKey> {
+        let p = parse_ip(packet).ok()?;
+        if p.fragment.is_some() {
+            return None;
+        }
+        match p.transport {
+            Transport::Tcp {
+                sport,
+                dport,
+                flags,
+                ..
+            } => {
+                let key = (SocketAddr::new(p.src, sport), SocketAddr::new(p.dst, dport));
+                (flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+                    && !self.tcp.contains_key(&key))
+                .then_some((PTransport::Tcp, key.0, key.1))
+            }
+            Transport::Udp { sport, dport, .. } if dport != 53 => {
+                let key = (
+                    false,
+                    SocketAddr::new(p.src, sport),
+                    SocketAddr::new(p.dst, dport),
+                );
+                (!self.flows.contains_key(&key)).then_some((PTransport::Udp, key.1, key.2))
+            }
+            Transport::Icmp {
+                kind,
+                echo_id: Some(ident),
+                ..
+            } if kind == icmp_type::ECHO_REQUEST_V4 || kind == icmp_type::ECHO_REQUEST_V6 => {
+                let key = (
+                    true,
+                    SocketAddr::new(p.src, ident),
+                    SocketAddr::new(p.dst, 0),
+                );
+                (!self.flows.contains_key(&key)).then_some((PTransport::Icmp, key.1, key.2))
+            }
+            _ => None,
+        }
     }
 
     fn flow_ctx(
@@ -619,9 +697,18 @@ impl Engine {
         now_ns: u64,
     ) -> FlowCtx {
         let t = if icmp { PTransport::Icmp } else { t };
+        let owner = match self.owner_hints.remove(&(t, client, server)) {
+            Some(o) => o,
+            None => self
+                .apps
+                .as_mut()
+                .map(|f| f(t, client, server))
+                .unwrap_or_default(),
+        };
         FlowCtx {
             names: self.learned_names(server.ip(), now_ns),
-            app: self.apps.as_mut().and_then(|f| f(t, client, server)),
+            app: owner.app,
+            uid: owner.uid,
         }
     }
 }

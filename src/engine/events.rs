@@ -201,6 +201,9 @@ pub struct Event {
     /// platform calls it), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// The user the app runs as, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     /// More about a DNS decision (the addresses removed from an answer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -264,6 +267,7 @@ impl Event {
             leaks: f.leaks.iter().map(|l| l.label.clone()).collect(),
             names: f.ctx.names.clone(),
             app: f.ctx.app.clone(),
+            uid: f.ctx.uid,
             detail: None,
             volume: matches!(kind, EventKind::Closed | EventKind::Cut).then_some(f.volume),
         }
@@ -294,6 +298,7 @@ impl Event {
             leaks: Vec::new(),
             names,
             app: None,
+            uid: None,
             detail,
             volume: None,
         }
@@ -310,6 +315,7 @@ mod tests {
         let ctx = crate::engine::dataplane::FlowCtx {
             names: vec!["edge.example".into()],
             app: Some("/usr/bin/app".into()),
+            uid: Some(1000),
         };
         let core = FlowCore::new(
             "192.0.2.200:40000".parse().expect("addr"),
@@ -320,7 +326,7 @@ mod tests {
         let e = Event::of_flow(EventKind::Opened, 7, FlowProto::Udp, &core, None);
         assert_eq!(
             serde_json::to_string(&e).expect("json"),
-            r#"{"kind":"opened","flow":7,"proto":"udp","client":"192.0.2.200:40000","server":"198.51.100.7:5000","class":"other","protocol":"unknown","server_name":null,"encrypted":"unknown","action":"allow","rule":null,"layer":null,"leaks":[],"names":["edge.example"],"app":"/usr/bin/app"}"#
+            r#"{"kind":"opened","flow":7,"proto":"udp","client":"192.0.2.200:40000","server":"198.51.100.7:5000","class":"other","protocol":"unknown","server_name":null,"encrypted":"unknown","action":"allow","rule":null,"layer":null,"leaks":[],"names":["edge.example"],"app":"/usr/bin/app","uid":1000}"#
         );
         let mut core = core;
         core.volume.up(60);
@@ -329,7 +335,7 @@ mod tests {
         let c = Event::of_flow(EventKind::Closed, 7, FlowProto::Udp, &core, None);
         assert_eq!(
             serde_json::to_string(&c).expect("json"),
-            r#"{"kind":"closed","flow":7,"proto":"udp","client":"192.0.2.200:40000","server":"198.51.100.7:5000","class":"other","protocol":"unknown","server_name":null,"encrypted":"unknown","action":"allow","rule":null,"layer":null,"leaks":[],"names":["edge.example"],"app":"/usr/bin/app","packets_up":2,"packets_down":1,"bytes_up":1560,"bytes_down":80}"#
+            r#"{"kind":"closed","flow":7,"proto":"udp","client":"192.0.2.200:40000","server":"198.51.100.7:5000","class":"other","protocol":"unknown","server_name":null,"encrypted":"unknown","action":"allow","rule":null,"layer":null,"leaks":[],"names":["edge.example"],"app":"/usr/bin/app","uid":1000,"packets_up":2,"packets_down":1,"bytes_up":1560,"bytes_down":80}"#
         );
         let d = Event::dns(
             EventKind::DnsFiltered,

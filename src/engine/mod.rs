@@ -335,6 +335,7 @@ impl Inspector {
                         .map(str::to_owned)
                         .collect(),
                     app: None,
+                    uid: None,
                 };
                 self.by_server
                     .entry(server.ip())

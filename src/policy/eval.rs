@@ -35,6 +35,8 @@ pub struct Facts<'a> {
     pub leak: bool,
     /// The app identity the platform gave.
     pub app: Option<&'a str>,
+    /// The user the app runs as.
+    pub uid: Option<u32>,
 }
 
 impl<'a> Facts<'a> {
@@ -51,6 +53,7 @@ impl<'a> Facts<'a> {
             encrypted: None,
             leak: false,
             app,
+            uid: None,
         }
     }
 }
@@ -240,7 +243,13 @@ impl Rule {
         let c = &self.cond;
         let need = |ok: bool, what: &'static str| if ok { Ok(()) } else { Err(what) };
         if let Some(apps) = &c.app {
-            need(f.app.is_some_and(|a| apps.iter().any(|x| x == a)), "app")?;
+            need(
+                f.app.is_some_and(|a| apps.iter().any(|x| x.matches(a))),
+                "app",
+            )?;
+        }
+        if let Some(uids) = &c.uid {
+            need(f.uid.is_some_and(|u| uids.contains(&u)), "uid")?;
         }
         if let Some(d) = &c.domain {
             need(f.names.iter().any(|n| d.matches(n)), "domain")?;

@@ -6,6 +6,7 @@
 //! jurisdiction layer that made it match. [`PolicyHandle`] swaps policies
 //! atomically while traffic is evaluated.
 
+pub mod app;
 pub mod bundle;
 pub mod eval;
 pub mod lists;

@@ -22,8 +22,8 @@
 //! `domain`, `vendor`, `port` (numbers or `"a-b"` ranges), `protocol`
 //! (`tcp`, `udp`, `icmp`), `traffic` (`dns`, `web`, `media`, `ping`,
 //! `other`), `encrypted`, `leak`, `local` (the server is on the device or
-//! the local network: loopback, private, link-local, multicast), `app`,
-//! `list`. A condition on a fact that
+//! the local network: loopback, private, link-local, multicast), `app`
+//! (paths, file names or globs: [`super::app`]), `uid`, `list`. A condition on a fact that
 //! is not known yet (no server name, traffic not classified) does not
 //! match.
 
@@ -34,6 +34,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use super::app::AppPattern;
 use super::lists::{ListEntries, ListFormat, parse_list};
 use crate::intel::catalog::{Catalog, SourceError};
 use crate::intel::country::Country;
@@ -245,7 +246,9 @@ struct RawRule {
     #[serde(default)]
     local: Option<bool>,
     #[serde(default)]
-    app: Option<Spanned<Vec<String>>>,
+    app: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    uid: Option<Spanned<Vec<u32>>>,
     #[serde(default)]
     list: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
@@ -367,7 +370,8 @@ pub struct Conditions {
     pub(crate) leak: Option<bool>,
     /// The server is on the device or the local network ([`super::eval::is_local`]).
     pub(crate) local: Option<bool>,
-    pub(crate) app: Option<Vec<String>>,
+    pub(crate) app: Option<Vec<AppPattern>>,
+    pub(crate) uid: Option<Vec<u32>>,
     pub(crate) list: Option<Vec<usize>>,
 }
 
@@ -775,7 +779,17 @@ fn compile_rule(
     c.local = r.local;
     if let Some(v) = r.app {
         nonempty(&v, "app", path, text)?;
-        c.app = Some(v.into_inner());
+        let mut pats = Vec::new();
+        for s in v.get_ref() {
+            pats.push(AppPattern::new(s.get_ref()).map_err(|e| {
+                at(s.span(), e).hint("patterns: /usr/bin/curl (that path), curl (that file name), firefox* or /opt/*/bin/* (* any run, ? one character)")
+            })?);
+        }
+        c.app = Some(pats);
+    }
+    if let Some(v) = r.uid {
+        nonempty(&v, "uid", path, text)?;
+        c.uid = Some(v.into_inner());
     }
     if let Some(v) = r.list {
         nonempty(&v, "list", path, text)?;

@@ -218,6 +218,11 @@ action = "allow"
 app = ["com.example.ok"]
 encrypted = true
 [[rule]]
+name = "tools of one user"
+action = "allow"
+app = ["/usr/bin/curl", "wget*"]
+uid = [1000, 1001]
+[[rule]]
 name = "us carrier"
 action = "allow"
 asn = [64502]
@@ -271,6 +276,25 @@ domain = ["=exact.example", "*.wild.example", "suffix.example"]
         }),
         None
     );
+    // Path, glob and user together.
+    for (app, uid, rule) in [
+        (Some("/usr/bin/curl"), Some(1000), Some("tools of one user")),
+        (
+            Some("/usr/local/bin/wget2"),
+            Some(1001),
+            Some("tools of one user"),
+        ),
+        (Some("/usr/local/bin/curl"), Some(1000), None),
+        (Some("/usr/bin/curl"), Some(0), None),
+        (Some("/usr/bin/curl"), None, None),
+        (None, Some(1000), None),
+    ] {
+        assert_eq!(
+            ev(Facts { app, uid, ..base }),
+            rule.map(str::to_owned),
+            "{app:?} {uid:?}"
+        );
+    }
     assert_eq!(
         ev(Facts {
             dst: ip("198.51.100.7"),

@@ -33,6 +33,7 @@ pub fn facts<'a>(transport: PTransport, core: &'a FlowCore, names: &'a [&'a str]
         },
         leak: !core.leaks.is_empty(),
         app: core.ctx.app.as_deref(),
+        uid: core.ctx.uid,
     }
 }
 
