@@ -385,3 +385,133 @@ fn the_presets_can_be_listed_and_read_without_the_source() {
         "{s}"
     );
 }
+
+/// The reference of the rule language (docs/rules.md) against the parser:
+/// in every section, the keys listed are exactly those the parser takes,
+/// and every value listed for a key is one the parser takes while every
+/// value the parser takes is named in the row; its example policy checks.
+#[test]
+fn the_rule_reference_matches_the_parser() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/rules.md"))
+        .expect("docs/rules.md");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // What the parser says about a policy text (an error, or "").
+    let check = |text: &str| {
+        let p = dir.path().join("probe.toml");
+        std::fs::write(&p, text).expect("write");
+        let o = geowall(&["rules", "check", p.to_str().expect("utf-8")]);
+        let mut all = String::from_utf8_lossy(&o.stdout).into_owned();
+        all.push_str(&String::from_utf8_lossy(&o.stderr));
+        if o.status.success() {
+            String::new()
+        } else {
+            all
+        }
+    };
+    // The backticked words after "expected" in an error.
+    let expected = |err: &str| -> Vec<String> {
+        let Some(i) = err.find("expected") else {
+            return Vec::new();
+        };
+        let tail = err[i..].lines().next().unwrap_or("");
+        tail.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    };
+    const HEAD: &str = "name = \"x\"\ndefault = \"allow\"\n";
+    const RULE: &str = "[[rule]]\nname = \"r\"\naction = \"block\"\n";
+    // Per section: the text with a key set to `value` (TOML).
+    let sections: [(&str, &dyn Fn(&str, &str) -> String); 5] = [
+        ("## Top level", &|k: &str, v: &str| {
+            if k == "default" {
+                format!("name = \"x\"\ndefault = {v}\n")
+            } else {
+                format!("name = \"x\"\ndefault = \"block\"\n{k} = {v}\n")
+            }
+        }),
+        ("## `[[list]]`", &|k: &str, v: &str| {
+            format!("{HEAD}[[list]]\nname = \"l\"\nfile = \"f\"\n{k} = {v}\n")
+        }),
+        ("## `[[rule]]`", &|k: &str, v: &str| {
+            if k == "action" {
+                format!("{HEAD}[[rule]]\nname = \"r\"\naction = {v}\n")
+            } else {
+                format!("{HEAD}{RULE}{k} = {v}\n")
+            }
+        }),
+        ("## `jurisdiction`", &|k: &str, v: &str| {
+            format!("{HEAD}{RULE}jurisdiction = {{ countries = [\"CN\"], {k} = {v} }}\n")
+        }),
+        ("## `[dns]`", &|k: &str, v: &str| {
+            format!("{HEAD}[dns]\n{k} = {v}\n")
+        }),
+    ];
+    for (heading, probe) in sections {
+        let body = doc
+            .split(heading)
+            .nth(1)
+            .unwrap_or_else(|| panic!("docs/rules.md has no {heading}"));
+        let body = body.split("\n## ").next().unwrap_or("");
+        let rows: Vec<Vec<&str>> = body
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| l.split(" | ").collect())
+            .collect();
+        let keys: Vec<String> = rows
+            .iter()
+            .map(|r| r[0].trim_start_matches("| ").trim_matches('`').to_owned())
+            .collect();
+        // The keys: exactly those the parser names for an unknown one.
+        let mut taken = expected(&check(&probe("zz_unknown", "1")));
+        let mut listed = keys.clone();
+        taken.sort();
+        listed.sort();
+        assert_eq!(listed, taken, "keys of {heading}");
+        // The values of keys the parser reads as names.
+        for (row, key) in rows.iter().zip(&keys) {
+            let values = row[1];
+            let named: Vec<&str> = values.split(", ").map(|v| v.trim_matches('`')).collect();
+            if !values
+                .split(", ")
+                .all(|v| v.starts_with('`') && v.ends_with('`'))
+                || named == ["true", "false"]
+            {
+                continue;
+            }
+            let mut err = check(&probe(key, "\"zz_unknown\""));
+            if err.contains("invalid type") {
+                err = check(&probe(key, "[\"zz_unknown\"]"));
+            }
+            let accepted = expected(&err);
+            assert!(!accepted.is_empty(), "{heading} {key}: {err}");
+            for v in &named {
+                assert!(
+                    accepted.iter().any(|a| a == v),
+                    "{heading} {key}: `{v}` is not taken: {err}"
+                );
+            }
+            let row_text = row.join(" ");
+            for a in &accepted {
+                assert!(
+                    row_text.contains(&format!("`{a}`")),
+                    "{heading} {key}: `{a}` is taken but not documented"
+                );
+            }
+        }
+    }
+    // The example at the top checks (its list file made for it).
+    let example = doc
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("an example");
+    std::fs::create_dir_all(dir.path().join("lists")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("lists/trackers.txt"),
+        "0.0.0.0 tracker.example\n",
+    )
+    .expect("list");
+    assert_eq!(check(example), "", "the example policy checks");
+}

@@ -1,4 +1,5 @@
-//! The rule language (TOML) and its compiled form.
+//! The rule language (TOML) and its compiled form; `docs/rules.md` is the
+//! user's reference, checked against this parser by a test.
 //!
 //! ```toml
 //! name = "example"
