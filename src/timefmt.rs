@@ -33,6 +33,41 @@ pub fn rfc3339_millis(since_epoch: std::time::Duration) -> String {
     )
 }
 
+/// Reads an RFC 3339 UTC time (`2026-06-17T08:00:00Z`, fractions of a
+/// second allowed and dropped) as Unix seconds; `None` for anything else
+/// (other offsets included) or a time before 1970.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let num = |t: &str| -> Option<i64> {
+        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok())?
+    };
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let time = time.split('.').next()?;
+    let mut t = time.split(':');
+    let (h, mi, sec) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
+    if d.next().is_some()
+        || t.next().is_some()
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
+        return None;
+    }
+    // Days-from-civil (proleptic Gregorian), the inverse of `rfc3339`.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3_600 + mi * 60 + sec).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +81,26 @@ mod tests {
             rfc3339_millis(std::time::Duration::from_millis(951_782_400_042)),
             "2000-02-29T00:00:00.042Z"
         );
+        for t in [0, 951_782_400, 1_781_654_399, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+        }
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00.042Z"), Some(951_782_400));
+        for bad in [
+            "",
+            "2026-06-17",
+            "2026-06-17T08:00:00+02:00",
+            "2026-13-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "x026-01-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_undoes_formatting(t in 0u64..10_000_000_000) {
+            proptest::prop_assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+        }
     }
 }

@@ -657,3 +657,117 @@ fn a_bundle_that_expires_while_running_stays_in_force_and_status_says_stale() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(net.count(addr::US2, 17, 7000), 0, "nothing reached US2");
 }
+
+/// `geowall world update` against a running instance: a signed world
+/// bundle that moves the US range into the PRC blocks flows there at once
+/// (0 packets more at the server); a tampered, expired, foreign-signed or
+/// older bundle is refused and the running data stays; after a restart
+/// the accepted data is still in force.
+#[test]
+fn a_world_update_moves_a_server_and_bad_ones_are_refused() {
+    if !support::root_or_skip("a_world_update_moves_a_server_and_bad_ones_are_refused") {
+        return;
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.udp_server(sa(addr::US, 7000), echo);
+    let dir = net.dir.path().to_owned();
+    let key = bundle::SigningKey::from_bytes(&[9; 32]);
+    let pubkey = trusted_key(&dir, &key);
+    let state = dir.join("state");
+    let args: Vec<String> = [
+        "--policy",
+        policy.to_str().expect("utf-8"),
+        "--world-pubkey",
+        pubkey.to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    net.start_geowall(&world, &args);
+    let app = net.app.clone();
+    let reaches = |net: &Net| {
+        let before = net.count(addr::US, 17, 7000);
+        let ok = in_ns(&app, || {
+            udp_exchange_within(sa(addr::US, 7000), b"w", Duration::from_millis(700)).is_ok()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        (ok, net.count(addr::US, 17, 7000) - before)
+    };
+    assert_eq!(reaches(&net), (true, 1), "the US server before");
+    // The same world with the US range in the PRC.
+    let fixture = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/world.csv"),
+    )
+    .expect("fixture");
+    let moved = fixture.replace(
+        "198.51.100.0/24,US,US,64502,Test US Carrier,US",
+        "198.51.100.0/24,CN,CN,64500,Test PRC Telecom,CN",
+    );
+    assert_ne!(moved, fixture);
+    let csv = dir.join("moved.csv");
+    std::fs::write(&csv, moved).expect("csv");
+    let mut b = geowall::intel::world::WorldBuilder::new();
+    b.add_fixture_csv(&csv, &mut |_| {}).expect("reads");
+    let db = b.build(&mut |_| {}).expect("builds").0;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let write = |name: &str, seq: u64, expires: u64, k: &bundle::SigningKey| {
+        let p = dir.join(name);
+        let framed = bundle::build_world(&db, seq, now - 10, expires).expect("build");
+        std::fs::write(&p, bundle::sign(&framed, k).expect("sign")).expect("write");
+        p
+    };
+    let update = |net: &Net, p: &Path| {
+        let o = support::geowall_cli(
+            net,
+            &["world", "update", "--bundle", p.to_str().expect("utf-8")],
+        );
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let tampered = write("tampered.gwb", 5, now + 3_600, &key);
+    let mut t = std::fs::read(&tampered).expect("read");
+    let mid = t.len() / 2;
+    t[mid] ^= 1;
+    std::fs::write(&tampered, t).expect("write");
+    for (p, why) in [
+        (tampered, "altered"),
+        (write("expired.gwb", 5, now - 1, &key), "expired"),
+        (
+            write(
+                "foreign.gwb",
+                5,
+                now + 3_600,
+                &bundle::SigningKey::from_bytes(&[3; 32]),
+            ),
+            "unknown key",
+        ),
+    ] {
+        let (code, err) = update(&net, &p);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(why) && err.contains("running data stays"),
+            "{err}"
+        );
+        assert_eq!(reaches(&net), (true, 1), "still the old data after {why}");
+    }
+    let (code, err) = update(&net, &write("w5.gwb", 5, now + 3_600, &key));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(reaches(&net), (false, 0), "the moved server gets nothing");
+    let (code, err) = update(&net, &write("w4.gwb", 4, now + 3_600, &key));
+    assert!(code == Some(1) && err.contains("rollback"), "{err}");
+    // A restart keeps the accepted data.
+    net.stop_geowall();
+    net.start_geowall(&world, &args);
+    assert_eq!(reaches(&net), (false, 0), "still moved after a restart");
+    let (code, err) = update(&net, &write("w5-again.gwb", 5, now + 3_600, &key));
+    assert!(code == Some(1) && err.contains("rollback"), "{err}");
+    net.stop_geowall();
+}

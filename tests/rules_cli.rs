@@ -423,7 +423,8 @@ fn the_rule_reference_matches_the_parser() {
     const HEAD: &str = "name = \"x\"\ndefault = \"allow\"\n";
     const RULE: &str = "[[rule]]\nname = \"r\"\naction = \"block\"\n";
     // Per section: the text with a key set to `value` (TOML).
-    let sections: [(&str, &dyn Fn(&str, &str) -> String); 5] = [
+    type Probe<'a> = &'a dyn Fn(&str, &str) -> String;
+    let sections: [(&str, Probe<'_>); 5] = [
         ("## Top level", &|k: &str, v: &str| {
             if k == "default" {
                 format!("name = \"x\"\ndefault = {v}\n")

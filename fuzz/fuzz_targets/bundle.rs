@@ -1,6 +1,7 @@
 //! The bundle loader: the input as a whole bundle (rejected at the frame
 //! or the signature), and as the content of a correctly framed and signed
-//! bundle (so that the archive, catalog and policy inside are parsed).
+//! bundle (so that the archive, catalog and policy inside are parsed), and
+//! as a world bundle's database.
 #![no_main]
 
 use geowall::policy::bundle::{self, SigningKey};
@@ -12,8 +13,15 @@ fuzz_target!(|data: &[u8]| {
     let key = SigningKey::from_bytes(&[42; 32]);
     let trusted = [key.verifying_key()];
     let _ = bundle::open(data, &trusted, None, NOW);
+    let _ = bundle::open_world(data, &trusted, None, NOW);
     let framed = bundle::frame_content(data, 7, NOW - 10, NOW + 10);
     if let Ok(signed) = bundle::sign(&framed, &key) {
         let _ = bundle::open(&signed, &trusted, Some(3), NOW);
+        // The same bytes as a world database, past every check but its own.
+        let mut world = signed.clone();
+        world[12] = 1;
+        if let Ok(w) = bundle::sign(&world[..world.len() - 64], &key) {
+            let _ = bundle::open_world(&w, &trusted, Some(3), NOW);
+        }
     }
 });

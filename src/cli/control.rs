@@ -15,6 +15,8 @@ use anyhow::Context;
 use geowall::driver::Live;
 use geowall::engine::Volume;
 use geowall::engine::dataplane::{Decision, Event, EventKind};
+use geowall::intel::World;
+use geowall::intel::jurisdiction::WorldHandle;
 use geowall::policy::PolicyHandle;
 use serde_json::{Value, json};
 
@@ -90,6 +92,24 @@ pub(crate) struct State {
     /// When the running rules bundle expires (Unix seconds), if they came
     /// from one.
     pub(crate) expires: Arc<Mutex<Option<u64>>>,
+    /// The world data the engine follows.
+    pub(crate) world: Arc<WorldHandle>,
+    /// Verifies the world bundle at a path and records it (newer than the
+    /// running one, signed by a `--world-pubkey`): its sequence and data.
+    pub(crate) world_update: WorldUpdate,
+}
+
+/// See [`State::world_update`].
+pub(crate) type WorldUpdate = Box<dyn Fn(&Path) -> anyhow::Result<(u64, World)> + Send + Sync>;
+
+/// World data older than this many days is said to be stale by `status`.
+pub(crate) const WORLD_STALE_DAYS: u64 = 90;
+
+/// How many whole days ago `built_at` (RFC 3339, as world databases
+/// record it) was, if it reads.
+pub(crate) fn days_since(built_at: &str, now: u64) -> Option<u64> {
+    let t = geowall::timefmt::parse_rfc3339(built_at)?;
+    Some(now.saturating_sub(t) / 86_400)
 }
 
 /// How many apps and destinations `status` lists by bytes.
@@ -145,7 +165,13 @@ fn status(s: &State) -> Value {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let world = s.world.current();
+    let built = world.meta().built_at.clone();
+    let age = days_since(&built, now);
     json!({
+        "world_built": built,
+        "world_age_days": age,
+        "world_stale": age.is_some_and(|d| d > WORLD_STALE_DAYS),
         // An expired bundle's rules stay in force (fail-closed) until newer
         // ones arrive; status says they are stale.
         "rules_expires": expires,
@@ -192,7 +218,24 @@ fn answer(s: &State, line: &str) -> Value {
             }
             Err(e) => json!({"error": format!("reload refused, the running rules stay: {e:#}")}),
         },
-        _ => json!({"error": "unknown command (status, reload)"}),
+        Some("world-update") => {
+            let Some(path) = req["bundle"].as_str() else {
+                return json!({"error": "world-update needs \"bundle\": PATH"});
+            };
+            match (s.world_update)(Path::new(path)) {
+                Ok((sequence, w)) => {
+                    let built = w.meta().built_at.clone();
+                    // The engine takes it at its next packet or timer, and
+                    // judges the open flows again.
+                    s.world.replace(w);
+                    json!({"world_updated": sequence, "world_built": built})
+                }
+                Err(e) => {
+                    json!({"error": format!("world update refused, the running data stays: {e:#}")})
+                }
+            }
+        }
+        _ => json!({"error": "unknown command (status, reload, world-update)"}),
     }
 }
 
@@ -238,7 +281,20 @@ pub(crate) struct Args {
     json: bool,
 }
 
+impl Args {
+    /// Whether the raw JSON answer was asked for.
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
+}
+
 fn ask(a: &Args, cmd: &str) -> anyhow::Result<Value> {
+    ask_with(a, json!({ "cmd": cmd }))
+}
+
+/// Sends `req` to the instance `a` names; its answer (an error answer is
+/// an error).
+pub(crate) fn ask_with(a: &Args, req: Value) -> anyhow::Result<Value> {
     let path = a.socket.clone().unwrap_or_else(|| socket_path(&a.tun));
     let mut s = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
         format!(
@@ -246,7 +302,7 @@ fn ask(a: &Args, cmd: &str) -> anyhow::Result<Value> {
             path.display()
         )
     })?;
-    writeln!(s, "{}", json!({ "cmd": cmd }))?;
+    writeln!(s, "{req}")?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line)?;
     let v: Value = serde_json::from_str(&line).context("a garbled answer")?;
@@ -273,6 +329,13 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
         v["refused"],
         v["tcp_squeezed"]
     );
+    if v["world_stale"].as_bool() == Some(true) {
+        println!(
+            "WARNING: the world data was built {} ({} days ago): update it (`geowall world update`)",
+            v["world_built"].as_str().unwrap_or("?"),
+            v["world_age_days"]
+        );
+    }
     if v["rules_stale"].as_bool() == Some(true) {
         println!(
             "WARNING: the rules bundle expired at {}: its rules stay in force until newer ones arrive",

@@ -31,6 +31,12 @@ pub(crate) struct RulesArgs {
     /// World database instead of the shipped one.
     #[arg(long, value_name = "FILE")]
     world: Option<PathBuf>,
+    /// Accept world data updates (`geowall world update`) signed by this
+    /// key (repeatable). With a state directory, the last accepted world
+    /// bundle is used again after a restart, in place of --world or the
+    /// shipped data.
+    #[arg(long, value_name = "FILE")]
+    world_pubkey: Vec<PathBuf>,
     /// Keep the last accepted bundle and its sequence number here, so that
     /// an older bundle is refused after a restart too, and a restart whose
     /// bundle is refused (older, expired, damaged) falls back to the last
@@ -52,6 +58,9 @@ pub(crate) struct Loaded {
     /// Said loudly at start: the given bundle was refused and the last
     /// accepted one is in force instead.
     pub(crate) note: Option<String>,
+    /// The world bundle's sequence number, when the world data came from
+    /// one (a world update accepted before a restart).
+    pub(crate) world_sequence: Option<u64>,
 }
 
 impl RulesArgs {
@@ -174,7 +183,11 @@ impl RulesArgs {
         } else {
             Some(LeakDetector::new(&ids)?)
         };
-        let world = super::load_world(self.world.as_ref(), lean)?;
+        let (world, world_sequence) = match self.recorded_world()? {
+            // Updates supersede the data the instance started from.
+            Some((w, seq)) => (Arc::new(w), Some(seq)),
+            None => (super::load_world(self.world.as_ref(), lean)?, None),
+        };
         Ok(Loaded {
             policy,
             leak,
@@ -182,6 +195,52 @@ impl RulesArgs {
             sequence,
             expires,
             note,
+            world_sequence,
         })
+    }
+
+    /// The keys world updates must be signed with (`--world-pubkey`).
+    pub(crate) fn world_keys(&self) -> anyhow::Result<Vec<bundle::VerifyingKey>> {
+        self.world_pubkey
+            .iter()
+            .map(|p| bundle::read_verifying_key(p).map_err(anyhow::Error::from))
+            .collect()
+    }
+
+    /// Where accepted world bundles are recorded: `world/` in the state
+    /// directory, if there is one.
+    pub(crate) fn world_store(&self) -> anyhow::Result<Option<bundle::TrustStore>> {
+        self.state_dir
+            .as_deref()
+            .map(|d| bundle::TrustStore::open_dir(&d.join("world")))
+            .transpose()
+            .map_err(anyhow::Error::from)
+    }
+
+    /// The world bundle accepted before a restart, if one is recorded and
+    /// still verifies with `--world-pubkey` (its expiry aside: data once
+    /// accepted stays in force, said loudly, until a newer one comes).
+    fn recorded_world(&self) -> anyhow::Result<Option<(World, u64)>> {
+        let keys = self.world_keys()?;
+        let Some(bytes) = self.world_store()?.and_then(|s| s.last_good()) else {
+            return Ok(None);
+        };
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        // 0: no expiry check here (the bundle was current when accepted).
+        let w = bundle::open_world(&bytes, &keys, None, 0)
+            .context("the recorded world bundle (state directory) does not verify")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now >= w.expires {
+            eprintln!(
+                "geowall: WARNING: the recorded world bundle (sequence {}) expired at {}; it stays in force until a newer one arrives",
+                w.sequence,
+                geowall::timefmt::rfc3339(w.expires)
+            );
+        }
+        Ok(Some((w.world, w.sequence)))
     }
 }

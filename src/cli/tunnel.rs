@@ -12,7 +12,7 @@ use anyhow::Context;
 use geowall::driver::setup::{CaPem, RunConfig, Started};
 use geowall::driver::{self, Live, Protection, Summary, Tun, TunSpec};
 use geowall::engine::dataplane::{Decision, Engine, EngineConfig, Event, EventKind};
-use geowall::intel::jurisdiction::Intel;
+use geowall::intel::jurisdiction::{Intel, WorldHandle};
 use geowall::policy::PolicyHandle;
 use ipnet::IpNet;
 
@@ -119,6 +119,10 @@ pub(crate) struct Prepared {
     /// comes at once is never the default, uncleaned death. `exec` leaves
     /// the signals to its program.
     pub(crate) stop_on_signals: bool,
+    /// The world data the engine follows (replaced by a world update).
+    pub(crate) world: Arc<WorldHandle>,
+    /// Its bundle's sequence number, if it came from one.
+    pub(crate) world_sequence: Option<u64>,
 }
 
 impl EngineArgs {
@@ -133,6 +137,7 @@ impl EngineArgs {
             sequence,
             expires,
             note,
+            world_sequence,
         } = self.rules.load(true)?;
         let mut dns_ca = Vec::new();
         for f in &self.dns_ca {
@@ -151,15 +156,19 @@ impl EngineArgs {
         run.nat64_prefixes.clone_from(&self.nat64_prefixes);
         let policy_name = policy.name.clone();
         let handle = Arc::new(PolicyHandle::new(policy));
+        let world = Arc::new(WorldHandle::new(world));
         let Started {
-            engine, resolver, ..
+            mut engine,
+            resolver,
+            ..
         } = driver::setup::start(
             Arc::clone(&handle),
-            Intel::new(world),
+            Intel::new(world.current()),
             leak,
             &run,
             protection,
         )?;
+        engine.follow_world(Arc::clone(&world));
         let sink = match &self.events {
             None => None,
             Some(p) if p.as_os_str() == "-" => Some(EventSink {
@@ -188,6 +197,8 @@ impl EngineArgs {
             note,
             attribute: false,
             stop_on_signals: true,
+            world,
+            world_sequence,
         })
     }
 }
@@ -368,6 +379,8 @@ pub(crate) fn control(
     let installed = Mutex::new(prepared.sequence);
     let expires = Arc::new(Mutex::new(prepared.expires));
     let expires_seen = Arc::clone(&expires);
+    let world_rules = args.rules.clone();
+    let world_installed = Mutex::new(prepared.world_sequence);
     let sock = super::control::socket_path(name);
     super::control::serve(
         &sock,
@@ -391,6 +404,36 @@ pub(crate) fn control(
             }),
             expires,
             started: std::time::Instant::now(),
+            world: Arc::clone(&prepared.world),
+            // Newer than the running world bundle and the recorded one,
+            // signed by a --world-pubkey; recorded before it is used.
+            world_update: Box::new(move |path| {
+                let keys = world_rules.world_keys()?;
+                anyhow::ensure!(
+                    !keys.is_empty(),
+                    "this instance trusts no world data key: start it with --world-pubkey FILE"
+                );
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let store = world_rules.world_store()?;
+                let mut seq = world_installed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let recorded = match &store {
+                    Some(s) => s.installed_sequence()?,
+                    None => None,
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let w =
+                    geowall::policy::bundle::open_world(&bytes, &keys, (*seq).max(recorded), now)?;
+                if let Some(s) = &store {
+                    s.record(&bytes, w.sequence)?;
+                }
+                *seq = Some(w.sequence);
+                Ok((w.sequence, w.world))
+            }),
         },
     )?;
     Ok(((live, tally), sock))

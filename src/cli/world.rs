@@ -1,4 +1,4 @@
-//! `geowall world build|info`.
+//! `geowall world build|info|bundle|update`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,37 @@ pub(crate) enum Command {
         #[arg(long, value_name = "FILE")]
         manifest: Option<PathBuf>,
     },
-    /// Describe a world database: sources, build date, sizes.
+    /// Sign a world database as a world bundle, for `geowall world
+    /// update` (its own sequence series, apart from rules bundles').
+    Bundle {
+        /// The world database (`geowall world build --out`).
+        world: PathBuf,
+        /// Where to write the bundle.
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+        /// Its sequence number: each update must be newer than the last.
+        #[arg(long)]
+        sequence: u64,
+        /// The maintainer's signing key (`geowall rules keygen`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Days until it expires (a stale bundle replayed later is refused).
+        #[arg(long, default_value_t = 120)]
+        valid_days: u64,
+    },
+    /// Replace the world data of a running geowall with a signed world
+    /// bundle (the instance must trust its key: `--world-pubkey`); open
+    /// flows are judged again under it. A bundle that is older than the
+    /// running one, expired, altered or signed by another key is refused
+    /// and the running data stays.
+    Update {
+        /// The world bundle.
+        #[arg(long, value_name = "FILE")]
+        bundle: PathBuf,
+        #[command(flatten)]
+        instance: super::control::Args,
+    },
+    /// Describe a world database: sources, build date, age, sizes.
     Info {
         /// Database to describe instead of the shipped one.
         #[arg(long, value_name = "FILE")]
@@ -44,6 +74,35 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
             manifest,
         } => build(&from, &out, manifest.as_deref()),
         Command::Info { world, json } => info(world.as_ref(), json),
+        Command::Bundle {
+            world,
+            out,
+            sequence,
+            key,
+            valid_days,
+        } => bundle(&world, &out, sequence, &key, valid_days),
+        Command::Update { bundle, instance } => {
+            super::need_root(
+                "world update",
+                "it talks to a running geowall's control socket",
+            )?;
+            let path = std::fs::canonicalize(&bundle)
+                .with_context(|| format!("cannot read {}", bundle.display()))?;
+            let v = super::control::ask_with(
+                &instance,
+                serde_json::json!({"cmd": "world-update", "bundle": path}),
+            )?;
+            if instance.json() {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "world data updated: sequence {}, built {}",
+                v["world_updated"],
+                v["world_built"].as_str().unwrap_or("?")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -109,6 +168,31 @@ fn build(from: &Path, out: &Path, manifest: Option<&Path>) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+fn bundle(
+    world: &Path,
+    out: &Path,
+    sequence: u64,
+    key: &Path,
+    valid_days: u64,
+) -> anyhow::Result<ExitCode> {
+    use geowall::policy::bundle;
+    let db = std::fs::read(world).with_context(|| format!("cannot read {}", world.display()))?;
+    let key = bundle::read_signing_key(key)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expires = now + valid_days.saturating_mul(86_400);
+    let signed = bundle::sign(&bundle::build_world(&db, sequence, now, expires)?, &key)?;
+    std::fs::write(out, &signed).with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "{}: world bundle, sequence {sequence}, {:.1} MB, expires {}",
+        out.display(),
+        signed.len() as f64 / 1e6,
+        geowall::timefmt::rfc3339(expires)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn info(path: Option<&PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     let w = super::load_world(path, false)?;
     let m = w.meta();
@@ -118,12 +202,26 @@ fn info(path: Option<&PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let age = super::control::days_since(&m.built_at, now)
+        .map_or_else(String::new, |d| format!(" ({d} days ago)"));
     writeln!(
         out,
-        "world database: {:.1} MB, built {}",
+        "world database: {:.1} MB, built {}{age}",
         w.size_bytes() as f64 / 1e6,
         m.built_at
     )?;
+    if super::control::days_since(&m.built_at, now)
+        .is_some_and(|d| d > super::control::WORLD_STALE_DAYS)
+    {
+        writeln!(
+            out,
+            "WARNING: older than {} days: the internet's map moves; update it (`geowall world update` or a newer release)",
+            super::control::WORLD_STALE_DAYS
+        )?;
+    }
     writeln!(out, "geolocation sources: {}", m.geo_sources.join(", "))?;
     writeln!(
         out,

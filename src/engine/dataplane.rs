@@ -29,7 +29,7 @@ use super::frag::{FragLimits, FragResult, Reassembler};
 use super::reply;
 use crate::classify::leak::{LeakDetector, LeakHit, ScanState};
 use crate::classify::{Carrier, Dir, Encryption};
-use crate::intel::jurisdiction::Intel;
+use crate::intel::jurisdiction::{Intel, WorldHandle};
 use crate::policy::{Action, BlockMode, Facts, PolicyHandle, Transport as PTransport, Verdict};
 use crate::wire::packet::{Transport, icmp_type, parse_ip, tcp_flags};
 
@@ -283,6 +283,9 @@ pub struct Engine {
     /// and when SERVFAIL is due if none came.
     dns_pending: HashMap<u64, (Question, Reply, u64)>,
     apps: Option<AppLookup>,
+    /// The world database to follow, and the generation in use.
+    world: Option<Arc<WorldHandle>>,
+    world_gen: u64,
     /// Owners found ahead of their flows' first packets.
     owner_hints: HashMap<OwnerKey, AppOwner>,
     next_query: u64,
@@ -330,6 +333,8 @@ impl Engine {
             dns_pending: HashMap::new(),
             apps: None,
             owner_hints: HashMap::new(),
+            world: None,
+            world_gen: 0,
             next_query: 1,
             policy_gen: policy.generation(),
             held_bytes: 0,
@@ -375,8 +380,14 @@ impl Engine {
     /// When [`Engine::handle_timeout`] should next be called. Cheap: flow
     /// deadlines are kept as one lower bound, refreshed at each sweep.
     pub fn poll_timeout(&mut self) -> Option<u64> {
-        if self.policy.generation() != self.policy_gen {
-            // New rules: the open flows are judged again at once.
+        if self.policy.generation() != self.policy_gen
+            || self
+                .world
+                .as_ref()
+                .is_some_and(|h| h.generation() != self.world_gen)
+        {
+            // New rules or world data: the open flows are judged again at
+            // once.
             return Some(0);
         }
         let stack = self.tcp_timers.first().map(|(t, _)| *t);
@@ -600,10 +611,17 @@ impl Engine {
     /// when nothing changed.
     fn follow_policy(&mut self, now_ns: u64) {
         let g = self.policy.generation();
-        if g == self.policy_gen {
+        let w = self.world.as_ref().map_or(0, |h| h.generation());
+        if g == self.policy_gen && w == self.world_gen {
             return;
         }
         self.policy_gen = g;
+        if w != self.world_gen {
+            self.world_gen = w;
+            if let Some(h) = &self.world {
+                self.intel = self.intel.with_world(h.current());
+            }
+        }
         let open: Vec<_> = self
             .flows
             .iter()
@@ -623,6 +641,15 @@ impl Engine {
         if any {
             self.poll_stack(now_ns, None);
         }
+    }
+
+    /// Follows `handle` for the world database: a replacement (a world
+    /// update) takes the place of the one the engine was built with, and
+    /// the open flows are judged again under it.
+    pub fn follow_world(&mut self, handle: Arc<WorldHandle>) {
+        self.world_gen = handle.generation();
+        self.intel = self.intel.with_world(handle.current());
+        self.world = Some(handle);
     }
 
     /// How to find the app that owns a new flow (the platform's answer:

@@ -168,6 +168,43 @@ pub struct Intel {
     nat64: Arc<Vec<ipnet::Ipv6Net>>,
 }
 
+/// The world database a running engine follows: replaced whole by a world
+/// update ([`crate::policy::bundle::open_world`]); the engine sees the
+/// new generation at its next packet or timer and judges its open flows
+/// again.
+#[derive(Debug)]
+pub struct WorldHandle {
+    world: arc_swap::ArcSwap<World>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl WorldHandle {
+    /// Starts with `world` (generation 0).
+    pub fn new(world: Arc<World>) -> Self {
+        Self {
+            world: arc_swap::ArcSwap::new(world),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The current database.
+    pub fn current(&self) -> Arc<World> {
+        self.world.load_full()
+    }
+
+    /// Replaces the database.
+    pub fn replace(&self, w: World) {
+        self.world.store(Arc::new(w));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many times it was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// NAT64 prefixes kept at most (configured and discovered together).
 pub const MAX_NAT64_PREFIXES: usize = 8;
 
@@ -206,6 +243,14 @@ impl Intel {
             world: Arc::clone(&self.world),
             nat64: Arc::new(all),
         })
+    }
+
+    /// The same NAT64 prefixes over another world database.
+    pub fn with_world(&self, world: Arc<World>) -> Self {
+        Self {
+            world,
+            nat64: Arc::clone(&self.nat64),
+        }
     }
 
     /// The NAT64 prefixes in use besides the well-known ones.

@@ -157,9 +157,21 @@ pub enum BundleError {
         /// The installed one.
         installed: u64,
     },
+    /// A bundle of the other kind (world data given as rules, or rules as
+    /// world data).
+    #[error("this is a {found} bundle, not a {wanted} bundle")]
+    WrongKind {
+        /// What it is.
+        found: BundleKind,
+        /// What was asked for.
+        wanted: BundleKind,
+    },
     /// The policy inside does not compile.
     #[error("bundle policy is invalid: {0}")]
     InvalidPolicy(#[from] SourceError),
+    /// The world database inside does not load.
+    #[error("bundle world database is invalid: {0}")]
+    InvalidWorld(String),
     /// A file could not be read or written.
     #[error("{path}: {message}")]
     Io {
@@ -168,6 +180,48 @@ pub enum BundleError {
         /// What happened.
         message: String,
     },
+}
+
+/// What a bundle carries, recorded (and signed) in its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleKind {
+    /// A policy, its lists and catalogs (`geowall rules build`).
+    Rules,
+    /// A world database (`geowall world bundle`).
+    World,
+}
+
+impl BundleKind {
+    fn code(self) -> u32 {
+        match self {
+            BundleKind::Rules => 0,
+            BundleKind::World => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for BundleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BundleKind::Rules => "rules",
+            BundleKind::World => "world data",
+        })
+    }
+}
+
+/// A verified world bundle.
+#[derive(Debug)]
+pub struct WorldBundle {
+    /// Sequence number (its own series, apart from the rules bundles').
+    pub sequence: u64,
+    /// Created (Unix seconds).
+    pub created: u64,
+    /// Expires (Unix seconds).
+    pub expires: u64,
+    /// Hex id of the key that signed it.
+    pub key_id: String,
+    /// The world database, loaded and checked.
+    pub world: crate::intel::world::World,
 }
 
 /// A verified bundle.
@@ -371,13 +425,45 @@ pub fn build(
     Ok(frame_content(&content, sequence, created, expires))
 }
 
-/// An unsigned bundle around `content` taken as it is (normally the
+/// An unsigned rules bundle around `content` taken as it is (normally the
 /// archive [`build`] makes; tools and the fuzzer pass other bytes).
 pub fn frame_content(content: &[u8], sequence: u64, created: u64, expires: u64) -> Vec<u8> {
+    frame_kind(BundleKind::Rules, content, sequence, created, expires)
+}
+
+/// An unsigned world bundle around a world database's bytes (checked to
+/// load first).
+///
+/// # Errors
+/// The database does not load.
+pub fn build_world(
+    database: &[u8],
+    sequence: u64,
+    created: u64,
+    expires: u64,
+) -> Result<Vec<u8>, BundleError> {
+    crate::intel::world::World::from_slice(database)
+        .map_err(|e| BundleError::InvalidWorld(e.to_string()))?;
+    Ok(frame_kind(
+        BundleKind::World,
+        database,
+        sequence,
+        created,
+        expires,
+    ))
+}
+
+fn frame_kind(
+    kind: BundleKind,
+    content: &[u8],
+    sequence: u64,
+    created: u64,
+    expires: u64,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + content.len() + 65);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&kind.code().to_le_bytes());
     out.extend_from_slice(&sequence.to_le_bytes());
     out.extend_from_slice(&created.to_le_bytes());
     out.extend_from_slice(&expires.to_le_bytes());
@@ -437,16 +523,26 @@ pub fn sign(bundle: &[u8], key: &SigningKey) -> Result<Vec<u8>, BundleError> {
     Ok(out)
 }
 
-/// Verifies and opens a bundle.
-///
-/// `trusted`: the public keys to accept; `installed`: the sequence number
-/// of the installed bundle, if any; `now`: Unix seconds.
-pub fn open(
-    b: &[u8],
+/// A bundle whose frame, signature, kind, expiry and sequence were
+/// checked: its header fields and content.
+struct Verified<'b> {
+    sequence: u64,
+    created: u64,
+    expires: u64,
+    content_hash: String,
+    key_id: String,
+    content: &'b [u8],
+}
+
+/// Checks a bundle of `kind`: frame, signature by one of `trusted`, the
+/// content's hash, expiry against `now` and sequence against `installed`.
+fn verify<'b>(
+    b: &'b [u8],
+    kind: BundleKind,
     trusted: &[VerifyingKey],
     installed: Option<u64>,
     now: u64,
-) -> Result<Bundle, BundleError> {
+) -> Result<Verified<'b>, BundleError> {
     let body = frame(b)?;
     let sig = match b[body] {
         0 if b.len() == body + 1 => return Err(BundleError::MissingSignature),
@@ -476,7 +572,17 @@ pub fn open(
             "content does not match its SHA-256".into(),
         ));
     }
-    let files = unarchive(content).map_err(BundleError::Corrupt)?;
+    let found = match u32::from_le_bytes([b[12], b[13], b[14], b[15]]) {
+        0 => BundleKind::Rules,
+        1 => BundleKind::World,
+        k => return Err(BundleError::Corrupt(format!("unknown bundle kind {k}"))),
+    };
+    if found != kind {
+        return Err(BundleError::WrongKind {
+            found,
+            wanted: kind,
+        });
+    }
     let (sequence, created, expires) = (u64_at(b, 16), u64_at(b, 24), u64_at(b, 32));
     if now >= expires {
         return Err(BundleError::Expired { expires, now });
@@ -489,15 +595,63 @@ pub fn open(
             installed: i,
         });
     }
-    let (policy, catalog) = compile(&files)?;
-    Ok(Bundle {
+    Ok(Verified {
         sequence,
         created,
         expires,
         content_hash: hex(&b[56..88]),
         key_id: hex(&id),
+        content,
+    })
+}
+
+/// Verifies and opens a rules bundle.
+///
+/// `trusted`: the public keys to accept; `installed`: the sequence number
+/// of the installed bundle, if any; `now`: Unix seconds.
+///
+/// # Errors
+/// Any check failed: see [`BundleError`].
+pub fn open(
+    b: &[u8],
+    trusted: &[VerifyingKey],
+    installed: Option<u64>,
+    now: u64,
+) -> Result<Bundle, BundleError> {
+    let v = verify(b, BundleKind::Rules, trusted, installed, now)?;
+    let files = unarchive(v.content).map_err(BundleError::Corrupt)?;
+    let (policy, catalog) = compile(&files)?;
+    Ok(Bundle {
+        sequence: v.sequence,
+        created: v.created,
+        expires: v.expires,
+        content_hash: v.content_hash,
+        key_id: v.key_id,
         policy,
         catalog,
+    })
+}
+
+/// Verifies and opens a world bundle (the same checks as [`open`], its
+/// own sequence series), loading the database it carries.
+///
+/// # Errors
+/// Any check failed, or the database does not load.
+pub fn open_world(
+    b: &[u8],
+    trusted: &[VerifyingKey],
+    installed: Option<u64>,
+    now: u64,
+) -> Result<WorldBundle, BundleError> {
+    let v = verify(b, BundleKind::World, trusted, installed, now)?;
+    let world = crate::intel::world::World::from_slice(v.content)
+        .map_err(|e| BundleError::InvalidWorld(e.to_string()))?;
+    Ok(WorldBundle {
+        sequence: v.sequence,
+        created: v.created,
+        expires: v.expires,
+        key_id: v.key_id,
+        world,
     })
 }
 
@@ -873,5 +1027,70 @@ mod tests {
             framed.extend_from_slice(&bytes);
             let _ = open(&framed, &[key(1).verifying_key()], Some(1), NOW);
         }
+    }
+
+    fn world_bytes() -> Vec<u8> {
+        let mut b = crate::intel::world::WorldBuilder::new();
+        let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/world.csv");
+        b.add_fixture_csv(&csv, &mut |_| {}).expect("fixture");
+        b.build(&mut |_| {}).expect("builds").0
+    }
+
+    #[test]
+    fn world_bundles_verify_like_rules_bundles_and_never_pass_for_them() {
+        let db = world_bytes();
+        let trusted = [key(1).verifying_key()];
+        let signed = |seq: u64, expires: u64| {
+            sign(
+                &build_world(&db, seq, NOW - 10, expires).expect("build"),
+                &key(1),
+            )
+            .expect("sign")
+        };
+        let w = open_world(&signed(5, NOW + 60), &trusted, Some(4), NOW).expect("opens");
+        assert_eq!(w.sequence, 5);
+        assert!(
+            !w.world
+                .lookup("203.0.113.1".parse().expect("ip"))
+                .is_empty()
+        );
+        // Older, expired, unknown key, tampered.
+        assert!(matches!(
+            open_world(&signed(5, NOW + 60), &trusted, Some(5), NOW),
+            Err(BundleError::Rollback { .. })
+        ));
+        assert!(matches!(
+            open_world(&signed(6, NOW - 1), &trusted, None, NOW),
+            Err(BundleError::Expired { .. })
+        ));
+        assert!(matches!(
+            open_world(&signed(6, NOW + 60), &[key(2).verifying_key()], None, NOW),
+            Err(BundleError::UnknownKey(_))
+        ));
+        let mut bad = signed(6, NOW + 60);
+        let mid = HEADER + db.len() / 2;
+        bad[mid] ^= 1;
+        assert!(matches!(
+            open_world(&bad, &trusted, None, NOW),
+            Err(BundleError::BadSignature)
+        ));
+        // The kind is signed: a world bundle is no rules bundle and back.
+        assert!(matches!(
+            open(&signed(6, NOW + 60), &trusted, None, NOW),
+            Err(BundleError::WrongKind {
+                found: BundleKind::World,
+                wanted: BundleKind::Rules
+            })
+        ));
+        let rules = sign(&frame_content(b"x", 1, NOW - 10, NOW + 60), &key(1)).expect("sign");
+        assert!(matches!(
+            open_world(&rules, &trusted, None, NOW),
+            Err(BundleError::WrongKind { .. })
+        ));
+        // Not a database: refused when built.
+        assert!(matches!(
+            build_world(b"not a world", 1, NOW, NOW + 60),
+            Err(BundleError::InvalidWorld(_))
+        ));
     }
 }

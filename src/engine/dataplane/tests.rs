@@ -1478,3 +1478,60 @@ fn a_hold_ends_at_its_time() {
     }));
     assert_eq!(events(&out)[0].kind, EventKind::Opened);
 }
+
+/// A world update that moves a server under a blocked jurisdiction cuts
+/// the open media flow to it, and new flows there are blocked; the
+/// engine follows the handle without being rebuilt.
+#[test]
+fn a_world_update_cuts_flows_it_now_places_under_a_blocked_jurisdiction() {
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    let fixture = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/world.csv"),
+    )
+    .expect("fixture");
+    let build = |csv: &str| {
+        let dir = tempfile::tempdir().expect("dir");
+        let p = dir.path().join("w.csv");
+        std::fs::write(&p, csv).expect("write");
+        let mut b = WorldBuilder::new();
+        b.add_fixture_csv(&p, &mut |_| {}).expect("fixture");
+        World::from_vec(b.build(&mut |_| {}).expect("builds").0).expect("loads")
+    };
+    let handle = Arc::new(WorldHandle::new(Arc::new(build(&fixture))));
+    e.follow_world(Arc::clone(&handle));
+    let rtp = crate::wire::rtc::rtp_packet;
+    let media = |seq: u16| udp("192.0.2.200:40000", "198.51.100.7:5004", &rtp(seq));
+    for seq in 0..8 {
+        e.handle_tun(&media(seq), S + u64::from(seq) * 20 * MS);
+    }
+    let out = drain(&mut e);
+    let opened = events(&out);
+    assert_eq!(
+        (opened[0].kind, opened[0].class),
+        (EventKind::Opened, Traffic::Media),
+        "media to the US is allowed"
+    );
+    let flow = opened[0].flow;
+    // The same range, now in the PRC by every source.
+    let moved = fixture.replace(
+        "198.51.100.0/24,US,US,64502,Test US Carrier,US",
+        "198.51.100.0/24,CN,CN,64500,Test PRC Telecom,CN",
+    );
+    assert_ne!(moved, fixture);
+    handle.replace(build(&moved));
+    assert_eq!(
+        e.poll_timeout(),
+        Some(0),
+        "new world data asks for a look at once"
+    );
+    e.handle_timeout(S + S);
+    let out = drain(&mut e);
+    assert!(out.contains(&Output::Close { flow }), "{out:?}");
+    let cut = events(&out)
+        .into_iter()
+        .find(|ev| ev.kind == EventKind::Cut)
+        .expect("cut");
+    assert_eq!(cut.layer.as_deref(), Some("geo:CN"));
+    e.handle_tun(&media(9), S + S + MS);
+    assert_eq!(sent_upstream(&drain(&mut e)), 0, "nothing more leaves");
+}
