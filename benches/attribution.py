@@ -16,8 +16,8 @@ benchmark ranges only):
 `geowall run` routes the namespace's traffic through its TUN (its resolver
 change goes to /etc/netns/HOST/resolv.conf, its state to a temporary
 directory). The idle processes are forks of one process holding 64 open
-files each, as a desktop's processes hold descriptors; they sleep until the
-end. The client connects --connects times, one after another, and closes;
+files each, as a desktop's processes hold descriptors; they stay idle until
+the end. The client connects --connects times, one after another, and closes;
 reported: connect p50 and p99 in microseconds, the median over --runs runs.
 Every loop is bounded.
 """
@@ -71,17 +71,17 @@ def pct(v, p):
 print(json.dumps({"p50": pct(conn, .5), "p99": pct(conn, .99), "ok": len(conn)}))
 """
 
-# Forks N sleepers, each holding 64 open files; they end when stdin closes
-# or after 600 s, whichever is first.
+# Forks N sleepers, each holding 64 open files; they wait (idle) until
+# their standard input, shared with the parent, closes, or 30 minutes.
 SLEEPERS = r"""
-import os, sys, time
+import os, select, sys
 n = int(sys.argv[1])
 fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(64)]
 kids = []
 for _ in range(n):
     pid = os.fork()
     if pid == 0:
-        time.sleep(600)
+        select.select([0], [], [], 1800)
         os._exit(0)
     kids.append(pid)
 print("ready", flush=True)

@@ -6,10 +6,12 @@
 //! the engine's.
 //!
 //! The search for the process starts with the processes that owned the
-//! last flows (an app opens many), then those of the socket's user, then
-//! the rest.
+//! last flows (an app opens many), then those that ran since the last
+//! search (a process that just opened a socket just ran: its CPU time in
+//! `/proc/PID/schedstat` moved), the socket's user's first, the newest
+//! first, then the rest. Idle processes, however many, are looked at last.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 
@@ -26,6 +28,9 @@ pub struct Finder {
     diag: Option<SockDiag>,
     /// Processes that owned recent flows, most recent first.
     recent: VecDeque<u32>,
+    /// Each process's CPU time at the last search (only the processes
+    /// alive then: bounded by the process table).
+    cpu: HashMap<u32, u64>,
 }
 
 impl Default for Finder {
@@ -40,6 +45,7 @@ impl Finder {
         Self {
             diag: SockDiag::open().ok(),
             recent: VecDeque::with_capacity(RECENT),
+            cpu: HashMap::new(),
         }
     }
 
@@ -66,29 +72,37 @@ impl Finder {
     }
 
     /// The process holding socket `inode`: recent owners first, then the
-    /// processes of `uid`, then the others.
+    /// processes that ran since the last search, then the others (each
+    /// group the processes of `uid` first, the newest first).
     fn process_of(&mut self, inode: u64, uid: Option<u32>) -> Option<u32> {
         let want = format!("socket:[{inode}]");
         let recent: Vec<u32> = self.recent.iter().copied().collect();
-        let found = recent
-            .into_iter()
-            .find(|&pid| holds(pid, &want))
-            .or_else(|| {
-                let mut pids: Vec<(bool, u32)> = std::fs::read_dir("/proc")
-                    .ok()?
-                    .flatten()
-                    .filter_map(|e| {
-                        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-                        let mine = uid.is_some_and(|u| e.metadata().is_ok_and(|m| m.uid() == u));
-                        Some((!mine, pid))
-                    })
-                    .collect();
-                // The socket's user's processes first (false sorts first).
+        let found = match recent.into_iter().find(|&pid| holds(pid, &want)) {
+            Some(p) => Some(p),
+            None => {
+                let mut cpu = HashMap::with_capacity(self.cpu.len());
+                // (idle, not the user's, newest first) sorts the order.
+                let mut pids: Vec<(bool, bool, std::cmp::Reverse<u32>)> = Vec::new();
+                for e in std::fs::read_dir("/proc").ok()?.flatten() {
+                    let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                    else {
+                        continue;
+                    };
+                    let ran = cpu_time(pid);
+                    let idle = ran.is_some() && ran == self.cpu.get(&pid).copied();
+                    if let Some(t) = ran {
+                        cpu.insert(pid, t);
+                    }
+                    let mine = uid.is_some_and(|u| e.metadata().is_ok_and(|m| m.uid() == u));
+                    pids.push((idle, !mine, std::cmp::Reverse(pid)));
+                }
+                self.cpu = cpu;
                 pids.sort_unstable();
                 pids.into_iter()
-                    .map(|(_, pid)| pid)
+                    .map(|(_, _, std::cmp::Reverse(pid))| pid)
                     .find(|&pid| !self.recent.contains(&pid) && holds(pid, &want))
-            })?;
+            }
+        }?;
         self.recent.retain(|&p| p != found);
         if self.recent.len() == RECENT {
             self.recent.pop_back();
@@ -96,6 +110,13 @@ impl Finder {
         self.recent.push_front(found);
         Some(found)
     }
+}
+
+/// The CPU time process `pid` has had, in nanoseconds (the first field of
+/// `/proc/PID/schedstat`).
+fn cpu_time(pid: u32) -> Option<u64> {
+    let t = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    t.split_whitespace().next()?.parse().ok()
 }
 
 /// Whether process `pid` holds the descriptor whose link reads `want`.
