@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | ICMP/ICMPv6 echo | `icmp` | `ping` | no |
 //! | other ICMP | `icmp` | `other` | no |
-//! | DNS question, or an mDNS/LLMNR answer (UDP or TCP, ports 53, 5353, 5355) | `dns` | `dns` | no |
+//! | DNS question, or an mDNS/LLMNR answer (UDP or TCP, ports 53, 5353, 5355); on any other UDP port but NetBIOS's 137, a query that reads strictly as one ([`dns::strict_query`]) | `dns` | `dns` | no |
 //! | TLS ClientHello (or, mid-stream, TLS records) | `tls` | `web`; `dns` on port 853; `other` on mail/directory/SIP ports (465, 587, 993, 995, 636, 989, 990, 5061, 5223) | yes |
 //! | QUIC Initial (v1, v2, draft-29) or gQUIC CHLO | `quic` | `web` | yes |
 //! | HTTP/1.x request | `http` | `web` | no |
@@ -316,7 +316,12 @@ impl Sniffer {
         self.payloads += 1;
         let dns_port = [53, 5353, 5355].contains(&ports.1) || [53, 5353, 5355].contains(&ports.0);
         match carrier {
-            Carrier::Udp => self.sniff_udp(dir, dns_port, payload),
+            // NetBIOS name service (137) speaks DNS's message format
+            // without being DNS.
+            Carrier::Udp => {
+                let by_content = !dns_port && ports.0 != 137 && ports.1 != 137;
+                self.sniff_udp(dir, dns_port, by_content, payload);
+            }
             Carrier::Tcp => self.sniff_tcp(dir, ports, dns_port, payload),
             _ => {}
         }
@@ -325,9 +330,17 @@ impl Sniffer {
         }
     }
 
-    fn sniff_udp(&mut self, dir: Dir, dns_port: bool, p: &[u8]) {
+    fn sniff_udp(&mut self, dir: Dir, dns_port: bool, dns_by_content: bool, p: &[u8]) {
         if dns_port && let Some(n) = dns::first_name(p) {
             self.name(n.as_str());
+            return self.decide(Protocol::Dns, Traffic::Dns, false);
+        }
+        // DNS on another port, by its content alone.
+        if dns_by_content
+            && dir == Dir::Up
+            && let Some(q) = dns::strict_query(p)
+        {
+            self.name(q.name.as_str());
             return self.decide(Protocol::Dns, Traffic::Dns, false);
         }
         if let Some(host) = quic::gquic_chlo(p) {
@@ -806,6 +819,17 @@ mod tests {
             (s.class, s.server_name.as_deref()),
             (Some(Traffic::Dns), Some("a.example"))
         );
+        // The same query to a resolver on another port: DNS by content;
+        // but not on NetBIOS's name service port, which shares the format.
+        let mut odd = Sniffer::new();
+        feed(&mut odd, Carrier::Udp, Dir::Up, (5000, 5300), &q);
+        assert_eq!(
+            (odd.class, odd.protocol, odd.server_name.as_deref()),
+            (Some(Traffic::Dns), Some(Protocol::Dns), Some("a.example"))
+        );
+        let mut nb = Sniffer::new();
+        feed(&mut nb, Carrier::Udp, Dir::Up, (137, 137), &q);
+        assert_ne!(nb.class, Some(Traffic::Dns));
         let mut h = Sniffer::new();
         feed(
             &mut h,

@@ -46,7 +46,7 @@ pub struct AttributionCounters {
 
 /// The driver's side of attribution.
 pub struct Attribution {
-    ask: std::sync::mpsc::SyncSender<OwnerKey>,
+    ask: std::sync::mpsc::SyncSender<(OwnerKey, Instant)>,
     answers: mpsc::UnboundedReceiver<(OwnerKey, AppOwner)>,
     waiting: HashMap<OwnerKey, Waiting>,
     /// What it did.
@@ -68,16 +68,24 @@ impl Attribution {
     /// # Errors
     /// The thread could not be started.
     pub fn start() -> std::io::Result<Self> {
-        let (ask, questions) = std::sync::mpsc::sync_channel::<OwnerKey>(MAX_WAITING);
+        let (ask, questions) = std::sync::mpsc::sync_channel::<(OwnerKey, Instant)>(MAX_WAITING);
         let (tell, answers) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("geowall-owners".into())
             .spawn(move || {
                 let mut finder = Finder::new();
                 // Ends when the driver drops its side.
-                while let Ok(key) = questions.recv() {
+                while let Ok((key, asked)) = questions.recv() {
                     let (t, local, remote) = key;
-                    let owner = finder.owner(t, local, remote);
+                    // A flow let go already needs no answer; a search
+                    // never outlives its flow's wait (so one slow search
+                    // cannot make the next ones late).
+                    let deadline = asked + MAX_WAIT;
+                    let owner = if Instant::now() >= deadline {
+                        AppOwner::default()
+                    } else {
+                        finder.owner_by(t, local, remote, Some(deadline))
+                    };
                     if tell.send((key, owner)).is_err() {
                         break;
                     }
@@ -106,7 +114,7 @@ impl Attribution {
             }
             return;
         }
-        if self.waiting.len() >= MAX_WAITING || self.ask.try_send(key).is_err() {
+        if self.waiting.len() >= MAX_WAITING || self.ask.try_send((key, Instant::now())).is_err() {
             self.counters.unattributed += 1;
             return engine.handle_tun(packet, now_ns);
         }

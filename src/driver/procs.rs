@@ -8,8 +8,9 @@
 //! The search for the process starts with the processes that owned the
 //! last flows (an app opens many), then those that ran since the last
 //! search (a process that just opened a socket just ran: its CPU time in
-//! `/proc/PID/schedstat` moved), the socket's user's first, the newest
-//! first, then the rest. Idle processes, however many, are looked at last.
+//! `/proc/PID/schedstat` moved), the socket's user's first, the most
+//! recently started first, then the rest; a search gives up when its flow
+//! stops waiting. Idle processes, however many, are looked at last.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -54,6 +55,18 @@ impl Finder {
     /// user. Either may be unknown (a socket already closed, a process
     /// gone).
     pub fn owner(&mut self, proto: Transport, local: SocketAddr, remote: SocketAddr) -> AppOwner {
+        self.owner_by(proto, local, remote, None)
+    }
+
+    /// [`Finder::owner`], giving up the search for the process at
+    /// `deadline` (the user, from the kernel, is still given).
+    pub fn owner_by(
+        &mut self,
+        proto: Transport,
+        local: SocketAddr,
+        remote: SocketAddr,
+        deadline: Option<std::time::Instant>,
+    ) -> AppOwner {
         let found = match (&mut self.diag, proto) {
             (Some(d), Transport::Tcp | Transport::Udp) => d
                 .owner(proto, local, remote)
@@ -63,7 +76,7 @@ impl Finder {
         let Some((inode, uid)) = found else {
             return AppOwner::default();
         };
-        let app = self.process_of(inode, uid).and_then(|pid| {
+        let app = self.process_of(inode, uid, deadline).and_then(|pid| {
             std::fs::read_link(format!("/proc/{pid}/exe"))
                 .ok()
                 .map(|e| e.to_string_lossy().into_owned())
@@ -74,15 +87,21 @@ impl Finder {
     /// The process holding socket `inode`: recent owners first, then the
     /// processes that ran since the last search, then the others (each
     /// group the processes of `uid` first, the newest first).
-    fn process_of(&mut self, inode: u64, uid: Option<u32>) -> Option<u32> {
+    fn process_of(
+        &mut self,
+        inode: u64,
+        uid: Option<u32>,
+        deadline: Option<std::time::Instant>,
+    ) -> Option<u32> {
         let want = format!("socket:[{inode}]");
         let recent: Vec<u32> = self.recent.iter().copied().collect();
         let found = match recent.into_iter().find(|&pid| holds(pid, &want)) {
             Some(p) => Some(p),
             None => {
                 let mut cpu = HashMap::with_capacity(self.cpu.len());
-                // (idle, not the user's, newest first) sorts the order.
-                let mut pids: Vec<(bool, bool, std::cmp::Reverse<u32>)> = Vec::new();
+                // (idle, not the user's, newest first) sorts the order;
+                // newest by start time, as pids wrap around.
+                let mut pids: Vec<(bool, bool, std::cmp::Reverse<u64>, u32)> = Vec::new();
                 for e in std::fs::read_dir("/proc").ok()?.flatten() {
                     let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
                     else {
@@ -94,12 +113,13 @@ impl Finder {
                         cpu.insert(pid, t);
                     }
                     let mine = uid.is_some_and(|u| e.metadata().is_ok_and(|m| m.uid() == u));
-                    pids.push((idle, !mine, std::cmp::Reverse(pid)));
+                    pids.push((idle, !mine, std::cmp::Reverse(start_time(pid)), pid));
                 }
                 self.cpu = cpu;
                 pids.sort_unstable();
                 pids.into_iter()
-                    .map(|(_, _, std::cmp::Reverse(pid))| pid)
+                    .map(|(_, _, _, pid)| pid)
+                    .take_while(|_| deadline.is_none_or(|d| std::time::Instant::now() < d))
                     .find(|&pid| !self.recent.contains(&pid) && holds(pid, &want))
             }
         }?;
@@ -110,6 +130,19 @@ impl Finder {
         self.recent.push_front(found);
         Some(found)
     }
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/PID/stat`, counted after the command name, which may hold
+/// spaces and parentheses); 0 when unknown.
+fn start_time(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| {
+            let after = &t[t.rfind(')')? + 1..];
+            after.split_whitespace().nth(19)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 /// The CPU time process `pid` has had, in nanoseconds (the first field of

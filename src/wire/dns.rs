@@ -111,6 +111,37 @@ pub fn question(msg: &[u8]) -> Option<Question> {
     })
 }
 
+/// A DNS query read strictly enough to tell DNS on any port from other
+/// traffic: a standard query (QR 0, opcode 0) with exactly one question
+/// of class IN (or ANY) and a type other than 0, no answers or authority
+/// records, and nothing after the question but at most one EDNS OPT
+/// record. Random or other protocols' bytes meet all of that by chance
+/// almost never: the message must end exactly where the question (and
+/// the OPT record) says.
+pub fn strict_query(msg: &[u8]) -> Option<Question> {
+    let flags = be16(msg, 2)?;
+    let (qd, an, ns, ar) = (be16(msg, 4)?, be16(msg, 6)?, be16(msg, 8)?, be16(msg, 10)?);
+    if flags & 0xF800 != 0 || qd != 1 || an != 0 || ns != 0 || ar > 1 {
+        return None;
+    }
+    let q = question(msg)?;
+    let (_, at) = read_name(msg, 12)?;
+    if q.qtype == 0 {
+        return None;
+    }
+    let end = at + 4;
+    match ar {
+        0 => (msg.len() == end).then_some(q),
+        _ => {
+            // OPT: root name, type 41, class (payload size), TTL, length.
+            let opt = msg.get(end..)?;
+            let (&root, rest) = opt.split_first()?;
+            let rdlen = usize::from(be16(rest, 8)?);
+            (root == 0 && be16(rest, 0)? == 41 && opt.len() == 11 + rdlen).then_some(q)
+        }
+    }
+}
+
 /// The name a message is about: its first question, or (for mDNS and
 /// LLMNR announcements, which carry no question) its first answer's owner.
 pub fn first_name(msg: &[u8]) -> Option<DnsName> {
@@ -137,6 +168,41 @@ pub fn question_tcp(stream: &[u8]) -> Option<Question> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_strict_query_is_dns_on_any_port_and_little_else_is() {
+        let q = query("a.example");
+        assert_eq!(
+            strict_query(&q)
+                .map(|q| q.name.as_str().to_owned())
+                .as_deref(),
+            Some("a.example")
+        );
+        // With an EDNS OPT record.
+        let mut e = q.clone();
+        e[11] = 1;
+        e.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(strict_query(&e).is_some());
+        // A byte more, a response, two questions: not a strict query.
+        let mut longer = q.clone();
+        longer.push(0);
+        assert!(strict_query(&longer).is_none());
+        let mut resp = q.clone();
+        resp[2] |= 0x80;
+        assert!(strict_query(&resp).is_none());
+        let mut two = q.clone();
+        two[5] = 2;
+        assert!(strict_query(&two).is_none());
+    }
+
+    proptest::proptest! {
+        /// Random datagrams are almost never taken for DNS queries.
+        #[test]
+        fn random_bytes_are_not_strict_queries(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            proptest::prop_assume!(b.len() < 12 || b[4..6] != [0, 1] || b[6..10] != [0; 4]);
+            proptest::prop_assert!(strict_query(&b).is_none());
+        }
+    }
 
     fn query(name: &str) -> Vec<u8> {
         let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
