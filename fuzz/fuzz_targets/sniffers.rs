@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = rtc::sd_rtn(data);
     let _ = rtc::stun_prefix(data);
     let _ = quic::gquic_chlo(data);
+    let _ = quic::long_header(data);
     let mut plain = Vec::new();
     let _ = quic::decrypt_initial(data, &mut plain);
     let mut r = quic::InitialAssembler::new();

@@ -13,7 +13,7 @@
 //! | other ICMP | `icmp` | `other` | no |
 //! | DNS question, or an mDNS/LLMNR answer (UDP or TCP, ports 53, 5353, 5355); on any other UDP port but NetBIOS's 137, a query that reads strictly as one ([`dns::strict_query`]) | `dns` | `dns` | no |
 //! | TLS ClientHello (or, mid-stream, TLS records) | `tls` | `web`; `dns` on port 853; `other` on mail/directory/SIP ports (465, 587, 993, 995, 636, 989, 990, 5061, 5223) | yes |
-//! | QUIC Initial (v1, v2, draft-29) or gQUIC CHLO | `quic` | `web` | yes |
+//! | QUIC Initial (v1, v2, drafts 29-34) or gQUIC CHLO; any other QUIC long header by its version ([`quic::long_header`]: Version Negotiation, drafts, Q0xx, T05x, mvfst) | `quic` | `web` | yes |
 //! | HTTP/1.x request | `http` | `web` | no |
 //! | SD-RTN (Agora) | `sd-rtn` | `media` | no (its host name is cleartext) |
 //! | STUN, Binding only (also RFC 4571-framed on TCP) | `stun` | `ping` (connectivity checks) | no |
@@ -369,6 +369,12 @@ impl Sniffer {
                 None => {}
             }
         }
+        // Any other QUIC long header (Version Negotiation, drafts whose
+        // Initials are not read, gQUIC Q0xx and T05x, mvfst, 0-RTT and
+        // Handshake packets): QUIC, never media.
+        if quic::long_header(p).is_some() {
+            return self.decide(Protocol::Quic, Traffic::Web, true);
+        }
         match rtc::classify(p) {
             Some(rtc::Rtc::SdRtn { host }) => {
                 self.name(host);
@@ -719,6 +725,44 @@ mod tests {
 
     /// A flow that starts with a real QUIC Initial (from a capture) and
     /// goes on with RTP is media, not `web`.
+    #[test]
+    fn quic_of_every_generation_is_web_never_media() {
+        // A draft-28 0-RTT packet, an mvfst Handshake and a Version
+        // Negotiation, on a port media also uses.
+        let long = |first: u8, version: u32| {
+            let mut p = vec![first];
+            p.extend_from_slice(&version.to_be_bytes());
+            p.extend_from_slice(&[8, 1, 2, 3, 4, 5, 6, 7, 8, 0]);
+            p.extend_from_slice(&[0x40, 40]);
+            p.extend_from_slice(&[0x80; 40]);
+            p
+        };
+        let mut vn = vec![0x80, 0, 0, 0, 0, 0, 0];
+        vn.extend_from_slice(&1u32.to_be_bytes());
+        for (dir, p) in [
+            (Dir::Up, long(0xd0, 0xFF00_001C)),
+            (Dir::Up, long(0xe0, 0xFACE_B016)),
+            (Dir::Down, vn),
+        ] {
+            let mut s = Sniffer::new();
+            s.on_payload(Carrier::Udp, dir, (40000, 3478), &p, 0);
+            assert_eq!(
+                (s.protocol, s.class),
+                (Some(Protocol::Quic), Some(Traffic::Web)),
+                "{p:02x?}"
+            );
+            // Its short-header packets that follow keep it web (real-time
+            // packets after a QUIC-looking start still make media: see
+            // the next test).
+            let mut short = vec![0x41];
+            short.extend_from_slice(&[0x9c; 120]);
+            for i in 0..8 {
+                s.on_payload(Carrier::Udp, Dir::Up, (40000, 3478), &short, 1 + i);
+            }
+            assert_eq!(s.class, Some(Traffic::Web));
+        }
+    }
+
     #[test]
     fn a_quic_start_does_not_make_media_web() {
         use crate::wire::packet::{Transport, parse_ip, strip_link};

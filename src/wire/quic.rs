@@ -19,16 +19,19 @@ pub enum Version {
     V1,
     /// QUIC v2 (RFC 9369).
     V2,
-    /// IETF draft 29 (still seen in captures).
+    /// IETF drafts 29 to 32 (still seen in captures); drafts 33 and 34
+    /// read as [`Version::V1`].
     Draft29,
 }
 
 impl Version {
     fn from_u32(v: u32) -> Option<Self> {
         match v {
-            0x0000_0001 => Some(Version::V1),
+            // Drafts 33 and 34 use version 1's salt and labels.
+            0x0000_0001 | 0xFF00_0021 | 0xFF00_0022 => Some(Version::V1),
             0x6B33_43CF => Some(Version::V2),
-            0xFF00_001D => Some(Version::Draft29),
+            // Drafts 29 to 32 share draft 29's salt.
+            0xFF00_001D..=0xFF00_0020 => Some(Version::Draft29),
             _ => None,
         }
     }
@@ -346,6 +349,126 @@ pub fn gquic_chlo(payload: &[u8]) -> Option<Option<&str>> {
     )
 }
 
+/// A QUIC generation, told by the version field of a long header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generation {
+    /// Version Negotiation (version 0).
+    VersionNegotiation,
+    /// IETF QUIC version 1 (RFC 9000).
+    V1,
+    /// IETF QUIC version 2 (RFC 9369).
+    V2,
+    /// An IETF draft (`0xff0000NN`, NN the draft number).
+    Draft(u8),
+    /// Google QUIC (`Q0NN`, e.g. Q043, Q046, Q050).
+    Google(u16),
+    /// Google QUIC over TLS (`T0NN`, e.g. T050, T051).
+    GoogleTls(u16),
+    /// Facebook's mvfst (`0xfaceb0NN`).
+    Mvfst(u8),
+    /// A reserved version that forces negotiation (`0x?a?a?a?a`, RFC 9000
+    /// section 15).
+    Grease,
+}
+
+/// The generation a version number names, if QUIC knows it.
+pub fn generation(version: u32) -> Option<Generation> {
+    let b = version.to_be_bytes();
+    match version {
+        0 => Some(Generation::VersionNegotiation),
+        1 => Some(Generation::V1),
+        0x6B33_43CF => Some(Generation::V2),
+        v if v & 0xFFFF_FF00 == 0xFF00_0000 => Some(Generation::Draft(b[3])),
+        v if v & 0xFFFF_FF00 == 0xFACE_B000 => Some(Generation::Mvfst(b[3])),
+        v if v & 0x0F0F_0F0F == 0x0A0A_0A0A => Some(Generation::Grease),
+        _ if (b[0] == b'Q' || b[0] == b'T') && b[1..].iter().all(u8::is_ascii_digit) => {
+            let n =
+                u16::from(b[1] - b'0') * 100 + u16::from(b[2] - b'0') * 10 + u16::from(b[3] - b'0');
+            Some(if b[0] == b'Q' {
+                Generation::Google(n)
+            } else {
+                Generation::GoogleTls(n)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The QUIC generation of a datagram that starts with a QUIC long header
+/// (any packet type, either direction), read strictly enough that no RTP,
+/// STUN or DTLS packet passes: a known version; for Version Negotiation,
+/// connection ids of at most 20 bytes and a whole list of known versions;
+/// otherwise the fixed bit, connection ids of at most 20 bytes and, for
+/// Initial, 0-RTT and Handshake packets, a length that fits the datagram.
+/// Google QUIC's older public header (Q043 and before: flags, an 8-byte
+/// connection id, then the version) is recognised too.
+pub fn long_header(p: &[u8]) -> Option<Generation> {
+    let first = *p.first()?;
+    if first & 0x80 == 0 {
+        // gQUIC public header: version flag (0x01), 8-byte id (0x08), no
+        // reserved bit (0x80), then "Q0NN".
+        if first & 0x89 == 0x09 {
+            let v = u32::from_be_bytes(p.get(9..13)?.try_into().ok()?);
+            return generation(v).filter(|g| matches!(g, Generation::Google(_)));
+        }
+        return None;
+    }
+    let version = u32::from_be_bytes(p.get(1..5)?.try_into().ok()?);
+    let g = generation(version)?;
+    if matches!(g, Generation::Google(_) | Generation::GoogleTls(_)) {
+        // Q046 packs both connection id lengths in one byte; Q050 and T05x
+        // follow the invariants. Either way, the fixed bit.
+        return (first & 0x40 != 0).then_some(g);
+    }
+    let dcid_len = usize::from(*p.get(5)?);
+    let scid_at = 6 + dcid_len;
+    let scid_len = usize::from(*p.get(scid_at)?);
+    let rest = scid_at + 1 + scid_len;
+    if dcid_len > 20 || scid_len > 20 || rest > p.len() {
+        return None;
+    }
+    if g == Generation::VersionNegotiation {
+        let list = &p[rest..];
+        let whole = !list.is_empty() && list.len().is_multiple_of(4);
+        return (whole
+            && list.chunks_exact(4).all(|c| {
+                generation(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                    .is_some_and(|g| g != Generation::VersionNegotiation)
+            }))
+        .then_some(g);
+    }
+    if first & 0x40 == 0 {
+        return None;
+    }
+    // The packet type (v2 numbers them differently; Retry is the one
+    // without a length either way).
+    let kind = (first >> 4) & 0x03;
+    let retry = if g == Generation::V2 {
+        kind == 0
+    } else {
+        kind == 3
+    };
+    if retry {
+        return Some(g);
+    }
+    let initial = if g == Generation::V2 {
+        kind == 1
+    } else {
+        kind == 0
+    };
+    let mut at = rest;
+    if initial {
+        let (token, n) = varint(p, at)?;
+        at = at
+            .checked_add(n)?
+            .checked_add(usize::try_from(token).ok()?)?;
+    }
+    let (len, n) = varint(p, at)?;
+    let len = usize::try_from(len).ok()?;
+    // A packet number and an AEAD tag at least; within the datagram.
+    (len >= 17 && at + n + len <= p.len()).then_some(g)
+}
+
 /// The server name of a gQUIC CHLO, if it has one.
 pub fn gquic_chlo_sni(payload: &[u8]) -> Option<&str> {
     gquic_chlo(payload).flatten()
@@ -354,6 +477,98 @@ pub fn gquic_chlo_sni(payload: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A long-header packet built per RFC 9000 section 17.2 (and the
+    /// drafts, mvfst and Q050, which share its invariants): `first` byte,
+    /// version, 8-byte connection ids, for Initial an empty token, then a
+    /// length and that many bytes.
+    fn long(first: u8, version: u32, initial: bool, body: usize) -> Vec<u8> {
+        let mut p = vec![first];
+        p.extend_from_slice(&version.to_be_bytes());
+        p.push(8);
+        p.extend_from_slice(&[0x11; 8]);
+        p.push(8);
+        p.extend_from_slice(&[0x22; 8]);
+        if initial {
+            p.push(0);
+        }
+        p.extend_from_slice(&(0x4000u16 | body as u16).to_be_bytes());
+        p.extend(std::iter::repeat_n(0x5a, body));
+        p
+    }
+
+    #[test]
+    fn every_quic_generation_is_told_by_its_long_header() {
+        let cases = [
+            (long(0xc0, 1, true, 1200), Generation::V1),
+            (long(0xd0, 0x6B33_43CF, true, 1200), Generation::V2),
+            (long(0xd0, 0xFF00_001C, false, 200), Generation::Draft(28)),
+            (long(0xe0, 0xFF00_0022, false, 60), Generation::Draft(34)),
+            (long(0xc0, 0xFF00_0017, true, 1200), Generation::Draft(23)),
+            (long(0xc0, 0xFACE_B002, true, 1200), Generation::Mvfst(2)),
+            (
+                long(0xc0, u32::from_be_bytes(*b"Q050"), true, 1200),
+                Generation::Google(50),
+            ),
+            (
+                long(0xc0, u32::from_be_bytes(*b"T051"), true, 1200),
+                Generation::GoogleTls(51),
+            ),
+            (
+                long(0xc3, u32::from_be_bytes(*b"Q046"), false, 40),
+                Generation::Google(46),
+            ),
+            (long(0xc0, 0x1A2A_3A4A, true, 1200), Generation::Grease),
+        ];
+        for (p, g) in cases {
+            assert_eq!(long_header(&p), Some(g), "{g:?}");
+        }
+        // Version Negotiation: ids, then whole supported versions.
+        let mut vn = vec![0x80 | 0x2b, 0, 0, 0, 0, 8];
+        vn.extend_from_slice(&[0x22; 8]);
+        vn.push(8);
+        vn.extend_from_slice(&[0x11; 8]);
+        for v in [1u32, 0x6B33_43CF, 0xFF00_001D] {
+            vn.extend_from_slice(&v.to_be_bytes());
+        }
+        assert_eq!(long_header(&vn), Some(Generation::VersionNegotiation));
+        vn.push(0);
+        assert_eq!(long_header(&vn), None, "a torn version list");
+        // gQUIC's older public header: flags, 8-byte id, "Q043".
+        let mut q43 = vec![0x0d];
+        q43.extend_from_slice(&[0x33; 8]);
+        q43.extend_from_slice(b"Q043");
+        q43.extend_from_slice(&[1, 0, 0, 0]);
+        assert_eq!(long_header(&q43), Some(Generation::Google(43)));
+        // Not QUIC: an unknown version, a length past the datagram, no
+        // fixed bit, RTP.
+        assert_eq!(long_header(&long(0xc0, 0x1234_5678, true, 1200)), None);
+        let mut cut = long(0xe0, 1, false, 60);
+        cut.truncate(40);
+        assert_eq!(long_header(&cut), None);
+        assert_eq!(long_header(&long(0x80, 1, true, 1200)), None);
+        for seq in [0u16, 1, 7, 0x1234] {
+            assert_eq!(long_header(&crate::wire::rtc::rtp_packet(seq)), None);
+        }
+        // RTP with a zero sequence and timestamp 1 (its version field
+        // reads as QUIC v1 or Version Negotiation): no fixed bit, no list.
+        let mut rtp = vec![0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01];
+        rtp.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        rtp.extend_from_slice(&[0xd5; 160]);
+        assert_eq!(long_header(&rtp), None);
+    }
+
+    #[test]
+    fn drafts_33_and_34_read_like_v1_and_29_to_32_like_29() {
+        assert_eq!(Version::from_u32(0xFF00_0022), Some(Version::V1));
+        assert_eq!(Version::from_u32(0xFF00_0021), Some(Version::V1));
+        assert_eq!(Version::from_u32(0xFF00_0020), Some(Version::Draft29));
+        assert_eq!(
+            Version::from_u32(0xFF00_001C),
+            None,
+            "draft 28: recognised, not decrypted"
+        );
+    }
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
@@ -429,6 +644,8 @@ mod tests {
             v1.extend_from_slice(&b);
             let _ = a.feed(&v1);
             let _ = a.client_hello();
+            let _ = long_header(&b);
+            let _ = long_header(&v1);
             let mut c = b"CHLO".to_vec();
             c.extend_from_slice(&b);
             let _ = gquic_chlo_sni(&c);
