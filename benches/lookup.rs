@@ -67,7 +67,8 @@ struct MmdbRec<'a> {
 /// optimised away and both geowall paths can be compared.
 fn fold(acc: u64, i: &WorldInfo<'_>) -> u64 {
     let c = |c: Option<geowall::intel::Country>| c.map_or(0, |c| u64::from(c.packed()));
-    let [a, b] = i.geo_sources();
+    let g = i.geo_sources();
+    let (a, b) = (g.get(0), g.get(1));
     acc.wrapping_add(c(a))
         .wrapping_add(c(b))
         .wrapping_add(c(i.network_country()))

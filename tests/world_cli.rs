@@ -319,3 +319,203 @@ fn world_info_describes_the_shipped_database() {
             .is_some_and(|n| n > 100_000)
     );
 }
+
+/// Builds the fixture world with the three MMDB fixtures as further
+/// geolocation sources (one named on the command line, two after their
+/// database types).
+fn world_with_mmdb_sources(dir: &Path) -> PathBuf {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = dir.join("extra.gwdb");
+    let dbip = format!(
+        "dbip={}",
+        fx.join("mmdb/dbip-country-lite-test.mmdb").display()
+    );
+    let o = geowall(&[
+        "world",
+        "build",
+        "--from",
+        fx.join("world.csv").to_str().expect("utf8"),
+        "--geo-mmdb",
+        fx.join("mmdb/GeoLite2-Country-Test.mmdb")
+            .to_str()
+            .expect("utf8"),
+        "--geo-mmdb",
+        &dbip,
+        "--geo-mmdb",
+        fx.join("mmdb/ipinfo-lite-test.mmdb")
+            .to_str()
+            .expect("utf8"),
+        "--out",
+        out.to_str().expect("utf8"),
+    ]);
+    assert!(
+        o.status.success(),
+        "build failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("further geolocation source 'geolite2-country'")
+    );
+    out
+}
+
+#[test]
+fn further_mmdb_sources_are_named_in_lookups_disputes_and_verdicts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = world_with_mmdb_sources(dir.path());
+    let ws = w.to_str().expect("utf8");
+    let o = geowall(&[
+        "lookup",
+        "--world",
+        ws,
+        "--json",
+        "198.51.100.10",
+        "81.2.69.142",
+        "2001:250::1",
+        "198.18.1.5",
+        "203.0.113.5",
+        "198.51.100.200",
+    ]);
+    assert!(o.status.success());
+    let v = json_lines(&o);
+    let names: Vec<&str> = v[0]["geo_sources"]
+        .as_object()
+        .expect("map")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut want = vec![
+        "dbip",
+        "geo-whois-asn-country",
+        "geolite2-country",
+        "ipfire-location",
+        "ipinfo-lite",
+    ];
+    let mut got = names.clone();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    // The shipped sources say US; DB-IP's and IPinfo's schemas say CN.
+    let g = &v[0]["geo_sources"];
+    assert_eq!(g["geo-whois-asn-country"], "US");
+    assert_eq!(g["dbip"], "CN");
+    assert_eq!(g["ipinfo-lite"], "CN");
+    assert_eq!(g["geolite2-country"], Value::Null);
+    assert_eq!(v[0]["disputed"], true);
+    assert_eq!(v[0]["geo_country"], Value::Null);
+    // Addresses only the GeoLite2 file knows (IPv4 and IPv6).
+    assert_eq!(v[1]["geo_sources"]["geolite2-country"], "GB");
+    assert_eq!(v[1]["geo_country"], "GB");
+    assert_eq!(v[2]["geo_sources"]["geolite2-country"], "CN");
+    // IPinfo's older schema (the code in `country`).
+    assert_eq!(v[3]["geo_sources"]["ipinfo-lite"], "SG");
+    // A DB-IP record without a country: that source does not know.
+    assert_eq!(v[4]["geo_sources"]["dbip"], Value::Null);
+    assert_eq!(v[4]["geo_country"], "CN");
+    assert_eq!(v[5]["disputed"], false);
+    assert_eq!(v[5]["geo_country"], "US");
+
+    // The table names every source of a dispute.
+    let o = geowall(&["lookup", "--world", ws, "198.51.100.10"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("US/US/-/CN/CN disputed")
+            && text.contains("disputed: geo-whois-asn-country US, ipfire-location US, geolite2-country -, dbip CN, ipinfo-lite CN"),
+        "{text}"
+    );
+
+    // A geo rule matches what any source says: with the further sources,
+    // CN blocks an address the shipped two place in the US.
+    let policy = dir.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        "name = \"t\"\ndefault = \"allow\"\n[[rule]]\nname = \"no CN\"\naction = \"block\"\njurisdiction = { countries = [\"CN\"], layers = [\"geo\"], disputed = \"any\" }\n",
+    )
+    .expect("write");
+    let plain = fixture_world(dir.path());
+    let explain = |world: &Path| {
+        let o = geowall(&[
+            "rules",
+            "explain",
+            "--policy",
+            policy.to_str().expect("utf8"),
+            "--world",
+            world.to_str().expect("utf8"),
+            "--json",
+            "198.51.100.10",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).expect("json")
+    };
+    let with = explain(&w);
+    assert_eq!(with["verdict"]["action"], "block", "{with}");
+    assert_eq!(with["verdict"]["rule"], "no CN");
+    assert_eq!(explain(&plain)["verdict"]["action"], "allow");
+
+    // `world info` lists each further source with its file and licence.
+    let o = geowall(&["world", "info", "--world", ws, "--json"]);
+    let m: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(m["geo_sources"].as_array().map(Vec::len), Some(5));
+    assert_eq!(m["geo_sources"][3], "dbip");
+    let src = m["sources"].as_array().expect("sources");
+    assert!(
+        src.iter().any(|s| s["name"] == "dbip"
+            && s["licence"]
+                .as_str()
+                .is_some_and(|l| l.contains("CC-BY-4.0"))
+            && s["sha256"].as_str().is_some_and(|h| h.len() == 64)),
+        "{m}"
+    );
+}
+
+#[test]
+fn bad_mmdb_sources_are_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let csv = fx.join("world.csv");
+    let lite = fx.join("mmdb/GeoLite2-Country-Test.mmdb");
+    let lite = lite.to_str().expect("utf8");
+    let out = dir.path().join("w.gwdb");
+    let not = dir.path().join("not.mmdb");
+    std::fs::write(&not, b"not a database").expect("write");
+    let named = |n: &str| format!("{n}={lite}");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![not.display().to_string()],
+            "not.mmdb: MaxMind DB error",
+        ),
+        (
+            vec![dir.path().join("gone.mmdb").display().to_string()],
+            "gone.mmdb",
+        ),
+        (vec![named("a b")], "is not a source name"),
+        (vec![named("ipfire-location")], "already in the build"),
+        (vec![named("x"), named("x")], "already in the build"),
+        (
+            vec![named("a"), named("b"), named("c"), named("d"), named("e")],
+            "at most 4 further geolocation sources",
+        ),
+    ];
+    for (sources, want) in cases {
+        let mut args = vec![
+            "world".to_owned(),
+            "build".to_owned(),
+            "--from".to_owned(),
+            csv.display().to_string(),
+            "--out".to_owned(),
+            out.display().to_string(),
+        ];
+        for s in &sources {
+            args.push("--geo-mmdb".to_owned());
+            args.push(s.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = geowall(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{sources:?}: {err}");
+        assert!(err.contains(want), "{sources:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "nothing written on error");
+    }
+}

@@ -75,12 +75,13 @@ fn write_row(out: &mut dyn Write, r: &LookupReport) -> std::io::Result<()> {
     let dash = || "-".to_owned();
     let geo = match (r.geo_country, r.disputed) {
         (_, true) => {
-            let [a, b] = r.geo_sources.0;
-            format!(
-                "{}/{} disputed",
-                a.map(|c| c.to_string()).unwrap_or_else(dash),
-                b.map(|c| c.to_string()).unwrap_or_else(dash)
-            )
+            let each: Vec<String> = r
+                .geo_sources
+                .0
+                .iter()
+                .map(|(_, c)| c.map(|c| c.to_string()).unwrap_or_else(dash))
+                .collect();
+            format!("{} disputed", each.join("/"))
         }
         (Some(c), false) => c.to_string(),
         (None, false) => dash(),
@@ -99,5 +100,15 @@ fn write_row(out: &mut dyn Write, r: &LookupReport) -> std::io::Result<()> {
             .map(|c| c.to_string())
             .unwrap_or_else(dash),
         r.as_org.as_deref().unwrap_or("-")
-    )
+    )?;
+    if r.disputed {
+        let each: Vec<String> = r
+            .geo_sources
+            .0
+            .iter()
+            .map(|(n, c)| format!("{n} {}", c.map(|c| c.to_string()).unwrap_or_else(dash)))
+            .collect();
+        writeln!(out, "    disputed: {}", each.join(", "))?;
+    }
+    Ok(())
 }

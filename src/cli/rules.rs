@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use geowall::intel::catalog::{Catalog, SourceError};
 use geowall::intel::jurisdiction::{Intel, Jurisdiction, Layer};
-use geowall::intel::world::GEO_SOURCE_NAMES;
 use geowall::policy::rules::PRESETS;
 use geowall::policy::{Facts, Policy, Traffic, Transport, bundle};
 
@@ -542,10 +541,11 @@ fn print_layers(j: &Jurisdiction<'_, '_>) {
     println!("jurisdiction:");
     let geo = match j.ip {
         None => "unknown (no address)".to_owned(),
-        Some(_) if j.geo == [None, None] => unknown(j.local).to_owned(),
-        Some(_) => GEO_SOURCE_NAMES
+        Some(_) if j.geo.is_unknown() => unknown(j.local).to_owned(),
+        Some(_) => j
+            .geo_names
             .iter()
-            .zip(j.geo)
+            .zip(j.geo.as_slice())
             .map(|(n, c)| format!("{n}={}", c.map_or("?".to_owned(), |c| c.to_string())))
             .collect::<Vec<_>>()
             .join(" "),
@@ -590,6 +590,7 @@ fn print_layers(j: &Jurisdiction<'_, '_>) {
     if let Some(e) = j.embedded {
         let geo: Vec<String> = e
             .geo
+            .as_slice()
             .iter()
             .map(|c| c.map_or("?".to_owned(), |c| c.to_string()))
             .collect();

@@ -24,6 +24,13 @@ pub(crate) enum Command {
         /// date, counts, SHA-256 of the database).
         #[arg(long, value_name = "FILE")]
         manifest: Option<PathBuf>,
+        /// A further geolocation source: a MaxMind DB country database
+        /// (GeoLite2-Country, DB-IP lite, IPinfo lite, ...), as NAME=FILE,
+        /// or FILE to name it after its database type. Repeat for up to
+        /// four; each is reported by name in `lookup`, disputes and
+        /// `rules explain`, and a `geo` rule matches what any source says.
+        #[arg(long = "geo-mmdb", value_name = "[NAME=]FILE")]
+        geo_mmdb: Vec<String>,
     },
     /// Sign a world database as a world bundle, for `geowall world
     /// update` (its own sequence series, apart from rules bundles').
@@ -72,7 +79,8 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
             from,
             out,
             manifest,
-        } => build(&from, &out, manifest.as_deref()),
+            geo_mmdb,
+        } => build(&from, &out, manifest.as_deref(), &geo_mmdb),
         Command::Info { world, json } => info(world.as_ref(), json),
         Command::Bundle {
             world,
@@ -106,7 +114,22 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn build(from: &Path, out: &Path, manifest: Option<&Path>) -> anyhow::Result<ExitCode> {
+/// `NAME=FILE` or `FILE`.
+fn named_file(arg: &str) -> (Option<&str>, &Path) {
+    match arg.split_once('=') {
+        Some((name, file)) if !name.contains('/') && !file.is_empty() => {
+            (Some(name), Path::new(file))
+        }
+        _ => (None, Path::new(arg)),
+    }
+}
+
+fn build(
+    from: &Path,
+    out: &Path,
+    manifest: Option<&Path>,
+    geo_mmdb: &[String],
+) -> anyhow::Result<ExitCode> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg:<34} [{bar:30}] {bytes}/{total_bytes}")
@@ -134,6 +157,16 @@ fn build(from: &Path, out: &Path, manifest: Option<&Path>) -> anyhow::Result<Exi
         b.add_source_dir(from, &mut progress)?;
     } else {
         b.add_fixture_csv(from, &mut progress)?;
+    }
+    for arg in geo_mmdb {
+        let (name, file) = named_file(arg);
+        let name = b.add_geo_mmdb(name, file, &mut progress)?;
+        bar.suspend(|| {
+            eprintln!(
+                "further geolocation source '{name}' from {}",
+                file.display()
+            );
+        });
     }
     let (bytes, stats) = b.build(&mut progress)?;
     bar.finish_and_clear();

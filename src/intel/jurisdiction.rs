@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, Operator, Vendor, VendorEvidence};
 use super::country::Country;
-use super::world::{Embedding, World, embedded_ipv4, lookup_key};
+use super::world::{Embedding, GeoAnswers, MAX_GEO, World, embedded_ipv4, lookup_key};
 
 /// The four jurisdiction layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -49,7 +49,9 @@ pub struct Jurisdiction<'i, 'n> {
     /// The address looked up (after IPv4-mapped IPv6 is unwrapped).
     pub ip: Option<IpAddr>,
     /// Each geolocation source's country.
-    pub geo: [Option<Country>; 2],
+    pub geo: GeoAnswers,
+    /// The geolocation sources' names, in the order of `geo`.
+    pub geo_names: &'i [String],
     /// The AS registration country.
     pub network: Option<Country>,
     /// The announcing AS.
@@ -75,7 +77,7 @@ pub struct Embedded<'i> {
     /// The IPv4 address.
     pub ip: std::net::Ipv4Addr,
     /// Its geolocation sources' countries.
-    pub geo: [Option<Country>; 2],
+    pub geo: GeoAnswers,
     /// Its AS registration country.
     pub network: Option<Country>,
     /// Its AS.
@@ -88,9 +90,7 @@ impl Jurisdiction<'_, '_> {
     /// True when the world database knows nothing of the address (or
     /// there is no address) and it is not a local address.
     pub fn geo_unknown(&self) -> bool {
-        !self.local
-            && self.geo == [None, None]
-            && self.embedded.is_none_or(|e| e.geo == [None, None])
+        !self.local && self.geo.is_unknown() && self.embedded.is_none_or(|e| e.geo.is_unknown())
     }
 
     /// True when the AS registration country is unknown (and the address is
@@ -101,23 +101,29 @@ impl Jurisdiction<'_, '_> {
 
     /// The countries one layer names (geo: each source's country), the
     /// embedded IPv4 address's included; duplicates removed.
-    pub fn countries(&self, layer: Layer) -> [Option<Country>; 4] {
+    pub fn countries(&self, layer: Layer) -> [Option<Country>; 2 * MAX_GEO] {
         let e = self.embedded;
-        let raw: [Option<Country>; 4] = match layer {
+        let mut raw = [None; 2 * MAX_GEO];
+        match layer {
             Layer::Geo => {
-                let [x, y] = e.map_or([None, None], |e| e.geo);
-                [self.geo[0], self.geo[1], x, y]
+                let own = self.geo.as_slice();
+                raw[..own.len()].copy_from_slice(own);
+                if let Some(e) = e {
+                    let emb = e.geo.as_slice();
+                    raw[own.len()..own.len() + emb.len()].copy_from_slice(emb);
+                }
             }
-            Layer::Network => [self.network, e.and_then(|e| e.network), None, None],
-            Layer::Owner => [
-                self.owner.map(|o| o.jurisdiction),
-                e.and_then(|e| e.owner).map(|o| o.jurisdiction),
-                None,
-                None,
-            ],
-            Layer::Vendor => [self.vendor.map(|v| v.0.jurisdiction), None, None, None],
-        };
-        let mut out = [None; 4];
+            Layer::Network => {
+                raw[0] = self.network;
+                raw[1] = e.and_then(|e| e.network);
+            }
+            Layer::Owner => {
+                raw[0] = self.owner.map(|o| o.jurisdiction);
+                raw[1] = e.and_then(|e| e.owner).map(|o| o.jurisdiction);
+            }
+            Layer::Vendor => raw[0] = self.vendor.map(|v| v.0.jurisdiction),
+        }
+        let mut out = [None; 2 * MAX_GEO];
         let mut n = 0;
         for c in raw.into_iter().flatten() {
             if !out[..n].contains(&Some(c)) {
@@ -130,11 +136,11 @@ impl Jurisdiction<'_, '_> {
 
     /// A JSON description of every layer and its evidence.
     pub fn to_json(&self) -> serde_json::Value {
-        use super::world::GEO_SOURCE_NAMES;
-        let geo: serde_json::Map<String, serde_json::Value> = GEO_SOURCE_NAMES
+        let geo: serde_json::Map<String, serde_json::Value> = self
+            .geo_names
             .iter()
-            .zip(self.geo)
-            .map(|(n, c)| ((*n).to_owned(), serde_json::json!(c)))
+            .zip(self.geo.as_slice())
+            .map(|(n, c)| (n.clone(), serde_json::json!(c)))
             .collect();
         serde_json::json!({
             "ip": self.ip,
@@ -148,7 +154,7 @@ impl Jurisdiction<'_, '_> {
                 "country": v.jurisdiction, "vendor": v.name, "vendor_id": v.id, "evidence": ev,
             })),
             "embedded": self.embedded.map(|e| serde_json::json!({
-                "kind": e.kind, "ipv4": e.ip, "geo": e.geo, "network": e.network, "asn": e.asn,
+                "kind": e.kind, "ipv4": e.ip, "geo": e.geo.as_slice(), "network": e.network, "asn": e.asn,
                 "owner": e.owner.map(|o| o.id.as_str()),
             })),
         })
@@ -289,7 +295,7 @@ impl Intel {
         let key = ip.map(lookup_key);
         let info = key.map(|k| self.world.lookup(k));
         let asn = info.and_then(|i| i.asn());
-        let geo = info.map_or([None, None], |i| i.geo_sources());
+        let geo = info.map_or(GeoAnswers::default(), |i| i.geo_sources());
         let network = info.and_then(|i| i.network_country());
         let embedded = key.and_then(|k| self.embedded(k)).map(|(kind, v4)| {
             let i = self.world.lookup_v4(v4);
@@ -303,14 +309,15 @@ impl Intel {
             }
         });
         // Only addresses the world knows nothing about can be local.
-        let local = geo == [None, None]
+        let local = geo.is_unknown()
             && network.is_none()
             && key.is_some_and(is_special_purpose)
-            && embedded.is_none_or(|e| e.geo == [None, None] && e.network.is_none());
+            && embedded.is_none_or(|e| e.geo.is_unknown() && e.network.is_none());
         Jurisdiction {
             embedded,
             ip: key,
             geo,
+            geo_names: self.world.geo_source_names(),
             network,
             asn,
             owner: asn.and_then(|a| catalog.operator_of(a)),

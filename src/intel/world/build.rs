@@ -1,8 +1,9 @@
 //! Compiling public data sources into a world database.
 //!
-//! Each source gives ranges per *layer* (two geolocation sources, the AS
-//! registration country, the AS number). Per layer, where ranges overlap the
-//! most specific (smallest) one wins, ties going to the range seen first.
+//! Each source gives ranges per *layer* (two geolocation sources and up to
+//! four further ones, the AS registration country, the AS number). Per
+//! layer, where ranges overlap the most specific (smallest) one wins, ties
+//! going to the range seen first.
 //! The layers are then merged into one step function per address family
 //! and encoded (see [`super::format`]).
 
@@ -21,8 +22,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::format::{
-    Counts, DEFAULT_STRIDE, FINE, HEADER_LEN, MAX_RECORDS, NO_ASN, V4_ENTRY, V4_INDEX_LEN,
-    pack_countries,
+    Counts, DEFAULT_STRIDE, FINE, HEADER_LEN, MAX_EXTRA_GEO, MAX_RECORDS, NO_ASN, V4_ENTRY,
+    V4_INDEX_LEN, pack_countries,
 };
 use super::{GEO_SOURCE_NAMES, WorldMeta};
 use crate::intel::country::Country;
@@ -149,10 +150,15 @@ pub struct BuildStats {
     pub masked: Vec<String>,
 }
 
+/// The layers every build has; further geolocation sources follow them.
 const LAYERS: usize = 4;
 const L_NET: usize = 2;
 const L_ASN: usize = 3;
 const LAYER_NAMES: [&str; LAYERS] = [GEO_SOURCE_NAMES[0], GEO_SOURCE_NAMES[1], "iptoasn", "asn"];
+
+/// One record: packed countries (geo0, geo1, network), AS number, and the
+/// further geolocation sources' countries.
+type Record = (u32, u32, [u16; MAX_EXTRA_GEO]);
 
 #[derive(Clone, Copy, Debug)]
 struct Range {
@@ -163,8 +169,11 @@ struct Range {
 
 /// Accumulates ranges, then writes a world database.
 pub struct WorldBuilder {
-    /// `[family][layer]`, family 0 = IPv4, 1 = IPv6.
-    ranges: [[Vec<Range>; LAYERS]; 2],
+    /// `[family][layer]`, family 0 = IPv4, 1 = IPv6; layers past
+    /// [`LAYERS`] are the further geolocation sources.
+    ranges: [Vec<Vec<Range>>; 2],
+    /// The further geolocation sources' names, in slot order from 2.
+    extra_geo: Vec<String>,
     stats: BuildStats,
     /// AS number to organisation name.
     asn_names: BTreeMap<u32, String>,
@@ -239,7 +248,8 @@ impl WorldBuilder {
                     .unwrap_or(0)
             });
         Self {
-            ranges: Default::default(),
+            ranges: [vec![Vec::new(); LAYERS], vec![Vec::new(); LAYERS]],
+            extra_geo: Vec::new(),
             stats: BuildStats::default(),
             asn_names: BTreeMap::new(),
             sources: Vec::new(),
@@ -271,9 +281,51 @@ impl WorldBuilder {
         self.sources = sources;
     }
 
+    fn layer_name(&self, layer: usize) -> &str {
+        match LAYER_NAMES.get(layer) {
+            Some(n) => n,
+            None => self
+                .extra_geo
+                .get(layer - LAYERS)
+                .map_or("?", String::as_str),
+        }
+    }
+
     fn stat(&mut self, layer: usize, fam: usize) -> &mut InputStats {
-        let key = format!("{}/{}", LAYER_NAMES[layer], fam_name(fam));
+        let key = format!("{}/{}", self.layer_name(layer), fam_name(fam));
         self.stats.inputs.entry(key).or_default()
+    }
+
+    /// Registers a further geolocation source and returns its slot (2 and
+    /// up, the order of [`super::World::geo_source_names`]). Names are
+    /// letters, digits, `.`, `_` and `-`, and unique; at most four further
+    /// sources.
+    pub fn add_geo_source(&mut self, name: &str) -> Result<usize, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(format!(
+                "'{name}' is not a source name (1 to 64 letters, digits, '.', '_' or '-')"
+            ));
+        }
+        if GEO_SOURCE_NAMES.contains(&name) || self.extra_geo.iter().any(|n| n == name) {
+            return Err(format!(
+                "a geolocation source named '{name}' is already in the build"
+            ));
+        }
+        if self.extra_geo.len() == MAX_EXTRA_GEO {
+            return Err(format!(
+                "at most {MAX_EXTRA_GEO} further geolocation sources fit a world database"
+            ));
+        }
+        self.extra_geo.push(name.to_owned());
+        for fam in &mut self.ranges {
+            fam.push(Vec::new());
+        }
+        Ok(1 + self.extra_geo.len())
     }
 
     fn push(&mut self, layer: usize, start: IpAddr, end: IpAddr, val: u32) -> Result<(), String> {
@@ -294,8 +346,9 @@ impl WorldBuilder {
         Ok(())
     }
 
-    /// Adds a geolocation range for source `slot` (0 or 1, see
-    /// [`GEO_SOURCE_NAMES`]); `None` records an explicit "unknown".
+    /// Adds a geolocation range for source `slot` (0 and 1 are
+    /// [`GEO_SOURCE_NAMES`], 2 and up those [`WorldBuilder::add_geo_source`]
+    /// registered); `None` records an explicit "unknown".
     pub fn add_geo(
         &mut self,
         slot: usize,
@@ -303,7 +356,12 @@ impl WorldBuilder {
         end: IpAddr,
         c: Option<Country>,
     ) -> Result<(), String> {
-        self.push_country(slot.min(1), start, end, c)
+        let layer = match slot {
+            0 | 1 => slot,
+            _ if slot - 2 < self.extra_geo.len() => LAYERS + slot - 2,
+            _ => return Err(format!("no geolocation source in slot {slot}")),
+        };
+        self.push_country(layer, start, end, c)
     }
 
     /// Adds an AS registration-country range.
@@ -552,26 +610,101 @@ impl WorldBuilder {
         progress: &mut dyn FnMut(BuildProgress),
     ) -> Result<(), BuildError> {
         #[derive(Deserialize)]
-        struct Rec<'a> {
-            #[serde(borrow)]
-            country_code: Option<&'a str>,
+        struct Rec {
+            country_code: Option<String>,
         }
+        let (reader, _) = open_mmdb(path)?;
+        self.mmdb_networks(&reader, path, progress, |b, s, e, rec: Option<Rec>| {
+            let cc = rec.and_then(|r| r.country_code).unwrap_or_default();
+            let c = Country::parse_source_code(&cc).map_err(|e| e.to_string())?;
+            b.add_network(s, e, c)
+        })
+    }
+
+    #[cfg(feature = "world-build")]
+    /// Adds a MaxMind DB file as a further geolocation source and returns
+    /// its name: `name`, or one made from the file's `database_type`
+    /// (`GeoLite2-Country` becomes `geolite2-country`). The country of a
+    /// network is read as the GeoIP2 schema writes it (`country.iso_code`,
+    /// as in GeoLite2-Country, GeoIP2-Country and DB-IP lite) or as IPinfo's
+    /// do (`country_code`, or a two-letter `country`); the AS registration
+    /// country (`registered_country`) is not a location and is not read.
+    /// Where the file says nothing the source counts as not knowing.
+    pub fn add_geo_mmdb(
+        &mut self,
+        name: Option<&str>,
+        path: &Path,
+        progress: &mut dyn FnMut(BuildProgress),
+    ) -> Result<String, BuildError> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum CountryField {
+            Map { iso_code: Option<String> },
+            Code(String),
+            Other(serde::de::IgnoredAny),
+        }
+        #[derive(Deserialize)]
+        struct Rec {
+            country_code: Option<String>,
+            country: Option<CountryField>,
+        }
+        let (reader, sha) = open_mmdb(path)?;
+        let meta = reader.metadata();
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None => source_name(&meta.database_type),
+        };
+        let slot = self
+            .add_geo_source(&name)
+            .map_err(|message| BuildError::Mmdb {
+                path: path.to_owned(),
+                message,
+            })?;
+        self.sources.push(SourceInfo {
+            name: name.clone(),
+            package: format!(
+                "file:{} ({})",
+                path.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                meta.database_type
+            ),
+            version: rfc3339(meta.build_epoch),
+            licence: licence_of(&meta.database_type).to_owned(),
+            sha256: sha.iter().map(|b| format!("{b:02x}")).collect(),
+        });
+        self.mmdb_networks(&reader, path, progress, |b, s, e, rec: Option<Rec>| {
+            let code = rec.and_then(|r| {
+                r.country_code.or(match r.country {
+                    Some(CountryField::Map { iso_code }) => iso_code,
+                    Some(CountryField::Code(c)) if c.trim().len() == 2 => Some(c),
+                    _ => None,
+                })
+            });
+            let c = Country::parse_source_code(code.as_deref().unwrap_or(""))
+                .map_err(|e| e.to_string())?;
+            b.add_geo(slot, s, e, c)
+        })?;
+        Ok(name)
+    }
+
+    #[cfg(feature = "world-build")]
+    /// Every network of a MaxMind DB with data, decoded as `T`, to `row`;
+    /// errors name the file and the network.
+    fn mmdb_networks<T: serde::de::DeserializeOwned>(
+        &mut self,
+        reader: &maxminddb::Reader<Vec<u8>>,
+        path: &Path,
+        progress: &mut dyn FnMut(BuildProgress),
+        mut row: impl FnMut(&mut Self, IpAddr, IpAddr, Option<T>) -> Result<(), String>,
+    ) -> Result<(), BuildError> {
         let err = |e: maxminddb::MaxMindDbError| BuildError::Mmdb {
             path: path.to_owned(),
             message: e.to_string(),
         };
-        let mut bytes = Vec::new();
-        File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|source| BuildError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let reader = maxminddb::Reader::from_source(bytes).map_err(err)?;
         let mut n = 0u64;
         for item in reader
             .networks(maxminddb::WithinOptions::default())
@@ -579,18 +712,14 @@ impl WorldBuilder {
         {
             let item = item.map_err(err)?;
             let net = item.network().map_err(err)?;
-            let (start, end) = (net.network(), net.broadcast());
-            let rec: Option<Rec<'_>> = item.decode().map_err(err)?;
-            let cc = rec.and_then(|r| r.country_code).unwrap_or("");
-            let c = Country::parse_source_code(cc).map_err(|e| BuildError::Mmdb {
+            let rec: Option<T> = item.decode().map_err(|e| BuildError::Mmdb {
                 path: path.to_owned(),
                 message: format!("network {net}: {e}"),
             })?;
-            self.add_network(start, end, c)
-                .map_err(|message| BuildError::Mmdb {
-                    path: path.to_owned(),
-                    message: format!("network {net}: {message}"),
-                })?;
+            row(self, net.network(), net.broadcast(), rec).map_err(|message| BuildError::Mmdb {
+                path: path.to_owned(),
+                message: format!("network {net}: {message}"),
+            })?;
             n += 1;
             if n.is_multiple_of(65_536) {
                 progress(BuildProgress::Counting {
@@ -614,8 +743,10 @@ impl WorldBuilder {
         progress(BuildProgress::Stage(
             "resolving overlaps (most specific wins)",
         ));
-        let mut records: Vec<(u32, u32)> = vec![(0, NO_ASN)];
-        let mut rec_ids: HashMap<(u32, u32), u32> = HashMap::from([((0, NO_ASN), 0)]);
+        let empty: Record = (0, NO_ASN, [0; MAX_EXTRA_GEO]);
+        let mut records: Vec<Record> = vec![empty];
+        let mut rec_ids: HashMap<Record, u32> = HashMap::from([(empty, 0)]);
+        let layers = LAYERS + self.extra_geo.len();
         let mut merged: [Vec<(u128, u32)>; 2] = Default::default();
         for (fam, merged_fam) in merged.iter_mut().enumerate() {
             let max = if fam == 0 {
@@ -623,8 +754,8 @@ impl WorldBuilder {
             } else {
                 u128::MAX
             };
-            let mut flat: Vec<Vec<(u128, Option<u32>)>> = Vec::with_capacity(LAYERS);
-            for layer in 0..LAYERS {
+            let mut flat: Vec<Vec<(u128, Option<u32>)>> = Vec::with_capacity(layers + 1);
+            for layer in 0..layers {
                 let ranges = std::mem::take(&mut self.ranges[fam][layer]);
                 let (f, overlapping) = flatten(ranges, max);
                 if overlapping > 0 {
@@ -635,13 +766,18 @@ impl WorldBuilder {
             flat.push(flatten(std::mem::take(&mut self.mask[fam]), max).0);
             progress(BuildProgress::Stage("merging layers"));
             *merged_fam = merge(&flat, |vals| {
-                if vals[LAYERS].is_some() {
+                if vals[layers].is_some() {
                     return 0;
                 }
                 let c = |v: Option<u32>| v.unwrap_or(0) as u16;
+                let mut extra = [0; MAX_EXTRA_GEO];
+                for (e, v) in extra.iter_mut().zip(&vals[LAYERS..layers]) {
+                    *e = c(*v);
+                }
                 let key = (
                     pack_countries(c(vals[0]), c(vals[1]), c(vals[L_NET])),
                     vals[L_ASN].unwrap_or(NO_ASN),
+                    extra,
                 );
                 let next = records.len() as u32;
                 *rec_ids.entry(key).or_insert_with(|| {
@@ -674,7 +810,11 @@ impl WorldBuilder {
         self.stats.asns = asns.len() as u64;
         let meta = WorldMeta {
             built_at: self.built_at.clone(),
-            geo_sources: GEO_SOURCE_NAMES.iter().map(|s| (*s).to_owned()).collect(),
+            geo_sources: GEO_SOURCE_NAMES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain(self.extra_geo.iter().cloned())
+                .collect(),
             network_source: LAYER_NAMES[L_NET].to_owned(),
             asn_source: LAYER_NAMES[L_ASN].to_owned(),
             sources: self.sources.clone(),
@@ -692,6 +832,7 @@ impl WorldBuilder {
             asns: u32::try_from(asns.len()).map_err(|_| too_large("ASNs"))?,
             names_len: u32::try_from(names.len()).map_err(|_| too_large("name bytes"))?,
             stride: DEFAULT_STRIDE,
+            extra_geo: self.extra_geo.len() as u32,
         };
         let l = counts.layout().ok_or_else(|| too_large("bytes"))?;
         let mut out = vec![0u8; l.file_len];
@@ -738,12 +879,20 @@ impl WorldBuilder {
         put_all(
             &mut out,
             l.records.0,
-            records.iter().map(|&(c, a)| {
+            records.iter().map(|&(c, a, _)| {
                 let mut b = [0u8; 8];
                 b[..4].copy_from_slice(&c.to_le_bytes());
                 b[4..].copy_from_slice(&a.to_le_bytes());
                 b
             }),
+        );
+        let extra = self.extra_geo.len();
+        put_all(
+            &mut out,
+            l.extra_geo.0,
+            records
+                .iter()
+                .flat_map(|(_, _, e)| e[..extra].iter().map(|c| c.to_le_bytes())),
         );
         put_all(
             &mut out,
@@ -772,6 +921,61 @@ fn put_all<const N: usize>(out: &mut [u8], mut at: usize, items: impl Iterator<I
     for it in items {
         out[at..at + N].copy_from_slice(&it);
         at += N;
+    }
+}
+
+#[cfg(feature = "world-build")]
+/// Opens a MaxMind DB file; with it, the SHA-256 of its bytes.
+fn open_mmdb(path: &Path) -> Result<(maxminddb::Reader<Vec<u8>>, [u8; 32]), BuildError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|source| BuildError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let sha = crate::policy::bundle::sha256(&bytes);
+    let reader = maxminddb::Reader::from_source(bytes).map_err(|e| BuildError::Mmdb {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok((reader, sha))
+}
+
+#[cfg(feature = "world-build")]
+/// A source name made from an MMDB `database_type`: lowercase, every
+/// character other than a letter, digit, `.`, `_` or `-` made `-`, a
+/// trailing `.mmdb` dropped.
+fn source_name(database_type: &str) -> String {
+    let t = database_type.trim();
+    let t = t.strip_suffix(".mmdb").unwrap_or(t);
+    let n: String = t
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if n.is_empty() { "mmdb".to_owned() } else { n }
+}
+
+#[cfg(feature = "world-build")]
+/// The licence a publisher states for its free country database, by its
+/// `database_type`.
+fn licence_of(database_type: &str) -> &'static str {
+    let t = database_type.to_ascii_lowercase();
+    if t.starts_with("geolite2") {
+        "GeoLite2 End User License Agreement (MaxMind)"
+    } else if t.starts_with("dbip") || t.starts_with("db-ip") {
+        "CC-BY-4.0 (DB-IP lite)"
+    } else if t.starts_with("ipinfo") {
+        "CC-BY-SA-4.0 (IPinfo Lite)"
+    } else {
+        "unknown: see the publisher's terms"
     }
 }
 

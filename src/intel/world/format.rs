@@ -18,6 +18,7 @@
 //! | records | `record_count` x 8 | packed countries (u32: geo0, geo1, network, 10 bits each), AS number (u32, [`NO_ASN`] for none) |
 //! | ASNs | `asn_count` x 8 | AS number (u32, strictly increasing), end offset of its name in the names blob (u32) |
 //! | names | `names_len` | UTF-8 organisation names, back to back |
+//! | extra geo | `record_count` x `extra_geo` x u16 | per record, the country of each further geolocation source (version 3 only) |
 //!
 //! A range table is a step function: an address takes the record of the
 //! last range start at or below it, or record 0 (nothing known) when there
@@ -25,8 +26,15 @@
 
 /// First eight bytes of every world database.
 pub(crate) const MAGIC: [u8; 8] = *b"GEOWALLW";
-/// The format version this code reads and writes.
+/// The format version of a database with only the two shipped
+/// geolocation sources; version [`VERSION_EXTRA`] adds the extra geo
+/// section. A build writes the lowest version that holds its data, so a
+/// build without extra sources stays byte-identical to earlier releases'.
 pub(crate) const VERSION: u32 = 2;
+/// The format version with further geolocation sources (`extra_geo` > 0).
+pub(crate) const VERSION_EXTRA: u32 = 3;
+/// The most further geolocation sources one database holds.
+pub(crate) const MAX_EXTRA_GEO: usize = 4;
 /// Size of the fixed header.
 pub(crate) const HEADER_LEN: usize = 64;
 /// Entries in the IPv4 bucket index (one per /16, plus the end).
@@ -53,6 +61,8 @@ pub(crate) struct Counts {
     pub(crate) asns: u32,
     pub(crate) names_len: u32,
     pub(crate) stride: u32,
+    /// Further geolocation sources (0 in a version-2 file).
+    pub(crate) extra_geo: u32,
 }
 
 /// Byte ranges of each section within the file.
@@ -69,6 +79,7 @@ pub(crate) struct Layout {
     pub(crate) records: (usize, usize),
     pub(crate) asns: (usize, usize),
     pub(crate) names: (usize, usize),
+    pub(crate) extra_geo: (usize, usize),
     /// Total file length including the trailing checksum.
     pub(crate) file_len: usize,
 }
@@ -112,6 +123,11 @@ impl Counts {
             records: next((self.records as usize).checked_mul(8)?)?,
             asns: next((self.asns as usize).checked_mul(8)?)?,
             names: next(self.names_len as usize)?,
+            extra_geo: next(
+                (self.records as usize)
+                    .checked_mul(self.extra_geo as usize)?
+                    .checked_mul(2)?,
+            )?,
             file_len: 0,
         };
         Some(Layout {
@@ -124,7 +140,7 @@ impl Counts {
     pub(crate) fn header(&self, file_len: u64) -> [u8; HEADER_LEN] {
         let mut h = [0u8; HEADER_LEN];
         h[0..8].copy_from_slice(&MAGIC);
-        h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        h[8..12].copy_from_slice(&self.version().to_le_bytes());
         // 12..16: flags, zero.
         h[16..24].copy_from_slice(&file_len.to_le_bytes());
         let fields = [
@@ -136,6 +152,7 @@ impl Counts {
             self.asns,
             self.names_len,
             self.stride,
+            self.extra_geo,
         ];
         for (i, v) in fields.iter().enumerate() {
             let at = 24 + 4 * i;
@@ -157,6 +174,16 @@ impl Counts {
             asns: f(5),
             names_len: f(6),
             stride: f(7),
+            extra_geo: f(8),
+        }
+    }
+
+    /// The version a file with these counts is written as.
+    pub(crate) fn version(&self) -> u32 {
+        if self.extra_geo == 0 {
+            VERSION
+        } else {
+            VERSION_EXTRA
         }
     }
 }
@@ -236,6 +263,7 @@ mod tests {
             asns: 4,
             names_len: 33,
             stride: 16,
+            extra_geo: 2,
         };
         let l = c.layout().expect("fits");
         let h = c.header(l.file_len as u64);
@@ -255,12 +283,23 @@ mod tests {
             l.records,
             l.asns,
             l.names,
+            l.extra_geo,
         ];
         for w in secs.windows(2) {
             assert_eq!(w[0].0 % 8, 0);
             assert!(w[0].1 <= w[1].0);
         }
-        assert_eq!(l.file_len, pad8(l.names.1) + 4);
+        assert_eq!(l.extra_geo.1 - l.extra_geo.0, 9 * 2 * 2);
+        assert_eq!(l.file_len, pad8(l.extra_geo.1) + 4);
+        assert_eq!(rd_u32(&h, 8), VERSION_EXTRA);
+        let plain = Counts { extra_geo: 0, ..c };
+        let pl = plain.layout().expect("fits");
+        assert_eq!(
+            pl.file_len,
+            pad8(pl.names.1) + 4,
+            "version 2 layout unchanged"
+        );
+        assert_eq!(rd_u32(&plain.header(0), 8), VERSION);
     }
 
     #[test]

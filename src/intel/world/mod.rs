@@ -31,13 +31,90 @@ pub use report::{GeoSources, LookupReport};
 
 use crate::intel::country::Country;
 use format::{
-    Counts, FINE, HEADER_LEN, Layout, MAGIC, NO_ASN, V4_ENTRY, V4_INDEX_LEN, VERSION, rd_u16,
-    rd_u24, rd_u32, rd_u64, rd_u128, unpack_countries,
+    Counts, FINE, HEADER_LEN, Layout, MAGIC, MAX_EXTRA_GEO, NO_ASN, V4_ENTRY, V4_INDEX_LEN,
+    VERSION, VERSION_EXTRA, rd_u16, rd_u24, rd_u32, rd_u64, rd_u128, unpack_countries,
 };
 
-/// The names of the two geolocation sources, in the order of
-/// [`WorldInfo::geo_sources`].
+/// The names of the two geolocation sources every database has, the first
+/// two of [`World::geo_source_names`].
 pub const GEO_SOURCE_NAMES: [&str; 2] = ["geo-whois-asn-country", "ipfire-location"];
+
+/// The most geolocation sources one database holds: the two shipped ones
+/// and up to four more (`geowall world build --geo-mmdb`).
+pub const MAX_GEO: usize = 2 + MAX_EXTRA_GEO;
+
+/// Each geolocation source's country for one address, in the order of
+/// [`World::geo_source_names`]; `None` where a source knows nothing. A
+/// small copyable value: nothing is allocated.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct GeoAnswers {
+    answers: [Option<Country>; MAX_GEO],
+    len: u8,
+}
+
+impl std::fmt::Debug for GeoAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl GeoAnswers {
+    /// Answers from the given sources, in order (at most [`MAX_GEO`]; any
+    /// more are ignored).
+    pub fn new(answers: &[Option<Country>]) -> Self {
+        let mut g = Self::default();
+        for (slot, c) in g.answers.iter_mut().zip(answers) {
+            *slot = *c;
+            g.len += 1;
+        }
+        g
+    }
+
+    /// One answer per source.
+    pub fn as_slice(&self) -> &[Option<Country>] {
+        &self.answers[..usize::from(self.len)]
+    }
+
+    /// Source `i`'s answer (`None` past the last source too).
+    pub fn get(&self, i: usize) -> Option<Country> {
+        self.as_slice().get(i).copied().flatten()
+    }
+
+    /// True when no source knows the address.
+    pub fn is_unknown(&self) -> bool {
+        self.as_slice().iter().all(Option::is_none)
+    }
+
+    /// True when two sources name different countries.
+    pub fn disputed(&self) -> bool {
+        let mut known = self.as_slice().iter().flatten();
+        let first = known.next();
+        known.any(|c| Some(c) != first)
+    }
+
+    /// The country every source that knows agrees on; `None` when none
+    /// knows or when they disagree: this never picks one side of a
+    /// dispute.
+    pub fn agreed(&self) -> Option<Country> {
+        if self.disputed() {
+            return None;
+        }
+        self.as_slice().iter().flatten().next().copied()
+    }
+
+    /// Every distinct country any source names, in source order.
+    pub fn distinct(&self) -> impl Iterator<Item = Country> + use<> {
+        let mut out = [None; MAX_GEO];
+        let mut n = 0;
+        for c in self.as_slice().iter().flatten() {
+            if !out[..n].contains(&Some(*c)) {
+                out[n] = Some(*c);
+                n += 1;
+            }
+        }
+        out.into_iter().flatten()
+    }
+}
 
 /// Why a world database could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +277,7 @@ pub struct WorldInfo<'w> {
     world: &'w World,
     countries: [u16; 3],
     asn: u32,
+    record: u32,
 }
 
 impl std::fmt::Debug for WorldInfo<'_> {
@@ -215,36 +293,38 @@ impl std::fmt::Debug for WorldInfo<'_> {
 
 impl<'w> WorldInfo<'w> {
     /// Each geolocation source's country, in the order of
-    /// [`GEO_SOURCE_NAMES`]; `None` where that source knows nothing.
-    pub fn geo_sources(&self) -> [Option<Country>; 2] {
-        [
-            Country::from_packed(self.countries[0]),
-            Country::from_packed(self.countries[1]),
-        ]
+    /// [`World::geo_source_names`] (the shipped two, [`GEO_SOURCE_NAMES`],
+    /// then any the database was built with).
+    pub fn geo_sources(&self) -> GeoAnswers {
+        let mut all = [None; MAX_GEO];
+        all[0] = Country::from_packed(self.countries[0]);
+        all[1] = Country::from_packed(self.countries[1]);
+        let extra = self.world.counts.extra_geo as usize;
+        if extra > 0 {
+            let d = self.world.data();
+            let at = self.world.layout.extra_geo.0 + self.record as usize * extra * 2;
+            for (k, slot) in all[2..2 + extra.min(MAX_EXTRA_GEO)].iter_mut().enumerate() {
+                *slot = Country::from_packed(rd_u16(d, at + 2 * k));
+            }
+        }
+        GeoAnswers::new(&all[..2 + extra.min(MAX_EXTRA_GEO)])
     }
 
     /// True when two sources name different countries.
     pub fn disputed(&self) -> bool {
-        let [a, b] = self.geo_sources();
-        matches!((a, b), (Some(a), Some(b)) if a != b)
+        self.geo_sources().disputed()
     }
 
     /// The country all sources that know agree on; `None` when no source
     /// knows or when they disagree (see [`WorldInfo::disputed`]): this never
     /// picks one side of a dispute.
     pub fn geo_country(&self) -> Option<Country> {
-        if self.disputed() {
-            return None;
-        }
-        let [a, b] = self.geo_sources();
-        a.or(b)
+        self.geo_sources().agreed()
     }
 
-    /// Every distinct country any geolocation source names (0, 1 or 2).
+    /// Every distinct country any geolocation source names.
     pub fn geo_countries(&self) -> impl Iterator<Item = Country> + use<> {
-        let [a, b] = self.geo_sources();
-        let b = if b == a { None } else { b };
-        a.into_iter().chain(b)
+        self.geo_sources().distinct()
     }
 
     /// The country the announcing AS is registered in.
@@ -265,7 +345,7 @@ impl<'w> WorldInfo<'w> {
 
     /// True when no source knows anything about the address.
     pub fn is_empty(&self) -> bool {
-        self.countries == [0, 0, 0] && self.asn == NO_ASN
+        self.countries == [0, 0, 0] && self.asn == NO_ASN && self.geo_sources().is_unknown()
     }
 }
 
@@ -404,8 +484,7 @@ impl World {
     /// from outside.
     pub fn from_static_trusted(bytes: &'static [u8]) -> Result<Self, WorldError> {
         let (counts, layout) = check_frame(bytes, false)?;
-        let meta: WorldMeta = serde_json::from_slice(&bytes[layout.meta.0..layout.meta.1])
-            .map_err(|e| bad("meta", format!("not valid meta JSON: {e}")))?;
+        let meta = parse_meta(bytes, &counts, &layout)?;
         Ok(Self {
             bytes: Bytes::Static(bytes),
             layout,
@@ -451,6 +530,13 @@ impl World {
     /// How the database was built.
     pub fn meta(&self) -> &WorldMeta {
         &self.meta
+    }
+
+    /// The geolocation sources' names, in the order of
+    /// [`WorldInfo::geo_sources`]: [`GEO_SOURCE_NAMES`], then the further
+    /// sources it was built with.
+    pub fn geo_source_names(&self) -> &[String] {
+        &self.meta.geo_sources
     }
 
     /// Size of the database in bytes (all of it is held in memory).
@@ -503,6 +589,7 @@ impl World {
             world: self,
             countries: unpack_countries(u32::from_le_bytes([r[0], r[1], r[2], r[3]])),
             asn: u32::from_le_bytes([r[4], r[5], r[6], r[7]]),
+            record: rec,
         }
     }
 
@@ -818,10 +905,10 @@ fn check_frame(d: &[u8], crc: bool) -> Result<(Counts, Layout), WorldError> {
         });
     }
     let version = rd_u32(d, 8);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_EXTRA {
         return Err(WorldError::UnsupportedVersion {
             found: version,
-            supported: VERSION,
+            supported: VERSION_EXTRA,
         });
     }
     let stated = rd_u64(d, 16);
@@ -865,14 +952,61 @@ fn check_frame(d: &[u8], crc: bool) -> Result<(Counts, Layout), WorldError> {
     if counts.v6 > 0 && counts.stride == 0 {
         return Err(bad("header", "v6 sample stride is 0"));
     }
+    if counts.version() != version || counts.extra_geo as usize > MAX_EXTRA_GEO {
+        return Err(bad(
+            "header",
+            format!(
+                "version {version} with {} further geolocation sources (version {VERSION} has none, {VERSION_EXTRA} 1 to {MAX_EXTRA_GEO})",
+                counts.extra_geo
+            ),
+        ));
+    }
     Ok((counts, layout))
+}
+
+/// Reads the meta and checks it names one geolocation source per slot,
+/// each once.
+fn parse_meta(d: &[u8], c: &Counts, l: &Layout) -> Result<WorldMeta, WorldError> {
+    let meta: WorldMeta = serde_json::from_slice(&d[l.meta.0..l.meta.1])
+        .map_err(|e| bad("meta", format!("not valid meta JSON: {e}")))?;
+    let names = &meta.geo_sources;
+    if names.len() != 2 + c.extra_geo as usize {
+        return Err(bad(
+            "meta",
+            format!(
+                "{} geolocation source names for {} sources",
+                names.len(),
+                2 + c.extra_geo
+            ),
+        ));
+    }
+    if let Some(dup) = names
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| names[..i].contains(n).then_some(n))
+    {
+        return Err(bad(
+            "meta",
+            format!("geolocation source '{dup}' is named twice"),
+        ));
+    }
+    Ok(meta)
 }
 
 /// Checks every invariant lookups rely on; returns the parsed meta.
 fn check_sections(d: &[u8], c: &Counts, l: &Layout) -> Result<WorldMeta, WorldError> {
-    let meta: WorldMeta = serde_json::from_slice(&d[l.meta.0..l.meta.1])
-        .map_err(|e| bad("meta", format!("not valid meta JSON: {e}")))?;
+    let meta = parse_meta(d, c, l)?;
     let nrec = c.records;
+    let extra = c.extra_geo as usize;
+    for i in 0..nrec as usize * extra {
+        let v = rd_u16(d, l.extra_geo.0 + 2 * i);
+        if v > 676 || (i < extra && v != 0) {
+            return Err(bad(
+                "extra geo",
+                format!("record {} has an invalid country", i / extra),
+            ));
+        }
+    }
 
     // Records and ASNs first: ranges refer to them.
     for i in 0..nrec as usize {

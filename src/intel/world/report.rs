@@ -6,19 +6,20 @@ use std::net::IpAddr;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use super::{GEO_SOURCE_NAMES, World};
+use super::World;
 use crate::intel::country::Country;
 
-/// Each geolocation source's answer, serialised as a map from source name to
-/// country (or `null`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GeoSources(pub [Option<Country>; 2]);
+/// Each geolocation source's answer by the source's name, in the
+/// database's order; serialised as a map from source name to country (or
+/// `null`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeoSources(pub Vec<(String, Option<Country>)>);
 
 impl Serialize for GeoSources {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(2))?;
-        for (name, c) in GEO_SOURCE_NAMES.iter().zip(self.0) {
-            m.serialize_entry(name, &c)?;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, c) in &self.0 {
+            m.serialize_entry(name, c)?;
         }
         m.end()
     }
@@ -67,7 +68,13 @@ impl World {
             ip,
             looked_up: (key != ip).then_some(key),
             geo_country: info.geo_country(),
-            geo_sources: GeoSources(info.geo_sources()),
+            geo_sources: GeoSources(
+                self.geo_source_names()
+                    .iter()
+                    .cloned()
+                    .zip(info.geo_sources().as_slice().iter().copied())
+                    .collect(),
+            ),
             disputed: info.disputed(),
             asn: info.asn(),
             as_org: info.as_org().map(str::to_owned),

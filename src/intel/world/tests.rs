@@ -63,7 +63,7 @@ fn small_world() -> World {
 #[test]
 fn range_edges_nesting_and_gaps_v4() {
     let w = small_world();
-    let g = |s: &str| w.lookup(ip(s)).geo_sources()[0];
+    let g = |s: &str| w.lookup(ip(s)).geo_sources().get(0);
     assert_eq!(g("0.255.255.255"), None, "gap before the first range");
     assert_eq!(g("1.0.0.0"), cc("AU"), "first address");
     assert_eq!(g("1.0.0.15"), cc("AU"), "just before the nested range");
@@ -99,7 +99,7 @@ fn range_edges_nesting_and_gaps_v4() {
 #[test]
 fn ipv6_and_fine_ranges() {
     let w = small_world();
-    let g = |s: &str| w.lookup(ip(s)).geo_sources()[0];
+    let g = |s: &str| w.lookup(ip(s)).geo_sources().get(0);
     assert_eq!(g("2400:3200::1"), cc("CN"));
     assert_eq!(g("2400:3200::7fff"), cc("CN"));
     assert_eq!(g("2400:3200::8000"), cc("HK"));
@@ -205,7 +205,7 @@ fn lookup_many_matches_lookup_on_mixed_families() {
             "{i}"
         );
     }
-    assert_eq!(many[1].geo_sources()[0], cc("HK"));
+    assert_eq!(many[1].geo_sources().get(0), cc("HK"));
     let mut none = Vec::new();
     w.lookup_many(&[], &mut none);
     assert!(none.is_empty());
@@ -229,8 +229,71 @@ fn report_json_has_stable_fields_and_nulls() {
     }
 }
 
+/// A small world with one further geolocation source (format version 3).
 fn built_bytes() -> Vec<u8> {
-    small_world_bytes()
+    let mut b = WorldBuilder::new();
+    b.add_geo(0, ip("1.0.0.0"), ip("1.0.0.255"), cc("AU"))
+        .expect("range");
+    assert_eq!(b.add_geo_source("extra"), Ok(2));
+    b.add_geo(2, ip("1.0.0.0"), ip("1.0.0.127"), cc("NZ"))
+        .expect("range");
+    b.add_geo(2, ip("2400:3200::"), ip("2400:3200::ff"), cc("CN"))
+        .expect("range");
+    b.add_asn(ip("1.0.0.0"), ip("1.0.0.255"), 13335, "Cloudflare")
+        .expect("range");
+    b.build(&mut no_progress()).expect("builds").0
+}
+
+#[test]
+fn further_geolocation_sources_round_trip_and_only_they_need_version_3() {
+    let w = World::from_vec(built_bytes()).expect("loads");
+    assert_eq!(
+        w.geo_source_names(),
+        ["geo-whois-asn-country", "ipfire-location", "extra"]
+    );
+    let g = w.lookup(ip("1.0.0.5")).geo_sources();
+    assert_eq!(g.as_slice(), [cc("AU"), None, cc("NZ")]);
+    assert!(g.disputed() && g.agreed().is_none());
+    assert_eq!(
+        g.distinct().collect::<Vec<_>>(),
+        [cc("AU").expect("cc"), cc("NZ").expect("cc")]
+    );
+    let g = w.lookup(ip("1.0.0.200")).geo_sources();
+    assert_eq!(g.as_slice(), [cc("AU"), None, None]);
+    assert_eq!(g.agreed(), cc("AU"));
+    // Only the further source knows this one.
+    let i = w.lookup(ip("2400:3200::7"));
+    assert!(!i.is_empty());
+    assert_eq!(i.geo_country(), cc("CN"));
+    assert!(w.lookup(ip("9.9.9.9")).is_empty());
+    assert_eq!(
+        u32::from_le_bytes(built_bytes()[8..12].try_into().expect("4")),
+        3
+    );
+    // Without further sources the file stays version 2.
+    let plain = small_world_bytes();
+    assert_eq!(u32::from_le_bytes(plain[8..12].try_into().expect("4")), 2);
+    assert_eq!(
+        World::from_vec(plain)
+            .expect("loads")
+            .lookup(ip("1.0.0.5"))
+            .geo_sources()
+            .as_slice(),
+        [cc("AU"), None]
+    );
+    // Names are checked, and there are at most four further sources.
+    let mut b = WorldBuilder::new();
+    assert!(b.add_geo_source("ipfire-location").is_err());
+    assert!(b.add_geo_source("has space").is_err());
+    assert!(
+        b.add_geo(2, ip("1.0.0.0"), ip("1.0.0.1"), cc("AU"))
+            .is_err()
+    );
+    for n in ["a", "b", "c", "d"] {
+        b.add_geo_source(n).expect("fits");
+    }
+    assert!(b.add_geo_source("a").is_err());
+    assert!(b.add_geo_source("e").is_err());
 }
 
 fn small_world_bytes() -> Vec<u8> {
@@ -281,7 +344,7 @@ fn corrupt_and_truncated_files_are_rejected() {
         World::from_vec(v),
         Err(WorldError::UnsupportedVersion {
             found: 9,
-            supported: 2
+            supported: 3
         })
     ));
     // Any flipped byte past the header is caught by the checksum.
@@ -352,6 +415,51 @@ fn structurally_wrong_files_with_valid_checksums_are_rejected() {
             e,
             WorldError::Inconsistent {
                 section: "records",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A further source's country over 676, and a record 0 that knows one.
+    for (rec, val) in [(1usize, 1000u16), (0, 5)] {
+        let mut b = good.clone();
+        let at = l.extra_geo.0 + rec * 2;
+        b[at..at + 2].copy_from_slice(&val.to_le_bytes());
+        let e = World::from_vec(reseal(b)).expect_err("bad extra country");
+        assert!(
+            matches!(
+                e,
+                WorldError::Inconsistent {
+                    section: "extra geo",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    // A version 2 header with a further source, and a version 3 one
+    // without.
+    let mut b = good.clone();
+    b[8] = 2;
+    let e = World::from_vec(reseal(b)).expect_err("v2 with extras");
+    assert!(
+        matches!(
+            e,
+            WorldError::Inconsistent {
+                section: "header",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut b = small_world_bytes();
+    b[8] = 3;
+    let e = World::from_vec(reseal(b)).expect_err("v3 without extras");
+    assert!(
+        matches!(
+            e,
+            WorldError::Inconsistent {
+                section: "header",
                 ..
             }
         ),
@@ -429,7 +537,7 @@ fn arb_ranges(v6: bool) -> impl Strategy<Value = Vec<R>> {
             }),
         ]
     };
-    proptest::collection::vec((0usize..4, point(), point(), 1u32..6), 0..40).prop_map(|v| {
+    proptest::collection::vec((0usize..6, point(), point(), 1u32..6), 0..40).prop_map(|v| {
         v.into_iter()
             .map(|(layer, a, b, val)| R {
                 layer,
@@ -451,6 +559,9 @@ fn to_ip(v6: bool, x: u128) -> IpAddr {
 
 fn check_model(ranges: &[R], v6: bool) -> Result<(), TestCaseError> {
     let mut b = WorldBuilder::new();
+    // Layers 4 and 5 are further geolocation sources (slots 2 and 3).
+    b.add_geo_source("x2").map_err(TestCaseError::fail)?;
+    b.add_geo_source("x3").map_err(TestCaseError::fail)?;
     let countries = ["AA", "BB", "CN", "DE", "EE", "FR"];
     for r in ranges {
         let (s, e) = (to_ip(v6, r.start), to_ip(v6, r.end));
@@ -458,7 +569,8 @@ fn check_model(ranges: &[R], v6: bool) -> Result<(), TestCaseError> {
         match r.layer {
             0 | 1 => b.add_geo(r.layer, s, e, c),
             2 => b.add_network(s, e, c),
-            _ => b.add_asn(s, e, 64_496 + r.val, &format!("org{}", r.val)),
+            3 => b.add_asn(s, e, 64_496 + r.val, &format!("org{}", r.val)),
+            extra => b.add_geo(extra - 2, s, e, c),
         }
         .map_err(TestCaseError::fail)?;
     }
@@ -477,8 +589,10 @@ fn check_model(ranges: &[R], v6: bool) -> Result<(), TestCaseError> {
         }
         let i = w.lookup(to_ip(v6, x));
         let want_c = |layer| oracle(ranges, layer, x).and_then(|v| cc(countries[v as usize]));
-        prop_assert_eq!(i.geo_sources()[0], want_c(0), "geo0 at {:x}", x);
-        prop_assert_eq!(i.geo_sources()[1], want_c(1), "geo1 at {:x}", x);
+        prop_assert_eq!(i.geo_sources().get(0), want_c(0), "geo0 at {:x}", x);
+        prop_assert_eq!(i.geo_sources().get(1), want_c(1), "geo1 at {:x}", x);
+        prop_assert_eq!(i.geo_sources().get(2), want_c(4), "geo2 at {:x}", x);
+        prop_assert_eq!(i.geo_sources().get(3), want_c(5), "geo3 at {:x}", x);
         prop_assert_eq!(i.network_country(), want_c(2), "net at {:x}", x);
         prop_assert_eq!(
             i.asn(),
