@@ -1,5 +1,7 @@
 //! `geowall audit` on captures built here and on the shared ones.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -551,4 +553,48 @@ fn audit_reads_standard_input_and_compressed_captures() {
     );
     let flows = String::from_utf8_lossy(&got.stdout).lines().count();
     assert!(flows >= 1, "the flows before the cut: {err}");
+}
+
+#[test]
+fn a_relayed_flow_shows_its_peers_and_the_peer_that_decided() {
+    use geowall::wire::rtc::{TURN_CREATE_PERMISSION, turn_message};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = support::test_world(dir.path());
+    let (app, relay) = ([192, 0, 2, 10], [198, 51, 100, 7]);
+    let mut alloc = vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
+    alloc.extend_from_slice(&[3; 12]);
+    alloc.extend_from_slice(&[0x00, 0x19, 0x00, 0x04, 17, 0, 0, 0]);
+    let peer = "203.0.113.10:5004".parse().expect("addr");
+    let perm = turn_message(TURN_CREATE_PERMISSION, [4; 12], &[peer], None, &[]);
+    let pcap = pcap_udp(&[
+        (app, 40_000, relay, 3478, alloc),
+        (app, 40_000, relay, 3478, perm),
+    ]);
+    let f = dir.path().join("turn.pcap");
+    std::fs::write(&f, &pcap).expect("write");
+    let run = |json: bool| {
+        let mut args = vec![
+            "audit",
+            f.to_str().expect("utf8"),
+            "--preset",
+            "clubhouse",
+            "--world",
+            world.to_str().expect("utf8"),
+        ];
+        if json {
+            args.push("--json");
+        }
+        let o = geowall(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let fl: Value = serde_json::from_str(run(true).lines().next().expect("a flow")).expect("json");
+    assert_eq!(fl["dst"], "198.51.100.7:3478");
+    assert_eq!(fl["jurisdiction"]["network"]["country"], "US");
+    assert_eq!(fl["peers"][0]["peer"], "203.0.113.10:5004");
+    assert_eq!(fl["peers"][0]["jurisdiction"]["network"]["country"], "CN");
+    assert_eq!(fl["verdict"]["action"], "block");
+    assert_eq!(fl["verdict"]["peer"], "203.0.113.10:5004");
+    let table = run(false);
+    assert!(table.contains("(peer 203.0.113.10:5004)"), "{table}");
 }

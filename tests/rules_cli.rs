@@ -1,5 +1,7 @@
 //! `geowall rules check|explain` run as a user would.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -515,4 +517,47 @@ fn the_rule_reference_matches_the_parser() {
     )
     .expect("list");
     assert_eq!(check(example), "", "the example policy checks");
+}
+
+#[test]
+fn explain_judges_each_peer_of_a_relay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = support::test_world(dir.path());
+    let explain = |peer: &str, json: bool| {
+        let mut args = vec![
+            "rules",
+            "explain",
+            "--preset",
+            "clubhouse",
+            "--world",
+            world.to_str().expect("utf8"),
+            "--traffic",
+            "media",
+            "--peer",
+            "198.51.100.20",
+            "--peer",
+            peer,
+            "198.51.100.7",
+        ];
+        if json {
+            args.push("--json");
+        }
+        geowall(&args)
+    };
+    let v = json(&explain("203.0.113.10:5004", true));
+    assert_eq!(v["verdict"]["action"], "block");
+    assert_eq!(v["verdict"]["peer"], "203.0.113.10:5004");
+    assert_eq!(v["peers"][1]["jurisdiction"]["network"]["country"], "CN");
+    assert_eq!(v["jurisdiction"]["network"]["country"], "US");
+    let text = String::from_utf8_lossy(&explain("203.0.113.10:5004", false).stdout).into_owned();
+    assert!(
+        text.contains("peer 203.0.113.10:5004 (through the relay):")
+            && text.contains("for peer 203.0.113.10:5004"),
+        "{text}"
+    );
+    let v = json(&explain("198.51.100.30", true));
+    assert_eq!(v["verdict"]["action"], "allow");
+    let o = explain("not-an-address", false);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--peer 'not-an-address'"));
 }

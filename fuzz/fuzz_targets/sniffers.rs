@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = rtc::classify(data);
     let _ = rtc::sd_rtn(data);
     let _ = rtc::stun_prefix(data);
+    let _ = rtc::turn_peers(data);
     let _ = quic::gquic_chlo(data);
     let _ = quic::long_header(data);
     let mut plain = Vec::new();

@@ -248,6 +248,8 @@ impl Rules {
             leak: false,
             app: q.app,
             uid: None,
+            peers: &[],
+            as_peer: false,
         };
         let policy = self.policy.current();
         let v = policy.evaluate(&self.intel, &facts);

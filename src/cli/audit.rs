@@ -329,6 +329,10 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
         "names": f.core.ctx.names,
         "encrypted": f.core.sniffer.encryption(),
         "jurisdiction": j.to_json(),
+        "peers": f.core.peers.iter().map(|p| serde_json::json!({
+            "peer": p,
+            "jurisdiction": intel.jurisdiction(policy.catalog(), Some(p.ip()), &[], None).to_json(),
+        })).collect::<Vec<_>>(),
         "verdict": v.to_json(),
         "rule": v.rule.map(|(_, r)| r.name.as_str()),
         "leaks": f.core.leaks,
@@ -348,9 +352,10 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
         bytes: (f.core.volume.bytes_up, f.core.volume.bytes_down),
         blocked: v.is_block(),
         rule: v.rule.map(|(_, r)| r.name.clone()),
-        why: v
-            .layer
-            .map(|l| format!("{} layer: {}", l.layer.name(), l.country_name())),
+        why: v.layer.map(|l| {
+            let whom = v.peer.map(|p| format!(" (peer {p})")).unwrap_or_default();
+            format!("{} layer: {}{whom}", l.layer.name(), l.country_name())
+        }),
         leaks: f
             .core
             .leaks

@@ -118,6 +118,11 @@ pub(crate) struct ExplainArgs {
     /// The user the app runs as.
     #[arg(long)]
     uid: Option<u32>,
+    /// A peer the flow's TURN relay is asked to reach (IP or IP:PORT, as
+    /// CreatePermission, ChannelBind and Send name it): each is judged too.
+    /// Repeat for several.
+    #[arg(long, value_name = "ADDR")]
+    peer: Vec<String>,
     /// Resolve a domain TARGET with the system resolver and explain each
     /// address (this sends DNS queries).
     #[arg(long)]
@@ -443,6 +448,21 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let names: Vec<&str> = name.into_iter().collect();
+    let mut peers = Vec::new();
+    for p in &a.peer {
+        let addr = p
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| {
+                p.parse::<IpAddr>()
+                    .map(|ip| std::net::SocketAddr::new(ip, 0))
+            })
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "--peer '{p}' is not an address (e.g. 203.0.113.10 or 203.0.113.10:5004)"
+                )
+            })?;
+        peers.push(addr);
+    }
     for ip in ips {
         let facts = Facts {
             dst: ip,
@@ -455,10 +475,21 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             leak: a.leak,
             app: a.app.as_deref(),
             uid: a.uid,
+            peers: &peers,
+            as_peer: false,
         };
         let j = intel.jurisdiction(policy.catalog(), facts.dst, facts.names, facts.protocol);
         let trace = policy.trace(&facts, Some(&j));
-        let verdict = policy.decide(&facts, Some(&j));
+        let verdict = policy.evaluate(&intel, &facts);
+        let peer_views: Vec<_> = peers
+            .iter()
+            .map(|&p| {
+                let pf = facts.of_peer(p);
+                let pj = intel.jurisdiction(policy.catalog(), pf.dst, &[], None);
+                let pt = policy.trace(&pf, Some(&pj));
+                (p, pj, pt)
+            })
+            .collect();
         if a.json {
             let doc = serde_json::json!({
                 "target": a.target,
@@ -467,6 +498,9 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
                 "policy": policy.name,
                 "jurisdiction": j.to_json(),
                 "rules": trace,
+                "peers": peer_views.iter().map(|(p, pj, pt)| serde_json::json!({
+                    "peer": p, "jurisdiction": pj.to_json(), "rules": pt,
+                })).collect::<Vec<_>>(),
                 "verdict": verdict.to_json(),
             });
             println!("{doc}");
@@ -492,14 +526,11 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             None => println!("policy: {} ({})", policy.name, policy.source.display()),
         }
         print_layers(&j);
-        println!("rules:");
-        for t in &trace {
-            let outcome = match (t.failed, t.layer) {
-                (Some(c), _) => format!("no match ({c})"),
-                (None, Some(l)) => format!("MATCH via {} {}", l.layer.name(), l.country_name()),
-                (None, None) => "MATCH".to_owned(),
-            };
-            println!("  {:>2}. {:<50} {}", t.index + 1, t.name, outcome);
+        print_trace(&trace);
+        for (p, pj, pt) in &peer_views {
+            println!("peer {p} (through the relay):");
+            print_layers(pj);
+            print_trace(pt);
         }
         let by = match verdict.rule {
             Some((i, r)) => format!("rule {} \"{}\"", i + 1, r.name),
@@ -521,13 +552,29 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             .layer
             .map(|l| format!(" via the {} layer ({})", l.layer.name(), l.country_name()))
             .unwrap_or_default();
-        println!("verdict: {how} by {by}{via}");
+        let whom = verdict
+            .peer
+            .map(|p| format!(" for peer {p}"))
+            .unwrap_or_default();
+        println!("verdict: {how} by {by}{via}{whom}");
         if let Some((i, r)) = verdict.logged_by {
             println!("logged by rule {} \"{}\"", i + 1, r.name);
         }
         println!();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_trace(trace: &[geowall::policy::RuleTrace]) {
+    println!("rules:");
+    for t in trace {
+        let outcome = match (t.failed, t.layer) {
+            (Some(c), _) => format!("no match ({c})"),
+            (None, Some(l)) => format!("MATCH via {} {}", l.layer.name(), l.country_name()),
+            (None, None) => "MATCH".to_owned(),
+        };
+        println!("  {:>2}. {:<50} {}", t.index + 1, t.name, outcome);
+    }
 }
 
 fn print_layers(j: &Jurisdiction<'_, '_>) {

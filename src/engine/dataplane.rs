@@ -22,11 +22,11 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::FlowCore;
 use super::dns::{self, DnsLimits, Question, Refusal, Resolved};
 pub use super::events::{Decision, DropReason, Event, EventKind, FlowProto};
 use super::frag::{FragLimits, FragResult, Reassembler};
 use super::reply;
+use super::{FlowCore, PeerNews};
 use crate::classify::leak::{LeakDetector, LeakHit, ScanState};
 use crate::classify::{Carrier, Dir, Encryption};
 use crate::intel::jurisdiction::{Intel, WorldHandle};

@@ -124,6 +124,9 @@ pub enum DropReason {
     DnsTcpGone,
     /// A DNS-over-TCP app that does not read its answers (reset).
     DnsTcpFull,
+    /// A TURN message naming more peers than geowall reads from one
+    /// message: it cannot be judged, so it does not leave.
+    TurnTooManyPeers,
 }
 
 impl DropReason {
@@ -144,6 +147,7 @@ impl DropReason {
             DropReason::DnsUnknownQuery => "dns-unknown-query",
             DropReason::DnsTcpGone => "dns-tcp-gone",
             DropReason::DnsTcpFull => "dns-tcp-full",
+            DropReason::TurnTooManyPeers => "turn-too-many-peers",
         }
     }
 }
@@ -207,6 +211,13 @@ pub struct Event {
     /// More about a DNS decision (the addresses removed from an answer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For a flow through a TURN relay: the peers it asked the relay to
+    /// reach (from CreatePermission, ChannelBind and Send).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    /// The peer whose jurisdiction decided a block, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     /// On `closed` and `cut`: the flow's IP packets and bytes each way
     /// (`packets_up`, `packets_down`, `bytes_up`, `bytes_down`, as the
     /// app's side saw them).
@@ -269,6 +280,8 @@ impl Event {
             app: f.ctx.app.clone(),
             uid: f.ctx.uid,
             detail: None,
+            peers: f.peers.iter().map(ToString::to_string).collect(),
+            peer: v.and_then(|v| v.peer).map(|p| p.to_string()),
             volume: matches!(kind, EventKind::Closed | EventKind::Cut).then_some(f.volume),
         }
     }
@@ -300,6 +313,8 @@ impl Event {
             app: None,
             uid: None,
             detail,
+            peers: Vec::new(),
+            peer: None,
             volume: None,
         }
     }

@@ -44,6 +44,26 @@ pub struct FlowCore {
     pub last_ns: u64,
     /// IP packets and bytes each way, as seen on the app's side.
     pub volume: Volume,
+    /// The peers a TURN relay (this flow's server) was asked to reach, in
+    /// the order learned; at most [`MAX_PEERS`], the oldest forgotten
+    /// first (a forgotten peer named again is learned, and judged, again).
+    pub peers: Vec<SocketAddr>,
+}
+
+/// Peers of one relayed flow kept, at most (see [`FlowCore::peers`]).
+pub const MAX_PEERS: usize = 32;
+
+/// What one datagram from the app told of its relay's peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerNews {
+    /// Not a TURN message naming peers, or only known ones.
+    Nothing,
+    /// At least one peer not known before: judge the flow again.
+    New,
+    /// A TURN message naming more peers than one message is read for
+    /// ([`crate::wire::rtc::MAX_PEERS_PER_MESSAGE`]): it cannot be judged
+    /// and must not be relayed.
+    TooMany,
 }
 
 /// IP packets and bytes of one flow (or many), each way, as the app's
@@ -108,7 +128,31 @@ impl FlowCore {
             ctx,
             last_ns: now_ns,
             volume: Volume::default(),
+            peers: Vec::new(),
         }
+    }
+
+    /// Reads a datagram the app sent for the TURN peers it names
+    /// ([`crate::wire::rtc::turn_peers`]) and keeps the new ones.
+    pub fn learn_peers(&mut self, payload: &[u8]) -> PeerNews {
+        let Some(found) = crate::wire::rtc::turn_peers(payload) else {
+            return PeerNews::Nothing;
+        };
+        if found.more {
+            return PeerNews::TooMany;
+        }
+        let mut news = PeerNews::Nothing;
+        for peer in found.iter() {
+            if self.peers.iter().any(|p| p.ip() == peer.ip()) {
+                continue;
+            }
+            if self.peers.len() == MAX_PEERS {
+                self.peers.remove(0);
+            }
+            self.peers.push(peer);
+            news = PeerNews::New;
+        }
+        news
     }
 }
 
@@ -370,6 +414,10 @@ impl Inspector {
             payload,
             ts_ns,
         );
+        if carrier == Carrier::Udp && dir == Dir::Up {
+            // The peers a TURN relay is asked to reach, as live.
+            let _ = f.core.learn_peers(payload);
+        }
         scan_leaks(
             self.leak.as_ref(),
             f.core.sniffer.encrypted,

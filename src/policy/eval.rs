@@ -1,13 +1,14 @@
 //! Evaluating a compiled policy on a flow's facts.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
 use super::rules::{
-    Action, BlockMode, CompiledList, DisputedMode, Policy, Rule, Traffic, Transport, UnknownMode,
+    Action, BlockMode, CompiledList, DisputedMode, Endpoint, Policy, Rule, Traffic, Transport,
+    UnknownMode,
 };
 use crate::intel::country::Country;
 use crate::intel::jurisdiction::{Intel, Jurisdiction, Layer};
@@ -37,6 +38,13 @@ pub struct Facts<'a> {
     pub app: Option<&'a str>,
     /// The user the app runs as.
     pub uid: Option<u32>,
+    /// The peers a TURN relay (the destination) was asked to reach: the
+    /// policy judges each too ([`Policy::evaluate`]).
+    pub peers: &'a [SocketAddr],
+    /// These facts are about one of another flow's peers (`dst` is the
+    /// peer): rules with `endpoint = "server"` do not apply, rules with
+    /// `endpoint = "peer"` do.
+    pub as_peer: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -54,6 +62,24 @@ impl<'a> Facts<'a> {
             leak: false,
             app,
             uid: None,
+            peers: &[],
+            as_peer: false,
+        }
+    }
+
+    /// The facts about `peer`, a peer of the relayed flow these facts
+    /// describe: the same app, class and transport, the peer's address and
+    /// port, no names (none was given for it) and no vendor signature (the
+    /// protocol is the relay's).
+    pub fn of_peer(&self, peer: SocketAddr) -> Facts<'a> {
+        Facts {
+            dst: Some(peer.ip()),
+            port: Some(peer.port()),
+            names: &[],
+            protocol: None,
+            peers: &[],
+            as_peer: true,
+            ..*self
         }
     }
 }
@@ -96,6 +122,9 @@ pub struct Verdict<'p> {
     pub logged_by: Option<(usize, &'p Rule)>,
     /// The jurisdiction layer that made the deciding rule match.
     pub layer: Option<LayerMatch>,
+    /// When the flow is blocked for where a TURN relay would take it: the
+    /// peer the deciding rule matched (its layer is the peer's).
+    pub peer: Option<SocketAddr>,
 }
 
 impl Verdict<'_> {
@@ -113,6 +142,7 @@ impl Verdict<'_> {
             "rule_index": self.rule.map(|(i, _)| i),
             "logged_by": self.logged_by.map(|(_, r)| r.name.as_str()),
             "layer": self.layer,
+            "peer": self.peer,
         })
     }
 }
@@ -242,6 +272,11 @@ impl Rule {
     ) -> Result<Option<LayerMatch>, &'static str> {
         let c = &self.cond;
         let need = |ok: bool, what: &'static str| if ok { Ok(()) } else { Err(what) };
+        match c.endpoint {
+            Endpoint::Any => {}
+            Endpoint::Server => need(!f.as_peer, "endpoint")?,
+            Endpoint::Peer => need(f.as_peer, "endpoint")?,
+        }
         if let Some(apps) = &c.app {
             need(
                 f.app.is_some_and(|a| apps.iter().any(|x| x.matches(a))),
@@ -342,11 +377,33 @@ impl Policy {
     /// The verdict for a flow. The first `allow` or `block` rule that
     /// matches decides; `log` rules that match are recorded and
     /// evaluation goes on; with no decision, the default applies.
+    ///
+    /// A flow through a TURN relay with known peers ([`Facts::peers`]) is
+    /// judged for the relay and then for each peer (with
+    /// [`Facts::of_peer`]): the first peer the policy blocks blocks the
+    /// flow, with [`Verdict::peer`] naming it.
     pub fn evaluate<'p>(&'p self, intel: &Intel, f: &Facts<'_>) -> Verdict<'p> {
         let j = self
             .needs_intel
             .then(|| intel.jurisdiction(&self.catalog, f.dst, f.names, f.protocol));
-        self.decide(f, j.as_ref())
+        let v = self.decide(f, j.as_ref());
+        if v.is_block() {
+            return v;
+        }
+        for &peer in f.peers {
+            let pf = f.of_peer(peer);
+            let pj = self
+                .needs_intel
+                .then(|| intel.jurisdiction(&self.catalog, pf.dst, &[], None));
+            let pv = self.decide(&pf, pj.as_ref());
+            if pv.is_block() {
+                return Verdict {
+                    peer: Some(peer),
+                    ..pv
+                };
+            }
+        }
+        v
     }
 
     /// The verdict given an already computed jurisdiction.
@@ -365,6 +422,7 @@ impl Policy {
                 rule: Some((i, r)),
                 logged_by,
                 layer,
+                peer: None,
             };
         }
         Verdict {
@@ -372,6 +430,7 @@ impl Policy {
             rule: None,
             logged_by,
             layer: None,
+            peer: None,
         }
     }
 
@@ -426,6 +485,7 @@ impl Policy {
                         rule: Some((i, r)),
                         logged_by,
                         layer,
+                        peer: None,
                     });
                 }
                 // It may match (or stop matching) once the payload is read:
@@ -439,6 +499,7 @@ impl Policy {
             rule: None,
             logged_by,
             layer: None,
+            peer: None,
         })
     }
 

@@ -14,8 +14,8 @@ pub mod rules;
 
 pub use eval::{Facts, LayerMatch, PolicyHandle, RuleTrace, Verdict};
 pub use rules::{
-    Action, BlockMode, DnsBlockAnswer, DnsEmptyAnswer, DnsFilter, DnsSettings, Policy, Rule,
-    Traffic, Transport,
+    Action, BlockMode, DnsBlockAnswer, DnsEmptyAnswer, DnsFilter, DnsSettings, Endpoint, Policy,
+    Rule, Traffic, Transport,
 };
 
 #[cfg(test)]

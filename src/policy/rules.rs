@@ -64,6 +64,19 @@ impl Action {
     }
 }
 
+/// Which end of a relayed flow a rule's conditions look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoint {
+    /// The flow's server, and each peer a TURN relay is asked to reach.
+    #[default]
+    Any,
+    /// The flow's server only (for a relayed flow, the relay).
+    Server,
+    /// The peers a TURN relay is asked to reach only.
+    Peer,
+}
+
 /// How a block is carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -254,6 +267,8 @@ struct RawRule {
     list: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     dns_answer: Option<DnsBlockAnswer>,
+    #[serde(default)]
+    endpoint: Endpoint,
 }
 
 /// Sorted, merged address ranges; membership by binary search.
@@ -374,6 +389,8 @@ pub struct Conditions {
     pub(crate) app: Option<Vec<AppPattern>>,
     pub(crate) uid: Option<Vec<u32>>,
     pub(crate) list: Option<Vec<usize>>,
+    /// Which end of a relayed flow the rule looks at.
+    pub(crate) endpoint: Endpoint,
 }
 
 /// One compiled rule.
@@ -778,6 +795,7 @@ fn compile_rule(
     c.encrypted = r.encrypted;
     c.leak = r.leak;
     c.local = r.local;
+    c.endpoint = r.endpoint;
     if let Some(v) = r.app {
         nonempty(&v, "app", path, text)?;
         let mut pats = Vec::new();

@@ -833,3 +833,73 @@ fn an_allow_list_lets_the_local_network_through_with_local() {
     assert!(p.evaluate(&intel, &f("198.51.100.10")).is_block());
     assert!(!p.evaluate(&intel, &f("192.168.1.1")).is_block());
 }
+
+#[test]
+fn a_relayed_flow_is_judged_for_its_relay_and_each_peer() {
+    let intel = fixture_intel();
+    let club = Policy::preset("clubhouse", &catalog()).expect("preset");
+    let relay = ip("198.51.100.7");
+    let media = |peers: &'static [std::net::SocketAddr]| Facts {
+        dst: relay,
+        traffic: Some(Traffic::Media),
+        peers,
+        ..Facts::default()
+    };
+    // The relay alone, and with a US peer: allowed.
+    assert!(!club.evaluate(&intel, &media(&[])).is_block());
+    static US: [std::net::SocketAddr; 1] = [std::net::SocketAddr::new(
+        IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 20)),
+        5004,
+    )];
+    assert!(!club.evaluate(&intel, &media(&US)).is_block());
+    // A CN peer behind the US relay: blocked, naming the peer and its layer.
+    static BOTH: [std::net::SocketAddr; 2] = [
+        US[0],
+        std::net::SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 10)), 5004),
+    ];
+    let v = club.evaluate(&intel, &media(&BOTH));
+    assert!(v.is_block());
+    assert_eq!(v.peer, Some(BOTH[1]));
+    assert_eq!(v.layer.map(|l| l.to_string()).as_deref(), Some("geo:CN"));
+    assert_eq!(v.to_json()["peer"], "203.0.113.10:5004");
+    // A rule may look at one end only.
+    let p = parse(
+        r#"
+name = "ends"
+default = "allow"
+[[rule]]
+name = "relay side"
+action = "block"
+endpoint = "server"
+jurisdiction = { countries = ["CN"] }
+[[rule]]
+name = "peers in DE"
+action = "block"
+endpoint = "peer"
+jurisdiction = { countries = ["DE"] }
+"#,
+    )
+    .expect("parses");
+    assert!(
+        !p.evaluate(&intel, &media(&BOTH)).is_block(),
+        "CN peer, server-only rule"
+    );
+    static DE: [std::net::SocketAddr; 1] = [std::net::SocketAddr::new(
+        IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 200)),
+        9,
+    )];
+    let v = p.evaluate(&intel, &media(&DE));
+    assert_eq!(v.rule.map(|r| r.1.name.as_str()), Some("peers in DE"));
+    // The peer-only rule never looks at the server itself.
+    let to_de = Facts {
+        dst: ip("192.0.2.200"),
+        ..Facts::default()
+    };
+    assert!(!p.evaluate(&intel, &to_de).is_block());
+    let e = parse("name = \"x\"\ndefault = \"allow\"\n[[rule]]\nname = \"r\"\naction = \"block\"\nendpoint = \"relay\"\n")
+        .expect_err("unknown endpoint");
+    assert!(
+        e.to_string().contains("endpoint") || e.to_string().contains("relay"),
+        "{e}"
+    );
+}

@@ -119,6 +119,159 @@ pub fn stun_prefix(p: &[u8]) -> Option<u16> {
     Some((t & 0x000F) | ((t & 0x00E0) >> 1) | ((t & 0x3E00) >> 2))
 }
 
+/// TURN methods that name a peer the relay is to reach (RFC 8656): Send
+/// (indication), CreatePermission and ChannelBind (requests).
+pub const TURN_SEND: u16 = 0x006;
+/// See [`TURN_SEND`].
+pub const TURN_CREATE_PERMISSION: u16 = 0x008;
+/// See [`TURN_SEND`].
+pub const TURN_CHANNEL_BIND: u16 = 0x009;
+/// STUN attribute XOR-PEER-ADDRESS (RFC 8656 section 18.3).
+pub const XOR_PEER_ADDRESS: u16 = 0x0012;
+/// The most peer addresses read from one message (RFC 8656 lets a
+/// CreatePermission carry several; any beyond this are not read, and the
+/// message is reported as having more).
+pub const MAX_PEERS_PER_MESSAGE: usize = 8;
+
+/// The peers a TURN message from the client asks its relay to reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TurnPeers {
+    peers: [Option<std::net::SocketAddr>; MAX_PEERS_PER_MESSAGE],
+    /// More XOR-PEER-ADDRESS attributes than [`MAX_PEERS_PER_MESSAGE`].
+    pub more: bool,
+}
+
+impl TurnPeers {
+    /// The peers read, in message order.
+    pub fn iter(&self) -> impl Iterator<Item = std::net::SocketAddr> + '_ {
+        self.peers.iter().flatten().copied()
+    }
+
+    /// True when the message named no peer.
+    pub fn is_empty(&self) -> bool {
+        self.peers[0].is_none()
+    }
+}
+
+/// Reads the XOR-PEER-ADDRESS attributes of a whole STUN message (one UDP
+/// datagram) that is a TURN Send indication or a CreatePermission or
+/// ChannelBind request: the addresses, in the clear to anyone on the path,
+/// of the peers the relay will forward this client's data to. `None` for
+/// anything else (other methods, responses, a malformed message).
+pub fn turn_peers(p: &[u8]) -> Option<TurnPeers> {
+    let t = be16(p, 0)?;
+    let len = usize::from(be16(p, 2)?);
+    if t & 0xC000 != 0 || be32(p, 4)? != STUN_COOKIE || len + 20 != p.len() || len % 4 != 0 {
+        return None;
+    }
+    let method = (t & 0x000F) | ((t & 0x00E0) >> 1) | ((t & 0x3E00) >> 2);
+    let class = ((t >> 4) & 1) | ((t >> 7) & 2);
+    let wanted = matches!(
+        (method, class),
+        (TURN_SEND, 1) | (TURN_CREATE_PERMISSION, 0) | (TURN_CHANNEL_BIND, 0)
+    );
+    if !wanted {
+        return None;
+    }
+    let mut out = TurnPeers::default();
+    let mut n = 0;
+    let mut at = 20;
+    while at + 4 <= p.len() {
+        let kind = be16(p, at)?;
+        let alen = usize::from(be16(p, at + 2)?);
+        let value = p.get(at + 4..at + 4 + alen)?;
+        if kind == XOR_PEER_ADDRESS {
+            let peer = xor_address(value, p.get(4..20)?)?;
+            match out.peers.get_mut(n) {
+                Some(slot) => *slot = Some(peer),
+                None => out.more = true,
+            }
+            n += 1;
+        }
+        at += 4 + alen.next_multiple_of(4);
+    }
+    Some(out)
+}
+
+/// An XOR-MAPPED-ADDRESS-style value (RFC 8489 section 14.2): family, port
+/// and address XORed with the magic cookie (and, for IPv6, the
+/// transaction ID); `cookie_and_id` is the message's bytes 4..20.
+fn xor_address(v: &[u8], cookie_and_id: &[u8]) -> Option<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let port = be16(v, 2)? ^ 0x2112;
+    let ip = match (*v.get(1)?, v.len()) {
+        (0x01, 8) => {
+            let x = be32(v, 4)? ^ STUN_COOKIE;
+            IpAddr::V4(Ipv4Addr::from(x))
+        }
+        (0x02, 20) => {
+            let mut o = [0u8; 16];
+            for (i, b) in o.iter_mut().enumerate() {
+                *b = v.get(4 + i)? ^ cookie_and_id.get(i)?;
+            }
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// A TURN message from the client naming `peers` in XOR-PEER-ADDRESS
+/// attributes (RFC 8656): `method` is [`TURN_SEND`] (sent as an
+/// indication, with `data` in a DATA attribute), [`TURN_CREATE_PERMISSION`]
+/// or [`TURN_CHANNEL_BIND`] (requests; `channel` goes in CHANNEL-NUMBER).
+/// What the tests and the demo send as a relay's client.
+pub fn turn_message(
+    method: u16,
+    id: [u8; 12],
+    peers: &[std::net::SocketAddr],
+    channel: Option<u16>,
+    data: &[u8],
+) -> Vec<u8> {
+    let class = u16::from(method == TURN_SEND);
+    let t = (method & 0x000F)
+        | ((method & 0x0070) << 1)
+        | ((method & 0x0F80) << 2)
+        | ((class & 1) << 4)
+        | ((class & 2) << 7);
+    let mut attrs = Vec::new();
+    let mut attr = |kind: u16, v: &[u8]| {
+        attrs.extend_from_slice(&kind.to_be_bytes());
+        attrs.extend_from_slice(&u16::try_from(v.len()).unwrap_or(0).to_be_bytes());
+        attrs.extend_from_slice(v);
+        attrs.resize(attrs.len().next_multiple_of(4), 0);
+    };
+    if let Some(ch) = channel {
+        let mut v = ch.to_be_bytes().to_vec();
+        v.extend_from_slice(&[0, 0]);
+        attr(0x000C, &v);
+    }
+    let mut cookie_and_id = STUN_COOKIE.to_be_bytes().to_vec();
+    cookie_and_id.extend_from_slice(&id);
+    for peer in peers {
+        let mut v = vec![0];
+        v.push(if peer.is_ipv4() { 0x01 } else { 0x02 });
+        v.extend_from_slice(&(peer.port() ^ 0x2112).to_be_bytes());
+        match peer.ip() {
+            std::net::IpAddr::V4(a) => {
+                v.extend_from_slice(&(u32::from(a) ^ STUN_COOKIE).to_be_bytes());
+            }
+            std::net::IpAddr::V6(a) => {
+                v.extend(a.octets().iter().zip(&cookie_and_id).map(|(b, k)| b ^ k));
+            }
+        }
+        attr(XOR_PEER_ADDRESS, &v);
+    }
+    if method == TURN_SEND {
+        attr(0x0013, data);
+    }
+    let mut m = t.to_be_bytes().to_vec();
+    m.extend_from_slice(&u16::try_from(attrs.len()).unwrap_or(0).to_be_bytes());
+    m.extend_from_slice(&cookie_and_id);
+    m.extend_from_slice(&attrs);
+    m
+}
+
 /// Agora SD-RTN (public facts): a UDP payload of at least 20 bytes with
 /// byte 6 = 0x21 and bytes 12..16 = `04 53 4E 49` ("\x04SNI"), a big-endian
 /// u16 length at 16, byte 18 = 0, then a cleartext host name at 19 of that
@@ -244,10 +397,94 @@ mod tests {
         assert_eq!(classify(b"hello world"), None);
     }
 
+    /// RFC 5769 section 2.2's sample response carries XOR-MAPPED-ADDRESS
+    /// 192.0.2.1:32853 (same encoding as XOR-PEER-ADDRESS); 2.3's, the IPv6
+    /// 2001:db8:1234:5678:11:2233:4455:6677 port 32853.
+    #[test]
+    fn xor_addresses_from_the_rfc_5769_vectors() {
+        let id = [
+            0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
+        ];
+        let mut ck = STUN_COOKIE.to_be_bytes().to_vec();
+        ck.extend_from_slice(&id);
+        let v4 = [0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43];
+        assert_eq!(
+            xor_address(&v4, &ck),
+            Some("192.0.2.1:32853".parse().expect("addr"))
+        );
+        let v6 = [
+            0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25,
+            0xf4, 0xb5, 0xbe, 0xd2, 0xb9, 0xd9,
+        ];
+        assert_eq!(
+            xor_address(&v6, &ck),
+            Some(
+                "[2001:db8:1234:5678:11:2233:4455:6677]:32853"
+                    .parse()
+                    .expect("addr")
+            )
+        );
+    }
+
+    #[test]
+    fn turn_messages_name_their_peers() {
+        let a: std::net::SocketAddr = "203.0.113.10:5004".parse().expect("addr");
+        let b: std::net::SocketAddr = "[2001:db8:86::10]:6000".parse().expect("addr");
+        let id = [7; 12];
+        let perm = turn_message(TURN_CREATE_PERMISSION, id, &[a, b], None, &[]);
+        // The type is 0x0008 (a request) and the message is well formed STUN.
+        assert_eq!(&perm[..2], &[0x00, 0x08]);
+        assert!(matches!(
+            classify(&perm),
+            Some(Rtc::Stun {
+                method: 8,
+                class: 0
+            })
+        ));
+        let got = turn_peers(&perm).expect("peers");
+        assert_eq!(got.iter().collect::<Vec<_>>(), [a, b]);
+        let bind = turn_message(TURN_CHANNEL_BIND, id, &[a], Some(0x4001), &[]);
+        assert_eq!(&bind[..2], &[0x00, 0x09]);
+        assert_eq!(
+            turn_peers(&bind).expect("peers").iter().collect::<Vec<_>>(),
+            [a]
+        );
+        let send = turn_message(TURN_SEND, id, &[b], None, b"voice");
+        // Send is an indication: 0x0016.
+        assert_eq!(&send[..2], &[0x00, 0x16]);
+        assert_eq!(
+            turn_peers(&send).expect("peers").iter().collect::<Vec<_>>(),
+            [b]
+        );
+        // Other methods and classes, and broken messages, name no peer.
+        let mut resp = perm.clone();
+        resp[1] = 0x08;
+        resp[0] = 0x01; // a success response
+        assert_eq!(turn_peers(&resp), None);
+        let mut alloc = perm.clone();
+        alloc[1] = 0x03;
+        assert_eq!(turn_peers(&alloc), None);
+        let mut cut = perm.clone();
+        cut.truncate(cut.len() - 4);
+        assert_eq!(turn_peers(&cut), None);
+        let mut overlong = perm.clone();
+        overlong[23] = 200; // the first attribute's length runs past the end
+        assert_eq!(turn_peers(&overlong), None);
+        // More peers than are read are said.
+        let many: Vec<std::net::SocketAddr> = (0..10)
+            .map(|i| std::net::SocketAddr::from(([203, 0, 113, i], 9)))
+            .collect();
+        let m =
+            turn_peers(&turn_message(TURN_CREATE_PERMISSION, id, &many, None, &[])).expect("peers");
+        assert_eq!(m.iter().count(), MAX_PEERS_PER_MESSAGE);
+        assert!(m.more);
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let _ = classify(&b);
+            let _ = turn_peers(&b);
         }
     }
 }

@@ -1535,3 +1535,93 @@ fn a_world_update_cuts_flows_it_now_places_under_a_blocked_jurisdiction() {
     e.handle_tun(&media(9), S + S + MS);
     assert_eq!(sent_upstream(&drain(&mut e)), 0, "nothing more leaves");
 }
+
+/// A TURN Allocate request (RFC 8656): REQUESTED-TRANSPORT UDP.
+fn turn_allocate() -> Vec<u8> {
+    let mut m = vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
+    m.extend_from_slice(&[3; 12]);
+    m.extend_from_slice(&[0x00, 0x19, 0x00, 0x04, 17, 0, 0, 0]);
+    m
+}
+
+#[test]
+fn a_relay_is_judged_by_the_peers_it_is_asked_to_reach() {
+    use crate::wire::rtc::{TURN_CHANNEL_BIND, TURN_CREATE_PERMISSION, TURN_SEND, turn_message};
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    let (app, relay) = ("192.0.2.200:40000", "198.51.100.7:3478");
+    // The allocation itself goes to a US relay: media, allowed.
+    e.handle_tun(&udp(app, relay, &turn_allocate()), S);
+    let out = drain(&mut e);
+    let flow = events(&out)[0].flow;
+    assert_eq!(events(&out)[0].kind, EventKind::Opened);
+    assert_eq!(sent_upstream(&out), 2, "open and send");
+    // A permission for a US peer: relayed; the peer is on the flow.
+    let us = sa("198.51.100.20:5004");
+    let perm = turn_message(TURN_CREATE_PERMISSION, [4; 12], &[us], None, &[]);
+    e.handle_tun(&udp(app, relay, &perm), 2 * S);
+    let out = drain(&mut e);
+    assert!(out.contains(&Output::UdpSend {
+        flow,
+        payload: perm.clone()
+    }));
+    assert!(events(&out).is_empty());
+    // A channel to a CN peer: the request never leaves and the flow is cut,
+    // the event naming the peer and both peers listed.
+    let cn = sa("203.0.113.10:5004");
+    let bind = turn_message(TURN_CHANNEL_BIND, [5; 12], &[cn], Some(0x4001), &[]);
+    e.handle_tun(&udp(app, relay, &bind), 3 * S);
+    let out = drain(&mut e);
+    assert_eq!(sent_upstream(&out), 0, "the bind to a CN peer never leaves");
+    assert!(out.contains(&Output::Close { flow }));
+    let ev = events(&out);
+    assert_eq!(ev[0].kind, EventKind::Cut);
+    assert_eq!(ev[0].peer.as_deref(), Some("203.0.113.10:5004"));
+    assert_eq!(
+        ev[0].peers,
+        [
+            "198.51.100.20:5004".to_owned(),
+            "203.0.113.10:5004".to_owned()
+        ]
+    );
+    assert_eq!(
+        ev[0].rule.as_deref(),
+        Some("no pings or media to PRC jurisdiction")
+    );
+    let json = serde_json::to_value(ev[0]).expect("json");
+    assert_eq!(json["peer"], "203.0.113.10:5004");
+    // Media sent afterwards through the channel goes nowhere.
+    e.handle_tun(&udp(app, relay, &[0x40, 0x01, 0, 4, 1, 2, 3, 4]), 4 * S);
+    assert_eq!(sent_upstream(&drain(&mut e)), 0);
+    assert_eq!(e.counters.cut, 1);
+
+    // A Send indication naming a CN peer (IPv6 this time) on a new flow.
+    let app2 = "192.0.2.200:40002";
+    e.handle_tun(&udp(app2, relay, &turn_allocate()), 5 * S);
+    drain(&mut e);
+    let send = turn_message(
+        TURN_SEND,
+        [6; 12],
+        &[sa("[2001:db8:86::10]:6000")],
+        None,
+        b"voice",
+    );
+    e.handle_tun(&udp(app2, relay, &send), 6 * S);
+    let out = drain(&mut e);
+    assert_eq!(sent_upstream(&out), 0);
+    assert_eq!(events(&out)[0].kind, EventKind::Cut);
+
+    // A message naming more peers than geowall reads is dropped, counted.
+    let app3 = "192.0.2.200:40003";
+    e.handle_tun(&udp(app3, relay, &turn_allocate()), 7 * S);
+    drain(&mut e);
+    let many: Vec<SocketAddr> = (1..=9)
+        .map(|i| SocketAddr::from(([198, 51, 100, 30 + i], 9)))
+        .collect();
+    let crowd = turn_message(TURN_CREATE_PERMISSION, [7; 12], &many, None, &[]);
+    e.handle_tun(&udp(app3, relay, &crowd), 8 * S);
+    assert_eq!(sent_upstream(&drain(&mut e)), 0);
+    assert_eq!(
+        e.counters.drops.get(&DropReason::TurnTooManyPeers),
+        Some(&1)
+    );
+}

@@ -112,6 +112,14 @@ impl Engine {
             payload,
             now_ns,
         );
+        let new_peer = match if icmp {
+            PeerNews::Nothing
+        } else {
+            f.core.learn_peers(payload)
+        } {
+            PeerNews::TooMany => return self.drop_reason(DropReason::TurnTooManyPeers),
+            news => news == PeerNews::New,
+        };
         let new_leak = crate::engine::scan_leaks(
             self.leak.load().as_deref(),
             f.core.sniffer.encrypted,
@@ -152,7 +160,7 @@ impl Engine {
         }
         // Judge at the first datagram, and again on new evidence.
         let class_changed = f.core.sniffer.class != f.judged_class;
-        if new || new_leak || !f.core.sniffer.is_done() || class_changed {
+        if new || new_leak || new_peer || !f.core.sniffer.is_done() || class_changed {
             if let Some(f) = self.flows.get_mut(&key) {
                 f.judged_class = f.core.sniffer.class;
             }

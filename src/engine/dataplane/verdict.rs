@@ -34,6 +34,8 @@ pub fn facts<'a>(transport: PTransport, core: &'a FlowCore, names: &'a [&'a str]
         leak: !core.leaks.is_empty(),
         app: core.ctx.app.as_deref(),
         uid: core.ctx.uid,
+        peers: &core.peers,
+        as_peer: false,
     }
 }
 

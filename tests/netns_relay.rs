@@ -1,0 +1,176 @@
+//! A TURN relay's peers, end to end in network namespaces (root only;
+//! skips otherwise): the app allocates on a real TURN server (coturn's
+//! `turnserver`, anonymous, on a US address) and asks it to reach a peer.
+//! Under `clubhouse`, media through the US relay to a CN peer is blocked
+//! and the peer receives nothing; to a US peer it flows. What reaches each
+//! peer is counted on the internet side, by a counter that reads frames
+//! itself.
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use geowall::wire::rtc::{TURN_CHANNEL_BIND, TURN_CREATE_PERMISSION, TURN_SEND, turn_message};
+use support::{Net, addr, in_ns, sa};
+
+/// The relay's port.
+const TURN_PORT: u16 = 3478;
+/// The peers' port.
+const PEER_PORT: u16 = 5004;
+
+/// coturn's `turnserver` in the internet namespace, on the US address,
+/// anonymous (no credentials), relaying from the same address; killed on
+/// drop.
+struct Relay(Child);
+
+impl Relay {
+    fn start(net: &Net) -> Self {
+        let log = net.dir.path().join("turnserver.log");
+        let pid = net.dir.path().join("turnserver.pid");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &net.net, "turnserver", "-n", "-z"])
+            .args(["-L", addr::US, "-E", addr::US])
+            .args(["--listening-port", &TURN_PORT.to_string()])
+            .args(["--min-port", "49152", "--max-port", "49200"])
+            .args([
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--realm",
+                "geowall.test",
+            ])
+            .arg("--log-file")
+            .arg(&log)
+            .arg("--pidfile")
+            .arg(&pid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnserver (Debian package coturn) starts");
+        Relay(child)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TURN Allocate request for a UDP relay (RFC 8656), no credentials.
+fn allocate(id: u8) -> Vec<u8> {
+    let mut m = vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
+    m.extend_from_slice(&[id; 12]);
+    m.extend_from_slice(&[0x00, 0x19, 0x00, 0x04, 17, 0, 0, 0]);
+    m
+}
+
+/// The STUN message type of an answer, if one came within `wait`.
+fn answer(s: &UdpSocket, wait: Duration) -> Option<u16> {
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    let mut buf = [0u8; 1500];
+    let n = s.recv(&mut buf).ok()?;
+    (n >= 20).then(|| u16::from_be_bytes([buf[0], buf[1]]))
+}
+
+/// From the app namespace: allocates on the relay (retrying while coturn
+/// starts), then asks for `peer` by CreatePermission and ChannelBind and
+/// sends it `media` datagrams by Send indication and ChannelData. What the
+/// relay answered to the permission request (`None`: no answer).
+fn talk_through_relay(net: &Net, peer: SocketAddr, media: usize) -> Option<u16> {
+    in_ns(&net.app, || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(sa(addr::US, TURN_PORT)).expect("connect");
+        let t = Instant::now();
+        let mut id = 1u8;
+        loop {
+            s.send(&allocate(id)).expect("send allocate");
+            // 0x0103: Allocate success response.
+            if answer(&s, Duration::from_millis(300)) == Some(0x0103) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the relay never answered an Allocate"
+            );
+            id = id.wrapping_add(1);
+        }
+        let perm = turn_message(TURN_CREATE_PERMISSION, [0x51; 12], &[peer], None, &[]);
+        s.send(&perm).expect("send permission");
+        let got = answer(&s, Duration::from_secs(1));
+        let bind = turn_message(TURN_CHANNEL_BIND, [0x52; 12], &[peer], Some(0x4001), &[]);
+        s.send(&bind).expect("send bind");
+        let _ = answer(&s, Duration::from_millis(500));
+        for i in 0..media {
+            let voice = [0x55u8; 160];
+            let _ = s.send(&turn_message(
+                TURN_SEND,
+                [0x60 + i as u8; 12],
+                &[peer],
+                None,
+                &voice,
+            ));
+            let mut cd = vec![0x40, 0x01, 0, 160];
+            cd.extend_from_slice(&voice);
+            let _ = s.send(&cd);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        got
+    })
+}
+
+#[test]
+fn media_through_a_us_relay_is_judged_by_the_peer_it_reaches() {
+    if !support::root_or_skip("media_through_a_us_relay_is_judged_by_the_peer_it_reaches") {
+        return;
+    }
+    let mut net = Net::new();
+    // Both peers listen (and would answer); the counter, not they, decides.
+    net.udp_server(sa(addr::CN, PEER_PORT), |_| Vec::new());
+    net.udp_server(sa(addr::US2, PEER_PORT), |_| Vec::new());
+    let _relay = Relay::start(&net);
+    let world = support::test_world(net.dir.path());
+    net.start_geowall(&world, &["--preset", "clubhouse"]);
+
+    // A US peer: the permission is granted and media reaches it.
+    let us = sa(addr::US2, PEER_PORT);
+    let got = talk_through_relay(&net, us, 10);
+    // 0x0108: CreatePermission success response.
+    assert_eq!(got, Some(0x0108), "the relay granted the US peer");
+    let t = Instant::now();
+    while net.count(addr::US2, 17, PEER_PORT) < 20 && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let to_us = net.count(addr::US2, 17, PEER_PORT);
+    assert!(to_us >= 20, "media relayed to the US peer: {to_us} packets");
+
+    // A CN peer behind the same US relay: nothing reaches it.
+    let cn = sa(addr::CN, PEER_PORT);
+    let got = talk_through_relay(&net, cn, 10);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        net.count(addr::CN, 17, PEER_PORT),
+        0,
+        "packets reached the CN peer"
+    );
+    assert_eq!(
+        got, None,
+        "the permission request for the CN peer never left"
+    );
+    // The relay itself was reached (the allocations), and the event names
+    // the peer that decided.
+    assert!(net.count(addr::US, 17, TURN_PORT) > 0);
+    let ev = net.events();
+    let cut = ev
+        .iter()
+        .find(|e| e["kind"] == "cut" && e["peer"] == cn.to_string())
+        .unwrap_or_else(|| panic!("no cut naming the CN peer in {ev:#?}"));
+    assert_eq!(cut["server"], format!("{}:{TURN_PORT}", addr::US));
+    assert_eq!(cut["rule"], "no pings or media to PRC jurisdiction");
+    assert_eq!(cut["layer"], "geo:CN");
+    net.stop_geowall();
+}
