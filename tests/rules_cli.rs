@@ -366,6 +366,17 @@ fn the_presets_can_be_listed_and_read_without_the_source() {
         s.contains("2. block  no pings or media to PRC jurisdiction"),
         "{s}"
     );
+    // The catalogs too: each vendor with its evidence and how it is
+    // recognised, each operator group, and what the owner layer covers.
+    assert!(
+        s.contains("  agora            CN Agora, Inc. (Shengwang)")
+            && s.contains("recognised by 8 domains; AS140899; protocol sd-rtn"),
+        "{s}"
+    );
+    assert!(
+        s.contains("  china-telecom ") && s.contains("the owner layer covers "),
+        "{s}"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     for preset in ["default", "clubhouse", "strict"] {
         let o = geowall(&["rules", "show", preset]);

@@ -348,6 +348,52 @@ fn list() -> anyhow::Result<ExitCode> {
         }
     }
     println!("(`geowall rules show NAME` prints a preset's file)");
+    println!();
+    println!("vendors (the vendor layer: services recognised by name, AS or protocol):");
+    for v in catalog.vendors() {
+        println!("  {:<16} {} {}", v.id, v.jurisdiction, v.name);
+        let text = v.evidence.split_whitespace().collect::<Vec<_>>().join(" ");
+        let first = text.find(". ").map_or(text.as_str(), |i| &text[..=i]);
+        println!("  {:<16} {first}", "");
+        let mut how = vec![format!("{} domains", v.domains.len())];
+        if !v.asns.is_empty() {
+            let a: Vec<String> = v.asns.iter().map(|a| format!("AS{a}")).collect();
+            how.push(a.join(" "));
+        }
+        if !v.signatures.is_empty() {
+            how.push(format!("protocol {}", v.signatures.join(", ")));
+        }
+        println!("  {:<16} recognised by {}", "", how.join("; "));
+    }
+    println!();
+    println!("operators (the owner layer: who runs the network an address is on):");
+    for o in catalog.operators() {
+        println!(
+            "  {:<28} {} {} ({} AS{}; parent: {})",
+            o.id,
+            o.jurisdiction,
+            o.name,
+            o.asns.len(),
+            if o.asns.len() == 1 { "" } else { "es" },
+            o.parent
+        );
+    }
+    let world = super::load_world(None, false)?;
+    let owned: std::collections::HashSet<u32> = catalog
+        .operators()
+        .iter()
+        .flat_map(|o| o.asns.iter().copied())
+        .collect();
+    let a = world.announced_by(|asn| owned.contains(&asn));
+    let all = world.announced_by(|_| true);
+    println!(
+        "  the owner layer covers {} ASes announcing {:.1} M IPv4 addresses ({:.1}% of all announced) and {:.1}% of announced IPv6 /64s",
+        owned.len(),
+        a.ipv4_addresses as f64 / 1e6,
+        100.0 * a.ipv4_addresses as f64 / all.ipv4_addresses.max(1) as f64,
+        100.0 * a.ipv6_slash64s as f64 / all.ipv6_slash64s.max(1) as f64,
+    );
+    println!("(the catalog files, with evidence and sources: rules/vendors, rules/operators)");
     Ok(ExitCode::SUCCESS)
 }
 

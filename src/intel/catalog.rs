@@ -68,6 +68,26 @@ pub struct Operator {
     /// Where the facts come from.
     #[serde(default)]
     pub sources: Vec<String>,
+    /// Words that, in an AS's registered organisation name, say it may
+    /// belong to this operator's group (lowercase, matched as substrings).
+    /// The catalog's completeness test finds every such AS in the shipped
+    /// world data and requires it in `asns` or in `excluded`.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// ASes whose names match `names` but that are not the group's, each
+    /// with the reason.
+    #[serde(default)]
+    pub excluded: Vec<Excluded>,
+}
+
+/// An AS a group's name words find that is not the group's.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Excluded {
+    /// The AS number.
+    pub asn: u32,
+    /// Why it is not the group's.
+    pub reason: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -509,6 +529,67 @@ mod tests {
             c.operator_of(21_859).is_none(),
             "Zenlayer is not a PRC operator"
         );
+    }
+
+    /// Every AS of the shipped world data whose registered name holds one
+    /// of a group's `names` words is in the group's `asns` or `excluded`
+    /// (with a reason); the report of what the owner layer covers.
+    #[cfg(feature = "embedded-world")]
+    #[test]
+    fn every_as_a_group_names_is_listed_or_excluded() {
+        let w = crate::intel::world::embedded().expect("world");
+        let c = Catalog::shipped().expect("parses");
+        let mut missing = Vec::new();
+        for o in c.operators() {
+            assert!(!o.names.is_empty(), "{}: no `names` words", o.id);
+            for n in &o.names {
+                assert_eq!(*n, n.to_lowercase(), "{}: names are lowercase", o.id);
+            }
+            for e in &o.excluded {
+                assert!(
+                    !o.asns.contains(&e.asn),
+                    "{}: AS{} listed and excluded",
+                    o.id,
+                    e.asn
+                );
+                assert!(
+                    !e.reason.trim().is_empty(),
+                    "{}: AS{} has no reason",
+                    o.id,
+                    e.asn
+                );
+            }
+            for (asn, name) in w.asns() {
+                let lower = name.to_lowercase();
+                if o.names.iter().any(|n| lower.contains(n.as_str()))
+                    && !o.asns.contains(&asn)
+                    && !o.excluded.iter().any(|e| e.asn == asn)
+                {
+                    missing.push(format!("{}: AS{asn} {name}", o.id));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "ASes the groups' words find that the catalog neither lists nor excludes:\n{}",
+            missing.join("\n")
+        );
+        let owned: std::collections::HashSet<u32> = c
+            .operators()
+            .iter()
+            .flat_map(|o| o.asns.iter().copied())
+            .collect();
+        let a = w.announced_by(|x| owned.contains(&x));
+        let all = w.announced_by(|_| true);
+        eprintln!(
+            "owner layer: {} ASes, {} IPv4 addresses of {} announced, {} IPv6 /64s of {}",
+            owned.len(),
+            a.ipv4_addresses,
+            all.ipv4_addresses,
+            a.ipv6_slash64s,
+            all.ipv6_slash64s
+        );
+        assert!(a.ipv4_addresses > 0 && a.ipv4_addresses < all.ipv4_addresses);
     }
 
     #[cfg(feature = "embedded-world")]

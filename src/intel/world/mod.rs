@@ -349,6 +349,15 @@ impl<'w> WorldInfo<'w> {
     }
 }
 
+/// Address space announced by some ASes ([`World::announced_by`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Announced {
+    /// IPv4 addresses.
+    pub ipv4_addresses: u64,
+    /// IPv6 /64 networks.
+    pub ipv6_slash64s: u128,
+}
+
 /// How an IPv6 address carries an IPv4 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -762,6 +771,65 @@ impl World {
         let names = d.get(self.layout.names.0..self.layout.names.1)?;
         let s = std::str::from_utf8(names.get(start..end)?).ok()?;
         if s.is_empty() { None } else { Some(s) }
+    }
+
+    /// How much address space the ASes `owned` picks announce, by the
+    /// database's AS layer: IPv4 addresses, and IPv6 in /64s (the finer
+    /// ranges inside split /64s are not counted). Reads the whole range
+    /// tables: for reports, not the packet path.
+    pub fn announced_by(&self, owned: impl Fn(u32) -> bool) -> Announced {
+        let asn_of = |rec: u32| {
+            self.sec::<8>(self.layout.records)
+                .get(rec as usize)
+                .map_or(NO_ASN, |r| u32::from_le_bytes([r[4], r[5], r[6], r[7]]))
+        };
+        let mut out = Announced::default();
+        // IPv4: each entry runs to the next one's start.
+        let index = self.sec::<4>(self.layout.v4_index);
+        let entries = self.sec::<5>(self.layout.v4_entries);
+        let mut starts = Vec::with_capacity(entries.len());
+        for b in 0..V4_INDEX_LEN - 1 {
+            let at = |i: usize| index.get(i).map_or(0, |v| u32::from_le_bytes(*v) as usize);
+            for e in entries.get(at(b)..at(b + 1)).unwrap_or(&[]) {
+                let start = ((b as u64) << 16) | u64::from(u16::from_le_bytes([e[0], e[1]]));
+                starts.push((start, u32::from_le_bytes([e[2], e[3], e[4], 0])));
+            }
+        }
+        for (i, &(start, rec)) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).map_or(1 << 32, |n| n.0);
+            let a = asn_of(rec);
+            if a != NO_ASN && owned(a) {
+                out.ipv4_addresses += end - start;
+            }
+        }
+        // IPv6, in /64s.
+        let keys = self.sec::<8>(self.layout.v6_keys);
+        let vals = self.sec::<3>(self.layout.v6_vals);
+        for i in 0..keys.len() {
+            let v = u24_at(vals, i);
+            if v == FINE {
+                continue;
+            }
+            let a = asn_of(v);
+            if a != NO_ASN && owned(a) {
+                let end = keys.get(i + 1).map_or(u128::from(u64::MAX) + 1, |k| {
+                    u128::from(u64::from_le_bytes(*k))
+                });
+                out.ipv6_slash64s += end - u128::from(u64_at(keys, i));
+            }
+        }
+        out
+    }
+
+    /// Every AS number the database names, in increasing order, with its
+    /// organisation name (empty when the source gave none).
+    pub fn asns(&self) -> impl Iterator<Item = (u32, &str)> + '_ {
+        let d = self.data();
+        let base = self.layout.asns.0;
+        (0..self.counts.asns).map(move |i| {
+            let asn = rd_u32(d, base + i as usize * 8);
+            (asn, self.asn_name(i).unwrap_or(""))
+        })
     }
 
     /// The organisation name the database holds for an AS number.
