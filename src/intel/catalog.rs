@@ -531,6 +531,77 @@ mod tests {
         );
     }
 
+    /// Each shipped vendor is recognised by a host its SDK reaches (from
+    /// the sources in its entry), broad parent domains are not taken for
+    /// it, and every vendor of the catalog is in this table.
+    #[test]
+    fn each_shipped_vendor_is_recognised_by_its_sdk_hosts() {
+        let c = Catalog::shipped().expect("parses");
+        let table: [(&str, &[&str]); 8] = [
+            (
+                "agora",
+                &["104-166-161-75.edge.agora.io", "ap-web-1.agora.io"],
+            ),
+            (
+                "tencent-trtc",
+                &[
+                    "schedule.rtc.tencentcloud.com",
+                    "yun.tim.qq.com",
+                    "x.trtc.tencent-cloud.com",
+                ],
+            ),
+            (
+                "zegocloud",
+                &["webliveroom1-api.zego.im", "accesshub-wss.coolzcloud.com"],
+            ),
+            (
+                "netease-yunxin",
+                &["lbs.netease.im", "wecan-lbs.yunxinvcloud.com"],
+            ),
+            (
+                "volcengine-rtc",
+                &["rtc-access-src.zijieapi.com", "common.rtc.volcvideo.com"],
+            ),
+            ("alibaba-rtc", &["gslb.dingrtc.com", "gw.rtn.aliyuncs.com"]),
+            ("rongcloud", &["nav.cn.ronghub.com", "x.cn.rongnav.com"]),
+            ("qiniu-rtc", &["rtc.qiniuapi.com"]),
+        ];
+        for (id, hosts) in table {
+            let v = c
+                .vendor(id)
+                .unwrap_or_else(|| panic!("{id} is in the catalog"));
+            assert_eq!(v.jurisdiction.to_string(), "CN", "{id}");
+            assert!(!v.sources.is_empty() && !v.evidence.is_empty(), "{id}");
+            for h in hosts {
+                let got = c.vendor_of(&[h], None, None).map(|(v, _)| v.id.as_str());
+                assert_eq!(got, Some(id), "{h}");
+            }
+        }
+        for v in c.vendors() {
+            assert!(
+                table.iter().any(|(id, _)| *id == v.id),
+                "vendor {} has no test here",
+                v.id
+            );
+        }
+        // The shared parents of listed hosts are not any vendor's.
+        for h in [
+            "www.qq.com",
+            "oss-cn-hangzhou.aliyuncs.com",
+            "www.zijieapi.com",
+            "mail.126.net",
+            "www.qiniuapi.com",
+            "cos.ap-guangzhou.myqcloud.com",
+        ] {
+            assert_eq!(
+                c.vendor_of(&[h], None, None).map(|(v, _)| v.id.clone()),
+                None,
+                "{h}"
+            );
+        }
+        assert!(c.vendors().len() >= 6);
+    }
+
     /// Every AS of the shipped world data whose registered name holds one
     /// of a group's `names` words is in the group's `asns` or `excluded`
     /// (with a reason); the report of what the owner layer covers.
