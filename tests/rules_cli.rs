@@ -572,3 +572,150 @@ fn explain_judges_each_peer_of_a_relay() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--peer 'not-an-address'"));
 }
+
+/// Writes a rules directory: a policy with a hosts list, a CIDR list, an
+/// ASN list and a sing-box rule-set, and the rule `extra`.
+fn rules_dir(dir: &Path, hosts: &str, cidrs: &str, asns: &str, singbox: &str, extra: &str) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let policy = format!(
+        "name = \"lists\"\ndefault = \"allow\"\n\
+[[list]]\nname = \"ads\"\nfile = \"ads.hosts\"\nformat = \"hosts\"\n\
+[[list]]\nname = \"nets\"\nfile = \"nets.txt\"\nformat = \"cidr\"\n\
+[[list]]\nname = \"ases\"\nfile = \"ases.txt\"\nformat = \"asn\"\n\
+[[list]]\nname = \"sb\"\nfile = \"sb.json\"\nformat = \"sing-box\"\n\
+[[rule]]\nname = \"lists\"\naction = \"block\"\nlist = [\"ads\", \"nets\", \"ases\", \"sb\"]\n{extra}"
+    );
+    std::fs::write(dir.join("policy.toml"), policy).expect("policy");
+    std::fs::write(dir.join("ads.hosts"), hosts).expect("hosts");
+    std::fs::write(dir.join("nets.txt"), cidrs).expect("cidrs");
+    std::fs::write(dir.join("ases.txt"), asns).expect("asns");
+    std::fs::write(dir.join("sb.json"), singbox).expect("sing-box");
+}
+
+#[test]
+fn diff_shows_what_changed_in_rules_lists_and_catalogs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    rules_dir(
+        &old,
+        "# ads\n0.0.0.0 ads.example tracker.example\n",
+        "203.0.113.0/24\n",
+        "AS64500\n",
+        r#"{"version": 2, "rules": [{"domain_suffix": ["edge.example"]}]}"#,
+        "[[rule]]\nname = \"media\"\naction = \"block\"\ntraffic = [\"media\"]\n",
+    );
+    rules_dir(
+        &new,
+        "0.0.0.0 ads.example\n0.0.0.0 pixel.example\n",
+        "203.0.113.0/24\n198.51.100.0/25\n",
+        "64500\nAS64501\n",
+        r#"{"version": 2, "rules": [{"domain_suffix": ["edge.example", "relay.example"]}]}"#,
+        "[[rule]]\nname = \"media\"\naction = \"block\"\ntraffic = [\"media\", \"ping\"]\n\
+[[rule]]\nname = \"new rule\"\naction = \"log\"\nport = [443]\n",
+    );
+    // The new directory brings its own vendor catalog: Agora gains a
+    // domain, and a vendor is added.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/vendors/vendors.toml");
+    let text = std::fs::read_to_string(shipped).expect("vendors");
+    let text = text.replacen(
+        "  \"agora.io\",\n",
+        "  \"agora.io\",\n  \"agora-new.example\",\n",
+        1,
+    ) + "\n[[vendor]]\nid = \"acme\"\nname = \"Acme RTC\"\njurisdiction = \"CN\"\nevidence = \"test\"\ndomains = [\"acme.example\"]\n";
+    std::fs::create_dir_all(new.join("vendors")).expect("dir");
+    std::fs::write(new.join("vendors/vendors.toml"), text).expect("write");
+    // The old side as a signed bundle file, the new as a directory.
+    let key = dir.path().join("k");
+    assert!(
+        geowall(&["rules", "keygen", "--out", key.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    let old_b = dir.path().join("old.gwb");
+    let o = geowall(&[
+        "rules",
+        "build",
+        old.to_str().expect("utf8"),
+        "-o",
+        old_b.to_str().expect("utf8"),
+        "--sequence",
+        "4",
+        "--key",
+        dir.path().join("k.key").to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = json(&geowall(&[
+        "rules",
+        "diff",
+        old_b.to_str().expect("utf8"),
+        new.to_str().expect("utf8"),
+        "--json",
+    ]));
+    assert_eq!(d["sequence"][0], 4);
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|s| s.as_str().expect("str").to_owned())
+            .collect()
+    };
+    // hosts: exact names.
+    assert_eq!(strs(&d["lists"]["ads.hosts"]["added"]), ["=pixel.example"]);
+    assert_eq!(
+        strs(&d["lists"]["ads.hosts"]["removed"]),
+        ["=tracker.example"]
+    );
+    assert_eq!(strs(&d["lists"]["nets.txt"]["added"]), ["198.51.100.0/25"]);
+    // "64500" and "AS64500" are the same entry.
+    assert_eq!(strs(&d["lists"]["ases.txt"]["added"]), ["AS64501"]);
+    assert!(
+        d["lists"]["ases.txt"]["removed"]
+            .as_array()
+            .expect("a")
+            .is_empty()
+    );
+    assert_eq!(strs(&d["lists"]["sb.json"]["added"]), ["relay.example"]);
+    assert_eq!(strs(&d["rules"]["added"]), ["new rule"]);
+    assert_eq!(strs(&d["rules_changed"]), ["media"]);
+    assert_eq!(strs(&d["vendors"]["added"]), ["acme"]);
+    assert_eq!(d["vendors_changed"][0]["id"], "agora");
+    assert_eq!(
+        strs(&d["vendors_changed"][0]["domains"]["added"]),
+        ["agora-new.example"]
+    );
+    assert!(d["operators"]["added"].as_array().expect("a").is_empty());
+    // The text form, and no changes against itself.
+    let o = geowall(&[
+        "rules",
+        "diff",
+        old_b.to_str().expect("utf8"),
+        new.to_str().expect("utf8"),
+    ]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        t.contains("list ads.hosts: +1 -1")
+            && t.contains("  + =pixel.example")
+            && t.contains("  ~ rule media")
+            && t.contains("  + vendor acme")
+            && t.contains("      + domain agora-new.example"),
+        "{t}"
+    );
+    let o = geowall(&[
+        "rules",
+        "diff",
+        old.to_str().expect("utf8"),
+        old_b.to_str().expect("utf8"),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no changes"));
+    // Not a bundle: a clear error, status 1.
+    let junk = dir.path().join("junk.gwb");
+    std::fs::write(&junk, b"junk").expect("write");
+    let o = geowall(&[
+        "rules",
+        "diff",
+        junk.to_str().expect("utf8"),
+        old_b.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("junk.gwb: not a readable rules bundle"));
+}

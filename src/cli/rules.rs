@@ -70,6 +70,18 @@ pub(crate) enum Command {
         #[arg(short, long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Show what changed between two rules bundles (or rules directories,
+    /// built in memory): settings, rules, list entries, vendors and
+    /// operators. For review before signing; signatures are not checked.
+    Diff {
+        /// The old bundle or directory.
+        old: PathBuf,
+        /// The new bundle or directory.
+        new: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify a bundle as a device would before installing it.
     Verify {
         /// The bundle.
@@ -237,6 +249,7 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
             println!("signed {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Diff { old, new, json } => diff(&old, &new, json),
         Command::Verify {
             bundle: path,
             pubkey,
@@ -270,6 +283,78 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// A bundle file, or a rules directory built (unsigned) in memory, for
+/// review.
+fn review(p: &Path) -> anyhow::Result<bundle::Review> {
+    let bytes = if p.is_dir() {
+        bundle::build(p, 0, 0, u64::MAX)?
+    } else {
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?
+    };
+    bundle::review(&bytes).with_context(|| format!("{}: not a readable rules bundle", p.display()))
+}
+
+fn diff(old: &Path, new: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let d = geowall::policy::diff::diff(&review(old)?, &review(new)?)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("sequence {} -> {}", d.sequence.0, d.sequence.1);
+    if d.is_empty() {
+        println!("no changes");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // `what` is the kind with its indent ("  rule ", "      domain ").
+    let change = |what: &str, c: &geowall::policy::diff::Change| {
+        let (indent, kind) = what.split_at(what.len() - what.trim_start().len());
+        for a in &c.added {
+            println!("{indent}+ {kind}{a}");
+        }
+        for r in &c.removed {
+            println!("{indent}- {kind}{r}");
+        }
+    };
+    for sdiff in &d.settings {
+        println!("setting  {sdiff}");
+    }
+    if !d.rules.is_empty() || !d.rules_changed.is_empty() || d.rules_reordered {
+        println!("rules:");
+        change("  rule ", &d.rules);
+        for r in &d.rules_changed {
+            println!("  ~ rule {r}");
+        }
+        if d.rules_reordered {
+            println!("  ~ the order of the rules changed (the first match decides)");
+        }
+    }
+    for (file, c) in &d.lists {
+        println!("list {file}: +{} -{}", c.added.len(), c.removed.len());
+        change("  ", c);
+    }
+    let entries = |kind: &str,
+                   c: &geowall::policy::diff::Change,
+                   changed: &[geowall::policy::diff::EntryChange]| {
+        if c.is_empty() && changed.is_empty() {
+            return;
+        }
+        println!("{kind}s:");
+        change(&format!("  {kind} "), c);
+        for e in changed {
+            println!("  ~ {kind} {}", e.id);
+            if let Some(j) = &e.jurisdiction {
+                println!("      jurisdiction {j}");
+            }
+            change("      domain ", &e.domains);
+            change("      AS", &e.asns);
+            change("      signature ", &e.signatures);
+        }
+    };
+    entries("vendor", &d.vendors, &d.vendors_changed);
+    entries("operator", &d.operators, &d.operators_changed);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn now_secs() -> u64 {

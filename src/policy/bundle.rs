@@ -605,6 +605,50 @@ fn verify<'b>(
     })
 }
 
+/// A rules bundle's header and files, read for review (`geowall rules
+/// diff`): signed or not, its signature is *not* checked, only its frame,
+/// kind, content hash and archive. Never install what this returns; use
+/// [`open`].
+#[derive(Debug, Clone)]
+pub struct Review {
+    /// Sequence number.
+    pub sequence: u64,
+    /// Expires (Unix seconds).
+    pub expires: u64,
+    /// Whether it carries a signature (unchecked).
+    pub signed: bool,
+    /// The archived files: `policy.toml`, list files, `vendors/*.toml`,
+    /// `operators/*.toml`.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads a rules bundle for review; see [`Review`].
+///
+/// # Errors
+/// A damaged frame or archive, a world bundle, or content that does not
+/// match its hash.
+pub fn review(b: &[u8]) -> Result<Review, BundleError> {
+    let body = frame(b)?;
+    let content = &b[HEADER..body];
+    if sha256(content).as_slice() != &b[56..88] {
+        return Err(BundleError::Corrupt(
+            "content does not match its SHA-256".into(),
+        ));
+    }
+    if u32::from_le_bytes([b[12], b[13], b[14], b[15]]) != 0 {
+        return Err(BundleError::WrongKind {
+            found: BundleKind::World,
+            wanted: BundleKind::Rules,
+        });
+    }
+    Ok(Review {
+        sequence: u64_at(b, 16),
+        expires: u64_at(b, 32),
+        signed: b[body] == 1,
+        files: unarchive(content).map_err(BundleError::Corrupt)?,
+    })
+}
+
 /// Verifies and opens a rules bundle.
 ///
 /// `trusted`: the public keys to accept; `installed`: the sequence number

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod bundle;
+pub mod diff;
 pub mod eval;
 pub mod lists;
 pub mod rules;
