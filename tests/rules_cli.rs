@@ -719,3 +719,86 @@ fn diff_shows_what_changed_in_rules_lists_and_catalogs() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("junk.gwb: not a readable rules bundle"));
 }
+
+#[test]
+fn publish_writes_what_a_static_host_serves_and_never_goes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    rules_dir(
+        &src,
+        "0.0.0.0 ads.example\n",
+        "203.0.113.0/24\n",
+        "AS64500\n",
+        r#"{"version": 2, "rules": []}"#,
+        "",
+    );
+    let p = |x: &Path| x.to_str().expect("utf8").to_owned();
+    for k in ["a", "b"] {
+        assert!(
+            geowall(&["rules", "keygen", "--out", &p(&dir.path().join(k))])
+                .status
+                .success()
+        );
+    }
+    let build = |seq: &str, key: &str| {
+        let out = dir.path().join(format!("r{seq}{key}.gwb"));
+        let o = geowall(&[
+            "rules",
+            "build",
+            &p(&src),
+            "-o",
+            &p(&out),
+            "--sequence",
+            seq,
+            "--key",
+            &p(&dir.path().join(format!("{key}.key"))),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let site = dir.path().join("site");
+    let publish = |b: &Path, key: &str| {
+        geowall(&[
+            "rules",
+            "publish",
+            &p(b),
+            &p(&site),
+            "--key",
+            &p(&dir.path().join(format!("{key}.key"))),
+        ])
+    };
+    let o = publish(&build("5", "a"), "a");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["rules-5.gwb", "rules.gwb", "index.json"] {
+        assert!(site.join(f).is_file(), "{f}");
+    }
+    let index = std::fs::read(site.join("index.json")).expect("index");
+    let outer: Value = serde_json::from_slice(&index).expect("json");
+    let inner: Value = serde_json::from_str(outer["index"].as_str().expect("index")).expect("json");
+    assert_eq!(inner["sequence"], 5);
+    assert_eq!(inner["file"], "rules-5.gwb");
+    assert_eq!(outer["signature"].as_str().map(str::len), Some(128));
+    // The published bundle verifies as a device would.
+    let o = geowall(&[
+        "rules",
+        "verify",
+        &p(&site.join("rules.gwb")),
+        "--pubkey",
+        &p(&dir.path().join("a.pub")),
+    ]);
+    assert!(o.status.success());
+    // Not newer: refused, the site unchanged.
+    let o = publish(&build("5", "a"), "a");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("publishes sequence 5"));
+    // Signed by another key than the one given: refused.
+    let o = publish(&build("6", "b"), "a");
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        std::fs::read(site.join("index.json")).expect("index"),
+        index
+    );
+    // Newer: published beside the old one.
+    assert!(publish(&build("6", "a"), "a").status.success());
+    assert!(site.join("rules-5.gwb").is_file() && site.join("rules-6.gwb").is_file());
+}

@@ -82,6 +82,20 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write what a static web host serves to subscribers into DIR: the
+    /// bundle as `rules-SEQUENCE.gwb` and `rules.gwb`, and a signed
+    /// `index.json` (latest sequence, expiry, size, SHA-256). Refuses a
+    /// bundle not signed by KEY, or not newer than what DIR already
+    /// publishes.
+    Publish {
+        /// The signed bundle.
+        bundle: PathBuf,
+        /// The directory the web host serves.
+        dir: PathBuf,
+        /// The secret key the bundle was signed with (signs the index).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
     /// Verify a bundle as a device would before installing it.
     Verify {
         /// The bundle.
@@ -250,6 +264,7 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { old, new, json } => diff(&old, &new, json),
+        Command::Publish { bundle, dir, key } => publish(&bundle, &dir, &key),
         Command::Verify {
             bundle: path,
             pubkey,
@@ -354,6 +369,40 @@ fn diff(old: &Path, new: &Path, json: bool) -> anyhow::Result<ExitCode> {
     };
     entries("vendor", &d.vendors, &d.vendors_changed);
     entries("operator", &d.operators, &d.operators_changed);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn publish(path: &Path, dir: &Path, key: &Path) -> anyhow::Result<ExitCode> {
+    let b = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let key = bundle::read_signing_key(key)?;
+    let seq = bundle::review(&b)
+        .with_context(|| format!("{}: not a readable rules bundle", path.display()))?
+        .sequence;
+    let file = format!("rules-{seq}.gwb");
+    let (index, _) = bundle::publish_index(&b, &file, &key)
+        .with_context(|| format!("{}: cannot publish", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Never go back: what the directory publishes must be older.
+    let current = dir.join("index.json");
+    if let Ok(text) = std::fs::read(&current) {
+        let old = bundle::read_index(&text)
+            .with_context(|| format!("{}: not a geowall index", current.display()))?;
+        anyhow::ensure!(
+            seq > old.sequence,
+            "{} publishes sequence {}; this bundle's is {seq}: publish a newer one (rules build --sequence)",
+            dir.display(),
+            old.sequence
+        );
+    }
+    // The bundles first, the index last: a client never reads an index
+    // that names a file not there yet.
+    write_atomic(&dir.join(&file), &b)?;
+    write_atomic(&dir.join("rules.gwb"), &b)?;
+    write_atomic(&current, &index)?;
+    println!(
+        "published sequence {seq} in {}: {file}, rules.gwb, index.json (signed)",
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

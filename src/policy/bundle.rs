@@ -183,7 +183,8 @@ pub enum BundleError {
 }
 
 /// What a bundle carries, recorded (and signed) in its header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BundleKind {
     /// A policy, its lists and catalogs (`geowall rules build`).
     Rules,
@@ -699,6 +700,138 @@ pub fn open_world(
     })
 }
 
+/// What a static host publishes beside its bundles (in `index.json`, with
+/// its signature, see [`publish_index`]): the latest bundle's file,
+/// sequence, expiry, size and SHA-256, so a subscriber learns at the cost
+/// of a small file whether there is anything newer, and cannot be shown an
+/// older index (it carries the sequence) or a bundle other than the one it
+/// names.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    /// Always `rules` (world bundles are published with `world`).
+    pub kind: BundleKind,
+    /// The bundle's sequence number.
+    pub sequence: u64,
+    /// When the bundle expires (Unix seconds).
+    pub expires: u64,
+    /// The bundle's file name, beside the index.
+    pub file: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Hex SHA-256 of the whole bundle file.
+    pub sha256: String,
+    /// Hex id of the key that signed the bundle and the index.
+    pub key_id: String,
+}
+
+/// Signatures over an index are over this prefix and the index's bytes, so
+/// no other geowall signature can pass for one.
+const INDEX_CONTEXT: &[u8] = b"geowall-index-v1\n";
+
+/// The published form of an [`Index`]: the index's JSON text as a string
+/// and the hex signature over it, in one file so that a host replacing it
+/// never serves an index with another index's signature.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignedIndex {
+    index: String,
+    signature: String,
+}
+
+/// The `index.json` for a signed bundle file named `file`, signed by
+/// `key`, which must be the key that signed the bundle; and the index.
+///
+/// # Errors
+/// The bundle is damaged, unsigned or signed by another key.
+pub fn publish_index(
+    bundle: &[u8],
+    file: &str,
+    key: &SigningKey,
+) -> Result<(Vec<u8>, Index), BundleError> {
+    let vk = key.verifying_key();
+    let r = review(bundle)?;
+    // The full check, its expiry and sequence aside (0: a past time).
+    let v = verify(bundle, BundleKind::Rules, &[vk], None, 0)?;
+    let index = Index {
+        kind: BundleKind::Rules,
+        sequence: r.sequence,
+        expires: r.expires,
+        file: file.to_owned(),
+        size: bundle.len() as u64,
+        sha256: hex(&sha256(bundle)),
+        key_id: v.key_id,
+    };
+    let text =
+        serde_json::to_string(&index).map_err(|e| BundleError::Corrupt(format!("index: {e}")))?;
+    let mut msg = INDEX_CONTEXT.to_vec();
+    msg.extend_from_slice(text.as_bytes());
+    let signed = SignedIndex {
+        signature: hex(&key.sign(&msg)),
+        index: text,
+    };
+    let mut out = serde_json::to_vec_pretty(&signed)
+        .map_err(|e| BundleError::Corrupt(format!("index: {e}")))?;
+    out.push(b'\n');
+    Ok((out, index))
+}
+
+/// Reads a published `index.json` without checking it (to compare
+/// sequences when publishing).
+///
+/// # Errors
+/// It is not an index.
+pub fn read_index(published: &[u8]) -> Result<Index, BundleError> {
+    let s: SignedIndex = serde_json::from_slice(published)
+        .map_err(|e| BundleError::Corrupt(format!("index: {e}")))?;
+    serde_json::from_str(&s.index).map_err(|e| BundleError::Corrupt(format!("index: {e}")))
+}
+
+/// Verifies a published `index.json` with `trusted` keys; `installed`:
+/// the sequence a subscriber runs, which the index must exceed to be worth
+/// fetching (`Ok(None)` when it does not: nothing new), and `now` for its
+/// expiry.
+///
+/// # Errors
+/// A bad signature, an unknown key, a damaged or expired index.
+pub fn open_index(
+    published: &[u8],
+    trusted: &[VerifyingKey],
+    installed: Option<u64>,
+    now: u64,
+) -> Result<Option<Index>, BundleError> {
+    let s: SignedIndex = serde_json::from_slice(published)
+        .map_err(|e| BundleError::Corrupt(format!("index: {e}")))?;
+    let json = s.index.as_bytes();
+    let index: Index =
+        serde_json::from_slice(json).map_err(|e| BundleError::Corrupt(format!("index: {e}")))?;
+    let sig = unhex(&s.signature).ok_or(BundleError::BadSignature)?;
+    let key = trusted
+        .iter()
+        .find(|k| hex(&key_id(k)) == index.key_id)
+        .ok_or_else(|| BundleError::UnknownKey(index.key_id.clone()))?;
+    let mut msg = INDEX_CONTEXT.to_vec();
+    msg.extend_from_slice(json);
+    if !key.verify(&msg, &sig) {
+        return Err(BundleError::BadSignature);
+    }
+    if index.kind != BundleKind::Rules {
+        return Err(BundleError::WrongKind {
+            found: index.kind,
+            wanted: BundleKind::Rules,
+        });
+    }
+    if now >= index.expires {
+        return Err(BundleError::Expired {
+            expires: index.expires,
+            now,
+        });
+    }
+    Ok(installed
+        .is_none_or(|i| index.sequence > i)
+        .then_some(index))
+}
+
 /// Generates a signing key from the OS random source.
 pub fn keygen() -> Result<SigningKey, BundleError> {
     use ring::rand::SecureRandom;
@@ -887,6 +1020,48 @@ mod tests {
         assert_eq!(s.last_good().as_deref(), Some(b"bundle-11".as_slice()));
         std::fs::write(d.join("sequence"), "eleven").expect("damage");
         assert!(s.installed_sequence().is_err(), "damaged is an error");
+    }
+
+    #[test]
+    fn a_published_index_names_its_bundle_and_cannot_be_forged_or_replayed() {
+        let (a, b) = (key(1), key(2));
+        let bundle = signed(7, 2_000, &a);
+        let (published, index) = publish_index(&bundle, "rules-7.gwb", &a).expect("index");
+        assert_eq!(
+            (index.sequence, index.expires, index.file.as_str()),
+            (7, 2_000, "rules-7.gwb")
+        );
+        assert_eq!(index.sha256, hex(&sha256(&bundle)));
+        assert_eq!(read_index(&published).expect("reads"), index);
+        let trusted = [a.verifying_key()];
+        assert_eq!(
+            open_index(&published, &trusted, Some(6), 1_000).expect("opens"),
+            Some(index.clone())
+        );
+        // Nothing newer than what runs.
+        assert_eq!(
+            open_index(&published, &trusted, Some(7), 1_000).expect("opens"),
+            None
+        );
+        // Expired, another key, a changed index.
+        assert!(matches!(
+            open_index(&published, &trusted, None, 2_000),
+            Err(BundleError::Expired { .. })
+        ));
+        assert!(matches!(
+            open_index(&published, &[b.verifying_key()], None, 1_000),
+            Err(BundleError::UnknownKey(_))
+        ));
+        let text = String::from_utf8(published.clone()).expect("utf8");
+        let forged = text.replace("\\\"sequence\\\":7", "\\\"sequence\\\":70");
+        assert_ne!(forged, text, "the replacement applies");
+        assert!(matches!(
+            open_index(forged.as_bytes(), &trusted, None, 1_000),
+            Err(BundleError::BadSignature)
+        ));
+        // The index is signed by the bundle's own key only.
+        assert!(publish_index(&bundle, "rules-7.gwb", &b).is_err());
+        assert!(publish_index(&signed(8, 2_000, &b)[..10], "x", &b).is_err());
     }
 
     fn key(seed: u8) -> SigningKey {
