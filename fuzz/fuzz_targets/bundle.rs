@@ -14,9 +14,18 @@ fuzz_target!(|data: &[u8]| {
     let trusted = [key.verifying_key()];
     let _ = bundle::open(data, &trusted, None, NOW);
     let _ = bundle::open_world(data, &trusted, None, NOW);
+    // A published index and a bundle read for review (`rules diff`).
+    let _ = bundle::open_index(data, &trusted, Some(3), NOW);
+    let _ = bundle::read_index(data);
+    if let Ok(r) = bundle::review(data) {
+        let _ = geowall::policy::diff::diff(&r, &r);
+    }
     let framed = bundle::frame_content(data, 7, NOW - 10, NOW + 10);
     if let Ok(signed) = bundle::sign(&framed, &key) {
         let _ = bundle::open(&signed, &trusted, Some(3), NOW);
+        if let Ok(r) = bundle::review(&signed) {
+            let _ = geowall::policy::diff::diff(&r, &r);
+        }
         // The same bytes as a world database, past every check but its own.
         let mut world = signed.clone();
         world[12] = 1;

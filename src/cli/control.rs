@@ -97,6 +97,8 @@ pub(crate) struct State {
     /// Verifies the world bundle at a path and records it (newer than the
     /// running one, signed by a `--world-pubkey`): its sequence and data.
     pub(crate) world_update: WorldUpdate,
+    /// The subscription's state, if the instance follows one.
+    pub(crate) subscription: Option<Arc<Mutex<super::subscribe::Status>>>,
 }
 
 /// See [`State::world_update`].
@@ -168,7 +170,12 @@ fn status(s: &State) -> Value {
     let world = s.world.current();
     let built = world.meta().built_at.clone();
     let age = days_since(&built, now);
+    let subscription = s
+        .subscription
+        .as_ref()
+        .map(|st| st.lock().unwrap_or_else(PoisonError::into_inner).clone());
     json!({
+        "subscription": subscription,
         "world_built": built,
         "world_age_days": age,
         "world_stale": age.is_some_and(|d| d > WORLD_STALE_DAYS),
@@ -343,6 +350,24 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
                 .as_u64()
                 .map_or_else(|| "?".to_owned(), geowall::timefmt::rfc3339)
         );
+    }
+    let sub = &v["subscription"];
+    if sub.is_object() {
+        let when = |k: &str| {
+            sub[k]
+                .as_u64()
+                .map_or_else(|| "never".to_owned(), geowall::timefmt::rfc3339)
+        };
+        println!(
+            "subscription {}: sequence {}, last check {}, last success {}",
+            sub["url"].as_str().unwrap_or("?"),
+            sub["installed"],
+            when("last_check"),
+            when("last_success")
+        );
+        if let Some(e) = sub["last_error"].as_str() {
+            println!("WARNING: the last {} checks failed: {e}", sub["failures"]);
+        }
     }
     println!(
         "bytes: {} to servers, {} from servers",

@@ -11,6 +11,7 @@ mod report;
 mod rules;
 mod run;
 mod source;
+mod subscribe;
 mod tunnel;
 mod world;
 

@@ -14,11 +14,30 @@ use geowall::policy::{Policy, bundle};
 #[derive(clap::Args, Clone)]
 pub(crate) struct RulesArgs {
     /// A shipped preset (default, clubhouse, strict).
-    #[arg(long, conflicts_with_all = ["policy", "bundle"])]
+    #[arg(long, conflicts_with_all = ["policy", "bundle", "subscribe"])]
     preset: Option<String>,
     /// A policy file.
-    #[arg(long, value_name = "FILE", conflicts_with = "bundle")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["bundle", "subscribe"])]
     policy: Option<PathBuf>,
+    /// Follow a maintainer's published rules (`geowall rules publish`) at
+    /// this https:// URL (the directory, or its index.json): fetched at
+    /// start when nothing was before, then checked at --subscribe-every;
+    /// each newer bundle is verified with --pubkey and installed as a
+    /// reload. Needs a state directory (where the bundle is kept).
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "bundle",
+        requires = "pubkey"
+    )]
+    subscribe: Option<String>,
+    /// How often to check the subscription (e.g. 6h, 90m, 30s).
+    #[arg(long, value_name = "DURATION", default_value = "6h", value_parser = super::subscribe::duration)]
+    subscribe_every: std::time::Duration,
+    /// A PEM file of certificate authorities trusted for the subscription's
+    /// server besides the public ones (repeatable).
+    #[arg(long, value_name = "FILE")]
+    subscribe_ca: Vec<PathBuf>,
     /// A signed rules bundle (needs --pubkey).
     #[arg(long, value_name = "FILE", requires = "pubkey")]
     bundle: Option<PathBuf>,
@@ -77,6 +96,41 @@ impl RulesArgs {
         self.load_rules(lean, installed, false)
     }
 
+    /// The subscription the options describe, if any.
+    pub(crate) fn subscription(&self) -> anyhow::Result<Option<super::subscribe::Subscription>> {
+        let Some(url) = &self.subscribe else {
+            return Ok(None);
+        };
+        let state = self.state_dir.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--subscribe keeps its bundle in a state directory: give --state-dir DIR"
+            )
+        })?;
+        std::fs::create_dir_all(state)
+            .with_context(|| format!("cannot create {}", state.display()))?;
+        let keys = self
+            .pubkey
+            .iter()
+            .map(|p| bundle::read_verifying_key(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        super::subscribe::Subscription::new(
+            url,
+            self.subscribe_every,
+            keys,
+            state,
+            &self.subscribe_ca,
+        )
+        .map(Some)
+    }
+
+    /// The bundle the rules come from: `--bundle`, or a subscription's.
+    fn bundle_path(&self) -> Option<PathBuf> {
+        self.bundle.clone().or_else(|| {
+            self.subscribe.as_ref()?;
+            Some(self.state_dir.as_ref()?.join(super::subscribe::FILE))
+        })
+    }
+
     /// The state directory, unless one was given; the one in use.
     pub(crate) fn default_state_dir(&mut self, dir: &str) -> PathBuf {
         self.state_dir
@@ -93,7 +147,7 @@ impl RulesArgs {
         let (mut sequence, mut expires, mut note) = (None, None, None);
         // The policy carries the catalogs it was compiled against (a
         // bundle's own, or the shipped ones).
-        let policy = match (&self.bundle, &self.policy) {
+        let policy = match (&self.bundle_path(), &self.policy) {
             (Some(b), _) => {
                 let keys = self
                     .pubkey

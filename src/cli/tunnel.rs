@@ -106,8 +106,6 @@ pub(crate) struct Prepared {
     pub(crate) mtu: u16,
     /// The rules bundle's sequence number, if the rules came from one.
     pub(crate) sequence: Option<u64>,
-    /// When that bundle expires (Unix seconds).
-    pub(crate) expires: Option<u64>,
     /// Said loudly once the firewall is up (the bundle given was refused
     /// and the last accepted one is in force).
     note: Option<String>,
@@ -123,6 +121,15 @@ pub(crate) struct Prepared {
     pub(crate) world: Arc<WorldHandle>,
     /// Its bundle's sequence number, if it came from one.
     pub(crate) world_sequence: Option<u64>,
+    /// Reads the rules again as they were given (newer than the running
+    /// bundle, if they came from one): `geowall reload` and the
+    /// subscription install through it.
+    pub(crate) reload: super::subscribe::Reload,
+    /// When the running bundle expires (updated by each reload).
+    pub(crate) expires_now: Arc<Mutex<Option<u64>>>,
+    /// The subscription followed while running, with the resolver
+    /// settings its fetcher is built from.
+    subscription: Option<(super::subscribe::Subscription, RunConfig)>,
 }
 
 impl EngineArgs {
@@ -130,6 +137,14 @@ impl EngineArgs {
     /// protected like the flows'; refusing an upstream under a blocked
     /// jurisdiction) and the engine.
     pub(crate) fn prepare(&self, protection: &Protection) -> anyhow::Result<Prepared> {
+        let run = self.run_config()?;
+        let subscription = self.rules.subscription()?;
+        if let Some(sub) = &subscription
+            && !sub.file().exists()
+        {
+            let (resolver, _) = driver::setup::resolver(&run, protection)?;
+            super::subscribe::fetch_first(sub, &sub.fetcher(resolver, protection.clone())?)?;
+        }
         let super::source::Loaded {
             policy,
             leak,
@@ -139,21 +154,16 @@ impl EngineArgs {
             note,
             world_sequence,
         } = self.rules.load(true)?;
-        let mut dns_ca = Vec::new();
-        for f in &self.dns_ca {
-            let pem = std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read {} (--dns-ca)", f.display()))?;
-            dns_ca.push(CaPem {
-                name: format!("{} (--dns-ca)", f.display()),
-                pem,
-            });
+        if let Some(sub) = &subscription {
+            let (resolver, _) = driver::setup::resolver(&run, protection)?;
+            let fetcher = sub.fetcher(resolver, protection.clone())?;
+            super::subscribe::refuse_blocked_server(
+                sub,
+                &fetcher,
+                &policy,
+                &Intel::new(Arc::clone(&world)),
+            )?;
         }
-        let mut run = RunConfig::default();
-        run.mtu = self.mtu;
-        run.max_flows = self.max_flows;
-        run.dns_upstreams.clone_from(&self.dns_upstream);
-        run.dns_ca = dns_ca;
-        run.nat64_prefixes.clone_from(&self.nat64_prefixes);
         let policy_name = policy.name.clone();
         let handle = Arc::new(PolicyHandle::new(policy));
         let world = Arc::new(WorldHandle::new(world));
@@ -182,6 +192,7 @@ impl EngineArgs {
                 reopen: Arc::default(),
             }),
         };
+        let expires_now = Arc::new(Mutex::new(expires));
         let readable = self.events.as_ref().is_some_and(|p| p.as_os_str() == "-")
             && std::io::IsTerminal::is_terminal(&std::io::stdout());
         Ok(Prepared {
@@ -193,12 +204,58 @@ impl EngineArgs {
             policy_name,
             mtu: self.mtu,
             sequence,
-            expires,
             note,
             attribute: false,
             stop_on_signals: true,
             world,
             world_sequence,
+            reload: self.reloader(sequence, Arc::clone(&expires_now)),
+            expires_now,
+            subscription: subscription.map(|s| (s, run)),
+        })
+    }
+
+    /// The resolver and engine settings the options give.
+    fn run_config(&self) -> anyhow::Result<RunConfig> {
+        let mut dns_ca = Vec::new();
+        for f in &self.dns_ca {
+            let pem = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {} (--dns-ca)", f.display()))?;
+            dns_ca.push(CaPem {
+                name: format!("{} (--dns-ca)", f.display()),
+                pem,
+            });
+        }
+        let mut run = RunConfig::default();
+        run.mtu = self.mtu;
+        run.max_flows = self.max_flows;
+        run.dns_upstreams.clone_from(&self.dns_upstream);
+        run.dns_ca = dns_ca;
+        run.nat64_prefixes.clone_from(&self.nat64_prefixes);
+        Ok(run)
+    }
+
+    /// Reads the rules again, refusing a bundle not newer than the one
+    /// running (`installed` at start); keeps `expires` current.
+    fn reloader(
+        &self,
+        installed: Option<u64>,
+        expires: Arc<Mutex<Option<u64>>>,
+    ) -> super::subscribe::Reload {
+        let rules = self.rules.clone();
+        let installed = Mutex::new(installed);
+        Arc::new(move || {
+            let mut seq = installed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let l = rules.load_after(true, *seq)?;
+            if l.sequence.is_some() {
+                *seq = l.sequence;
+                *expires
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = l.expires;
+            }
+            Ok(l.policy)
         })
     }
 }
@@ -264,8 +321,23 @@ pub(crate) fn serve(
         note,
         attribute,
         stop_on_signals,
+        policy,
+        world,
+        reload,
+        expires_now,
+        sequence,
+        subscription,
         ..
     } = p;
+    // The subscription's own resolver and fetcher (not the engine's).
+    let follow = match subscription {
+        Some((sub, run)) => {
+            let (r, _) = driver::setup::resolver(&run, &protection)?;
+            let fetcher = sub.fetcher(r, protection.clone())?;
+            Some((sub, fetcher))
+        }
+        None => None,
+    };
     // Event lines that could not be written (a full disk, a closed pipe).
     let unwritten = std::cell::Cell::new(0u64);
     // The resolver's sockets were protected when it was built.
@@ -295,6 +367,17 @@ pub(crate) fn serve(
         };
         let tun = Tun::create(spec)?;
         up();
+        if let Some((sub, fetcher)) = follow {
+            tokio::spawn(super::subscribe::follow(
+                sub,
+                fetcher,
+                policy,
+                world,
+                reload,
+                sequence,
+                expires_now,
+            ));
+        }
         if let Some(n) = &note {
             eprintln!("geowall: WARNING: {n}");
         }
@@ -375,10 +458,7 @@ pub(crate) fn control(
 ) -> anyhow::Result<(Watch, PathBuf)> {
     let live = Arc::new(Mutex::new(Live::default()));
     let tally = Arc::new(Mutex::new(super::control::Tally::default()));
-    let rules = args.rules.clone();
-    let installed = Mutex::new(prepared.sequence);
-    let expires = Arc::new(Mutex::new(prepared.expires));
-    let expires_seen = Arc::clone(&expires);
+    let reload = Arc::clone(&prepared.reload);
     let world_rules = args.rules.clone();
     let world_installed = Mutex::new(prepared.world_sequence);
     let sock = super::control::socket_path(name);
@@ -389,20 +469,12 @@ pub(crate) fn control(
             tally: tally.clone(),
             policy: prepared.policy.clone(),
             // A reloaded bundle must be newer than the running one.
-            reload: Box::new(move || {
-                let mut seq = installed
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let l = rules.load_after(true, *seq)?;
-                if l.sequence.is_some() {
-                    *seq = l.sequence;
-                    *expires_seen
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = l.expires;
-                }
-                Ok(l.policy)
-            }),
-            expires,
+            reload: Box::new(move || reload()),
+            expires: Arc::clone(&prepared.expires_now),
+            subscription: prepared
+                .subscription
+                .as_ref()
+                .map(|(s, _)| Arc::clone(&s.status)),
             started: std::time::Instant::now(),
             world: Arc::clone(&prepared.world),
             // Newer than the running world bundle and the recorded one,

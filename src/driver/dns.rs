@@ -286,7 +286,9 @@ pub fn parse_ca(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, 
 }
 
 /// TLS settings for the upstreams: the public authorities and `extra`.
-fn tls_config(extra: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn tls_config(
+    extra: &[CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for (i, c) in extra.iter().enumerate() {

@@ -19,6 +19,7 @@
 
 pub mod attribution;
 pub mod dns;
+pub mod fetch;
 pub mod procs;
 pub mod protect;
 pub mod setup;

@@ -144,6 +144,36 @@ impl std::fmt::Debug for Started {
     }
 }
 
+/// The resolver `cfg` describes (its sockets protected by `protection`),
+/// and its upstream servers' addresses.
+///
+/// # Errors
+/// An upstream that does not parse, a CA file that does not read, or a
+/// resolver hickory refuses.
+pub fn resolver(
+    cfg: &RunConfig,
+    protection: &Protection,
+) -> Result<(dns::Resolver, Vec<std::net::IpAddr>), SetupError> {
+    let upstreams = if cfg.dns_upstreams.is_empty() {
+        vec![Upstream::System]
+    } else {
+        cfg.dns_upstreams
+            .iter()
+            .map(|s| {
+                s.parse().map_err(|message| SetupError::Upstream {
+                    spec: s.clone(),
+                    message,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let mut roots = Vec::new();
+    for ca in &cfg.dns_ca {
+        roots.extend(dns::parse_ca(ca.pem.as_bytes(), &ca.name).map_err(SetupError::Ca)?);
+    }
+    dns::build(&upstreams, protection, &roots).map_err(SetupError::Resolver)
+}
+
 /// Makes an engine judging with `policy` (shared: replacing it re-judges
 /// the open flows) and `intel`, watching for `leak` identifiers, as `cfg`
 /// says, with upstream sockets protected by `protection`.
@@ -164,25 +194,7 @@ pub fn start(
         .with_nat64(&cfg.nat64_prefixes)
         .map_err(SetupError::Nat64)?;
     let max_flows = fit_open_files(cfg.max_flows);
-    let upstreams = if cfg.dns_upstreams.is_empty() {
-        vec![Upstream::System]
-    } else {
-        cfg.dns_upstreams
-            .iter()
-            .map(|s| {
-                s.parse().map_err(|message| SetupError::Upstream {
-                    spec: s.clone(),
-                    message,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?
-    };
-    let mut roots = Vec::new();
-    for ca in &cfg.dns_ca {
-        roots.extend(dns::parse_ca(ca.pem.as_bytes(), &ca.name).map_err(SetupError::Ca)?);
-    }
-    let (resolver, ips) =
-        dns::build(&upstreams, protection, &roots).map_err(SetupError::Resolver)?;
+    let (resolver, ips) = resolver(cfg, protection)?;
     dns::refuse_blocked(&policy.current(), &intel, &ips).map_err(SetupError::BlockedUpstream)?;
     let ecfg = EngineConfig {
         max_flows,

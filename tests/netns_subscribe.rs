@@ -1,0 +1,387 @@
+//! Subscriptions end to end, in network namespaces (root only; skips
+//! otherwise): a maintainer publishes signed rules (`geowall rules
+//! publish`) on an HTTPS server of the test CA, named `dns.test` by the
+//! test's DNS server, on a documentation address; a running geowall
+//! follows it. A newer bundle that blocks a vendor is installed within the
+//! interval and the vendor's server stops receiving; a tampered, older,
+//! foreign-key or expired publication is refused with the running rules
+//! kept; the server going away keeps the rules and is retried; rules that
+//! block their own update server refuse the subscription at start.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use geowall::policy::bundle;
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use serde_json::Value;
+use support::{Net, addr, in_ns, sa, udp_exchange_within};
+
+/// The test's DNS server (US in the test world).
+const RESOLVER: &str = "198.51.100.53";
+/// The update server's address (US in the test world).
+const SITE: &str = "198.51.100.40";
+/// An Agora edge's name: the vendor layer says CN wherever it is.
+const AGORA_EDGE: &str = "104-166-161-75.edge.agora.io";
+
+fn zone(name: &str, t: RecordType) -> Vec<Record> {
+    match (name, t) {
+        ("dns.test", RecordType::A) => vec![Record::from_rdata(
+            Name::from_ascii("dns.test.").expect("name"),
+            60,
+            RData::A(A(SITE.parse().expect("ip"))),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(p)
+}
+
+/// A static HTTPS server on SITE:443 with the test CA's `dns.test`
+/// certificate, serving `dir` under `/site/`: `ETag` (the file's SHA-256)
+/// and `If-None-Match`, 404 for the rest. It counts requests; `down`
+/// closes connections at once (the server is away).
+struct Site {
+    requests: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+}
+
+fn start_site(net: &mut Net, dir: PathBuf) -> Site {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(fixture("dot/server.pem"))
+        .expect("server.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(fixture("dot/server.key")).expect("server.key");
+    let cfg = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server TLS"),
+    );
+    net.add_server_address(SITE);
+    let l = in_ns(&net.net, || {
+        TcpListener::bind(sa(SITE, 443)).expect("bind 443")
+    });
+    l.set_nonblocking(true).expect("nonblocking");
+    let site = Site {
+        requests: Arc::default(),
+        down: Arc::default(),
+    };
+    let (requests, down, stop) = (
+        Arc::clone(&site.requests),
+        Arc::clone(&site.down),
+        net.stopping(),
+    );
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            if down.load(Ordering::SeqCst) {
+                continue;
+            }
+            let _ = c.set_nonblocking(false);
+            let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+            let Ok(conn) = rustls::ServerConnection::new(Arc::clone(&cfg)) else {
+                continue;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, c);
+            let mut head = Vec::new();
+            {
+                let mut r = BufReader::new(&mut tls);
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    if line == "\r\n" {
+                        break;
+                    }
+                    head.extend_from_slice(line.as_bytes());
+                    line.clear();
+                }
+            }
+            requests.fetch_add(1, Ordering::SeqCst);
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+            let inm = head.lines().find_map(|l| {
+                l.strip_prefix("If-None-Match: ")
+                    .map(|v| v.trim().to_owned())
+            });
+            let file = path
+                .strip_prefix("/site/")
+                .filter(|f| !f.contains('/') && !f.is_empty())
+                .and_then(|f| std::fs::read(dir.join(f)).ok());
+            let reply = match file {
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                Some(body) => {
+                    let tag: String = bundle::sha256(&body)
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    let tag = format!("\"{tag}\"");
+                    if inm.as_deref() == Some(tag.as_str()) {
+                        format!("HTTP/1.1 304 Not Modified\r\nETag: {tag}\r\n\r\n").into_bytes()
+                    } else {
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nETag: {tag}\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        r.extend_from_slice(&body);
+                        r
+                    }
+                }
+            };
+            let _ = tls.write_all(&reply);
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+            let mut sink = [0u8; 64];
+            let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(50)));
+            let _ = tls.sock.read(&mut sink);
+        }
+    });
+    site
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A maintainer: a rules directory, a key, a site directory.
+struct Maintainer {
+    dir: PathBuf,
+    key: bundle::SigningKey,
+    site: PathBuf,
+}
+
+impl Maintainer {
+    /// Builds the rules `policy` as sequence `seq` (valid `valid_s`),
+    /// signed by `key`, and publishes it in the site directory.
+    fn publish(&self, policy: &str, seq: u64, valid_s: i64, key: &bundle::SigningKey) {
+        std::fs::write(self.dir.join("policy.toml"), policy).expect("policy");
+        let t = now();
+        let b = bundle::sign(
+            &bundle::build(&self.dir, seq, t - 60, t.saturating_add_signed(valid_s))
+                .expect("build"),
+            key,
+        )
+        .expect("sign");
+        let file = format!("rules-{seq}.gwb");
+        let (index, _) = bundle::publish_index(&b, &file, key).expect("index");
+        std::fs::write(self.site.join(&file), &b).expect("bundle");
+        std::fs::write(self.site.join("index.json"), index).expect("index");
+    }
+}
+
+const ALLOW_ALL: &str = "name = \"v1\"\ndefault = \"allow\"\n";
+const NO_AGORA: &str = "name = \"v2\"\ndefault = \"allow\"\n[[rule]]\nname = \"no agora\"\naction = \"block\"\nvendor = [\"agora\"]\n";
+
+fn status(net: &Net) -> Value {
+    let o = support::geowall_cli(net, &["status", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("json")
+}
+
+/// Waits up to `limit` for `ok(status)`.
+fn wait_status(net: &Net, limit: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let s = status(net);
+        if ok(&s) || t.elapsed() > limit {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends SD-RTN probes naming the Agora edge to the US server from the
+/// app's namespace; how many the server received.
+fn probe(net: &Net, n: usize) -> u64 {
+    let before = net.count(addr::US, 17, 8130);
+    let host = AGORA_EDGE.to_owned();
+    in_ns(&net.app, move || {
+        for _ in 0..n {
+            let _ = udp_exchange_within(
+                sa(addr::US, 8130),
+                &support::sd_rtn(&host),
+                Duration::from_millis(100),
+            );
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    net.count(addr::US, 17, 8130) - before
+}
+
+#[test]
+fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
+    if !support::root_or_skip("a_subscription_installs_newer_rules_and_refuses_bad_ones") {
+        return;
+    }
+    let mut net = Net::new();
+    net.add_server_address(RESOLVER);
+    net.dns_server(sa(RESOLVER, 53), zone);
+    net.udp_server(sa(addr::US, 8130), |_| Vec::new());
+    let scratch = net.dir.path().to_owned();
+    let m = Maintainer {
+        dir: scratch.join("rules"),
+        key: bundle::SigningKey::from_bytes(&[7; 32]),
+        site: scratch.join("site"),
+    };
+    std::fs::create_dir_all(&m.dir).expect("dir");
+    std::fs::create_dir_all(&m.site).expect("dir");
+    std::fs::write(
+        scratch.join("a.pub"),
+        bundle::key_hex(m.key.verifying_key().as_bytes()) + "\n",
+    )
+    .expect("pub");
+    m.publish(ALLOW_ALL, 1, 3_600, &m.key);
+    let site = start_site(&mut net, m.site.clone());
+    let world = support::test_world(&scratch);
+    let state = scratch.join("state");
+    let p = |x: &Path| x.to_str().expect("utf8").to_owned();
+    let args = [
+        "--subscribe".to_owned(),
+        "https://dns.test/site/".to_owned(),
+        "--pubkey".to_owned(),
+        p(&scratch.join("a.pub")),
+        "--state-dir".to_owned(),
+        p(&state),
+        "--subscribe-every".to_owned(),
+        "2s".to_owned(),
+        "--subscribe-ca".to_owned(),
+        p(&fixture("dot/ca.pem")),
+        "--dns-upstream".to_owned(),
+        format!("udp:{RESOLVER}"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    net.start_geowall(&world, &args);
+    // Started from the first fetch: v1 allows the vendor.
+    let s = status(&net);
+    assert_eq!(s["policy"], "v1");
+    assert_eq!(s["subscription"]["installed"], 1);
+    assert!(probe(&net, 3) >= 3, "v1 lets the probes through");
+
+    // v2 blocks the vendor: installed within the interval, and the server
+    // stops receiving.
+    m.publish(NO_AGORA, 2, 3_600, &m.key);
+    let s = wait_status(&net, Duration::from_secs(12), |s| s["policy"] == "v2");
+    assert_eq!(s["policy"], "v2", "{s}");
+    assert_eq!(s["subscription"]["installed"], 2);
+    assert_eq!(probe(&net, 3), 0, "v2 blocks the vendor");
+    // An unchanged index is answered 304 (conditional request).
+    let before = site.requests.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(4));
+    let s = status(&net);
+    assert!(site.requests.load(Ordering::SeqCst) > before);
+    assert!(s["subscription"]["last_error"].is_null(), "{s}");
+
+    // Bad publications: each refused, v2 stays and keeps blocking.
+    type Publish<'a> = Box<dyn Fn() + 'a>;
+    let bad: Vec<(&str, Publish<'_>)> = vec![
+        ("older", Box::new(|| m.publish(ALLOW_ALL, 1, 3_600, &m.key))),
+        (
+            "foreign key",
+            Box::new(|| {
+                m.publish(
+                    ALLOW_ALL,
+                    3,
+                    3_600,
+                    &bundle::SigningKey::from_bytes(&[9; 32]),
+                )
+            }),
+        ),
+        ("expired", Box::new(|| m.publish(ALLOW_ALL, 4, -10, &m.key))),
+        (
+            "tampered bundle",
+            Box::new(|| {
+                m.publish(ALLOW_ALL, 5, 3_600, &m.key);
+                let f = m.site.join("rules-5.gwb");
+                let mut b = std::fs::read(&f).expect("read");
+                let n = b.len();
+                b[n / 2] ^= 1;
+                std::fs::write(f, b).expect("write");
+            }),
+        ),
+    ];
+    for (what, publish) in &bad {
+        publish();
+        let s = wait_status(&net, Duration::from_secs(12), |s| {
+            s["subscription"]["last_error"].is_string()
+        });
+        assert!(s["subscription"]["last_error"].is_string(), "{what}: {s}");
+        assert_eq!(s["policy"], "v2", "{what}");
+        assert_eq!(s["subscription"]["installed"], 2, "{what}");
+        assert_eq!(probe(&net, 2), 0, "{what}: still blocked");
+        // Back to the good publication before the next case.
+        m.publish(NO_AGORA, 2, 3_600, &m.key);
+        let s = wait_status(&net, Duration::from_secs(12), |s| {
+            s["subscription"]["last_error"].is_null()
+        });
+        assert!(s["subscription"]["last_error"].is_null(), "{what}: {s}");
+    }
+
+    // The server goes away: the rules stay, failures are counted.
+    site.down.store(true, Ordering::SeqCst);
+    let s = wait_status(&net, Duration::from_secs(12), |s| {
+        s["subscription"]["failures"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        s["subscription"]["failures"].as_u64().unwrap_or(0) >= 1,
+        "{s}"
+    );
+    assert_eq!(s["policy"], "v2");
+    assert_eq!(probe(&net, 2), 0);
+    net.stop_geowall();
+
+    // Rules that block their own update server: the subscription is
+    // refused at start (the recorded bundle is read, nothing fetched).
+    site.down.store(false, Ordering::SeqCst);
+    m.publish(
+        "name = \"v6\"\ndefault = \"allow\"\n[[rule]]\nname = \"no site\"\naction = \"block\"\ncidr = [\"198.51.100.40/32\"]\n",
+        6,
+        3_600,
+        &m.key,
+    );
+    let fresh = scratch.join("state2");
+    let mut a2: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let i = a2.iter().position(|a| a == "--state-dir").expect("arg") + 1;
+    a2[i] = p(&fresh);
+    let o = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.fw,
+            env!("CARGO_BIN_EXE_geowall"),
+            "tunnel",
+        ])
+        .args(["--tun", "gwsub", "--netns", &net.app])
+        .arg("--world")
+        .arg(&world)
+        .args(&a2)
+        .output()
+        .expect("geowall runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("refusing the subscription") && err.contains("no site"),
+        "{err}"
+    );
+}
