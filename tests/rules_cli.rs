@@ -802,3 +802,83 @@ fn publish_writes_what_a_static_host_serves_and_never_goes_back() {
     assert!(publish(&build("6", "a"), "a").status.success());
     assert!(site.join("rules-5.gwb").is_file() && site.join("rules-6.gwb").is_file());
 }
+
+#[test]
+fn a_key_rotation_endorsed_by_the_old_key_verifies_with_the_old_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = |x: &Path| x.to_str().expect("utf8").to_owned();
+    for k in ["old", "new"] {
+        assert!(
+            geowall(&["rules", "keygen", "--out", &p(&dir.path().join(k))])
+                .status
+                .success()
+        );
+    }
+    let src = dir.path().join("src");
+    rules_dir(
+        &src,
+        "0.0.0.0 ads.example\n",
+        "203.0.113.0/24\n",
+        "AS64500\n",
+        r#"{"version": 2, "rules": []}"#,
+        "",
+    );
+    let build = |name: &str| {
+        let out = dir.path().join(name);
+        let o = geowall(&[
+            "rules",
+            "build",
+            &p(&src),
+            "-o",
+            &p(&out),
+            "--sequence",
+            "2",
+            "--key",
+            &p(&dir.path().join("new.key")),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        out
+    };
+    let verify = |b: &Path| {
+        geowall(&[
+            "rules",
+            "verify",
+            &p(b),
+            "--pubkey",
+            &p(&dir.path().join("old.pub")),
+        ])
+    };
+    // Signed by the new key alone: devices trusting the old key refuse it.
+    let plain = build("plain.gwb");
+    let o = verify(&plain);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("key"));
+    // With the old key's endorsement in the directory: accepted.
+    std::fs::create_dir(src.join("endorsements")).expect("mkdir");
+    let o = geowall(&[
+        "rules",
+        "endorse",
+        &p(&dir.path().join("new.pub")),
+        "--key",
+        &p(&dir.path().join("old.key")),
+        "-o",
+        &p(&src.join("endorsements/new.json")),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rotated = build("rotated.gwb");
+    let o = verify(&rotated);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A malformed endorsement is refused when building.
+    std::fs::write(src.join("endorsements/bad.json"), b"{}").expect("write");
+    let o = geowall(&[
+        "rules",
+        "build",
+        &p(&src),
+        "-o",
+        &p(&dir.path().join("x.gwb")),
+        "--sequence",
+        "3",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not an endorsement"));
+}

@@ -59,6 +59,23 @@ pub(crate) enum Command {
         #[arg(long, value_name = "PREFIX")]
         out: PathBuf,
     },
+    /// Endorse a new signing key with the one devices trust (key
+    /// rotation): put the file in the rules directory's `endorsements/`,
+    /// sign with the new key, and devices that trust the old key accept
+    /// the bundles (and the published index).
+    Endorse {
+        /// The new key's public file.
+        new: PathBuf,
+        /// The trusted (old) secret key.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Where to write the endorsement (JSON).
+        #[arg(short, long, value_name = "FILE")]
+        out: PathBuf,
+        /// Days the endorsement holds.
+        #[arg(long, default_value_t = 365)]
+        valid_days: u64,
+    },
     /// Sign a bundle.
     Sign {
         /// The bundle.
@@ -264,6 +281,29 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff { old, new, json } => diff(&old, &new, json),
+        Command::Endorse {
+            new,
+            key,
+            out,
+            valid_days,
+        } => {
+            let old = bundle::read_signing_key(&key)?;
+            let newk = bundle::read_verifying_key(&new)?;
+            let expires = now_secs() + valid_days.saturating_mul(86_400);
+            let e = bundle::endorse(&old, &newk, expires);
+            write_atomic(&out, (serde_json::to_string_pretty(&e)? + "\n").as_bytes())?;
+            println!(
+                "{}: key {} endorsed by key {} until {}",
+                out.display(),
+                bundle::key_id(&newk)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+                e.by,
+                geowall::timefmt::rfc3339(expires)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Publish { bundle, dir, key } => publish(&bundle, &dir, &key),
         Command::Verify {
             bundle: path,

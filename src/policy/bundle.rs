@@ -401,6 +401,28 @@ pub fn build(
             }
         }
     }
+    // Endorsements of the signing key (key rotation) travel with it.
+    let d = dir.join("endorsements");
+    if d.is_dir() {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&d)
+            .map_err(|e| io(&d, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        found.sort();
+        for f in found {
+            let data = std::fs::read(&f).map_err(|e| io(&f, e))?;
+            serde_json::from_slice::<Endorsement>(&data).map_err(|e| BundleError::Io {
+                path: f.clone(),
+                message: format!("not an endorsement (geowall rules endorse): {e}"),
+            })?;
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.insert(format!("endorsements/{name}"), data);
+        }
+    }
     // Check it compiles, reading lists from the directory and recording them.
     let cats: Vec<(PathBuf, String)> = files
         .iter()
@@ -560,14 +582,24 @@ fn verify<'b>(
     let id: [u8; 8] = b[40..48]
         .try_into()
         .map_err(|_| BundleError::Truncated("key id".into()))?;
-    let key = trusted
-        .iter()
-        .find(|k| key_id(k) == id)
-        .ok_or_else(|| BundleError::UnknownKey(hex(&id)))?;
+    let content = &b[HEADER..body];
+    let endorsed;
+    let key = match trusted.iter().find(|k| key_id(k) == id) {
+        Some(k) => k,
+        None => {
+            // A rotated key: a trusted key's endorsement of it travels in
+            // the (rules) bundle itself.
+            endorsed = (kind == BundleKind::Rules)
+                .then(|| unarchive(content).ok())
+                .flatten()
+                .and_then(|files| endorsed_key(&files, &id, trusted, now))
+                .ok_or_else(|| BundleError::UnknownKey(hex(&id)))?;
+            &endorsed
+        }
+    };
     if !key.verify(&b[..body], sig) {
         return Err(BundleError::BadSignature);
     }
-    let content = &b[HEADER..body];
     if sha256(content).as_slice() != &b[56..88] {
         return Err(BundleError::Corrupt(
             "content does not match its SHA-256".into(),
@@ -700,6 +732,71 @@ pub fn open_world(
     })
 }
 
+/// A trusted key's word that another key may sign in its place (key
+/// rotation): `geowall rules endorse`, carried in bundles under
+/// `endorsements/` and in published indexes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endorsement {
+    /// The endorsed public key (hex).
+    pub key: String,
+    /// The id of the endorsing key (hex).
+    pub by: String,
+    /// Until when (Unix seconds) the endorsement holds.
+    pub expires: u64,
+    /// The endorsing key's signature (hex).
+    pub signature: String,
+}
+
+/// What an endorsement's signature covers.
+fn endorsement_message(key: &str, expires: u64) -> Vec<u8> {
+    format!("geowall-endorsement-v1\n{key}\n{expires}\n").into_bytes()
+}
+
+/// `by` endorses `new` until `expires`.
+pub fn endorse(by: &SigningKey, new: &VerifyingKey, expires: u64) -> Endorsement {
+    let key = hex(new.as_bytes());
+    Endorsement {
+        signature: hex(&by.sign(&endorsement_message(&key, expires))),
+        by: hex(&key_id(&by.verifying_key())),
+        key,
+        expires,
+    }
+}
+
+impl Endorsement {
+    /// The endorsed key, if a key of `trusted` signed this endorsement and
+    /// it has not expired at `now`.
+    pub fn check(&self, trusted: &[VerifyingKey], now: u64) -> Option<VerifyingKey> {
+        if now >= self.expires {
+            return None;
+        }
+        let by = trusted.iter().find(|k| hex(&key_id(k)) == self.by)?;
+        let sig = unhex(&self.signature)?;
+        if !by.verify(&endorsement_message(&self.key, self.expires), &sig) {
+            return None;
+        }
+        let raw: [u8; 32] = unhex(&self.key)?.try_into().ok()?;
+        Some(VerifyingKey::from_bytes(&raw))
+    }
+}
+
+/// The key with id `id` that an endorsement among `files`
+/// (`endorsements/*.json`) by a `trusted` key vouches for.
+fn endorsed_key(
+    files: &BTreeMap<String, Vec<u8>>,
+    id: &[u8; 8],
+    trusted: &[VerifyingKey],
+    now: u64,
+) -> Option<VerifyingKey> {
+    files
+        .iter()
+        .filter(|(p, _)| p.starts_with("endorsements/"))
+        .filter_map(|(_, d)| serde_json::from_slice::<Endorsement>(d).ok())
+        .filter_map(|e| e.check(trusted, now))
+        .find(|k| key_id(k) == *id)
+}
+
 /// What a static host publishes beside its bundles (in `index.json`, with
 /// its signature, see [`publish_index`]): the latest bundle's file,
 /// sequence, expiry, size and SHA-256, so a subscriber learns at the cost
@@ -737,6 +834,10 @@ const INDEX_CONTEXT: &[u8] = b"geowall-index-v1\n";
 struct SignedIndex {
     index: String,
     signature: String,
+    /// For an index signed by a rotated key: the endorsement the bundle
+    /// carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endorsement: Option<Endorsement>,
 }
 
 /// The `index.json` for a signed bundle file named `file`, signed by
@@ -753,6 +854,12 @@ pub fn publish_index(
     let r = review(bundle)?;
     // The full check, its expiry and sequence aside (0: a past time).
     let v = verify(bundle, BundleKind::Rules, &[vk], None, 0)?;
+    let endorsement = r
+        .files
+        .iter()
+        .filter(|(p, _)| p.starts_with("endorsements/"))
+        .filter_map(|(_, d)| serde_json::from_slice::<Endorsement>(d).ok())
+        .find(|e| e.key == hex(vk.as_bytes()));
     let index = Index {
         kind: BundleKind::Rules,
         sequence: r.sequence,
@@ -769,6 +876,7 @@ pub fn publish_index(
     let signed = SignedIndex {
         signature: hex(&key.sign(&msg)),
         index: text,
+        endorsement,
     };
     let mut out = serde_json::to_vec_pretty(&signed)
         .map_err(|e| BundleError::Corrupt(format!("index: {e}")))?;
@@ -806,9 +914,15 @@ pub fn open_index(
     let index: Index =
         serde_json::from_slice(json).map_err(|e| BundleError::Corrupt(format!("index: {e}")))?;
     let sig = unhex(&s.signature).ok_or(BundleError::BadSignature)?;
+    let endorsed = s
+        .endorsement
+        .as_ref()
+        .and_then(|e| e.check(trusted, now))
+        .filter(|k| hex(&key_id(k)) == index.key_id);
     let key = trusted
         .iter()
         .find(|k| hex(&key_id(k)) == index.key_id)
+        .or(endorsed.as_ref())
         .ok_or_else(|| BundleError::UnknownKey(index.key_id.clone()))?;
     let mut msg = INDEX_CONTEXT.to_vec();
     msg.extend_from_slice(json);
@@ -1062,6 +1176,75 @@ mod tests {
         // The index is signed by the bundle's own key only.
         assert!(publish_index(&bundle, "rules-7.gwb", &b).is_err());
         assert!(publish_index(&signed(8, 2_000, &b)[..10], "x", &b).is_err());
+    }
+
+    /// Bundles signed by a key B that a trusted key A endorsed, carried in
+    /// the bundle, are accepted by devices trusting only A; so is the
+    /// index B signs. Without the endorsement, with an expired one, or one
+    /// signed by an untrusted key, B is refused.
+    #[test]
+    fn a_rotation_endorsed_by_the_trusted_key_is_followed() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let trusted = [a.verifying_key()];
+        let with = |e: Option<&Endorsement>, seq: u64| {
+            let dir = rules_dir();
+            if let Some(e) = e {
+                std::fs::create_dir(dir.path().join("endorsements")).expect("mkdir");
+                std::fs::write(
+                    dir.path().join("endorsements/b.json"),
+                    serde_json::to_vec(e).expect("json"),
+                )
+                .expect("write");
+            }
+            sign(
+                &build(dir.path(), seq, NOW - 10, NOW + 1_000).expect("builds"),
+                &b,
+            )
+            .expect("signs")
+        };
+        let good = endorse(&a, &b.verifying_key(), NOW + 500);
+        let bundle_b = with(Some(&good), 8);
+        let opened = open(&bundle_b, &trusted, Some(7), NOW).expect("B, endorsed by A");
+        assert_eq!(opened.key_id, hex(&key_id(&b.verifying_key())));
+        let (index, _) = publish_index(&bundle_b, "rules-8.gwb", &b).expect("index");
+        assert!(
+            open_index(&index, &trusted, Some(7), NOW)
+                .expect("opens")
+                .is_some()
+        );
+        // Not endorsed, endorsed by an untrusted key, or past the
+        // endorsement's time: B is unknown.
+        for (what, e, now) in [
+            ("none", None, NOW),
+            (
+                "by C",
+                Some(endorse(&c, &b.verifying_key(), NOW + 500)),
+                NOW,
+            ),
+            ("expired", Some(good.clone()), NOW + 600),
+        ] {
+            let bb = with(e.as_ref(), 9);
+            assert!(
+                matches!(
+                    open(&bb, &trusted, None, now),
+                    Err(BundleError::UnknownKey(_))
+                ),
+                "{what}"
+            );
+            let (ix, _) = publish_index(&bb, "rules-9.gwb", &b).expect("index");
+            assert!(
+                open_index(&ix, &trusted, None, now).is_err(),
+                "{what}: index"
+            );
+        }
+        // An endorsement is for its key only: one for C does not let B in.
+        let for_c = endorse(&a, &c.verifying_key(), NOW + 500);
+        assert!(open(&with(Some(&for_c), 10), &trusted, None, NOW).is_err());
+        // A changed endorsement does not verify.
+        let mut forged = good.clone();
+        forged.expires += 1;
+        assert!(forged.check(&trusted, NOW).is_none());
+        assert!(good.check(&trusted, NOW).is_some());
     }
 
     fn key(seed: u8) -> SigningKey {

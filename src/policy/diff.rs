@@ -228,7 +228,10 @@ pub fn diff(old: &Review, new: &Review) -> Result<BundleDiff, BundleError> {
     };
     d.rules_reordered = common(&ro, &rn) != common(&rn, &ro);
     let is_list = |p: &&String| {
-        *p != "policy.toml" && !p.starts_with("vendors/") && !p.starts_with("operators/")
+        *p != "policy.toml"
+            && !p.starts_with("vendors/")
+            && !p.starts_with("operators/")
+            && !p.starts_with("endorsements/")
     };
     let paths: BTreeSet<&String> = old
         .files
