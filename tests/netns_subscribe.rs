@@ -184,15 +184,15 @@ impl Maintainer {
             key,
         )
         .expect("sign");
-        let file = format!("rules-{seq}.gwb");
-        let (index, _) = bundle::publish_index(&b, &file, key).expect("index");
+        let (index, ix) = bundle::publish_index(&b, key).expect("index");
+        let file = ix.file;
         std::fs::write(self.site.join(&file), &b).expect("bundle");
         std::fs::write(self.site.join("index.json"), index).expect("index");
     }
 }
 
 const ALLOW_ALL: &str = "name = \"v1\"\ndefault = \"allow\"\n";
-const NO_AGORA: &str = "name = \"v2\"\ndefault = \"allow\"\n[[rule]]\nname = \"no agora\"\naction = \"block\"\nvendor = [\"agora\"]\n";
+const NO_AGORA: &str = "name = \"v2\"\ndefault = \"allow\"\n[[rule]]\nname = \"no agora\"\naction = \"block\"\nvendor = [\"agora\"]\n[[rule]]\nname = \"no CN\"\naction = \"block\"\njurisdiction = { countries = [\"CN\"], layers = [\"geo\"] }\n";
 
 fn status(net: &Net) -> Value {
     let o = support::geowall_cli(net, &["status", "--json"]);
@@ -210,6 +210,43 @@ fn wait_status(net: &Net, limit: Duration, ok: impl Fn(&Value) -> bool) -> Value
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Sends plain datagrams to the other US server's port 7000 (one no
+/// vendor's name was learned for) from the app's namespace; how many it
+/// received.
+fn hello(net: &Net, n: usize) -> u64 {
+    let before = net.count(addr::US2, 17, 7000);
+    in_ns(&net.app, || {
+        for _ in 0..n {
+            let _ = udp_exchange_within(sa(addr::US2, 7000), b"hello", Duration::from_millis(100));
+        }
+    });
+    // Unknown UDP may be held up to 1 s while its class is decided.
+    std::thread::sleep(Duration::from_millis(1_500));
+    net.count(addr::US2, 17, 7000) - before
+}
+
+/// The test world with the US range (the servers and the update site)
+/// moved to the PRC, as a world bundle of sequence `seq` signed by `key`.
+fn moved_world(scratch: &Path, seq: u64, key: &bundle::SigningKey) -> Vec<u8> {
+    let fixture = std::fs::read_to_string(fixture("world.csv")).expect("fixture");
+    let moved = fixture.replace(
+        "198.51.100.0/24,US,US,64502,Test US Carrier,US",
+        "198.51.100.0/24,CN,CN,64500,Test PRC Telecom,CN",
+    );
+    assert_ne!(moved, fixture);
+    let csv = scratch.join("moved.csv");
+    std::fs::write(&csv, moved).expect("csv");
+    let mut b = geowall::intel::world::WorldBuilder::new();
+    b.add_fixture_csv(&csv, &mut |_| {}).expect("reads");
+    let db = b.build(&mut |_| {}).expect("builds").0;
+    let t = now();
+    bundle::sign(
+        &bundle::build_world(&db, seq, t - 10, t + 3_600).expect("build"),
+        key,
+    )
+    .expect("sign")
 }
 
 /// Sends SD-RTN probes naming the Agora edge to the US server from the
@@ -239,6 +276,7 @@ fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
     net.add_server_address(RESOLVER);
     net.dns_server(sa(RESOLVER, 53), zone);
     net.udp_server(sa(addr::US, 8130), |_| Vec::new());
+    net.udp_server(sa(addr::US2, 7000), |_| Vec::new());
     let scratch = net.dir.path().to_owned();
     let m = Maintainer {
         dir: scratch.join("rules"),
@@ -264,6 +302,10 @@ fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
         p(&scratch.join("a.pub")),
         "--state-dir".to_owned(),
         p(&state),
+        "--world-pubkey".to_owned(),
+        p(&scratch.join("a.pub")),
+        "--subscribe-world".to_owned(),
+        "https://dns.test/site/".to_owned(),
         "--subscribe-every".to_owned(),
         "2s".to_owned(),
         "--subscribe-ca".to_owned(),
@@ -276,7 +318,7 @@ fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
     // Started from the first fetch: v1 allows the vendor.
     let s = status(&net);
     assert_eq!(s["policy"], "v1");
-    assert_eq!(s["subscription"]["installed"], 1);
+    assert_eq!(s["subscriptions"][0]["installed"], 1);
     assert!(probe(&net, 3) >= 3, "v1 lets the probes through");
 
     // v2 blocks the vendor: installed within the interval, and the server
@@ -284,14 +326,14 @@ fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
     m.publish(NO_AGORA, 2, 3_600, &m.key);
     let s = wait_status(&net, Duration::from_secs(12), |s| s["policy"] == "v2");
     assert_eq!(s["policy"], "v2", "{s}");
-    assert_eq!(s["subscription"]["installed"], 2);
+    assert_eq!(s["subscriptions"][0]["installed"], 2);
     assert_eq!(probe(&net, 3), 0, "v2 blocks the vendor");
     // An unchanged index is answered 304 (conditional request).
     let before = site.requests.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(4));
     let s = status(&net);
     assert!(site.requests.load(Ordering::SeqCst) > before);
-    assert!(s["subscription"]["last_error"].is_null(), "{s}");
+    assert!(s["subscriptions"][0]["last_error"].is_null(), "{s}");
 
     // Bad publications: each refused, v2 stays and keeps blocking.
     type Publish<'a> = Box<dyn Fn() + 'a>;
@@ -324,31 +366,62 @@ fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
     for (what, publish) in &bad {
         publish();
         let s = wait_status(&net, Duration::from_secs(12), |s| {
-            s["subscription"]["last_error"].is_string()
+            s["subscriptions"][0]["last_error"].is_string()
         });
-        assert!(s["subscription"]["last_error"].is_string(), "{what}: {s}");
+        assert!(
+            s["subscriptions"][0]["last_error"].is_string(),
+            "{what}: {s}"
+        );
         assert_eq!(s["policy"], "v2", "{what}");
-        assert_eq!(s["subscription"]["installed"], 2, "{what}");
+        assert_eq!(s["subscriptions"][0]["installed"], 2, "{what}");
         assert_eq!(probe(&net, 2), 0, "{what}: still blocked");
         // Back to the good publication before the next case.
         m.publish(NO_AGORA, 2, 3_600, &m.key);
         let s = wait_status(&net, Duration::from_secs(12), |s| {
-            s["subscription"]["last_error"].is_null()
+            s["subscriptions"][0]["last_error"].is_null()
         });
-        assert!(s["subscription"]["last_error"].is_null(), "{what}: {s}");
+        assert!(s["subscriptions"][0]["last_error"].is_null(), "{what}: {s}");
     }
 
     // The server goes away: the rules stay, failures are counted.
     site.down.store(true, Ordering::SeqCst);
     let s = wait_status(&net, Duration::from_secs(12), |s| {
-        s["subscription"]["failures"].as_u64().unwrap_or(0) >= 1
+        s["subscriptions"][0]["failures"].as_u64().unwrap_or(0) >= 1
     });
     assert!(
-        s["subscription"]["failures"].as_u64().unwrap_or(0) >= 1,
+        s["subscriptions"][0]["failures"].as_u64().unwrap_or(0) >= 1,
         "{s}"
     );
     assert_eq!(s["policy"], "v2");
     assert_eq!(probe(&net, 2), 0);
+    site.down.store(false, Ordering::SeqCst);
+
+    // World data by the same channel: a world bundle that moves the US
+    // range to the PRC is installed, and v2's CN rule now stops what it
+    // let through. (The update site is in that range too: from then on
+    // the running rules refuse to contact it.)
+    assert!(hello(&net, 3) >= 3, "US before the move");
+    let w = moved_world(&scratch, 1, &m.key);
+    let (index, ix) = bundle::publish_index(&w, &m.key).expect("world index");
+    std::fs::write(m.site.join(&ix.file), &w).expect("world bundle");
+    std::fs::write(m.site.join("world-index.json"), index).expect("world index");
+    let s = wait_status(&net, Duration::from_secs(12), |s| {
+        s["subscriptions"][1]["installed"] == 1
+    });
+    assert_eq!(s["subscriptions"][1]["installed"], 1, "{s}");
+    assert_eq!(hello(&net, 3), 0, "CN after the move");
+    let s = wait_status(&net, Duration::from_secs(12), |s| {
+        s["subscriptions"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the rules block the update server"))
+    });
+    assert!(
+        s["subscriptions"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the rules block the update server")),
+        "{s}"
+    );
+
     net.stop_geowall();
 
     // Rules that block their own update server: the subscription is

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = bundle::open(data, &trusted, None, NOW);
     let _ = bundle::open_world(data, &trusted, None, NOW);
     // A published index and a bundle read for review (`rules diff`).
-    let _ = bundle::open_index(data, &trusted, Some(3), NOW);
+    let _ = bundle::open_index(data, bundle::BundleKind::Rules, &trusted, Some(3), NOW);
     let _ = bundle::read_index(data);
     if let Ok(r) = bundle::review(data) {
         let _ = geowall::policy::diff::diff(&r, &r);

@@ -97,8 +97,8 @@ pub(crate) struct State {
     /// Verifies the world bundle at a path and records it (newer than the
     /// running one, signed by a `--world-pubkey`): its sequence and data.
     pub(crate) world_update: WorldUpdate,
-    /// The subscription's state, if the instance follows one.
-    pub(crate) subscription: Option<Arc<Mutex<super::subscribe::Status>>>,
+    /// The state of the subscriptions the instance follows.
+    pub(crate) subscriptions: Vec<Arc<Mutex<super::subscribe::Status>>>,
 }
 
 /// See [`State::world_update`].
@@ -170,12 +170,13 @@ fn status(s: &State) -> Value {
     let world = s.world.current();
     let built = world.meta().built_at.clone();
     let age = days_since(&built, now);
-    let subscription = s
-        .subscription
-        .as_ref()
-        .map(|st| st.lock().unwrap_or_else(PoisonError::into_inner).clone());
+    let subscriptions: Vec<super::subscribe::Status> = s
+        .subscriptions
+        .iter()
+        .map(|st| st.lock().unwrap_or_else(PoisonError::into_inner).clone())
+        .collect();
     json!({
-        "subscription": subscription,
+        "subscriptions": subscriptions,
         "world_built": built,
         "world_age_days": age,
         "world_stale": age.is_some_and(|d| d > WORLD_STALE_DAYS),
@@ -351,8 +352,7 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
                 .map_or_else(|| "?".to_owned(), geowall::timefmt::rfc3339)
         );
     }
-    let sub = &v["subscription"];
-    if sub.is_object() {
+    for sub in v["subscriptions"].as_array().into_iter().flatten() {
         let when = |k: &str| {
             sub[k]
                 .as_u64()

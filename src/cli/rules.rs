@@ -413,35 +413,55 @@ fn diff(old: &Path, new: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn publish(path: &Path, dir: &Path, key: &Path) -> anyhow::Result<ExitCode> {
+    publish_to(path, dir, key, bundle::BundleKind::Rules)
+}
+
+/// Writes what a static host serves for a signed bundle of `kind` into
+/// `dir`: `KIND-SEQ.gwb`, `KIND.gwb` and the signed index (`index.json`
+/// for rules, `world-index.json` for world data), never going back.
+pub(crate) fn publish_to(
+    path: &Path,
+    dir: &Path,
+    key: &Path,
+    kind: bundle::BundleKind,
+) -> anyhow::Result<ExitCode> {
     let b = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let key = bundle::read_signing_key(key)?;
-    let seq = bundle::review(&b)
-        .with_context(|| format!("{}: not a readable rules bundle", path.display()))?
-        .sequence;
-    let file = format!("rules-{seq}.gwb");
-    let (index, _) = bundle::publish_index(&b, &file, &key)
+    let (index, ix) = bundle::publish_index(&b, &key)
         .with_context(|| format!("{}: cannot publish", path.display()))?;
+    let (latest, index_name, how) = match kind {
+        bundle::BundleKind::Rules => ("rules.gwb", "index.json", "rules build --sequence"),
+        bundle::BundleKind::World => ("world.gwb", "world-index.json", "world bundle --sequence"),
+    };
+    anyhow::ensure!(
+        ix.kind == kind,
+        "{} is a {} bundle, not {kind}",
+        path.display(),
+        ix.kind
+    );
+    let seq = ix.sequence;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // Never go back: what the directory publishes must be older.
-    let current = dir.join("index.json");
+    let current = dir.join(index_name);
     if let Ok(text) = std::fs::read(&current) {
         let old = bundle::read_index(&text)
             .with_context(|| format!("{}: not a geowall index", current.display()))?;
         anyhow::ensure!(
             seq > old.sequence,
-            "{} publishes sequence {}; this bundle's is {seq}: publish a newer one (rules build --sequence)",
+            "{} publishes sequence {}; this bundle's is {seq}: publish a newer one ({how})",
             dir.display(),
             old.sequence
         );
     }
     // The bundles first, the index last: a client never reads an index
     // that names a file not there yet.
-    write_atomic(&dir.join(&file), &b)?;
-    write_atomic(&dir.join("rules.gwb"), &b)?;
+    write_atomic(&dir.join(&ix.file), &b)?;
+    write_atomic(&dir.join(latest), &b)?;
     write_atomic(&current, &index)?;
     println!(
-        "published sequence {seq} in {}: {file}, rules.gwb, index.json (signed)",
-        dir.display()
+        "published sequence {seq} in {}: {}, {latest}, {index_name} (signed)",
+        dir.display(),
+        ix.file
     );
     Ok(ExitCode::SUCCESS)
 }

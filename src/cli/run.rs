@@ -166,7 +166,7 @@ pub(crate) fn run(mut a: Args) -> anyhow::Result<ExitCode> {
         offload: !a.engine.no_offload,
     };
     let policy = prepared.policy_name.clone();
-    let (watch, sock) = super::tunnel::control(TUN, &prepared, &a.engine)?;
+    let (watch, sock) = super::tunnel::control(TUN, &prepared)?;
     let mut setup = Ok(());
     let failed = std::sync::Arc::new(tokio::sync::Notify::new());
     let stop = failed.clone();

@@ -31,7 +31,13 @@ pub(crate) struct RulesArgs {
         requires = "pubkey"
     )]
     subscribe: Option<String>,
-    /// How often to check the subscription (e.g. 6h, 90m, 30s).
+    /// Follow a maintainer's published world data (`geowall world
+    /// publish`) at this https:// URL (the directory, or its
+    /// world-index.json), verified with --world-pubkey and installed as a
+    /// world update. Needs a state directory.
+    #[arg(long, value_name = "URL", requires = "world_pubkey")]
+    subscribe_world: Option<String>,
+    /// How often to check the subscriptions (e.g. 6h, 90m, 30s).
     #[arg(long, value_name = "DURATION", default_value = "6h", value_parser = super::subscribe::duration)]
     subscribe_every: std::time::Duration,
     /// A PEM file of certificate authorities trusted for the subscription's
@@ -96,31 +102,52 @@ impl RulesArgs {
         self.load_rules(lean, installed, false)
     }
 
-    /// The subscription the options describe, if any.
+    /// The rules subscription the options describe, if any.
     pub(crate) fn subscription(&self) -> anyhow::Result<Option<super::subscribe::Subscription>> {
         let Some(url) = &self.subscribe else {
             return Ok(None);
         };
-        let state = self.state_dir.as_deref().ok_or_else(|| {
-            anyhow::anyhow!(
-                "--subscribe keeps its bundle in a state directory: give --state-dir DIR"
-            )
-        })?;
-        std::fs::create_dir_all(state)
-            .with_context(|| format!("cannot create {}", state.display()))?;
         let keys = self
             .pubkey
             .iter()
             .map(|p| bundle::read_verifying_key(p))
             .collect::<Result<Vec<_>, _>>()?;
+        self.subscribe_to(bundle::BundleKind::Rules, url, keys)
+            .map(Some)
+    }
+
+    /// The world data subscription the options describe, if any.
+    pub(crate) fn world_subscription(
+        &self,
+    ) -> anyhow::Result<Option<super::subscribe::Subscription>> {
+        let Some(url) = &self.subscribe_world else {
+            return Ok(None);
+        };
+        self.subscribe_to(bundle::BundleKind::World, url, self.world_keys()?)
+            .map(Some)
+    }
+
+    fn subscribe_to(
+        &self,
+        kind: bundle::BundleKind,
+        url: &str,
+        keys: Vec<bundle::VerifyingKey>,
+    ) -> anyhow::Result<super::subscribe::Subscription> {
+        let state = self.state_dir.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "a subscription keeps its bundle in a state directory: give --state-dir DIR"
+            )
+        })?;
+        std::fs::create_dir_all(state)
+            .with_context(|| format!("cannot create {}", state.display()))?;
         super::subscribe::Subscription::new(
+            kind,
             url,
             self.subscribe_every,
             keys,
             state,
             &self.subscribe_ca,
         )
-        .map(Some)
     }
 
     /// The bundle the rules come from: `--bundle`, or a subscription's.

@@ -21,8 +21,11 @@ use geowall::intel::jurisdiction::WorldHandle;
 use geowall::policy::{Facts, Policy, PolicyHandle, Traffic, Transport, bundle};
 use serde::Serialize;
 
-/// The file a subscription's bundle is kept in, in the state directory.
+/// The file a rules subscription's bundle is kept in, in the state
+/// directory.
 pub(crate) const FILE: &str = "subscribed.gwb";
+/// The file a world subscription's bundle is kept in.
+const WORLD_FILE: &str = "subscribed-world.gwb";
 /// An index larger than this is refused.
 const MAX_INDEX: usize = 64 * 1024;
 /// The first retry after a failure; it doubles up to the interval.
@@ -30,6 +33,8 @@ const RETRY_FIRST: Duration = Duration::from_secs(30);
 
 /// Reloads the rules as the instance was started and returns them.
 pub(crate) type Reload = Arc<dyn Fn() -> anyhow::Result<Policy> + Send + Sync>;
+/// Installs a fetched bundle kept at a path; says what was installed.
+pub(crate) type Install = Arc<dyn Fn(&Path) -> anyhow::Result<String> + Send + Sync>;
 
 /// What `geowall status` shows of a subscription.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -57,6 +62,7 @@ pub(crate) struct Status {
 /// A subscription to a published rules directory.
 #[derive(Clone)]
 pub(crate) struct Subscription {
+    kind: bundle::BundleKind,
     url: HttpsUrl,
     every: Duration,
     keys: Vec<bundle::VerifyingKey>,
@@ -93,26 +99,37 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Subscription {
-    /// A subscription to `url` (a published directory, ending in `/`, or
-    /// its `index.json`) with the bundle kept in `state`, verified with
-    /// `keys`, checked every `every`, trusting `ca` files besides the
-    /// public roots.
+    /// A subscription to `kind` bundles at `url` (a published directory,
+    /// ending in `/`, or its index: `index.json` for rules,
+    /// `world-index.json` for world data) with the bundle kept in `state`,
+    /// verified with `keys`, checked every `every`, trusting `ca` files
+    /// besides the public roots.
     pub(crate) fn new(
+        kind: bundle::BundleKind,
         url: &str,
         every: Duration,
         keys: Vec<bundle::VerifyingKey>,
         state: &Path,
         ca: &[PathBuf],
     ) -> anyhow::Result<Self> {
+        let (flag, index, file, keyflag) = match kind {
+            bundle::BundleKind::Rules => ("--subscribe", "index.json", FILE, "--pubkey"),
+            bundle::BundleKind::World => (
+                "--subscribe-world",
+                "world-index.json",
+                WORLD_FILE,
+                "--world-pubkey",
+            ),
+        };
         let mut url: HttpsUrl = url
             .parse()
-            .map_err(|e: String| anyhow::anyhow!("--subscribe: {e}"))?;
+            .map_err(|e: String| anyhow::anyhow!("{flag}: {e}"))?;
         if url.path.ends_with('/') {
-            url = url.sibling("index.json");
+            url = url.sibling(index);
         }
         anyhow::ensure!(
             !keys.is_empty(),
-            "--subscribe needs the maintainer's key: --pubkey FILE"
+            "{flag} needs the maintainer's key: {keyflag} FILE"
         );
         let mut extra_ca = Vec::new();
         for f in ca {
@@ -126,10 +143,11 @@ impl Subscription {
                 url: url.to_string(),
                 ..Status::default()
             })),
+            kind,
             url,
             every,
             keys,
-            file: state.join(FILE),
+            file: state.join(file),
             extra_ca,
         })
     }
@@ -215,7 +233,7 @@ impl Subscription {
         else {
             return Ok(None);
         };
-        let index = bundle::open_index(&body, &self.keys, None, now())
+        let index = bundle::open_index(&body, self.kind, &self.keys, None, now())
             .map_err(|e| format!("{}: refused: {e}", self.url))?
             .ok_or_else(|| format!("{}: refused: an index of nothing", self.url))?;
         match installed {
@@ -254,11 +272,18 @@ impl Subscription {
                 "{url}: refused: not the bundle the signed index names (size or SHA-256 differ)"
             ));
         }
-        let opened = bundle::open(&b, &self.keys, installed, now())
-            .map_err(|e| format!("{url}: refused: {e}"))?;
+        let sequence = match self.kind {
+            bundle::BundleKind::Rules => {
+                bundle::open(&b, &self.keys, installed, now()).map(|o| o.sequence)
+            }
+            bundle::BundleKind::World => {
+                bundle::open_world(&b, &self.keys, installed, now()).map(|o| o.sequence)
+            }
+        }
+        .map_err(|e| format!("{url}: refused: {e}"))?;
         write_atomic(&self.file, &b).map_err(|e| format!("{}: {e}", self.file.display()))?;
         self.remember(etag, last_modified);
-        Ok(Some(opened.sequence))
+        Ok(Some(sequence))
     }
 
     fn remember(&self, etag: Option<String>, last_modified: Option<String>) {
@@ -375,14 +400,16 @@ pub(crate) fn refuse_blocked_server(
 }
 
 /// Follows the subscription until the process ends: rounds at the
-/// interval, each judged by the running rules, a newer bundle installed
-/// through `reload` into `policy`.
+/// interval, each judged by the running rules (`policy`, `world`), a newer
+/// bundle installed with `install` (a reload for rules, a world update for
+/// world data: verified again, recorded in the state directory, swapped
+/// in; open flows judged again).
 pub(crate) async fn follow(
     sub: Subscription,
     fetcher: Fetcher,
     policy: Arc<PolicyHandle>,
     world: Arc<WorldHandle>,
-    reload: Reload,
+    install: Install,
     mut installed: Option<u64>,
     expires: Arc<Mutex<Option<u64>>>,
 ) {
@@ -400,19 +427,17 @@ pub(crate) async fn follow(
         let allowed = |ip: IpAddr, url: &HttpsUrl| Subscription::judge(&p, &intel, ip, url);
         let mut outcome = sub.check(&fetcher, installed, &allowed).await;
         if let Ok(Some(seq)) = outcome {
-            // The same path as `geowall reload`: verified again, recorded
-            // in the state directory, swapped in; open flows re-judged.
-            match reload() {
-                Ok(new) => {
-                    let name = new.name.clone();
-                    policy.replace(new);
+            match install(&sub.file) {
+                Ok(what) => {
                     installed = Some(seq);
                     eprintln!(
-                        "geowall: subscription {}: installed sequence {seq} (policy {name})",
+                        "geowall: subscription {}: installed sequence {seq} ({what})",
                         sub.url
                     );
                 }
-                Err(e) => outcome = Err(format!("install refused, the running rules stay: {e:#}")),
+                Err(e) => {
+                    outcome = Err(format!("install refused, the running data stays: {e:#}"));
+                }
             }
         }
         if let Err(e) = &outcome {

@@ -104,8 +104,6 @@ pub(crate) struct Prepared {
     pub(crate) policy_name: String,
     /// The TUN's MTU.
     pub(crate) mtu: u16,
-    /// The rules bundle's sequence number, if the rules came from one.
-    pub(crate) sequence: Option<u64>,
     /// Said loudly once the firewall is up (the bundle given was refused
     /// and the last accepted one is in force).
     note: Option<String>,
@@ -119,17 +117,32 @@ pub(crate) struct Prepared {
     pub(crate) stop_on_signals: bool,
     /// The world data the engine follows (replaced by a world update).
     pub(crate) world: Arc<WorldHandle>,
-    /// Its bundle's sequence number, if it came from one.
-    pub(crate) world_sequence: Option<u64>,
     /// Reads the rules again as they were given (newer than the running
     /// bundle, if they came from one): `geowall reload` and the
     /// subscription install through it.
     pub(crate) reload: super::subscribe::Reload,
     /// When the running bundle expires (updated by each reload).
     pub(crate) expires_now: Arc<Mutex<Option<u64>>>,
-    /// The subscription followed while running, with the resolver
-    /// settings its fetcher is built from.
-    subscription: Option<(super::subscribe::Subscription, RunConfig)>,
+    /// Verifies a world bundle at a path (newer than the running and the
+    /// recorded one, signed by a `--world-pubkey`) and records it: `geowall
+    /// world update` and the world subscription install through it.
+    pub(crate) world_update: WorldUpdate,
+    /// The subscriptions followed while running.
+    subscriptions: Vec<Follow>,
+    /// The resolver settings their fetchers are built from.
+    run: RunConfig,
+}
+
+/// See [`Prepared::world_update`].
+pub(crate) type WorldUpdate =
+    Arc<dyn Fn(&Path) -> anyhow::Result<(u64, geowall::intel::World)> + Send + Sync>;
+
+/// A subscription and how what it fetches is installed.
+struct Follow {
+    sub: super::subscribe::Subscription,
+    install: super::subscribe::Install,
+    installed: Option<u64>,
+    expires: Arc<Mutex<Option<u64>>>,
 }
 
 impl EngineArgs {
@@ -193,6 +206,37 @@ impl EngineArgs {
             }),
         };
         let expires_now = Arc::new(Mutex::new(expires));
+        let reload = self.reloader(sequence, Arc::clone(&expires_now));
+        let world_update = self.world_updater(world_sequence);
+        let mut follows = Vec::new();
+        if let Some(sub) = subscription {
+            let (reload, handle) = (Arc::clone(&reload), Arc::clone(&handle));
+            follows.push(Follow {
+                sub,
+                install: Arc::new(move |_: &Path| {
+                    let p = reload()?;
+                    let name = format!("policy {}", p.name);
+                    handle.replace(p);
+                    Ok(name)
+                }),
+                installed: sequence,
+                expires: Arc::clone(&expires_now),
+            });
+        }
+        if let Some(sub) = self.rules.world_subscription()? {
+            let (update, w) = (Arc::clone(&world_update), Arc::clone(&world));
+            follows.push(Follow {
+                sub,
+                install: Arc::new(move |path: &Path| {
+                    let (_, new) = update(path)?;
+                    let built = format!("world data built {}", new.meta().built_at);
+                    w.replace(new);
+                    Ok(built)
+                }),
+                installed: world_sequence,
+                expires: Arc::default(),
+            });
+        }
         let readable = self.events.as_ref().is_some_and(|p| p.as_os_str() == "-")
             && std::io::IsTerminal::is_terminal(&std::io::stdout());
         Ok(Prepared {
@@ -203,15 +247,47 @@ impl EngineArgs {
             sink,
             policy_name,
             mtu: self.mtu,
-            sequence,
             note,
             attribute: false,
             stop_on_signals: true,
             world,
-            world_sequence,
-            reload: self.reloader(sequence, Arc::clone(&expires_now)),
+            reload,
             expires_now,
-            subscription: subscription.map(|s| (s, run)),
+            world_update,
+            subscriptions: follows,
+            run,
+        })
+    }
+
+    /// Verifies and records world bundles (see [`Prepared::world_update`]).
+    fn world_updater(&self, installed: Option<u64>) -> WorldUpdate {
+        let world_rules = self.rules.clone();
+        let world_installed = Mutex::new(installed);
+        Arc::new(move |path: &Path| {
+            let keys = world_rules.world_keys()?;
+            anyhow::ensure!(
+                !keys.is_empty(),
+                "this instance trusts no world data key: start it with --world-pubkey FILE"
+            );
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let store = world_rules.world_store()?;
+            let mut seq = world_installed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let recorded = match &store {
+                Some(s) => s.installed_sequence()?,
+                None => None,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let w = geowall::policy::bundle::open_world(&bytes, &keys, (*seq).max(recorded), now)?;
+            if let Some(s) = &store {
+                s.record(&bytes, w.sequence)?;
+            }
+            *seq = Some(w.sequence);
+            Ok((w.sequence, w.world))
         })
     }
 
@@ -323,21 +399,19 @@ pub(crate) fn serve(
         stop_on_signals,
         policy,
         world,
-        reload,
-        expires_now,
-        sequence,
-        subscription,
+        subscriptions,
+        run,
         ..
     } = p;
-    // The subscription's own resolver and fetcher (not the engine's).
-    let follow = match subscription {
-        Some((sub, run)) => {
-            let (r, _) = driver::setup::resolver(&run, &protection)?;
-            let fetcher = sub.fetcher(r, protection.clone())?;
-            Some((sub, fetcher))
+    // The subscriptions' own resolver and fetchers (not the engine's).
+    let mut follows = Vec::new();
+    if !subscriptions.is_empty() {
+        let (r, _) = driver::setup::resolver(&run, &protection)?;
+        for f in subscriptions {
+            let fetcher = f.sub.fetcher(r.clone(), protection.clone())?;
+            follows.push((f, fetcher));
         }
-        None => None,
-    };
+    }
     // Event lines that could not be written (a full disk, a closed pipe).
     let unwritten = std::cell::Cell::new(0u64);
     // The resolver's sockets were protected when it was built.
@@ -367,15 +441,15 @@ pub(crate) fn serve(
         };
         let tun = Tun::create(spec)?;
         up();
-        if let Some((sub, fetcher)) = follow {
+        for (f, fetcher) in follows {
             tokio::spawn(super::subscribe::follow(
-                sub,
+                f.sub,
                 fetcher,
-                policy,
-                world,
-                reload,
-                sequence,
-                expires_now,
+                Arc::clone(&policy),
+                Arc::clone(&world),
+                f.install,
+                f.installed,
+                f.expires,
             ));
         }
         if let Some(n) = &note {
@@ -451,16 +525,10 @@ pub(crate) fn serve(
 /// Opens the control socket of the instance named `name` (`geowall status`,
 /// `geowall reload`); what the driver must keep up to date, and the
 /// socket's path (to remove at the end).
-pub(crate) fn control(
-    name: &str,
-    prepared: &Prepared,
-    args: &EngineArgs,
-) -> anyhow::Result<(Watch, PathBuf)> {
+pub(crate) fn control(name: &str, prepared: &Prepared) -> anyhow::Result<(Watch, PathBuf)> {
     let live = Arc::new(Mutex::new(Live::default()));
     let tally = Arc::new(Mutex::new(super::control::Tally::default()));
     let reload = Arc::clone(&prepared.reload);
-    let world_rules = args.rules.clone();
-    let world_installed = Mutex::new(prepared.world_sequence);
     let sock = super::control::socket_path(name);
     super::control::serve(
         &sock,
@@ -471,41 +539,19 @@ pub(crate) fn control(
             // A reloaded bundle must be newer than the running one.
             reload: Box::new(move || reload()),
             expires: Arc::clone(&prepared.expires_now),
-            subscription: prepared
-                .subscription
-                .as_ref()
-                .map(|(s, _)| Arc::clone(&s.status)),
+            subscriptions: prepared
+                .subscriptions
+                .iter()
+                .map(|f| Arc::clone(&f.sub.status))
+                .collect(),
             started: std::time::Instant::now(),
             world: Arc::clone(&prepared.world),
             // Newer than the running world bundle and the recorded one,
             // signed by a --world-pubkey; recorded before it is used.
-            world_update: Box::new(move |path| {
-                let keys = world_rules.world_keys()?;
-                anyhow::ensure!(
-                    !keys.is_empty(),
-                    "this instance trusts no world data key: start it with --world-pubkey FILE"
-                );
-                let bytes = std::fs::read(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                let store = world_rules.world_store()?;
-                let mut seq = world_installed
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let recorded = match &store {
-                    Some(s) => s.installed_sequence()?,
-                    None => None,
-                };
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let w =
-                    geowall::policy::bundle::open_world(&bytes, &keys, (*seq).max(recorded), now)?;
-                if let Some(s) = &store {
-                    s.record(&bytes, w.sequence)?;
-                }
-                *seq = Some(w.sequence);
-                Ok((w.sequence, w.world))
-            }),
+            world_update: {
+                let w = Arc::clone(&prepared.world_update);
+                Box::new(move |path| w(path))
+            },
         },
     )?;
     Ok(((live, tally), sock))
@@ -596,7 +642,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
             spec.mtu
         );
     };
-    let (watch, sock) = control(&spec.name, &prepared, &a.engine)?;
+    let (watch, sock) = control(&spec.name, &prepared)?;
     let summary = serve(
         prepared,
         &spec,

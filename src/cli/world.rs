@@ -50,6 +50,19 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 120)]
         valid_days: u64,
     },
+    /// Write what a static web host serves to world subscribers
+    /// (`--subscribe-world`) into DIR: `world-SEQUENCE.gwb`, `world.gwb`
+    /// and a signed `world-index.json`. Refuses a bundle not signed by KEY
+    /// or not newer than what DIR publishes.
+    Publish {
+        /// The signed world bundle.
+        bundle: PathBuf,
+        /// The directory the web host serves.
+        dir: PathBuf,
+        /// The secret key the bundle was signed with (signs the index).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
     /// Replace the world data of a running geowall with a signed world
     /// bundle (the instance must trust its key: `--world-pubkey`); open
     /// flows are judged again under it. A bundle that is older than the
@@ -82,6 +95,12 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
             geo_mmdb,
         } => build(&from, &out, manifest.as_deref(), &geo_mmdb),
         Command::Info { world, json } => info(world.as_ref(), json),
+        Command::Publish { bundle, dir, key } => super::rules::publish_to(
+            &bundle,
+            &dir,
+            &key,
+            geowall::policy::bundle::BundleKind::World,
+        ),
         Command::Bundle {
             world,
             out,

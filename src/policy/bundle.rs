@@ -806,7 +806,7 @@ fn endorsed_key(
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Index {
-    /// Always `rules` (world bundles are published with `world`).
+    /// `rules` or `world`.
     pub kind: BundleKind,
     /// The bundle's sequence number.
     pub sequence: u64,
@@ -840,31 +840,42 @@ struct SignedIndex {
     endorsement: Option<Endorsement>,
 }
 
-/// The `index.json` for a signed bundle file named `file`, signed by
-/// `key`, which must be the key that signed the bundle; and the index.
+/// The published index for a signed bundle, signed by `key`, which must
+/// be the key that signed the bundle; and the index. The bundle's file is
+/// named `rules-SEQ.gwb` or `world-SEQ.gwb` ([`Index::file`]).
 ///
 /// # Errors
 /// The bundle is damaged, unsigned or signed by another key.
-pub fn publish_index(
-    bundle: &[u8],
-    file: &str,
-    key: &SigningKey,
-) -> Result<(Vec<u8>, Index), BundleError> {
+pub fn publish_index(bundle: &[u8], key: &SigningKey) -> Result<(Vec<u8>, Index), BundleError> {
     let vk = key.verifying_key();
-    let r = review(bundle)?;
+    frame(bundle)?;
+    let kind = match u32::from_le_bytes([bundle[12], bundle[13], bundle[14], bundle[15]]) {
+        1 => BundleKind::World,
+        _ => BundleKind::Rules,
+    };
     // The full check, its expiry and sequence aside (0: a past time).
-    let v = verify(bundle, BundleKind::Rules, &[vk], None, 0)?;
-    let endorsement = r
-        .files
-        .iter()
-        .filter(|(p, _)| p.starts_with("endorsements/"))
-        .filter_map(|(_, d)| serde_json::from_slice::<Endorsement>(d).ok())
-        .find(|e| e.key == hex(vk.as_bytes()));
+    let v = verify(bundle, kind, &[vk], None, 0)?;
+    let endorsement = match kind {
+        BundleKind::Rules => review(bundle)?
+            .files
+            .iter()
+            .filter(|(p, _)| p.starts_with("endorsements/"))
+            .filter_map(|(_, d)| serde_json::from_slice::<Endorsement>(d).ok())
+            .find(|e| e.key == hex(vk.as_bytes())),
+        BundleKind::World => None,
+    };
     let index = Index {
-        kind: BundleKind::Rules,
-        sequence: r.sequence,
-        expires: r.expires,
-        file: file.to_owned(),
+        kind,
+        sequence: v.sequence,
+        expires: v.expires,
+        file: format!(
+            "{}-{}.gwb",
+            match kind {
+                BundleKind::Rules => "rules",
+                BundleKind::World => "world",
+            },
+            v.sequence
+        ),
         size: bundle.len() as u64,
         sha256: hex(&sha256(bundle)),
         key_id: v.key_id,
@@ -895,7 +906,7 @@ pub fn read_index(published: &[u8]) -> Result<Index, BundleError> {
     serde_json::from_str(&s.index).map_err(|e| BundleError::Corrupt(format!("index: {e}")))
 }
 
-/// Verifies a published `index.json` with `trusted` keys; `installed`:
+/// Verifies a published index of `kind` bundles with `trusted` keys; `installed`:
 /// the sequence a subscriber runs, which the index must exceed to be worth
 /// fetching (`Ok(None)` when it does not: nothing new), and `now` for its
 /// expiry.
@@ -904,6 +915,7 @@ pub fn read_index(published: &[u8]) -> Result<Index, BundleError> {
 /// A bad signature, an unknown key, a damaged or expired index.
 pub fn open_index(
     published: &[u8],
+    kind: BundleKind,
     trusted: &[VerifyingKey],
     installed: Option<u64>,
     now: u64,
@@ -929,10 +941,10 @@ pub fn open_index(
     if !key.verify(&msg, &sig) {
         return Err(BundleError::BadSignature);
     }
-    if index.kind != BundleKind::Rules {
+    if index.kind != kind {
         return Err(BundleError::WrongKind {
             found: index.kind,
-            wanted: BundleKind::Rules,
+            wanted: kind,
         });
     }
     if now >= index.expires {
@@ -1140,7 +1152,7 @@ mod tests {
     fn a_published_index_names_its_bundle_and_cannot_be_forged_or_replayed() {
         let (a, b) = (key(1), key(2));
         let bundle = signed(7, 2_000, &a);
-        let (published, index) = publish_index(&bundle, "rules-7.gwb", &a).expect("index");
+        let (published, index) = publish_index(&bundle, &a).expect("index");
         assert_eq!(
             (index.sequence, index.expires, index.file.as_str()),
             (7, 2_000, "rules-7.gwb")
@@ -1149,33 +1161,39 @@ mod tests {
         assert_eq!(read_index(&published).expect("reads"), index);
         let trusted = [a.verifying_key()];
         assert_eq!(
-            open_index(&published, &trusted, Some(6), 1_000).expect("opens"),
+            open_index(&published, BundleKind::Rules, &trusted, Some(6), 1_000).expect("opens"),
             Some(index.clone())
         );
         // Nothing newer than what runs.
         assert_eq!(
-            open_index(&published, &trusted, Some(7), 1_000).expect("opens"),
+            open_index(&published, BundleKind::Rules, &trusted, Some(7), 1_000).expect("opens"),
             None
         );
         // Expired, another key, a changed index.
         assert!(matches!(
-            open_index(&published, &trusted, None, 2_000),
+            open_index(&published, BundleKind::Rules, &trusted, None, 2_000),
             Err(BundleError::Expired { .. })
         ));
         assert!(matches!(
-            open_index(&published, &[b.verifying_key()], None, 1_000),
+            open_index(
+                &published,
+                BundleKind::Rules,
+                &[b.verifying_key()],
+                None,
+                1_000
+            ),
             Err(BundleError::UnknownKey(_))
         ));
         let text = String::from_utf8(published.clone()).expect("utf8");
         let forged = text.replace("\\\"sequence\\\":7", "\\\"sequence\\\":70");
         assert_ne!(forged, text, "the replacement applies");
         assert!(matches!(
-            open_index(forged.as_bytes(), &trusted, None, 1_000),
+            open_index(forged.as_bytes(), BundleKind::Rules, &trusted, None, 1_000),
             Err(BundleError::BadSignature)
         ));
         // The index is signed by the bundle's own key only.
-        assert!(publish_index(&bundle, "rules-7.gwb", &b).is_err());
-        assert!(publish_index(&signed(8, 2_000, &b)[..10], "x", &b).is_err());
+        assert!(publish_index(&bundle, &b).is_err());
+        assert!(publish_index(&signed(8, 2_000, &b)[..10], &b).is_err());
     }
 
     /// Bundles signed by a key B that a trusted key A endorsed, carried in
@@ -1206,9 +1224,9 @@ mod tests {
         let bundle_b = with(Some(&good), 8);
         let opened = open(&bundle_b, &trusted, Some(7), NOW).expect("B, endorsed by A");
         assert_eq!(opened.key_id, hex(&key_id(&b.verifying_key())));
-        let (index, _) = publish_index(&bundle_b, "rules-8.gwb", &b).expect("index");
+        let (index, _) = publish_index(&bundle_b, &b).expect("index");
         assert!(
-            open_index(&index, &trusted, Some(7), NOW)
+            open_index(&index, BundleKind::Rules, &trusted, Some(7), NOW)
                 .expect("opens")
                 .is_some()
         );
@@ -1231,9 +1249,9 @@ mod tests {
                 ),
                 "{what}"
             );
-            let (ix, _) = publish_index(&bb, "rules-9.gwb", &b).expect("index");
+            let (ix, _) = publish_index(&bb, &b).expect("index");
             assert!(
-                open_index(&ix, &trusted, None, now).is_err(),
+                open_index(&ix, BundleKind::Rules, &trusted, None, now).is_err(),
                 "{what}: index"
             );
         }
