@@ -720,10 +720,15 @@ fn diff_shows_what_changed_in_rules_lists_and_catalogs() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("junk.gwb: not a readable rules bundle"));
 }
 
-#[test]
-fn publish_writes_what_a_static_host_serves_and_never_goes_back() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
+/// Key pairs `names` (NAME.key, NAME.pub) and a small rules directory
+/// `src` in `dir`; the directory.
+fn keys_and_rules(dir: &Path, names: &[&str]) -> std::path::PathBuf {
+    for k in names {
+        let prefix = dir.join(k);
+        let o = geowall(&["rules", "keygen", "--out", prefix.to_str().expect("utf8")]);
+        assert!(o.status.success());
+    }
+    let src = dir.join("src");
     rules_dir(
         &src,
         "0.0.0.0 ads.example\n",
@@ -732,14 +737,14 @@ fn publish_writes_what_a_static_host_serves_and_never_goes_back() {
         r#"{"version": 2, "rules": []}"#,
         "",
     );
+    src
+}
+
+#[test]
+fn publish_writes_what_a_static_host_serves_and_never_goes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = keys_and_rules(dir.path(), &["a", "b"]);
     let p = |x: &Path| x.to_str().expect("utf8").to_owned();
-    for k in ["a", "b"] {
-        assert!(
-            geowall(&["rules", "keygen", "--out", &p(&dir.path().join(k))])
-                .status
-                .success()
-        );
-    }
     let build = |seq: &str, key: &str| {
         let out = dir.path().join(format!("r{seq}{key}.gwb"));
         let o = geowall(&[
@@ -807,22 +812,7 @@ fn publish_writes_what_a_static_host_serves_and_never_goes_back() {
 fn a_key_rotation_endorsed_by_the_old_key_verifies_with_the_old_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |x: &Path| x.to_str().expect("utf8").to_owned();
-    for k in ["old", "new"] {
-        assert!(
-            geowall(&["rules", "keygen", "--out", &p(&dir.path().join(k))])
-                .status
-                .success()
-        );
-    }
-    let src = dir.path().join("src");
-    rules_dir(
-        &src,
-        "0.0.0.0 ads.example\n",
-        "203.0.113.0/24\n",
-        "AS64500\n",
-        r#"{"version": 2, "rules": []}"#,
-        "",
-    );
+    let src = keys_and_rules(dir.path(), &["old", "new"]);
     let build = |name: &str| {
         let out = dir.path().join(name);
         let o = geowall(&[

@@ -87,7 +87,7 @@ pub(crate) struct State {
     pub(crate) tally: Arc<Mutex<Tally>>,
     pub(crate) policy: Arc<PolicyHandle>,
     /// Reloads the rules as the instance was started (files re-read).
-    pub(crate) reload: Box<dyn Fn() -> anyhow::Result<geowall::policy::Policy> + Send + Sync>,
+    pub(crate) reload: super::subscribe::Reload,
     pub(crate) started: Instant,
     /// When the running rules bundle expires (Unix seconds), if they came
     /// from one.
@@ -102,7 +102,7 @@ pub(crate) struct State {
 }
 
 /// See [`State::world_update`].
-pub(crate) type WorldUpdate = Box<dyn Fn(&Path) -> anyhow::Result<(u64, World)> + Send + Sync>;
+pub(crate) type WorldUpdate = Arc<dyn Fn(&Path) -> anyhow::Result<(u64, World)> + Send + Sync>;
 
 /// World data older than this many days is said to be stale by `status`.
 pub(crate) const WORLD_STALE_DAYS: u64 = 90;

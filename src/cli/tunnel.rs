@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
+use super::control::WorldUpdate;
 use anyhow::Context;
 use geowall::driver::setup::{CaPem, RunConfig, Started};
 use geowall::driver::{self, Live, Protection, Summary, Tun, TunSpec};
@@ -132,10 +133,6 @@ pub(crate) struct Prepared {
     /// The resolver settings their fetchers are built from.
     run: RunConfig,
 }
-
-/// See [`Prepared::world_update`].
-pub(crate) type WorldUpdate =
-    Arc<dyn Fn(&Path) -> anyhow::Result<(u64, geowall::intel::World)> + Send + Sync>;
 
 /// A subscription and how what it fetches is installed.
 struct Follow {
@@ -537,7 +534,7 @@ pub(crate) fn control(name: &str, prepared: &Prepared) -> anyhow::Result<(Watch,
             tally: tally.clone(),
             policy: prepared.policy.clone(),
             // A reloaded bundle must be newer than the running one.
-            reload: Box::new(move || reload()),
+            reload,
             expires: Arc::clone(&prepared.expires_now),
             subscriptions: prepared
                 .subscriptions
@@ -548,10 +545,7 @@ pub(crate) fn control(name: &str, prepared: &Prepared) -> anyhow::Result<(Watch,
             world: Arc::clone(&prepared.world),
             // Newer than the running world bundle and the recorded one,
             // signed by a --world-pubkey; recorded before it is used.
-            world_update: {
-                let w = Arc::clone(&prepared.world_update);
-                Box::new(move |path| w(path))
-            },
+            world_update: Arc::clone(&prepared.world_update),
         },
     )?;
     Ok(((live, tally), sock))

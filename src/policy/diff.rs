@@ -51,6 +51,16 @@ pub struct EntryChange {
     pub signatures: Change,
 }
 
+impl EntryChange {
+    /// True when nothing but the id is set: the entry did not change.
+    pub fn is_empty(&self) -> bool {
+        self.jurisdiction.is_none()
+            && self.domains.is_empty()
+            && self.asns.is_empty()
+            && self.signatures.is_empty()
+    }
+}
+
 /// Everything that differs between two rules bundles.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct BundleDiff {
@@ -265,10 +275,7 @@ pub fn diff(old: &Review, new: &Review) -> Result<BundleDiff, BundleError> {
             asns: Change::of(&set(&o.asns), &set(&v.asns)),
             signatures: Change::of(&set(&o.signatures), &set(&v.signatures)),
         };
-        if c != (EntryChange {
-            id: v.id.clone(),
-            ..EntryChange::default()
-        }) {
+        if !c.is_empty() {
             d.vendors_changed.push(c);
         }
     }
@@ -287,7 +294,7 @@ pub fn diff(old: &Review, new: &Review) -> Result<BundleDiff, BundleError> {
             asns: Change::of(&set(&o.asns), &set(&n.asns)),
             ..EntryChange::default()
         };
-        if c.jurisdiction.is_some() || !c.asns.is_empty() {
+        if !c.is_empty() {
             d.operators_changed.push(c);
         }
     }
