@@ -720,6 +720,23 @@ fn diff_shows_what_changed_in_rules_lists_and_catalogs() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("junk.gwb: not a readable rules bundle"));
 }
 
+/// `rules build SRC -o OUT --sequence SEQ --key KEY`, which must succeed.
+fn build_signed(src: &Path, out: &Path, seq: &str, key: &Path) {
+    let p = |x: &Path| x.to_str().expect("utf8").to_owned();
+    let o = geowall(&[
+        "rules",
+        "build",
+        &p(src),
+        "-o",
+        &p(out),
+        "--sequence",
+        seq,
+        "--key",
+        &p(key),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// Key pairs `names` (NAME.key, NAME.pub) and a small rules directory
 /// `src` in `dir`; the directory.
 fn keys_and_rules(dir: &Path, names: &[&str]) -> std::path::PathBuf {
@@ -747,18 +764,7 @@ fn publish_writes_what_a_static_host_serves_and_never_goes_back() {
     let p = |x: &Path| x.to_str().expect("utf8").to_owned();
     let build = |seq: &str, key: &str| {
         let out = dir.path().join(format!("r{seq}{key}.gwb"));
-        let o = geowall(&[
-            "rules",
-            "build",
-            &p(&src),
-            "-o",
-            &p(&out),
-            "--sequence",
-            seq,
-            "--key",
-            &p(&dir.path().join(format!("{key}.key"))),
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        build_signed(&src, &out, seq, &dir.path().join(format!("{key}.key")));
         out
     };
     let site = dir.path().join("site");
@@ -815,18 +821,7 @@ fn a_key_rotation_endorsed_by_the_old_key_verifies_with_the_old_key() {
     let src = keys_and_rules(dir.path(), &["old", "new"]);
     let build = |name: &str| {
         let out = dir.path().join(name);
-        let o = geowall(&[
-            "rules",
-            "build",
-            &p(&src),
-            "-o",
-            &p(&out),
-            "--sequence",
-            "2",
-            "--key",
-            &p(&dir.path().join("new.key")),
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        build_signed(&src, &out, "2", &dir.path().join("new.key"));
         out
     };
     let verify = |b: &Path| {
