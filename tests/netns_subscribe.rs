@@ -173,6 +173,24 @@ struct Maintainer {
 }
 
 impl Maintainer {
+    /// The maintainer of the tests: `rules/` and `site/` in `scratch`, key
+    /// 7 (its public key in `a.pub`).
+    fn new(scratch: &Path) -> Self {
+        let m = Self {
+            dir: scratch.join("rules"),
+            key: bundle::SigningKey::from_bytes(&[7; 32]),
+            site: scratch.join("site"),
+        };
+        std::fs::create_dir_all(&m.dir).expect("dir");
+        std::fs::create_dir_all(&m.site).expect("dir");
+        std::fs::write(
+            scratch.join("a.pub"),
+            bundle::key_hex(m.key.verifying_key().as_bytes()) + "\n",
+        )
+        .expect("pub");
+        m
+    }
+
     /// Builds the rules `policy` as sequence `seq` (valid `valid_s`),
     /// signed by `key`, and publishes it in the site directory.
     fn publish(&self, policy: &str, seq: u64, valid_s: i64, key: &bundle::SigningKey) {
@@ -189,6 +207,27 @@ impl Maintainer {
         std::fs::write(self.site.join(&file), &b).expect("bundle");
         std::fs::write(self.site.join("index.json"), index).expect("index");
     }
+}
+
+/// The options of a geowall following the maintainer's rules at the test
+/// site (checked every 2 s, the test CA, the test resolver), its state in
+/// `state`.
+fn subscribed_args(scratch: &Path, state: &Path) -> Vec<String> {
+    let p = |x: &Path| x.to_str().expect("utf8").to_owned();
+    vec![
+        "--subscribe".to_owned(),
+        "https://dns.test/site/".to_owned(),
+        "--pubkey".to_owned(),
+        p(&scratch.join("a.pub")),
+        "--state-dir".to_owned(),
+        p(state),
+        "--subscribe-every".to_owned(),
+        "2s".to_owned(),
+        "--subscribe-ca".to_owned(),
+        p(&fixture("dot/ca.pem")),
+        "--dns-upstream".to_owned(),
+        format!("udp:{RESOLVER}"),
+    ]
 }
 
 const ALLOW_ALL: &str = "name = \"v1\"\ndefault = \"allow\"\n";
@@ -278,41 +317,19 @@ fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
     net.udp_server(sa(addr::US, 8130), |_| Vec::new());
     net.udp_server(sa(addr::US2, 7000), |_| Vec::new());
     let scratch = net.dir.path().to_owned();
-    let m = Maintainer {
-        dir: scratch.join("rules"),
-        key: bundle::SigningKey::from_bytes(&[7; 32]),
-        site: scratch.join("site"),
-    };
-    std::fs::create_dir_all(&m.dir).expect("dir");
-    std::fs::create_dir_all(&m.site).expect("dir");
-    std::fs::write(
-        scratch.join("a.pub"),
-        bundle::key_hex(m.key.verifying_key().as_bytes()) + "\n",
-    )
-    .expect("pub");
+    let m = Maintainer::new(&scratch);
     m.publish(ALLOW_ALL, 1, 3_600, &m.key);
     let site = start_site(&mut net, m.site.clone());
     let world = support::test_world(&scratch);
     let state = scratch.join("state");
     let p = |x: &Path| x.to_str().expect("utf8").to_owned();
-    let args = [
-        "--subscribe".to_owned(),
-        "https://dns.test/site/".to_owned(),
-        "--pubkey".to_owned(),
-        p(&scratch.join("a.pub")),
-        "--state-dir".to_owned(),
-        p(&state),
+    let mut args = subscribed_args(&scratch, &state);
+    args.extend([
         "--world-pubkey".to_owned(),
         p(&scratch.join("a.pub")),
         "--subscribe-world".to_owned(),
         "https://dns.test/site/".to_owned(),
-        "--subscribe-every".to_owned(),
-        "2s".to_owned(),
-        "--subscribe-ca".to_owned(),
-        p(&fixture("dot/ca.pem")),
-        "--dns-upstream".to_owned(),
-        format!("udp:{RESOLVER}"),
-    ];
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     net.start_geowall(&world, &args);
     // Started from the first fetch: v1 allows the vendor.
@@ -457,4 +474,163 @@ fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
         err.contains("refusing the subscription") && err.contains("no site"),
         "{err}"
     );
+}
+
+/// Publishes list bundle `acme` (sequence `seq`, signed by `key`) in
+/// `site`: list `list` holds the networks `cidrs`.
+fn publish_lists(
+    scratch: &Path,
+    site: &Path,
+    list: &str,
+    cidrs: &str,
+    seq: u64,
+    key: &bundle::SigningKey,
+) {
+    let d = scratch.join(format!("acme-{seq}"));
+    std::fs::create_dir_all(&d).expect("dir");
+    std::fs::write(
+        d.join("lists.toml"),
+        format!(
+            "name = \"acme\"\n[[list]]\nname = \"{list}\"\nfile = \"nets.txt\"\nformat = \"cidr\"\n"
+        ),
+    )
+    .expect("manifest");
+    std::fs::write(d.join("nets.txt"), cidrs).expect("list");
+    let t = now();
+    let b = bundle::sign(
+        &bundle::build(&d, seq, t - 60, t + 3_600).expect("build"),
+        key,
+    )
+    .expect("sign");
+    let (index, ix) = bundle::publish_index(&b, key).expect("index");
+    assert_eq!(ix.file, format!("lists-{seq}.gwb"));
+    std::fs::write(site.join(&ix.file), &b).expect("bundle");
+    std::fs::write(site.join("lists-index.json"), index).expect("index");
+}
+
+/// A policy that blocks list `edges` of list bundle `acme`.
+const ON_ACME: &str = "name = \"on-acme\"\ndefault = \"allow\"\n[[list]]\nname = \"edges\"\nfrom = \"acme\"\n[[rule]]\nname = \"acme edges\"\naction = \"block\"\nlist = [\"edges\"]\n";
+
+#[test]
+fn a_list_subscription_feeds_the_policy_and_a_missing_list_is_never_an_allow() {
+    if !support::root_or_skip(
+        "a_list_subscription_feeds_the_policy_and_a_missing_list_is_never_an_allow",
+    ) {
+        return;
+    }
+    let mut net = Net::new();
+    net.add_server_address(RESOLVER);
+    net.dns_server(sa(RESOLVER, 53), zone);
+    net.udp_server(sa(addr::US2, 7000), |_| Vec::new());
+    let scratch = net.dir.path().to_owned();
+    // Two maintainers, one site: the policy's and the list's, each with
+    // its own key.
+    let m = Maintainer::new(&scratch);
+    let lists_key = bundle::SigningKey::from_bytes(&[8; 32]);
+    std::fs::write(
+        scratch.join("acme.pub"),
+        bundle::key_hex(lists_key.verifying_key().as_bytes()) + "\n",
+    )
+    .expect("pub");
+    m.publish(ON_ACME, 1, 3_600, &m.key);
+    publish_lists(
+        &scratch,
+        &m.site,
+        "edges",
+        "203.0.113.0/24\n",
+        1,
+        &lists_key,
+    );
+    let _site = start_site(&mut net, m.site.clone());
+    let world = support::test_world(&scratch);
+    let state = scratch.join("state");
+    let p = |x: &Path| x.to_str().expect("utf8").to_owned();
+    let mut args = subscribed_args(&scratch, &state);
+    args.extend([
+        "--subscribe-list".to_owned(),
+        "acme=https://dns.test/site/".to_owned(),
+        "--list-pubkey".to_owned(),
+        format!("acme={}", p(&scratch.join("acme.pub"))),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    net.start_geowall(&world, &args);
+    let s = status(&net);
+    assert_eq!(s["policy"], "on-acme", "{s}");
+    assert_eq!(s["subscriptions"][1]["what"], "list bundle acme", "{s}");
+    assert_eq!(s["subscriptions"][1]["installed"], 1, "{s}");
+    assert!(hello(&net, 3) >= 3, "list v1 does not hold the server");
+
+    // The list maintainer adds the server: the same policy blocks it.
+    let us2 = format!("{}/32\n", addr::US2);
+    publish_lists(&scratch, &m.site, "edges", &us2, 2, &lists_key);
+    let s = wait_status(&net, Duration::from_secs(12), |s| {
+        s["subscriptions"][1]["installed"] == 2
+    });
+    assert_eq!(s["subscriptions"][1]["installed"], 2, "{s}");
+    assert_eq!(
+        s["subscriptions"][0]["installed"], 1,
+        "the policy bundle is the same"
+    );
+    assert_eq!(hello(&net, 3), 0, "list v2 blocks the server");
+
+    // A list bundle without the list the policy uses: refused, list v2 and
+    // its block stay, and the kept file is still v2.
+    publish_lists(
+        &scratch,
+        &m.site,
+        "renamed",
+        "192.0.2.0/24\n",
+        3,
+        &lists_key,
+    );
+    let s = wait_status(&net, Duration::from_secs(12), |s| {
+        s["subscriptions"][1]["last_error"].is_string()
+    });
+    let e = s["subscriptions"][1]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(e.contains("has no list 'edges'"), "{s}");
+    assert_eq!(s["subscriptions"][1]["installed"], 2, "{s}");
+    assert_eq!(hello(&net, 3), 0, "still blocked");
+    let kept = std::fs::read(state.join("lists/acme.gwb")).expect("kept");
+    let kept =
+        bundle::open_lists(&kept, &[lists_key.verifying_key()], None, now()).expect("verifies");
+    assert_eq!(kept.sequence, 2);
+    // A list bundle from another key is refused the same way.
+    publish_lists(&scratch, &m.site, "edges", "192.0.2.0/24\n", 4, &m.key);
+    let s = wait_status(&net, Duration::from_secs(12), |s| {
+        s["subscriptions"][1]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown key"))
+    });
+    assert_eq!(s["subscriptions"][1]["installed"], 2, "{s}");
+    net.stop_geowall();
+
+    // A device that follows the policy but not the list bundle it draws
+    // on does not start.
+    let mut a2: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let i = a2
+        .iter()
+        .position(|a| a == "--subscribe-list")
+        .expect("arg");
+    a2.drain(i..i + 4);
+    let i = a2.iter().position(|a| a == "--state-dir").expect("arg") + 1;
+    a2[i] = p(&scratch.join("state2"));
+    let o = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.fw,
+            env!("CARGO_BIN_EXE_geowall"),
+            "tunnel",
+        ])
+        .args(["--tun", "gwsubl", "--netns", &net.app])
+        .arg("--world")
+        .arg(&world)
+        .args(&a2)
+        .output()
+        .expect("geowall runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("list bundle 'acme' is not installed"), "{err}");
 }

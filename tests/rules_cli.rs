@@ -867,3 +867,154 @@ fn a_key_rotation_endorsed_by_the_old_key_verifies_with_the_old_key() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not an endorsement"));
 }
+
+/// A list bundle directory: list bundle `acme` with an adblock list and a
+/// sing-box rule set.
+fn acme_dir(dir: &Path, adblock: &str, singbox_cidr: &str) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let w = |n: &str, t: &str| std::fs::write(dir.join(n), t).expect("write");
+    w(
+        "lists.toml",
+        "name = \"acme\"\ndescription = \"test lists\"\n\n[[list]]\nname = \"ads\"\nfile = \"ads.txt\"\nformat = \"adblock\"\n\n[[list]]\nname = \"relays\"\nfile = \"relays.json\"\nformat = \"sing-box\"\n",
+    );
+    w("ads.txt", adblock);
+    w(
+        "relays.json",
+        &format!(r#"{{"version": 2, "rules": [{{"ip_cidr": ["{singbox_cidr}"]}}]}}"#),
+    );
+}
+
+#[test]
+fn list_bundles_are_built_checked_verified_diffed_and_published() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    keys_and_rules(dir.path(), &["l", "r"]);
+    let p = |x: &Path| x.to_str().expect("utf8").to_owned();
+    let (v1, v2) = (dir.path().join("acme1"), dir.path().join("acme2"));
+    acme_dir(&v1, "! ads\n||ads.example^\n", "203.0.113.0/24");
+    acme_dir(
+        &v2,
+        "! ads\n||ads.example^\n||more-ads.example^\n",
+        "192.0.2.0/24",
+    );
+    // A policy drawing on it, with a list of its own.
+    let pol = dir.path().join("pol");
+    std::fs::create_dir_all(&pol).expect("dir");
+    std::fs::write(
+        pol.join("policy.toml"),
+        "name = \"on-acme\"\ndefault = \"allow\"\n[[list]]\nname = \"ads\"\nfrom = \"acme\"\n[[list]]\nname = \"relays\"\nfrom = \"acme\"\n[[rule]]\nname = \"acme\"\naction = \"block\"\nlist = [\"ads\", \"relays\"]\n",
+    )
+    .expect("policy");
+    let o = geowall(&["rules", "check", &p(&v1), &p(&pol)]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("list bundle 'acme': ads, 1 entries; relays, 1 entries"),
+        "{out}"
+    );
+    assert!(
+        out.contains("from list bundles (a device must subscribe to them): acme/ads, acme/relays"),
+        "{out}"
+    );
+    // Build both, signed by different maintainers.
+    let (lb1, lb2, pb) = (
+        dir.path().join("l1.gwb"),
+        dir.path().join("l2.gwb"),
+        dir.path().join("p.gwb"),
+    );
+    build_signed(&v1, &lb1, "1", &dir.path().join("l.key"));
+    build_signed(&v2, &lb2, "2", &dir.path().join("l.key"));
+    build_signed(&pol, &pb, "1", &dir.path().join("r.key"));
+    let o = geowall(&[
+        "rules",
+        "verify",
+        &p(&lb1),
+        "--pubkey",
+        &p(&dir.path().join("l.pub")),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success()
+            && out.contains("list bundle 'acme' (ads: 1 entries, relays: 1 entries)"),
+        "{out}"
+    );
+    let o = geowall(&[
+        "rules",
+        "verify",
+        &p(&pb),
+        "--pubkey",
+        &p(&dir.path().join("r.pub")),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("needs lists from list bundles (the device's --subscribe-list): acme/ads, acme/relays"), "{out}");
+    // The maintainer's review: per list file.
+    let o = geowall(&["rules", "diff", &p(&lb1), &p(&lb2)]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for line in [
+        "sequence 1 -> 2",
+        "+ more-ads.example",
+        "+ 192.0.2.0/24",
+        "- 203.0.113.0/24",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let o = geowall(&["rules", "diff", &p(&lb1), &p(&pb)]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a list bundle is not diffed with a rules bundle"
+    );
+    // Published under its own names beside a rules bundle.
+    let site = dir.path().join("site");
+    for (b, k) in [(&lb1, "l"), (&pb, "r")] {
+        let o = geowall(&[
+            "rules",
+            "publish",
+            &p(b),
+            &p(&site),
+            "--key",
+            &p(&dir.path().join(format!("{k}.key"))),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for f in [
+        "lists-1.gwb",
+        "lists.gwb",
+        "lists-index.json",
+        "rules-1.gwb",
+        "index.json",
+    ] {
+        assert!(site.join(f).is_file(), "{f}");
+    }
+    // A directory with both files, or neither, is refused with the reason.
+    std::fs::copy(pol.join("policy.toml"), v1.join("policy.toml")).expect("copy");
+    let o = geowall(&[
+        "rules",
+        "build",
+        &p(&v1),
+        "-o",
+        &p(&dir.path().join("x.gwb")),
+        "--sequence",
+        "3",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has both policy.toml"));
+    // A device-side run cannot start on the policy without the lists.
+    let o = geowall(&[
+        "rules",
+        "explain",
+        "--policy",
+        &p(&pol.join("policy.toml")),
+        "ads.example",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("list bundle 'acme' is not installed"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

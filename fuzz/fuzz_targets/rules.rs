@@ -1,5 +1,6 @@
 //! The rule language and the list formats: a policy, with its lists read
-//! from the same input, and each list format on its own.
+//! from the same input, a list bundle's manifest, and each list format on
+//! its own.
 #![no_main]
 
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::sync::OnceLock;
 
 use geowall::intel::catalog::Catalog;
 use geowall::policy::Policy;
-use geowall::policy::lists::{ListFormat, parse_list};
+use geowall::policy::lists::{InstalledLists, ListFormat, parse_list, read_manifest};
 use libfuzzer_sys::fuzz_target;
 
 fn catalog() -> &'static Catalog {
@@ -23,8 +24,17 @@ fuzz_target!(|data: &[u8]| {
         Path::new("fuzz.toml"),
         text,
         &mut |_| Ok(text.to_owned()),
+        InstalledLists::none(),
         catalog(),
     );
+    let _ = Policy::declared(
+        Path::new("fuzz.toml"),
+        text,
+        &mut |_| Ok(text.to_owned()),
+        catalog(),
+    );
+    // A list bundle's manifest, its lists read from the same input.
+    let _ = read_manifest(Path::new("lists.toml"), text, &mut |_| Ok(text.to_owned()));
     for f in [
         ListFormat::Domains,
         ListFormat::Hosts,

@@ -216,7 +216,7 @@ fn answer(s: &State, line: &str) -> Value {
     };
     match req["cmd"].as_str() {
         Some("status") => status(s),
-        Some("reload") => match (s.reload)() {
+        Some("reload") => match (s.reload)(false) {
             Ok(p) => {
                 let name = p.name.clone();
                 // Every flow is judged by the new rules, the open ones
@@ -359,9 +359,11 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
                 .map_or_else(|| "never".to_owned(), geowall::timefmt::rfc3339)
         };
         println!(
-            "subscription {}: sequence {}, last check {}, last success {}",
+            "subscription ({}) {}: sequence {}, expires {}, last check {}, last success {}",
+            sub["what"].as_str().unwrap_or("?"),
             sub["url"].as_str().unwrap_or("?"),
             sub["installed"],
+            when("expires"),
             when("last_check"),
             when("last_success")
         );

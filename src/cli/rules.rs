@@ -18,7 +18,8 @@ pub(crate) enum Command {
     /// file:line:col: message, and the exit code is 1 if there are any.
     Check {
         /// Files or directories (every *.toml below a directory; files with
-        /// [[vendor]] or [[operator]] tables are checked as catalogs).
+        /// [[vendor]] or [[operator]] tables are checked as catalogs, files
+        /// named lists.toml as list bundle manifests).
         #[arg(required = true, value_name = "FILE|DIR")]
         paths: Vec<PathBuf>,
     },
@@ -34,8 +35,10 @@ pub(crate) enum Command {
     /// Explain the verdict for a destination: each jurisdiction layer with
     /// its evidence, each rule's outcome, and the verdict.
     Explain(ExplainArgs),
-    /// Compile DIR (policy.toml, its lists, optional vendors/ and
-    /// operators/ catalogs) into one bundle (unsigned unless --key).
+    /// Compile DIR into one bundle (unsigned unless --key): a rules bundle
+    /// from policy.toml, its lists and optional vendors/ and operators/
+    /// catalogs; or a list bundle from lists.toml and its lists, for
+    /// policies to use with `[[list]] from = NAME`.
     Build {
         /// The rules directory.
         dir: PathBuf,
@@ -101,9 +104,10 @@ pub(crate) enum Command {
     },
     /// Write what a static web host serves to subscribers into DIR: the
     /// bundle as `rules-SEQUENCE.gwb` and `rules.gwb`, and a signed
-    /// `index.json` (latest sequence, expiry, size, SHA-256). Refuses a
-    /// bundle not signed by KEY, or not newer than what DIR already
-    /// publishes.
+    /// `index.json` (latest sequence, expiry, size, SHA-256); a list
+    /// bundle as `lists-SEQUENCE.gwb`, `lists.gwb` and `lists-index.json`.
+    /// Refuses a bundle not signed by KEY, or not newer than what DIR
+    /// already publishes.
     Publish {
         /// The signed bundle.
         bundle: PathBuf,
@@ -229,8 +233,9 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
                 b = bundle::sign(&b, &bundle::read_signing_key(&k)?)?;
             }
             write_atomic(&out, &b)?;
+            let kind = bundle::BundleKind::of(&b)?;
             println!(
-                "wrote {} ({} bytes, sequence {sequence}, expires in {expires_in_days} days{})",
+                "wrote {} ({kind} bundle, {} bytes, sequence {sequence}, expires in {expires_in_days} days{})",
                 out.display(),
                 b.len(),
                 if b.last() == Some(&0) {
@@ -316,19 +321,28 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|p| bundle::read_verifying_key(p))
                 .collect::<Result<Vec<_>, _>>()?;
-            match bundle::open(&b, &keys, installed_sequence, now_secs()) {
+            let kind = bundle::BundleKind::of(&b).unwrap_or(bundle::BundleKind::Rules);
+            match bundle::inspect(&b, kind, &keys, installed_sequence, now_secs()) {
                 Ok(v) => {
                     println!(
-                        "ok: {} policy '{}' ({} rules, {} lists), sequence {}, expires {}, key {}, content sha256 {}",
+                        "ok: {} {}, sequence {}, expires {}, key {}, content sha256 {}",
                         path.display(),
-                        v.policy.name,
-                        v.policy.rules.len(),
-                        v.policy.lists.len(),
+                        v.what,
                         v.sequence,
                         geowall::timefmt::rfc3339(v.expires),
                         v.key_id,
                         v.content_hash
                     );
+                    if !v.needs.is_empty() {
+                        println!(
+                            "needs lists from list bundles (the device's --subscribe-list): {}",
+                            v.needs
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
@@ -413,32 +427,44 @@ fn diff(old: &Path, new: &Path, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn publish(path: &Path, dir: &Path, key: &Path) -> anyhow::Result<ExitCode> {
-    publish_to(path, dir, key, bundle::BundleKind::Rules)
+    publish_to(
+        path,
+        dir,
+        key,
+        &[bundle::BundleKind::Rules, bundle::BundleKind::Lists],
+    )
 }
 
-/// Writes what a static host serves for a signed bundle of `kind` into
-/// `dir`: `KIND-SEQ.gwb`, `KIND.gwb` and the signed index (`index.json`
-/// for rules, `world-index.json` for world data), never going back.
+/// Writes what a static host serves for a signed bundle of one of `kinds`
+/// into `dir`: `KIND-SEQ.gwb`, `KIND.gwb` and the signed index
+/// (`index.json` for rules, `world-index.json` for world data,
+/// `lists-index.json` for a list bundle), never going back.
 pub(crate) fn publish_to(
     path: &Path,
     dir: &Path,
     key: &Path,
-    kind: bundle::BundleKind,
+    kinds: &[bundle::BundleKind],
 ) -> anyhow::Result<ExitCode> {
     let b = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let key = bundle::read_signing_key(key)?;
     let (index, ix) = bundle::publish_index(&b, &key)
         .with_context(|| format!("{}: cannot publish", path.display()))?;
-    let (latest, index_name, how) = match kind {
-        bundle::BundleKind::Rules => ("rules.gwb", "index.json", "rules build --sequence"),
-        bundle::BundleKind::World => ("world.gwb", "world-index.json", "world bundle --sequence"),
-    };
+    let kind = ix.kind;
     anyhow::ensure!(
-        ix.kind == kind,
-        "{} is a {} bundle, not {kind}",
+        kinds.contains(&kind),
+        "{} is a {kind} bundle: publish it with {}",
         path.display(),
-        ix.kind
+        match kind {
+            bundle::BundleKind::World => "geowall world publish",
+            _ => "geowall rules publish",
+        }
     );
+    let latest = format!("{}.gwb", kind.stem());
+    let index_name = kind.index_file();
+    let how = match kind {
+        bundle::BundleKind::World => "world bundle --sequence",
+        _ => "rules build --sequence",
+    };
     let seq = ix.sequence;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // Never go back: what the directory publishes must be older.
@@ -456,7 +482,7 @@ pub(crate) fn publish_to(
     // The bundles first, the index last: a client never reads an index
     // that names a file not there yet.
     write_atomic(&dir.join(&ix.file), &b)?;
-    write_atomic(&dir.join(latest), &b)?;
+    write_atomic(&dir.join(&latest), &b)?;
     write_atomic(&current, &index)?;
     println!(
         "published sequence {seq} in {}: {}, {latest}, {index_name} (signed)",
@@ -635,14 +661,47 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
         }
     };
     for (f, t) in texts.iter().filter(|(_, t)| !is_catalog(t)) {
-        match Policy::parse(f, t, f.parent(), &catalog) {
-            Ok(p) => println!(
-                "ok: {} (policy '{}', {} rules, {} lists)",
-                f.display(),
-                p.name,
-                p.rules.len(),
-                p.lists.len()
-            ),
+        let base = f.parent().unwrap_or(Path::new(""));
+        let mut read = |l: &str| std::fs::read_to_string(base.join(l)).map_err(|e| e.to_string());
+        if f.file_name().is_some_and(|n| n == "lists.toml") {
+            match geowall::policy::lists::read_manifest(f, t, &mut read) {
+                Ok((m, lists)) => println!(
+                    "ok: {} (list bundle '{}': {})",
+                    f.display(),
+                    m.name,
+                    lists
+                        .iter()
+                        .map(|l| format!("{}, {} entries", l.name, l.entries.len()))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                Err(e) => {
+                    errors += 1;
+                    eprintln!("{e}");
+                }
+            }
+            continue;
+        }
+        match Policy::declared(f, t, &mut read, &catalog) {
+            Ok(p) => {
+                println!(
+                    "ok: {} (policy '{}', {} rules, {} lists)",
+                    f.display(),
+                    p.name,
+                    p.rules,
+                    p.lists
+                );
+                if !p.needs.is_empty() {
+                    println!(
+                        "  from list bundles (a device must subscribe to them): {}",
+                        p.needs
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
             Err(e) => {
                 errors += 1;
                 eprintln!("{e}");

@@ -1,14 +1,21 @@
 //! The options every command that judges traffic shares: which rules,
 //! which world database, which identifiers to watch for.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use geowall::classify::leak::LeakDetector;
 use geowall::intel::World;
 use geowall::intel::catalog::Catalog;
+use geowall::policy::lists::InstalledLists;
 use geowall::policy::{Policy, bundle};
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// Rules, world and identifiers.
 #[derive(clap::Args, Clone)]
@@ -37,6 +44,18 @@ pub(crate) struct RulesArgs {
     /// world update. Needs a state directory.
     #[arg(long, value_name = "URL", requires = "world_pubkey")]
     subscribe_world: Option<String>,
+    /// Follow a list bundle the policy draws lists from (`[[list]] from =
+    /// "NAME"`), published with `geowall rules publish`, as NAME=URL
+    /// (repeatable; each needs --list-pubkey NAME=FILE). Fetched at start
+    /// when nothing was before; each newer one is verified and the rules
+    /// are compiled again with it (open flows judged again). Needs a state
+    /// directory.
+    #[arg(long, value_name = "NAME=URL")]
+    subscribe_list: Vec<String>,
+    /// The public key list bundle NAME must be signed with, as NAME=FILE
+    /// (repeatable).
+    #[arg(long, value_name = "NAME=FILE")]
+    list_pubkey: Vec<String>,
     /// How often to check the subscriptions (e.g. 6h, 90m, 30s).
     #[arg(long, value_name = "DURATION", default_value = "6h", value_parser = super::subscribe::duration)]
     subscribe_every: std::time::Duration,
@@ -78,6 +97,11 @@ pub(crate) struct Loaded {
     pub(crate) world: Arc<World>,
     /// The bundle's sequence number, when the rules came from one.
     pub(crate) sequence: Option<u64>,
+    /// The SHA-256 of that bundle's file.
+    pub(crate) bundle_hash: Option<[u8; 32]>,
+    /// The list bundles the rules drew lists from: name, sequence and
+    /// expiry.
+    pub(crate) lists: Vec<(String, u64, u64)>,
     /// When that bundle expires (Unix seconds).
     pub(crate) expires: Option<u64>,
     /// Said loudly at start: the given bundle was refused and the last
@@ -92,14 +116,111 @@ impl RulesArgs {
     /// Reads, checks and compiles everything the options name (`lean`: see
     /// [`super::load_world`]).
     pub(crate) fn load(&self, lean: bool) -> anyhow::Result<Loaded> {
-        self.load_rules(lean, None, true)
+        self.load_rules(lean, None, true, None)
     }
 
     /// As [`RulesArgs::load`], refusing a bundle that is not newer than
-    /// sequence `installed` (a rollback), as a reload must; a refused
-    /// reload never falls back (the running rules stay).
-    pub(crate) fn load_after(&self, lean: bool, installed: Option<u64>) -> anyhow::Result<Loaded> {
-        self.load_rules(lean, installed, false)
+    /// sequence `installed` (a rollback), as a reload must, unless it is
+    /// the very bundle whose SHA-256 is `running` (compiled again with
+    /// newer list bundles); a refused reload never falls back (the running
+    /// rules stay).
+    pub(crate) fn load_after(
+        &self,
+        lean: bool,
+        installed: Option<u64>,
+        running: Option<[u8; 32]>,
+    ) -> anyhow::Result<Loaded> {
+        self.load_rules(lean, installed, false, running)
+    }
+
+    /// The list subscriptions' names and URLs, each with its keys.
+    fn list_specs(&self) -> anyhow::Result<Vec<(String, String, Vec<bundle::VerifyingKey>)>> {
+        let mut keys: Vec<(String, bundle::VerifyingKey)> = Vec::new();
+        for k in &self.list_pubkey {
+            let (name, file) = k
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--list-pubkey '{k}': expected NAME=FILE"))?;
+            anyhow::ensure!(
+                self.subscribe_list
+                    .iter()
+                    .any(|s| s.split_once('=').is_some_and(|(n, _)| n == name)),
+                "--list-pubkey {name}=...: no --subscribe-list {name}=URL"
+            );
+            keys.push((
+                name.to_owned(),
+                bundle::read_verifying_key(Path::new(file))?,
+            ));
+        }
+        let mut out: Vec<(String, String, Vec<bundle::VerifyingKey>)> = Vec::new();
+        for s in &self.subscribe_list {
+            let (name, url) = s
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--subscribe-list '{s}': expected NAME=URL"))?;
+            anyhow::ensure!(
+                !out.iter().any(|(n, ..)| n == name),
+                "--subscribe-list {name}: given twice"
+            );
+            let mine: Vec<_> = keys
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, k)| *k)
+                .collect();
+            anyhow::ensure!(
+                !mine.is_empty(),
+                "--subscribe-list {name}=...: needs the list maintainer's key: --list-pubkey {name}=FILE"
+            );
+            out.push((name.to_owned(), url.to_owned(), mine));
+        }
+        anyhow::ensure!(
+            out.len() <= geowall::policy::lists::MAX_LIST_BUNDLES,
+            "at most {} --subscribe-list",
+            geowall::policy::lists::MAX_LIST_BUNDLES
+        );
+        Ok(out)
+    }
+
+    /// The list subscriptions the options describe.
+    pub(crate) fn list_subscriptions(&self) -> anyhow::Result<Vec<super::subscribe::Subscription>> {
+        self.list_specs()?
+            .into_iter()
+            .map(|(name, url, keys)| {
+                self.subscribe_to(bundle::BundleKind::Lists, Some(&name), &url, keys)
+            })
+            .collect()
+    }
+
+    /// The list bundles kept in the state directory by the list
+    /// subscriptions, each verified again (signature, expiry, name).
+    fn installed_lists(&self) -> anyhow::Result<InstalledLists> {
+        let mut out = InstalledLists::default();
+        let specs = self.list_specs()?;
+        if specs.is_empty() {
+            return Ok(out);
+        }
+        let state = self.state_dir.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "--subscribe-list keeps its bundle in a state directory: give --state-dir DIR"
+            )
+        })?;
+        for (name, _, keys) in specs {
+            let f = super::subscribe::list_file(state, &name);
+            let bytes = std::fs::read(&f).with_context(|| {
+                format!(
+                    "list bundle '{name}': cannot read {} (not fetched yet)",
+                    f.display()
+                )
+            })?;
+            let b = bundle::open_lists(&bytes, &keys, None, now())
+                .with_context(|| format!("list bundle '{name}' ({})", f.display()))?;
+            anyhow::ensure!(
+                b.name == name,
+                "{}: it is list bundle '{}', not '{name}'",
+                f.display(),
+                b.name
+            );
+            out.add(b).map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Ok(out)
     }
 
     /// The rules subscription the options describe, if any.
@@ -112,7 +233,7 @@ impl RulesArgs {
             .iter()
             .map(|p| bundle::read_verifying_key(p))
             .collect::<Result<Vec<_>, _>>()?;
-        self.subscribe_to(bundle::BundleKind::Rules, url, keys)
+        self.subscribe_to(bundle::BundleKind::Rules, None, url, keys)
             .map(Some)
     }
 
@@ -123,13 +244,14 @@ impl RulesArgs {
         let Some(url) = &self.subscribe_world else {
             return Ok(None);
         };
-        self.subscribe_to(bundle::BundleKind::World, url, self.world_keys()?)
+        self.subscribe_to(bundle::BundleKind::World, None, url, self.world_keys()?)
             .map(Some)
     }
 
     fn subscribe_to(
         &self,
         kind: bundle::BundleKind,
+        list: Option<&str>,
         url: &str,
         keys: Vec<bundle::VerifyingKey>,
     ) -> anyhow::Result<super::subscribe::Subscription> {
@@ -142,6 +264,7 @@ impl RulesArgs {
             .with_context(|| format!("cannot create {}", state.display()))?;
         super::subscribe::Subscription::new(
             kind,
+            list,
             url,
             self.subscribe_every,
             keys,
@@ -170,8 +293,10 @@ impl RulesArgs {
         lean: bool,
         installed: Option<u64>,
         start: bool,
+        running: Option<[u8; 32]>,
     ) -> anyhow::Result<Loaded> {
-        let (mut sequence, mut expires, mut note) = (None, None, None);
+        let (mut sequence, mut expires, mut note, mut bundle_hash) = (None, None, None, None);
+        let lists = self.installed_lists()?;
         // The policy carries the catalogs it was compiled against (a
         // bundle's own, or the shipped ones).
         let policy = match (&self.bundle_path(), &self.policy) {
@@ -181,10 +306,7 @@ impl RulesArgs {
                     .iter()
                     .map(|p| bundle::read_verifying_key(p))
                     .collect::<Result<Vec<_>, _>>()?;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                let now = now();
                 let store = self
                     .state_dir
                     .as_deref()
@@ -201,13 +323,14 @@ impl RulesArgs {
                 let given = std::fs::read(b)
                     .with_context(|| format!("cannot read {}", b.display()))
                     .and_then(|bytes| {
-                        let same = start
+                        let same = (start
                             && store
                                 .as_ref()
                                 .and_then(bundle::TrustStore::last_good)
-                                .is_some_and(|l| l == bytes);
+                                .is_some_and(|l| l == bytes))
+                            || running.is_some_and(|h| h == bundle::sha256(&bytes));
                         let floor = if same { None } else { floor };
-                        let o = bundle::open(&bytes, &keys, floor, now)
+                        let o = bundle::open(&bytes, &keys, floor, now, &lists)
                             .with_context(|| format!("{}: rejected", b.display()))?;
                         Ok((bytes, o))
                     });
@@ -216,6 +339,7 @@ impl RulesArgs {
                         if let Some(s) = store {
                             s.record(&bytes, o.sequence)?;
                         }
+                        bundle_hash = Some(bundle::sha256(&bytes));
                         o
                     }
                     (Err(e), Some(s)) if start => {
@@ -226,7 +350,8 @@ impl RulesArgs {
                                 "and no bundle was accepted before (the state directory is empty)",
                             ));
                         };
-                        let o = bundle::open(&last, &keys, None, now).map_err(|e2| {
+                        bundle_hash = Some(bundle::sha256(&last));
+                        let o = bundle::open(&last, &keys, None, now, &lists).map_err(|e2| {
                             anyhow::anyhow!(
                                 "{}: rejected; the last accepted bundle is not usable either ({e2})",
                                 b.display()
@@ -246,7 +371,7 @@ impl RulesArgs {
                 expires = Some(opened.expires);
                 opened.policy
             }
-            (None, Some(p)) => Policy::load(p, &Catalog::shipped()?)?,
+            (None, Some(p)) => Policy::load_with(p, &Catalog::shipped()?, &lists)?,
             (None, None) => Policy::preset(
                 self.preset.as_deref().unwrap_or("default"),
                 &Catalog::shipped()?,
@@ -274,6 +399,12 @@ impl RulesArgs {
             leak,
             world,
             sequence,
+            bundle_hash,
+            lists: lists
+                .bundles()
+                .iter()
+                .map(|b| (b.name.clone(), b.sequence, b.expires))
+                .collect(),
             expires,
             note,
             world_sequence,
@@ -312,10 +443,7 @@ impl RulesArgs {
         // 0: no expiry check here (the bundle was current when accepted).
         let w = bundle::open_world(&bytes, &keys, None, 0)
             .context("the recorded world bundle (state directory) does not verify")?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if now >= w.expires {
+        if now() >= w.expires {
             eprintln!(
                 "geowall: WARNING: the recorded world bundle (sequence {}) expired at {}; it stays in force until a newer one arrives",
                 w.sequence,

@@ -31,14 +31,18 @@ const MAX_INDEX: usize = 64 * 1024;
 /// The first retry after a failure; it doubles up to the interval.
 const RETRY_FIRST: Duration = Duration::from_secs(30);
 
-/// Reloads the rules as the instance was started and returns them.
-pub(crate) type Reload = Arc<dyn Fn() -> anyhow::Result<Policy> + Send + Sync>;
+/// Reloads the rules as the instance was started and returns them; with
+/// `true`, the running rules bundle may be compiled again (list bundles
+/// changed), else only a newer one is taken.
+pub(crate) type Reload = Arc<dyn Fn(bool) -> anyhow::Result<Policy> + Send + Sync>;
 /// Installs a fetched bundle kept at a path; says what was installed.
 pub(crate) type Install = Arc<dyn Fn(&Path) -> anyhow::Result<String> + Send + Sync>;
 
 /// What `geowall status` shows of a subscription.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Status {
+    /// What it brings: `rules`, `world data`, `list bundle NAME`.
+    pub(crate) what: String,
     /// The index's URL.
     pub(crate) url: String,
     /// The installed bundle's sequence.
@@ -59,10 +63,19 @@ pub(crate) struct Status {
     last_modified: Option<String>,
 }
 
+/// A verified bundle a round fetched.
+pub(crate) struct Got {
+    sequence: u64,
+    expires: u64,
+    bytes: Vec<u8>,
+}
+
 /// A subscription to a published rules directory.
 #[derive(Clone)]
 pub(crate) struct Subscription {
     kind: bundle::BundleKind,
+    /// A list bundle's name, which what is fetched must carry.
+    list: Option<String>,
     url: HttpsUrl,
     every: Duration,
     keys: Vec<bundle::VerifyingKey>,
@@ -99,33 +112,48 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Subscription {
-    /// A subscription to `kind` bundles at `url` (a published directory,
-    /// ending in `/`, or its index: `index.json` for rules,
-    /// `world-index.json` for world data) with the bundle kept in `state`,
-    /// verified with `keys`, checked every `every`, trusting `ca` files
-    /// besides the public roots.
+    /// A subscription to `kind` bundles (for a list bundle, the one named
+    /// `list`) at `url` (a published directory, ending in `/`, or its
+    /// index: `index.json` for rules, `world-index.json` for world data,
+    /// `lists-index.json` for a list bundle) with the bundle kept in
+    /// `state`, verified with `keys`, checked every `every`, trusting `ca`
+    /// files besides the public roots.
     pub(crate) fn new(
         kind: bundle::BundleKind,
+        list: Option<&str>,
         url: &str,
         every: Duration,
         keys: Vec<bundle::VerifyingKey>,
         state: &Path,
         ca: &[PathBuf],
     ) -> anyhow::Result<Self> {
-        let (flag, index, file, keyflag) = match kind {
-            bundle::BundleKind::Rules => ("--subscribe", "index.json", FILE, "--pubkey"),
-            bundle::BundleKind::World => (
+        let (flag, file, keyflag) = match (kind, list) {
+            (bundle::BundleKind::Rules, _) => ("--subscribe", state.join(FILE), "--pubkey"),
+            (bundle::BundleKind::World, _) => (
                 "--subscribe-world",
-                "world-index.json",
-                WORLD_FILE,
+                state.join(WORLD_FILE),
                 "--world-pubkey",
             ),
+            (bundle::BundleKind::Lists, Some(name)) => {
+                anyhow::ensure!(
+                    geowall::policy::lists::valid_bundle_name(name),
+                    "--subscribe-list: '{name}' cannot name a list bundle (1 to 64 of a-z, 0-9, '.', '_', '-')"
+                );
+                (
+                    "--subscribe-list",
+                    list_file(state, name),
+                    "--list-pubkey NAME=",
+                )
+            }
+            (bundle::BundleKind::Lists, None) => {
+                anyhow::bail!("a list subscription needs the list bundle's name")
+            }
         };
         let mut url: HttpsUrl = url
             .parse()
             .map_err(|e: String| anyhow::anyhow!("{flag}: {e}"))?;
         if url.path.ends_with('/') {
-            url = url.sibling(index);
+            url = url.sibling(kind.index_file());
         }
         anyhow::ensure!(
             !keys.is_empty(),
@@ -138,16 +166,22 @@ impl Subscription {
                     .map_err(|e| anyhow::anyhow!("--subscribe-ca: {e}"))?,
             );
         }
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         Ok(Self {
             status: Arc::new(Mutex::new(Status {
+                what: list.map_or_else(|| kind.to_string(), |n| format!("list bundle {n}")),
                 url: url.to_string(),
                 ..Status::default()
             })),
             kind,
+            list: list.map(str::to_owned),
             url,
             every,
             keys,
-            file: state.join(file),
+            file,
             extra_ca,
         })
     }
@@ -204,14 +238,14 @@ impl Subscription {
     }
 
     /// One round: the index, and the bundle it names when newer than
-    /// `installed`. The bundle verified is written to [`Self::file`]; its
-    /// sequence is returned. `Ok(None)`: nothing new.
+    /// `installed`: its sequence and bytes, verified (not yet written to
+    /// [`Self::file`]). `Ok(None)`: nothing new.
     pub(crate) async fn check(
         &self,
         fetcher: &Fetcher,
         installed: Option<u64>,
         allowed: &(dyn Fn(IpAddr, &HttpsUrl) -> Result<(), String> + Sync),
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Option<Got>, String> {
         let (etag, modified) = {
             let s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             (s.etag.clone(), s.last_modified.clone())
@@ -272,18 +306,22 @@ impl Subscription {
                 "{url}: refused: not the bundle the signed index names (size or SHA-256 differ)"
             ));
         }
-        let sequence = match self.kind {
-            bundle::BundleKind::Rules => {
-                bundle::open(&b, &self.keys, installed, now()).map(|o| o.sequence)
-            }
-            bundle::BundleKind::World => {
-                bundle::open_world(&b, &self.keys, installed, now()).map(|o| o.sequence)
-            }
+        let got = bundle::inspect(&b, self.kind, &self.keys, installed, now())
+            .map_err(|e| format!("{url}: refused: {e}"))?;
+        if let Some(want) = &self.list
+            && got.list_bundle.as_ref() != Some(want)
+        {
+            return Err(format!(
+                "{url}: refused: it is list bundle '{}', not '{want}'",
+                got.list_bundle.unwrap_or_default()
+            ));
         }
-        .map_err(|e| format!("{url}: refused: {e}"))?;
-        write_atomic(&self.file, &b).map_err(|e| format!("{}: {e}", self.file.display()))?;
         self.remember(etag, last_modified);
-        Ok(Some(sequence))
+        Ok(Some(Got {
+            sequence: got.sequence,
+            expires: got.expires,
+            bytes: b,
+        }))
     }
 
     fn remember(&self, etag: Option<String>, last_modified: Option<String>) {
@@ -295,9 +333,9 @@ impl Subscription {
     /// Records a round's outcome; the delay before the next one: the
     /// interval after a success, else 30 s doubling up to it, each with up
     /// to a fifth of jitter.
-    fn record(
+    fn record<T>(
         &self,
-        outcome: &Result<Option<u64>, String>,
+        outcome: &Result<Option<T>, String>,
         installed: Option<u64>,
         expires: Option<u64>,
     ) -> Duration {
@@ -335,6 +373,32 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.8 + 0.4 * r)
 }
 
+/// Where a list subscription keeps its bundle: `lists/NAME.gwb` in the
+/// state directory.
+pub(crate) fn list_file(state: &Path, name: &str) -> PathBuf {
+    state.join("lists").join(format!("{name}.gwb"))
+}
+
+/// Puts a verified bundle where it is kept and installs it; if the install
+/// is refused (a policy that no longer compiles with it), the kept file is
+/// what it was, so a restart starts from what was running.
+fn put_and_install(file: &Path, bytes: &[u8], install: &Install) -> anyhow::Result<String> {
+    let before = std::fs::read(file).ok();
+    write_atomic(file, bytes).with_context(|| format!("cannot write {}", file.display()))?;
+    install(file).inspect_err(|_| {
+        let back = match &before {
+            Some(b) => write_atomic(file, b),
+            None => std::fs::remove_file(file),
+        };
+        if let Err(e) = back {
+            eprintln!(
+                "geowall: WARNING: cannot put back {}: {e}; a restart may start from the refused bundle and stop there",
+                file.display()
+            );
+        }
+    })
+}
+
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
@@ -354,14 +418,24 @@ pub(crate) fn fetch_first(sub: &Subscription, fetcher: &Fetcher) -> anyhow::Resu
         .context("cannot start the async runtime")?;
     let got = rt.block_on(sub.check(fetcher, None, &|_, _| Ok(())));
     match got {
-        Ok(Some(seq)) => {
+        Ok(Some(Got {
+            sequence: seq,
+            bytes,
+            ..
+        })) => {
+            write_atomic(&sub.file, &bytes)
+                .with_context(|| format!("cannot write {}", sub.file.display()))?;
             eprintln!("geowall: subscription {}: fetched sequence {seq}", sub.url);
             Ok(())
         }
         Ok(None) => anyhow::bail!("{}: the index names nothing newer than nothing", sub.url),
-        Err(e) => Err(anyhow::anyhow!(e).context(
-            "--subscribe: nothing was fetched before and the first fetch failed (no rules to start with)",
-        )),
+        Err(e) => Err(anyhow::anyhow!(e).context(format!(
+            "{}: nothing was fetched before and the first fetch failed (nothing to start with)",
+            sub.status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .what
+        ))),
     }
 }
 
@@ -426,10 +500,12 @@ pub(crate) async fn follow(
         let intel = Intel::new(world.current());
         let allowed = |ip: IpAddr, url: &HttpsUrl| Subscription::judge(&p, &intel, ip, url);
         let mut outcome = sub.check(&fetcher, installed, &allowed).await;
-        if let Ok(Some(seq)) = outcome {
-            match install(&sub.file) {
+        if let Ok(Some(got)) = &outcome {
+            let seq = got.sequence;
+            match put_and_install(&sub.file, &got.bytes, &install) {
                 Ok(what) => {
                     installed = Some(seq);
+                    *expires.lock().unwrap_or_else(PoisonError::into_inner) = Some(got.expires);
                     eprintln!(
                         "geowall: subscription {}: installed sequence {seq} ({what})",
                         sub.url

@@ -149,27 +149,41 @@ impl EngineArgs {
     pub(crate) fn prepare(&self, protection: &Protection) -> anyhow::Result<Prepared> {
         let run = self.run_config()?;
         let subscription = self.rules.subscription()?;
-        if let Some(sub) = &subscription
-            && !sub.file().exists()
-        {
-            let (resolver, _) = driver::setup::resolver(&run, protection)?;
-            super::subscribe::fetch_first(sub, &sub.fetcher(resolver, protection.clone())?)?;
+        let list_subscriptions = self.rules.list_subscriptions()?;
+        // One resolver for the fetches at start, built only if needed.
+        let mut start_resolver = None;
+        let mut fetcher_for = |sub: &super::subscribe::Subscription| -> anyhow::Result<_> {
+            let r = match &start_resolver {
+                Some(r) => Clone::clone(r),
+                None => start_resolver
+                    .insert(driver::setup::resolver(&run, protection)?.0)
+                    .clone(),
+            };
+            sub.fetcher(r, protection.clone())
+        };
+        for sub in subscription.iter().chain(&list_subscriptions) {
+            if !sub.file().exists() {
+                super::subscribe::fetch_first(sub, &fetcher_for(sub)?)?;
+            }
         }
         let super::source::Loaded {
             policy,
             leak,
             world,
             sequence,
+            bundle_hash,
+            lists,
             expires,
             note,
             world_sequence,
         } = self.rules.load(true)?;
-        if let Some(sub) = &subscription {
-            let (resolver, _) = driver::setup::resolver(&run, protection)?;
-            let fetcher = sub.fetcher(resolver, protection.clone())?;
+        for (name, seq, _) in &lists {
+            eprintln!("geowall: lists from list bundle '{name}' (sequence {seq})");
+        }
+        for sub in subscription.iter().chain(&list_subscriptions) {
             super::subscribe::refuse_blocked_server(
                 sub,
-                &fetcher,
+                &fetcher_for(sub)?,
                 &policy,
                 &Intel::new(Arc::clone(&world)),
             )?;
@@ -203,7 +217,7 @@ impl EngineArgs {
             }),
         };
         let expires_now = Arc::new(Mutex::new(expires));
-        let reload = self.reloader(sequence, Arc::clone(&expires_now));
+        let reload = self.reloader(sequence, bundle_hash, Arc::clone(&expires_now));
         let world_update = self.world_updater(world_sequence);
         let mut follows = Vec::new();
         if let Some(sub) = subscription {
@@ -211,13 +225,29 @@ impl EngineArgs {
             follows.push(Follow {
                 sub,
                 install: Arc::new(move |_: &Path| {
-                    let p = reload()?;
+                    let p = reload(false)?;
                     let name = format!("policy {}", p.name);
                     handle.replace(p);
                     Ok(name)
                 }),
                 installed: sequence,
                 expires: Arc::clone(&expires_now),
+            });
+        }
+        for (sub, (_, seq, exp)) in list_subscriptions.into_iter().zip(&lists) {
+            let (reload, handle) = (Arc::clone(&reload), Arc::clone(&handle));
+            follows.push(Follow {
+                sub,
+                // The rules compiled again with the new lists (the same
+                // rules bundle, or a newer one).
+                install: Arc::new(move |_: &Path| {
+                    let p = reload(true)?;
+                    let name = format!("policy {} compiled again", p.name);
+                    handle.replace(p);
+                    Ok(name)
+                }),
+                installed: Some(*seq),
+                expires: Arc::new(Mutex::new(Some(*exp))),
             });
         }
         if let Some(sub) = self.rules.world_subscription()? {
@@ -309,21 +339,24 @@ impl EngineArgs {
     }
 
     /// Reads the rules again, refusing a bundle not newer than the one
-    /// running (`installed` at start); keeps `expires` current.
+    /// running (`installed` at start, its file's SHA-256 `hash`) unless
+    /// asked to compile the running one again (`again`: list bundles
+    /// changed); keeps `expires` current.
     fn reloader(
         &self,
         installed: Option<u64>,
+        hash: Option<[u8; 32]>,
         expires: Arc<Mutex<Option<u64>>>,
     ) -> super::subscribe::Reload {
         let rules = self.rules.clone();
-        let installed = Mutex::new(installed);
-        Arc::new(move || {
-            let mut seq = installed
+        let running = Mutex::new((installed, hash));
+        Arc::new(move |again: bool| {
+            let mut run = running
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let l = rules.load_after(true, *seq)?;
+            let l = rules.load_after(true, run.0, run.1.filter(|_| again))?;
             if l.sequence.is_some() {
-                *seq = l.sequence;
+                *run = (l.sequence, l.bundle_hash);
                 *expires
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = l.expires;

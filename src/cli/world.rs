@@ -99,7 +99,7 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
             &bundle,
             &dir,
             &key,
-            geowall::policy::bundle::BundleKind::World,
+            &[geowall::policy::bundle::BundleKind::World],
         ),
         Command::Bundle {
             world,

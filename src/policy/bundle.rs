@@ -29,6 +29,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::lists::{InstalledLists, ListBundle, ListRef, Manifest, NamedList, read_manifest};
+use super::rules::{Declared, Policy};
+
 /// SHA-256 of `b`.
 pub fn sha256(b: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, b);
@@ -105,7 +108,6 @@ impl VerifyingKey {
     }
 }
 
-use super::rules::Policy;
 use crate::intel::catalog::{Catalog, SourceError};
 
 const MAGIC: [u8; 8] = *b"GEOWALLB";
@@ -190,6 +192,9 @@ pub enum BundleKind {
     Rules,
     /// A world database (`geowall world bundle`).
     World,
+    /// A maintainer's named lists (`geowall rules build` of a directory
+    /// with `lists.toml`), which policies draw on with `from`.
+    Lists,
 }
 
 impl BundleKind {
@@ -197,6 +202,43 @@ impl BundleKind {
         match self {
             BundleKind::Rules => 0,
             BundleKind::World => 1,
+            BundleKind::Lists => 2,
+        }
+    }
+
+    /// The kind a bundle's header names (nothing else is checked).
+    ///
+    /// # Errors
+    /// Too short, or a kind this geowall does not know.
+    pub fn of(b: &[u8]) -> Result<Self, BundleError> {
+        match b
+            .get(12..16)
+            .map(|k| u32::from_le_bytes([k[0], k[1], k[2], k[3]]))
+        {
+            Some(0) => Ok(BundleKind::Rules),
+            Some(1) => Ok(BundleKind::World),
+            Some(2) => Ok(BundleKind::Lists),
+            Some(k) => Err(BundleError::Corrupt(format!("unknown bundle kind {k}"))),
+            None => Err(BundleError::Truncated("no kind".into())),
+        }
+    }
+
+    /// The word published files are named with: `rules-SEQ.gwb`,
+    /// `world-SEQ.gwb`, `lists-SEQ.gwb`.
+    pub fn stem(self) -> &'static str {
+        match self {
+            BundleKind::Rules => "rules",
+            BundleKind::World => "world",
+            BundleKind::Lists => "lists",
+        }
+    }
+
+    /// The index a static host publishes for this kind.
+    pub fn index_file(self) -> &'static str {
+        match self {
+            BundleKind::Rules => "index.json",
+            BundleKind::World => "world-index.json",
+            BundleKind::Lists => "lists-index.json",
         }
     }
 }
@@ -206,6 +248,7 @@ impl std::fmt::Display for BundleKind {
         f.write_str(match self {
             BundleKind::Rules => "rules",
             BundleKind::World => "world data",
+            BundleKind::Lists => "list",
         })
     }
 }
@@ -332,45 +375,145 @@ fn unarchive(c: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
     Ok(files)
 }
 
-/// Compiles a policy and catalog from archived files.
-fn compile(files: &BTreeMap<String, Vec<u8>>) -> Result<(Policy, Catalog), BundleError> {
-    let text = |p: &str| -> Result<String, String> {
-        let d = files
-            .get(p)
-            .ok_or_else(|| format!("{p} is not in the bundle"))?;
-        String::from_utf8(d.clone()).map_err(|_| format!("{p} is not UTF-8"))
-    };
+/// An archived file's text.
+fn archived_text(files: &BTreeMap<String, Vec<u8>>, p: &str) -> Result<String, String> {
+    let d = files
+        .get(p)
+        .ok_or_else(|| format!("{p} is not in the bundle"))?;
+    String::from_utf8(d.clone()).map_err(|_| format!("{p} is not UTF-8"))
+}
+
+/// The catalog of archived files (`vendors/`, `operators/`).
+fn archived_catalog(files: &BTreeMap<String, Vec<u8>>) -> Result<Catalog, BundleError> {
     let mut cats = Vec::new();
     for p in files
         .keys()
         .filter(|p| p.starts_with("vendors/") || p.starts_with("operators/"))
     {
-        cats.push((PathBuf::from(p), text(p).map_err(BundleError::Corrupt)?));
+        cats.push((
+            PathBuf::from(p),
+            archived_text(files, p).map_err(BundleError::Corrupt)?,
+        ));
     }
-    let catalog = Catalog::from_sources(cats)?;
-    let policy_text = text("policy.toml").map_err(BundleError::Corrupt)?;
+    Ok(Catalog::from_sources(cats)?)
+}
+
+/// Compiles a policy and catalog from archived files, drawing lists
+/// `from` list bundles on `installed`.
+fn compile(
+    files: &BTreeMap<String, Vec<u8>>,
+    installed: &InstalledLists,
+) -> Result<(Policy, Catalog), BundleError> {
+    let catalog = archived_catalog(files)?;
+    let policy_text = archived_text(files, "policy.toml").map_err(BundleError::Corrupt)?;
     let policy = Policy::parse_with(
         Path::new("policy.toml"),
         &policy_text,
-        &mut |f| text(f),
+        &mut |f| archived_text(files, f),
+        installed,
         &catalog,
     )?;
     Ok((policy, catalog))
 }
 
-/// Builds an unsigned bundle from a directory holding `policy.toml`, the
-/// list files it names, and optionally `vendors/` and `operators/`
-/// catalogs (the shipped catalogs are included when absent).
+/// Checks archived files compile, without list bundles (see
+/// [`Policy::declared`]).
+fn compile_declared(files: &BTreeMap<String, Vec<u8>>) -> Result<Declared, BundleError> {
+    let catalog = archived_catalog(files)?;
+    let policy_text = archived_text(files, "policy.toml").map_err(BundleError::Corrupt)?;
+    Ok(Policy::declared(
+        Path::new("policy.toml"),
+        &policy_text,
+        &mut |f| archived_text(files, f),
+        &catalog,
+    )?)
+}
+
+/// Reads a list bundle's archived files: its manifest and lists.
+fn compile_lists(
+    files: &BTreeMap<String, Vec<u8>>,
+) -> Result<(Manifest, Vec<NamedList>), BundleError> {
+    let text = archived_text(files, "lists.toml").map_err(BundleError::Corrupt)?;
+    Ok(read_manifest(Path::new("lists.toml"), &text, &mut |f| {
+        archived_text(files, f)
+    })?)
+}
+
+fn io_error(p: &Path, e: std::io::Error) -> BundleError {
+    BundleError::Io {
+        path: p.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// Builds an unsigned bundle from a directory: a rules bundle from one
+/// holding `policy.toml`, the list files it names, and optionally
+/// `vendors/` and `operators/` catalogs (the shipped catalogs are included
+/// when absent); a list bundle from one holding `lists.toml` and its lists
+/// (see [`Manifest`]). Either may carry `endorsements/*.json` (key
+/// rotation).
+///
+/// # Errors
+/// Neither file or both, a file cannot be read, or what it says has a
+/// mistake (located).
 pub fn build(
     dir: &Path,
     sequence: u64,
     created: u64,
     expires: u64,
 ) -> Result<Vec<u8>, BundleError> {
-    let io = |p: &Path, e: std::io::Error| BundleError::Io {
-        path: p.to_owned(),
-        message: e.to_string(),
-    };
+    let pol = dir.join("policy.toml");
+    let man = dir.join("lists.toml");
+    match (pol.exists(), man.exists()) {
+        (true, false) => build_rules(dir, sequence, created, expires),
+        (false, true) => build_lists(dir, sequence, created, expires),
+        (true, true) => Err(BundleError::Io {
+            path: dir.to_owned(),
+            message: "has both policy.toml (a rules bundle) and lists.toml (a list bundle): build each from a directory of its own".into(),
+        }),
+        (false, false) => Err(BundleError::Io {
+            path: dir.to_owned(),
+            message: "has neither policy.toml (a rules bundle) nor lists.toml (a list bundle)"
+                .into(),
+        }),
+    }
+}
+
+/// Adds `dir/endorsements/*.json` to `files`, each checked to be one.
+fn add_endorsements(dir: &Path, files: &mut BTreeMap<String, Vec<u8>>) -> Result<(), BundleError> {
+    let d = dir.join("endorsements");
+    if !d.is_dir() {
+        return Ok(());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&d)
+        .map_err(|e| io_error(&d, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    found.sort();
+    for f in found {
+        let data = std::fs::read(&f).map_err(|e| io_error(&f, e))?;
+        serde_json::from_slice::<Endorsement>(&data).map_err(|e| BundleError::Io {
+            path: f.clone(),
+            message: format!("not an endorsement (geowall rules endorse): {e}"),
+        })?;
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.insert(format!("endorsements/{name}"), data);
+    }
+    Ok(())
+}
+
+/// A rules bundle from a directory with `policy.toml` (see [`build`]).
+fn build_rules(
+    dir: &Path,
+    sequence: u64,
+    created: u64,
+    expires: u64,
+) -> Result<Vec<u8>, BundleError> {
+    let io = io_error;
     let mut files = BTreeMap::new();
     let pol = dir.join("policy.toml");
     let policy_text = std::fs::read_to_string(&pol).map_err(|e| io(&pol, e))?;
@@ -402,36 +545,12 @@ pub fn build(
         }
     }
     // Endorsements of the signing key (key rotation) travel with it.
-    let d = dir.join("endorsements");
-    if d.is_dir() {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(&d)
-            .map_err(|e| io(&d, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        found.sort();
-        for f in found {
-            let data = std::fs::read(&f).map_err(|e| io(&f, e))?;
-            serde_json::from_slice::<Endorsement>(&data).map_err(|e| BundleError::Io {
-                path: f.clone(),
-                message: format!("not an endorsement (geowall rules endorse): {e}"),
-            })?;
-            let name = f
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            files.insert(format!("endorsements/{name}"), data);
-        }
-    }
-    // Check it compiles, reading lists from the directory and recording them.
-    let cats: Vec<(PathBuf, String)> = files
-        .iter()
-        .filter(|(p, _)| p.starts_with("vendors/") || p.starts_with("operators/"))
-        .map(|(p, d)| (PathBuf::from(p), String::from_utf8_lossy(d).into_owned()))
-        .collect();
-    let catalog = Catalog::from_sources(cats)?;
+    add_endorsements(dir, &mut files)?;
+    // Check it compiles, reading lists from the directory and recording
+    // them; lists from list bundles are the device's to supply.
+    let catalog = archived_catalog(&files)?;
     let mut lists = BTreeMap::new();
-    Policy::parse_with(
+    Policy::declared(
         &pol,
         &policy_text,
         &mut |f| {
@@ -446,6 +565,33 @@ pub fn build(
     }
     let content = archive(&files).map_err(BundleError::Corrupt)?;
     Ok(frame_content(&content, sequence, created, expires))
+}
+
+/// A list bundle from a directory with `lists.toml` (see [`build`]).
+fn build_lists(
+    dir: &Path,
+    sequence: u64,
+    created: u64,
+    expires: u64,
+) -> Result<Vec<u8>, BundleError> {
+    let man = dir.join("lists.toml");
+    let text = std::fs::read_to_string(&man).map_err(|e| io_error(&man, e))?;
+    let mut files = BTreeMap::new();
+    files.insert("lists.toml".to_owned(), text.clone().into_bytes());
+    read_manifest(&man, &text, &mut |f| {
+        let data = std::fs::read_to_string(dir.join(f)).map_err(|e| e.to_string())?;
+        files.insert(f.to_owned(), data.clone().into_bytes());
+        Ok(data)
+    })?;
+    add_endorsements(dir, &mut files)?;
+    let content = archive(&files).map_err(BundleError::Corrupt)?;
+    Ok(frame_kind(
+        BundleKind::Lists,
+        &content,
+        sequence,
+        created,
+        expires,
+    ))
 }
 
 /// An unsigned rules bundle around `content` taken as it is (normally the
@@ -588,8 +734,8 @@ fn verify<'b>(
         Some(k) => k,
         None => {
             // A rotated key: a trusted key's endorsement of it travels in
-            // the (rules) bundle itself.
-            endorsed = (kind == BundleKind::Rules)
+            // the (rules or list) bundle itself.
+            endorsed = (kind != BundleKind::World)
                 .then(|| unarchive(content).ok())
                 .flatten()
                 .and_then(|files| endorsed_key(&files, &id, trusted, now))
@@ -605,11 +751,7 @@ fn verify<'b>(
             "content does not match its SHA-256".into(),
         ));
     }
-    let found = match u32::from_le_bytes([b[12], b[13], b[14], b[15]]) {
-        0 => BundleKind::Rules,
-        1 => BundleKind::World,
-        k => return Err(BundleError::Corrupt(format!("unknown bundle kind {k}"))),
-    };
+    let found = BundleKind::of(b)?;
     if found != kind {
         return Err(BundleError::WrongKind {
             found,
@@ -638,24 +780,26 @@ fn verify<'b>(
     })
 }
 
-/// A rules bundle's header and files, read for review (`geowall rules
-/// diff`): signed or not, its signature is *not* checked, only its frame,
-/// kind, content hash and archive. Never install what this returns; use
-/// [`open`].
+/// A rules or list bundle's header and files, read for review (`geowall
+/// rules diff`): signed or not, its signature is *not* checked, only its
+/// frame, kind, content hash and archive. Never install what this returns;
+/// use [`open`] or [`open_lists`].
 #[derive(Debug, Clone)]
 pub struct Review {
+    /// Rules or lists.
+    pub kind: BundleKind,
     /// Sequence number.
     pub sequence: u64,
     /// Expires (Unix seconds).
     pub expires: u64,
     /// Whether it carries a signature (unchecked).
     pub signed: bool,
-    /// The archived files: `policy.toml`, list files, `vendors/*.toml`,
-    /// `operators/*.toml`.
+    /// The archived files: `policy.toml` or `lists.toml`, list files,
+    /// `vendors/*.toml`, `operators/*.toml`, `endorsements/*.json`.
     pub files: BTreeMap<String, Vec<u8>>,
 }
 
-/// Reads a rules bundle for review; see [`Review`].
+/// Reads a rules or list bundle for review; see [`Review`].
 ///
 /// # Errors
 /// A damaged frame or archive, a world bundle, or content that does not
@@ -668,13 +812,15 @@ pub fn review(b: &[u8]) -> Result<Review, BundleError> {
             "content does not match its SHA-256".into(),
         ));
     }
-    if u32::from_le_bytes([b[12], b[13], b[14], b[15]]) != 0 {
+    let kind = BundleKind::of(b)?;
+    if kind == BundleKind::World {
         return Err(BundleError::WrongKind {
             found: BundleKind::World,
             wanted: BundleKind::Rules,
         });
     }
     Ok(Review {
+        kind,
         sequence: u64_at(b, 16),
         expires: u64_at(b, 32),
         signed: b[body] == 1,
@@ -685,7 +831,9 @@ pub fn review(b: &[u8]) -> Result<Review, BundleError> {
 /// Verifies and opens a rules bundle.
 ///
 /// `trusted`: the public keys to accept; `installed`: the sequence number
-/// of the installed bundle, if any; `now`: Unix seconds.
+/// of the installed bundle, if any; `now`: Unix seconds; `lists`: the list
+/// bundles the device has installed, which the policy's lists `from` list
+/// bundles are drawn from (one not there is an error).
 ///
 /// # Errors
 /// Any check failed: see [`BundleError`].
@@ -694,10 +842,11 @@ pub fn open(
     trusted: &[VerifyingKey],
     installed: Option<u64>,
     now: u64,
+    lists: &InstalledLists,
 ) -> Result<Bundle, BundleError> {
     let v = verify(b, BundleKind::Rules, trusted, installed, now)?;
     let files = unarchive(v.content).map_err(BundleError::Corrupt)?;
-    let (policy, catalog) = compile(&files)?;
+    let (policy, catalog) = compile(&files, lists)?;
     Ok(Bundle {
         sequence: v.sequence,
         created: v.created,
@@ -730,6 +879,106 @@ pub fn open_world(
         key_id: v.key_id,
         world,
     })
+}
+
+/// Verifies and opens a list bundle (the same checks as [`open`], its own
+/// sequence series): its name and lists.
+///
+/// # Errors
+/// Any check failed, or a list has a mistake.
+pub fn open_lists(
+    b: &[u8],
+    trusted: &[VerifyingKey],
+    installed: Option<u64>,
+    now: u64,
+) -> Result<ListBundle, BundleError> {
+    let v = verify(b, BundleKind::Lists, trusted, installed, now)?;
+    let files = unarchive(v.content).map_err(BundleError::Corrupt)?;
+    let (manifest, lists) = compile_lists(&files)?;
+    Ok(ListBundle {
+        name: manifest.name,
+        sequence: v.sequence,
+        created: v.created,
+        expires: v.expires,
+        key_id: v.key_id,
+        lists,
+    })
+}
+
+/// What [`inspect`] found in a bundle of any kind.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    /// Its kind.
+    pub kind: BundleKind,
+    /// Sequence number.
+    pub sequence: u64,
+    /// Expires (Unix seconds).
+    pub expires: u64,
+    /// Hex id of the key that signed it.
+    pub key_id: String,
+    /// Hex SHA-256 of the content.
+    pub content_hash: String,
+    /// What it carries, in words.
+    pub what: String,
+    /// A list bundle's name.
+    pub list_bundle: Option<String>,
+    /// A rules bundle's lists from list bundles.
+    pub needs: Vec<ListRef>,
+}
+
+/// Verifies a bundle of `kind` as [`open`], [`open_world`] or
+/// [`open_lists`] do, without installing anything; a rules bundle's policy
+/// is checked without list bundles (the lists it needs from them are
+/// named), as `rules verify` and a subscription's fetch check it.
+///
+/// # Errors
+/// Any check failed.
+pub fn inspect(
+    b: &[u8],
+    kind: BundleKind,
+    trusted: &[VerifyingKey],
+    installed: Option<u64>,
+    now: u64,
+) -> Result<Inspected, BundleError> {
+    let v = verify(b, kind, trusted, installed, now)?;
+    let mut out = Inspected {
+        kind,
+        sequence: v.sequence,
+        expires: v.expires,
+        key_id: v.key_id,
+        content_hash: v.content_hash,
+        what: String::new(),
+        list_bundle: None,
+        needs: Vec::new(),
+    };
+    match kind {
+        BundleKind::Rules => {
+            let files = unarchive(v.content).map_err(BundleError::Corrupt)?;
+            let d = compile_declared(&files)?;
+            out.what = format!("policy '{}' ({} rules, {} lists)", d.name, d.rules, d.lists);
+            out.needs = d.needs;
+        }
+        BundleKind::World => {
+            let w = crate::intel::world::World::from_slice(v.content)
+                .map_err(|e| BundleError::InvalidWorld(e.to_string()))?;
+            out.what = format!("world data built {}", w.meta().built_at);
+        }
+        BundleKind::Lists => {
+            let files = unarchive(v.content).map_err(BundleError::Corrupt)?;
+            let (m, lists) = compile_lists(&files)?;
+            out.what = format!(
+                "list bundle '{}' ({})",
+                m.name,
+                lists
+                    .iter()
+                    .map(|l| format!("{}: {} entries", l.name, l.entries.len()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            out.list_bundle = Some(m.name);
+        }
+    }
+    Ok(out)
 }
 
 /// A trusted key's word that another key may sign in its place (key
@@ -806,7 +1055,7 @@ fn endorsed_key(
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Index {
-    /// `rules` or `world`.
+    /// `rules`, `world` or `lists`.
     pub kind: BundleKind,
     /// The bundle's sequence number.
     pub sequence: u64,
@@ -842,21 +1091,18 @@ struct SignedIndex {
 
 /// The published index for a signed bundle, signed by `key`, which must
 /// be the key that signed the bundle; and the index. The bundle's file is
-/// named `rules-SEQ.gwb` or `world-SEQ.gwb` ([`Index::file`]).
+/// named `rules-SEQ.gwb`, `world-SEQ.gwb` or `lists-SEQ.gwb` ([`Index::file`]).
 ///
 /// # Errors
 /// The bundle is damaged, unsigned or signed by another key.
 pub fn publish_index(bundle: &[u8], key: &SigningKey) -> Result<(Vec<u8>, Index), BundleError> {
     let vk = key.verifying_key();
     frame(bundle)?;
-    let kind = match u32::from_le_bytes([bundle[12], bundle[13], bundle[14], bundle[15]]) {
-        1 => BundleKind::World,
-        _ => BundleKind::Rules,
-    };
+    let kind = BundleKind::of(bundle)?;
     // The full check, its expiry and sequence aside (0: a past time).
     let v = verify(bundle, kind, &[vk], None, 0)?;
     let endorsement = match kind {
-        BundleKind::Rules => review(bundle)?
+        BundleKind::Rules | BundleKind::Lists => review(bundle)?
             .files
             .iter()
             .filter(|(p, _)| p.starts_with("endorsements/"))
@@ -868,14 +1114,7 @@ pub fn publish_index(bundle: &[u8], key: &SigningKey) -> Result<(Vec<u8>, Index)
         kind,
         sequence: v.sequence,
         expires: v.expires,
-        file: format!(
-            "{}-{}.gwb",
-            match kind {
-                BundleKind::Rules => "rules",
-                BundleKind::World => "world",
-            },
-            v.sequence
-        ),
+        file: format!("{}-{}.gwb", kind.stem(), v.sequence),
         size: bundle.len() as u64,
         sha256: hex(&sha256(bundle)),
         key_id: v.key_id,
@@ -1016,6 +1255,7 @@ pub fn key_hex(b: &[u8; 32]) -> String {
 pub struct Installer {
     trusted: Vec<VerifyingKey>,
     installed: Option<Bundle>,
+    lists: InstalledLists,
 }
 
 impl Installer {
@@ -1024,6 +1264,7 @@ impl Installer {
         Self {
             trusted,
             installed: None,
+            lists: InstalledLists::default(),
         }
     }
 
@@ -1040,6 +1281,7 @@ impl Installer {
             &self.trusted,
             self.installed.as_ref().map(|b| b.sequence),
             now,
+            &self.lists,
         )?;
         Ok(self.installed.insert(b))
     }
@@ -1222,7 +1464,8 @@ mod tests {
         };
         let good = endorse(&a, &b.verifying_key(), NOW + 500);
         let bundle_b = with(Some(&good), 8);
-        let opened = open(&bundle_b, &trusted, Some(7), NOW).expect("B, endorsed by A");
+        let opened = open(&bundle_b, &trusted, Some(7), NOW, InstalledLists::none())
+            .expect("B, endorsed by A");
         assert_eq!(opened.key_id, hex(&key_id(&b.verifying_key())));
         let (index, _) = publish_index(&bundle_b, &b).expect("index");
         assert!(
@@ -1244,7 +1487,7 @@ mod tests {
             let bb = with(e.as_ref(), 9);
             assert!(
                 matches!(
-                    open(&bb, &trusted, None, now),
+                    open(&bb, &trusted, None, now, InstalledLists::none()),
                     Err(BundleError::UnknownKey(_))
                 ),
                 "{what}"
@@ -1257,7 +1500,16 @@ mod tests {
         }
         // An endorsement is for its key only: one for C does not let B in.
         let for_c = endorse(&a, &c.verifying_key(), NOW + 500);
-        assert!(open(&with(Some(&for_c), 10), &trusted, None, NOW).is_err());
+        assert!(
+            open(
+                &with(Some(&for_c), 10),
+                &trusted,
+                None,
+                NOW,
+                InstalledLists::none()
+            )
+            .is_err()
+        );
         // A changed endorsement does not verify.
         let mut forged = good.clone();
         forged.expires += 1;
@@ -1298,6 +1550,7 @@ mod tests {
             &[k.verifying_key()],
             Some(4),
             NOW,
+            InstalledLists::none(),
         )
         .expect("opens");
         assert_eq!((b.sequence, b.policy.name.as_str()), (5, "b"));
@@ -1320,7 +1573,7 @@ mod tests {
             t[at] ^= 1;
             assert!(
                 matches!(
-                    open(&t, &trusted, None, NOW),
+                    open(&t, &trusted, None, NOW, InstalledLists::none()),
                     Err(BundleError::BadSignature)
                 ),
                 "byte {at}"
@@ -1329,38 +1582,38 @@ mod tests {
         // Signed by a key nobody trusts.
         let other = signed(5, NOW + 100, &key(2));
         assert!(matches!(
-            open(&other, &trusted, None, NOW),
+            open(&other, &trusted, None, NOW, InstalledLists::none()),
             Err(BundleError::UnknownKey(_))
         ));
         // Signed by another key but claiming the trusted key's id.
         let mut forged = other.clone();
         forged[40..48].copy_from_slice(&key_id(&k.verifying_key()));
         assert!(matches!(
-            open(&forged, &trusted, None, NOW),
+            open(&forged, &trusted, None, NOW, InstalledLists::none()),
             Err(BundleError::BadSignature)
         ));
         // Not signed at all.
         let unsigned = build(rules_dir().path(), 5, NOW, NOW + 100).expect("builds");
         assert!(matches!(
-            open(&unsigned, &trusted, None, NOW),
+            open(&unsigned, &trusted, None, NOW, InstalledLists::none()),
             Err(BundleError::MissingSignature)
         ));
         // Rolled back: same or older sequence than installed.
         assert!(matches!(
-            open(&good, &trusted, Some(5), NOW),
+            open(&good, &trusted, Some(5), NOW, InstalledLists::none()),
             Err(BundleError::Rollback {
                 sequence: 5,
                 installed: 5
             })
         ));
         assert!(matches!(
-            open(&good, &trusted, Some(9), NOW),
+            open(&good, &trusted, Some(9), NOW, InstalledLists::none()),
             Err(BundleError::Rollback { .. })
         ));
         // Expired (freeze attack).
         let stale = signed(6, NOW - 1, &k);
         assert!(matches!(
-            open(&stale, &trusted, None, NOW),
+            open(&stale, &trusted, None, NOW, InstalledLists::none()),
             Err(BundleError::Expired { .. })
         ));
         // Truncated anywhere.
@@ -1373,12 +1626,19 @@ mod tests {
             good.len() - 1,
             good.len() - 64,
         ] {
-            let e = open(&good[..len], &trusted, None, NOW).expect_err("truncated");
+            let e = open(&good[..len], &trusted, None, NOW, InstalledLists::none())
+                .expect_err("truncated");
             assert!(matches!(e, BundleError::Truncated(_)), "len {len}: {e}");
         }
         // Not a bundle.
         assert!(matches!(
-            open(b"GEOWALLW and more bytes", &trusted, None, NOW),
+            open(
+                b"GEOWALLW and more bytes",
+                &trusted,
+                None,
+                NOW,
+                InstalledLists::none()
+            ),
             Err(BundleError::BadMagic)
         ));
         // Corrupt content under a valid signature: the hash field is wrong.
@@ -1386,7 +1646,7 @@ mod tests {
         c[56] ^= 0xFF;
         let c = sign(&c, &k).expect("signs");
         assert!(matches!(
-            open(&c, &trusted, None, NOW),
+            open(&c, &trusted, None, NOW, InstalledLists::none()),
             Err(BundleError::Corrupt(_))
         ));
         // A signed policy that does not compile.
@@ -1404,7 +1664,7 @@ mod tests {
         raw.push(0);
         let bad_policy = sign(&raw, &k).expect("signs");
         assert!(matches!(
-            open(&bad_policy, &trusted, None, NOW),
+            open(&bad_policy, &trusted, None, NOW, InstalledLists::none()),
             Err(BundleError::InvalidPolicy(_))
         ));
     }
@@ -1442,10 +1702,10 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn opening_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
-            let _ = open(&bytes, &[key(1).verifying_key()], None, NOW);
+            let _ = open(&bytes, &[key(1).verifying_key()], None, NOW, InstalledLists::none());
             let mut framed = MAGIC.to_vec();
             framed.extend_from_slice(&bytes);
-            let _ = open(&framed, &[key(1).verifying_key()], Some(1), NOW);
+            let _ = open(&framed, &[key(1).verifying_key()], Some(1), NOW, InstalledLists::none());
         }
     }
 
@@ -1496,7 +1756,13 @@ mod tests {
         ));
         // The kind is signed: a world bundle is no rules bundle and back.
         assert!(matches!(
-            open(&signed(6, NOW + 60), &trusted, None, NOW),
+            open(
+                &signed(6, NOW + 60),
+                &trusted,
+                None,
+                NOW,
+                InstalledLists::none()
+            ),
             Err(BundleError::WrongKind {
                 found: BundleKind::World,
                 wanted: BundleKind::Rules

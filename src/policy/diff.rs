@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::bundle::{BundleError, Review};
+use super::bundle::{BundleError, BundleKind, Review};
 use super::lists::{ListFormat, parse_list};
 use crate::intel::catalog::Catalog;
 
@@ -111,10 +111,19 @@ fn text(r: &Review, path: &str) -> Result<String, BundleError> {
     String::from_utf8(d.clone()).map_err(|_| BundleError::Corrupt(format!("{path} is not UTF-8")))
 }
 
+/// The bundle's TOML file: `policy.toml`, or a list bundle's `lists.toml`.
+fn manifest_name(r: &Review) -> &'static str {
+    match r.kind {
+        BundleKind::Lists => "lists.toml",
+        _ => "policy.toml",
+    }
+}
+
 fn policy_toml(r: &Review) -> Result<toml::Table, BundleError> {
-    text(r, "policy.toml")?
+    let name = manifest_name(r);
+    text(r, name)?
         .parse::<toml::Table>()
-        .map_err(|e| BundleError::Corrupt(format!("policy.toml: {e}")))
+        .map_err(|e| BundleError::Corrupt(format!("{name}: {e}")))
 }
 
 /// The rules of a policy file, by name, in order.
@@ -136,7 +145,8 @@ fn rules(t: &toml::Table) -> Vec<(String, toml::Value)> {
         .unwrap_or_default()
 }
 
-/// The format each list file is read in, from the policy's `[[list]]`s.
+/// The format each list file is read in, from the `[[list]]`s of a policy
+/// or a list bundle's manifest.
 fn list_formats(t: &toml::Table) -> BTreeMap<String, ListFormat> {
     let mut out = BTreeMap::new();
     for l in t
@@ -197,11 +207,19 @@ fn set<T: ToString>(items: impl IntoIterator<Item = T>) -> BTreeSet<String> {
     items.into_iter().map(|i| i.to_string()).collect()
 }
 
-/// Compares two bundles read with [`super::bundle::review`].
+/// Compares two bundles of the same kind (rules, or lists) read with
+/// [`super::bundle::review`].
 ///
 /// # Errors
-/// A bundle whose policy file or catalogs do not read.
+/// Bundles of two kinds, or one whose policy or manifest file or catalogs
+/// do not read.
 pub fn diff(old: &Review, new: &Review) -> Result<BundleDiff, BundleError> {
+    if old.kind != new.kind {
+        return Err(BundleError::WrongKind {
+            found: new.kind,
+            wanted: old.kind,
+        });
+    }
     let mut d = BundleDiff {
         sequence: (old.sequence, new.sequence),
         ..BundleDiff::default()
@@ -238,7 +256,7 @@ pub fn diff(old: &Review, new: &Review) -> Result<BundleDiff, BundleError> {
     };
     d.rules_reordered = common(&ro, &rn) != common(&rn, &ro);
     let is_list = |p: &&String| {
-        *p != "policy.toml"
+        *p != manifest_name(old)
             && !p.starts_with("vendors/")
             && !p.starts_with("operators/")
             && !p.starts_with("endorsements/")

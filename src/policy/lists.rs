@@ -353,3 +353,246 @@ mod tests {
         assert!(p("{nope", ListFormat::SingBox).is_err());
     }
 }
+
+/// The most list bundles a device follows at once.
+pub const MAX_LIST_BUNDLES: usize = 16;
+/// The most lists one list bundle carries.
+pub const MAX_LISTS_PER_BUNDLE: usize = 64;
+
+/// A list bundle's manifest, `lists.toml`: the name policies know the
+/// bundle by, and its lists.
+///
+/// ```toml
+/// name = "acme"
+/// description = "Acme's tracker lists"
+///
+/// [[list]]
+/// name = "trackers"
+/// file = "trackers.txt"
+/// format = "hosts"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The bundle's name (`from = "NAME"` in a policy's `[[list]]`, and
+    /// the device's `--subscribe-list NAME=URL`).
+    pub name: String,
+    /// What the lists are for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The lists.
+    #[serde(default, rename = "list")]
+    pub lists: Vec<ManifestList>,
+}
+
+/// One list of a [`Manifest`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestList {
+    /// How policies name it.
+    pub name: String,
+    /// Its file, beside `lists.toml`.
+    pub file: String,
+    /// Its format.
+    pub format: ListFormat,
+}
+
+/// Whether `name` may name a list bundle: 1 to 64 of `a-z 0-9 . _ -`,
+/// starting with a letter or digit (it names a file in the state
+/// directory).
+pub fn valid_bundle_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Reads a manifest and every list it names (`read` gives a file's text by
+/// the name the manifest uses). `path` is the manifest's, for errors.
+///
+/// # Errors
+/// The manifest or a list has a mistake (located), a name is invalid or
+/// repeated, there are no lists or too many.
+pub fn read_manifest(
+    path: &Path,
+    text: &str,
+    read: &mut dyn FnMut(&str) -> Result<String, String>,
+) -> Result<(Manifest, Vec<NamedList>), SourceError> {
+    let m: Manifest = toml::from_str(text).map_err(|e| SourceError::from_toml(path, text, &e))?;
+    if !valid_bundle_name(&m.name) {
+        return Err(
+            SourceError::file(path, format!("'{}' cannot name a list bundle", m.name))
+                .hint("1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit"),
+        );
+    }
+    if m.lists.is_empty() {
+        return Err(SourceError::file(
+            path,
+            "a list bundle needs at least one [[list]]",
+        ));
+    }
+    if m.lists.len() > MAX_LISTS_PER_BUNDLE {
+        return Err(SourceError::file(
+            path,
+            format!(
+                "{} lists; a list bundle carries at most {MAX_LISTS_PER_BUNDLE}",
+                m.lists.len()
+            ),
+        ));
+    }
+    let mut out: Vec<NamedList> = Vec::with_capacity(m.lists.len());
+    for l in &m.lists {
+        if l.name.trim().is_empty() {
+            return Err(SourceError::file(path, "a [[list]] has an empty name"));
+        }
+        if out.iter().any(|x| x.name == l.name) {
+            return Err(SourceError::file(
+                path,
+                format!("list '{}' is defined twice", l.name),
+            ));
+        }
+        let file = path.parent().unwrap_or(Path::new("")).join(&l.file);
+        let body = read(&l.file).map_err(|e| {
+            SourceError::file(
+                path,
+                format!("cannot read list '{}' ({}): {e}", l.name, l.file),
+            )
+        })?;
+        out.push(NamedList {
+            name: l.name.clone(),
+            format: l.format,
+            entries: parse_list(&file, &body, l.format)?,
+        });
+    }
+    Ok((m, out))
+}
+
+/// A list read from a list bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedList {
+    /// Its name in the bundle.
+    pub name: String,
+    /// The format it was written in.
+    pub format: ListFormat,
+    /// What it holds.
+    pub entries: ListEntries,
+}
+
+/// A verified list bundle (`geowall rules build` of a directory with
+/// `lists.toml`): a maintainer's named lists that policies use with
+/// `[[list]] name = "...", from = "BUNDLE"`.
+#[derive(Debug, Clone)]
+pub struct ListBundle {
+    /// The bundle's name.
+    pub name: String,
+    /// Sequence number (its own series).
+    pub sequence: u64,
+    /// Created (Unix seconds).
+    pub created: u64,
+    /// Expires (Unix seconds).
+    pub expires: u64,
+    /// Hex id of the key that signed it.
+    pub key_id: String,
+    /// Its lists.
+    pub lists: Vec<NamedList>,
+}
+
+/// A policy's reference to a list of a list bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListRef {
+    /// The list's name.
+    pub name: String,
+    /// The list bundle's name.
+    pub from: String,
+}
+
+impl std::fmt::Display for ListRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.from, self.name)
+    }
+}
+
+/// The list bundles installed on a device (at most
+/// [`MAX_LIST_BUNDLES`], one per name), which policies draw lists from.
+#[derive(Debug, Clone, Default)]
+pub struct InstalledLists {
+    bundles: Vec<ListBundle>,
+}
+
+impl InstalledLists {
+    /// None installed.
+    pub fn none() -> &'static Self {
+        static NONE: InstalledLists = InstalledLists {
+            bundles: Vec::new(),
+        };
+        &NONE
+    }
+
+    /// Adds a bundle.
+    ///
+    /// # Errors
+    /// One of the same name is installed, or the bound is reached.
+    pub fn add(&mut self, b: ListBundle) -> Result<(), String> {
+        if self.bundles.iter().any(|x| x.name == b.name) {
+            return Err(format!("two list bundles are named '{}'", b.name));
+        }
+        if self.bundles.len() >= MAX_LIST_BUNDLES {
+            return Err(format!(
+                "at most {MAX_LIST_BUNDLES} list bundles can be installed"
+            ));
+        }
+        self.bundles.push(b);
+        Ok(())
+    }
+
+    /// The installed bundles.
+    pub fn bundles(&self) -> &[ListBundle] {
+        &self.bundles
+    }
+
+    /// The entries of list `r.name` of bundle `r.from`.
+    ///
+    /// # Errors
+    /// No such bundle is installed, or it has no such list: said with what
+    /// there is.
+    pub fn get(&self, r: &ListRef) -> Result<&ListEntries, String> {
+        let Some(b) = self.bundles.iter().find(|b| b.name == r.from) else {
+            return Err(format!(
+                "list bundle '{}' is not installed on this device ({}): subscribe to it with --subscribe-list {}=URL --list-pubkey {}=KEY",
+                r.from,
+                if self.bundles.is_empty() {
+                    "none is".to_owned()
+                } else {
+                    format!(
+                        "installed: {}",
+                        self.bundles
+                            .iter()
+                            .map(|b| b.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                r.from,
+                r.from
+            ));
+        };
+        b.lists
+            .iter()
+            .find(|l| l.name == r.name)
+            .map(|l| &l.entries)
+            .ok_or_else(|| {
+                format!(
+                    "list bundle '{}' (sequence {}) has no list '{}'; it has: {}",
+                    b.name,
+                    b.sequence,
+                    r.name,
+                    b.lists
+                        .iter()
+                        .map(|l| l.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+}

@@ -10,6 +10,10 @@
 //! file = "lists/ads.txt"
 //! format = "hosts"                  # domains | hosts | adblock | cidr | asn | sing-box
 //!
+//! [[list]]                          # or a list of an installed list bundle
+//! name = "trackers"
+//! from = "acme"
+//!
 //! [[rule]]                          # first match wins ("log" rules record and go on)
 //! name = "no pings or media to PRC jurisdiction"
 //! action = "block"                  # allow | block | log
@@ -36,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::app::AppPattern;
-use super::lists::{ListEntries, ListFormat, parse_list};
+use super::lists::{InstalledLists, ListEntries, ListFormat, ListRef, parse_list};
 use crate::intel::catalog::{Catalog, SourceError};
 use crate::intel::country::Country;
 use crate::intel::domain::{DomainMap, DomainPattern};
@@ -207,8 +211,13 @@ pub struct DnsSettings {
 #[serde(deny_unknown_fields)]
 struct RawList {
     name: Spanned<String>,
-    file: Spanned<String>,
-    format: ListFormat,
+    #[serde(default)]
+    file: Option<Spanned<String>>,
+    #[serde(default)]
+    format: Option<ListFormat>,
+    /// A list of an installed list bundle, by the bundle's name.
+    #[serde(default)]
+    from: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -440,6 +449,20 @@ pub struct Policy {
     pub(crate) catalog: Arc<Catalog>,
 }
 
+/// A policy checked without the list bundles it draws on
+/// ([`Policy::declared`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    /// The policy's name.
+    pub name: String,
+    /// How many rules it has.
+    pub rules: usize,
+    /// How many lists it defines (its own and list bundles').
+    pub lists: usize,
+    /// The lists it needs from list bundles.
+    pub needs: Vec<ListRef>,
+}
+
 /// The presets shipped in `rules/presets/`, compiled in.
 pub const PRESETS: [(&str, &str); 3] = [
     ("default", include_str!("../../rules/presets/default.toml")),
@@ -472,11 +495,10 @@ impl Policy {
         Self::parse(&path, text, None, catalog)
     }
 
-    /// Reads and compiles a policy file; its lists are read relative to it.
+    /// Reads and compiles a policy file; its lists are read relative to it
+    /// (a list `from` a list bundle is an error: see [`Policy::load_with`]).
     pub fn load(path: &Path, catalog: &Catalog) -> Result<Self, SourceError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SourceError::file(path, format!("cannot read: {e}")))?;
-        Self::parse(path, &text, path.parent(), catalog)
+        Self::load_with(path, catalog, InstalledLists::none())
     }
 
     /// Compiles policy text. `base` is where list files are looked up
@@ -492,25 +514,80 @@ impl Policy {
                 path,
                 text,
                 &mut |f| std::fs::read_to_string(base.join(f)).map_err(|e| e.to_string()),
+                InstalledLists::none(),
                 catalog,
             ),
             None => Self::parse_with(
                 path,
                 text,
                 &mut |_| Err("lists are not allowed here (a compiled-in preset)".into()),
+                InstalledLists::none(),
                 catalog,
             ),
         }
     }
 
     /// Compiles policy text, reading each list's `file` (as written in the
-    /// policy) through `read_list`: from disk, or from a bundle.
+    /// policy) through `read_list`: from disk, or from a bundle; lists
+    /// `from` a list bundle are taken from `installed` (one not there is an
+    /// error: never an empty list).
     pub fn parse_with(
         path: &Path,
         text: &str,
         read_list: &mut dyn FnMut(&str) -> Result<String, String>,
+        installed: &InstalledLists,
         catalog: &Catalog,
     ) -> Result<Self, SourceError> {
+        Self::compile(path, text, read_list, Some(installed), catalog).map(|(p, _)| p)
+    }
+
+    /// Checks policy text as [`Policy::parse_with`] does, without the list
+    /// bundles it draws lists from (a maintainer's `rules check` and
+    /// `rules build`): what it is and the lists it needs from them. The
+    /// policy itself is not returned: compiled without those lists, it
+    /// must never judge traffic.
+    pub fn declared(
+        path: &Path,
+        text: &str,
+        read_list: &mut dyn FnMut(&str) -> Result<String, String>,
+        catalog: &Catalog,
+    ) -> Result<Declared, SourceError> {
+        Self::compile(path, text, read_list, None, catalog).map(|(p, needs)| Declared {
+            name: p.name,
+            rules: p.rules.len(),
+            lists: p.lists.len(),
+            needs,
+        })
+    }
+
+    /// Reads and compiles a policy file as [`Policy::load`] does, drawing
+    /// lists from `installed` list bundles.
+    pub fn load_with(
+        path: &Path,
+        catalog: &Catalog,
+        installed: &InstalledLists,
+    ) -> Result<Self, SourceError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SourceError::file(path, format!("cannot read: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        Self::parse_with(
+            path,
+            &text,
+            &mut |f| std::fs::read_to_string(base.join(f)).map_err(|e| e.to_string()),
+            installed,
+            catalog,
+        )
+    }
+
+    /// Compiles; `installed: None` compiles a bundle's lists as empty (the
+    /// policy is then only checked, never returned to be evaluated).
+    fn compile(
+        path: &Path,
+        text: &str,
+        read_list: &mut dyn FnMut(&str) -> Result<String, String>,
+        installed: Option<&InstalledLists>,
+        catalog: &Catalog,
+    ) -> Result<(Self, Vec<ListRef>), SourceError> {
         let raw: RawPolicy =
             toml::from_str(text).map_err(|e| SourceError::from_toml(path, text, &e))?;
         let at = |span: std::ops::Range<usize>, msg: String| {
@@ -533,6 +610,7 @@ impl Policy {
             }
         };
         let mut lists: Vec<CompiledList> = Vec::new();
+        let mut refs = Vec::new();
         for l in raw.list {
             if lists.iter().any(|x| x.name == *l.name.get_ref()) {
                 return Err(at(
@@ -540,17 +618,38 @@ impl Policy {
                     format!("list '{}' is defined twice", l.name.get_ref()),
                 ));
             }
-            let body = read_list(l.file.get_ref()).map_err(|e| {
-                at(
-                    l.file.span(),
-                    format!("cannot read list '{}': {e}", l.file.get_ref()),
-                )
-            })?;
-            let file = path
-                .parent()
-                .unwrap_or(Path::new(""))
-                .join(l.file.get_ref());
-            let entries = parse_list(&file, &body, l.format)?;
+            let (file, entries) = match (l.file, l.format, l.from) {
+                (Some(f), Some(format), None) => {
+                    let body = read_list(f.get_ref()).map_err(|e| {
+                        at(f.span(), format!("cannot read list '{}': {e}", f.get_ref()))
+                    })?;
+                    let file = path.parent().unwrap_or(Path::new("")).join(f.get_ref());
+                    let entries = parse_list(&file, &body, format)?;
+                    (file, entries)
+                }
+                (None, None, Some(from)) => {
+                    let r = ListRef {
+                        name: l.name.get_ref().clone(),
+                        from: from.get_ref().clone(),
+                    };
+                    let entries = match installed {
+                        Some(i) => i.get(&r).map_err(|e| at(from.span(), e))?.clone(),
+                        None => ListEntries::default(),
+                    };
+                    let file = PathBuf::from(format!("list bundle {}", r.from));
+                    refs.push(r);
+                    (file, entries)
+                }
+                _ => {
+                    return Err(at(
+                        l.name.span(),
+                        format!(
+                            "list '{}' needs either file and format, or from (a list bundle's name)",
+                            l.name.get_ref()
+                        ),
+                    ));
+                }
+            };
             lists.push(compile_list(l.name.into_inner(), file, &entries));
         }
         let mut rules = Vec::with_capacity(raw.rule.len());
@@ -567,7 +666,7 @@ impl Policy {
                 || c.cidr.is_some();
             rules.push(rule);
         }
-        Ok(Policy {
+        let policy = Policy {
             name: raw.name,
             description: raw.description,
             default,
@@ -577,7 +676,8 @@ impl Policy {
             dns: raw.dns,
             needs_intel,
             catalog: Arc::new(catalog.clone()),
-        })
+        };
+        Ok((policy, refs))
     }
 }
 

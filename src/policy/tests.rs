@@ -24,6 +24,19 @@ fn fixture_intel() -> Intel {
     Intel::new(Arc::new(world))
 }
 
+/// Whether `p` blocks a destination known by address and names only.
+fn blocks(p: &Policy, intel: &Intel, dst: Option<IpAddr>, names: &[&str]) -> bool {
+    p.evaluate(
+        intel,
+        &Facts {
+            dst,
+            names,
+            ..Facts::default()
+        },
+    )
+    .is_block()
+}
+
 fn ip(s: &str) -> Option<IpAddr> {
     Some(s.parse().expect("ip"))
 }
@@ -381,17 +394,7 @@ list = ["d", "h", "a", "c", "n", "s"]
     let p = Policy::load(&dir.path().join("p.toml"), &catalog()).expect("loads");
     assert_eq!(p.lists.len(), 6);
     let intel = fixture_intel();
-    let blocked = |dst: Option<IpAddr>, names: &[&str]| {
-        p.evaluate(
-            &intel,
-            &Facts {
-                dst,
-                names,
-                ..Facts::default()
-            },
-        )
-        .is_block()
-    };
+    let blocked = |dst: Option<IpAddr>, names: &[&str]| blocks(&p, &intel, dst, names);
     for n in [
         "blocked.example",
         "x.blocked.example",
@@ -902,4 +905,242 @@ jurisdiction = { countries = ["DE"] }
         e.to_string().contains("endpoint") || e.to_string().contains("relay"),
         "{e}"
     );
+}
+
+/// A list bundle directory: `acme` with a hosts list and a CIDR list.
+fn acme_lists(hosts: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = |n: &str, t: &str| std::fs::write(dir.path().join(n), t).expect("write");
+    w(
+        "lists.toml",
+        "name = \"acme\"\n[[list]]\nname = \"trackers\"\nfile = \"trackers.hosts\"\nformat = \"hosts\"\n[[list]]\nname = \"nets\"\nfile = \"nets.txt\"\nformat = \"cidr\"\n",
+    );
+    w("trackers.hosts", hosts);
+    w("nets.txt", "# relay ranges\n198.51.100.0/25\n");
+    dir
+}
+
+/// A rules directory whose policy blocks list `trackers` and `nets` from
+/// list bundle `acme`, and its own list `mine`.
+fn policy_on_acme() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "name = \"p\"\ndefault = \"allow\"\n[[list]]\nname = \"trackers\"\nfrom = \"acme\"\n[[list]]\nname = \"nets\"\nfrom = \"acme\"\n[[list]]\nname = \"mine\"\nfile = \"mine.txt\"\nformat = \"domains\"\n[[rule]]\nname = \"listed\"\naction = \"block\"\nlist = [\"trackers\", \"nets\", \"mine\"]\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("mine.txt"), "mine.example\n").expect("write");
+    dir
+}
+
+#[test]
+fn a_policy_draws_lists_from_installed_list_bundles_and_never_runs_without_them() {
+    use super::bundle::{
+        BundleError, BundleKind, SigningKey, build, inspect, open, open_lists, sign,
+    };
+    use super::lists::InstalledLists;
+    const NOW: u64 = 1_800_000_000;
+    let (pk, lk) = (
+        SigningKey::from_bytes(&[1; 32]),
+        SigningKey::from_bytes(&[2; 32]),
+    );
+    let lists = |hosts: &str, seq: u64| {
+        let d = acme_lists(hosts);
+        sign(
+            &build(d.path(), seq, NOW - 10, NOW + 100).expect("builds"),
+            &lk,
+        )
+        .expect("signs")
+    };
+    let lb = lists("0.0.0.0 tracker.example other.example\n", 3);
+    assert_eq!(BundleKind::of(&lb).expect("kind"), BundleKind::Lists);
+    let acme = open_lists(&lb, &[lk.verifying_key()], None, NOW).expect("opens");
+    assert_eq!(acme.name, "acme");
+    assert_eq!(
+        acme.lists
+            .iter()
+            .map(|l| (l.name.as_str(), l.entries.len()))
+            .collect::<Vec<_>>(),
+        [("trackers", 2), ("nets", 1)]
+    );
+    // The policy bundle builds without the list bundle, naming what it needs.
+    let pd = policy_on_acme();
+    let pb = sign(
+        &build(pd.path(), 7, NOW - 10, NOW + 100).expect("builds"),
+        &pk,
+    )
+    .expect("signs");
+    let seen = inspect(&pb, BundleKind::Rules, &[pk.verifying_key()], None, NOW).expect("checks");
+    assert_eq!(
+        seen.needs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["acme/trackers", "acme/nets"]
+    );
+    // With the list bundle installed, its entries judge traffic.
+    let mut installed = InstalledLists::default();
+    installed.add(acme.clone()).expect("adds");
+    let p = open(&pb, &[pk.verifying_key()], None, NOW, &installed)
+        .expect("opens")
+        .policy;
+    let intel = fixture_intel();
+    let blocked = |p: &Policy, dst: Option<IpAddr>, names: &[&str]| blocks(p, &intel, dst, names);
+    assert!(blocked(&p, None, &["tracker.example"]));
+    assert!(blocked(&p, None, &["mine.example"]));
+    assert!(blocked(&p, ip("198.51.100.7"), &[]));
+    assert!(!blocked(&p, ip("198.51.100.200"), &[]));
+    assert!(
+        !blocked(&p, None, &["x.tracker.example"]),
+        "hosts entries are exact"
+    );
+    // Without it, the policy does not open: never an empty list.
+    let e = open(
+        &pb,
+        &[pk.verifying_key()],
+        None,
+        NOW,
+        InstalledLists::none(),
+    )
+    .expect_err("missing");
+    assert!(
+        matches!(&e, BundleError::InvalidPolicy(s) if s.message.contains("'acme' is not installed")),
+        "{e}"
+    );
+    // A list bundle of that name without the list: said, with what it has.
+    let d = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        d.path().join("lists.toml"),
+        "name = \"acme\"\n[[list]]\nname = \"trackers\"\nfile = \"t.txt\"\nformat = \"domains\"\n",
+    )
+    .expect("write");
+    std::fs::write(d.path().join("t.txt"), "tracker.example\n").expect("write");
+    let short = open_lists(
+        &sign(
+            &build(d.path(), 4, NOW - 10, NOW + 100).expect("builds"),
+            &lk,
+        )
+        .expect("signs"),
+        &[lk.verifying_key()],
+        None,
+        NOW,
+    )
+    .expect("opens");
+    let mut only_trackers = InstalledLists::default();
+    only_trackers.add(short).expect("adds");
+    let e = open(&pb, &[pk.verifying_key()], None, NOW, &only_trackers).expect_err("no nets");
+    assert!(
+        e.to_string()
+            .contains("has no list 'nets'; it has: trackers"),
+        "{e}"
+    );
+    // Two bundles of one name are refused.
+    assert!(installed.add(acme).is_err());
+    // A list bundle is no rules bundle, and back; each has its own checks.
+    assert!(matches!(
+        open(&lb, &[lk.verifying_key()], None, NOW, &installed),
+        Err(BundleError::WrongKind {
+            found: BundleKind::Lists,
+            wanted: BundleKind::Rules
+        })
+    ));
+    assert!(matches!(
+        open_lists(&pb, &[pk.verifying_key()], None, NOW),
+        Err(BundleError::WrongKind { .. })
+    ));
+    let trusted = [lk.verifying_key()];
+    assert!(matches!(
+        open_lists(&lb, &trusted, Some(3), NOW),
+        Err(BundleError::Rollback { .. })
+    ));
+    assert!(matches!(
+        open_lists(&lb, &trusted, None, NOW + 100),
+        Err(BundleError::Expired { .. })
+    ));
+    assert!(matches!(
+        open_lists(&lb, &[pk.verifying_key()], None, NOW),
+        Err(BundleError::UnknownKey(_))
+    ));
+    // A newer list bundle changes what the same policy blocks.
+    let lb2 = lists("0.0.0.0 other.example\n", 4);
+    let mut newer = InstalledLists::default();
+    newer
+        .add(open_lists(&lb2, &trusted, Some(3), NOW).expect("newer opens"))
+        .expect("adds");
+    let p2 = open(&pb, &[pk.verifying_key()], None, NOW, &newer)
+        .expect("opens")
+        .policy;
+    assert!(!blocked(&p2, None, &["tracker.example"]));
+    assert!(blocked(&p2, None, &["other.example"]));
+    // And the diff of the two list bundles says so, per list file.
+    let d = diff::diff(
+        &bundle::review(&lb).expect("review"),
+        &bundle::review(&lb2).expect("review"),
+    )
+    .expect("diff");
+    assert_eq!(d.lists["trackers.hosts"].removed, ["=tracker.example"]);
+    assert!(d.rules.is_empty() && d.settings.is_empty());
+    assert!(
+        diff::diff(
+            &bundle::review(&lb).expect("review"),
+            &bundle::review(&pb).expect("review")
+        )
+        .is_err(),
+        "a list bundle is not compared with a rules bundle"
+    );
+}
+
+#[test]
+fn list_manifests_and_list_references_are_checked_where_they_are_written() {
+    use super::lists::read_manifest;
+    let none = |_: &str| -> Result<String, String> { Ok("a.example\n".into()) };
+    let m = |t: &str| {
+        read_manifest(Path::new("lists.toml"), t, &mut { none }).map(|(m, l)| (m.name, l.len()))
+    };
+    assert_eq!(
+        m("name = \"ok-1\"\n[[list]]\nname = \"a\"\nfile = \"a.txt\"\nformat = \"domains\"\n"),
+        Ok(("ok-1".into(), 1))
+    );
+    for (bad, says) in [
+        (
+            "name = \"Bad/Name\"\n[[list]]\nname = \"a\"\nfile = \"a\"\nformat = \"domains\"\n",
+            "cannot name a list bundle",
+        ),
+        ("name = \"x\"\n", "at least one [[list]]"),
+        (
+            "name = \"x\"\n[[list]]\nname = \"a\"\nfile = \"a\"\nformat = \"domains\"\n[[list]]\nname = \"a\"\nfile = \"b\"\nformat = \"domains\"\n",
+            "defined twice",
+        ),
+        (
+            "name = \"x\"\n[[list]]\nname = \"a\"\nfile = \"a\"\nformat = \"nope\"\n",
+            "unknown variant",
+        ),
+        ("name = \"x\"\nextra = 1\n", "unknown field"),
+    ] {
+        let e = m(bad).expect_err(bad);
+        assert!(e.message.contains(says), "{bad}: {e}");
+    }
+    // In a policy: a list is a file with a format, or from a list bundle.
+    let cat = catalog();
+    for bad in [
+        "name='x'\ndefault='allow'\n[[list]]\nname='l'\nfrom='acme'\nfile='f.txt'\n",
+        "name='x'\ndefault='allow'\n[[list]]\nname='l'\n",
+        "name='x'\ndefault='allow'\n[[list]]\nname='l'\nfile='f.txt'\n",
+    ] {
+        let e = Policy::declared(Path::new("p.toml"), bad, &mut { none }, &cat).expect_err(bad);
+        assert!(
+            e.message.contains("needs either file and format, or from"),
+            "{e}"
+        );
+        assert_eq!(e.line, 4, "{e}");
+    }
+    // A policy file drawing on a list bundle: checked, but not loaded
+    // without it (the error is at its `from`).
+    let t = "name='x'\ndefault='allow'\n[[list]]\nname='l'\nfrom='acme'\n[[rule]]\nname='r'\naction='block'\nlist=['l']\n";
+    let d = Policy::declared(Path::new("p.toml"), t, &mut { none }, &cat).expect("checks");
+    assert_eq!((d.rules, d.lists, d.needs.len()), (1, 1, 1));
+    let e = Policy::parse(Path::new("p.toml"), t, Some(Path::new(".")), &cat)
+        .expect_err("not installed");
+    assert_eq!(e.line, 5, "{e}");
+    assert!(e.message.contains("not installed"), "{e}");
 }
