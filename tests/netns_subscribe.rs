@@ -230,6 +230,28 @@ fn subscribed_args(scratch: &Path, state: &Path) -> Vec<String> {
     ]
 }
 
+/// Starts `geowall tunnel ARGS` on another TUN of `net`, which must
+/// refuse to start; what it said.
+fn refused_start(net: &Net, world: &Path, args: &[String]) -> String {
+    let o = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.fw,
+            env!("CARGO_BIN_EXE_geowall"),
+            "tunnel",
+        ])
+        .args(["--tun", &format!("{}r", net.tun), "--netns", &net.app])
+        .arg("--world")
+        .arg(world)
+        .args(args)
+        .output()
+        .expect("geowall runs");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    err
+}
+
 const ALLOW_ALL: &str = "name = \"v1\"\ndefault = \"allow\"\n";
 const NO_AGORA: &str = "name = \"v2\"\ndefault = \"allow\"\n[[rule]]\nname = \"no agora\"\naction = \"block\"\nvendor = [\"agora\"]\n[[rule]]\nname = \"no CN\"\naction = \"block\"\njurisdiction = { countries = [\"CN\"], layers = [\"geo\"] }\n";
 
@@ -454,22 +476,7 @@ fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
     let mut a2: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     let i = a2.iter().position(|a| a == "--state-dir").expect("arg") + 1;
     a2[i] = p(&fresh);
-    let o = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.fw,
-            env!("CARGO_BIN_EXE_geowall"),
-            "tunnel",
-        ])
-        .args(["--tun", "gwsub", "--netns", &net.app])
-        .arg("--world")
-        .arg(&world)
-        .args(&a2)
-        .output()
-        .expect("geowall runs");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    let err = refused_start(&net, &world, &a2);
     assert!(
         err.contains("refusing the subscription") && err.contains("no site"),
         "{err}"
@@ -616,21 +623,6 @@ fn a_list_subscription_feeds_the_policy_and_a_missing_list_is_never_an_allow() {
     a2.drain(i..i + 4);
     let i = a2.iter().position(|a| a == "--state-dir").expect("arg") + 1;
     a2[i] = p(&scratch.join("state2"));
-    let o = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.fw,
-            env!("CARGO_BIN_EXE_geowall"),
-            "tunnel",
-        ])
-        .args(["--tun", "gwsubl", "--netns", &net.app])
-        .arg("--world")
-        .arg(&world)
-        .args(&a2)
-        .output()
-        .expect("geowall runs");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    let err = refused_start(&net, &world, &a2);
     assert!(err.contains("list bundle 'acme' is not installed"), "{err}");
 }

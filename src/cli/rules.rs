@@ -336,11 +336,7 @@ pub(crate) fn run(c: Command) -> anyhow::Result<ExitCode> {
                     if !v.needs.is_empty() {
                         println!(
                             "needs lists from list bundles (the device's --subscribe-list): {}",
-                            v.needs
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            joined(&v.needs)
                         );
                     }
                     Ok(ExitCode::SUCCESS)
@@ -490,6 +486,15 @@ pub(crate) fn publish_to(
         ix.file
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `a, b, c`.
+fn joined<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn now_secs() -> u64 {
@@ -694,11 +699,7 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 if !p.needs.is_empty() {
                     println!(
                         "  from list bundles (a device must subscribe to them): {}",
-                        p.needs
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        joined(&p.needs)
                     );
                 }
             }
