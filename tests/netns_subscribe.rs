@@ -566,6 +566,15 @@ fn a_list_subscription_feeds_the_policy_and_a_missing_list_is_never_an_allow() {
     assert_eq!(s["subscriptions"][1]["what"], "list bundle acme", "{s}");
     assert_eq!(s["subscriptions"][1]["installed"], 1, "{s}");
     assert!(hello(&net, 3) >= 3, "list v1 does not hold the server");
+    // Published for an hour: the text status warns it expires within a day.
+    let o = support::geowall_cli(&net, &["status"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(
+            "subscription (list bundle acme) https://dns.test/site/lists-index.json: sequence 1"
+        ) && text.contains("WARNING: the list bundle acme expires at"),
+        "{text}"
+    );
 
     // The list maintainer adds the server: the same policy blocks it.
     let us2 = format!("{}/32\n", addr::US2);

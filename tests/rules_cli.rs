@@ -1017,4 +1017,25 @@ fn list_bundles_are_built_checked_verified_diffed_and_published() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // With the list bundle given (a directory or a bundle), explain judges
+    // with its lists: a listed name is blocked, another is not.
+    for lists in [&v2, &lb1] {
+        for (target, verdict) in [
+            ("x.ads.example", "verdict: BLOCK (drop) by rule 1 \"acme\""),
+            ("news.example", "verdict: ALLOW"),
+        ] {
+            let o = geowall(&[
+                "rules",
+                "explain",
+                "--policy",
+                &p(&pol.join("policy.toml")),
+                "--lists",
+                &p(lists),
+                target,
+            ]);
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            assert!(out.contains(verdict), "{target}: {out}");
+        }
+    }
 }

@@ -370,6 +370,23 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
         if let Some(e) = sub["last_error"].as_str() {
             println!("WARNING: the last {} checks failed: {e}", sub["failures"]);
         }
+        if let Some(exp) = sub["expires"].as_u64() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let what = sub["what"].as_str().unwrap_or("?");
+            if now >= exp {
+                println!(
+                    "WARNING: the {what} expired at {}: it stays in force until a newer one arrives",
+                    geowall::timefmt::rfc3339(exp)
+                );
+            } else if exp - now < 86_400 {
+                println!(
+                    "WARNING: the {what} expires at {}, within a day, and nothing newer has arrived",
+                    geowall::timefmt::rfc3339(exp)
+                );
+            }
+        }
     }
     println!(
         "bytes: {} to servers, {} from servers",

@@ -141,6 +141,11 @@ pub(crate) struct ExplainArgs {
     /// A policy file.
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// A list bundle the policy's lists `from` are drawn from: a bundle
+    /// file, or a directory with lists.toml (repeatable). Its signature is
+    /// not checked here (`rules verify` does).
+    #[arg(long, value_name = "FILE|DIR", requires = "policy")]
+    lists: Vec<PathBuf>,
     /// Destination port.
     #[arg(long)]
     port: Option<u16>,
@@ -722,8 +727,14 @@ fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
 
 fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let catalog = Arc::new(load_catalog(&a.catalog)?);
+    let mut lists = geowall::policy::lists::InstalledLists::default();
+    for l in &a.lists {
+        let b = review(l)?;
+        let b = bundle::review_lists(&b).with_context(|| format!("{}", l.display()))?;
+        lists.add(b).map_err(|e| anyhow::anyhow!("--lists: {e}"))?;
+    }
     let policy = match (&a.preset, &a.policy) {
-        (_, Some(f)) => Policy::load(f, &catalog)?,
+        (_, Some(f)) => Policy::load_with(f, &catalog, &lists)?,
         (p, None) => Policy::preset(p.as_deref().unwrap_or("default"), &catalog)?,
     };
     let world = super::load_world(a.world.as_ref(), false)?;

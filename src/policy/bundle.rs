@@ -905,6 +905,31 @@ pub fn open_lists(
     })
 }
 
+/// A list bundle read for review (see [`Review`]): its lists, with the
+/// signature not checked (`key_id` is empty), for what-if tools such as
+/// `rules explain --lists`. Never install what this returns; use
+/// [`open_lists`].
+///
+/// # Errors
+/// Not a list bundle, or a list has a mistake.
+pub fn review_lists(r: &Review) -> Result<ListBundle, BundleError> {
+    if r.kind != BundleKind::Lists {
+        return Err(BundleError::WrongKind {
+            found: r.kind,
+            wanted: BundleKind::Lists,
+        });
+    }
+    let (m, lists) = compile_lists(&r.files)?;
+    Ok(ListBundle {
+        name: m.name,
+        sequence: r.sequence,
+        created: 0,
+        expires: r.expires,
+        key_id: String::new(),
+        lists,
+    })
+}
+
 /// What [`inspect`] found in a bundle of any kind.
 #[derive(Debug, Clone)]
 pub struct Inspected {
