@@ -93,6 +93,10 @@ enum GeowallStatus
   // A rules bundle was signed by a key the app does not trust; the
   // running rules stay.
   GEOWALL_STATUS_BUNDLE_UNKNOWN_KEY = 14,
+  // A subscription stopped the start (the message says which and why):
+  // nothing kept and the first fetch failed, a kept bundle was refused
+  // (expired, damaged), or the rules block its update server.
+  GEOWALL_STATUS_SUBSCRIPTION = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -278,6 +282,19 @@ GeowallStatus geowall_set_identifiers(GeowallHandle engine, const char *identifi
 // # Safety
 // `out` points to a writable [`GeowallStats`].
 GeowallStatus geowall_stats(GeowallHandle engine, struct GeowallStats *out);
+
+// Writes the state of the subscriptions of an engine or checker as a
+// JSON array, one object per subscription in the configuration's order
+// (`what`, `url`, `installed`, `expires`, `stale`, `last_check`,
+// `last_success`, `last_error`, `failures`; times in Unix seconds, absent ones `null`),
+// into `buf` (`cap` bytes, NUL-terminated, cut at a character boundary),
+// and its full length in bytes without the NUL to `*len`. Pass `buf` null
+// and `cap` 0 to ask for the length.
+//
+// # Safety
+// `buf` is null or points to `cap` writable bytes; `len` points to a
+// writable `size_t`.
+GeowallStatus geowall_subscriptions(GeowallHandle handle, char *buf, size_t cap, size_t *len);
 
 // Makes a checker: the rules of `config_json` (preset or policy, trusted
 // keys, world; the engine's fields are accepted and ignored) without an

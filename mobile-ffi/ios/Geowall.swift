@@ -37,6 +37,9 @@ public struct GeowallError: Error, LocalizedError, CustomStringConvertible {
         case bundleBadSignature = 13
         /// A rules bundle was signed by an untrusted key.
         case bundleUnknownKey = 14
+        /// A subscription stopped the start (first fetch failed, kept
+        /// bundle refused, update server blocked).
+        case subscription = 15
         /// A status this wrapper does not know (a newer library): see `status`.
         case unknown = -1
     }
@@ -263,6 +266,17 @@ public final class Geowall: @unchecked Sendable {
         var s = GeowallFFI.GeowallStats()
         try ok(geowall_stats(handle, &s))
         return GeowallStats(s)
+    }
+
+    /// The state of the subscriptions as JSON (`geowall_subscriptions`):
+    /// one object per subscription with its installed sequence, expiry,
+    /// last check and last error.
+    public func subscriptionsJSON() throws -> String {
+        var len = 0
+        try ok(geowall_subscriptions(handle, nil, 0, &len))
+        var buf = [CChar](repeating: 0, count: len + 1)
+        try ok(geowall_subscriptions(handle, &buf, buf.count, &len))
+        return String(cString: buf)
     }
 
     /// What the rules say about sending to `host` (a name, or an IPv4 or

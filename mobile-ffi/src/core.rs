@@ -13,13 +13,17 @@ use std::thread::{JoinHandle, ThreadId};
 use std::time::Instant;
 
 use geowall::classify::leak::LeakDetector;
+use geowall::driver::fetch::Fetcher;
 use geowall::driver::setup::{CaPem, RunConfig, Started};
+use geowall::driver::subscribe::{Follow, Round, Subscription};
 use geowall::driver::{self, Live, Protection, SocketProtector, Tun};
 use geowall::engine::dataplane::{AppLookup, AppOwner, Engine, Event};
 use geowall::intel::World;
 use geowall::intel::catalog::Catalog;
 use geowall::intel::jurisdiction::Intel;
+use geowall::intel::jurisdiction::WorldHandle;
 use geowall::policy::bundle::{self, Installer};
+use geowall::policy::lists::InstalledLists;
 use geowall::policy::{Action, BlockMode, Facts, Policy, PolicyHandle, Traffic, Transport};
 use serde::Deserialize;
 
@@ -64,6 +68,9 @@ pub enum Code {
     BundleUnknownKey,
     /// The TUN or a socket failed.
     Io,
+    /// A subscription stopped the start: nothing kept and the first fetch
+    /// failed, a kept bundle refused, or rules that block its server.
+    Subscription,
     /// The call would wait for the thread it was made on.
     WrongThread,
     /// A bug inside geowall (a caught panic).
@@ -124,6 +131,34 @@ pub struct Config {
     /// .getNat64Prefix()`), e.g. `64:ff9b::/96`: addresses under them are
     /// judged by the IPv4 address they embed.
     pub nat64_prefixes: Vec<String>,
+    /// A directory of the app's own (its private files directory) where
+    /// subscribed bundles are kept across restarts; needed by
+    /// `subscriptions`.
+    pub state_dir: Option<PathBuf>,
+    /// Signed bundles followed over HTTPS: one rules subscription (instead
+    /// of `preset`/`policy`) and any number of list bundles a policy's
+    /// `[[list]] from` draws on.
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// One subscription of [`Config::subscriptions`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionConfig {
+    /// The published directory (`https://…/`, as `geowall rules publish`
+    /// writes it) or its index file.
+    pub url: String,
+    /// A list bundle's name (what a policy's `from` names); absent: the
+    /// rules themselves.
+    pub list: Option<String>,
+    /// Hex Ed25519 public keys its bundles must be signed with; a rules
+    /// subscription takes `trusted_keys` when this is empty.
+    pub keys: Vec<String>,
+    /// How often it is checked: `6h` (the default), `90m`, `30s`, `1d`.
+    pub every: Option<String>,
+    /// Certificate authorities (PEM text) trusted for its server besides
+    /// the public ones.
+    pub ca: Vec<String>,
 }
 
 impl Config {
@@ -137,12 +172,53 @@ impl Config {
 }
 
 /// The rules side shared by a running engine and an engine-free checker:
-/// policy (replaced by bundle updates), world and catalog, bundle state.
+/// policy (replaced by bundle updates), world and catalog, bundle state,
+/// subscriptions.
 pub struct Rules {
     policy: Arc<PolicyHandle>,
     intel: Intel,
+    /// The same world, as subscriptions judge their servers with it.
+    world: Arc<WorldHandle>,
     installer: Mutex<Installer>,
     sequence: AtomicU64,
+    /// The policy without a bundle (a preset or policy text), compiled
+    /// again when the list bundles change.
+    base: Base,
+    /// What the configuration subscribes to.
+    subscriptions: Vec<Subscription>,
+}
+
+/// Where the policy comes from before any bundle is installed.
+enum Base {
+    /// A shipped preset.
+    Preset(String),
+    /// Policy text.
+    Text(String),
+}
+
+impl Base {
+    fn compile(&self, catalog: &Catalog, lists: &InstalledLists) -> Result<Policy, Error> {
+        match self {
+            Self::Preset(p) => {
+                Policy::preset(p, catalog).map_err(|e| config_error(format!("preset: {e}")))
+            }
+            Self::Text(text) => {
+                let mut no_files = |f: &str| -> Result<String, String> {
+                    Err(format!(
+                        "'{f}': there are no list files here; give the list inline or from a list bundle (from = \"NAME\")"
+                    ))
+                };
+                Policy::parse_with(
+                    std::path::Path::new("policy"),
+                    text,
+                    &mut no_files,
+                    lists,
+                    catalog,
+                )
+                .map_err(|e| config_error(format!("policy: {e}")))
+            }
+        }
+    }
 }
 
 fn parse_key(hex: &str) -> Result<bundle::VerifyingKey, Error> {
@@ -157,34 +233,135 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// The subscriptions `cfg` describes, checked (no network).
+fn subscriptions(cfg: &Config) -> Result<Vec<Subscription>, Error> {
+    if cfg.subscriptions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let state = cfg.state_dir.as_deref().ok_or_else(|| {
+        config_error("subscriptions keep their bundles in a directory: give state_dir")
+    })?;
+    let mut out = Vec::with_capacity(cfg.subscriptions.len());
+    for (i, s) in cfg.subscriptions.iter().enumerate() {
+        let at = format!("subscriptions[{i}]");
+        let keys: Vec<String> = match (&s.list, s.keys.is_empty()) {
+            (None, true) => cfg.trusted_keys.clone(),
+            _ => s.keys.clone(),
+        };
+        let keys = keys
+            .iter()
+            .map(|k| {
+                bundle::parse_verifying_key(k)
+                    .map_err(|e| config_error(format!("{at}: keys: '{k}': {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let every = match &s.every {
+            None => driver::subscribe::DEFAULT_INTERVAL,
+            Some(e) => driver::subscribe::parse_interval(e)
+                .map_err(|m| config_error(format!("{at}: every: {m}")))?,
+        };
+        let mut ca = Vec::new();
+        for (j, pem) in s.ca.iter().enumerate() {
+            ca.extend(
+                driver::dns::parse_ca(pem.as_bytes(), &format!("{at}: ca[{j}]"))
+                    .map_err(config_error)?,
+            );
+        }
+        let kind = if s.list.is_some() {
+            bundle::BundleKind::Lists
+        } else {
+            bundle::BundleKind::Rules
+        };
+        let sub = Subscription::new(kind, s.list.as_deref(), &s.url, every, keys, state, ca)
+            .map_err(|m| config_error(format!("{at}: {m}")))?;
+        if out.iter().any(|o: &Subscription| o.file() == sub.file()) {
+            return Err(config_error(format!(
+                "{at}: {} is subscribed to twice",
+                sub.status().what
+            )));
+        }
+        out.push(sub);
+    }
+    if out.len() > 1 + geowall::policy::lists::MAX_LIST_BUNDLES {
+        return Err(config_error(format!(
+            "at most one rules and {} list subscriptions",
+            geowall::policy::lists::MAX_LIST_BUNDLES
+        )));
+    }
+    Ok(out)
+}
+
 impl Rules {
-    /// Loads what `cfg` names: policy (preset or text), catalog, world.
+    /// Loads what `cfg` names: policy (preset, text, or the kept bundle
+    /// of a rules subscription), the kept list bundles of its list
+    /// subscriptions, catalog, world. Nothing is fetched: a subscription
+    /// whose bundle is not kept yet is an error here (a started engine
+    /// fetches it first).
     ///
     /// # Errors
     /// An unknown preset, a policy that does not compile, a bad key, a
-    /// world file that cannot be read.
+    /// world file that cannot be read, a bad subscription, a kept bundle
+    /// missing or refused ([`Code::Subscription`]).
     pub fn load(cfg: &Config) -> Result<Self, Error> {
+        Self::load_with(cfg, subscriptions(cfg)?)
+    }
+
+    fn load_with(cfg: &Config, subscriptions: Vec<Subscription>) -> Result<Self, Error> {
         let catalog = Catalog::shipped().map_err(|e| config_error(format!("catalog: {e}")))?;
-        let policy = match (&cfg.preset, &cfg.policy) {
+        let rules_sub = subscriptions
+            .iter()
+            .find(|s| s.kind() == bundle::BundleKind::Rules);
+        let base = match (&cfg.preset, &cfg.policy) {
             (Some(_), Some(_)) => {
                 return Err(config_error("give either preset or policy, not both"));
             }
-            (_, Some(text)) => Policy::parse(std::path::Path::new("policy"), text, None, &catalog)
-                .map_err(|e| config_error(format!("policy: {e}")))?,
-            (p, None) => Policy::preset(p.as_deref().unwrap_or("default"), &catalog)
-                .map_err(|e| config_error(format!("preset: {e}")))?,
+            (Some(_), None) | (None, Some(_)) if rules_sub.is_some() => {
+                return Err(config_error(
+                    "a rules subscription brings the policy: give no preset or policy with it",
+                ));
+            }
+            (_, Some(text)) => Base::Text(text.clone()),
+            (p, None) => Base::Preset(p.clone().unwrap_or_else(|| "default".into())),
         };
+        let lists = driver::subscribe::kept_lists(&subscriptions)
+            .map_err(|e| Error::new(Code::Subscription, e))?;
         let keys = cfg
             .trusted_keys
             .iter()
             .map(|k| parse_key(k))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut installer = Installer::with_lists(keys, lists);
+        let (policy, sequence) = match rules_sub {
+            Some(sub) => {
+                let f = sub.file();
+                let bytes = std::fs::read(f).map_err(|e| {
+                    Error::new(
+                        Code::Subscription,
+                        format!("rules subscription: cannot read {}: {e}", f.display()),
+                    )
+                })?;
+                let b = installer.install(&bytes, now_unix()).map_err(|e| {
+                    Error::new(
+                        Code::Subscription,
+                        format!(
+                            "rules subscription: the kept bundle {} is refused ({e}); nothing started",
+                            f.display()
+                        ),
+                    )
+                })?;
+                (b.policy.clone(), b.sequence)
+            }
+            None => (base.compile(&catalog, installer.lists())?, 0),
+        };
         let world = load_world(cfg.world.as_ref())?;
         Ok(Self {
             policy: Arc::new(PolicyHandle::new(policy)),
-            intel: Intel::new(world),
-            installer: Mutex::new(Installer::new(keys)),
-            sequence: AtomicU64::new(0),
+            intel: Intel::new(Arc::clone(&world)),
+            world: Arc::new(WorldHandle::new(world)),
+            installer: Mutex::new(installer),
+            sequence: AtomicU64::new(sequence),
+            base,
+            subscriptions,
         })
     }
 
@@ -214,9 +391,103 @@ impl Rules {
         Ok(b.sequence)
     }
 
+    /// Reads the kept list bundles again and compiles the policy again
+    /// with them (the installed bundle's, or the preset or text); the
+    /// running policy is replaced. On error nothing changes.
+    fn relist(&self) -> Result<String, String> {
+        let lists = driver::subscribe::kept_lists(&self.subscriptions)?;
+        let mut inst = lock(&self.installer);
+        let policy = if inst.installed().is_some() {
+            inst.relist(lists, now_unix())
+                .map_err(|e| format!("the rules bundle with the new lists: {e}"))?
+                .map(|b| b.policy.clone())
+                .ok_or("the installed bundle went away")?
+        } else {
+            let catalog = Catalog::shipped().map_err(|e| format!("catalog: {e}"))?;
+            let p = self.base.compile(&catalog, &lists).map_err(|e| e.message)?;
+            inst.relist(lists, now_unix()).map_err(|e| e.to_string())?;
+            p
+        };
+        let name = format!("policy {} compiled again", policy.name);
+        self.policy.replace(policy);
+        Ok(name)
+    }
+
     /// The installed bundle's sequence number (0: none).
     pub fn sequence(&self) -> u64 {
         self.sequence.load(Ordering::Acquire)
+    }
+
+    /// The state of each subscription (what is installed, the last
+    /// check, the last error), in the configuration's order.
+    pub fn subscriptions(&self) -> Vec<driver::subscribe::Status> {
+        self.subscriptions
+            .iter()
+            .map(Subscription::status)
+            .collect()
+    }
+
+    /// What the subscriptions follow once the engine runs: each with how
+    /// what it fetches is installed here and a fetcher resolving with
+    /// `resolver`; each update server judged by the rules first.
+    fn follows(
+        self: &Arc<Self>,
+        resolver: &driver::dns::Resolver,
+        protection: &Protection,
+        host: &Arc<dyn Host>,
+    ) -> Result<Vec<(Follow, Fetcher)>, Error> {
+        let policy = self.policy.current();
+        let mut out = Vec::with_capacity(self.subscriptions.len());
+        for sub in &self.subscriptions {
+            let fetcher = sub
+                .fetcher(resolver.clone(), protection.clone())
+                .map_err(config_error)?;
+            if let Some(w) =
+                driver::subscribe::refuse_blocked_server(sub, &fetcher, &policy, &self.intel)
+                    .map_err(|e| Error::new(Code::Subscription, e))?
+            {
+                host.on_log(Level::Warn, &w);
+            }
+            let rules = Arc::clone(self);
+            let (install, installed, expires): (driver::subscribe::Install, _, _) = match sub.list()
+            {
+                None => {
+                    let inst = lock(&self.installer);
+                    let b = inst.installed();
+                    (
+                        Arc::new(move |path: &std::path::Path| {
+                            let bytes = std::fs::read(path)
+                                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                            rules
+                                .install(&bytes)
+                                .map(|_| format!("policy {}", rules.policy_name()))
+                                .map_err(|e| e.message)
+                        }),
+                        b.map(|b| b.sequence),
+                        b.map(|b| b.expires),
+                    )
+                }
+                Some(name) => {
+                    let inst = lock(&self.installer);
+                    let b = inst.lists().bundles().iter().find(|b| b.name == name);
+                    (
+                        Arc::new(move |_: &std::path::Path| rules.relist()),
+                        b.map(|b| b.sequence),
+                        b.map(|b| b.expires),
+                    )
+                }
+            };
+            out.push((
+                Follow::new(
+                    sub.clone(),
+                    install,
+                    installed,
+                    Arc::new(Mutex::new(expires)),
+                ),
+                fetcher,
+            ));
+        }
+        Ok(out)
     }
 
     /// The running policy's name.
@@ -451,7 +722,7 @@ impl Running {
         }
         // A bad descriptor fails before anything is loaded.
         let fd = dup(tun_fd)?;
-        let rules = Arc::new(Rules::load(cfg)?);
+        let subscriptions = subscriptions(cfg)?;
         let leak = identifiers(&cfg.identifiers).map_err(|e| config_error(e.message))?;
         let protection = Protection {
             fwmark: cfg.fwmark,
@@ -486,6 +757,32 @@ impl Running {
                     .map_err(|e| config_error(format!("nat64_prefixes: '{p}': {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Subscriptions: what is not kept yet is fetched first (nothing to
+        // start with otherwise); then the rules judge each update server.
+        let sub_resolver = if subscriptions.is_empty() {
+            None
+        } else {
+            let (r, _) = driver::setup::resolver(&run, &protection)
+                .map_err(|e| config_error(e.to_string()))?;
+            for sub in subscriptions.iter().filter(|s| !s.file().exists()) {
+                let f = sub
+                    .fetcher(r.clone(), protection.clone())
+                    .map_err(config_error)?;
+                let seq = driver::subscribe::fetch_first(sub, &f)
+                    .map_err(|e| Error::new(Code::Subscription, e))?;
+                host.on_log(
+                    Level::Info,
+                    &format!("subscription {}: fetched sequence {seq}", sub.url()),
+                );
+            }
+            Some(r)
+        };
+        let rules = Arc::new(Rules::load_with(cfg, subscriptions)?);
+        let follows = match &sub_resolver {
+            Some(r) => rules.follows(r, &protection, &host)?,
+            None => Vec::new(),
+        };
+        let world = Arc::clone(&rules.world);
         let Started {
             mut engine,
             resolver,
@@ -521,6 +818,11 @@ impl Running {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let events = cfg.events.unwrap_or(true);
         let policy_name = rules.policy_name();
+        let following = Following {
+            follows,
+            policy: Arc::clone(&rules.policy),
+            world,
+        };
         let t = {
             let (live, ending, host) = (live.clone(), ending.clone(), host.clone());
             std::thread::Builder::new()
@@ -530,7 +832,7 @@ impl Running {
                     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                         engine_thread(
                             engine, fd, mtu, protection, resolver, live, host, events, stop_rx,
-                            ready_tx,
+                            ready_tx, following,
                         )
                     }));
                     let error = match run {
@@ -701,6 +1003,14 @@ fn dup(fd: RawFd) -> Result<OwnedFd, Error> {
     })
 }
 
+/// What the engine's thread follows besides the TUN: the subscriptions,
+/// the rules they install into and the world they are judged with.
+struct Following {
+    follows: Vec<(Follow, Fetcher)>,
+    policy: Arc<PolicyHandle>,
+    world: Arc<WorldHandle>,
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site, the thread's body"
@@ -716,6 +1026,7 @@ fn engine_thread(
     events: bool,
     stop: tokio::sync::oneshot::Receiver<()>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
+    following: Following,
 ) -> Result<driver::Summary, String> {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -747,6 +1058,26 @@ fn engine_thread(
             }
         };
         let _ = ready.send(Ok(()));
+        // The subscriptions' rounds end with the runtime.
+        for (f, fetcher) in following.follows {
+            let h = Arc::clone(&host);
+            tokio::spawn(driver::subscribe::follow(
+                f,
+                fetcher,
+                Arc::clone(&following.policy),
+                Arc::clone(&following.world),
+                move |sub: &Subscription, round: Round<'_>| match round {
+                    Round::Installed { sequence, what } => h.on_log(
+                        Level::Info,
+                        &format!(
+                            "subscription {}: installed sequence {sequence} ({what})",
+                            sub.url()
+                        ),
+                    ),
+                    Round::Failed(e) => h.on_log(Level::Warn, &format!("subscription: {e}")),
+                },
+            ));
+        }
         let on_event = |e: &Event| {
             if events && let Ok(j) = serde_json::to_string(e) {
                 host.on_event(&j);

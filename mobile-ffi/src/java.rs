@@ -271,7 +271,8 @@ pub extern "system" fn Java_org_geowall_Geowall_nativeStats<'l>(
     h: jlong,
 ) -> jstring {
     call(&mut env, std::ptr::null_mut(), |env| {
-        let s = core::engine(handle(h))?.stats();
+        let engine = core::engine(handle(h))?;
+        let s = engine.stats();
         let c = &s.live.counters;
         let j = serde_json::json!({
             "running": s.running,
@@ -290,6 +291,7 @@ pub extern "system" fn Java_org_geowall_Geowall_nativeStats<'l>(
             "bytes_down": s.live.bytes_down,
             "bundle_sequence": s.bundle_sequence,
             "uptime_ms": s.uptime_ms,
+            "subscriptions": engine.rules.subscriptions(),
         });
         jstr(env, &j.to_string())
     })

@@ -72,6 +72,10 @@ pub enum GeowallStatus {
     /// A rules bundle was signed by a key the app does not trust; the
     /// running rules stay.
     BundleUnknownKey = 14,
+    /// A subscription stopped the start (the message says which and why):
+    /// nothing kept and the first fetch failed, a kept bundle was refused
+    /// (expired, damaged), or the rules block its update server.
+    Subscription = 15,
 }
 
 impl From<Code> for GeowallStatus {
@@ -89,6 +93,7 @@ impl From<Code> for GeowallStatus {
             Code::BundleBadSignature => Self::BundleBadSignature,
             Code::BundleUnknownKey => Self::BundleUnknownKey,
             Code::Io => Self::Io,
+            Code::Subscription => Self::Subscription,
             Code::WrongThread => Self::WrongThread,
             Code::Internal => Self::Internal,
         }
@@ -590,6 +595,42 @@ pub unsafe extern "C" fn geowall_stats(
         };
         // SAFETY: non-null, writable per the caller's promise.
         unsafe { out.write(st) };
+        Ok(())
+    })
+}
+
+/// Writes the state of the subscriptions of an engine or checker as a
+/// JSON array, one object per subscription in the configuration's order
+/// (`what`, `url`, `installed`, `expires`, `stale`, `last_check`,
+/// `last_success`, `last_error`, `failures`; times in Unix seconds, absent ones `null`),
+/// into `buf` (`cap` bytes, NUL-terminated, cut at a character boundary),
+/// and its full length in bytes without the NUL to `*len`. Pass `buf` null
+/// and `cap` 0 to ask for the length.
+///
+/// # Safety
+/// `buf` is null or points to `cap` writable bytes; `len` points to a
+/// writable `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn geowall_subscriptions(
+    handle: GeowallHandle,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> GeowallStatus {
+    guard(|| {
+        if len.is_null() {
+            return Err(null("len"));
+        }
+        let (rules, _) = core::rules(handle)?;
+        let j = serde_json::to_string(&rules.subscriptions())
+            .map_err(|e| Error::new(Code::Internal, format!("subscriptions: {e}")))?;
+        if !buf.is_null() && cap > 0 {
+            // SAFETY: the caller promises `cap` writable bytes at `buf`.
+            let dst = unsafe { std::slice::from_raw_parts_mut(buf, cap) };
+            fill(dst, &j);
+        }
+        // SAFETY: non-null, writable per the caller's promise.
+        unsafe { len.write(j.len()) };
         Ok(())
     })
 }

@@ -397,3 +397,129 @@ fn each_kind_of_refused_bundle_has_its_own_status() {
     // SAFETY: a live handle.
     assert_eq!(unsafe { geowall_free(h) }, GeowallStatus::Ok);
 }
+
+#[test]
+fn subscriptions_are_checked_before_anything_is_fetched() {
+    use geowall::policy::bundle;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let key = bundle::SigningKey::from_bytes(&[3; 32]);
+    let hex = bundle::key_hex(key.verifying_key().as_bytes());
+    let url = "https://dns.test/site/";
+    let bad = [
+        (
+            serde_json::json!({"subscriptions": [{"url": url}], "trusted_keys": [hex]}),
+            "give state_dir",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": "http://dns.test/"}], "trusted_keys": [hex]}),
+            "subscriptions[0]",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": url}]}),
+            "no key",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": url, "every": "soon"}], "trusted_keys": [hex]}),
+            "subscriptions[0]: every: 'soon' is not a duration",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": url, "every": "0s"}], "trusted_keys": [hex]}),
+            "at least 1 s",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": url, "list": "Bad Name", "keys": [hex]}]}),
+            "cannot name a list bundle",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": url, "list": "acme"}]}),
+            "no key",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": url, "keys": ["abcd"]}]}),
+            "subscriptions[0]: keys: 'abcd'",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": url, "ca": ["not pem"]}], "trusted_keys": [hex]}),
+            "subscriptions[0]: ca[0]",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": url, "list": "acme", "keys": [hex]}, {"url": url, "list": "acme", "keys": [hex]}]}),
+            "subscriptions[1]: list bundle acme is subscribed to twice",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "preset": "strict", "subscriptions": [{"url": url}], "trusted_keys": [hex]}),
+            "give no preset or policy",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": url, "list": "acme", "keys": [hex], "intervall": "1h"}]}),
+            "unknown field `intervall`",
+        ),
+    ];
+    let mut h = 0;
+    for (json, want) in bad {
+        let cfg = c(&json.to_string());
+        // SAFETY: a valid string and out pointer.
+        let s = unsafe { geowall_checker_new(cfg.as_ptr(), &raw mut h) };
+        assert_eq!(s, GeowallStatus::InvalidConfig, "{json}");
+        assert!(last_error().contains(want), "{json}: {}", last_error());
+    }
+
+    // A checker fetches nothing: a bundle not kept yet is a subscription
+    // error, never the preset instead.
+    let rules_sub = serde_json::json!({"state_dir": state, "subscriptions": [{"url": url}], "trusted_keys": [hex]});
+    let cfg = c(&rules_sub.to_string());
+    // SAFETY: as above.
+    let s = unsafe { geowall_checker_new(cfg.as_ptr(), &raw mut h) };
+    assert_eq!(s, GeowallStatus::Subscription, "{}", last_error());
+    assert!(last_error().contains("subscribed.gwb"), "{}", last_error());
+
+    // What a started engine kept is what a checker judges with; an
+    // expired kept bundle refuses rather than falling back.
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).expect("dir");
+    std::fs::write(
+        rules.join("policy.toml"),
+        "name = 'kept'\ndefault = 'allow'\n[[rule]]\nname = 'no CN'\naction = 'block'\njurisdiction = { countries = ['CN'] }\n",
+    )
+    .expect("policy");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let kept = |expires: u64| {
+        let b = bundle::sign(
+            &bundle::build(&rules, 4, now - 100, expires).expect("build"),
+            &key,
+        )
+        .expect("sign");
+        std::fs::write(state.join("subscribed.gwb"), b).expect("kept");
+    };
+    kept(now + 3_600);
+    let h = checker(&rules_sub.to_string());
+    let v = check(h, "112.126.96.46", 443, 6, 0);
+    assert_eq!(
+        (v.action, text(&v.rule)),
+        (GEOWALL_DROP, "no CN".to_owned())
+    );
+    let mut len = 0;
+    // SAFETY: a live handle, no buffer, a valid length pointer.
+    let st = unsafe { geowall_subscriptions(h, ptr::null_mut(), 0, &raw mut len) };
+    assert_eq!(st, GeowallStatus::Ok);
+    let mut buf = vec![0 as c_char; len + 1];
+    // SAFETY: `buf` has `buf.len()` writable bytes.
+    let st = unsafe { geowall_subscriptions(h, buf.as_mut_ptr(), buf.len(), &raw mut len) };
+    assert_eq!(st, GeowallStatus::Ok);
+    let s: serde_json::Value = serde_json::from_str(&text(&buf)).expect("json");
+    assert_eq!(s[0]["what"], "rules", "{s}");
+    assert_eq!(s[0]["url"], "https://dns.test/site/index.json", "{s}");
+    // SAFETY: a live handle.
+    assert_eq!(unsafe { geowall_free(h) }, GeowallStatus::Ok);
+    kept(now - 10);
+    let cfg = c(&rules_sub.to_string());
+    let mut h = 0;
+    // SAFETY: as above.
+    let s = unsafe { geowall_checker_new(cfg.as_ptr(), &raw mut h) };
+    assert_eq!(s, GeowallStatus::Subscription, "{}", last_error());
+    assert!(last_error().contains("expired"), "{}", last_error());
+}

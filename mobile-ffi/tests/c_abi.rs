@@ -17,8 +17,8 @@ use std::io::ErrorKind;
 use std::time::Duration;
 
 use geowall::policy::bundle;
-use host::{Host, compile, library_dir, stat};
-use support::{Net, addr, echo, in_ns, ip, sa, tcp_exchange};
+use host::{compile, library_dir, stat};
+use support::{Net, addr, echo, in_ns, sa, tcp_exchange};
 
 const MARK: &str = "0x77";
 
@@ -109,17 +109,7 @@ fn a_c_app_runs_the_engine_on_a_tun() {
     // The app: TUN in the firewall namespace, which also has the link to
     // the internet. Unmarked traffic goes into the TUN; sockets the
     // callback marked take the main table, out over the link.
-    let tun = net.tun.clone();
-    let mut app = Host::spawn(&net.fw, &exe, &[&tun, MARK]);
-    app.expect_line("tun ready");
-    ip(&["-n", &net.fw, "addr", "add", "198.18.1.2/24", "dev", &tun]);
-    ip(&["-n", &net.fw, "link", "set", &tun, "up"]);
-    ip(&[
-        "-n", &net.fw, "route", "add", "default", "dev", &tun, "table", "100",
-    ]);
-    ip(&[
-        "-n", &net.fw, "rule", "add", "not", "fwmark", MARK, "table", "100", "prio", "100",
-    ]);
+    let mut app = host::c_host_on_tun(&net, &exe, MARK, true);
     let started = app.cmd(&format!("start {}", cfg.display()));
     assert!(started.starts_with("ok "), "start: {started}");
 
@@ -253,23 +243,8 @@ fn memory_through_the_abi() {
     let cfg = net.dir.path().join("config.json");
     let config = serde_json::json!({ "dns_upstreams": [format!("udp:{}:53", addr::US)] });
     std::fs::write(&cfg, config.to_string()).expect("config");
-    let tun = net.tun.clone();
     // Not under valgrind: its own memory would be counted.
-    let mut app = Host::spawn_with(
-        &net.fw,
-        &[exe.to_str().expect("path")],
-        &[&tun, MARK],
-        false,
-    );
-    app.expect_line("tun ready");
-    ip(&["-n", &net.fw, "addr", "add", "198.18.1.2/24", "dev", &tun]);
-    ip(&["-n", &net.fw, "link", "set", &tun, "up"]);
-    ip(&[
-        "-n", &net.fw, "route", "add", "default", "dev", &tun, "table", "100",
-    ]);
-    ip(&[
-        "-n", &net.fw, "rule", "add", "not", "fwmark", MARK, "table", "100", "prio", "100",
-    ]);
+    let mut app = host::c_host_on_tun(&net, &exe, MARK, false);
     let before = app.cmd("rss");
     assert!(
         app.cmd(&format!("start {}", cfg.display()))

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use host::{Host, compile, crate_dir, library_dir};
-use support::{Net, addr, in_ns, ip, tcp_exchange};
+use support::{Net, addr, in_ns, tcp_exchange};
 
 const MARK: u32 = 0x77;
 
@@ -108,14 +108,7 @@ fn a_java_app_runs_the_engine_through_jni() {
     );
     app.expect_line("tun ready");
     let mark = format!("{MARK:#x}");
-    ip(&["-n", &net.fw, "addr", "add", "198.18.1.2/24", "dev", &tun]);
-    ip(&["-n", &net.fw, "link", "set", &tun, "up"]);
-    ip(&[
-        "-n", &net.fw, "route", "add", "default", "dev", &tun, "table", "100",
-    ]);
-    ip(&[
-        "-n", &net.fw, "rule", "add", "not", "fwmark", &mark, "table", "100", "prio", "100",
-    ]);
+    host::route_into_tun(&net.fw, &tun, &mark);
     let r = app.cmd(&format!("start {}", cfg.display()));
     assert_eq!(r, "ok", "start");
 

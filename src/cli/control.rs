@@ -173,7 +173,7 @@ fn status(s: &State) -> Value {
     let subscriptions: Vec<super::subscribe::Status> = s
         .subscriptions
         .iter()
-        .map(|st| st.lock().unwrap_or_else(PoisonError::into_inner).clone())
+        .map(|st| st.lock().unwrap_or_else(PoisonError::into_inner).at(now))
         .collect();
     json!({
         "subscriptions": subscriptions,

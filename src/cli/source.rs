@@ -204,20 +204,8 @@ impl RulesArgs {
         })?;
         for (name, _, keys) in specs {
             let f = super::subscribe::list_file(state, &name);
-            let bytes = std::fs::read(&f).with_context(|| {
-                format!(
-                    "list bundle '{name}': cannot read {} (not fetched yet)",
-                    f.display()
-                )
-            })?;
-            let b = bundle::open_lists(&bytes, &keys, None, now())
-                .with_context(|| format!("list bundle '{name}' ({})", f.display()))?;
-            anyhow::ensure!(
-                b.name == name,
-                "{}: it is list bundle '{}', not '{name}'",
-                f.display(),
-                b.name
-            );
+            let b = geowall::driver::subscribe::read_kept_list(&f, &name, &keys, now())
+                .map_err(|e| anyhow::anyhow!(e))?;
             out.add(b).map_err(|e| anyhow::anyhow!(e))?;
         }
         Ok(out)
@@ -262,6 +250,18 @@ impl RulesArgs {
         })?;
         std::fs::create_dir_all(state)
             .with_context(|| format!("cannot create {}", state.display()))?;
+        let flag = match kind {
+            bundle::BundleKind::Rules => "--subscribe",
+            bundle::BundleKind::World => "--subscribe-world",
+            bundle::BundleKind::Lists => "--subscribe-list",
+        };
+        let mut extra_ca = Vec::new();
+        for f in &self.subscribe_ca {
+            extra_ca.extend(
+                geowall::driver::dns::read_ca(f)
+                    .map_err(|e| anyhow::anyhow!("--subscribe-ca: {e}"))?,
+            );
+        }
         super::subscribe::Subscription::new(
             kind,
             list,
@@ -269,8 +269,9 @@ impl RulesArgs {
             self.subscribe_every,
             keys,
             state,
-            &self.subscribe_ca,
+            extra_ca,
         )
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
     }
 
     /// The bundle the rules come from: `--bundle`, or a subscription's.

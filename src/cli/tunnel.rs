@@ -129,17 +129,9 @@ pub(crate) struct Prepared {
     /// world update` and the world subscription install through it.
     pub(crate) world_update: WorldUpdate,
     /// The subscriptions followed while running.
-    subscriptions: Vec<Follow>,
+    subscriptions: Vec<super::subscribe::Follow>,
     /// The resolver settings their fetchers are built from.
     run: RunConfig,
-}
-
-/// A subscription and how what it fetches is installed.
-struct Follow {
-    sub: super::subscribe::Subscription,
-    install: super::subscribe::Install,
-    installed: Option<u64>,
-    expires: Arc<Mutex<Option<u64>>>,
 }
 
 impl EngineArgs {
@@ -160,10 +152,16 @@ impl EngineArgs {
                     .clone(),
             };
             sub.fetcher(r, protection.clone())
+                .map_err(|e| anyhow::anyhow!("--subscribe-ca: {e}"))
         };
         for sub in subscription.iter().chain(&list_subscriptions) {
             if !sub.file().exists() {
-                super::subscribe::fetch_first(sub, &fetcher_for(sub)?)?;
+                let seq = super::subscribe::fetch_first(sub, &fetcher_for(sub)?)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                eprintln!(
+                    "geowall: subscription {}: fetched sequence {seq}",
+                    sub.url()
+                );
             }
         }
         let super::source::Loaded {
@@ -181,12 +179,16 @@ impl EngineArgs {
             eprintln!("geowall: lists from list bundle '{name}' (sequence {seq})");
         }
         for sub in subscription.iter().chain(&list_subscriptions) {
-            super::subscribe::refuse_blocked_server(
+            if let Some(w) = super::subscribe::refuse_blocked_server(
                 sub,
                 &fetcher_for(sub)?,
                 &policy,
                 &Intel::new(Arc::clone(&world)),
-            )?;
+            )
+            .map_err(|e| anyhow::anyhow!(e))?
+            {
+                eprintln!("geowall: WARNING: {w}");
+            }
         }
         let policy_name = policy.name.clone();
         let handle = Arc::new(PolicyHandle::new(policy));
@@ -222,47 +224,47 @@ impl EngineArgs {
         let mut follows = Vec::new();
         if let Some(sub) = subscription {
             let (reload, handle) = (Arc::clone(&reload), Arc::clone(&handle));
-            follows.push(Follow {
+            follows.push(super::subscribe::Follow::new(
                 sub,
-                install: Arc::new(move |_: &Path| {
-                    let p = reload(false)?;
+                Arc::new(move |_: &Path| {
+                    let p = reload(false).map_err(|e| format!("{e:#}"))?;
                     let name = format!("policy {}", p.name);
                     handle.replace(p);
                     Ok(name)
                 }),
-                installed: sequence,
-                expires: Arc::clone(&expires_now),
-            });
+                sequence,
+                Arc::clone(&expires_now),
+            ));
         }
         for (sub, (_, seq, exp)) in list_subscriptions.into_iter().zip(&lists) {
             let (reload, handle) = (Arc::clone(&reload), Arc::clone(&handle));
-            follows.push(Follow {
+            follows.push(super::subscribe::Follow::new(
                 sub,
                 // The rules compiled again with the new lists (the same
                 // rules bundle, or a newer one).
-                install: Arc::new(move |_: &Path| {
-                    let p = reload(true)?;
+                Arc::new(move |_: &Path| {
+                    let p = reload(true).map_err(|e| format!("{e:#}"))?;
                     let name = format!("policy {} compiled again", p.name);
                     handle.replace(p);
                     Ok(name)
                 }),
-                installed: Some(*seq),
-                expires: Arc::new(Mutex::new(Some(*exp))),
-            });
+                Some(*seq),
+                Arc::new(Mutex::new(Some(*exp))),
+            ));
         }
         if let Some(sub) = self.rules.world_subscription()? {
             let (update, w) = (Arc::clone(&world_update), Arc::clone(&world));
-            follows.push(Follow {
+            follows.push(super::subscribe::Follow::new(
                 sub,
-                install: Arc::new(move |path: &Path| {
-                    let (_, new) = update(path)?;
+                Arc::new(move |path: &Path| {
+                    let (_, new) = update(path).map_err(|e| format!("{e:#}"))?;
                     let built = format!("world data built {}", new.meta().built_at);
                     w.replace(new);
                     Ok(built)
                 }),
-                installed: world_sequence,
-                expires: Arc::default(),
-            });
+                world_sequence,
+                Arc::default(),
+            ));
         }
         let readable = self.events.as_ref().is_some_and(|p| p.as_os_str() == "-")
             && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -438,7 +440,10 @@ pub(crate) fn serve(
     if !subscriptions.is_empty() {
         let (r, _) = driver::setup::resolver(&run, &protection)?;
         for f in subscriptions {
-            let fetcher = f.sub.fetcher(r.clone(), protection.clone())?;
+            let fetcher = f
+                .sub()
+                .fetcher(r.clone(), protection.clone())
+                .map_err(|e| anyhow::anyhow!("--subscribe-ca: {e}"))?;
             follows.push((f, fetcher));
         }
     }
@@ -473,13 +478,11 @@ pub(crate) fn serve(
         up();
         for (f, fetcher) in follows {
             tokio::spawn(super::subscribe::follow(
-                f.sub,
+                f,
                 fetcher,
                 Arc::clone(&policy),
                 Arc::clone(&world),
-                f.install,
-                f.installed,
-                f.expires,
+                super::subscribe::report,
             ));
         }
         if let Some(n) = &note {
@@ -572,7 +575,7 @@ pub(crate) fn control(name: &str, prepared: &Prepared) -> anyhow::Result<(Watch,
             subscriptions: prepared
                 .subscriptions
                 .iter()
-                .map(|f| Arc::clone(&f.sub.status))
+                .map(|f| f.sub().status_handle())
                 .collect(),
             started: std::time::Instant::now(),
             world: Arc::clone(&prepared.world),

@@ -24,6 +24,7 @@ pub mod procs;
 pub mod protect;
 pub mod setup;
 pub mod sockdiag;
+pub mod subscribe;
 pub mod tun;
 pub mod upstream;
 

@@ -1280,22 +1280,38 @@ pub fn key_hex(b: &[u8; 32]) -> String {
 pub struct Installer {
     trusted: Vec<VerifyingKey>,
     installed: Option<Bundle>,
+    /// The installed bundle's bytes (one bundle), to compile it again when
+    /// the list bundles change.
+    installed_bytes: Option<Vec<u8>>,
     lists: InstalledLists,
 }
 
 impl Installer {
-    /// An installer trusting these keys, with nothing installed.
+    /// An installer trusting these keys, with nothing installed; its
+    /// bundles' policies draw on no list bundle.
     pub fn new(trusted: Vec<VerifyingKey>) -> Self {
+        Self::with_lists(trusted, InstalledLists::default())
+    }
+
+    /// An installer trusting these keys, whose bundles' policies draw on
+    /// `lists` (`[[list]] from`).
+    pub fn with_lists(trusted: Vec<VerifyingKey>, lists: InstalledLists) -> Self {
         Self {
             trusted,
             installed: None,
-            lists: InstalledLists::default(),
+            installed_bytes: None,
+            lists,
         }
     }
 
     /// The installed bundle.
     pub fn installed(&self) -> Option<&Bundle> {
         self.installed.as_ref()
+    }
+
+    /// The list bundles policies draw on.
+    pub fn lists(&self) -> &InstalledLists {
+        &self.lists
     }
 
     /// Verifies `bytes` against the trusted keys and the installed
@@ -1308,7 +1324,28 @@ impl Installer {
             now,
             &self.lists,
         )?;
+        self.installed_bytes = Some(bytes.to_vec());
         Ok(self.installed.insert(b))
+    }
+
+    /// Takes new list bundles: the installed bundle (if any) is compiled
+    /// again with them (verified again, its sequence kept) and returned.
+    /// On error (its policy needs a list they lack, it has expired)
+    /// nothing changes.
+    pub fn relist(
+        &mut self,
+        lists: InstalledLists,
+        now: u64,
+    ) -> Result<Option<&Bundle>, BundleError> {
+        let again = match &self.installed_bytes {
+            Some(bytes) => Some(open(bytes, &self.trusted, None, now, &lists)?),
+            None => None,
+        };
+        self.lists = lists;
+        if let Some(b) = again {
+            self.installed = Some(b);
+        }
+        Ok(self.installed.as_ref())
     }
 }
 

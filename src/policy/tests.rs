@@ -1034,6 +1034,29 @@ fn a_policy_draws_lists_from_installed_list_bundles_and_never_runs_without_them(
             .contains("has no list 'nets'; it has: trackers"),
         "{e}"
     );
+    // An installer (the phone library's) compiles its bundle again when
+    // the lists change; lists that lack one it needs change nothing.
+    let mut inst = bundle::Installer::with_lists(vec![pk.verifying_key()], installed.clone());
+    assert_eq!(inst.install(&pb, NOW).expect("installs").sequence, 7);
+    let e = inst
+        .relist(only_trackers, NOW)
+        .expect_err("the policy needs acme/nets");
+    assert!(e.to_string().contains("has no list 'nets'"), "{e}");
+    assert_eq!(
+        inst.lists().bundles()[0].lists.len(),
+        2,
+        "the old lists stay"
+    );
+    let again = inst
+        .relist(installed.clone(), NOW)
+        .expect("compiles again")
+        .expect("installed");
+    assert_eq!(again.sequence, 7);
+    assert!(blocked(&again.policy, ip("198.51.100.7"), &[]));
+    assert!(
+        inst.relist(installed.clone(), NOW + 100).is_err(),
+        "an expired bundle is not compiled again"
+    );
     // Two bundles of one name are refused.
     assert!(installed.add(acme).is_err());
     // A list bundle is no rules bundle, and back; each has its own checks.

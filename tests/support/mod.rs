@@ -7,6 +7,8 @@
 //! dead test processes at the next start).
 #![allow(dead_code, reason = "each test binary uses a part")]
 
+pub(crate) mod site;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, Read, Write};

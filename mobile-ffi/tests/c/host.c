@@ -174,6 +174,12 @@ static void abuse(GeowallHandle engine) {
     expect("check bad proto", geowall_check(engine, "example.org", 443, 99, 0, NULL, &v), GEOWALL_STATUS_INVALID_ARGUMENT);
     expect("check bad traffic", geowall_check(engine, "example.org", 443, 6, 77, NULL, &v), GEOWALL_STATUS_INVALID_ARGUMENT);
     expect("check invalid utf-8", geowall_check(engine, bad_utf8, 443, 6, 0, NULL, &v), GEOWALL_STATUS_INVALID_UTF8);
+    size_t sublen = 0;
+    expect("subscriptions null len", geowall_subscriptions(engine, NULL, 0, NULL), GEOWALL_STATUS_NULL_POINTER);
+    expect("subscriptions bad handle", geowall_subscriptions(987654321, NULL, 0, &sublen), GEOWALL_STATUS_INVALID_HANDLE);
+    expect("checker subscription without state_dir",
+           geowall_checker_new("{\"subscriptions\":[{\"url\":\"https://dns.test/site/\"}]}", &h),
+           GEOWALL_STATUS_INVALID_CONFIG);
     expect("version null", geowall_version(0, NULL), GEOWALL_STATUS_NULL_POINTER);
     expect("version", geowall_version(0, &ver), GEOWALL_STATUS_OK);
     /* A checker: made, used, freed, then stale. */
@@ -292,6 +298,13 @@ int main(int argc, char **argv) {
                          atomic_load(&events), atomic_load(&app_lookups),
                          atomic_load(&events_with_app));
             report(s, s == GEOWALL_STATUS_OK ? extra : NULL);
+        } else if (!strcmp(line, "subs")) {
+            size_t len = 0;
+            GeowallStatus s = geowall_subscriptions(engine, NULL, 0, &len);
+            char *json = s == GEOWALL_STATUS_OK ? malloc(len + 1) : NULL;
+            if (json) s = geowall_subscriptions(engine, json, len + 1, &len);
+            report(s, s == GEOWALL_STATUS_OK && json ? json : NULL);
+            free(json);
         } else if (!strcmp(line, "version")) {
             GeowallVersion v;
             GeowallStatus s = geowall_version(engine, &v);

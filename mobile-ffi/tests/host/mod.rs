@@ -47,6 +47,41 @@ pub(crate) fn library_dir() -> PathBuf {
         .clone()
 }
 
+/// Routes the firewall namespace `fw` into the app's TUN `tun`, as a
+/// phone's VPN does: an address on it, and everything not marked `mark`
+/// (sockets the library protected) through it.
+pub(crate) fn route_into_tun(fw: &str, tun: &str, mark: &str) {
+    use crate::support::ip;
+    ip(&["-n", fw, "addr", "add", "198.18.1.2/24", "dev", tun]);
+    ip(&["-n", fw, "link", "set", tun, "up"]);
+    ip(&[
+        "-n", fw, "route", "add", "default", "dev", tun, "table", "100",
+    ]);
+    ip(&[
+        "-n", fw, "rule", "add", "not", "fwmark", mark, "table", "100", "prio", "100",
+    ]);
+}
+
+/// Starts the C host `exe` on the TUN of `net`'s firewall namespace
+/// (under valgrind if `memcheck` and installed), its protected sockets
+/// marked `mark`, and routes that namespace into the TUN.
+pub(crate) fn c_host_on_tun(
+    net: &crate::support::Net,
+    exe: &Path,
+    mark: &str,
+    memcheck: bool,
+) -> Host {
+    let mut app = Host::spawn_with(
+        &net.fw,
+        &[exe.to_str().expect("path")],
+        &[&net.tun, mark],
+        memcheck,
+    );
+    app.expect_line("tun ready");
+    route_into_tun(&net.fw, &net.tun, mark);
+    app
+}
+
 /// The crate's directory.
 pub(crate) fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -106,7 +106,10 @@ public final class Geowall implements AutoCloseable {
         nativeSetIdentifiers(handle, identifiersJson);
     }
 
-    /** The engine's numbers as JSON (the last ones once stopped). */
+    /**
+     * The engine's numbers as JSON (the last ones once stopped), with {@code subscriptions}: each
+     * subscription's installed sequence, expiry, last check and last error.
+     */
     public String stats() throws GeowallException {
         return nativeStats(handle);
     }

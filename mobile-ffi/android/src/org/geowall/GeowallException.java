@@ -32,6 +32,11 @@ public final class GeowallException extends Exception {
     public static final int BUNDLE_BAD_SIGNATURE = 13;
     /** A rules bundle was signed by an untrusted key; the running rules stay. */
     public static final int BUNDLE_UNKNOWN_KEY = 14;
+    /**
+     * A subscription stopped the start: nothing kept and the first fetch failed, a kept
+     * bundle was refused, or the rules block its update server.
+     */
+    public static final int SUBSCRIPTION = 15;
 
     /** The status code (one of the constants above). */
     public final int code;
