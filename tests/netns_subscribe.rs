@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use geowall::policy::bundle;
 use serde_json::Value;
-use support::site::{Maintainer, RESOLVER, SITE, fixture, now, publish_lists, start_site, zone};
+use support::site::{Maintainer, RESOLVER, fixture, now, publish_lists, start_site, zone};
 use support::{Net, addr, in_ns, sa, udp_exchange_within};
 
 /// An Agora edge's name: the vendor layer says CN wherever it is.
@@ -234,6 +234,28 @@ fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
         });
         assert!(s["subscriptions"][0]["last_error"].is_null(), "{what}: {s}");
     }
+
+    // Each install and each failed round is among the events.
+    let updates: Vec<Value> = net
+        .events()
+        .into_iter()
+        .filter(|e| e["kind"] == "update" || e["kind"] == "update-failed")
+        .collect();
+    assert!(
+        updates.iter().any(|e| e["kind"] == "update"
+            && e["what"] == "rules"
+            && e["sequence"] == 2
+            && e["installed"] == "policy v2"
+            && e["time"].is_string()),
+        "{updates:?}"
+    );
+    assert!(
+        updates.iter().any(|e| e["kind"] == "update-failed"
+            && e["error"]
+                .as_str()
+                .is_some_and(|x| x.contains("unknown key"))),
+        "{updates:?}"
+    );
 
     // The server goes away: the rules stay, failures are counted.
     site.down.store(true, Ordering::SeqCst);

@@ -15,7 +15,7 @@ use std::time::Instant;
 use geowall::classify::leak::LeakDetector;
 use geowall::driver::fetch::Fetcher;
 use geowall::driver::setup::{CaPem, RunConfig, Started};
-use geowall::driver::subscribe::{Follow, Round, Subscription};
+use geowall::driver::subscribe::{Follow, Round, Subscription, UpdateEvent};
 use geowall::driver::{self, Live, Protection, SocketProtector, Tun};
 use geowall::engine::dataplane::{AppLookup, AppOwner, Engine, Event};
 use geowall::intel::World;
@@ -1066,15 +1066,21 @@ fn engine_thread(
                 fetcher,
                 Arc::clone(&following.policy),
                 Arc::clone(&following.world),
-                move |sub: &Subscription, round: Round<'_>| match round {
-                    Round::Installed { sequence, what } => h.on_log(
-                        Level::Info,
-                        &format!(
-                            "subscription {}: installed sequence {sequence} ({what})",
-                            sub.url()
+                move |sub: &Subscription, round: Round<'_>| {
+                    match round {
+                        Round::Installed { sequence, what } => h.on_log(
+                            Level::Info,
+                            &format!(
+                                "subscription {}: installed sequence {sequence} ({what})",
+                                sub.url()
+                            ),
                         ),
-                    ),
-                    Round::Failed(e) => h.on_log(Level::Warn, &format!("subscription: {e}")),
+                        Round::Failed(e) => h.on_log(Level::Warn, &format!("subscription: {e}")),
+                    }
+                    // Among the decisions: `update` / `update-failed`.
+                    if events && let Ok(j) = serde_json::to_string(&UpdateEvent::of(sub, round)) {
+                        h.on_event(&j);
+                    }
                 },
             ));
         }

@@ -181,6 +181,32 @@ fn the_library_follows_rule_and_list_subscriptions() {
     assert!(!reaches(&net, us), "the refused bundle changed nothing");
     assert!(s[0]["failures"].as_u64().unwrap_or(0) >= 1, "{s}");
 
+    // Each install and each failed round reached `on_event`.
+    let events: Vec<Value> = app
+        .stderr()
+        .lines()
+        .filter_map(|l| l.strip_prefix("event "))
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .collect();
+    assert!(
+        events.iter().any(|e| e["kind"] == "update"
+            && e["what"] == "list bundle acme"
+            && e["sequence"] == 2),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["kind"] == "update"
+            && e["what"] == "rules"
+            && e["installed"] == "policy on-acme-v2"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "update-failed" && e["what"] == "rules"),
+        "{events:?}"
+    );
+
     // Restart with the server away: the kept bundles are the rules.
     assert_eq!(app.cmd("stop"), "ok");
     assert_eq!(app.cmd("free"), "ok");

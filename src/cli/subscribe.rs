@@ -7,8 +7,8 @@ use std::sync::Arc;
 use geowall::policy::Policy;
 
 pub(crate) use geowall::driver::subscribe::{
-    Follow, RULES_FILE as FILE, Round, Status, Subscription, fetch_first, follow, list_file,
-    parse_interval as duration, refuse_blocked_server,
+    Follow, RULES_FILE as FILE, Round, Status, Subscription, UpdateEvent, fetch_first, follow,
+    list_file, parse_interval as duration, refuse_blocked_server,
 };
 
 /// Reloads the rules as the instance was started and returns them; with

@@ -424,7 +424,7 @@ pub(crate) fn serve(
     let Prepared {
         engine,
         resolver,
-        mut sink,
+        sink,
         readable,
         note,
         attribute,
@@ -476,15 +476,24 @@ pub(crate) fn serve(
         };
         let tun = Tun::create(spec)?;
         up();
+        // Each round is said on standard error and, as an `update` or
+        // `update-failed` line, among the events.
+        let (updates, mut updates_rx) =
+            tokio::sync::mpsc::channel::<super::subscribe::UpdateEvent>(64);
         for (f, fetcher) in follows {
+            let updates = updates.clone();
             tokio::spawn(super::subscribe::follow(
                 f,
                 fetcher,
                 Arc::clone(&policy),
                 Arc::clone(&world),
-                super::subscribe::report,
+                move |sub: &super::subscribe::Subscription, round: super::subscribe::Round<'_>| {
+                    super::subscribe::report(sub, round);
+                    let _ = updates.try_send(super::subscribe::UpdateEvent::of(sub, round));
+                },
             ));
         }
+        drop(updates);
         if let Some(n) = &note {
             eprintln!("geowall: WARNING: {n}");
         }
@@ -507,32 +516,53 @@ pub(crate) fn serve(
             None
         };
         let (live, tally) = control.unzip();
+        let sink = std::cell::RefCell::new(sink);
+        // Writes one line of the events, counting what cannot be written.
+        let write = |line: &str| {
+            if let Some(w) = sink.borrow_mut().as_mut()
+                && let Err(err) = w.write_line(line)
+            {
+                if unwritten.get() == 0 {
+                    eprintln!(
+                        "geowall: WARNING: cannot write the events ({err}); later failures are counted"
+                    );
+                }
+                unwritten.set(unwritten.get() + 1);
+            }
+        };
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+        };
         let on_event = |e: &Event| {
             if let Some(t) = &tally
                 && let Ok(mut t) = t.lock()
             {
                 t.add(e);
             }
-            if let Some(w) = sink.as_mut() {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                let line = if readable {
+            if sink.borrow().is_some() {
+                let now = now();
+                write(&if readable {
                     format!("{} {}", clock(now), readable_line(e))
                 } else {
                     timed_json(e, now)
-                };
-                if let Err(err) = w.write_line(&line) {
-                    if unwritten.get() == 0 {
-                        eprintln!(
-                            "geowall: WARNING: cannot write the events ({err}); later failures are counted"
-                        );
-                    }
-                    unwritten.set(unwritten.get() + 1);
-                }
+                });
             }
         };
-        driver::run(
+        let updates = async {
+            while let Some(u) = updates_rx.recv().await {
+                let now = now();
+                write(&if readable {
+                    format!("{} \x1b[1m{}\x1b[0m", clock(now), u.readable())
+                } else {
+                    timed_json(&u, now)
+                });
+            }
+            // No subscription (or all gone): nothing more to write.
+            std::future::pending::<()>().await;
+        };
+        let run = driver::run(
             engine,
             tun,
             protection,
@@ -543,8 +573,11 @@ pub(crate) fn serve(
             },
             on_event,
             shutdown,
-        )
-        .await
+        );
+        tokio::select! {
+            r = run => r,
+            () = updates => unreachable!("the updates future never ends"),
+        }
     })?;
     if unwritten.get() > 0 {
         eprintln!(
@@ -591,7 +624,7 @@ pub(crate) fn control(name: &str, prepared: &Prepared) -> anyhow::Result<(Watch,
 /// green, the rest plain.
 /// An event as a JSON line, with the wall-clock `time` it was written
 /// (RFC 3339, milliseconds) first.
-fn timed_json(e: &Event, now: std::time::Duration) -> String {
+fn timed_json(e: &impl serde::Serialize, now: std::time::Duration) -> String {
     let mut line = format!("{{\"time\":\"{}\",", geowall::timefmt::rfc3339_millis(now));
     let body = serde_json::to_string(e).unwrap_or_default();
     // The event is a JSON object: its fields follow the time.

@@ -601,6 +601,81 @@ pub enum Round<'a> {
     Failed(&'a str),
 }
 
+/// What a round's outcome is called in the events stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateKind {
+    /// A newer bundle was installed.
+    Update,
+    /// The round failed (unreachable, refused); nothing changed.
+    UpdateFailed,
+}
+
+/// A round's outcome as a line of the events stream, beside the flows'
+/// events (`--events`, the phone library's `on_event`):
+/// `{"kind":"update","what":"rules","url":…,"sequence":2,"installed":"policy v2"}`
+/// or `{"kind":"update-failed",…,"error":…}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpdateEvent {
+    /// Installed, or failed.
+    pub kind: UpdateKind,
+    /// What the subscription brings (`rules`, `world data`, `list bundle
+    /// NAME`).
+    pub what: String,
+    /// The index's URL.
+    pub url: String,
+    /// The sequence installed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// What the install said (the policy now in force).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed: Option<String>,
+    /// Why the round failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl UpdateEvent {
+    /// The event of `round` of `sub`.
+    pub fn of(sub: &Subscription, round: Round<'_>) -> Self {
+        let (kind, sequence, installed, error) = match round {
+            Round::Installed { sequence, what } => (
+                UpdateKind::Update,
+                Some(sequence),
+                Some(what.to_owned()),
+                None,
+            ),
+            Round::Failed(e) => (UpdateKind::UpdateFailed, None, None, Some(e.to_owned())),
+        };
+        Self {
+            kind,
+            what: lock(&sub.status).what.clone(),
+            url: sub.url.to_string(),
+            sequence,
+            installed,
+            error,
+        }
+    }
+
+    /// A line for a person (the events on a terminal).
+    pub fn readable(&self) -> String {
+        match (&self.installed, &self.error) {
+            (Some(i), _) => format!(
+                "update: {} sequence {} installed from {} ({i})",
+                self.what,
+                self.sequence.unwrap_or_default(),
+                self.url
+            ),
+            (None, e) => format!(
+                "update failed: {} from {}: {}",
+                self.what,
+                self.url,
+                e.as_deref().unwrap_or("?")
+            ),
+        }
+    }
+}
+
 /// A subscription and how what it fetches is installed.
 pub struct Follow {
     sub: Subscription,

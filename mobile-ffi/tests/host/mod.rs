@@ -190,6 +190,12 @@ impl Host {
         }
     }
 
+    /// What the host wrote to standard error so far (its `log` and
+    /// `event` lines).
+    pub(crate) fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     fn diagnostics(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let vg = self
