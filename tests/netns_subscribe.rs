@@ -179,6 +179,12 @@ fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
     let s = wait_status(&net, Duration::from_secs(12), |s| s["policy"] == "v2");
     assert_eq!(s["policy"], "v2", "{s}");
     assert_eq!(s["subscriptions"][0]["installed"], 2);
+    assert!(
+        s["subscriptions"][0]["installed_at"]
+            .as_u64()
+            .is_some_and(|t| t + 60 > now()),
+        "installed just now: {s}"
+    );
     assert_eq!(probe(&net, 3), 0, "v2 blocks the vendor");
     // An unchanged index is answered 304 (conditional request).
     let before = site.requests.load(Ordering::SeqCst);

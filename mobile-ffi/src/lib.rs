@@ -601,7 +601,7 @@ pub unsafe extern "C" fn geowall_stats(
 
 /// Writes the state of the subscriptions of an engine or checker as a
 /// JSON array, one object per subscription in the configuration's order
-/// (`what`, `url`, `installed`, `expires`, `stale`, `last_check`,
+/// (`what`, `url`, `installed`, `installed_at`, `expires`, `stale`, `last_check`,
 /// `last_success`, `last_error`, `failures`; times in Unix seconds, absent ones `null`),
 /// into `buf` (`cap` bytes, NUL-terminated, cut at a character boundary),
 /// and its full length in bytes without the NUL to `*len`. Pass `buf` null

@@ -129,6 +129,7 @@ fn the_library_follows_rule_and_list_subscriptions() {
     let s = subs(&mut app);
     assert_eq!(s[0]["what"], "rules", "{s}");
     assert_eq!(s[0]["installed"], 1, "{s}");
+    assert!(s[0]["installed_at"].is_u64(), "{s}");
     assert_eq!(s[1]["what"], "list bundle acme", "{s}");
     assert_eq!(s[1]["installed"], 1, "{s}");
     assert!(reaches(&net, us), "v1 allows the US server");

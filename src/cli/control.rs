@@ -359,10 +359,11 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
                 .map_or_else(|| "never".to_owned(), geowall::timefmt::rfc3339)
         };
         println!(
-            "subscription ({}) {}: sequence {}, expires {}, last check {}, last success {}",
+            "subscription ({}) {}: sequence {} (installed {}), expires {}, last check {}, last success {}",
             sub["what"].as_str().unwrap_or("?"),
             sub["url"].as_str().unwrap_or("?"),
             sub["installed"],
+            when("installed_at"),
             when("expires"),
             when("last_check"),
             when("last_success")

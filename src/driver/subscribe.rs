@@ -55,6 +55,9 @@ pub struct Status {
     pub installed: Option<u64>,
     /// When it expires (Unix seconds).
     pub expires: Option<u64>,
+    /// When it was installed on this device (Unix seconds; for a bundle
+    /// kept from before a restart, when it was kept).
+    pub installed_at: Option<u64>,
     /// The last round (Unix seconds).
     pub last_check: Option<u64>,
     /// The last round that reached the server and read its index.
@@ -700,6 +703,12 @@ impl Follow {
             let mut s = lock(&sub.status);
             s.installed = installed;
             s.expires = *lock(&expires);
+            s.installed_at = installed.and_then(|_| {
+                let m = std::fs::metadata(&sub.file)
+                    .and_then(|m| m.modified())
+                    .ok()?;
+                Some(m.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs())
+            });
         }
         Self {
             sub,
@@ -742,6 +751,7 @@ pub async fn follow(
             match put_and_install(&sub.file, &got.bytes, &install) {
                 Ok(what) => {
                     installed = Some(got.sequence);
+                    lock(&sub.status).installed_at = Some(now());
                     *lock(&expires) = Some(got.expires);
                     report(
                         &sub,
