@@ -13,6 +13,7 @@ mod run;
 mod source;
 mod subscribe;
 mod tunnel;
+mod ui;
 mod world;
 
 use std::path::PathBuf;

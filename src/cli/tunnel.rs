@@ -78,6 +78,13 @@ pub(crate) struct EngineArgs {
     /// standard output, as a readable coloured log when it is a terminal).
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
+    /// Serve a live page of the flows on loopback (its address, with a
+    /// random token, is printed at start).
+    #[arg(long)]
+    ui: bool,
+    /// The live page's port (default: any free one).
+    #[arg(long, value_name = "PORT", requires = "ui")]
+    ui_port: Option<u16>,
     /// Flows at most; more are refused and counted. Each relayed flow holds
     /// an open file: the bound is lowered to fit the open-files limit
     /// (`ulimit -n`, hard) minus 256.
@@ -95,6 +102,8 @@ fn upstream(s: &str) -> Result<String, String> {
 /// An engine ready to run, with what the driver needs beside it.
 pub(crate) struct Prepared {
     pub(crate) engine: Engine,
+    /// Serve the live page on this port (0: any free one).
+    ui: Option<u16>,
     /// Events go to a terminal: readable lines rather than JSON.
     readable: bool,
     /// The running rules (replaced by a reload).
@@ -270,6 +279,7 @@ impl EngineArgs {
             && std::io::IsTerminal::is_terminal(&std::io::stdout());
         Ok(Prepared {
             engine,
+            ui: self.ui.then_some(self.ui_port.unwrap_or(0)),
             readable,
             policy: handle,
             resolver,
@@ -433,8 +443,18 @@ pub(crate) fn serve(
         world,
         subscriptions,
         run,
+        ui,
         ..
     } = p;
+    // The live page: its own thread, fed without waiting.
+    let feed = match ui {
+        Some(port) => {
+            let (feed, url) = super::ui::start(port, Arc::clone(&policy), Arc::clone(&world))?;
+            eprintln!("geowall: live page at {url} (loopback only; the address carries its token)");
+            Some(feed)
+        }
+        None => None,
+    };
     // The subscriptions' own resolver and fetchers (not the engine's).
     let mut follows = Vec::new();
     if !subscriptions.is_empty() {
@@ -536,6 +556,9 @@ pub(crate) fn serve(
                 .unwrap_or_default()
         };
         let on_event = |e: &Event| {
+            if let Some(f) = &feed {
+                f.offer(super::ui::Item::Event(Box::new(e.clone())));
+            }
             if let Some(t) = &tally
                 && let Ok(mut t) = t.lock()
             {
@@ -552,6 +575,11 @@ pub(crate) fn serve(
         };
         let updates = async {
             while let Some(u) = updates_rx.recv().await {
+                if let Some(f) = &feed {
+                    f.offer(super::ui::Item::Update(
+                        serde_json::to_value(&u).unwrap_or_default(),
+                    ));
+                }
                 let now = now();
                 write(&if readable {
                     format!("{} \x1b[1m{}\x1b[0m", clock(now), u.readable())

@@ -177,6 +177,8 @@ pub(crate) struct Net {
     geowall: Option<Child>,
     /// What geowall wrote to standard error after its first line.
     geowall_err: Arc<Mutex<String>>,
+    /// What geowall said on standard error until its TUN was up.
+    pub(crate) geowall_start: String,
     /// Where geowall writes its events.
     pub(crate) events: PathBuf,
     /// The TUN's name.
@@ -209,6 +211,7 @@ impl Net {
             counts: Counts::default(),
             geowall: None,
             geowall_err: Arc::default(),
+            geowall_start: String::new(),
             events: PathBuf::new(),
             tun: format!("gwt{id}"),
             dir: tempfile::tempdir().expect("tempdir"),
@@ -405,6 +408,7 @@ impl Net {
                 break;
             }
         }
+        self.geowall_start = said;
         // Keep reading its stderr so it never blocks on a full pipe.
         let keep = self.geowall_err.clone();
         std::thread::spawn(move || {

@@ -1,0 +1,176 @@
+// geowall's live page: decisions arrive as server-sent events (JSON); the
+// page keeps bounded tables of them. Every value from the network (names,
+// rules, apps) is shown with textContent, never parsed as HTML.
+"use strict";
+
+const HOUR = 3600 * 1000;
+const MAX_ROWS = 5000;
+const MAX_ALERTS = 200;
+const token = decodeURIComponent(location.hash.slice(1));
+const rows = new Map();   // app|destination|address -> row
+const recent = [];        // {t, app, where, up, down, blocked} for the last hour
+let counts = { events: 0, blocked: 0, leaks: 0, skipped: 0 };
+let sortKey = "dest", sortUp = true, dirty = true;
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function bytes(n) {
+  if (!n) return "0";
+  const u = ["B", "kB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1000 && i < u.length - 1) { n /= 1000; i++; }
+  return (i ? n.toFixed(1) : n) + " " + u[i];
+}
+
+// The countries one layer names for a destination.
+function layerCountries(where, layer) {
+  if (!where) return [];
+  if (layer === "geo") return [...new Set(Object.values(where.geo || {}).filter(Boolean))];
+  if (layer === "network") return where.network && where.network.country ? [where.network.country] : [];
+  const o = where[layer];
+  return o && o.country ? [o.country] : [];
+}
+
+function onEvent(e) {
+  counts.events++;
+  if (e.kind === "skipped") { counts.skipped += e.count; return; }
+  if (e.kind === "update" || e.kind === "update-failed") {
+    const text = e.kind === "update"
+      ? `rules update: ${e.what} sequence ${e.sequence} (${e.installed})`
+      : `update failed: ${e.what}: ${e.error}`;
+    addAlert(text, e.kind === "update" ? "" : "block", e.time_ms);
+    return;
+  }
+  const app = e.app || (e.uid !== undefined ? "uid " + e.uid : "unknown app");
+  const dest = e.destination || e.server;
+  const addr = e.proto === "dns" ? "" : String(e.server).replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+  const key = app + "|" + dest + "|" + addr;
+  let r = rows.get(key);
+  if (!r) {
+    if (rows.size >= MAX_ROWS) rows.delete(rows.keys().next().value);
+    r = { app, dest, addr, flows: 0, up: 0, down: 0 };
+    rows.set(key, r);
+  }
+  if (e.kind === "opened" || e.kind === "blocked" || e.kind === "dns-blocked") r.flows++;
+  r.up += e.bytes_up || 0;
+  r.down += e.bytes_down || 0;
+  r.cls = e.class; r.proto = e.protocol; r.enc = e.encrypted;
+  r.verdict = e.kind === "cut" ? "cut" : e.action;
+  r.rule = e.rule || "";
+  if (e.where) {
+    r.geo = layerCountries(e.where, "geo").join(" ");
+    r.network = layerCountries(e.where, "network").join(" ");
+    r.owner = e.where.owner ? `${e.where.owner.operator} (${e.where.owner.country})` : "";
+    r.vendor = e.where.vendor ? `${e.where.vendor.vendor} (${e.where.vendor.country})` : "";
+  }
+  const blocked = e.action === "block";
+  if (blocked) {
+    counts.blocked++;
+    addAlert(`${e.kind} ${app} → ${dest}: ${e.rule || "default"}${e.layer ? " (" + e.layer + ")" : ""}`, "block", e.time_ms);
+  }
+  if (e.leaks && e.leaks.length) {
+    counts.leaks++;
+    addAlert(`leak ${app} → ${dest}: ${e.leaks.join(", ")} in cleartext`, "leak", e.time_ms);
+  }
+  recent.push({ t: e.time_ms || Date.now(), app, where: e.where, up: e.bytes_up || 0, down: e.bytes_down || 0, blocked, opened: e.kind === "opened" });
+  dirty = true;
+}
+
+function addAlert(text, cls, t) {
+  const list = document.getElementById("alerts");
+  const li = el("li", new Date(t || Date.now()).toLocaleTimeString() + " " + text, cls);
+  list.prepend(li);
+  while (list.children.length > MAX_ALERTS) list.lastChild.remove();
+}
+
+function render() {
+  if (!dirty) return;
+  dirty = false;
+  const now = Date.now();
+  while (recent.length && recent[0].t < now - HOUR) recent.shift();
+  document.getElementById("counts").textContent =
+    `${counts.events} decisions, ${counts.blocked} blocked, ${counts.leaks} leaks` +
+    (counts.skipped ? `, ${counts.skipped} skipped (page behind)` : "");
+
+  // Countries of the chosen layer.
+  const layer = document.getElementById("layer").value;
+  const byCountry = new Map();
+  for (const x of recent) {
+    for (const c of layerCountries(x.where, layer)) {
+      const t = byCountry.get(c) || { flows: 0, blocked: 0, bytes: 0 };
+      if (x.opened) t.flows++;
+      if (x.blocked) t.blocked++;
+      t.bytes += x.up + x.down;
+      byCountry.set(c, t);
+    }
+  }
+  const box = document.getElementById("countries");
+  box.replaceChildren(...[...byCountry].sort((a, b) => b[1].flows + b[1].blocked - a[1].flows - a[1].blocked).map(([c, t]) => {
+    const d = el("div", undefined, "country" + (t.blocked ? " blocked" : ""));
+    d.append(el("b", c), el("span", `${t.flows} open · ${t.blocked} blocked`), el("div", bytes(t.bytes)));
+    d.title = `${c}: ${t.flows} flows opened, ${t.blocked} blocked, ${bytes(t.bytes)} (${layer} layer)`;
+    return d;
+  }));
+
+  // Apps.
+  const byApp = new Map();
+  for (const x of recent) {
+    const t = byApp.get(x.app) || { flows: 0, blocked: 0, up: 0, down: 0 };
+    if (x.opened) t.flows++;
+    if (x.blocked) t.blocked++;
+    t.up += x.up; t.down += x.down;
+    byApp.set(x.app, t);
+  }
+  document.querySelector("#apps tbody").replaceChildren(...[...byApp].sort((a, b) => b[1].up + b[1].down - a[1].up - a[1].down).map(([a, t]) => {
+    const tr = el("tr");
+    tr.append(el("td", a), el("td", t.flows), el("td", t.blocked), el("td", bytes(t.up)), el("td", bytes(t.down)));
+    return tr;
+  }));
+
+  // Flows.
+  const f = document.getElementById("filter").value.trim().toLowerCase();
+  const keys = ["app", "dest", "addr", "geo", "network", "owner", "vendor", "cls", "proto", "enc", "up", "down", "verdict", "rule"];
+  let list = [...rows.values()];
+  if (f) list = list.filter(r => keys.some(k => String(r[k] ?? "").toLowerCase().includes(f)));
+  list.sort((a, b) => {
+    const x = a[sortKey] ?? "", y = b[sortKey] ?? "";
+    const c = typeof x === "number" ? x - y : String(x).localeCompare(String(y));
+    return sortUp ? c : -c;
+  });
+  document.querySelector("#flows tbody").replaceChildren(...list.slice(0, 1000).map(r => {
+    const tr = el("tr", undefined, r.verdict === "block" || r.verdict === "cut" ? "block" : "");
+    for (const k of keys) tr.append(el("td", k === "up" || k === "down" ? bytes(r[k]) : (r[k] ?? "")));
+    return tr;
+  }));
+}
+
+function connect() {
+  const state = document.getElementById("state");
+  const src = new EventSource("/api/events?token=" + encodeURIComponent(token));
+  src.onopen = () => { state.textContent = "live"; };
+  src.onerror = () => { state.textContent = "disconnected: retrying…"; };
+  src.onmessage = m => { try { onEvent(JSON.parse(m.data)); } catch (_) { /* not ours */ } };
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const th of document.querySelectorAll("#flows th[data-k]")) {
+    th.addEventListener("click", () => {
+      sortUp = sortKey === th.dataset.k ? !sortUp : true;
+      sortKey = th.dataset.k;
+      dirty = true;
+    });
+  }
+  document.getElementById("filter").addEventListener("input", () => { dirty = true; });
+  document.getElementById("layer").addEventListener("change", () => { dirty = true; });
+  if (!token) {
+    document.getElementById("state").textContent = "open the address geowall printed (it carries the token)";
+    return;
+  }
+  connect();
+  setInterval(render, 500);
+});
