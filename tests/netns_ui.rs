@@ -178,3 +178,201 @@ fn the_live_page_refuses_strangers_and_shows_flows_as_they_happen() {
     assert_eq!(blocked["where"]["network"]["country"], "CN", "{blocked}");
     assert_eq!(net.count(addr::CN, 6, 7000), 0, "nothing reached CN");
 }
+
+/// Where Debian's Chromium and ChromeDriver are, if installed (`.ci/run`
+/// installs them).
+fn browser() -> Option<(&'static str, &'static str)> {
+    // The program itself: Debian's /usr/bin/chromium is a shell wrapper.
+    let chromium = ["/usr/lib/chromium/chromium", "/usr/bin/chromium"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let driver = "/usr/bin/chromedriver";
+    std::path::Path::new(driver)
+        .exists()
+        .then_some((chromium, driver))
+}
+
+/// One WebDriver call to the ChromeDriver on `port` in namespace `ns`.
+fn webdriver(ns: &str, port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // ChromeDriver keeps the connection open: read what Content-Length says.
+    let body = in_ns(ns, move || {
+        let c = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
+        c.set_read_timeout(Some(Duration::from_secs(60)))?;
+        (&c).write_all(req.as_bytes())?;
+        let mut r = BufReader::new(c);
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body)?;
+        Ok::<_, std::io::Error>(body)
+    });
+    let body = body.unwrap_or_else(|e| panic!("chromedriver {method} {path}: {e}"));
+    serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "chromedriver {path}: {e}: {}",
+            String::from_utf8_lossy(&body)
+        )
+    })
+}
+
+/// ChromeDriver, stopped when dropped.
+struct Driver(std::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_browser_shows_the_flows_on_the_live_page() {
+    if !support::root_or_skip("a_browser_shows_the_flows_on_the_live_page") {
+        return;
+    }
+    let Some((chromium, chromedriver)) = browser() else {
+        eprintln!(
+            "SKIP a_browser_shows_the_flows_on_the_live_page: no Chromium and ChromeDriver (apt-get install chromium chromium-driver)"
+        );
+        return;
+    };
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    let (us, cn) = (sa(addr::US, 7000), sa(addr::CN, 7000));
+    net.tcp_server(us, echo);
+    net.tcp_server(cn, echo);
+    net.start_geowall(
+        &world,
+        &["--policy", policy.to_str().expect("utf8"), "--ui"],
+    );
+    let (port, token) = page_of(&net.geowall_start);
+
+    // A headless Chromium in the firewall namespace (where the page is),
+    // driven over WebDriver.
+    const DRIVER: u16 = 9515;
+    let _driver = Driver(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &net.fw, chromedriver])
+            .arg(format!("--port={DRIVER}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
+    let fw = net.fw.clone();
+    let t = Instant::now();
+    while in_ns(&fw, || {
+        TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], DRIVER)))
+    })
+    .is_err()
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "chromedriver did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let profile = net.dir.path().join("chromium");
+    let session = webdriver(
+        &fw,
+        DRIVER,
+        "POST",
+        "/session",
+        Some(&serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--window-size=1280,900",
+                         format!("--user-data-dir={}", profile.display())],
+            },
+        }}})),
+    );
+    let id = session["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session: {session}"))
+        .to_owned();
+    let shown = Instant::now();
+    webdriver(
+        &fw,
+        DRIVER,
+        "POST",
+        &format!("/session/{id}/url"),
+        Some(&serde_json::json!({"url": format!("http://127.0.0.1:{port}/#{token}")})),
+    );
+    let read = || {
+        let v = webdriver(
+            &fw,
+            DRIVER,
+            "POST",
+            &format!("/session/{id}/execute/sync"),
+            Some(&serde_json::json!({
+                "script": "return [document.getElementById('state').textContent, document.querySelector('#flows tbody').textContent, document.getElementById('countries').textContent, document.getElementById('alerts').textContent].join('\\n')",
+                "args": [],
+            })),
+        );
+        v["value"].as_str().unwrap_or_default().to_owned()
+    };
+    let page = read();
+    assert!(page.starts_with("live"), "the page did not connect: {page}");
+
+    // Traffic after the page opened: it appears there within a second.
+    let r = in_ns(&net.app, || tcp_exchange(us, b"hello browser"));
+    assert_eq!(r.expect("US").as_slice(), b"hello browser");
+    let _ = in_ns(&net.app, || tcp_exchange(cn, b"x"));
+    let traffic = Instant::now();
+    let mut page = read();
+    while !(page.contains(addr::US) && page.contains("no PRC"))
+        && traffic.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        page = read();
+    }
+    let took = traffic.elapsed();
+    assert!(
+        page.contains(addr::US),
+        "the US flow is not in the table: {page}"
+    );
+    assert!(page.contains("no PRC"), "the block is not shown: {page}");
+    assert!(page.contains("CN"), "no CN among the countries: {page}");
+    eprintln!(
+        "live page: flows shown {} ms after the traffic ({} ms after the page opened)",
+        took.as_millis(),
+        shown.elapsed().as_millis()
+    );
+    let shot = webdriver(
+        &fw,
+        DRIVER,
+        "GET",
+        &format!("/session/{id}/screenshot"),
+        None,
+    );
+    let png = shot["value"].as_str().unwrap_or_default();
+    assert!(
+        png.len() > 10_000,
+        "a blank screenshot? {} base64 bytes",
+        png.len()
+    );
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-page.png.b64"),
+        png,
+    )
+    .expect("screenshot");
+    webdriver(&fw, DRIVER, "DELETE", &format!("/session/{id}"), None);
+    assert_eq!(net.count(addr::CN, 6, 7000), 0, "nothing reached CN");
+}
