@@ -350,6 +350,18 @@ fn a_browser_shows_the_flows_on_the_live_page() {
     );
     assert!(page.contains("no PRC"), "the block is not shown: {page}");
     assert!(page.contains("CN"), "no CN among the countries: {page}");
+    // The map: China red (blocked), the United States blue (traffic).
+    let map = webdriver(
+        &fw,
+        DRIVER,
+        "POST",
+        &format!("/session/{id}/execute/sync"),
+        Some(&serde_json::json!({
+            "script": "const c = id => (document.querySelector('#map path#' + id) || {getAttribute: () => 'missing'}).getAttribute('class'); return [c('cn'), c('us'), c('fr')].join(' ')",
+            "args": [],
+        })),
+    );
+    assert_eq!(map["value"], "blocked traffic ", "{map}");
     eprintln!(
         "live page: flows shown {} ms after the traffic ({} ms after the page opened)",
         took.as_millis(),

@@ -13,7 +13,7 @@ use super::audit::Row;
 
 /// The map: "Map of World", @svg-maps/world 2.0.0, CC BY 4.0 (see
 /// rules/map/LICENSE).
-const WORLD_SVG: &str = include_str!("../../rules/map/world.svg");
+pub(crate) const WORLD_SVG: &str = include_str!("../../rules/map/world.svg");
 
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());

@@ -1,6 +1,7 @@
 //! The live page (`--ui` of `run`, `exec` and `tunnel`): a web page served
-//! on loopback by the running instance, showing its flows as they happen,
-//! by app and by destination, with where each destination is (every
+//! on loopback by the running instance, showing its flows as they happen
+//! on a world map (by the jurisdiction layer chosen), by app and by
+//! destination, with where each destination is (every
 //! jurisdiction layer), blocks and leaks, and totals over the last hour.
 //!
 //! It runs on a thread and a runtime of its own, fed through a bounded
@@ -173,6 +174,10 @@ fn router(page: Arc<Page>) -> axum::Router {
             get(|| async { asset("text/javascript", APP_JS) }),
         )
         .route("/app.css", get(|| async { asset("text/css", APP_CSS) }))
+        .route(
+            "/world.svg",
+            get(|| async { asset("image/svg+xml", super::report::WORLD_SVG) }),
+        )
         .route("/api/events", get(events))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&page),

@@ -109,6 +109,7 @@ function render() {
       byCountry.set(c, t);
     }
   }
+  paintMap(byCountry, layer);
   const box = document.getElementById("countries");
   box.replaceChildren(...[...byCountry].sort((a, b) => b[1].flows + b[1].blocked - a[1].flows - a[1].blocked).map(([c, t]) => {
     const d = el("div", undefined, "country" + (t.blocked ? " blocked" : ""));
@@ -149,6 +150,34 @@ function render() {
   }));
 }
 
+// The map (geowall's own world.svg: one path per country, its id the
+// lowercase ISO code): blue where traffic went, red where something was
+// blocked, darker for more.
+let mapPaths = null;
+function paintMap(byCountry, layer) {
+  if (!mapPaths) return;
+  const most = Math.max(1, ...[...byCountry.values()].map(t => t.flows + t.blocked));
+  for (const [id, p] of mapPaths) {
+    const t = byCountry.get(id.toUpperCase());
+    p.setAttribute("class", t ? (t.blocked ? "blocked" : "traffic") : "");
+    p.style.fillOpacity = t ? String(0.35 + 0.65 * (t.flows + t.blocked) / most) : "";
+    let title = p.querySelector("title");
+    if (!title) { title = document.createElementNS("http://www.w3.org/2000/svg", "title"); p.prepend(title); }
+    title.textContent = (p.getAttribute("aria-label") || id.toUpperCase()) +
+      (t ? `: ${t.flows} flows opened, ${t.blocked} blocked, ${bytes(t.bytes)} (${layer} layer, last hour)` : "");
+  }
+}
+
+function loadMap() {
+  fetch("/world.svg").then(r => r.text()).then(text => {
+    const svg = new DOMParser().parseFromString(text, "image/svg+xml").documentElement;
+    const box = document.getElementById("map");
+    box.replaceChildren(document.importNode(svg, true));
+    mapPaths = new Map([...box.querySelectorAll("path[id]")].map(p => [p.id, p]));
+    dirty = true;
+  }).catch(() => { document.getElementById("map").textContent = "(no map)"; });
+}
+
 function connect() {
   const state = document.getElementById("state");
   const src = new EventSource("/api/events?token=" + encodeURIComponent(token));
@@ -171,6 +200,7 @@ document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("state").textContent = "open the address geowall printed (it carries the token)";
     return;
   }
+  loadMap();
   connect();
   setInterval(render, 500);
 });
