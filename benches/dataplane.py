@@ -248,9 +248,14 @@ def start_geowall(tmp, geowall, *extra):
          "--address", "198.18.1.2/24", "--address", "2001:db8:ff01::2/64", "--default-route",
          "--preset", "default", "--dns-upstream", "udp:198.51.100.53", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
-    line = p.stderr.readline()
-    if " up in netns" not in line:
-        raise SystemExit(f"geowall did not start: {line}")
+    said = ""
+    for _ in range(20):  # notes (the live page's address) may come first
+        line = p.stderr.readline()
+        said += line
+        if " up in netns" in line or not line:
+            break
+    if " up in netns" not in said:
+        raise SystemExit(f"geowall did not start: {said}")
     return p, APP
 
 
@@ -378,7 +383,7 @@ def main():
                     help="keep-alive connection counts to hold at once (comma-separated; empty: none)")
     ap.add_argument("--no-throughput", action="store_true", help="only the concurrency measurement")
     ap.add_argument("--only", default="direct,geowall,sing-box-gvisor,sing-box-system",
-                    help="comma-separated subset of direct,geowall,geowall-no-offload,sing-box-gvisor,sing-box-system")
+                    help="comma-separated subset of direct,geowall,geowall-no-offload,geowall-ui,sing-box-gvisor,sing-box-system")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (network namespaces, TUN)")
@@ -391,6 +396,8 @@ def main():
         "direct": None,
         "geowall": lambda tmp: start_geowall(tmp, a.geowall),
         "geowall-no-offload": lambda tmp: start_geowall(tmp, a.geowall, "--no-offload"),
+        # The live page served (and fed) with no browser on it.
+        "geowall-ui": lambda tmp: start_geowall(tmp, a.geowall, "--ui"),
     }
     if a.singbox:
         cases["sing-box-gvisor"] = lambda tmp: start_singbox(tmp, a.singbox, "gvisor")

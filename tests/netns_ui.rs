@@ -43,6 +43,34 @@ fn request(net: &Net, port: u16, head: &str) -> (String, String) {
     })
 }
 
+/// The page's event stream, read from the firewall namespace: each
+/// decision as JSON, as it arrives.
+fn stream(net: &Net, port: u16, token: &str) -> std::sync::mpsc::Receiver<Value> {
+    let fw = net.fw.clone();
+    let head = format!(
+        "GET /api/events?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        in_ns(&fw, move || {
+            let mut c = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("page");
+            c.set_read_timeout(Some(Duration::from_secs(15)))
+                .expect("timeout");
+            c.write_all(head.as_bytes()).expect("send");
+            for line in BufReader::new(c).lines() {
+                let Ok(line) = line else { break };
+                if let Some(data) = line.strip_prefix("data: ")
+                    && let Ok(v) = serde_json::from_str::<Value>(data)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+    });
+    rx
+}
+
 #[test]
 fn the_live_page_refuses_strangers_and_shows_flows_as_they_happen() {
     if !support::root_or_skip("the_live_page_refuses_strangers_and_shows_flows_as_they_happen") {
@@ -50,9 +78,10 @@ fn the_live_page_refuses_strangers_and_shows_flows_as_they_happen() {
     }
     let mut net = Net::new();
     let (policy, world) = net.policy_and_world(POLICY);
-    let (us, cn) = (sa(addr::US, 7000), sa(addr::CN, 7000));
-    net.tcp_server(us, echo);
-    net.tcp_server(cn, echo);
+    let (us, us2, cn) = (sa(addr::US, 7000), sa(addr::US2, 7000), sa(addr::CN, 7000));
+    for a in [us, us2, cn] {
+        net.tcp_server(a, echo);
+    }
     net.start_geowall(
         &world,
         &["--policy", policy.to_str().expect("utf8"), "--ui"],
@@ -131,29 +160,24 @@ fn the_live_page_refuses_strangers_and_shows_flows_as_they_happen() {
     );
     assert!(h.starts_with("http/1.1 405"), "POST to the stream: {h}");
 
-    // With the token: the stream, then traffic, which shows up on it.
-    let fw = net.fw.clone();
-    let head = format!(
-        "GET /api/events?token={token} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
-    );
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        in_ns(&fw, move || {
-            let mut c = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("page");
-            c.set_read_timeout(Some(Duration::from_secs(15)))
-                .expect("timeout");
-            c.write_all(head.as_bytes()).expect("send");
-            for line in BufReader::new(c).lines() {
-                let Ok(line) = line else { break };
-                if let Some(data) = line.strip_prefix("data: ")
-                    && let Ok(v) = serde_json::from_str::<Value>(data)
-                    && tx.send(v).is_err()
-                {
-                    break;
-                }
-            }
-        });
-    });
+    // Traffic while no page is open: kept, and described when a page
+    // opens (the backlog); then traffic with the page open (live).
+    let r = in_ns(&net.app, || tcp_exchange(us2, b"before the page"));
+    assert_eq!(r.expect("US2").as_slice(), b"before the page");
+    std::thread::sleep(Duration::from_millis(300));
+    let rx = stream(&net, port, &token);
+    let t = Instant::now();
+    let mut before = None;
+    while before.is_none() && t.elapsed() < Duration::from_secs(5) {
+        if let Ok(e) = rx.recv_timeout(Duration::from_millis(500))
+            && e["kind"] == "opened"
+            && e["server"] == us2.to_string()
+        {
+            before = Some(e);
+        }
+    }
+    let before = before.expect("the flow from before the page, in its backlog");
+    assert_eq!(before["where"]["network"]["country"], "US", "{before}");
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let r = in_ns(&net.app, || tcp_exchange(us, b"hello page"));

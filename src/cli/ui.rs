@@ -68,16 +68,60 @@ impl Feed {
     }
 }
 
-/// The server's state.
-struct Page {
+/// Who may ask.
+struct Guard {
     /// The `Host` values that name this server.
     hosts: [String; 3],
     /// The origins a request may come from.
     origins: [String; 2],
     token: String,
-    /// The latest lines (JSON), for a page that opens now.
-    backlog: Mutex<VecDeque<Arc<str>>>,
+}
+
+/// The server's state.
+struct Page {
+    guard: Guard,
+    /// The latest decisions, for a page that opens now: described when
+    /// a page reads them (nothing is described while no page is open).
+    backlog: Mutex<VecDeque<Line>>,
+    /// What describes them.
+    describer: Describer,
     live: broadcast::Sender<Arc<str>>,
+}
+
+/// A decision kept for the pages.
+#[derive(Clone)]
+enum Line {
+    /// Not described yet, with when it came (ms since the epoch).
+    Raw(Arc<Item>, u64),
+    /// Described, as JSON.
+    Done(Arc<str>),
+}
+
+/// Describes decisions with the running rules' catalogs and world.
+struct Describer {
+    policy: Arc<PolicyHandle>,
+    world: Arc<WorldHandle>,
+}
+
+impl Describer {
+    /// `item` as a JSON line, with its time and where its server is.
+    fn line(&self, item: &Item, time_ms: u64) -> Arc<str> {
+        let mut v = match item {
+            Item::Event(e) => described(e, &self.policy, &self.world),
+            Item::Update(u) => u.clone(),
+        };
+        if let Some(o) = v.as_object_mut() {
+            o.insert("time_ms".into(), json!(time_ms));
+        }
+        Arc::from(v.to_string())
+    }
+
+    fn done(&self, l: &Line) -> Arc<str> {
+        match l {
+            Line::Raw(item, t) => self.line(item, *t),
+            Line::Done(s) => Arc::clone(s),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -120,17 +164,20 @@ pub(crate) fn start(
         dropped: Arc::default(),
     };
     let page = Arc::new(Page {
-        hosts: [
-            format!("127.0.0.1:{port}"),
-            format!("localhost:{port}"),
-            format!("[::1]:{port}"),
-        ],
-        origins: [
-            format!("http://127.0.0.1:{port}"),
-            format!("http://localhost:{port}"),
-        ],
-        token,
+        guard: Guard {
+            hosts: [
+                format!("127.0.0.1:{port}"),
+                format!("localhost:{port}"),
+                format!("[::1]:{port}"),
+            ],
+            origins: [
+                format!("http://127.0.0.1:{port}"),
+                format!("http://localhost:{port}"),
+            ],
+            token,
+        },
         backlog: Mutex::new(VecDeque::with_capacity(BACKLOG)),
+        describer: Describer { policy, world },
         live: broadcast::channel(LAG).0,
     });
     let dropped = Arc::clone(&feed.dropped);
@@ -155,7 +202,7 @@ pub(crate) fn start(
                         return;
                     }
                 };
-                tokio::spawn(describe(rx, Arc::clone(&page), policy, world, dropped));
+                tokio::spawn(describe(rx, Arc::clone(&page), dropped));
                 if let Err(e) = axum::serve(listener, router(page)).await {
                     eprintln!("geowall: WARNING: --ui: the page's server stopped: {e}");
                 }
@@ -196,7 +243,7 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
 
 /// Why a request is refused, if it is.
 fn refusal(
-    page: &Page,
+    page: &Guard,
     headers: &HeaderMap,
     path: &str,
     query: Option<&str>,
@@ -234,7 +281,12 @@ fn refusal(
 /// framed, cached or sent on as a referrer, with scripts and styles from
 /// this page only.
 async fn guard(State(page): State<Arc<Page>>, req: Request, next: Next) -> Response {
-    let mut r = match refusal(&page, req.headers(), req.uri().path(), req.uri().query()) {
+    let mut r = match refusal(
+        &page.guard,
+        req.headers(),
+        req.uri().path(),
+        req.uri().query(),
+    ) {
         Some(why) => (StatusCode::FORBIDDEN, format!("geowall: {why}\n")).into_response(),
         None => next.run(req).await,
     };
@@ -260,7 +312,8 @@ async fn events(State(page): State<Arc<Page>>) -> impl IntoResponse {
     use tokio_stream::StreamExt;
     // Subscribe before reading the backlog: nothing falls between.
     let live = page.live.subscribe();
-    let backlog: Vec<Arc<str>> = lock(&page.backlog).iter().cloned().collect();
+    let backlog: Vec<Line> = lock(&page.backlog).iter().cloned().collect();
+    let backlog: Vec<Arc<str>> = backlog.iter().map(|l| page.describer.done(l)).collect();
     let first = tokio_stream::iter(backlog);
     let next = tokio_stream::wrappers::BroadcastStream::new(live).filter_map(|r| match r {
         Ok(line) => Some(line),
@@ -275,42 +328,46 @@ async fn events(State(page): State<Arc<Page>>) -> impl IntoResponse {
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-/// Describes each decision (where its destination is, by every layer) and
-/// hands it to the pages.
+/// Keeps each decision for the pages and hands it to those open,
+/// described (where its destination is, by every layer); with no page
+/// open, it is only kept.
 async fn describe(
     mut rx: mpsc::Receiver<Item>,
     page: Arc<Page>,
-    policy: Arc<PolicyHandle>,
-    world: Arc<WorldHandle>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut told = 0;
     while let Some(item) = rx.recv().await {
-        let mut line = match item {
-            Item::Event(e) => described(&e, &policy, &world),
-            Item::Update(u) => u,
-        };
-        if let Some(o) = line.as_object_mut() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            o.insert("time_ms".into(), json!(now.as_millis() as u64));
-            let d = dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let time_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        let d = dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let item = Arc::new(item);
+        let line = if page.live.receiver_count() > 0 || d != told {
+            let mut l = page.describer.line(&item, time_ms);
             if d != told {
-                o.insert("page_dropped".into(), json!(d));
+                // Said once per change: decisions the page never got.
+                let mut v: Value = serde_json::from_str(&l).unwrap_or(Value::Null);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("page_dropped".into(), json!(d));
+                }
+                l = Arc::from(v.to_string());
                 told = d;
             }
+            Line::Done(l)
+        } else {
+            Line::Raw(item, time_ms)
+        };
+        if let Line::Done(l) = &line {
+            // A page that went away meanwhile: nobody to tell.
+            let _ = page.live.send(Arc::clone(l));
         }
-        let line: Arc<str> = Arc::from(line.to_string());
-        {
-            let mut b = lock(&page.backlog);
-            if b.len() == BACKLOG {
-                b.pop_front();
-            }
-            b.push_back(Arc::clone(&line));
+        let mut b = lock(&page.backlog);
+        if b.len() == BACKLOG {
+            b.pop_front();
         }
-        // No page open: nobody to tell.
-        let _ = page.live.send(line);
+        b.push_back(line);
     }
 }
 
@@ -343,8 +400,8 @@ fn described(e: &Event, policy: &PolicyHandle, world: &WorldHandle) -> Value {
 mod tests {
     use super::*;
 
-    fn page() -> Page {
-        Page {
+    fn page() -> Guard {
+        Guard {
             hosts: [
                 "127.0.0.1:4000".into(),
                 "localhost:4000".into(),
@@ -355,8 +412,6 @@ mod tests {
                 "http://localhost:4000".into(),
             ],
             token: "t0ken".into(),
-            backlog: Mutex::default(),
-            live: broadcast::channel(4).0,
         }
     }
 
