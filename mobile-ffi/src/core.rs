@@ -449,10 +449,10 @@ impl Rules {
                 host.on_log(Level::Warn, &w);
             }
             let rules = Arc::clone(self);
+            let inst = lock(&self.installer);
             let (install, installed, expires): (driver::subscribe::Install, _, _) = match sub.list()
             {
                 None => {
-                    let inst = lock(&self.installer);
                     let b = inst.installed();
                     (
                         Arc::new(move |path: &std::path::Path| {
@@ -468,7 +468,6 @@ impl Rules {
                     )
                 }
                 Some(name) => {
-                    let inst = lock(&self.installer);
                     let b = inst.lists().bundles().iter().find(|b| b.name == name);
                     (
                         Arc::new(move |_: &std::path::Path| rules.relist()),
@@ -477,6 +476,7 @@ impl Rules {
                     )
                 }
             };
+            drop(inst);
             out.push((
                 Follow::new(
                     sub.clone(),

@@ -104,21 +104,25 @@ struct Describer {
 }
 
 impl Describer {
-    /// `item` as a JSON line, with its time and where its server is.
-    fn line(&self, item: &Item, time_ms: u64) -> Arc<str> {
+    /// `item` as a JSON line, with its time, where its server is and, when
+    /// given, how many decisions the page has missed so far.
+    fn line(&self, item: &Item, time_ms: u64, dropped: Option<u64>) -> Arc<str> {
         let mut v = match item {
             Item::Event(e) => described(e, &self.policy, &self.world),
             Item::Update(u) => u.clone(),
         };
         if let Some(o) = v.as_object_mut() {
             o.insert("time_ms".into(), json!(time_ms));
+            if let Some(d) = dropped {
+                o.insert("page_dropped".into(), json!(d));
+            }
         }
         Arc::from(v.to_string())
     }
 
     fn done(&self, l: &Line) -> Arc<str> {
         match l {
-            Line::Raw(item, t) => self.line(item, *t),
+            Line::Raw(item, t) => self.line(item, *t, None),
             Line::Done(s) => Arc::clone(s),
         }
     }
@@ -345,17 +349,10 @@ async fn describe(
         let d = dropped.load(std::sync::atomic::Ordering::Relaxed);
         let item = Arc::new(item);
         let line = if page.live.receiver_count() > 0 || d != told {
-            let mut l = page.describer.line(&item, time_ms);
-            if d != told {
-                // Said once per change: decisions the page never got.
-                let mut v: Value = serde_json::from_str(&l).unwrap_or(Value::Null);
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("page_dropped".into(), json!(d));
-                }
-                l = Arc::from(v.to_string());
-                told = d;
-            }
-            Line::Done(l)
+            // Said once per change: decisions the page never got.
+            let dropped = (d != told).then_some(d);
+            told = d;
+            Line::Done(page.describer.line(&item, time_ms, dropped))
         } else {
             Line::Raw(item, time_ms)
         };
