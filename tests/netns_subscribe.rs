@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use geowall::policy::bundle;
 use serde_json::Value;
-use support::site::{Maintainer, RESOLVER, fixture, now, publish_lists, start_site, zone};
+use support::site::{
+    Maintainer, RESOLVER, fixture, now, publish_lists, publish_world, start_site, world_bundle,
+    zone,
+};
 use support::{Net, addr, in_ns, sa, udp_exchange_within};
 
 /// An Agora edge's name: the vendor layer says CN wherever it is.
@@ -99,28 +102,6 @@ fn hello(net: &Net, n: usize) -> u64 {
     // Unknown UDP may be held up to 1 s while its class is decided.
     std::thread::sleep(Duration::from_millis(1_500));
     net.count(addr::US2, 17, 7000) - before
-}
-
-/// The test world with the US range (the servers and the update site)
-/// moved to the PRC, as a world bundle of sequence `seq` signed by `key`.
-fn moved_world(scratch: &Path, seq: u64, key: &bundle::SigningKey) -> Vec<u8> {
-    let fixture = std::fs::read_to_string(fixture("world.csv")).expect("fixture");
-    let moved = fixture.replace(
-        "198.51.100.0/24,US,US,64502,Test US Carrier,US",
-        "198.51.100.0/24,CN,CN,64500,Test PRC Telecom,CN",
-    );
-    assert_ne!(moved, fixture);
-    let csv = scratch.join("moved.csv");
-    std::fs::write(&csv, moved).expect("csv");
-    let mut b = geowall::intel::world::WorldBuilder::new();
-    b.add_fixture_csv(&csv, &mut |_| {}).expect("reads");
-    let db = b.build(&mut |_| {}).expect("builds").0;
-    let t = now();
-    bundle::sign(
-        &bundle::build_world(&db, seq, t - 10, t + 3_600).expect("build"),
-        key,
-    )
-    .expect("sign")
 }
 
 /// Sends SD-RTN probes naming the Agora edge to the US server from the
@@ -281,10 +262,7 @@ fn a_subscription_installs_newer_rules_and_refuses_bad_ones() {
     // let through. (The update site is in that range too: from then on
     // the running rules refuse to contact it.)
     assert!(hello(&net, 3) >= 3, "US before the move");
-    let w = moved_world(&scratch, 1, &m.key);
-    let (index, ix) = bundle::publish_index(&w, &m.key).expect("world index");
-    std::fs::write(m.site.join(&ix.file), &w).expect("world bundle");
-    std::fs::write(m.site.join("world-index.json"), index).expect("world index");
+    publish_world(&m.site, &world_bundle(&scratch, true, 1, &m.key), &m.key);
     let s = wait_status(&net, Duration::from_secs(12), |s| {
         s["subscriptions"][1]["installed"] == 1
     });

@@ -151,6 +151,9 @@ pub struct SubscriptionConfig {
     /// A list bundle's name (what a policy's `from` names); absent: the
     /// rules themselves.
     pub list: Option<String>,
+    /// World data bundles (`geowall world publish`) instead of rules;
+    /// they replace `world` and need their own `keys`.
+    pub world: bool,
     /// Hex Ed25519 public keys its bundles must be signed with; a rules
     /// subscription takes `trusted_keys` when this is empty.
     pub keys: Vec<String>,
@@ -176,8 +179,7 @@ impl Config {
 /// subscriptions.
 pub struct Rules {
     policy: Arc<PolicyHandle>,
-    intel: Intel,
-    /// The same world, as subscriptions judge their servers with it.
+    /// The world data (replaced by a world subscription's updates).
     world: Arc<WorldHandle>,
     installer: Mutex<Installer>,
     sequence: AtomicU64,
@@ -233,6 +235,31 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// The world data a world subscription keeps, verified again (its
+/// expiry aside: data once accepted stays in force until newer data
+/// comes, as `geowall run` does).
+fn kept_world(sub: &Subscription) -> Result<Arc<World>, Error> {
+    let f = sub.file();
+    let bytes = std::fs::read(f).map_err(|e| {
+        Error::new(
+            Code::Subscription,
+            format!("world subscription: cannot read {}: {e}", f.display()),
+        )
+    })?;
+    // 0: no expiry check (the bundle was current when it was accepted).
+    bundle::open_world(&bytes, sub.keys(), None, 0)
+        .map(|w| Arc::new(w.world))
+        .map_err(|e| {
+            Error::new(
+                Code::Subscription,
+                format!(
+                    "world subscription: the kept bundle {} is refused ({e})",
+                    f.display()
+                ),
+            )
+        })
+}
+
 /// The subscriptions `cfg` describes, checked (no network).
 fn subscriptions(cfg: &Config) -> Result<Vec<Subscription>, Error> {
     if cfg.subscriptions.is_empty() {
@@ -244,8 +271,13 @@ fn subscriptions(cfg: &Config) -> Result<Vec<Subscription>, Error> {
     let mut out = Vec::with_capacity(cfg.subscriptions.len());
     for (i, s) in cfg.subscriptions.iter().enumerate() {
         let at = format!("subscriptions[{i}]");
-        let keys: Vec<String> = match (&s.list, s.keys.is_empty()) {
-            (None, true) => cfg.trusted_keys.clone(),
+        if s.list.is_some() && s.world {
+            return Err(config_error(format!(
+                "{at}: a subscription brings a list bundle or world data, not both"
+            )));
+        }
+        let keys: Vec<String> = match (&s.list, s.world, s.keys.is_empty()) {
+            (None, false, true) => cfg.trusted_keys.clone(),
             _ => s.keys.clone(),
         };
         let keys = keys
@@ -267,10 +299,10 @@ fn subscriptions(cfg: &Config) -> Result<Vec<Subscription>, Error> {
                     .map_err(config_error)?,
             );
         }
-        let kind = if s.list.is_some() {
-            bundle::BundleKind::Lists
-        } else {
-            bundle::BundleKind::Rules
+        let kind = match (&s.list, s.world) {
+            (Some(_), _) => bundle::BundleKind::Lists,
+            (None, true) => bundle::BundleKind::World,
+            (None, false) => bundle::BundleKind::Rules,
         };
         let sub = Subscription::new(kind, s.list.as_deref(), &s.url, every, keys, state, ca)
             .map_err(|m| config_error(format!("{at}: {m}")))?;
@@ -282,9 +314,9 @@ fn subscriptions(cfg: &Config) -> Result<Vec<Subscription>, Error> {
         }
         out.push(sub);
     }
-    if out.len() > 1 + geowall::policy::lists::MAX_LIST_BUNDLES {
+    if out.len() > 2 + geowall::policy::lists::MAX_LIST_BUNDLES {
         return Err(config_error(format!(
-            "at most one rules and {} list subscriptions",
+            "at most one rules, one world and {} list subscriptions",
             geowall::policy::lists::MAX_LIST_BUNDLES
         )));
     }
@@ -353,10 +385,15 @@ impl Rules {
             }
             None => (base.compile(&catalog, installer.lists())?, 0),
         };
-        let world = load_world(cfg.world.as_ref())?;
+        let world = match subscriptions
+            .iter()
+            .find(|s| s.kind() == bundle::BundleKind::World)
+        {
+            Some(sub) => kept_world(sub)?,
+            None => load_world(cfg.world.as_ref())?,
+        };
         Ok(Self {
             policy: Arc::new(PolicyHandle::new(policy)),
-            intel: Intel::new(Arc::clone(&world)),
             world: Arc::new(WorldHandle::new(world)),
             installer: Mutex::new(installer),
             sequence: AtomicU64::new(sequence),
@@ -418,6 +455,39 @@ impl Rules {
         self.sequence.load(Ordering::Acquire)
     }
 
+    /// What the running world data says.
+    fn intel(&self) -> Intel {
+        Intel::new(self.world.current())
+    }
+
+    /// How a world subscription's bundles are installed: verified again
+    /// and swapped in (the engine takes them at its next packet or timer
+    /// and judges the open flows again); the kept one's sequence and
+    /// expiry.
+    fn world_install(
+        &self,
+        sub: &Subscription,
+    ) -> (driver::subscribe::Install, Option<u64>, Option<u64>) {
+        let (keys, world) = (sub.keys().to_vec(), Arc::clone(&self.world));
+        let kept = std::fs::read(sub.file())
+            .ok()
+            .and_then(|b| bundle::open_world(&b, &keys, None, 0).ok());
+        let install = Arc::new(move |path: &std::path::Path| {
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let w =
+                bundle::open_world(&bytes, &keys, None, now_unix()).map_err(|e| e.to_string())?;
+            let built = format!("world data built {}", w.world.meta().built_at);
+            world.replace(w.world);
+            Ok(built)
+        });
+        (
+            install,
+            kept.as_ref().map(|w| w.sequence),
+            kept.as_ref().map(|w| w.expires),
+        )
+    }
+
     /// The state of each subscription (what is installed, the last
     /// check, the last error), in the configuration's order.
     pub fn subscriptions(&self) -> Vec<driver::subscribe::Status> {
@@ -443,39 +513,40 @@ impl Rules {
                 .fetcher(resolver.clone(), protection.clone())
                 .map_err(config_error)?;
             if let Some(w) =
-                driver::subscribe::refuse_blocked_server(sub, &fetcher, &policy, &self.intel)
+                driver::subscribe::refuse_blocked_server(sub, &fetcher, &policy, &self.intel())
                     .map_err(|e| Error::new(Code::Subscription, e))?
             {
                 host.on_log(Level::Warn, &w);
             }
             let rules = Arc::clone(self);
             let inst = lock(&self.installer);
-            let (install, installed, expires): (driver::subscribe::Install, _, _) = match sub.list()
-            {
-                None => {
-                    let b = inst.installed();
-                    (
-                        Arc::new(move |path: &std::path::Path| {
-                            let bytes = std::fs::read(path)
-                                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                            rules
-                                .install(&bytes)
-                                .map(|_| format!("policy {}", rules.policy_name()))
-                                .map_err(|e| e.message)
-                        }),
-                        b.map(|b| b.sequence),
-                        b.map(|b| b.expires),
-                    )
-                }
-                Some(name) => {
-                    let b = inst.lists().bundles().iter().find(|b| b.name == name);
-                    (
-                        Arc::new(move |_: &std::path::Path| rules.relist()),
-                        b.map(|b| b.sequence),
-                        b.map(|b| b.expires),
-                    )
-                }
-            };
+            let (install, installed, expires): (driver::subscribe::Install, _, _) =
+                match (sub.kind(), sub.list()) {
+                    (bundle::BundleKind::World, _) => self.world_install(sub),
+                    (_, None) => {
+                        let b = inst.installed();
+                        (
+                            Arc::new(move |path: &std::path::Path| {
+                                let bytes = std::fs::read(path)
+                                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                                rules
+                                    .install(&bytes)
+                                    .map(|_| format!("policy {}", rules.policy_name()))
+                                    .map_err(|e| e.message)
+                            }),
+                            b.map(|b| b.sequence),
+                            b.map(|b| b.expires),
+                        )
+                    }
+                    (_, Some(name)) => {
+                        let b = inst.lists().bundles().iter().find(|b| b.name == name);
+                        (
+                            Arc::new(move |_: &std::path::Path| rules.relist()),
+                            b.map(|b| b.sequence),
+                            b.map(|b| b.expires),
+                        )
+                    }
+                };
             drop(inst);
             out.push((
                 Follow::new(
@@ -523,7 +594,7 @@ impl Rules {
             as_peer: false,
         };
         let policy = self.policy.current();
-        let v = policy.evaluate(&self.intel, &facts);
+        let v = policy.evaluate(&self.intel(), &facts);
         Ok(Checked {
             action: v.action,
             rule: v.rule.map(|(i, r)| (i, r.name.clone())),
@@ -787,14 +858,10 @@ impl Running {
             mut engine,
             resolver,
             ..
-        } = driver::setup::start(
-            rules.policy.clone(),
-            rules.intel.clone(),
-            leak,
-            &run,
-            &protection,
-        )
-        .map_err(|e| config_error(e.to_string()))?;
+        } = driver::setup::start(rules.policy.clone(), rules.intel(), leak, &run, &protection)
+            .map_err(|e| config_error(e.to_string()))?;
+        // World updates (a world subscription) reach the engine.
+        engine.follow_world(Arc::clone(&rules.world));
         let mtu = run.mtu;
         if host.has_app_lookup() {
             let h = host.clone();

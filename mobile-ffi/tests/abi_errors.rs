@@ -452,6 +452,14 @@ fn subscriptions_are_checked_before_anything_is_fetched() {
             "give no preset or policy",
         ),
         (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": url, "list": "acme", "world": true, "keys": [hex]}]}),
+            "a list bundle or world data, not both",
+        ),
+        (
+            serde_json::json!({"state_dir": state, "subscriptions": [{"url": url, "world": true}], "trusted_keys": [hex]}),
+            "no key",
+        ),
+        (
             serde_json::json!({"state_dir": state, "subscriptions": [{"url": url, "list": "acme", "keys": [hex], "intervall": "1h"}]}),
             "unknown field `intervall`",
         ),

@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 use geowall::policy::bundle;
 use host::{Host, compile};
 use serde_json::Value;
-use support::site::{Maintainer, RESOLVER, SITE, fixture, publish_lists, start_site, zone};
+use support::site::{
+    Maintainer, RESOLVER, SITE, fixture, publish_lists, publish_world, start_site, world_bundle,
+    zone,
+};
 use support::{Net, addr, echo, in_ns, sa, tcp_exchange};
 
 const MARK: &str = "0x77";
@@ -243,6 +246,81 @@ fn the_library_follows_rule_and_list_subscriptions() {
     assert!(
         r.starts_with("err 15 ") && r.contains("the rules block the update server"),
         "{r}"
+    );
+    app.quit();
+}
+
+#[test]
+fn the_library_follows_world_data() {
+    if !support::root_or_skip("the_library_follows_world_data") {
+        return;
+    }
+    let exe = compile("host.c");
+    let mut net = Net::new();
+    net.add_server_address(RESOLVER);
+    net.dns_server(sa(RESOLVER, 53), zone);
+    let us2 = sa(addr::US2, 7000);
+    net.tcp_server(us2, echo);
+    let scratch = net.dir.path().to_owned();
+    let m = Maintainer::new(&scratch);
+    // Rules that block the PRC; world data as the test world says (US2 in
+    // the US), then moved (US2 in the PRC), from another maintainer's key.
+    let geo = bundle::SigningKey::from_bytes(&[6; 32]);
+    m.publish(
+        "name = \"no-prc\"\ndefault = \"allow\"\n[[rule]]\nname = \"no PRC\"\naction = \"block\"\nblock = \"reject\"\nport = [7000]\njurisdiction = { countries = [\"CN\"] }\n",
+        1,
+        3_600,
+        &m.key,
+    );
+    publish_world(&m.site, &world_bundle(&scratch, false, 1, &geo), &geo);
+    let _site = start_site(&mut net, m.site.clone());
+    let ca = std::fs::read_to_string(fixture("dot/ca.pem")).expect("ca.pem");
+    let state = scratch.join("state");
+    let cfg = serde_json::json!({
+        "trusted_keys": [bundle::key_hex(m.key.verifying_key().as_bytes())],
+        "dns_upstreams": [format!("udp:{RESOLVER}")],
+        "state_dir": state,
+        "subscriptions": [
+            {"url": "https://dns.test/site/", "every": "2s", "ca": [ca.clone()]},
+            {"url": "https://dns.test/site/", "world": true, "every": "2s", "ca": [ca],
+             "keys": [bundle::key_hex(geo.verifying_key().as_bytes())]},
+        ],
+    });
+    let mut app = host::c_host_on_tun(&net, &exe, MARK, false);
+    let r = start(&mut app, &scratch, "config.json", &cfg);
+    assert!(r.starts_with("ok "), "start: {r}");
+    assert!(state.join("subscribed-world.gwb").exists());
+    let s = subs(&mut app);
+    assert_eq!(s[1]["what"], "world data", "{s}");
+    assert_eq!(s[1]["installed"], 1, "{s}");
+    assert!(reaches(&net, us2), "US2 is in the US");
+
+    // The moved world arrives: US2 is now in the PRC and the same rules
+    // block it; the checker path agrees.
+    publish_world(&m.site, &world_bundle(&scratch, true, 2, &geo), &geo);
+    let s = wait_subs(&mut app, |s| s[1]["installed"] == 2);
+    assert_eq!(s[1]["installed"], 2, "{s}");
+    let before = net.count(addr::US2, 6, 7000);
+    assert!(!reaches(&net, us2), "the moved world blocks US2");
+    assert_eq!(
+        net.count(addr::US2, 6, 7000),
+        before,
+        "a packet reached US2"
+    );
+    assert!(
+        app.cmd(&format!("check {} 7000 6 0", addr::US2))
+            .starts_with("ok 2 "),
+        "the checker path uses the new world too"
+    );
+    assert_eq!(app.cmd("stop"), "ok");
+    assert_eq!(app.cmd("free"), "ok");
+    // A restart starts from the kept world data: in it the test's
+    // resolver (198.51.100.53) is in the PRC too, so the start is refused
+    // rather than resolving through it.
+    let r = start(&mut app, &scratch, "config.json", &cfg);
+    assert!(
+        r.starts_with("err 3 ") && r.contains("refusing upstream resolver"),
+        "restart with the kept moved world: {r}"
     );
     app.quit();
 }

@@ -238,3 +238,43 @@ pub(crate) fn publish_lists(
     std::fs::write(site.join(&ix.file), &b).expect("bundle");
     std::fs::write(site.join("lists-index.json"), index).expect("index");
 }
+
+/// The test world as a world bundle of sequence `seq` signed by `key`;
+/// `moved`: with the US range (the servers and the update site) moved to
+/// the PRC.
+pub(crate) fn world_bundle(
+    scratch: &Path,
+    moved: bool,
+    seq: u64,
+    key: &bundle::SigningKey,
+) -> Vec<u8> {
+    let fixture = std::fs::read_to_string(fixture("world.csv")).expect("fixture");
+    let csv_text = if moved {
+        let m = fixture.replace(
+            "198.51.100.0/24,US,US,64502,Test US Carrier,US",
+            "198.51.100.0/24,CN,CN,64500,Test PRC Telecom,CN",
+        );
+        assert_ne!(m, fixture);
+        m
+    } else {
+        fixture
+    };
+    let csv = scratch.join(format!("world-{seq}.csv"));
+    std::fs::write(&csv, csv_text).expect("csv");
+    let mut b = geowall::intel::world::WorldBuilder::new();
+    b.add_fixture_csv(&csv, &mut |_| {}).expect("reads");
+    let db = b.build(&mut |_| {}).expect("builds").0;
+    let t = now();
+    bundle::sign(
+        &bundle::build_world(&db, seq, t - 10, t + 3_600).expect("build"),
+        key,
+    )
+    .expect("sign")
+}
+
+/// Publishes a world bundle in `site` (`world-index.json` names it).
+pub(crate) fn publish_world(site: &Path, world: &[u8], key: &bundle::SigningKey) {
+    let (index, ix) = bundle::publish_index(world, key).expect("world index");
+    std::fs::write(site.join(&ix.file), world).expect("world bundle");
+    std::fs::write(site.join("world-index.json"), index).expect("world index");
+}
