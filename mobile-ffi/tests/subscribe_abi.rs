@@ -90,6 +90,19 @@ fn start(app: &mut Host, dir: &Path, name: &str, cfg: &Value) -> String {
     app.cmd(&format!("start {}", f.display()))
 }
 
+/// Checks that a TCP exchange with `to` fails and that not one packet
+/// reached its server meanwhile (`why`: what blocks it).
+fn held_off(net: &Net, to: std::net::SocketAddr, why: &str) {
+    let ip = to.ip().to_string();
+    let before = net.count(&ip, 6, to.port());
+    assert!(!reaches(net, to), "{why}: the exchange went through");
+    assert_eq!(
+        net.count(&ip, 6, to.port()),
+        before,
+        "{why}: a packet reached {to}"
+    );
+}
+
 /// Whether a TCP exchange with `to` from the firewall namespace (behind
 /// the TUN) gets its echo.
 fn reaches(net: &Net, to: std::net::SocketAddr) -> bool {
@@ -145,25 +158,13 @@ fn the_library_follows_rule_and_list_subscriptions() {
     let s = wait_subs(&mut app, |s| s[1]["installed"] == 2);
     assert_eq!(s[1]["installed"], 2, "{s}");
     assert_eq!(s[0]["installed"], 1, "the rules bundle is the same: {s}");
-    let before = net.count(addr::US2, 6, 7000);
-    assert!(!reaches(&net, us2), "list v2 blocks US2");
-    assert_eq!(
-        net.count(addr::US2, 6, 7000),
-        before,
-        "a packet reached US2 after list v2"
-    );
+    held_off(&net, us2, "list v2 blocks US2");
 
     // The rules maintainer blocks the US server: installed, applied.
     m.publish(&on_acme_and(&format!("{}/32", addr::US)), 2, 3_600, &m.key);
     let s = wait_subs(&mut app, |s| s[0]["installed"] == 2);
     assert_eq!(s[0]["installed"], 2, "{s}");
-    let before = net.count(addr::US, 6, 7000);
-    assert!(!reaches(&net, us), "rules v2 block the US server");
-    assert_eq!(
-        net.count(addr::US, 6, 7000),
-        before,
-        "a packet reached US after rules v2"
-    );
+    held_off(&net, us, "rules v2 block the US server");
     assert!(
         app.cmd(&format!("check {} 7000 6 0", addr::US))
             .starts_with("ok 2 "),
@@ -220,13 +221,8 @@ fn the_library_follows_rule_and_list_subscriptions() {
     let s = subs(&mut app);
     assert_eq!(s[0]["installed"], 2, "{s}");
     assert_eq!(s[1]["installed"], 2, "{s}");
-    let before = (net.count(addr::US, 6, 7000), net.count(addr::US2, 6, 7000));
-    assert!(!reaches(&net, us), "kept rules v2 hold after a restart");
-    assert!(!reaches(&net, us2), "kept list v2 holds after a restart");
-    assert_eq!(
-        (net.count(addr::US, 6, 7000), net.count(addr::US2, 6, 7000)),
-        before
-    );
+    held_off(&net, us, "kept rules v2 hold after a restart");
+    held_off(&net, us2, "kept list v2 holds after a restart");
     assert_eq!(app.cmd("stop"), "ok");
     assert_eq!(app.cmd("free"), "ok");
 
@@ -300,13 +296,7 @@ fn the_library_follows_world_data() {
     publish_world(&m.site, &world_bundle(&scratch, true, 2, &geo), &geo);
     let s = wait_subs(&mut app, |s| s[1]["installed"] == 2);
     assert_eq!(s[1]["installed"], 2, "{s}");
-    let before = net.count(addr::US2, 6, 7000);
-    assert!(!reaches(&net, us2), "the moved world blocks US2");
-    assert_eq!(
-        net.count(addr::US2, 6, 7000),
-        before,
-        "a packet reached US2"
-    );
+    held_off(&net, us2, "the moved world blocks US2");
     assert!(
         app.cmd(&format!("check {} 7000 6 0", addr::US2))
             .starts_with("ok 2 "),
