@@ -181,6 +181,9 @@ pub struct Rules {
     policy: Arc<PolicyHandle>,
     /// The world data (replaced by a world subscription's updates).
     world: Arc<WorldHandle>,
+    /// The sequence and expiry of the world data a world subscription
+    /// kept, as loaded.
+    world_kept: Option<(u64, u64)>,
     installer: Mutex<Installer>,
     sequence: AtomicU64,
     /// The policy without a bundle (a preset or policy text), compiled
@@ -235,26 +238,31 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// The world data a world subscription keeps, verified again (its
-/// expiry aside: data once accepted stays in force until newer data
-/// comes, as `geowall run` does).
-fn kept_world(sub: &Subscription) -> Result<Arc<World>, Error> {
+/// The bundle a subscription keeps (`what` names it in the error).
+fn read_kept(sub: &Subscription, what: &str) -> Result<Vec<u8>, Error> {
     let f = sub.file();
-    let bytes = std::fs::read(f).map_err(|e| {
+    std::fs::read(f).map_err(|e| {
         Error::new(
             Code::Subscription,
-            format!("world subscription: cannot read {}: {e}", f.display()),
+            format!("{what} subscription: cannot read {}: {e}", f.display()),
         )
-    })?;
+    })
+}
+
+/// The world data a world subscription keeps, verified again (its
+/// expiry aside: data once accepted stays in force until newer data
+/// comes, as `geowall run` does), with its sequence and expiry.
+fn kept_world(sub: &Subscription) -> Result<(Arc<World>, u64, u64), Error> {
+    let bytes = read_kept(sub, "world")?;
     // 0: no expiry check (the bundle was current when it was accepted).
     bundle::open_world(&bytes, sub.keys(), None, 0)
-        .map(|w| Arc::new(w.world))
+        .map(|w| (Arc::new(w.world), w.sequence, w.expires))
         .map_err(|e| {
             Error::new(
                 Code::Subscription,
                 format!(
                     "world subscription: the kept bundle {} is refused ({e})",
-                    f.display()
+                    sub.file().display()
                 ),
             )
         })
@@ -366,12 +374,7 @@ impl Rules {
         let (policy, sequence) = match rules_sub {
             Some(sub) => {
                 let f = sub.file();
-                let bytes = std::fs::read(f).map_err(|e| {
-                    Error::new(
-                        Code::Subscription,
-                        format!("rules subscription: cannot read {}: {e}", f.display()),
-                    )
-                })?;
+                let bytes = read_kept(sub, "rules")?;
                 let b = installer.install(&bytes, now_unix()).map_err(|e| {
                     Error::new(
                         Code::Subscription,
@@ -385,16 +388,20 @@ impl Rules {
             }
             None => (base.compile(&catalog, installer.lists())?, 0),
         };
-        let world = match subscriptions
+        let (world, world_kept) = match subscriptions
             .iter()
             .find(|s| s.kind() == bundle::BundleKind::World)
         {
-            Some(sub) => kept_world(sub)?,
-            None => load_world(cfg.world.as_ref())?,
+            Some(sub) => {
+                let (w, seq, expires) = kept_world(sub)?;
+                (w, Some((seq, expires)))
+            }
+            None => (load_world(cfg.world.as_ref())?, None),
         };
         Ok(Self {
             policy: Arc::new(PolicyHandle::new(policy)),
             world: Arc::new(WorldHandle::new(world)),
+            world_kept,
             installer: Mutex::new(installer),
             sequence: AtomicU64::new(sequence),
             base,
@@ -462,16 +469,13 @@ impl Rules {
 
     /// How a world subscription's bundles are installed: verified again
     /// and swapped in (the engine takes them at its next packet or timer
-    /// and judges the open flows again); the kept one's sequence and
-    /// expiry.
+    /// and judges the open flows again); the sequence and expiry of the
+    /// data loaded at start.
     fn world_install(
         &self,
         sub: &Subscription,
     ) -> (driver::subscribe::Install, Option<u64>, Option<u64>) {
         let (keys, world) = (sub.keys().to_vec(), Arc::clone(&self.world));
-        let kept = std::fs::read(sub.file())
-            .ok()
-            .and_then(|b| bundle::open_world(&b, &keys, None, 0).ok());
         let install = Arc::new(move |path: &std::path::Path| {
             let bytes =
                 std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -483,8 +487,8 @@ impl Rules {
         });
         (
             install,
-            kept.as_ref().map(|w| w.sequence),
-            kept.as_ref().map(|w| w.expires),
+            self.world_kept.map(|k| k.0),
+            self.world_kept.map(|k| k.1),
         )
     }
 
