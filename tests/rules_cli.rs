@@ -437,7 +437,7 @@ fn the_rule_reference_matches_the_parser() {
     const RULE: &str = "[[rule]]\nname = \"r\"\naction = \"block\"\n";
     // Per section: the text with a key set to `value` (TOML).
     type Probe<'a> = &'a dyn Fn(&str, &str) -> String;
-    let sections: [(&str, Probe<'_>); 5] = [
+    let sections: [(&str, Probe<'_>); 6] = [
         ("## Top level", &|k: &str, v: &str| {
             if k == "default" {
                 format!("name = \"x\"\ndefault = {v}\n")
@@ -454,6 +454,9 @@ fn the_rule_reference_matches_the_parser() {
             } else {
                 format!("{HEAD}{RULE}{k} = {v}\n")
             }
+        }),
+        ("## `ask`", &|k: &str, v: &str| {
+            format!("{HEAD}[[rule]]\nname = \"r\"\naction = \"ask\"\nask = {{ {k} = {v} }}\n")
         }),
         ("## `jurisdiction`", &|k: &str, v: &str| {
             format!("{HEAD}{RULE}jurisdiction = {{ countries = [\"CN\"], {k} = {v} }}\n")

@@ -858,6 +858,11 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             ),
             geowall::policy::Action::Allow => "ALLOW".to_owned(),
             geowall::policy::Action::Log => "LOG".to_owned(),
+            geowall::policy::Action::Ask(a) => format!(
+                "ASK (the flow is held until answered; unanswered after {} s: {})",
+                a.timeout_s,
+                if a.default_allow { "allow" } else { "block" }
+            ),
         };
         let via = verdict
             .layer

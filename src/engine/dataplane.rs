@@ -30,7 +30,9 @@ use super::{FlowCore, PeerNews};
 use crate::classify::leak::{LeakDetector, LeakHit, ScanState};
 use crate::classify::{Carrier, Dir, Encryption};
 use crate::intel::jurisdiction::{Intel, WorldHandle};
-use crate::policy::{Action, BlockMode, Facts, PolicyHandle, Transport as PTransport, Verdict};
+use crate::policy::{
+    Action, Answered, BlockMode, Facts, PolicyHandle, Transport as PTransport, Verdict,
+};
 use crate::wire::packet::{Transport, icmp_type, parse_ip, tcp_flags};
 
 /// A flow's identity towards the driver.
@@ -234,6 +236,12 @@ pub struct EngineCounters {
     /// Held datagrams that never left: their flow was blocked, or the
     /// hold's bounds were full.
     pub held_dropped: u64,
+    /// New flows held for an answer to an `ask` rule's question.
+    pub asked: u64,
+    /// New flows an `ask` rule matched that got the rule's default at
+    /// once, because [`ask::MAX_PROMPTS`] questions (or
+    /// [`ask::MAX_FLOWS_PER_PROMPT`] flows of one) were waiting.
+    pub asked_busy: u64,
     /// NAT64 prefixes learned from `ipv4only.arpa` answers (RFC 7050).
     pub nat64_discovered: u64,
     /// DNS queries answered (from the cache, the resolver, or blocked).
@@ -294,6 +302,8 @@ pub struct Engine {
     /// Bytes of datagrams held by all flows (at most
     /// `udp::HOLD_BYTES_TOTAL`).
     held_bytes: usize,
+    /// Questions `ask` rules raised, and the answers given.
+    asks: ask::Asks,
     /// Counters.
     pub counters: EngineCounters,
 }
@@ -338,6 +348,7 @@ impl Engine {
             next_query: 1,
             policy_gen: policy.generation(),
             held_bytes: 0,
+            asks: ask::Asks::default(),
             frags: Reassembler::new(cfg.frag),
             cfg,
             intel,
@@ -394,6 +405,66 @@ impl Engine {
         [self.wake_ns, stack].into_iter().flatten().min()
     }
 
+    /// Answers question `question` (from an `asked` event): its held flows,
+    /// and with [`Scope::App`] or [`Scope::Always`] the app's other
+    /// waiting questions the answer covers, go on or are blocked now.
+    /// Returns the answer to keep in the local answers file for
+    /// [`Scope::Always`] (the caller writes it; see [`Engine::keep_answers`]).
+    ///
+    /// # Errors
+    /// The question is not waiting (answered, timed out, never asked).
+    pub fn answer(
+        &mut self,
+        question: PromptId,
+        reply: Answer,
+        now_ns: u64,
+    ) -> Result<Option<KeptAnswer>, AnswerError> {
+        let (settled, kept) = self.asks.answer(question, reply)?;
+        self.settle(settled, now_ns);
+        Ok(kept)
+    }
+
+    /// The answers kept in the local answers file (read at start): each
+    /// settles, without asking, the questions of its app about its
+    /// destination. The last [`ask::MAX_KEPT`] are kept.
+    pub fn keep_answers(&mut self, kept: Vec<KeptAnswer>) {
+        self.asks.keep(kept);
+    }
+
+    /// The questions waiting for an answer, oldest first.
+    pub fn prompts(&self) -> impl Iterator<Item = (PromptId, &Prompt)> {
+        self.asks.waiting()
+    }
+
+    /// Carries out settled questions: an `answered` event each, and their
+    /// held flows judged again with the answer.
+    fn settle(&mut self, s: ask::Settled, now_ns: u64) {
+        for (id, q) in s.questions {
+            let ev = Event::answered(id, &q, s.allow, s.how);
+            self.out.push_back(Output::Event(Box::new(ev)));
+            for h in q.held() {
+                match *h {
+                    ask::Held::Tcp(key) => {
+                        if let Some(f) = self.tcp.get_mut(&key)
+                            && f.phase == TcpPhase::Asking
+                        {
+                            f.core.answer = Some((s.allow, s.how));
+                            self.poll_stack(now_ns, Some(key));
+                        }
+                    }
+                    ask::Held::Datagram(key) => {
+                        if let Some(f) = self.flows.get_mut(&key)
+                            && f.state == State::Asking
+                        {
+                            f.core.answer = Some((s.allow, s.how));
+                            self.release_held(key, None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Lowers the flow-deadline bound to `t`.
     fn wake_at(&mut self, t: u64) {
         self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
@@ -425,7 +496,10 @@ impl Engine {
             .map(|f| f.core.last_ns + tcp_idle_limit(&self.cfg, f))
             .min();
         let dns = self.dns_pending.values().map(|p| p.2).min();
-        [idle, sniff, tcp, dns].into_iter().flatten().min()
+        [idle, sniff, tcp, dns, self.asks.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn drop_reason(&mut self, r: DropReason) {
@@ -510,6 +584,10 @@ impl Engine {
             .collect();
         for k in ripe {
             self.release_held(k, None);
+        }
+        // Questions no one answered in time: the rules' defaults.
+        for s in self.asks.expire(now_ns) {
+            self.settle(s, now_ns);
         }
         let (udp, icmp) = (self.cfg.udp_idle_ns, self.cfg.icmp_idle_ns);
         let idle: Vec<_> = self
@@ -740,6 +818,7 @@ impl Engine {
     }
 }
 
+pub mod ask;
 mod names;
 mod tcp;
 mod udp;
@@ -749,6 +828,7 @@ use names::Reply;
 use tcp::{FirstBytes, TcpFlow, TcpPhase};
 use udp::{FlowState, State};
 
+pub use ask::{Answer, AnswerError, KeptAction, KeptAnswer, Prompt, PromptId, Scope};
 use tcp::tcp_idle_limit;
 pub use verdict::{fact_names, facts, judge_parts};
 

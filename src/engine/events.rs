@@ -9,7 +9,7 @@ use super::dataplane::FlowId;
 use super::frag::FragDrop;
 use super::{FlowCore, Volume};
 use crate::classify::{Encryption, Protocol, Traffic};
-use crate::policy::{Action, Verdict};
+use crate::policy::{Action, Answered, Verdict};
 use crate::wire::packet::Drop;
 
 /// What happened.
@@ -29,6 +29,12 @@ pub enum EventKind {
     DnsBlocked,
     /// Addresses were removed from a DNS answer.
     DnsFiltered,
+    /// A new flow matched an `ask` rule: it is held (nothing leaves) until
+    /// the question ([`Event::prompt`]) is answered or times out.
+    Asked,
+    /// A question was settled ([`Event::answered`] says how): its held
+    /// flows go on or are blocked.
+    Answered,
 }
 
 impl EventKind {
@@ -41,6 +47,8 @@ impl EventKind {
             EventKind::Closed => "closed",
             EventKind::DnsBlocked => "dns-blocked",
             EventKind::DnsFiltered => "dns-filtered",
+            EventKind::Asked => "asked",
+            EventKind::Answered => "answered",
         }
     }
 }
@@ -53,6 +61,8 @@ pub enum Decision {
     Allow,
     /// Stopped.
     Block,
+    /// Held until the user answers (an `asked` event).
+    Ask,
 }
 
 impl Decision {
@@ -61,6 +71,7 @@ impl Decision {
         match self {
             Decision::Allow => "allow",
             Decision::Block => "block",
+            Decision::Ask => "ask",
         }
     }
 }
@@ -167,7 +178,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(EventKind, Decision, FlowProto, DropReason);
+display_as_str!(EventKind, Decision, FlowProto, DropReason, Answered);
 
 /// A decision, for logs and the user.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -218,6 +229,13 @@ pub struct Event {
     /// The peer whose jurisdiction decided a block, when one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// The question an `ask` rule raised (`asked` and `answered` events):
+    /// what [`crate::engine::dataplane::Engine::answer`] takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<u64>,
+    /// How an `ask` rule's question was settled, when one decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered: Option<Answered>,
     /// On `closed` and `cut`: the flow's IP packets and bytes each way
     /// (`packets_up`, `packets_down`, `bytes_up`, `bytes_down`, as the
     /// app's side saw them).
@@ -271,6 +289,7 @@ impl Event {
             encrypted: f.sniffer.encryption(),
             action: match v.map(|v| v.action) {
                 Some(Action::Block(_)) => Decision::Block,
+                Some(Action::Ask(_)) => Decision::Ask,
                 _ => Decision::Allow,
             },
             rule: v.and_then(|v| v.rule.map(|(_, r)| r.name.clone())),
@@ -282,7 +301,47 @@ impl Event {
             detail: None,
             peers: f.peers.iter().map(ToString::to_string).collect(),
             peer: v.and_then(|v| v.peer).map(|p| p.to_string()),
+            prompt: None,
+            answered: v.and_then(|v| v.answered),
             volume: matches!(kind, EventKind::Closed | EventKind::Cut).then_some(f.volume),
+        }
+    }
+
+    /// The event that a question was settled: `allow` or not, `how`, for
+    /// `app` reaching `destination`, asked by rule `rule`.
+    pub(crate) fn answered(
+        prompt: u64,
+        q: &super::dataplane::Prompt,
+        allow: bool,
+        how: Answered,
+    ) -> Self {
+        Self {
+            kind: EventKind::Answered,
+            flow: 0,
+            proto: q.proto,
+            client: String::new(),
+            server: q.destination.clone(),
+            class: Traffic::Other,
+            protocol: Protocol::Unknown,
+            server_name: None,
+            encrypted: Encryption::Unknown,
+            action: if allow {
+                Decision::Allow
+            } else {
+                Decision::Block
+            },
+            rule: Some(q.rule.clone()),
+            layer: None,
+            leaks: Vec::new(),
+            names: Vec::new(),
+            app: q.app.clone(),
+            uid: None,
+            detail: Some(format!("{} held flow(s)", q.flows)),
+            peers: Vec::new(),
+            peer: None,
+            prompt: Some(prompt),
+            answered: Some(how),
+            volume: None,
         }
     }
 
@@ -315,6 +374,8 @@ impl Event {
             detail,
             peers: Vec::new(),
             peer: None,
+            prompt: None,
+            answered: None,
             volume: None,
         }
     }

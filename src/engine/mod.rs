@@ -48,6 +48,9 @@ pub struct FlowCore {
     /// the order learned; at most [`MAX_PEERS`], the oldest forgotten
     /// first (a forgotten peer named again is learned, and judged, again).
     pub peers: Vec<SocketAddr>,
+    /// The answer an `ask` rule got for this flow (allow?, how it came):
+    /// it settles every later verdict of that rule on the flow.
+    pub answer: Option<(bool, crate::policy::Answered)>,
 }
 
 /// Peers of one relayed flow kept, at most (see [`FlowCore::peers`]).
@@ -129,6 +132,7 @@ impl FlowCore {
             last_ns: now_ns,
             volume: Volume::default(),
             peers: Vec::new(),
+            answer: None,
         }
     }
 

@@ -125,12 +125,66 @@ pub struct Verdict<'p> {
     /// When the flow is blocked for where a TURN relay would take it: the
     /// peer the deciding rule matched (its layer is the peer's).
     pub peer: Option<SocketAddr>,
+    /// When an `ask` rule decided: how the answer came (the action is then
+    /// the answer's outcome, no longer [`Action::Ask`]).
+    pub answered: Option<Answered>,
 }
 
-impl Verdict<'_> {
+/// How the question of an `ask` rule was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Answered {
+    /// The user answered for this flow (and the others held with it).
+    Once,
+    /// The user answered for the app, for as long as geowall runs.
+    App,
+    /// The user's answer for the app and destination, kept in the local
+    /// answers file across restarts.
+    Always,
+    /// No answer in time: the rule's default applied.
+    Timeout,
+    /// Too many questions were waiting: the rule's default applied at once.
+    Busy,
+}
+
+impl Answered {
+    /// The name as it is written in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answered::Once => "once",
+            Answered::App => "app",
+            Answered::Always => "always",
+            Answered::Timeout => "timeout",
+            Answered::Busy => "busy",
+        }
+    }
+}
+
+impl<'p> Verdict<'p> {
     /// True for a block.
     pub fn is_block(&self) -> bool {
         matches!(self.action, Action::Block(_))
+    }
+
+    /// The `ask` rule's terms while the verdict waits for an answer.
+    pub fn ask(&self) -> Option<crate::policy::Ask> {
+        match self.action {
+            Action::Ask(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The verdict an answer (allow or not) to its `ask` rule gives, `how`
+    /// it came; unchanged for any other verdict.
+    pub fn answer(self, allow: bool, how: Answered) -> Verdict<'p> {
+        match self.action {
+            Action::Ask(a) => Verdict {
+                action: a.outcome(allow),
+                answered: Some(how),
+                ..self
+            },
+            _ => self,
+        }
     }
 
     /// A JSON object with stable field names.
@@ -143,6 +197,11 @@ impl Verdict<'_> {
             "logged_by": self.logged_by.map(|(_, r)| r.name.as_str()),
             "layer": self.layer,
             "peer": self.peer,
+            "answered": self.answered,
+            "ask": self.ask().map(|a| serde_json::json!({
+                "default": if a.default_allow { "allow" } else { "block" },
+                "timeout": a.timeout_s,
+            })),
         })
     }
 }
@@ -374,8 +433,9 @@ impl Rule {
 }
 
 impl Policy {
-    /// The verdict for a flow. The first `allow` or `block` rule that
-    /// matches decides; `log` rules that match are recorded and
+    /// The verdict for a flow. The first `allow`, `block` or `ask` rule
+    /// that matches decides (an `ask` verdict waits for an answer, see
+    /// [`Verdict::answer`]); `log` rules that match are recorded and
     /// evaluation goes on; with no decision, the default applies.
     ///
     /// A flow through a TURN relay with known peers ([`Facts::peers`]) is
@@ -423,6 +483,7 @@ impl Policy {
                 logged_by,
                 layer,
                 peer: None,
+                answered: None,
             };
         }
         Verdict {
@@ -431,6 +492,7 @@ impl Policy {
             logged_by,
             layer: None,
             peer: None,
+            answered: None,
         }
     }
 
@@ -486,11 +548,17 @@ impl Policy {
                         logged_by,
                         layer,
                         peer: None,
+                        answered: None,
                     });
                 }
                 // It may match (or stop matching) once the payload is read:
                 // an allow rule then leaves the outcome open.
-                _ if r.action == Action::Allow && r.may_match_later(&self.lists) => return None,
+                // An ask rule too: the user may allow it.
+                _ if matches!(r.action, Action::Allow | Action::Ask(_))
+                    && r.may_match_later(&self.lists) =>
+                {
+                    return None;
+                }
                 _ => {}
             }
         }
@@ -500,14 +568,22 @@ impl Policy {
             logged_by,
             layer: None,
             peer: None,
+            answered: None,
         })
     }
 
     /// Whether the traffic class, once known, could block a flow that
-    /// `f` (class not yet known) allows: some class would make the policy
-    /// block it. The engine then holds the flow's first datagrams until
-    /// the class is decided, instead of relaying them.
-    pub fn class_could_block(&self, intel: &Intel, f: &Facts<'_>) -> bool {
+    /// `f` (class not yet known) allows, or make an `ask` rule hold it:
+    /// some class would make the policy block it or ask about it (an ask
+    /// that `settle` settles, from answers given before, counts as its
+    /// answer). The engine then holds the flow's first datagrams until the
+    /// class is decided, instead of relaying them.
+    pub fn class_could_block(
+        &self,
+        intel: &Intel,
+        f: &Facts<'_>,
+        settle: &dyn for<'v> Fn(Verdict<'v>) -> Verdict<'v>,
+    ) -> bool {
         const CLASSES: [Traffic; 5] = [
             Traffic::Media,
             Traffic::Ping,
@@ -523,7 +599,8 @@ impl Policy {
                 traffic: Some(t),
                 ..*f
             };
-            self.decide(&g, j.as_ref()).is_block()
+            let v = settle(self.decide(&g, j.as_ref()));
+            v.is_block() || v.ask().is_some()
         })
     }
 

@@ -13,10 +13,10 @@ pub mod eval;
 pub mod lists;
 pub mod rules;
 
-pub use eval::{Facts, LayerMatch, PolicyHandle, RuleTrace, Verdict};
+pub use eval::{Answered, Facts, LayerMatch, PolicyHandle, RuleTrace, Verdict};
 pub use rules::{
-    Action, BlockMode, DnsBlockAnswer, DnsEmptyAnswer, DnsFilter, DnsSettings, Endpoint, Policy,
-    Rule, Traffic, Transport,
+    ASK_TIMEOUT_DEFAULT, ASK_TIMEOUT_MAX, Action, Ask, BlockMode, DnsBlockAnswer, DnsEmptyAnswer,
+    DnsFilter, DnsSettings, Endpoint, Policy, Rule, Traffic, Transport,
 };
 
 #[cfg(test)]

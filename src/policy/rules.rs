@@ -16,7 +16,7 @@
 //!
 //! [[rule]]                          # first match wins ("log" rules record and go on)
 //! name = "no pings or media to PRC jurisdiction"
-//! action = "block"                  # allow | block | log
+//! action = "block"                  # allow | block | log | ask
 //! block = "reject"                  # drop (default) | reject: TCP RST / ICMP unreachable
 //! traffic = ["ping", "media"]
 //! jurisdiction = { countries = ["CN"], layers = ["geo", "network", "owner", "vendor"], unknown = "ignore", disputed = "any" }
@@ -55,17 +55,71 @@ pub enum Action {
     Block(BlockMode),
     /// Record it and keep evaluating (as a rule); never a final verdict.
     Log,
+    /// Hold the flow (nothing leaves) and ask the user; unanswered, the
+    /// rule's default applies at its timeout.
+    Ask(Ask),
 }
 
 impl Action {
-    /// `allow`, `block` or `log`.
+    /// `allow`, `block`, `log` or `ask`.
     pub fn name(&self) -> &'static str {
         match self {
             Action::Allow => "allow",
             Action::Block(_) => "block",
             Action::Log => "log",
+            Action::Ask(_) => "ask",
         }
     }
+}
+
+/// An `ask` rule's terms: what applies when no one answers, after how
+/// long, and how a block (answered or by default) is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ask {
+    /// Allow when no one answers in time (else block).
+    pub default_allow: bool,
+    /// Seconds a flow is held waiting for an answer
+    /// ([`ASK_TIMEOUT_MAX`] at most).
+    pub timeout_s: u16,
+    /// How a block is carried out.
+    pub mode: BlockMode,
+}
+
+/// Default seconds an `ask` rule holds a flow.
+pub const ASK_TIMEOUT_DEFAULT: u16 = 30;
+/// Most seconds an `ask` rule may hold a flow.
+pub const ASK_TIMEOUT_MAX: u16 = 600;
+
+impl Ask {
+    /// The action an answer (or the timeout) leads to.
+    pub fn outcome(&self, allow: bool) -> Action {
+        if allow {
+            Action::Allow
+        } else {
+            Action::Block(self.mode)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAsk {
+    #[serde(default)]
+    default: RawAskDefault,
+    #[serde(default = "raw_ask_timeout")]
+    timeout: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawAskDefault {
+    Allow,
+    #[default]
+    Block,
+}
+
+fn raw_ask_timeout() -> u32 {
+    u32::from(ASK_TIMEOUT_DEFAULT)
 }
 
 /// Which end of a relayed flow a rule's conditions look at.
@@ -136,6 +190,7 @@ enum RawAction {
     Allow,
     Block,
     Log,
+    Ask,
 }
 
 #[derive(Deserialize)]
@@ -246,6 +301,8 @@ struct RawRule {
     action: Spanned<RawAction>,
     #[serde(default)]
     block: Option<Spanned<BlockMode>>,
+    #[serde(default)]
+    ask: Option<Spanned<RawAsk>>,
     #[serde(default)]
     jurisdiction: Option<Spanned<RawJurisdiction>>,
     #[serde(default)]
@@ -596,7 +653,7 @@ impl Policy {
         let default = match (*raw.default.get_ref(), raw.default_block) {
             (RawAction::Allow, None) => Action::Allow,
             (RawAction::Block, mode) => Action::Block(mode.unwrap_or_default()),
-            (RawAction::Log, _) => {
+            (RawAction::Log | RawAction::Ask, _) => {
                 return Err(at(
                     raw.default.span(),
                     "the default action must be 'allow' or 'block'".into(),
@@ -724,14 +781,50 @@ fn compile_rule(
     let at =
         |span: std::ops::Range<usize>, msg: String| SourceError::at(path, text, span.start, msg);
     let line = crate::intel::catalog::line_col(text, r.name.span().start).0;
+    if let Some(a) = &r.ask
+        && *r.action.get_ref() != RawAction::Ask
+    {
+        return Err(at(
+            a.span(),
+            "'ask' (default and timeout) only goes with action = \"ask\"".into(),
+        ));
+    }
     let action = match (*r.action.get_ref(), r.block) {
         (RawAction::Allow, None) => Action::Allow,
         (RawAction::Log, None) => Action::Log,
         (RawAction::Block, b) => Action::Block(b.map(|b| b.into_inner()).unwrap_or_default()),
+        (RawAction::Ask, b) => {
+            let span = r.ask.as_ref().map_or(r.action.span(), Spanned::span);
+            let raw = r.ask.map_or(
+                RawAsk {
+                    default: RawAskDefault::Block,
+                    timeout: raw_ask_timeout(),
+                },
+                Spanned::into_inner,
+            );
+            let default_allow = raw.default == RawAskDefault::Allow;
+            let timeout_s = u16::try_from(raw.timeout)
+                .ok()
+                .filter(|t| (1..=ASK_TIMEOUT_MAX).contains(t))
+                .ok_or_else(|| {
+                    at(
+                        span.clone(),
+                        format!(
+                            "an ask rule's timeout is 1 to {ASK_TIMEOUT_MAX} seconds, not {}",
+                            raw.timeout
+                        ),
+                    )
+                })?;
+            Action::Ask(Ask {
+                default_allow,
+                timeout_s,
+                mode: b.map(|b| b.into_inner()).unwrap_or_default(),
+            })
+        }
         (_, Some(b)) => {
             return Err(at(
                 b.span(),
-                "'block' (drop or reject) only goes with action = \"block\"".into(),
+                "'block' (drop or reject) only goes with action = \"block\" or \"ask\"".into(),
             ));
         }
     };

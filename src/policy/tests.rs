@@ -1167,3 +1167,89 @@ fn list_manifests_and_list_references_are_checked_where_they_are_written() {
     assert_eq!(e.line, 5, "{e}");
     assert!(e.message.contains("not installed"), "{e}");
 }
+
+/// `ask` rules: their terms, their defaults, every mistake located, and
+/// what the verdict steps make of them (an ask is never a settled block,
+/// and an answer turns it into the outcome it names).
+#[test]
+fn ask_rules() {
+    const HEAD: &str = "name = \"x\"\ndefault = \"allow\"\n[[rule]]\nname = \"r\"\n";
+    let p = parse(&format!(
+        "{HEAD}action = \"ask\"\nblock = \"reject\"\nask = {{ default = \"allow\", timeout = 9 }}\ncidr = [\"203.0.113.0/24\"]\n"
+    ))
+    .expect("parses");
+    assert_eq!(
+        p.rules[0].action,
+        Action::Ask(Ask {
+            default_allow: true,
+            timeout_s: 9,
+            mode: BlockMode::Reject
+        })
+    );
+    let p = parse(&format!(
+        "{HEAD}action = \"ask\"\ncidr = [\"203.0.113.0/24\"]\n"
+    ))
+    .expect("parses");
+    assert_eq!(
+        p.rules[0].action,
+        Action::Ask(Ask {
+            default_allow: false,
+            timeout_s: ASK_TIMEOUT_DEFAULT,
+            mode: BlockMode::Drop
+        })
+    );
+    for (body, says) in [
+        (
+            "action = \"block\"\nask = { timeout = 5 }\n",
+            "only goes with action = \"ask\"",
+        ),
+        (
+            "action = \"ask\"\nask = { timeout = 0 }\n",
+            "1 to 600 seconds, not 0",
+        ),
+        ("action = \"ask\"\nask = { timeout = 601 }\n", "not 601"),
+        (
+            "action = \"ask\"\nask = { default = \"log\" }\n",
+            "unknown variant `log`",
+        ),
+        (
+            "action = \"ask\"\nask = { when = 1 }\n",
+            "unknown field `when`",
+        ),
+    ] {
+        let e = parse(&format!("{HEAD}{body}")).expect_err(body);
+        let text = e.to_string();
+        assert!(
+            text.contains(says) && text.contains("p.toml:"),
+            "{body}: {text}"
+        );
+    }
+    let e = parse("name = \"x\"\ndefault = \"ask\"\n").expect_err("default ask");
+    assert!(e.to_string().contains("must be 'allow' or 'block'"), "{e}");
+    // An ask rule before a block: the SYN settles nothing while the ask
+    // could still match (a name read from the payload) and be allowed.
+    let intel = fixture_intel();
+    let p = parse(&format!(
+        "{HEAD}action = \"ask\"\ndomain = [\"example.org\"]\n[[rule]]\nname = \"b\"\naction = \"block\"\ncidr = [\"203.0.113.0/24\"]\n"
+    ))
+    .expect("parses");
+    let f = Facts {
+        dst: ip("203.0.113.5"),
+        ..Facts::default()
+    };
+    assert!(p.settled_block(&intel, &f).is_none());
+    let named = Facts {
+        names: &["www.example.org"],
+        ..f
+    };
+    let v = p.evaluate(&intel, &named);
+    assert!(v.ask().is_some() && !v.is_block());
+    let allowed = v.answer(true, Answered::Once);
+    assert_eq!(
+        (allowed.action, allowed.answered),
+        (Action::Allow, Some(Answered::Once))
+    );
+    assert!(v.answer(false, Answered::Timeout).is_block());
+    assert!(p.class_could_block(&intel, &named, &|v| v));
+    assert!(!p.class_could_block(&intel, &named, &|v| v.answer(true, Answered::App)));
+}

@@ -30,6 +30,10 @@ pub(super) enum FirstBytes {
 pub(super) enum TcpPhase {
     /// Reading the app's first bytes.
     Sniffing { since_ns: Option<u64> },
+    /// Held for an answer to an `ask` rule's question (the app's first
+    /// bytes kept, bounded as while sniffing); judged again once
+    /// [`FlowCore::answer`] is set.
+    Asking,
     /// Allowed; waiting for the upstream connection.
     Connecting,
     /// Relaying.
@@ -123,18 +127,34 @@ impl Engine {
             core.volume.up(raw.len());
             let id = self.next_id;
             self.next_id += 1;
+            // The verdict the SYN decided (none: the payload decides).
+            let mut decided = None;
+            let mut asked = None;
             if !is_dns {
                 // Judge at the SYN when the address alone decides: every
                 // time for a policy with no payload rules, and for a block
                 // that no payload could lift (so the app fails over at
                 // once instead of after its first write).
-                let v = if sniff {
+                let mut v = if sniff {
                     let names = fact_names(&core);
                     let facts = facts(PTransport::Tcp, &core, &names);
                     policy.settled_block(&self.intel, &facts)
                 } else {
-                    Some(judge_parts(&policy, &self.intel, PTransport::Tcp, &core))
+                    let v = judge_parts(&policy, &self.intel, PTransport::Tcp, &core);
+                    Some(self.asks.resolve(v, &core))
                 };
+                if let Some(vv) = &mut v
+                    && let Some(a) = vv.ask()
+                {
+                    // An ask rule: accept the connection and hold it.
+                    let held = ask::Held::Tcp(key);
+                    asked = self.asks.hold(held, id, FlowProto::Tcp, &core, vv, now_ns);
+                    if asked.is_none() {
+                        self.counters.asked_busy += 1;
+                        *vv = vv.answer(a.default_allow, Answered::Busy);
+                        core.answer = Some((a.default_allow, Answered::Busy));
+                    }
+                }
                 if let Some(v) = v
                     && let Action::Block(mode) = v.action
                 {
@@ -149,6 +169,7 @@ impl Engine {
                     self.out.push_back(Output::Event(Box::new(ev)));
                     return;
                 }
+                decided = v;
             }
             let each = self.tcp_buffer_size();
             if self.cfg.tcp_memory.saturating_sub(self.tcp_memory) < 2 * each {
@@ -175,6 +196,8 @@ impl Engine {
             self.tcp_memory += 2 * each;
             let phase = if is_dns {
                 TcpPhase::Dns
+            } else if asked.is_some() {
+                TcpPhase::Asking
             } else if sniff {
                 TcpPhase::Sniffing { since_ns: None }
             } else {
@@ -196,9 +219,15 @@ impl Engine {
                 silent: false,
             };
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
-            if !sniff && !is_dns {
+            if let Some(ev) = asked {
+                self.counters.asked += 1;
+                if let Some(q) = ev.prompt.and_then(|q| self.asks.deadline_of(q)) {
+                    self.wake_at(q);
+                }
+                self.out.push_back(Output::Event(Box::new(ev)));
+            } else if !sniff && !is_dns {
                 self.counters.opened += 1;
-                let ev = f.event(EventKind::Opened, None);
+                let ev = f.event(EventKind::Opened, decided.as_ref());
                 self.out.push_back(Output::Event(Box::new(ev)));
                 self.out.push_back(Output::TcpOpen {
                     flow: id,
@@ -335,9 +364,11 @@ impl Engine {
                         .saturating_sub(f.pending.len())
                         .min(READ_CHUNK),
                     TcpPhase::Open => READ_CHUNK,
-                    TcpPhase::Sniffing { .. } | TcpPhase::Connecting => TCP_SNIFF_BYTES
-                        .saturating_sub(f.pending.len())
-                        .min(READ_CHUNK),
+                    TcpPhase::Sniffing { .. } | TcpPhase::Asking | TcpPhase::Connecting => {
+                        TCP_SNIFF_BYTES
+                            .saturating_sub(f.pending.len())
+                            .min(READ_CHUNK)
+                    }
                     TcpPhase::Blocked => 0,
                     // Queries, at most two full messages waiting.
                     TcpPhase::Dns => (2 * 65_537usize).saturating_sub(f.pending.len()),
@@ -420,6 +451,7 @@ impl Engine {
             let due = match f.phase {
                 TcpPhase::Sniffing { since_ns: Some(t) } => first_in(t),
                 TcpPhase::Connecting | TcpPhase::Open => new_leak || late_in || f.rejudge,
+                TcpPhase::Asking => f.core.answer.is_some(),
                 _ => false,
             };
             f.rejudge = false;
@@ -432,8 +464,39 @@ impl Engine {
                 }
                 let policy = self.policy.current();
                 let v = judge_parts(&policy, &self.intel, PTransport::Tcp, &f.core);
+                let mut v = self.asks.resolve(v, &f.core);
                 let was = f.phase;
-                if let Action::Block(mode) = v.action {
+                let first = matches!(was, TcpPhase::Sniffing { .. } | TcpPhase::Asking);
+                let mut held_now = false;
+                if first && let Some(a) = v.ask() {
+                    match self.asks.hold(
+                        ask::Held::Tcp(key),
+                        f.id,
+                        FlowProto::Tcp,
+                        &f.core,
+                        &v,
+                        now_ns,
+                    ) {
+                        Some(ev) => {
+                            f.phase = TcpPhase::Asking;
+                            held_now = true;
+                            self.counters.asked += 1;
+                            if let Some(t) = ev.prompt.and_then(|q| self.asks.deadline_of(q)) {
+                                self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
+                            }
+                            self.out.push_back(Output::Event(Box::new(ev)));
+                        }
+                        None => {
+                            self.counters.asked_busy += 1;
+                            v = v.answer(a.default_allow, Answered::Busy);
+                            f.core.answer = Some((a.default_allow, Answered::Busy));
+                        }
+                    }
+                }
+                // An ask rule that newly matches an open flow does not
+                // hold it: it goes on (only new flows are asked about).
+                if held_now {
+                } else if let Action::Block(mode) = v.action {
                     if mode == BlockMode::Reject {
                         // The RST goes out at the stack's next poll: keep
                         // the socket until then.
@@ -444,7 +507,6 @@ impl Engine {
                     }
                     f.phase = TcpPhase::Blocked;
                     f.pending.clear();
-                    let first = matches!(was, TcpPhase::Sniffing { .. });
                     if first {
                         self.counters.blocked += 1;
                     } else {
@@ -460,7 +522,7 @@ impl Engine {
                         Some(&v),
                     );
                     self.out.push_back(Output::Event(Box::new(ev)));
-                } else if matches!(was, TcpPhase::Sniffing { .. }) {
+                } else if first {
                     f.phase = TcpPhase::Connecting;
                     if f.pending.is_empty() && !f.core.sniffer.is_done() {
                         // The timer opened it: the app's first bytes, when

@@ -1625,3 +1625,258 @@ fn a_relay_is_judged_by_the_peers_it_is_asked_to_reach() {
         Some(&1)
     );
 }
+
+/// An engine with one `ask` rule over 198.51.100.0/24 and 198.18.0.0/15
+/// (`default` and `timeout` as given, blocks rejected); flows from app
+/// ports below 41,000 belong to `/usr/bin/a`, the rest to `/usr/bin/b`.
+fn ask_engine(default: &str, timeout: u32) -> Engine {
+    let text = format!(
+        "name = \"ask\"\ndefault = \"allow\"\n[[rule]]\nname = \"ask about the test nets\"\naction = \"ask\"\nblock = \"reject\"\nask = {{ default = \"{default}\", timeout = {timeout} }}\ncidr = [\"198.51.100.0/24\", \"198.18.0.0/15\"]\n"
+    );
+    let (mut e, handle) = engine("default", EngineConfig::default(), &[]);
+    let catalog = Catalog::shipped().expect("catalog");
+    handle.replace(Policy::parse(Path::new("ask.toml"), &text, None, &catalog).expect("policy"));
+    e.set_app_lookup(Box::new(|_, client, _| AppOwner {
+        app: Some(
+            if client.port() < 41_000 {
+                "/usr/bin/a"
+            } else {
+                "/usr/bin/b"
+            }
+            .into(),
+        ),
+        uid: None,
+    }));
+    e
+}
+
+fn asked(out: &[Output]) -> Vec<PromptId> {
+    events(out)
+        .iter()
+        .filter(|e| e.kind == EventKind::Asked)
+        .filter_map(|e| e.prompt)
+        .collect()
+}
+
+/// A TCP connection an ask rule matches is accepted and held: the app's
+/// bytes stay here, nothing is opened upstream, however long it waits;
+/// "allow once" opens it and its bytes leave; the next connection of the
+/// same app is asked about again.
+#[test]
+fn an_ask_rule_holds_a_tcp_connection_until_answered() {
+    use smoltcp::socket::tcp::State as S_;
+    let mut e = ask_engine("block", 30);
+    let mut app = App::connect("198.51.100.7:443");
+    let mut now = S;
+    let mut outs = run_until(&mut app, &mut e, &mut now, MS, 20, |a, _| {
+        a.socket().state() == S_::Established
+    });
+    app.socket().send_slice(b"hello").expect("send");
+    outs.extend(run_until(
+        &mut app,
+        &mut e,
+        &mut now,
+        100 * MS,
+        100,
+        |_, _| false,
+    ));
+    assert_eq!(app.socket().state(), S_::Established, "held, not reset");
+    assert_eq!(tcp_open_of(&outs), None, "nothing opened: {outs:?}");
+    assert_eq!(upstream_bytes(&outs), 0);
+    let q = asked(&outs);
+    assert_eq!(q.len(), 1, "one question: {outs:?}");
+    let ev = events(&outs);
+    assert_eq!(
+        (ev[0].action, ev[0].app.as_deref(), ev[0].rule.as_deref()),
+        (
+            Decision::Ask,
+            Some("/usr/bin/a"),
+            Some("ask about the test nets")
+        )
+    );
+    assert_eq!(e.prompts().count(), 1);
+    let kept = e
+        .answer(
+            q[0],
+            Answer {
+                allow: true,
+                scope: Scope::Once,
+            },
+            now,
+        )
+        .expect("waiting");
+    assert_eq!(kept, None);
+    let mut outs: Vec<Output> = drain(&mut e);
+    let flow = tcp_open_of(&outs).expect("opened once answered");
+    let answered = events(&outs)
+        .into_iter()
+        .find(|e| e.kind == EventKind::Answered)
+        .expect("an answered event")
+        .clone();
+    assert_eq!(
+        (answered.prompt, answered.action, answered.answered),
+        (Some(q[0]), Decision::Allow, Some(Answered::Once))
+    );
+    e.handle_tcp_connected(flow, now);
+    outs.extend(drain(&mut e));
+    assert_eq!(upstream_bytes(&outs), 5, "the held bytes, once: {outs:?}");
+    assert!(
+        e.answer(
+            q[0],
+            Answer {
+                allow: true,
+                scope: Scope::Once
+            },
+            now
+        )
+        .is_err(),
+        "a question is answered once"
+    );
+    // Once means this flow: the app's next one is asked about.
+    let mut app = App::connect("198.51.100.8:443");
+    let outs = run_until(&mut app, &mut e, &mut now, MS, 20, |a, _| {
+        a.socket().state() == S_::Established
+    });
+    assert_eq!(asked(&outs).len(), 1);
+    assert_eq!(e.counters.asked, 2);
+}
+
+/// Unanswered, the rule's default applies at its timeout: a block resets
+/// the held connection and drops the held datagrams, nothing having left;
+/// an allow opens the flow with what was held.
+#[test]
+fn an_unanswered_question_takes_the_default_at_its_timeout() {
+    use smoltcp::socket::tcp::State as S_;
+    let mut e = ask_engine("block", 2);
+    let mut app = App::connect("198.51.100.7:443");
+    let mut now = S;
+    let mut outs = run_until(&mut app, &mut e, &mut now, MS, 20, |a, _| {
+        a.socket().state() == S_::Established
+    });
+    app.socket().send_slice(b"hello").expect("send");
+    e.handle_tun(&udp("192.0.2.200:40001", "198.18.0.9:3478", b"one"), now);
+    e.handle_tun(&udp("192.0.2.200:40001", "198.18.0.9:3478", b"two"), now);
+    outs.extend(run_until(
+        &mut app,
+        &mut e,
+        &mut now,
+        100 * MS,
+        40,
+        |a, _| a.socket().state() == S_::Closed,
+    ));
+    assert_eq!(app.socket().state(), S_::Closed, "reset at the timeout");
+    assert!(now <= S + 3 * S, "within a poll of the deadline: {now}");
+    assert_eq!((tcp_open_of(&outs), upstream_bytes(&outs)), (None, 0));
+    assert_eq!(sent_upstream(&outs), 0, "no datagram left: {outs:?}");
+    let timed_out = events(&outs)
+        .iter()
+        .filter(|e| e.kind == EventKind::Answered && e.answered == Some(Answered::Timeout))
+        .count();
+    assert_eq!(timed_out, 2, "both questions");
+    assert_eq!(e.counters.held_dropped, 2);
+    assert_eq!(e.prompts().count(), 0);
+    // A default allow lets the held datagrams out, in order.
+    let mut e = ask_engine("allow", 2);
+    e.handle_tun(&udp("192.0.2.200:40001", "198.18.0.9:3478", b"one"), S);
+    e.handle_tun(&udp("192.0.2.200:40001", "198.18.0.9:3478", b"two"), S);
+    assert_eq!(sent_upstream(&drain(&mut e)), 0, "held");
+    let due = e.poll_timeout().expect("a deadline");
+    assert!(due <= 3 * S, "{due}");
+    e.handle_timeout(3 * S);
+    let sent: Vec<Vec<u8>> = drain(&mut e)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::UdpSend { payload, .. } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, vec![b"one".to_vec(), b"two".to_vec()]);
+}
+
+/// "For this app" settles the app's other questions under the rule and
+/// its later flows, not another app's; "always" is returned to be kept,
+/// and an engine given it does not ask again.
+#[test]
+fn answers_for_the_app_and_kept_answers_settle_later_flows() {
+    let mut e = ask_engine("block", 30);
+    e.handle_tun(&udp("192.0.2.200:40001", "198.18.0.1:3478", b"a1"), S);
+    e.handle_tun(&udp("192.0.2.200:40002", "198.18.0.2:3478", b"a2"), S);
+    e.handle_tun(&udp("192.0.2.200:41001", "198.18.0.1:3478", b"b1"), S);
+    let q = asked(&drain(&mut e));
+    assert_eq!(q.len(), 3);
+    e.answer(
+        q[0],
+        Answer {
+            allow: true,
+            scope: Scope::App,
+        },
+        S,
+    )
+    .expect("waiting");
+    let out = drain(&mut e);
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, Output::UdpOpen { .. }))
+            .count(),
+        2,
+        "both of app a's flows, not b's: {out:?}"
+    );
+    assert_eq!(e.prompts().count(), 1, "b's question waits");
+    e.handle_tun(&udp("192.0.2.200:40003", "198.18.0.3:3478", b"a3"), S);
+    let out = drain(&mut e);
+    assert!(asked(&out).is_empty(), "app a is not asked again");
+    assert_eq!(events(&out)[0].answered, Some(Answered::App));
+    let kept = e
+        .answer(
+            q[2],
+            Answer {
+                allow: false,
+                scope: Scope::Always,
+            },
+            S,
+        )
+        .expect("waiting")
+        .expect("an answer to keep");
+    assert_eq!(
+        (kept.app.as_deref(), kept.destination.as_str(), kept.action),
+        (Some("/usr/bin/b"), "198.18.0.1", KeptAction::Block)
+    );
+    // After a restart, with the kept answer: b is not asked about that
+    // destination, and it is blocked; another destination is asked.
+    let mut e = ask_engine("allow", 30);
+    e.keep_answers(vec![kept]);
+    e.handle_tun(&udp("192.0.2.200:41002", "198.18.0.1:3478", b"b2"), S);
+    e.handle_tun(&udp("192.0.2.200:41003", "198.18.0.4:3478", b"b3"), S);
+    let out = drain(&mut e);
+    assert_eq!(asked(&out).len(), 1, "only the new destination: {out:?}");
+    let blocked = events(&out)
+        .into_iter()
+        .find(|e| e.kind == EventKind::Blocked)
+        .expect("blocked by the kept answer");
+    assert_eq!(blocked.answered, Some(Answered::Always));
+    assert_eq!(sent_upstream(&out), 0);
+}
+
+/// Questions are bounded: past [`ask::MAX_PROMPTS`] waiting, a new flow
+/// gets the rule's default at once (counted), and nothing it sent left
+/// before that.
+#[test]
+fn questions_are_bounded() {
+    let mut e = ask_engine("block", 30);
+    for i in 0..=ask::MAX_PROMPTS {
+        let to = format!("198.18.{}.{}:3478", i / 250, i % 250 + 1);
+        e.handle_tun(&udp("192.0.2.200:40001", &to, b"x"), S);
+    }
+    let out = drain(&mut e);
+    assert_eq!(asked(&out).len(), ask::MAX_PROMPTS);
+    assert_eq!(
+        (e.counters.asked, e.counters.asked_busy),
+        (ask::MAX_PROMPTS as u64, 1)
+    );
+    assert_eq!(sent_upstream(&out), 0);
+    let busy = events(&out)
+        .into_iter()
+        .find(|e| e.answered == Some(Answered::Busy))
+        .expect("the one past the bound");
+    assert_eq!(busy.action, Decision::Block);
+}

@@ -13,6 +13,10 @@ pub(super) enum State {
     Holding {
         since_ns: u64,
     },
+    /// Held for an answer to an `ask` rule's question: datagrams are held
+    /// as while [`State::Holding`] (echo requests are dropped), nothing is
+    /// opened upstream, until [`FlowCore::answer`] is set.
+    Asking,
     Blocked(BlockMode),
 }
 
@@ -137,6 +141,20 @@ impl Engine {
             }
             return;
         }
+        if f.state == State::Asking {
+            let held: usize = f.held.iter().map(Vec::len).sum();
+            if !icmp
+                && f.held.len() < HOLD_DATAGRAMS
+                && held + payload.len() <= HOLD_BYTES
+                && self.held_bytes + payload.len() <= HOLD_BYTES_TOTAL
+            {
+                f.held.push(payload.to_vec());
+                self.held_bytes += payload.len();
+            } else {
+                self.counters.held_dropped += 1;
+            }
+            return;
+        }
         if let State::Holding { since_ns } = f.state {
             let held: usize = f.held.iter().map(Vec::len).sum();
             let fits = f.held.len() < HOLD_DATAGRAMS
@@ -172,7 +190,39 @@ impl Engine {
                 self.names
                     .learn(f.core.server.ip(), n, until, self.cfg.dns.names);
             }
-            let verdict = judge(&policy, &self.intel, f);
+            let mut verdict = self.asks.resolve(judge(&policy, &self.intel, f), &f.core);
+            if new && let Some(a) = verdict.ask() {
+                let held = ask::Held::Datagram(key);
+                let proto = f.proto();
+                match self.asks.hold(held, f.id, proto, &f.core, &verdict, now_ns) {
+                    Some(ev) => {
+                        self.counters.asked += 1;
+                        if let Some(t) = ev.prompt.and_then(|q| self.asks.deadline_of(q)) {
+                            self.wake_at(t);
+                        }
+                        self.out.push_back(Output::Event(Box::new(ev)));
+                        if let Some(f) = self.flows.get_mut(&key) {
+                            f.state = State::Asking;
+                            if !icmp && self.held_bytes + payload.len() <= HOLD_BYTES_TOTAL {
+                                f.held.push(payload.to_vec());
+                                self.held_bytes += payload.len();
+                            } else {
+                                self.counters.held_dropped += 1;
+                            }
+                        }
+                        return;
+                    }
+                    None => {
+                        self.counters.asked_busy += 1;
+                        verdict = verdict.answer(a.default_allow, Answered::Busy);
+                        if let Some(f) = self.flows.get_mut(&key) {
+                            f.core.answer = Some((a.default_allow, Answered::Busy));
+                        }
+                    }
+                }
+            }
+            // An ask rule that newly matches an open flow does not hold
+            // it: it goes on (only new flows are asked about).
             if let Action::Block(mode) = verdict.action {
                 let kind = if new {
                     EventKind::Blocked
@@ -247,12 +297,14 @@ impl Engine {
     fn class_could_block(&self, policy: &crate::policy::Policy, f: &FlowState) -> bool {
         let names = fact_names(&f.core);
         let facts = facts(PTransport::Udp, &f.core, &names);
-        policy.class_could_block(&self.intel, &facts)
+        policy.class_could_block(&self.intel, &facts, &|v| self.asks.resolve(v, &f.core))
     }
 
-    /// Decides a flow whose datagrams were held: blocked, they are dropped
-    /// (the app told with `raw`'s unreachable under `reject`); allowed,
-    /// the flow opens upstream and they leave in order.
+    /// Decides a flow whose datagrams were held (for its class, or for an
+    /// answer): blocked, they are dropped (the app told with `raw`'s
+    /// unreachable under `reject`); allowed, the flow opens upstream and
+    /// they leave in order; an `ask` rule's unanswered question holds them
+    /// on.
     pub(super) fn release_held(&mut self, key: DatagramKey, raw: Option<&[u8]>) {
         let policy = self.policy.current();
         let Some(f) = self.flows.get_mut(&key) else {
@@ -260,10 +312,46 @@ impl Engine {
         };
         let held = std::mem::take(&mut f.held);
         f.judged_class = f.core.sniffer.class;
-        self.held_bytes -= held.iter().map(Vec::len).sum::<usize>();
+        let held_len = held.iter().map(Vec::len).sum::<usize>();
+        self.held_bytes -= held_len;
         let f = &self.flows[&key];
-        let v = judge(&policy, &self.intel, f);
+        let mut v = self.asks.resolve(judge(&policy, &self.intel, f), &f.core);
         let id = f.id;
+        if let Some(a) = v.ask() {
+            let proto = f.proto();
+            match self.asks.hold(
+                ask::Held::Datagram(key),
+                id,
+                proto,
+                &f.core,
+                &v,
+                f.core.last_ns,
+            ) {
+                Some(ev) => {
+                    self.counters.asked += 1;
+                    if let Some(t) = ev.prompt.and_then(|q| self.asks.deadline_of(q)) {
+                        self.wake_at(t);
+                    }
+                    self.out.push_back(Output::Event(Box::new(ev)));
+                    self.held_bytes += held_len;
+                    if let Some(f) = self.flows.get_mut(&key) {
+                        f.state = State::Asking;
+                        f.held = held;
+                    }
+                    return;
+                }
+                None => {
+                    self.counters.asked_busy += 1;
+                    v = v.answer(a.default_allow, Answered::Busy);
+                    if let Some(f) = self.flows.get_mut(&key) {
+                        f.core.answer = Some((a.default_allow, Answered::Busy));
+                    }
+                }
+            }
+        }
+        let Some(f) = self.flows.get(&key) else {
+            return;
+        };
         if let Action::Block(mode) = v.action {
             let ev = f.event(EventKind::Blocked, Some(&v));
             self.counters.blocked += 1;
@@ -280,12 +368,16 @@ impl Engine {
             return;
         }
         let ev = f.event(EventKind::Opened, Some(&v));
-        let dst = f.core.server;
+        let (dst, icmp) = (f.core.server, f.icmp);
         if let Some(f) = self.flows.get_mut(&key) {
             f.state = State::Open;
         }
         self.counters.opened += 1;
         self.out.push_back(Output::Event(Box::new(ev)));
+        if icmp {
+            // Echo requests were not kept: the next one goes out.
+            return;
+        }
         self.out.push_back(Output::UdpOpen { flow: id, dst });
         for payload in held {
             self.out.push_back(Output::UdpSend { flow: id, payload });
@@ -363,12 +455,16 @@ impl Engine {
 impl FlowState {
     /// A decision event about this UDP or echo flow.
     pub(super) fn event(&self, kind: EventKind, v: Option<&Verdict<'_>>) -> Event {
-        let proto = if self.icmp {
+        Event::of_flow(kind, self.id, self.proto(), &self.core, v)
+    }
+
+    /// UDP or echo.
+    pub(super) fn proto(&self) -> FlowProto {
+        if self.icmp {
             FlowProto::Icmp
         } else {
             FlowProto::Udp
-        };
-        Event::of_flow(kind, self.id, proto, &self.core, v)
+        }
     }
 }
 
