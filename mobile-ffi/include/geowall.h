@@ -43,6 +43,17 @@
 // Anything else.
 #define GEOWALL_TRAFFIC_OTHER 5
 
+// An answer to an `ask` rule for the flows held under its question.
+#define GEOWALL_ANSWER_ONCE 0
+
+// An answer for every flow of the app the rule asks about, while the
+// engine runs.
+#define GEOWALL_ANSWER_APP 1
+
+// An answer for the app and the destination, kept in `state_dir` across
+// restarts.
+#define GEOWALL_ANSWER_ALWAYS 2
+
 // Log level: something failed.
 #define GEOWALL_LOG_ERROR 1
 
@@ -128,7 +139,10 @@ typedef struct GeowallCallbacks {
                          const char *dst,
                          char *out,
                          size_t out_cap);
-  // A decision, as one JSON object.
+  // A decision, as one JSON object. Kind `asked` is a question of an
+  // `ask` rule (the app's prompt: its `prompt` number, `app`,
+  // `server`, `rule`, `detail`); answer it with `geowall_answer` from
+  // another thread. Kind `answered` says it was settled.
   void (*on_event)(void *context, const char *json);
   // A message for the app's log (`GEOWALL_LOG_*`).
   void (*on_log)(void *context, int32_t level, const char *msg);
@@ -173,8 +187,13 @@ typedef struct GeowallStats {
   uint64_t bundle_sequence;
   // Milliseconds since the engine started.
   uint64_t uptime_ms;
+  // New flows held for an answer to an `ask` rule.
+  uint64_t asked;
+  // New flows an `ask` rule matched that got its default at once (too
+  // many questions waiting).
+  uint64_t asked_busy;
   // Room for future fields; zero.
-  uint64_t reserved[16];
+  uint64_t reserved[14];
 } GeowallStats;
 
 // The answer of [`geowall_check`].
@@ -251,6 +270,19 @@ GeowallStatus geowall_start(int32_t tun_fd,
 // # Safety
 // None beyond the handle being a number: any value is checked.
 GeowallStatus geowall_stop(GeowallHandle engine);
+
+// Answers question `prompt` of an `ask` rule (the `prompt` of an `asked`
+// event): its held flows go on (`allow` true) or are blocked, for
+// `scope` (`GEOWALL_ANSWER_ONCE`, `_APP` or `_ALWAYS`). Returns once the
+// engine took it. Call it from a thread of the app's, not from a
+// callback (`GEOWALL_STATUS_WRONG_THREAD`). A question not waiting
+// (answered, timed out) and `_ALWAYS` without `state_dir` are
+// `GEOWALL_STATUS_INVALID_ARGUMENT`; an answers file that cannot be
+// written is `GEOWALL_STATUS_IO` (the answer is in force all the same).
+//
+// # Safety
+// None beyond the handle being a number: any value is checked.
+GeowallStatus geowall_answer(GeowallHandle engine, uint64_t prompt, bool allow, int32_t scope);
 
 // Frees an engine (stopping it first if it runs) or a checker. The handle
 // is invalid afterwards; using it again returns `GEOWALL_STATUS_INVALID_HANDLE`.

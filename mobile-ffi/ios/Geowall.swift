@@ -95,7 +95,10 @@ public protocol GeowallCallbacks {
     func appForFlow(proto: Int32, src: String, dst: String) -> String?
 
     /// A decision, as one JSON object (unless the configuration says
-    /// `"events": false`).
+    /// `"events": false`). Kind `asked` is an `ask` rule's question, the
+    /// app's prompt (its `prompt` number, `app`, `server`, `rule`): answer
+    /// it with `answer(prompt:allow:scope:)` from another thread. Kind
+    /// `answered` says it was settled.
     func onEvent(json: String)
 
     /// A message for the app's log.
@@ -137,6 +140,16 @@ public final class Geowall: @unchecked Sendable {
     /// Traffic classes for `check`.
     public enum Traffic: Int32, Sendable {
         case unknown = 0, dns = 1, web = 2, media = 3, ping = 4, other = 5
+    }
+
+    /// How far an answer to an `ask` rule reaches.
+    public enum AnswerScope: Int32, Sendable {
+        /// The flows held under the question.
+        case once = 0
+        /// Every flow of the app the rule asks about, while the engine runs.
+        case app = 1
+        /// The app and the destination, kept in `state_dir` across restarts.
+        case always = 2
     }
 
     /// Levels of `GeowallCallbacks.onLog`.
@@ -261,6 +274,13 @@ public final class Geowall: @unchecked Sendable {
         try json.withCString { try ok(geowall_set_identifiers(handle, $0)) }
     }
 
+    /// Answers an `ask` rule's question (the `prompt` of an `asked` event):
+    /// its held flows go on or are blocked. Not from a callback
+    /// (`.wrongThread`).
+    public func answer(prompt: UInt64, allow: Bool, scope: AnswerScope = .once) throws {
+        try ok(geowall_answer(handle, prompt, allow, scope.rawValue))
+    }
+
     /// The engine's numbers (the last ones once stopped).
     public func stats() throws -> GeowallStats {
         var s = GeowallFFI.GeowallStats()
@@ -365,6 +385,11 @@ public struct GeowallStats: Equatable, Sendable {
     public var bundleSequence: UInt64
     /// Milliseconds since the engine started.
     public var uptimeMs: UInt64
+    /// New flows held for an answer to an `ask` rule.
+    public var asked: UInt64
+    /// New flows an `ask` rule matched that got its default at once (too
+    /// many questions waiting).
+    public var askedBusy: UInt64
 
     fileprivate init(_ s: GeowallFFI.GeowallStats) {
         running = s.running != 0
@@ -383,6 +408,8 @@ public struct GeowallStats: Equatable, Sendable {
         bytesDown = s.bytes_down
         bundleSequence = s.bundle_sequence
         uptimeMs = s.uptime_ms
+        asked = s.asked
+        askedBusy = s.asked_busy
     }
 }
 

@@ -132,8 +132,8 @@ pub struct Config {
     /// judged by the IPv4 address they embed.
     pub nat64_prefixes: Vec<String>,
     /// A directory of the app's own (its private files directory) where
-    /// subscribed bundles are kept across restarts; needed by
-    /// `subscriptions`.
+    /// subscribed bundles are kept across restarts, and the answers
+    /// "always" to `ask` rules (`answers.toml`); needed by `subscriptions`.
     pub state_dir: Option<PathBuf>,
     /// Signed bundles followed over HTTPS: one rules subscription (instead
     /// of `preset`/`policy`) and any number of list bundles a policy's
@@ -766,7 +766,11 @@ pub struct Running {
     thread_id: ThreadId,
     host: Arc<dyn Host>,
     started: Instant,
+    asker: driver::ask::Asker,
 }
+
+/// The answers file's name in `state_dir`.
+pub const ANSWERS_FILE: &str = "answers.toml";
 
 /// Statistics of an engine.
 #[derive(Debug, Clone, Default)]
@@ -866,6 +870,18 @@ impl Running {
             .map_err(|e| config_error(e.to_string()))?;
         // World updates (a world subscription) reach the engine.
         engine.follow_world(Arc::clone(&rules.world));
+        // Answers "always" to ask rules, kept in the state directory.
+        let answers_file = cfg
+            .state_dir
+            .as_ref()
+            .map(|d| driver::ask::AnswersFile::new(d.join(ANSWERS_FILE)));
+        if let Some(f) = &answers_file {
+            engine.keep_answers(
+                f.load()
+                    .map_err(|e| config_error(format!("state_dir: {e}")))?,
+            );
+        }
+        let (asker, answers) = driver::ask::channel(answers_file);
         let mtu = run.mtu;
         if host.has_app_lookup() {
             let h = host.clone();
@@ -893,6 +909,7 @@ impl Running {
             follows,
             policy: Arc::clone(&rules.policy),
             world,
+            answers,
         };
         let t = {
             let (live, ending, host) = (live.clone(), ending.clone(), host.clone());
@@ -953,6 +970,7 @@ impl Running {
             thread_id,
             host,
             started: Instant::now(),
+            asker,
         })
     }
 
@@ -1011,6 +1029,49 @@ impl Running {
                 Err(e)
             }
         }
+    }
+
+    /// Answers question `prompt` (an `asked` event's `prompt`): its held
+    /// flows go on (`allow`) or are blocked, for the `scope` given (0 once,
+    /// 1 the app while the engine runs, 2 always: kept in `state_dir`).
+    /// Waits until the engine took it.
+    ///
+    /// # Errors
+    /// Stopped; called from a callback (the engine's own thread, which
+    /// would wait for itself); a scope out of range; no such question
+    /// waiting; "always" without `state_dir`; the answers file could not be
+    /// written (the answer is in force all the same).
+    pub fn answer(&self, prompt: u64, allow: bool, scope: u32) -> Result<(), Error> {
+        use driver::ask::AskError;
+        use geowall::engine::dataplane::{Answer, Scope};
+        self.usable()?;
+        if std::thread::current().id() == self.thread_id {
+            return Err(Error::new(
+                Code::WrongThread,
+                "answer was called from a callback on the engine's own thread; answer from another thread (the app's prompt)",
+            ));
+        }
+        let scope = match scope {
+            0 => Scope::Once,
+            1 => Scope::App,
+            2 => Scope::Always,
+            n => {
+                return Err(Error::new(
+                    Code::InvalidArgument,
+                    format!("scope {n}: 0 (once), 1 (app) or 2 (always)"),
+                ));
+            }
+        };
+        self.asker
+            .answer_blocking(prompt, Answer { allow, scope })
+            .map_err(|e| {
+                let code = match e {
+                    AskError::NoPrompt(_) | AskError::NoFile => Code::InvalidArgument,
+                    AskError::Stopped => Code::Stopped,
+                    AskError::Keep(_) => Code::Io,
+                };
+                Error::new(code, e.to_string())
+            })
     }
 
     /// Replaces the identifiers watched for leaks.
@@ -1080,6 +1141,8 @@ struct Following {
     follows: Vec<(Follow, Fetcher)>,
     policy: Arc<PolicyHandle>,
     world: Arc<WorldHandle>,
+    /// Users' answers to `ask` rules, for the engine's loop.
+    answers: tokio::sync::mpsc::Receiver<driver::ask::AnswerRequest>,
 }
 
 #[expect(
@@ -1172,6 +1235,7 @@ fn engine_thread(
                 live: Some(live),
                 // The platform says who owns a flow (`app_for_flow`).
                 attribution: None,
+                answers: Some(following.answers),
             },
             on_event,
             shutdown,

@@ -263,6 +263,28 @@ pub extern "system" fn Java_org_geowall_Geowall_nativeSetIdentifiers<'l>(
     });
 }
 
+/// `static native void nativeAnswer(long handle, long prompt, boolean allow, int scope)`
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_org_geowall_Geowall_nativeAnswer<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    h: jlong,
+    prompt: jlong,
+    allow: jni::sys::jboolean,
+    scope: jint,
+) {
+    call(&mut env, (), |_| {
+        let prompt = u64::try_from(prompt).map_err(|_| {
+            Error::new(
+                Code::InvalidArgument,
+                format!("prompt {prompt} is negative"),
+            )
+        })?;
+        let scope = u32::try_from(scope).unwrap_or(u32::MAX);
+        core::engine(handle(h))?.answer(prompt, allow != 0, scope)
+    });
+}
+
 /// `static native String nativeStats(long handle)`: JSON.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_org_geowall_Geowall_nativeStats<'l>(
@@ -291,6 +313,8 @@ pub extern "system" fn Java_org_geowall_Geowall_nativeStats<'l>(
             "bytes_down": s.live.bytes_down,
             "bundle_sequence": s.bundle_sequence,
             "uptime_ms": s.uptime_ms,
+            "asked": c.asked,
+            "asked_busy": c.asked_busy,
             "subscriptions": engine.rules.subscriptions(),
         });
         jstr(env, &j.to_string())

@@ -120,6 +120,15 @@ pub const GEOWALL_TRAFFIC_PING: i32 = 4;
 /// Anything else.
 pub const GEOWALL_TRAFFIC_OTHER: i32 = 5;
 
+/// An answer to an `ask` rule for the flows held under its question.
+pub const GEOWALL_ANSWER_ONCE: i32 = 0;
+/// An answer for every flow of the app the rule asks about, while the
+/// engine runs.
+pub const GEOWALL_ANSWER_APP: i32 = 1;
+/// An answer for the app and the destination, kept in `state_dir` across
+/// restarts.
+pub const GEOWALL_ANSWER_ALWAYS: i32 = 2;
+
 /// Log level: something failed.
 pub const GEOWALL_LOG_ERROR: i32 = 1;
 /// Log level: something is off.
@@ -155,7 +164,10 @@ pub struct GeowallCallbacks {
             out_cap: usize,
         ) -> usize,
     >,
-    /// A decision, as one JSON object.
+    /// A decision, as one JSON object. Kind `asked` is a question of an
+    /// `ask` rule (the app's prompt: its `prompt` number, `app`,
+    /// `server`, `rule`, `detail`); answer it with `geowall_answer` from
+    /// another thread. Kind `answered` says it was settled.
     pub on_event: Option<unsafe extern "C" fn(context: *mut c_void, json: *const c_char)>,
     /// A message for the app's log (`GEOWALL_LOG_*`).
     pub on_log: Option<unsafe extern "C" fn(context: *mut c_void, level: i32, msg: *const c_char)>,
@@ -199,8 +211,13 @@ pub struct GeowallStats {
     pub bundle_sequence: u64,
     /// Milliseconds since the engine started.
     pub uptime_ms: u64,
+    /// New flows held for an answer to an `ask` rule.
+    pub asked: u64,
+    /// New flows an `ask` rule matched that got its default at once (too
+    /// many questions waiting).
+    pub asked_busy: u64,
     /// Room for future fields; zero.
-    pub reserved: [u64; 16],
+    pub reserved: [u64; 14],
 }
 
 /// The answer of [`geowall_check`].
@@ -491,6 +508,30 @@ pub unsafe extern "C" fn geowall_stop(engine: GeowallHandle) -> GeowallStatus {
     guard(|| core::engine(engine)?.stop())
 }
 
+/// Answers question `prompt` of an `ask` rule (the `prompt` of an `asked`
+/// event): its held flows go on (`allow` true) or are blocked, for
+/// `scope` (`GEOWALL_ANSWER_ONCE`, `_APP` or `_ALWAYS`). Returns once the
+/// engine took it. Call it from a thread of the app's, not from a
+/// callback (`GEOWALL_STATUS_WRONG_THREAD`). A question not waiting
+/// (answered, timed out) and `_ALWAYS` without `state_dir` are
+/// `GEOWALL_STATUS_INVALID_ARGUMENT`; an answers file that cannot be
+/// written is `GEOWALL_STATUS_IO` (the answer is in force all the same).
+///
+/// # Safety
+/// None beyond the handle being a number: any value is checked.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn geowall_answer(
+    engine: GeowallHandle,
+    prompt: u64,
+    allow: bool,
+    scope: i32,
+) -> GeowallStatus {
+    guard(|| {
+        let scope = u32::try_from(scope).unwrap_or(u32::MAX);
+        core::engine(engine)?.answer(prompt, allow, scope)
+    })
+}
+
 /// Frees an engine (stopping it first if it runs) or a checker. The handle
 /// is invalid afterwards; using it again returns `GEOWALL_STATUS_INVALID_HANDLE`.
 ///
@@ -591,6 +632,8 @@ pub unsafe extern "C" fn geowall_stats(
             bytes_down: s.live.bytes_down,
             bundle_sequence: s.bundle_sequence,
             uptime_ms: s.uptime_ms,
+            asked: c.asked,
+            asked_busy: c.asked_busy,
             ..GeowallStats::default()
         };
         // SAFETY: non-null, writable per the caller's promise.

@@ -1,7 +1,8 @@
 //! The local control socket of a running geowall (`/run/geowall/NAME.sock`,
-//! root only), and `geowall status` / `geowall reload`, which talk to it.
-//! One JSON request per line (`{"cmd":"status"}` or `{"cmd":"reload"}`),
-//! one JSON answer per line.
+//! root only), and `geowall status` / `geowall reload` / `geowall answer`,
+//! which talk to it. One JSON request per line (`{"cmd":"status"}`,
+//! `{"cmd":"reload"}`, `{"cmd":"answer","prompt":N,"allow":true,"scope":"once"}`,
+//! `{"cmd":"world-update","bundle":PATH}`), one JSON answer per line.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -99,6 +100,59 @@ pub(crate) struct State {
     pub(crate) world_update: WorldUpdate,
     /// The state of the subscriptions the instance follows.
     pub(crate) subscriptions: Vec<Arc<Mutex<super::subscribe::Status>>>,
+    /// Hands answers to `ask` rules' questions to the engine.
+    pub(crate) asker: geowall::driver::ask::Asker,
+}
+
+/// Reads the rules again and puts them in force (every flow, the open ones
+/// too, is judged by them); the new policy's name.
+///
+/// # Errors
+/// The rules were refused; the running ones stay.
+pub(crate) fn reload_rules(
+    reload: &super::subscribe::Reload,
+    policy: &PolicyHandle,
+) -> Result<String, String> {
+    match reload(false) {
+        Ok(p) => {
+            let name = p.name.clone();
+            policy.replace(p);
+            Ok(name)
+        }
+        Err(e) => Err(format!("reload refused, the running rules stay: {e:#}")),
+    }
+}
+
+/// An answer as the control socket and the live page take it: `prompt`
+/// (a number), `allow` (true or false) and `scope` (`once`, `app`,
+/// `always`; default `once`).
+///
+/// # Errors
+/// A field is missing or wrong; the message says which.
+pub(crate) fn read_answer(
+    req: &Value,
+) -> Result<
+    (
+        geowall::engine::dataplane::PromptId,
+        geowall::engine::dataplane::Answer,
+    ),
+    String,
+> {
+    use geowall::engine::dataplane::{Answer, Scope};
+    let prompt = req["prompt"]
+        .as_u64()
+        .ok_or("an answer needs \"prompt\": the question's number")?;
+    let allow = req["allow"]
+        .as_bool()
+        .ok_or("an answer needs \"allow\": true or false")?;
+    let scope = match &req["scope"] {
+        Value::Null => Scope::Once,
+        v => v
+            .as_str()
+            .and_then(Scope::parse)
+            .ok_or("\"scope\" is \"once\", \"app\" or \"always\"")?,
+    };
+    Ok((prompt, Answer { allow, scope }))
 }
 
 /// See [`State::world_update`].
@@ -175,7 +229,11 @@ fn status(s: &State) -> Value {
         .iter()
         .map(|st| st.lock().unwrap_or_else(PoisonError::into_inner).at(now))
         .collect();
+    let waiting: Vec<Value> = live.waiting.iter().map(|(id, q)| q.to_json(*id)).collect();
     json!({
+        "waiting": waiting,
+        "asked": c.asked,
+        "asked_busy": c.asked_busy,
         "subscriptions": subscriptions,
         "world_built": built,
         "world_age_days": age,
@@ -216,15 +274,16 @@ fn answer(s: &State, line: &str) -> Value {
     };
     match req["cmd"].as_str() {
         Some("status") => status(s),
-        Some("reload") => match (s.reload)(false) {
-            Ok(p) => {
-                let name = p.name.clone();
-                // Every flow is judged by the new rules, the open ones
-                // too (the engine sees the swap).
-                s.policy.replace(p);
-                json!({"reloaded": name})
-            }
-            Err(e) => json!({"error": format!("reload refused, the running rules stay: {e:#}")}),
+        Some("reload") => match reload_rules(&s.reload, &s.policy) {
+            Ok(name) => json!({"reloaded": name}),
+            Err(e) => json!({"error": e}),
+        },
+        Some("answer") => match read_answer(&req) {
+            Ok((prompt, a)) => match s.asker.answer_blocking(prompt, a) {
+                Ok(()) => json!({"answered": prompt}),
+                Err(e) => json!({"error": e.to_string()}),
+            },
+            Err(e) => json!({"error": e}),
         },
         Some("world-update") => {
             let Some(path) = req["bundle"].as_str() else {
@@ -243,7 +302,7 @@ fn answer(s: &State, line: &str) -> Value {
                 }
             }
         }
-        _ => json!({"error": "unknown command (status, reload, world-update)"}),
+        _ => json!({"error": "unknown command (status, reload, answer, world-update)"}),
     }
 }
 
@@ -435,6 +494,49 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if let Some(w) = v["waiting"].as_array().filter(|w| !w.is_empty()) {
+        println!("questions waiting (geowall answer N allow|block [--for once|app|always]):");
+        for q in w {
+            println!(
+                "  {:>4}  {} -> {}  ({} flow(s) held; rule \"{}\"; unanswered after {} s: {})",
+                q["prompt"],
+                q["app"].as_str().unwrap_or("unknown app"),
+                q["destination"].as_str().unwrap_or("?"),
+                q["flows"],
+                q["rule"].as_str().unwrap_or("?"),
+                q["timeout_s"],
+                q["default"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `geowall answer`.
+#[derive(clap::Args)]
+pub(crate) struct AnswerArgs {
+    /// The question's number (`geowall status`, or the `prompt` of an
+    /// `asked` event).
+    prompt: u64,
+    /// `allow` or `block`.
+    #[arg(value_parser = ["allow", "block"])]
+    decision: String,
+    /// How far the answer reaches: `once` (the flows held under this
+    /// question), `app` (every flow of the app the rule asks about, until
+    /// geowall stops), `always` (the app and this destination, kept in the
+    /// answers file across restarts).
+    #[arg(long = "for", value_name = "SCOPE", default_value = "once", value_parser = ["once", "app", "always"])]
+    scope: String,
+    #[command(flatten)]
+    instance: Args,
+}
+
+pub(crate) fn run_answer(a: AnswerArgs) -> anyhow::Result<ExitCode> {
+    let v = ask_with(
+        &a.instance,
+        json!({"cmd": "answer", "prompt": a.prompt, "allow": a.decision == "allow", "scope": a.scope}),
+    )?;
+    println!("question {}: {} ({})", v["answered"], a.decision, a.scope);
     Ok(ExitCode::SUCCESS)
 }
 

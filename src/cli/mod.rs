@@ -82,6 +82,10 @@ enum Command {
     /// again and those the new rules block are cut. A rejected file keeps
     /// the running rules.
     Reload(control::Args),
+    /// Answer a question an `ask` rule raised in a running geowall: its
+    /// held flows go on or are blocked (`geowall status` lists the
+    /// questions waiting).
+    Answer(control::AnswerArgs),
 }
 
 /// Loads `--world FILE`, else `$GEOWALL_WORLD`, else the shipped database
@@ -197,6 +201,7 @@ pub(crate) fn main() -> ExitCode {
             }
         }
         Command::Reload(a) => control::run_reload(a),
+        Command::Answer(a) => control::run_answer(a),
     };
     match result {
         Ok(code) => code,

@@ -282,6 +282,11 @@ impl RulesArgs {
         })
     }
 
+    /// The state directory, if one was given (or defaulted).
+    pub(crate) fn state_dir(&self) -> Option<&Path> {
+        self.state_dir.as_deref()
+    }
+
     /// The state directory, unless one was given; the one in use.
     pub(crate) fn default_state_dir(&mut self, dir: &str) -> PathBuf {
         self.state_dir

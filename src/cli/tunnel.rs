@@ -85,6 +85,11 @@ pub(crate) struct EngineArgs {
     /// The live page's port (default: any free one).
     #[arg(long, value_name = "PORT", requires = "ui")]
     ui_port: Option<u16>,
+    /// The answers file: answers "always" to `ask` rules are kept here and
+    /// read at start (default: answers.toml in the state directory, when
+    /// there is one).
+    #[arg(long, value_name = "FILE")]
+    answers: Option<PathBuf>,
     /// Flows at most; more are refused and counted. Each relayed flow holds
     /// an open file: the bound is lowered to fit the open-files limit
     /// (`ulimit -n`, hard) minus 256.
@@ -141,7 +146,14 @@ pub(crate) struct Prepared {
     subscriptions: Vec<super::subscribe::Follow>,
     /// The resolver settings their fetchers are built from.
     run: RunConfig,
+    /// Hands users' answers to `ask` rules to the engine.
+    pub(crate) asker: driver::ask::Asker,
+    /// The engine loop's end of it.
+    answers: tokio::sync::mpsc::Receiver<driver::ask::AnswerRequest>,
 }
+
+/// The answers file's name in the state directory.
+pub(crate) const ANSWERS_FILE: &str = "answers.toml";
 
 impl EngineArgs {
     /// Loads the rules and the world, builds the resolver (its sockets
@@ -214,6 +226,25 @@ impl EngineArgs {
             protection,
         )?;
         engine.follow_world(Arc::clone(&world));
+        let answers_file = self
+            .answers
+            .clone()
+            .or_else(|| self.rules.state_dir().map(|d| d.join(ANSWERS_FILE)))
+            .map(driver::ask::AnswersFile::new);
+        if let Some(f) = &answers_file {
+            let kept = f
+                .load()
+                .map_err(|e| anyhow::anyhow!("the answers file: {e}"))?;
+            if !kept.is_empty() {
+                eprintln!(
+                    "geowall: {} kept answer(s) to ask rules from {}",
+                    kept.len(),
+                    f.path().display()
+                );
+            }
+            engine.keep_answers(kept);
+        }
+        let (asker, answers) = driver::ask::channel(answers_file);
         let sink = match &self.events {
             None => None,
             Some(p) if p.as_os_str() == "-" => Some(EventSink {
@@ -295,6 +326,8 @@ impl EngineArgs {
             world_update,
             subscriptions: follows,
             run,
+            asker,
+            answers,
         })
     }
 
@@ -444,12 +477,32 @@ pub(crate) fn serve(
         subscriptions,
         run,
         ui,
+        asker,
+        answers,
+        reload,
         ..
     } = p;
+    if ui.is_none()
+        && let Some(r) = policy
+            .current()
+            .rules
+            .iter()
+            .find(|r| matches!(r.action, geowall::policy::Action::Ask(_)))
+    {
+        eprintln!(
+            "geowall: the rules ask before some flows (rule \"{}\"): answer with `geowall answer` (`geowall status` lists the questions) or start with --ui; unanswered, a question gets its rule's default at its timeout",
+            r.name
+        );
+    }
     // The live page: its own thread, fed without waiting.
     let feed = match ui {
         Some(port) => {
-            let (feed, url) = super::ui::start(port, Arc::clone(&policy), Arc::clone(&world))?;
+            let (feed, url) = super::ui::start(
+                port,
+                Arc::clone(&policy),
+                Arc::clone(&world),
+                super::ui::Control { asker, reload },
+            )?;
             eprintln!("geowall: live page at {url} (loopback only; the address carries its token)");
             Some(feed)
         }
@@ -598,6 +651,7 @@ pub(crate) fn serve(
                 resolver: Some(resolver),
                 live,
                 attribution,
+                answers: Some(answers),
             },
             on_event,
             shutdown,
@@ -643,6 +697,7 @@ pub(crate) fn control(name: &str, prepared: &Prepared) -> anyhow::Result<(Watch,
             // Newer than the running world bundle and the recorded one,
             // signed by a --world-pubkey; recorded before it is used.
             world_update: Arc::clone(&prepared.world_update),
+            asker: prepared.asker.clone(),
         },
     )?;
     Ok(((live, tally), sock))

@@ -16,6 +16,12 @@
 //! token printed at start (in the URL's fragment, which browsers never
 //! send to a server or in a `Referer`). No CORS header is ever sent; the
 //! page allows scripts and styles from itself only.
+//!
+//! **Control actions** (answering an `ask` rule's question, reloading the
+//! rules) are POSTs of JSON to `/api/answer` and `/api/reload`, with the
+//! token in the `X-Geowall-Token` header only (never the query) and
+//! `Content-Type: application/json`: neither a form nor a link of another
+//! site can send those without the preflight this page never grants.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -24,11 +30,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use geowall::engine::dataplane::Event;
 use geowall::intel::Intel;
 use geowall::intel::jurisdiction::WorldHandle;
@@ -77,9 +83,18 @@ struct Guard {
     token: String,
 }
 
+/// What the page may act on.
+pub(crate) struct Control {
+    /// Answers `ask` rules' questions.
+    pub(crate) asker: geowall::driver::ask::Asker,
+    /// Reads the rules again.
+    pub(crate) reload: super::subscribe::Reload,
+}
+
 /// The server's state.
 struct Page {
     guard: Guard,
+    control: Control,
     /// The latest decisions, for a page that opens now: described when
     /// a page reads them (nothing is described while no page is open).
     backlog: Mutex<VecDeque<Line>>,
@@ -155,6 +170,7 @@ pub(crate) fn start(
     port: u16,
     policy: Arc<PolicyHandle>,
     world: Arc<WorldHandle>,
+    control: Control,
 ) -> anyhow::Result<(Feed, String)> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
         .with_context(|| format!("--ui: cannot listen on 127.0.0.1:{port}"))?;
@@ -180,6 +196,7 @@ pub(crate) fn start(
             ],
             token,
         },
+        control,
         backlog: Mutex::new(VecDeque::with_capacity(BACKLOG)),
         describer: Describer { policy, world },
         live: broadcast::channel(LAG).0,
@@ -230,6 +247,8 @@ fn router(page: Arc<Page>) -> axum::Router {
             get(|| async { asset("image/svg+xml", super::report::WORLD_SVG) }),
         )
         .route("/api/events", get(events))
+        .route("/api/answer", post(answer))
+        .route("/api/reload", post(reload))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&page),
             guard,
@@ -248,6 +267,7 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
 /// Why a request is refused, if it is.
 fn refusal(
     page: &Guard,
+    method: &Method,
     headers: &HeaderMap,
     path: &str,
     query: Option<&str>,
@@ -269,11 +289,24 @@ fn refusal(
     {
         return Some("requests from other sites are refused");
     }
+    let header_token = headers.get("x-geowall-token").and_then(|t| t.to_str().ok());
+    if *method == Method::POST {
+        // An action: the token in its header, JSON in the body.
+        if !header_token.is_some_and(|t| same(t.as_bytes(), page.token.as_bytes())) {
+            return Some("an action needs the token printed at start in X-Geowall-Token");
+        }
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|c| c.to_str().ok())
+            .is_some_and(|c| c.split(';').next() == Some("application/json"));
+        if !json {
+            return Some("an action's body is JSON (Content-Type: application/json)");
+        }
+        return None;
+    }
     if path.starts_with("/api/") {
-        let given = headers
-            .get("x-geowall-token")
-            .and_then(|t| t.to_str().ok())
-            .or_else(|| query?.split('&').find_map(|kv| kv.strip_prefix("token=")));
+        let given =
+            header_token.or_else(|| query?.split('&').find_map(|kv| kv.strip_prefix("token=")));
         if !given.is_some_and(|t| same(t.as_bytes(), page.token.as_bytes())) {
             return Some("the token printed at start is needed");
         }
@@ -287,6 +320,7 @@ fn refusal(
 async fn guard(State(page): State<Arc<Page>>, req: Request, next: Next) -> Response {
     let mut r = match refusal(
         &page.guard,
+        req.method(),
         req.headers(),
         req.uri().path(),
         req.uri().query(),
@@ -308,6 +342,64 @@ async fn guard(State(page): State<Arc<Page>>, req: Request, next: Next) -> Respo
         h.insert(k, HeaderValue::from_static(v));
     }
     r
+}
+
+/// A JSON answer with `status`.
+fn reply(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// `POST /api/answer` `{"prompt": N, "allow": bool, "scope": "once"|"app"|"always"}`:
+/// answers an `ask` rule's question.
+async fn answer(State(page): State<Arc<Page>>, body: axum::body::Bytes) -> Response {
+    use geowall::driver::ask::AskError;
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": format!("not JSON: {e}")}),
+            );
+        }
+    };
+    let (prompt, a) = match super::control::read_answer(&req) {
+        Ok(x) => x,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+    };
+    match page.control.asker.answer(prompt, a).await {
+        Ok(()) => reply(StatusCode::OK, &json!({ "answered": prompt })),
+        Err(e) => {
+            let status = match e {
+                AskError::NoPrompt(_) => StatusCode::NOT_FOUND,
+                AskError::NoFile => StatusCode::CONFLICT,
+                AskError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+                AskError::Keep(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            reply(status, &json!({"error": e.to_string()}))
+        }
+    }
+}
+
+/// `POST /api/reload`: reads the rules again (as `geowall reload`).
+async fn reload(State(page): State<Arc<Page>>) -> Response {
+    let p = Arc::clone(&page);
+    let done = tokio::task::spawn_blocking(move || {
+        super::control::reload_rules(&p.control.reload, &p.describer.policy)
+    })
+    .await;
+    match done {
+        Ok(Ok(name)) => reply(StatusCode::OK, &json!({ "reloaded": name })),
+        Ok(Err(e)) => reply(StatusCode::UNPROCESSABLE_ENTITY, &json!({ "error": e })),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": format!("the reload failed: {e}")}),
+        ),
+    }
 }
 
 /// The decisions as server-sent events: the latest ones first, then each
@@ -423,11 +515,49 @@ mod tests {
     #[test]
     fn requests_are_refused_unless_they_name_this_page_and_carry_its_token() {
         let p = page();
+        let get = Method::GET;
+        let post = Method::POST;
         let ok = headers(&[("host", "127.0.0.1:4000")]);
-        assert_eq!(refusal(&p, &ok, "/", None), None);
-        assert_eq!(refusal(&p, &ok, "/api/events", Some("token=t0ken")), None);
+        assert_eq!(refusal(&p, &get, &ok, "/", None), None);
+        assert_eq!(
+            refusal(&p, &get, &ok, "/api/events", Some("token=t0ken")),
+            None
+        );
         let with_header = headers(&[("host", "localhost:4000"), ("x-geowall-token", "t0ken")]);
-        assert_eq!(refusal(&p, &with_header, "/api/events", None), None);
+        assert_eq!(refusal(&p, &get, &with_header, "/api/events", None), None);
+        // Actions: the token in its header and a JSON body, nothing less.
+        let action = headers(&[
+            ("host", "127.0.0.1:4000"),
+            ("x-geowall-token", "t0ken"),
+            ("content-type", "application/json"),
+        ]);
+        assert_eq!(refusal(&p, &post, &action, "/api/answer", None), None);
+        for (h, q, why) in [
+            (ok.clone(), Some("token=t0ken"), "X-Geowall-Token"),
+            (with_header.clone(), None, "JSON"),
+            (
+                headers(&[
+                    ("host", "127.0.0.1:4000"),
+                    ("x-geowall-token", "t0ken"),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ]),
+                None,
+                "JSON",
+            ),
+            (
+                headers(&[
+                    ("host", "127.0.0.1:4000"),
+                    ("x-geowall-token", "t0kem"),
+                    ("content-type", "application/json"),
+                ]),
+                None,
+                "X-Geowall-Token",
+            ),
+        ] {
+            let r =
+                refusal(&p, &post, &h, "/api/answer", q).unwrap_or_else(|| panic!("{h:?} {q:?}"));
+            assert!(r.contains(why), "{r}");
+        }
         for (h, path, q, why) in [
             (headers(&[]), "/", None, "Host"),
             (headers(&[("host", "evil.example:4000")]), "/", None, "Host"),
@@ -451,7 +581,7 @@ mod tests {
                 "sites",
             ),
         ] {
-            let r = refusal(&p, &h, path, q).unwrap_or_else(|| panic!("{h:?} {path} {q:?}"));
+            let r = refusal(&p, &get, &h, path, q).unwrap_or_else(|| panic!("{h:?} {path} {q:?}"));
             assert!(r.contains(why), "{r}");
         }
         assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));

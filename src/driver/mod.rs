@@ -17,6 +17,7 @@
 //! `geowall tunnel --netns` and `geowall exec` set up) is then left with no
 //! route at all, so nothing leaves until geowall is back.
 
+pub mod ask;
 pub mod attribution;
 pub mod dns;
 pub mod fetch;
@@ -77,6 +78,12 @@ pub struct Live {
     pub open_by_app: Volumes,
     /// The same by destination ([`crate::engine::FlowCore::destination`]).
     pub open_by_destination: Volumes,
+    /// The questions of `ask` rules waiting for an answer, oldest first
+    /// (at most [`crate::engine::dataplane::ask::MAX_PROMPTS`]).
+    pub waiting: Vec<(
+        crate::engine::dataplane::PromptId,
+        crate::engine::dataplane::Prompt,
+    )>,
 }
 
 /// Packets and bytes by app or by destination, most bytes first.
@@ -151,6 +158,13 @@ impl std::fmt::Display for Summary {
             self.upstream_failures,
             drops.join(", ")
         )?;
+        if c.asked + c.asked_busy > 0 {
+            write!(
+                f,
+                "; {} new flows held for an answer to an ask rule ({} got the rule's default at once: too many questions waiting)",
+                c.asked, c.asked_busy
+            )?;
+        }
         let a = &self.attribution;
         if a.asked > 0 {
             write!(
@@ -173,6 +187,9 @@ pub struct Services {
     /// Finds each new flow's owner (off the loop's thread) before the
     /// engine sees the flow.
     pub attribution: Option<Attribution>,
+    /// Users' answers to `ask` rules' questions (from [`ask::channel`]);
+    /// without, every question gets its rule's default at its timeout.
+    pub answers: Option<mpsc::Receiver<ask::AnswerRequest>>,
 }
 
 /// Runs the engine on `tun` until `shutdown` completes or the TUN fails,
@@ -193,6 +210,7 @@ pub async fn run(
         resolver,
         live,
         mut attribution,
+        mut answers,
     } = services;
     let mut published = Instant::now();
     let mut volumes_published = Instant::now();
@@ -328,6 +346,11 @@ pub async fn run(
                     a.answered(&mut engine, key, owner, now());
                 }
             }
+            Some(req) = next_answer(&mut answers) => {
+                let outcome = engine.answer(req.prompt, req.answer, now());
+                // The asker may have given up waiting: nothing to tell.
+                let _ = req.done.send(outcome);
+            }
             () = sleep_until(deadline) => engine.handle_timeout(now()),
         }
         if let Some(a) = &mut attribution {
@@ -373,6 +396,9 @@ fn publish(live: &std::sync::Mutex<Live>, engine: &Engine, summary: &Summary, vo
             l.open_by_destination = dests;
         }
         l.flows = engine.flow_count();
+        l.waiting.clear();
+        l.waiting
+            .extend(engine.prompts().map(|(id, q)| (id, q.clone())));
         l.counters.clone_from(&engine.counters);
         l.dns_cached = engine.dns_cache.len();
         l.bytes_up = summary.bytes_up;
@@ -393,6 +419,16 @@ async fn answer(
 )> {
     match a {
         Some(a) => a.answer().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next user answer, when anyone can answer (otherwise never).
+async fn next_answer(
+    rx: &mut Option<mpsc::Receiver<ask::AnswerRequest>>,
+) -> Option<ask::AnswerRequest> {
+    match rx {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

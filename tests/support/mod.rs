@@ -7,6 +7,7 @@
 //! dead test processes at the next start).
 #![allow(dead_code, reason = "each test binary uses a part")]
 
+pub(crate) mod page;
 pub(crate) mod site;
 
 use std::collections::HashMap;
@@ -744,7 +745,15 @@ pub(crate) fn echo(req: &[u8]) -> Vec<u8> {
 /// Connects to `to`, sends `req`, closes the sending side and reads the
 /// whole answer (3 s timeouts).
 pub(crate) fn tcp_exchange(to: SocketAddr, req: &[u8]) -> std::io::Result<Vec<u8>> {
-    let t = Duration::from_secs(3);
+    tcp_exchange_within(to, req, Duration::from_secs(3))
+}
+
+/// [`tcp_exchange`] with timeouts of `t`.
+pub(crate) fn tcp_exchange_within(
+    to: SocketAddr,
+    req: &[u8],
+    t: Duration,
+) -> std::io::Result<Vec<u8>> {
     let mut s = std::net::TcpStream::connect_timeout(&to, t)?;
     s.set_read_timeout(Some(t))?;
     s.write_all(req)?;

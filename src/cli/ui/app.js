@@ -9,6 +9,8 @@ const MAX_ALERTS = 200;
 const token = decodeURIComponent(location.hash.slice(1));
 const rows = new Map();   // app|destination|address -> row
 const recent = [];        // {t, app, where, up, down, blocked} for the last hour
+const questions = new Map(); // prompt -> {li, flows}
+const MAX_QUESTIONS = 256;
 let counts = { events: 0, blocked: 0, leaks: 0, skipped: 0 };
 let sortKey = "dest", sortUp = true, dirty = true;
 
@@ -48,6 +50,12 @@ function onEvent(e) {
   }
   const app = e.app || (e.uid !== undefined ? "uid " + e.uid : "unknown app");
   const dest = e.destination || e.server;
+  if (e.kind === "answered") {
+    settleQuestion(e.prompt);
+    addAlert(`answered ${app} → ${dest}: ${e.action} (${e.answered}; rule ${e.rule})`, e.action === "block" ? "block" : "", e.time_ms);
+    return;
+  }
+  if (e.kind === "asked") addQuestion(e, app, dest);
   const addr = e.proto === "dns" ? "" : String(e.server).replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
   const key = app + "|" + dest + "|" + addr;
   let r = rows.get(key);
@@ -79,6 +87,66 @@ function onEvent(e) {
   }
   recent.push({ t: e.time_ms || Date.now(), app, where: e.where, up: e.bytes_up || 0, down: e.bytes_down || 0, blocked, opened: e.kind === "opened" });
   dirty = true;
+}
+
+// An ask rule's question: who wants to reach what, where it is, and the
+// answers, each a POST with the token in its header.
+function addQuestion(e, app, dest) {
+  const known = questions.get(e.prompt);
+  if (known) {
+    known.flows++;
+    known.count.textContent = `${known.flows} flows held`;
+    return;
+  }
+  if (questions.size >= MAX_QUESTIONS) return;
+  const li = el("li");
+  const where = ["geo", "network", "owner", "vendor"]
+    .map(l => [l, layerCountries(e.where, l).join(" ")])
+    .filter(([, c]) => c)
+    .map(([l, c]) => `${l} ${c}`)
+    .join(", ");
+  li.append(el("b", app), el("span", " wants to reach "), el("b", dest),
+    el("span", ` (${e.server}${where ? "; " + where : ""}) `));
+  const count = el("span", "1 flow held", "terms");
+  li.append(el("br"), el("span", `rule "${e.rule}"; ${e.detail || ""}; `, "terms"), count, el("br"));
+  const said = el("span", "", "error");
+  for (const [label, allow, scope] of [
+    ["Allow once", true, "once"], ["Allow for this app", true, "app"], ["Always allow", true, "always"],
+    ["Block once", false, "once"], ["Block for this app", false, "app"], ["Always block", false, "always"],
+  ]) {
+    const b = el("button", label);
+    b.type = "button";
+    b.addEventListener("click", () => {
+      post("/api/answer", { prompt: e.prompt, allow, scope })
+        .then(() => settleQuestion(e.prompt))
+        .catch(err => { said.textContent = " " + err.message; });
+    });
+    li.append(b);
+  }
+  li.append(said);
+  document.getElementById("questions").append(li);
+  questions.set(e.prompt, { li, flows: 1, count });
+  document.getElementById("questions-section").hidden = false;
+}
+
+function settleQuestion(prompt) {
+  const q = questions.get(prompt);
+  if (!q) return;
+  q.li.remove();
+  questions.delete(prompt);
+  document.getElementById("questions-section").hidden = questions.size === 0;
+}
+
+// A control action: JSON, with the token in its header.
+function post(path, body) {
+  return fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-Geowall-Token": token },
+    body: JSON.stringify(body),
+  }).then(r => r.json().then(j => {
+    if (!r.ok) throw new Error(j.error || r.statusText);
+    return j;
+  }));
 }
 
 function addAlert(text, cls, t) {
@@ -196,6 +264,12 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   document.getElementById("filter").addEventListener("input", () => { dirty = true; });
   document.getElementById("layer").addEventListener("change", () => { dirty = true; });
+  document.getElementById("reload").addEventListener("click", () => {
+    const said = document.getElementById("said");
+    post("/api/reload", {})
+      .then(j => { said.className = ""; said.textContent = "rules reloaded: " + j.reloaded; })
+      .catch(err => { said.className = "error"; said.textContent = err.message; });
+  });
   if (!token) {
     document.getElementById("state").textContent = "open the address geowall printed (it carries the token)";
     return;

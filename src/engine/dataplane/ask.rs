@@ -390,6 +390,21 @@ impl Asks {
 }
 
 impl Prompt {
+    /// The question `id` as JSON: `prompt`, `app`, `rule`, `destination`,
+    /// `proto`, `flows`, `default`, `timeout_s`.
+    pub fn to_json(&self, id: PromptId) -> serde_json::Value {
+        serde_json::json!({
+            "prompt": id,
+            "app": self.app,
+            "rule": self.rule,
+            "destination": self.destination,
+            "proto": self.proto,
+            "flows": self.flows,
+            "default": if self.ask.default_allow { "allow" } else { "block" },
+            "timeout_s": self.ask.timeout_s,
+        })
+    }
+
     /// The flows held under it.
     pub(super) fn held(&self) -> &[Held] {
         &self.held

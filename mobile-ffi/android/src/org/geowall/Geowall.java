@@ -29,6 +29,14 @@ public final class Geowall implements AutoCloseable {
     public static final int TRAFFIC_UNKNOWN = 0, TRAFFIC_DNS = 1, TRAFFIC_WEB = 2,
             TRAFFIC_MEDIA = 3, TRAFFIC_PING = 4, TRAFFIC_OTHER = 5;
 
+    /**
+     * How far an answer to an {@code ask} rule reaches ({@link #answer}): the
+     * flows held under the question; every flow of the app the rule asks
+     * about while the engine runs; the app and the destination, kept in
+     * {@code state_dir} across restarts.
+     */
+    public static final int ANSWER_ONCE = 0, ANSWER_APP = 1, ANSWER_ALWAYS = 2;
+
     /** Log levels given to {@link Callbacks#onLog}. */
     public static final int LOG_ERROR = 1, LOG_WARN = 2, LOG_INFO = 3;
 
@@ -52,7 +60,12 @@ public final class Geowall implements AutoCloseable {
             return null;
         }
 
-        /** A decision, as one JSON object. */
+        /**
+         * A decision, as one JSON object. Kind {@code asked} is an {@code ask}
+         * rule's question, the app's prompt (its {@code prompt} number, {@code
+         * app}, {@code server}, {@code rule}): answer it with {@link #answer}
+         * from another thread. Kind {@code answered} says it was settled.
+         */
         default void onEvent(String json) {}
 
         /** A message for the app's log. */
@@ -99,6 +112,17 @@ public final class Geowall implements AutoCloseable {
      */
     public long updateBundle(byte[] bundle) throws GeowallException {
         return nativeUpdateBundle(handle, bundle);
+    }
+
+    /**
+     * Answers an {@code ask} rule's question (the {@code prompt} of an
+     * {@code asked} event): its held flows go on or are blocked. Not from a
+     * callback ({@link GeowallException#WRONG_THREAD}).
+     *
+     * @param scope {@link #ANSWER_ONCE}, {@link #ANSWER_APP} or {@link #ANSWER_ALWAYS}
+     */
+    public void answer(long prompt, boolean allow, int scope) throws GeowallException {
+        nativeAnswer(handle, prompt, allow, scope);
     }
 
     /** Identifiers to watch for in cleartext: a JSON object of label to value. */
@@ -161,6 +185,9 @@ public final class Geowall implements AutoCloseable {
             throws GeowallException;
 
     private static native String nativeStats(long handle) throws GeowallException;
+
+    private static native void nativeAnswer(long handle, long prompt, boolean allow, int scope)
+            throws GeowallException;
 
     private static native String nativeCheck(
             long handle, String host, int port, int transport, int traffic, String app)
