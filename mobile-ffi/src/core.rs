@@ -1068,7 +1068,7 @@ impl Running {
                 let code = match e {
                     AskError::NoPrompt(_) | AskError::NoFile => Code::InvalidArgument,
                     AskError::Stopped => Code::Stopped,
-                    AskError::Keep(_) => Code::Io,
+                    AskError::Keep(_) | AskError::NotTaken => Code::Io,
                 };
                 Error::new(code, e.to_string())
             })

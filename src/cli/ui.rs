@@ -377,7 +377,7 @@ async fn answer(State(page): State<Arc<Page>>, body: axum::body::Bytes) -> Respo
             let status = match e {
                 AskError::NoPrompt(_) => StatusCode::NOT_FOUND,
                 AskError::NoFile => StatusCode::CONFLICT,
-                AskError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+                AskError::Stopped | AskError::NotTaken => StatusCode::SERVICE_UNAVAILABLE,
                 AskError::Keep(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
             reply(status, &json!({"error": e.to_string()}))

@@ -14,6 +14,8 @@ use crate::engine::dataplane::{Answer, AnswerError, KeptAnswer, PromptId};
 
 /// Answers waiting for the engine's loop, at most.
 const QUEUE: usize = 64;
+/// How long an answer may wait for the engine's loop to take it.
+const TAKE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest answers file read.
 const FILE_MAX: u64 = 4 * 1024 * 1024;
 
@@ -35,6 +37,8 @@ pub enum AskError {
     NoPrompt(PromptId),
     /// The firewall is not running (any more).
     Stopped,
+    /// The engine's loop did not take the answer in time.
+    NotTaken,
     /// "always" with no answers file to keep it in.
     NoFile,
     /// The answer was taken, but writing it to the answers file failed.
@@ -46,6 +50,11 @@ impl std::fmt::Display for AskError {
         match self {
             AskError::NoPrompt(id) => AnswerError::NoPrompt(*id).fmt(f),
             AskError::Stopped => f.write_str("the firewall is not running"),
+            AskError::NotTaken => write!(
+                f,
+                "the firewall did not take the answer within {} s",
+                TAKE_WITHIN.as_secs()
+            ),
             AskError::NoFile => f.write_str(
                 "no answers file to keep an answer in (start with --state-dir or --answers); answer once or for the app",
             ),
@@ -78,41 +87,69 @@ pub fn channel(file: Option<AnswersFile>) -> (Asker, mpsc::Receiver<AnswerReques
 
 impl Asker {
     /// Answers question `prompt` and waits until the engine took it (and,
-    /// for "always", the answers file was written).
+    /// for "always", the answers file was written), at most 5 s.
     ///
     /// # Errors
     /// See [`AskError`].
     pub async fn answer(&self, prompt: PromptId, answer: Answer) -> Result<(), AskError> {
         self.check(answer)?;
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(AnswerRequest {
-                prompt,
-                answer,
-                done,
-            })
-            .await
-            .map_err(|_| AskError::Stopped)?;
-        let kept = rx.await.map_err(|_| AskError::Stopped)?;
-        self.keep(kept)
+        let taken = tokio::time::timeout(TAKE_WITHIN, async {
+            self.tx
+                .send(AnswerRequest {
+                    prompt,
+                    answer,
+                    done,
+                })
+                .await
+                .map_err(|_| AskError::Stopped)?;
+            rx.await.map_err(|_| AskError::Stopped)
+        })
+        .await
+        .map_err(|_| AskError::NotTaken)??;
+        self.keep(taken)
     }
 
-    /// [`Asker::answer`], from a thread that is not the runtime's.
+    /// [`Asker::answer`], from a thread that is not the runtime's (it
+    /// waits, polling, at most 5 s).
     ///
     /// # Errors
     /// See [`AskError`].
     pub fn answer_blocking(&self, prompt: PromptId, answer: Answer) -> Result<(), AskError> {
         self.check(answer)?;
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .blocking_send(AnswerRequest {
-                prompt,
-                answer,
-                done,
-            })
-            .map_err(|_| AskError::Stopped)?;
-        let kept = rx.blocking_recv().map_err(|_| AskError::Stopped)?;
-        self.keep(kept)
+        let deadline = std::time::Instant::now() + TAKE_WITHIN;
+        let nap = std::time::Duration::from_millis(2);
+        let (done, mut rx) = oneshot::channel();
+        let mut req = AnswerRequest {
+            prompt,
+            answer,
+            done,
+        };
+        // Polled, not blocking: a loop that never takes it cannot hold the
+        // caller's thread for longer than TAKE_WITHIN.
+        loop {
+            match self.tx.try_send(req) {
+                Ok(()) => break,
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(AskError::Stopped),
+                Err(mpsc::error::TrySendError::Full(r)) => req = r,
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(AskError::NotTaken);
+            }
+            std::thread::sleep(nap);
+        }
+        let taken = loop {
+            match rx.try_recv() {
+                Ok(t) => break t,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(AskError::Stopped),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(AskError::NotTaken);
+            }
+            std::thread::sleep(nap);
+        };
+        self.keep(taken)
     }
 
     /// Whether the answer can be carried out at all.

@@ -261,6 +261,14 @@ int main(int argc, char **argv) {
             if (s == GEOWALL_STATUS_OK && geowall_version(engine, &v) == GEOWALL_STATUS_OK)
                 snprintf(extra, sizeof extra, "%llu", (unsigned long long)v.bundle_sequence);
             report(s, extra);
+        } else if (!strcmp(line, "answer") && arg) {
+            unsigned long long prompt;
+            int allow, scope;
+            if (sscanf(arg, "%llu %d %d", &prompt, &allow, &scope) != 3) {
+                printf("err -1 usage: answer PROMPT ALLOW(0|1) SCOPE\n");
+                continue;
+            }
+            report(geowall_answer(engine, (uint64_t)prompt, allow != 0, scope), NULL);
         } else if (!strcmp(line, "ids") && arg) {
             report(geowall_set_identifiers(engine, arg), NULL);
         } else if (!strcmp(line, "check") && arg) {
@@ -286,7 +294,7 @@ int main(int argc, char **argv) {
                          "running=%u flows=%llu tun_packets=%llu opened=%llu blocked=%llu "
                          "cut=%llu refused=%llu dropped=%llu dns_queries=%llu bytes_up=%llu "
                          "bytes_down=%llu bundle_sequence=%llu protected=%lu refused_sockets=%lu "
-                         "events=%lu app_lookups=%lu events_with_app=%lu",
+                         "events=%lu app_lookups=%lu events_with_app=%lu asked=%llu",
                          st.running, (unsigned long long)st.flows,
                          (unsigned long long)st.tun_packets, (unsigned long long)st.opened,
                          (unsigned long long)st.blocked, (unsigned long long)st.cut,
@@ -296,7 +304,7 @@ int main(int argc, char **argv) {
                          (unsigned long long)st.bundle_sequence,
                          atomic_load(&protected_sockets), atomic_load(&refused_sockets),
                          atomic_load(&events), atomic_load(&app_lookups),
-                         atomic_load(&events_with_app));
+                         atomic_load(&events_with_app), (unsigned long long)st.asked);
             report(s, s == GEOWALL_STATUS_OK ? extra : NULL);
         } else if (!strcmp(line, "subs")) {
             size_t len = 0;
