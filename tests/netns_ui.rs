@@ -2,7 +2,9 @@
 //! (root only; skips otherwise): requests without the token, with a
 //! foreign `Host` (DNS rebinding) or from another origin are refused; no
 //! answer carries a CORS header; with the token, the page's event stream
-//! shows flows as they happen, each with where its server is.
+//! shows flows as they happen, each with where its server is; in a real
+//! browser, the page shows flows on the map and answers an `ask` rule's
+//! question (nothing reaches the server before the click).
 
 mod support;
 
@@ -221,10 +223,15 @@ fn a_browser_shows_the_flows_on_the_live_page() {
         return;
     };
     let mut net = Net::new();
-    let (policy, world) = net.policy_and_world(POLICY);
-    let (us, cn) = (sa(addr::US, 7000), sa(addr::CN, 7000));
-    net.tcp_server(us, echo);
-    net.tcp_server(cn, echo);
+    let ask = format!(
+        "{POLICY}[[rule]]\nname = \"ask before US2\"\naction = \"ask\"\nask = {{ timeout = 60 }}\ncidr = [\"{}/32\"]\n",
+        addr::US2
+    );
+    let (policy, world) = net.policy_and_world(&ask);
+    let (us, us2, cn) = (sa(addr::US, 7000), sa(addr::US2, 7000), sa(addr::CN, 7000));
+    for a in [us, us2, cn] {
+        net.tcp_server(a, echo);
+    }
     net.start_geowall(
         &world,
         &["--policy", policy.to_str().expect("utf8"), "--ui"],
@@ -336,6 +343,83 @@ fn a_browser_shows_the_flows_on_the_live_page() {
         took.as_millis(),
         shown.elapsed().as_millis()
     );
+
+    // A question: the app's connection to US2 waits, nothing reaches
+    // US2, until "Allow once" is clicked on the page.
+    let app = net.app.clone();
+    let (tx, answered) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = in_ns(&app, || {
+            support::tcp_exchange_within(us2, b"asked in the browser", Duration::from_secs(30))
+        });
+        let _ = tx.send(r);
+    });
+    let question = || {
+        webdriver(
+            &fw,
+            DRIVER,
+            "POST",
+            &format!("/session/{id}/execute/sync"),
+            Some(&serde_json::json!({
+                "script": "return document.getElementById('questions').textContent",
+                "args": [],
+            })),
+        )["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let t = Instant::now();
+    while !question().contains(addr::US2) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let q = question();
+    assert!(
+        q.contains(addr::US2) && q.contains("ask before US2"),
+        "no question on the page: {q}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        net.count(addr::US2, 6, 7000),
+        0,
+        "nothing reached US2 while asking"
+    );
+    let button = webdriver(
+        &fw,
+        DRIVER,
+        "POST",
+        &format!("/session/{id}/element"),
+        Some(
+            &serde_json::json!({"using": "xpath", "value": "//ol[@id='questions']//button[text()='Allow once']"}),
+        ),
+    );
+    let element = button["value"]
+        .as_object()
+        .and_then(|o| o.values().next())
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no Allow once button: {button}"))
+        .to_owned();
+    webdriver(
+        &fw,
+        DRIVER,
+        "POST",
+        &format!("/session/{id}/element/{element}/click"),
+        Some(&serde_json::json!({})),
+    );
+    let r = answered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the app is answered");
+    assert_eq!(r.expect("US2").as_slice(), b"asked in the browser");
+    assert!(net.count(addr::US2, 6, 7000) > 0);
+    let t = Instant::now();
+    while question().contains(addr::US2) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !question().contains(addr::US2),
+        "the question stays on the page"
+    );
+
     let shot = webdriver(
         &fw,
         DRIVER,
