@@ -378,12 +378,14 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--samples", type=int, default=2000, help="UDP round trips (connects: a quarter)")
     ap.add_argument("--geowall", default=os.path.join(ROOT, "target/release/geowall"))
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="another geowall binary (an earlier build), measured as geowall-baseline")
     ap.add_argument("--sing-box", dest="singbox", default=shutil.which("sing-box"))
     ap.add_argument("--conns", default="1000,10000",
                     help="keep-alive connection counts to hold at once (comma-separated; empty: none)")
     ap.add_argument("--no-throughput", action="store_true", help="only the concurrency measurement")
     ap.add_argument("--only", default="direct,geowall,sing-box-gvisor,sing-box-system",
-                    help="comma-separated subset of direct,geowall,geowall-no-offload,geowall-ui,sing-box-gvisor,sing-box-system")
+                    help="comma-separated subset of direct,geowall,geowall-no-offload,geowall-ui,geowall-baseline,sing-box-gvisor,sing-box-system")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (network namespaces, TUN)")
@@ -399,6 +401,10 @@ def main():
         # The live page served (and fed) with no browser on it.
         "geowall-ui": lambda tmp: start_geowall(tmp, a.geowall, "--ui"),
     }
+    if a.baseline:
+        if not os.path.exists(a.baseline):
+            raise SystemExit(f"no {a.baseline} (--baseline)")
+        cases["geowall-baseline"] = lambda tmp: start_geowall(tmp, a.baseline)
     if a.singbox:
         cases["sing-box-gvisor"] = lambda tmp: start_singbox(tmp, a.singbox, "gvisor")
         cases["sing-box-system"] = lambda tmp: start_singbox(tmp, a.singbox, "system")

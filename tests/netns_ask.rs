@@ -194,6 +194,19 @@ fn ask_rules_hold_flows_until_answered_and_apply_the_default_at_the_timeout() {
     assert!(a.try_recv().is_err(), "refused requests answered nothing");
     assert_eq!(net.count(addr::US, 6, 7000), 0);
 
+    // Reloading the rules is an action too; the question survives it.
+    let (h, b) = post(
+        &net,
+        port,
+        "/api/reload",
+        &format!("X-Geowall-Token: {token}\r\nContent-Type: application/json\r\n"),
+        "{}",
+    );
+    assert!(
+        h.starts_with("http/1.1 200") && b.contains("\"reloaded\":\"ask\""),
+        "{h} {b}"
+    );
+
     // "Allow once": this connection goes through, whole.
     let (h, b) = answer(&net, port, &token, prompt, true, "once");
     assert!(h.starts_with("http/1.1 200"), "{h} {b}");

@@ -294,8 +294,9 @@ fn when_geowall_dies_nothing_leaves_until_it_is_back() {
 /// `geowall exec` (run here inside the test's firewall namespace, which
 /// plays the host): the program runs as the sudo user in a namespace of its
 /// own, its traffic goes through geowall (allowed byte for byte, blocked
-/// never reaching the server), its output and exit status come through, and
-/// the namespace is gone afterwards.
+/// never reaching the server), its output and exit status come through,
+/// `--ui` prints the live page's loopback address, and the namespace is
+/// gone afterwards.
 #[test]
 fn exec_confines_one_program() {
     if !support::root_or_skip("netns_e2e") {
@@ -342,6 +343,7 @@ sys.exit(7)
         .args([
             "--dns-upstream",
             "udp:198.51.100.53",
+            "--ui",
             "--",
             "/usr/bin/python3",
             "-c",
@@ -364,6 +366,10 @@ sys.exit(7)
     );
     assert!(stdout.contains("udp through"), "{stdout} {stderr}");
     assert!(stdout.contains("media blocked"), "{stdout}");
+    assert!(
+        stderr.contains("live page at http://127.0.0.1:") && stderr.contains("/#"),
+        "--ui prints the page's loopback address with its token: {stderr}"
+    );
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
         net.count(addr::CN, 17, 5004),

@@ -566,6 +566,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn answers_are_read_with_every_mistake_named() {
+        use geowall::engine::dataplane::{Answer, Scope};
+        assert_eq!(
+            read_answer(&json!({"prompt": 7, "allow": true})),
+            Ok((
+                7,
+                Answer {
+                    allow: true,
+                    scope: Scope::Once
+                }
+            ))
+        );
+        assert_eq!(
+            read_answer(&json!({"prompt": 7, "allow": false, "scope": "always"})),
+            Ok((
+                7,
+                Answer {
+                    allow: false,
+                    scope: Scope::Always
+                }
+            ))
+        );
+        for (req, says) in [
+            (json!({"allow": true}), "\"prompt\""),
+            (json!({"prompt": -1, "allow": true}), "\"prompt\""),
+            (json!({"prompt": "7", "allow": true}), "\"prompt\""),
+            (json!({"prompt": 7}), "\"allow\""),
+            (json!({"prompt": 7, "allow": "yes"}), "\"allow\""),
+            (
+                json!({"prompt": 7, "allow": true, "scope": "forever"}),
+                "\"scope\"",
+            ),
+        ] {
+            let e = read_answer(&req).expect_err("refused");
+            assert!(e.contains(says), "{req}: {e}");
+        }
+    }
+
+    #[test]
     fn bytes_read_as_a_person_says_them() {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1023), "1023 B");
