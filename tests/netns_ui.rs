@@ -102,7 +102,7 @@ fn the_live_page_refuses_strangers_and_shows_flows_as_they_happen() {
         &net,
         port,
         &format!(
-            "POST /api/events?token={token} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST /api/events HTTP/1.1\r\nHost: {host}\r\nX-Geowall-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
         ),
     );
     assert!(h.starts_with("http/1.1 405"), "POST to the stream: {h}");
