@@ -132,8 +132,9 @@ pub struct Config {
     /// judged by the IPv4 address they embed.
     pub nat64_prefixes: Vec<String>,
     /// A directory of the app's own (its private files directory) where
-    /// subscribed bundles are kept across restarts, and the answers
-    /// "always" to `ask` rules (`answers.toml`); needed by `subscriptions`.
+    /// bundles are kept across restarts (subscribed ones, or those the app
+    /// installs), and the answers "always" to `ask` rules
+    /// (`answers.toml`); needed by `subscriptions`.
     pub state_dir: Option<PathBuf>,
     /// Signed bundles followed over HTTPS: one rules subscription (instead
     /// of `preset`/`policy`) and any number of list bundles a policy's
@@ -191,6 +192,12 @@ pub struct Rules {
     base: Base,
     /// What the configuration subscribes to.
     subscriptions: Vec<Subscription>,
+    /// Where bundles installed by the app are kept (in `state_dir`, without
+    /// a rules subscription): the last accepted one and its sequence, so a
+    /// restart runs it again and an older one stays a rollback.
+    store: Option<bundle::TrustStore>,
+    /// Said once the engine runs (the kept bundle could not be used again).
+    pub note: Option<String>,
 }
 
 /// Where the policy comes from before any bundle is installed.
@@ -222,6 +229,44 @@ impl Base {
                 )
                 .map_err(|e| config_error(format!("policy: {e}")))
             }
+        }
+    }
+}
+
+/// The bundle the app installed before a restart, installed again from
+/// `store`: `Ok(Ok((policy, sequence)))`; `Ok(Err(note))` when there is
+/// none (no note) or it cannot be used again (expired, its key no longer
+/// trusted: the note says so), the recorded sequence then still refusing
+/// older bundles.
+///
+/// # Errors
+/// A damaged record of the sequence.
+fn kept_install(
+    store: Option<&bundle::TrustStore>,
+    installer: &mut Installer,
+) -> Result<Result<(Policy, u64), Option<String>>, Error> {
+    let Some(store) = store else {
+        return Ok(Err(None));
+    };
+    let recorded = store
+        .installed_sequence()
+        .map_err(|e| config_error(format!("state_dir: {e}")))?;
+    let Some(bytes) = store.last_good() else {
+        if let Some(seq) = recorded {
+            installer.refuse_up_to(seq);
+        }
+        return Ok(Err(None));
+    };
+    match installer.install(&bytes, now_unix()) {
+        Ok(b) => Ok(Ok((b.policy.clone(), b.sequence))),
+        Err(e) => {
+            if let Some(seq) = recorded {
+                installer.refuse_up_to(seq);
+            }
+            Ok(Err(Some(format!(
+                "the rules bundle kept in state_dir (sequence {}) cannot be used again ({e}): the configured rules run until a newer bundle is installed",
+                recorded.map_or_else(|| "unknown".to_owned(), |s| s.to_string())
+            ))))
         }
     }
 }
@@ -371,6 +416,14 @@ impl Rules {
             .map(|k| parse_key(k))
             .collect::<Result<Vec<_>, _>>()?;
         let mut installer = Installer::with_lists(keys, lists);
+        let store = match (&cfg.state_dir, rules_sub) {
+            (Some(dir), None) => Some(
+                bundle::TrustStore::open_dir(dir)
+                    .map_err(|e| config_error(format!("state_dir: {e}")))?,
+            ),
+            _ => None,
+        };
+        let mut note = None;
         let (policy, sequence) = match rules_sub {
             Some(sub) => {
                 let f = sub.file();
@@ -386,7 +439,13 @@ impl Rules {
                 })?;
                 (b.policy.clone(), b.sequence)
             }
-            None => (base.compile(&catalog, installer.lists())?, 0),
+            None => match kept_install(store.as_ref(), &mut installer)? {
+                Ok(b) => b,
+                Err(why) => {
+                    note = why;
+                    (base.compile(&catalog, installer.lists())?, 0)
+                }
+            },
         };
         let (world, world_kept) = match subscriptions
             .iter()
@@ -406,6 +465,8 @@ impl Rules {
             sequence: AtomicU64::new(sequence),
             base,
             subscriptions,
+            store,
+            note,
         })
     }
 
@@ -430,9 +491,18 @@ impl Rules {
             };
             Error::new(code, format!("bundle rejected: {e}"))
         })?;
-        self.policy.replace(b.policy.clone());
-        self.sequence.store(b.sequence, Ordering::Release);
-        Ok(b.sequence)
+        let (policy, seq) = (b.policy.clone(), b.sequence);
+        self.policy.replace(policy);
+        self.sequence.store(seq, Ordering::Release);
+        if let Some(store) = &self.store {
+            store.record(bytes, seq).map_err(|e| {
+                Error::new(
+                    Code::Io,
+                    format!("bundle {seq} is in force, but it could not be kept in state_dir: {e}"),
+                )
+            })?;
+        }
+        Ok(seq)
     }
 
     /// Reads the kept list bundles again and compiles the policy again
@@ -960,6 +1030,9 @@ impl Running {
             Level::Info,
             &format!("started on TUN fd {tun_fd} (policy {policy_name}, mtu {mtu})"),
         );
+        if let Some(n) = &rules.note {
+            host.on_log(Level::Warn, n);
+        }
         Ok(Self {
             rules,
             leak,

@@ -531,3 +531,96 @@ fn subscriptions_are_checked_before_anything_is_fetched() {
     assert_eq!(s, GeowallStatus::Subscription, "{}", last_error());
     assert!(last_error().contains("expired"), "{}", last_error());
 }
+
+/// Without a rules subscription, a bundle the app installed is kept in
+/// `state_dir`: after a restart it decides again and an older one (or the
+/// same) is still a rollback. A kept bundle that expired meanwhile gives
+/// way to the configured rules, its sequence still refusing older
+/// bundles.
+#[test]
+fn installed_bundles_are_kept_across_restarts() {
+    use geowall::policy::bundle;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "name = 'pushed'\ndefault = 'allow'\n[[rule]]\nname = 'no CN'\naction = 'block'\njurisdiction = { countries = ['CN'] }\n",
+    )
+    .expect("policy");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let key = bundle::SigningKey::from_bytes(&[3; 32]);
+    let make = |seq: u64, expires: u64| {
+        bundle::sign(
+            &bundle::build(dir.path(), seq, now - 100, expires).expect("build"),
+            &key,
+        )
+        .expect("sign")
+    };
+    let cfg = serde_json::json!({
+        "trusted_keys": [bundle::key_hex(key.verifying_key().as_bytes())],
+        "state_dir": dir.path().join("state"),
+    })
+    .to_string();
+    let push = |h: GeowallHandle, b: &[u8]| {
+        // SAFETY: `b` is a live slice of `b.len()` bytes.
+        let s = unsafe { geowall_update_bundle(h, b.as_ptr(), b.len()) };
+        (s, last_error())
+    };
+    let sequence = |h: GeowallHandle| {
+        let mut ver = GeowallVersion {
+            abi: 0,
+            reserved0: 0,
+            library: [0; 32],
+            bundle_sequence: 0,
+            reserved: [0; 4],
+        };
+        // SAFETY: a live handle and a writable struct.
+        let s = unsafe { geowall_version(h, &raw mut ver) };
+        assert_eq!(s, GeowallStatus::Ok);
+        ver.bundle_sequence
+    };
+    let cn = "112.126.96.46";
+    let h = checker(&cfg);
+    assert_eq!(
+        check(h, cn, 443, 6, 0).action,
+        GEOWALL_ALLOW,
+        "the default preset"
+    );
+    assert_eq!(push(h, &make(5, now + 3_600)).0, GeowallStatus::Ok);
+    // SAFETY: a live handle.
+    assert_eq!(unsafe { geowall_free(h) }, GeowallStatus::Ok);
+
+    let h = checker(&cfg);
+    assert_eq!(sequence(h), 5, "the kept bundle after a restart");
+    let v = check(h, cn, 443, 6, 0);
+    assert_eq!(
+        (v.action, text(&v.rule)),
+        (GEOWALL_DROP, "no CN".to_owned())
+    );
+    for seq in [4, 5] {
+        let (s, m) = push(h, &make(seq, now + 3_600));
+        assert_eq!(s, GeowallStatus::BundleRollback, "{seq}: {m}");
+    }
+    // A bundle that expires in a second, kept, then expired at the
+    // restart: the configured rules run, and 6 stays refused.
+    assert_eq!(push(h, &make(6, now + 1)).0, GeowallStatus::Ok);
+    // SAFETY: a live handle.
+    assert_eq!(unsafe { geowall_free(h) }, GeowallStatus::Ok);
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let h = checker(&cfg);
+    assert_eq!(
+        (sequence(h), check(h, cn, 443, 6, 0).action),
+        (0, GEOWALL_ALLOW)
+    );
+    let (s, m) = push(h, &make(6, now + 3_600));
+    assert_eq!(
+        s,
+        GeowallStatus::BundleRollback,
+        "the recorded sequence: {m}"
+    );
+    assert_eq!(push(h, &make(7, now + 3_600)).0, GeowallStatus::Ok);
+    // SAFETY: a live handle.
+    assert_eq!(unsafe { geowall_free(h) }, GeowallStatus::Ok);
+}

@@ -1284,6 +1284,9 @@ pub struct Installer {
     /// the list bundles change.
     installed_bytes: Option<Vec<u8>>,
     lists: InstalledLists,
+    /// Bundles not newer than this are rollbacks even with none installed
+    /// (the sequence a [`TrustStore`] recorded).
+    floor: Option<u64>,
 }
 
 impl Installer {
@@ -1301,7 +1304,14 @@ impl Installer {
             installed: None,
             installed_bytes: None,
             lists,
+            floor: None,
         }
+    }
+
+    /// Refuses, from now on, every bundle not newer than `sequence` (one
+    /// accepted before a restart whose bundle cannot be installed again).
+    pub fn refuse_up_to(&mut self, sequence: u64) {
+        self.floor = self.floor.max(Some(sequence));
     }
 
     /// The installed bundle.
@@ -1320,7 +1330,7 @@ impl Installer {
         let b = open(
             bytes,
             &self.trusted,
-            self.installed.as_ref().map(|b| b.sequence),
+            self.installed.as_ref().map(|b| b.sequence).max(self.floor),
             now,
             &self.lists,
         )?;
