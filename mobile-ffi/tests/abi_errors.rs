@@ -340,31 +340,50 @@ fn the_error_message_fits_the_callers_buffer() {
     assert_eq!(text(&small).len(), 4);
 }
 
+/// Rules bundles an app pushes: a policy blocking CN, built and signed
+/// when asked.
+struct Pushed {
+    dir: tempfile::TempDir,
+    now: u64,
+}
+
+impl Pushed {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("policy.toml"),
+            "name = 'pushed'\ndefault = 'allow'\n[[rule]]\nname = 'no CN'\naction = 'block'\njurisdiction = { countries = ['CN'] }\n",
+        )
+        .expect("policy");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        Self { dir, now }
+    }
+
+    /// The bundle of sequence `seq`, expiring at `expires`, signed by `key`.
+    fn bundle(&self, seq: u64, expires: u64, key: &geowall::policy::bundle::SigningKey) -> Vec<u8> {
+        use geowall::policy::bundle;
+        bundle::sign(
+            &bundle::build(self.dir.path(), seq, self.now - 100, expires).expect("build"),
+            key,
+        )
+        .expect("sign")
+    }
+}
+
 /// Each kind of refused rules bundle keeps its kind across the C ABI, so
 /// an app can tell an update seen twice (harmless) from a forged one; the
 /// running rules stay after each.
 #[test]
 fn each_kind_of_refused_bundle_has_its_own_status() {
     use geowall::policy::bundle;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("policy.toml"),
-        "name = 'pushed'\ndefault = 'allow'\n[[rule]]\nname = 'no CN'\naction = 'block'\njurisdiction = { countries = ['CN'] }\n",
-    )
-    .expect("policy");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let pushed = Pushed::new();
+    let now = pushed.now;
     let trusted = bundle::SigningKey::from_bytes(&[3; 32]);
     let stranger = bundle::SigningKey::from_bytes(&[4; 32]);
-    let make = |seq: u64, expires: u64, key: &bundle::SigningKey| {
-        bundle::sign(
-            &bundle::build(dir.path(), seq, now - 100, expires).expect("build"),
-            key,
-        )
-        .expect("sign")
-    };
+    let make = |seq: u64, expires: u64, key: &bundle::SigningKey| pushed.bundle(seq, expires, key);
     let h = checker(&format!(
         "{{\"trusted_keys\":[\"{}\"]}}",
         bundle::key_hex(trusted.verifying_key().as_bytes())
@@ -540,27 +559,13 @@ fn subscriptions_are_checked_before_anything_is_fetched() {
 #[test]
 fn installed_bundles_are_kept_across_restarts() {
     use geowall::policy::bundle;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("policy.toml"),
-        "name = 'pushed'\ndefault = 'allow'\n[[rule]]\nname = 'no CN'\naction = 'block'\njurisdiction = { countries = ['CN'] }\n",
-    )
-    .expect("policy");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let pushed = Pushed::new();
+    let now = pushed.now;
     let key = bundle::SigningKey::from_bytes(&[3; 32]);
-    let make = |seq: u64, expires: u64| {
-        bundle::sign(
-            &bundle::build(dir.path(), seq, now - 100, expires).expect("build"),
-            &key,
-        )
-        .expect("sign")
-    };
+    let make = |seq: u64, expires: u64| pushed.bundle(seq, expires, &key);
     let cfg = serde_json::json!({
         "trusted_keys": [bundle::key_hex(key.verifying_key().as_bytes())],
-        "state_dir": dir.path().join("state"),
+        "state_dir": pushed.dir.path().join("state"),
     })
     .to_string();
     let push = |h: GeowallHandle, b: &[u8]| {
