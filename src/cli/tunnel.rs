@@ -730,6 +730,7 @@ fn clock(now: std::time::Duration) -> String {
 pub(crate) fn readable_line(e: &Event) -> String {
     let colour = match (e.action, e.kind) {
         (Decision::Block, _) => "\x1b[31m",
+        (Decision::Ask, _) => "\x1b[1;33m",
         (_, EventKind::Opened) => "\x1b[32m",
         _ => "\x1b[2m",
     };
@@ -751,6 +752,15 @@ pub(crate) fn readable_line(e: &Event) -> String {
     }
     if let Some(d) = &e.detail {
         s.push_str(&format!(" {d}"));
+    }
+    if let Some(q) = e.prompt {
+        let app = e.app.as_deref().unwrap_or("unknown app");
+        match e.answered {
+            None => s.push_str(&format!(
+                " \x1b[1;33mquestion {q} from {app}: geowall answer {q} allow|block [--for once|app|always]\x1b[0m"
+            )),
+            Some(how) => s.push_str(&format!(" question {q} from {app}: {} ({how})", e.action)),
+        }
     }
     s
 }
@@ -802,4 +812,52 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let summary = summary?;
     eprintln!("{}", summary_line(&summary));
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A question reads on a terminal with its number, the app and how to
+    /// answer it; its answer with how it came.
+    #[test]
+    fn questions_read_with_how_to_answer_them() {
+        let mut e = Event {
+            kind: EventKind::Asked,
+            flow: 3,
+            proto: geowall::engine::dataplane::FlowProto::Tcp,
+            client: "198.18.1.2:40000".into(),
+            server: "198.51.100.10:443".into(),
+            class: geowall::classify::Traffic::Other,
+            protocol: geowall::classify::Protocol::Unknown,
+            server_name: None,
+            encrypted: geowall::classify::Encryption::Unknown,
+            action: Decision::Ask,
+            rule: Some("ask before US".into()),
+            layer: None,
+            leaks: Vec::new(),
+            names: Vec::new(),
+            app: Some("/usr/bin/curl".into()),
+            uid: None,
+            detail: None,
+            peers: Vec::new(),
+            peer: None,
+            prompt: Some(7),
+            answered: None,
+            volume: None,
+        };
+        let asked = readable_line(&e);
+        assert!(
+            asked.contains("question 7 from /usr/bin/curl: geowall answer 7 allow|block"),
+            "{asked}"
+        );
+        e.kind = EventKind::Answered;
+        e.action = Decision::Allow;
+        e.answered = Some(geowall::policy::Answered::App);
+        let answered = readable_line(&e);
+        assert!(
+            answered.contains("question 7 from /usr/bin/curl: allow (app)"),
+            "{answered}"
+        );
+    }
 }
