@@ -304,3 +304,65 @@ fn ask_rules_hold_flows_until_answered_and_apply_the_default_at_the_timeout() {
 fn json_num(n: u64) -> Value {
     Value::from(n)
 }
+
+/// With `--owners`, each flow's program is found in the apps' namespace:
+/// an answer "for this app" lets that program's later flows under the rule
+/// through unasked, while another program is asked on its own (and, left
+/// unanswered, never reaches the server).
+#[test]
+fn answers_for_an_app_are_per_program_when_owners_are_found() {
+    if !support::root_or_skip("answers_for_an_app_are_per_program_when_owners_are_found") {
+        return;
+    }
+    let python = "/usr/bin/python3";
+    if !std::path::Path::new(python).exists() {
+        eprintln!(
+            "answers_for_an_app_are_per_program_when_owners_are_found: skipped (no {python} to run as another program)"
+        );
+        return;
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(&policy());
+    let (us, us2) = (sa(addr::US, 7000), sa(addr::US2, 7000));
+    for a in [us, us2] {
+        net.tcp_server(a, echo);
+    }
+    let policy_arg = policy.to_str().expect("utf8").to_owned();
+    net.start_geowall(&world, &["--policy", &policy_arg, "--owners", "--ui"]);
+    let (port, token) = page_of(&net.geowall_start);
+    let rx = stream(&net, port, &token);
+    let me = std::env::current_exe().expect("this test's program");
+    let me = me.to_str().expect("utf8");
+
+    let a = exchange(&net, us, b"mine");
+    let asked =
+        next_event(&rx, "asked", &us.to_string(), Duration::from_secs(5)).expect("asked about US");
+    assert_eq!(asked["app"], me, "the program that connected: {asked}");
+    let (h, b) = answer(&net, port, &token, &asked["prompt"], true, "app");
+    assert!(h.starts_with("http/1.1 200"), "{h} {b}");
+    assert_eq!(echoed(&a), b"mine");
+    let b_rx = exchange(&net, us2, b"mine again");
+    assert_eq!(echoed(&b_rx), b"mine again", "the same program, unasked");
+
+    // Another program is asked on its own; unanswered, it is reset.
+    let before = net.count(addr::US2, 6, 7000);
+    let script = format!(
+        "import socket\ntry:\n    s = socket.create_connection(('{}', 7000), timeout=10)\n    s.sendall(b'other'); s.shutdown(socket.SHUT_WR)\n    print('got', s.recv(100))\nexcept OSError as e:\n    print('refused', e)\n",
+        addr::US2
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &net.app, python, "-c", &script])
+        .output()
+        .expect("python runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("refused"), "another program: {said}");
+    let asked = next_event(&rx, "asked", &us2.to_string(), Duration::from_secs(5))
+        .expect("asked about the other program");
+    let app = asked["app"].as_str().unwrap_or_default();
+    assert!(app.contains("python"), "{asked}");
+    assert_eq!(
+        net.count(addr::US2, 6, 7000),
+        before,
+        "nothing of it reached US2"
+    );
+}

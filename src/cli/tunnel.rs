@@ -41,6 +41,11 @@ pub(crate) struct Args {
     /// Bind upstream sockets to this interface.
     #[arg(long, value_name = "IFACE")]
     bind_interface: Option<String>,
+    /// Find each new flow's program and user (in --netns, where the apps
+    /// are), as `geowall run` does: rules by `app` and `uid` match, events
+    /// name the program, and answers "for this app" are per program.
+    #[arg(long)]
+    owners: bool,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -584,7 +589,9 @@ pub(crate) fn serve(
             });
         }
         let attribution = if attribute {
-            Some(driver::attribution::Attribution::start()?)
+            Some(driver::attribution::Attribution::start_in(
+                spec.netns.as_deref(),
+            )?)
         } else {
             None
         };
@@ -777,7 +784,8 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         bind_device: a.bind_interface.clone(),
         protector: None,
     };
-    let prepared = a.engine.prepare(&protection)?;
+    let mut prepared = a.engine.prepare(&protection)?;
+    prepared.attribute = a.owners;
     let spec = TunSpec {
         name: a.tun.clone(),
         mtu: prepared.mtu,

@@ -68,11 +68,42 @@ impl Attribution {
     /// # Errors
     /// The thread could not be started.
     pub fn start() -> std::io::Result<Self> {
+        Self::start_in(None)
+    }
+
+    /// Starts the thread that finds owners, looking up sockets in the
+    /// network namespace `netns` (`/run/netns/NAME`: the apps' namespace,
+    /// where the TUN is) instead of this process's; processes are found
+    /// through `/proc` as always.
+    ///
+    /// # Errors
+    /// The thread could not be started or could not enter the namespace.
+    pub fn start_in(netns: Option<&str>) -> std::io::Result<Self> {
         let (ask, questions) = std::sync::mpsc::sync_channel::<(OwnerKey, Instant)>(MAX_WAITING);
         let (tell, answers) = mpsc::unbounded_channel();
+        let ns = match netns {
+            Some(n) => Some(std::fs::File::open(format!("/run/netns/{n}")).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("finding owners in netns {n}: {e}"))
+            })?),
+            None => None,
+        };
+        let (ready, entered) = std::sync::mpsc::channel::<std::io::Result<()>>();
         std::thread::Builder::new()
             .name("geowall-owners".into())
             .spawn(move || {
+                // This thread alone moves: its sock_diag socket is then
+                // the namespace's.
+                if let Some(f) = ns {
+                    let r = nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| std::io::Error::other(format!("entering the namespace: {e}")));
+                    let failed = r.is_err();
+                    let _ = ready.send(r);
+                    if failed {
+                        return;
+                    }
+                } else {
+                    let _ = ready.send(Ok(()));
+                }
                 let mut finder = Finder::new();
                 // Ends when the driver drops its side.
                 while let Ok((key, asked)) = questions.recv() {
@@ -91,6 +122,9 @@ impl Attribution {
                     }
                 }
             })?;
+        entered
+            .recv()
+            .map_err(|_| std::io::Error::other("the owners' thread ended at once"))??;
         Ok(Self {
             ask,
             answers,
