@@ -126,6 +126,19 @@ fn ask_rules_hold_flows_until_answered_and_apply_the_default_at_the_timeout() {
     let (port, token) = page_of(&net.geowall_start);
     let rx = stream(&net, port, &token);
 
+    // The page knows where answers "always" go.
+    let (h, b) = request(
+        &net,
+        port,
+        &format!(
+            "GET /api/info HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Geowall-Token: {token}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(
+        h.starts_with("http/1.1 200") && b.contains("answers.toml"),
+        "{h} {b}"
+    );
+
     // Held: the app's connection is accepted here, nothing reaches US.
     let a = exchange(&net, us, b"once");
     let asked = next_event(&rx, "asked", &us.to_string(), Duration::from_secs(5))

@@ -384,6 +384,18 @@ fn a_browser_shows_the_flows_on_the_live_page() {
         0,
         "nothing reached US2 while asking"
     );
+    // No answers file (no --state-dir): "always" is not offered.
+    let always = webdriver(
+        &fw,
+        DRIVER,
+        "POST",
+        &format!("/session/{id}/execute/sync"),
+        Some(&serde_json::json!({
+            "script": "return [...document.querySelectorAll('#questions button')].filter(b => b.textContent.startsWith('Always')).map(b => b.disabled)",
+            "args": [],
+        })),
+    );
+    assert_eq!(always["value"], serde_json::json!([true, true]), "{always}");
     let button = webdriver(
         &fw,
         DRIVER,

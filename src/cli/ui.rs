@@ -247,6 +247,7 @@ fn router(page: Arc<Page>) -> axum::Router {
             get(|| async { asset("image/svg+xml", super::report::WORLD_SVG) }),
         )
         .route("/api/events", get(events))
+        .route("/api/info", get(info))
         .route("/api/answer", post(answer))
         .route("/api/reload", post(reload))
         .layer(axum::middleware::from_fn_with_state(
@@ -383,6 +384,18 @@ async fn answer(State(page): State<Arc<Page>>, body: axum::body::Bytes) -> Respo
             reply(status, &json!({"error": e.to_string()}))
         }
     }
+}
+
+/// `GET /api/info`: the running policy's name, and where answers
+/// "always" are kept (`null`: nowhere, so the page does not offer them).
+async fn info(State(page): State<Arc<Page>>) -> Response {
+    reply(
+        StatusCode::OK,
+        &json!({
+            "policy": page.describer.policy.current().name,
+            "answers_file": page.control.asker.answers_file(),
+        }),
+    )
 }
 
 /// `POST /api/reload`: reads the rules again (as `geowall reload`).

@@ -152,6 +152,11 @@ impl Asker {
         self.keep(taken)
     }
 
+    /// Where answers "always" are kept, if anywhere.
+    pub fn answers_file(&self) -> Option<&Path> {
+        self.file.as_deref().map(AnswersFile::path)
+    }
+
     /// Whether the answer can be carried out at all.
     fn check(&self, answer: Answer) -> Result<(), AskError> {
         if answer.scope == crate::engine::dataplane::Scope::Always && self.file.is_none() {

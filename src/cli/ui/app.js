@@ -11,6 +11,7 @@ const rows = new Map();   // app|destination|address -> row
 const recent = [];        // {t, app, where, up, down, blocked} for the last hour
 const questions = new Map(); // prompt -> {li, flows}
 const MAX_QUESTIONS = 256;
+let keeps = false;         // whether answers "always" can be kept (/api/info)
 let counts = { events: 0, blocked: 0, leaks: 0, skipped: 0 };
 let sortKey = "dest", sortUp = true, dirty = true;
 
@@ -116,6 +117,10 @@ function addQuestion(e, app, dest) {
   ]) {
     const b = el("button", label);
     b.type = "button";
+    if (scope === "always") {
+      b.dataset.scope = scope;
+      offerAlways(b);
+    }
     b.addEventListener("click", () => {
       post("/api/answer", { prompt: e.prompt, allow, scope })
         .then(() => settleQuestion(e.prompt))
@@ -127,6 +132,12 @@ function addQuestion(e, app, dest) {
   document.getElementById("questions").append(li);
   questions.set(e.prompt, { li, flows: 1, count });
   document.getElementById("questions-section").hidden = false;
+}
+
+// "Always" needs an answers file to keep the answer in.
+function offerAlways(b) {
+  b.disabled = !keeps;
+  b.title = keeps ? "" : "geowall keeps no answers file: start it with --state-dir or --answers";
 }
 
 function settleQuestion(prompt) {
@@ -276,5 +287,13 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   loadMap();
   connect();
+  fetch("/api/info", { headers: { "X-Geowall-Token": token } })
+    .then(r => r.json())
+    .then(j => {
+      keeps = !!j.answers_file;
+      document.getElementById("state").title = `policy ${j.policy}`;
+      document.querySelectorAll("#questions button[data-scope]").forEach(offerAlways);
+    })
+    .catch(() => {});
   setInterval(render, 500);
 });
