@@ -291,18 +291,22 @@ fn a_browser_shows_the_flows_on_the_live_page() {
         &format!("/session/{id}/url"),
         Some(&serde_json::json!({"url": format!("http://127.0.0.1:{port}/#{token}")})),
     );
-    let read = || {
-        let v = webdriver(
+    // What a script run in the page returns.
+    let script = |js: &str| {
+        webdriver(
             &fw,
             DRIVER,
             "POST",
             &format!("/session/{id}/execute/sync"),
-            Some(&serde_json::json!({
-                "script": "return [document.getElementById('state').textContent, document.querySelector('#flows tbody').textContent, document.getElementById('countries').textContent, document.getElementById('alerts').textContent].join('\\n')",
-                "args": [],
-            })),
-        );
-        v["value"].as_str().unwrap_or_default().to_owned()
+            Some(&serde_json::json!({"script": js, "args": []})),
+        )["value"]
+            .clone()
+    };
+    let read = || {
+        script("return [document.getElementById('state').textContent, document.querySelector('#flows tbody').textContent, document.getElementById('countries').textContent, document.getElementById('alerts').textContent].join('\\n')")
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     };
     let page = read();
     assert!(page.starts_with("live"), "the page did not connect: {page}");
@@ -327,17 +331,10 @@ fn a_browser_shows_the_flows_on_the_live_page() {
     assert!(page.contains("no PRC"), "the block is not shown: {page}");
     assert!(page.contains("CN"), "no CN among the countries: {page}");
     // The map: China red (blocked), the United States blue (traffic).
-    let map = webdriver(
-        &fw,
-        DRIVER,
-        "POST",
-        &format!("/session/{id}/execute/sync"),
-        Some(&serde_json::json!({
-            "script": "const c = id => (document.querySelector('#map path#' + id) || {getAttribute: () => 'missing'}).getAttribute('class'); return [c('cn'), c('us'), c('fr')].join(' ')",
-            "args": [],
-        })),
+    let map = script(
+        "const c = id => (document.querySelector('#map path#' + id) || {getAttribute: () => 'missing'}).getAttribute('class'); return [c('cn'), c('us'), c('fr')].join(' ')",
     );
-    assert_eq!(map["value"], "blocked traffic ", "{map}");
+    assert_eq!(map, "blocked traffic ", "{map}");
     eprintln!(
         "live page: flows shown {} ms after the traffic ({} ms after the page opened)",
         took.as_millis(),
@@ -355,16 +352,7 @@ fn a_browser_shows_the_flows_on_the_live_page() {
         let _ = tx.send(r);
     });
     let question = || {
-        webdriver(
-            &fw,
-            DRIVER,
-            "POST",
-            &format!("/session/{id}/execute/sync"),
-            Some(&serde_json::json!({
-                "script": "return document.getElementById('questions').textContent",
-                "args": [],
-            })),
-        )["value"]
+        script("return document.getElementById('questions').textContent")
             .as_str()
             .unwrap_or_default()
             .to_owned()
@@ -385,17 +373,10 @@ fn a_browser_shows_the_flows_on_the_live_page() {
         "nothing reached US2 while asking"
     );
     // No answers file (no --state-dir): "always" is not offered.
-    let always = webdriver(
-        &fw,
-        DRIVER,
-        "POST",
-        &format!("/session/{id}/execute/sync"),
-        Some(&serde_json::json!({
-            "script": "return [...document.querySelectorAll('#questions button')].filter(b => b.textContent.startsWith('Always')).map(b => b.disabled)",
-            "args": [],
-        })),
+    let always = script(
+        "return [...document.querySelectorAll('#questions button')].filter(b => b.textContent.startsWith('Always')).map(b => b.disabled)",
     );
-    assert_eq!(always["value"], serde_json::json!([true, true]), "{always}");
+    assert_eq!(always, serde_json::json!([true, true]), "{always}");
     let button = webdriver(
         &fw,
         DRIVER,
