@@ -18,22 +18,29 @@ use support::{Net, addr, echo, in_ns, sa, tcp_exchange};
 
 const POLICY: &str = "name = \"ui\"\ndefault = \"allow\"\n[[rule]]\nname = \"no PRC\"\naction = \"block\"\njurisdiction = { countries = [\"CN\"] }\n";
 
-#[test]
-fn the_live_page_refuses_strangers_and_shows_flows_as_they_happen() {
-    if !support::root_or_skip("the_live_page_refuses_strangers_and_shows_flows_as_they_happen") {
-        return;
-    }
+/// Echo servers on US, US2 and CN port 7000, and geowall running `policy`
+/// with the live page: the namespaces, the page's port and its token.
+fn with_page(policy: &str) -> (Net, u16, String) {
     let mut net = Net::new();
-    let (policy, world) = net.policy_and_world(POLICY);
-    let (us, us2, cn) = (sa(addr::US, 7000), sa(addr::US2, 7000), sa(addr::CN, 7000));
-    for a in [us, us2, cn] {
-        net.tcp_server(a, echo);
+    let (policy, world) = net.policy_and_world(policy);
+    for a in [addr::US, addr::US2, addr::CN] {
+        net.tcp_server(sa(a, 7000), echo);
     }
     net.start_geowall(
         &world,
         &["--policy", policy.to_str().expect("utf8"), "--ui"],
     );
     let (port, token) = page_of(&net.geowall_start);
+    (net, port, token)
+}
+
+#[test]
+fn the_live_page_refuses_strangers_and_shows_flows_as_they_happen() {
+    if !support::root_or_skip("the_live_page_refuses_strangers_and_shows_flows_as_they_happen") {
+        return;
+    }
+    let (us, us2, cn) = (sa(addr::US, 7000), sa(addr::US2, 7000), sa(addr::CN, 7000));
+    let (net, port, token) = with_page(POLICY);
     let host = format!("127.0.0.1:{port}");
 
     // The page itself needs no token (it holds no data) but its own Host.
@@ -222,21 +229,12 @@ fn a_browser_shows_the_flows_on_the_live_page() {
         );
         return;
     };
-    let mut net = Net::new();
     let ask = format!(
         "{POLICY}[[rule]]\nname = \"ask before US2\"\naction = \"ask\"\nask = {{ timeout = 60 }}\ncidr = [\"{}/32\"]\n",
         addr::US2
     );
-    let (policy, world) = net.policy_and_world(&ask);
     let (us, us2, cn) = (sa(addr::US, 7000), sa(addr::US2, 7000), sa(addr::CN, 7000));
-    for a in [us, us2, cn] {
-        net.tcp_server(a, echo);
-    }
-    net.start_geowall(
-        &world,
-        &["--policy", policy.to_str().expect("utf8"), "--ui"],
-    );
-    let (port, token) = page_of(&net.geowall_start);
+    let (net, port, token) = with_page(&ask);
 
     // A headless Chromium in the firewall namespace (where the page is),
     // driven over WebDriver.

@@ -54,6 +54,22 @@ fn check(h: GeowallHandle, host: &str, port: u16, proto: i32, traffic: i32) -> G
     v
 }
 
+/// `geowall_version` of `h`, which must succeed (every field written: the
+/// struct starts with sentinel values).
+fn version(h: GeowallHandle) -> GeowallVersion {
+    let mut ver = GeowallVersion {
+        abi: u32::MAX,
+        reserved0: 0,
+        library: [1; 32],
+        bundle_sequence: u64::MAX,
+        reserved: [0; 4],
+    };
+    // SAFETY: a valid out pointer; the handle is checked.
+    let s = unsafe { geowall_version(h, &raw mut ver) };
+    assert_eq!(s, GeowallStatus::Ok, "{}", last_error());
+    ver
+}
+
 fn text(a: &[c_char]) -> String {
     // SAFETY: geowall NUL-terminates these arrays.
     unsafe { CStr::from_ptr(a.as_ptr()) }
@@ -308,16 +324,7 @@ fn checks_follow_the_rules() {
     assert_eq!(v.action, GEOWALL_ALLOW);
     assert_eq!(v.rule_index, -1);
     assert_eq!(text(&v.rule), "");
-    let mut ver = GeowallVersion {
-        abi: 0,
-        reserved0: 0,
-        library: [0; 32],
-        bundle_sequence: 9,
-        reserved: [0; 4],
-    };
-    // SAFETY: valid out pointer.
-    let s = unsafe { geowall_version(h, &raw mut ver) };
-    assert_eq!(s, GeowallStatus::Ok);
+    let ver = version(h);
     assert_eq!(ver.abi, GEOWALL_ABI_VERSION);
     assert_eq!(ver.bundle_sequence, 0);
     assert_eq!(text(&ver.library), env!("CARGO_PKG_VERSION"));
@@ -573,19 +580,7 @@ fn installed_bundles_are_kept_across_restarts() {
         let s = unsafe { geowall_update_bundle(h, b.as_ptr(), b.len()) };
         (s, last_error())
     };
-    let sequence = |h: GeowallHandle| {
-        let mut ver = GeowallVersion {
-            abi: 0,
-            reserved0: 0,
-            library: [0; 32],
-            bundle_sequence: 0,
-            reserved: [0; 4],
-        };
-        // SAFETY: a live handle and a writable struct.
-        let s = unsafe { geowall_version(h, &raw mut ver) };
-        assert_eq!(s, GeowallStatus::Ok);
-        ver.bundle_sequence
-    };
+    let sequence = |h: GeowallHandle| version(h).bundle_sequence;
     let cn = "112.126.96.46";
     let h = checker(&cfg);
     assert_eq!(

@@ -30,10 +30,21 @@ use super::{FlowCore, PeerNews};
 use crate::classify::leak::{LeakDetector, LeakHit, ScanState};
 use crate::classify::{Carrier, Dir, Encryption};
 use crate::intel::jurisdiction::{Intel, WorldHandle};
-use crate::policy::{
-    Action, Answered, BlockMode, Facts, PolicyHandle, Transport as PTransport, Verdict,
-};
+use crate::policy::{Action, BlockMode, Facts, PolicyHandle, Transport as PTransport, Verdict};
 use crate::wire::packet::{Transport, icmp_type, parse_ip, tcp_flags};
+
+/// Borrows what a new flow's question touches ([`ask::Asking`]) field by
+/// field, so it can be used while a flow of the table is borrowed too.
+macro_rules! asking {
+    ($e:expr) => {
+        ask::Asking {
+            asks: &mut $e.asks,
+            out: &mut $e.out,
+            counters: &mut $e.counters,
+            wake_ns: &mut $e.wake_ns,
+        }
+    };
+}
 
 /// A flow's identity towards the driver.
 pub type FlowId = u64;
@@ -463,6 +474,11 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// What a new flow's question touches ([`ask::Asking`]).
+    fn asking(&mut self) -> ask::Asking<'_> {
+        asking!(self)
     }
 
     /// Lowers the flow-deadline bound to `t`.

@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DatagramKey, Event, EventKind, FlowId, FlowProto, TcpKey};
+use std::collections::VecDeque;
+
+use super::{DatagramKey, EngineCounters, Event, EventKind, FlowId, FlowProto, Output, TcpKey};
 use crate::engine::FlowCore;
 use crate::policy::{Answered, Ask, Verdict};
 
@@ -162,6 +164,54 @@ pub(super) struct Settled {
     pub(super) questions: Vec<(PromptId, Prompt)>,
     pub(super) allow: bool,
     pub(super) how: Answered,
+}
+
+/// The parts of the engine a new flow's question touches, borrowed beside
+/// the flow itself.
+pub(super) struct Asking<'e> {
+    pub(super) asks: &'e mut Asks,
+    pub(super) out: &'e mut VecDeque<Output>,
+    pub(super) counters: &'e mut EngineCounters,
+    /// The engine's flow-deadline bound, lowered to the question's.
+    pub(super) wake_ns: &'e mut Option<u64>,
+}
+
+impl Asking<'_> {
+    /// For new flow `held` (`id`, `proto`, facts `core`) whose verdict
+    /// `v` is an unsettled `ask`: holds it under its question (the `asked`
+    /// event queued, the deadline filed) and returns true; with the bounds
+    /// full, settles `v` and the flow by the rule's default at once
+    /// ([`Answered::Busy`], counted) and returns false. Any other verdict:
+    /// false, nothing done.
+    pub(super) fn hold_or_settle(
+        &mut self,
+        held: Held,
+        id: FlowId,
+        proto: FlowProto,
+        core: &mut FlowCore,
+        v: &mut Verdict<'_>,
+        now_ns: u64,
+    ) -> bool {
+        let Some(a) = v.ask() else {
+            return false;
+        };
+        match self.asks.hold(held, id, proto, core, v, now_ns) {
+            Some(ev) => {
+                self.counters.asked += 1;
+                if let Some(t) = ev.prompt.and_then(|q| self.asks.deadline_of(q)) {
+                    *self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
+                }
+                self.out.push_back(Output::Event(Box::new(ev)));
+                true
+            }
+            None => {
+                self.counters.asked_busy += 1;
+                *v = v.answer(a.default_allow, Answered::Busy);
+                core.answer = Some((a.default_allow, Answered::Busy));
+                false
+            }
+        }
+    }
 }
 
 /// The questions waiting and the answers given.

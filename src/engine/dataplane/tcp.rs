@@ -129,7 +129,7 @@ impl Engine {
             self.next_id += 1;
             // The verdict the SYN decided (none: the payload decides).
             let mut decided = None;
-            let mut asked = None;
+            let mut asked = false;
             if !is_dns {
                 // Judge at the SYN when the address alone decides: every
                 // time for a policy with no payload rules, and for a block
@@ -143,17 +143,17 @@ impl Engine {
                     let v = judge_parts(&policy, &self.intel, PTransport::Tcp, &core);
                     Some(self.asks.resolve(v, &core))
                 };
-                if let Some(vv) = &mut v
-                    && let Some(a) = vv.ask()
-                {
+                if let Some(vv) = &mut v {
                     // An ask rule: accept the connection and hold it.
                     let held = ask::Held::Tcp(key);
-                    asked = self.asks.hold(held, id, FlowProto::Tcp, &core, vv, now_ns);
-                    if asked.is_none() {
-                        self.counters.asked_busy += 1;
-                        *vv = vv.answer(a.default_allow, Answered::Busy);
-                        core.answer = Some((a.default_allow, Answered::Busy));
-                    }
+                    asked = self.asking().hold_or_settle(
+                        held,
+                        id,
+                        FlowProto::Tcp,
+                        &mut core,
+                        vv,
+                        now_ns,
+                    );
                 }
                 if let Some(v) = v
                     && let Action::Block(mode) = v.action
@@ -196,7 +196,7 @@ impl Engine {
             self.tcp_memory += 2 * each;
             let phase = if is_dns {
                 TcpPhase::Dns
-            } else if asked.is_some() {
+            } else if asked {
                 TcpPhase::Asking
             } else if sniff {
                 TcpPhase::Sniffing { since_ns: None }
@@ -219,13 +219,7 @@ impl Engine {
                 silent: false,
             };
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
-            if let Some(ev) = asked {
-                self.counters.asked += 1;
-                if let Some(q) = ev.prompt.and_then(|q| self.asks.deadline_of(q)) {
-                    self.wake_at(q);
-                }
-                self.out.push_back(Output::Event(Box::new(ev)));
-            } else if !sniff && !is_dns {
+            if !asked && !sniff && !is_dns {
                 self.counters.opened += 1;
                 let ev = f.event(EventKind::Opened, decided.as_ref());
                 self.out.push_back(Output::Event(Box::new(ev)));
@@ -467,31 +461,17 @@ impl Engine {
                 let mut v = self.asks.resolve(v, &f.core);
                 let was = f.phase;
                 let first = matches!(was, TcpPhase::Sniffing { .. } | TcpPhase::Asking);
-                let mut held_now = false;
-                if first && let Some(a) = v.ask() {
-                    match self.asks.hold(
+                let held_now = first
+                    && asking!(self).hold_or_settle(
                         ask::Held::Tcp(key),
                         f.id,
                         FlowProto::Tcp,
-                        &f.core,
-                        &v,
+                        &mut f.core,
+                        &mut v,
                         now_ns,
-                    ) {
-                        Some(ev) => {
-                            f.phase = TcpPhase::Asking;
-                            held_now = true;
-                            self.counters.asked += 1;
-                            if let Some(t) = ev.prompt.and_then(|q| self.asks.deadline_of(q)) {
-                                self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
-                            }
-                            self.out.push_back(Output::Event(Box::new(ev)));
-                        }
-                        None => {
-                            self.counters.asked_busy += 1;
-                            v = v.answer(a.default_allow, Answered::Busy);
-                            f.core.answer = Some((a.default_allow, Answered::Busy));
-                        }
-                    }
+                    );
+                if held_now {
+                    f.phase = TcpPhase::Asking;
                 }
                 // An ask rule that newly matches an open flow does not
                 // hold it: it goes on (only new flows are asked about).

@@ -10,7 +10,7 @@ use super::*;
 use crate::classify::{Protocol, Traffic};
 use crate::intel::catalog::Catalog;
 use crate::intel::world::{World, WorldBuilder};
-use crate::policy::Policy;
+use crate::policy::{Answered, Policy};
 
 const S: u64 = 1_000_000_000;
 
@@ -1107,6 +1107,16 @@ fn run_until(
     outs
 }
 
+/// An app connecting to `to` at `now`, stepped (1 ms at a time, 20 at
+/// most) until its handshake completes; the engine's outputs meanwhile.
+fn connected(e: &mut Engine, to: &str, now: &mut u64) -> (App, Vec<Output>) {
+    let mut app = App::connect(to);
+    let outs = run_until(&mut app, e, now, MS, 20, |a, _| {
+        a.socket().state() == smoltcp::socket::tcp::State::Established
+    });
+    (app, outs)
+}
+
 fn tcp_open_of(outs: &[Output]) -> Option<FlowId> {
     outs.iter().find_map(|o| match o {
         Output::TcpOpen { flow, .. } => Some(*flow),
@@ -1146,10 +1156,7 @@ fn an_address_that_settles_the_block_is_refused_at_the_syn() {
     assert_eq!(tcp_open_of(&outs), None);
     // A US address: the handshake completes and the engine waits for the
     // app's first bytes.
-    let mut app = App::connect("198.51.100.7:443");
-    run_until(&mut app, &mut e, &mut now, MS, 20, |a, _| {
-        a.socket().state() == S_::Established
-    });
+    let (mut app, _) = connected(&mut e, "198.51.100.7:443", &mut now);
     assert_eq!(app.socket().state(), S_::Established);
 }
 
@@ -1666,11 +1673,8 @@ fn asked(out: &[Output]) -> Vec<PromptId> {
 fn an_ask_rule_holds_a_tcp_connection_until_answered() {
     use smoltcp::socket::tcp::State as S_;
     let mut e = ask_engine("block", 30);
-    let mut app = App::connect("198.51.100.7:443");
     let mut now = S;
-    let mut outs = run_until(&mut app, &mut e, &mut now, MS, 20, |a, _| {
-        a.socket().state() == S_::Established
-    });
+    let (mut app, mut outs) = connected(&mut e, "198.51.100.7:443", &mut now);
     app.socket().send_slice(b"hello").expect("send");
     outs.extend(run_until(
         &mut app,
@@ -1733,10 +1737,7 @@ fn an_ask_rule_holds_a_tcp_connection_until_answered() {
         "a question is answered once"
     );
     // Once means this flow: the app's next one is asked about.
-    let mut app = App::connect("198.51.100.8:443");
-    let outs = run_until(&mut app, &mut e, &mut now, MS, 20, |a, _| {
-        a.socket().state() == S_::Established
-    });
+    let (_app, outs) = connected(&mut e, "198.51.100.8:443", &mut now);
     assert_eq!(asked(&outs).len(), 1);
     assert_eq!(e.counters.asked, 2);
 }
@@ -1748,11 +1749,8 @@ fn an_ask_rule_holds_a_tcp_connection_until_answered() {
 fn an_unanswered_question_takes_the_default_at_its_timeout() {
     use smoltcp::socket::tcp::State as S_;
     let mut e = ask_engine("block", 2);
-    let mut app = App::connect("198.51.100.7:443");
     let mut now = S;
-    let mut outs = run_until(&mut app, &mut e, &mut now, MS, 20, |a, _| {
-        a.socket().state() == S_::Established
-    });
+    let (mut app, mut outs) = connected(&mut e, "198.51.100.7:443", &mut now);
     app.socket().send_slice(b"hello").expect("send");
     e.handle_tun(&udp("192.0.2.200:40001", "198.18.0.9:3478", b"one"), now);
     e.handle_tun(&udp("192.0.2.200:40001", "198.18.0.9:3478", b"two"), now);

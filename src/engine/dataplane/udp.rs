@@ -183,7 +183,9 @@ impl Engine {
                 f.judged_class = f.core.sniffer.class;
             }
             let policy = self.policy.current();
-            let f = &self.flows[&key];
+            let Some(f) = self.flows.get_mut(&key) else {
+                return;
+            };
             if let Some(n) = &f.core.sniffer.server_name {
                 // QUIC, SD-RTN and other names feed the same map as DNS.
                 let until = now_ns + dns::SEEN_NAME_TTL_NS;
@@ -191,35 +193,25 @@ impl Engine {
                     .learn(f.core.server.ip(), n, until, self.cfg.dns.names);
             }
             let mut verdict = self.asks.resolve(judge(&policy, &self.intel, f), &f.core);
-            if new && let Some(a) = verdict.ask() {
-                let held = ask::Held::Datagram(key);
-                let proto = f.proto();
-                match self.asks.hold(held, f.id, proto, &f.core, &verdict, now_ns) {
-                    Some(ev) => {
-                        self.counters.asked += 1;
-                        if let Some(t) = ev.prompt.and_then(|q| self.asks.deadline_of(q)) {
-                            self.wake_at(t);
-                        }
-                        self.out.push_back(Output::Event(Box::new(ev)));
-                        if let Some(f) = self.flows.get_mut(&key) {
-                            f.state = State::Asking;
-                            if !icmp && self.held_bytes + payload.len() <= HOLD_BYTES_TOTAL {
-                                f.held.push(payload.to_vec());
-                                self.held_bytes += payload.len();
-                            } else {
-                                self.counters.held_dropped += 1;
-                            }
-                        }
-                        return;
-                    }
-                    None => {
-                        self.counters.asked_busy += 1;
-                        verdict = verdict.answer(a.default_allow, Answered::Busy);
-                        if let Some(f) = self.flows.get_mut(&key) {
-                            f.core.answer = Some((a.default_allow, Answered::Busy));
-                        }
-                    }
+            let (id, proto) = (f.id, f.proto());
+            let held_now = new
+                && asking!(self).hold_or_settle(
+                    ask::Held::Datagram(key),
+                    id,
+                    proto,
+                    &mut f.core,
+                    &mut verdict,
+                    now_ns,
+                );
+            if held_now {
+                f.state = State::Asking;
+                if !icmp && self.held_bytes + payload.len() <= HOLD_BYTES_TOTAL {
+                    f.held.push(payload.to_vec());
+                    self.held_bytes += payload.len();
+                } else {
+                    self.counters.held_dropped += 1;
                 }
+                return;
             }
             // An ask rule that newly matches an open flow does not hold
             // it: it goes on (only new flows are asked about).
@@ -314,44 +306,23 @@ impl Engine {
         f.judged_class = f.core.sniffer.class;
         let held_len = held.iter().map(Vec::len).sum::<usize>();
         self.held_bytes -= held_len;
-        let f = &self.flows[&key];
         let mut v = self.asks.resolve(judge(&policy, &self.intel, f), &f.core);
-        let id = f.id;
-        if let Some(a) = v.ask() {
-            let proto = f.proto();
-            match self.asks.hold(
-                ask::Held::Datagram(key),
-                id,
-                proto,
-                &f.core,
-                &v,
-                f.core.last_ns,
-            ) {
-                Some(ev) => {
-                    self.counters.asked += 1;
-                    if let Some(t) = ev.prompt.and_then(|q| self.asks.deadline_of(q)) {
-                        self.wake_at(t);
-                    }
-                    self.out.push_back(Output::Event(Box::new(ev)));
-                    self.held_bytes += held_len;
-                    if let Some(f) = self.flows.get_mut(&key) {
-                        f.state = State::Asking;
-                        f.held = held;
-                    }
-                    return;
-                }
-                None => {
-                    self.counters.asked_busy += 1;
-                    v = v.answer(a.default_allow, Answered::Busy);
-                    if let Some(f) = self.flows.get_mut(&key) {
-                        f.core.answer = Some((a.default_allow, Answered::Busy));
-                    }
-                }
-            }
-        }
-        let Some(f) = self.flows.get(&key) else {
+        let (id, proto, now_ns) = (f.id, f.proto(), f.core.last_ns);
+        let held_now = asking!(self).hold_or_settle(
+            ask::Held::Datagram(key),
+            id,
+            proto,
+            &mut f.core,
+            &mut v,
+            now_ns,
+        );
+        if held_now {
+            self.held_bytes += held_len;
+            f.state = State::Asking;
+            f.held = held;
             return;
-        };
+        }
+        let f = &self.flows[&key];
         if let Action::Block(mode) = v.action {
             let ev = f.event(EventKind::Blocked, Some(&v));
             self.counters.blocked += 1;
