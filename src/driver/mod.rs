@@ -51,12 +51,20 @@ const REPORT_BATCH: usize = 64;
 
 /// A flow's upstream side, as the loop sees it.
 struct Link {
-    cmds: mpsc::UnboundedSender<Cmd>,
+    /// Commands (in `shared.cmds`) and flow-control counts, shared with
+    /// the flow's task.
     shared: Arc<Shared>,
     /// Server bytes the app's window could not take yet.
     down: VecDeque<Vec<u8>>,
     /// The server closed; tell the app once `down` is empty.
     eof: bool,
+}
+
+impl Drop for Link {
+    /// The loop is done with the flow: its task ends.
+    fn drop(&mut self) {
+        self.shared.cmds.close();
+    }
 }
 
 /// What a running engine shows the outside (refreshed about every 100 ms).
@@ -240,18 +248,18 @@ pub async fn run(
                     None => engine.handle_dns_answer(query, None, now()),
                 },
                 Output::TcpOpen { flow, dst } => {
-                    let (link, rx) = new_link();
+                    let link = new_link();
                     let shared = link.shared.clone();
                     links.insert(flow, link);
                     let (p, r) = (protection.clone(), report_tx.clone());
-                    tokio::spawn(upstream::tcp(flow, dst, p, rx, shared, r));
+                    tokio::spawn(upstream::tcp(flow, dst, p, shared, r));
                 }
                 Output::UdpOpen { flow, dst } => {
-                    let (link, rx) = new_link();
+                    let link = new_link();
                     let shared = link.shared.clone();
                     links.insert(flow, link);
                     let (p, r) = (protection.clone(), report_tx.clone());
-                    tokio::spawn(upstream::udp(flow, dst, p, rx, shared, r));
+                    tokio::spawn(upstream::udp(flow, dst, p, shared, r));
                 }
                 Output::EchoRequest {
                     flow,
@@ -260,12 +268,12 @@ pub async fn run(
                     data,
                 } => {
                     let link = links.entry(flow).or_insert_with(|| {
-                        let (link, rx) = new_link();
+                        let link = new_link();
                         let (p, r) = (protection.clone(), report_tx.clone());
-                        tokio::spawn(upstream::echo(flow, dst, p, rx, r));
+                        tokio::spawn(upstream::echo(flow, dst, p, link.shared.clone(), r));
                         link
                     });
-                    let _ = link.cmds.send(Cmd::Echo { seq, data });
+                    link.shared.cmds.send(Cmd::Echo { seq, data });
                 }
                 Output::UdpSend { flow, payload } => {
                     if let Some(l) = links.get(&flow) {
@@ -275,7 +283,7 @@ pub async fn run(
                         } else {
                             summary.bytes_up += n as u64;
                             l.shared.up_queued.fetch_add(n, Ordering::AcqRel);
-                            let _ = l.cmds.send(Cmd::Data(payload));
+                            l.shared.cmds.send(Cmd::Data(payload));
                         }
                     }
                 }
@@ -283,7 +291,7 @@ pub async fn run(
                     summary.bytes_up += payload.len() as u64;
                     if let Some(l) = links.get(&flow) {
                         let n = payload.len();
-                        let _ = l.cmds.send(Cmd::Data(payload));
+                        l.shared.cmds.send(Cmd::Data(payload));
                         let q = l.shared.up_queued.fetch_add(n, Ordering::AcqRel) + n;
                         if q >= UP_QUEUE {
                             engine.set_tcp_upstream_paused(flow, true, now());
@@ -292,7 +300,7 @@ pub async fn run(
                 }
                 Output::TcpFin { flow } => {
                     if let Some(l) = links.get(&flow) {
-                        let _ = l.cmds.send(Cmd::Fin);
+                        l.shared.cmds.send(Cmd::Fin);
                     }
                 }
                 Output::Close { flow } => {
@@ -440,17 +448,12 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-fn new_link() -> (Link, mpsc::UnboundedReceiver<Cmd>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (
-        Link {
-            cmds: tx,
-            shared: Arc::new(Shared::default()),
-            down: VecDeque::new(),
-            eof: false,
-        },
-        rx,
-    )
+fn new_link() -> Link {
+    Link {
+        shared: Arc::new(Shared::default()),
+        down: VecDeque::new(),
+        eof: false,
+    }
 }
 
 /// Offers the flow's waiting server bytes to the app's window; tells the

@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -131,9 +131,61 @@ pub enum Up {
     Dns(Option<crate::engine::dns::Resolved>),
 }
 
+/// A flow's commands from the loop, in order. Unlike a channel (which
+/// allocates a block of slots per flow up front), an empty queue holds no
+/// memory, so an idle flow costs little here.
+#[derive(Debug, Default)]
+pub struct Cmds {
+    queue: std::sync::Mutex<std::collections::VecDeque<Cmd>>,
+    ready: Notify,
+    closed: AtomicBool,
+}
+
+impl Cmds {
+    /// Queues `cmd` for the task.
+    pub fn send(&self, cmd: Cmd) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(cmd);
+        self.ready.notify_one();
+    }
+
+    /// The loop is done with the flow: the task ends once it took what is
+    /// queued.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    /// The next queued command, if any.
+    fn try_recv(&self) -> Option<Cmd> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    /// Waits for the next command; `None` once closed and empty. Safe to
+    /// cancel (in `select!`): nothing is taken until it is returned.
+    async fn recv(&self) -> Option<Cmd> {
+        loop {
+            if let Some(c) = self.try_recv() {
+                return Some(c);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 /// Counters a flow's task shares with the loop.
 #[derive(Debug, Default)]
 pub struct Shared {
+    /// Commands for the task.
+    pub cmds: Cmds,
     /// Bytes read from the server and not yet taken by the engine.
     pub down_inflight: AtomicUsize,
     /// Bytes queued for the server.
@@ -169,7 +221,6 @@ pub async fn tcp(
     flow: FlowId,
     dst: SocketAddr,
     prot: Protection,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
     shared: Arc<Shared>,
     reports: Reports,
 ) {
@@ -203,7 +254,7 @@ pub async fn tcp(
     loop {
         let may_read = reading && shared.down_inflight.load(Ordering::Acquire) < DOWN_WINDOW;
         tokio::select! {
-            cmd = cmds.recv() => match cmd {
+            cmd = shared.cmds.recv() => match cmd {
                 Some(Cmd::Data(b)) => {
                     // What else is queued already goes out in the same
                     // system call: each send wakes the receiver, and an
@@ -211,14 +262,14 @@ pub async fn tcp(
                     batch.push(b);
                     let mut fin = false;
                     while batch.len() < MAX_BATCH {
-                        match cmds.try_recv() {
-                            Ok(Cmd::Data(b)) => batch.push(b),
-                            Ok(Cmd::Fin) => {
+                        match shared.cmds.try_recv() {
+                            Some(Cmd::Data(b)) => batch.push(b),
+                            Some(Cmd::Fin) => {
                                 fin = true;
                                 break;
                             }
-                            Ok(Cmd::Echo { .. }) => {}
-                            Err(_) => break,
+                            Some(Cmd::Echo { .. }) => {}
+                            None => break,
                         }
                     }
                     let n: usize = batch.iter().map(Vec::len).sum();
@@ -269,7 +320,6 @@ pub async fn udp(
     flow: FlowId,
     dst: SocketAddr,
     prot: Protection,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
     shared: Arc<Shared>,
     reports: Reports,
 ) {
@@ -286,7 +336,7 @@ pub async fn udp(
     loop {
         buf.clear();
         tokio::select! {
-            cmd = cmds.recv() => match cmd {
+            cmd = shared.cmds.recv() => match cmd {
                 Some(Cmd::Data(b)) => {
                     // A datagram the kernel cannot take now is lost, as on
                     // any UDP path; refused sends (ICMP errors) are too.
@@ -314,7 +364,7 @@ pub async fn echo(
     flow: FlowId,
     dst: IpAddr,
     prot: Protection,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    shared: Arc<Shared>,
     reports: Reports,
 ) {
     let (proto, request, reply) = match dst {
@@ -342,7 +392,7 @@ pub async fn echo(
     loop {
         buf.clear();
         tokio::select! {
-            cmd = cmds.recv() => match cmd {
+            cmd = shared.cmds.recv() => match cmd {
                 Some(Cmd::Echo { seq, data }) => {
                     pkt.clear();
                     // The kernel fills in the identifier and the checksum.
