@@ -251,6 +251,7 @@ fn status(s: &State) -> Value {
         "cut": c.cut,
         "refused": c.refused,
         "tcp_squeezed": c.tcp_squeezed,
+        "tcp_released": c.tcp_released,
         "udp_held": c.held,
         "udp_held_dropped": c.held_dropped,
         "bytes_up": live.bytes_up,

@@ -241,6 +241,9 @@ pub struct EngineCounters {
     /// TCP connections given the smallest buffers because the TCP memory
     /// budget was spent (they run with small windows; none is refused).
     pub tcp_squeezed: u64,
+    /// Times an idle TCP connection's buffers were given back to the
+    /// system (both empty; see [`super::pages`]).
+    pub tcp_released: u64,
     /// UDP flows whose first datagrams were held until their class was
     /// known (a class could decide a block).
     pub held: u64,
@@ -280,10 +283,13 @@ pub struct Engine {
     /// Each connection's own socket set, holding its one socket: the stack
     /// is polled per connection, so a packet costs the same whatever the
     /// number of connections. A connection dropped silently has none.
-    socks: HashMap<TcpKey, smoltcp::iface::SocketSet<'static>>,
+    socks: HashMap<TcpKey, super::pages::ConnSockets>,
     /// An empty socket set, for segments of no connection (the stack
     /// answers them with an RST).
     no_sockets: smoltcp::iface::SocketSet<'static>,
+    /// Pages for one-page socket buffers (see [`super::pages`]); declared
+    /// after `socks`, whose buffers hold it alive anyway.
+    pages: Arc<super::pages::PagePool>,
     /// The stack's timers: (when, connection), one entry per connection
     /// that has one (see [`TcpFlow::timer`]).
     tcp_timers: std::collections::BTreeSet<(u64, TcpKey)>,
@@ -343,6 +349,7 @@ impl Engine {
             device,
             iface,
             socks: HashMap::new(),
+            pages: super::pages::PagePool::new(),
             no_sockets: super::stack::sockets(),
             tcp_timers: std::collections::BTreeSet::new(),
             tcp: HashMap::new(),
@@ -577,10 +584,9 @@ impl Engine {
             };
             if let Some(mut set) = set {
                 // Reset the app's side; the RST leaves at this poll.
-                set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle)
-                    .abort();
+                set.socket_mut().abort();
                 self.iface
-                    .poll(super::stack::instant(now_ns), &mut self.device, &mut set);
+                    .poll(super::stack::instant(now_ns), &mut self.device, set.set());
                 if matches!(f.phase, TcpPhase::Open | TcpPhase::Connecting) {
                     self.out.push_back(Output::Close { flow: f.id });
                 }
@@ -685,11 +691,18 @@ impl Engine {
                 sport,
                 dport,
                 flags,
+                seq,
+                payload,
                 ..
             } => {
                 let client = SocketAddr::new(p.src, sport);
                 let server = SocketAddr::new(p.dst, dport);
-                self.on_tcp_packet(packet, client, server, flags, now_ns);
+                let seg = tcp::Segment {
+                    flags,
+                    seq,
+                    len: payload.len(),
+                };
+                self.on_tcp_packet(packet, client, server, seg, now_ns);
             }
             Transport::Fragment(_) => {
                 self.drop_reason(DropReason::Packet(crate::wire::packet::Drop::Malformed))

@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod dns;
 pub mod events;
 pub mod frag;
+pub mod pages;
 pub mod reply;
 pub mod stack;
 

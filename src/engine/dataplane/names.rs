@@ -269,10 +269,10 @@ impl Engine {
                 }
             }
             Reply::Tcp(key) => {
-                let (Some(f), Some(set)) = (self.tcp.get(&key), self.socks.get_mut(&key)) else {
+                let Some(set) = self.socks.get_mut(&key) else {
                     return self.drop_reason(DropReason::DnsTcpGone);
                 };
-                let sock = set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle);
+                let sock = set.socket_mut();
                 let Ok(len) = u16::try_from(bytes.len()) else {
                     return;
                 };

@@ -12,6 +12,25 @@ use super::*;
 /// App bytes moved out of a local TCP socket in one read.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// A connection with empty buffers and no packet from the app for this
+/// long gives its buffers' pages back (see [`Engine::release_idle`]): a
+/// busy one is not slowed by it, an idle one holds its pages this long
+/// after its last bytes.
+pub(super) const RELEASE_IDLE_NS: u64 = 50_000_000;
+
+/// What the engine reads of an app's TCP segment before the stack does.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Segment {
+    pub(super) flags: u8,
+    pub(super) seq: u32,
+    pub(super) len: usize,
+}
+
+/// Whether sequence number `a` comes after `b` (RFC 1982 arithmetic).
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
 /// Where a TCP flow is with the app's first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FirstBytes {
@@ -48,8 +67,6 @@ pub(super) struct TcpFlow {
     pub(super) id: FlowId,
     /// Endpoints, classifier, leaks, names, last packet.
     pub(super) core: FlowCore,
-    /// Its socket, in its own set in [`Engine`]'s `socks`.
-    pub(super) handle: smoltcp::iface::SocketHandle,
     /// When the stack wants this connection polled again (retransmission,
     /// delayed ACK), as kept in [`Engine`]'s timer queue.
     pub(super) timer: Option<u64>,
@@ -73,6 +90,15 @@ pub(super) struct TcpFlow {
     /// Dropped silently: its socket is gone and its segments are
     /// swallowed (no RST) until it has been idle for the UDP idle time.
     pub(super) silent: bool,
+    /// Sequence number of the app's next byte the engine will read from
+    /// the socket (the SYN's + 1 + bytes read).
+    pub(super) seq_read: u32,
+    /// End of the furthest app segment seen: beyond `seq_read` with an
+    /// empty socket, the stack may hold bytes that came ahead of a gap.
+    pub(super) seq_seen: u32,
+    /// Bytes went through the local buffers since they were last given
+    /// back.
+    pub(super) buffers_used: bool,
 }
 
 impl Engine {
@@ -97,13 +123,21 @@ impl Engine {
         raw: &[u8],
         client: SocketAddr,
         server: SocketAddr,
-        flags: u8,
+        seg: Segment,
         now_ns: u64,
     ) {
         let key = (client, server);
+        let flags = seg.flags;
         if let Some(f) = self.tcp.get_mut(&key) {
             f.core.last_ns = now_ns;
             f.core.volume.up(raw.len());
+            if seg.len > 0 {
+                f.buffers_used = true;
+                let end = seg.seq.wrapping_add(seg.len as u32);
+                if seq_after(end, f.seq_seen) {
+                    f.seq_seen = end;
+                }
+            }
             if f.silent {
                 // A silently dropped connection: nothing back, nothing on.
                 return;
@@ -175,10 +209,9 @@ impl Engine {
             if self.cfg.tcp_memory.saturating_sub(self.tcp_memory) < 2 * each {
                 self.counters.tcp_squeezed += 1;
             }
-            let mut sock = smoltcp::socket::tcp::Socket::new(
-                smoltcp::socket::tcp::SocketBuffer::new(vec![0; each]),
-                smoltcp::socket::tcp::SocketBuffer::new(vec![0; each]),
-            );
+            let mut conn = crate::engine::pages::ConnSockets::new(each, &self.pages);
+            let each = conn.capacity();
+            let sock = conn.socket_mut();
             sock.set_nagle_enabled(false);
             // One ACK per two segments (or after 1 ms): with 64 KiB
             // segments, half the packets written back during an upload.
@@ -190,9 +223,7 @@ impl Engine {
             if sock.listen(ep).is_err() {
                 return self.drop_reason(DropReason::TcpListenFailed);
             }
-            let mut set = crate::engine::stack::sockets();
-            let handle = set.add(sock);
-            self.socks.insert(key, set);
+            self.socks.insert(key, conn);
             self.tcp_memory += 2 * each;
             let phase = if is_dns {
                 TcpPhase::Dns
@@ -206,7 +237,6 @@ impl Engine {
             let f = TcpFlow {
                 id,
                 core,
-                handle,
                 timer: None,
                 scan: ScanState::default(),
                 phase,
@@ -217,6 +247,9 @@ impl Engine {
                 paused: false,
                 buffers: 2 * each,
                 silent: false,
+                seq_read: seg.seq.wrapping_add(1),
+                seq_seen: seg.seq.wrapping_add(1),
+                buffers_used: false,
             };
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
             if !asked && !sniff && !is_dns {
@@ -277,7 +310,10 @@ impl Engine {
             tx: &mut self.device.tx,
             mtu: self.device.mtu,
         };
-        let set = self.socks.get_mut(&key).unwrap_or(&mut self.no_sockets);
+        let set = match self.socks.get_mut(&key) {
+            Some(c) => c.set(),
+            None => &mut self.no_sockets,
+        };
         self.iface.poll(t, &mut dev, set);
         let Some(f) = self.tcp.get_mut(&key) else {
             return;
@@ -286,7 +322,8 @@ impl Engine {
         self.service_tcp(now_ns, key);
         let sent = self.device.tx.len();
         let at = match self.socks.get_mut(&key) {
-            Some(set) => {
+            Some(c) => {
+                let set = c.set();
                 self.iface.poll(t, &mut self.device, set);
                 if let Some(f) = self.tcp.get_mut(&key) {
                     count_sent(&mut f.core, &self.device.tx, sent);
@@ -296,6 +333,10 @@ impl Engine {
                     .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000)
             }
             None => None,
+        };
+        let at = match (at, self.release_idle(key, now_ns)) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
         };
         if let Some(f) = self.tcp.get_mut(&key)
             && f.timer != at
@@ -310,12 +351,41 @@ impl Engine {
         }
     }
 
+    /// Gives a connection's buffer pages back to the system once both
+    /// buffers are empty, the stack holds no bytes that came ahead of a
+    /// gap (see [`crate::engine::pages`]) and the app sent nothing for
+    /// [`RELEASE_IDLE_NS`]. Returns when to look again: the buffers are
+    /// empty but the app was heard from less than that ago.
+    fn release_idle(&mut self, key: TcpKey, now_ns: u64) -> Option<u64> {
+        let f = self.tcp.get_mut(&key)?;
+        let c = self.socks.get_mut(&key)?;
+        let s = c.socket();
+        if s.recv_queue() != 0 || s.send_queue() != 0 {
+            // Bytes in a buffer now (app bytes read at this poll were seen
+            // in their segment).
+            f.buffers_used = true;
+            return None;
+        }
+        if !f.buffers_used {
+            return None;
+        }
+        let idle_at = f.core.last_ns + RELEASE_IDLE_NS;
+        if now_ns < idle_at {
+            return Some(idle_at);
+        }
+        if c.release(f.seq_seen == f.seq_read) {
+            f.buffers_used = false;
+            self.counters.tcp_released += 1;
+        }
+        None
+    }
+
     /// Forgets a connection: its flow, id, socket set, timer and buffers.
     /// Returns them (the set, if it still had one).
     pub(super) fn remove_tcp(
         &mut self,
         key: &TcpKey,
-    ) -> Option<(TcpFlow, Option<smoltcp::iface::SocketSet<'static>>)> {
+    ) -> Option<(TcpFlow, Option<crate::engine::pages::ConnSockets>)> {
         let f = self.tcp.remove(key)?;
         self.tcp_ids.remove(&f.id);
         if let Some(t) = f.timer {
@@ -326,7 +396,7 @@ impl Engine {
     }
 
     pub(super) fn service_tcp(&mut self, now_ns: u64, key: (SocketAddr, SocketAddr)) {
-        use smoltcp::socket::tcp::{Socket, State as S};
+        use smoltcp::socket::tcp::State as S;
         {
             let Some(f) = self.tcp.get_mut(&key) else {
                 return;
@@ -337,7 +407,7 @@ impl Engine {
             let Some(set) = self.socks.get_mut(&key) else {
                 return;
             };
-            let sock = set.get_mut::<Socket>(f.handle);
+            let sock = set.socket_mut();
             if let TcpPhase::Sniffing { since_ns: None } = f.phase
                 && sock.state() == S::Established
             {
@@ -379,6 +449,7 @@ impl Engine {
                     Ok(v) if !v.is_empty() => v,
                     _ => break,
                 };
+                f.seq_read = f.seq_read.wrapping_add(data.len() as u32);
                 f.core.sniffer.on_payload(
                     Carrier::Tcp,
                     Dir::Up,
@@ -603,7 +674,7 @@ impl Engine {
         let Some(set) = self.socks.get_mut(&key) else {
             return 0;
         };
-        let sock = set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle);
+        let sock = set.socket_mut();
         let n = sock.send_slice(data).unwrap_or(0);
         f.core.sniffer.on_payload(
             Carrier::Tcp,
@@ -627,8 +698,8 @@ impl Engine {
             .get(k)
             .filter(|f| f.phase == TcpPhase::Open && !f.silent)
             .zip(self.socks.get(k))
-            .map_or(0, |(f, set)| {
-                let s = set.get::<smoltcp::socket::tcp::Socket>(f.handle);
+            .map_or(0, |(_, set)| {
+                let s = set.socket();
                 s.send_capacity() - s.send_queue()
             })
     }
@@ -668,10 +739,9 @@ impl Engine {
     ) {
         let key = self.tcp_ids.get(&flow).copied();
         if let Some(key) = key
-            && let Some(f) = self.tcp.get(&key)
             && let Some(set) = self.socks.get_mut(&key)
         {
-            op(set.get_mut::<smoltcp::socket::tcp::Socket>(f.handle));
+            op(set.socket_mut());
         }
         self.poll_stack(now_ns, key);
     }

@@ -1,0 +1,361 @@
+//! Page-backed buffers for the local TCP stack's connections, so that an
+//! idle connection costs (almost) no resident memory.
+//!
+//! smoltcp's socket buffers have a fixed capacity, chosen when the
+//! connection is accepted (its window scale depends on it). A connection
+//! that moves a little data and then stays open (a keep-alive HTTP
+//! connection, a push channel) would keep the pages its buffers touched
+//! for its whole life. Here each buffer is whole pages of anonymous
+//! memory: one page from a shared [`PagePool`], or its own mapping when it
+//! is bigger. Once both of a connection's buffers are empty (and nothing
+//! waits out of order: see [`ConnSockets::release`]), their pages are
+//! given back to the system (`MADV_DONTNEED`); the next bytes fault fresh
+//! zero pages in. Where mapping fails, the buffers are ordinary heap
+//! vectors and are never released.
+//!
+//! This is the library's one module with `unsafe` code: smoltcp borrows
+//! its buffers for `'static`, and giving pages back is a system call on
+//! memory a socket holds. Both are contained in [`ConnSockets`], which
+//! keeps each socket and its buffers together and drops the socket first.
+#![expect(unsafe_code, reason = "mapping, releasing and lending socket buffers")]
+
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex};
+
+use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags};
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+
+/// Pages mapped at once for the pool.
+const CHUNK_PAGES: usize = 256;
+
+/// The system's page size (4 KiB where it cannot be read).
+pub fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|p| usize::try_from(p).ok())
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096)
+    })
+}
+
+/// Rounds `n` up to whole pages (at least one).
+pub fn whole_pages(n: usize) -> usize {
+    let p = page_size();
+    n.max(1).div_ceil(p) * p
+}
+
+/// Single pages for one-page buffers, mapped [`CHUNK_PAGES`] at a time and
+/// reused; a page is released to the system whenever it is freed, so the
+/// pool's resident memory is only the pages in use. Its mappings (its
+/// address space) stay until the pool is dropped, which happens after the
+/// last buffer using it is gone.
+#[derive(Debug, Default)]
+pub struct PagePool {
+    inner: Mutex<PoolInner>,
+}
+
+#[derive(Debug, Default)]
+struct PoolInner {
+    /// Free pages, by address.
+    free: Vec<usize>,
+    /// Mappings: (address, length).
+    chunks: Vec<(usize, usize)>,
+}
+
+impl PagePool {
+    /// An empty pool (nothing is mapped until a page is asked for).
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// A page, or `None` when no more can be mapped.
+    fn take(&self) -> Option<NonNull<u8>> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if g.free.is_empty() {
+            let len = CHUNK_PAGES * page_size();
+            let at = map(len)?;
+            g.chunks.push((at.as_ptr() as usize, len));
+            let base = at.as_ptr() as usize;
+            g.free
+                .extend((0..CHUNK_PAGES).rev().map(|i| base + i * page_size()));
+        }
+        g.free.pop().and_then(|a| NonNull::new(a as *mut u8))
+    }
+
+    /// Takes back a page, releasing its memory.
+    fn give(&self, page: NonNull<u8>) {
+        release(page, page_size());
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.free.push(page.as_ptr() as usize);
+    }
+
+    /// Pages mapped (in use or free).
+    pub fn mapped_pages(&self) -> usize {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.chunks.iter().map(|c| c.1).sum::<usize>() / page_size()
+    }
+}
+
+impl Drop for PagePool {
+    fn drop(&mut self) {
+        let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        for &(at, len) in &g.chunks {
+            if let Some(p) = NonNull::new(at as *mut std::ffi::c_void) {
+                // SAFETY: the pool mapped this range, and no buffer uses it
+                // any more (each holds the pool alive).
+                let _ = unsafe { nix::sys::mman::munmap(p, len) };
+            }
+        }
+    }
+}
+
+/// Maps `len` bytes of fresh anonymous memory.
+fn map(len: usize) -> Option<NonNull<u8>> {
+    let n = NonZeroUsize::new(len)?;
+    // SAFETY: a new private anonymous mapping at an address the system
+    // chooses aliases nothing.
+    unsafe {
+        nix::sys::mman::mmap_anonymous(
+            None,
+            n,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE,
+        )
+    }
+    .ok()
+    .map(NonNull::cast)
+}
+
+/// Gives the pages of `[at, at + len)` back to the system; their contents
+/// read as zeros afterwards.
+fn release(at: NonNull<u8>, len: usize) {
+    // SAFETY: the range is a whole-page part of a mapping of ours, and its
+    // contents are not needed (callers release only empty buffers).
+    let _ = unsafe { nix::sys::mman::madvise(at.cast(), len, MmapAdvise::MADV_DONTNEED) };
+}
+
+/// One buffer's pages.
+#[derive(Debug)]
+struct Pages {
+    at: NonNull<u8>,
+    len: usize,
+    /// The pool the page came from; `None`: its own mapping.
+    pool: Option<Arc<PagePool>>,
+}
+
+// SAFETY: `Pages` owns its range outright (like a `Box<[u8]>`); the pool
+// is shared behind a mutex.
+unsafe impl Send for Pages {}
+
+impl Pages {
+    /// `len` bytes (whole pages) of zeroed memory.
+    fn new(len: usize, pool: &Arc<PagePool>) -> Option<Self> {
+        let len = whole_pages(len);
+        if len == page_size() {
+            let at = pool.take()?;
+            return Some(Self {
+                at,
+                len,
+                pool: Some(pool.clone()),
+            });
+        }
+        Some(Self {
+            at: map(len)?,
+            len,
+            pool: None,
+        })
+    }
+
+    /// The buffer as the socket sees it.
+    ///
+    /// # Safety
+    /// The slice must not be used after `self` is dropped.
+    unsafe fn slice(&mut self) -> &'static mut [u8] {
+        // SAFETY: the range is ours, mapped read-write, and zeroed; the
+        // caller keeps its use within our life.
+        unsafe { std::slice::from_raw_parts_mut(self.at.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        match &self.pool {
+            Some(p) => p.give(self.at),
+            None => {
+                // SAFETY: our own mapping, no longer used (see `slice`).
+                let _ = unsafe { nix::sys::mman::munmap(self.at.cast(), self.len) };
+            }
+        }
+    }
+}
+
+/// One connection's socket set (holding its one TCP socket) and the
+/// buffers the socket uses. The set is declared (and so dropped) before
+/// the buffers, and never leaves this struct: the socket cannot outlive
+/// the memory it borrows.
+pub struct ConnSockets {
+    set: SocketSet<'static>,
+    /// The socket's receive and send buffers; `None`: heap-backed, owned by
+    /// the socket itself.
+    pages: Option<[Pages; 2]>,
+    handle: SocketHandle,
+}
+
+impl std::fmt::Debug for ConnSockets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnSockets")
+            .field("pages", &self.pages)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnSockets {
+    /// A set with one TCP socket whose buffers are `each` bytes each way,
+    /// rounded up to whole pages (the real size is
+    /// [`ConnSockets::capacity`]).
+    pub fn new(each: usize, pool: &Arc<PagePool>) -> Self {
+        let pages = Pages::new(each, pool).zip(Pages::new(each, pool));
+        let (sock, pages) = match pages {
+            Some((mut rx, mut tx)) => {
+                // SAFETY: the slices live in `self.set`, which is dropped
+                // before `self.pages` and never handed out by value.
+                let (r, t) = unsafe { (rx.slice(), tx.slice()) };
+                (
+                    tcp::Socket::new(tcp::SocketBuffer::new(r), tcp::SocketBuffer::new(t)),
+                    Some([rx, tx]),
+                )
+            }
+            None => {
+                let each = whole_pages(each);
+                (
+                    tcp::Socket::new(
+                        tcp::SocketBuffer::new(vec![0; each]),
+                        tcp::SocketBuffer::new(vec![0; each]),
+                    ),
+                    None,
+                )
+            }
+        };
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(sock);
+        Self { set, pages, handle }
+    }
+
+    /// Bytes of buffers each way.
+    pub fn capacity(&self) -> usize {
+        self.socket().recv_capacity()
+    }
+
+    /// The set, for the stack to poll.
+    pub fn set(&mut self) -> &mut SocketSet<'static> {
+        &mut self.set
+    }
+
+    /// The connection's socket.
+    pub fn socket(&self) -> &tcp::Socket<'static> {
+        self.set.get::<tcp::Socket>(self.handle)
+    }
+
+    /// The connection's socket, to change.
+    pub fn socket_mut(&mut self) -> &mut tcp::Socket<'static> {
+        self.set.get_mut::<tcp::Socket>(self.handle)
+    }
+
+    /// Gives both buffers' pages back to the system if both are empty and
+    /// `nothing_out_of_order` (smoltcp keeps segments that arrived ahead
+    /// of a gap in the free part of the receive buffer, and does not say
+    /// so: the caller, who sees every segment, does). Returns whether it
+    /// did.
+    pub fn release(&mut self, nothing_out_of_order: bool) -> bool {
+        let s = self.set.get::<tcp::Socket>(self.handle);
+        if !nothing_out_of_order || s.recv_queue() != 0 || s.send_queue() != 0 {
+            return false;
+        }
+        let Some(pages) = &self.pages else {
+            return false;
+        };
+        for p in pages {
+            release(p.at, p.len);
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many of the pages of `[at, at + len)` are resident.
+    fn resident(at: NonNull<u8>, len: usize) -> usize {
+        let mut v = vec![0u8; len / page_size()];
+        // SAFETY: the range is a mapping of ours; `v` has a byte per page.
+        let r = unsafe { nix::libc::mincore(at.as_ptr().cast(), len, v.as_mut_ptr().cast()) };
+        assert_eq!(r, 0, "mincore");
+        v.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
+    #[test]
+    fn pool_pages_are_reused_and_zeroed() {
+        let pool = PagePool::new();
+        let mut a = Pages::new(100, &pool).expect("a page");
+        assert_eq!(a.len, page_size());
+        // SAFETY: used while `a` lives.
+        let s = unsafe { a.slice() };
+        assert!(s.iter().all(|&b| b == 0));
+        s.fill(0xAB);
+        let at = a.at;
+        drop(a);
+        let b = Pages::new(page_size(), &pool).expect("a page");
+        assert_eq!(b.at, at, "the freed page is taken again");
+        // SAFETY: read while `b` lives.
+        let s = unsafe { std::slice::from_raw_parts(b.at.as_ptr(), b.len) };
+        assert!(s.iter().all(|&x| x == 0), "a reused page reads as zeros");
+        assert_eq!(pool.mapped_pages(), CHUNK_PAGES);
+    }
+
+    #[test]
+    fn bigger_buffers_are_their_own_mappings() {
+        let pool = PagePool::new();
+        let p = Pages::new(3 * page_size() + 1, &pool).expect("pages");
+        assert_eq!(p.len, 4 * page_size());
+        assert!(p.pool.is_none());
+        assert_eq!(pool.mapped_pages(), 0);
+    }
+
+    #[test]
+    fn empty_buffers_give_their_memory_back() {
+        let pool = PagePool::new();
+        let mut conns: Vec<ConnSockets> = [1, 256 * 1024]
+            .iter()
+            .map(|&n| ConnSockets::new(n, &pool))
+            .collect();
+        for c in &mut conns {
+            let s = c.socket();
+            assert_eq!((s.recv_queue(), s.send_queue()), (0, 0));
+            let pages = c.pages.as_mut().expect("page-backed");
+            for p in pages.iter_mut() {
+                // Written as traffic would (the socket has nothing queued,
+                // so what it sees does not change).
+                // SAFETY: written while the buffers live.
+                unsafe { p.slice() }.fill(1);
+                assert_eq!(resident(p.at, p.len), p.len / page_size());
+            }
+            assert!(
+                !c.release(false),
+                "nothing is released while out-of-order data may wait"
+            );
+            let pages = c.pages.as_ref().expect("page-backed");
+            assert!(pages.iter().all(|p| resident(p.at, p.len) > 0));
+            assert!(c.release(true));
+            let pages = c.pages.as_ref().expect("page-backed");
+            assert!(pages.iter().all(|p| resident(p.at, p.len) == 0));
+        }
+        assert_eq!(conns[0].capacity(), page_size());
+        assert_eq!(conns[1].capacity(), 256 * 1024);
+    }
+}
