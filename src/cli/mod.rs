@@ -151,6 +151,7 @@ pub(crate) fn need_root(command: &str, why: &str) -> anyhow::Result<()> {
 pub(crate) struct NeedRoot(String);
 
 pub(crate) fn main() -> ExitCode {
+    geowall::engine::pages::tune_allocator();
     // A command line that cannot be read is bad input: status 1, like any
     // other (clap's own choice would be 2, which here means "needs root").
     let cli = match Cli::try_parse() {

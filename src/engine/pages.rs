@@ -27,6 +27,34 @@ use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags};
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 
+/// Sets the C allocator's heap trimming and mapping thresholds for a
+/// process that moves packets (glibc only; elsewhere nothing changes).
+///
+/// Each packet written to the TUN and each chunk read from a server is a
+/// short-lived buffer of up to 64 KiB. With glibc's defaults, freeing one
+/// can shrink the heap (its top beyond 128 KiB is trimmed) and the next
+/// one grows it again, faulting fresh pages in: measured during a download
+/// through the TUN, ~130,000 page faults a second and a fifth of the
+/// throughput. Fixed thresholds (which also stop glibc adjusting them) keep
+/// up to [`TRIM_THRESHOLD`] of free heap, and serve blocks below
+/// [`MMAP_THRESHOLD`] from the heap.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets the allocator's parameters; it is called
+    // at start, before the process has other threads.
+    unsafe {
+        use nix::libc;
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
+    }
+}
+
+/// Free heap kept before it is given back, with [`tune_allocator`].
+pub const TRIM_THRESHOLD: usize = 2 * 1024 * 1024;
+/// Allocations this big or bigger get their own mapping, with
+/// [`tune_allocator`].
+pub const MMAP_THRESHOLD: usize = 512 * 1024;
+
 /// Pages mapped at once for the pool.
 const CHUNK_PAGES: usize = 256;
 
