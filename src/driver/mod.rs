@@ -42,7 +42,7 @@ use crate::engine::dataplane::{Engine, EngineCounters, Event, FlowId, Output};
 use attribution::{Attribution, AttributionCounters};
 pub use protect::{Protection, SocketProtector};
 pub use tun::{Tun, TunSpec};
-use upstream::{Cmd, Shared, UP_QUEUE, Up};
+use upstream::{Cmd, Shared, Up};
 
 /// Packets read from the TUN before the loop looks at anything else.
 const TUN_BATCH: usize = 64;
@@ -247,15 +247,15 @@ pub async fn run(
                     }
                     None => engine.handle_dns_answer(query, None, now()),
                 },
-                Output::TcpOpen { flow, dst } => {
-                    let link = new_link();
+                Output::TcpOpen { flow, dst, window } => {
+                    let link = new_link(window);
                     let shared = link.shared.clone();
                     links.insert(flow, link);
                     let (p, r) = (protection.clone(), report_tx.clone());
                     tokio::spawn(upstream::tcp(flow, dst, p, shared, r));
                 }
                 Output::UdpOpen { flow, dst } => {
-                    let link = new_link();
+                    let link = new_link(upstream::UDP_QUEUE);
                     let shared = link.shared.clone();
                     links.insert(flow, link);
                     let (p, r) = (protection.clone(), report_tx.clone());
@@ -268,7 +268,7 @@ pub async fn run(
                     data,
                 } => {
                     let link = links.entry(flow).or_insert_with(|| {
-                        let link = new_link();
+                        let link = new_link(upstream::UDP_QUEUE);
                         let (p, r) = (protection.clone(), report_tx.clone());
                         tokio::spawn(upstream::echo(flow, dst, p, link.shared.clone(), r));
                         link
@@ -293,7 +293,7 @@ pub async fn run(
                         let n = payload.len();
                         l.shared.cmds.send(Cmd::Data(payload));
                         let q = l.shared.up_queued.fetch_add(n, Ordering::AcqRel) + n;
-                        if q >= UP_QUEUE {
+                        if q >= l.shared.window {
                             engine.set_tcp_upstream_paused(flow, true, now());
                         }
                     }
@@ -448,9 +448,9 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-fn new_link() -> Link {
+fn new_link(window: usize) -> Link {
     Link {
-        shared: Arc::new(Shared::default()),
+        shared: Arc::new(Shared::new(window)),
         down: VecDeque::new(),
         eof: false,
     }
@@ -530,7 +530,7 @@ fn on_report(
         }
         Up::Dns(_) => {}
         Up::Drained => {
-            if l.shared.up_queued.load(Ordering::Acquire) < UP_QUEUE {
+            if l.shared.up_queued.load(Ordering::Acquire) < l.shared.window {
                 engine.set_tcp_upstream_paused(flow, false, now);
             }
         }

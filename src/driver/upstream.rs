@@ -2,10 +2,13 @@
 //! connects (protected) and relays between its socket and the engine loop.
 //!
 //! Flow control both ways is by byte counts shared with the loop: a task
-//! stops reading from its server while [`DOWN_WINDOW`] bytes it read are
-//! still waiting for room in the app's window, and the loop pauses reading
-//! from the app while [`UP_QUEUE`] bytes wait to be written upstream. So a
-//! flow's memory here is bounded whatever the two ends do.
+//! stops reading from its server while its flow's window ([`Shared`]: the
+//! flow's local buffer, each way) of bytes it read are still waiting for
+//! room in the app's window, and the loop pauses reading from the app
+//! while a window of bytes wait to be written upstream. So a flow's memory
+//! here is bounded whatever the two ends do, and follows the engine's TCP
+//! memory budget: a connection squeezed to small buffers has small queues
+//! here too.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,11 +21,6 @@ use tokio::sync::{Notify, mpsc};
 use super::protect::Protection;
 use crate::engine::dataplane::FlowId;
 
-/// Server bytes read but not yet taken by the app's window, per flow, at
-/// most (plus one read).
-pub const DOWN_WINDOW: usize = 256 * 1024;
-/// App bytes queued for the server, per flow, before the app is paused.
-pub const UP_QUEUE: usize = 256 * 1024;
 /// Bytes read from a server at once, at most.
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from a server at once, at first.
@@ -125,7 +123,7 @@ pub enum Up {
     },
     /// The server closed its side (TCP).
     Eof,
-    /// The upstream queue fell below [`UP_QUEUE`].
+    /// The upstream queue fell below the flow's window.
     Drained,
     /// The resolver's answer to a DNS query (the id is the query's token).
     Dns(Option<crate::engine::dns::Resolved>),
@@ -186,19 +184,33 @@ impl Cmds {
 pub struct Shared {
     /// Commands for the task.
     pub cmds: Cmds,
+    /// The most bytes queued each way: read from the server and not yet
+    /// taken by the engine (plus one read), or waiting to be written to the
+    /// server before the app is paused. For a TCP flow, its local buffer
+    /// ([`crate::engine::dataplane::Output::TcpOpen`]); for UDP,
+    /// [`UDP_QUEUE`] towards the server.
+    pub window: usize,
     /// Bytes read from the server and not yet taken by the engine.
     pub down_inflight: AtomicUsize,
     /// Bytes queued for the server.
     pub up_queued: AtomicUsize,
-    /// Wakes the task when `down_inflight` falls below [`DOWN_WINDOW`].
+    /// Wakes the task when `down_inflight` falls below `window`.
     pub room: Notify,
 }
 
 impl Shared {
+    /// Counters for a flow whose queues hold `window` bytes each way.
+    pub fn new(window: usize) -> Self {
+        Self {
+            window,
+            ..Self::default()
+        }
+    }
+
     /// The engine took `n` of the task's bytes.
     pub fn taken(&self, n: usize) {
         let before = self.down_inflight.fetch_sub(n, Ordering::AcqRel);
-        if before >= DOWN_WINDOW && before - n < DOWN_WINDOW {
+        if before >= self.window && before - n < self.window {
             self.room.notify_one();
         }
     }
@@ -252,7 +264,7 @@ pub async fn tcp(
     // Allocated at the first write, not for a connection that stays idle.
     let mut batch: Vec<Vec<u8>> = Vec::new();
     loop {
-        let may_read = reading && shared.down_inflight.load(Ordering::Acquire) < DOWN_WINDOW;
+        let may_read = reading && shared.down_inflight.load(Ordering::Acquire) < shared.window;
         tokio::select! {
             cmd = shared.cmds.recv() => match cmd {
                 Some(Cmd::Data(b)) => {
@@ -279,7 +291,7 @@ pub async fn tcp(
                     }
                     batch.clear();
                     let before = shared.up_queued.fetch_sub(n, Ordering::AcqRel);
-                    if before >= UP_QUEUE && before - n < UP_QUEUE {
+                    if before >= shared.window && before - n < shared.window {
                         let _ = reports.send((flow, Up::Drained));
                     }
                     if fin {
@@ -300,7 +312,7 @@ pub async fn tcp(
                 }
                 Ok(b) => {
                     if b.len() == chunk {
-                        chunk = (chunk * 2).min(READ_CHUNK);
+                        chunk = (chunk * 2).min(READ_CHUNK).min(shared.window.max(MIN_CHUNK));
                     }
                     shared.down_inflight.fetch_add(b.len(), Ordering::AcqRel);
                     let _ = reports.send((flow, Up::Data(b)));
@@ -421,6 +433,63 @@ pub async fn echo(
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// A flow's task reads ahead from its server at most its window (plus
+    /// one read of at most the window) while the engine takes nothing, and
+    /// goes on once the engine takes the bytes.
+    #[tokio::test]
+    async fn a_flow_reads_ahead_at_most_its_window() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let dst = listener.local_addr().expect("address");
+        const SENT: usize = 1024 * 1024;
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let _ = s.write_all(&vec![7u8; SENT]).await;
+        });
+        let window = 16 * 1024;
+        let shared = Arc::new(Shared::new(window));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(tcp(1, dst, Protection::default(), shared.clone(), tx));
+        let mut got = Vec::new();
+        // Nothing taken: reads stop once the window is full.
+        while shared.down_inflight.load(Ordering::Acquire) < window {
+            match rx.recv().await {
+                Some((_, Up::Data(b))) => got.push(b),
+                Some(_) => {}
+                None => panic!("the task ended"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while let Ok((_, up)) = rx.try_recv() {
+            if let Up::Data(b) = up {
+                got.push(b);
+            }
+        }
+        let held: usize = got.iter().map(Vec::len).sum();
+        assert!(
+            held <= 2 * window,
+            "{held} bytes read ahead with a window of {window}"
+        );
+        // Taking them lets the rest come.
+        let mut total = held;
+        shared.taken(held);
+        while total < SENT {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some((_, Up::Data(b)))) => {
+                    total += b.len();
+                    shared.taken(b.len());
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        assert_eq!(total, SENT, "every byte arrives once taken");
+        shared.cmds.close();
+        let _ = task.await;
+        let _ = server.await;
+    }
 
     /// A vectored write of many chunks (empty ones among them) through a
     /// small send buffer arrives whole and in order, however the kernel

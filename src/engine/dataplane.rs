@@ -56,7 +56,7 @@ pub const TCP_SNIFF_BYTES: usize = 16 * 1024;
 pub const TCP_SNIFF_NS: u64 = 300_000_000;
 /// Default largest receive and send buffer of one local TCP connection
 /// (each way).
-pub const TCP_BUFFER: usize = 256 * 1024;
+pub const TCP_BUFFER: usize = 1024 * 1024;
 /// Smallest buffer a connection is given (each way).
 pub const TCP_BUFFER_MIN: usize = 4 * 1024;
 /// Default budget for all local TCP buffers together.
@@ -153,6 +153,11 @@ pub enum Output {
         flow: FlowId,
         /// Where to.
         dst: SocketAddr,
+        /// The flow's local buffer, each way, in bytes: the most the driver
+        /// should read ahead from the server for it, and queue towards the
+        /// server before pausing the app (so the driver's queues stay
+        /// within the TCP memory budget too).
+        window: usize,
     },
     /// Write bytes to the flow's upstream connection.
     TcpSend {

@@ -259,6 +259,7 @@ impl Engine {
                 self.out.push_back(Output::TcpOpen {
                     flow: id,
                     dst: server,
+                    window: f.buffers / 2,
                 });
             }
             self.tcp.insert(key, f);
@@ -586,6 +587,7 @@ impl Engine {
                     self.out.push_back(Output::TcpOpen {
                         flow: f.id,
                         dst: f.core.server,
+                        window: f.buffers / 2,
                     });
                 } else {
                     if late_in {

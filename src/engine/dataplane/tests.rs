@@ -491,7 +491,7 @@ fn a_full_tcp_exchange_with_the_first_bytes_judged_before_connecting() {
             break;
         }
     }
-    let Some(Output::TcpOpen { flow, dst }) = outs
+    let Some(Output::TcpOpen { flow, dst, .. }) = outs
         .iter()
         .find(|o| matches!(o, Output::TcpOpen { .. }))
         .cloned()
