@@ -603,12 +603,27 @@ fn installed_bundles_are_kept_across_restarts() {
         let (s, m) = push(h, &make(seq, now + 3_600));
         assert_eq!(s, GeowallStatus::BundleRollback, "{seq}: {m}");
     }
-    // A bundle that expires in a second, kept, then expired at the
-    // restart: the configured rules run, and 6 stays refused.
-    assert_eq!(push(h, &make(6, now + 1)).0, GeowallStatus::Ok);
+    // A bundle that expires in two seconds (counted from now, not from the
+    // test's start: a loaded machine may be seconds in), kept, then
+    // expired at the restart: the configured rules run, and 6 stays
+    // refused.
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 2;
+    let (s, m) = push(h, &make(6, soon));
+    assert_eq!(s, GeowallStatus::Ok, "{m}");
     // SAFETY: a live handle.
     assert_eq!(unsafe { geowall_free(h) }, GeowallStatus::Ok);
-    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        <= soon
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let h = checker(&cfg);
     assert_eq!(
         (sequence(h), check(h, cn, 443, 6, 0).action),
