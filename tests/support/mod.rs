@@ -370,6 +370,22 @@ impl Net {
             .unwrap_or(0)
     }
 
+    /// [`Net::count`] once the count has stopped moving (two reads 200 ms
+    /// apart agree; 5 s at most): the packets of connections that are
+    /// closing have landed.
+    pub(crate) fn count_settled(&self, dst: &str, proto: u8, port: u16) -> u64 {
+        let mut last = self.count(dst, proto, port);
+        for _ in 0..25 {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = self.count(dst, proto, port);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        last
+    }
+
     /// Starts `geowall tunnel` in the firewall namespace with the TUN in the
     /// app namespace, and waits until the TUN is up there.
     pub(crate) fn start_geowall(&mut self, world: &Path, rules: &[&str]) {
