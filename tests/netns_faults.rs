@@ -383,7 +383,7 @@ sources = ["this test"]
     std::fs::write(&live, update).expect("write");
     support::reload(&net);
     std::thread::sleep(Duration::from_millis(300));
-    let before = net.count(addr::US, 6, 7000);
+    let before = net.count_settled(addr::US, 6, 7000);
     let got = in_ns(&app, || support::tcp_exchange(sa(addr::US, 7000), &hello));
     assert!(
         got.is_err() || got.as_ref().is_ok_and(Vec::is_empty),

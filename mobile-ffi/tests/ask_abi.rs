@@ -129,7 +129,7 @@ fn the_library_asks_the_app_and_holds_flows_until_it_answers() {
     );
 
     // Unanswered: reset at the timeout, nothing more reached US.
-    let before = net.count(addr::US, 6, 7000);
+    let before = net.count_settled(addr::US, 6, 7000);
     let c = exchange(&net, us, b"timeout");
     nth_question(&app, us, 2);
     let got = c.recv_timeout(Duration::from_secs(10)).expect("told");

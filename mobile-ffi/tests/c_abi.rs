@@ -127,7 +127,7 @@ fn a_c_app_runs_the_engine_on_a_tun() {
     let b5 = dir.join("b5.gwb");
     std::fs::write(&b5, signed(&dir, BUNDLE_POLICY, 5, &key)).expect("bundle");
     assert_eq!(app.cmd(&format!("bundle {}", b5.display())), "ok 5");
-    let before_us2 = net.count(addr::US2, 6, 7000);
+    let before_us2 = net.count_settled(addr::US2, 6, 7000);
     assert_blocked(
         in_ns(&fw, || tcp_exchange(us2, b"x")),
         "US2 after the bundle",

@@ -94,7 +94,7 @@ fn start(app: &mut Host, dir: &Path, name: &str, cfg: &Value) -> String {
 /// reached its server meanwhile (`why`: what blocks it).
 fn held_off(net: &Net, to: std::net::SocketAddr, why: &str) {
     let ip = to.ip().to_string();
-    let before = net.count(&ip, 6, to.port());
+    let before = net.count_settled(&ip, 6, to.port());
     assert!(!reaches(net, to), "{why}: the exchange went through");
     assert_eq!(
         net.count(&ip, 6, to.port()),
