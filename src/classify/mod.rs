@@ -9,15 +9,13 @@
 //!
 //! | seen | protocol | class | encrypted |
 //! |---|---|---|---|
-//! | ICMP/ICMPv6 echo | `icmp` | `ping` | no |
-//! | other ICMP | `icmp` | `other` | no |
+//! | ICMP/ICMPv6, echo or any other type (errors such as port unreachable report reachability) | `icmp` | `ping` | no |
 //! | DNS question, or an mDNS/LLMNR answer (UDP or TCP, ports 53, 5353, 5355); on any other UDP port but NetBIOS's 137, a query that reads strictly as one ([`dns::strict_query`]) | `dns` | `dns` | no |
 //! | TLS ClientHello (or, mid-stream, TLS records) | `tls` | `web`; `dns` on port 853; `other` on mail/directory/SIP ports (465, 587, 993, 995, 636, 989, 990, 5061, 5223) | yes |
 //! | QUIC Initial (v1, v2, drafts 29-34) or gQUIC CHLO; any other QUIC long header by its version ([`quic::long_header`]: Version Negotiation, drafts, Q0xx, T05x, mvfst) | `quic` | `web` | yes |
 //! | HTTP/1.x request | `http` | `web` | no |
 //! | SD-RTN (Agora) | `sd-rtn` | `media` | no (its host name is cleartext) |
-//! | STUN, Binding only (also RFC 4571-framed on TCP) | `stun` | `ping` (connectivity checks) | no |
-//! | STUN with other methods (TURN Allocate, ...) | `stun` | `media` | no |
+//! | STUN, any method (also RFC 4571-framed on TCP): Binding requests are the connectivity checks of a media session (ICE), TURN methods carry it | `stun` | `media` | no |
 //! | TURN ChannelData | `turn` | `media` | no |
 //! | DTLS | `dtls` | `media` | yes |
 //! | RTP / RTCP (also RFC 4571-framed on TCP) | `rtp` / `rtcp` | `media` | no (payload may be SRTP) |
@@ -28,9 +26,8 @@
 //! from the first [`SAMPLE_BYTES`] payload bytes: mostly printable is
 //! cleartext, high byte entropy is encrypted, otherwise unknown.
 //!
-//! A STUN flow that later carries DTLS, RTP, RTCP or ChannelData becomes
-//! `media` (a refinement only ever moves a flow to a class at least as
-//! strictly handled: `ping` or `other` to `media`, never back). UDP that
+//! A refinement only ever moves a flow to a class at least as strictly
+//! handled (`other` to `media`, never back). UDP that
 //! no sniffer recognises is `media` once it shows a real-time shape (at
 //! least [`REALTIME_PACKETS`] packets in one direction, at least 90% of
 //! them 20-1300 bytes, arriving on average at most 100 ms apart), else
@@ -53,7 +50,7 @@ pub enum Traffic {
     Web,
     /// Real-time audio and video.
     Media,
-    /// Echo, connectivity checks, probes and keep-alives.
+    /// ICMP of every type: echo, and the errors that report reachability.
     Ping,
     /// Anything else.
     Other,
@@ -200,7 +197,6 @@ pub struct Sniffer {
     pub server_name: Option<String>,
     /// Whether payloads are encrypted.
     pub encrypted: Option<bool>,
-    stun_only_binding: bool,
     dtls_seen: bool,
     /// Real-time datagrams (RTP, RTCP, SD-RTN, TURN, STUN other than a
     /// binding) the app sent after the flow was decided QUIC.
@@ -270,7 +266,7 @@ impl Sniffer {
             Carrier::IcmpEcho => return self.decide(Protocol::Icmp, Traffic::Ping, false),
             Carrier::IcmpOther => {
                 if !self.done {
-                    self.decide(Protocol::Icmp, Traffic::Other, false);
+                    self.decide(Protocol::Icmp, Traffic::Ping, false);
                 }
                 return;
             }
@@ -300,15 +296,6 @@ impl Sniffer {
                         self.class = Some(Traffic::Media);
                         self.encrypted = None;
                     }
-                }
-            }
-            if self.protocol == Some(Protocol::Stun) && carrier == Carrier::Udp {
-                match rtc::classify(payload) {
-                    Some(rtc::Rtc::Stun { method, .. }) if method != 1 => {
-                        self.class = Some(Traffic::Media)
-                    }
-                    Some(rtc::Rtc::Stun { .. }) | None => {}
-                    Some(_) => self.class = Some(Traffic::Media),
                 }
             }
             return;
@@ -380,15 +367,7 @@ impl Sniffer {
                 self.name(host);
                 self.decide(Protocol::SdRtn, Traffic::Media, false);
             }
-            Some(rtc::Rtc::Stun { method, .. }) => {
-                self.stun_only_binding = method == 1;
-                let class = if method == 1 {
-                    Traffic::Ping
-                } else {
-                    Traffic::Media
-                };
-                self.decide(Protocol::Stun, class, false);
-            }
+            Some(rtc::Rtc::Stun { .. }) => self.decide(Protocol::Stun, Traffic::Media, false),
             Some(rtc::Rtc::TurnChannel { .. }) => {
                 self.decide(Protocol::Turn, Traffic::Media, false)
             }
@@ -415,14 +394,7 @@ impl Sniffer {
                 .and_then(|_| rtc::stun_prefix(&p[2..]))
         });
         match stun {
-            Some(method) => {
-                let class = if method == 1 {
-                    Traffic::Ping
-                } else {
-                    Traffic::Media
-                };
-                return self.decide(Protocol::Stun, class, false);
-            }
+            Some(_) => return self.decide(Protocol::Stun, Traffic::Media, false),
             None => {
                 if let Some(len) = p
                     .get(0..2)
@@ -670,16 +642,25 @@ mod tests {
     }
 
     #[test]
-    fn stun_binding_is_ping_until_media_follows() {
+    fn stun_binding_is_media_and_stays_media() {
         let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
         req.extend_from_slice(&[1; 12]);
         let mut s = Sniffer::new();
         feed(&mut s, Carrier::Udp, Dir::Up, (40000, 3478), &req);
-        assert_eq!(s.class, Some(Traffic::Ping));
+        assert_eq!(
+            (s.protocol, s.class),
+            (Some(Protocol::Stun), Some(Traffic::Media))
+        );
         let mut rtp = vec![0x80, 0x6F, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9];
         rtp.extend_from_slice(&[0; 100]);
         feed(&mut s, Carrier::Udp, Dir::Up, (40000, 3478), &rtp);
-        assert_eq!(s.class, Some(Traffic::Media), "tightened, never loosened");
+        assert_eq!(s.class, Some(Traffic::Media));
+        // RFC 4571-framed on TCP: the same.
+        let mut framed = (req.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&req);
+        let mut t = Sniffer::new();
+        feed(&mut t, Carrier::Tcp, Dir::Up, (40000, 3478), &framed);
+        assert_eq!(t.class, Some(Traffic::Media));
     }
 
     #[test]
@@ -889,5 +870,12 @@ mod tests {
         let mut i = Sniffer::new();
         feed(&mut i, Carrier::IcmpEcho, Dir::Up, (0, 0), &[]);
         assert_eq!(i.class, Some(Traffic::Ping));
+        // An error (port unreachable, packet too big) is ICMP too.
+        let mut e = Sniffer::new();
+        feed(&mut e, Carrier::IcmpOther, Dir::Up, (0, 0), &[0x45; 28]);
+        assert_eq!(
+            (e.protocol, e.class),
+            (Some(Protocol::Icmp), Some(Traffic::Ping))
+        );
     }
 }
