@@ -1,7 +1,7 @@
 //! Every first-payload sniffer and wire parser, on the same bytes.
 #![no_main]
 
-use geowall::wire::{dns, http, quic, rtc, tls};
+use geowall::wire::{dns, http, quic, rtc, tls, tunnel};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,6 +13,13 @@ fuzz_target!(|data: &[u8]| {
     let _ = rtc::sd_rtn(data);
     let _ = rtc::stun_prefix(data);
     let _ = rtc::turn_peers(data);
+    let _ = rtc::zoom(data, true);
+    let _ = rtc::zoom(data, false);
+    let _ = tunnel::wireguard_handshake(data);
+    let _ = tunnel::wireguard_data(data);
+    let _ = tunnel::openvpn_client_reset(data);
+    let _ = tunnel::openvpn_server_reset(data, &[1; 8]);
+    let _ = tunnel::ike(data, (500, 4500));
     let _ = quic::gquic_chlo(data);
     let _ = quic::long_header(data);
     let mut plain = Vec::new();

@@ -20,6 +20,10 @@
 //! | DTLS | `dtls` | `media` | yes |
 //! | RTP / RTCP (also RFC 4571-framed on TCP) | `rtp` / `rtcp` | `media` | no (payload may be SRTP) |
 //! | ZRTP | `zrtp` | `media` | no |
+//! | Zoom's SFU setup and media encapsulation on UDP 8801-8810, its peer hello on any port ([`rtc::zoom`]) | `zoom` | `media` | yes |
+//! | WireGuard: a handshake message, or two transport data messages of one session | `wireguard` | `other` | yes |
+//! | OpenVPN: a client's hard reset and the server's answer naming its session | `openvpn` | `other` | yes |
+//! | IKE/ISAKMP on UDP 500 or 4500 ([`tunnel::ike`]) | `ike` | `other` | yes |
 //!
 //! Encryption status ([`Sniffer::encryption`]): from the protocol (RTP is
 //! cleartext unless DTLS was seen in the same flow, then it is SRTP), else
@@ -31,14 +35,16 @@
 //! no sniffer recognises is `media` once it shows a real-time shape (at
 //! least [`REALTIME_PACKETS`] packets in one direction, at least 90% of
 //! them 20-1300 bytes, arriving on average at most 100 ms apart), else
-//! `other`. A flow decided QUIC whose app then sends a real-time packet
-//! (RTP, RTCP, SD-RTN, TURN or non-binding STUN) becomes `media`.
+//! `other`: a recognised tunnel is `other` whatever its shape. A flow
+//! decided QUIC, WireGuard or OpenVPN whose app then sends a real-time
+//! packet (RTP, RTCP, SD-RTN, TURN or non-binding STUN) becomes `media`
+//! (none of them sends a packet that reads as one).
 
 pub mod leak;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{dns, http, quic, rtc, tls};
+use crate::wire::{dns, http, quic, rtc, tls, tunnel};
 
 /// Traffic class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -120,6 +126,17 @@ pub enum Protocol {
     SdRtn,
     /// ICMP/ICMPv6.
     Icmp,
+    /// Zoom's media transport (its SFU and peer encapsulations).
+    Zoom,
+    /// WireGuard.
+    #[serde(rename = "wireguard")]
+    WireGuard,
+    /// OpenVPN.
+    #[serde(rename = "openvpn")]
+    OpenVpn,
+    /// IKE (ISAKMP, IKEv2): IPsec's key exchange, and the ESP that follows
+    /// it on port 4500.
+    Ike,
 }
 
 impl std::fmt::Display for Protocol {
@@ -145,6 +162,10 @@ impl Protocol {
             Protocol::Zrtp => "zrtp",
             Protocol::SdRtn => "sd-rtn",
             Protocol::Icmp => "icmp",
+            Protocol::Zoom => "zoom",
+            Protocol::WireGuard => "wireguard",
+            Protocol::OpenVpn => "openvpn",
+            Protocol::Ike => "ike",
         }
     }
 }
@@ -198,6 +219,8 @@ pub struct Sniffer {
     /// Whether payloads are encrypted.
     pub encrypted: Option<bool>,
     dtls_seen: bool,
+    /// A tunnel's first message, waiting for the one that confirms it.
+    tunnel: Pending,
     /// Real-time datagrams (RTP, RTCP, SD-RTN, TURN, STUN other than a
     /// binding) the app sent after the flow was decided QUIC.
     rtc_after_quic: u8,
@@ -212,6 +235,17 @@ pub struct Sniffer {
     payloads: u32,
     done: bool,
     shape: [Shape; 2],
+}
+
+/// The first half of a two-packet tunnel signature.
+#[derive(Debug, Default, Clone, Copy)]
+enum Pending {
+    #[default]
+    None,
+    /// WireGuard transport data: receiver index, counter.
+    WireGuardData(u32, u64),
+    /// An OpenVPN client hard reset: the client's session id.
+    OpenVpnReset([u8; 8]),
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -283,7 +317,11 @@ impl Sniffer {
         // began with one QUIC Initial and goes on with real-time packets
         // (a QUIC-looking start does not make media `web`).
         if self.done {
-            if self.protocol == Some(Protocol::Quic) && carrier == Carrier::Udp && dir == Dir::Up {
+            let refinable = matches!(
+                self.protocol,
+                Some(Protocol::Quic | Protocol::WireGuard | Protocol::OpenVpn)
+            );
+            if refinable && carrier == Carrier::Udp && dir == Dir::Up {
                 let rtc = match rtc::classify(payload) {
                     Some(rtc::Rtc::Stun { method, .. }) => method != 1,
                     Some(_) => true,
@@ -307,7 +345,7 @@ impl Sniffer {
             // without being DNS.
             Carrier::Udp => {
                 let by_content = !dns_port && ports.0 != 137 && ports.1 != 137;
-                self.sniff_udp(dir, dns_port, by_content, payload);
+                self.sniff_udp(dir, ports, dns_port, by_content, payload);
             }
             Carrier::Tcp => self.sniff_tcp(dir, ports, dns_port, payload),
             _ => {}
@@ -317,7 +355,14 @@ impl Sniffer {
         }
     }
 
-    fn sniff_udp(&mut self, dir: Dir, dns_port: bool, dns_by_content: bool, p: &[u8]) {
+    fn sniff_udp(
+        &mut self,
+        dir: Dir,
+        ports: (u16, u16),
+        dns_port: bool,
+        dns_by_content: bool,
+        p: &[u8],
+    ) {
         if dns_port && let Some(n) = dns::first_name(p) {
             self.name(n.as_str());
             return self.decide(Protocol::Dns, Traffic::Dns, false);
@@ -362,6 +407,15 @@ impl Sniffer {
         if quic::long_header(p).is_some() {
             return self.decide(Protocol::Quic, Traffic::Web, true);
         }
+        // Tunnels and Zoom before the real-time first-byte rules, which an
+        // IKE SPI or an OpenVPN opcode could otherwise happen to satisfy.
+        if let Some(proto) = self.sniff_tunnel(dir, ports, p) {
+            return self.decide(proto, Traffic::Other, true);
+        }
+        let zoom_port = |port: u16| (8801..=8810).contains(&port);
+        if rtc::zoom(p, zoom_port(ports.0) || zoom_port(ports.1)).is_some() {
+            return self.decide(Protocol::Zoom, Traffic::Media, true);
+        }
         match rtc::classify(p) {
             Some(rtc::Rtc::SdRtn { host }) => {
                 self.name(host);
@@ -380,6 +434,38 @@ impl Sniffer {
             Some(rtc::Rtc::Zrtp) => self.decide(Protocol::Zrtp, Traffic::Media, false),
             None => {}
         }
+    }
+
+    /// A tunnel's signature, or the first half of one kept for the next
+    /// packet.
+    fn sniff_tunnel(&mut self, dir: Dir, ports: (u16, u16), p: &[u8]) -> Option<Protocol> {
+        if tunnel::ike(p, ports) {
+            return Some(Protocol::Ike);
+        }
+        if tunnel::wireguard_handshake(p) {
+            return Some(Protocol::WireGuard);
+        }
+        if let Some(now) = tunnel::wireguard_data(p) {
+            if let Pending::WireGuardData(r, c) = self.tunnel
+                && tunnel::wireguard_data_follows((r, c), now)
+            {
+                return Some(Protocol::WireGuard);
+            }
+            self.tunnel = Pending::WireGuardData(now.0, now.1);
+            return None;
+        }
+        match (dir, self.tunnel) {
+            (Dir::Up, _) => {
+                if let Some(s) = tunnel::openvpn_client_reset(p) {
+                    self.tunnel = Pending::OpenVpnReset(s);
+                }
+            }
+            (Dir::Down, Pending::OpenVpnReset(s)) if tunnel::openvpn_server_reset(p, &s) => {
+                return Some(Protocol::OpenVpn);
+            }
+            _ => {}
+        }
+        None
     }
 
     fn sniff_tcp(&mut self, dir: Dir, ports: (u16, u16), dns_port: bool, p: &[u8]) {
@@ -661,6 +747,114 @@ mod tests {
         let mut t = Sniffer::new();
         feed(&mut t, Carrier::Tcp, Dir::Up, (40000, 3478), &framed);
         assert_eq!(t.class, Some(Traffic::Media));
+    }
+
+    /// Feeds `n` copies of `p` 20 ms apart, up: a real-time shape.
+    fn feed_paced(s: &mut Sniffer, ports: (u16, u16), n: u64, p: impl Fn(u64) -> Vec<u8>) {
+        for i in 0..n {
+            s.on_payload(Carrier::Udp, Dir::Up, ports, &p(i), i * 20_000_000);
+        }
+    }
+
+    #[test]
+    fn tunnels_are_other_whatever_their_shape() {
+        use crate::wire::tunnel::tests::{
+            ikev2_init, ovpn_client, ovpn_server, wg_data, wg_message,
+        };
+        // WireGuard: a handshake, then paced data that alone would read as
+        // media.
+        let mut s = Sniffer::new();
+        feed(
+            &mut s,
+            Carrier::Udp,
+            Dir::Up,
+            (40000, 51820),
+            &wg_message(1, 148),
+        );
+        feed_paced(&mut s, (40000, 51820), 30, |i| wg_data(5, i, 160));
+        assert_eq!(
+            (s.protocol, s.class),
+            (Some(Protocol::WireGuard), Some(Traffic::Other))
+        );
+        // Real-time packets the app sends on it after all: media.
+        feed(
+            &mut s,
+            Carrier::Udp,
+            Dir::Up,
+            (40000, 51820),
+            &rtc::rtp_packet(1),
+        );
+        assert_eq!(s.class, Some(Traffic::Media));
+        // Mid-session (no handshake in sight): two data messages that go on.
+        let mut d = Sniffer::new();
+        feed_paced(&mut d, (40000, 443), 30, |i| wg_data(5, 1000 + i, 160));
+        assert_eq!(d.protocol, Some(Protocol::WireGuard));
+        assert_eq!(d.class, Some(Traffic::Other));
+        // ... but data whose counters do not go on is not taken for it.
+        let mut j = Sniffer::new();
+        feed_paced(&mut j, (40000, 443), 30, |i| wg_data(i as u32, 7, 160));
+        assert_eq!(j.class, Some(Traffic::Media), "by its shape");
+        // OpenVPN: the reset, and the answer naming its session.
+        let (c, sv) = ([1, 2, 3, 4, 5, 6, 7, 8], [9; 8]);
+        let mut o = Sniffer::new();
+        feed(
+            &mut o,
+            Carrier::Udp,
+            Dir::Up,
+            (40000, 1194),
+            &ovpn_client(c),
+        );
+        assert!(!o.is_done(), "a reset alone is not enough");
+        feed(
+            &mut o,
+            Carrier::Udp,
+            Dir::Down,
+            (40000, 1194),
+            &ovpn_server(sv, [7; 8]),
+        );
+        assert!(!o.is_done(), "an answer for another session");
+        feed(
+            &mut o,
+            Carrier::Udp,
+            Dir::Down,
+            (40000, 1194),
+            &ovpn_server(sv, c),
+        );
+        assert_eq!(
+            (o.protocol, o.class),
+            (Some(Protocol::OpenVpn), Some(Traffic::Other))
+        );
+        // IKE, whose random SPI would otherwise read as RTP.
+        let mut k = Sniffer::new();
+        let mut init = ikev2_init(240);
+        init[0] = 0x80;
+        feed(&mut k, Carrier::Udp, Dir::Up, (500, 500), &init);
+        assert_eq!(
+            (k.protocol, k.class),
+            (Some(Protocol::Ike), Some(Traffic::Other))
+        );
+        let mut r = Sniffer::new();
+        feed(&mut r, Carrier::Udp, Dir::Up, (40000, 7000), &init);
+        assert_eq!(r.protocol, Some(Protocol::Rtp), "not on IKE's ports");
+    }
+
+    #[test]
+    fn zoom_media_and_zoom_stun_are_media_from_the_first_packet() {
+        use crate::wire::rtc::tests::{classic_stun_message, zoom_peer_hello, zoom_sfu_media};
+        let first = |ports: (u16, u16), p: &[u8]| {
+            let mut s = Sniffer::new();
+            feed(&mut s, Carrier::Udp, Dir::Up, ports, p);
+            (s.protocol, s.class)
+        };
+        let zoom = (Some(Protocol::Zoom), Some(Traffic::Media));
+        assert_eq!(first((40000, 8801), &zoom_sfu_media(15, 0, 1)), zoom);
+        let hello = zoom_peer_hello("203.0.113.9", b"0a1b2c3d");
+        assert_eq!(first((40000, 50000), &hello), zoom);
+        // Zoom's peers check connectivity with classic STUN.
+        assert_eq!(
+            first((40000, 50000), &classic_stun_message(1, &[])),
+            (Some(Protocol::Stun), Some(Traffic::Media))
+        );
     }
 
     #[test]

@@ -10,3 +10,4 @@ pub mod packet;
 pub mod quic;
 pub mod rtc;
 pub mod tls;
+pub mod tunnel;

@@ -1,14 +1,17 @@
 //! Real-time protocols on UDP, told apart by their first byte as in RFC 9443
 //! (0-3 STUN, 16-19 ZRTP, 20-63 DTLS, 64-79 TURN ChannelData, 128-191
-//! RTP/RTCP), each then checked against its own header rules; and Agora's
-//! SD-RTN.
+//! RTP/RTCP), each then checked against its own header rules; classic
+//! STUN (RFC 3489, no magic cookie) by its message types and an exact walk
+//! of its attributes; Agora's SD-RTN; and Zoom's encapsulations
+//! ([`zoom`]).
 
 use super::bytes::{be16, be32};
 
 /// A recognised real-time packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rtc<'a> {
-    /// STUN / TURN (RFC 8489/8656) with the magic cookie.
+    /// STUN / TURN (RFC 8489/8656) with the magic cookie, or classic STUN
+    /// (RFC 3489) without it.
     Stun {
         /// Method (1 = Binding, 3 = Allocate, ...).
         method: u16,
@@ -61,7 +64,10 @@ pub fn classify(p: &[u8]) -> Option<Rtc<'_>> {
         0..=3 => {
             let t = be16(p, 0)?;
             let len = usize::from(be16(p, 2)?);
-            if be32(p, 4)? != STUN_COOKIE || len + 20 != p.len() || len % 4 != 0 {
+            if len + 20 != p.len() || len % 4 != 0 {
+                return None;
+            }
+            if be32(p, 4)? != STUN_COOKIE && !classic_stun(t, &p[20..]) {
                 return None;
             }
             let method = (t & 0x000F) | ((t & 0x00E0) >> 1) | ((t & 0x3E00) >> 2);
@@ -105,6 +111,98 @@ pub fn classify(p: &[u8]) -> Option<Rtc<'_>> {
             })
         }
         _ => None,
+    }
+}
+
+/// Classic STUN (RFC 3489), which has no magic cookie: one of its six
+/// message types (Binding and Shared Secret requests, responses and error
+/// responses), and attributes that fill the body exactly, each of a type
+/// RFC 3489 defines (0x0001-0x000B) or one later STUN added (below 0x0030,
+/// or comprehension-optional 0x8000-0x80FF), each value padded to 4 bytes.
+/// Only a Binding request may have no attribute.
+fn classic_stun(t: u16, mut body: &[u8]) -> bool {
+    if !matches!(t, 0x0001 | 0x0101 | 0x0111 | 0x0002 | 0x0102 | 0x0112) {
+        return false;
+    }
+    if body.is_empty() {
+        return t == 0x0001;
+    }
+    while !body.is_empty() {
+        let (Some(a), Some(l)) = (be16(body, 0), be16(body, 2)) else {
+            return false;
+        };
+        if a == 0 || (0x0030..0x8000).contains(&a) || a > 0x80FF {
+            return false;
+        }
+        let padded = (usize::from(l) + 3) & !3;
+        match body.get(4 + padded..) {
+            Some(rest) => body = rest,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// What a Zoom datagram is ([`zoom`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zoom {
+    /// The first packets of a client and its server on Zoom's media ports
+    /// (SFU encapsulation types 1 and 2).
+    SfuSetup,
+    /// Audio, video, screen sharing or RTCP in the SFU encapsulation
+    /// (type 5), with the RTP or RTCP inside where it belongs.
+    SfuMedia,
+    /// The first packet of a peer-to-peer call: type 0x1F, then a
+    /// length-prefixed address string and identifier.
+    PeerHello,
+}
+
+/// Zoom's media transport, from public measurement work (Princeton's
+/// "Enabling Passive Measurement of Zoom Performance" and its Wireshark
+/// dissector, and nDPI's published detection facts). On UDP ports
+/// 8801-8810 (`media_port`): an SFU setup packet starts `01 00 02`,
+/// `01 00 03`, `02 00 02` or `02 00 03`; an SFU media packet is an 8-byte
+/// header (type 5, sequence, 4 bytes, direction 0 or 4) then the media
+/// encapsulation: type 15 (audio, RTP at 19), 16 (video, RTP at 24, or at
+/// 20 for a frame's single packet), 13 (screen share; RTP at 27 once it
+/// flows), 30 (peer screen share, RTP at 20) or 33-35 (RTCP at 16). On any
+/// port, a peer hello: `1F 02 01`, a 24-byte header, a 4-byte length and
+/// that many bytes (an address as text), a 4-byte length and that many
+/// bytes (an identifier), then four zero bytes, exactly.
+pub fn zoom(p: &[u8], media_port: bool) -> Option<Zoom> {
+    if media_port && p.len() > 8 {
+        if matches!(p[..3], [0x01 | 0x02, 0x00, 0x02 | 0x03]) {
+            return Some(Zoom::SfuSetup);
+        }
+        if p[0] == 0x05 && matches!(p[7], 0 | 4) && zoom_media(&p[8..]) {
+            return Some(Zoom::SfuMedia);
+        }
+    }
+    if p.len() > 36 && p[..3] == [0x1F, 0x02, 0x01] && p[p.len() - 4..] == [0; 4] {
+        let ip = usize::try_from(be32(p, 24)?).ok()?;
+        let id_at = 28usize.checked_add(ip)?;
+        let id = usize::try_from(be32(p, id_at)?).ok()?;
+        let end = id_at.checked_add(4)?.checked_add(id)?.checked_add(4)?;
+        return (end == p.len()).then_some(Zoom::PeerHello);
+    }
+    None
+}
+
+/// Zoom's media encapsulation (15 bytes of header at least) with its RTP
+/// or RTCP at the offset its type puts it.
+fn zoom_media(m: &[u8]) -> bool {
+    let rtp_at = |at: usize| matches!(m.get(at..).and_then(classify), Some(Rtc::Rtp { .. }));
+    let rtcp_at = |at: usize| matches!(m.get(at..).and_then(classify), Some(Rtc::Rtcp { .. }));
+    if m.len() <= 15 {
+        return false;
+    }
+    match m[0] {
+        15 => rtp_at(19),
+        16 => rtp_at(24) || rtp_at(20),
+        13 => m.len() > 27,
+        30 => rtp_at(20),
+        33..=35 => rtcp_at(16),
+        _ => false,
     }
 }
 
@@ -316,8 +414,115 @@ pub fn rtp_packet(seq: u16) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A Zoom SFU media packet (type 5, direction `dir`) around an audio
+    /// (15) or video (16) media encapsulation whose RTP sits where the
+    /// published layout puts it.
+    pub(crate) fn zoom_sfu_media(kind: u8, dir: u8, seq: u16) -> Vec<u8> {
+        let mut p = vec![0x05];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0, dir]);
+        let rtp_at = if kind == 15 { 19 } else { 24 };
+        let mut m = vec![kind];
+        m.resize(rtp_at, 0);
+        m.extend_from_slice(&rtp_packet(seq));
+        p.extend_from_slice(&m);
+        p
+    }
+
+    /// A Zoom peer-to-peer hello: `1F 02 01`, a 24-byte header, the
+    /// address as text and an identifier, each after a 4-byte length, then
+    /// four zero bytes.
+    pub(crate) fn zoom_peer_hello(addr: &str, id: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x1F, 0x02, 0x01];
+        p.resize(24, 0x33);
+        p.extend_from_slice(&u32::try_from(addr.len()).unwrap_or(0).to_be_bytes());
+        p.extend_from_slice(addr.as_bytes());
+        p.extend_from_slice(&u32::try_from(id.len()).unwrap_or(0).to_be_bytes());
+        p.extend_from_slice(id);
+        p.extend_from_slice(&[0; 4]);
+        p
+    }
+
+    /// A classic (RFC 3489) STUN message: `t`, a transaction id of 16
+    /// bytes, and `attrs` as (type, value) pairs.
+    pub(crate) fn classic_stun_message(t: u16, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (a, v) in attrs {
+            body.extend_from_slice(&a.to_be_bytes());
+            body.extend_from_slice(&u16::try_from(v.len()).unwrap_or(0).to_be_bytes());
+            body.extend_from_slice(v);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let mut p = t.to_be_bytes().to_vec();
+        p.extend_from_slice(&u16::try_from(body.len()).unwrap_or(0).to_be_bytes());
+        p.extend_from_slice(&[0x5C; 16]);
+        p.extend_from_slice(&body);
+        p
+    }
+
+    #[test]
+    fn classic_stun_by_its_types_and_an_exact_attribute_walk() {
+        let req = classic_stun_message(0x0001, &[]);
+        assert_eq!(
+            classify(&req),
+            Some(Rtc::Stun {
+                method: 1,
+                class: 0
+            })
+        );
+        let mapped = [0, 1, 0x1F, 0x90, 203, 0, 113, 7];
+        let resp = classic_stun_message(0x0101, &[(0x0001, &mapped), (0x0005, &mapped)]);
+        assert_eq!(
+            classify(&resp),
+            Some(Rtc::Stun {
+                method: 1,
+                class: 2
+            })
+        );
+        let change = classic_stun_message(0x0001, &[(0x0003, &[0, 0, 0, 6])]);
+        assert!(matches!(classify(&change), Some(Rtc::Stun { .. })));
+        // An attribute running past the body, an unknown attribute type, a
+        // message type RFC 3489 does not have, an empty response: no.
+        let mut long = resp.clone();
+        long[23] = 12;
+        assert_eq!(classify(&long), None);
+        assert_eq!(
+            classify(&classic_stun_message(0x0101, &[(0x4000, &mapped)])),
+            None
+        );
+        assert_eq!(
+            classify(&classic_stun_message(0x0003, &[(0x0001, &mapped)])),
+            None
+        );
+        assert_eq!(classify(&classic_stun_message(0x0101, &[])), None);
+    }
+
+    #[test]
+    fn zoom_by_its_published_layouts() {
+        for (kind, dir) in [(15, 0), (16, 4)] {
+            let p = zoom_sfu_media(kind, dir, 9);
+            assert_eq!(zoom(&p, true), Some(Zoom::SfuMedia), "type {kind}");
+            assert_eq!(zoom(&p, false), None, "only on the media ports");
+        }
+        let mut bad_dir = zoom_sfu_media(15, 0, 9);
+        bad_dir[7] = 2;
+        assert_eq!(zoom(&bad_dir, true), None);
+        let mut no_rtp = zoom_sfu_media(15, 0, 9);
+        no_rtp[8 + 19] = 0x40;
+        assert_eq!(zoom(&no_rtp, true), None, "audio without its RTP");
+        let mut setup = vec![0x01, 0x00, 0x03];
+        setup.resize(120, 0x11);
+        assert_eq!(zoom(&setup, true), Some(Zoom::SfuSetup));
+        assert_eq!(zoom(&setup, false), None);
+        let hello = zoom_peer_hello("203.0.113.9", b"3f0c8e3d-2b1a-4c3e-9d8f-0a1b2c3d4e5f");
+        assert_eq!(zoom(&hello, false), Some(Zoom::PeerHello));
+        let mut longer = hello.clone();
+        longer.extend_from_slice(&[0; 4]);
+        assert_eq!(zoom(&longer, false), None, "lengths fill it exactly");
+    }
 
     #[test]
     fn the_rtp_builder_is_read_as_rtp() {
@@ -485,6 +690,8 @@ mod tests {
         fn never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let _ = classify(&b);
             let _ = turn_peers(&b);
+            let _ = zoom(&b, true);
+            let _ = zoom(&b, false);
         }
     }
 }
