@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | ICMP/ICMPv6, echo or any other type (errors such as port unreachable report reachability) | `icmp` | `ping` | no |
 //! | DNS question, or an mDNS/LLMNR answer (UDP or TCP, ports 53, 5353, 5355); on any other UDP port but NetBIOS's 137, a query that reads strictly as one ([`dns::strict_query`]) | `dns` | `dns` | no |
-//! | TLS ClientHello (or, mid-stream, TLS records) | `tls` | `web`; `dns` on port 853; `other` on mail/directory/SIP ports (465, 587, 993, 995, 636, 989, 990, 5061, 5223) | yes |
+//! | TLS ClientHello (or, mid-stream, TLS records) | `tls` | `web`; `dns` on port 853; `other` on mail/directory/SIP ports (465, 587, 993, 995, 636, 989, 990, 5061; Apple push on 5223 is `web`) | yes |
 //! | QUIC Initial (v1, v2, drafts 29-34) or gQUIC CHLO; any other QUIC long header by its version ([`quic::long_header`]: Version Negotiation, drafts, Q0xx, T05x, mvfst) | `quic` | `web` | yes |
 //! | HTTP/1.x request | `http` | `web` | no |
 //! | SD-RTN (Agora) | `sd-rtn` | `media` | no (its host name is cleartext) |
@@ -667,7 +667,7 @@ impl Sniffer {
 fn tls_class(server_port: u16) -> Traffic {
     match server_port {
         853 => Traffic::Dns,
-        465 | 587 | 993 | 995 | 636 | 989 | 990 | 5061 | 5223 => Traffic::Other,
+        465 | 587 | 993 | 995 | 636 | 989 | 990 | 5061 => Traffic::Other,
         _ => Traffic::Web,
     }
 }
@@ -753,6 +753,26 @@ mod tests {
     fn feed_paced(s: &mut Sniffer, ports: (u16, u16), n: u64, p: impl Fn(u64) -> Vec<u8>) {
         for i in 0..n {
             s.on_payload(Carrier::Udp, Dir::Up, ports, &p(i), i * 20_000_000);
+        }
+    }
+
+    #[test]
+    fn tls_class_follows_the_server_port() {
+        let hello = tls::tests::hello_record("push.example");
+        for (port, class) in [
+            (443, Traffic::Web),
+            (5223, Traffic::Web),
+            (853, Traffic::Dns),
+            (993, Traffic::Other),
+            (5061, Traffic::Other),
+        ] {
+            let mut s = Sniffer::new();
+            feed(&mut s, Carrier::Tcp, Dir::Up, (50000, port), &hello);
+            assert_eq!(
+                (s.protocol, s.class),
+                (Some(Protocol::Tls), Some(class)),
+                "port {port}"
+            );
         }
     }
 
