@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = tunnel::openvpn_client_reset(data);
     let _ = tunnel::openvpn_server_reset(data, &[1; 8]);
     let _ = tunnel::ike(data, (500, 4500));
+    let _ = tunnel::esp_in_udp(data, (4500, 4500));
     let _ = quic::gquic_chlo(data);
     let _ = quic::long_header(data);
     let mut plain = Vec::new();

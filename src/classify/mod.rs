@@ -23,7 +23,7 @@
 //! | Zoom's SFU setup and media encapsulation on UDP 8801-8810, its peer hello on any port ([`rtc::zoom`]) | `zoom` | `media` | yes |
 //! | WireGuard: a handshake message, or two transport data messages of one session | `wireguard` | `other` | yes |
 //! | OpenVPN: a client's hard reset and the server's answer naming its session | `openvpn` | `other` | yes |
-//! | IKE/ISAKMP on UDP 500 or 4500 ([`tunnel::ike`]) | `ike` | `other` | yes |
+//! | IKE/ISAKMP on UDP 500 or 4500 ([`tunnel::ike`]), or two ESP packets of one security association on 4500 | `ike` | `other` | yes |
 //!
 //! Encryption status ([`Sniffer::encryption`]): from the protocol (RTP is
 //! cleartext unless DTLS was seen in the same flow, then it is SRTP), else
@@ -246,6 +246,8 @@ enum Pending {
     WireGuardData(u32, u64),
     /// An OpenVPN client hard reset: the client's session id.
     OpenVpnReset([u8; 8]),
+    /// ESP in UDP, up: SPI, sequence number.
+    Esp(u32, u32),
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -453,6 +455,18 @@ impl Sniffer {
             }
             self.tunnel = Pending::WireGuardData(now.0, now.1);
             return None;
+        }
+        if dir == Dir::Up
+            && let Some(now) = tunnel::esp_in_udp(p, ports)
+        {
+            if let Pending::Esp(spi, seq) = self.tunnel
+                && tunnel::esp_follows((spi, seq), now)
+            {
+                return Some(Protocol::Ike);
+            }
+            if !matches!(self.tunnel, Pending::OpenVpnReset(_)) {
+                self.tunnel = Pending::Esp(now.0, now.1);
+            }
         }
         match (dir, self.tunnel) {
             (Dir::Up, _) => {
@@ -779,7 +793,7 @@ mod tests {
     #[test]
     fn tunnels_are_other_whatever_their_shape() {
         use crate::wire::tunnel::tests::{
-            ikev2_init, ovpn_client, ovpn_server, wg_data, wg_message,
+            esp, ikev2_init, ovpn_client, ovpn_server, wg_data, wg_message,
         };
         // WireGuard: a handshake, then paced data that alone would read as
         // media.
@@ -851,6 +865,15 @@ mod tests {
         feed(&mut k, Carrier::Udp, Dir::Up, (500, 500), &init);
         assert_eq!(
             (k.protocol, k.class),
+            (Some(Protocol::Ike), Some(Traffic::Other))
+        );
+        // ESP on 4500 with no IKE in sight: by its sequence numbers.
+        let mut e = Sniffer::new();
+        feed_paced(&mut e, (40000, 4500), 30, |i| {
+            esp(0x0100_0001, 50 + i as u32, 160)
+        });
+        assert_eq!(
+            (e.protocol, e.class),
             (Some(Protocol::Ike), Some(Traffic::Other))
         );
         let mut r = Sniffer::new();

@@ -2,9 +2,10 @@
 //! by its shape: WireGuard (its handshake messages by their fixed sizes,
 //! or transport data by a receiver index and a counter that go on from
 //! one packet to the next), OpenVPN (a client's hard reset and the
-//! server's answer that acknowledges the client's session id) and IKE
+//! server's answer that acknowledges the client's session id), IKE
 //! (ISAKMP/IKEv2 headers on ports 500 and 4500, whose length field is the
-//! datagram's).
+//! datagram's) and ESP in UDP on port 4500 (two packets of one security
+//! association, their sequence numbers going on).
 
 use super::bytes::be32;
 
@@ -99,6 +100,26 @@ pub fn ike(p: &[u8], ports: (u16, u16)) -> bool {
     exchange_ok && be32(m, 24).and_then(|l| usize::try_from(l).ok()) == Some(m.len())
 }
 
+/// ESP in UDP on port 4500 (RFC 3948): a Security Parameters Index of
+/// 256 or more (0 is IKE's non-ESP marker, 1-255 are reserved) and a
+/// sequence number, then the encrypted payload (at least 8 bytes here).
+/// Its SPI and sequence number. Alone this is a weak sign; two of them
+/// with the same SPI and a sequence that moved on by a little make a strong
+/// one ([`esp_follows`]).
+pub fn esp_in_udp(p: &[u8], ports: (u16, u16)) -> Option<(u32, u32)> {
+    if (ports.0 != IKE_NATT_PORT && ports.1 != IKE_NATT_PORT) || p.len() < 16 {
+        return None;
+    }
+    let spi = be32(p, 0)?;
+    (spi >= 256).then_some((spi, be32(p, 4)?))
+}
+
+/// Whether ESP packet `next` follows `prev` in one direction of one
+/// security association: same SPI, sequence ahead by 1 to 1,024.
+pub fn esp_follows(prev: (u32, u32), next: (u32, u32)) -> bool {
+    prev.0 == next.0 && next.1 > prev.1 && next.1 - prev.1 <= 1024
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -186,6 +207,33 @@ pub(crate) mod tests {
         assert_eq!(openvpn_client_reset(&key1), None, "a reset has key id 0");
     }
 
+    /// An ESP-in-UDP packet of `spi` with sequence number `seq`.
+    pub(crate) fn esp(spi: u32, seq: u32, len: usize) -> Vec<u8> {
+        let mut p = spi.to_be_bytes().to_vec();
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.resize(len, 0xC3);
+        p
+    }
+
+    #[test]
+    fn esp_by_its_spi_and_sequence_on_4500() {
+        let a = esp_in_udp(&esp(0x1234_5678, 10, 120), (40000, 4500)).expect("esp");
+        let b = esp_in_udp(&esp(0x1234_5678, 11, 120), (40000, 4500)).expect("esp");
+        assert!(esp_follows(a, b));
+        assert!(!esp_follows(b, a));
+        assert_eq!(esp_in_udp(&esp(0x1234_5678, 10, 120), (40000, 4501)), None);
+        assert_eq!(
+            esp_in_udp(&esp(0, 10, 120), (40000, 4500)),
+            None,
+            "IKE's marker"
+        );
+        assert_eq!(
+            esp_in_udp(&esp(255, 10, 120), (40000, 4500)),
+            None,
+            "reserved"
+        );
+    }
+
     #[test]
     fn ike_on_its_ports_with_its_own_length() {
         let m = ikev2_init(200);
@@ -218,6 +266,7 @@ pub(crate) mod tests {
             let _ = openvpn_server_reset(&b, &[1; 8]);
             let _ = ike(&b, ports);
             let _ = ike(&b, (4500, ports.1));
+            let _ = esp_in_udp(&b, (4500, ports.1));
         }
     }
 }
