@@ -23,6 +23,7 @@
 //! | Zoom's SFU setup and media encapsulation on UDP 8801-8810, its peer hello on any port ([`rtc::zoom`]) | `zoom` | `media` | yes |
 //! | WireGuard: a handshake message, or two transport data messages of one session | `wireguard` | `other` | yes |
 //! | OpenVPN: a client's hard reset and the server's answer naming its session | `openvpn` | `other` | yes |
+//! | BitTorrent uTP: a SYN and the STATE that answers it ([`utp`]) | `bittorrent` | `other` | by the sampled bytes |
 //! | IKE/ISAKMP on UDP 500 or 4500 ([`tunnel::ike`]), or two ESP packets of one security association on 4500 | `ike` | `other` | yes |
 //!
 //! Encryption status ([`Sniffer::encryption`]): from the protocol (RTP is
@@ -44,7 +45,7 @@ pub mod leak;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{dns, http, quic, rtc, tls, tunnel};
+use crate::wire::{dns, http, quic, rtc, tls, tunnel, utp};
 
 /// Traffic class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -137,6 +138,9 @@ pub enum Protocol {
     /// IKE (ISAKMP, IKEv2): IPsec's key exchange, and the ESP that follows
     /// it on port 4500.
     Ike,
+    /// BitTorrent's uTP.
+    #[serde(rename = "bittorrent")]
+    BitTorrent,
 }
 
 impl std::fmt::Display for Protocol {
@@ -166,6 +170,7 @@ impl Protocol {
             Protocol::WireGuard => "wireguard",
             Protocol::OpenVpn => "openvpn",
             Protocol::Ike => "ike",
+            Protocol::BitTorrent => "bittorrent",
         }
     }
 }
@@ -248,6 +253,8 @@ enum Pending {
     OpenVpnReset([u8; 8]),
     /// ESP in UDP, up: SPI, sequence number.
     Esp(u32, u32),
+    /// A uTP SYN: connection id, sequence number.
+    UtpSyn(u16, u16),
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -271,9 +278,19 @@ impl Sniffer {
     }
 
     fn decide(&mut self, p: Protocol, class: Traffic, encrypted: bool) {
+        self.settle(p, class, Some(encrypted));
+    }
+
+    /// Decides a protocol that may or may not be encrypted: the sampled
+    /// payload says ([`Sniffer::encryption`]).
+    fn decide_sampled(&mut self, p: Protocol, class: Traffic) {
+        self.settle(p, class, None);
+    }
+
+    fn settle(&mut self, p: Protocol, class: Traffic, encrypted: Option<bool>) {
         self.protocol = Some(p);
         self.class = Some(class);
-        self.encrypted = Some(encrypted);
+        self.encrypted = encrypted;
         self.done = true;
         if self.protocol_says_encryption() {
             self.hist = None;
@@ -411,8 +428,13 @@ impl Sniffer {
         }
         // Tunnels and Zoom before the real-time first-byte rules, which an
         // IKE SPI or an OpenVPN opcode could otherwise happen to satisfy.
-        if let Some(proto) = self.sniff_tunnel(dir, ports, p) {
-            return self.decide(proto, Traffic::Other, true);
+        match self.sniff_tunnel(dir, ports, p) {
+            // BitTorrent may be encrypted or not; a tunnel is.
+            Some(Protocol::BitTorrent) => {
+                return self.decide_sampled(Protocol::BitTorrent, Traffic::Other);
+            }
+            Some(proto) => return self.decide(proto, Traffic::Other, true),
+            None => {}
         }
         let zoom_port = |port: u16| (8801..=8810).contains(&port);
         if rtc::zoom(p, zoom_port(ports.0) || zoom_port(ports.1)).is_some() {
@@ -438,7 +460,8 @@ impl Sniffer {
         }
     }
 
-    /// A tunnel's signature, or the first half of one kept for the next
+    /// A tunnel's signature (or uTP's, which like a tunnel is no media
+    /// whatever its shape), or the first half of one kept for the next
     /// packet.
     fn sniff_tunnel(&mut self, dir: Dir, ports: (u16, u16), p: &[u8]) -> Option<Protocol> {
         if tunnel::ike(p, ports) {
@@ -472,10 +495,15 @@ impl Sniffer {
             (Dir::Up, _) => {
                 if let Some(s) = tunnel::openvpn_client_reset(p) {
                     self.tunnel = Pending::OpenVpnReset(s);
+                } else if let Some((id, seq)) = utp::syn(p) {
+                    self.tunnel = Pending::UtpSyn(id, seq);
                 }
             }
             (Dir::Down, Pending::OpenVpnReset(s)) if tunnel::openvpn_server_reset(p, &s) => {
                 return Some(Protocol::OpenVpn);
+            }
+            (Dir::Down, Pending::UtpSyn(id, seq)) if utp::answers_syn(p, (id, seq)) => {
+                return Some(Protocol::BitTorrent);
             }
             _ => {}
         }
@@ -795,6 +823,7 @@ mod tests {
         use crate::wire::tunnel::tests::{
             esp, ikev2_init, ovpn_client, ovpn_server, wg_data, wg_message,
         };
+        use crate::wire::utp::tests::utp;
         // WireGuard: a handshake, then paced data that alone would read as
         // media.
         let mut s = Sniffer::new();
@@ -857,6 +886,18 @@ mod tests {
         assert_eq!(
             (o.protocol, o.class),
             (Some(Protocol::OpenVpn), Some(Traffic::Other))
+        );
+        // uTP: a SYN, then the answer's paced acknowledgements.
+        let mut u = Sniffer::new();
+        let syn = utp(4, 77, 1, 0, &[]);
+        feed(&mut u, Carrier::Udp, Dir::Up, (40000, 6881), &syn);
+        for i in 0..30u64 {
+            let ack = utp(2, 77, 9 + i as u16, 1, &[]);
+            u.on_payload(Carrier::Udp, Dir::Down, (40000, 6881), &ack, i * 20_000_000);
+        }
+        assert_eq!(
+            (u.protocol, u.class),
+            (Some(Protocol::BitTorrent), Some(Traffic::Other))
         );
         // IKE, whose random SPI would otherwise read as RTP.
         let mut k = Sniffer::new();

@@ -11,3 +11,4 @@ pub mod quic;
 pub mod rtc;
 pub mod tls;
 pub mod tunnel;
+pub mod utp;
