@@ -470,7 +470,11 @@ impl Sniffer {
         if tunnel::wireguard_handshake(p) {
             return Some(Protocol::WireGuard);
         }
-        if let Some(now) = tunnel::wireguard_data(p) {
+        // Counters are per direction (each end has its own receiver index
+        // and counter): follow the initiator's.
+        if dir == Dir::Up
+            && let Some(now) = tunnel::wireguard_data(p)
+        {
             if let Pending::WireGuardData(r, c) = self.tunnel
                 && tunnel::wireguard_data_follows((r, c), now)
             {
@@ -848,9 +852,14 @@ mod tests {
             &rtc::rtp_packet(1),
         );
         assert_eq!(s.class, Some(Traffic::Media));
-        // Mid-session (no handshake in sight): two data messages that go on.
+        // Mid-session (no handshake in sight): two data messages that go on,
+        // the other end's answers in between.
         let mut d = Sniffer::new();
-        feed_paced(&mut d, (40000, 443), 30, |i| wg_data(5, 1000 + i, 160));
+        for i in 0..30u64 {
+            let (up, down) = (wg_data(5, 1000 + i, 160), wg_data(9, 40 + i, 96));
+            d.on_payload(Carrier::Udp, Dir::Up, (40000, 443), &up, i * 20_000_000);
+            d.on_payload(Carrier::Udp, Dir::Down, (40000, 443), &down, i * 20_000_000);
+        }
         assert_eq!(d.protocol, Some(Protocol::WireGuard));
         assert_eq!(d.class, Some(Traffic::Other));
         // ... but data whose counters do not go on is not taken for it.
