@@ -150,6 +150,35 @@ impl std::fmt::Display for Protocol {
 }
 
 impl Protocol {
+    /// Every protocol the classifier reports.
+    pub const ALL: [Protocol; 18] = [
+        Protocol::Unknown,
+        Protocol::Tls,
+        Protocol::Quic,
+        Protocol::Http,
+        Protocol::Dns,
+        Protocol::Stun,
+        Protocol::Turn,
+        Protocol::Rtp,
+        Protocol::Rtcp,
+        Protocol::Dtls,
+        Protocol::Zrtp,
+        Protocol::SdRtn,
+        Protocol::Icmp,
+        Protocol::Zoom,
+        Protocol::WireGuard,
+        Protocol::OpenVpn,
+        Protocol::Ike,
+        Protocol::BitTorrent,
+    ];
+
+    /// The protocol named `name` ([`Protocol::name`], any case).
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(name))
+    }
+
     /// The protocol's name (as in vendor signatures).
     pub fn name(self) -> &'static str {
         match self {
@@ -800,6 +829,20 @@ mod tests {
         for i in 0..n {
             s.on_payload(Carrier::Udp, Dir::Up, ports, &p(i), i * 20_000_000);
         }
+    }
+
+    #[test]
+    fn every_protocol_is_named_once_and_read_back() {
+        for p in Protocol::ALL {
+            assert_eq!(Protocol::from_name(p.name()), Some(p));
+            assert_eq!(
+                serde_json::to_value(p).ok(),
+                Some(serde_json::Value::from(p.name())),
+                "events name it as the rules do"
+            );
+        }
+        assert_eq!(Protocol::from_name("SD-RTN"), Some(Protocol::SdRtn));
+        assert_eq!(Protocol::from_name("sdrtn"), None);
     }
 
     #[test]

@@ -306,6 +306,22 @@ impl Catalog {
                     c.vendor_asns.push((a, idx));
                 }
                 for s in &v.signatures {
+                    if crate::classify::Protocol::from_name(s).is_none() {
+                        let known: Vec<&str> = crate::classify::Protocol::ALL
+                            .iter()
+                            .map(|p| p.name())
+                            .collect();
+                        return Err(SourceError::at(
+                            &path,
+                            &text,
+                            locate(&format!("\"{s}\"")),
+                            format!(
+                                "vendor '{}' names the signature '{s}', a protocol the classifier never reports (it reports {})",
+                                v.id,
+                                known.join(", ")
+                            ),
+                        ));
+                    }
                     c.vendor_sigs.push((s.to_ascii_lowercase(), idx));
                 }
                 c.vendors.push(v);
@@ -453,6 +469,22 @@ mod tests {
                 .contains("AS64502 is listed twice under vendor 'v'"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_signature_the_classifier_never_reports_is_an_error() {
+        let v = "[[vendor]]\nid = \"v\"\nname = \"V\"\njurisdiction = \"CN\"\nevidence = \"e\"\nsignatures = [\"sdrtn\"]\n";
+        let e = Catalog::from_sources([(PathBuf::from("vendors/v.toml"), v.to_owned())])
+            .expect_err("unknown signature");
+        assert!(
+            e.to_string().contains(
+                "vendor 'v' names the signature 'sdrtn', a protocol the classifier never reports"
+            ),
+            "{e}"
+        );
+        let ok = v.replace("sdrtn", "SD-RTN");
+        let c = Catalog::from_sources([(PathBuf::from("vendors/v.toml"), ok)]).expect("known");
+        assert!(c.vendor_of(&[], None, Some("sd-rtn")).is_some());
     }
 
     #[test]
