@@ -1042,3 +1042,30 @@ fn list_bundles_are_built_checked_verified_diffed_and_published() {
         }
     }
 }
+
+#[test]
+fn explain_names_the_vendor_by_its_signature_and_refuses_an_unknown_protocol() {
+    let o = geowall(&[
+        "rules",
+        "explain",
+        "--preset",
+        "clubhouse",
+        "192.0.2.10",
+        "--proto",
+        "udp",
+        "--traffic",
+        "media",
+        "--protocol",
+        "SD-RTN",
+        "--json",
+    ]);
+    let v = json(&o);
+    assert_eq!(v["jurisdiction"]["vendor"]["vendor_id"], "agora", "{v}");
+    let bad = geowall(&["rules", "explain", "192.0.2.10", "--protocol", "sdrtn"]);
+    assert!(!bad.status.success());
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        e.contains("sdrtn") && e.contains("expected one of") && e.contains("wireguard"),
+        "{e}"
+    );
+}

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use geowall::classify::Protocol;
 use geowall::intel::catalog::{Catalog, SourceError};
 use geowall::intel::jurisdiction::{Intel, Jurisdiction, Layer};
 use geowall::policy::rules::PRESETS;
@@ -155,9 +156,10 @@ pub(crate) struct ExplainArgs {
     /// Traffic class: dns, web, media, ping or other.
     #[arg(long, value_parser = parse_traffic)]
     traffic: Option<Traffic>,
-    /// Application protocol the classifier would report (e.g. sd-rtn).
-    #[arg(long, value_name = "NAME")]
-    protocol: Option<String>,
+    /// Application protocol the classifier would report (e.g. sd-rtn,
+    /// stun, zoom, wireguard).
+    #[arg(long, value_name = "NAME", value_parser = parse_protocol)]
+    protocol: Option<Protocol>,
     /// The flow carries a registered identifier in cleartext.
     #[arg(long)]
     leak: bool,
@@ -197,6 +199,15 @@ fn parse_transport(s: &str) -> Result<Transport, String> {
         "icmp" => Ok(Transport::Icmp),
         _ => Err("expected tcp, udp or icmp".into()),
     }
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    Protocol::from_name(s).ok_or_else(|| {
+        format!(
+            "expected one of {}",
+            Protocol::ALL.map(Protocol::name).join(", ")
+        )
+    })
 }
 
 fn parse_traffic(s: &str) -> Result<Traffic, String> {
@@ -781,7 +792,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             transport: a.proto,
             names: &names,
             traffic: a.traffic,
-            protocol: a.protocol.as_deref(),
+            protocol: a.protocol.map(Protocol::name),
             encrypted: a.encrypted,
             leak: a.leak,
             app: a.app.as_deref(),

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::classify::Protocol;
+
 use super::country::Country;
 use super::domain::{DomainMap, DomainPattern};
 
@@ -306,11 +308,7 @@ impl Catalog {
                     c.vendor_asns.push((a, idx));
                 }
                 for s in &v.signatures {
-                    if crate::classify::Protocol::from_name(s).is_none() {
-                        let known: Vec<&str> = crate::classify::Protocol::ALL
-                            .iter()
-                            .map(|p| p.name())
-                            .collect();
+                    if Protocol::from_name(s).is_none() {
                         return Err(SourceError::at(
                             &path,
                             &text,
@@ -318,7 +316,7 @@ impl Catalog {
                             format!(
                                 "vendor '{}' names the signature '{s}', a protocol the classifier never reports (it reports {})",
                                 v.id,
-                                known.join(", ")
+                                Protocol::ALL.map(Protocol::name).join(", ")
                             ),
                         ));
                     }
