@@ -291,6 +291,91 @@ pub fn turn_peers(p: &[u8]) -> Option<TurnPeers> {
     Some(out)
 }
 
+/// The longest TURN message over TCP read whole for its peers; a longer
+/// one (it would carry data, not a permission) is passed over unread.
+pub const MAX_TURN_TCP_MESSAGE: usize = 2048;
+
+/// TURN over TCP (RFC 8656 section 12.3): the client's byte stream is STUN
+/// messages and ChannelData frames back to back, ChannelData padded to a
+/// multiple of 4. [`TurnStream::feed`] frames it and hands over each whole
+/// STUN message of at most [`MAX_TURN_TCP_MESSAGE`] bytes (for
+/// [`turn_peers`]), skipping ChannelData without keeping it. A stream that
+/// stops looking like TURN framing is given up ([`TurnStream::lost`]).
+/// Memory: at most one message.
+#[derive(Debug, Default)]
+pub struct TurnStream {
+    /// The current message's bytes so far (its 4-byte header at least).
+    msg: Vec<u8>,
+    /// Bytes of the current frame still to pass over unread.
+    skip: usize,
+    lost: bool,
+}
+
+impl TurnStream {
+    /// A framer at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the stream stopped looking like TURN framing (nothing more
+    /// is read from it).
+    pub fn lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Whether a message (or a frame's header) has begun and is not whole
+    /// yet: the bytes fed so far end inside it.
+    pub fn partial(&self) -> bool {
+        !self.msg.is_empty()
+    }
+
+    /// Frames the next bytes of the stream; `on_message` gets every whole
+    /// STUN message they complete.
+    pub fn feed(&mut self, mut data: &[u8], mut on_message: impl FnMut(&[u8])) {
+        while !data.is_empty() && !self.lost {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            // The 4-byte header says what the frame is and how long.
+            let want = if self.msg.len() < 4 {
+                4
+            } else {
+                20 + usize::from(u16::from_be_bytes([self.msg[2], self.msg[3]]))
+            };
+            let n = (want - self.msg.len()).min(data.len());
+            self.msg.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.msg.len() == 4 {
+                let len = usize::from(u16::from_be_bytes([self.msg[2], self.msg[3]]));
+                match self.msg[0] {
+                    // STUN: a whole message, unless it is too long to keep.
+                    0x00..=0x3F if len % 4 == 0 => {
+                        if 20 + len > MAX_TURN_TCP_MESSAGE {
+                            self.skip = 16 + len;
+                            self.msg.clear();
+                        }
+                    }
+                    // ChannelData: pass over it, padding included.
+                    0x40..=0x4F => {
+                        self.skip = len.next_multiple_of(4);
+                        self.msg.clear();
+                    }
+                    _ => {
+                        self.lost = true;
+                        self.msg = Vec::new();
+                    }
+                }
+            } else if self.msg.len() > 4 && self.msg.len() == want {
+                on_message(&self.msg);
+                self.msg.clear();
+            }
+        }
+    }
+}
+
 /// An XOR-MAPPED-ADDRESS-style value (RFC 8489 section 14.2): family, port
 /// and address XORed with the magic cookie (and, for IPv6, the
 /// transaction ID); `cookie_and_id` is the message's bytes 4..20.
@@ -685,7 +770,54 @@ pub(crate) mod tests {
         assert!(m.more);
     }
 
+    #[test]
+    fn turn_over_tcp_is_framed_across_segments_and_channel_data_is_passed_over() {
+        let id = [0x51; 12];
+        let cn = std::net::SocketAddr::from(([203, 0, 113, 10], 5004));
+        let us = std::net::SocketAddr::from(([198, 51, 100, 20], 5004));
+        let mut stream = turn_message(TURN_CREATE_PERMISSION, id, &[us], None, &[]);
+        let mut cd = vec![0x40, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5];
+        cd.extend_from_slice(&[0; 3]); // padded to 4 on TCP
+        stream.extend_from_slice(&cd);
+        stream.extend_from_slice(&turn_message(TURN_SEND, id, &[cn], None, &[0x55; 160]));
+        // Every way of cutting the stream in two gives the same messages.
+        for cut in 0..stream.len() {
+            let mut t = TurnStream::new();
+            let mut peers = Vec::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                t.feed(part, |m| peers.extend(turn_peers(m).expect("peers").iter()));
+            }
+            assert_eq!(peers, vec![us, cn], "cut at {cut}");
+            assert!(!t.lost());
+        }
+        // A long Send is passed over, and what follows is still read.
+        let mut t = TurnStream::new();
+        let mut long = turn_message(TURN_SEND, id, &[us], None, &[0x55; 4000]);
+        long.extend_from_slice(&turn_message(TURN_CREATE_PERMISSION, id, &[cn], None, &[]));
+        let mut peers = Vec::new();
+        t.feed(&long, |m| {
+            peers.extend(turn_peers(m).expect("peers").iter())
+        });
+        assert_eq!(peers, vec![cn]);
+        // Not TURN framing: given up, nothing more read.
+        let mut t = TurnStream::new();
+        t.feed(&rtp_packet(1), |_| panic!("no message"));
+        assert!(t.lost());
+    }
+
     proptest::proptest! {
+        #[test]
+        fn turn_stream_never_panics_nor_keeps_more_than_a_message(
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            cut in 0usize..3000,
+        ) {
+            let mut t = TurnStream::new();
+            let cut = cut.min(b.len());
+            t.feed(&b[..cut], |m| { let _ = turn_peers(m); });
+            t.feed(&b[cut..], |m| { let _ = turn_peers(m); });
+            proptest::prop_assert!(t.msg.len() <= MAX_TURN_TCP_MESSAGE);
+        }
+
         #[test]
         fn never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let _ = classify(&b);

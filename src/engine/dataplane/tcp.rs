@@ -99,6 +99,26 @@ pub(super) struct TcpFlow {
     /// Bytes went through the local buffers since they were last given
     /// back.
     pub(super) buffers_used: bool,
+    /// TURN over TCP: the client's stream read for the peers it names.
+    pub(super) turn: TurnRead,
+    /// App bytes are held because a TURN message in them is not whole yet:
+    /// they are judged once it is.
+    pub(super) turn_held: bool,
+}
+
+/// Whether a connection's stream is read as TURN over TCP, decided by its
+/// first bytes: a STUN message there starts a framer that reads every
+/// later message for the peers it names (each one judged before the bytes
+/// naming it leave, as for UDP).
+#[derive(Debug, Default)]
+pub(super) enum TurnRead {
+    /// No byte from the app yet.
+    #[default]
+    Unseen,
+    /// The stream began with a STUN message: framed.
+    Reading(Box<crate::wire::rtc::TurnStream>),
+    /// Not TURN (or no longer framed as it).
+    No,
 }
 
 impl Engine {
@@ -250,6 +270,8 @@ impl Engine {
                 seq_read: seg.seq.wrapping_add(1),
                 seq_seen: seg.seq.wrapping_add(1),
                 buffers_used: false,
+                turn: TurnRead::Unseen,
+                turn_held: false,
             };
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
             if !asked && !sniff && !is_dns {
@@ -421,6 +443,7 @@ impl Engine {
             // Read what the app sent (bounded while not open, and while
             // late first bytes are held).
             let mut new_leak = false;
+            let (mut new_peer, mut too_many) = (false, false);
             let holding = f.first_bytes != FirstBytes::Judged;
             loop {
                 let room = match f.phase {
@@ -466,12 +489,34 @@ impl Engine {
                     &mut self.hits,
                     &mut f.core.leaks,
                 );
+                // TURN over TCP: a message naming a new peer is judged
+                // before it leaves; so is one still coming in pieces.
+                let mut turn_partial = false;
+                if matches!(f.turn, TurnRead::Unseen) {
+                    f.turn = match crate::wire::rtc::stun_prefix(&data) {
+                        Some(_) => TurnRead::Reading(Box::default()),
+                        None => TurnRead::No,
+                    };
+                }
+                if let TurnRead::Reading(t) = &mut f.turn {
+                    let core = &mut f.core;
+                    t.feed(&data, |m| match core.learn_peers(m) {
+                        PeerNews::New => new_peer = true,
+                        PeerNews::TooMany => too_many = true,
+                        PeerNews::Nothing => {}
+                    });
+                    turn_partial = t.partial();
+                    if t.lost() {
+                        f.turn = TurnRead::No;
+                    }
+                }
+                f.turn_held |= turn_partial;
                 if f.first_bytes == FirstBytes::Awaited {
                     f.first_bytes = FirstBytes::Reading { since_ns: now_ns };
                     let t = now_ns + TCP_SNIFF_NS;
                     self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
                 }
-                if f.phase == TcpPhase::Open && !new_leak && !holding {
+                if f.phase == TcpPhase::Open && !new_leak && !new_peer && !f.turn_held && !holding {
                     self.out.push_back(Output::TcpSend {
                         flow: f.id,
                         payload: data,
@@ -500,6 +545,24 @@ impl Engine {
                 }
                 return;
             }
+            // A TURN message naming more peers than one message is read
+            // for cannot be judged: the connection is cut before it leaves.
+            if too_many {
+                sock.abort();
+                f.phase = TcpPhase::Blocked;
+                f.pending.clear();
+                *self
+                    .counters
+                    .drops
+                    .entry(DropReason::TurnTooManyPeers)
+                    .or_insert(0) += 1;
+                self.counters.cut += 1;
+                self.out.push_back(Output::Close { flow: f.id });
+                return;
+            }
+            let turn_partial = matches!(&f.turn, TurnRead::Reading(t) if t.partial());
+            // Bytes held for a TURN message that is whole now.
+            let turn_due = f.turn_held && !turn_partial;
             let mut aborted_now = false;
             let mut drop_silently = false;
             // Judge when the first bytes are in, or the time is up.
@@ -516,7 +579,9 @@ impl Engine {
             };
             let due = match f.phase {
                 TcpPhase::Sniffing { since_ns: Some(t) } => first_in(t),
-                TcpPhase::Connecting | TcpPhase::Open => new_leak || late_in || f.rejudge,
+                TcpPhase::Connecting | TcpPhase::Open => {
+                    new_leak || new_peer || turn_due || late_in || f.rejudge
+                }
                 TcpPhase::Asking => f.core.answer.is_some(),
                 _ => false,
             };
@@ -593,8 +658,12 @@ impl Engine {
                     if late_in {
                         f.first_bytes = FirstBytes::Judged;
                     }
+                    if !turn_partial {
+                        f.turn_held = false;
+                    }
                     if was == TcpPhase::Open
                         && f.first_bytes == FirstBytes::Judged
+                        && !f.turn_held
                         && !f.pending.is_empty()
                     {
                         self.out.push_back(Output::TcpSend {
@@ -649,7 +718,7 @@ impl Engine {
             && f.phase == TcpPhase::Connecting
         {
             f.phase = TcpPhase::Open;
-            if f.first_bytes == FirstBytes::Judged && !f.pending.is_empty() {
+            if f.first_bytes == FirstBytes::Judged && !f.turn_held && !f.pending.is_empty() {
                 self.out.push_back(Output::TcpSend {
                     flow,
                     payload: std::mem::take(&mut f.pending),

@@ -1636,6 +1636,66 @@ fn a_relay_is_judged_by_the_peers_it_is_asked_to_reach() {
 /// An engine with one `ask` rule over 198.51.100.0/24 and 198.18.0.0/15
 /// (`default` and `timeout` as given, blocks rejected); flows from app
 /// ports below 41,000 belong to `/usr/bin/a`, the rest to `/usr/bin/b`.
+/// TURN over TCP: the client's stream is framed and each message read for
+/// its peers. A permission for a US peer that comes in two pieces leaves
+/// only once whole (and judged); one for a CN peer never leaves and the
+/// connection is cut, the event naming the peer.
+#[test]
+fn a_relay_over_tcp_is_judged_by_the_peers_it_is_asked_to_reach() {
+    use crate::wire::rtc::{TURN_CREATE_PERMISSION, turn_message};
+    use smoltcp::socket::tcp::State as S_;
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    let mut now = S;
+    let (mut app, _) = connected(&mut e, "198.51.100.7:3478", &mut now);
+    let alloc = turn_allocate();
+    app.socket().send_slice(&alloc).expect("send");
+    let mut outs = run_until(&mut app, &mut e, &mut now, MS, 50, |_, o| {
+        tcp_open_of(o).is_some()
+    });
+    let flow = tcp_open_of(&outs).expect("a US relay: opened");
+    e.handle_tcp_connected(flow, now);
+    while let Some(o) = e.poll_output() {
+        match o {
+            Output::ToTun(p) => app.dev.rx.push_back(p),
+            o => outs.push(o),
+        }
+    }
+    assert_eq!(tcp_sent_upstream(&outs), alloc, "the allocation");
+    // A US peer's permission, in two pieces: nothing of it leaves until
+    // the rest is in.
+    let us = sa("198.51.100.20:5004");
+    let perm = turn_message(TURN_CREATE_PERMISSION, [4; 12], &[us], None, &[]);
+    app.socket().send_slice(&perm[..10]).expect("send");
+    outs.extend(run_until(&mut app, &mut e, &mut now, MS, 20, |_, _| false));
+    assert_eq!(tcp_sent_upstream(&outs), alloc, "half a message waits");
+    app.socket().send_slice(&perm[10..]).expect("send");
+    outs.extend(run_until(&mut app, &mut e, &mut now, MS, 20, |_, _| false));
+    assert_eq!(tcp_sent_upstream(&outs), [alloc.clone(), perm].concat());
+    assert!(!events(&outs).iter().any(|e| e.kind == EventKind::Cut));
+    // A CN peer's permission: never leaves; the connection is cut.
+    let cn = sa("203.0.113.10:5004");
+    let bad = turn_message(TURN_CREATE_PERMISSION, [5; 12], &[cn], None, &[]);
+    let before = tcp_sent_upstream(&outs).len();
+    app.socket().send_slice(&bad).expect("send");
+    outs.extend(run_until(&mut app, &mut e, &mut now, MS, 50, |a, _| {
+        a.socket().state() == S_::Closed
+    }));
+    assert_eq!(
+        tcp_sent_upstream(&outs).len(),
+        before,
+        "the CN permission never left"
+    );
+    assert!(outs.contains(&Output::Close { flow }));
+    let ev = events(&outs);
+    let cut = ev.iter().find(|e| e.kind == EventKind::Cut).expect("a cut");
+    assert_eq!(cut.peer.as_deref(), Some("203.0.113.10:5004"));
+    assert_eq!(
+        cut.rule.as_deref(),
+        Some("no pings or media to PRC jurisdiction")
+    );
+    assert_eq!(app.socket().state(), S_::Closed, "the app saw an RST");
+}
+
 fn ask_engine(default: &str, timeout: u32) -> Engine {
     let text = format!(
         "name = \"ask\"\ndefault = \"allow\"\n[[rule]]\nname = \"ask about the test nets\"\naction = \"ask\"\nblock = \"reject\"\nask = {{ default = \"{default}\", timeout = {timeout} }}\ncidr = [\"198.51.100.0/24\", \"198.18.0.0/15\"]\n"
