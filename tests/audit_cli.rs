@@ -598,3 +598,67 @@ fn a_relayed_flow_shows_its_peers_and_the_peer_that_decided() {
     let table = run(false);
     assert!(table.contains("(peer 203.0.113.10:5004)"), "{table}");
 }
+
+/// TCP segments from `src` to `dst` carrying `chunks` in order (PSH|ACK,
+/// sequence numbers following on), as IPv4 packets in a pcap.
+fn pcap_tcp(src: ([u8; 4], u16), dst: ([u8; 4], u16), chunks: &[&[u8]]) -> Vec<u8> {
+    let mut seq = 1_000u32;
+    let ips: Vec<Vec<u8>> = chunks
+        .iter()
+        .map(|payload| {
+            let total = 20 + 20 + payload.len();
+            let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0];
+            ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            ip.extend_from_slice(&src.0);
+            ip.extend_from_slice(&dst.0);
+            ip.extend_from_slice(&src.1.to_be_bytes());
+            ip.extend_from_slice(&dst.1.to_be_bytes());
+            ip.extend_from_slice(&seq.to_be_bytes());
+            ip.extend_from_slice(&1u32.to_be_bytes()); // ack
+            ip.extend_from_slice(&[0x50, 0x18, 0xFF, 0xFF, 0, 0, 0, 0]);
+            ip.extend_from_slice(payload);
+            seq = seq.wrapping_add(payload.len() as u32);
+            ip
+        })
+        .collect();
+    pcap_raw(&ips)
+}
+
+#[test]
+fn a_relay_over_tcp_shows_the_peer_its_stream_names() {
+    use geowall::wire::rtc::{TURN_CREATE_PERMISSION, turn_message};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = support::test_world(dir.path());
+    let mut alloc = vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
+    alloc.extend_from_slice(&[3; 12]);
+    alloc.extend_from_slice(&[0x00, 0x19, 0x00, 0x04, 17, 0, 0, 0]);
+    let peer = "203.0.113.10:5004".parse().expect("addr");
+    let perm = turn_message(TURN_CREATE_PERMISSION, [4; 12], &[peer], None, &[]);
+    // The permission split across two segments, the first sharing one with
+    // the allocation's tail.
+    let mut first = alloc[10..].to_vec();
+    first.extend_from_slice(&perm[..30]);
+    let pcap = pcap_tcp(
+        ([192, 0, 2, 10], 40_000),
+        ([198, 51, 100, 7], 3478),
+        &[&alloc[..10], &first, &perm[30..]],
+    );
+    let f = dir.path().join("turn-tcp.pcap");
+    std::fs::write(&f, &pcap).expect("write");
+    let o = geowall(&[
+        "audit",
+        f.to_str().expect("utf8"),
+        "--preset",
+        "clubhouse",
+        "--world",
+        world.to_str().expect("utf8"),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let fl: Value = serde_json::from_str(out.lines().next().expect("a flow")).expect("json");
+    assert_eq!(fl["dst"], "198.51.100.7:3478", "{fl}");
+    assert_eq!(fl["peers"][0]["peer"], "203.0.113.10:5004", "{fl}");
+    assert_eq!(fl["verdict"]["action"], "block");
+    assert_eq!(fl["verdict"]["peer"], "203.0.113.10:5004");
+}

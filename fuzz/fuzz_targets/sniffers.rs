@@ -13,6 +13,14 @@ fuzz_target!(|data: &[u8]| {
     let _ = rtc::sd_rtn(data);
     let _ = rtc::stun_prefix(data);
     let _ = rtc::turn_peers(data);
+    let _ = rtc::stun_start(data);
+    let _ = rtc::stun_incomplete(data);
+    let mut turn = rtc::TurnStream::new();
+    for part in data.chunks(data.len() / 3 + 1) {
+        turn.feed(part, |m| {
+            let _ = rtc::turn_peers(m);
+        });
+    }
     let _ = rtc::zoom(data, true);
     let _ = rtc::zoom(data, false);
     let _ = tunnel::wireguard_handshake(data);

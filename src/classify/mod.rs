@@ -584,6 +584,10 @@ impl Sniffer {
             let room = SNIFF_BYTES - self.stream.len();
             self.stream.extend_from_slice(&p[..p.len().min(room)]);
         }
+        // A STUN message (TURN over TCP) that came in more than one segment.
+        if rtc::stun_prefix(&self.stream).is_some() {
+            return self.decide(Protocol::Stun, Traffic::Media, false);
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         let stream = std::mem::take(&mut self.stream);
         let verdict: Option<(Protocol, Traffic, bool, Option<String>)> =
@@ -610,6 +614,9 @@ impl Sniffer {
                         } else if tls_record(&stream) {
                             // Mid-stream: the client's records, not a hello.
                             Some((Protocol::Tls, Traffic::Web, true, None))
+                        } else if rtc::stun_incomplete(&stream) {
+                            // The start of a STUN message: wait for the rest.
+                            None
                         } else {
                             // Neither TLS nor HTTP can start like this, and
                             // no later client bytes would change that: an
@@ -822,6 +829,16 @@ mod tests {
         let mut t = Sniffer::new();
         feed(&mut t, Carrier::Tcp, Dir::Up, (40000, 3478), &framed);
         assert_eq!(t.class, Some(Traffic::Media));
+        // TURN over TCP, the first message in two segments: it waits for
+        // the rest instead of being decided unknown.
+        let mut u = Sniffer::new();
+        feed(&mut u, Carrier::Tcp, Dir::Up, (40000, 3478), &req[..6]);
+        assert!(!u.is_done(), "half a STUN message");
+        feed(&mut u, Carrier::Tcp, Dir::Up, (40000, 3478), &req[6..]);
+        assert_eq!(
+            (u.protocol, u.class),
+            (Some(Protocol::Stun), Some(Traffic::Media))
+        );
     }
 
     /// Feeds `n` copies of `p` 20 ms apart, up: a real-time shape.

@@ -52,6 +52,35 @@ pub struct FlowCore {
     /// The answer an `ask` rule got for this flow (allow?, how it came):
     /// it settles every later verdict of that rule on the flow.
     pub answer: Option<(bool, crate::policy::Answered)>,
+    /// TCP: the client's stream read as TURN over TCP
+    /// ([`FlowCore::learn_stream_peers`]).
+    turn: TurnRead,
+}
+
+/// Whether a TCP flow's stream is read as TURN over TCP, decided by its
+/// first bytes: a STUN message there starts a framer that reads every
+/// later message for the peers it names.
+#[derive(Debug, Default)]
+enum TurnRead {
+    /// No byte from the app yet.
+    #[default]
+    Unseen,
+    /// The stream began with a STUN message: framed.
+    Reading(Box<crate::wire::rtc::TurnStream>),
+    /// Not TURN (or no longer framed as it).
+    No,
+}
+
+/// What the next bytes of a TCP stream told of its relay's peers
+/// ([`FlowCore::learn_stream_peers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPeers {
+    /// What the messages the bytes completed said (the most pressing:
+    /// too many, then new).
+    pub news: PeerNews,
+    /// The bytes end inside a TURN message: what comes next completes it,
+    /// and only then can it be judged.
+    pub partial: bool,
 }
 
 /// Peers of one relayed flow kept, at most (see [`FlowCore::peers`]).
@@ -134,7 +163,49 @@ impl FlowCore {
             volume: Volume::default(),
             peers: Vec::new(),
             answer: None,
+            turn: TurnRead::Unseen,
         }
+    }
+
+    /// Whether the client's TCP stream ends inside a TURN message.
+    pub fn turn_partial(&self) -> bool {
+        matches!(&self.turn, TurnRead::Reading(t) if t.partial())
+    }
+
+    /// Reads the next bytes of the client's TCP stream, in order, as TURN
+    /// over TCP when the stream began with a STUN message
+    /// ([`crate::wire::rtc::TurnStream`]), and keeps the new peers the
+    /// messages they complete name.
+    pub fn learn_stream_peers(&mut self, data: &[u8]) -> StreamPeers {
+        if matches!(self.turn, TurnRead::Unseen) {
+            self.turn = if crate::wire::rtc::stun_start(data) {
+                TurnRead::Reading(Box::default())
+            } else {
+                TurnRead::No
+            };
+        }
+        let mut news = PeerNews::Nothing;
+        // The framer is taken out while its messages are read, then put
+        // back (unless the stream stopped looking like TURN).
+        let TurnRead::Reading(mut t) = std::mem::take(&mut self.turn) else {
+            self.turn = TurnRead::No;
+            return StreamPeers {
+                news,
+                partial: false,
+            };
+        };
+        t.feed(data, |m| match self.learn_peers(m) {
+            PeerNews::TooMany => news = PeerNews::TooMany,
+            PeerNews::New if news == PeerNews::Nothing => news = PeerNews::New,
+            _ => {}
+        });
+        let partial = t.partial();
+        self.turn = if t.lost() {
+            TurnRead::No
+        } else {
+            TurnRead::Reading(t)
+        };
+        StreamPeers { news, partial }
     }
 
     /// Reads a datagram the app sent for the TURN peers it names
@@ -419,9 +490,16 @@ impl Inspector {
             payload,
             ts_ns,
         );
-        if carrier == Carrier::Udp && dir == Dir::Up {
-            // The peers a TURN relay is asked to reach, as live.
-            let _ = f.core.learn_peers(payload);
+        // The peers a TURN relay is asked to reach, as live (TCP: segments
+        // in capture order; a retransmission can lose the framing).
+        match (carrier, dir) {
+            (Carrier::Udp, Dir::Up) => {
+                let _ = f.core.learn_peers(payload);
+            }
+            (Carrier::Tcp, Dir::Up) if !payload.is_empty() => {
+                let _ = f.core.learn_stream_peers(payload);
+            }
+            _ => {}
         }
         scan_leaks(
             self.leak.as_ref(),

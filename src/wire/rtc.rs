@@ -376,6 +376,23 @@ impl TurnStream {
     }
 }
 
+/// Whether a TCP stream that begins with `p` may be TURN over TCP: a STUN
+/// message type (top two bits zero) and, once 8 bytes are in, the magic
+/// cookie. The message itself may continue in later segments.
+pub fn stun_start(p: &[u8]) -> bool {
+    p.first().is_some_and(|b| b & 0xC0 == 0) && (p.len() < 8 || be32(p, 4) == Some(STUN_COOKIE))
+}
+
+/// Whether `p` is the start of a STUN message on a stream whose rest is
+/// still to come ([`stun_start`], and fewer bytes than its length says).
+pub fn stun_incomplete(p: &[u8]) -> bool {
+    stun_start(p)
+        && match be16(p, 2) {
+            None => true,
+            Some(len) => len % 4 == 0 && 20 + usize::from(len) > p.len(),
+        }
+}
+
 /// An XOR-MAPPED-ADDRESS-style value (RFC 8489 section 14.2): family, port
 /// and address XORed with the magic cookie (and, for IPv6, the
 /// transaction ID); `cookie_and_id` is the message's bytes 4..20.
@@ -824,6 +841,8 @@ pub(crate) mod tests {
             let _ = turn_peers(&b);
             let _ = zoom(&b, true);
             let _ = zoom(&b, false);
+            let _ = stun_start(&b);
+            let _ = stun_incomplete(&b);
         }
     }
 }

@@ -99,26 +99,9 @@ pub(super) struct TcpFlow {
     /// Bytes went through the local buffers since they were last given
     /// back.
     pub(super) buffers_used: bool,
-    /// TURN over TCP: the client's stream read for the peers it names.
-    pub(super) turn: TurnRead,
     /// App bytes are held because a TURN message in them is not whole yet:
     /// they are judged once it is.
     pub(super) turn_held: bool,
-}
-
-/// Whether a connection's stream is read as TURN over TCP, decided by its
-/// first bytes: a STUN message there starts a framer that reads every
-/// later message for the peers it names (each one judged before the bytes
-/// naming it leave, as for UDP).
-#[derive(Debug, Default)]
-pub(super) enum TurnRead {
-    /// No byte from the app yet.
-    #[default]
-    Unseen,
-    /// The stream began with a STUN message: framed.
-    Reading(Box<crate::wire::rtc::TurnStream>),
-    /// Not TURN (or no longer framed as it).
-    No,
 }
 
 impl Engine {
@@ -270,7 +253,6 @@ impl Engine {
                 seq_read: seg.seq.wrapping_add(1),
                 seq_seen: seg.seq.wrapping_add(1),
                 buffers_used: false,
-                turn: TurnRead::Unseen,
                 turn_held: false,
             };
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
@@ -491,25 +473,13 @@ impl Engine {
                 );
                 // TURN over TCP: a message naming a new peer is judged
                 // before it leaves; so is one still coming in pieces.
-                let mut turn_partial = false;
-                if matches!(f.turn, TurnRead::Unseen) {
-                    f.turn = match crate::wire::rtc::stun_prefix(&data) {
-                        Some(_) => TurnRead::Reading(Box::default()),
-                        None => TurnRead::No,
-                    };
+                let turn = f.core.learn_stream_peers(&data);
+                match turn.news {
+                    PeerNews::New => new_peer = true,
+                    PeerNews::TooMany => too_many = true,
+                    PeerNews::Nothing => {}
                 }
-                if let TurnRead::Reading(t) = &mut f.turn {
-                    let core = &mut f.core;
-                    t.feed(&data, |m| match core.learn_peers(m) {
-                        PeerNews::New => new_peer = true,
-                        PeerNews::TooMany => too_many = true,
-                        PeerNews::Nothing => {}
-                    });
-                    turn_partial = t.partial();
-                    if t.lost() {
-                        f.turn = TurnRead::No;
-                    }
-                }
+                let turn_partial = turn.partial;
                 f.turn_held |= turn_partial;
                 if f.first_bytes == FirstBytes::Awaited {
                     f.first_bytes = FirstBytes::Reading { since_ns: now_ns };
@@ -560,7 +530,7 @@ impl Engine {
                 self.out.push_back(Output::Close { flow: f.id });
                 return;
             }
-            let turn_partial = matches!(&f.turn, TurnRead::Reading(t) if t.partial());
+            let turn_partial = f.turn_held && f.core.turn_partial();
             // Bytes held for a TURN message that is whole now.
             let turn_due = f.turn_held && !turn_partial;
             let mut aborted_now = false;
