@@ -555,15 +555,21 @@ fn audit_reads_standard_input_and_compressed_captures() {
     assert!(flows >= 1, "the flows before the cut: {err}");
 }
 
+/// A TURN Allocate request for a UDP relay (RFC 8656), no credentials.
+fn turn_allocate() -> Vec<u8> {
+    let mut m = vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
+    m.extend_from_slice(&[3; 12]);
+    m.extend_from_slice(&[0x00, 0x19, 0x00, 0x04, 17, 0, 0, 0]);
+    m
+}
+
 #[test]
 fn a_relayed_flow_shows_its_peers_and_the_peer_that_decided() {
     use geowall::wire::rtc::{TURN_CREATE_PERMISSION, turn_message};
     let dir = tempfile::tempdir().expect("tempdir");
     let world = support::test_world(dir.path());
     let (app, relay) = ([192, 0, 2, 10], [198, 51, 100, 7]);
-    let mut alloc = vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
-    alloc.extend_from_slice(&[3; 12]);
-    alloc.extend_from_slice(&[0x00, 0x19, 0x00, 0x04, 17, 0, 0, 0]);
+    let alloc = turn_allocate();
     let peer = "203.0.113.10:5004".parse().expect("addr");
     let perm = turn_message(TURN_CREATE_PERMISSION, [4; 12], &[peer], None, &[]);
     let pcap = pcap_udp(&[
@@ -629,9 +635,7 @@ fn a_relay_over_tcp_shows_the_peer_its_stream_names() {
     use geowall::wire::rtc::{TURN_CREATE_PERMISSION, turn_message};
     let dir = tempfile::tempdir().expect("tempdir");
     let world = support::test_world(dir.path());
-    let mut alloc = vec![0x00, 0x03, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42];
-    alloc.extend_from_slice(&[3; 12]);
-    alloc.extend_from_slice(&[0x00, 0x19, 0x00, 0x04, 17, 0, 0, 0]);
+    let alloc = turn_allocate();
     let peer = "203.0.113.10:5004".parse().expect("addr");
     let perm = turn_message(TURN_CREATE_PERMISSION, [4; 12], &[peer], None, &[]);
     // The permission split across two segments, the first sharing one with
