@@ -2,13 +2,15 @@
 //! skips otherwise): the app allocates on a real TURN server (coturn's
 //! `turnserver`, anonymous, on a US address) and asks it to reach a peer.
 //! Under `clubhouse`, media through the US relay to a CN peer is blocked
-//! and the peer receives nothing; to a US peer it flows. What reaches each
+//! and the peer receives nothing; to a US peer it flows. Both with the app
+//! talking to its relay over UDP and over TCP. What reaches each
 //! peer is counted on the internet side, by a counter that reads frames
 //! itself.
 
 mod support;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -121,6 +123,106 @@ fn talk_through_relay(net: &Net, peer: SocketAddr, media: usize) -> Option<u16> 
         }
         got
     })
+}
+
+/// The type of the next STUN message on a TURN-over-TCP stream, if one
+/// came whole within `wait`; `None` also when the connection was closed
+/// or reset.
+fn answer_tcp(s: &mut TcpStream, wait: Duration) -> Option<u16> {
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    let mut head = [0u8; 20];
+    s.read_exact(&mut head).ok()?;
+    let mut rest = vec![0u8; usize::from(u16::from_be_bytes([head[2], head[3]]))];
+    s.read_exact(&mut rest).ok()?;
+    Some(u16::from_be_bytes([head[0], head[1]]))
+}
+
+/// As [`talk_through_relay`], over one TCP connection to the relay (TURN
+/// over TCP, RFC 8656 section 12.3; the relay still reaches the peer over
+/// UDP), sending media by Send indications. What the relay answered to the
+/// permission request (`None`: no answer, or the connection was cut).
+fn talk_through_relay_tcp(net: &Net, peer: SocketAddr, media: usize) -> Option<u16> {
+    in_ns(&net.app, || {
+        let t = Instant::now();
+        let mut s = loop {
+            if let Ok(s) =
+                TcpStream::connect_timeout(&sa(addr::US, TURN_PORT), Duration::from_secs(1))
+            {
+                break s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the relay never listened on TCP"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        s.write_all(&allocate(1)).expect("send allocate");
+        assert_eq!(
+            answer_tcp(&mut s, Duration::from_secs(3)),
+            Some(0x0103),
+            "an Allocate success"
+        );
+        let perm = turn_message(TURN_CREATE_PERMISSION, [0x51; 12], &[peer], None, &[]);
+        let _ = s.write_all(&perm);
+        let got = answer_tcp(&mut s, Duration::from_secs(1));
+        for i in 0..media {
+            let voice = [0x55u8; 160];
+            let send = turn_message(TURN_SEND, [0x60 + i as u8; 12], &[peer], None, &voice);
+            if s.write_all(&send).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        got
+    })
+}
+
+#[test]
+fn media_through_a_us_relay_over_tcp_is_judged_by_the_peer_it_reaches() {
+    if !support::root_or_skip("media_through_a_us_relay_over_tcp_is_judged_by_the_peer_it_reaches")
+    {
+        return;
+    }
+    let mut net = Net::new();
+    net.udp_server(sa(addr::CN, PEER_PORT), |_| Vec::new());
+    net.udp_server(sa(addr::US2, PEER_PORT), |_| Vec::new());
+    let _relay = Relay::start(&net);
+    let world = support::test_world(net.dir.path());
+    net.start_geowall(&world, &["--preset", "clubhouse"]);
+
+    // A US peer: granted, and the media sent over TCP reaches it.
+    let us = sa(addr::US2, PEER_PORT);
+    let got = talk_through_relay_tcp(&net, us, 20);
+    assert_eq!(got, Some(0x0108), "the relay granted the US peer");
+    let t = Instant::now();
+    while net.count(addr::US2, 17, PEER_PORT) < 20 && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let to_us = net.count(addr::US2, 17, PEER_PORT);
+    assert!(to_us >= 20, "media relayed to the US peer: {to_us} packets");
+
+    // A CN peer: the permission never reaches the relay, the connection is
+    // cut, and the peer receives nothing.
+    let cn = sa(addr::CN, PEER_PORT);
+    let got = talk_through_relay_tcp(&net, cn, 20);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        got, None,
+        "the permission request for the CN peer never left"
+    );
+    assert_eq!(
+        net.count(addr::CN, 17, PEER_PORT),
+        0,
+        "packets reached the CN peer"
+    );
+    let ev = net.events();
+    let cut = ev
+        .iter()
+        .find(|e| e["kind"] == "cut" && e["peer"] == cn.to_string())
+        .unwrap_or_else(|| panic!("no cut naming the CN peer in {ev:#?}"));
+    assert_eq!(cut["server"], format!("{}:{TURN_PORT}", addr::US));
+    assert_eq!(cut["proto"], "tcp");
+    net.stop_geowall();
 }
 
 #[test]
