@@ -519,6 +519,7 @@ impl Engine {
             // for cannot be judged: the connection is cut before it leaves.
             if too_many {
                 sock.abort();
+                let upstream = matches!(f.phase, TcpPhase::Open | TcpPhase::Connecting);
                 f.phase = TcpPhase::Blocked;
                 f.pending.clear();
                 *self
@@ -526,8 +527,12 @@ impl Engine {
                     .drops
                     .entry(DropReason::TurnTooManyPeers)
                     .or_insert(0) += 1;
-                self.counters.cut += 1;
-                self.out.push_back(Output::Close { flow: f.id });
+                if upstream {
+                    self.counters.cut += 1;
+                    self.out.push_back(Output::Close { flow: f.id });
+                } else {
+                    self.counters.blocked += 1;
+                }
                 return;
             }
             let turn_partial = f.turn_held && f.core.turn_partial();

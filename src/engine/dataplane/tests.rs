@@ -1694,6 +1694,26 @@ fn a_relay_over_tcp_is_judged_by_the_peers_it_is_asked_to_reach() {
         Some("no pings or media to PRC jurisdiction")
     );
     assert_eq!(app.socket().state(), S_::Closed, "the app saw an RST");
+    // A message naming more peers than are read: the connection is cut,
+    // counted, and the message never leaves (another connection: the app's
+    // port is the same).
+    let (mut app, _) = connected(&mut e, "198.51.100.7:3479", &mut now);
+    let crowd: Vec<SocketAddr> = (1..=9)
+        .map(|i| SocketAddr::from(([198, 51, 100, 30 + i], 5004)))
+        .collect();
+    let many = turn_message(TURN_CREATE_PERMISSION, [6; 12], &crowd, None, &[]);
+    app.socket()
+        .send_slice(&[turn_allocate(), many].concat())
+        .expect("send");
+    let outs = run_until(&mut app, &mut e, &mut now, MS, 50, |a, _| {
+        a.socket().state() == S_::Closed
+    });
+    assert_eq!(upstream_bytes(&outs), 0, "nothing of it left");
+    assert_eq!(app.socket().state(), S_::Closed);
+    assert_eq!(
+        e.counters.drops.get(&DropReason::TurnTooManyPeers),
+        Some(&1)
+    );
 }
 
 fn ask_engine(default: &str, timeout: u32) -> Engine {
