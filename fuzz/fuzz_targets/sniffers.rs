@@ -1,7 +1,7 @@
 //! Every first-payload sniffer and wire parser, on the same bytes.
 #![no_main]
 
-use geowall::wire::{dns, http, quic, rtc, tls, tunnel, utp};
+use geowall::wire::{dns, http, quic, raknet, rtc, tls, tunnel, utp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = tunnel::ike(data, (500, 4500));
     let _ = tunnel::esp_in_udp(data, (4500, 4500));
     let _ = utp::syn(data);
+    let _ = raknet::offline_message(data);
     let _ = utp::answers_syn(data, (1, 1));
     let _ = quic::gquic_chlo(data);
     let _ = quic::long_header(data);

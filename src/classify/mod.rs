@@ -24,6 +24,7 @@
 //! | WireGuard: a handshake message, or two transport data messages of one session | `wireguard` | `other` | yes |
 //! | OpenVPN: a client's hard reset and the server's answer naming its session | `openvpn` | `other` | yes |
 //! | BitTorrent uTP: a SYN and the STATE that answers it ([`utp`]) | `bittorrent` | `other` | by the sampled bytes |
+//! | RakNet (games): an offline message with its magic ([`raknet`]); its connected datagrams that follow read as RTP but do not make the flow `media` | `raknet` | `other` | by the sampled bytes |
 //! | IKE/ISAKMP on UDP 500 or 4500 ([`tunnel::ike`]), or two ESP packets of one security association on 4500 | `ike` | `other` | yes |
 //!
 //! Encryption status ([`Sniffer::encryption`]): from the protocol (RTP is
@@ -45,7 +46,7 @@ pub mod leak;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{dns, http, quic, rtc, tls, tunnel, utp};
+use crate::wire::{dns, http, quic, raknet, rtc, tls, tunnel, utp};
 
 /// Traffic class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -141,6 +142,9 @@ pub enum Protocol {
     /// BitTorrent's uTP.
     #[serde(rename = "bittorrent")]
     BitTorrent,
+    /// RakNet, a game transport.
+    #[serde(rename = "raknet")]
+    RakNet,
 }
 
 impl std::fmt::Display for Protocol {
@@ -151,7 +155,7 @@ impl std::fmt::Display for Protocol {
 
 impl Protocol {
     /// Every protocol the classifier reports.
-    pub const ALL: [Protocol; 18] = [
+    pub const ALL: [Protocol; 19] = [
         Protocol::Unknown,
         Protocol::Tls,
         Protocol::Quic,
@@ -170,6 +174,7 @@ impl Protocol {
         Protocol::OpenVpn,
         Protocol::Ike,
         Protocol::BitTorrent,
+        Protocol::RakNet,
     ];
 
     /// The protocol named `name` ([`Protocol::name`], any case).
@@ -200,6 +205,7 @@ impl Protocol {
             Protocol::OpenVpn => "openvpn",
             Protocol::Ike => "ike",
             Protocol::BitTorrent => "bittorrent",
+            Protocol::RakNet => "raknet",
         }
     }
 }
@@ -458,9 +464,9 @@ impl Sniffer {
         // Tunnels and Zoom before the real-time first-byte rules, which an
         // IKE SPI or an OpenVPN opcode could otherwise happen to satisfy.
         match self.sniff_tunnel(dir, ports, p) {
-            // BitTorrent may be encrypted or not; a tunnel is.
-            Some(Protocol::BitTorrent) => {
-                return self.decide_sampled(Protocol::BitTorrent, Traffic::Other);
+            // BitTorrent and RakNet may be encrypted or not; a tunnel is.
+            Some(p @ (Protocol::BitTorrent | Protocol::RakNet)) => {
+                return self.decide_sampled(p, Traffic::Other);
             }
             Some(proto) => return self.decide(proto, Traffic::Other, true),
             None => {}
@@ -489,10 +495,13 @@ impl Sniffer {
         }
     }
 
-    /// A tunnel's signature (or uTP's, which like a tunnel is no media
-    /// whatever its shape), or the first half of one kept for the next
-    /// packet.
+    /// A tunnel's signature (or uTP's or RakNet's, which like a tunnel are
+    /// no media whatever their shape), or the first half of one kept for
+    /// the next packet.
     fn sniff_tunnel(&mut self, dir: Dir, ports: (u16, u16), p: &[u8]) -> Option<Protocol> {
+        if raknet::offline_message(p) {
+            return Some(Protocol::RakNet);
+        }
         if tunnel::ike(p, ports) {
             return Some(Protocol::Ike);
         }
@@ -967,6 +976,19 @@ mod tests {
         assert_eq!(
             (u.protocol, u.class),
             (Some(Protocol::BitTorrent), Some(Traffic::Other))
+        );
+        // RakNet: its handshake, then connected datagrams (0x84: RTP-like).
+        let mut g = Sniffer::new();
+        let req = raknet::tests::open_connection_request(1200);
+        feed(&mut g, Carrier::Udp, Dir::Up, (40000, 19132), &req);
+        feed_paced(&mut g, (40000, 19132), 30, |i| {
+            let mut d = vec![0x84, i as u8, 0, 0];
+            d.resize(120, 0x42);
+            d
+        });
+        assert_eq!(
+            (g.protocol, g.class),
+            (Some(Protocol::RakNet), Some(Traffic::Other))
         );
         // IKE, whose random SPI would otherwise read as RTP.
         let mut k = Sniffer::new();

@@ -8,6 +8,7 @@ pub mod dns;
 pub mod http;
 pub mod packet;
 pub mod quic;
+pub mod raknet;
 pub mod rtc;
 pub mod tls;
 pub mod tunnel;
