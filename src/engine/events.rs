@@ -32,7 +32,7 @@ pub enum EventKind {
     /// A new flow matched an `ask` rule: it is held (nothing leaves) until
     /// the question ([`Event::prompt`]) is answered or times out.
     Asked,
-    /// A question was settled ([`Event::answered`] says how): its held
+    /// A question was settled (the event's `answered` says how): its held
     /// flows go on or are blocked.
     Answered,
 }

@@ -77,7 +77,7 @@ pub fn whole_pages(n: usize) -> usize {
     n.max(1).div_ceil(p) * p
 }
 
-/// Single pages for one-page buffers, mapped [`CHUNK_PAGES`] at a time and
+/// Single pages for one-page buffers, mapped `CHUNK_PAGES` at a time and
 /// reused; a page is released to the system whenever it is freed, so the
 /// pool's resident memory is only the pages in use. Its mappings (its
 /// address space) stay until the pool is dropped, which happens after the

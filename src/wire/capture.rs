@@ -379,7 +379,7 @@ pub const MAX_RECORD: usize = 64 << 20;
 const CHUNK: usize = 1 << 20;
 
 /// A capture read from any byte stream (a file, standard input, a
-/// decompressor) in chunks: memory is one buffer of [`CHUNK`] bytes, grown
+/// decompressor) in chunks: memory is one buffer of `CHUNK` bytes, grown
 /// only for a record longer than that, up to [`MAX_RECORD`], whatever the
 /// capture's size. Frames borrow the buffer until the next call.
 #[derive(Debug)]

@@ -6,9 +6,10 @@
 //! the flows held with it: for them alone ("once"), for the app and the
 //! rule while geowall runs ("app"), or for the app and the destination in
 //! the local answers file, across restarts ("always", kept by the caller
-//! from [`Settled::kept`]). Unanswered, the rule's default applies at its
-//! timeout. Answers are consulted only where a rule asks: a kept "allow"
-//! never lifts a block rule.
+//! from the [`KeptAnswer`] that [`super::Engine::answer`] returns).
+//! Unanswered, the rule's default applies at its timeout. Answers are
+//! consulted only where a rule asks: a kept "allow" never lifts a block
+//! rule.
 
 use std::collections::{BTreeMap, HashMap};
 
