@@ -177,59 +177,14 @@ fn talk_through_relay_tcp(net: &Net, peer: SocketAddr, media: usize) -> Option<u
     })
 }
 
-#[test]
-fn media_through_a_us_relay_over_tcp_is_judged_by_the_peer_it_reaches() {
-    if !support::root_or_skip("media_through_a_us_relay_over_tcp_is_judged_by_the_peer_it_reaches")
-    {
-        return;
-    }
-    let mut net = Net::new();
-    net.udp_server(sa(addr::CN, PEER_PORT), |_| Vec::new());
-    net.udp_server(sa(addr::US2, PEER_PORT), |_| Vec::new());
-    let _relay = Relay::start(&net);
-    let world = support::test_world(net.dir.path());
-    net.start_geowall(&world, &["--preset", "clubhouse"]);
+/// How the app talks to the relay: asks it for a peer and sends that peer
+/// media; what the relay answered to the permission request.
+type Talk = fn(&Net, SocketAddr, usize) -> Option<u16>;
 
-    // A US peer: granted, and the media sent over TCP reaches it.
-    let us = sa(addr::US2, PEER_PORT);
-    let got = talk_through_relay_tcp(&net, us, 20);
-    assert_eq!(got, Some(0x0108), "the relay granted the US peer");
-    let t = Instant::now();
-    while net.count(addr::US2, 17, PEER_PORT) < 20 && t.elapsed() < Duration::from_secs(3) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let to_us = net.count(addr::US2, 17, PEER_PORT);
-    assert!(to_us >= 20, "media relayed to the US peer: {to_us} packets");
-
-    // A CN peer: the permission never reaches the relay, the connection is
-    // cut, and the peer receives nothing.
-    let cn = sa(addr::CN, PEER_PORT);
-    let got = talk_through_relay_tcp(&net, cn, 20);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        got, None,
-        "the permission request for the CN peer never left"
-    );
-    assert_eq!(
-        net.count(addr::CN, 17, PEER_PORT),
-        0,
-        "packets reached the CN peer"
-    );
-    let ev = net.events();
-    let cut = ev
-        .iter()
-        .find(|e| e["kind"] == "cut" && e["peer"] == cn.to_string())
-        .unwrap_or_else(|| panic!("no cut naming the CN peer in {ev:#?}"));
-    assert_eq!(cut["server"], format!("{}:{TURN_PORT}", addr::US));
-    assert_eq!(cut["proto"], "tcp");
-    net.stop_geowall();
-}
-
-#[test]
-fn media_through_a_us_relay_is_judged_by_the_peer_it_reaches() {
-    if !support::root_or_skip("media_through_a_us_relay_is_judged_by_the_peer_it_reaches") {
-        return;
-    }
+/// Under `clubhouse`, with the app talking to a US relay by `talk` over
+/// `proto` (6 TCP, 17 UDP): a US peer is granted and gets the media, a CN
+/// peer behind the same relay gets nothing, and the cut names it.
+fn a_us_relay_is_judged_by_the_peer_it_reaches(talk: Talk, media: usize, proto: u8) {
     let mut net = Net::new();
     // Both peers listen (and would answer); the counter, not they, decides.
     net.udp_server(sa(addr::CN, PEER_PORT), |_| Vec::new());
@@ -240,7 +195,7 @@ fn media_through_a_us_relay_is_judged_by_the_peer_it_reaches() {
 
     // A US peer: the permission is granted and media reaches it.
     let us = sa(addr::US2, PEER_PORT);
-    let got = talk_through_relay(&net, us, 10);
+    let got = talk(&net, us, media);
     // 0x0108: CreatePermission success response.
     assert_eq!(got, Some(0x0108), "the relay granted the US peer");
     let t = Instant::now();
@@ -250,9 +205,10 @@ fn media_through_a_us_relay_is_judged_by_the_peer_it_reaches() {
     let to_us = net.count(addr::US2, 17, PEER_PORT);
     assert!(to_us >= 20, "media relayed to the US peer: {to_us} packets");
 
-    // A CN peer behind the same US relay: nothing reaches it.
+    // A CN peer behind the same US relay: the permission request never
+    // reaches the relay and nothing reaches the peer.
     let cn = sa(addr::CN, PEER_PORT);
-    let got = talk_through_relay(&net, cn, 10);
+    let got = talk(&net, cn, media);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         net.count(addr::CN, 17, PEER_PORT),
@@ -265,14 +221,34 @@ fn media_through_a_us_relay_is_judged_by_the_peer_it_reaches() {
     );
     // The relay itself was reached (the allocations), and the event names
     // the peer that decided.
-    assert!(net.count(addr::US, 17, TURN_PORT) > 0);
+    assert!(net.count(addr::US, proto, TURN_PORT) > 0);
     let ev = net.events();
     let cut = ev
         .iter()
         .find(|e| e["kind"] == "cut" && e["peer"] == cn.to_string())
         .unwrap_or_else(|| panic!("no cut naming the CN peer in {ev:#?}"));
     assert_eq!(cut["server"], format!("{}:{TURN_PORT}", addr::US));
+    assert_eq!(cut["proto"], if proto == 6 { "tcp" } else { "udp" });
     assert_eq!(cut["rule"], "no pings or media to PRC jurisdiction");
     assert_eq!(cut["layer"], "geo:CN");
     net.stop_geowall();
+}
+
+#[test]
+fn media_through_a_us_relay_is_judged_by_the_peer_it_reaches() {
+    if !support::root_or_skip("media_through_a_us_relay_is_judged_by_the_peer_it_reaches") {
+        return;
+    }
+    // Ten Send indications and ten ChannelData frames.
+    a_us_relay_is_judged_by_the_peer_it_reaches(talk_through_relay, 10, 17);
+}
+
+#[test]
+fn media_through_a_us_relay_over_tcp_is_judged_by_the_peer_it_reaches() {
+    if !support::root_or_skip("media_through_a_us_relay_over_tcp_is_judged_by_the_peer_it_reaches")
+    {
+        return;
+    }
+    // Twenty Send indications; the connection to the CN peer is cut.
+    a_us_relay_is_judged_by_the_peer_it_reaches(talk_through_relay_tcp, 20, 6);
 }
