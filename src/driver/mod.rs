@@ -289,13 +289,10 @@ pub async fn run(
                 }
                 Output::TcpSend { flow, payload } => {
                     summary.bytes_up += payload.len() as u64;
-                    if let Some(l) = links.get(&flow) {
-                        let n = payload.len();
-                        l.shared.cmds.send(Cmd::Data(payload));
-                        let q = l.shared.up_queued.fetch_add(n, Ordering::AcqRel) + n;
-                        if q >= l.shared.window {
-                            engine.set_tcp_upstream_paused(flow, true, now());
-                        }
+                    if let Some(l) = links.get(&flow)
+                        && l.shared.queue_up(payload)
+                    {
+                        engine.set_tcp_upstream_paused(flow, true, now());
                     }
                 }
                 Output::TcpFin { flow } => {

@@ -207,6 +207,26 @@ impl Shared {
         }
     }
 
+    /// Queues `data` for the server. Counted first, then queued: the task
+    /// can never write (and subtract) bytes not yet counted, so the count
+    /// never runs below zero and the window's crossing is never missed.
+    /// Returns whether the flow is now at or past its window (pause the
+    /// app until the task reports [`Up::Drained`]).
+    pub fn queue_up(&self, data: Vec<u8>) -> bool {
+        let n = data.len();
+        let queued = self.up_queued.fetch_add(n, Ordering::AcqRel) + n;
+        self.cmds.send(Cmd::Data(data));
+        queued >= self.window
+    }
+
+    /// The task wrote `n` queued bytes to the server. Returns whether that
+    /// took the flow from at or past its window to below it (report
+    /// [`Up::Drained`]).
+    fn written(&self, n: usize) -> bool {
+        let before = self.up_queued.fetch_sub(n, Ordering::AcqRel);
+        before >= self.window && before.saturating_sub(n) < self.window
+    }
+
     /// The engine took `n` of the task's bytes.
     pub fn taken(&self, n: usize) {
         let before = self.down_inflight.fetch_sub(n, Ordering::AcqRel);
@@ -290,8 +310,7 @@ pub async fn tcp(
                         return;
                     }
                     batch.clear();
-                    let before = shared.up_queued.fetch_sub(n, Ordering::AcqRel);
-                    if before >= shared.window && before - n < shared.window {
+                    if shared.written(n) {
                         let _ = reports.send((flow, Up::Drained));
                     }
                     if fin {
@@ -433,6 +452,40 @@ pub async fn echo(
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
+
+    /// Bytes queued for the server are counted before the task can take
+    /// them: a task that takes and writes them at once (here, a thread
+    /// spinning on the queue) never sees fewer bytes counted than it took,
+    /// the count ends at zero, and the last write, which empties a full
+    /// window, reports the crossing that resumes the app.
+    #[test]
+    fn queued_bytes_are_counted_before_the_task_can_write_them() {
+        let shared = Arc::new(Shared::new(64));
+        let rounds = 100_000;
+        let task = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let (mut taken, mut short, mut last_drained) = (0, 0, false);
+                while taken < rounds {
+                    if let Some(Cmd::Data(b)) = shared.cmds.try_recv() {
+                        taken += 1;
+                        if shared.up_queued.load(Ordering::Acquire) < b.len() {
+                            short += 1;
+                        }
+                        last_drained = shared.written(b.len());
+                    }
+                }
+                (short, last_drained)
+            })
+        };
+        for _ in 0..rounds {
+            assert!(shared.queue_up(vec![0; 64]), "each chunk fills the window");
+        }
+        let (short, last_drained) = task.join().expect("task");
+        assert_eq!(short, 0, "the task saw bytes not yet counted");
+        assert_eq!(shared.up_queued.load(Ordering::Acquire), 0);
+        assert!(last_drained, "the last write reports the window drained");
+    }
 
     /// A flow's task reads ahead from its server at most its window (plus
     /// one read of at most the window) while the engine takes nothing, and
