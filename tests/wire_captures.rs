@@ -86,7 +86,7 @@ fn read(path: &Path) -> Seen {
                 } else if payload.first().is_some_and(|b| b & 0xC0 == 0xC0) {
                     let a = s.quic.entry((src, dst)).or_default();
                     if a.feed(payload) == Some(true)
-                        && let Some(n) = a.client_hello().and_then(|h| h.sni)
+                        && let Some(n) = a.sni()
                     {
                         s.names
                             .entry(key(17, src, dst))
@@ -173,9 +173,36 @@ fn ndpi_names(out: &Path) -> Vec<(FlowKey, String, String)> {
     v
 }
 
+/// Names nDPI reports that geowall does not take, each with its reason:
+/// (capture, nDPI's name, why).
+const DOCUMENTED: &[(&str, &str, &str)] = &[
+    (
+        "dns-invalid-chars.pcap",
+        "www.allyourbasesare???ongto.cn",
+        "a label with bytes no host name has: no name rather than a made-up one",
+    ),
+    (
+        "dns_invert_query.pcapng",
+        "216.58.202.4",
+        "an inverse query has no question name; nDPI shows the address asked about",
+    ),
+];
+
 #[test]
 fn every_capture_parses_and_names_agree_with_ndpi() {
-    let Some(dir) = captures_dir() else { return };
+    names_agree(captures_dir(), 20);
+}
+
+#[test]
+fn names_agree_with_ndpi_4_2_on_every_quic_generation() {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi-4.2");
+    names_agree(d.is_dir().then_some(d), 40);
+}
+
+/// Reads every capture in `dir` and compares the server names with
+/// nDPI's; at least `least` flows must be compared.
+fn names_agree(dir: Option<PathBuf>, least: usize) {
+    let Some(dir) = dir else { return };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -193,8 +220,14 @@ fn every_capture_parses_and_names_agree_with_ndpi() {
         for (k, name, master) in ndpi_names(Path::new(&out)) {
             compared += 1;
             let ours = s.names.get(&k);
+            let file = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if ours.is_some_and(|n| n.contains(&name)) {
                 agreed += 1;
+            } else if let Some((_, _, why)) = DOCUMENTED
+                .iter()
+                .find(|(df, dn, _)| *df == file && *dn == name)
+            {
+                println!("  differs: {file}: nDPI {name}, geowall {ours:?}: {why}");
             } else {
                 disagreements.push(format!(
                     "{}: {:?} ({master}) nDPI {name}, geowall {:?}",
@@ -217,7 +250,7 @@ fn every_capture_parses_and_names_agree_with_ndpi() {
     for d in &disagreements {
         println!("  disagree: {d}");
     }
-    assert!(compared >= 20, "enough flows compared: {compared}");
+    assert!(compared >= least, "enough flows compared: {compared}");
     assert!(
         disagreements.is_empty(),
         "{} disagreements",

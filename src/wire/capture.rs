@@ -20,6 +20,11 @@ pub enum LinkType {
     LinuxSll2,
     /// OpenBSD loopback (like null, network byte order).
     Loop,
+    /// PPP (LINKTYPE_PPP 9, PPP_HDLC 50), also Cisco HDLC framing as
+    /// some systems record it under 9.
+    Ppp,
+    /// Cisco HDLC (LINKTYPE_C_HDLC 104): address, control, EtherType.
+    CiscoHdlc,
     /// Anything else (the frame is counted and skipped).
     Other(u32),
 }
@@ -31,6 +36,8 @@ impl LinkType {
             0 => LinkType::Null,
             1 => LinkType::Ethernet,
             12 | 101 | 228 | 229 => LinkType::Raw,
+            9 | 50 => LinkType::Ppp,
+            104 => LinkType::CiscoHdlc,
             108 => LinkType::Loop,
             113 => LinkType::LinuxSll,
             276 => LinkType::LinuxSll2,

@@ -171,6 +171,22 @@ pub fn strip_link(link: LinkType, f: &[u8]) -> Result<&[u8], Drop> {
                 0x0021 | 0x0057 => f.get(at + 8..).ok_or(Drop::Truncated),
                 _ => Err(Drop::NotIp),
             },
+            // MPLS: 4-byte labels up to the one with the bottom-of-stack
+            // bit (at most 8), then IP, told by its version nibble.
+            0x8847 | 0x8848 => {
+                for _ in 0..8 {
+                    let bottom = f.get(at + 2).ok_or(Drop::Truncated)? & 0x01 != 0;
+                    at += 4;
+                    if bottom {
+                        let ip = f.get(at..).ok_or(Drop::Truncated)?;
+                        return match ip.first().map(|b| b >> 4) {
+                            Some(4 | 6) => Ok(ip),
+                            _ => Err(Drop::NotIp),
+                        };
+                    }
+                }
+                Err(Drop::NotIp)
+            }
             _ => Err(Drop::NotIp),
         }
     };
@@ -188,6 +204,23 @@ pub fn strip_link(link: LinkType, f: &[u8]) -> Result<&[u8], Drop> {
                 _ => Err(Drop::NotIp),
             }
         }
+        LinkType::CiscoHdlc => ip_after_ethertype(be16(f, 2).ok_or(Drop::Truncated)?, 4),
+        LinkType::Ppp => match (f.first(), f.get(1)) {
+            // Cisco HDLC recorded as PPP: unicast or broadcast address,
+            // control 0, then an EtherType.
+            (Some(0x0F | 0x8F), Some(0x00)) => {
+                ip_after_ethertype(be16(f, 2).ok_or(Drop::Truncated)?, 4)
+            }
+            // PPP in HDLC-like framing (address 0xFF, control 0x03), or
+            // with those fields compressed away; then the PPP protocol.
+            _ => {
+                let at = if f.starts_with(&[0xFF, 0x03]) { 2 } else { 0 };
+                match be16(f, at).ok_or(Drop::Truncated)? {
+                    0x0021 | 0x0057 => f.get(at + 2..).ok_or(Drop::Truncated),
+                    _ => Err(Drop::NotIp),
+                }
+            }
+        },
         LinkType::Other(_) => Err(Drop::NotIp),
     }
 }
@@ -392,6 +425,46 @@ mod tests {
         assert_eq!(p.ports(), (47159, 53));
     }
 
+    /// PPP (with and without its address and control bytes), Cisco HDLC
+    /// (also as some systems record it under PPP's link type) and an MPLS
+    /// label stack: each leads to the IP packet inside.
+    #[test]
+    fn ppp_cisco_hdlc_and_mpls() {
+        let mut ip = hex("4500001d00004000401100000102030405060708d903003500090000");
+        ip.push(0x5a);
+        let framed = |head: &str| {
+            let mut f = hex(head);
+            f.extend_from_slice(&ip);
+            f
+        };
+        let cases = [
+            (LinkType::Ppp, framed("ff030021")),
+            (LinkType::Ppp, framed("0021")),
+            (LinkType::Ppp, framed("0f000800")),
+            (LinkType::CiscoHdlc, framed("8f000800")),
+            // Two MPLS labels, the second at the bottom of the stack.
+            (LinkType::CiscoHdlc, framed("0f0088470001200000012140")),
+            (
+                LinkType::Ethernet,
+                framed("00000000000100000000000288470001213f"),
+            ),
+        ];
+        for (link, f) in cases {
+            let inner = strip_link(link, &f).unwrap_or_else(|e| panic!("{link:?} {f:02x?}: {e:?}"));
+            assert_eq!(inner, ip.as_slice(), "{link:?}");
+            assert_eq!(parse_ip(inner).map(|p| p.ports()), Ok((55555, 53)));
+        }
+        // Not IP: a PPP control protocol (LCP), an MPLS stack with no bottom.
+        assert_eq!(
+            strip_link(LinkType::Ppp, &framed("ff03c021")),
+            Err(Drop::NotIp)
+        );
+        assert_eq!(
+            strip_link(LinkType::CiscoHdlc, &framed("0f0088470001200000012000")),
+            Err(Drop::NotIp)
+        );
+    }
+
     #[test]
     fn drops_have_reasons() {
         assert_eq!(
@@ -432,7 +505,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
-            for link in [LinkType::Ethernet, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::Null, LinkType::Raw] {
+            for link in [LinkType::Ethernet, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::Null, LinkType::Raw, LinkType::Ppp, LinkType::CiscoHdlc] {
                 if let Ok(ip) = strip_link(link, &b) {
                     let _ = parse_ip(ip);
                 }

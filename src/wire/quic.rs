@@ -1,8 +1,11 @@
-//! QUIC Initial packets (RFC 9000/9001, v2 RFC 9369, and draft-29): derive
-//! the client's Initial keys from the Destination Connection ID, remove
-//! header protection, decrypt, and reassemble CRYPTO frames across packets
-//! into the TLS ClientHello, for its server name and ALPN. Legacy Google
-//! QUIC (up to Q046) carries its hello in cleartext: [`gquic_chlo_sni`].
+//! QUIC Initial packets (RFC 9000/9001, v2 RFC 9369 and its drafts, IETF
+//! drafts 22-34, mvfst, Google's Q050 and T05x; [`Version`]): derive the
+//! client's Initial keys from the Destination Connection ID, remove header
+//! protection, decrypt, and reassemble CRYPTO frames across packets into
+//! the hello (a TLS ClientHello, or for Q050 Google's CHLO), for its server
+//! name and ALPN. The salts are the published constants of each version;
+//! the AEAD tag proves the right one was used. Legacy Google QUIC (up to
+//! Q046) carries its hello in cleartext: [`gquic_chlo_sni`].
 //!
 //! Memory: an [`InitialAssembler`] holds at most [`tls::MAX_HELLO`] bytes of
 //! CRYPTO data per flow, plus one datagram of scratch.
@@ -12,26 +15,64 @@ use ring::hkdf;
 
 use super::tls::{self, ClientHello, Hello};
 
-/// QUIC versions geowall can read Initials of.
+/// QUIC versions geowall can read Initials of: each is a salt, a set of
+/// HKDF labels and a numbering of long-header packet types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
-    /// QUIC v1 (RFC 9000).
+    /// QUIC v1 (RFC 9000), and drafts 33 and 34, which share its salt.
     V1,
     /// QUIC v2 (RFC 9369).
     V2,
-    /// IETF drafts 29 to 32 (still seen in captures); drafts 33 and 34
-    /// read as [`Version::V1`].
+    /// QUIC v2 while it was a draft: `0xff020000` (draft 00, version 1's
+    /// packet types) and the provisional `0x709a50c4` (v2's types).
+    V2Draft {
+        /// Whether packet types are numbered as in v2.
+        v2_types: bool,
+    },
+    /// IETF drafts 29 to 32 (still seen in captures).
     Draft29,
+    /// IETF drafts 23 to 28, and Facebook's mvfst `0xfaceb002` and
+    /// `0xfaceb00e`, which use their salt.
+    Draft23,
+    /// IETF drafts 21 and 22, and mvfst `0xfaceb001`.
+    Draft22,
+    /// Google QUIC Q050: IETF packet protection around Google's own
+    /// handshake (a CHLO tag/value map).
+    Q050,
+    /// Google QUIC T050 (TLS handshake).
+    T050,
+    /// Google QUIC T051 (TLS handshake).
+    T051,
 }
 
 impl Version {
-    fn from_u32(v: u32) -> Option<Self> {
+    /// The versions whose keys could protect an Initial with version
+    /// number `v`, in the order to try them. A greased version
+    /// (`0x?a?a?a?a`, sent to force negotiation) carries no salt of its
+    /// own: clients protect it with the keys of a version they speak, so
+    /// v1's and draft 29's are tried, and the AEAD tag says which.
+    fn candidates(v: u32) -> &'static [Version] {
         match v {
-            // Drafts 33 and 34 use version 1's salt and labels.
-            0x0000_0001 | 0xFF00_0021 | 0xFF00_0022 => Some(Version::V1),
-            0x6B33_43CF => Some(Version::V2),
-            // Drafts 29 to 32 share draft 29's salt.
-            0xFF00_001D..=0xFF00_0020 => Some(Version::Draft29),
+            0x0000_0001 | 0xFF00_0021 | 0xFF00_0022 => &[Version::V1],
+            0x6B33_43CF => &[Version::V2],
+            0xFF02_0000 => &[Version::V2Draft { v2_types: false }],
+            0x709A_50C4 => &[Version::V2Draft { v2_types: true }],
+            0xFF00_001D..=0xFF00_0020 => &[Version::Draft29],
+            0xFF00_0017..=0xFF00_001C | 0xFACE_B002 | 0xFACE_B00E => &[Version::Draft23],
+            0xFF00_0015 | 0xFF00_0016 | 0xFACE_B001 => &[Version::Draft22],
+            0x5130_3530 => &[Version::Q050],
+            0x5430_3530 => &[Version::T050],
+            0x5430_3531 => &[Version::T051],
+            v if v & 0x0F0F_0F0F == 0x0A0A_0A0A => &[Version::V1, Version::Draft29],
+            _ => &[],
+        }
+    }
+
+    /// The one version a version number names, if it names one.
+    #[cfg(test)]
+    fn from_u32(v: u32) -> Option<Self> {
+        match Self::candidates(v) {
+            [one] => Some(*one),
             _ => None,
         }
     }
@@ -46,20 +87,49 @@ impl Version {
                 0x0d, 0xed, 0xe3, 0xde, 0xf7, 0x00, 0xa6, 0xdb, 0x81, 0x93, 0x81, 0xbe, 0x6e, 0x26,
                 0x9d, 0xcb, 0xf9, 0xbd, 0x2e, 0xd9,
             ],
+            Version::V2Draft { .. } => &[
+                0xa7, 0x07, 0xc2, 0x03, 0xa5, 0x9b, 0x47, 0x18, 0x4a, 0x1d, 0x62, 0xca, 0x57, 0x04,
+                0x06, 0xea, 0x7a, 0xe3, 0xe5, 0xd3,
+            ],
             Version::Draft29 => &[
                 0xaf, 0xbf, 0xec, 0x28, 0x99, 0x93, 0xd2, 0x4c, 0x9e, 0x97, 0x86, 0xf1, 0x9c, 0x61,
                 0x11, 0xe0, 0x43, 0x90, 0xa8, 0x99,
             ],
+            Version::Draft23 => &[
+                0xc3, 0xee, 0xf7, 0x12, 0xc7, 0x2e, 0xbb, 0x5a, 0x11, 0xa7, 0xd2, 0x43, 0x2b, 0xb4,
+                0x63, 0x65, 0xbe, 0xf9, 0xf5, 0x02,
+            ],
+            Version::Draft22 => &[
+                0x7f, 0xbc, 0xdb, 0x0e, 0x7c, 0x66, 0xbb, 0xe9, 0x19, 0x3a, 0x96, 0xcd, 0x21, 0x51,
+                0x9e, 0xbd, 0x7a, 0x02, 0x64, 0x4a,
+            ],
+            Version::Q050 => &[
+                0x50, 0x45, 0x74, 0xef, 0xd0, 0x66, 0xfe, 0x2f, 0x9d, 0x94, 0x5c, 0xfc, 0xdb, 0xd3,
+                0xa7, 0xf0, 0xd3, 0xb5, 0x6b, 0x45,
+            ],
+            Version::T050 => &[
+                0x7f, 0xf5, 0x79, 0xe5, 0xac, 0xd0, 0x72, 0x91, 0x55, 0x80, 0x30, 0x4c, 0x43, 0xa2,
+                0x36, 0x7c, 0x60, 0x48, 0x83, 0x10,
+            ],
+            Version::T051 => &[
+                0x7a, 0x4e, 0xde, 0xf4, 0xe7, 0xcc, 0xee, 0x5f, 0xa4, 0x50, 0x6c, 0x19, 0x12, 0x4f,
+                0xc8, 0xcc, 0xda, 0x6e, 0x03, 0x3d,
+            ],
         }
+    }
+
+    /// Whether long-header packet types are numbered as in v2.
+    fn v2_types(self) -> bool {
+        matches!(self, Version::V2 | Version::V2Draft { v2_types: true })
     }
 
     /// The long-header packet type bits of an Initial.
     fn initial_type(self) -> u8 {
-        if self == Version::V2 { 1 } else { 0 }
+        if self.v2_types() { 1 } else { 0 }
     }
 
     fn labels(self) -> (&'static [u8], &'static [u8], &'static [u8]) {
-        if self == Version::V2 {
+        if matches!(self, Version::V2 | Version::V2Draft { .. }) {
             (b"quicv2 key", b"quicv2 iv", b"quicv2 hp")
         } else {
             (b"quic key", b"quic iv", b"quic hp")
@@ -124,17 +194,14 @@ fn varint(b: &[u8], at: usize) -> Option<(u64, usize)> {
 }
 
 /// Decrypts the client Initial at the start of `dgram` into `plain`
-/// (cleared first); returns the version, or `None` if this is not a
-/// client Initial geowall can read.
+/// (cleared first); returns the version whose keys opened it, or `None`
+/// if this is not a client Initial geowall can read.
 pub fn decrypt_initial(dgram: &[u8], plain: &mut Vec<u8>) -> Option<Version> {
     let first = *dgram.first()?;
     if first & 0xC0 != 0xC0 {
         return None;
     }
-    let version = Version::from_u32(u32::from_be_bytes(dgram.get(1..5)?.try_into().ok()?))?;
-    if (first >> 4) & 0x03 != version.initial_type() {
-        return None;
-    }
+    let number = u32::from_be_bytes(dgram.get(1..5)?.try_into().ok()?);
     let dcid_len = usize::from(*dgram.get(5)?);
     if dcid_len > 20 {
         return None;
@@ -150,12 +217,28 @@ pub fn decrypt_initial(dgram: &[u8], plain: &mut Vec<u8>) -> Option<Version> {
     let pn_offset = at;
     let end = pn_offset.checked_add(usize::try_from(length).ok()?)?;
     let packet = dgram.get(..end)?;
+    Version::candidates(number)
+        .iter()
+        .filter(|v| (first >> 4) & 0x03 == v.initial_type())
+        .find(|v| open_initial(**v, packet, dcid, pn_offset, plain).is_some())
+        .copied()
+}
+
+/// Removes header protection from and decrypts one client Initial
+/// (`packet`, its packet number at `pn_offset`) with `version`'s keys.
+fn open_initial(
+    version: Version,
+    packet: &[u8],
+    dcid: &[u8],
+    pn_offset: usize,
+    plain: &mut Vec<u8>,
+) -> Option<()> {
     let keys = client_initial_keys(version, dcid)?;
     // Header protection: the sample starts 4 bytes after the packet number.
     let sample = packet.get(pn_offset + 4..pn_offset + 20)?;
     let hpk = hp::HeaderProtectionKey::new(&hp::AES_128, &keys.hp).ok()?;
     let mask = hpk.new_mask(sample).ok()?;
-    let first = first ^ (mask[0] & 0x0F);
+    let first = packet[0] ^ (mask[0] & 0x0F);
     let pn_len = usize::from(first & 0x03) + 1;
     let hlen = pn_offset + pn_len;
     // The header (with its token) is the AAD: assemble it in `plain`.
@@ -187,7 +270,7 @@ pub fn decrypt_initial(dgram: &[u8], plain: &mut Vec<u8>) -> Option<Version> {
     // Keep only the plaintext, at the start of `plain`.
     plain.copy_within(aad_len..aad_len + clear_len, 0);
     plain.truncate(clear_len);
-    Some(version)
+    Some(())
 }
 
 /// Collects CRYPTO frames from a flow's client Initials until the
@@ -239,25 +322,45 @@ impl InitialAssembler {
     }
 
     /// Feeds one UDP datagram from the client. Returns `Some(true)` once
-    /// the ClientHello is complete (read it with
-    /// [`InitialAssembler::client_hello`]), `Some(false)` when more is
-    /// needed, `None` when the datagram is not a readable client Initial.
+    /// the hello is complete (read it with [`InitialAssembler::sni`] or,
+    /// for a TLS handshake, [`InitialAssembler::client_hello`]),
+    /// `Some(false)` when more is needed, `None` when the datagram is not
+    /// a readable client Initial.
     pub fn feed(&mut self, dgram: &[u8]) -> Option<bool> {
         let mut plain = std::mem::take(&mut self.plain);
         let v = decrypt_initial(dgram, &mut plain);
         let r = v.and_then(|v| {
             self.version = Some(v);
-            self.frames(&plain)
+            self.frames(&plain, v)
         });
         self.plain = plain;
         r?;
-        Some(matches!(
-            tls::client_hello_message(&self.data[..self.prefix()]),
-            Hello::Found(_)
-        ))
+        let hello = &self.data[..self.prefix()];
+        Some(if self.version == Some(Version::Q050) {
+            gquic_chlo(hello).is_some()
+        } else {
+            matches!(tls::client_hello_message(hello), Hello::Found(_))
+        })
     }
 
-    fn frames(&mut self, p: &[u8]) -> Option<()> {
+    /// The server name the hello asks for: the TLS ClientHello's SNI, or
+    /// for Q050 the `SNI` tag of Google's CHLO.
+    pub fn sni(&self) -> Option<&str> {
+        let hello = &self.data[..self.prefix()];
+        if self.version == Some(Version::Q050) {
+            gquic_chlo(hello).flatten()
+        } else {
+            self.client_hello().and_then(|h| h.sni)
+        }
+    }
+
+    fn frames(&mut self, p: &[u8], version: Version) -> Option<()> {
+        // Google's versions number their CRYPTO frame 0x08 (IETF's STREAM).
+        let crypto = if matches!(version, Version::Q050 | Version::T050 | Version::T051) {
+            0x08
+        } else {
+            0x06
+        };
         let mut at = 0;
         while at < p.len() {
             let (kind, n) = varint(p, at)?;
@@ -285,7 +388,7 @@ impl InitialAssembler {
                         }
                     }
                 }
-                0x06 => {
+                k if k == crypto => {
                     let (off, n) = varint(p, at)?;
                     at += n;
                     let (len, n) = varint(p, at)?;
@@ -304,7 +407,7 @@ impl InitialAssembler {
         Some(())
     }
 
-    /// The ClientHello, once complete.
+    /// The TLS ClientHello, once complete (none for Q050's CHLO).
     pub fn client_hello(&self) -> Option<ClientHello<'_>> {
         match tls::client_hello_message(&self.data[..self.prefix()]) {
             Hello::Found(h) => Some(h),
@@ -358,6 +461,12 @@ pub enum Generation {
     V1,
     /// IETF QUIC version 2 (RFC 9369).
     V2,
+    /// QUIC v2 as a draft: `0xff020000` (draft 00, version 1's packet
+    /// types) and the provisional `0x709a50c4` (v2's).
+    V2Draft {
+        /// Whether packet types are numbered as in v2.
+        v2_types: bool,
+    },
     /// An IETF draft (`0xff0000NN`, NN the draft number).
     Draft(u8),
     /// Google QUIC (`Q0NN`, e.g. Q043, Q046, Q050).
@@ -378,6 +487,8 @@ pub fn generation(version: u32) -> Option<Generation> {
         0 => Some(Generation::VersionNegotiation),
         1 => Some(Generation::V1),
         0x6B33_43CF => Some(Generation::V2),
+        0xFF02_0000 => Some(Generation::V2Draft { v2_types: false }),
+        0x709A_50C4 => Some(Generation::V2Draft { v2_types: true }),
         v if v & 0xFFFF_FF00 == 0xFF00_0000 => Some(Generation::Draft(b[3])),
         v if v & 0xFFFF_FF00 == 0xFACE_B000 => Some(Generation::Mvfst(b[3])),
         v if v & 0x0F0F_0F0F == 0x0A0A_0A0A => Some(Generation::Grease),
@@ -443,19 +554,12 @@ pub fn long_header(p: &[u8]) -> Option<Generation> {
     // The packet type (v2 numbers them differently; Retry is the one
     // without a length either way).
     let kind = (first >> 4) & 0x03;
-    let retry = if g == Generation::V2 {
-        kind == 0
-    } else {
-        kind == 3
-    };
+    let v2_types = matches!(g, Generation::V2 | Generation::V2Draft { v2_types: true });
+    let retry = if v2_types { kind == 0 } else { kind == 3 };
     if retry {
         return Some(g);
     }
-    let initial = if g == Generation::V2 {
-        kind == 1
-    } else {
-        kind == 0
-    };
+    let initial = if v2_types { kind == 1 } else { kind == 0 };
     let mut at = rest;
     if initial {
         let (token, n) = varint(p, at)?;
@@ -559,15 +663,45 @@ mod tests {
     }
 
     #[test]
-    fn drafts_33_and_34_read_like_v1_and_29_to_32_like_29() {
+    fn every_version_number_finds_the_keys_of_its_generation() {
         assert_eq!(Version::from_u32(0xFF00_0022), Some(Version::V1));
         assert_eq!(Version::from_u32(0xFF00_0021), Some(Version::V1));
         assert_eq!(Version::from_u32(0xFF00_0020), Some(Version::Draft29));
+        assert_eq!(Version::from_u32(0xFF00_001D), Some(Version::Draft29));
+        for d in 23..=28 {
+            assert_eq!(Version::from_u32(0xFF00_0000 | d), Some(Version::Draft23));
+        }
+        assert_eq!(Version::from_u32(0xFF00_0016), Some(Version::Draft22));
+        assert_eq!(Version::from_u32(0xFACE_B001), Some(Version::Draft22));
+        assert_eq!(Version::from_u32(0xFACE_B002), Some(Version::Draft23));
+        assert_eq!(Version::from_u32(0xFACE_B00E), Some(Version::Draft23));
         assert_eq!(
-            Version::from_u32(0xFF00_001C),
-            None,
-            "draft 28: recognised, not decrypted"
+            Version::from_u32(0xFF02_0000),
+            Some(Version::V2Draft { v2_types: false })
         );
+        assert_eq!(
+            Version::from_u32(0x709A_50C4),
+            Some(Version::V2Draft { v2_types: true })
+        );
+        assert_eq!(
+            Version::from_u32(u32::from_be_bytes(*b"Q050")),
+            Some(Version::Q050)
+        );
+        assert_eq!(
+            Version::from_u32(u32::from_be_bytes(*b"T050")),
+            Some(Version::T050)
+        );
+        assert_eq!(
+            Version::from_u32(u32::from_be_bytes(*b"T051")),
+            Some(Version::T051)
+        );
+        // A greased version: whichever keys open it.
+        assert_eq!(
+            Version::candidates(0x3A4A_5A6A),
+            &[Version::V1, Version::Draft29]
+        );
+        assert_eq!(Version::from_u32(u32::from_be_bytes(*b"Q046")), None);
+        assert_eq!(Version::from_u32(0xFF00_0014), None);
     }
 
     fn hex(s: &str) -> Vec<u8> {
