@@ -1,11 +1,13 @@
 //! Traffic classes against nDPI's, flow by flow, on every capture in
-//! tests/fixtures/ndpi: nDPI's master protocol is mapped to a class (RTP,
-//! RTCP, SRTP, STUN, DTLS, SD-RTN, Zoom media -> media; TLS, QUIC, HTTP ->
-//! web; DNS, MDNS, LLMNR -> dns; ICMP, ICMPV6 -> ping; anything else ->
-//! other). Flows nDPI decided by inspection (`Confidence: DPI`) are
-//! compared: geowall's class agrees, or the difference is one of
-//! [`DOCUMENTED`], each with its reason. Flows nDPI matched by port or left
-//! unknown are printed and not counted: there nDPI did not look.
+//! tests/fixtures/ndpi (nDPI's current corpus) and tests/fixtures/ndpi-4.2
+//! (older and rarer protocols, with nDPI 4.2's results): nDPI's master
+//! protocol is mapped to a class (RTP, RTCP, SRTP, STUN, DTLS, SD-RTN,
+//! Zoom media -> media; TLS, QUIC, HTTP -> web; DNS, MDNS, LLMNR -> dns;
+//! ICMP, ICMPV6 -> ping; anything else -> other). Flows nDPI decided by
+//! inspection (`Confidence: DPI`) are compared: geowall's class agrees, or
+//! the difference is one of [`DOCUMENTED`], each with its reason. Flows
+//! nDPI matched by port or left unknown are printed and not counted: there
+//! nDPI did not look.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -15,14 +17,20 @@ use geowall::engine::Inspector;
 use geowall::wire::capture::Capture;
 use geowall::wire::packet::strip_link;
 
-fn captures_dir() -> Option<PathBuf> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi");
-    if d.is_dir() {
-        Some(d)
-    } else {
+/// The captures of one fixture folder, sorted, or none (with a note) if
+/// the folder is not there.
+fn captures(folder: &str) -> Vec<PathBuf> {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
+    let Ok(entries) = std::fs::read_dir(&d) else {
         println!("skipped: {} is not there", d.display());
-        None
-    }
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pcap" || x == "pcapng"))
+        .collect();
+    files.sort();
+    files
 }
 
 type Key = (u8, SocketAddr, SocketAddr);
@@ -74,13 +82,21 @@ fn ndpi_class(master: &str) -> &'static str {
 
 #[test]
 fn classes_agree_with_ndpi() {
-    let Some(dir) = captures_dir() else { return };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "pcap" || x == "pcapng"))
-        .collect();
-    files.sort();
+    compare("tests/fixtures/ndpi", 130);
+}
+
+#[test]
+fn classes_agree_with_ndpi_4_2_on_older_and_rarer_protocols() {
+    compare("tests/fixtures/ndpi-4.2", 350);
+}
+
+/// Compares every capture of `folder` with nDPI's results; at least
+/// `least` flows must be compared.
+fn compare(folder: &str, least: usize) {
+    let files = captures(folder);
+    if files.is_empty() {
+        return;
+    }
     let (mut total, mut agree) = (0usize, 0usize);
     let mut diffs: Vec<(String, Option<&str>)> = Vec::new();
     let mut not_inspected: Vec<String> = Vec::new();
@@ -183,7 +199,7 @@ fn classes_agree_with_ndpi() {
         }
     }
     println!(
-        "classes: {agree}/{total} flows nDPI decided by inspection agree with nDPI ({:.1}%)",
+        "{folder}: classes: {agree}/{total} flows nDPI decided by inspection agree with nDPI ({:.1}%)",
         100.0 * agree as f64 / total.max(1) as f64
     );
     for n in &not_inspected {
@@ -195,7 +211,7 @@ fn classes_agree_with_ndpi() {
             why.unwrap_or("UNDOCUMENTED")
         );
     }
-    assert!(total >= 130, "flows compared: {total}");
+    assert!(total >= least, "flows compared: {total}");
     let undocumented = diffs.iter().filter(|(_, w)| w.is_none()).count();
     assert_eq!(undocumented, 0, "differences without a documented reason");
     assert!(

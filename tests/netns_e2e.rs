@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use support::{Net, addr, echo, in_ns, sa, sd_rtn, tcp_exchange, udp_exchange};
+use support::{Net, addr, echo, in_ns, media_exchange, sa, sd_rtn, tcp_exchange, udp_exchange};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -136,13 +136,13 @@ fn allowed_flows_work_and_blocked_flows_never_reach_the_server() {
         }
         // Media: allowed to DE, blocked to CN (v4 and v6).
         assert_eq!(
-            udp_exchange(sa(addr::DE, 5004), &rtp(1)).expect("rtp to DE"),
+            media_exchange(sa(addr::DE, 5004), 1).expect("rtp to DE"),
             rtp(1)
         );
         for ip in [addr::CN, addr::CN6] {
             for seq in 1..=5 {
                 assert!(
-                    udp_exchange(sa(ip, 5004), &rtp(seq)).is_err(),
+                    media_exchange(sa(ip, 5004), seq * 2).is_err(),
                     "RTP to {ip}"
                 );
             }
@@ -317,9 +317,10 @@ print("uid", os.getuid())
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
 u.sendto(b"through", ("{us}", 7000)); print("udp", u.recvfrom(100)[0].decode())
 m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); m.settimeout(0.5)
-rtp = bytes([0x80, 96, 0, 1, 0, 0, 0, 160, 0x12, 0x34, 0x56, 0x78]) + bytes(160)
+rtp = lambda seq: bytes([0x80, 96, 0, seq, 0, 0, 0, 160, 0x12, 0x34, 0x56, 0x78]) + bytes(160)
 try:
-    m.sendto(rtp, ("{cn}", 5004)); m.recvfrom(100); print("media answered")
+    m.sendto(rtp(1), ("{cn}", 5004)); m.sendto(rtp(2), ("{cn}", 5004))
+    m.recvfrom(100); print("media answered")
 except OSError as e:
     print("media blocked")
 sys.exit(7)
@@ -406,7 +407,7 @@ fn status_and_reload_work_against_a_running_instance() {
             udp_exchange(sa(addr::US, 7000), b"one").expect("udp"),
             b"one"
         );
-        assert!(udp_exchange(sa(addr::CN, 5004), &rtp(1)).is_err());
+        assert!(media_exchange(sa(addr::CN, 5004), 1).is_err());
     });
     std::thread::sleep(Duration::from_millis(300));
     let geowall = |args: &[&str]| support::geowall_cli(&net, args);
@@ -875,7 +876,7 @@ fn run_routes_the_whole_host_and_fails_closed() {
                 .find(Result::is_ok)
                 .unwrap_or_else(|| Err(std::io::Error::other("no IPv6 answer in 4 tries")))
                 .map_err(|e| e.to_string()),
-            udp_exchange(sa(addr::CN, 5004), &rtp(1)).is_err(),
+            media_exchange(sa(addr::CN, 5004), 1).is_err(),
         )
     });
     if r.0.is_err() || r.1.is_err() || !r.2 {

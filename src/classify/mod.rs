@@ -217,6 +217,9 @@ pub const SNIFF_PACKETS: u32 = 12;
 /// without the fixed bit, something a QUIC endpoint sends only if both
 /// sides greased that bit (RFC 9287), and then only during the handshake.
 const QUIC_THEN_RTC: u8 = 1;
+/// The most an RTP sequence number may move on between two packets of
+/// one stream that confirm each other.
+const RTP_SEQ_STEP: u16 = 64;
 /// Bytes of the client's TCP stream kept for sniffing.
 pub const SNIFF_BYTES: usize = 16 * 1024;
 /// Packets in one direction before an unknown UDP flow can be judged
@@ -261,9 +264,15 @@ pub struct Sniffer {
     dtls_seen: bool,
     /// A tunnel's first message, waiting for the one that confirms it.
     tunnel: Pending,
-    /// Real-time datagrams (RTP, RTCP, SD-RTN, TURN, STUN other than a
-    /// binding) the app sent after the flow was decided QUIC.
+    /// Real-time datagrams (RTP confirmed by its stream, STUN other than
+    /// a binding) the app sent after the flow was decided QUIC or a tunnel.
     rtc_after_quic: u8,
+    /// The last RTP header seen each way (SSRC, sequence number), waiting
+    /// for the next packet of the same stream to confirm it.
+    rtp_last: [Option<(u32, u16)>; 2],
+    /// The app's last datagram on a flow decided as QUIC or a tunnel read
+    /// as an RTP header that nothing confirmed yet.
+    unconfirmed_rtp: bool,
     /// Byte histogram of the first payload bytes and how many were seen.
     /// Kept only while the encryption status depends on it (a named
     /// protocol says its own). Counts fit: at most [`SAMPLE_BYTES`].
@@ -376,10 +385,23 @@ impl Sniffer {
                 Some(Protocol::Quic | Protocol::WireGuard | Protocol::OpenVpn)
             );
             if refinable && carrier == Carrier::Udp && dir == Dir::Up {
+                // Only what a QUIC packet cannot be by chance: a QUIC peer
+                // may grease the fixed bit (RFC 9287) on every packet, and
+                // then a short header reads as a lone RTP, RTCP or TURN
+                // ChannelData header (its connection id where their
+                // lengths and sources are). Two RTP packets of one stream,
+                // or STUN with its magic cookie, it cannot be.
+                self.unconfirmed_rtp = false;
                 let rtc = match rtc::classify(payload) {
-                    Some(rtc::Rtc::Stun { method, .. }) => method != 1,
-                    Some(_) => true,
-                    None => false,
+                    Some(rtc::Rtc::Stun { method, .. }) => {
+                        method != 1 && rtc::stun_prefix(payload).is_some()
+                    }
+                    Some(rtc::Rtc::Rtp { seq, ssrc, .. }) => {
+                        let confirmed = self.rtp_confirms(dir, ssrc, seq);
+                        self.unconfirmed_rtp = !confirmed;
+                        confirmed
+                    }
+                    _ => false,
                 };
                 if rtc {
                     self.rtc_after_quic = self.rtc_after_quic.saturating_add(1);
@@ -417,9 +439,20 @@ impl Sniffer {
         dns_by_content: bool,
         p: &[u8],
     ) {
-        if dns_port && let Some(n) = dns::first_name(p) {
-            self.name(n.as_str());
-            return self.decide(Protocol::Dns, Traffic::Dns, false);
+        if dns_port {
+            if let Some(n) = dns::first_name(p) {
+                self.name(n.as_str());
+                return self.decide(Protocol::Dns, Traffic::Dns, false);
+            }
+            // A DNS message whose name geowall does not take (UTF-8 labels
+            // as LLMNR and mDNS allow, an inverse query, a damaged name):
+            // still DNS; a later message may still name the flow.
+            if dns::plausible_header(p) {
+                self.protocol = Some(Protocol::Dns);
+                self.class = Some(Traffic::Dns);
+                self.encrypted = Some(false);
+                return;
+            }
         }
         // DNS on another port, by its content alone.
         if dns_by_content
@@ -439,7 +472,7 @@ impl Sniffer {
             let a = self.quic.get_or_insert_with(Default::default);
             match a.feed(p) {
                 Some(true) => {
-                    let sni = a.client_hello().and_then(|h| h.sni).map(str::to_owned);
+                    let sni = a.sni().map(str::to_owned);
                     if let Some(n) = sni {
                         self.name(&n);
                     }
@@ -488,10 +521,16 @@ impl Sniffer {
                 self.dtls_seen = true;
                 self.decide(Protocol::Dtls, Traffic::Media, true);
             }
-            Some(rtc::Rtc::Rtp { .. }) => self.decide(Protocol::Rtp, Traffic::Media, false),
+            // One header that reads as RTP is a guess (a quarter of all
+            // byte values start like one); two of one stream, the same
+            // source with the sequence moving on, are RTP. The first waits
+            // for the second.
+            Some(rtc::Rtc::Rtp { seq, ssrc, .. }) if self.rtp_confirms(dir, ssrc, seq) => {
+                self.decide(Protocol::Rtp, Traffic::Media, false);
+            }
             Some(rtc::Rtc::Rtcp { .. }) => self.decide(Protocol::Rtcp, Traffic::Media, false),
             Some(rtc::Rtc::Zrtp) => self.decide(Protocol::Zrtp, Traffic::Media, false),
-            None => {}
+            Some(rtc::Rtc::Rtp { .. }) | None => {}
         }
     }
 
@@ -550,6 +589,15 @@ impl Sniffer {
             _ => {}
         }
         None
+    }
+
+    /// Whether an RTP header (`ssrc`, `seq`) going `dir` continues the
+    /// stream of the last one seen that way: the same source, the
+    /// sequence number 1 to [`RTP_SEQ_STEP`] on (losses and reordering
+    /// allowed). Remembers it for the next.
+    fn rtp_confirms(&mut self, dir: Dir, ssrc: u32, seq: u16) -> bool {
+        let last = self.rtp_last[dir as usize].replace((ssrc, seq));
+        last.is_some_and(|(s, q)| s == ssrc && seq.wrapping_sub(q).wrapping_sub(1) < RTP_SEQ_STEP)
     }
 
     fn sniff_tcp(&mut self, dir: Dir, ports: (u16, u16), dns_port: bool, p: &[u8]) {
@@ -742,6 +790,27 @@ impl Sniffer {
         Encryption::Unknown
     }
 
+    /// Ends the wait for evidence that a live firewall holds a flow's
+    /// first datagrams for: if all it has is an RTP header not yet
+    /// confirmed by a second packet of its stream, the flow is taken for
+    /// RTP, `media` (fail closed: a lone packet that reads as RTP is not
+    /// let through as `other` because its stream never followed).
+    /// Otherwise nothing changes. The offline audit does not call it.
+    pub fn end_hold(&mut self) {
+        if !self.done && self.protocol.is_none() && self.rtp_last.iter().any(Option::is_some) {
+            self.decide(Protocol::Rtp, Traffic::Media, false);
+        }
+    }
+
+    /// Whether the app's last datagram, on a flow decided as QUIC or a
+    /// tunnel, read as an RTP header that no second packet of its stream
+    /// has confirmed: the start of a call, or a QUIC packet whose fixed
+    /// bit was greased (RFC 9287). The next packet tells; a live firewall
+    /// that must not let media out drops this one meanwhile.
+    pub fn unconfirmed_rtp(&self) -> bool {
+        self.unconfirmed_rtp
+    }
+
     /// The class to report now (`other` while nothing is known).
     pub fn class_now(&self) -> Traffic {
         self.class.unwrap_or(Traffic::Other)
@@ -782,8 +851,32 @@ fn carrier_realtime(s: &Shape) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The first QUIC Initial a client sends in
+    /// tests/fixtures/ndpi/quic.pcap.
+    pub(crate) fn quic_initial() -> Vec<u8> {
+        use crate::wire::packet::{Transport, parse_ip, strip_link};
+        let bytes = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi/quic.pcap"),
+        )
+        .expect("capture");
+        let cap = crate::wire::capture::Capture::new(&bytes).expect("pcap");
+        cap.filter_map(Result::ok)
+            .find_map(|f| {
+                let ip = parse_ip(strip_link(f.link, f.data).ok()?).ok()?;
+                match ip.transport {
+                    Transport::Udp {
+                        dport: 443,
+                        payload,
+                        ..
+                    } => Some(payload.to_vec()),
+                    _ => None,
+                }
+            })
+            .expect("a QUIC Initial")
+    }
 
     fn feed(s: &mut Sniffer, c: Carrier, d: Dir, ports: (u16, u16), p: &[u8]) {
         s.on_payload(c, d, ports, p, 0);
@@ -913,13 +1006,15 @@ mod tests {
             (Some(Protocol::WireGuard), Some(Traffic::Other))
         );
         // Real-time packets the app sends on it after all: media.
-        feed(
-            &mut s,
-            Carrier::Udp,
-            Dir::Up,
-            (40000, 51820),
-            &rtc::rtp_packet(1),
-        );
+        for seq in [1, 2] {
+            feed(
+                &mut s,
+                Carrier::Udp,
+                Dir::Up,
+                (40000, 51820),
+                &rtc::rtp_packet(seq),
+            );
+        }
         assert_eq!(s.class, Some(Traffic::Media));
         // Mid-session (no handshake in sight): two data messages that go on,
         // the other end's answers in between.
@@ -1010,7 +1105,7 @@ mod tests {
         );
         let mut r = Sniffer::new();
         feed(&mut r, Carrier::Udp, Dir::Up, (40000, 7000), &init);
-        assert_eq!(r.protocol, Some(Protocol::Rtp), "not on IKE's ports");
+        assert_eq!(r.protocol, None, "not on IKE's ports: an RTP-like guess");
     }
 
     #[test]
@@ -1030,6 +1125,95 @@ mod tests {
             first((40000, 50000), &classic_stun_message(1, &[])),
             (Some(Protocol::Stun), Some(Traffic::Media))
         );
+    }
+
+    /// A quarter of all datagrams start like RTP (version 2), so one
+    /// header is not enough: two of one stream are. NetBIOS, DNSCrypt and
+    /// NTP in nDPI's captures read as RTP one packet at a time; none has a
+    /// source that repeats with a sequence that moves on.
+    #[test]
+    fn rtp_is_two_packets_of_one_stream() {
+        let rtp = |seq: u16, ssrc: u32| {
+            let mut p = rtc::rtp_packet(seq);
+            p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            p
+        };
+        let ports = (40000, 5004);
+        let mut s = Sniffer::new();
+        feed(&mut s, Carrier::Udp, Dir::Up, ports, &rtp(10, 7));
+        assert_eq!(s.protocol, None, "one header is a guess");
+        feed(&mut s, Carrier::Udp, Dir::Down, ports, &rtp(11, 7));
+        assert_eq!(s.protocol, None, "the other direction is another stream");
+        feed(&mut s, Carrier::Udp, Dir::Up, ports, &rtp(11, 9));
+        assert_eq!(s.protocol, None, "another source");
+        feed(&mut s, Carrier::Udp, Dir::Up, ports, &rtp(11, 9));
+        assert_eq!(s.protocol, None, "the same sequence number again");
+        feed(&mut s, Carrier::Udp, Dir::Up, ports, &rtp(13, 9));
+        assert_eq!(
+            (s.protocol, s.class),
+            (Some(Protocol::Rtp), Some(Traffic::Media))
+        );
+        // Sequence numbers wrap; a jump past the step is not a stream.
+        let mut w = Sniffer::new();
+        feed(&mut w, Carrier::Udp, Dir::Up, ports, &rtp(65535, 3));
+        feed(&mut w, Carrier::Udp, Dir::Up, ports, &rtp(0, 3));
+        assert_eq!(w.protocol, Some(Protocol::Rtp));
+        let mut j = Sniffer::new();
+        feed(&mut j, Carrier::Udp, Dir::Up, ports, &rtp(100, 3));
+        feed(
+            &mut j,
+            Carrier::Udp,
+            Dir::Up,
+            ports,
+            &rtp(100 + RTP_SEQ_STEP + 1, 3),
+        );
+        assert_eq!(j.protocol, None);
+        // The hold's end takes a lone header for media.
+        j.end_hold();
+        assert_eq!(
+            (j.protocol, j.class),
+            (Some(Protocol::Rtp), Some(Traffic::Media))
+        );
+        let mut o = Sniffer::new();
+        feed(&mut o, Carrier::Udp, Dir::Up, ports, b"opaque datagram");
+        o.end_hold();
+        assert_eq!(o.protocol, None, "nothing that read as RTP: no guess");
+    }
+
+    /// DNS ports: a message whose name geowall does not take is DNS all
+    /// the same (LLMNR with a UTF-8 host name, an inverse query), without
+    /// a name, and a later message can still name the flow.
+    #[test]
+    fn dns_on_its_ports_without_a_name_geowall_takes() {
+        // LLMNR query for a UTF-8 name (from nDPI's 1kxun.pcap).
+        let llmnr = [
+            0x53, 0x74, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x0c, 0xe5, 0xb0, 0x8f, 0xe4, 0xbd, 0x9b,
+            0xe5, 0xb0, 0x88, 0xe6, 0xa9, 0x9f, 0, 0, 0xff, 0, 1,
+        ];
+        let mut s = Sniffer::new();
+        feed(&mut s, Carrier::Udp, Dir::Up, (51451, 5355), &llmnr);
+        assert_eq!(
+            (s.protocol, s.class),
+            (Some(Protocol::Dns), Some(Traffic::Dns))
+        );
+        assert_eq!(s.server_name, None);
+        feed(
+            &mut s,
+            Carrier::Udp,
+            Dir::Up,
+            (51451, 5355),
+            &dns::tests::query("printer.local"),
+        );
+        assert_eq!(s.server_name.as_deref(), Some("printer.local"));
+        // Not a DNS header: an unassigned opcode, or nothing in it.
+        for bad in [
+            &[0u8, 1, 0x18, 0, 0, 1, 0, 0, 0, 0, 0, 0][..],
+            &[0u8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+        ] {
+            let mut b = Sniffer::new();
+            feed(&mut b, Carrier::Udp, Dir::Up, (40000, 53), bad);
+            assert_ne!(b.protocol, Some(Protocol::Dns), "{bad:?}");
+        }
     }
 
     #[test]
@@ -1115,31 +1299,16 @@ mod tests {
 
     #[test]
     fn a_quic_start_does_not_make_media_web() {
-        use crate::wire::packet::{Transport, parse_ip, strip_link};
-        let bytes = std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi/quic.pcap"),
-        )
-        .expect("capture");
-        let cap = crate::wire::capture::Capture::new(&bytes).expect("pcap");
-        let initial = cap
-            .filter_map(Result::ok)
-            .find_map(|f| {
-                let ip = parse_ip(strip_link(f.link, f.data).ok()?).ok()?;
-                match ip.transport {
-                    Transport::Udp {
-                        dport: 443,
-                        payload,
-                        ..
-                    } => Some(payload.to_vec()),
-                    _ => None,
-                }
-            })
-            .expect("a QUIC Initial");
+        let initial = quic_initial();
         let mut s = Sniffer::new();
         s.on_payload(Carrier::Udp, Dir::Up, (40000, 443), &initial, 0);
         assert_eq!(s.protocol, Some(Protocol::Quic));
         assert_eq!(s.class, Some(Traffic::Web));
+        // One packet that reads as RTP is what a greased QUIC short header
+        // (RFC 9287) can look like; the next packet of its stream is not.
         s.on_payload(Carrier::Udp, Dir::Up, (40000, 443), &rtc::rtp_packet(0), 1);
+        assert_eq!(s.class, Some(Traffic::Web));
+        s.on_payload(Carrier::Udp, Dir::Up, (40000, 443), &rtc::rtp_packet(1), 2);
         assert_eq!(s.class, Some(Traffic::Media));
     }
 

@@ -138,6 +138,12 @@ pub enum DropReason {
     /// A TURN message naming more peers than geowall reads from one
     /// message: it cannot be judged, so it does not leave.
     TurnTooManyPeers,
+    /// On a flow decided as QUIC or a tunnel, a datagram that starts like
+    /// an RTP stream no second packet has confirmed yet, where media could
+    /// be blocked: dropped, not relayed (if it is the start of a call, none
+    /// of it leaves; if it was QUIC with its fixed bit greased, QUIC sends
+    /// it again).
+    UnconfirmedRtp,
 }
 
 impl DropReason {
@@ -159,6 +165,7 @@ impl DropReason {
             DropReason::DnsTcpGone => "dns-tcp-gone",
             DropReason::DnsTcpFull => "dns-tcp-full",
             DropReason::TurnTooManyPeers => "turn-too-many-peers",
+            DropReason::UnconfirmedRtp => "unconfirmed-rtp",
         }
     }
 }

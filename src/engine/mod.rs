@@ -141,6 +141,16 @@ impl Volume {
 }
 
 impl FlowCore {
+    /// The name the server itself was reached by (TLS SNI, QUIC, HTTP Host,
+    /// SD-RTN), to remember for its address; none for DNS, whose name is
+    /// the question the server is asked, not the server's own.
+    pub fn server_own_name(&self) -> Option<&str> {
+        if self.sniffer.protocol == Some(crate::classify::Protocol::Dns) {
+            return None;
+        }
+        self.sniffer.server_name.as_deref()
+    }
+
     /// What a person calls the server: the name it was reached by, else
     /// its address.
     pub fn destination(&self) -> String {

@@ -159,6 +159,29 @@ pub fn first_name(msg: &[u8]) -> Option<DnsName> {
     Some(name)
 }
 
+/// A DNS header a message on a DNS port can have: at least 12 bytes, an
+/// assigned opcode (query, inverse query, status, notify, update), no
+/// more than 16 questions and 256 records in each section, and at least
+/// one question or record. Says nothing of the names: for DNS ports,
+/// where the port already says DNS and only a name geowall will not take
+/// (UTF-8 labels, an inverse query, damage) is missing.
+pub fn plausible_header(msg: &[u8]) -> bool {
+    let (Some(flags), Some(qd), Some(an), Some(ns), Some(ar)) = (
+        be16(msg, 2),
+        be16(msg, 4),
+        be16(msg, 6),
+        be16(msg, 8),
+        be16(msg, 10),
+    ) else {
+        return false;
+    };
+    let opcode = (flags >> 11) & 0xF;
+    matches!(opcode, 0 | 1 | 2 | 4 | 5)
+        && qd <= 16
+        && an.max(ns).max(ar) <= 256
+        && u32::from(qd) + u32::from(an) + u32::from(ns) + u32::from(ar) > 0
+}
+
 /// The first question of a DNS message over TCP (2-byte length prefix).
 pub fn question_tcp(stream: &[u8]) -> Option<Question> {
     let len = usize::from(be16(stream, 0)?);
@@ -166,7 +189,7 @@ pub fn question_tcp(stream: &[u8]) -> Option<Question> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -204,7 +227,7 @@ mod tests {
         }
     }
 
-    fn query(name: &str) -> Vec<u8> {
+    pub(crate) fn query(name: &str) -> Vec<u8> {
         let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
         for l in name.split('.') {
             m.push(l.len() as u8);

@@ -117,8 +117,10 @@ pub fn classify(p: &[u8]) -> Option<Rtc<'_>> {
 /// Classic STUN (RFC 3489), which has no magic cookie: one of its six
 /// message types (Binding and Shared Secret requests, responses and error
 /// responses), and attributes that fill the body exactly, each of a type
-/// RFC 3489 defines (0x0001-0x000B) or one later STUN added (below 0x0030,
-/// or comprehension-optional 0x8000-0x80FF), each value padded to 4 bytes.
+/// RFC 3489 defines (0x0001-0x000B), one later STUN added (below 0x0030,
+/// or comprehension-optional 0x8000-0x80FF) or one an application put in
+/// the low range (Zoom's peers send 0x0101; 0x0001-0x01FF are taken),
+/// each value padded to 4 bytes.
 /// Only a Binding request may have no attribute.
 fn classic_stun(t: u16, mut body: &[u8]) -> bool {
     if !matches!(t, 0x0001 | 0x0101 | 0x0111 | 0x0002 | 0x0102 | 0x0112) {
@@ -131,7 +133,7 @@ fn classic_stun(t: u16, mut body: &[u8]) -> bool {
         let (Some(a), Some(l)) = (be16(body, 0), be16(body, 2)) else {
             return false;
         };
-        if a == 0 || (0x0030..0x8000).contains(&a) || a > 0x80FF {
+        if a == 0 || (0x0200..0x8000).contains(&a) || a > 0x80FF {
             return false;
         }
         let padded = (usize::from(l) + 3) & !3;

@@ -795,6 +795,22 @@ pub(crate) fn udp_exchange_within(
     Ok(buf[..n].to_vec())
 }
 
+/// A call's first audio as an app sends it: two RTP packets of one
+/// stream (`seq`, `seq + 1`), 20 ms apart, from one socket; waits (700 ms
+/// at most) for the first datagram back.
+pub(crate) fn media_exchange(to: SocketAddr, seq: u16) -> std::io::Result<Vec<u8>> {
+    let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(to)?;
+    s.set_read_timeout(Some(Duration::from_millis(700)))?;
+    s.send(&geowall::wire::rtc::rtp_packet(seq))?;
+    std::thread::sleep(Duration::from_millis(20));
+    s.send(&geowall::wire::rtc::rtp_packet(seq.wrapping_add(1)))?;
+    let mut buf = vec![0u8; 65_536];
+    let n = s.recv(&mut buf)?;
+    Ok(buf[..n].to_vec())
+}
+
 /// Sends one datagram and waits (700 ms at most) for one back.
 pub(crate) fn udp_exchange(to: SocketAddr, req: &[u8]) -> std::io::Result<Vec<u8>> {
     udp_exchange_within(to, req, Duration::from_millis(700))

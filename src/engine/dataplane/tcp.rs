@@ -562,7 +562,7 @@ impl Engine {
             };
             f.rejudge = false;
             if due {
-                if let Some(n) = &f.core.sniffer.server_name {
+                if let Some(n) = f.core.server_own_name() {
                     // TLS, QUIC and HTTP names feed the same map as DNS.
                     let until = now_ns + dns::SEEN_NAME_TTL_NS;
                     self.names

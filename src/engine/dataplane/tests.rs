@@ -222,6 +222,108 @@ fn blocked_first_datagram_never_goes_upstream() {
     assert_eq!(e.counters.blocked, 3);
 }
 
+/// A call that begins with a real QUIC Initial (web, allowed to a CN
+/// server under `clubhouse`) leaks none of its RTP: the stream's first
+/// packet, not yet confirmed, is dropped; the second confirms it and cuts
+/// the flow. One RTP-looking datagram alone (a QUIC packet with its fixed
+/// bit greased) is dropped, and the flow goes on as web.
+#[test]
+fn rtp_after_a_quic_start_never_leaves_for_a_blocked_server() {
+    let rtp = crate::wire::rtc::rtp_packet;
+    let initial = crate::classify::tests::quic_initial();
+    let (app, cn) = ("192.0.2.200:40000", "203.0.113.10:443");
+    let rtp_sent = |out: &[Output]| {
+        out.iter()
+            .filter(|o| matches!(o, Output::UdpSend { payload, .. } if payload[0] & 0xC0 == 0x80))
+            .count()
+    };
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    e.handle_tun(&udp(app, cn, &initial), S);
+    let out = drain(&mut e);
+    assert_eq!(events(&out)[0].class, Traffic::Web);
+    assert_eq!(sent_upstream(&out), 2, "the Initial leaves: {out:?}");
+    e.handle_tun(&udp(app, cn, &rtp(1)), S + 20 * MS);
+    e.handle_tun(&udp(app, cn, &rtp(2)), S + 40 * MS);
+    e.handle_tun(&udp(app, cn, &rtp(3)), S + 60 * MS);
+    let out = drain(&mut e);
+    assert_eq!(rtp_sent(&out), 0, "{out:?}");
+    let cut = events(&out);
+    assert_eq!(
+        (cut[0].kind, cut[0].class),
+        (EventKind::Cut, Traffic::Media)
+    );
+    assert_eq!(e.counters.drops.get(&DropReason::UnconfirmedRtp), Some(&1));
+    // A lone RTP-looking datagram between QUIC packets: dropped, still web.
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    e.handle_tun(&udp(app, cn, &initial), S);
+    e.handle_tun(&udp(app, cn, &rtp(9)), S + MS);
+    e.handle_tun(&udp(app, cn, b"\x41short header"), S + 2 * MS);
+    let out = drain(&mut e);
+    assert_eq!(rtp_sent(&out), 0);
+    assert_eq!(
+        sent_upstream(&out),
+        3,
+        "the Initial and the short header: {out:?}"
+    );
+    assert!(events(&out).iter().all(|ev| ev.kind == EventKind::Opened));
+}
+
+/// A DNS query on a port other than 53 (relayed, not answered by
+/// geowall) names what it asks about, not the resolver: the resolver's
+/// address is not taken for the vendor's edge it was asked about.
+#[test]
+fn a_dns_question_does_not_name_the_resolver() {
+    let rtp = crate::wire::rtc::rtp_packet;
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    let (app, resolver) = ("192.0.2.200:40000", "198.51.100.53:5300");
+    let q = crate::wire::dns::tests::query("104-166-161-75.edge.agora.io");
+    e.handle_tun(&udp(app, resolver, &q), S);
+    let out = drain(&mut e);
+    assert_eq!(events(&out)[0].class, Traffic::Dns);
+    assert_eq!(sent_upstream(&out), 2, "opened and sent: {out:?}");
+    // Media to the resolver's address: judged by where it is (US).
+    let media = "198.51.100.53:5004";
+    e.handle_tun(&udp("192.0.2.200:40002", media, &rtp(1)), S + MS);
+    e.handle_tun(&udp("192.0.2.200:40002", media, &rtp(2)), S + 21 * MS);
+    let out = drain(&mut e);
+    assert!(
+        events(&out).iter().all(|ev| ev.kind != EventKind::Blocked),
+        "{out:?}"
+    );
+    assert!(sent_upstream(&out) >= 2);
+}
+
+/// RTP is told by two packets of one stream; a call's first packet waits
+/// for the second, and a lone packet that reads as RTP is taken for media
+/// when its hold ends (fail closed), not let through as `other`.
+#[test]
+fn rtp_waits_for_its_stream_and_a_lone_header_is_held_as_media() {
+    let rtp = crate::wire::rtc::rtp_packet;
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    let (app, cn) = ("192.0.2.200:40000", "203.0.113.10:5004");
+    e.handle_tun(&udp(app, cn, &rtp(7)), S);
+    assert_eq!(sent_upstream(&drain(&mut e)), 0, "held for the next packet");
+    e.handle_tun(&udp(app, cn, &rtp(8)), S + 20 * MS);
+    let out = drain(&mut e);
+    assert_eq!(sent_upstream(&out), 0);
+    let ev = events(&out);
+    assert_eq!(
+        (ev[0].kind, ev[0].class),
+        (EventKind::Blocked, Traffic::Media)
+    );
+    // One packet and nothing after it: blocked when the hold ends.
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    e.handle_tun(&udp(app, cn, &rtp(7)), S);
+    e.handle_timeout(S + udp::HOLD_NS);
+    let out = drain(&mut e);
+    assert_eq!(sent_upstream(&out), 0, "{out:?}");
+    let ev = events(&out);
+    assert_eq!(
+        (ev[0].kind, ev[0].class),
+        (EventKind::Blocked, Traffic::Media)
+    );
+}
+
 #[test]
 fn later_evidence_cuts_an_open_flow() {
     let (mut e, _) = engine(
@@ -1513,9 +1615,11 @@ fn a_world_update_cuts_flows_it_now_places_under_a_blocked_jurisdiction() {
     }
     let out = drain(&mut e);
     let opened = events(&out);
+    // Opened at once (no class could block it there); RTP from the second
+    // packet of its stream on.
     assert_eq!(
-        (opened[0].kind, opened[0].class),
-        (EventKind::Opened, Traffic::Media),
+        opened[0].kind,
+        EventKind::Opened,
         "media to the US is allowed"
     );
     let flow = opened[0].flow;
@@ -1539,6 +1643,7 @@ fn a_world_update_cuts_flows_it_now_places_under_a_blocked_jurisdiction() {
         .find(|ev| ev.kind == EventKind::Cut)
         .expect("cut");
     assert_eq!(cut.layer.as_deref(), Some("geo:CN"));
+    assert_eq!(cut.class, Traffic::Media);
     e.handle_tun(&media(9), S + S + MS);
     assert_eq!(sent_upstream(&drain(&mut e)), 0, "nothing more leaves");
 }

@@ -186,7 +186,7 @@ impl Engine {
             let Some(f) = self.flows.get_mut(&key) else {
                 return;
             };
-            if let Some(n) = &f.core.sniffer.server_name {
+            if let Some(n) = f.core.server_own_name() {
                 // QUIC, SD-RTN and other names feed the same map as DNS.
                 let until = now_ns + dns::SEEN_NAME_TTL_NS;
                 self.names
@@ -268,6 +268,12 @@ impl Engine {
                 }
             }
         }
+        if !icmp && self.flows[&key].core.sniffer.unconfirmed_rtp() {
+            let policy = self.policy.current();
+            if self.class_could_block(&policy, &self.flows[&key]) {
+                return self.drop_reason(DropReason::UnconfirmedRtp);
+            }
+        }
         let id = self.flows[&key].id;
         if icmp {
             self.out.push_back(Output::EchoRequest {
@@ -303,6 +309,7 @@ impl Engine {
             return;
         };
         let held = std::mem::take(&mut f.held);
+        f.core.sniffer.end_hold();
         f.judged_class = f.core.sniffer.class;
         let held_len = held.iter().map(Vec::len).sum::<usize>();
         self.held_bytes -= held_len;
