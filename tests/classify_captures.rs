@@ -21,16 +21,10 @@ use geowall::wire::packet::strip_link;
 /// the folder is not there.
 fn captures(folder: &str) -> Vec<PathBuf> {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
-    let Ok(entries) = std::fs::read_dir(&d) else {
+    if !d.is_dir() {
         println!("skipped: {} is not there", d.display());
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "pcap" || x == "pcapng"))
-        .collect();
-    files.sort();
-    files
+    }
+    captures_in(&d)
 }
 
 type Key = (u8, SocketAddr, SocketAddr);
@@ -82,34 +76,162 @@ fn ndpi_class(master: &str) -> &'static str {
 
 #[test]
 fn classes_agree_with_ndpi() {
-    compare("tests/fixtures/ndpi", 130);
+    check(&captures("tests/fixtures/ndpi"), 130);
 }
 
 #[test]
 fn classes_agree_with_ndpi_4_2_on_older_and_rarer_protocols() {
-    compare("tests/fixtures/ndpi-4.2", 350);
+    check(&captures("tests/fixtures/ndpi-4.2"), 350);
 }
 
-/// Compares every capture of `folder` with nDPI's results; at least
-/// `least` flows must be compared.
-fn compare(folder: &str, least: usize) {
-    let files = captures(folder);
+/// A measurement, not a check: every capture of an nDPI test corpus named
+/// by `GEOWALL_NDPI_CORPUS` (a folder of captures with their `.out` beside
+/// them, or nDPI's own tree with `pcap/` and `result/`), compared with
+/// nDPI's classes and names; prints the agreement and each difference.
+///
+/// `GEOWALL_NDPI_CORPUS=/path/to/nDPI/tests cargo test --release --test
+/// classify_captures -- --ignored --nocapture`
+#[test]
+#[ignore = "needs GEOWALL_NDPI_CORPUS: a corpus outside the repository"]
+fn agreement_on_a_corpus() {
+    let root = PathBuf::from(std::env::var("GEOWALL_NDPI_CORPUS").expect("GEOWALL_NDPI_CORPUS"));
+    let (pcaps, results) = if root.join("pcap").is_dir() {
+        (root.join("pcap"), root.join("result"))
+    } else {
+        (root.clone(), root.clone())
+    };
+    let files: Vec<(PathBuf, PathBuf)> = captures_in(&pcaps)
+        .into_iter()
+        .filter_map(|f| {
+            let out = results.join(format!("{}.out", f.file_name()?.to_str()?));
+            out.is_file().then_some((f, out))
+        })
+        .collect();
+    assert!(
+        !files.is_empty(),
+        "no capture with an .out in {}",
+        root.display()
+    );
+    let r = compare(&files);
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for (d, _) in &r.diffs {
+        *kinds.entry(d.kind.clone()).or_default() += 1;
+    }
+    for (k, n) in &kinds {
+        println!("  {n:>5}  {k}");
+    }
+    for d in &r.name_diffs {
+        println!("  name differs: {d}");
+    }
+    println!(
+        "{} captures: classes {}/{} ({:.1}%), names {}/{} ({:.1}%)",
+        files.len(),
+        r.agree,
+        r.total,
+        100.0 * r.agree as f64 / r.total.max(1) as f64,
+        r.names_agree,
+        r.names_total,
+        100.0 * r.names_agree as f64 / r.names_total.max(1) as f64
+    );
+}
+
+fn captures_in(d: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(d)
+        .map(|e| {
+            e.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "pcap" || x == "pcapng"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// A flow where geowall's class is not the one nDPI's label maps to.
+struct Diff {
+    /// The flow, nDPI's label and geowall's class and protocol.
+    line: String,
+    /// "nDPI label (class) -> geowall class protocol", to count alike.
+    kind: String,
+}
+
+#[derive(Default)]
+struct Report {
+    total: usize,
+    agree: usize,
+    diffs: Vec<(Diff, Option<&'static str>)>,
+    not_inspected: Vec<String>,
+    names_total: usize,
+    names_agree: usize,
+    /// Flows whose server name is not nDPI's.
+    name_diffs: Vec<String>,
+}
+
+/// Checks every capture of a fixture folder: at least `least` flows
+/// compared, each difference documented, most flows nDPI's inspections.
+fn check(files: &[PathBuf], least: usize) {
     if files.is_empty() {
         return;
     }
-    let (mut total, mut agree) = (0usize, 0usize);
-    let mut diffs: Vec<(String, Option<&str>)> = Vec::new();
-    let mut not_inspected: Vec<String> = Vec::new();
-    for f in &files {
+    let folder = files[0]
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let pairs: Vec<(PathBuf, PathBuf)> = files
+        .iter()
+        .map(|f| {
+            let mut out = f.clone().into_os_string();
+            out.push(".out");
+            (f.clone(), PathBuf::from(out))
+        })
+        .collect();
+    let r = compare(&pairs);
+    println!(
+        "{folder}: classes: {}/{} flows nDPI decided by inspection agree with nDPI ({:.1}%)",
+        r.agree,
+        r.total,
+        100.0 * r.agree as f64 / r.total.max(1) as f64
+    );
+    for n in &r.not_inspected {
+        println!("  not compared: {n}");
+    }
+    for (d, why) in &r.diffs {
+        println!(
+            "  differs: {}\n    because: {}",
+            d.line,
+            why.unwrap_or("UNDOCUMENTED")
+        );
+    }
+    assert!(r.total >= least, "flows compared: {}", r.total);
+    let undocumented = r.diffs.iter().filter(|(_, w)| w.is_none()).count();
+    assert_eq!(undocumented, 0, "differences without a documented reason");
+    assert!(
+        r.not_inspected.len() * 10 < r.total,
+        "most flows are nDPI's inspections: {} not",
+        r.not_inspected.len()
+    );
+}
+
+/// Reads each capture through geowall's inspector and compares its flows
+/// with nDPI's `.out`.
+fn compare(files: &[(PathBuf, PathBuf)]) -> Report {
+    let mut r = Report::default();
+    for (f, out) in files {
         let bytes = std::fs::read(f).expect("capture");
         let mut insp = Inspector::new(100_000, None);
-        for fr in Capture::new(&bytes).expect("capture") {
-            let fr = fr.expect("frame");
+        let Ok(cap) = Capture::new(&bytes) else {
+            println!("  unreadable: {}", f.display());
+            continue;
+        };
+        for fr in cap {
+            // A torn last record ends the capture (as nDPI's reader does).
+            let Ok(fr) = fr else { break };
             if let Ok(ip) = strip_link(fr.link, fr.data) {
                 insp.on_ip(ip, fr.ts_nanos);
             }
         }
-        let ours: BTreeMap<Key, (&'static str, &'static str)> = insp
+        type Ours = (&'static str, &'static str, Option<String>);
+        let ours: BTreeMap<Key, Ours> = insp
             .flows()
             .iter()
             .map(|fl| {
@@ -119,13 +241,14 @@ fn compare(folder: &str, least: usize) {
                     (
                         fl.core.sniffer.class_now().name(),
                         fl.core.sniffer.protocol.map_or("-", |p| p.name()),
+                        fl.core.sniffer.server_name.clone(),
                     ),
                 )
             })
             .collect();
-        let mut out = f.clone().into_os_string();
-        out.push(".out");
-        let text = std::fs::read_to_string(&out).expect("nDPI output");
+        // nDPI's output may hold bytes that are not UTF-8 (names it read).
+        let text = String::from_utf8_lossy(&std::fs::read(out).expect("nDPI output")).into_owned();
+        let file = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
         for line in text.lines() {
             let t = line.trim_start();
             let mut w = t.split_whitespace();
@@ -154,7 +277,6 @@ fn compare(folder: &str, least: usize) {
             };
             let master = names.split('.').next().unwrap_or("");
             let want = ndpi_class(master);
-            let file = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
             // "[Confidence: DPI]" comes before the FPC's own confidence.
             let confidence = t
                 .split("[Confidence: ")
@@ -162,12 +284,12 @@ fn compare(folder: &str, least: usize) {
                 .and_then(|r| r.split(']').next())
                 .unwrap_or("");
             if confidence != "DPI" {
-                not_inspected.push(format!(
+                r.not_inspected.push(format!(
                     "{file}: {proto} {a} <-> {b}: nDPI {master} by {confidence:?}"
                 ));
                 continue;
             }
-            total += 1;
+            r.total += 1;
             // ICMP flows are keyed by echo id here and by port 0 in nDPI.
             let got = if p == 1 {
                 ours.iter()
@@ -176,47 +298,48 @@ fn compare(folder: &str, least: usize) {
                             && ((x.ip() == a.ip() && y.ip() == b.ip())
                                 || (x.ip() == b.ip() && y.ip() == a.ip()))
                     })
-                    .map(|(_, v)| *v)
+                    .map(|(_, v)| v)
             } else {
-                ours.get(&key(p, a, b)).copied()
+                ours.get(&key(p, a, b))
             };
+            if let Some(name) = t
+                .split("[Hostname/SNI: ")
+                .nth(1)
+                .and_then(|r| r.split(']').next())
+                .filter(|_| matches!(master, "TLS" | "HTTP" | "DNS" | "QUIC"))
+            {
+                r.names_total += 1;
+                let ours = got.and_then(|g| g.2.as_deref());
+                if ours.is_some_and(|g| g.eq_ignore_ascii_case(name)) {
+                    r.names_agree += 1;
+                } else {
+                    r.name_diffs.push(format!(
+                        "{file}: {proto} {a} <-> {b}: nDPI {name:?}, geowall {ours:?}"
+                    ));
+                }
+            }
             match got {
-                Some((c, _)) if c == want => agree += 1,
+                Some((c, _, _)) if *c == want => r.agree += 1,
                 other => {
+                    let other = other.map(|o| (o.0, o.1));
                     let why = DOCUMENTED.iter().find(|(df, ep, class, _)| {
                         *df == file
                             && (a.to_string() == *ep || b.to_string() == *ep)
                             && other.is_some_and(|o| o.0 == *class)
                     });
-                    diffs.push((
-                        format!(
-                            "{file}: {proto} {a} <-> {b}: nDPI {master} ({want}), geowall {other:?}"
-                        ),
+                    let ours = other.map_or("no flow".to_owned(), |(c, p)| format!("{c} {p}"));
+                    r.diffs.push((
+                        Diff {
+                            line: format!(
+                                "{file}: {proto} {a} <-> {b}: nDPI {master} ({want}), geowall {ours}"
+                            ),
+                            kind: format!("nDPI {master} ({want}) -> geowall {ours}"),
+                        },
                         why.map(|w| w.3),
                     ));
                 }
             }
         }
     }
-    println!(
-        "{folder}: classes: {agree}/{total} flows nDPI decided by inspection agree with nDPI ({:.1}%)",
-        100.0 * agree as f64 / total.max(1) as f64
-    );
-    for n in &not_inspected {
-        println!("  not compared: {n}");
-    }
-    for (d, why) in &diffs {
-        println!(
-            "  differs: {d}\n    because: {}",
-            why.unwrap_or("UNDOCUMENTED")
-        );
-    }
-    assert!(total >= least, "flows compared: {total}");
-    let undocumented = diffs.iter().filter(|(_, w)| w.is_none()).count();
-    assert_eq!(undocumented, 0, "differences without a documented reason");
-    assert!(
-        not_inspected.len() * 10 < total,
-        "most flows are nDPI's inspections: {} not",
-        not_inspected.len()
-    );
+    r
 }
