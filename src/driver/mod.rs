@@ -447,7 +447,7 @@ async fn sleep_until(t: Option<Instant>) {
 
 fn new_link(window: usize) -> Link {
     Link {
-        shared: Arc::new(Shared::new(window)),
+        shared: Arc::new(Shared::new(window.min(upstream::TCP_WINDOW_MAX))),
         down: VecDeque::new(),
         eof: false,
     }
@@ -531,5 +531,22 @@ fn on_report(
                 engine.set_tcp_upstream_paused(flow, false, now);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TCP flow's driver queues follow its local buffer, up to
+    /// [`upstream::TCP_WINDOW_MAX`]: a 1 MiB buffer gets 256 KiB queues, a
+    /// buffer squeezed to 8 KiB gets 8 KiB ones.
+    #[test]
+    fn driver_queues_follow_the_buffer_up_to_their_cap() {
+        assert_eq!(
+            new_link(1024 * 1024).shared.window,
+            upstream::TCP_WINDOW_MAX
+        );
+        assert_eq!(new_link(8 * 1024).shared.window, 8 * 1024);
     }
 }
