@@ -120,6 +120,9 @@ fn agreement_on_a_corpus() {
     for (k, n) in &kinds {
         println!("  {n:>5}  {k}");
     }
+    for (d, _) in &r.diffs {
+        println!("  class differs: {}", d.line);
+    }
     for d in &r.name_diffs {
         println!("  name differs: {d}");
     }

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use geowall::wire::capture::Capture;
-use geowall::wire::packet::{Transport, parse_ip, strip_link};
+use geowall::wire::packet::{Transport, innermost_ip, parse_ip, strip_link};
 use geowall::wire::{dns, http, quic, rtc, tls};
 
 fn captures_dir() -> Option<PathBuf> {
@@ -53,7 +53,8 @@ fn read(path: &Path) -> Seen {
             s.drops += 1;
             continue;
         };
-        let Ok(p) = parse_ip(ip) else {
+        // The flows inside tunnels (GTP-U, CAPWAP, IP in IP), as nDPI reads them.
+        let Ok(p) = parse_ip(innermost_ip(ip)) else {
             s.drops += 1;
             continue;
         };

@@ -1,7 +1,8 @@
-//! Every first-payload sniffer and wire parser, on the same bytes.
+//! Every first-payload sniffer and wire parser, on the same bytes (and
+//! the bytes as an IP packet that may carry others).
 #![no_main]
 
-use geowall::wire::{dns, http, quic, raknet, rtc, tls, tunnel, utp};
+use geowall::wire::{apps, dns, http, packet, quic, raknet, rtc, tls, tunnel, utp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -29,6 +30,15 @@ fuzz_target!(|data: &[u8]| {
     let _ = tunnel::openvpn_server_reset(data, &[1; 8]);
     let _ = tunnel::ike(data, (500, 4500));
     let _ = tunnel::esp_in_udp(data, (4500, 4500));
+    let _ = tunnel::capwap(data, (5246, 5247));
+    let _ = tunnel::capwap_data_inner(data, (5247, 5247));
+    let _ = tunnel::anyconnect_dtls(data);
+    let _ = apps::tftp_request(data, 69);
+    let _ = apps::tftp_data(data);
+    let _ = apps::tftp_ack(data);
+    let _ = apps::rx(data, (7000, 7001));
+    let _ = apps::nintendo_pia(data);
+    let _ = packet::parse_ip(packet::innermost_ip(data));
     let _ = utp::syn(data);
     let _ = raknet::offline_message(data);
     let _ = utp::answers_syn(data, (1, 1));

@@ -26,6 +26,11 @@
 //! | BitTorrent uTP: a SYN and the STATE that answers it ([`utp`]) | `bittorrent` | `other` | by the sampled bytes |
 //! | RakNet (games): an offline message with its magic ([`raknet`]); its connected datagrams that follow read as RTP but do not make the flow `media` | `raknet` | `other` | by the sampled bytes |
 //! | IKE/ISAKMP on UDP 500 or 4500 ([`tunnel::ike`]), or two ESP packets of one security association on 4500 | `ike` | `other` | yes |
+//! | Cisco AnyConnect's DTLS (records with the pre-standard version 0x0100, [`tunnel::anyconnect_dtls`]) | `anyconnect` | `other` | yes |
+//! | CAPWAP on UDP 5246/5247 ([`tunnel::capwap`]): a wireless controller's control channel and its access points' frames | `capwap` | `other` | by the sampled bytes |
+//! | TFTP: a read or write request to port 69, or a data block and the acknowledgement of that block ([`apps`]) | `tftp` | `other` | by the sampled bytes |
+//! | AFS's RX on UDP 7000-7009: a whole RX header ([`apps::rx`]) | `rx` | `other` | by the sampled bytes |
+//! | Nintendo PIA (game sessions): its magic ([`apps::nintendo_pia`]) | `nintendo` | `other` | by the sampled bytes |
 //!
 //! Encryption status ([`Sniffer::encryption`]): from the protocol (RTP is
 //! cleartext unless DTLS was seen in the same flow, then it is SRTP), else
@@ -37,16 +42,17 @@
 //! no sniffer recognises is `media` once it shows a real-time shape (at
 //! least [`REALTIME_PACKETS`] packets in one direction, at least 90% of
 //! them 20-1300 bytes, arriving on average at most 100 ms apart), else
-//! `other`: a recognised tunnel is `other` whatever its shape. A flow
-//! decided QUIC, WireGuard or OpenVPN whose app then sends a real-time
-//! packet (RTP, RTCP, SD-RTN, TURN or non-binding STUN) becomes `media`
-//! (none of them sends a packet that reads as one).
+//! `other`: a recognised tunnel, game or transfer is `other` whatever its
+//! shape. A flow decided QUIC, WireGuard, OpenVPN, AnyConnect, CAPWAP,
+//! TFTP or Nintendo PIA whose app then sends two RTP packets of one
+//! stream, or non-binding STUN with its magic cookie, becomes `media`
+//! (none of them sends a packet that starts like one).
 
 pub mod leak;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{dns, http, quic, raknet, rtc, tls, tunnel, utp};
+use crate::wire::{apps, dns, http, quic, raknet, rtc, tls, tunnel, utp};
 
 /// Traffic class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -145,6 +151,18 @@ pub enum Protocol {
     /// RakNet, a game transport.
     #[serde(rename = "raknet")]
     RakNet,
+    /// CAPWAP: a wireless controller's control channel and its access
+    /// points' tunnelled frames (RFC 5415).
+    Capwap,
+    /// Cisco AnyConnect's (and OpenConnect's) DTLS VPN tunnel.
+    #[serde(rename = "anyconnect")]
+    AnyConnect,
+    /// TFTP file transfers (RFC 1350).
+    Tftp,
+    /// AFS's RX remote procedure calls.
+    Rx,
+    /// Nintendo's PIA game sessions.
+    Nintendo,
 }
 
 impl std::fmt::Display for Protocol {
@@ -155,7 +173,7 @@ impl std::fmt::Display for Protocol {
 
 impl Protocol {
     /// Every protocol the classifier reports.
-    pub const ALL: [Protocol; 19] = [
+    pub const ALL: [Protocol; 24] = [
         Protocol::Unknown,
         Protocol::Tls,
         Protocol::Quic,
@@ -175,6 +193,11 @@ impl Protocol {
         Protocol::Ike,
         Protocol::BitTorrent,
         Protocol::RakNet,
+        Protocol::Capwap,
+        Protocol::AnyConnect,
+        Protocol::Tftp,
+        Protocol::Rx,
+        Protocol::Nintendo,
     ];
 
     /// The protocol named `name` ([`Protocol::name`], any case).
@@ -206,6 +229,11 @@ impl Protocol {
             Protocol::Ike => "ike",
             Protocol::BitTorrent => "bittorrent",
             Protocol::RakNet => "raknet",
+            Protocol::Capwap => "capwap",
+            Protocol::AnyConnect => "anyconnect",
+            Protocol::Tftp => "tftp",
+            Protocol::Rx => "rx",
+            Protocol::Nintendo => "nintendo",
         }
     }
 }
@@ -299,6 +327,8 @@ enum Pending {
     Esp(u32, u32),
     /// A uTP SYN: connection id, sequence number.
     UtpSyn(u16, u16),
+    /// A TFTP data packet going one way: its block number.
+    TftpData(Dir, u16),
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -380,9 +410,19 @@ impl Sniffer {
         // began with one QUIC Initial and goes on with real-time packets
         // (a QUIC-looking start does not make media `web`).
         if self.done {
+            // None of these sends a packet that starts like RTP (IKE's
+            // ESP, RakNet's datagrams and RX's epoch can).
             let refinable = matches!(
                 self.protocol,
-                Some(Protocol::Quic | Protocol::WireGuard | Protocol::OpenVpn)
+                Some(
+                    Protocol::Quic
+                        | Protocol::WireGuard
+                        | Protocol::OpenVpn
+                        | Protocol::Capwap
+                        | Protocol::AnyConnect
+                        | Protocol::Tftp
+                        | Protocol::Nintendo
+                )
             );
             if refinable && carrier == Carrier::Udp && dir == Dir::Up {
                 // Only what a QUIC packet cannot be by chance: a QUIC peer
@@ -497,8 +537,15 @@ impl Sniffer {
         // Tunnels and Zoom before the real-time first-byte rules, which an
         // IKE SPI or an OpenVPN opcode could otherwise happen to satisfy.
         match self.sniff_tunnel(dir, ports, p) {
-            // BitTorrent and RakNet may be encrypted or not; a tunnel is.
-            Some(p @ (Protocol::BitTorrent | Protocol::RakNet)) => {
+            // These may be encrypted or not; a tunnel is.
+            Some(
+                p @ (Protocol::BitTorrent
+                | Protocol::RakNet
+                | Protocol::Capwap
+                | Protocol::Tftp
+                | Protocol::Rx
+                | Protocol::Nintendo),
+            ) => {
                 return self.decide_sampled(p, Traffic::Other);
             }
             Some(proto) => return self.decide(proto, Traffic::Other, true),
@@ -540,6 +587,32 @@ impl Sniffer {
     fn sniff_tunnel(&mut self, dir: Dir, ports: (u16, u16), p: &[u8]) -> Option<Protocol> {
         if raknet::offline_message(p) {
             return Some(Protocol::RakNet);
+        }
+        if tunnel::capwap(p, ports) {
+            return Some(Protocol::Capwap);
+        }
+        if tunnel::anyconnect_dtls(p) {
+            return Some(Protocol::AnyConnect);
+        }
+        if apps::nintendo_pia(p) {
+            return Some(Protocol::Nintendo);
+        }
+        if apps::rx(p, ports) {
+            return Some(Protocol::Rx);
+        }
+        if dir == Dir::Up && apps::tftp_request(p, ports.1) {
+            return Some(Protocol::Tftp);
+        }
+        // A TFTP transfer: a data block one way, its acknowledgement back.
+        if let Some(block) = apps::tftp_ack(p)
+            && let Pending::TftpData(d, b) = self.tunnel
+            && d != dir
+            && b == block
+        {
+            return Some(Protocol::Tftp);
+        }
+        if let Some(block) = apps::tftp_data(p) {
+            self.tunnel = Pending::TftpData(dir, block);
         }
         if tunnel::ike(p, ports) {
             return Some(Protocol::Ike);
@@ -982,6 +1055,70 @@ pub(crate) mod tests {
                 "port {port}"
             );
         }
+    }
+
+    /// File transfers, RPCs, game sessions, a wireless controller's tunnel
+    /// and a DTLS VPN, each at a call's pace: recognised, `other`, never
+    /// media; an app's RTP stream after a CAPWAP or TFTP start is media.
+    #[test]
+    fn transfers_games_and_controllers_are_other_at_a_calls_pace() {
+        use crate::wire::bytes::hex;
+        // TFTP: data blocks one way, their acknowledgements back.
+        let mut t = Sniffer::new();
+        for i in 0..30u16 {
+            let mut data = vec![0, 3];
+            data.extend_from_slice(&(i + 1).to_be_bytes());
+            data.extend_from_slice(&[0x41; 512]);
+            let ack = [0, 4, ((i + 1) >> 8) as u8, (i + 1) as u8];
+            let at = u64::from(i) * 20_000_000;
+            t.on_payload(Carrier::Udp, Dir::Up, (3445, 50618), &data, at);
+            t.on_payload(Carrier::Udp, Dir::Down, (3445, 50618), &ack, at);
+        }
+        assert_eq!(
+            (t.protocol, t.class),
+            (Some(Protocol::Tftp), Some(Traffic::Other))
+        );
+        // Data blocks nobody acknowledges are no transfer: their shape
+        // decides.
+        let mut u = Sniffer::new();
+        feed_paced(&mut u, (3445, 50618), 30, |i| {
+            let mut d = vec![0, 3, 0, i as u8];
+            d.extend_from_slice(&[0x41; 160]);
+            d
+        });
+        assert_eq!(u.class, Some(Traffic::Media), "by its shape");
+        // Nintendo PIA, AFS RX, CAPWAP and AnyConnect, from captures.
+        let pia =
+            hex("32ab986402000000ecc00000895c564c741760b90c98486fdd31610a8f43f745f0a965db80e9590f");
+        let rx = hex("d70fb3305c224fb0000000010000000100000001010500000000000100010004");
+        let capwap = hex(
+            "0100000015feff0001000000000001003091525de0381a81cffbbc5c495068756e8580383b27a1c2ff20",
+        );
+        let mut anyconnect = hex("17010000010000000000050020");
+        anyconnect.extend_from_slice(&[0x5A; 32]);
+        for (ports, p, want) in [
+            ((55915, 27520), &pia, Protocol::Nintendo),
+            ((7001, 7000), &rx, Protocol::Rx),
+            ((12380, 5246), &capwap, Protocol::Capwap),
+            ((54107, 443), &anyconnect, Protocol::AnyConnect),
+        ] {
+            let mut s = Sniffer::new();
+            feed_paced(&mut s, ports, 30, |_| p.clone());
+            assert_eq!((s.protocol, s.class), (Some(want), Some(Traffic::Other)));
+        }
+        // RTP after a CAPWAP start: two packets of one stream make media.
+        let mut c = Sniffer::new();
+        feed(&mut c, Carrier::Udp, Dir::Up, (12380, 5246), &capwap);
+        for seq in [1, 2] {
+            feed(
+                &mut c,
+                Carrier::Udp,
+                Dir::Up,
+                (12380, 5246),
+                &rtc::rtp_packet(seq),
+            );
+        }
+        assert_eq!(c.class, Some(Traffic::Media));
     }
 
     #[test]

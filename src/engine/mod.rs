@@ -347,22 +347,11 @@ impl Inspector {
     }
 
     /// Inspects one IP packet seen at `ts_ns`; returns the flow's index.
-    /// GTP-U (UDP port 2152, mobile core captures) is unwrapped once.
+    /// A packet that carries another (GTP-U, CAPWAP data, IP in IP: see
+    /// [`crate::wire::packet::carried_ip`]) is inspected as the packet inside, as nDPI does:
+    /// a capture taken on a tunnel's path is about the flows inside it.
     pub fn on_ip(&mut self, bytes: &[u8], ts_ns: u64) -> Option<usize> {
-        self.counters.packets += 1;
-        if let Ok(p) = parse_ip(bytes)
-            && let Transport::Udp {
-                sport,
-                dport,
-                payload,
-            } = p.transport
-            && (sport == 2152 || dport == 2152)
-            && let Some(inner) = gtp_u_inner(payload)
-        {
-            self.counters.packets -= 1;
-            return self.on_ip_inner(inner, ts_ns);
-        }
-        self.on_ip_inner(bytes, ts_ns)
+        self.on_ip_inner(crate::wire::packet::innermost_ip(bytes), ts_ns)
     }
 
     fn on_ip_inner(&mut self, bytes: &[u8], ts_ns: u64) -> Option<usize> {
@@ -381,7 +370,7 @@ impl Inspector {
                 frag::FragResult::Complete(whole) => {
                     self.counters.reassembled += 1;
                     self.counters.packets -= 1;
-                    self.on_ip_inner(&whole, ts_ns)
+                    self.on_ip(&whole, ts_ns)
                 }
                 frag::FragResult::Pending => None,
                 frag::FragResult::Dropped(why) => {
@@ -581,30 +570,6 @@ pub(crate) fn scan_leaks(
     let before = leaks.len();
     leaks.extend(hits.drain(..).take(room));
     leaks.len() > before
-}
-
-/// The IP packet inside a GTPv1-U G-PDU, if that is what `p` is.
-fn gtp_u_inner(p: &[u8]) -> Option<&[u8]> {
-    let flags = *p.first()?;
-    if flags >> 5 != 1 || flags & 0x10 == 0 || *p.get(1)? != 0xFF {
-        return None;
-    }
-    let mut at = 8;
-    if flags & 0x07 != 0 {
-        let mut next = *p.get(11)?;
-        at = 12;
-        // Extension headers: length in 4-byte units, next type last.
-        while next != 0 {
-            let units = usize::from(*p.get(at)?);
-            if units == 0 {
-                return None;
-            }
-            at += units * 4;
-            next = *p.get(at - 1)?;
-        }
-    }
-    let inner = p.get(at..)?;
-    matches!(inner.first().map(|b| b >> 4), Some(4 | 6)).then_some(inner)
 }
 
 #[cfg(test)]

@@ -15,3 +15,14 @@ pub(crate) fn be32(b: &[u8], at: usize) -> Option<u32> {
         b.get(at..at.checked_add(4)?)?.try_into().ok()?,
     ))
 }
+
+/// The bytes a hex string spells (whitespace ignored), for tests that
+/// quote packets from captures and specifications.
+#[cfg(test)]
+pub(crate) fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}

@@ -2,7 +2,8 @@
 //! here allocates on the common path or panics on any input: malformed
 //! input is a `None`, a [`packet::Drop`] reason or a capture error.
 
-mod bytes;
+pub mod apps;
+pub(crate) mod bytes;
 pub mod capture;
 pub mod dns;
 pub mod http;

@@ -397,16 +397,106 @@ fn transport(proto: u8, b: &[u8], v6: bool) -> Option<Transport<'_>> {
     })
 }
 
+/// Tunnels inside tunnels unwrapped at most.
+const MAX_TUNNEL_DEPTH: usize = 3;
+
+/// The packet inside `ip`'s tunnels ([`carried_ip`], at most
+/// three deep), or `ip` itself when it carries none.
+pub fn innermost_ip(mut ip: &[u8]) -> &[u8] {
+    for _ in 0..MAX_TUNNEL_DEPTH {
+        match carried_ip(ip) {
+            Some(inner) => ip = inner,
+            None => break,
+        }
+    }
+    ip
+}
+
+/// The IP packet `ip` carries, if it is a tunnel's: a GTPv1-U G-PDU on UDP
+/// port 2152 (mobile core captures), a CAPWAP data packet with a whole
+/// frame on UDP 5247 (wireless controllers), or IP in IP (IPv4 or IPv6
+/// inside IPv6, IPv4 inside IPv4; IPv6 inside IPv4 is read by
+/// [`parse_ip`] itself). A fragment is not unwrapped.
+pub fn carried_ip(ip: &[u8]) -> Option<&[u8]> {
+    if !may_carry(ip) {
+        return None;
+    }
+    let p = parse_ip(ip).ok()?;
+    if p.fragment.is_some() {
+        return None;
+    }
+    match p.transport {
+        Transport::Udp {
+            sport,
+            dport,
+            payload,
+        } => {
+            if sport == 2152 || dport == 2152 {
+                gtp_u_inner(payload)
+            } else {
+                super::tunnel::capwap_data_inner(payload, (sport, dport))
+            }
+        }
+        Transport::Other { proto: 4 | 41 } => {
+            let inner = p.l4;
+            matches!(inner.first().map(|b| b >> 4), Some(4 | 6)).then_some(inner)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `ip` can be a tunnel's packet at all, read from a few header
+/// bytes, so that the packets of ordinary flows are not parsed twice: an
+/// IPv4 packet of protocol 4 or 41, or UDP with port 2152 or 5247 at
+/// either end; an IPv6 packet that is not plain TCP or ICMPv6.
+fn may_carry(ip: &[u8]) -> bool {
+    let Some(&first) = ip.first() else {
+        return false;
+    };
+    match first >> 4 {
+        4 => {
+            let ihl = usize::from(first & 0x0F) * 4;
+            match ip.get(9) {
+                Some(4 | 41) => true,
+                Some(17) => [ihl, ihl + 2]
+                    .into_iter()
+                    .any(|at| matches!(be16(ip, at), Some(2152 | 5247))),
+                _ => false,
+            }
+        }
+        6 => !matches!(ip.get(6), Some(6 | 58)),
+        _ => false,
+    }
+}
+
+/// The IP packet inside a GTPv1-U G-PDU, if that is what `p` is.
+fn gtp_u_inner(p: &[u8]) -> Option<&[u8]> {
+    let flags = *p.first()?;
+    if flags >> 5 != 1 || flags & 0x10 == 0 || *p.get(1)? != 0xFF {
+        return None;
+    }
+    let mut at = 8;
+    if flags & 0x07 != 0 {
+        let mut next = *p.get(11)?;
+        at = 12;
+        // Extension headers: length in 4-byte units, next type last.
+        while next != 0 {
+            let units = usize::from(*p.get(at)?);
+            if units == 0 {
+                return None;
+            }
+            at += units * 4;
+            next = *p.get(at - 1)?;
+        }
+    }
+    let inner = p.get(at..)?;
+    matches!(inner.first().map(|b| b >> 4), Some(4 | 6)).then_some(inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
-    }
+    use crate::wire::bytes::hex;
 
     #[test]
     fn ethernet_two_vlans_and_pppoe() {
@@ -465,6 +555,49 @@ mod tests {
         );
     }
 
+    /// IPv4 in IPv4, IPv4 in IPv6, IPv6 in IPv6 (nested twice) and GTP-U:
+    /// each is read as the packet inside; a fragment and plain UDP are not.
+    #[test]
+    fn packets_inside_tunnels() {
+        let inner = hex("4500001d00004000401100000102030405060708d9030035000900005a");
+        let v4 = |proto: u8, body: &[u8]| {
+            let mut h = hex("450000000000400040000000c0000201c6336402");
+            h[2..4].copy_from_slice(&u16::try_from(20 + body.len()).unwrap().to_be_bytes());
+            h[9] = proto;
+            h.extend_from_slice(body);
+            h
+        };
+        let v6 = |next: u8, body: &[u8]| {
+            let mut h = hex("6000000000000040");
+            h[4..6].copy_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+            h[6] = next;
+            h.extend_from_slice(&hex("20010db8000000000000000000000001"));
+            h.extend_from_slice(&hex("20010db8000000000000000000000002"));
+            h.extend_from_slice(body);
+            h
+        };
+        assert_eq!(carried_ip(&v4(4, &inner)), Some(inner.as_slice()));
+        assert_eq!(carried_ip(&v6(4, &inner)), Some(inner.as_slice()));
+        let six_in_six = v6(41, &v6(41, &v6(4, &inner)));
+        assert_eq!(innermost_ip(&six_in_six), inner.as_slice());
+        // GTP-U: a G-PDU (version 1, PT, message 0xFF) on port 2152.
+        let mut gtp = hex("0868086800000000");
+        let mut g = hex("30ff000000000001");
+        g[2..4].copy_from_slice(&u16::try_from(inner.len()).unwrap().to_be_bytes());
+        g.extend_from_slice(&inner);
+        gtp[4..6].copy_from_slice(&u16::try_from(8 + g.len()).unwrap().to_be_bytes());
+        gtp.extend_from_slice(&g);
+        assert_eq!(innermost_ip(&v4(17, &gtp)), inner.as_slice());
+        // Not unwrapped: plain UDP, a tunnel packet that is a fragment.
+        assert_eq!(carried_ip(&inner), None);
+        let mut fragment = v4(4, &inner);
+        fragment[6] = 0x20;
+        assert_eq!(carried_ip(&fragment), None);
+        // Deeper than MAX_TUNNEL_DEPTH: what is left after that many.
+        let deep = v4(4, &v4(4, &v4(4, &v4(4, &inner))));
+        assert_eq!(innermost_ip(&deep), v4(4, &inner).as_slice());
+    }
+
     #[test]
     fn drops_have_reasons() {
         assert_eq!(
@@ -513,9 +646,11 @@ mod tests {
             let mut v4 = vec![0x45];
             v4.extend_from_slice(&b);
             let _ = parse_ip(&v4);
+            let _ = parse_ip(innermost_ip(&v4));
             let mut v6 = vec![0x60];
             v6.extend_from_slice(&b);
             let _ = parse_ip(&v6);
+            let _ = parse_ip(innermost_ip(&v6));
         }
     }
 }

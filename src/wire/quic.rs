@@ -581,6 +581,7 @@ pub fn gquic_chlo_sni(payload: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::bytes::hex;
 
     /// A long-header packet built per RFC 9000 section 17.2 (and the
     /// drafts, mvfst and Q050, which share its invariants): `first` byte,
@@ -702,14 +703,6 @@ mod tests {
         );
         assert_eq!(Version::from_u32(u32::from_be_bytes(*b"Q046")), None);
         assert_eq!(Version::from_u32(0xFF00_0014), None);
-    }
-
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
     }
 
     #[test]

@@ -5,9 +5,12 @@
 //! server's answer that acknowledges the client's session id), IKE
 //! (ISAKMP/IKEv2 headers on ports 500 and 4500, whose length field is the
 //! datagram's) and ESP in UDP on port 4500 (two packets of one security
-//! association, their sequence numbers going on).
+//! association, their sequence numbers going on); CAPWAP, which carries a
+//! wireless controller's control messages and its access points' frames
+//! (RFC 5415), and Cisco AnyConnect's DTLS tunnel (the pre-standard DTLS
+//! version 0x0100).
 
-use super::bytes::be32;
+use super::bytes::{be16, be32};
 
 /// WireGuard message types and the sizes of the fixed-size ones
 /// (WireGuard whitepaper, section 5.4): handshake initiation (148 bytes),
@@ -120,9 +123,184 @@ pub fn esp_follows(prev: (u32, u32), next: (u32, u32)) -> bool {
     prev.0 == next.0 && next.1 > prev.1 && next.1 - prev.1 <= 1024
 }
 
+/// CAPWAP's control and data ports (RFC 5415).
+const CAPWAP_CONTROL: u16 = 5246;
+const CAPWAP_DATA: u16 = 5247;
+
+/// A CAPWAP packet on its ports (either end 5246 or 5247): a DTLS preamble
+/// (type 1, three zero bytes, then a DTLS record), or a CAPWAP header
+/// (version 0, type 0) whose header length (HLEN, in 4-byte words, at
+/// least the fixed 8 bytes) fits in the packet and whose wireless binding
+/// is one RFC 5415 defines (0 reserved, 1 IEEE 802.11, 3 EPCGlobal).
+pub fn capwap(p: &[u8], ports: (u16, u16)) -> bool {
+    let on = |port| port == CAPWAP_CONTROL || port == CAPWAP_DATA;
+    if !(on(ports.0) || on(ports.1)) {
+        return false;
+    }
+    match p.first() {
+        Some(0x01) => {
+            p.len() >= 4 + 13
+                && p[1..4] == [0, 0, 0]
+                && (20..=26).contains(&p[4])
+                && matches!(be16(p, 5), Some(0xFEFF | 0xFEFD))
+        }
+        Some(0x00) => capwap_header(p).is_some(),
+        _ => false,
+    }
+}
+
+/// A plain CAPWAP header's length in bytes, its wireless binding and
+/// whether the frame it carries is in that binding's own format (the T
+/// bit), if `p` starts with one.
+fn capwap_header(p: &[u8]) -> Option<(usize, u8, bool)> {
+    let (b1, b2) = (*p.get(1)?, *p.get(2)?);
+    if *p.first()? != 0 {
+        return None;
+    }
+    let hlen = usize::from(b1 >> 3) * 4;
+    let wbid = (b2 >> 1) & 0x1F;
+    (hlen >= 8 && hlen <= p.len() && matches!(wbid, 0 | 1 | 3)).then_some((hlen, wbid, b2 & 1 == 1))
+}
+
+/// The IP packet inside a CAPWAP data packet (UDP port 5247) carrying a
+/// whole (not fragmented, not keep-alive) frame: an IEEE 802.3 frame, or
+/// an unprotected IEEE 802.11 data frame with an LLC/SNAP header naming
+/// IPv4 or IPv6.
+pub fn capwap_data_inner(p: &[u8], ports: (u16, u16)) -> Option<&[u8]> {
+    if ports.0 != CAPWAP_DATA && ports.1 != CAPWAP_DATA {
+        return None;
+    }
+    let (hlen, wbid, native) = capwap_header(p)?;
+    let flags = *p.get(3)?;
+    // F (fragment) and K (keep-alive).
+    if flags & 0x80 != 0 || flags & 0x08 != 0 {
+        return None;
+    }
+    let frame = &p[hlen..];
+    let ip = if native {
+        if wbid != 1 {
+            return None;
+        }
+        // Cisco's controllers send the frame control field byte-swapped;
+        // the LLC/SNAP header that must follow tells which order it is in.
+        let (a, b) = (*frame.first()?, *frame.get(1)?);
+        dot11_data_ip(frame, a, b).or_else(|| dot11_data_ip(frame, b, a))?
+    } else {
+        let ip = frame.get(14..)?;
+        match be16(frame, 12)? {
+            0x0800 | 0x86DD => ip,
+            _ => return None,
+        }
+    };
+    matches!(ip.first()? >> 4, 4 | 6).then_some(ip)
+}
+
+/// The IP packet in an IEEE 802.11 data frame whose frame control field
+/// is `fc0`, `fc1`: the MAC header (24 bytes, 30 with four addresses, 2
+/// more for QoS, 4 more for HT control), then an LLC/SNAP header naming
+/// IPv4 or IPv6. Null and protected (encrypted) frames carry none.
+fn dot11_data_ip(frame: &[u8], fc0: u8, fc1: u8) -> Option<&[u8]> {
+    let (version, kind, subtype) = (fc0 & 0x03, (fc0 >> 2) & 0x03, fc0 >> 4);
+    if version != 0 || kind != 2 || subtype & 0x04 != 0 || fc1 & 0x40 != 0 {
+        return None;
+    }
+    let mut at = 24;
+    if fc1 & 0x03 == 0x03 {
+        at += 6;
+    }
+    if subtype & 0x08 != 0 {
+        at += 2;
+        if fc1 & 0x80 != 0 {
+            at += 4;
+        }
+    }
+    // LLC/SNAP: DSAP and SSAP 0xAA, control 3, an OUI, the EtherType.
+    if frame.get(at..at + 3)? != [0xAA, 0xAA, 0x03] {
+        return None;
+    }
+    match be16(frame, at + 6)? {
+        0x0800 | 0x86DD => frame.get(at + 8..),
+        _ => None,
+    }
+}
+
+/// Cisco AnyConnect's DTLS tunnel (also OpenConnect's): a DTLS record with
+/// the version number DTLS had before its standard (0x0100, kept by
+/// OpenSSL as `DTLS1_BAD_VER` for Cisco), a content type of 20 to 23 and a
+/// length that fits.
+pub fn anyconnect_dtls(p: &[u8]) -> bool {
+    p.len() >= 13
+        && (20..=23).contains(&p[0])
+        && be16(p, 1) == Some(0x0100)
+        && be16(p, 11).is_some_and(|l| 13 + usize::from(l) <= p.len())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::wire::bytes::hex;
+
+    /// CAPWAP from nDPI 4.2's `capwap.pcap`: a DTLS-protected control
+    /// message, a plain one, and a data packet carrying an 802.11 frame
+    /// with a DHCP request inside (its first bytes).
+    #[test]
+    fn capwap_from_a_capture() {
+        let dtls = hex(
+            "0100000015feff0001000000000001003091525de0381a81cffbbc5c495068756e8580383b27a1c2ff20",
+        );
+        let plain = hex(
+            "002002100000000006580a20690e20e80000000100006600001400010000270028020200010040960000",
+        );
+        let data = hex(
+            "00204320000000000104ed4d0000000001082c00580a20690e201caba7f2139dffffffffffff0000aaaa03000000080045000148ec5a0000ff11ce4a00000000ffffffff00440043013499f701010600cc4ec6fe",
+        );
+        assert!(capwap(&dtls, (12380, 5246)));
+        assert!(capwap(&plain, (12380, 5246)));
+        assert!(capwap(&data, (12380, 5247)));
+        assert!(!capwap(&plain, (12380, 5248)), "its ports only");
+        let inner = capwap_data_inner(&data, (12380, 5247)).expect("an IPv4 packet inside");
+        assert_eq!(&inner[..2], &[0x45, 0x00]);
+        assert_eq!(&inner[12..16], &[0, 0, 0, 0], "DHCP's source 0.0.0.0");
+        assert_eq!(capwap_data_inner(&data, (12380, 5246)), None, "data port");
+        // The frame control field in the standard's byte order too.
+        let mut standard = data.clone();
+        standard.swap(16, 17);
+        assert_eq!(capwap_data_inner(&standard, (12380, 5247)), Some(inner));
+        assert_eq!(
+            capwap_data_inner(&plain, (12380, 5247)),
+            None,
+            "no IP inside"
+        );
+        let mut fragment = data.clone();
+        fragment[3] |= 0x80;
+        assert_eq!(capwap_data_inner(&fragment, (12380, 5247)), None);
+        let mut protected = data.clone();
+        // The frame control field is byte-swapped (Cisco): flags first.
+        protected[16] |= 0x40;
+        assert_eq!(capwap_data_inner(&protected, (12380, 5247)), None);
+        let mut long = data.clone();
+        long[1] = 0xF8;
+        assert!(
+            !capwap(&long, (12380, 5247)),
+            "header longer than the packet"
+        );
+    }
+
+    /// AnyConnect's DTLS ClientHello from nDPI 4.2's `anyconnect-vpn.pcap`
+    /// (its first 48 bytes, length field set to what is kept).
+    #[test]
+    fn anyconnect_dtls_from_a_capture() {
+        let mut hello = hex(
+            "160100000000000000000000560100004a000000000000004a0100ed89c4699ea16489a68421ebd0951f08172d595bf2",
+        );
+        assert!(!anyconnect_dtls(&hello), "the record is longer than kept");
+        let kept = u16::try_from(hello.len() - 13).unwrap();
+        hello[11..13].copy_from_slice(&kept.to_be_bytes());
+        assert!(anyconnect_dtls(&hello));
+        let mut standard = hello.clone();
+        standard[1..3].copy_from_slice(&[0xFE, 0xFF]);
+        assert!(!anyconnect_dtls(&standard), "standard DTLS is WebRTC's");
+    }
 
     /// A WireGuard message of `kind` as the whitepaper lays it out (type,
     /// three zero bytes, then that message's fields, here filled).
@@ -267,6 +445,17 @@ pub(crate) mod tests {
             let _ = ike(&b, ports);
             let _ = ike(&b, (4500, ports.1));
             let _ = esp_in_udp(&b, (4500, ports.1));
+            let _ = capwap(&b, (ports.0, 5246));
+            let _ = capwap(&b, ports);
+            let _ = capwap_data_inner(&b, (ports.0, 5247));
+            let _ = anyconnect_dtls(&b);
+            // A CAPWAP header of any length, over an 802.11 data frame
+            // (either byte order) or an 802.3 one.
+            for head in [[0u8, 0x20, 0x43, 0x00], [0, 0x10, 0x02, 0x00]] {
+                let mut p = head.to_vec();
+                p.extend_from_slice(&b);
+                let _ = capwap_data_inner(&p, (ports.0, 5247));
+            }
         }
     }
 }
