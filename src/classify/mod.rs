@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | ICMP/ICMPv6, echo or any other type (errors such as port unreachable report reachability) | `icmp` | `ping` | no |
 //! | DNS question, or an mDNS/LLMNR answer (UDP or TCP, ports 53, 5353, 5355); on any other UDP port but NetBIOS's 137, a query that reads strictly as one ([`dns::strict_query`]) | `dns` | `dns` | no |
-//! | TLS ClientHello (or, mid-stream, TLS records) | `tls` | `web`; `dns` on port 853; `other` on mail/directory/SIP ports (465, 587, 993, 995, 636, 989, 990, 5061; Apple push on 5223 is `web`) | yes |
+//! | TLS ClientHello (or, mid-stream, TLS records; or an SSL 2.0-format hello) | `tls` | `web`; `dns` on port 853; `other` on mail/directory/SIP ports (465, 587, 993, 995, 636, 989, 990, 5061; Apple push on 5223 is `web`) | yes |
 //! | QUIC Initial (v1, v2, drafts 29-34) or gQUIC CHLO; any other QUIC long header by its version ([`quic::long_header`]: Version Negotiation, drafts, Q0xx, T05x, mvfst) | `quic` | `web` | yes |
 //! | HTTP/1.x request | `http` | `web` | no |
 //! | SD-RTN (Agora) | `sd-rtn` | `media` | no (its host name is cleartext) |
@@ -741,8 +741,10 @@ impl Sniffer {
                                     Some(q.name.as_str().to_owned()),
                                 )
                             })
-                        } else if tls_record(&stream) {
-                            // Mid-stream: the client's records, not a hello.
+                        } else if tls_record(&stream) || tls::sslv2_client_hello(&stream) {
+                            // Mid-stream (the client's records, not a
+                            // hello), or an old client's SSL 2.0-format
+                            // hello: TLS without a name.
                             Some((Protocol::Tls, Traffic::Web, true, None))
                         } else if rtc::stun_incomplete(&stream) {
                             // The start of a STUN message: wait for the rest.
@@ -967,6 +969,21 @@ pub(crate) mod tests {
             (Some(Protocol::Tls), Some(Traffic::Web), Some(true))
         );
         assert_eq!(s.server_name.as_deref(), Some("www.example.org"));
+    }
+
+    /// An old client's SSL 2.0-format hello (Wireshark's
+    /// `rsasnakeoil2.pcap`) is TLS, without a name.
+    #[test]
+    fn an_sslv2_format_hello_is_tls() {
+        let h = crate::wire::bytes::hex(
+            "8067010300004e000000100100800300800700c006004002008004008000003900003800003500003300003200000400000500002f00001600001300feff00000a00001500001200fefe000009000064000062000003000006a8b893bb90e92aa24d6dcc1ce72a8021",
+        );
+        let mut s = Sniffer::new();
+        feed(&mut s, Carrier::Tcp, Dir::Up, (38713, 443), &h);
+        assert_eq!(
+            (s.protocol, s.class, s.server_name.as_deref()),
+            (Some(Protocol::Tls), Some(Traffic::Web), None)
+        );
     }
 
     #[test]

@@ -398,10 +398,10 @@ fn transport(proto: u8, b: &[u8], v6: bool) -> Option<Transport<'_>> {
 }
 
 /// Tunnels inside tunnels unwrapped at most.
-const MAX_TUNNEL_DEPTH: usize = 3;
+const MAX_TUNNEL_DEPTH: usize = 4;
 
 /// The packet inside `ip`'s tunnels ([`carried_ip`], at most
-/// three deep), or `ip` itself when it carries none.
+/// four deep), or `ip` itself when it carries none.
 pub fn innermost_ip(mut ip: &[u8]) -> &[u8] {
     for _ in 0..MAX_TUNNEL_DEPTH {
         match carried_ip(ip) {
@@ -594,7 +594,7 @@ mod tests {
         fragment[6] = 0x20;
         assert_eq!(carried_ip(&fragment), None);
         // Deeper than MAX_TUNNEL_DEPTH: what is left after that many.
-        let deep = v4(4, &v4(4, &v4(4, &v4(4, &inner))));
+        let deep = v4(4, &v4(4, &v4(4, &v4(4, &v4(4, &inner)))));
         assert_eq!(innermost_ip(&deep), v4(4, &inner).as_slice());
     }
 

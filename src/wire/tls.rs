@@ -152,6 +152,37 @@ pub fn client_hello_record(sni: &str) -> Vec<u8> {
     rec
 }
 
+/// A ClientHello in SSL 2.0's format, as old clients send it to reach
+/// servers of any version (RFC 6101, appendix E.1): a 2-byte header with
+/// the top bit set and the length, message type 1, a version (SSL 2.0, or
+/// SSL 3.0 to TLS 1.3 in the compatible form), then cipher specs (3 bytes
+/// each), a session id (0 or 16 bytes) and a challenge (16 to 32 bytes)
+/// whose lengths add up to the header's (its first 11 bytes decide). It
+/// names no server.
+pub fn sslv2_client_hello(p: &[u8]) -> bool {
+    let (Some(&h0), Some(&h1)) = (p.first(), p.get(1)) else {
+        return false;
+    };
+    let len = usize::from(h0 & 0x7F) << 8 | usize::from(h1);
+    let field = |at| {
+        p.get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let (Some(version), Some(ciphers), Some(session), Some(challenge)) =
+        (field(3), field(5), field(7), field(9))
+    else {
+        return false;
+    };
+    h0 & 0x80 != 0
+        && p.get(2) == Some(&1)
+        && (version == 0x0002 || (0x0300..=0x0304).contains(&version))
+        && ciphers > 0
+        && ciphers % 3 == 0
+        && matches!(session, 0 | 16)
+        && (16..=32).contains(&challenge)
+        && 9 + ciphers + session + challenge == len
+}
+
 /// Parses a bare handshake message (no record layer), as QUIC carries it
 /// in CRYPTO frames: type 1, 24-bit length, ClientHello body.
 pub fn client_hello_message(msg: &[u8]) -> Hello<'_> {
@@ -229,6 +260,28 @@ fn parse_extensions(b: &[u8]) -> Option<ClientHello<'_>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The SSL 2.0-format hello from Wireshark's `rsasnakeoil2.pcap` (a
+    /// TLS 1.0 client, 26 cipher specs, no session, a 16-byte challenge).
+    #[test]
+    fn sslv2_hello_from_a_capture() {
+        let h = crate::wire::bytes::hex(
+            "8067010300004e000000100100800300800700c006004002008004008000003900003800003500003300003200000400000500002f00001600001300feff00000a00001500001200fefe000009000064000062000003000006a8b893bb90e92aa24d6dcc1ce72a8021",
+        );
+        assert!(sslv2_client_hello(&h));
+        let mut bad = h.clone();
+        bad[10] = 17;
+        assert!(!sslv2_client_hello(&bad), "lengths must add up");
+        assert!(sslv2_client_hello(&h[..11]), "its first 11 bytes decide");
+        let mut bad = h.clone();
+        bad[2] = 4;
+        assert!(!sslv2_client_hello(&bad), "not a ClientHello");
+        let mut bad = h.clone();
+        bad[6] = 0x4F;
+        assert!(!sslv2_client_hello(&bad), "cipher specs are 3 bytes each");
+        assert!(!sslv2_client_hello(&[0x80]));
+        assert!(!sslv2_client_hello(&client_hello_record("example.org")));
+    }
 
     /// A real-shaped ClientHello record for `sni` with ALPN h2, http/1.1.
     pub(crate) fn hello_record(sni: &str) -> Vec<u8> {

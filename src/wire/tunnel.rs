@@ -226,8 +226,8 @@ fn dot11_data_ip(frame: &[u8], fc0: u8, fc1: u8) -> Option<&[u8]> {
 
 /// Cisco AnyConnect's DTLS tunnel (also OpenConnect's): a DTLS record with
 /// the version number DTLS had before its standard (0x0100, kept by
-/// OpenSSL as `DTLS1_BAD_VER` for Cisco), a content type of 20 to 23 and a
-/// length that fits.
+/// OpenSSL as `DTLS1_BAD_VER` for Cisco, and today sent by little else), a
+/// content type of 20 to 23 and a length that fits.
 pub fn anyconnect_dtls(p: &[u8]) -> bool {
     p.len() >= 13
         && (20..=23).contains(&p[0])
