@@ -226,13 +226,16 @@ fn compare(files: &[(PathBuf, PathBuf)]) -> Report {
             println!("  unreadable: {}", f.display());
             continue;
         };
+        let mut last = 0;
         for fr in cap {
             // A torn last record ends the capture (as nDPI's reader does).
             let Ok(fr) = fr else { break };
+            last = fr.ts_nanos;
             if let Ok(ip) = strip_link(fr.link, fr.data) {
                 insp.on_ip(ip, fr.ts_nanos);
             }
         }
+        insp.finish(last);
         type Ours = (&'static str, &'static str, Option<String>);
         let ours: BTreeMap<Key, Ours> = insp
             .flows()

@@ -306,7 +306,13 @@ fn a_browser_shows_the_flows_on_the_live_page() {
             .unwrap_or_default()
             .to_owned()
     };
-    let page = read();
+    // The page connects to its event stream once loaded: within seconds,
+    // however busy the machine.
+    let mut page = read();
+    while !page.starts_with("live") && shown.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        page = read();
+    }
     assert!(page.starts_with("live"), "the page did not connect: {page}");
 
     // Traffic after the page opened: it appears there within a second.

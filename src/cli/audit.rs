@@ -66,10 +66,12 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut shown = false;
     let (mut frames, mut other_links) = (0u64, 0u64);
     let mut damaged = None;
+    let mut last_ts = 0;
     while let Some(f) = cap.next_frame() {
         match f {
             Ok(f) => {
                 frames += 1;
+                last_ts = f.ts_nanos;
                 match strip_link(f.link, f.data) {
                     Ok(ip) => {
                         insp.on_ip(ip, f.ts_nanos);
@@ -92,6 +94,8 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     bar.finish_and_clear();
+    // TCP bytes still waiting for a segment the capture never had.
+    insp.finish(last_ts);
 
     // Each flow's row is written as it is made; only the HTML report
     // keeps them all.
@@ -165,7 +169,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let c = &insp.counters;
     let not_ip = DropReason::Packet(geowall::wire::packet::Drop::NotIp);
     eprintln!(
-        "{}: {frames} frames, {} flows ({} would be blocked under '{}', {} with identifier leaks); {} fragments ({} datagrams reassembled); not inspected: {} non-IP frames, {} other IP protocols, {} malformed or discarded (overlapping, incomplete, ...), {} flows over the limit",
+        "{}: {frames} frames, {} flows ({} would be blocked under '{}', {} with identifier leaks); {} fragments ({} datagrams reassembled); TCP read in stream order ({} retransmitted segments read once, {} early ones waited, {} gaps the capture never filled); not inspected: {} non-IP frames, {} other IP protocols, {} malformed or discarded (overlapping, incomplete, ...), {} flows over the limit",
         a.file.display(),
         insp.flows().len(),
         blocked,
@@ -173,6 +177,9 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         leaking,
         c.fragments,
         c.reassembled,
+        c.tcp_retransmitted,
+        c.tcp_early,
+        c.tcp_gaps,
         other_links + c.drops.get(&not_ip).copied().unwrap_or(0),
         c.other_protocols,
         c.drops

@@ -8,6 +8,7 @@ pub mod dns;
 pub mod events;
 pub mod frag;
 pub mod pages;
+pub mod reorder;
 pub mod reply;
 pub mod stack;
 
@@ -255,6 +256,8 @@ pub struct Flow {
     /// Whether the flow's own server name went into the name map.
     name_shared: bool,
     scan: [ScanState; 2],
+    /// A TCP flow's two directions put back in order (up, down).
+    order: Option<Box<[reorder::StreamOrder; 2]>>,
 }
 
 impl Flow {
@@ -295,7 +298,17 @@ pub struct Counters {
     pub refused_flows: u64,
     /// DNS answers whose names were tied to their addresses.
     pub dns_answers: u64,
+    /// TCP segments whose bytes had all been seen (retransmissions).
+    pub tcp_retransmitted: u64,
+    /// TCP segments that came before the bytes ahead of them and waited.
+    pub tcp_early: u64,
+    /// Gaps in TCP streams stepped over: bytes the capture never had.
+    pub tcp_gaps: u64,
 }
+
+/// Early TCP bytes all flows together hold at most while they wait for
+/// the gaps before them ([`reorder`]); past it they are inspected at once.
+pub const REORDER_BUDGET: usize = 32 * 1024 * 1024;
 
 /// The flow table and the classifier, driven one packet at a time.
 #[derive(Debug)]
@@ -314,6 +327,10 @@ pub struct Inspector {
     by_server: HashMap<IpAddr, Vec<usize>>,
     /// What was not inspected, and why.
     pub counters: Counters,
+    /// What early TCP segments may still hold ([`REORDER_BUDGET`]).
+    reorder_budget: usize,
+    /// One packet's TCP bytes in stream order.
+    ordered: Vec<u8>,
 }
 
 impl Inspector {
@@ -330,6 +347,8 @@ impl Inspector {
             names: dns::NameMap::default(),
             by_server: HashMap::new(),
             counters: Counters::default(),
+            reorder_budget: REORDER_BUDGET,
+            ordered: Vec::new(),
         }
     }
 
@@ -383,20 +402,25 @@ impl Inspector {
                 }
             };
         }
+        let mut tcp_seq = None;
         let (carrier, sport, dport, payload, syn) = match p.transport {
             Transport::Tcp {
                 sport,
                 dport,
                 flags,
                 payload,
+                seq,
                 ..
-            } => (
-                Carrier::Tcp,
-                sport,
-                dport,
-                payload,
-                Some(flags & (tcp_flags::SYN | tcp_flags::ACK)),
-            ),
+            } => {
+                tcp_seq = Some((seq, flags & tcp_flags::SYN != 0));
+                (
+                    Carrier::Tcp,
+                    sport,
+                    dport,
+                    payload,
+                    Some(flags & (tcp_flags::SYN | tcp_flags::ACK)),
+                )
+            }
             Transport::Udp {
                 sport,
                 dport,
@@ -466,6 +490,7 @@ impl Inspector {
                     first_ns: ts_ns,
                     name_shared: false,
                     scan: Default::default(),
+                    order: (p.proto == 6).then(Default::default),
                 });
                 self.index.insert(k, self.flows.len() - 1);
                 self.flows.len() - 1
@@ -482,6 +507,68 @@ impl Inspector {
             Dir::Up => f.core.volume.up(bytes.len()),
             Dir::Down => f.core.volume.down(bytes.len()),
         }
+        // A TCP segment's bytes in stream order: retransmissions once,
+        // early segments when the gap before them fills.
+        let mut ordered = std::mem::take(&mut self.ordered);
+        ordered.clear();
+        let payload = match (tcp_seq, f.order.as_deref_mut()) {
+            (Some((seq, syn)), Some(order)) => {
+                let pushed =
+                    order[dir as usize].push(seq, syn, payload, &mut self.reorder_budget, |b| {
+                        ordered.extend_from_slice(b)
+                    });
+                let c = &mut self.counters;
+                c.tcp_retransmitted += u64::from(pushed.duplicate);
+                c.tcp_early += u64::from(pushed.early);
+                c.tcp_gaps += u64::from(pushed.gap_skipped);
+                &ordered[..]
+            }
+            _ => payload,
+        };
+        self.inspect(idx, carrier, dir, sport, payload, ts_ns);
+        self.ordered = ordered;
+        Some(idx)
+    }
+
+    /// The capture ended: the TCP bytes still waiting for a gap before them
+    /// (a segment the capture lost) are read now, over the gap.
+    pub fn finish(&mut self, ts_ns: u64) {
+        let mut ordered = std::mem::take(&mut self.ordered);
+        for idx in 0..self.flows.len() {
+            for dir in [Dir::Up, Dir::Down] {
+                let Some(order) = self.flows[idx].order.as_deref_mut() else {
+                    break;
+                };
+                ordered.clear();
+                if order[dir as usize].flush(&mut self.reorder_budget, |b| {
+                    ordered.extend_from_slice(b);
+                }) {
+                    self.counters.tcp_gaps += 1;
+                    let sport = match dir {
+                        Dir::Up => self.flows[idx].core.client.port(),
+                        Dir::Down => self.flows[idx].core.server.port(),
+                    };
+                    self.inspect(idx, Carrier::Tcp, dir, sport, &ordered, ts_ns);
+                }
+            }
+        }
+        self.ordered = ordered;
+    }
+
+    /// What one packet's payload (a TCP segment's: the stream's next bytes)
+    /// tells about flow `idx`: its protocol, class and name, a relay's
+    /// peers, identifier leaks, and the names a DNS answer ties to
+    /// addresses.
+    fn inspect(
+        &mut self,
+        idx: usize,
+        carrier: Carrier,
+        dir: Dir,
+        sport: u16,
+        payload: &[u8],
+        ts_ns: u64,
+    ) {
+        let f = &mut self.flows[idx];
         f.core.sniffer.on_payload(
             carrier,
             dir,
@@ -489,8 +576,8 @@ impl Inspector {
             payload,
             ts_ns,
         );
-        // The peers a TURN relay is asked to reach, as live (TCP: segments
-        // in capture order; a retransmission can lose the framing).
+        // The peers a TURN relay is asked to reach, as live (TCP: the
+        // stream in order).
         match (carrier, dir) {
             (Carrier::Udp, Dir::Up) => {
                 let _ = f.core.learn_peers(payload);
@@ -524,7 +611,6 @@ impl Inspector {
         {
             self.dns_answer(&a, ts_ns);
         }
-        Some(idx)
     }
 
     /// A DNS answer in the capture: its names go with its addresses, for
@@ -575,6 +661,74 @@ pub(crate) fn scan_leaks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An IPv4 TCP segment from 192.0.2.10:40000 to 198.51.100.7:443 (or
+    /// back), sequence number `seq`, `flags`, carrying `payload`.
+    fn segment(up: bool, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let (a, b) = (([192, 0, 2, 10], 40_000u16), ([198, 51, 100, 7], 443u16));
+        let (src, dst) = if up { (a, b) } else { (b, a) };
+        let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0];
+        ip[2..4].copy_from_slice(&u16::try_from(40 + payload.len()).unwrap().to_be_bytes());
+        ip.extend_from_slice(&src.0);
+        ip.extend_from_slice(&dst.0);
+        ip.extend_from_slice(&src.1.to_be_bytes());
+        ip.extend_from_slice(&dst.1.to_be_bytes());
+        ip.extend_from_slice(&seq.to_be_bytes());
+        ip.extend_from_slice(&1u32.to_be_bytes());
+        ip.extend_from_slice(&[0x50, flags, 0xFF, 0xFF, 0, 0, 0, 0]);
+        ip.extend_from_slice(payload);
+        ip
+    }
+
+    /// A ClientHello in three segments, captured out of order and with a
+    /// retransmission, as lossy networks deliver them: read whole, named.
+    #[test]
+    fn tcp_segments_are_read_in_stream_order() {
+        let hello = crate::wire::tls::client_hello_record("video.example.org");
+        let (a, b) = (20, 50);
+        let isn = 7_000u32;
+        let mut insp = Inspector::new(16, None);
+        let data = |at: usize, to: usize| segment(true, isn + 1 + at as u32, 0x18, &hello[at..to]);
+        for p in [
+            segment(true, isn, tcp_flags::SYN, b""),
+            segment(false, 90_000, tcp_flags::SYN | tcp_flags::ACK, b""),
+            data(b, hello.len()),
+            data(0, a),
+            data(0, a),
+            data(a, b),
+        ] {
+            insp.on_ip(&p, 1_000);
+        }
+        let f = &insp.flows()[0];
+        assert_eq!(
+            f.core.sniffer.server_name.as_deref(),
+            Some("video.example.org")
+        );
+        assert_eq!(
+            f.core.sniffer.protocol,
+            Some(crate::classify::Protocol::Tls)
+        );
+        let c = &insp.counters;
+        assert_eq!((c.tcp_early, c.tcp_retransmitted, c.tcp_gaps), (1, 1, 0));
+    }
+
+    /// A segment the capture lost: what came after it waits, and is read
+    /// when the capture ends (an identifier in it is still found).
+    #[test]
+    fn bytes_behind_a_gap_the_capture_never_fills_are_read_at_its_end() {
+        let det = LeakDetector::new(&[("id".to_owned(), "secret-123".to_owned())]).ok();
+        let mut insp = Inspector::new(16, det);
+        let isn = 500u32;
+        insp.on_ip(&segment(true, isn, tcp_flags::SYN, b""), 0);
+        insp.on_ip(&segment(true, isn + 1, 0x18, b"POST /x HTTP/1.1\r\n"), 0);
+        // 10 bytes lost, then the identifier.
+        insp.on_ip(&segment(true, isn + 29, 0x18, b"id=secret-123&x=1"), 0);
+        assert!(insp.flows()[0].core.leaks.is_empty(), "waits for the gap");
+        insp.finish(1);
+        assert_eq!(insp.counters.tcp_gaps, 1);
+        assert!(!insp.flows()[0].core.leaks.is_empty(), "read at the end");
+        assert_eq!(insp.reorder_budget, REORDER_BUDGET, "all given back");
+    }
 
     proptest::proptest! {
         /// Whatever a capture holds, inspection never panics and the flow
