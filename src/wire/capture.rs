@@ -25,6 +25,12 @@ pub enum LinkType {
     Ppp,
     /// Cisco HDLC (LINKTYPE_C_HDLC 104): address, control, EtherType.
     CiscoHdlc,
+    /// IEEE 802.11 frames (LINKTYPE_IEEE802_11 105), as a Wi-Fi card in
+    /// monitor mode records them.
+    Ieee80211,
+    /// IEEE 802.11 frames after a radiotap header
+    /// (LINKTYPE_IEEE802_11_RADIOTAP 127).
+    Radiotap,
     /// Anything else (the frame is counted and skipped).
     Other(u32),
 }
@@ -38,6 +44,8 @@ impl LinkType {
             12 | 101 | 228 | 229 => LinkType::Raw,
             9 | 50 => LinkType::Ppp,
             104 => LinkType::CiscoHdlc,
+            105 => LinkType::Ieee80211,
+            127 => LinkType::Radiotap,
             108 => LinkType::Loop,
             113 => LinkType::LinuxSll,
             276 => LinkType::LinuxSll2,

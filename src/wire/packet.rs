@@ -221,7 +221,67 @@ pub fn strip_link(link: LinkType, f: &[u8]) -> Result<&[u8], Drop> {
                 }
             }
         },
+        LinkType::Ieee80211 => ieee80211_ip(f),
+        LinkType::Radiotap => {
+            // Version 0, a pad byte, then the header's whole length
+            // (little-endian), the 802.11 frame after it.
+            if f.first() != Some(&0) {
+                return Err(Drop::Malformed);
+            }
+            let len = usize::from(u16::from_le_bytes([
+                *f.get(2).ok_or(Drop::Truncated)?,
+                *f.get(3).ok_or(Drop::Truncated)?,
+            ]));
+            if len < 8 {
+                return Err(Drop::Malformed);
+            }
+            ieee80211_ip(f.get(len..).ok_or(Drop::Truncated)?)
+        }
         LinkType::Other(_) => Err(Drop::NotIp),
+    }
+}
+
+/// The IP packet in an IEEE 802.11 data frame whose frame control field
+/// is `fc0`, `fc1`: the MAC header (24 bytes, 30 with four addresses, 2
+/// more for QoS, 4 more for HT control), then an LLC/SNAP header naming
+/// IPv4 or IPv6. Null and protected (encrypted) frames carry none.
+pub(crate) fn dot11_data_ip(frame: &[u8], fc0: u8, fc1: u8) -> Option<&[u8]> {
+    let (version, kind, subtype) = (fc0 & 0x03, (fc0 >> 2) & 0x03, fc0 >> 4);
+    if version != 0 || kind != 2 || subtype & 0x04 != 0 || fc1 & 0x40 != 0 {
+        return None;
+    }
+    let mut at = 24;
+    if fc1 & 0x03 == 0x03 {
+        at += 6;
+    }
+    if subtype & 0x08 != 0 {
+        at += 2;
+        if fc1 & 0x80 != 0 {
+            at += 4;
+        }
+    }
+    // LLC/SNAP: DSAP and SSAP 0xAA, control 3, an OUI, the EtherType.
+    if frame.get(at..at + 3)? != [0xAA, 0xAA, 0x03] {
+        return None;
+    }
+    match be16(frame, at + 6)? {
+        0x0800 | 0x86DD => frame.get(at + 8..),
+        _ => None,
+    }
+}
+
+/// The IP packet in an IEEE 802.11 frame: an unprotected data frame
+/// ([`dot11_data_ip`]); management, control, null and encrypted frames
+/// carry none a capture can read.
+fn ieee80211_ip(frame: &[u8]) -> Result<&[u8], Drop> {
+    let (a, b) = (
+        *frame.first().ok_or(Drop::Truncated)?,
+        *frame.get(1).ok_or(Drop::Truncated)?,
+    );
+    let ip = dot11_data_ip(frame, a, b).ok_or(Drop::NotIp)?;
+    match ip.first().map(|v| v >> 4) {
+        Some(4 | 6) => Ok(ip),
+        _ => Err(Drop::NotIp),
     }
 }
 
@@ -598,6 +658,42 @@ mod tests {
         assert_eq!(innermost_ip(&deep), v4(4, &inner).as_slice());
     }
 
+    /// A Wi-Fi card in monitor mode: an unprotected 802.11 data frame (a
+    /// DHCP request, from nDPI 4.2's `capwap.pcap`), bare and after a
+    /// radiotap header; a protected one and a beacon carry no IP.
+    #[test]
+    fn wifi_monitor_captures() {
+        let frame = hex(
+            "08012c00580a20690e201caba7f2139dffffffffffff0000aaaa03000000080045000148ec5a0000ff11ce4a00000000ffffffff00440043013499f7",
+        );
+        let ip = strip_link(LinkType::Ieee80211, &frame).expect("IP inside");
+        assert_eq!(&ip[..2], &[0x45, 0x00]);
+        assert_eq!(&ip[16..20], &[255, 255, 255, 255]);
+        let mut radiotap = hex("0000080000000000");
+        radiotap.extend_from_slice(&frame);
+        assert_eq!(strip_link(LinkType::Radiotap, &radiotap), Ok(ip));
+        let mut protected = frame.clone();
+        protected[1] |= 0x40;
+        assert_eq!(
+            strip_link(LinkType::Ieee80211, &protected),
+            Err(Drop::NotIp)
+        );
+        let mut beacon = frame.clone();
+        beacon[0] = 0x80;
+        assert_eq!(strip_link(LinkType::Ieee80211, &beacon), Err(Drop::NotIp));
+        // A QoS data frame (2 more header bytes) with four addresses (6 more).
+        let mut qos = frame[..24].to_vec();
+        qos[0] = 0x88;
+        qos[1] = 0x03;
+        qos.extend_from_slice(&[0; 6]);
+        qos.extend_from_slice(&[0; 2]);
+        qos.extend_from_slice(&frame[24..]);
+        assert_eq!(strip_link(LinkType::Ieee80211, &qos), Ok(ip));
+        let mut short = hex("0000ff00");
+        short.extend_from_slice(&frame);
+        assert_eq!(strip_link(LinkType::Radiotap, &short), Err(Drop::Truncated));
+    }
+
     #[test]
     fn drops_have_reasons() {
         assert_eq!(
@@ -638,7 +734,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
-            for link in [LinkType::Ethernet, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::Null, LinkType::Raw, LinkType::Ppp, LinkType::CiscoHdlc] {
+            for link in [LinkType::Ethernet, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::Null, LinkType::Raw, LinkType::Ppp, LinkType::CiscoHdlc, LinkType::Ieee80211, LinkType::Radiotap] {
                 if let Ok(ip) = strip_link(link, &b) {
                     let _ = parse_ip(ip);
                 }

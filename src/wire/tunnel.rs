@@ -184,7 +184,8 @@ pub fn capwap_data_inner(p: &[u8], ports: (u16, u16)) -> Option<&[u8]> {
         // Cisco's controllers send the frame control field byte-swapped;
         // the LLC/SNAP header that must follow tells which order it is in.
         let (a, b) = (*frame.first()?, *frame.get(1)?);
-        dot11_data_ip(frame, a, b).or_else(|| dot11_data_ip(frame, b, a))?
+        super::packet::dot11_data_ip(frame, a, b)
+            .or_else(|| super::packet::dot11_data_ip(frame, b, a))?
     } else {
         let ip = frame.get(14..)?;
         match be16(frame, 12)? {
@@ -193,35 +194,6 @@ pub fn capwap_data_inner(p: &[u8], ports: (u16, u16)) -> Option<&[u8]> {
         }
     };
     matches!(ip.first()? >> 4, 4 | 6).then_some(ip)
-}
-
-/// The IP packet in an IEEE 802.11 data frame whose frame control field
-/// is `fc0`, `fc1`: the MAC header (24 bytes, 30 with four addresses, 2
-/// more for QoS, 4 more for HT control), then an LLC/SNAP header naming
-/// IPv4 or IPv6. Null and protected (encrypted) frames carry none.
-fn dot11_data_ip(frame: &[u8], fc0: u8, fc1: u8) -> Option<&[u8]> {
-    let (version, kind, subtype) = (fc0 & 0x03, (fc0 >> 2) & 0x03, fc0 >> 4);
-    if version != 0 || kind != 2 || subtype & 0x04 != 0 || fc1 & 0x40 != 0 {
-        return None;
-    }
-    let mut at = 24;
-    if fc1 & 0x03 == 0x03 {
-        at += 6;
-    }
-    if subtype & 0x08 != 0 {
-        at += 2;
-        if fc1 & 0x80 != 0 {
-            at += 4;
-        }
-    }
-    // LLC/SNAP: DSAP and SSAP 0xAA, control 3, an OUI, the EtherType.
-    if frame.get(at..at + 3)? != [0xAA, 0xAA, 0x03] {
-        return None;
-    }
-    match be16(frame, at + 6)? {
-        0x0800 | 0x86DD => frame.get(at + 8..),
-        _ => None,
-    }
 }
 
 /// Cisco AnyConnect's DTLS tunnel (also OpenConnect's): a DTLS record with
