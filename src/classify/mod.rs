@@ -10,10 +10,10 @@
 //! | seen | protocol | class | encrypted |
 //! |---|---|---|---|
 //! | ICMP/ICMPv6, echo or any other type (errors such as port unreachable report reachability) | `icmp` | `ping` | no |
-//! | DNS question, or an mDNS/LLMNR answer (UDP or TCP, ports 53, 5353, 5355); on any other UDP port but NetBIOS's 137, a query that reads strictly as one ([`dns::strict_query`]) | `dns` | `dns` | no |
+//! | DNS question, or an mDNS/LLMNR answer (UDP or TCP, ports 53, 5353, 5355; over TCP also the server's answer when the question was not captured); on any other UDP port but NetBIOS's 137, a query that reads strictly as one ([`dns::strict_query`]) | `dns` | `dns` | no |
 //! | TLS ClientHello (or, mid-stream, TLS records; or an SSL 2.0-format hello) | `tls` | `web`; `dns` on port 853; `other` on mail/directory/SIP ports (465, 587, 993, 995, 636, 989, 990, 5061; Apple push on 5223 is `web`) | yes |
 //! | QUIC Initial (v1, v2, drafts 29-34) or gQUIC CHLO; any other QUIC long header by its version ([`quic::long_header`]: Version Negotiation, drafts, Q0xx, T05x, mvfst) | `quic` | `web` | yes |
-//! | HTTP/1.x request | `http` | `web` | no |
+//! | HTTP/1.x request (or, the request not captured, the server's response) | `http` | `web` | no |
 //! | SD-RTN (Agora) | `sd-rtn` | `media` | no (its host name is cleartext) |
 //! | STUN, any method (also RFC 4571-framed on TCP): Binding requests are the connectivity checks of a media session (ICE), TURN methods carry it | `stun` | `media` | no |
 //! | TURN ChannelData | `turn` | `media` | no |
@@ -703,10 +703,19 @@ impl Sniffer {
             }
         }
         if dir != Dir::Up {
-            // The client's start was not captured (mid-stream): TLS records
-            // from the server still say TLS, without a name.
-            if self.stream.is_empty() && tls_record(p) {
-                self.decide(Protocol::Tls, tls_class(ports.1), true);
+            // The client's start was not captured (mid-stream, or one
+            // direction only): the server's TLS records still say TLS, its
+            // HTTP response HTTP (both without a name), its DNS answer DNS
+            // (named by the question it repeats).
+            if self.stream.is_empty() {
+                if tls_record(p) {
+                    self.decide(Protocol::Tls, tls_class(ports.1), true);
+                } else if http::response_start(p) {
+                    self.decide(Protocol::Http, Traffic::Web, false);
+                } else if dns_port && let Some(q) = dns::question_tcp(p).filter(|q| q.response) {
+                    self.name(q.name.as_str());
+                    self.decide(Protocol::Dns, Traffic::Dns, false);
+                }
             }
             return;
         }
@@ -984,6 +993,42 @@ pub(crate) mod tests {
             (s.protocol, s.class, s.server_name.as_deref()),
             (Some(Protocol::Tls), Some(Traffic::Web), None)
         );
+    }
+
+    /// A capture that missed the client's start (mid-stream, or one
+    /// direction only): the server's HTTP response is HTTP, its DNS answer
+    /// over TCP (Wireshark's `dns-ooo.pcap` shape) DNS named by its
+    /// question, its TLS records TLS; an SSH banner stays unknown.
+    #[test]
+    fn the_servers_side_alone_still_says_what_it_is() {
+        let server = |ports: (u16, u16), p: &[u8]| {
+            let mut s = Sniffer::new();
+            feed(&mut s, Carrier::Tcp, Dir::Down, ports, p);
+            (s.protocol, s.class, s.server_name)
+        };
+        assert_eq!(
+            server((50000, 80), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            (Some(Protocol::Http), Some(Traffic::Web), None)
+        );
+        let mut answer = dns::tests::query("www.example.org");
+        answer[2] |= 0x80;
+        let mut framed = u16::try_from(answer.len()).unwrap().to_be_bytes().to_vec();
+        framed.extend_from_slice(&answer);
+        assert_eq!(
+            server((50000, 53), &framed),
+            (
+                Some(Protocol::Dns),
+                Some(Traffic::Dns),
+                Some("www.example.org".to_owned())
+            )
+        );
+        // The same bytes as a question, or off DNS's ports, are no answer.
+        let mut asked = u16::try_from(answer.len()).unwrap().to_be_bytes().to_vec();
+        asked.extend_from_slice(&dns::tests::query("www.example.org"));
+        assert_eq!(server((50000, 53), &asked).0, None);
+        assert_eq!(server((50000, 8080), &framed).0, None);
+        assert_eq!(server((50000, 22), b"SSH-2.0-OpenSSH_9.2\r\n").0, None);
+        assert!(!http::response_start(b"HTTP/1.1 2x0 OK\r\n"));
     }
 
     #[test]

@@ -410,9 +410,10 @@ impl Inspector {
                 flags,
                 payload,
                 seq,
-                ..
+                ack,
             } => {
-                tcp_seq = Some((seq, flags & tcp_flags::SYN != 0));
+                let acked = (flags & tcp_flags::ACK != 0).then_some(ack);
+                tcp_seq = Some((seq, flags & tcp_flags::SYN != 0, acked));
                 (
                     Carrier::Tcp,
                     sport,
@@ -508,11 +509,28 @@ impl Inspector {
             Dir::Down => f.core.volume.down(bytes.len()),
         }
         // A TCP segment's bytes in stream order: retransmissions once,
-        // early segments when the gap before them fills.
+        // early segments when the gap before them fills. A segment that
+        // acknowledges bytes the other way which the capture never had
+        // (the gap before that side's early segments) gives those early
+        // segments first: their gap will not fill.
         let mut ordered = std::mem::take(&mut self.ordered);
         ordered.clear();
+        if let (Some((_, _, Some(ack))), Some(order)) = (tcp_seq, f.order.as_deref_mut()) {
+            let back = 1 - dir as usize;
+            if order[back].acked_past_gap(ack) {
+                order[back].flush(&mut self.reorder_budget, |b| ordered.extend_from_slice(b));
+                self.counters.tcp_gaps += 1;
+                let (back_dir, back_port) = match dir {
+                    Dir::Up => (Dir::Down, f.core.server.port()),
+                    Dir::Down => (Dir::Up, f.core.client.port()),
+                };
+                self.inspect(idx, carrier, back_dir, back_port, &ordered, ts_ns);
+                ordered.clear();
+            }
+        }
+        let f = &mut self.flows[idx];
         let payload = match (tcp_seq, f.order.as_deref_mut()) {
-            (Some((seq, syn)), Some(order)) => {
+            (Some((seq, syn, _)), Some(order)) => {
                 let pushed =
                     order[dir as usize].push(seq, syn, payload, &mut self.reorder_budget, |b| {
                         ordered.extend_from_slice(b)
@@ -665,6 +683,10 @@ mod tests {
     /// An IPv4 TCP segment from 192.0.2.10:40000 to 198.51.100.7:443 (or
     /// back), sequence number `seq`, `flags`, carrying `payload`.
     fn segment(up: bool, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        segment_acking(up, seq, 1, flags, payload)
+    }
+
+    fn segment_acking(up: bool, seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
         let (a, b) = (([192, 0, 2, 10], 40_000u16), ([198, 51, 100, 7], 443u16));
         let (src, dst) = if up { (a, b) } else { (b, a) };
         let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 6, 0, 0];
@@ -674,7 +696,7 @@ mod tests {
         ip.extend_from_slice(&src.1.to_be_bytes());
         ip.extend_from_slice(&dst.1.to_be_bytes());
         ip.extend_from_slice(&seq.to_be_bytes());
-        ip.extend_from_slice(&1u32.to_be_bytes());
+        ip.extend_from_slice(&ack.to_be_bytes());
         ip.extend_from_slice(&[0x50, flags, 0xFF, 0xFF, 0, 0, 0, 0]);
         ip.extend_from_slice(payload);
         ip
@@ -710,6 +732,33 @@ mod tests {
         );
         let c = &insp.counters;
         assert_eq!((c.tcp_early, c.tcp_retransmitted, c.tcp_gaps), (1, 1, 0));
+    }
+
+    /// Picked up mid-stream, a byte before the client's request never
+    /// captured (nDPI 4.2's `anyconnect-vpn.pcap` has this): the request
+    /// waits, and the server's answer, which acknowledges past the gap,
+    /// gives it first: the flow is named by the request, not taken for a
+    /// nameless HTTP response.
+    #[test]
+    fn an_acknowledgement_past_a_gap_gives_what_waits_behind_it() {
+        let mut insp = Inspector::new(16, None);
+        let (c, s) = (1_674_094_720u32, 441_411_054u32);
+        let get = b"GET /success.txt HTTP/1.1\r\nHost: detectportal.example.org\r\n\r\n";
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsuccess\n";
+        let end = c + 1 + u32::try_from(get.len()).unwrap();
+        for p in [
+            segment_acking(true, c, s, 0x10, b""),
+            segment_acking(true, c + 1, s, 0x18, get),
+            segment_acking(false, s, end, 0x18, ok),
+        ] {
+            insp.on_ip(&p, 0);
+        }
+        let f = &insp.flows()[0];
+        assert_eq!(
+            f.core.sniffer.server_name.as_deref(),
+            Some("detectportal.example.org")
+        );
+        assert_eq!((insp.counters.tcp_early, insp.counters.tcp_gaps), (1, 1));
     }
 
     /// A segment the capture lost: what came after it waits, and is read

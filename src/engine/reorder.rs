@@ -100,6 +100,16 @@ impl StreamOrder {
         out
     }
 
+    /// Whether the other side acknowledged bytes past this side's next
+    /// expected one while segments wait here: then the gap before them
+    /// reached the other side but not the capture, and will not fill.
+    pub fn acked_past_gap(&self, ack: u32) -> bool {
+        !self.waiting.is_empty()
+            && self
+                .next
+                .is_some_and(|n| (1..RESYNC).contains(&ack.wrapping_sub(n)))
+    }
+
     /// Gives every waiting segment now, over the gaps before them (the
     /// stream ended, or its capture did). Whether any was waiting.
     pub fn flush(&mut self, budget: &mut usize, mut deliver: impl FnMut(&[u8])) -> bool {

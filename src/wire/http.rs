@@ -24,6 +24,16 @@ const METHODS: [&[u8]; 9] = [
     b"TRACE ",
 ];
 
+/// An HTTP/1.x response's status line at the start of `p`: `HTTP/1.0` or
+/// `HTTP/1.1`, a space, a three-digit status code, then a space or the
+/// line's end. What a capture that missed the request still shows.
+pub fn response_start(p: &[u8]) -> bool {
+    p.len() >= 13
+        && (p.starts_with(b"HTTP/1.1 ") || p.starts_with(b"HTTP/1.0 "))
+        && p[9..12].iter().all(u8::is_ascii_digit)
+        && matches!(p[12], b' ' | b'\r')
+}
+
 /// Looks for the `Host` of an HTTP/1.x request at the start of `stream`.
 pub fn host(stream: &[u8]) -> HttpHost<'_> {
     let head = &stream[..stream.len().min(8)];
