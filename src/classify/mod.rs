@@ -705,16 +705,23 @@ impl Sniffer {
         if dir != Dir::Up {
             // The client's start was not captured (mid-stream, or one
             // direction only): the server's TLS records still say TLS, its
-            // HTTP response HTTP (both without a name), its DNS answer DNS
-            // (named by the question it repeats).
-            if self.stream.is_empty() {
-                if tls_record(p) {
-                    self.decide(Protocol::Tls, tls_class(ports.1), true);
+            // HTTP response HTTP, its DNS answer DNS; none names the flow.
+            // Provisional: the client's own first bytes, when they come,
+            // still decide (a server does not speak for its client).
+            if self.stream.is_empty() && self.protocol.is_none() {
+                let seen = if tls_record(p) {
+                    Some((Protocol::Tls, tls_class(ports.1), true))
                 } else if http::response_start(p) {
-                    self.decide(Protocol::Http, Traffic::Web, false);
-                } else if dns_port && let Some(q) = dns::question_tcp(p).filter(|q| q.response) {
-                    self.name(q.name.as_str());
-                    self.decide(Protocol::Dns, Traffic::Dns, false);
+                    Some((Protocol::Http, Traffic::Web, false))
+                } else if dns_port && dns::question_tcp(p).is_some_and(|q| q.response) {
+                    Some((Protocol::Dns, Traffic::Dns, false))
+                } else {
+                    None
+                };
+                if let Some((proto, class, encrypted)) = seen {
+                    self.protocol = Some(proto);
+                    self.class = Some(class);
+                    self.encrypted = Some(encrypted);
                 }
             }
             return;
@@ -758,6 +765,10 @@ impl Sniffer {
                         } else if rtc::stun_incomplete(&stream) {
                             // The start of a STUN message: wait for the rest.
                             None
+                        } else if let (Some(p), Some(c)) = (self.protocol, self.class) {
+                            // Mid-stream bytes after what the server's side
+                            // said (a capture that missed the start).
+                            Some((p, c, self.encrypted.unwrap_or(false), None))
                         } else {
                             // Neither TLS nor HTTP can start like this, and
                             // no later client bytes would change that: an
@@ -997,8 +1008,9 @@ pub(crate) mod tests {
 
     /// A capture that missed the client's start (mid-stream, or one
     /// direction only): the server's HTTP response is HTTP, its DNS answer
-    /// over TCP (Wireshark's `dns-ooo.pcap` shape) DNS named by its
-    /// question, its TLS records TLS; an SSH banner stays unknown.
+    /// over TCP (Wireshark's `dns-ooo.pcap` shape) DNS, its TLS records
+    /// TLS; an SSH banner stays unknown. Provisionally: a client's hello
+    /// that comes after still decides, and names the flow.
     #[test]
     fn the_servers_side_alone_still_says_what_it_is() {
         let server = |ports: (u16, u16), p: &[u8]| {
@@ -1016,11 +1028,7 @@ pub(crate) mod tests {
         framed.extend_from_slice(&answer);
         assert_eq!(
             server((50000, 53), &framed),
-            (
-                Some(Protocol::Dns),
-                Some(Traffic::Dns),
-                Some("www.example.org".to_owned())
-            )
+            (Some(Protocol::Dns), Some(Traffic::Dns), None)
         );
         // The same bytes as a question, or off DNS's ports, are no answer.
         let mut asked = u16::try_from(answer.len()).unwrap().to_be_bytes().to_vec();
@@ -1029,6 +1037,22 @@ pub(crate) mod tests {
         assert_eq!(server((50000, 8080), &framed).0, None);
         assert_eq!(server((50000, 22), b"SSH-2.0-OpenSSH_9.2\r\n").0, None);
         assert!(!http::response_start(b"HTTP/1.1 2x0 OK\r\n"));
+        // A server that answers first cannot stand in for its client.
+        let mut s = Sniffer::new();
+        feed(
+            &mut s,
+            Carrier::Tcp,
+            Dir::Down,
+            (50000, 443),
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        assert!(!s.is_done());
+        let hello = tls::tests::hello_record("blocked.example.org");
+        feed(&mut s, Carrier::Tcp, Dir::Up, (50000, 443), &hello);
+        assert_eq!(
+            (s.protocol, s.server_name.as_deref()),
+            (Some(Protocol::Tls), Some("blocked.example.org"))
+        );
     }
 
     #[test]
