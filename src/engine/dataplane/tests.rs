@@ -1328,6 +1328,60 @@ fn late_first_bytes_are_judged_before_they_leave() {
     }
 }
 
+/// A server that speaks first, with bytes that look like TLS records or an
+/// HTTP response, cannot stand in for its client: the app's own hello,
+/// naming a blocked vendor, is still read and judged before it leaves.
+#[test]
+fn a_server_speaking_first_does_not_decide_for_the_client() {
+    use smoltcp::socket::tcp::State as S_;
+    let first: [&[u8]; 2] = [
+        &[23, 3, 3, 0, 4, 1, 2, 3, 4],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ];
+    for server_first in first {
+        let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+        let mut app = App::connect("198.51.100.7:443");
+        let mut now = S;
+        let mut outs = run_until(&mut app, &mut e, &mut now, 10 * MS, 400, |_, o| {
+            tcp_open_of(o).is_some()
+        });
+        let flow = tcp_open_of(&outs).expect("opened by the timer");
+        e.handle_tcp_connected(flow, now);
+        assert_eq!(
+            e.handle_tcp_from_upstream(flow, server_first, now),
+            server_first.len()
+        );
+        while let Some(o) = e.poll_output() {
+            match o {
+                Output::ToTun(p) => app.dev.rx.push_back(p),
+                o => outs.push(o),
+            }
+        }
+        for _ in 0..5 {
+            now += 10 * MS;
+            outs.extend(app.step(&mut e, now));
+        }
+        let name = "104-166-161-75.edge.agora.io";
+        let hello = crate::wire::tls::tests::hello_record(name);
+        app.socket().send_slice(&hello).expect("send");
+        outs.extend(run_until(
+            &mut app,
+            &mut e,
+            &mut now,
+            10 * MS,
+            100,
+            |a, o| a.socket().state() == S_::Closed || upstream_bytes(o) >= hello.len(),
+        ));
+        assert_eq!(upstream_bytes(&outs), 0, "{server_first:?}: {outs:?}");
+        let ev = events(&outs);
+        let cut = ev
+            .iter()
+            .find(|e| e.kind == EventKind::Cut)
+            .expect("a cut event");
+        assert_eq!(cut.server_name.as_deref(), Some(name));
+    }
+}
+
 /// New rules reach the flows already open: a reload that blocks their
 /// destination cuts an open UDP flow and an open TCP connection, with an
 /// event naming the rule, and nothing more leaves on either.
