@@ -44,7 +44,7 @@
 //! them 20-1300 bytes, arriving on average at most 100 ms apart), else
 //! `other`: a recognised tunnel, game or transfer is `other` whatever its
 //! shape. A flow decided QUIC, WireGuard, OpenVPN, AnyConnect, CAPWAP,
-//! TFTP or Nintendo PIA whose app then sends two RTP packets of one
+//! TFTP, AFS RX or Nintendo PIA whose app then sends two RTP packets of one
 //! stream, or non-binding STUN with its magic cookie, becomes `media`
 //! (none of them sends a packet that starts like one).
 
@@ -410,8 +410,9 @@ impl Sniffer {
         // began with one QUIC Initial and goes on with real-time packets
         // (a QUIC-looking start does not make media `web`).
         if self.done {
-            // None of these sends a packet that starts like RTP (IKE's
-            // ESP, RakNet's datagrams and RX's epoch can).
+            // None of these sends a packet that starts like RTP (IKE's ESP
+            // and RakNet's datagrams can; RX's epoch, a client's start time,
+            // will only from 2038).
             let refinable = matches!(
                 self.protocol,
                 Some(
@@ -422,6 +423,7 @@ impl Sniffer {
                         | Protocol::AnyConnect
                         | Protocol::Tftp
                         | Protocol::Nintendo
+                        | Protocol::Rx
                 )
             );
             if refinable && carrier == Carrier::Udp && dir == Dir::Up {
@@ -1192,19 +1194,16 @@ pub(crate) mod tests {
             feed_paced(&mut s, ports, 30, |_| p.clone());
             assert_eq!((s.protocol, s.class), (Some(want), Some(Traffic::Other)));
         }
-        // RTP after a CAPWAP start: two packets of one stream make media.
-        let mut c = Sniffer::new();
-        feed(&mut c, Carrier::Udp, Dir::Up, (12380, 5246), &capwap);
-        for seq in [1, 2] {
-            feed(
-                &mut c,
-                Carrier::Udp,
-                Dir::Up,
-                (12380, 5246),
-                &rtc::rtp_packet(seq),
-            );
+        // RTP after a CAPWAP or RX start: two packets of one stream make
+        // media.
+        for (ports, start) in [((12380, 5246), &capwap), ((7001, 7000), &rx)] {
+            let mut c = Sniffer::new();
+            feed(&mut c, Carrier::Udp, Dir::Up, ports, start);
+            for seq in [1, 2] {
+                feed(&mut c, Carrier::Udp, Dir::Up, ports, &rtc::rtp_packet(seq));
+            }
+            assert_eq!(c.class, Some(Traffic::Media), "{ports:?}");
         }
-        assert_eq!(c.class, Some(Traffic::Media));
     }
 
     #[test]
