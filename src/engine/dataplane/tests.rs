@@ -1262,6 +1262,45 @@ fn an_address_that_settles_the_block_is_refused_at_the_syn() {
     assert_eq!(app.socket().state(), S_::Established);
 }
 
+/// An app connects to `to` and stays quiet: the sniffing timer opens the
+/// flow and its upstream connects. The flow, what came out, the time.
+fn opened_quiet(app: &mut App, e: &mut Engine, now: &mut u64) -> (FlowId, Vec<Output>) {
+    let mut outs = run_until(app, e, now, 10 * MS, 400, |_, o| tcp_open_of(o).is_some());
+    let flow = tcp_open_of(&outs).expect("opened by the timer");
+    e.handle_tcp_connected(flow, *now);
+    deliver(app, e, &mut outs);
+    (flow, outs)
+}
+
+/// The engine's packets for the app go to the app; the rest to `outs`.
+fn deliver(app: &mut App, e: &mut Engine, outs: &mut Vec<Output>) {
+    while let Some(o) = e.poll_output() {
+        match o {
+            Output::ToTun(p) => app.dev.rx.push_back(p),
+            o => outs.push(o),
+        }
+    }
+}
+
+/// The app sends a ClientHello naming `name`; runs until it is cut or has
+/// all gone upstream. The hello's length.
+fn app_sends_hello(
+    app: &mut App,
+    e: &mut Engine,
+    now: &mut u64,
+    name: &str,
+    outs: &mut Vec<Output>,
+) -> usize {
+    use smoltcp::socket::tcp::State as S_;
+    let hello = crate::wire::tls::tests::hello_record(name);
+    app.socket().send_slice(&hello).expect("send");
+    let n = hello.len();
+    outs.extend(run_until(app, e, now, 10 * MS, 100, |a, o| {
+        a.socket().state() == S_::Closed || upstream_bytes(o) >= n
+    }));
+    n
+}
+
 /// A flow the sniffing timer opened (the app said nothing for a while)
 /// still has the app's first bytes judged before they leave: a ClientHello
 /// naming a PRC vendor, sent 0.5 s or 2 s after connecting, never goes
@@ -1279,31 +1318,12 @@ fn late_first_bytes_are_judged_before_they_leave() {
         let mut now = S;
         let start = now;
         // The app connects and stays quiet: the timer opens the flow.
-        let mut outs = run_until(&mut app, &mut e, &mut now, 10 * MS, 400, |_, o| {
-            tcp_open_of(o).is_some()
-        });
-        let flow = tcp_open_of(&outs).expect("opened by the timer");
-        e.handle_tcp_connected(flow, now);
-        while let Some(o) = e.poll_output() {
-            match o {
-                Output::ToTun(p) => app.dev.rx.push_back(p),
-                o => outs.push(o),
-            }
-        }
+        let (flow, mut outs) = opened_quiet(&mut app, &mut e, &mut now);
         while now < start + delay {
             now += 10 * MS;
             outs.extend(app.step(&mut e, now));
         }
-        let hello = crate::wire::tls::tests::hello_record(name);
-        app.socket().send_slice(&hello).expect("send");
-        outs.extend(run_until(
-            &mut app,
-            &mut e,
-            &mut now,
-            10 * MS,
-            100,
-            |a, o| a.socket().state() == S_::Closed || upstream_bytes(o) >= hello.len(),
-        ));
+        let hello_len = app_sends_hello(&mut app, &mut e, &mut now, name, &mut outs);
         let ev = events(&outs);
         if blocked {
             assert_eq!(
@@ -1322,7 +1342,7 @@ fn late_first_bytes_are_judged_before_they_leave() {
             );
             assert_eq!(app.socket().state(), S_::Closed, "the app saw an RST");
         } else {
-            assert_eq!(upstream_bytes(&outs), hello.len(), "the hello, whole");
+            assert_eq!(upstream_bytes(&outs), hello_len, "the hello, whole");
             assert!(!ev.iter().any(|e| e.kind == EventKind::Cut));
         }
     }
@@ -1333,7 +1353,6 @@ fn late_first_bytes_are_judged_before_they_leave() {
 /// naming a blocked vendor, is still read and judged before it leaves.
 #[test]
 fn a_server_speaking_first_does_not_decide_for_the_client() {
-    use smoltcp::socket::tcp::State as S_;
     let first: [&[u8]; 2] = [
         &[23, 3, 3, 0, 4, 1, 2, 3, 4],
         b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
@@ -1342,36 +1361,18 @@ fn a_server_speaking_first_does_not_decide_for_the_client() {
         let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
         let mut app = App::connect("198.51.100.7:443");
         let mut now = S;
-        let mut outs = run_until(&mut app, &mut e, &mut now, 10 * MS, 400, |_, o| {
-            tcp_open_of(o).is_some()
-        });
-        let flow = tcp_open_of(&outs).expect("opened by the timer");
-        e.handle_tcp_connected(flow, now);
+        let (flow, mut outs) = opened_quiet(&mut app, &mut e, &mut now);
         assert_eq!(
             e.handle_tcp_from_upstream(flow, server_first, now),
             server_first.len()
         );
-        while let Some(o) = e.poll_output() {
-            match o {
-                Output::ToTun(p) => app.dev.rx.push_back(p),
-                o => outs.push(o),
-            }
-        }
+        deliver(&mut app, &mut e, &mut outs);
         for _ in 0..5 {
             now += 10 * MS;
             outs.extend(app.step(&mut e, now));
         }
         let name = "104-166-161-75.edge.agora.io";
-        let hello = crate::wire::tls::tests::hello_record(name);
-        app.socket().send_slice(&hello).expect("send");
-        outs.extend(run_until(
-            &mut app,
-            &mut e,
-            &mut now,
-            10 * MS,
-            100,
-            |a, o| a.socket().state() == S_::Closed || upstream_bytes(o) >= hello.len(),
-        ));
+        app_sends_hello(&mut app, &mut e, &mut now, name, &mut outs);
         assert_eq!(upstream_bytes(&outs), 0, "{server_first:?}: {outs:?}");
         let ev = events(&outs);
         let cut = ev
