@@ -39,6 +39,8 @@ pub struct StreamOrder {
     /// Early segments: sequence number and bytes, in arrival order.
     waiting: Vec<(u32, Vec<u8>)>,
     waiting_bytes: usize,
+    /// Where the last SYN seen put the stream's first byte.
+    syn_start: Option<u32>,
 }
 
 impl StreamOrder {
@@ -66,6 +68,18 @@ impl StreamOrder {
     ) -> Pushed {
         let mut out = Pushed::default();
         let start = if syn { seq.wrapping_add(1) } else { seq };
+        if syn && self.syn_start != Some(start) {
+            // A SYN other than the one this side began with (not its
+            // retransmission): a new connection on the same addresses and
+            // ports (a long capture, a port used again), a new sequence
+            // space.
+            if self.next.is_some_and(|n| n != start) {
+                out.gap_skipped = !self.waiting.is_empty();
+                self.release(None, budget, &mut deliver);
+                self.next = Some(start);
+            }
+            self.syn_start = Some(start);
+        }
         let next = *self.next.get_or_insert(start);
         if payload.is_empty() {
             return out;
@@ -268,6 +282,30 @@ mod tests {
         assert!(what[2].gap_skipped, "no budget left to wait");
         assert_eq!(got, b"acdef");
         assert_eq!(budget, 3);
+    }
+
+    /// The same ports used again by a new connection, its initial sequence
+    /// number behind the old one's: its bytes are new, not retransmitted.
+    #[test]
+    fn a_new_connection_on_the_same_ports_starts_a_new_order() {
+        let mut o = StreamOrder::new();
+        let mut budget = 1 << 20;
+        let (got, what) = run(
+            &mut o,
+            &mut budget,
+            &[
+                (5_000, true, b""),
+                (5_001, false, b"old"),
+                // A retransmitted SYN changes nothing.
+                (5_000, true, b""),
+                (5_001, false, b"old"),
+                (100, true, b""),
+                (101, false, b"new"),
+            ],
+        );
+        assert_eq!(got, b"oldnew");
+        assert!(what[3].duplicate);
+        assert!(!what[5].duplicate);
     }
 
     #[test]
