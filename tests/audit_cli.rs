@@ -666,3 +666,58 @@ fn a_relay_over_tcp_shows_the_peer_its_stream_names() {
     assert_eq!(fl["verdict"]["action"], "block");
     assert_eq!(fl["verdict"]["peer"], "203.0.113.10:5004");
 }
+
+/// The flows of `geowall audit --json` on a fixture.
+fn audit_flows(fixture: &str) -> Vec<Value> {
+    let cap = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
+    let o = geowall(&["audit", cap.to_str().expect("utf8"), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+/// Captures taken on an overlay's path (tcpdump's own test captures):
+/// the flows inside VXLAN and Geneve are the ones reported, every packet
+/// of them, and the carrier's packets make no flow of their own but where
+/// what they carry is not IP (ARP inside VXLAN). PPTP's GRE carries only
+/// PPP's control protocol here, so only the control connection is a flow.
+#[test]
+fn flows_inside_overlays_are_read() {
+    let flow = |flows: &[Value], src: &str, dst: &str| {
+        flows
+            .iter()
+            .find(|f| f["src"] == src && f["dst"] == dst)
+            .cloned()
+            .unwrap_or_else(|| panic!("no flow {src} -> {dst} in {flows:?}"))
+    };
+    let geneve = audit_flows("tcpdump/geneve.pcap");
+    assert_eq!(geneve.len(), 2, "{geneve:?}");
+    let ssh = flow(&geneve, "30.0.0.2:51225", "30.0.0.1:22");
+    assert_eq!(
+        (ssh["packets_up"].as_u64(), ssh["packets_down"].as_u64()),
+        (Some(17), Some(16))
+    );
+    let ping = flow(&geneve, "30.0.0.1:10578", "30.0.0.2:10578");
+    assert_eq!(ping["class"], "ping");
+    assert_eq!(ping["packets_up"].as_u64(), Some(3));
+
+    let vxlan = audit_flows("tcpdump/vxlan.pcap");
+    let ping = flow(&vxlan, "192.168.203.3:1292", "192.168.203.5:1292");
+    assert_eq!(
+        (ping["packets_up"].as_u64(), ping["packets_down"].as_u64()),
+        (Some(4), Some(4))
+    );
+    assert_eq!(
+        vxlan.iter().filter(|f| f["proto"] == "udp").count(),
+        2,
+        "the two datagrams with ARP inside: {vxlan:?}"
+    );
+
+    let pptp = audit_flows("tcpdump/pptp.pcap");
+    assert_eq!(pptp.len(), 1, "{pptp:?}");
+    assert_eq!(pptp[0]["dst"], "10.1.1.10:1723");
+}

@@ -6,6 +6,7 @@ pub mod apps;
 pub(crate) mod bytes;
 pub mod capture;
 pub mod dns;
+pub mod encap;
 pub mod http;
 pub mod packet;
 pub mod quic;

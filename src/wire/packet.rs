@@ -155,46 +155,51 @@ impl Packet<'_> {
     }
 }
 
+/// The IP packet after EtherType `et`, whose field ends at `at` in `f`:
+/// IPv4, IPv6, 802.1Q/802.1ad tags (possibly stacked), a PPPoE session or
+/// an MPLS label stack.
+pub(crate) fn ip_after_ethertype(f: &[u8], mut et: u16, mut at: usize) -> Result<&[u8], Drop> {
+    // 802.1Q / 802.1ad tags, possibly stacked.
+    while et == 0x8100 || et == 0x88A8 || et == 0x9100 {
+        et = be16(f, at + 2).ok_or(Drop::Truncated)?;
+        at += 4;
+    }
+    match et {
+        0x0800 | 0x86DD => f.get(at..).ok_or(Drop::Truncated),
+        // PPPoE session: 6-byte PPPoE header, then the PPP protocol
+        // (0x0021 IPv4, 0x0057 IPv6).
+        0x8864 => match be16(f, at + 6).ok_or(Drop::Truncated)? {
+            0x0021 | 0x0057 => f.get(at + 8..).ok_or(Drop::Truncated),
+            _ => Err(Drop::NotIp),
+        },
+        // MPLS: 4-byte labels up to the one with the bottom-of-stack
+        // bit (at most 8), then IP, told by its version nibble.
+        0x8847 | 0x8848 => {
+            for _ in 0..8 {
+                let bottom = f.get(at + 2).ok_or(Drop::Truncated)? & 0x01 != 0;
+                at += 4;
+                if bottom {
+                    let ip = f.get(at..).ok_or(Drop::Truncated)?;
+                    return match ip.first().map(|b| b >> 4) {
+                        Some(4 | 6) => Ok(ip),
+                        _ => Err(Drop::NotIp),
+                    };
+                }
+            }
+            Err(Drop::NotIp)
+        }
+        _ => Err(Drop::NotIp),
+    }
+}
+
 /// The IP packet inside a link-layer frame.
 pub fn strip_link(link: LinkType, f: &[u8]) -> Result<&[u8], Drop> {
-    let ip_after_ethertype = |mut et: u16, mut at: usize| -> Result<&[u8], Drop> {
-        // 802.1Q / 802.1ad tags, possibly stacked.
-        while et == 0x8100 || et == 0x88A8 || et == 0x9100 {
-            et = be16(f, at + 2).ok_or(Drop::Truncated)?;
-            at += 4;
-        }
-        match et {
-            0x0800 | 0x86DD => f.get(at..).ok_or(Drop::Truncated),
-            // PPPoE session: 6-byte PPPoE header, then the PPP protocol
-            // (0x0021 IPv4, 0x0057 IPv6).
-            0x8864 => match be16(f, at + 6).ok_or(Drop::Truncated)? {
-                0x0021 | 0x0057 => f.get(at + 8..).ok_or(Drop::Truncated),
-                _ => Err(Drop::NotIp),
-            },
-            // MPLS: 4-byte labels up to the one with the bottom-of-stack
-            // bit (at most 8), then IP, told by its version nibble.
-            0x8847 | 0x8848 => {
-                for _ in 0..8 {
-                    let bottom = f.get(at + 2).ok_or(Drop::Truncated)? & 0x01 != 0;
-                    at += 4;
-                    if bottom {
-                        let ip = f.get(at..).ok_or(Drop::Truncated)?;
-                        return match ip.first().map(|b| b >> 4) {
-                            Some(4 | 6) => Ok(ip),
-                            _ => Err(Drop::NotIp),
-                        };
-                    }
-                }
-                Err(Drop::NotIp)
-            }
-            _ => Err(Drop::NotIp),
-        }
-    };
+    let after_ethertype = |et: u16, at: usize| ip_after_ethertype(f, et, at);
     match link {
-        LinkType::Ethernet => ip_after_ethertype(be16(f, 12).ok_or(Drop::Truncated)?, 14),
+        LinkType::Ethernet => after_ethertype(be16(f, 12).ok_or(Drop::Truncated)?, 14),
         LinkType::Raw => Ok(f),
-        LinkType::LinuxSll => ip_after_ethertype(be16(f, 14).ok_or(Drop::Truncated)?, 16),
-        LinkType::LinuxSll2 => ip_after_ethertype(be16(f, 0).ok_or(Drop::Truncated)?, 20),
+        LinkType::LinuxSll => after_ethertype(be16(f, 14).ok_or(Drop::Truncated)?, 16),
+        LinkType::LinuxSll2 => after_ethertype(be16(f, 0).ok_or(Drop::Truncated)?, 20),
         LinkType::Null | LinkType::Loop => {
             // The address family is 4 bytes in host or network order; the
             // IP version nibble decides.
@@ -204,12 +209,12 @@ pub fn strip_link(link: LinkType, f: &[u8]) -> Result<&[u8], Drop> {
                 _ => Err(Drop::NotIp),
             }
         }
-        LinkType::CiscoHdlc => ip_after_ethertype(be16(f, 2).ok_or(Drop::Truncated)?, 4),
+        LinkType::CiscoHdlc => after_ethertype(be16(f, 2).ok_or(Drop::Truncated)?, 4),
         LinkType::Ppp => match (f.first(), f.get(1)) {
             // Cisco HDLC recorded as PPP: unicast or broadcast address,
             // control 0, then an EtherType.
             (Some(0x0F | 0x8F), Some(0x00)) => {
-                ip_after_ethertype(be16(f, 2).ok_or(Drop::Truncated)?, 4)
+                after_ethertype(be16(f, 2).ok_or(Drop::Truncated)?, 4)
             }
             // PPP in HDLC-like framing (address 0xFF, control 0x03), or
             // with those fields compressed away; then the PPP protocol.
@@ -474,9 +479,11 @@ pub fn innermost_ip(mut ip: &[u8]) -> &[u8] {
 
 /// The IP packet `ip` carries, if it is a tunnel's: a GTPv1-U G-PDU on UDP
 /// port 2152 (mobile core captures), a CAPWAP data packet with a whole
-/// frame on UDP 5247 (wireless controllers), or IP in IP (IPv4 or IPv6
-/// inside IPv6, IPv4 inside IPv4; IPv6 inside IPv4 is read by
-/// [`parse_ip`] itself). A fragment is not unwrapped.
+/// frame on UDP 5247 (wireless controllers), VXLAN, VXLAN-GPE, Geneve or
+/// TZSP on their UDP ports, GRE (with ERSPAN's mirrored frames or PPTP's
+/// PPP: see [`super::encap`]), or IP in IP (IPv4 or IPv6 inside IPv6, IPv4
+/// inside IPv4; IPv6 inside IPv4 is read by [`parse_ip`] itself). A
+/// fragment is not unwrapped.
 pub fn carried_ip(ip: &[u8]) -> Option<&[u8]> {
     if !may_carry(ip) {
         return None;
@@ -494,9 +501,11 @@ pub fn carried_ip(ip: &[u8]) -> Option<&[u8]> {
             if sport == 2152 || dport == 2152 {
                 gtp_u_inner(payload)
             } else {
-                super::tunnel::capwap_data_inner(payload, (sport, dport))
+                super::encap::udp_inner(payload, (sport, dport))
+                    .or_else(|| super::tunnel::capwap_data_inner(payload, (sport, dport)))
             }
         }
+        Transport::Other { proto: 47 } => super::encap::gre_inner(p.l4),
         Transport::Other { proto: 4 | 41 } => {
             let inner = p.l4;
             matches!(inner.first().map(|b| b >> 4), Some(4 | 6)).then_some(inner)
@@ -507,8 +516,8 @@ pub fn carried_ip(ip: &[u8]) -> Option<&[u8]> {
 
 /// Whether `ip` can be a tunnel's packet at all, read from a few header
 /// bytes, so that the packets of ordinary flows are not parsed twice: an
-/// IPv4 packet of protocol 4 or 41, or UDP with port 2152 or 5247 at
-/// either end; an IPv6 packet that is not plain TCP or ICMPv6.
+/// IPv4 packet of protocol 4, 41 or 47 (GRE), or UDP with a tunnel's port
+/// at either end; an IPv6 packet that is not plain TCP or ICMPv6.
 fn may_carry(ip: &[u8]) -> bool {
     let Some(&first) = ip.first() else {
         return false;
@@ -517,10 +526,12 @@ fn may_carry(ip: &[u8]) -> bool {
         4 => {
             let ihl = usize::from(first & 0x0F) * 4;
             match ip.get(9) {
-                Some(4 | 41) => true,
-                Some(17) => [ihl, ihl + 2]
-                    .into_iter()
-                    .any(|at| matches!(be16(ip, at), Some(2152 | 5247))),
+                Some(4 | 41 | 47) => true,
+                Some(17) => [ihl, ihl + 2].into_iter().any(|at| {
+                    be16(ip, at).is_some_and(|port| {
+                        port == 2152 || port == 5247 || super::encap::UDP_PORTS.contains(&port)
+                    })
+                }),
                 _ => false,
             }
         }
@@ -648,6 +659,17 @@ mod tests {
         gtp[4..6].copy_from_slice(&u16::try_from(8 + g.len()).unwrap().to_be_bytes());
         gtp.extend_from_slice(&g);
         assert_eq!(innermost_ip(&v4(17, &gtp)), inner.as_slice());
+        // GRE (protocol 47) over IPv4 and IPv6, with a key.
+        let mut gre = hex("20000800 0000002a");
+        gre.extend_from_slice(&inner);
+        assert_eq!(carried_ip(&v4(47, &gre)), Some(inner.as_slice()));
+        assert_eq!(carried_ip(&v6(47, &gre)), Some(inner.as_slice()));
+        // VXLAN to port 4789: an Ethernet frame inside.
+        let mut vxlan = hex("c35112b500000000 0800000000006400 020000000001 020000000002 0800");
+        vxlan.extend_from_slice(&inner);
+        let len = u16::try_from(vxlan.len()).unwrap();
+        vxlan[4..6].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(carried_ip(&v4(17, &vxlan)), Some(inner.as_slice()));
         // Not unwrapped: plain UDP, a tunnel packet that is a fragment.
         assert_eq!(carried_ip(&inner), None);
         let mut fragment = v4(4, &inner);
