@@ -2,7 +2,7 @@
 //! the bytes as an IP packet that may carry others).
 #![no_main]
 
-use geowall::wire::{apps, dns, encap, http, packet, quic, raknet, rtc, tls, tunnel, utp};
+use geowall::wire::{apps, dns, encap, http, packet, quic, raknet, rtc, sip, tls, tunnel, utp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = tunnel::capwap(data, (5246, 5247));
     let _ = tunnel::capwap_data_inner(data, (5247, 5247));
     let _ = tunnel::anyconnect_dtls(data);
+    let _ = sip::start(data);
     let _ = encap::gre_inner(data);
     for port in encap::UDP_PORTS {
         let _ = encap::udp_inner(data, (port, port));

@@ -52,7 +52,7 @@ pub mod leak;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{apps, dns, http, quic, raknet, rtc, tls, tunnel, utp};
+use crate::wire::{apps, dns, http, quic, raknet, rtc, sip, tls, tunnel, utp};
 
 /// Traffic class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -163,6 +163,8 @@ pub enum Protocol {
     Rx,
     /// Nintendo's PIA game sessions.
     Nintendo,
+    /// SIP, a voice-over-IP call's signalling (RFC 3261).
+    Sip,
 }
 
 impl std::fmt::Display for Protocol {
@@ -173,7 +175,7 @@ impl std::fmt::Display for Protocol {
 
 impl Protocol {
     /// Every protocol the classifier reports.
-    pub const ALL: [Protocol; 24] = [
+    pub const ALL: [Protocol; 25] = [
         Protocol::Unknown,
         Protocol::Tls,
         Protocol::Quic,
@@ -198,6 +200,7 @@ impl Protocol {
         Protocol::Tftp,
         Protocol::Rx,
         Protocol::Nintendo,
+        Protocol::Sip,
     ];
 
     /// The protocol named `name` ([`Protocol::name`], any case).
@@ -234,6 +237,7 @@ impl Protocol {
             Protocol::Tftp => "tftp",
             Protocol::Rx => "rx",
             Protocol::Nintendo => "nintendo",
+            Protocol::Sip => "sip",
         }
     }
 }
@@ -424,6 +428,7 @@ impl Sniffer {
                         | Protocol::Tftp
                         | Protocol::Nintendo
                         | Protocol::Rx
+                        | Protocol::Sip
                 )
             );
             if refinable && carrier == Carrier::Udp && dir == Dir::Up {
@@ -503,6 +508,14 @@ impl Sniffer {
         {
             self.name(q.name.as_str());
             return self.decide(Protocol::Dns, Traffic::Dns, false);
+        }
+        if let Some(s) = sip::start(p) {
+            if let sip::Sip::Request { host: Some(h), .. } = s
+                && dir == Dir::Up
+            {
+                self.name(h);
+            }
+            return self.decide(Protocol::Sip, Traffic::Other, false);
         }
         if let Some(host) = quic::gquic_chlo(p) {
             if let Some(h) = host {
@@ -744,6 +757,13 @@ impl Sniffer {
                     Some((Protocol::Tls, Traffic::Web, true, h.sni.map(str::to_owned)))
                 }
                 tls::Hello::NeedMore(_) => None,
+                tls::Hello::NotTls if let Some(s) = sip::start(&stream) => {
+                    let host = match s {
+                        sip::Sip::Request { host, .. } => host.map(str::to_owned),
+                        sip::Sip::Response(_) => None,
+                    };
+                    Some((Protocol::Sip, Traffic::Other, false, host))
+                }
                 tls::Hello::NotTls => match http::host(&stream) {
                     http::HttpHost::Found(h) => {
                         Some((Protocol::Http, Traffic::Web, false, h.map(str::to_owned)))
@@ -1204,6 +1224,43 @@ pub(crate) mod tests {
             }
             assert_eq!(c.class, Some(Traffic::Media), "{ports:?}");
         }
+    }
+
+    /// SIP, a call's signalling: `other` and cleartext, named by the host
+    /// its request is for, over UDP (re-registrations at any pace) and
+    /// TCP (not taken for HTTP by its `OPTIONS` method); RTP sent after a
+    /// SIP start on the same flow still makes it media.
+    #[test]
+    fn sip_is_signalling_named_by_its_request() {
+        let register =
+            b"REGISTER sip:sip.cybercity.dk SIP/2.0\r\nVia: SIP/2.0/UDP 192.168.1.2\r\n\r\n";
+        let mut u = Sniffer::new();
+        feed_paced(&mut u, (5060, 5060), 30, |_| register.to_vec());
+        assert_eq!(
+            (u.protocol, u.class, u.encrypted),
+            (Some(Protocol::Sip), Some(Traffic::Other), Some(false))
+        );
+        assert_eq!(u.server_name.as_deref(), Some("sip.cybercity.dk"));
+        let mut t = Sniffer::new();
+        let options = b"OPTIONS sip:carol@chicago.example.com SIP/2.0\r\nMax-Forwards: 70\r\n\r\n";
+        feed(&mut t, Carrier::Tcp, Dir::Up, (40312, 5060), options);
+        assert_eq!(
+            (t.protocol, t.class),
+            (Some(Protocol::Sip), Some(Traffic::Other))
+        );
+        assert_eq!(t.server_name.as_deref(), Some("chicago.example.com"));
+        let mut r = Sniffer::new();
+        feed(&mut r, Carrier::Udp, Dir::Up, (5060, 5060), register);
+        for seq in [1, 2] {
+            feed(
+                &mut r,
+                Carrier::Udp,
+                Dir::Up,
+                (5060, 5060),
+                &rtc::rtp_packet(seq),
+            );
+        }
+        assert_eq!(r.class, Some(Traffic::Media));
     }
 
     #[test]

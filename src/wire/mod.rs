@@ -12,6 +12,7 @@ pub mod packet;
 pub mod quic;
 pub mod raknet;
 pub mod rtc;
+pub mod sip;
 pub mod tls;
 pub mod tunnel;
 pub mod utp;
