@@ -721,3 +721,17 @@ fn flows_inside_overlays_are_read() {
     assert_eq!(pptp.len(), 1, "{pptp:?}");
     assert_eq!(pptp[0]["dst"], "10.1.1.10:1723");
 }
+
+/// A capture of what a Linux firewall's `NFLOG` rule logged (tcpdump's
+/// `nflog.pcap`: four DNS answers): each packet is read from its record,
+/// each answer names its flow.
+#[test]
+fn netfilter_log_captures_are_read() {
+    let flows = audit_flows("tcpdump/nflog.pcap");
+    assert_eq!(flows.len(), 4, "{flows:?}");
+    for f in &flows {
+        assert_eq!(f["protocol"], "dns", "{f}");
+        assert_eq!(f["dst"], "74.82.42.42:53", "{f}");
+    }
+    assert!(flows.iter().any(|f| f["server_name"] == "www.example.com"));
+}

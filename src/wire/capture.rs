@@ -31,6 +31,9 @@ pub enum LinkType {
     /// IEEE 802.11 frames after a radiotap header
     /// (LINKTYPE_IEEE802_11_RADIOTAP 127).
     Radiotap,
+    /// Linux netfilter's log (LINKTYPE_NFLOG 239: `tcpdump -i nflog:N`, or
+    /// packets an `NFLOG` firewall rule sent to userspace).
+    Nflog,
     /// Anything else (the frame is counted and skipped).
     Other(u32),
 }
@@ -49,6 +52,7 @@ impl LinkType {
             108 => LinkType::Loop,
             113 => LinkType::LinuxSll,
             276 => LinkType::LinuxSll2,
+            239 => LinkType::Nflog,
             other => LinkType::Other(other),
         }
     }

@@ -1,6 +1,6 @@
 //! Checked, zero-copy views of IP packets: link layers (Ethernet with
-//! stacked VLAN tags and PPPoE sessions, Linux SLL/SLL2, null/loopback,
-//! raw), IPv4 (with 6in4), IPv6 (with extension headers), TCP, UDP, ICMP
+//! stacked VLAN tags and PPPoE sessions, Linux SLL/SLL2, Linux NFLOG,
+//! null/loopback, raw, PPP and Cisco HDLC, MPLS, IEEE 802.11), IPv4 (with 6in4), IPv6 (with extension headers), TCP, UDP, ICMP
 //! and ICMPv6. A packet that cannot be
 //! parsed is a [`Drop`] with a reason, never a panic.
 
@@ -222,6 +222,8 @@ pub fn strip_link(link: LinkType, f: &[u8]) -> Result<&[u8], Drop> {
                 let at = if f.starts_with(&[0xFF, 0x03]) { 2 } else { 0 };
                 match be16(f, at).ok_or(Drop::Truncated)? {
                     0x0021 | 0x0057 => f.get(at + 2..).ok_or(Drop::Truncated),
+                    // MPLS unicast and multicast (RFC 3032).
+                    0x0281 | 0x0283 => ip_after_ethertype(f, 0x8847, at + 2),
                     _ => Err(Drop::NotIp),
                 }
             }
@@ -242,6 +244,7 @@ pub fn strip_link(link: LinkType, f: &[u8]) -> Result<&[u8], Drop> {
             }
             ieee80211_ip(f.get(len..).ok_or(Drop::Truncated)?)
         }
+        LinkType::Nflog => nflog_ip(f),
         LinkType::Other(_) => Err(Drop::NotIp),
     }
 }
@@ -273,6 +276,49 @@ pub(crate) fn dot11_data_ip(frame: &[u8], fc0: u8, fc1: u8) -> Option<&[u8]> {
         0x0800 | 0x86DD => frame.get(at + 8..),
         _ => None,
     }
+}
+
+/// NFLOG's attribute holding the logged packet (`NFULA_PAYLOAD`).
+const NFULA_PAYLOAD: u16 = 9;
+
+/// The IP packet in a netfilter log record: a 4-byte header (address
+/// family, version 0, resource id), then attributes, each a 2-byte length
+/// (its 4-byte header included) and a 2-byte type in the capturing host's
+/// byte order, padded to 4 bytes; the payload attribute holds the packet
+/// from its IP header on. The byte order is told by the types, which are
+/// all below 256.
+fn nflog_ip(f: &[u8]) -> Result<&[u8], Drop> {
+    if f.len() < 4 {
+        return Err(Drop::Truncated);
+    }
+    if f[1] != 0 {
+        return Err(Drop::Malformed);
+    }
+    let mut at = 4;
+    while at < f.len() {
+        let tlv = f.get(at..at + 4).ok_or(Drop::Truncated)?;
+        let (mut len, mut kind) = (
+            u16::from_le_bytes([tlv[0], tlv[1]]),
+            u16::from_le_bytes([tlv[2], tlv[3]]),
+        );
+        if kind > 0xFF {
+            len = len.swap_bytes();
+            kind = kind.swap_bytes();
+        }
+        let len = usize::from(len);
+        if len < 4 {
+            return Err(Drop::Malformed);
+        }
+        if kind == NFULA_PAYLOAD {
+            let ip = f.get(at + 4..at + len).ok_or(Drop::Truncated)?;
+            return match ip.first().map(|b| b >> 4) {
+                Some(4 | 6) => Ok(ip),
+                _ => Err(Drop::NotIp),
+            };
+        }
+        at += len.div_ceil(4) * 4;
+    }
+    Err(Drop::NotIp)
 }
 
 /// The IP packet in an IEEE 802.11 frame: an unprotected data frame
@@ -605,6 +651,8 @@ mod tests {
             (LinkType::CiscoHdlc, framed("8f000800")),
             // Two MPLS labels, the second at the bottom of the stack.
             (LinkType::CiscoHdlc, framed("0f0088470001200000012140")),
+            // MPLS in PPP (protocol 0x0281), one label.
+            (LinkType::Ppp, framed("ff0302810001213f")),
             (
                 LinkType::Ethernet,
                 framed("00000000000100000000000288470001213f"),
@@ -714,6 +762,35 @@ mod tests {
         let mut short = hex("0000ff00");
         short.extend_from_slice(&frame);
         assert_eq!(strip_link(LinkType::Radiotap, &short), Err(Drop::Truncated));
+    }
+
+    /// A netfilter log record from tcpdump 4.99.6's `nflog.pcap` (a DNS
+    /// answer logged by an `NFLOG` rule): attributes in little-endian, the
+    /// packet in the payload attribute. The same record in big-endian, one
+    /// without a payload attribute and one with a broken length.
+    #[test]
+    fn nflog_records() {
+        let f = hex(
+            "02000014080001000800012705000a00000000000800040000000002100008000006ffffb8a386b9c3d6000006000f000001000006001100000e0000120010000811961c10c8b8a386b9c3d6080000001400030000000000522a1f9e00000000000960fc4d00090045000049000040003711c5144a522a2a0a0000140035a65900356ddf437181800001000100000000076578616d706c6503636f6d0000010001c00c0001000100002f9600045db8d877000000",
+        );
+        let ip = strip_link(LinkType::Nflog, &f).expect("the logged packet");
+        assert_eq!(ip.len(), 0x49);
+        let p = parse_ip(ip).expect("IPv4");
+        assert_eq!(p.ports(), (53, 42585));
+        // Big-endian: swap every attribute's length and type.
+        let mut be = f.clone();
+        let mut at = 4;
+        while at < be.len() {
+            let len = usize::from(u16::from_le_bytes([be[at], be[at + 1]]));
+            be.swap(at, at + 1);
+            be.swap(at + 2, at + 3);
+            at += len.div_ceil(4) * 4;
+        }
+        assert_eq!(strip_link(LinkType::Nflog, &be), Ok(ip));
+        assert_eq!(strip_link(LinkType::Nflog, &f[..24]), Err(Drop::NotIp));
+        let mut broken = f.clone();
+        broken[4] = 2;
+        assert_eq!(strip_link(LinkType::Nflog, &broken), Err(Drop::Malformed));
     }
 
     #[test]
