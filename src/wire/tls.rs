@@ -227,34 +227,37 @@ fn parse_extensions(b: &[u8]) -> Option<ClientHello<'_>> {
     let Some(ext_len) = be16(b, at) else {
         return Some(hello);
     };
-    let exts = b.get(at + 2..at + 2 + ext_len)?;
+    // What the extensions say up to the first one that breaks its own
+    // length (as a corrupted hello's, whose server will refuse it): the
+    // name it gave before that is still the name it asked for.
+    let exts = b.get(at + 2..)?;
+    let exts = &exts[..exts.len().min(ext_len)];
     let mut e = 0;
-    while e + 4 <= exts.len() {
-        let kind = be16(exts, e)?;
-        let len = be16(exts, e + 2)?;
-        let data = exts.get(e + 4..e + 4 + len)?;
+    while let (Some(kind), Some(len)) = (be16(exts, e), be16(exts, e + 2)) {
+        let Some(data) = exts.get(e + 4..e + 4 + len) else {
+            break;
+        };
         match kind {
-            0 => {
-                // server_name_list: (type 0, host_name)
-                let list = be16(data, 0)?;
-                let l = data.get(2..2 + list)?;
-                if l.first() == Some(&0) {
-                    let n = be16(l, 1)?;
-                    let name = l.get(3..3 + n)?;
-                    if is_host_name(name) {
-                        hello.sni = std::str::from_utf8(name).ok();
-                    }
-                }
-            }
-            16 => {
-                let list = be16(data, 0)?;
-                hello.alpn_raw = data.get(2..2 + list);
-            }
+            0 => hello.sni = server_name(data),
+            16 => hello.alpn_raw = be16(data, 0).and_then(|list| data.get(2..2 + list)),
             _ => {}
         }
         e += 4 + len;
     }
     Some(hello)
+}
+
+/// The host name in a `server_name` extension's body: a list whose first
+/// entry is of type 0 (host_name).
+fn server_name(data: &[u8]) -> Option<&str> {
+    let list = data.get(2..2 + be16(data, 0)?)?;
+    if list.first() != Some(&0) {
+        return None;
+    }
+    let name = list.get(3..3 + be16(list, 1)?)?;
+    is_host_name(name)
+        .then(|| std::str::from_utf8(name).ok())
+        .flatten()
 }
 
 #[cfg(test)]
@@ -328,6 +331,23 @@ pub(crate) mod tests {
             h.alpn().collect::<Vec<_>>(),
             [b"h2".as_slice(), b"http/1.1"]
         );
+    }
+
+    /// A hello whose ALPN extension and the one after it break their own
+    /// lengths after a good `server_name` (nDPI 4.2's
+    /// `tls_invalid_reads.pcap`, a mobile network's capture): the name is
+    /// still read, as nDPI reads it.
+    #[test]
+    fn a_corrupted_hello_still_gives_the_name_before_the_damage() {
+        let r = crate::wire::bytes::hex(
+            "16030100b2010000ae0303e25f8f7559ed27be965385da1a0aff448e59ae0907c906a053e2a475ebeb3237000028c02bc02cc02fc030009e009fc009c00ac013c01400330039c007c011009c009d002f0035000500ff0100005d000000160014000011652e63726173686c79746963732e636f6d0017000000230000000d0016001406010603050105030401040303010303020102030010000bb889a52f563519e55f943e47e34fc6943577c34438787013cecd7950cb",
+        );
+        let mut s = Vec::new();
+        let Hello::Found(h) = client_hello(&r, &mut s) else {
+            panic!("found")
+        };
+        assert_eq!(h.sni, Some("e.crashlytics.com"));
+        assert_eq!(h.alpn().count(), 0);
     }
 
     #[test]
