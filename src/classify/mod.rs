@@ -5,7 +5,8 @@
 //! # Rules
 //!
 //! The first payload packets decide (at most [`SNIFF_PACKETS`] per flow,
-//! [`SNIFF_BYTES`] of the client's TCP stream):
+//! [`SNIFF_BYTES`] of the client's TCP stream, or a whole TLS ClientHello
+//! when it announces more: [`sniff_limit`]):
 //!
 //! | seen | protocol | class | encrypted |
 //! |---|---|---|---|
@@ -31,6 +32,7 @@
 //! | TFTP: a read or write request to port 69, or a data block and the acknowledgement of that block ([`apps`]) | `tftp` | `other` | by the sampled bytes |
 //! | AFS's RX on UDP 7000-7009: a whole RX header ([`apps::rx`]) | `rx` | `other` | by the sampled bytes |
 //! | Nintendo PIA (game sessions): its magic ([`apps::nintendo_pia`]) | `nintendo` | `other` | by the sampled bytes |
+//! | SIP: a request line `METHOD URI SIP/2.0` or a status line ([`sip::start`]), UDP or TCP, any port; a request names the flow by its URI's host | `sip` | `other` | no |
 //!
 //! Encryption status ([`Sniffer::encryption`]): from the protocol (RTP is
 //! cleartext unless DTLS was seen in the same flow, then it is SRTP), else
@@ -44,7 +46,7 @@
 //! them 20-1300 bytes, arriving on average at most 100 ms apart), else
 //! `other`: a recognised tunnel, game or transfer is `other` whatever its
 //! shape. A flow decided QUIC, WireGuard, OpenVPN, AnyConnect, CAPWAP,
-//! TFTP, AFS RX or Nintendo PIA whose app then sends two RTP packets of one
+//! TFTP, AFS RX, Nintendo PIA or SIP whose app then sends two RTP packets of one
 //! stream, or non-binding STUN with its magic cookie, becomes `media`
 //! (none of them sends a packet that starts like one).
 
@@ -254,6 +256,19 @@ const QUIC_THEN_RTC: u8 = 1;
 const RTP_SEQ_STEP: u16 = 64;
 /// Bytes of the client's TCP stream kept for sniffing.
 pub const SNIFF_BYTES: usize = 16 * 1024;
+/// The most of a client's TCP stream kept for a ClientHello that
+/// announces more than [`SNIFF_BYTES`]: [`tls::MAX_HELLO`] and the headers
+/// of its records.
+pub const HELLO_SNIFF_BYTES: usize = 80 * 1024;
+
+/// How much of a client's TCP stream that starts with `first` is read
+/// before the flow is judged: [`SNIFF_BYTES`], or, when it starts with a
+/// TLS ClientHello that announces more, the whole hello
+/// ([`tls::hello_stream_len`], at most [`HELLO_SNIFF_BYTES`]), so that a
+/// hello padded past 16 KiB still gives its name before anything leaves.
+pub fn sniff_limit(first: &[u8]) -> usize {
+    tls::hello_stream_len(first).map_or(SNIFF_BYTES, |n| n.clamp(SNIFF_BYTES, HELLO_SNIFF_BYTES))
+}
 /// Packets in one direction before an unknown UDP flow can be judged
 /// real-time.
 pub const REALTIME_PACKETS: u32 = 20;
@@ -281,8 +296,9 @@ pub enum Carrier {
 }
 
 /// What the classifier knows about one flow. Memory: at most
-/// [`SNIFF_BYTES`] of stream plus one QUIC assembler while sniffing; both
-/// are freed once the flow is decided.
+/// [`SNIFF_BYTES`] of stream ([`HELLO_SNIFF_BYTES`] for a ClientHello that
+/// announces more) plus one QUIC assembler while sniffing; both are freed
+/// once the flow is decided.
 #[derive(Debug, Default)]
 pub struct Sniffer {
     /// The protocol.
@@ -473,7 +489,11 @@ impl Sniffer {
             Carrier::Tcp => self.sniff_tcp(dir, ports, dns_port, payload),
             _ => {}
         }
-        if !self.done && self.payloads >= SNIFF_PACKETS {
+        // A ClientHello longer than the packets counted here is read whole.
+        let hello_coming = carrier == Carrier::Tcp
+            && tls::hello_stream_len(&self.stream)
+                .is_some_and(|n| self.stream.len() < n.min(HELLO_SNIFF_BYTES));
+        if !self.done && self.payloads >= SNIFF_PACKETS && !hello_coming {
             self.give_up(carrier);
         }
     }
@@ -741,8 +761,13 @@ impl Sniffer {
             }
             return;
         }
-        if self.stream.len() < SNIFF_BYTES {
-            let room = SNIFF_BYTES - self.stream.len();
+        let limit = sniff_limit(if self.stream.is_empty() {
+            p
+        } else {
+            &self.stream
+        });
+        if self.stream.len() < limit {
+            let room = limit - self.stream.len();
             self.stream.extend_from_slice(&p[..p.len().min(room)]);
         }
         // A STUN message (TURN over TCP) that came in more than one segment.
@@ -1223,6 +1248,30 @@ pub(crate) mod tests {
                 feed(&mut c, Carrier::Udp, Dir::Up, ports, &rtc::rtp_packet(seq));
             }
             assert_eq!(c.class, Some(Traffic::Media), "{ports:?}");
+        }
+    }
+
+    /// A ClientHello padded to 40 KiB, in three records and 1,448-byte
+    /// segments (28 packets, more than the packets a flow is otherwise
+    /// sniffed for), gives its name; a stream that only claims a hello
+    /// longer than TLS allows keeps to the usual 16 KiB.
+    #[test]
+    fn a_long_hello_is_read_whole() {
+        let hello = tls::tests::padded_hello("long.example.org", 40_000);
+        let mut s = Sniffer::new();
+        for seg in hello.chunks(1448) {
+            feed(&mut s, Carrier::Tcp, Dir::Up, (50000, 443), seg);
+        }
+        assert_eq!(s.protocol, Some(Protocol::Tls));
+        assert_eq!(s.server_name.as_deref(), Some("long.example.org"));
+        assert_eq!(sniff_limit(&hello), hello.len());
+        let mut huge = hello.clone();
+        huge[6] = 0x7F;
+        assert_eq!(sniff_limit(&huge), SNIFF_BYTES);
+        let mut t = Sniffer::new();
+        for seg in huge.chunks(1448) {
+            feed(&mut t, Carrier::Tcp, Dir::Up, (50000, 443), seg);
+            assert!(t.stream.len() <= SNIFF_BYTES);
         }
     }
 

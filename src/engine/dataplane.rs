@@ -11,7 +11,8 @@
 //! classified and judged before the driver is asked to open anything
 //! upstream. A TCP connection is accepted locally (smoltcp, AnyIP); when
 //! the policy needs payload facts ([`crate::policy::Policy::needs_payload`]),
-//! the app's first bytes are read (at most [`TCP_SNIFF_BYTES`], at most
+//! the app's first bytes are read (at most [`TCP_SNIFF_BYTES`] or a whole
+//! ClientHello, at most
 //! [`TCP_SNIFF_NS`] after the handshake) and judged before the upstream
 //! connection is even requested; when the address alone decides, it is
 //! judged at the SYN. Later evidence (a reclassification, a leaked
@@ -49,8 +50,10 @@ macro_rules! asking {
 /// A flow's identity towards the driver.
 pub type FlowId = u64;
 
-/// App bytes read from a TCP connection before it is judged, at most.
-pub const TCP_SNIFF_BYTES: usize = 16 * 1024;
+/// App bytes read from a TCP connection before it is judged, at most;
+/// a TLS ClientHello that announces more is read whole, up to
+/// [`crate::classify::HELLO_SNIFF_BYTES`] ([`crate::classify::sniff_limit`]).
+pub const TCP_SNIFF_BYTES: usize = crate::classify::SNIFF_BYTES;
 /// How long after the handshake a TCP connection may stay unjudged
 /// waiting for the app's first bytes (server-first protocols send none).
 pub const TCP_SNIFF_NS: u64 = 300_000_000;

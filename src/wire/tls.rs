@@ -183,6 +183,25 @@ pub fn sslv2_client_hello(p: &[u8]) -> bool {
         && 9 + ciphers + session + challenge == len
 }
 
+/// How many bytes of the stream a ClientHello that `stream` starts needs,
+/// record headers included, as its first record's header and its
+/// handshake header announce it (the records that follow assumed no
+/// shorter than the first); `None` if the stream does not start with a
+/// ClientHello record or announces more than [`MAX_HELLO`].
+pub fn hello_stream_len(stream: &[u8]) -> Option<usize> {
+    if stream.first() != Some(&22) || stream.get(1) != Some(&3) || stream.get(5) != Some(&1) {
+        return None;
+    }
+    let record = be16(stream, 3)?.max(1);
+    let h = stream.get(6..9)?;
+    let hlen = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+    if hlen > MAX_HELLO {
+        return None;
+    }
+    let message = 4 + hlen;
+    Some(message + 5 * message.div_ceil(record))
+}
+
 /// Parses a bare handshake message (no record layer), as QUIC carries it
 /// in CRYPTO frames: type 1, 24-bit length, ClientHello body.
 pub fn client_hello_message(msg: &[u8]) -> Hello<'_> {
@@ -288,6 +307,12 @@ pub(crate) mod tests {
 
     /// A real-shaped ClientHello record for `sni` with ALPN h2, http/1.1.
     pub(crate) fn hello_record(sni: &str) -> Vec<u8> {
+        padded_hello(sni, 0)
+    }
+
+    /// [`hello_record`] with a padding extension (RFC 7685) of `pad` bytes
+    /// when `pad` is not 0, in records of at most 16,384 bytes.
+    pub(crate) fn padded_hello(sni: &str, pad: usize) -> Vec<u8> {
         let mut ext = Vec::new();
         let name = sni.as_bytes();
         let mut sn = vec![0u8];
@@ -302,6 +327,11 @@ pub(crate) mod tests {
         ext.extend_from_slice(&((alpn.len() + 2) as u16).to_be_bytes());
         ext.extend_from_slice(&(alpn.len() as u16).to_be_bytes());
         ext.extend_from_slice(alpn);
+        if pad > 0 {
+            ext.extend_from_slice(&21u16.to_be_bytes());
+            ext.extend_from_slice(&(pad as u16).to_be_bytes());
+            ext.resize(ext.len() + pad, 0);
+        }
         let mut body = vec![3, 3];
         body.extend_from_slice(&[7u8; 32]);
         body.push(32);
@@ -313,9 +343,12 @@ pub(crate) mod tests {
         let mut hs = vec![1];
         hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
         hs.extend_from_slice(&body);
-        let mut rec = vec![22, 3, 1];
-        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-        rec.extend_from_slice(&hs);
+        let mut rec = Vec::new();
+        for chunk in hs.chunks(16_384) {
+            rec.extend_from_slice(&[22, 3, 1]);
+            rec.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+            rec.extend_from_slice(chunk);
+        }
         rec
     }
 

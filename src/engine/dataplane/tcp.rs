@@ -40,7 +40,8 @@ pub(super) enum FirstBytes {
     /// will be held and judged.
     Awaited,
     /// The first bytes came after the flow was opened: held since then,
-    /// judged when the sniffer is done, [`TCP_SNIFF_BYTES`] are in, the app
+    /// judged when the sniffer is done, [`TCP_SNIFF_BYTES`] (or a longer
+    /// ClientHello) are in, the app
     /// finished sending, or [`TCP_SNIFF_NS`] passed.
     Reading { since_ns: u64 },
 }
@@ -428,16 +429,15 @@ impl Engine {
             let (mut new_peer, mut too_many) = (false, false);
             let holding = f.first_bytes != FirstBytes::Judged;
             loop {
+                let first_limit = crate::classify::sniff_limit(&f.pending);
                 let room = match f.phase {
                     TcpPhase::Open if f.paused => 0,
-                    TcpPhase::Open | TcpPhase::Connecting if holding => TCP_SNIFF_BYTES
-                        .saturating_sub(f.pending.len())
-                        .min(READ_CHUNK),
+                    TcpPhase::Open | TcpPhase::Connecting if holding => {
+                        first_limit.saturating_sub(f.pending.len()).min(READ_CHUNK)
+                    }
                     TcpPhase::Open => READ_CHUNK,
                     TcpPhase::Sniffing { .. } | TcpPhase::Asking | TcpPhase::Connecting => {
-                        TCP_SNIFF_BYTES
-                            .saturating_sub(f.pending.len())
-                            .min(READ_CHUNK)
+                        first_limit.saturating_sub(f.pending.len()).min(READ_CHUNK)
                     }
                     TcpPhase::Blocked => 0,
                     // Queries, at most two full messages waiting.
@@ -543,7 +543,7 @@ impl Engine {
             // Judge when the first bytes are in, or the time is up.
             let first_in = |t: u64| {
                 f.core.sniffer.is_done()
-                    || f.pending.len() >= TCP_SNIFF_BYTES
+                    || f.pending.len() >= crate::classify::sniff_limit(&f.pending)
                     // The app finished sending: no more bytes will come.
                     || (matches!(sock.state(), S::CloseWait | S::LastAck) && !sock.can_recv())
                     || now_ns.saturating_sub(t) >= TCP_SNIFF_NS

@@ -737,6 +737,39 @@ fn a_blocked_tcp_flow_is_reset_and_never_opened_upstream() {
     assert_eq!(e.counters.blocked, 1);
 }
 
+/// A ClientHello padded past the 16 KiB read before a verdict (40 KiB, in
+/// three records) is still read whole and judged by its name: nothing of
+/// it goes upstream, the app is reset, the event names the vendor's edge.
+#[test]
+fn a_hello_longer_than_the_first_read_is_judged_whole() {
+    use smoltcp::socket::tcp::State as S_;
+    let name = "104-166-161-75.edge.agora.io";
+    let hello = crate::wire::tls::tests::padded_hello(name, 40_000);
+    assert!(hello.len() > 2 * TCP_SNIFF_BYTES);
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let mut app = App::connect("198.51.100.7:443");
+    let mut outs = Vec::new();
+    let mut now = S;
+    let mut sent = 0;
+    for _ in 0..200 {
+        now += MS;
+        outs.extend(app.step(&mut e, now));
+        if sent < hello.len() && app.socket().may_send() {
+            sent += app.socket().send_slice(&hello[sent..]).expect("send");
+        }
+        if app.socket().state() == S_::Closed {
+            break;
+        }
+    }
+    assert_eq!(app.socket().state(), S_::Closed, "the app saw an RST");
+    assert_eq!(upstream_bytes(&outs), 0, "{outs:?}");
+    let ev = events(&outs);
+    assert_eq!(
+        (ev[0].kind, ev[0].server_name.as_deref()),
+        (EventKind::Blocked, Some(name))
+    );
+}
+
 #[test]
 fn an_address_only_policy_judges_at_the_syn() {
     let cat = Catalog::shipped().expect("catalog");
