@@ -1,8 +1,9 @@
 //! A flow's life end to end, in network namespaces (root only; skips
-//! otherwise): first bytes that come late are still judged, a reload cuts
-//! the open flows the new rules block, a name learned from DNS outlives its
-//! TTL, a block the address settles is refused at the SYN, and thousands of
-//! connections held at once are all served. Every block is checked at the
+//! otherwise): first bytes that come late, or a hello padded past the
+//! first read, are still judged, a reload cuts the open flows the new rules
+//! block, a name learned from DNS outlives its TTL, a block the address
+//! settles is refused at the SYN, and thousands of connections held at
+//! once are all served. Every block is checked at the
 //! server: what it received, not only what the app saw.
 
 mod support;
@@ -25,6 +26,8 @@ const UPSTREAM: &str = "198.51.100.53";
 const APP_RESOLVER: &str = "192.0.2.53:53";
 /// A third US address, for a flow no other flow's name touches.
 const US3: &str = "198.51.100.30";
+/// A fourth.
+const US4: &str = "198.51.100.40";
 
 /// Runs `body` on a thread of its own and fails the test if it takes
 /// longer than `limit` (its panics are the test's).
@@ -193,11 +196,15 @@ fn rtp(seq: u16) -> Vec<u8> {
 }
 
 /// Connects from the app namespace to `to`, waits `delay` (the sniffing
-/// timer opens the flow meanwhile), sends a ClientHello naming `sni` and
-/// reads what comes back: the echoed hello, or the error.
-fn late_hello(app: &str, to: SocketAddr, delay: Duration, sni: &str) -> std::io::Result<Vec<u8>> {
+/// timer opens the flow meanwhile when it is longer than 300 ms), sends
+/// `hello` and reads what comes back: the echoed hello, or the error.
+fn send_hello(
+    app: &str,
+    to: SocketAddr,
+    delay: Duration,
+    hello: Vec<u8>,
+) -> std::io::Result<Vec<u8>> {
     in_ns(app, || {
-        let hello = support::client_hello(sni);
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
         std::thread::sleep(delay);
@@ -210,8 +217,10 @@ fn late_hello(app: &str, to: SocketAddr, delay: Duration, sni: &str) -> std::io:
 
 /// Under `strict`, a ClientHello naming an Agora edge sent 0.5 s and 2 s
 /// after the connect (the 300 ms sniffing timer has opened the flow to the
-/// server by then) is still held and judged: the server gets none of it,
-/// the app gets a reset. The same with an ordinary name arrives whole.
+/// server by then), or at once but padded to 40 KiB (past the 16 KiB first
+/// read, in three records), is still held and judged: the server gets none
+/// of it, the app gets a reset. The same with an ordinary name arrives
+/// whole.
 #[test]
 fn a_late_client_hello_naming_a_blocked_vendor_never_reaches_the_server() {
     let test = "a_late_client_hello_naming_a_blocked_vendor_never_reaches_the_server";
@@ -221,32 +230,42 @@ fn a_late_client_hello_naming_a_blocked_vendor_never_reaches_the_server() {
     bounded(test, Duration::from_secs(60), || {
         let mut net = Net::new();
         net.add_server_address(US3);
+        net.add_server_address(US4);
         let world = support::test_world(net.dir.path());
         // One address each: a name seen for an address is remembered for
         // its later flows, which would then be refused at the SYN.
+        let late = support::client_hello(AGORA_EDGE);
+        let padded = geowall::wire::tls::client_hello_records(AGORA_EDGE, 40_000);
         let cases = [
-            ("A", addr::US, Duration::from_millis(500)),
-            ("B", addr::US2, Duration::from_secs(2)),
+            ("A", addr::US, Duration::from_millis(500), &late),
+            ("B", addr::US2, Duration::from_secs(2), &late),
+            ("C", US4, Duration::ZERO, &padded),
         ];
         let servers: Vec<Tally> = cases
             .iter()
-            .map(|(_, ip, _)| counting_tcp_server(&net, sa(ip, 443)))
+            .map(|(_, ip, _, _)| counting_tcp_server(&net, sa(ip, 443)))
             .collect();
         let control = counting_tcp_server(&net, sa(US3, 443));
         net.start_geowall(&world, &["--preset", "strict"]);
         let app = net.app.clone();
-        for ((case, ip, delay), server) in cases.iter().zip(&servers) {
-            let r = late_hello(&app, sa(ip, 443), *delay, AGORA_EDGE);
+        for ((case, ip, delay, hello), server) in cases.iter().zip(&servers) {
+            let r = send_hello(&app, sa(ip, 443), *delay, hello.to_vec());
             std::thread::sleep(Duration::from_millis(300));
             eprintln!(
-                "case {case} ({delay:?}): the app got {:?}; the server accepted {}, received {} bytes",
+                "case {case} ({delay:?}, {} bytes): the app got {:?}; the server accepted {}, received {} bytes",
+                hello.len(),
                 r.as_ref().map(Vec::len),
                 server.accepted(),
                 server.bytes()
             );
             assert_eq!(server.bytes(), 0, "case {case}: bytes reached the server");
             // The late path indeed: the timer had opened the connection.
-            assert_eq!(server.accepted(), 1, "case {case}: opened before the hello");
+            let opened = usize::from(!delay.is_zero());
+            assert_eq!(
+                server.accepted(),
+                opened,
+                "case {case}: opened before the hello"
+            );
             match &r {
                 Err(e) => assert!(is_reset(e), "case {case}: not a reset: {e}"),
                 Ok(b) => panic!("case {case}: the hello came back ({} bytes)", b.len()),
@@ -254,23 +273,24 @@ fn a_late_client_hello_naming_a_blocked_vendor_never_reaches_the_server() {
         }
         // Control: an ordinary name, as late, arrives whole.
         let hello = support::client_hello("www.example.org");
-        let got = late_hello(
+        let got = send_hello(
             &app,
             sa(US3, 443),
             Duration::from_millis(500),
-            "www.example.org",
+            hello.clone(),
         )
         .expect("the control hello is answered");
         assert_eq!(got, hello);
         assert_eq!(control.bytes(), hello.len() as u64);
         let events = net.events();
-        for (case, ip, _) in cases {
+        for (case, ip, delay, _) in cases {
             let server = format!("{ip}:443");
             let cut = events
                 .iter()
                 .find(|e| e["server"] == server.as_str() && e["action"] == "block")
                 .unwrap_or_else(|| panic!("case {case}: no block event: {events:#?}"));
-            assert_eq!(cut["kind"], "cut", "case {case}: {cut}");
+            let kind = if delay.is_zero() { "blocked" } else { "cut" };
+            assert_eq!(cut["kind"], kind, "case {case}: {cut}");
             assert_eq!(cut["server_name"], AGORA_EDGE, "case {case}: {cut}");
         }
         net.stop_geowall();

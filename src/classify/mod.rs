@@ -1257,7 +1257,7 @@ pub(crate) mod tests {
     /// longer than TLS allows keeps to the usual 16 KiB.
     #[test]
     fn a_long_hello_is_read_whole() {
-        let hello = tls::tests::padded_hello("long.example.org", 40_000);
+        let hello = tls::client_hello_records("long.example.org", 40_000);
         let mut s = Sniffer::new();
         for seg in hello.chunks(1448) {
             feed(&mut s, Carrier::Tcp, Dir::Up, (50000, 443), seg);

@@ -130,6 +130,14 @@ pub fn client_hello<'a>(stream: &'a [u8], scratch: &'a mut Vec<u8>) -> Hello<'a>
 /// suite, the server-name extension only): what the demo and the tests
 /// send.
 pub fn client_hello_record(sni: &str) -> Vec<u8> {
+    client_hello_records(sni, 0)
+}
+
+/// [`client_hello_record`] with a padding extension (RFC 7685) of `pad`
+/// zero bytes when `pad` is not 0 (at most 60,000 are added), in as many
+/// records of at most 16,384 bytes as it takes.
+pub fn client_hello_records(sni: &str, pad: usize) -> Vec<u8> {
+    let pad = pad.min(60_000);
     let name = sni.as_bytes();
     let n = |v: usize| u16::try_from(v).unwrap_or(0).to_be_bytes();
     let mut ext = vec![0, 0];
@@ -138,17 +146,25 @@ pub fn client_hello_record(sni: &str) -> Vec<u8> {
     ext.push(0);
     ext.extend_from_slice(&n(name.len()));
     ext.extend_from_slice(name);
+    if pad > 0 {
+        ext.extend_from_slice(&[0, 21]);
+        ext.extend_from_slice(&n(pad));
+        ext.resize(ext.len() + pad, 0);
+    }
     let mut body = vec![3, 3];
     body.extend_from_slice(&[7; 32]);
     body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
     body.extend_from_slice(&n(ext.len()));
     body.extend_from_slice(&ext);
-    let mut hs = vec![1, 0];
-    hs.extend_from_slice(&n(body.len()));
+    let len = u32::try_from(body.len()).unwrap_or(0).to_be_bytes();
+    let mut hs = vec![1, len[1], len[2], len[3]];
     hs.extend_from_slice(&body);
-    let mut rec = vec![22, 3, 1];
-    rec.extend_from_slice(&n(hs.len()));
-    rec.extend_from_slice(&hs);
+    let mut rec = Vec::with_capacity(hs.len() + 5 * hs.len().div_ceil(16_384));
+    for chunk in hs.chunks(16_384) {
+        rec.extend_from_slice(&[22, 3, 1]);
+        rec.extend_from_slice(&n(chunk.len()));
+        rec.extend_from_slice(chunk);
+    }
     rec
 }
 
@@ -307,12 +323,6 @@ pub(crate) mod tests {
 
     /// A real-shaped ClientHello record for `sni` with ALPN h2, http/1.1.
     pub(crate) fn hello_record(sni: &str) -> Vec<u8> {
-        padded_hello(sni, 0)
-    }
-
-    /// [`hello_record`] with a padding extension (RFC 7685) of `pad` bytes
-    /// when `pad` is not 0, in records of at most 16,384 bytes.
-    pub(crate) fn padded_hello(sni: &str, pad: usize) -> Vec<u8> {
         let mut ext = Vec::new();
         let name = sni.as_bytes();
         let mut sn = vec![0u8];
@@ -327,11 +337,6 @@ pub(crate) mod tests {
         ext.extend_from_slice(&((alpn.len() + 2) as u16).to_be_bytes());
         ext.extend_from_slice(&(alpn.len() as u16).to_be_bytes());
         ext.extend_from_slice(alpn);
-        if pad > 0 {
-            ext.extend_from_slice(&21u16.to_be_bytes());
-            ext.extend_from_slice(&(pad as u16).to_be_bytes());
-            ext.resize(ext.len() + pad, 0);
-        }
         let mut body = vec![3, 3];
         body.extend_from_slice(&[7u8; 32]);
         body.push(32);
@@ -343,12 +348,9 @@ pub(crate) mod tests {
         let mut hs = vec![1];
         hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
         hs.extend_from_slice(&body);
-        let mut rec = Vec::new();
-        for chunk in hs.chunks(16_384) {
-            rec.extend_from_slice(&[22, 3, 1]);
-            rec.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
-            rec.extend_from_slice(chunk);
-        }
+        let mut rec = vec![22, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
         rec
     }
 

@@ -744,7 +744,7 @@ fn a_blocked_tcp_flow_is_reset_and_never_opened_upstream() {
 fn a_hello_longer_than_the_first_read_is_judged_whole() {
     use smoltcp::socket::tcp::State as S_;
     let name = "104-166-161-75.edge.agora.io";
-    let hello = crate::wire::tls::tests::padded_hello(name, 40_000);
+    let hello = crate::wire::tls::client_hello_records(name, 40_000);
     assert!(hello.len() > 2 * TCP_SNIFF_BYTES);
     let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
     let mut app = App::connect("198.51.100.7:443");
