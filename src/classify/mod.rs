@@ -6,7 +6,7 @@
 //!
 //! The first payload packets decide (at most [`SNIFF_PACKETS`] per flow,
 //! [`SNIFF_BYTES`] of the client's TCP stream, or a whole TLS ClientHello
-//! when it announces more: [`sniff_limit`]):
+//! or HTTP request head that goes on past them: [`sniff_limit`]):
 //!
 //! | seen | protocol | class | encrypted |
 //! |---|---|---|---|
@@ -260,14 +260,25 @@ pub const SNIFF_BYTES: usize = 16 * 1024;
 /// announces more than [`SNIFF_BYTES`]: [`tls::MAX_HELLO`] and the headers
 /// of its records.
 pub const HELLO_SNIFF_BYTES: usize = 80 * 1024;
+/// The most of a client's TCP stream kept for an HTTP/1.x request's head
+/// (the request line and the headers up to `Host`), as much as common
+/// servers accept.
+pub const HEAD_SNIFF_BYTES: usize = 64 * 1024;
 
 /// How much of a client's TCP stream that starts with `first` is read
-/// before the flow is judged: [`SNIFF_BYTES`], or, when it starts with a
-/// TLS ClientHello that announces more, the whole hello
-/// ([`tls::hello_stream_len`], at most [`HELLO_SNIFF_BYTES`]), so that a
-/// hello padded past 16 KiB still gives its name before anything leaves.
+/// before the flow is judged: [`SNIFF_BYTES`]; when it starts with a TLS
+/// ClientHello that announces more, the whole hello
+/// ([`tls::hello_stream_len`], at most [`HELLO_SNIFF_BYTES`]); when it
+/// starts with an HTTP/1.x method, up to [`HEAD_SNIFF_BYTES`] while the
+/// `Host` header has not come. So a hello padded past 16 KiB, or a request
+/// whose `Host` follows 16 KiB of other headers, still gives its name
+/// before anything leaves.
 pub fn sniff_limit(first: &[u8]) -> usize {
-    tls::hello_stream_len(first).map_or(SNIFF_BYTES, |n| n.clamp(SNIFF_BYTES, HELLO_SNIFF_BYTES))
+    match tls::hello_stream_len(first) {
+        Some(n) => n.clamp(SNIFF_BYTES, HELLO_SNIFF_BYTES),
+        None if http::request_start(first) => HEAD_SNIFF_BYTES,
+        None => SNIFF_BYTES,
+    }
 }
 /// Packets in one direction before an unknown UDP flow can be judged
 /// real-time.
@@ -297,8 +308,8 @@ pub enum Carrier {
 
 /// What the classifier knows about one flow. Memory: at most
 /// [`SNIFF_BYTES`] of stream ([`HELLO_SNIFF_BYTES`] for a ClientHello that
-/// announces more) plus one QUIC assembler while sniffing; both are freed
-/// once the flow is decided.
+/// announces more, [`HEAD_SNIFF_BYTES`] for an HTTP request) plus one QUIC
+/// assembler while sniffing; both are freed once the flow is decided.
 #[derive(Debug, Default)]
 pub struct Sniffer {
     /// The protocol.
@@ -327,6 +338,10 @@ pub struct Sniffer {
     hist: Option<Box<[u16; 256]>>,
     sampled: usize,
     stream: Vec<u8>,
+    /// The client's stream starts a ClientHello or a request whose head
+    /// is not whole yet: it is read past [`SNIFF_PACKETS`], up to
+    /// [`sniff_limit`].
+    head_coming: bool,
     quic: Option<Box<quic::InitialAssembler>>,
     scratch: Vec<u8>,
     payloads: u32,
@@ -489,11 +504,10 @@ impl Sniffer {
             Carrier::Tcp => self.sniff_tcp(dir, ports, dns_port, payload),
             _ => {}
         }
-        // A ClientHello longer than the packets counted here is read whole.
-        let hello_coming = carrier == Carrier::Tcp
-            && tls::hello_stream_len(&self.stream)
-                .is_some_and(|n| self.stream.len() < n.min(HELLO_SNIFF_BYTES));
-        if !self.done && self.payloads >= SNIFF_PACKETS && !hello_coming {
+        // A ClientHello or a request head longer than the packets counted
+        // here is read whole.
+        let head_coming = self.head_coming && self.stream.len() < sniff_limit(&self.stream);
+        if !self.done && self.payloads >= SNIFF_PACKETS && !head_coming {
             self.give_up(carrier);
         }
     }
@@ -781,7 +795,10 @@ impl Sniffer {
                 tls::Hello::Found(h) => {
                     Some((Protocol::Tls, Traffic::Web, true, h.sni.map(str::to_owned)))
                 }
-                tls::Hello::NeedMore(_) => None,
+                tls::Hello::NeedMore(_) => {
+                    self.head_coming = true;
+                    None
+                }
                 tls::Hello::NotTls if let Some(s) = sip::start(&stream) => {
                     let host = match s {
                         sip::Sip::Request { host, .. } => host.map(str::to_owned),
@@ -793,7 +810,10 @@ impl Sniffer {
                     http::HttpHost::Found(h) => {
                         Some((Protocol::Http, Traffic::Web, false, h.map(str::to_owned)))
                     }
-                    http::HttpHost::NeedMore => None,
+                    http::HttpHost::NeedMore => {
+                        self.head_coming = true;
+                        None
+                    }
                     http::HttpHost::NotHttp => {
                         if dns_port {
                             dns::question_tcp(&stream).map(|q| {
@@ -1273,6 +1293,31 @@ pub(crate) mod tests {
             feed(&mut t, Carrier::Tcp, Dir::Up, (50000, 443), seg);
             assert!(t.stream.len() <= SNIFF_BYTES);
         }
+    }
+
+    /// An HTTP request whose `Host` header follows 30 KB of cookies, in
+    /// 1,448-byte segments, is named by it; one whose head runs past what
+    /// is kept is decided without a name.
+    #[test]
+    fn a_long_request_head_is_read_to_its_host() {
+        let request = |cookie: usize| {
+            let mut r = b"GET /a HTTP/1.1\r\nCookie: ".to_vec();
+            r.resize(r.len() + cookie, b'x');
+            r.extend_from_slice(b"\r\nHost: far.example.net\r\n\r\n");
+            r
+        };
+        let mut s = Sniffer::new();
+        for seg in request(30_000).chunks(1448) {
+            feed(&mut s, Carrier::Tcp, Dir::Up, (50000, 80), seg);
+        }
+        assert_eq!(s.protocol, Some(Protocol::Http));
+        assert_eq!(s.server_name.as_deref(), Some("far.example.net"));
+        let mut t = Sniffer::new();
+        for seg in request(HEAD_SNIFF_BYTES).chunks(1448) {
+            feed(&mut t, Carrier::Tcp, Dir::Up, (50000, 80), seg);
+        }
+        assert!(t.done);
+        assert_eq!(t.server_name, None);
     }
 
     /// SIP, a call's signalling: `other` and cleartext, named by the host

@@ -12,7 +12,7 @@
 //! upstream. A TCP connection is accepted locally (smoltcp, AnyIP); when
 //! the policy needs payload facts ([`crate::policy::Policy::needs_payload`]),
 //! the app's first bytes are read (at most [`TCP_SNIFF_BYTES`] or a whole
-//! ClientHello, at most
+//! ClientHello or request head, at most
 //! [`TCP_SNIFF_NS`] after the handshake) and judged before the upstream
 //! connection is even requested; when the address alone decides, it is
 //! judged at the SYN. Later evidence (a reclassification, a leaked
@@ -50,9 +50,10 @@ macro_rules! asking {
 /// A flow's identity towards the driver.
 pub type FlowId = u64;
 
-/// App bytes read from a TCP connection before it is judged, at most;
-/// a TLS ClientHello that announces more is read whole, up to
-/// [`crate::classify::HELLO_SNIFF_BYTES`] ([`crate::classify::sniff_limit`]).
+/// App bytes read from a TCP connection before it is judged, at most; a
+/// TLS ClientHello that announces more is read whole, up to
+/// [`crate::classify::HELLO_SNIFF_BYTES`], an HTTP request's head up to
+/// [`crate::classify::HEAD_SNIFF_BYTES`] ([`crate::classify::sniff_limit`]).
 pub const TCP_SNIFF_BYTES: usize = crate::classify::SNIFF_BYTES;
 /// How long after the handshake a TCP connection may stay unjudged
 /// waiting for the app's first bytes (server-first protocols send none).

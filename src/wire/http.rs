@@ -34,6 +34,12 @@ pub fn response_start(p: &[u8]) -> bool {
         && matches!(p[12], b' ' | b'\r')
 }
 
+/// Whether `p` starts with an HTTP/1.x request's method and the space
+/// after it.
+pub fn request_start(p: &[u8]) -> bool {
+    METHODS.iter().any(|m| p.starts_with(m))
+}
+
 /// Looks for the `Host` of an HTTP/1.x request at the start of `stream`.
 pub fn host(stream: &[u8]) -> HttpHost<'_> {
     let head = &stream[..stream.len().min(8)];

@@ -41,7 +41,7 @@ pub(super) enum FirstBytes {
     Awaited,
     /// The first bytes came after the flow was opened: held since then,
     /// judged when the sniffer is done, [`TCP_SNIFF_BYTES`] (or a longer
-    /// ClientHello) are in, the app
+    /// ClientHello or request head) are in, the app
     /// finished sending, or [`TCP_SNIFF_NS`] passed.
     Reading { since_ns: u64 },
 }

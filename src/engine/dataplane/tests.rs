@@ -737,25 +737,21 @@ fn a_blocked_tcp_flow_is_reset_and_never_opened_upstream() {
     assert_eq!(e.counters.blocked, 1);
 }
 
-/// A ClientHello padded past the 16 KiB read before a verdict (40 KiB, in
-/// three records) is still read whole and judged by its name: nothing of
-/// it goes upstream, the app is reset, the event names the vendor's edge.
-#[test]
-fn a_hello_longer_than_the_first_read_is_judged_whole() {
+/// Under `strict`, the app at `to` sends `first` at once; whatever its
+/// length, it is judged whole by `name` before any of it leaves: nothing
+/// goes upstream, the app is reset, the event names `name`.
+fn long_first_bytes_are_blocked_by_name(to: &str, first: &[u8], name: &str) {
     use smoltcp::socket::tcp::State as S_;
-    let name = "104-166-161-75.edge.agora.io";
-    let hello = crate::wire::tls::client_hello_records(name, 40_000);
-    assert!(hello.len() > 2 * TCP_SNIFF_BYTES);
     let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
-    let mut app = App::connect("198.51.100.7:443");
+    let mut app = App::connect(to);
     let mut outs = Vec::new();
     let mut now = S;
     let mut sent = 0;
     for _ in 0..200 {
         now += MS;
         outs.extend(app.step(&mut e, now));
-        if sent < hello.len() && app.socket().may_send() {
-            sent += app.socket().send_slice(&hello[sent..]).expect("send");
+        if sent < first.len() && app.socket().may_send() {
+            sent += app.socket().send_slice(&first[sent..]).expect("send");
         }
         if app.socket().state() == S_::Closed {
             break;
@@ -768,6 +764,27 @@ fn a_hello_longer_than_the_first_read_is_judged_whole() {
         (ev[0].kind, ev[0].server_name.as_deref()),
         (EventKind::Blocked, Some(name))
     );
+}
+
+/// A ClientHello padded past the 16 KiB read before a verdict (40 KiB, in
+/// three records) is still read whole and judged by its name.
+#[test]
+fn a_hello_longer_than_the_first_read_is_judged_whole() {
+    let name = "104-166-161-75.edge.agora.io";
+    let hello = crate::wire::tls::client_hello_records(name, 40_000);
+    assert!(hello.len() > 2 * TCP_SNIFF_BYTES);
+    long_first_bytes_are_blocked_by_name("198.51.100.7:443", &hello, name);
+}
+
+/// An HTTP request whose `Host` (a PRC vendor's edge) follows 30 KB of
+/// cookies is read to its `Host` and judged by it.
+#[test]
+fn a_request_head_longer_than_the_first_read_is_judged_by_its_host() {
+    let name = "104-166-161-75.edge.agora.io";
+    let mut request = b"GET / HTTP/1.1\r\nCookie: ".to_vec();
+    request.resize(request.len() + 30_000, b'x');
+    request.extend_from_slice(format!("\r\nHost: {name}\r\n\r\n").as_bytes());
+    long_first_bytes_are_blocked_by_name("198.51.100.7:80", &request, name);
 }
 
 #[test]
