@@ -55,6 +55,12 @@ pub type FlowId = u64;
 /// [`crate::classify::HELLO_SNIFF_BYTES`], an HTTP request's head up to
 /// [`crate::classify::HEAD_SNIFF_BYTES`] ([`crate::classify::sniff_limit`]).
 pub const TCP_SNIFF_BYTES: usize = crate::classify::SNIFF_BYTES;
+/// Connections that may read their first bytes past [`TCP_SNIFF_BYTES`]
+/// at once (a ClientHello or request head that goes on): together they
+/// hold at most 64 × [`crate::classify::HELLO_SNIFF_BYTES`] (5 MiB). Past
+/// it, a connection is judged on its first [`TCP_SNIFF_BYTES`], as if its
+/// hello were cut there (without the name it had not given yet).
+pub const LONG_FIRST_READS: usize = 64;
 /// How long after the handshake a TCP connection may stay unjudged
 /// waiting for the app's first bytes (server-first protocols send none).
 pub const TCP_SNIFF_NS: u64 = 300_000_000;
@@ -309,6 +315,9 @@ pub struct Engine {
     wake_ns: Option<u64>,
     /// Bytes of local TCP buffers held by all connections.
     tcp_memory: usize,
+    /// Connections now reading first bytes past [`TCP_SNIFF_BYTES`] (a long
+    /// ClientHello or request head), at most [`LONG_FIRST_READS`].
+    long_reads: usize,
     /// Resolver answers, as received.
     pub dns_cache: dns::Cache,
     /// Address → names, from DNS answers and flows.
@@ -365,6 +374,7 @@ impl Engine {
             tcp_ids: HashMap::new(),
             wake_ns: None,
             tcp_memory: 0,
+            long_reads: 0,
             dns_cache: dns::Cache::default(),
             names: dns::NameMap::default(),
             dns_pending: HashMap::new(),

@@ -88,6 +88,9 @@ pub(super) struct TcpFlow {
     pub(super) paused: bool,
     /// Bytes of local buffers (both ways) this connection holds.
     pub(super) buffers: usize,
+    /// Counted in the engine's `long_reads`: it may read its first bytes
+    /// past [`TCP_SNIFF_BYTES`].
+    pub(super) long_read: bool,
     /// Dropped silently: its socket is gone and its segments are
     /// swallowed (no RST) until it has been idle for the UDP idle time.
     pub(super) silent: bool,
@@ -250,6 +253,7 @@ impl Engine {
                 app_fin_sent: false,
                 paused: false,
                 buffers: 2 * each,
+                long_read: false,
                 silent: false,
                 seq_read: seg.seq.wrapping_add(1),
                 seq_seen: seg.seq.wrapping_add(1),
@@ -398,6 +402,9 @@ impl Engine {
             self.tcp_timers.remove(&(t, *key));
         }
         self.tcp_memory -= f.buffers;
+        if f.long_read {
+            self.long_reads -= 1;
+        }
         Some((f, self.socks.remove(key)))
     }
 
@@ -429,7 +436,15 @@ impl Engine {
             let (mut new_peer, mut too_many) = (false, false);
             let holding = f.first_bytes != FirstBytes::Judged;
             loop {
-                let first_limit = crate::classify::sniff_limit(&f.pending);
+                let mut first_limit = crate::classify::sniff_limit(&f.pending);
+                if first_limit > TCP_SNIFF_BYTES && !f.long_read {
+                    if self.long_reads < LONG_FIRST_READS {
+                        f.long_read = true;
+                        self.long_reads += 1;
+                    } else {
+                        first_limit = TCP_SNIFF_BYTES;
+                    }
+                }
                 let room = match f.phase {
                     TcpPhase::Open if f.paused => 0,
                     TcpPhase::Open | TcpPhase::Connecting if holding => {
@@ -543,7 +558,12 @@ impl Engine {
             // Judge when the first bytes are in, or the time is up.
             let first_in = |t: u64| {
                 f.core.sniffer.is_done()
-                    || f.pending.len() >= crate::classify::sniff_limit(&f.pending)
+                    || f.pending.len()
+                        >= if f.long_read {
+                            crate::classify::sniff_limit(&f.pending)
+                        } else {
+                            TCP_SNIFF_BYTES
+                        }
                     // The app finished sending: no more bytes will come.
                     || (matches!(sock.state(), S::CloseWait | S::LastAck) && !sock.can_recv())
                     || now_ns.saturating_sub(t) >= TCP_SNIFF_NS
@@ -647,6 +667,14 @@ impl Engine {
                         });
                     }
                 }
+            }
+            // Its first bytes judged: the long read's place is free again.
+            if f.long_read
+                && f.first_bytes == FirstBytes::Judged
+                && !matches!(f.phase, TcpPhase::Sniffing { .. } | TcpPhase::Asking)
+            {
+                f.long_read = false;
+                self.long_reads -= 1;
             }
             if drop_silently {
                 f.silent = true;

@@ -741,15 +741,20 @@ fn a_blocked_tcp_flow_is_reset_and_never_opened_upstream() {
 /// length, it is judged whole by `name` before any of it leaves: nothing
 /// goes upstream, the app is reset, the event names `name`.
 fn long_first_bytes_are_blocked_by_name(to: &str, first: &[u8], name: &str) {
-    use smoltcp::socket::tcp::State as S_;
     let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let mut now = S;
+    blocked_by_name_on(&mut e, &mut now, to, first, name);
+}
+
+/// [`long_first_bytes_are_blocked_by_name`] on the engine `e`.
+fn blocked_by_name_on(e: &mut Engine, now: &mut u64, to: &str, first: &[u8], name: &str) {
+    use smoltcp::socket::tcp::State as S_;
     let mut app = App::connect(to);
     let mut outs = Vec::new();
-    let mut now = S;
     let mut sent = 0;
     for _ in 0..200 {
-        now += MS;
-        outs.extend(app.step(&mut e, now));
+        *now += MS;
+        outs.extend(app.step(e, *now));
         if sent < first.len() && app.socket().may_send() {
             sent += app.socket().send_slice(&first[sent..]).expect("send");
         }
@@ -760,10 +765,11 @@ fn long_first_bytes_are_blocked_by_name(to: &str, first: &[u8], name: &str) {
     assert_eq!(app.socket().state(), S_::Closed, "the app saw an RST");
     assert_eq!(upstream_bytes(&outs), 0, "{outs:?}");
     let ev = events(&outs);
-    assert_eq!(
-        (ev[0].kind, ev[0].server_name.as_deref()),
-        (EventKind::Blocked, Some(name))
-    );
+    let block = ev
+        .iter()
+        .find(|e| e.kind == EventKind::Blocked)
+        .expect("a block event");
+    assert_eq!(block.server_name.as_deref(), Some(name), "{to}");
 }
 
 /// A ClientHello padded past the 16 KiB read before a verdict (40 KiB, in
@@ -785,6 +791,46 @@ fn a_request_head_longer_than_the_first_read_is_judged_by_its_host() {
     request.resize(request.len() + 30_000, b'x');
     request.extend_from_slice(format!("\r\nHost: {name}\r\n\r\n").as_bytes());
     long_first_bytes_are_blocked_by_name("198.51.100.7:80", &request, name);
+}
+
+/// The long reads' places are given back, by a flow that goes before its
+/// verdict and by one judged: more connections than [`LONG_FIRST_READS`],
+/// one after another, each with a padded hello, are each read whole and
+/// blocked by name; none is left counted.
+#[test]
+fn long_first_reads_give_their_place_back() {
+    let name = "104-166-161-75.edge.agora.io";
+    let hello = crate::wire::tls::client_hello_records(name, 40_000);
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let mut now = S;
+    // Apps that give up halfway through their hello (reset): their flows
+    // go before any verdict.
+    for i in 0..LONG_FIRST_READS + 6 {
+        let mut app = App::connect(&format!("198.51.100.{}:443", 100 + i));
+        let mut sent = 0;
+        for _ in 0..100 {
+            now += MS;
+            app.step(&mut e, now);
+            if sent < 30_000 && app.socket().may_send() {
+                sent += app.socket().send_slice(&hello[sent..30_000]).expect("send");
+            }
+            if sent == 30_000 && e.long_reads > 0 {
+                break;
+            }
+        }
+        assert_eq!(e.long_reads, 1, "a long read in progress");
+        app.socket().abort();
+        for _ in 0..10 {
+            now += MS;
+            app.step(&mut e, now);
+        }
+        assert_eq!(e.long_reads, 0, "given back when the flow went");
+    }
+    for i in 0..LONG_FIRST_READS + 6 {
+        let to = format!("198.51.100.{}:443", 10 + i);
+        blocked_by_name_on(&mut e, &mut now, &to, &hello, name);
+    }
+    assert_eq!(e.long_reads, 0);
 }
 
 #[test]
