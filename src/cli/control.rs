@@ -252,6 +252,7 @@ fn status(s: &State) -> Value {
         "refused": c.refused,
         "tcp_squeezed": c.tcp_squeezed,
         "tcp_released": c.tcp_released,
+        "tcp_long_reads_refused": c.tcp_long_reads_refused,
         "udp_held": c.held,
         "udp_held_dropped": c.held_dropped,
         "bytes_up": live.bytes_up,

@@ -56,10 +56,11 @@ pub type FlowId = u64;
 /// [`crate::classify::HEAD_SNIFF_BYTES`] ([`crate::classify::sniff_limit`]).
 pub const TCP_SNIFF_BYTES: usize = crate::classify::SNIFF_BYTES;
 /// Connections that may read their first bytes past [`TCP_SNIFF_BYTES`]
-/// at once (a ClientHello or request head that goes on): together they
-/// hold at most 64 × [`crate::classify::HELLO_SNIFF_BYTES`] (5 MiB). Past
-/// it, a connection is judged on its first [`TCP_SNIFF_BYTES`], as if its
-/// hello were cut there (without the name it had not given yet).
+/// at once by default (a ClientHello or request head that goes on):
+/// together they hold at most 64 × [`crate::classify::HELLO_SNIFF_BYTES`]
+/// (5 MiB). Past it, a connection is judged on its first
+/// [`TCP_SNIFF_BYTES`], as if its hello were cut there (without the name
+/// it had not given yet), and counted (`tcp_long_reads_refused`).
 pub const LONG_FIRST_READS: usize = 64;
 /// How long after the handshake a TCP connection may stay unjudged
 /// waiting for the app's first bytes (server-first protocols send none).
@@ -107,6 +108,9 @@ pub struct EngineConfig {
     /// flow table's bound (`max_flows`) refuses connections, so the most
     /// these buffers hold is `tcp_memory + max_flows × 2 × TCP_BUFFER_MIN`.
     pub tcp_memory: usize,
+    /// Connections that may read their first bytes past
+    /// [`TCP_SNIFF_BYTES`] at once (default [`LONG_FIRST_READS`]).
+    pub long_first_reads: usize,
 }
 
 impl Default for EngineConfig {
@@ -121,6 +125,7 @@ impl Default for EngineConfig {
             mtu: 65_535,
             tcp_buffer: TCP_BUFFER,
             tcp_memory: TCP_MEMORY,
+            long_first_reads: LONG_FIRST_READS,
             dns: DnsLimits::default(),
         }
     }
@@ -256,6 +261,10 @@ pub struct EngineCounters {
     /// TCP connections given the smallest buffers because the TCP memory
     /// budget was spent (they run with small windows; none is refused).
     pub tcp_squeezed: u64,
+    /// TCP connections judged on their first [`TCP_SNIFF_BYTES`] although
+    /// their ClientHello or request head went on, because
+    /// [`EngineConfig::long_first_reads`] others were reading past them.
+    pub tcp_long_reads_refused: u64,
     /// Times an idle TCP connection's buffers were given back to the
     /// system (both empty; see [`super::pages`]).
     pub tcp_released: u64,
@@ -316,7 +325,8 @@ pub struct Engine {
     /// Bytes of local TCP buffers held by all connections.
     tcp_memory: usize,
     /// Connections now reading first bytes past [`TCP_SNIFF_BYTES`] (a long
-    /// ClientHello or request head), at most [`LONG_FIRST_READS`].
+    /// ClientHello or request head), at most
+    /// [`EngineConfig::long_first_reads`].
     long_reads: usize,
     /// Resolver answers, as received.
     pub dns_cache: dns::Cache,

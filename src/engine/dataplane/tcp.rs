@@ -91,6 +91,8 @@ pub(super) struct TcpFlow {
     /// Counted in the engine's `long_reads`: it may read its first bytes
     /// past [`TCP_SNIFF_BYTES`].
     pub(super) long_read: bool,
+    /// Its long read was refused (counted once).
+    pub(super) long_refused: bool,
     /// Dropped silently: its socket is gone and its segments are
     /// swallowed (no RST) until it has been idle for the UDP idle time.
     pub(super) silent: bool,
@@ -254,6 +256,7 @@ impl Engine {
                 paused: false,
                 buffers: 2 * each,
                 long_read: false,
+                long_refused: false,
                 silent: false,
                 seq_read: seg.seq.wrapping_add(1),
                 seq_seen: seg.seq.wrapping_add(1),
@@ -438,11 +441,15 @@ impl Engine {
             loop {
                 let mut first_limit = crate::classify::sniff_limit(&f.pending);
                 if first_limit > TCP_SNIFF_BYTES && !f.long_read {
-                    if self.long_reads < LONG_FIRST_READS {
+                    if self.long_reads < self.cfg.long_first_reads {
                         f.long_read = true;
                         self.long_reads += 1;
                     } else {
                         first_limit = TCP_SNIFF_BYTES;
+                        if f.pending.len() == TCP_SNIFF_BYTES && !f.long_refused {
+                            f.long_refused = true;
+                            self.counters.tcp_long_reads_refused += 1;
+                        }
                     }
                 }
                 let room = match f.phase {

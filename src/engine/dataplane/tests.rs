@@ -805,7 +805,7 @@ fn long_first_reads_give_their_place_back() {
     let mut now = S;
     // Apps that give up halfway through their hello (reset): their flows
     // go before any verdict.
-    for i in 0..LONG_FIRST_READS + 6 {
+    for i in 0..e.cfg.long_first_reads + 6 {
         let mut app = App::connect(&format!("198.51.100.{}:443", 100 + i));
         let mut sent = 0;
         for _ in 0..100 {
@@ -826,10 +826,43 @@ fn long_first_reads_give_their_place_back() {
         }
         assert_eq!(e.long_reads, 0, "given back when the flow went");
     }
-    for i in 0..LONG_FIRST_READS + 6 {
+    for i in 0..e.cfg.long_first_reads + 6 {
         let to = format!("198.51.100.{}:443", 10 + i);
         blocked_by_name_on(&mut e, &mut now, &to, &hello, name);
     }
+    assert_eq!(e.long_reads, 0);
+    assert_eq!(e.counters.tcp_long_reads_refused, 0);
+}
+
+/// With no long read allowed, a padded hello is judged on its first
+/// 16 KiB, without the name it gives later (here: let through, as any
+/// nameless hello to a US address under `strict`), and counted.
+#[test]
+fn a_refused_long_read_is_judged_on_the_first_read_and_counted() {
+    use smoltcp::socket::tcp::State as S_;
+    let hello = crate::wire::tls::client_hello_records("104-166-161-75.edge.agora.io", 40_000);
+    let cfg = EngineConfig {
+        long_first_reads: 0,
+        ..EngineConfig::default()
+    };
+    let (mut e, _) = engine("strict", cfg, &[]);
+    let mut app = App::connect("198.51.100.7:443");
+    let mut now = S;
+    let mut sent = 0;
+    let mut outs = Vec::new();
+    for _ in 0..100 {
+        now += MS;
+        outs.extend(app.step(&mut e, now));
+        if sent < hello.len() && app.socket().may_send() {
+            sent += app.socket().send_slice(&hello[sent..]).expect("send");
+        }
+        if tcp_open_of(&outs).is_some() {
+            break;
+        }
+    }
+    assert!(tcp_open_of(&outs).is_some(), "opened: {outs:?}");
+    assert_eq!(app.socket().state(), S_::Established);
+    assert_eq!(e.counters.tcp_long_reads_refused, 1);
     assert_eq!(e.long_reads, 0);
 }
 
