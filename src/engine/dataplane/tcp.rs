@@ -438,9 +438,15 @@ impl Engine {
             let mut new_leak = false;
             let (mut new_peer, mut too_many) = (false, false);
             let holding = f.first_bytes != FirstBytes::Judged;
+            // The app's first bytes are still being read (not yet relayed).
+            let reading_first = holding
+                || matches!(
+                    f.phase,
+                    TcpPhase::Sniffing { .. } | TcpPhase::Asking | TcpPhase::Connecting
+                );
             loop {
                 let mut first_limit = crate::classify::sniff_limit(&f.pending);
-                if first_limit > TCP_SNIFF_BYTES && !f.long_read {
+                if reading_first && first_limit > TCP_SNIFF_BYTES && !f.long_read {
                     if self.long_reads < self.cfg.long_first_reads {
                         f.long_read = true;
                         self.long_reads += 1;
@@ -675,10 +681,14 @@ impl Engine {
                     }
                 }
             }
-            // Its first bytes judged: the long read's place is free again.
+            // Its first bytes judged and on their way (or dropped): the long
+            // read's place is free again.
             if f.long_read
                 && f.first_bytes == FirstBytes::Judged
-                && !matches!(f.phase, TcpPhase::Sniffing { .. } | TcpPhase::Asking)
+                && !matches!(
+                    f.phase,
+                    TcpPhase::Sniffing { .. } | TcpPhase::Asking | TcpPhase::Connecting
+                )
             {
                 f.long_read = false;
                 self.long_reads -= 1;

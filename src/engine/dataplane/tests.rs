@@ -746,22 +746,37 @@ fn long_first_bytes_are_blocked_by_name(to: &str, first: &[u8], name: &str) {
     blocked_by_name_on(&mut e, &mut now, to, first, name);
 }
 
-/// [`long_first_bytes_are_blocked_by_name`] on the engine `e`.
-fn blocked_by_name_on(e: &mut Engine, now: &mut u64, to: &str, first: &[u8], name: &str) {
-    use smoltcp::socket::tcp::State as S_;
-    let mut app = App::connect(to);
+/// The app sends `bytes` as its window lets it, a millisecond a step, for
+/// at most 200 steps or until `done`; the engine's outputs for others.
+fn app_sends_until(
+    app: &mut App,
+    e: &mut Engine,
+    now: &mut u64,
+    bytes: &[u8],
+    done: impl Fn(&mut App, &[Output]) -> bool,
+) -> Vec<Output> {
     let mut outs = Vec::new();
     let mut sent = 0;
     for _ in 0..200 {
         *now += MS;
         outs.extend(app.step(e, *now));
-        if sent < first.len() && app.socket().may_send() {
-            sent += app.socket().send_slice(&first[sent..]).expect("send");
+        if sent < bytes.len() && app.socket().may_send() {
+            sent += app.socket().send_slice(&bytes[sent..]).expect("send");
         }
-        if app.socket().state() == S_::Closed {
+        if done(app, &outs) {
             break;
         }
     }
+    outs
+}
+
+/// [`long_first_bytes_are_blocked_by_name`] on the engine `e`.
+fn blocked_by_name_on(e: &mut Engine, now: &mut u64, to: &str, first: &[u8], name: &str) {
+    use smoltcp::socket::tcp::State as S_;
+    let mut app = App::connect(to);
+    let outs = app_sends_until(&mut app, e, now, first, |a, _| {
+        a.socket().state() == S_::Closed
+    });
     assert_eq!(app.socket().state(), S_::Closed, "the app saw an RST");
     assert_eq!(upstream_bytes(&outs), 0, "{outs:?}");
     let ev = events(&outs);
@@ -834,6 +849,29 @@ fn long_first_reads_give_their_place_back() {
     assert_eq!(e.counters.tcp_long_reads_refused, 0);
 }
 
+/// A padded hello with an ordinary name, read whole and allowed, goes
+/// upstream whole once the connection is up, and its long read's place
+/// is given back.
+#[test]
+fn an_allowed_long_hello_goes_out_whole() {
+    let hello = crate::wire::tls::client_hello_records("www.example.org", 40_000);
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let mut app = App::connect("198.51.100.7:443");
+    let mut now = S;
+    let mut outs = app_sends_until(&mut app, &mut e, &mut now, &hello, |_, o| {
+        tcp_open_of(o).is_some()
+    });
+    let flow = tcp_open_of(&outs).expect("opened");
+    assert_eq!(e.long_reads, 1, "held while connecting");
+    e.handle_tcp_connected(flow, now);
+    deliver(&mut app, &mut e, &mut outs);
+    outs.extend(run_until(&mut app, &mut e, &mut now, MS, 50, |_, o| {
+        upstream_bytes(o) >= hello.len()
+    }));
+    assert_eq!(upstream_bytes(&outs), hello.len());
+    assert_eq!(e.long_reads, 0);
+}
+
 /// With no long read allowed, a padded hello is judged on its first
 /// 16 KiB, without the name it gives later (here: let through, as any
 /// nameless hello to a US address under `strict`), and counted.
@@ -848,18 +886,9 @@ fn a_refused_long_read_is_judged_on_the_first_read_and_counted() {
     let (mut e, _) = engine("strict", cfg, &[]);
     let mut app = App::connect("198.51.100.7:443");
     let mut now = S;
-    let mut sent = 0;
-    let mut outs = Vec::new();
-    for _ in 0..100 {
-        now += MS;
-        outs.extend(app.step(&mut e, now));
-        if sent < hello.len() && app.socket().may_send() {
-            sent += app.socket().send_slice(&hello[sent..]).expect("send");
-        }
-        if tcp_open_of(&outs).is_some() {
-            break;
-        }
-    }
+    let outs = app_sends_until(&mut app, &mut e, &mut now, &hello, |_, o| {
+        tcp_open_of(o).is_some()
+    });
     assert!(tcp_open_of(&outs).is_some(), "opened: {outs:?}");
     assert_eq!(app.socket().state(), S_::Established);
     assert_eq!(e.counters.tcp_long_reads_refused, 1);
