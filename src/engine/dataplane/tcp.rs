@@ -445,8 +445,13 @@ impl Engine {
                     TcpPhase::Sniffing { .. } | TcpPhase::Asking | TcpPhase::Connecting
                 );
             loop {
-                let mut first_limit = crate::classify::sniff_limit(&f.pending);
-                if reading_first && first_limit > TCP_SNIFF_BYTES && !f.long_read {
+                // Relayed bytes of an open flow are not looked at here.
+                let mut first_limit = if reading_first {
+                    crate::classify::sniff_limit(&f.pending)
+                } else {
+                    TCP_SNIFF_BYTES
+                };
+                if first_limit > TCP_SNIFF_BYTES && !f.long_read {
                     if self.long_reads < self.cfg.long_first_reads {
                         f.long_read = true;
                         self.long_reads += 1;
