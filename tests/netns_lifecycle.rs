@@ -887,3 +887,184 @@ fn nat64_addresses_are_judged_by_the_ipv4_address_they_embed() {
         }
     });
 }
+
+/// One HTTP/1.x request as an HTTP server in the internet namespace read
+/// it: the connection it came on (numbered from 1), its request target and
+/// its `Host`.
+#[derive(Debug, Clone)]
+struct Request {
+    conn: usize,
+    target: String,
+    host: String,
+}
+
+/// An HTTP/1.1 keep-alive server (or a forward proxy's first hop: it
+/// answers absolute-form requests itself) on `at` that records every
+/// request it reads, with its own reading of the heads, and answers each
+/// with a 2-byte body. Requests carry no body here.
+fn recording_http_server(net: &Net, at: SocketAddr) -> Arc<std::sync::Mutex<Vec<Request>>> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = in_ns(&net.net, || {
+        std::net::TcpListener::bind(at).expect("bind http server")
+    });
+    l.set_nonblocking(true).expect("nonblocking");
+    let (stop, s) = (net.stopping(), seen.clone());
+    std::thread::spawn(move || {
+        let mut conns = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            conns += 1;
+            let (conn, stop, s) = (conns, stop.clone(), s.clone());
+            std::thread::spawn(move || {
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                while !stop.load(Ordering::SeqCst) {
+                    match c.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                        {
+                            continue;
+                        }
+                        Err(_) => break,
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let mut lines = head.split("\r\n");
+                        let target = lines
+                            .next()
+                            .and_then(|l| l.split(' ').nth(1))
+                            .unwrap_or_default()
+                            .to_owned();
+                        let host = lines
+                            .filter_map(|l| l.split_once(':'))
+                            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+                            .map(|(_, v)| v.trim().to_owned())
+                            .unwrap_or_default();
+                        s.lock()
+                            .expect("requests")
+                            .push(Request { conn, target, host });
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if c.write_all(ok).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
+
+/// Runs curl in the app namespace with `args`; what it printed.
+fn curl(app: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", app, "curl", "-s", "--max-time", "5"])
+        .args(args)
+        .output()
+        .expect("curl (the CI installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Under `strict`, every request of a keep-alive HTTP/1.1 connection is
+/// judged by its own host, with a real client: curl sends a request for an
+/// ordinary host, then, on the same connection, one whose `Host` is an
+/// Agora edge; and through a forward proxy, a request for an ordinary host,
+/// then one for the edge. The servers read none naming the edge (curl's
+/// retry on a fresh connection is blocked at its first bytes). The control:
+/// two ordinary hosts on one connection both arrive, on that one
+/// connection.
+#[test]
+fn every_request_of_a_keep_alive_connection_is_judged_by_its_own_host() {
+    let test = "every_request_of_a_keep_alive_connection_is_judged_by_its_own_host";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        net.add_server_address(US3);
+        net.add_server_address(US4);
+        let world = support::test_world(net.dir.path());
+        let direct = recording_http_server(&net, sa(US4, 80));
+        let proxy = recording_http_server(&net, sa(US3, 3128));
+        let control = recording_http_server(&net, sa(addr::US, 80));
+        net.start_geowall(&world, &["--preset", "strict"]);
+        let app = net.app.clone();
+        let edge = format!("Host: {AGORA_EDGE}");
+        let (us4, us) = (format!("http://{US4}/"), format!("http://{}/", addr::US));
+        let args = |url: &str, host: &str| {
+            vec![
+                "-o".to_owned(),
+                "/dev/null".to_owned(),
+                "-w".to_owned(),
+                "%{http_code} %{num_connects};".to_owned(),
+                url.to_owned(),
+                "-H".to_owned(),
+                host.to_owned(),
+            ]
+        };
+        let pair = |a: Vec<String>, b: Vec<String>| {
+            let mut v = a;
+            v.push("--next".to_owned());
+            v.extend(b);
+            v
+        };
+        let run = |v: Vec<String>| {
+            let v: Vec<&str> = v.iter().map(String::as_str).collect();
+            curl(&app, &v)
+        };
+        let got = run(pair(
+            args(&us, "Host: www.example.com"),
+            args(&us, "Host: cdn.example.net"),
+        ));
+        eprintln!("control: curl printed {got:?}");
+        let got = run(pair(args(&us4, "Host: www.example.com"), args(&us4, &edge)));
+        eprintln!("keep-alive: curl printed {got:?}");
+        let proxied = format!("http://{AGORA_EDGE}/v");
+        let px = format!("http://{US3}:3128");
+        let got = curl(
+            &app,
+            &[
+                "-x",
+                &px,
+                "-o",
+                "/dev/null",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{num_connects};",
+                "http://www.example.com/",
+                &proxied,
+            ],
+        );
+        eprintln!("proxy: curl printed {got:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        let control = control.lock().expect("requests").clone();
+        let direct = direct.lock().expect("requests").clone();
+        let proxy = proxy.lock().expect("requests").clone();
+        eprintln!("the servers read: control {control:?}, direct {direct:?}, proxy {proxy:?}");
+        // The control shows the connection is kept alive: both on one.
+        assert_eq!(control.len(), 2, "{control:?}");
+        assert!(control.iter().all(|r| r.conn == 1), "{control:?}");
+        // The first requests arrive; none naming the edge does.
+        assert_eq!(direct.len(), 1, "{direct:?}");
+        assert_eq!(direct[0].host, "www.example.com");
+        assert_eq!(proxy.len(), 1, "{proxy:?}");
+        assert_eq!(proxy[0].target, "http://www.example.com/");
+        let events = net.events();
+        for server in [format!("{US4}:80"), format!("{US3}:3128")] {
+            let cut = events
+                .iter()
+                .find(|e| e["server"] == server.as_str() && e["kind"] == "cut")
+                .unwrap_or_else(|| panic!("{server}: no cut event: {events:#?}"));
+            assert_eq!(cut["hosts"][0], AGORA_EDGE, "{cut}");
+        }
+        net.stop_geowall();
+    });
+}

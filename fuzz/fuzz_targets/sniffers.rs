@@ -23,6 +23,16 @@ fuzz_target!(|data: &[u8]| {
             let _ = rtc::turn_peers(m);
         });
     }
+    // HTTP/1.x request framing, from a request start and from the bytes
+    // alone.
+    for start in [&b"GET / HTTP/1.1\r\nHost: a\r\n"[..], b""] {
+        let mut r = http::RequestStream::new();
+        r.feed(start, |_| {});
+        for part in data.chunks(data.len() / 3 + 1) {
+            r.feed(part, |h| assert!(!h.is_empty()));
+        }
+        let _ = (r.partial(), r.lost());
+    }
     let _ = rtc::zoom(data, true);
     let _ = rtc::zoom(data, false);
     let _ = tunnel::wireguard_handshake(data);

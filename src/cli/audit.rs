@@ -333,6 +333,7 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
         "protocol": f.core.sniffer.protocol.map(|p| p.name()),
         "class": f.core.sniffer.class_now().name(),
         "server_name": f.core.sniffer.server_name,
+        "hosts": f.core.hosts,
         "names": f.core.ctx.names,
         "encrypted": f.core.sniffer.encryption(),
         "jurisdiction": j.to_json(),

@@ -748,6 +748,10 @@ pub(crate) fn readable_line(e: &Event) -> String {
     for n in e.server_name.iter().chain(e.names.first()) {
         s.push_str(&format!(" {n}"));
     }
+    // A later request's host on the same connection (keep-alive, proxy).
+    if let Some(h) = e.hosts.last() {
+        s.push_str(&format!(" request for {h}"));
+    }
     if let Some(r) = &e.rule {
         s.push_str(&format!(" rule \"{r}\""));
     }
@@ -849,6 +853,7 @@ mod tests {
             uid: None,
             detail: None,
             peers: Vec::new(),
+            hosts: Vec::new(),
             peer: None,
             prompt: Some(7),
             answered: None,

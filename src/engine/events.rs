@@ -233,6 +233,10 @@ pub struct Event {
     /// reach (from CreatePermission, ChannelBind and Send).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<String>,
+    /// Hosts the connection's later HTTP/1.x requests named, besides
+    /// `server_name` (keep-alive, pipelined, through a forward proxy).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
     /// The peer whose jurisdiction decided a block, when one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
@@ -307,6 +311,7 @@ impl Event {
             uid: f.ctx.uid,
             detail: None,
             peers: f.peers.iter().map(ToString::to_string).collect(),
+            hosts: f.hosts.clone(),
             peer: v.and_then(|v| v.peer).map(|p| p.to_string()),
             prompt: None,
             answered: v.and_then(|v| v.answered),
@@ -345,6 +350,7 @@ impl Event {
             uid: None,
             detail: Some(format!("{} held flow(s)", q.flows)),
             peers: Vec::new(),
+            hosts: Vec::new(),
             peer: None,
             prompt: Some(prompt),
             answered: Some(how),
@@ -380,6 +386,7 @@ impl Event {
             uid: None,
             detail,
             peers: Vec::new(),
+            hosts: Vec::new(),
             peer: None,
             prompt: None,
             answered: None,

@@ -56,6 +56,42 @@ pub struct FlowCore {
     /// TCP: the client's stream read as TURN over TCP
     /// ([`FlowCore::learn_stream_peers`]).
     turn: TurnRead,
+    /// Hosts the client's later HTTP/1.x requests on this connection named
+    /// (keep-alive, pipelined, or through a forward proxy) that are not
+    /// [`Sniffer::server_name`], in the order learned; at most
+    /// [`MAX_HOSTS`], the oldest forgotten first.
+    pub hosts: Vec<String>,
+    /// TCP: the client's stream framed as HTTP/1.x requests
+    /// ([`FlowCore::learn_stream_hosts`]).
+    requests: RequestRead,
+}
+
+/// Whether a TCP flow's stream is framed as HTTP/1.x requests, decided by
+/// its first bytes.
+#[derive(Debug, Default)]
+enum RequestRead {
+    /// No byte from the app yet.
+    #[default]
+    Unseen,
+    /// The stream began like a request: every head is read.
+    Reading(Box<crate::wire::http::RequestStream>),
+    /// Not HTTP/1.x (or no longer framed as it).
+    No,
+}
+
+/// Hosts of one connection's later requests kept, at most (see
+/// [`FlowCore::hosts`]).
+pub const MAX_HOSTS: usize = 16;
+
+/// What the next bytes of a TCP stream told of the hosts its HTTP/1.x
+/// requests name ([`FlowCore::learn_stream_hosts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamHosts {
+    /// A request named a host not known for the flow: judge it again.
+    pub new: bool,
+    /// The bytes end inside a request's head: only its rest says its
+    /// host, and only then can it be judged.
+    pub partial: bool,
 }
 
 /// Whether a TCP flow's stream is read as TURN over TCP, decided by its
@@ -175,7 +211,54 @@ impl FlowCore {
             peers: Vec::new(),
             answer: None,
             turn: TurnRead::Unseen,
+            hosts: Vec::new(),
+            requests: RequestRead::Unseen,
         }
+    }
+
+    /// Whether the client's TCP stream ends inside an HTTP/1.x request's
+    /// head.
+    pub fn head_partial(&self) -> bool {
+        matches!(&self.requests, RequestRead::Reading(r) if r.partial())
+    }
+
+    /// Reads the next bytes of the client's TCP stream, in order, as
+    /// HTTP/1.x requests when the stream began like one
+    /// ([`crate::wire::http::RequestStream`]), and keeps the hosts its
+    /// requests name that the flow did not know.
+    pub fn learn_stream_hosts(&mut self, data: &[u8]) -> StreamHosts {
+        if matches!(self.requests, RequestRead::Unseen) {
+            if data.is_empty() {
+                return StreamHosts::default();
+            }
+            self.requests = if crate::wire::http::may_start_request(data) {
+                RequestRead::Reading(Box::default())
+            } else {
+                RequestRead::No
+            };
+        }
+        let RequestRead::Reading(r) = &mut self.requests else {
+            return StreamHosts::default();
+        };
+        let mut new = false;
+        let (own, hosts) = (self.sniffer.server_name.as_deref(), &mut self.hosts);
+        r.feed(data, |n| {
+            if own.is_some_and(|o| o.eq_ignore_ascii_case(n))
+                || hosts.iter().any(|h| h.eq_ignore_ascii_case(n))
+            {
+                return;
+            }
+            if hosts.len() == MAX_HOSTS {
+                hosts.remove(0);
+            }
+            hosts.push(n.chars().take(253).collect());
+            new = true;
+        });
+        let partial = r.partial();
+        if r.lost() {
+            self.requests = RequestRead::No;
+        }
+        StreamHosts { new, partial }
     }
 
     /// Whether the client's TCP stream ends inside a TURN message.
@@ -575,7 +658,7 @@ impl Inspector {
 
     /// What one packet's payload (a TCP segment's: the stream's next bytes)
     /// tells about flow `idx`: its protocol, class and name, a relay's
-    /// peers, identifier leaks, and the names a DNS answer ties to
+    /// peers, the hosts of later HTTP requests, identifier leaks, and the names a DNS answer ties to
     /// addresses.
     fn inspect(
         &mut self,
@@ -602,6 +685,8 @@ impl Inspector {
             }
             (Carrier::Tcp, Dir::Up) if !payload.is_empty() => {
                 let _ = f.core.learn_stream_peers(payload);
+                // And every request's host, as live.
+                let _ = f.core.learn_stream_hosts(payload);
             }
             _ => {}
         }

@@ -105,9 +105,10 @@ pub(super) struct TcpFlow {
     /// Bytes went through the local buffers since they were last given
     /// back.
     pub(super) buffers_used: bool,
-    /// App bytes are held because a TURN message in them is not whole yet:
-    /// they are judged once it is.
-    pub(super) turn_held: bool,
+    /// App bytes are held because a message in them that can change the
+    /// verdict (a TURN message, an HTTP/1.x request's head) is not whole
+    /// yet: they are judged once it is.
+    pub(super) msg_held: bool,
 }
 
 impl Engine {
@@ -261,7 +262,7 @@ impl Engine {
                 seq_read: seg.seq.wrapping_add(1),
                 seq_seen: seg.seq.wrapping_add(1),
                 buffers_used: false,
-                turn_held: false,
+                msg_held: false,
             };
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
             if !asked && !sniff && !is_dns {
@@ -436,7 +437,7 @@ impl Engine {
             // Read what the app sent (bounded while not open, and while
             // late first bytes are held).
             let mut new_leak = false;
-            let (mut new_peer, mut too_many) = (false, false);
+            let (mut new_peer, mut too_many, mut new_host) = (false, false, false);
             let holding = f.first_bytes != FirstBytes::Judged;
             // The app's first bytes are still being read (not yet relayed).
             let reading_first = holding
@@ -512,14 +513,23 @@ impl Engine {
                     PeerNews::TooMany => too_many = true,
                     PeerNews::Nothing => {}
                 }
-                let turn_partial = turn.partial;
-                f.turn_held |= turn_partial;
+                // HTTP/1.x: a later request naming a new host is judged
+                // before it leaves; so is a head still coming in pieces.
+                let req = f.core.learn_stream_hosts(&data);
+                new_host |= req.new;
+                f.msg_held |= turn.partial || req.partial;
                 if f.first_bytes == FirstBytes::Awaited {
                     f.first_bytes = FirstBytes::Reading { since_ns: now_ns };
                     let t = now_ns + TCP_SNIFF_NS;
                     self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
                 }
-                if f.phase == TcpPhase::Open && !new_leak && !new_peer && !f.turn_held && !holding {
+                if f.phase == TcpPhase::Open
+                    && !new_leak
+                    && !new_peer
+                    && !new_host
+                    && !f.msg_held
+                    && !holding
+                {
                     self.out.push_back(Output::TcpSend {
                         flow: f.id,
                         payload: data,
@@ -568,9 +578,10 @@ impl Engine {
                 }
                 return;
             }
-            let turn_partial = f.turn_held && f.core.turn_partial();
-            // Bytes held for a TURN message that is whole now.
-            let turn_due = f.turn_held && !turn_partial;
+            let msg_partial = f.msg_held && (f.core.turn_partial() || f.core.head_partial());
+            // Bytes held for a TURN message or a request head that is whole
+            // now.
+            let msg_due = f.msg_held && !msg_partial;
             let mut aborted_now = false;
             let mut drop_silently = false;
             // Judge when the first bytes are in, or the time is up.
@@ -593,7 +604,7 @@ impl Engine {
             let due = match f.phase {
                 TcpPhase::Sniffing { since_ns: Some(t) } => first_in(t),
                 TcpPhase::Connecting | TcpPhase::Open => {
-                    new_leak || new_peer || turn_due || late_in || f.rejudge
+                    new_leak || new_peer || new_host || msg_due || late_in || f.rejudge
                 }
                 TcpPhase::Asking => f.core.answer.is_some(),
                 _ => false,
@@ -671,12 +682,12 @@ impl Engine {
                     if late_in {
                         f.first_bytes = FirstBytes::Judged;
                     }
-                    if !turn_partial {
-                        f.turn_held = false;
+                    if !msg_partial {
+                        f.msg_held = false;
                     }
                     if was == TcpPhase::Open
                         && f.first_bytes == FirstBytes::Judged
-                        && !f.turn_held
+                        && !f.msg_held
                         && !f.pending.is_empty()
                     {
                         self.out.push_back(Output::TcpSend {
@@ -743,7 +754,7 @@ impl Engine {
             && f.phase == TcpPhase::Connecting
         {
             f.phase = TcpPhase::Open;
-            if f.first_bytes == FirstBytes::Judged && !f.turn_held && !f.pending.is_empty() {
+            if f.first_bytes == FirstBytes::Judged && !f.msg_held && !f.pending.is_empty() {
                 self.out.push_back(Output::TcpSend {
                     flow,
                     payload: std::mem::take(&mut f.pending),

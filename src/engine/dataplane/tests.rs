@@ -2034,6 +2034,107 @@ fn a_relay_over_tcp_is_judged_by_the_peers_it_is_asked_to_reach() {
     );
 }
 
+/// An app's keep-alive HTTP/1.x connection to `to`, its first request
+/// (to an allowed host) judged, opened and relayed; the engine's outputs.
+fn open_keep_alive(e: &mut Engine, now: &mut u64, to: &str) -> (App, FlowId, Vec<Output>) {
+    let (mut app, _) = connected(e, to, now);
+    let first = b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n";
+    app.socket().send_slice(first).expect("send");
+    let mut outs = run_until(&mut app, e, now, MS, 50, |_, o| tcp_open_of(o).is_some());
+    let flow = tcp_open_of(&outs).expect("an allowed host: opened");
+    e.handle_tcp_connected(flow, *now);
+    while let Some(o) = e.poll_output() {
+        match o {
+            Output::ToTun(p) => app.dev.rx.push_back(p),
+            o => outs.push(o),
+        }
+    }
+    assert_eq!(tcp_sent_upstream(&outs), first);
+    (app, flow, outs)
+}
+
+/// The app sends `bad` in `pieces` on an open flow: none of it leaves, the
+/// connection is cut, and the cut's event names `host`.
+fn later_request_is_cut(
+    e: &mut Engine,
+    now: &mut u64,
+    (app, flow, outs): &mut (App, FlowId, Vec<Output>),
+    pieces: &[&[u8]],
+    host: &str,
+) {
+    use smoltcp::socket::tcp::State as S_;
+    let before = tcp_sent_upstream(outs);
+    for p in pieces {
+        app.socket().send_slice(p).expect("send");
+        outs.extend(run_until(app, e, now, MS, 20, |a, _| {
+            a.socket().state() == S_::Closed
+        }));
+    }
+    assert_eq!(tcp_sent_upstream(outs), before, "the request never left");
+    assert!(outs.contains(&Output::Close { flow: *flow }));
+    assert_eq!(app.socket().state(), S_::Closed, "the app saw an RST");
+    let ev = events(outs);
+    let cut = ev.iter().find(|e| e.kind == EventKind::Cut).expect("a cut");
+    assert_eq!(cut.server_name.as_deref(), Some("www.example.com"));
+    assert_eq!(cut.hosts.last().map(String::as_str), Some(host));
+    assert!(cut.rule.is_some(), "{cut:?}");
+}
+
+/// Every request of a keep-alive HTTP/1.x connection is judged by its
+/// host before it leaves: a later request to another allowed host goes
+/// out once its head is whole; a body's bytes that read like a request are
+/// not taken for one; a later request naming a PRC vendor's edge (whole,
+/// or its head in two pieces) never leaves and the connection is cut, the
+/// event naming the host; so is a forward proxy's request whose target
+/// names it, whatever its `Host` says.
+#[test]
+fn every_request_of_a_keep_alive_connection_is_judged_by_its_host() {
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let mut now = S;
+    let agora = "104-166-161-75.edge.agora.io";
+    let mut c = open_keep_alive(&mut e, &mut now, "198.51.100.7:80");
+    let first = tcp_sent_upstream(&c.2);
+    // A request whose body reads like a request to the vendor (passed
+    // over), then one to another allowed host, its head in two pieces.
+    let body = format!("GET / HTTP/1.1\r\nHost: {agora}\r\n\r\n");
+    let post = format!(
+        "POST /form HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let other = b"GET /x HTTP/1.1\r\nHost: cdn.example.net\r\n\r\n";
+    let (app, _, outs) = &mut c;
+    app.socket()
+        .send_slice(&[post.as_bytes(), &other[..20]].concat())
+        .expect("send");
+    outs.extend(run_until(app, &mut e, &mut now, MS, 20, |_, _| false));
+    assert_eq!(
+        tcp_sent_upstream(outs).len(),
+        first.len(),
+        "bytes that end inside a head wait for the rest"
+    );
+    app.socket().send_slice(&other[20..]).expect("send");
+    outs.extend(run_until(app, &mut e, &mut now, MS, 20, |_, _| false));
+    let allowed = [&first[..], post.as_bytes(), other].concat();
+    assert_eq!(
+        tcp_sent_upstream(outs),
+        allowed,
+        "allowed hosts go out whole"
+    );
+    assert!(!events(outs).iter().any(|e| e.kind == EventKind::Cut));
+    // The vendor's edge, whole in one write.
+    let bad = format!("GET /v HTTP/1.1\r\nUser-Agent: sdk\r\nHost: {agora}\r\n\r\n");
+    later_request_is_cut(&mut e, &mut now, &mut c, &[bad.as_bytes()], agora);
+    // Its head in two pieces, on another connection.
+    let mut c = open_keep_alive(&mut e, &mut now, "198.51.100.8:80");
+    let (a, b) = bad.as_bytes().split_at(30);
+    later_request_is_cut(&mut e, &mut now, &mut c, &[a, b], agora);
+    // A forward proxy asked for the vendor's edge by an absolute-form
+    // target, with an allowed Host.
+    let mut c = open_keep_alive(&mut e, &mut now, "198.51.100.9:3128");
+    let proxied = format!("GET http://{agora}/v HTTP/1.1\r\nHost: www.example.com\r\n\r\n");
+    later_request_is_cut(&mut e, &mut now, &mut c, &[proxied.as_bytes()], agora);
+}
+
 fn ask_engine(default: &str, timeout: u32) -> Engine {
     let text = format!(
         "name = \"ask\"\ndefault = \"allow\"\n[[rule]]\nname = \"ask about the test nets\"\naction = \"ask\"\nblock = \"reject\"\nask = {{ default = \"{default}\", timeout = {timeout} }}\ncidr = [\"198.51.100.0/24\", \"198.18.0.0/15\"]\n"

@@ -5,12 +5,14 @@
 use super::*;
 
 /// The names a flow's facts carry: the one its payload named (SNI, Host,
-/// QUIC, SD-RTN), then those its address was learned with.
+/// QUIC, SD-RTN), the hosts its later HTTP/1.x requests named, then those
+/// its address was learned with.
 pub fn fact_names(core: &FlowCore) -> Vec<&str> {
     core.sniffer
         .server_name
         .as_deref()
         .into_iter()
+        .chain(core.hosts.iter().map(String::as_str))
         .chain(core.ctx.names.iter().map(String::as_str))
         .collect()
 }
