@@ -109,6 +109,12 @@ pub(super) struct TcpFlow {
     /// verdict (a TURN message, an HTTP/1.x request's head) is not whole
     /// yet: they are judged once it is.
     pub(super) msg_held: bool,
+    /// Since when the app's bytes end inside an HTTP/1.x request's head
+    /// that is not whole: after [`TCP_SNIFF_NS`] with no more of it, what
+    /// is held goes on (the framing goes on too: the head's end is judged
+    /// before it leaves, so a server never gets the whole head of a
+    /// request the rules block).
+    pub(super) head_since_ns: Option<u64>,
 }
 
 impl Engine {
@@ -263,6 +269,7 @@ impl Engine {
                 seq_seen: seg.seq.wrapping_add(1),
                 buffers_used: false,
                 msg_held: false,
+                head_since_ns: None,
             };
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
             if !asked && !sniff && !is_dns {
@@ -518,6 +525,11 @@ impl Engine {
                 let req = f.core.learn_stream_hosts(&data);
                 new_host |= req.new;
                 f.msg_held |= turn.partial || req.partial;
+                if req.partial && f.head_since_ns.is_none() {
+                    f.head_since_ns = Some(now_ns);
+                    let t = now_ns + TCP_SNIFF_NS;
+                    self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
+                }
                 if f.first_bytes == FirstBytes::Awaited {
                     f.first_bytes = FirstBytes::Reading { since_ns: now_ns };
                     let t = now_ns + TCP_SNIFF_NS;
@@ -578,7 +590,19 @@ impl Engine {
                 }
                 return;
             }
-            let msg_partial = f.msg_held && (f.core.turn_partial() || f.core.head_partial());
+            if !f.core.head_partial() {
+                f.head_since_ns = None;
+            }
+            // A head that stopped coming in pieces for the sniffing time
+            // (a person typing, a stream framed wrongly) holds no longer.
+            let head_late = f
+                .head_since_ns
+                .is_some_and(|t| now_ns.saturating_sub(t) >= TCP_SNIFF_NS);
+            if head_late {
+                f.head_since_ns = None;
+            }
+            let msg_partial =
+                f.msg_held && (f.core.turn_partial() || (f.core.head_partial() && !head_late));
             // Bytes held for a TURN message or a request head that is whole
             // now.
             let msg_due = f.msg_held && !msg_partial;

@@ -2135,6 +2135,45 @@ fn every_request_of_a_keep_alive_connection_is_judged_by_its_host() {
     later_request_is_cut(&mut e, &mut now, &mut c, &[proxied.as_bytes()], agora);
 }
 
+/// A later request's head that stops coming for the sniffing time (a
+/// person typing, a stream framed wrongly) holds the connection no longer:
+/// what came of it goes on. Its end is still judged before it leaves: a
+/// head that then names a PRC vendor's edge never reaches the server
+/// whole, and the connection is cut.
+#[test]
+fn a_head_that_stops_coming_holds_no_longer_and_its_end_is_still_judged() {
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let mut now = S;
+    let mut c = open_keep_alive(&mut e, &mut now, "198.51.100.7:80");
+    let (app, _, outs) = &mut c;
+    let before = tcp_sent_upstream(outs).len();
+    let start = b"GET /v HTTP/1.1\r\nUser-Agent: sdk\r\n";
+    app.socket().send_slice(start).expect("send");
+    outs.extend(run_until(app, &mut e, &mut now, MS, 100, |_, _| false));
+    assert_eq!(
+        tcp_sent_upstream(outs).len(),
+        before,
+        "held while the sniffing time runs"
+    );
+    let waited = run_until(app, &mut e, &mut now, 10 * MS, 30, |_, o| {
+        upstream_bytes(o) > 0
+    });
+    outs.extend(waited);
+    assert_eq!(
+        tcp_sent_upstream(outs).len(),
+        before + start.len(),
+        "then it goes on"
+    );
+    let end = b"Host: 104-166-161-75.edge.agora.io\r\n\r\n";
+    later_request_is_cut(
+        &mut e,
+        &mut now,
+        &mut c,
+        &[end],
+        "104-166-161-75.edge.agora.io",
+    );
+}
+
 fn ask_engine(default: &str, timeout: u32) -> Engine {
     let text = format!(
         "name = \"ask\"\ndefault = \"allow\"\n[[rule]]\nname = \"ask about the test nets\"\naction = \"ask\"\nblock = \"reject\"\nask = {{ default = \"{default}\", timeout = {timeout} }}\ncidr = [\"198.51.100.0/24\", \"198.18.0.0/15\"]\n"
