@@ -155,6 +155,32 @@ fn tchar(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
 }
 
+/// The methods HTTP (RFC 9110, RFC 5789) and WebDAV (RFC 4918, RFC 3253,
+/// RFC 4791, RFC 5323) define, each with its space: a head that starts
+/// with one is held while it comes in pieces ([`RequestStream::partial`]).
+const KNOWN_METHODS: [&[u8]; 20] = [
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"CONNECT ",
+    b"OPTIONS ",
+    b"TRACE ",
+    b"PATCH ",
+    b"PROPFIND ",
+    b"PROPPATCH ",
+    b"MKCOL ",
+    b"COPY ",
+    b"MOVE ",
+    b"LOCK ",
+    b"UNLOCK ",
+    b"REPORT ",
+    b"SEARCH ",
+    b"MKCALENDAR ",
+    b"MKACTIVITY ",
+];
+
 /// The longest method read: longer tokens are not taken for one.
 const MAX_METHOD: usize = 24;
 
@@ -175,8 +201,18 @@ impl RequestStream {
 
     /// Whether a request's head has begun and is not whole yet: the bytes
     /// fed so far end inside it, and only the rest says its host.
+    ///
+    /// Only a head that starts with a method HTTP and WebDAV define counts:
+    /// one with a method of its own is still read, and its end judged, but
+    /// what comes of it before its end is not held (a stream that goes on
+    /// in another protocol after an HTTP start is not held up).
     pub fn partial(&self) -> bool {
-        self.state == ReqState::Head && !self.head.is_empty()
+        self.state == ReqState::Head
+            && !self.head.is_empty()
+            && KNOWN_METHODS.iter().any(|m| {
+                let n = m.len().min(self.head.len());
+                m[..n] == self.head[..n]
+            })
     }
 
     fn lose(&mut self) {
@@ -377,16 +413,32 @@ impl RequestStream {
     /// token and a space, a request line of at most 8 KiB.
     fn plausible(&self) -> bool {
         let h = &self.head;
-        match h.iter().take(MAX_METHOD + 1).position(|&c| c == b' ') {
-            None => h.len() <= MAX_METHOD && h.iter().all(|&c| tchar(c)),
-            Some(0) => false,
-            Some(p) if !h[..p].iter().all(|&c| tchar(c)) => false,
-            // Once the request line is whole, it must end in an HTTP/1.x
-            // version: a line protocol's command is not held as a head.
-            Some(_) => match find(&h[..h.len().min(MAX_REQUEST_LINE + 2)], b"\r\n") {
-                Some(e) => e >= 9 && h[e - 9] == b' ' && h[e - 8..e - 1] == *b"HTTP/1.",
-                None => h.len() <= MAX_REQUEST_LINE,
-            },
+        let Some(sp) = h.iter().take(MAX_METHOD + 1).position(|&c| c == b' ') else {
+            return h.len() <= MAX_METHOD && h.iter().all(|&c| tchar(c));
+        };
+        if sp == 0 || !h[..sp].iter().all(|&c| tchar(c)) {
+            return false;
+        }
+        // The target and version: visible characters and the space
+        // between them. Once the line ends (at its first LF), it must end
+        // in an HTTP/1.x version and CRLF: a line protocol's command is
+        // not a head.
+        let window = &h[..h.len().min(MAX_REQUEST_LINE + 2)];
+        match window.iter().position(|&c| c == b'\n') {
+            Some(e) => {
+                e >= sp + 11
+                    && h[e - 1] == b'\r'
+                    && h[e - 2].is_ascii_digit()
+                    && h[e - 10..e - 2] == *b" HTTP/1."
+                    && h[sp + 1..e - 10].iter().all(u8::is_ascii_graphic)
+            }
+            None => {
+                // (its CR may have come without its LF yet)
+                let rest = &h[sp + 1..];
+                let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+                h.len() <= MAX_REQUEST_LINE
+                    && rest.iter().all(|&c| c == b' ' || c.is_ascii_graphic())
+            }
         }
     }
 }
@@ -595,6 +647,25 @@ mod tests {
         assert!(!r.partial(), "between requests");
         r.feed(b"G", |h| n.push(h.to_owned()));
         assert!(r.partial());
+        // A method of its own is read, but not held while it comes: what
+        // goes on after an HTTP start in another protocol is not held up.
+        let mut r = RequestStream::new();
+        r.feed(b"GET / HTTP/1.1\r\n\r\nagain 0001", |h| {
+            n.push(h.to_owned())
+        });
+        assert!(!r.partial() && !r.lost());
+        let mut r = RequestStream::new();
+        r.feed(
+            b"GET / HTTP/1.1\r\n\r\nBREW /pot HTTP/1.1\r\nHost: c.example\r\n",
+            |h| n.push(h.to_owned()),
+        );
+        assert!(!r.partial() && !r.lost());
+        r.feed(b"\r\n", |h| n.push(h.to_owned()));
+        assert_eq!(
+            n.last().map(String::as_str),
+            Some("c.example"),
+            "its end is read"
+        );
     }
 
     #[test]
@@ -659,6 +730,13 @@ mod tests {
         // A line protocol's command is not a head that is still coming.
         let (_, r) = names(b"HELP me\r\n");
         assert!(r.lost() && !r.partial());
+        let (_, r) = names(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nagain 0001\n");
+        assert!(r.lost() && !r.partial());
+        // A request line with control characters, or a bare LF, is not one.
+        for s in [&b"GET /\x01 HTTP/1.1\r\n"[..], b"GET / HTTP/1.1\n"] {
+            let (_, r) = names(s);
+            assert!(r.lost(), "{:?}", String::from_utf8_lossy(s));
+        }
     }
 
     proptest::proptest! {

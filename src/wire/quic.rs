@@ -193,6 +193,28 @@ fn varint(b: &[u8], at: usize) -> Option<(u64, usize)> {
     Some((v, n))
 }
 
+/// The Destination Connection ID of the client Initial at the start of
+/// `dgram`, when it is the Initial of a version geowall reads (what
+/// [`decrypt_initial`] would try; the keys are not checked).
+pub fn initial_dcid(dgram: &[u8]) -> Option<&[u8]> {
+    let first = *dgram.first()?;
+    if first & 0xC0 != 0xC0 {
+        return None;
+    }
+    let number = u32::from_be_bytes(dgram.get(1..5)?.try_into().ok()?);
+    if !Version::candidates(number)
+        .iter()
+        .any(|v| (first >> 4) & 0x03 == v.initial_type())
+    {
+        return None;
+    }
+    let dcid_len = usize::from(*dgram.get(5)?);
+    if dcid_len > 20 {
+        return None;
+    }
+    dgram.get(6..6 + dcid_len)
+}
+
 /// Decrypts the client Initial at the start of `dgram` into `plain`
 /// (cleared first); returns the version whose keys opened it, or `None`
 /// if this is not a client Initial geowall can read.

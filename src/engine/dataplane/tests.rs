@@ -2135,6 +2135,31 @@ fn every_request_of_a_keep_alive_connection_is_judged_by_its_host() {
     later_request_is_cut(&mut e, &mut now, &mut c, &[proxied.as_bytes()], agora);
 }
 
+/// A connection that begins with an HTTP request and goes on in a protocol
+/// of its own (no request heads) is not held up: its bytes leave as they
+/// come.
+#[test]
+fn bytes_after_an_http_start_that_are_not_requests_are_not_held() {
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let mut now = S;
+    let (app, _, outs) = &mut open_keep_alive(&mut e, &mut now, "198.51.100.7:80");
+    let before = tcp_sent_upstream(outs).len();
+    for msg in [&b"again"[..], b" 0001", b" HTTP/1.1 ok\r\n", b"\x00\x01"] {
+        app.socket().send_slice(msg).expect("send");
+        let sent = tcp_sent_upstream(outs).len();
+        outs.extend(run_until(app, &mut e, &mut now, MS, 5, |_, o| {
+            upstream_bytes(o) > 0
+        }));
+        assert_eq!(
+            tcp_sent_upstream(outs).len(),
+            sent + msg.len(),
+            "{:?} left within 5 ms",
+            String::from_utf8_lossy(msg)
+        );
+    }
+    assert!(tcp_sent_upstream(outs).len() > before);
+}
+
 /// A later request's head that stops coming for the sniffing time (a
 /// person typing, a stream framed wrongly) holds the connection no longer:
 /// what came of it goes on. Its end is still judged before it leaves: a
