@@ -688,6 +688,36 @@ fn every_request_of_a_keep_alive_connection_is_audited() {
     assert_eq!(fl["verdict"]["action"], "block", "{fl}");
 }
 
+/// Two QUIC connections on one UDP socket to one server: the audit shows
+/// the second's name (its hello in two Initials) beside the first's, and
+/// blocks the flow when it names an Agora edge, as the live engine cuts
+/// it.
+#[test]
+fn every_quic_connection_of_a_flow_is_audited() {
+    use geowall::wire::quic::client_initials;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = support::test_world(dir.path());
+    let (app, server) = (([192, 0, 2, 10], 40_000), ([198, 51, 100, 7], 443));
+    let audit = |second: &str| {
+        let mut initials = client_initials(1, &[0xA1; 8], "www.example.com", 1).expect("built");
+        initials.extend(client_initials(1, &[0xB2; 8], second, 2).expect("built"));
+        let datagrams: Vec<Datagram> = initials
+            .into_iter()
+            .map(|p| (app.0, app.1, server.0, server.1, p))
+            .collect();
+        first_flow(dir.path(), &pcap_udp(&datagrams), "strict", &world)
+    };
+    let fl = audit("cdn.example.net");
+    assert_eq!(fl["protocol"], "quic", "{fl}");
+    assert_eq!(fl["server_name"], "www.example.com", "{fl}");
+    assert_eq!(fl["hosts"], serde_json::json!(["cdn.example.net"]), "{fl}");
+    assert_eq!(fl["verdict"]["action"], "allow", "{fl}");
+    let edge = "104-166-161-75.edge.agora.io";
+    let fl = audit(edge);
+    assert_eq!(fl["hosts"], serde_json::json!([edge]), "{fl}");
+    assert_eq!(fl["verdict"]["action"], "block", "{fl}");
+}
+
 /// The first flow of `geowall audit --json --preset preset` on the capture
 /// `pcap` (written in `dir`), with the test world.
 fn first_flow(dir: &Path, pcap: &[u8], preset: &str, world: &Path) -> Value {

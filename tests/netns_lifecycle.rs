@@ -1068,3 +1068,80 @@ fn every_request_of_a_keep_alive_connection_is_judged_by_its_own_host() {
         net.stop_geowall();
     });
 }
+
+/// Under `strict`, every QUIC connection an app opens on one UDP socket to
+/// one US server (as an endpoint that keeps one socket for all its
+/// connections does) is judged by its own name: the first (an ordinary
+/// name) and a second (another ordinary name, its hello in two Initials)
+/// reach the server whole; a third naming an Agora edge does not, nor
+/// anything the socket sends after it. The server reads the connection ID
+/// of each datagram itself.
+#[test]
+fn every_quic_connection_on_one_socket_is_judged_by_its_own_name() {
+    use geowall::wire::quic::client_initials;
+    let test = "every_quic_connection_on_one_socket_is_judged_by_its_own_name";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        net.add_server_address(US4);
+        let world = support::test_world(net.dir.path());
+        // The server: the DCID of every long-header datagram it receives.
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+        let s = in_ns(&net.net, || UdpSocket::bind(sa(US4, 443)).expect("bind"));
+        s.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let (stop, got) = (net.stopping(), seen.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    let d = &buf[..n];
+                    let dcid = if d[0] & 0x80 != 0 && n > 6 {
+                        d.get(6..6 + usize::from(d[5])).unwrap_or_default().to_vec()
+                    } else {
+                        b"short".to_vec()
+                    };
+                    got.lock().expect("seen").push(dcid);
+                }
+            }
+        });
+        net.start_geowall(&world, &["--preset", "strict"]);
+        let (a, b, c) = ([0xA1; 8], [0xB2; 8], [0xC3; 8]);
+        let first = client_initials(1, &a, "www.example.com", 1).expect("built");
+        let second = client_initials(1, &b, "cdn.example.net", 2).expect("built");
+        let third = client_initials(1, &c, AGORA_EDGE, 2).expect("built");
+        let app = net.app.clone();
+        in_ns(&app, || {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            for d in first.iter().chain(&second).chain(&third) {
+                s.send_to(d, sa(US4, 443)).expect("send");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = s.send_to(b"\x41after", sa(US4, 443));
+        });
+        std::thread::sleep(Duration::from_millis(1_500));
+        let seen = seen.lock().expect("seen").clone();
+        let count = |id: &[u8]| seen.iter().filter(|d| d.as_slice() == id).count();
+        eprintln!(
+            "the server read {} datagrams: first connection {}, second {}, third (the edge) {}, other {}",
+            seen.len(),
+            count(&a),
+            count(&b),
+            count(&c),
+            count(b"short")
+        );
+        assert_eq!(count(&a), 1, "the first connection");
+        assert_eq!(count(&b), 2, "the second, whole");
+        assert_eq!(count(&c), 0, "the edge's Initials reached the server");
+        assert_eq!(count(b"short"), 0, "the flow is cut");
+        let events = net.events();
+        let cut = events
+            .iter()
+            .find(|e| e["kind"] == "cut" && e["server"] == format!("{US4}:443").as_str())
+            .unwrap_or_else(|| panic!("no cut event: {events:#?}"));
+        assert_eq!(cut["hosts"][1], AGORA_EDGE, "{cut}");
+        net.stop_geowall();
+    });
+}

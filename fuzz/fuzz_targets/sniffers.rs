@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = (r.partial(), r.lost());
     }
+    let _ = quic::initial_dcid(data);
     let _ = rtc::zoom(data, true);
     let _ = rtc::zoom(data, false);
     let _ = tunnel::wireguard_handshake(data);

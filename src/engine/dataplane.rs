@@ -528,8 +528,8 @@ impl Engine {
         let idle = self
             .flows
             .values()
-            .map(|f| match f.state {
-                State::Holding { since_ns } => since_ns + udp::HOLD_NS,
+            .map(|f| match (f.state, f.later_since) {
+                (State::Holding { since_ns }, _) | (_, Some(since_ns)) => since_ns + udp::HOLD_NS,
                 _ => f.core.last_ns + if f.icmp { icmp } else { udp },
             })
             .min();
@@ -635,6 +635,19 @@ impl Engine {
             .collect();
         for k in ripe {
             self.release_held(k, None);
+        }
+        // Later QUIC connections whose hello did not come whole in time.
+        let late: Vec<_> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| {
+                f.later_since
+                    .is_some_and(|t| now_ns.saturating_sub(t) >= udp::HOLD_NS)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            self.send_later_held(k);
         }
         // Questions no one answered in time: the rules' defaults.
         for s in self.asks.expire(now_ns) {

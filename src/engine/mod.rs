@@ -56,14 +56,47 @@ pub struct FlowCore {
     /// TCP: the client's stream read as TURN over TCP
     /// ([`FlowCore::learn_stream_peers`]).
     turn: TurnRead,
-    /// Hosts the client's later HTTP/1.x requests on this connection named
-    /// (keep-alive, pipelined, or through a forward proxy) that are not
-    /// [`Sniffer::server_name`], in the order learned; at most
-    /// [`MAX_HOSTS`], the oldest forgotten first.
+    /// Names the flow's later messages asked for that are not
+    /// [`Sniffer::server_name`], in the order learned: the hosts of the
+    /// client's later HTTP/1.x requests on a TCP connection (keep-alive,
+    /// pipelined, or through a forward proxy), the SNI of later QUIC
+    /// connections on a UDP flow; at most [`MAX_HOSTS`], the oldest
+    /// forgotten first.
     pub hosts: Vec<String>,
     /// TCP: the client's stream framed as HTTP/1.x requests
     /// ([`FlowCore::learn_stream_hosts`]).
     requests: RequestRead,
+    /// UDP: the QUIC connections the flow's datagrams opened
+    /// ([`FlowCore::learn_quic_names`]).
+    quic: Option<Box<QuicConns>>,
+}
+
+/// The QUIC connections one UDP flow carries, told apart by the
+/// Destination Connection ID of their client Initials.
+#[derive(Debug, Default)]
+struct QuicConns {
+    /// DCIDs accounted for: the connections the flow's first datagrams
+    /// opened, those read since, and those of Initials that the keys of
+    /// their own DCID do not open (a client's later Initials carry the
+    /// server's connection ID). At most [`MAX_QUIC_CONNS`], the oldest
+    /// forgotten first.
+    known: std::collections::VecDeque<Vec<u8>>,
+    /// A later connection whose hello is still coming: its DCID and
+    /// what its Initials gave so far.
+    assembling: Option<(Vec<u8>, crate::wire::quic::InitialAssembler)>,
+}
+
+/// Connection IDs one UDP flow remembers of the QUIC connections it
+/// carries ([`FlowCore::learn_quic_names`]).
+pub const MAX_QUIC_CONNS: usize = 16;
+
+impl QuicConns {
+    fn know(&mut self, dcid: &[u8]) {
+        if self.known.len() == MAX_QUIC_CONNS {
+            self.known.pop_front();
+        }
+        self.known.push_back(dcid.to_vec());
+    }
 }
 
 /// Whether a TCP flow's stream is framed as HTTP/1.x requests, decided by
@@ -77,6 +110,21 @@ enum RequestRead {
     Reading(Box<crate::wire::http::RequestStream>),
     /// Not HTTP/1.x (or no longer framed as it).
     No,
+}
+
+/// What one datagram told of the QUIC connections on its flow
+/// ([`FlowCore::learn_quic_names`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuicNews {
+    /// It completed a later connection's hello, which names a host the
+    /// flow did not know: judge the flow again.
+    pub new: bool,
+    /// It is an Initial of a later connection whose hello is not whole
+    /// yet: it waits for the rest.
+    pub waits: bool,
+    /// It completed a later connection's hello: the Initials that waited
+    /// go (or not) with it.
+    pub completes: bool,
 }
 
 /// Hosts of one connection's later requests kept, at most (see
@@ -213,6 +261,84 @@ impl FlowCore {
             turn: TurnRead::Unseen,
             hosts: Vec::new(),
             requests: RequestRead::Unseen,
+            quic: None,
+        }
+    }
+
+    /// Keeps `n` as a name a later message asked for, unless the flow
+    /// knows it; whether it is new.
+    fn learn_host(&mut self, n: &str) -> bool {
+        if self
+            .sniffer
+            .server_name
+            .as_deref()
+            .is_some_and(|o| o.eq_ignore_ascii_case(n))
+            || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(n))
+        {
+            return false;
+        }
+        if self.hosts.len() == MAX_HOSTS {
+            self.hosts.remove(0);
+        }
+        self.hosts.push(n.chars().take(253).collect());
+        true
+    }
+
+    /// Reads a datagram the app sent for a QUIC connection it opens on
+    /// the flow after the first (an endpoint that keeps one socket for
+    /// several connections to one server): the client Initials of a
+    /// Destination Connection ID not seen before are decrypted and their
+    /// ClientHello assembled ([`crate::wire::quic::InitialAssembler`]); its
+    /// SNI, when the flow did not know it, is kept in [`FlowCore::hosts`].
+    /// Call it before the classifier sees the datagram: the Initials that
+    /// start the flow are its first connection's, which the classifier
+    /// reads.
+    pub fn learn_quic_names(&mut self, payload: &[u8]) -> QuicNews {
+        let none = QuicNews::default();
+        let Some(dcid) = crate::wire::quic::initial_dcid(payload) else {
+            return none;
+        };
+        let first = !self.sniffer.is_done();
+        let q = self.quic.get_or_insert_with(Box::default);
+        if q.known.iter().any(|k| k.as_slice() == dcid) {
+            return none;
+        }
+        if first {
+            q.know(dcid);
+            return none;
+        }
+        let r = match q.assembling.as_mut() {
+            Some((d, a)) if d.as_slice() == dcid => a.feed(payload),
+            _ => {
+                let mut a = crate::wire::quic::InitialAssembler::default();
+                let r = a.feed(payload);
+                if r.is_none() {
+                    // Not opened by its own keys: an open connection's
+                    // later Initial (the server's ID as its DCID).
+                    q.know(dcid);
+                    return none;
+                }
+                // A new connection (one begun before and never whole is
+                // forgotten: it named nothing).
+                q.assembling = Some((dcid.to_vec(), a));
+                r
+            }
+        };
+        if r != Some(true) {
+            return QuicNews {
+                waits: r.is_some(),
+                ..none
+            };
+        }
+        let sni = q
+            .assembling
+            .take()
+            .and_then(|(_, a)| a.sni().map(str::to_owned));
+        q.know(dcid);
+        QuicNews {
+            new: sni.is_some_and(|n| self.learn_host(&n)),
+            waits: false,
+            completes: true,
         }
     }
 
@@ -240,23 +366,15 @@ impl FlowCore {
         let RequestRead::Reading(r) = &mut self.requests else {
             return StreamHosts::default();
         };
-        let mut new = false;
-        let (own, hosts) = (self.sniffer.server_name.as_deref(), &mut self.hosts);
-        r.feed(data, |n| {
-            if own.is_some_and(|o| o.eq_ignore_ascii_case(n))
-                || hosts.iter().any(|h| h.eq_ignore_ascii_case(n))
-            {
-                return;
-            }
-            if hosts.len() == MAX_HOSTS {
-                hosts.remove(0);
-            }
-            hosts.push(n.chars().take(253).collect());
-            new = true;
-        });
+        let mut names = Vec::new();
+        r.feed(data, |n| names.push(n.to_owned()));
         let partial = r.partial();
         if r.lost() {
             self.requests = RequestRead::No;
+        }
+        let mut new = false;
+        for n in names {
+            new |= self.learn_host(&n);
         }
         StreamHosts { new, partial }
     }
@@ -658,7 +776,8 @@ impl Inspector {
 
     /// What one packet's payload (a TCP segment's: the stream's next bytes)
     /// tells about flow `idx`: its protocol, class and name, a relay's
-    /// peers, the hosts of later HTTP requests, identifier leaks, and the names a DNS answer ties to
+    /// peers, the names of later HTTP requests and QUIC connections,
+    /// identifier leaks, and the names a DNS answer ties to
     /// addresses.
     fn inspect(
         &mut self,
@@ -670,6 +789,11 @@ impl Inspector {
         ts_ns: u64,
     ) {
         let f = &mut self.flows[idx];
+        // Later QUIC connections on the flow, as live (before the
+        // classifier, which reads the first).
+        if (carrier, dir) == (Carrier::Udp, Dir::Up) {
+            let _ = f.core.learn_quic_names(payload);
+        }
         f.core.sniffer.on_payload(
             carrier,
             dir,

@@ -123,6 +123,16 @@ impl Version {
         matches!(self, Version::V2 | Version::V2Draft { v2_types: true })
     }
 
+    /// The CRYPTO frame's type: Google's versions number it 0x08 (IETF's
+    /// STREAM).
+    fn crypto_frame(self) -> u8 {
+        if matches!(self, Version::Q050 | Version::T050 | Version::T051) {
+            0x08
+        } else {
+            0x06
+        }
+    }
+
     /// The long-header packet type bits of an Initial.
     fn initial_type(self) -> u8 {
         if self.v2_types() { 1 } else { 0 }
@@ -191,6 +201,92 @@ fn varint(b: &[u8], at: usize) -> Option<(u64, usize)> {
         v = (v << 8) | u64::from(x);
     }
     Some((v, n))
+}
+
+/// Appends `x` (below 2^30) as a QUIC variable-length integer.
+fn put_varint(out: &mut Vec<u8>, x: u64) {
+    match x {
+        0..=63 => out.push(x as u8),
+        64..=16_383 => out.extend_from_slice(&(0x4000 | x as u16).to_be_bytes()),
+        _ => out.extend_from_slice(&(0x8000_0000 | (x as u32 & 0x3FFF_FFFF)).to_be_bytes()),
+    }
+}
+
+/// The client Initials that open a QUIC connection, as a client sends
+/// them: a TLS ClientHello naming `sni` ([`tls::client_hello_records`]'s)
+/// in CRYPTO frames cut over `packets` datagrams (1 to 8), each padded to
+/// 1,200 bytes and protected (RFC 9001 section 5) with the keys of version
+/// number `version` and the Destination Connection ID `dcid`. `None` for a
+/// version whose Initials geowall does not read, for Q050 (its hello is
+/// not TLS), or a `dcid` over 20 bytes. For tests and benchmarks.
+pub fn client_initials(
+    version: u32,
+    dcid: &[u8],
+    sni: &str,
+    packets: usize,
+) -> Option<Vec<Vec<u8>>> {
+    let v = *Version::candidates(version).first()?;
+    if v == Version::Q050 || dcid.len() > 20 {
+        return None;
+    }
+    let keys = client_initial_keys(v, dcid)?;
+    let key = aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_128_GCM, &keys.key).ok()?);
+    let hpk = hp::HeaderProtectionKey::new(&hp::AES_128, &keys.hp).ok()?;
+    // The handshake message, out of its records.
+    let records = tls::client_hello_records(sni, 0);
+    let mut hello = Vec::new();
+    let mut at = 0;
+    while let Some(h) = records.get(at..at + 5) {
+        let n = usize::from(u16::from_be_bytes([h[3], h[4]]));
+        hello.extend_from_slice(records.get(at + 5..at + 5 + n)?);
+        at += 5 + n;
+    }
+    let per = hello.len().div_ceil(packets.clamp(1, 8));
+    let mut out = Vec::new();
+    for (i, chunk) in hello.chunks(per).enumerate() {
+        let mut payload = vec![v.crypto_frame()];
+        put_varint(&mut payload, (i * per) as u64);
+        put_varint(&mut payload, chunk.len() as u64);
+        payload.extend_from_slice(chunk);
+        // Long header: Initial, 4-byte packet number; an 8-byte source
+        // connection ID; no token.
+        let mut packet = vec![0xC3 | (v.initial_type() << 4)];
+        packet.extend_from_slice(&version.to_be_bytes());
+        packet.push(dcid.len() as u8);
+        packet.extend_from_slice(dcid);
+        packet.push(8);
+        packet.extend_from_slice(&[0x5C; 8]);
+        packet.push(0);
+        let fixed = packet.len() + 2 + 4 + 16;
+        if fixed + payload.len() < 1200 {
+            // PADDING frames.
+            payload.resize(1200 - fixed, 0);
+        }
+        put_varint(&mut packet, (4 + payload.len() + 16) as u64);
+        let pn_offset = packet.len();
+        let pn = i as u64;
+        packet.extend_from_slice(&(pn as u32).to_be_bytes());
+        let mut nonce = keys.iv;
+        for (j, b) in pn.to_be_bytes().iter().enumerate() {
+            nonce[4 + j] ^= b;
+        }
+        key.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(&packet[..]),
+            &mut payload,
+        )
+        .ok()?;
+        // Header protection: the sample is the ciphertext's first 16
+        // bytes (4 bytes after the packet number's start).
+        let mask = hpk.new_mask(payload.get(..16)?).ok()?;
+        packet[0] ^= mask[0] & 0x0F;
+        for j in 0..4 {
+            packet[pn_offset + j] ^= mask[1 + j];
+        }
+        packet.extend_from_slice(&payload);
+        out.push(packet);
+    }
+    Some(out)
 }
 
 /// The Destination Connection ID of the client Initial at the start of
@@ -377,12 +473,7 @@ impl InitialAssembler {
     }
 
     fn frames(&mut self, p: &[u8], version: Version) -> Option<()> {
-        // Google's versions number their CRYPTO frame 0x08 (IETF's STREAM).
-        let crypto = if matches!(version, Version::Q050 | Version::T050 | Version::T051) {
-            0x08
-        } else {
-            0x06
-        };
+        let crypto = u64::from(version.crypto_frame());
         let mut at = 0;
         while at < p.len() {
             let (kind, n) = varint(p, at)?;
@@ -725,6 +816,57 @@ mod tests {
         );
         assert_eq!(Version::from_u32(u32::from_be_bytes(*b"Q046")), None);
         assert_eq!(Version::from_u32(0xFF00_0014), None);
+    }
+
+    /// Initials built for every TLS generation, in one packet or cut over
+    /// three, are read back whole, with their name; their DCID is told.
+    #[test]
+    fn built_initials_are_read_back_with_their_name() {
+        let versions = [
+            0x0000_0001,
+            0x6B33_43CF,
+            0xFF02_0000,
+            0x709A_50C4,
+            0xFF00_001D,
+            0xFF00_0017,
+            0xFF00_0016,
+            0xFACE_B001,
+            0xFACE_B002,
+            0xFACE_B00E,
+            u32::from_be_bytes(*b"T050"),
+            u32::from_be_bytes(*b"T051"),
+            0x1A2A_3A4A,
+        ];
+        for v in versions {
+            for packets in [1, 3] {
+                let dcid = [0xD1, 0xC1, 0xD0, packets as u8];
+                let p = client_initials(v, &dcid, "later.example.net", packets).expect("built");
+                assert_eq!(p.len(), packets, "{v:#x}");
+                let mut a = InitialAssembler::new();
+                for (i, d) in p.iter().enumerate() {
+                    assert!(d.len() >= 1200);
+                    assert_eq!(initial_dcid(d), Some(&dcid[..]), "{v:#x}");
+                    let whole = a.feed(d);
+                    assert_eq!(whole, Some(i + 1 == packets), "{v:#x} packet {i}");
+                }
+                assert_eq!(a.sni(), Some("later.example.net"), "{v:#x}");
+            }
+        }
+        assert!(client_initials(u32::from_be_bytes(*b"Q050"), &[1; 8], "a", 1).is_none());
+        assert!(client_initials(0xFF00_0014, &[1; 8], "a", 1).is_none());
+        assert!(client_initials(1, &[1; 21], "a", 1).is_none());
+        // A short header, a Handshake packet and an unknown version have
+        // no Initial DCID.
+        let p = &client_initials(1, &[1; 8], "a", 1).expect("built")[0];
+        let mut short = p.clone();
+        short[0] = 0x43;
+        let mut handshake = p.clone();
+        handshake[0] = 0xE3;
+        let mut unknown = p.clone();
+        unknown[1..5].copy_from_slice(&0xFF00_0014u32.to_be_bytes());
+        for d in [short, handshake, unknown] {
+            assert_eq!(initial_dcid(&d), None);
+        }
     }
 
     #[test]

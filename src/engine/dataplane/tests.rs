@@ -268,6 +268,76 @@ fn rtp_after_a_quic_start_never_leaves_for_a_blocked_server() {
     assert!(events(&out).iter().all(|ev| ev.kind == EventKind::Opened));
 }
 
+/// Every QUIC connection an app opens on one UDP socket to one server is
+/// judged by its own name: a later connection's Initials wait for its whole
+/// hello; one to an allowed name leaves in order, one naming a PRC vendor's
+/// edge never leaves and the flow is cut, the event naming it. The first
+/// connection's packets go on meanwhile; a hello that never comes whole
+/// holds its Initials no longer than the hold time.
+#[test]
+fn every_quic_connection_on_a_flow_is_judged_by_its_name() {
+    use crate::wire::quic::client_initials;
+    let udp_sent = |out: &[Output]| -> Vec<Vec<u8>> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::UdpSend { payload, .. } => Some(payload.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let agora = "104-166-161-75.edge.agora.io";
+    let (app, us) = ("192.0.2.200:40000", "198.51.100.7:443");
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let first = client_initials(1, &[0xA1; 8], "www.example.com", 1).expect("initials");
+    e.handle_tun(&udp(app, us, &first[0]), S);
+    let out = drain(&mut e);
+    assert_eq!(udp_sent(&out), first, "the first connection opens");
+    // A second connection, its hello in two Initials: the first waits;
+    // the first connection's packets do not.
+    let second = client_initials(1, &[0xB2; 8], "cdn.example.net", 2).expect("initials");
+    let short = b"\x41 the first connection's 1-RTT packet".to_vec();
+    e.handle_tun(&udp(app, us, &second[0]), S + MS);
+    e.handle_tun(&udp(app, us, &short), S + 2 * MS);
+    let out = drain(&mut e);
+    assert_eq!(
+        udp_sent(&out),
+        std::slice::from_ref(&short),
+        "the Initial waits"
+    );
+    e.handle_tun(&udp(app, us, &second[1]), S + 3 * MS);
+    let out = drain(&mut e);
+    assert_eq!(udp_sent(&out), second, "the whole hello leaves, in order");
+    assert!(events(&out).is_empty(), "{out:?}");
+    // A later Initial of an open connection (the server's ID as its DCID:
+    // its own keys do not open it) is not held.
+    let mut ack = first[0].clone();
+    ack[6..14].copy_from_slice(&[0xEE; 8]);
+    e.handle_tun(&udp(app, us, &ack), S + 4 * MS);
+    assert_eq!(udp_sent(&drain(&mut e)), [ack]);
+    // A third naming the vendor's edge: none of it leaves; the flow is cut.
+    let third = client_initials(1, &[0xC3; 8], agora, 2).expect("initials");
+    e.handle_tun(&udp(app, us, &third[0]), S + 5 * MS);
+    e.handle_tun(&udp(app, us, &third[1]), S + 6 * MS);
+    e.handle_tun(&udp(app, us, &short), S + 7 * MS);
+    let out = drain(&mut e);
+    assert!(udp_sent(&out).is_empty(), "{out:?}");
+    let ev = events(&out);
+    let cut = ev.iter().find(|e| e.kind == EventKind::Cut).expect("a cut");
+    assert_eq!(cut.server_name.as_deref(), Some("www.example.com"));
+    assert_eq!(cut.hosts, ["cdn.example.net", agora]);
+    assert!(out.iter().any(|o| matches!(o, Output::Close { .. })));
+    assert_eq!(e.held_bytes, 0, "nothing left held");
+    // A hello that never comes whole: its Initial goes on after the hold.
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    e.handle_tun(&udp(app, us, &first[0]), S);
+    drain(&mut e);
+    e.handle_tun(&udp(app, us, &third[0]), S + MS);
+    assert!(udp_sent(&drain(&mut e)).is_empty());
+    e.handle_timeout(S + MS + udp::HOLD_NS);
+    assert_eq!(udp_sent(&drain(&mut e)), [third[0].clone()]);
+    assert_eq!(e.held_bytes, 0);
+}
+
 /// A DNS query on a port other than 53 (relayed, not answered by
 /// geowall) names what it asks about, not the resolver: the resolver's
 /// address is not taken for the vendor's edge it was asked about.

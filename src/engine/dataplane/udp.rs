@@ -2,6 +2,7 @@
 //! the classifier learns, relayed datagram by datagram.
 
 use super::*;
+use crate::engine::QuicNews;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
@@ -46,6 +47,11 @@ pub(super) struct FlowState {
     /// The class the flow was last judged with: a change (STUN or QUIC
     /// turning out to be media) judges it again.
     pub(super) judged_class: Option<crate::classify::Traffic>,
+    /// An open flow's later QUIC connection whose hello is still coming:
+    /// since when its Initials are held (in [`FlowState::held`]), nothing
+    /// of them sent, until the hello is whole and judged or
+    /// [`HOLD_NS`] passed.
+    pub(super) later_since: Option<u64>,
 }
 
 impl Engine {
@@ -90,6 +96,7 @@ impl Engine {
                     state: State::Open,
                     held: Vec::new(),
                     judged_class: None,
+                    later_since: None,
                 },
             );
             let idle = if icmp {
@@ -104,6 +111,13 @@ impl Engine {
         };
         f.core.last_ns = now_ns;
         f.core.volume.up(raw.len());
+        // A later QUIC connection's Initials (before the classifier, which
+        // reads the first connection's).
+        let later = if icmp {
+            QuicNews::default()
+        } else {
+            f.core.learn_quic_names(payload)
+        };
         let carrier = if icmp {
             Carrier::IcmpEcho
         } else {
@@ -176,9 +190,36 @@ impl Engine {
             }
             return;
         }
+        // A later QUIC connection's hello still coming: its Initials wait
+        // for the rest (bounded; the flow's other datagrams go on).
+        if later.waits {
+            let held: usize = f.held.iter().map(Vec::len).sum();
+            if f.held.len() < HOLD_DATAGRAMS
+                && held + payload.len() <= HOLD_BYTES
+                && self.held_bytes + payload.len() <= HOLD_BYTES_TOTAL
+            {
+                f.held.push(payload.to_vec());
+                self.held_bytes += payload.len();
+                if f.later_since.is_none() {
+                    f.later_since = Some(now_ns);
+                    self.wake_at(now_ns + HOLD_NS);
+                }
+            } else {
+                self.counters.held_dropped += 1;
+            }
+            return;
+        }
+        // Its hello whole now: what was held of it is judged with it.
+        let later_held = if later.completes && f.later_since.take().is_some() {
+            let held = std::mem::take(&mut f.held);
+            self.held_bytes -= held.iter().map(Vec::len).sum::<usize>();
+            held
+        } else {
+            Vec::new()
+        };
         // Judge at the first datagram, and again on new evidence.
         let class_changed = f.core.sniffer.class != f.judged_class;
-        if new || new_leak || new_peer || !f.core.sniffer.is_done() || class_changed {
+        if new || new_leak || new_peer || later.new || !f.core.sniffer.is_done() || class_changed {
             if let Some(f) = self.flows.get_mut(&key) {
                 f.judged_class = f.core.sniffer.class;
             }
@@ -232,6 +273,7 @@ impl Engine {
                     self.counters.cut += 1;
                     self.out.push_back(Output::Close { flow: id });
                 }
+                self.counters.held_dropped += later_held.len() as u64;
                 if mode == BlockMode::Reject
                     && let Some(r) = reply::unreachable(raw)
                 {
@@ -268,13 +310,16 @@ impl Engine {
                 }
             }
         }
+        let id = self.flows[&key].id;
+        for payload in later_held {
+            self.out.push_back(Output::UdpSend { flow: id, payload });
+        }
         if !icmp && self.flows[&key].core.sniffer.unconfirmed_rtp() {
             let policy = self.policy.current();
             if self.class_could_block(&policy, &self.flows[&key]) {
                 return self.drop_reason(DropReason::UnconfirmedRtp);
             }
         }
-        let id = self.flows[&key].id;
         if icmp {
             self.out.push_back(Output::EchoRequest {
                 flow: id,
@@ -362,6 +407,28 @@ impl Engine {
         }
     }
 
+    /// An open flow's later QUIC connection whose hello did not come whole
+    /// within [`HOLD_NS`]: its Initials held go on, in order (the flow is
+    /// judged as it stands: a hello never whole names nothing).
+    pub(super) fn send_later_held(&mut self, key: DatagramKey) {
+        let Some(f) = self.flows.get_mut(&key) else {
+            return;
+        };
+        if f.later_since.take().is_none() {
+            return;
+        }
+        let held = std::mem::take(&mut f.held);
+        self.held_bytes -= held.iter().map(Vec::len).sum::<usize>();
+        if f.state != State::Open {
+            self.counters.held_dropped += held.len() as u64;
+            return;
+        }
+        let id = f.id;
+        for payload in held {
+            self.out.push_back(Output::UdpSend { flow: id, payload });
+        }
+    }
+
     /// Judges an open UDP or echo flow again (new rules, a name learned for
     /// its server); cuts it if it is now blocked.
     pub(super) fn rejudge_datagram_flow(&mut self, key: DatagramKey) {
@@ -377,6 +444,11 @@ impl Engine {
         let id = f.id;
         if let Some(f) = self.flows.get_mut(&key) {
             f.state = State::Blocked(mode);
+            // A later connection's Initials held: never sent now.
+            f.later_since = None;
+            let held = std::mem::take(&mut f.held);
+            self.held_bytes -= held.iter().map(Vec::len).sum::<usize>();
+            self.counters.held_dropped += held.len() as u64;
         }
         self.counters.cut += 1;
         self.out.push_back(Output::Close { flow: id });
