@@ -748,9 +748,9 @@ pub(crate) fn readable_line(e: &Event) -> String {
     for n in e.server_name.iter().chain(e.names.first()) {
         s.push_str(&format!(" {n}"));
     }
-    // A later request's host on the same connection (keep-alive, proxy).
+    // A name a later request or QUIC connection on the flow asked for.
     if let Some(h) = e.hosts.last() {
-        s.push_str(&format!(" request for {h}"));
+        s.push_str(&format!(" then {h}"));
     }
     if let Some(r) = &e.rule {
         s.push_str(&format!(" rule \"{r}\""));
@@ -872,5 +872,12 @@ mod tests {
             answered.contains("question 7 from /usr/bin/curl: allow (app)"),
             "{answered}"
         );
+        // A cut by a name a later request asked for names it.
+        e.kind = EventKind::Cut;
+        e.prompt = None;
+        e.server_name = Some("www.example.com".into());
+        e.hosts = vec!["cdn.example.net".into(), "b.example".into()];
+        let cut = readable_line(&e);
+        assert!(cut.contains("www.example.com then b.example rule"), "{cut}");
     }
 }

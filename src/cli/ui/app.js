@@ -80,7 +80,9 @@ function onEvent(e) {
   const blocked = e.action === "block";
   if (blocked) {
     counts.blocked++;
-    addAlert(`${e.kind} ${app} → ${dest}: ${e.rule || "default"}${e.layer ? " (" + e.layer + ")" : ""}`, "block", e.time_ms);
+    // A later request or QUIC connection on the flow named another host.
+    const later = e.hosts && e.hosts.length ? ` (then ${e.hosts[e.hosts.length - 1]})` : "";
+    addAlert(`${e.kind} ${app} → ${dest}${later}: ${e.rule || "default"}${e.layer ? " (" + e.layer + ")" : ""}`, "block", e.time_ms);
   }
   if (e.leaks && e.leaks.length) {
     counts.leaks++;
