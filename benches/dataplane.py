@@ -23,7 +23,9 @@ benchmark ranges only):
 The server is behind a router hop (on srv's loopback), so sing-box's
 auto_route does not route it past its TUN. Measured: iperf3 TCP throughput
 up, down and with 4 streams; UDP request/response round trip p50/p99; TCP
-connect p50/p99; peak resident memory (VmHWM) of the firewall process.
+connect p50/p99; HTTP/1.1 requests one after another on one keep-alive
+connection (p50 and requests/s); peak resident memory (VmHWM) of the
+firewall process.
 Concurrency (--conns, default 1000,10000): in a fresh start of each
 firewall, an app opens that many keep-alive TCP connections one after
 another, each sends a small request and reads the small reply, and all are
@@ -79,7 +81,40 @@ while True:
     c.close()
 """
 
-# Round trips and connects, timed in the client; prints JSON.
+# HTTP/1.1 keep-alive server: answers every request head it reads with a
+# 2-byte body, on the connection it came on (one thread a connection).
+HTTP_SERVER = r"""
+import socket, sys, threading
+def serve(c):
+    buf = b""
+    while True:
+        try:
+            d = c.recv(65536)
+        except OSError:
+            break
+        if not d:
+            break
+        buf += d
+        n = buf.count(b"\r\n\r\n")
+        if n:
+            buf = buf[buf.rfind(b"\r\n\r\n") + 4:]
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" * n)
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 9003))
+s.listen(64)
+s.settimeout(120)
+while True:
+    try:
+        c, _ = s.accept()
+    except socket.timeout:
+        break
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+# Round trips, connects and keep-alive HTTP requests, timed in the client;
+# prints JSON.
 CLIENT = r"""
 import json, socket, sys, time
 host, n = sys.argv[1], int(sys.argv[2])
@@ -104,11 +139,29 @@ for i in range(n // 4):
     s.connect((host, 9001))
     conn.append(time.perf_counter_ns() - t)
     s.close()
+# Requests one after another on one keep-alive connection, each waiting
+# for its answer (every one framed and judged by its host in geowall).
+h = socket.create_connection((host, 9003), timeout=2)
+req = b"GET /x HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: bench\r\n\r\n"
+http, t0 = [], time.perf_counter_ns()
+for i in range(n // 2):
+    t = time.perf_counter_ns()
+    h.sendall(req)
+    got = b""
+    while not got.endswith(b"ok"):
+        d = h.recv(4096)
+        if not d:
+            raise SystemExit("the HTTP server closed the connection")
+        got += d
+    http.append(time.perf_counter_ns() - t)
+http_s = (time.perf_counter_ns() - t0) / 1e9
+h.close()
 def pct(v, p):
     v = sorted(v)
     return v[min(len(v) - 1, int(len(v) * p))] / 1000 if v else float("nan")
 print(json.dumps({"udp_p50": pct(rtt, .5), "udp_p99": pct(rtt, .99), "udp_lost": lost,
-                  "conn_p50": pct(conn, .5), "conn_p99": pct(conn, .99)}))
+                  "conn_p50": pct(conn, .5), "conn_p99": pct(conn, .99),
+                  "http_p50": pct(http, .5), "http_rps": len(http) / http_s}))
 """
 
 
@@ -237,6 +290,7 @@ def start_servers(tmp):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen(["ip", "netns", "exec", SRV, sys.executable, "-c", UDP_SERVER, SERVER4]),
         subprocess.Popen(["ip", "netns", "exec", SRV, sys.executable, "-c", TCP_SERVER, SERVER4]),
+        subprocess.Popen(["ip", "netns", "exec", SRV, sys.executable, "-c", HTTP_SERVER, SERVER4]),
     ]
     time.sleep(0.5)
     return procs
@@ -444,8 +498,10 @@ def main():
     med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in results.items()}
     cols = [("up", "TCP up Gbit/s"), ("down", "TCP down Gbit/s"), ("up4", "TCP up x4 Gbit/s"),
             ("udp_p50", "UDP RTT p50 us"), ("udp_p99", "UDP RTT p99 us"),
-            ("conn_p50", "connect p50 us"), ("conn_p99", "connect p99 us"), ("rss", "peak RSS MB")]
-    print(f"\nmedian of {a.runs} runs, iperf3 -t {a.seconds}, {a.samples} UDP round trips, {a.samples // 4} connects\n")
+            ("conn_p50", "connect p50 us"), ("conn_p99", "connect p99 us"),
+            ("http_p50", "HTTP request p50 us"), ("http_rps", "HTTP requests/s"), ("rss", "peak RSS MB")]
+    print(f"\nmedian of {a.runs} runs, iperf3 -t {a.seconds}, {a.samples} UDP round trips, {a.samples // 4} connects, "
+          f"{a.samples // 2} HTTP/1.1 requests on one keep-alive connection\n")
     print("| | " + " | ".join(c[1] for c in cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for n, m in med.items():
