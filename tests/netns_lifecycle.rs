@@ -1145,3 +1145,125 @@ fn every_quic_connection_on_one_socket_is_judged_by_its_own_name() {
         net.stop_geowall();
     });
 }
+
+/// A SOCKS 5 proxy on `at` in the internet namespace that records, with
+/// its own reading, where each client asks it to go (a name, or an
+/// address as text), accepts, and then answers one HTTP request itself.
+fn recording_socks_server(net: &Net, at: SocketAddr) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = in_ns(&net.net, || {
+        std::net::TcpListener::bind(at).expect("bind socks")
+    });
+    l.set_nonblocking(true).expect("nonblocking");
+    let (stop, s) = (net.stopping(), seen.clone());
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                let mut b = [0u8; 2];
+                if c.read_exact(&mut b).is_err() || b[0] != 5 {
+                    return;
+                }
+                let mut methods = vec![0u8; usize::from(b[1])];
+                if c.read_exact(&mut methods).is_err() || c.write_all(&[5, 0]).is_err() {
+                    return;
+                }
+                let mut h = [0u8; 4];
+                if c.read_exact(&mut h).is_err() {
+                    return;
+                }
+                let target = match h[3] {
+                    1 => {
+                        let mut a = [0u8; 4];
+                        let _ = c.read_exact(&mut a);
+                        std::net::Ipv4Addr::from(a).to_string()
+                    }
+                    3 => {
+                        let mut n = [0u8; 1];
+                        let _ = c.read_exact(&mut n);
+                        let mut name = vec![0u8; usize::from(n[0])];
+                        let _ = c.read_exact(&mut name);
+                        String::from_utf8_lossy(&name).into_owned()
+                    }
+                    _ => return,
+                };
+                let mut port = [0u8; 2];
+                let _ = c.read_exact(&mut port);
+                s.lock().expect("targets").push(target);
+                let _ = c.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    seen
+}
+
+/// Under `strict`, curl through a SOCKS 5 proxy at a US address: the
+/// proxy is reached and serves an ordinary name at once (a SOCKS greeting
+/// is not held as the start of a STUN message); asked for an Agora edge by
+/// name, or for a CN address, the request never reaches the proxy, whose
+/// own reading records neither.
+#[test]
+fn where_a_socks_client_asks_to_go_never_reaches_the_proxy_when_blocked() {
+    let test = "where_a_socks_client_asks_to_go_never_reaches_the_proxy_when_blocked";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        net.add_server_address(US3);
+        let world = support::test_world(net.dir.path());
+        let proxy = recording_socks_server(&net, sa(US3, 1080));
+        net.start_geowall(&world, &["--preset", "strict"]);
+        let app = net.app.clone();
+        let via = format!("{US3}:1080");
+        let fetch = |flag: &str, url: &str| {
+            let t = Instant::now();
+            let out = curl(&app, &[flag, &via, "-w", " %{http_code}", url]);
+            (out, t.elapsed())
+        };
+        let (ok, took) = fetch("--socks5-hostname", "http://www.example.com/");
+        let (edge, _) = fetch("--socks5-hostname", &format!("http://{AGORA_EDGE}/"));
+        let (cn, _) = fetch("--socks5", &format!("http://{}/", addr::CN));
+        let seen = proxy.lock().expect("targets").clone();
+        eprintln!(
+            "curl printed {ok:?} in {:.0} ms, {edge:?}, {cn:?}; the proxy was asked for {seen:?}",
+            took.as_secs_f64() * 1e3
+        );
+        assert_eq!(ok, "ok 200", "the ordinary name is served");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        assert_eq!(
+            seen,
+            ["www.example.com"],
+            "only the ordinary name reached the proxy"
+        );
+        let events = net.events();
+        let cuts: Vec<_> = events.iter().filter(|e| e["kind"] == "cut").collect();
+        assert!(
+            cuts.iter().any(|e| e["hosts"][0] == AGORA_EDGE),
+            "{cuts:#?}"
+        );
+        assert!(
+            cuts.iter()
+                .any(|e| e["peer"] == format!("{}:80", addr::CN).as_str()),
+            "{cuts:#?}"
+        );
+        net.stop_geowall();
+    });
+}

@@ -2,7 +2,9 @@
 //! the bytes as an IP packet that may carry others).
 #![no_main]
 
-use geowall::wire::{apps, dns, encap, http, packet, quic, raknet, rtc, sip, tls, tunnel, utp};
+use geowall::wire::{
+    apps, dns, encap, http, packet, quic, raknet, rtc, sip, socks, tls, tunnel, utp,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -34,6 +36,12 @@ fuzz_target!(|data: &[u8]| {
         let _ = (r.partial(), r.lost());
     }
     let _ = quic::initial_dcid(data);
+    let _ = socks::greeting(data);
+    let mut proxy = socks::SocksStream::new();
+    for part in data.chunks(data.len() / 3 + 1) {
+        proxy.feed(part, |_| {});
+    }
+    let _ = (proxy.partial(), proxy.done());
     let _ = rtc::zoom(data, true);
     let _ = rtc::zoom(data, false);
     let _ = tunnel::wireguard_handshake(data);

@@ -33,6 +33,7 @@
 //! | AFS's RX on UDP 7000-7009: a whole RX header ([`apps::rx`]) | `rx` | `other` | by the sampled bytes |
 //! | Nintendo PIA (game sessions): its magic ([`apps::nintendo_pia`]) | `nintendo` | `other` | by the sampled bytes |
 //! | SIP: a request line `METHOD URI SIP/2.0` or a status line ([`sip::start`]), UDP or TCP, any port; a request names the flow by its URI's host | `sip` | `other` | no |
+//! | A SOCKS 5 greeting or SOCKS 4/4a request as the client's first TCP bytes ([`socks::greeting`]); where it asks to go is read by the flow's stream reader | `socks` | `other` | sampled |
 //!
 //! Encryption status ([`Sniffer::encryption`]): from the protocol (RTP is
 //! cleartext unless DTLS was seen in the same flow, then it is SRTP), else
@@ -54,7 +55,7 @@ pub mod leak;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{apps, dns, http, quic, raknet, rtc, sip, tls, tunnel, utp};
+use crate::wire::{apps, dns, http, quic, raknet, rtc, sip, socks, tls, tunnel, utp};
 
 /// Traffic class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -167,6 +168,8 @@ pub enum Protocol {
     Nintendo,
     /// SIP, a voice-over-IP call's signalling (RFC 3261).
     Sip,
+    /// A SOCKS 4, 4a or 5 proxy's handshake (the tunnel it opens follows).
+    Socks,
 }
 
 impl std::fmt::Display for Protocol {
@@ -177,7 +180,7 @@ impl std::fmt::Display for Protocol {
 
 impl Protocol {
     /// Every protocol the classifier reports.
-    pub const ALL: [Protocol; 25] = [
+    pub const ALL: [Protocol; 26] = [
         Protocol::Unknown,
         Protocol::Tls,
         Protocol::Quic,
@@ -203,6 +206,7 @@ impl Protocol {
         Protocol::Rx,
         Protocol::Nintendo,
         Protocol::Sip,
+        Protocol::Socks,
     ];
 
     /// The protocol named `name` ([`Protocol::name`], any case).
@@ -240,6 +244,7 @@ impl Protocol {
             Protocol::Rx => "rx",
             Protocol::Nintendo => "nintendo",
             Protocol::Sip => "sip",
+            Protocol::Socks => "socks",
         }
     }
 }
@@ -829,6 +834,10 @@ impl Sniffer {
                             // hello), or an old client's SSL 2.0-format
                             // hello: TLS without a name.
                             Some((Protocol::Tls, Traffic::Web, true, None))
+                        } else if socks::greeting(&stream).is_some() {
+                            // A proxy's handshake: where it goes is read
+                            // by the flow's stream reader, not here.
+                            Some((Protocol::Socks, Traffic::Other, false, None))
                         } else if rtc::stun_incomplete(&stream) {
                             // The start of a STUN message: wait for the rest.
                             None
@@ -859,7 +868,12 @@ impl Sniffer {
             } else {
                 class
             };
-            self.decide(proto, class, enc);
+            if proto == Protocol::Socks {
+                // Its tunnel may carry anything: the sampled bytes say.
+                self.decide_sampled(proto, class);
+            } else {
+                self.decide(proto, class, enc);
+            }
         }
     }
 

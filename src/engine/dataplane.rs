@@ -539,7 +539,7 @@ impl Engine {
             .filter_map(|f| match (f.phase, f.first_bytes) {
                 (TcpPhase::Sniffing { since_ns: Some(t) }, _)
                 | (_, FirstBytes::Reading { since_ns: t }) => Some(t + TCP_SNIFF_NS),
-                _ => f.head_since_ns.map(|t| t + TCP_SNIFF_NS),
+                _ => f.partial_since_ns.map(|t| t + TCP_SNIFF_NS),
             })
             .min();
         let tcp = self

@@ -46,8 +46,10 @@ pub struct FlowCore {
     pub last_ns: u64,
     /// IP packets and bytes each way, as seen on the app's side.
     pub volume: Volume,
-    /// The peers a TURN relay (this flow's server) was asked to reach, in
-    /// the order learned; at most [`MAX_PEERS`], the oldest forgotten
+    /// The peers a relay (this flow's server) was asked to reach, in the
+    /// order learned: a TURN relay's (`XOR-PEER-ADDRESS`), a SOCKS or HTTP
+    /// proxy's target given as an address (port 0 where the request gave
+    /// none); at most [`MAX_PEERS`], the oldest forgotten
     /// first (a forgotten peer named again is learned, and judged, again).
     pub peers: Vec<SocketAddr>,
     /// The answer an `ask` rule got for this flow (allow?, how it came):
@@ -63,9 +65,9 @@ pub struct FlowCore {
     /// connections on a UDP flow; at most [`MAX_HOSTS`], the oldest
     /// forgotten first.
     pub hosts: Vec<String>,
-    /// TCP: the client's stream framed as HTTP/1.x requests
-    /// ([`FlowCore::learn_stream_hosts`]).
-    requests: RequestRead,
+    /// TCP: the client's stream read as HTTP/1.x requests or a SOCKS
+    /// handshake ([`FlowCore::learn_stream_hosts`]).
+    requests: StreamRead,
     /// UDP: the QUIC connections the flow's datagrams opened
     /// ([`FlowCore::learn_quic_names`]).
     quic: Option<Box<QuicConns>>,
@@ -99,16 +101,19 @@ impl QuicConns {
     }
 }
 
-/// Whether a TCP flow's stream is framed as HTTP/1.x requests, decided by
-/// its first bytes.
+/// How a TCP flow's stream is read for the names and addresses its later
+/// messages ask for, decided by its first bytes.
 #[derive(Debug, Default)]
-enum RequestRead {
+enum StreamRead {
     /// No byte from the app yet.
     #[default]
     Unseen,
-    /// The stream began like a request: every head is read.
-    Reading(Box<crate::wire::http::RequestStream>),
-    /// Not HTTP/1.x (or no longer framed as it).
+    /// The stream began like an HTTP/1.x request: every head is read.
+    Http(Box<crate::wire::http::RequestStream>),
+    /// The stream began with a SOCKS greeting: its request and the
+    /// tunnel's ClientHello are read.
+    Socks(Box<crate::wire::socks::SocksStream>),
+    /// Neither (or no longer read).
     No,
 }
 
@@ -260,7 +265,7 @@ impl FlowCore {
             answer: None,
             turn: TurnRead::Unseen,
             hosts: Vec::new(),
-            requests: RequestRead::Unseen,
+            requests: StreamRead::Unseen,
             quic: None,
         }
     }
@@ -342,39 +347,77 @@ impl FlowCore {
         }
     }
 
-    /// Whether the client's TCP stream ends inside an HTTP/1.x request's
-    /// head.
+    /// Whether the client's TCP stream ends inside a message that names
+    /// where it goes: an HTTP/1.x request's head, a SOCKS request, or the
+    /// ClientHello a proxy's tunnel begins with.
     pub fn head_partial(&self) -> bool {
-        matches!(&self.requests, RequestRead::Reading(r) if r.partial())
+        match &self.requests {
+            StreamRead::Http(r) => r.partial(),
+            StreamRead::Socks(s) => s.partial(),
+            _ => false,
+        }
     }
 
-    /// Reads the next bytes of the client's TCP stream, in order, as
+    /// Reads the next bytes of the client's TCP stream, in order: as
     /// HTTP/1.x requests when the stream began like one
-    /// ([`crate::wire::http::RequestStream`]), and keeps the hosts its
-    /// requests name that the flow did not know.
+    /// ([`crate::wire::http::RequestStream`]: every request's host, a
+    /// forward proxy's target, a CONNECT tunnel's ClientHello), or as a
+    /// SOCKS handshake when it began with a greeting
+    /// ([`crate::wire::socks::SocksStream`]: the request's target, the
+    /// tunnel's ClientHello). Names the flow did not know are kept in
+    /// [`FlowCore::hosts`]; addresses (a target given as one, or an IP
+    /// literal for a host) become the flow's [`FlowCore::peers`], judged
+    /// like a relay's.
     pub fn learn_stream_hosts(&mut self, data: &[u8]) -> StreamHosts {
-        if matches!(self.requests, RequestRead::Unseen) {
+        use crate::wire::socks::{SocksStream, Target, greeting};
+        if matches!(self.requests, StreamRead::Unseen) {
             if data.is_empty() {
                 return StreamHosts::default();
             }
             self.requests = if crate::wire::http::may_start_request(data) {
-                RequestRead::Reading(Box::default())
+                StreamRead::Http(Box::default())
+            } else if greeting(data).is_some() || matches!(data, [4 | 5]) {
+                StreamRead::Socks(Box::new(SocksStream::new()))
             } else {
-                RequestRead::No
+                StreamRead::No
             };
         }
-        let RequestRead::Reading(r) = &mut self.requests else {
-            return StreamHosts::default();
+        let mut names: Vec<String> = Vec::new();
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let partial = match &mut self.requests {
+            StreamRead::Http(r) => {
+                r.feed(data, |n| names.push(n.to_owned()));
+                let partial = r.partial();
+                if r.lost() {
+                    self.requests = StreamRead::No;
+                }
+                partial
+            }
+            StreamRead::Socks(s) => {
+                s.feed(data, |t| match t {
+                    Target::Name(n) => names.push(n.to_owned()),
+                    Target::Addr(a) => addrs.push(a),
+                });
+                let partial = s.partial();
+                if s.done() {
+                    self.requests = StreamRead::No;
+                }
+                partial
+            }
+            _ => return StreamHosts::default(),
         };
-        let mut names = Vec::new();
-        r.feed(data, |n| names.push(n.to_owned()));
-        let partial = r.partial();
-        if r.lost() {
-            self.requests = RequestRead::No;
-        }
         let mut new = false;
         for n in names {
-            new |= self.learn_host(&n);
+            // An IP literal is an address to reach, not a name.
+            match n.trim_start_matches('[').trim_end_matches(']').parse() {
+                // (the server's own address is no one else to reach)
+                Ok(ip) if ip == self.server.ip() => {}
+                Ok(ip) => new |= self.learn_peer(SocketAddr::new(ip, 0)),
+                Err(_) => new |= self.learn_host(&n),
+            }
+        }
+        for a in addrs {
+            new |= self.learn_peer(a);
         }
         StreamHosts { new, partial }
     }
@@ -431,16 +474,24 @@ impl FlowCore {
         }
         let mut news = PeerNews::Nothing;
         for peer in found.iter() {
-            if self.peers.iter().any(|p| p.ip() == peer.ip()) {
-                continue;
+            if self.learn_peer(peer) {
+                news = PeerNews::New;
             }
-            if self.peers.len() == MAX_PEERS {
-                self.peers.remove(0);
-            }
-            self.peers.push(peer);
-            news = PeerNews::New;
         }
         news
+    }
+
+    /// Keeps `peer` among the addresses the flow's server is asked to
+    /// reach, unless its address is known; whether it is new.
+    fn learn_peer(&mut self, peer: SocketAddr) -> bool {
+        if self.peers.iter().any(|p| p.ip() == peer.ip()) {
+            return false;
+        }
+        if self.peers.len() == MAX_PEERS {
+            self.peers.remove(0);
+        }
+        self.peers.push(peer);
+        true
     }
 }
 

@@ -86,6 +86,10 @@ pub fn host(stream: &[u8]) -> HttpHost<'_> {
 /// that runs longer is not read (the stream is given up).
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
+/// The most of a ClientHello read through a CONNECT tunnel (the hello and
+/// its records' headers).
+const MAX_TUNNEL_HELLO: usize = super::tls::MAX_HELLO + 16 * 1024;
+
 /// The longest chunk-size line (with its extensions) or trailer line read.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -128,6 +132,9 @@ enum ReqState {
     Trailer(usize),
     /// After a CONNECT or an `Upgrade`: what comes next decides.
     Switched,
+    /// Through a CONNECT tunnel: a TLS ClientHello (its bytes so far in
+    /// [`RequestStream::head`]), whose server name is the tunnel's.
+    TunnelHello,
     /// Not HTTP/1.x requests (any more): nothing is read.
     Lost,
 }
@@ -207,6 +214,9 @@ impl RequestStream {
     /// what comes of it before its end is not held (a stream that goes on
     /// in another protocol after an HTTP start is not held up).
     pub fn partial(&self) -> bool {
+        if self.state == ReqState::TunnelHello {
+            return true;
+        }
         self.state == ReqState::Head
             && !self.head.is_empty()
             && KNOWN_METHODS.iter().any(|m| {
@@ -249,12 +259,32 @@ impl RequestStream {
                 }
                 ReqState::Switched => {
                     // A request again (a proxy tunnel carrying cleartext
-                    // HTTP), or the other protocol: no longer read.
+                    // HTTP), a ClientHello through the tunnel, or the
+                    // other protocol: no longer read.
                     if data[0].is_ascii_uppercase() {
                         self.state = ReqState::Head;
+                    } else if data[0] == 0x16 {
+                        self.state = ReqState::TunnelHello;
                     } else {
                         self.lose();
                     }
+                }
+                ReqState::TunnelHello => {
+                    let room = MAX_TUNNEL_HELLO.saturating_sub(self.head.len());
+                    let take = data.len().min(room);
+                    self.head.extend_from_slice(&data[..take]);
+                    let mut scratch = Vec::new();
+                    match super::tls::client_hello(&self.head, &mut scratch) {
+                        super::tls::Hello::Found(h) => {
+                            if let Some(n) = h.sni {
+                                on_name(n);
+                            }
+                            self.lose();
+                        }
+                        super::tls::Hello::NeedMore(_) if take == data.len() => {}
+                        _ => self.lose(),
+                    }
+                    return;
                 }
                 ReqState::Head => {
                     data = self.head_bytes(data, &mut on_name);
@@ -677,11 +707,27 @@ mod tests {
               GET http://near.example/ HTTP/1.1\r\nHost: near.example\r\n\r\n",
         );
         assert_eq!(got, ["near.example", "far.example", "near.example"]);
-        // A CONNECT tunnel: its TLS is not read as requests ...
-        let (got, r) =
-            names(b"CONNECT far.example:443 HTTP/1.1\r\nHost: far.example:443\r\n\r\n\x16\x03\x01");
+        // A CONNECT tunnel: its ClientHello names the server the proxy
+        // reaches (held while it comes), and nothing after it is read ...
+        let connect = b"CONNECT far.example:443 HTTP/1.1\r\nHost: far.example:443\r\n\r\n";
+        let (got, r) = names(&[&connect[..], b"\x16\x03\x01"].concat());
         assert_eq!(got, ["far.example"]);
-        assert!(r.lost() && !r.partial());
+        assert!(!r.lost() && r.partial());
+        let hello = crate::wire::tls::client_hello_records("inner.example.org", 0);
+        let tunnel = [
+            &connect[..],
+            &hello,
+            b"\x17\x03\x03\x00\x10GET / HTTP/1.1\r\n",
+        ]
+        .concat();
+        for c in 0..tunnel.len() {
+            let (got, r) = names_cut(&tunnel, &[c]);
+            assert_eq!(got, ["far.example", "inner.example.org"], "cut at {c}");
+            assert!(r.lost() && !r.partial());
+        }
+        let (got, r) = names(&[&connect[..], b"\x17\x03\x03"].concat());
+        assert_eq!(got, ["far.example"]);
+        assert!(r.lost() && !r.partial(), "not a hello");
         // ... but cleartext requests through it are.
         let (got, r) = names(
             b"CONNECT far.example:80 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nHost: far.example\r\n\r\n\

@@ -13,6 +13,7 @@ pub mod quic;
 pub mod raknet;
 pub mod rtc;
 pub mod sip;
+pub mod socks;
 pub mod tls;
 pub mod tunnel;
 pub mod utp;

@@ -378,11 +378,14 @@ impl TurnStream {
     }
 }
 
-/// Whether a TCP stream that begins with `p` may be TURN over TCP: a STUN
-/// message type (top two bits zero) and, once 8 bytes are in, the magic
-/// cookie. The message itself may continue in later segments.
+/// Whether a TCP stream that begins with `p` may be TURN over TCP: the
+/// type of a STUN message whose method is one IANA has assigned (all below
+/// 0x100, so the first byte is 0 to 3: Binding to ConnectionAttempt, and
+/// Google's GOOG-PING) and, once 8 bytes are in, the magic cookie. The
+/// message itself may continue in later segments. (A SOCKS greeting, 4 or
+/// 5 then its methods, is not one.)
 pub fn stun_start(p: &[u8]) -> bool {
-    p.first().is_some_and(|b| b & 0xC0 == 0) && (p.len() < 8 || be32(p, 4) == Some(STUN_COOKIE))
+    p.first().is_some_and(|&b| b <= 0x03) && (p.len() < 8 || be32(p, 4) == Some(STUN_COOKIE))
 }
 
 /// Whether `p` is the start of a STUN message on a stream whose rest is

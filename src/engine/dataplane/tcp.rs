@@ -106,15 +106,16 @@ pub(super) struct TcpFlow {
     /// back.
     pub(super) buffers_used: bool,
     /// App bytes are held because a message in them that can change the
-    /// verdict (a TURN message, an HTTP/1.x request's head) is not whole
-    /// yet: they are judged once it is.
+    /// verdict (a TURN message, an HTTP/1.x request's head, a SOCKS
+    /// request, a proxy tunnel's ClientHello) is not whole yet: they are
+    /// judged once it is.
     pub(super) msg_held: bool,
-    /// Since when the app's bytes end inside an HTTP/1.x request's head
-    /// that is not whole: after [`TCP_SNIFF_NS`] with no more of it, what
-    /// is held goes on (the framing goes on too: the head's end is judged
-    /// before it leaves, so a server never gets the whole head of a
-    /// request the rules block).
-    pub(super) head_since_ns: Option<u64>,
+    /// Since when the app's bytes end inside such a message: after
+    /// [`TCP_SNIFF_NS`] with no more of it, what is held goes on (the
+    /// reading goes on too: the message's end is judged before it leaves,
+    /// so a server never gets the whole of a message the rules block; a
+    /// stream read wrongly is never held up for longer).
+    pub(super) partial_since_ns: Option<u64>,
 }
 
 impl Engine {
@@ -269,7 +270,7 @@ impl Engine {
                 seq_seen: seg.seq.wrapping_add(1),
                 buffers_used: false,
                 msg_held: false,
-                head_since_ns: None,
+                partial_since_ns: None,
             };
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
             if !asked && !sniff && !is_dns {
@@ -525,8 +526,8 @@ impl Engine {
                 let req = f.core.learn_stream_hosts(&data);
                 new_host |= req.new;
                 f.msg_held |= turn.partial || req.partial;
-                if req.partial && f.head_since_ns.is_none() {
-                    f.head_since_ns = Some(now_ns);
+                if (turn.partial || req.partial) && f.partial_since_ns.is_none() {
+                    f.partial_since_ns = Some(now_ns);
                     let t = now_ns + TCP_SNIFF_NS;
                     self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
                 }
@@ -590,19 +591,19 @@ impl Engine {
                 }
                 return;
             }
-            if !f.core.head_partial() {
-                f.head_since_ns = None;
+            let partial_now = f.core.turn_partial() || f.core.head_partial();
+            if !partial_now {
+                f.partial_since_ns = None;
             }
-            // A head that stopped coming in pieces for the sniffing time
-            // (a person typing, a stream framed wrongly) holds no longer.
-            let head_late = f
-                .head_since_ns
+            // A message that stopped coming in pieces for the sniffing
+            // time (a person typing, a stream read wrongly) holds no longer.
+            let late = f
+                .partial_since_ns
                 .is_some_and(|t| now_ns.saturating_sub(t) >= TCP_SNIFF_NS);
-            if head_late {
-                f.head_since_ns = None;
+            if late {
+                f.partial_since_ns = None;
             }
-            let msg_partial =
-                f.msg_held && (f.core.turn_partial() || (f.core.head_partial() && !head_late));
+            let msg_partial = f.msg_held && partial_now && !late;
             // Bytes held for a TURN message or a request head that is whole
             // now.
             let msg_due = f.msg_held && !msg_partial;
@@ -689,6 +690,9 @@ impl Engine {
                     self.out.push_back(Output::Event(Box::new(ev)));
                 } else if first {
                     f.phase = TcpPhase::Connecting;
+                    if !msg_partial {
+                        f.msg_held = false;
+                    }
                     if f.pending.is_empty() && !f.core.sniffer.is_done() {
                         // The timer opened it: the app's first bytes, when
                         // they come, are still judged before they leave.

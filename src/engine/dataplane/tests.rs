@@ -2107,10 +2107,20 @@ fn a_relay_over_tcp_is_judged_by_the_peers_it_is_asked_to_reach() {
 /// An app's keep-alive HTTP/1.x connection to `to`, its first request
 /// (to an allowed host) judged, opened and relayed; the engine's outputs.
 fn open_keep_alive(e: &mut Engine, now: &mut u64, to: &str) -> (App, FlowId, Vec<Output>) {
+    open_after(
+        e,
+        now,
+        to,
+        b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+    )
+}
+
+/// An app's connection to `to` whose `first` bytes were judged (within
+/// 10 ms), opened and relayed; the engine's outputs.
+fn open_after(e: &mut Engine, now: &mut u64, to: &str, first: &[u8]) -> (App, FlowId, Vec<Output>) {
     let (mut app, _) = connected(e, to, now);
-    let first = b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n";
     app.socket().send_slice(first).expect("send");
-    let mut outs = run_until(&mut app, e, now, MS, 50, |_, o| tcp_open_of(o).is_some());
+    let mut outs = run_until(&mut app, e, now, MS, 10, |_, o| tcp_open_of(o).is_some());
     let flow = tcp_open_of(&outs).expect("an allowed host: opened");
     e.handle_tcp_connected(flow, *now);
     while let Some(o) = e.poll_output() {
@@ -2119,7 +2129,7 @@ fn open_keep_alive(e: &mut Engine, now: &mut u64, to: &str) -> (App, FlowId, Vec
             o => outs.push(o),
         }
     }
-    assert_eq!(tcp_sent_upstream(&outs), first);
+    assert_eq!(tcp_sent_upstream(&outs), first, "{:?}", events(&outs));
     (app, flow, outs)
 }
 
@@ -2128,10 +2138,23 @@ fn open_keep_alive(e: &mut Engine, now: &mut u64, to: &str) -> (App, FlowId, Vec
 fn later_request_is_cut(
     e: &mut Engine,
     now: &mut u64,
-    (app, flow, outs): &mut (App, FlowId, Vec<Output>),
+    c: &mut (App, FlowId, Vec<Output>),
     pieces: &[&[u8]],
     host: &str,
 ) {
+    let cut = later_bytes_are_cut(e, now, c, pieces);
+    assert_eq!(cut.server_name.as_deref(), Some("www.example.com"));
+    assert_eq!(cut.hosts.last().map(String::as_str), Some(host));
+}
+
+/// The app sends `pieces` on an open flow: none of them leaves, the
+/// connection is cut with an RST to the app; the cut's event.
+fn later_bytes_are_cut(
+    e: &mut Engine,
+    now: &mut u64,
+    (app, flow, outs): &mut (App, FlowId, Vec<Output>),
+    pieces: &[&[u8]],
+) -> Event {
     use smoltcp::socket::tcp::State as S_;
     let before = tcp_sent_upstream(outs);
     for p in pieces {
@@ -2145,9 +2168,62 @@ fn later_request_is_cut(
     assert_eq!(app.socket().state(), S_::Closed, "the app saw an RST");
     let ev = events(outs);
     let cut = ev.iter().find(|e| e.kind == EventKind::Cut).expect("a cut");
-    assert_eq!(cut.server_name.as_deref(), Some("www.example.com"));
-    assert_eq!(cut.hosts.last().map(String::as_str), Some(host));
     assert!(cut.rule.is_some(), "{cut:?}");
+    (*cut).clone()
+}
+
+/// Where a SOCKS client asks its proxy (a US address) to go is judged
+/// before the request leaves: a name (a PRC vendor's edge), an address
+/// (CN), and, through the tunnel to an allowed name, the ClientHello's
+/// name, held while it comes; the connection is cut, and nothing of these
+/// reaches the proxy. The greeting itself is judged at once (it is not
+/// taken for the start of a STUN message and waited on), and an allowed
+/// request and hello go out whole.
+#[test]
+fn where_a_socks_client_asks_to_go_is_judged_before_it_leaves() {
+    let agora = "104-166-161-75.edge.agora.io";
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let mut now = S;
+    let request = |name: &str| {
+        let mut r = vec![5, 1, 0, 3, name.len() as u8];
+        r.extend_from_slice(name.as_bytes());
+        r.extend_from_slice(&443u16.to_be_bytes());
+        r
+    };
+    // By name.
+    let mut c = open_after(&mut e, &mut now, "198.51.100.7:1080", &[5, 1, 0]);
+    let cut = later_bytes_are_cut(&mut e, &mut now, &mut c, &[&request(agora)]);
+    assert_eq!(cut.protocol, Protocol::Socks);
+    assert_eq!(cut.hosts, [agora]);
+    // By address (IPv4, CN).
+    let mut c = open_after(&mut e, &mut now, "198.51.100.8:1080", &[5, 1, 0]);
+    let cn = [5, 1, 0, 1, 203, 0, 113, 10, 0x01, 0xBB];
+    let cut = later_bytes_are_cut(&mut e, &mut now, &mut c, &[&cn]);
+    assert_eq!(cut.peer.as_deref(), Some("203.0.113.10:443"), "{cut:?}");
+    // An allowed name, then a ClientHello naming the edge through the
+    // tunnel, in two pieces.
+    let mut c = open_after(&mut e, &mut now, "198.51.100.9:1080", &[5, 1, 0]);
+    let allowed = request("www.example.com");
+    c.0.socket().send_slice(&allowed).expect("send");
+    c.2.extend(run_until(&mut c.0, &mut e, &mut now, MS, 10, |_, _| false));
+    assert_eq!(tcp_sent_upstream(&c.2), [&[5, 1, 0][..], &allowed].concat());
+    let hello = crate::wire::tls::client_hello_records(agora, 0);
+    let (a, b) = hello.split_at(40);
+    let cut = later_bytes_are_cut(&mut e, &mut now, &mut c, &[a, b]);
+    assert_eq!(cut.hosts, ["www.example.com", agora]);
+    // All allowed: the request and the hello go out whole.
+    let mut c = open_after(&mut e, &mut now, "198.51.100.10:1080", &[5, 1, 0]);
+    let hello = crate::wire::tls::client_hello_records("www.example.org", 0);
+    let (app, _, outs) = &mut c;
+    for piece in [&allowed[..], &hello[..40], &hello[40..]] {
+        app.socket().send_slice(piece).expect("send");
+        outs.extend(run_until(app, &mut e, &mut now, MS, 10, |_, _| false));
+    }
+    assert_eq!(
+        tcp_sent_upstream(outs),
+        [&[5, 1, 0][..], &allowed, &hello].concat()
+    );
+    assert!(!events(outs).iter().any(|e| e.kind == EventKind::Cut));
 }
 
 /// Every request of a keep-alive HTTP/1.x connection is judged by its
@@ -2228,6 +2304,42 @@ fn bytes_after_an_http_start_that_are_not_requests_are_not_held() {
         );
     }
     assert!(tcp_sent_upstream(outs).len() > before);
+}
+
+/// A first message that reads as the start of a STUN message (TURN over
+/// TCP) and never comes whole, the app waiting for its answer, holds the
+/// connection no longer than the sniffing time: it then goes out.
+#[test]
+fn a_start_that_never_comes_whole_is_held_no_longer_than_the_sniffing_time() {
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let mut now = S;
+    let (mut app, _) = connected(&mut e, "198.51.100.7:5000", &mut now);
+    app.socket().send_slice(&[1, 2, 0]).expect("send");
+    let sent_at = now;
+    let mut outs = run_until(&mut app, &mut e, &mut now, 10 * MS, 50, |_, o| {
+        tcp_open_of(o).is_some()
+    });
+    let flow = tcp_open_of(&outs).expect("opened by the sniffing time");
+    e.handle_tcp_connected(flow, now);
+    while let Some(o) = e.poll_output() {
+        match o {
+            Output::ToTun(p) => app.dev.rx.push_back(p),
+            o => outs.push(o),
+        }
+    }
+    if tcp_sent_upstream(&outs).is_empty() {
+        outs.extend(run_until(
+            &mut app,
+            &mut e,
+            &mut now,
+            10 * MS,
+            100,
+            |_, o| upstream_bytes(o) > 0,
+        ));
+    }
+    assert_eq!(tcp_sent_upstream(&outs), [1, 2, 0], "held for good");
+    let waited = now - sent_at;
+    assert!(waited < TCP_SNIFF_NS + 100 * MS, "{} ms", waited / MS);
 }
 
 /// A later request's head that stops coming for the sniffing time (a
