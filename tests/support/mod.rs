@@ -337,18 +337,16 @@ impl Net {
         self.count("0.0.0.0", 255, 0)
     }
 
-    /// Puts one more server address on the internet namespace's loopback.
+    /// Puts one more server address on the internet namespace's loopback
+    /// (an IPv6 one without duplicate address detection, so that a server
+    /// can bind it at once rather than after it stops being tentative).
     pub(crate) fn add_server_address(&self, a: &str) {
-        let plen = if a.contains(':') { 128 } else { 32 };
-        ip(&[
-            "-n",
-            &self.net,
-            "addr",
-            "add",
-            &format!("{a}/{plen}"),
-            "dev",
-            "lo",
-        ]);
+        let cidr = format!("{a}/{}", if a.contains(':') { 128 } else { 32 });
+        let mut args = vec!["-n", &self.net, "addr", "add", &cidr, "dev", "lo"];
+        if a.contains(':') {
+            args.push("nodad");
+        }
+        ip(&args);
     }
 
     /// Writes `policy` into the scratch directory and builds the test world
