@@ -21,7 +21,12 @@ type Datagram = ([u8; 4], u16, [u8; 4], u16, Vec<u8>);
 /// A pcap (raw IPv4 link type) of UDP datagrams. Only a file: nothing is
 /// sent anywhere; the addresses are documentation ranges.
 fn pcap_udp(packets: &[Datagram]) -> Vec<u8> {
-    let ips: Vec<Vec<u8>> = packets
+    pcap_raw(&udp_ips(packets))
+}
+
+/// The IPv4 packets of UDP datagrams.
+fn udp_ips(packets: &[Datagram]) -> Vec<Vec<u8>> {
+    packets
         .iter()
         .map(|(src, sp, dst, dp, payload)| {
             let total = 20 + 8 + payload.len();
@@ -36,8 +41,7 @@ fn pcap_udp(packets: &[Datagram]) -> Vec<u8> {
             ip.extend_from_slice(payload);
             ip
         })
-        .collect();
-    pcap_raw(&ips)
+        .collect()
 }
 
 /// An SD-RTN-shaped payload (the public facts: byte 6 = 0x21, "\x04SNI" at
@@ -608,8 +612,13 @@ fn a_relayed_flow_shows_its_peers_and_the_peer_that_decided() {
 /// TCP segments from `src` to `dst` carrying `chunks` in order (PSH|ACK,
 /// sequence numbers following on), as IPv4 packets in a pcap.
 fn pcap_tcp(src: ([u8; 4], u16), dst: ([u8; 4], u16), chunks: &[&[u8]]) -> Vec<u8> {
+    pcap_raw(&tcp_ips(src, dst, chunks))
+}
+
+/// The IPv4 packets of one TCP stream's segments, from `src` to `dst`.
+fn tcp_ips(src: ([u8; 4], u16), dst: ([u8; 4], u16), chunks: &[&[u8]]) -> Vec<Vec<u8>> {
     let mut seq = 1_000u32;
-    let ips: Vec<Vec<u8>> = chunks
+    chunks
         .iter()
         .map(|payload| {
             let total = 20 + 20 + payload.len();
@@ -626,8 +635,7 @@ fn pcap_tcp(src: ([u8; 4], u16), dst: ([u8; 4], u16), chunks: &[&[u8]]) -> Vec<u
             seq = seq.wrapping_add(payload.len() as u32);
             ip
         })
-        .collect();
-    pcap_raw(&ips)
+        .collect()
 }
 
 #[test]
@@ -718,10 +726,60 @@ fn every_quic_connection_of_a_flow_is_audited() {
     assert_eq!(fl["verdict"]["action"], "block", "{fl}");
 }
 
+/// A SOCKS 5 client asks its proxy for a UDP relay; the datagrams it then
+/// sends the relay name their targets: the audit shows them as the relay
+/// flow's peers and blocks the flow for a CN target, as the live engine
+/// cuts it.
+#[test]
+fn a_socks_udp_relay_shows_the_targets_its_datagrams_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = support::test_world(dir.path());
+    let (app, proxy) = ([192, 0, 2, 10], [198, 51, 100, 7]);
+    let to = |ip: [u8; 4]| {
+        let mut d = vec![0, 0, 0, 1];
+        d.extend_from_slice(&ip);
+        d.extend_from_slice(&5004u16.to_be_bytes());
+        d.extend_from_slice(b"voice");
+        (app, 41_000, proxy, 40_000, d)
+    };
+    let relay_flow = |targets: &[[u8; 4]]| {
+        let mut ips = tcp_ips(
+            (app, 40_000),
+            (proxy, 1080),
+            &[&[5, 1, 0], &[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]],
+        );
+        let datagrams: Vec<Datagram> = targets.iter().map(|t| to(*t)).collect();
+        ips.extend(udp_ips(&datagrams));
+        let flows = all_flows(dir.path(), &pcap_raw(&ips), "strict", &world);
+        let tcp = flows
+            .iter()
+            .find(|f| f["proto"] == "tcp")
+            .expect("the TCP flow");
+        assert_eq!(tcp["protocol"], "socks", "{tcp}");
+        flows
+            .into_iter()
+            .find(|f| f["proto"] == "udp")
+            .expect("the relay flow")
+    };
+    let fl = relay_flow(&[[198, 51, 100, 20]]);
+    assert_eq!(fl["peers"][0]["peer"], "198.51.100.20:5004", "{fl}");
+    assert_eq!(fl["verdict"]["action"], "allow", "{fl}");
+    let fl = relay_flow(&[[198, 51, 100, 20], [203, 0, 113, 10]]);
+    assert_eq!(fl["peers"][1]["peer"], "203.0.113.10:5004", "{fl}");
+    assert_eq!(fl["verdict"]["action"], "block", "{fl}");
+    assert_eq!(fl["verdict"]["peer"], "203.0.113.10:5004", "{fl}");
+}
+
 /// The first flow of `geowall audit --json --preset preset` on the capture
 /// `pcap` (written in `dir`), with the test world.
 fn first_flow(dir: &Path, pcap: &[u8], preset: &str, world: &Path) -> Value {
-    let f = dir.join("first-flow.pcap");
+    all_flows(dir, pcap, preset, world).remove(0)
+}
+
+/// Every flow of `geowall audit --json --preset preset` on the capture
+/// `pcap` (written in `dir`), with the test world.
+fn all_flows(dir: &Path, pcap: &[u8], preset: &str, world: &Path) -> Vec<Value> {
+    let f = dir.join("flows.pcap");
     std::fs::write(&f, pcap).expect("write");
     let o = geowall(&[
         "audit",
@@ -733,8 +791,12 @@ fn first_flow(dir: &Path, pcap: &[u8], preset: &str, world: &Path) -> Value {
         "--json",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let out = String::from_utf8_lossy(&o.stdout);
-    serde_json::from_str(out.lines().next().expect("a flow")).expect("json")
+    let flows: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert!(!flows.is_empty(), "no flow");
+    flows
 }
 
 /// The flows of `geowall audit --json` on a fixture.

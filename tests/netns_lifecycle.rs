@@ -1267,3 +1267,150 @@ fn where_a_socks_client_asks_to_go_never_reaches_the_proxy_when_blocked() {
         net.stop_geowall();
     });
 }
+
+/// A SOCKS 5 proxy that grants UDP ASSOCIATE on `tcp_at` and relays on
+/// `udp_at`, recording, with its own reading, the target each datagram's
+/// header names (it forwards nothing).
+fn recording_socks_udp_relay(
+    net: &Net,
+    tcp_at: SocketAddr,
+    udp_at: SocketAddr,
+) -> Arc<std::sync::Mutex<Vec<String>>> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = in_ns(&net.net, || {
+        std::net::TcpListener::bind(tcp_at).expect("bind socks")
+    });
+    l.set_nonblocking(true).expect("nonblocking");
+    let u = in_ns(&net.net, || UdpSocket::bind(udp_at).expect("bind relay"));
+    u.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let stop = net.stopping();
+    let reply = match udp_at {
+        SocketAddr::V4(a) => {
+            let mut r = vec![5, 0, 0, 1];
+            r.extend_from_slice(&a.ip().octets());
+            r.extend_from_slice(&a.port().to_be_bytes());
+            r
+        }
+        SocketAddr::V6(_) => panic!("IPv4 only"),
+    };
+    let s2 = stop.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !s2.load(Ordering::SeqCst) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            let _ = c.set_nonblocking(false);
+            let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+            let mut greet = [0u8; 3];
+            let mut req = [0u8; 10];
+            if c.read_exact(&mut greet).is_ok()
+                && c.write_all(&[5, 0]).is_ok()
+                && c.read_exact(&mut req).is_ok()
+                && req[1] == 3
+            {
+                let _ = c.write_all(&reply);
+            }
+            // The association lives as long as its TCP connection.
+            held.push(c);
+        }
+    });
+    let got = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok((n, _)) = u.recv_from(&mut buf) {
+                let d = &buf[..n];
+                let target = if n >= 10 && d[..4] == [0, 0, 0, 1] {
+                    let ip = std::net::Ipv4Addr::new(d[4], d[5], d[6], d[7]);
+                    format!("{ip}:{}", u16::from_be_bytes([d[8], d[9]]))
+                } else {
+                    "other".to_owned()
+                };
+                got.lock().expect("targets").push(target);
+            }
+        }
+    });
+    seen
+}
+
+/// Under `strict`, a SOCKS 5 client asks its proxy (a US address) for a
+/// UDP relay and sends voice through it: 5 datagrams for a US peer reach
+/// the relay; then 5 for a CN peer and 5 more for the US one: the relay's
+/// own reading counts none of them (the relay flow is cut at the first CN
+/// one), and the event names the CN peer.
+#[test]
+fn a_socks_udp_relay_never_carries_media_to_a_blocked_peer() {
+    let test = "a_socks_udp_relay_never_carries_media_to_a_blocked_peer";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        net.add_server_address(US3);
+        let world = support::test_world(net.dir.path());
+        let relay = recording_socks_udp_relay(&net, sa(US3, 1080), sa(US3, 1081));
+        net.start_geowall(&world, &["--preset", "strict"]);
+        let app = net.app.clone();
+        in_ns(&app, || {
+            let mut c = TcpStream::connect_timeout(&sa(US3, 1080), Duration::from_secs(3))
+                .expect("connect to the proxy");
+            c.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            c.write_all(&[5, 1, 0]).expect("greeting");
+            let mut choice = [0u8; 2];
+            c.read_exact(&mut choice).expect("method chosen");
+            c.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+                .expect("UDP ASSOCIATE");
+            let mut granted = [0u8; 10];
+            c.read_exact(&mut granted).expect("relay granted");
+            let relay_at = SocketAddr::from((
+                [granted[4], granted[5], granted[6], granted[7]],
+                u16::from_be_bytes([granted[8], granted[9]]),
+            ));
+            let u = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            let to = |peer: [u8; 4], seq: u16| {
+                let mut d = vec![0, 0, 0, 1];
+                d.extend_from_slice(&peer);
+                d.extend_from_slice(&5004u16.to_be_bytes());
+                d.extend_from_slice(&rtp(seq));
+                d
+            };
+            for (peer, first) in [
+                ([198, 51, 100, 20], 0),
+                ([203, 0, 113, 10], 5),
+                ([198, 51, 100, 20], 10),
+            ] {
+                for seq in first..first + 5 {
+                    let _ = u.send_to(&to(peer, seq), relay_at);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1_200));
+            drop(c);
+        });
+        let seen = relay.lock().expect("targets").clone();
+        let count = |t: &str| seen.iter().filter(|s| s.as_str() == t).count();
+        eprintln!(
+            "the relay read {} datagrams: {} for the US peer, {} for the CN peer",
+            seen.len(),
+            count("198.51.100.20:5004"),
+            count("203.0.113.10:5004")
+        );
+        assert_eq!(
+            count("203.0.113.10:5004"),
+            0,
+            "media reached the relay for the CN peer"
+        );
+        assert_eq!(count("198.51.100.20:5004"), 5, "only before the cut");
+        let events = net.events();
+        let cut = events
+            .iter()
+            .find(|e| e["kind"] == "cut" && e["proto"] == "udp")
+            .unwrap_or_else(|| panic!("no cut: {events:#?}"));
+        assert_eq!(cut["peer"], "203.0.113.10:5004", "{cut}");
+        net.stop_geowall();
+    });
+}

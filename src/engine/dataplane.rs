@@ -324,6 +324,8 @@ pub struct Engine {
     wake_ns: Option<u64>,
     /// Bytes of local TCP buffers held by all connections.
     tcp_memory: usize,
+    /// The SOCKS 5 UDP relays apps asked their proxies for.
+    socks_relays: crate::engine::SocksRelays,
     /// Connections now reading first bytes past [`TCP_SNIFF_BYTES`] (a long
     /// ClientHello or request head), at most
     /// [`EngineConfig::long_first_reads`].
@@ -384,6 +386,7 @@ impl Engine {
             tcp_ids: HashMap::new(),
             wake_ns: None,
             tcp_memory: 0,
+            socks_relays: Default::default(),
             long_reads: 0,
             dns_cache: dns::Cache::default(),
             names: dns::NameMap::default(),

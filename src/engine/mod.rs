@@ -71,6 +71,9 @@ pub struct FlowCore {
     /// UDP: the QUIC connections the flow's datagrams opened
     /// ([`FlowCore::learn_quic_names`]).
     quic: Option<Box<QuicConns>>,
+    /// UDP: the flow goes to the UDP relay its client asked a SOCKS 5
+    /// proxy for ([`SocksRelays`]): each datagram names its target.
+    pub socks_relay: bool,
 }
 
 /// The QUIC connections one UDP flow carries, told apart by the
@@ -145,6 +148,43 @@ pub struct StreamHosts {
     /// The bytes end inside a request's head: only its rest says its
     /// host, and only then can it be judged.
     pub partial: bool,
+    /// The client asked its SOCKS 5 proxy for a UDP relay (UDP
+    /// ASSOCIATE): its datagrams to the proxy name their targets
+    /// ([`SocksRelays`]).
+    pub udp_relay: bool,
+}
+
+/// The SOCKS 5 UDP relays clients asked for, as (client address, proxy
+/// address): a UDP flow between them is read for the target each
+/// datagram's header names ([`FlowCore::learn_relay_target`]). At most
+/// [`MAX_SOCKS_RELAYS`], the oldest forgotten first.
+#[derive(Debug, Default)]
+pub struct SocksRelays {
+    set: std::collections::HashSet<(IpAddr, IpAddr)>,
+    order: std::collections::VecDeque<(IpAddr, IpAddr)>,
+}
+
+/// SOCKS 5 UDP relays remembered, at most (see [`SocksRelays`]).
+pub const MAX_SOCKS_RELAYS: usize = 1024;
+
+impl SocksRelays {
+    /// Remembers that `client` asked the proxy at `proxy` for a UDP relay.
+    pub fn add(&mut self, client: IpAddr, proxy: IpAddr) {
+        if !self.set.insert((client, proxy)) {
+            return;
+        }
+        self.order.push_back((client, proxy));
+        if self.order.len() > MAX_SOCKS_RELAYS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+    }
+
+    /// Whether `client` asked the proxy at `proxy` for a UDP relay.
+    pub fn has(&self, client: IpAddr, proxy: IpAddr) -> bool {
+        !self.set.is_empty() && self.set.contains(&(client, proxy))
+    }
 }
 
 /// Whether a TCP flow's stream is read as TURN over TCP, decided by its
@@ -267,6 +307,7 @@ impl FlowCore {
             hosts: Vec::new(),
             requests: StreamRead::Unseen,
             quic: None,
+            socks_relay: false,
         }
     }
 
@@ -384,6 +425,7 @@ impl FlowCore {
         }
         let mut names: Vec<String> = Vec::new();
         let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut udp_relay = false;
         let partial = match &mut self.requests {
             StreamRead::Http(r) => {
                 r.feed(data, |n| names.push(n.to_owned()));
@@ -399,6 +441,7 @@ impl FlowCore {
                     Target::Addr(a) => addrs.push(a),
                 });
                 let partial = s.partial();
+                udp_relay = s.udp_associate();
                 if s.done() {
                     self.requests = StreamRead::No;
                 }
@@ -419,7 +462,28 @@ impl FlowCore {
         for a in addrs {
             new |= self.learn_peer(a);
         }
-        StreamHosts { new, partial }
+        StreamHosts {
+            new,
+            partial,
+            udp_relay,
+        }
+    }
+
+    /// Reads a datagram the app sent to its SOCKS 5 proxy's UDP relay
+    /// ([`FlowCore::socks_relay`]) for the target its header names
+    /// ([`crate::wire::socks::udp_target`]): a name joins
+    /// [`FlowCore::hosts`], an address [`FlowCore::peers`]; whether it is
+    /// new.
+    pub fn learn_relay_target(&mut self, payload: &[u8]) -> bool {
+        use crate::wire::socks::{Target, udp_target};
+        if !self.socks_relay {
+            return false;
+        }
+        match udp_target(payload) {
+            Some(Target::Name(n)) => self.learn_host(n),
+            Some(Target::Addr(a)) => self.learn_peer(a),
+            None => false,
+        }
     }
 
     /// Whether the client's TCP stream ends inside a TURN message.
@@ -581,6 +645,8 @@ pub struct Inspector {
     pub counters: Counters,
     /// What early TCP segments may still hold ([`REORDER_BUDGET`]).
     reorder_budget: usize,
+    /// The SOCKS 5 UDP relays the capture's clients asked for.
+    relays: SocksRelays,
     /// One packet's TCP bytes in stream order.
     ordered: Vec<u8>,
 }
@@ -598,6 +664,7 @@ impl Inspector {
             frags: frag::Reassembler::new(frag::FragLimits::default()),
             names: dns::NameMap::default(),
             by_server: HashMap::new(),
+            relays: SocksRelays::default(),
             counters: Counters::default(),
             reorder_budget: REORDER_BUDGET,
             ordered: Vec::new(),
@@ -737,9 +804,11 @@ impl Inspector {
                     .entry(server.ip())
                     .or_default()
                     .push(self.flows.len());
+                let mut core = FlowCore::new(client, server, ctx, ts_ns);
+                core.socks_relay = p.proto == 17 && self.relays.has(client.ip(), server.ip());
                 self.flows.push(Flow {
                     proto: p.proto,
-                    core: FlowCore::new(client, server, ctx, ts_ns),
+                    core,
                     first_ns: ts_ns,
                     name_shared: false,
                     scan: Default::default(),
@@ -857,11 +926,15 @@ impl Inspector {
         match (carrier, dir) {
             (Carrier::Udp, Dir::Up) => {
                 let _ = f.core.learn_peers(payload);
+                let _ = f.core.learn_relay_target(payload);
             }
             (Carrier::Tcp, Dir::Up) if !payload.is_empty() => {
                 let _ = f.core.learn_stream_peers(payload);
-                // And every request's host, as live.
-                let _ = f.core.learn_stream_hosts(payload);
+                // And every request's host and a proxy's targets, as live.
+                if f.core.learn_stream_hosts(payload).udp_relay {
+                    let (c, s) = (f.core.client.ip(), f.core.server.ip());
+                    self.relays.add(c, s);
+                }
             }
             _ => {}
         }

@@ -102,17 +102,25 @@ fn socks5_request(p: &[u8]) -> Option<Result<Request<'_>, ()>> {
         return Some(Err(()));
     }
     let head = p.get(..4)?;
-    let (addr_len, at) = match head[3] {
-        1 => (4, 4),
-        4 => (16, 4),
-        3 => (usize::from(*p.get(4)?), 5),
+    Some(address(&p[3..])?.map(|(target, n)| (head[1], target, 3 + n)))
+}
+
+/// An address (RFC 1928 section 5) at the start of `p`, from its type byte
+/// through its port: the target and the bytes it takes; `None` if it is
+/// not whole; `Some(Err)` if it is not one.
+fn address(p: &[u8]) -> Option<Result<(Target<'_>, usize), ()>> {
+    let atyp = *p.first()?;
+    let (addr_len, at) = match atyp {
+        1 => (4, 1),
+        4 => (16, 1),
+        3 => (usize::from(*p.get(1)?), 2),
         _ => return Some(Err(())),
     };
     let end = at + addr_len + 2;
     let b = p.get(..end)?;
     let port = u16::from_be_bytes([b[end - 2], b[end - 1]]);
     let a = &b[at..at + addr_len];
-    let target = match head[3] {
+    let target = match atyp {
         1 => Target::Addr(SocketAddr::new(
             IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
             port,
@@ -127,7 +135,18 @@ fn socks5_request(p: &[u8]) -> Option<Result<Request<'_>, ()>> {
             _ => return Some(Err(())),
         },
     };
-    Some(Ok((head[1], target, end)))
+    Some(Ok((target, end)))
+}
+
+/// The target of a datagram a client sends to its SOCKS 5 proxy's UDP
+/// relay (RFC 1928 section 7: two zero bytes, a fragment number, then the
+/// address type, address and port, then the data); `None` if it does not
+/// start like one.
+pub fn udp_target(p: &[u8]) -> Option<Target<'_>> {
+    match p {
+        [0, 0, _frag, rest @ ..] => address(rest)?.ok().map(|(t, _)| t),
+        _ => None,
+    }
 }
 
 /// An RFC 1929 username/password message at the start of `p`: its length;
@@ -169,12 +188,20 @@ pub struct SocksStream {
     state: State,
     buf: Vec<u8>,
     scratch: Vec<u8>,
+    udp: bool,
 }
 
 impl SocksStream {
     /// A reader at the start of a stream.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether the client asked for a UDP relay (SOCKS 5's UDP
+    /// ASSOCIATE): its datagrams to the proxy then name their targets
+    /// ([`udp_target`]).
+    pub fn udp_associate(&self) -> bool {
+        self.udp
     }
 
     /// Whether nothing more is read from the stream (the tunnel's first
@@ -277,7 +304,10 @@ impl SocksStream {
                 _ => match socks5_request(b)? {
                     Ok((cmd, t, n)) => {
                         if cmd == 3 {
-                            // UDP ASSOCIATE: the client's own address.
+                            // UDP ASSOCIATE: the client's own address; the
+                            // targets come in each datagram's header
+                            // ([`udp_target`]).
+                            self.udp = true;
                             self.state = State::Done;
                             return Some(n);
                         }
@@ -385,9 +415,26 @@ mod tests {
         s4a.extend_from_slice(b"edge.example\0");
         assert_eq!(targets(&[], &s4a).0, ["edge.example"]);
         assert_eq!(greeting(&s4a), Some(Version::V4));
-        // UDP ASSOCIATE names the client, not a target.
+        // UDP ASSOCIATE names the client, not a target: its datagrams do.
         let (got, r) = targets(&[], &[5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
-        assert!(got.is_empty() && r.done());
+        assert!(got.is_empty() && r.done() && r.udp_associate());
+        assert!(!targets(&[], &s).1.udp_associate());
+        let mut d = vec![0, 0, 0, 3, 12];
+        d.extend_from_slice(b"edge.example");
+        d.extend_from_slice(&[0x13, 0x88, 0xAB]);
+        assert_eq!(udp_target(&d), Some(Target::Name("edge.example")));
+        let d = [0, 0, 0, 1, 203, 0, 113, 10, 0x13, 0x88, 0xAB];
+        assert_eq!(
+            udp_target(&d),
+            Some(Target::Addr("203.0.113.10:5000".parse().expect("addr")))
+        );
+        for d in [
+            &[0u8, 0, 0, 1, 203, 0][..],
+            &[0, 1, 0, 1],
+            &[0, 0, 0, 9, 1, 2, 3, 4, 0, 0],
+        ] {
+            assert_eq!(udp_target(d), None, "{d:?}");
+        }
     }
 
     #[test]
@@ -439,6 +486,7 @@ mod tests {
             cut in 0usize..400,
         ) {
             let _ = greeting(&tail);
+            let _ = udp_target(&tail);
             let mut s = socks5_name_then_hello();
             s.truncate(20);
             s.extend_from_slice(&tail);

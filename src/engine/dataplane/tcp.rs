@@ -525,6 +525,11 @@ impl Engine {
                 // before it leaves; so is a head still coming in pieces.
                 let req = f.core.learn_stream_hosts(&data);
                 new_host |= req.new;
+                if req.udp_relay {
+                    // Its datagrams to the proxy name their targets.
+                    self.socks_relays
+                        .add(f.core.client.ip(), f.core.server.ip());
+                }
                 f.msg_held |= turn.partial || req.partial;
                 if (turn.partial || req.partial) && f.partial_since_ns.is_none() {
                     f.partial_since_ns = Some(now_ns);

@@ -2306,6 +2306,57 @@ fn bytes_after_an_http_start_that_are_not_requests_are_not_held() {
     assert!(tcp_sent_upstream(outs).len() > before);
 }
 
+/// A SOCKS 5 client that asks its proxy (a US address) for a UDP relay
+/// sends datagrams whose headers name their targets: one to a US address
+/// leaves; one to a CN address never does, and the relay flow is cut, the
+/// event naming the peer. The same datagrams from a client that asked for
+/// no relay are not read so.
+#[test]
+fn a_socks_udp_relay_is_judged_by_the_targets_its_datagrams_name() {
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    let mut now = S;
+    let associate = [5, 3, 0, 1, 0, 0, 0, 0, 0, 0];
+    let mut c = open_after(&mut e, &mut now, "198.51.100.7:1080", &[5, 1, 0]);
+    c.0.socket().send_slice(&associate).expect("send");
+    c.2.extend(run_until(&mut c.0, &mut e, &mut now, MS, 10, |_, _| false));
+    assert_eq!(
+        tcp_sent_upstream(&c.2),
+        [&[5, 1, 0][..], &associate].concat()
+    );
+    let (app, relay) = ("192.0.2.200:41000", "198.51.100.7:40000");
+    let to = |ip: [u8; 4]| {
+        let mut d = vec![0, 0, 0, 1];
+        d.extend_from_slice(&ip);
+        d.extend_from_slice(&5004u16.to_be_bytes());
+        d.extend_from_slice(&crate::wire::rtc::rtp_packet(1));
+        d
+    };
+    e.handle_tun(&udp(app, relay, &to([198, 51, 100, 20])), now);
+    let out = drain(&mut e);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::UdpSend { .. })),
+        "a US target: {out:?}"
+    );
+    e.handle_tun(&udp(app, relay, &to([203, 0, 113, 10])), now + MS);
+    e.handle_tun(&udp(app, relay, &to([198, 51, 100, 20])), now + 2 * MS);
+    let out = drain(&mut e);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::UdpSend { .. })),
+        "{out:?}"
+    );
+    let ev = events(&out);
+    let cut = ev.iter().find(|e| e.kind == EventKind::Cut).expect("a cut");
+    assert_eq!(cut.peer.as_deref(), Some("203.0.113.10:5004"), "{cut:?}");
+    // Another client's datagrams to the same proxy are not read so.
+    let other = "192.0.2.201:41000";
+    e.handle_tun(&udp(other, relay, &to([203, 0, 113, 10])), now + 3 * MS);
+    let out = drain(&mut e);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::UdpSend { .. })),
+        "{out:?}"
+    );
+}
+
 /// A first message that reads as the start of a STUN message (TURN over
 /// TCP) and never comes whole, the app waiting for its answer, holds the
 /// connection no longer than the sniffing time: it then goes out.

@@ -109,6 +109,9 @@ impl Engine {
         let Some(f) = self.flows.get_mut(&key) else {
             return;
         };
+        if new {
+            f.core.socks_relay = self.socks_relays.has(client.ip(), server.ip());
+        }
         f.core.last_ns = now_ns;
         f.core.volume.up(raw.len());
         // A later QUIC connection's Initials (before the classifier, which
@@ -138,6 +141,8 @@ impl Engine {
             PeerNews::TooMany => return self.drop_reason(DropReason::TurnTooManyPeers),
             news => news == PeerNews::New,
         };
+        // A SOCKS 5 UDP relay's datagram: the target its header names.
+        let new_peer = new_peer | (!icmp && f.core.learn_relay_target(payload));
         let new_leak = crate::engine::scan_leaks(
             self.leak.load().as_deref(),
             f.core.sniffer.encrypted,
