@@ -1,8 +1,9 @@
 //! Faults (root only; skips otherwise): a flood of new flows, a resolver
-//! that is down or slow, a slow client, rules bundles that are corrupt,
-//! truncated, rolled back or wrongly signed pushed during traffic, a valid
-//! one bringing a vendor of its own, and the TUN removed under the engine. (SIGKILL mid-transfer is in
-//! `netns_e2e.rs`.) See `SECURITY.md`.
+//! that is down or slow, a slow client, a closed UDP port, rules bundles
+//! that are corrupt, truncated, rolled back or wrongly signed pushed during
+//! traffic, a valid one bringing a vendor of its own, and the TUN removed
+//! under the engine. (SIGKILL mid-transfer is in `netns_e2e.rs`.) See
+//! `SECURITY.md`.
 
 mod support;
 
@@ -257,6 +258,49 @@ fn a_slow_client_gets_everything_and_holds_up_no_one() {
         got.len(),
         big.len()
     );
+}
+
+/// A datagram to a UDP port nothing listens on, IPv4 and IPv6: the
+/// server's host answers with an ICMP port unreachable, and the app's
+/// connected socket fails with "connection refused" as it does without
+/// geowall, instead of waiting out its timeout (a stub resolver would wait
+/// 5 s before it tried its next server). The datagram did reach the
+/// server's host: the error is the server's, not geowall's. A port that
+/// answers still does.
+#[test]
+fn a_closed_udp_port_is_refused_at_once_as_without_geowall() {
+    if !support::root_or_skip("a_closed_udp_port_is_refused_at_once_as_without_geowall") {
+        return;
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.udp_server(sa(addr::US, 7000), echo);
+    net.udp_server(sa(addr::US6, 7000), echo);
+    net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
+    let app = net.app.clone();
+    for ip in [addr::US, addr::US6] {
+        let closed = sa(ip, 7001);
+        let r = in_ns(&app, move || {
+            // Longer than geowall holds a first datagram, shorter than a
+            // resolver's timeout.
+            udp_exchange_within(closed, b"anyone there?", Duration::from_secs(3))
+        });
+        eprintln!("{closed}: {r:?}");
+        let e = r.expect_err("nothing listens, yet an answer came");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{closed}: refused, not timed out: {e}"
+        );
+        assert!(
+            net.count(ip, 17, 7001) >= 1,
+            "{closed}: the datagram never reached the server's host"
+        );
+        let open = in_ns(&app, move || {
+            udp_exchange_within(sa(ip, 7000), b"hello", WAIT)
+        });
+        assert_eq!(open.expect("the open port answers"), b"hello");
+    }
 }
 
 /// Starts geowall on a bundle of [`POLICY`] (sequence 10) signed by `key`,

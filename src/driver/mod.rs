@@ -517,6 +517,7 @@ fn on_report(
                 stalled.insert(flow);
             }
         }
+        Up::Unreachable(why) => engine.handle_udp_unreachable(flow, why, now),
         Up::Echo { seq, data } => engine.handle_echo_reply(flow, seq, &data, now),
         Up::Eof => {
             l.eof = true;

@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc};
 
 use super::protect::Protection;
-use crate::engine::dataplane::FlowId;
+use crate::engine::dataplane::{FlowId, Unreachable};
 
 /// Bytes read from a server at once, at most.
 const READ_CHUNK: usize = 64 * 1024;
@@ -121,6 +121,9 @@ pub enum Up {
     Data(Vec<u8>),
     /// A datagram from the server (UDP).
     Datagram(Vec<u8>),
+    /// The UDP flow's destination cannot be reached: the kernel reported
+    /// an ICMP error on the socket.
+    Unreachable(Unreachable),
     /// An echo reply.
     Echo {
         /// Sequence number.
@@ -353,7 +356,17 @@ pub async fn tcp(
     }
 }
 
-/// A connected UDP socket to `dst`; relays datagrams both ways.
+/// Reports `e` as [`Up::Unreachable`] if it says the destination cannot
+/// be reached; other errors (a full send buffer, say) are not the
+/// destination's doing and are not reported.
+fn unreachable(flow: FlowId, e: &std::io::Error, reports: &Reports) {
+    if let Some(why) = Unreachable::of_io(e.kind()) {
+        let _ = reports.send((flow, Up::Unreachable(why)));
+    }
+}
+
+/// A connected UDP socket to `dst`; relays datagrams both ways. ICMP
+/// errors the kernel reports on it are passed on as [`Up::Unreachable`].
 pub async fn udp(
     flow: FlowId,
     dst: SocketAddr,
@@ -377,19 +390,23 @@ pub async fn udp(
             cmd = shared.cmds.recv() => match cmd {
                 Some(Cmd::Data(b)) => {
                     // A datagram the kernel cannot take now is lost, as on
-                    // any UDP path; refused sends (ICMP errors) are too.
-                    let _ = sock.send(&b).await;
+                    // any UDP path. A send can also return the error an
+                    // ICMP message left on the socket: the app is told.
+                    if let Err(e) = sock.send(&b).await {
+                        unreachable(flow, &e, &reports);
+                    }
                     shared.up_queued.fetch_sub(b.len(), Ordering::AcqRel);
                 }
                 Some(_) => {}
                 None => return,
             },
-            r = sock.recv_buf(&mut buf) => {
-                // Errors (ECONNREFUSED and the like) leave the flow as it
-                // is, as UDP does.
-                if let Ok(n) = r {
+            r = sock.recv_buf(&mut buf) => match r {
+                Ok(n) => {
                     let _ = reports.send((flow, Up::Datagram(buf[..n].to_vec())));
                 }
+                // An ICMP error for the flow (ECONNREFUSED and the like)
+                // goes to the app; the flow stays, as UDP does.
+                Err(e) => unreachable(flow, &e, &reports),
             }
         }
     }

@@ -27,6 +27,7 @@ use super::dns::{self, DnsLimits, Question, Refusal, Resolved};
 pub use super::events::{Decision, DropReason, Event, EventKind, FlowProto};
 use super::frag::{FragLimits, FragResult, Reassembler};
 use super::reply;
+pub use super::reply::Unreachable;
 use super::{FlowCore, PeerNews};
 use crate::classify::leak::{LeakDetector, LeakHit, ScanState};
 use crate::classify::{Carrier, Dir, Encryption};
@@ -288,6 +289,10 @@ pub struct EngineCounters {
     pub dns_blocked: u64,
     /// DNS answers with addresses removed.
     pub dns_filtered: u64,
+    /// ICMP destination-unreachable errors passed on to the app for its
+    /// UDP flows (what the upstream sockets reported; see
+    /// [`Engine::handle_udp_unreachable`]).
+    pub udp_unreachable: u64,
 }
 
 /// The engine.

@@ -249,10 +249,60 @@ pub fn tcp_reset(raw: &[u8]) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// Why a destination cannot be reached, as an ICMP destination
+/// unreachable (RFC 792, RFC 1812) or ICMPv6 (RFC 4443) error says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unreachable {
+    /// The policy refused it (`reject`): "communication administratively
+    /// prohibited", ICMP code 13, ICMPv6 code 1.
+    Prohibited,
+    /// No route to its network: ICMP code 0, ICMPv6 code 0.
+    Network,
+    /// Its host did not answer: ICMP code 1, ICMPv6 code 3 ("address
+    /// unreachable").
+    Host,
+    /// Nothing listens on its port: ICMP code 3, ICMPv6 code 4.
+    Port,
+}
+
+impl Unreachable {
+    /// The error's code, for ICMPv6 (`v6`) or ICMP.
+    pub fn code(self, v6: bool) -> u8 {
+        match (self, v6) {
+            (Self::Prohibited, false) => 13,
+            (Self::Prohibited, true) => 1,
+            (Self::Network, _) => 0,
+            (Self::Host, false) => 1,
+            (Self::Host, true) => 3,
+            (Self::Port, false) => 3,
+            (Self::Port, true) => 4,
+        }
+    }
+
+    /// What an upstream socket's error says of its destination, if it is
+    /// one of these (`ECONNREFUSED`: the port; `EHOSTUNREACH`: the host;
+    /// `ENETUNREACH`: the network).
+    pub fn of_io(kind: std::io::ErrorKind) -> Option<Self> {
+        match kind {
+            std::io::ErrorKind::ConnectionRefused => Some(Self::Port),
+            std::io::ErrorKind::HostUnreachable => Some(Self::Host),
+            std::io::ErrorKind::NetworkUnreachable => Some(Self::Network),
+            _ => None,
+        }
+    }
+}
+
 /// The ICMP (type 3 code 13) or ICMPv6 (type 1 code 1) "administratively
 /// prohibited" error refusing `raw`, quoting it; `None` where RFC 1122 /
 /// RFC 4443 forbid an error.
 pub fn unreachable(raw: &[u8]) -> Option<Vec<u8>> {
+    icmp_unreachable(raw, Unreachable::Prohibited)
+}
+
+/// The ICMP (type 3) or ICMPv6 (type 1) destination unreachable error
+/// saying `why` of `raw`, sent from its destination to its source and
+/// quoting it; `None` where RFC 1122 / RFC 4443 forbid an error.
+pub fn icmp_unreachable(raw: &[u8], why: Unreachable) -> Option<Vec<u8>> {
     let p: Packet<'_> = parse_ip(raw).ok()?;
     if p.fragment.is_some_and(|f| f.offset > 0) || is_group(p.dst) {
         return None;
@@ -270,12 +320,12 @@ pub fn unreachable(raw: &[u8]) -> Option<Vec<u8>> {
     }
     let v6 = matches!(p.src, IpAddr::V6(_));
     let quote = &raw[..raw.len().min(if v6 { ICMP6_QUOTE } else { ICMP4_QUOTE })];
-    // "Administratively prohibited": ICMPv6 code 1, ICMP code 13.
-    let mut m = if v6 {
-        vec![icmp_type::UNREACHABLE_V6, 1, 0, 0, 0, 0, 0, 0]
+    let kind = if v6 {
+        icmp_type::UNREACHABLE_V6
     } else {
-        vec![icmp_type::UNREACHABLE_V4, 13, 0, 0, 0, 0, 0, 0]
+        icmp_type::UNREACHABLE_V4
     };
+    let mut m = vec![kind, why.code(v6), 0, 0, 0, 0, 0, 0];
     m.extend_from_slice(quote);
     let c = if v6 {
         l4_checksum(p.dst, p.src, 58, &m)
@@ -390,6 +440,46 @@ mod tests {
         ));
         assert_eq!(p.dst.to_string(), "2001:db8:1::1");
         assert!(checksum_ok(&u));
+    }
+
+    /// Each reason's code, as RFC 792 / RFC 1812 and RFC 4443 assign them,
+    /// and the errors an upstream socket reports mapped to them.
+    #[test]
+    fn each_reason_has_its_code() {
+        let syn = tcp_v4(0x02, b"");
+        for (why, v4) in [
+            (Unreachable::Prohibited, 13),
+            (Unreachable::Network, 0),
+            (Unreachable::Host, 1),
+            (Unreachable::Port, 3),
+        ] {
+            let u = icmp_unreachable(&syn, why).expect("icmp");
+            assert_eq!((u[20], u[21]), (3, v4), "{why:?}");
+            assert!(checksum_ok(&u));
+        }
+        let v6: Vec<_> = [
+            Unreachable::Prohibited,
+            Unreachable::Network,
+            Unreachable::Host,
+            Unreachable::Port,
+        ]
+        .map(|w| w.code(true))
+        .into();
+        assert_eq!(v6, [1, 0, 3, 4]);
+        use std::io::ErrorKind as K;
+        assert_eq!(
+            Unreachable::of_io(K::ConnectionRefused),
+            Some(Unreachable::Port)
+        );
+        assert_eq!(
+            Unreachable::of_io(K::HostUnreachable),
+            Some(Unreachable::Host)
+        );
+        assert_eq!(
+            Unreachable::of_io(K::NetworkUnreachable),
+            Some(Unreachable::Network)
+        );
+        assert_eq!(Unreachable::of_io(K::WouldBlock), None);
     }
 
     #[test]

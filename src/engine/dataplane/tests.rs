@@ -88,6 +88,96 @@ fn sent_upstream(out: &[Output]) -> usize {
         .count()
 }
 
+/// An ICMP error the upstream socket reported reaches the app as the
+/// server's own error would, for each reason and both families: from the
+/// server's address, the right type and code, quoting the flow's addresses
+/// and ports (what the app's kernel matches it to its socket by). A flow
+/// geowall does not have gets nothing.
+#[test]
+fn an_unreachable_destination_is_told_to_the_app_as_icmp() {
+    let cases = [
+        (
+            "192.0.2.200:40000",
+            "198.51.100.7:5000",
+            Unreachable::Port,
+            3,
+            3,
+        ),
+        (
+            "192.0.2.200:40000",
+            "198.51.100.7:5000",
+            Unreachable::Host,
+            3,
+            1,
+        ),
+        (
+            "192.0.2.200:40000",
+            "198.51.100.7:5000",
+            Unreachable::Network,
+            3,
+            0,
+        ),
+        (
+            "[2001:db8::2]:40000",
+            "[2001:db8:1::7]:5000",
+            Unreachable::Port,
+            1,
+            4,
+        ),
+        (
+            "[2001:db8::2]:40000",
+            "[2001:db8:1::7]:5000",
+            Unreachable::Host,
+            1,
+            3,
+        ),
+    ];
+    for (app, server, why, kind, code) in cases {
+        let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+        e.handle_tun(&udp(app, server, b"hello"), S);
+        let out = drain(&mut e);
+        let flow = events(&out)[0].flow;
+        e.handle_udp_unreachable(flow, why, S + 1);
+        let out = drain(&mut e);
+        let [Output::ToTun(pkt)] = out.as_slice() else {
+            panic!("{why:?}: one packet: {out:?}")
+        };
+        let p = parse_ip(pkt).expect("parses");
+        assert_eq!((p.src, p.dst), (sa(server).ip(), sa(app).ip()), "{why:?}");
+        let Transport::Icmp {
+            kind: k, code: c, ..
+        } = p.transport
+        else {
+            panic!("{why:?}: icmp: {p:?}")
+        };
+        assert_eq!((k, c), (kind, code), "{why:?} {server}");
+        let quoted = parse_ip(&p.l4[8..]).expect("quotes an IP packet");
+        assert_eq!((quoted.src, quoted.dst), (sa(app).ip(), sa(server).ip()));
+        let Transport::Udp { sport, dport, .. } = quoted.transport else {
+            panic!("quotes the UDP header")
+        };
+        assert_eq!((sport, dport), (40_000, 5000));
+        let ok = match p.src {
+            IpAddr::V4(_) => reply::checksum(p.l4),
+            IpAddr::V6(_) => reply::l4_checksum(p.src, p.dst, 58, p.l4),
+        };
+        assert_eq!(ok, 0, "valid ICMP checksum");
+        assert_eq!(e.counters.udp_unreachable, 1);
+        // The flow stays: the app decides.
+        e.handle_tun(&udp(app, server, b"again"), S + 2);
+        assert_eq!(
+            drain(&mut e),
+            vec![Output::UdpSend {
+                flow,
+                payload: b"again".to_vec()
+            }]
+        );
+        e.handle_udp_unreachable(flow + 1000, why, S + 3);
+        assert!(drain(&mut e).is_empty());
+        assert_eq!(e.counters.udp_unreachable, 1);
+    }
+}
+
 #[test]
 fn an_allowed_udp_exchange_byte_for_byte() {
     let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);

@@ -493,6 +493,33 @@ impl Engine {
         }
     }
 
+    /// The flow's upstream socket reported that its destination cannot be
+    /// reached (the server's or a router's ICMP error, as the kernel gave
+    /// it: `ECONNREFUSED` and the like, see [`Unreachable::of_io`]). The app
+    /// gets the same error from the server's address, quoting a datagram of
+    /// the flow, so a connected socket fails at once as it would without
+    /// geowall (a resolver moves on to its next server, QUIC falls back)
+    /// instead of waiting for its timeout. The flow stays open: UDP has no
+    /// connection to end, and the app decides.
+    pub fn handle_udp_unreachable(&mut self, flow: FlowId, why: Unreachable, _now_ns: u64) {
+        let Some(key) = self.ids.get(&flow).copied() else {
+            return self.drop_reason(DropReason::UnknownFlow);
+        };
+        let Some(f) = self
+            .flows
+            .get_mut(&key)
+            .filter(|f| f.state == State::Open && !f.icmp)
+        else {
+            return;
+        };
+        let quoted = reply::udp_packet(f.core.client, f.core.server, &[]);
+        if let Some(pkt) = quoted.and_then(|q| reply::icmp_unreachable(&q, why)) {
+            f.core.volume.down(pkt.len());
+            self.counters.udp_unreachable += 1;
+            self.out.push_back(Output::ToTun(pkt));
+        }
+    }
+
     /// An echo reply that arrived upstream for the flow.
     pub fn handle_echo_reply(&mut self, flow: FlowId, seq: u16, data: &[u8], now_ns: u64) {
         let Some(f) = self.open_flow(flow, now_ns) else {
