@@ -2371,6 +2371,41 @@ fn every_request_of_a_keep_alive_connection_is_judged_by_its_host() {
     later_request_is_cut(&mut e, &mut now, &mut c, &[proxied.as_bytes()], agora);
 }
 
+/// A rule that allows one name does not carry another through the same
+/// connection: each later request's host is judged by itself. Here an
+/// allow rule for the site comes before the vendor block; a second request
+/// on the site's connection naming the vendor's edge is cut, and one
+/// naming another ordinary host goes on.
+#[test]
+fn a_name_an_allow_rule_matches_does_not_carry_a_later_one_through() {
+    let cat = Catalog::shipped().expect("catalog");
+    let p = Policy::parse(
+        Path::new("p.toml"),
+        "name='allowlist'\ndefault='allow'\n\
+         [[rule]]\nname='our site'\naction='allow'\ndomain=['=www.example.com']\n\
+         [[rule]]\nname='no PRC vendors'\naction='block'\nblock='reject'\n\
+         jurisdiction={countries=['CN'], layers=['vendor']}\n",
+        None,
+        &cat,
+    )
+    .expect("policy");
+    let (mut e, handle) = engine("default", EngineConfig::default(), &[]);
+    handle.replace(p);
+    let mut now = S;
+    let agora = "104-166-161-75.edge.agora.io";
+    let mut c = open_keep_alive(&mut e, &mut now, "198.51.100.7:80");
+    let first = tcp_sent_upstream(&c.2);
+    let other = b"GET /x HTTP/1.1\r\nHost: cdn.example.net\r\n\r\n";
+    let (app, _, outs) = &mut c;
+    app.socket().send_slice(other).expect("send");
+    outs.extend(run_until(app, &mut e, &mut now, MS, 20, |_, _| false));
+    assert_eq!(tcp_sent_upstream(outs), [&first[..], other].concat());
+    let bad = format!("GET /v HTTP/1.1\r\nHost: {agora}\r\n\r\n");
+    let cut = later_bytes_are_cut(&mut e, &mut now, &mut c, &[bad.as_bytes()]);
+    assert_eq!(cut.rule.as_deref(), Some("no PRC vendors"));
+    assert_eq!(cut.hosts.last().map(String::as_str), Some(agora));
+}
+
 /// A connection that begins with an HTTP request and goes on in a protocol
 /// of its own (no request heads) is not held up: its bytes leave as they
 /// come.

@@ -42,12 +42,44 @@ pub fn facts<'a>(transport: PTransport, core: &'a FlowCore, names: &'a [&'a str]
 }
 
 /// The verdict on a flow (see [`facts`]).
+///
+/// A name a later message asked for ([`FlowCore::hosts`]: another HTTP
+/// request's host, a proxy's target, a later QUIC connection's SNI) is a
+/// destination of its own, so it is judged by itself, with the flow's
+/// other facts: the flow is blocked if its first name (with the names its
+/// address was learned with) or any later one is, held for a question if
+/// one of them asks and none blocks, and otherwise has its first name's
+/// verdict. So a rule that allows one name cannot carry another through
+/// on the same connection.
 pub fn judge_parts<'p>(
     policy: &'p crate::policy::Policy,
     intel: &Intel,
     transport: PTransport,
     core: &FlowCore,
 ) -> Verdict<'p> {
-    let names = fact_names(core);
-    policy.evaluate(intel, &facts(transport, core, &names))
+    let first: Vec<&str> = core
+        .sniffer
+        .server_name
+        .as_deref()
+        .into_iter()
+        .chain(core.ctx.names.iter().map(String::as_str))
+        .collect();
+    let v = policy.evaluate(intel, &facts(transport, core, &first));
+    if matches!(v.action, Action::Block(_)) {
+        return v;
+    }
+    let mut asked = None;
+    for h in &core.hosts {
+        let one = [h.as_str()];
+        let w = policy.evaluate(intel, &facts(transport, core, &one));
+        match w.action {
+            Action::Block(_) => return w,
+            Action::Ask(_) if asked.is_none() => asked = Some(w),
+            _ => {}
+        }
+    }
+    match (&v.action, asked) {
+        (Action::Ask(_), _) | (_, None) => v,
+        (_, Some(w)) => w,
+    }
 }
