@@ -2406,6 +2406,58 @@ fn a_name_an_allow_rule_matches_does_not_carry_a_later_one_through() {
     assert_eq!(cut.hosts.last().map(String::as_str), Some(agora));
 }
 
+/// A rule allowing a name a DNS answer tied to the address does not
+/// carry a ClientHello naming something else: the hello's own name is also
+/// judged by itself. The address (a shared front, say) is known from DNS
+/// as the allowed site; a hello to it naming the vendor's edge is blocked,
+/// one naming the site or an ordinary host is not.
+#[test]
+fn an_allowed_name_of_the_address_does_not_carry_another_hello_through() {
+    let cat = Catalog::shipped().expect("catalog");
+    let p = Policy::parse(
+        Path::new("p.toml"),
+        "name='allowlist'\ndefault='allow'\n\
+         [[rule]]\nname='our site'\naction='allow'\ndomain=['=www.example.com']\n\
+         [[rule]]\nname='no PRC vendors'\naction='block'\nblock='reject'\n\
+         jurisdiction={countries=['CN'], layers=['vendor']}\n",
+        None,
+        &cat,
+    )
+    .expect("policy");
+    let (mut e, handle) = engine("default", EngineConfig::default(), &[]);
+    handle.replace(p);
+    let front: IpAddr = "198.51.100.7".parse().expect("ip");
+    e.names.learn(front, "www.example.com", 3600 * S, 1024);
+    let mut now = S;
+    for (name, port, opened) in [
+        ("104-166-161-75.edge.agora.io", 443, false),
+        ("www.example.com", 8443, true),
+        ("cdn.example.net", 4433, true),
+    ] {
+        let to = format!("198.51.100.7:{port}");
+        let (mut app, _) = connected(&mut e, &to, &mut now);
+        let hello = crate::wire::tls::client_hello_records(name, 0);
+        app.socket().send_slice(&hello).expect("send");
+        let outs = run_until(&mut app, &mut e, &mut now, MS, 20, |a, o| {
+            tcp_open_of(o).is_some() || a.socket().state() == smoltcp::socket::tcp::State::Closed
+        });
+        assert_eq!(
+            tcp_open_of(&outs).is_some(),
+            opened,
+            "{name}: {:?}",
+            events(&outs)
+        );
+        if !opened {
+            let ev = events(&outs);
+            let b = ev
+                .iter()
+                .find(|e| e.kind == EventKind::Blocked)
+                .expect("blocked");
+            assert_eq!(b.rule.as_deref(), Some("no PRC vendors"));
+        }
+    }
+}
+
 /// A connection that begins with an HTTP request and goes on in a protocol
 /// of its own (no request heads) is not held up: its bytes leave as they
 /// come.

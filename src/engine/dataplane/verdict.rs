@@ -43,34 +43,40 @@ pub fn facts<'a>(transport: PTransport, core: &'a FlowCore, names: &'a [&'a str]
 
 /// The verdict on a flow (see [`facts`]).
 ///
-/// A name a later message asked for ([`FlowCore::hosts`]: another HTTP
-/// request's host, a proxy's target, a later QUIC connection's SNI) is a
-/// destination of its own, so it is judged by itself, with the flow's
-/// other facts: the flow is blocked if its first name (with the names its
-/// address was learned with) or any later one is, held for a question if
-/// one of them asks and none blocks, and otherwise has its first name's
-/// verdict. So a rule that allows one name cannot carry another through
-/// on the same connection.
+/// The names are judged together (the flow's own name with those its
+/// address was learned with, so a vendor's name a DNS answer tied to the
+/// address counts) and each name the flow asked for itself is also judged
+/// by itself, with the flow's other facts: its own name (SNI, Host, QUIC),
+/// and every name a later message asked for ([`FlowCore::hosts`]: another
+/// HTTP request's host, a proxy's target, a later QUIC connection's SNI).
+/// The flow is blocked if any of these is, held for a question if one of
+/// them asks and none blocks, and otherwise has the names' verdict
+/// together. So a rule allowing a name the address is also known by, or
+/// the connection's first name, cannot carry another name through.
 pub fn judge_parts<'p>(
     policy: &'p crate::policy::Policy,
     intel: &Intel,
     transport: PTransport,
     core: &FlowCore,
 ) -> Verdict<'p> {
-    let first: Vec<&str> = core
-        .sniffer
-        .server_name
-        .as_deref()
+    let own = core.sniffer.server_name.as_deref();
+    let together: Vec<&str> = own
         .into_iter()
         .chain(core.ctx.names.iter().map(String::as_str))
         .collect();
-    let v = policy.evaluate(intel, &facts(transport, core, &first));
+    let v = policy.evaluate(intel, &facts(transport, core, &together));
     if matches!(v.action, Action::Block(_)) {
         return v;
     }
+    // The own name alone differs from the names together only when the
+    // address has names of its own.
+    let alone = own.filter(|_| !core.ctx.names.is_empty());
     let mut asked = None;
-    for h in &core.hosts {
-        let one = [h.as_str()];
+    for n in alone
+        .into_iter()
+        .chain(core.hosts.iter().map(String::as_str))
+    {
+        let one = [n];
         let w = policy.evaluate(intel, &facts(transport, core, &one));
         match w.action {
             Action::Block(_) => return w,
