@@ -1,10 +1,11 @@
 //! A flow's life end to end, in network namespaces (root only; skips
 //! otherwise): first bytes that come late, or a hello padded past the
 //! first read, are still judged, a reload cuts the open flows the new rules
-//! block, a name learned from DNS outlives its TTL, a block the address
-//! settles is refused at the SYN, and thousands of connections held at
-//! once are all served. Every block is checked at the
-//! server: what it received, not only what the app saw.
+//! block, a name learned from DNS outlives its TTL, a name an allow rule
+//! matches carries no other through, a block the address settles is
+//! refused at the SYN, and thousands of connections held at once are all
+//! served. Every block is checked at the server: what it received, not
+//! only what the app saw.
 
 mod support;
 
@@ -519,6 +520,122 @@ fn a_vendor_name_from_a_one_second_ttl_answer_still_blocks_media_5s_later() {
             .unwrap_or_else(|| panic!("no blocked event: {events:#?}"));
         assert_eq!(blocked["rule"], "no media to Agora", "{blocked}");
         assert_eq!(blocked["names"][0], AGORA_EDGE, "{blocked}");
+        net.stop_geowall();
+    });
+}
+
+/// An allowlist that names a site, then a vendor block.
+const ALLOW_SITE: &str = r#"
+name = "our site, no PRC vendors"
+default = "allow"
+
+[[rule]]
+name = "our site"
+action = "allow"
+domain = ["=www.example.com"]
+
+[[rule]]
+name = "no PRC vendors"
+action = "block"
+block = "reject"
+jurisdiction = { countries = ["CN"], layers = ["vendor"] }
+"#;
+
+/// The test DNS server's zone: the allowed site on a US address (a front
+/// it may share with others).
+fn site_zone(name: &str, t: RecordType) -> Vec<Record> {
+    match (name, t) {
+        ("www.example.com", RecordType::A) => vec![Record::from_rdata(
+            Name::from_ascii("www.example.com.").expect("name"),
+            300,
+            RData::A(A(addr::US.parse().expect("ip"))),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// A rule that allows a name does not carry another through: the app
+/// resolves the allowed site through geowall, then connects to its
+/// address with a ClientHello naming an Agora edge (the server gets none
+/// of it), and on a kept-alive connection to the site sends a second
+/// request naming the edge (the server reads only the first). The site's
+/// own hello and request arrive.
+#[test]
+fn a_name_an_allow_rule_matches_carries_no_other_name_through() {
+    let test = "a_name_an_allow_rule_matches_carries_no_other_name_through";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        let (policy, world) = net.policy_and_world(ALLOW_SITE);
+        net.add_server_address(UPSTREAM);
+        net.dns_server(sa(UPSTREAM, 53), site_zone);
+        let tls = counting_tcp_server(&net, sa(addr::US, 443));
+        let http = recording_http_server(&net, sa(addr::US, 80));
+        support::start_with_resolver(&mut net, &world, &policy, UPSTREAM);
+        let app = net.app.clone();
+        in_ns(&app, || {
+            support::dns_query(
+                APP_RESOLVER.parse().expect("address"),
+                "www.example.com.",
+                RecordType::A,
+                false,
+            )
+        })
+        .expect("the site resolves through geowall");
+        let site = support::client_hello("www.example.com");
+        let back = send_hello(&app, sa(addr::US, 443), Duration::ZERO, site.clone());
+        assert_eq!(back.expect("the site's hello is served"), site);
+        let before = tls.bytes();
+        let edge = send_hello(
+            &app,
+            sa(addr::US, 443),
+            Duration::ZERO,
+            support::client_hello(AGORA_EDGE),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        eprintln!(
+            "hello naming the edge: {edge:?}; bytes at the server after it: {}",
+            tls.bytes() - before
+        );
+        assert!(edge.is_err(), "the edge's hello was answered");
+        assert_eq!(
+            tls.bytes(),
+            before,
+            "bytes of the edge's hello reached the server"
+        );
+        let out = curl(
+            &app,
+            &[
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} ",
+                &format!("http://{}/first", addr::US),
+                "-H",
+                "Host: www.example.com",
+                "--next",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} ",
+                &format!("http://{}/second", addr::US),
+                "-H",
+                &format!("Host: {AGORA_EDGE}"),
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let seen: Vec<String> = http
+            .lock()
+            .expect("requests")
+            .iter()
+            .map(|r| format!("{} {}", r.target, r.host))
+            .collect();
+        eprintln!("curl: {out}; the server read {seen:?}");
+        assert_eq!(seen, ["/first www.example.com"], "what the server read");
         net.stop_geowall();
     });
 }
