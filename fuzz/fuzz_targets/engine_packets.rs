@@ -1,9 +1,10 @@
 //! The engine's packet input: a sequence of operations read from the fuzz
 //! input (`op`, 2-byte length, bytes): a packet from the TUN, time passing,
-//! or the upstream side answering the last flow it opened.
+//! or the upstream side answering the last flow it opened (or its socket
+//! reporting an ICMP error).
 #![no_main]
 
-use geowall::engine::dataplane::Output;
+use geowall::engine::dataplane::{Output, Unreachable};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -37,6 +38,16 @@ fuzz_target!(|data: &[u8]| {
             _ => {
                 if let Some(f) = last_udp {
                     e.handle_udp_from_upstream(f, body, now);
+                    // An ICMP error on the flow's socket, now and then.
+                    let why = match body.first() {
+                        Some(0) => Some(Unreachable::Port),
+                        Some(1) => Some(Unreachable::Host),
+                        Some(2) => Some(Unreachable::Network),
+                        _ => None,
+                    };
+                    if let Some(why) = why {
+                        e.handle_udp_unreachable(f, why, now);
+                    }
                 }
             }
         }

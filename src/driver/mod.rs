@@ -166,6 +166,13 @@ impl std::fmt::Display for Summary {
             self.upstream_failures,
             drops.join(", ")
         )?;
+        if c.udp_unreachable > 0 {
+            write!(
+                f,
+                "; {} ICMP unreachable errors passed on to UDP flows",
+                c.udp_unreachable
+            )?;
+        }
         if c.asked + c.asked_busy > 0 {
             write!(
                 f,
