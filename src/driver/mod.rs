@@ -234,6 +234,7 @@ pub async fn run(
     let (report_tx, mut reports) = mpsc::unbounded_channel::<(FlowId, Up)>();
     let mut links: HashMap<FlowId, Link> = HashMap::new();
     let mut stalled: HashSet<FlowId> = HashSet::new();
+    engine.set_tcp_checksum_offload(tun.completes_tcp_checksums());
     let mut buf = vec![0u8; tun.buffer_len()];
     let mut scratch = Vec::new();
     let mut summary = Summary::default();

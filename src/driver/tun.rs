@@ -32,7 +32,9 @@ pub struct TunSpec {
 
 /// Size of the virtio-net header in front of each packet with offloads.
 pub const VNET_HDR: usize = 10;
-const F_DATA_VALID: u8 = 2;
+/// The packet's checksum is to be finished from `csum_start` on, into
+/// `csum_start + csum_offset` (virtio-net `VIRTIO_NET_HDR_F_NEEDS_CSUM`).
+const F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
@@ -190,17 +192,106 @@ impl Tun {
         }
     }
 
+    /// Whether this TUN finishes the TCP checksums of what is written to
+    /// it (offloads: see [`Tun::send`]); tell the engine
+    /// ([`crate::engine::dataplane::Engine::set_tcp_checksum_offload`]).
+    pub fn completes_tcp_checksums(&self) -> bool {
+        self.offload
+    }
+
     /// Writes one packet, waiting while the device cannot take it.
+    ///
+    /// With offloads, a TCP segment goes with a partial checksum (the
+    /// virtio-net header's "needs checksum", its checksum field holding
+    /// the pseudo-header's sum, whatever was there): the apps' kernel then
+    /// takes it as checked on local delivery, and computes the checksum
+    /// only if it sends the segment on (forwarding). So neither geowall
+    /// nor the kernel passes over the bytes for it. Other packets go as
+    /// they are, with their checksums.
     pub async fn send(&self, p: &[u8]) -> io::Result<()> {
         if !self.offload {
             return self.dev.send(p).await.map(|_| ());
         }
-        // The checksums are right (the stack computed them): the kernel
-        // need not check them again.
-        let hdr = [F_DATA_VALID, GSO_NONE, 0, 0, 0, 0, 0, 0, 0, 0];
-        let bufs = [io::IoSlice::new(&hdr), io::IoSlice::new(p)];
-        self.dev.send_vectored(&bufs).await.map(|_| ())
+        let mut head = [0u8; PARTIAL_HEAD_MAX];
+        match partial_tcp_checksum(p, &mut head) {
+            Some((hdr, n)) => {
+                let bufs = [
+                    io::IoSlice::new(&hdr),
+                    io::IoSlice::new(&head[..n]),
+                    io::IoSlice::new(&p[n..]),
+                ];
+                self.dev.send_vectored(&bufs).await.map(|_| ())
+            }
+            None => {
+                let hdr = [0u8; VNET_HDR];
+                let bufs = [io::IoSlice::new(&hdr), io::IoSlice::new(p)];
+                self.dev.send_vectored(&bufs).await.map(|_| ())
+            }
+        }
     }
+}
+
+/// The longest IP and TCP header start [`partial_tcp_checksum`] copies:
+/// a 60-byte IPv4 header and the TCP header up to its checksum.
+const PARTIAL_HEAD_MAX: usize = 60 + 18;
+
+/// For a whole TCP segment in `p` (IPv4 not fragmented, or IPv6 with TCP
+/// as its first next header): the virtio-net header asking the kernel to
+/// finish the checksum ("needs checksum", the TCP header's start and the
+/// checksum's offset in it), and in `head` the packet's first bytes up to
+/// the end of the checksum field, that field set to the pseudo-header's
+/// sum (RFC 9293 3.1, folded, not complemented, as the kernel expects of
+/// a partial checksum); how many bytes of `head` that is. `None` for
+/// anything else.
+fn partial_tcp_checksum(
+    p: &[u8],
+    head: &mut [u8; PARTIAL_HEAD_MAX],
+) -> Option<([u8; VNET_HDR], usize)> {
+    let (start, mut sum) = match p.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*p.get(2)?, *p.get(3)?]));
+            let frag = u16::from_be_bytes([*p.get(6)?, *p.get(7)?]);
+            // Not TCP, a fragment (MF or an offset), or a length that is
+            // not the packet's.
+            if ihl < 20 || *p.get(9)? != 6 || frag & 0x3fff != 0 || total != p.len() {
+                return None;
+            }
+            let mut sum = sum_words(p.get(12..20)?);
+            sum += 6 + u32::try_from(total.checked_sub(ihl)?).ok()?;
+            (ihl, sum)
+        }
+        6 => {
+            let payload = usize::from(u16::from_be_bytes([*p.get(4)?, *p.get(5)?]));
+            if *p.get(6)? != 6 || 40 + payload != p.len() {
+                return None;
+            }
+            let mut sum = sum_words(p.get(8..40)?);
+            sum += 6 + u32::try_from(payload).ok()?;
+            (40, sum)
+        }
+        _ => return None,
+    };
+    let n = start + 18;
+    // A TCP header is at least 20 bytes.
+    if p.len() < start + 20 {
+        return None;
+    }
+    head.get_mut(..n)?.copy_from_slice(&p[..n]);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    head[start + 16..n].copy_from_slice(&(sum as u16).to_be_bytes());
+    let s = u16::try_from(start).ok()?.to_le_bytes();
+    let hdr = [F_NEEDS_CSUM, GSO_NONE, 0, 0, 0, 0, s[0], s[1], 16, 0];
+    Some((hdr, n))
+}
+
+/// The sum of `b`'s 16-bit big-endian words (an even length).
+fn sum_words(b: &[u8]) -> u32 {
+    b.chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum()
 }
 
 /// Splits a UDP segmentation batch (one IP and UDP header, then datagrams
@@ -244,6 +335,103 @@ fn split_udp(pkt: &[u8], size: usize, scratch: &mut Vec<u8>, f: &mut dyn FnMut(&
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the kernel does with a partial checksum: sums the segment from
+    /// `csum_start` (the pseudo-header's sum in the checksum field) and
+    /// stores the complement. It must give the checksum computed in full.
+    fn finish(hdr: &[u8; VNET_HDR], packet: &[u8]) -> u16 {
+        let start = usize::from(u16::from_le_bytes([hdr[6], hdr[7]]));
+        let mut sum = sum_words(&packet[start..]);
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn a_tcp_segment_goes_with_its_pseudo_header_sum_for_the_kernel_to_finish() {
+        use crate::engine::reply::tcp_reset;
+        for (src, dst) in [
+            ("192.0.2.10:40000", "203.0.113.5:443"),
+            ("[2001:db8::10]:40000", "[2001:db8:86::5]:443"),
+        ] {
+            // A SYN with an odd-length payload, answered by a full RST+ACK
+            // whose checksum the stack computed.
+            let syn = tcp_syn_with(
+                src.parse().expect("addr"),
+                dst.parse().expect("addr"),
+                b"odd",
+            );
+            let rst = tcp_reset(&syn).expect("rst");
+            let ip = crate::wire::packet::parse_ip(&rst).expect("parses");
+            let start = rst.len() - ip.l4.len();
+            let full = u16::from_be_bytes([rst[start + 16], rst[start + 17]]);
+            let mut head = [0u8; PARTIAL_HEAD_MAX];
+            let (hdr, n) = partial_tcp_checksum(&rst, &mut head).expect("a TCP segment");
+            assert_eq!((hdr[0], hdr[1]), (F_NEEDS_CSUM, GSO_NONE));
+            assert_eq!((usize::from(hdr[6]), hdr[8]), (start, 16), "{src}");
+            let written = [&head[..n], &rst[n..]].concat();
+            assert_eq!(written.len(), rst.len());
+            assert_eq!(
+                finish(&hdr, &written),
+                full,
+                "{src}: the kernel's checksum is the stack's"
+            );
+            // Everything but the checksum field is what the stack wrote.
+            assert_eq!(written[..start + 16], rst[..start + 16]);
+            assert_eq!(written[start + 18..], rst[start + 18..]);
+        }
+        // Not TCP, or a fragment: as it is.
+        let udp = crate::engine::reply::udp_packet(
+            "192.0.2.10:5000".parse().expect("addr"),
+            "203.0.113.5:53".parse().expect("addr"),
+            b"q",
+        )
+        .expect("udp");
+        assert!(partial_tcp_checksum(&udp, &mut [0; PARTIAL_HEAD_MAX]).is_none());
+        let mut frag = tcp_reset(&tcp_syn_with(
+            "192.0.2.10:40000".parse().expect("addr"),
+            "203.0.113.5:443".parse().expect("addr"),
+            b"",
+        ))
+        .expect("rst");
+        frag[6] |= 0x20;
+        assert!(partial_tcp_checksum(&frag, &mut [0; PARTIAL_HEAD_MAX]).is_none());
+        assert!(partial_tcp_checksum(&[0x45, 0, 0], &mut [0; PARTIAL_HEAD_MAX]).is_none());
+    }
+
+    /// A SYN from `s` to `d` carrying `data`, checksums left zero.
+    fn tcp_syn_with(s: std::net::SocketAddr, d: std::net::SocketAddr, data: &[u8]) -> Vec<u8> {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&s.port().to_be_bytes());
+        t[2..4].copy_from_slice(&d.port().to_be_bytes());
+        t[4..8].copy_from_slice(&7u32.to_be_bytes());
+        t[12] = 0x50;
+        t[13] = 0x02;
+        t[14] = 0xff;
+        t.extend_from_slice(data);
+        match (s.ip(), d.ip()) {
+            (std::net::IpAddr::V4(a), std::net::IpAddr::V4(b)) => {
+                let mut p = vec![0x45, 0];
+                p.extend_from_slice(&u16::try_from(20 + t.len()).expect("len").to_be_bytes());
+                p.extend_from_slice(&[0, 1, 0x40, 0, 64, 6, 0, 0]);
+                p.extend_from_slice(&a.octets());
+                p.extend_from_slice(&b.octets());
+                p.extend_from_slice(&t);
+                p
+            }
+            (std::net::IpAddr::V6(a), std::net::IpAddr::V6(b)) => {
+                let mut p = vec![0x60, 0, 0, 0];
+                p.extend_from_slice(&u16::try_from(t.len()).expect("len").to_be_bytes());
+                p.extend_from_slice(&[6, 64]);
+                p.extend_from_slice(&a.octets());
+                p.extend_from_slice(&b.octets());
+                p.extend_from_slice(&t);
+                p
+            }
+            _ => panic!("one family"),
+        }
+    }
 
     #[test]
     fn a_udp_segmentation_batch_becomes_its_datagrams() {

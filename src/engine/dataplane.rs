@@ -809,6 +809,15 @@ impl Engine {
         self.world = Some(handle);
     }
 
+    /// Whether the link the engine's packets go to finishes their TCP
+    /// checksums (a Linux TUN with offloads, which the driver tells with
+    /// a partial-checksum header): the local stack then leaves them out of
+    /// the segments it sends, a pass over every byte saved. Off by default:
+    /// every packet carries its checksums.
+    pub fn set_tcp_checksum_offload(&mut self, on: bool) {
+        self.device.tcp_checksum_offload = on;
+    }
+
     /// How to find the app that owns a new flow (the platform's answer:
     /// `getConnectionOwnerUid` on Android, the program under `geowall
     /// exec`). Called once per flow, before it is judged, unless

@@ -20,6 +20,9 @@ pub struct QueueDevice {
     pub tx: VecDeque<Vec<u8>>,
     /// The virtual link's MTU (the TUN's).
     pub mtu: usize,
+    /// The link finishes the TCP checksums of what is sent (a Linux TUN
+    /// with offloads): the stack leaves them out.
+    pub tcp_checksum_offload: bool,
 }
 
 impl QueueDevice {
@@ -29,6 +32,7 @@ impl QueueDevice {
             rx: VecDeque::new(),
             tx: VecDeque::new(),
             mtu,
+            tcp_checksum_offload: false,
         }
     }
 }
@@ -69,7 +73,7 @@ impl Device for QueueDevice {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        capabilities(self.mtu)
+        capabilities(self.mtu, self.tcp_checksum_offload)
     }
 }
 
@@ -83,6 +87,8 @@ pub struct OneShot<'a> {
     pub tx: &'a mut VecDeque<Vec<u8>>,
     /// The link's MTU.
     pub mtu: usize,
+    /// As [`QueueDevice::tcp_checksum_offload`].
+    pub tcp_checksum_offload: bool,
 }
 
 /// Receive token of a [`OneShot`].
@@ -115,21 +121,25 @@ impl Device for OneShot<'_> {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        capabilities(self.mtu)
+        capabilities(self.mtu, self.tcp_checksum_offload)
     }
 }
 
-fn capabilities(mtu: usize) -> DeviceCapabilities {
+fn capabilities(mtu: usize, tcp_checksum_offload: bool) -> DeviceCapabilities {
     let mut c = DeviceCapabilities::default();
     c.medium = Medium::Ip;
     c.max_transmission_unit = mtu;
     // Packets from the TUN come from the local kernel, which computed
     // their checksums over memory: checking them again costs a pass over
-    // every 64 KiB segment and finds nothing. Ours are computed (the
-    // kernel checks them).
+    // every 64 KiB segment and finds nothing. Ours are computed, unless
+    // the link finishes them.
     let mut cs = ChecksumCapabilities::default();
     cs.ipv4 = Checksum::Tx;
-    cs.tcp = Checksum::Tx;
+    cs.tcp = if tcp_checksum_offload {
+        Checksum::None
+    } else {
+        Checksum::Tx
+    };
     c.checksum = cs;
     c
 }

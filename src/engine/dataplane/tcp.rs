@@ -331,6 +331,7 @@ impl Engine {
             rx: packet,
             tx: &mut self.device.tx,
             mtu: self.device.mtu,
+            tcp_checksum_offload: self.device.tcp_checksum_offload,
         };
         let set = match self.socks.get_mut(&key) {
             Some(c) => c.set(),
