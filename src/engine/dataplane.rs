@@ -813,9 +813,14 @@ impl Engine {
     /// checksums (a Linux TUN with offloads, which the driver tells with
     /// a partial-checksum header): the local stack then leaves them out of
     /// the segments it sends, a pass over every byte saved. Off by default:
-    /// every packet carries its checksums.
+    /// every packet carries its checksums. Call it before traffic.
     pub fn set_tcp_checksum_offload(&mut self, on: bool) {
-        self.device.tcp_checksum_offload = on;
+        if self.device.tcp_checksum_offload != on {
+            self.device.tcp_checksum_offload = on;
+            // smoltcp's interface reads its device's capabilities when it
+            // is made: made again.
+            self.iface = super::stack::any_ip_interface(&mut self.device, 0);
+        }
     }
 
     /// How to find the app that owns a new flow (the platform's answer:

@@ -1553,6 +1553,32 @@ fn upstream_bytes(outs: &[Output]) -> usize {
         .sum()
 }
 
+/// With a link that finishes TCP checksums, the stack leaves them out (the
+/// SYN-ACK's checksum field is zero); without, it computes them.
+#[test]
+fn tcp_checksums_are_left_to_a_link_that_finishes_them() {
+    for offload in [false, true] {
+        let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+        e.set_tcp_checksum_offload(offload);
+        e.handle_tun(&tcp_syn("192.0.2.200:40000", "198.51.100.7:443"), S);
+        let out = drain(&mut e);
+        let synack = out
+            .iter()
+            .find_map(|o| match o {
+                Output::ToTun(p) => Some(p),
+                _ => None,
+            })
+            .expect("a SYN-ACK");
+        let p = parse_ip(synack).expect("parses");
+        let field = u16::from_be_bytes([p.l4[16], p.l4[17]]);
+        if offload {
+            assert_eq!(field, 0, "left to the link");
+        } else {
+            assert_eq!(reply::l4_checksum(p.src, p.dst, 6, p.l4), 0, "computed");
+        }
+    }
+}
+
 /// Under `strict` a CN address is refused at the SYN: no handshake, so the
 /// app fails over at once; a US address is not (its payload is read).
 #[test]
