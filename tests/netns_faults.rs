@@ -1,5 +1,6 @@
 //! Faults (root only; skips otherwise): a flood of new flows, a resolver
-//! that is down or slow, a slow client, a closed UDP port, rules bundles
+//! that is down or slow, a slow client, a closed UDP port, a network
+//! without IPv6, rules bundles
 //! that are corrupt, truncated, rolled back or wrongly signed pushed during
 //! traffic, a valid one bringing a vendor of its own, and the TUN removed
 //! under the engine. (SIGKILL mid-transfer is in `netns_e2e.rs`.) See
@@ -68,6 +69,18 @@ fn status(net: &Net) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// Whether `status --json`'s counter `key` reaches `least` within 2 s
+/// (the status is published about every 100 ms).
+fn status_reaches(net: &Net, key: &str, least: u64) -> bool {
+    (0..20).any(|_| {
+        let n = status(net)[key].as_u64().unwrap_or(0);
+        if n < least {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        n >= least
+    })
 }
 
 /// A process's memory figure (`VmHWM`, `VmRSS`) in KiB.
@@ -309,8 +322,115 @@ fn a_closed_udp_port_is_refused_at_once_as_without_geowall() {
         });
         assert_eq!(open.expect("the open port answers"), b"hello");
     }
-    let v = status(&net);
-    assert!(v["udp_unreachable"].as_u64() >= Some(2), "{v}");
+    assert!(
+        status_reaches(&net, "udp_unreachable", 2),
+        "{}",
+        status(&net)
+    );
+}
+
+/// An HTTP server in the internet namespace on `at` that answers every
+/// request head it reads with "ok" and closes; it counts the requests.
+fn http_server(net: &Net, at: SocketAddr) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let served = std::sync::Arc::new(AtomicUsize::new(0));
+    let l = in_ns(&net.net, move || TcpListener::bind(at).expect("bind http"));
+    l.set_nonblocking(true).expect("nonblocking");
+    let (stop, n) = (net.stopping(), served.clone());
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            let _ = c.set_nonblocking(false);
+            let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => head.extend_from_slice(&buf[..k]),
+                }
+            }
+            if head.starts_with(b"GET ") {
+                n.fetch_add(1, Ordering::SeqCst);
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+        }
+    });
+    served
+}
+
+/// On a network with no IPv6 route (geowall's side has no IPv6 default
+/// route), a connection to an IPv6 internet address fails at `connect()`
+/// with "network unreachable", as it does without geowall, instead of
+/// being accepted by the local stack and reset after the app's first
+/// bytes. So a real client with both addresses of a server (curl, Happy
+/// Eyeballs: IPv6 first) falls back to IPv4 and gets its page, where it
+/// got "connection reset". IPv4 goes on; once the IPv6 route is back, so
+/// does IPv6, without restarting geowall.
+#[test]
+fn a_family_with_no_route_fails_at_connect_so_apps_fall_back() {
+    if !support::root_or_skip("a_family_with_no_route_fails_at_connect_so_apps_fall_back") {
+        return;
+    }
+    let mut net = Net::new();
+    let v4 = http_server(&net, sa(addr::US, 80));
+    let v6 = http_server(&net, sa(addr::US6, 80));
+    support::ip(&["-n", &net.fw, "-6", "route", "del", "default"]);
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
+    let app = net.app.clone();
+    let six = sa(addr::US6, 80);
+    let r = in_ns(&app, move || {
+        TcpStream::connect_timeout(&six, Duration::from_secs(3))
+    });
+    eprintln!("connect {six}: {r:?}");
+    let e = r.expect_err("no IPv6 route, yet connected");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(nix::libc::ENETUNREACH),
+        "network unreachable at connect, not accepted then reset: {e}"
+    );
+    let resolve = format!("dual.example:80:[{}],{}", addr::US6, addr::US);
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &app, "curl", "-sS", "--max-time", "5"])
+        .args(["--resolve", &resolve, "http://dual.example/"])
+        .output()
+        .expect("curl (the CI installs it)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    eprintln!("curl: {said:?} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(said, "ok", "curl fell back to IPv4");
+    assert_eq!(v4.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(v6.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(status_reaches(&net, "no_route", 2), "{}", status(&net));
+    // The route comes back: within a few of geowall's route checks, IPv6
+    // connects again.
+    support::ip(&[
+        "-n",
+        &net.fw,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:ff00::2",
+    ]);
+    let back = (0..30).any(|_| {
+        let ok = in_ns(&app, move || {
+            support::tcp_exchange_within(six, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", WAIT)
+        })
+        .is_ok_and(|r| r.ends_with(b"ok"));
+        if !ok {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        ok
+    });
+    assert!(back, "IPv6 works again once its route is back");
+    assert_eq!(v6.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 /// Starts geowall on a bundle of [`POLICY`] (sequence 10) signed by `key`,

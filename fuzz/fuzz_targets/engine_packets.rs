@@ -1,10 +1,10 @@
 //! The engine's packet input: a sequence of operations read from the fuzz
-//! input (`op`, 2-byte length, bytes): a packet from the TUN, time passing,
-//! or the upstream side answering the last flow it opened (or its socket
-//! reporting an ICMP error).
+//! input (`op`, 2-byte length, bytes): a packet from the TUN, time passing
+//! (with the upstream's routes changing), or the upstream side answering
+//! the last flow it opened (or its socket reporting an ICMP error).
 #![no_main]
 
-use geowall::engine::dataplane::{Output, Unreachable};
+use geowall::engine::dataplane::{Output, Unreachable, UpstreamRoutes};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -24,6 +24,13 @@ fuzz_target!(|data: &[u8]| {
             0 | 1 => e.handle_tun(body, now),
             2 => {
                 now += u64::from(body.first().copied().unwrap_or(1)) * 50_000_000;
+                // Now and then a family loses or regains its route.
+                if let Some(&r) = body.get(1) {
+                    e.set_upstream_routes(UpstreamRoutes {
+                        v4: r & 1 == 0,
+                        v6: r & 2 == 0,
+                    });
+                }
                 e.handle_timeout(now);
             }
             3 => {

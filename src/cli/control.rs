@@ -256,6 +256,7 @@ fn status(s: &State) -> Value {
         "udp_held": c.held,
         "udp_held_dropped": c.held_dropped,
         "udp_unreachable": c.udp_unreachable,
+        "no_route": c.no_route,
         "bytes_up": live.bytes_up,
         "bytes_down": live.bytes_down,
         "dns": {"queries": c.dns_queries, "blocked": c.dns_blocked, "filtered": c.dns_filtered, "cached": live.dns_cached},

@@ -48,6 +48,20 @@ use upstream::{Cmd, Shared, Up};
 const TUN_BATCH: usize = 64;
 /// Reports from upstream tasks handled before the loop looks elsewhere.
 const REPORT_BATCH: usize = 64;
+/// How often the upstream's default routes are looked at again (a network
+/// that changed: Wi-Fi to mobile data, IPv6 that came or went).
+const ROUTE_CHECK: Duration = Duration::from_secs(2);
+
+/// Which families the protected sockets have a default route for: a
+/// route lookup (no packet) to a documentation address of each (RFC 5737,
+/// RFC 3849), which only a default route (or one as wide) covers.
+fn default_routes(p: &Protection) -> crate::engine::dataplane::UpstreamRoutes {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    crate::engine::dataplane::UpstreamRoutes {
+        v4: p.has_route(Ipv4Addr::new(192, 0, 2, 1).into()),
+        v6: p.has_route(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into()),
+    }
+}
 
 /// A flow's upstream side, as the loop sees it.
 struct Link {
@@ -173,6 +187,13 @@ impl std::fmt::Display for Summary {
                 c.udp_unreachable
             )?;
         }
+        if c.no_route > 0 {
+            write!(
+                f,
+                "; {} new flows answered \"network unreachable\" (no upstream route)",
+                c.no_route
+            )?;
+        }
         if c.asked + c.asked_busy > 0 {
             write!(
                 f,
@@ -235,6 +256,12 @@ pub async fn run(
     let mut links: HashMap<FlowId, Link> = HashMap::new();
     let mut stalled: HashSet<FlowId> = HashSet::new();
     engine.set_tcp_checksum_offload(tun.completes_tcp_checksums());
+    engine.set_upstream_routes(default_routes(&protection));
+    {
+        let p = protection.clone();
+        engine.set_route_lookup(Box::new(move |ip| p.has_route(ip)));
+    }
+    let mut routes_checked = Instant::now();
     let mut buf = vec![0u8; tun.buffer_len()];
     let mut scratch = Vec::new();
     let mut summary = Summary::default();
@@ -378,6 +405,10 @@ pub async fn run(
                 }
                 publish(l, &engine, &summary, volumes);
             }
+        }
+        if routes_checked.elapsed() >= ROUTE_CHECK {
+            routes_checked = Instant::now();
+            engine.set_upstream_routes(default_routes(&protection));
         }
         // Server bytes that waited for the app's window.
         if !stalled.is_empty() {

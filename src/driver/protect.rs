@@ -59,6 +59,38 @@ impl Protection {
         Ok(s)
     }
 
+    /// Whether a protected socket has a route to `ip`: a UDP socket is
+    /// connected to it, which looks the route up and sends nothing. No
+    /// route (network or host unreachable, a `prohibit`, `blackhole` or
+    /// `unreachable` route, no source address, the family turned off) is
+    /// `false`; a socket that cannot be made for another reason is `true`
+    /// (the flow then fails on its own, as before).
+    pub fn has_route(&self, ip: std::net::IpAddr) -> bool {
+        use nix::libc;
+        let no_route = |e: &std::io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(
+                    libc::ENETUNREACH
+                        | libc::EHOSTUNREACH
+                        | libc::EADDRNOTAVAIL
+                        | libc::EACCES
+                        | libc::EPERM
+                        | libc::EINVAL
+                )
+            )
+        };
+        let s = match self.socket(ip, socket2::Type::DGRAM, Some(socket2::Protocol::UDP)) {
+            Ok(s) => s,
+            Err(e) => return e.raw_os_error() != Some(libc::EAFNOSUPPORT),
+        };
+        // The discard port; nothing is sent by a UDP connect.
+        match s.connect(&std::net::SocketAddr::new(ip, 9).into()) {
+            Ok(()) => true,
+            Err(e) => !no_route(&e),
+        }
+    }
+
     /// Applies every configured protection to `sock`; the error says which
     /// failed.
     pub fn apply(&self, sock: &socket2::Socket) -> std::io::Result<()> {
@@ -117,6 +149,20 @@ mod tests {
         };
         let e = no.apply(&udp()).expect_err("refused");
         assert!(e.to_string().contains("refused"), "{e}");
+    }
+
+    #[test]
+    fn a_route_is_looked_up_without_sending() {
+        let p = Protection::default();
+        assert!(p.has_route("127.0.0.1".parse().expect("ip")));
+        let none = Protection {
+            bind_device: Some("gw-no-such0".into()),
+            ..Protection::default()
+        };
+        assert!(
+            none.has_route("127.0.0.1".parse().expect("ip")),
+            "a socket that cannot be made is not taken for no route"
+        );
     }
 
     #[test]

@@ -293,7 +293,49 @@ pub struct EngineCounters {
     /// UDP flows (what the upstream sockets reported; see
     /// [`Engine::handle_udp_unreachable`]).
     pub udp_unreachable: u64,
+    /// New flows answered "network unreachable" at their first packet
+    /// because the upstream network had no route for their address family
+    /// (see [`Engine::set_upstream_routes`]).
+    pub no_route: u64,
 }
+
+/// Which address families the upstream network has a default route for,
+/// as the driver last found them ([`Engine::set_upstream_routes`]). A new
+/// flow to an internet address with no route is answered at its first
+/// packet with ICMP "network unreachable", as the system answers a
+/// `connect()` with no route: an app with addresses of both families
+/// (Happy Eyeballs) goes on with the other at once, where a connection
+/// accepted by the local stack would only fail once the engine opened its
+/// upstream side, after the app's first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamRoutes {
+    /// IPv4 has a default route.
+    pub v4: bool,
+    /// IPv6 has a default route.
+    pub v6: bool,
+}
+
+impl Default for UpstreamRoutes {
+    /// Both families: the engine refuses nothing until told.
+    fn default() -> Self {
+        Self { v4: true, v6: true }
+    }
+}
+
+impl UpstreamRoutes {
+    /// Whether `ip`'s family has a default route.
+    pub fn covers(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(_) => self.v4,
+            IpAddr::V6(_) => self.v6,
+        }
+    }
+}
+
+/// Whether the upstream network has a route to one address (the driver
+/// looks it up; no packet is sent). Asked only for the first packet of a
+/// new flow to an internet address whose family has no default route.
+pub type RouteLookup = Box<dyn FnMut(IpAddr) -> bool + Send>;
 
 /// The engine.
 pub struct Engine {
@@ -358,6 +400,10 @@ pub struct Engine {
     asks: ask::Asks,
     /// Counters.
     pub counters: EngineCounters,
+    /// The address families the upstream has a default route for.
+    routes: UpstreamRoutes,
+    /// Routes to single addresses of a family without a default route.
+    route_lookup: Option<RouteLookup>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -415,6 +461,8 @@ impl Engine {
             out: VecDeque::new(),
             hits: Vec::new(),
             counters: EngineCounters::default(),
+            routes: UpstreamRoutes::default(),
+            route_lookup: None,
         }
     }
 
@@ -807,6 +855,48 @@ impl Engine {
         self.world_gen = handle.generation();
         self.intel = self.intel.with_world(handle.current());
         self.world = Some(handle);
+    }
+
+    /// Which address families the upstream network has a default route
+    /// for now (the driver looks at start and every few seconds). A new
+    /// flow to an internet address of a family without one is refused at
+    /// its first packet with "network unreachable" (counted in
+    /// [`EngineCounters::no_route`]), unless the [`RouteLookup`] finds a
+    /// route to that address; local addresses (a LAN) and DNS queries
+    /// (answered by the engine) never are. Both families, by default.
+    pub fn set_upstream_routes(&mut self, routes: UpstreamRoutes) {
+        self.routes = routes;
+    }
+
+    /// How to find a route to one address of a family without a default
+    /// route (the driver's route lookup). Without it, such a family's
+    /// internet addresses are all taken as unreachable.
+    pub fn set_route_lookup(&mut self, f: RouteLookup) {
+        self.route_lookup = Some(f);
+    }
+
+    /// The address families the engine takes to have a default route.
+    pub fn upstream_routes(&self) -> UpstreamRoutes {
+        self.routes
+    }
+
+    /// Refuses a new flow's first packet `raw` to `dst` when the upstream
+    /// has no route to it (see [`Engine::set_upstream_routes`]); whether
+    /// it did.
+    fn refused_without_route(&mut self, raw: &[u8], dst: IpAddr) -> bool {
+        if self.routes.covers(dst) || crate::policy::eval::is_local(dst) {
+            return false;
+        }
+        if let Some(f) = &mut self.route_lookup
+            && f(dst)
+        {
+            return false;
+        }
+        self.counters.no_route += 1;
+        if let Some(r) = reply::icmp_unreachable(raw, Unreachable::Network) {
+            self.out.push_back(Output::ToTun(r));
+        }
+        true
     }
 
     /// Whether the link the engine's packets go to finishes their TCP

@@ -170,8 +170,11 @@ impl Engine {
                 }
                 return;
             }
-            let policy = self.policy.current();
             let is_dns = server.port() == 53;
+            if !is_dns && self.refused_without_route(raw, server.ip()) {
+                return;
+            }
+            let policy = self.policy.current();
             let sniff = policy.needs_payload() && !is_dns;
             let ctx = self.flow_ctx(PTransport::Tcp, false, client, server, now_ns);
             let mut core = FlowCore::new(client, server, ctx, now_ns);

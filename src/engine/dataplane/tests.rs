@@ -45,16 +45,25 @@ fn udp(from: &str, to: &str, payload: &[u8]) -> Vec<u8> {
     reply::udp_packet(sa(from), sa(to), payload).expect("packet")
 }
 
-/// A bare IPv4 TCP SYN (checksums left zero: the engine's stack trusts the
-/// local kernel's).
+/// A bare TCP SYN, IPv4 or IPv6 (checksums left zero: the engine's stack
+/// trusts the local kernel's).
 fn tcp_syn(from: &str, to: &str) -> Vec<u8> {
     let (f, t) = (sa(from), sa(to));
-    let (IpAddr::V4(fi), IpAddr::V4(ti)) = (f.ip(), t.ip()) else {
-        panic!("IPv4 only")
+    let mut p = match (f.ip(), t.ip()) {
+        (IpAddr::V4(fi), IpAddr::V4(ti)) => {
+            let mut p = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+            p.extend_from_slice(&fi.octets());
+            p.extend_from_slice(&ti.octets());
+            p
+        }
+        (IpAddr::V6(fi), IpAddr::V6(ti)) => {
+            let mut p = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+            p.extend_from_slice(&fi.octets());
+            p.extend_from_slice(&ti.octets());
+            p
+        }
+        _ => panic!("one family"),
     };
-    let mut p = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
-    p.extend_from_slice(&fi.octets());
-    p.extend_from_slice(&ti.octets());
     p.extend_from_slice(&f.port().to_be_bytes());
     p.extend_from_slice(&t.port().to_be_bytes());
     p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xFF, 0xFF, 0, 0, 0, 0]);
@@ -176,6 +185,100 @@ fn an_unreachable_destination_is_told_to_the_app_as_icmp() {
         assert!(drain(&mut e).is_empty());
         assert_eq!(e.counters.udp_unreachable, 1);
     }
+}
+
+/// With no upstream route for a family, a new flow to an internet address
+/// of it is refused at its first packet with "network unreachable" (what
+/// the system says to a `connect()` with no route), TCP, UDP and echo
+/// alike, and nothing is opened; the other family, local addresses and
+/// DNS queries go on; once the route is back, so are new flows.
+#[test]
+fn a_family_without_an_upstream_route_is_unreachable_at_the_first_packet() {
+    let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+    e.set_upstream_routes(UpstreamRoutes {
+        v4: true,
+        v6: false,
+    });
+    let mut echo6 = vec![0x60, 0, 0, 0, 0, 12, 58, 64];
+    for a in ["2001:db8::2", "2001:db8:1::7"] {
+        let a: std::net::Ipv6Addr = a.parse().expect("v6");
+        echo6.extend_from_slice(&a.octets());
+    }
+    echo6.extend_from_slice(&[128, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g']);
+    let refused = [
+        tcp_syn("[2001:db8::2]:40000", "[2001:db8:1::7]:443"),
+        udp("[2001:db8::2]:40001", "[2001:db8:1::7]:443", b"quic?"),
+        echo6,
+    ];
+    for (i, pkt) in refused.iter().enumerate() {
+        e.handle_tun(pkt, S + i as u64);
+        let out = drain(&mut e);
+        let [Output::ToTun(r)] = out.as_slice() else {
+            panic!("packet {i}: one answer, nothing else: {out:?}")
+        };
+        let p = parse_ip(r).expect("parses");
+        let Transport::Icmp { kind, code, .. } = p.transport else {
+            panic!("packet {i}: ICMPv6: {p:?}")
+        };
+        assert_eq!((kind, code), (1, 0), "packet {i}: no route to destination");
+        assert_eq!(p.dst, sa("[2001:db8::2]:0").ip());
+        assert_eq!(&p.l4[8..], pkt.as_slice(), "packet {i}: quoted whole");
+    }
+    assert_eq!(e.counters.no_route, 3);
+    assert_eq!(e.open_flows().count(), 0, "nothing opened");
+    // IPv4, a local IPv6 address and a DNS query over IPv6 go on.
+    e.handle_tun(&tcp_syn("192.0.2.200:40000", "198.51.100.7:443"), 2 * S);
+    let out = drain(&mut e);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::ToTun(p) if parse_ip(p).is_ok_and(|p| matches!(p.transport, Transport::Tcp { flags, .. } if flags & tcp_flags::SYN != 0)))),
+        "IPv4 is accepted: {out:?}"
+    );
+    e.handle_tun(&udp("[fd00::2]:40002", "[fd00::7]:5000", b"lan"), 2 * S);
+    let out = drain(&mut e);
+    assert_eq!(
+        sent_upstream(&out),
+        2,
+        "a local address is not refused: {out:?}"
+    );
+    let q = crate::wire::dns::tests::query("example.com");
+    e.handle_tun(
+        &udp("[2001:db8::2]:40003", "[2001:db8:1::53]:53", &q),
+        2 * S,
+    );
+    let out = drain(&mut e);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::DnsQuery { .. })),
+        "DNS is the engine's own: {out:?}"
+    );
+    assert_eq!(e.counters.no_route, 3);
+    // A route to one address of the family (a lookup the driver makes).
+    e.set_route_lookup(Box::new(|ip| ip == sa("[2001:db8:1::8]:0").ip()));
+    e.handle_tun(
+        &tcp_syn("[2001:db8::2]:40005", "[2001:db8:1::8]:443"),
+        2 * S,
+    );
+    e.handle_tun(
+        &tcp_syn("[2001:db8::2]:40006", "[2001:db8:1::9]:443"),
+        2 * S,
+    );
+    let out = drain(&mut e);
+    let tcp_answers = out
+        .iter()
+        .filter(|o| matches!(o, Output::ToTun(p) if parse_ip(p).is_ok_and(|p| matches!(p.transport, Transport::Tcp { .. }))))
+        .count();
+    assert_eq!(tcp_answers, 1, "the routed address is accepted: {out:?}");
+    assert_eq!(e.counters.no_route, 4, "the other is not");
+    e.set_upstream_routes(UpstreamRoutes::default());
+    e.handle_tun(
+        &tcp_syn("[2001:db8::2]:40004", "[2001:db8:1::7]:443"),
+        3 * S,
+    );
+    let out = drain(&mut e);
+    assert!(
+        out.iter().any(|o| matches!(o, Output::ToTun(p) if parse_ip(p).is_ok_and(|p| matches!(p.transport, Transport::Tcp { .. })))),
+        "the route is back: accepted: {out:?}"
+    );
+    assert_eq!(e.counters.no_route, 4);
 }
 
 #[test]

@@ -81,6 +81,9 @@ impl Engine {
                 }
                 return;
             }
+            if self.refused_without_route(raw, server.ip()) {
+                return;
+            }
             let id = self.next_id;
             self.next_id += 1;
             let ctx = self.flow_ctx(PTransport::Udp, icmp, client, server, now_ns);
