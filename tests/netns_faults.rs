@@ -1,6 +1,6 @@
 //! Faults (root only; skips otherwise): a flood of new flows, a resolver
-//! that is down or slow, a slow client, a closed UDP port, a network
-//! without IPv6, rules bundles
+//! that is down or slow, a slow client, a closed UDP port, a ping no
+//! router can deliver, a network without IPv6, rules bundles
 //! that are corrupt, truncated, rolled back or wrongly signed pushed during
 //! traffic, a valid one bringing a vendor of its own, and the TUN removed
 //! under the engine. (SIGKILL mid-transfer is in `netns_e2e.rs`.) See
@@ -324,6 +324,89 @@ fn a_closed_udp_port_is_refused_at_once_as_without_geowall() {
     }
     assert!(
         status_reaches(&net, "udp_unreachable", 2),
+        "{}",
+        status(&net)
+    );
+}
+
+/// Sends one echo request from a ping socket that asks for ICMP errors
+/// (`IP_RECVERR`, as `ping` does) and waits up to `wait` for what comes
+/// back: the reply's bytes, or the error.
+fn ping_once(to: std::net::IpAddr, wait: Duration) -> std::io::Result<Vec<u8>> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let (domain, proto, request) = match to {
+        std::net::IpAddr::V4(_) => (socket2::Domain::IPV4, socket2::Protocol::ICMPV4, 8u8),
+        std::net::IpAddr::V6(_) => (socket2::Domain::IPV6, socket2::Protocol::ICMPV6, 128u8),
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(proto))?;
+    match to {
+        std::net::IpAddr::V4(_) => setsockopt(&s, sockopt::Ipv4RecvErr, &true)?,
+        std::net::IpAddr::V6(_) => setsockopt(&s, sockopt::Ipv6RecvErr, &true)?,
+    }
+    s.connect(&SocketAddr::new(to, 0).into())?;
+    s.set_read_timeout(Some(wait))?;
+    s.send(&[request, 0, 0, 0, 0, 0, 0, 1, b'h', b'i'])?;
+    let mut buf = [0u8; 1500];
+    let n = (&s).read(&mut buf)?;
+    Ok(buf[..n].to_vec())
+}
+
+/// A ping to an address a router on the way cannot reach (an
+/// `unreachable` route in the internet namespace, IPv4 and IPv6): the
+/// router's ICMP error reaches the app's ping socket as it would without
+/// geowall ("Destination Host Unreachable", "Network unreachable"),
+/// instead of a timeout; a reachable address still answers.
+#[test]
+fn a_ping_a_router_cannot_deliver_fails_at_once_as_without_geowall() {
+    if !support::root_or_skip("a_ping_a_router_cannot_deliver_fails_at_once_as_without_geowall") {
+        return;
+    }
+    let mut net = Net::new();
+    // (An IPv4 router answers for an unreachable route only if it forwards.)
+    support::sysctl(&net.net, "net.ipv4.ip_forward", "1");
+    support::ip(&[
+        "-n",
+        &net.net,
+        "route",
+        "add",
+        "unreachable",
+        "198.51.100.99/32",
+    ]);
+    support::ip(&[
+        "-n",
+        &net.net,
+        "-6",
+        "route",
+        "add",
+        "unreachable",
+        "2001:db8:99::99/128",
+    ]);
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
+    let app = net.app.clone();
+    for (to, errno) in [
+        ("198.51.100.99", nix::libc::EHOSTUNREACH),
+        ("2001:db8:99::99", nix::libc::ENETUNREACH),
+    ] {
+        let ip: std::net::IpAddr = to.parse().expect("ip");
+        let r = in_ns(&app, move || ping_once(ip, Duration::from_secs(3)));
+        eprintln!("ping {to}: {r:?}");
+        let e = r.expect_err("no answer can come");
+        assert_eq!(
+            e.raw_os_error(),
+            Some(errno),
+            "{to}: the router's error, not a timeout: {e}"
+        );
+    }
+    let us: std::net::IpAddr = addr::US.parse().expect("ip");
+    let r = in_ns(&app, move || ping_once(us, Duration::from_secs(3)));
+    assert_eq!(
+        r.expect("the US server answers").first(),
+        Some(&0),
+        "an echo reply"
+    );
+    assert!(
+        status_reaches(&net, "echo_unreachable", 2),
         "{}",
         status(&net)
     );

@@ -13,7 +13,7 @@ mod common;
 fuzz_target!(|data: &[u8]| {
     let mut e = common::engine();
     let mut now = 1_000_000_000u64;
-    let (mut last_tcp, mut last_udp) = (None, None);
+    let (mut last_tcp, mut last_udp, mut last_echo) = (None, None, None);
     let mut rest = data;
     while rest.len() >= 3 {
         let op = rest[0];
@@ -56,12 +56,18 @@ fuzz_target!(|data: &[u8]| {
                         e.handle_udp_unreachable(f, why, now);
                     }
                 }
+                // And one about an echo request.
+                if let (Some(f), Some(&[a, b])) = (last_echo, body.get(1..3)) {
+                    let seq = u16::from_be_bytes([a, b]);
+                    e.handle_echo_unreachable(f, seq, Unreachable::Host, now);
+                }
             }
         }
         while let Some(o) = e.poll_output() {
             match o {
                 Output::TcpOpen { flow, .. } => last_tcp = Some(flow),
                 Output::UdpOpen { flow, .. } => last_udp = Some(flow),
+                Output::EchoRequest { flow, .. } => last_echo = Some(flow),
                 Output::DnsQuery { query, .. } => e.handle_dns_answer(query, None, now),
                 _ => {}
             }

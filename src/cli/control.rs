@@ -256,6 +256,7 @@ fn status(s: &State) -> Value {
         "udp_held": c.held,
         "udp_held_dropped": c.held_dropped,
         "udp_unreachable": c.udp_unreachable,
+        "echo_unreachable": c.echo_unreachable,
         "no_route": c.no_route,
         "bytes_up": live.bytes_up,
         "bytes_down": live.bytes_down,

@@ -187,6 +187,13 @@ impl std::fmt::Display for Summary {
                 c.udp_unreachable
             )?;
         }
+        if c.echo_unreachable > 0 {
+            write!(
+                f,
+                "; {} ICMP unreachable errors passed on to echo requests",
+                c.echo_unreachable
+            )?;
+        }
         if c.no_route > 0 {
             write!(
                 f,
@@ -557,6 +564,7 @@ fn on_report(
             }
         }
         Up::Unreachable(why) => engine.handle_udp_unreachable(flow, why, now),
+        Up::EchoUnreachable { seq, why } => engine.handle_echo_unreachable(flow, seq, why, now),
         Up::Echo { seq, data } => engine.handle_echo_reply(flow, seq, &data, now),
         Up::Eof => {
             l.eof = true;

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::protect::Protection;
 use crate::engine::dataplane::{FlowId, Unreachable};
+use nix::sys::socket::sockopt;
 
 /// Bytes read from a server at once, at most.
 const READ_CHUNK: usize = 64 * 1024;
@@ -130,6 +131,14 @@ pub enum Up {
         seq: u16,
         /// Data after the header.
         data: Vec<u8>,
+    },
+    /// An ICMP error about the echo request `seq` (a router on the way
+    /// said its host or network cannot be reached).
+    EchoUnreachable {
+        /// The request's sequence number.
+        seq: u16,
+        /// What the error said.
+        why: Unreachable,
     },
     /// The server closed its side (TCP).
     Eof,
@@ -436,6 +445,13 @@ pub async fn echo(
             )
         })?;
         s.connect(&SocketAddr::new(dst, 0).into())?;
+        // ICMP errors about the requests are queued with the request they
+        // quote (without, a host unreachable is not reported at all).
+        let fd = std::os::fd::AsFd::as_fd(&s);
+        match dst {
+            IpAddr::V4(_) => nix::sys::socket::setsockopt(&fd, sockopt::Ipv4RecvErr, &true),
+            IpAddr::V6(_) => nix::sys::socket::setsockopt(&fd, sockopt::Ipv6RecvErr, &true),
+        }?;
         // A ping socket is a datagram socket: tokio's UDP type carries it.
         tokio::net::UdpSocket::from_std(s.into())
     };
@@ -459,17 +475,58 @@ pub async fn echo(
                 Some(_) => {}
                 None => return,
             },
-            r = sock.recv_buf(&mut buf) => {
-                if let Ok(n) = r
-                    && n >= 8
-                    && buf[0] == reply
-                {
+            r = sock.recv_buf(&mut buf) => match r {
+                Ok(n) if n >= 8 && buf[0] == reply => {
                     let seq = u16::from_be_bytes([buf[6], buf[7]]);
                     let _ = reports.send((flow, Up::Echo { seq, data: buf[8..n].to_vec() }));
+                }
+                Ok(_) => {}
+                // An ICMP error: the queue says which request it is about.
+                Err(_) => {
+                    while let Some(err) = queued_echo_error(&sock) {
+                        if let Some((seq, why)) = err {
+                            let _ = reports.send((flow, Up::EchoUnreachable { seq, why }));
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// Takes one error from a ping socket's error queue (`IP_RECVERR`): the
+/// sequence number of the echo request an ICMP destination-unreachable
+/// error quotes and what it said, `Some(None)` for another error, `None`
+/// once the queue is empty.
+fn queued_echo_error(sock: &tokio::net::UdpSocket) -> Option<Option<(u16, Unreachable)>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut quoted = [0u8; 64];
+    let mut iov = [std::io::IoSliceMut::new(&mut quoted)];
+    let mut space = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT,
+    )
+    .ok()?;
+    let n = msg.bytes;
+    let err = msg.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _) => Some(e),
+        _ => None,
+    });
+    let icmp = err.filter(|e| {
+        (e.ee_origin == nix::libc::SO_EE_ORIGIN_ICMP && e.ee_type == 3)
+            || (e.ee_origin == nix::libc::SO_EE_ORIGIN_ICMP6 && e.ee_type == 1)
+    });
+    // The quoted request: type, code, checksum, identifier, sequence.
+    let found = icmp.filter(|_| n >= 8).and_then(|e| {
+        let kind = std::io::Error::from_raw_os_error(i32::try_from(e.ee_errno).ok()?).kind();
+        let why = Unreachable::of_io(kind)?;
+        Some((u16::from_be_bytes([quoted[6], quoted[7]]), why))
+    });
+    Some(found)
 }
 
 #[cfg(test)]

@@ -293,6 +293,9 @@ pub struct EngineCounters {
     /// UDP flows (what the upstream sockets reported; see
     /// [`Engine::handle_udp_unreachable`]).
     pub udp_unreachable: u64,
+    /// ICMP errors passed on to the app for its echo requests (see
+    /// [`Engine::handle_echo_unreachable`]).
+    pub echo_unreachable: u64,
     /// New flows answered "network unreachable" at their first packet
     /// because the upstream network had no route for their address family
     /// (see [`Engine::set_upstream_routes`]).

@@ -165,23 +165,52 @@ pub fn udp_packet(
 
 /// An ICMP or ICMPv6 echo reply from `src` to `dst`.
 pub fn echo_reply(src: IpAddr, dst: IpAddr, ident: u16, seq: u16, data: &[u8]) -> Option<Vec<u8>> {
+    echo_packet(src, dst, false, ident, seq, data)
+}
+
+/// An ICMP or ICMPv6 echo request (`request`) or reply from `src` to
+/// `dst`.
+pub fn echo_packet(
+    src: IpAddr,
+    dst: IpAddr,
+    request: bool,
+    ident: u16,
+    seq: u16,
+    data: &[u8],
+) -> Option<Vec<u8>> {
     let caps = ChecksumCapabilities::default();
     match (src, dst) {
         (IpAddr::V4(_), IpAddr::V4(_)) => {
-            let repr = Icmpv4Repr::EchoReply {
-                ident,
-                seq_no: seq,
-                data,
+            let repr = if request {
+                Icmpv4Repr::EchoRequest {
+                    ident,
+                    seq_no: seq,
+                    data,
+                }
+            } else {
+                Icmpv4Repr::EchoReply {
+                    ident,
+                    seq_no: seq,
+                    data,
+                }
             };
             let (mut buf, at) = ip_packet(src, dst, IpProtocol::Icmp, repr.buffer_len())?;
             repr.emit(&mut Icmpv4Packet::new_unchecked(&mut buf[at..]), &caps);
             Some(buf)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let repr = Icmpv6Repr::EchoReply {
-                ident,
-                seq_no: seq,
-                data,
+            let repr = if request {
+                Icmpv6Repr::EchoRequest {
+                    ident,
+                    seq_no: seq,
+                    data,
+                }
+            } else {
+                Icmpv6Repr::EchoReply {
+                    ident,
+                    seq_no: seq,
+                    data,
+                }
             };
             let (mut buf, at) = ip_packet(src, dst, IpProtocol::Icmpv6, repr.buffer_len())?;
             repr.emit(

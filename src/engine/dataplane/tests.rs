@@ -187,6 +187,54 @@ fn an_unreachable_destination_is_told_to_the_app_as_icmp() {
     }
 }
 
+/// An ICMP error the upstream ping socket reported about one echo request
+/// reaches the app as that error, quoting that request (its identifier and
+/// sequence number, what the app's kernel matches it by), from the
+/// server's address.
+#[test]
+fn an_unreachable_ping_is_told_to_the_app_as_icmp() {
+    for (app, server, why, kind, code) in [
+        ("192.0.2.200", "198.51.100.9", Unreachable::Host, 3, 1),
+        ("2001:db8::2", "2001:db8:1::9", Unreachable::Network, 1, 0),
+    ] {
+        let (app, server): (IpAddr, IpAddr) =
+            (app.parse().expect("ip"), server.parse().expect("ip"));
+        let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+        let req = reply::echo_packet(app, server, true, 0x1234, 7, b"ping").expect("request");
+        e.handle_tun(&req, S);
+        let out = drain(&mut e);
+        let flow = events(&out)[0].flow;
+        e.handle_echo_unreachable(flow, 7, why, S + 1);
+        let out = drain(&mut e);
+        let [Output::ToTun(pkt)] = out.as_slice() else {
+            panic!("{why:?}: one packet: {out:?}")
+        };
+        let p = parse_ip(pkt).expect("parses");
+        assert_eq!((p.src, p.dst), (server, app));
+        let Transport::Icmp {
+            kind: k, code: c, ..
+        } = p.transport
+        else {
+            panic!("icmp: {p:?}")
+        };
+        assert_eq!((k, c), (kind, code), "{why:?}");
+        let quoted = parse_ip(&p.l4[8..]).expect("quotes an IP packet");
+        assert_eq!((quoted.src, quoted.dst), (app, server));
+        let Transport::Icmp {
+            echo_id, payload, ..
+        } = quoted.transport
+        else {
+            panic!("quotes the echo request")
+        };
+        assert_eq!(echo_id, Some(0x1234));
+        assert_eq!(payload.get(2..4), Some(&[0, 7][..]), "its sequence number");
+        assert_eq!(e.counters.echo_unreachable, 1);
+        // A flow that is not an echo flow gets nothing.
+        e.handle_echo_unreachable(flow + 100, 7, why, S + 2);
+        assert!(drain(&mut e).is_empty());
+    }
+}
+
 /// With no upstream route for a family, a new flow to an internet address
 /// of it is refused at its first packet with "network unreachable" (what
 /// the system says to a `connect()` with no route), TCP, UDP and echo

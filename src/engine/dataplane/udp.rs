@@ -505,14 +505,7 @@ impl Engine {
     /// instead of waiting for its timeout. The flow stays open: UDP has no
     /// connection to end, and the app decides.
     pub fn handle_udp_unreachable(&mut self, flow: FlowId, why: Unreachable, _now_ns: u64) {
-        let Some(key) = self.ids.get(&flow).copied() else {
-            return self.drop_reason(DropReason::UnknownFlow);
-        };
-        let Some(f) = self
-            .flows
-            .get_mut(&key)
-            .filter(|f| f.state == State::Open && !f.icmp)
-        else {
+        let Some(f) = self.open_datagram_flow(flow, false) else {
             return;
         };
         let quoted = reply::udp_packet(f.core.client, f.core.server, &[]);
@@ -521,6 +514,42 @@ impl Engine {
             self.counters.udp_unreachable += 1;
             self.out.push_back(Output::ToTun(pkt));
         }
+    }
+
+    /// An ICMP error the upstream ping socket reported about the flow's
+    /// echo request `seq` (its host or network unreachable, as a router on
+    /// the way said): the app gets the same error, quoting that request,
+    /// as `ping` shows without geowall ("Destination Host Unreachable")
+    /// instead of a silence.
+    pub fn handle_echo_unreachable(
+        &mut self,
+        flow: FlowId,
+        seq: u16,
+        why: Unreachable,
+        _now_ns: u64,
+    ) {
+        let Some(f) = self.open_datagram_flow(flow, true) else {
+            return;
+        };
+        let (app, server) = (f.core.client.ip(), f.core.server.ip());
+        let quoted = reply::echo_packet(app, server, true, f.ident, seq, &[]);
+        if let Some(pkt) = quoted.and_then(|q| reply::icmp_unreachable(&q, why)) {
+            f.core.volume.down(pkt.len());
+            self.counters.echo_unreachable += 1;
+            self.out.push_back(Output::ToTun(pkt));
+        }
+    }
+
+    /// The open UDP (`icmp` false) or echo flow `flow`, for an error its
+    /// upstream socket reported (an unknown flow is a counted drop).
+    fn open_datagram_flow(&mut self, flow: FlowId, icmp: bool) -> Option<&mut FlowState> {
+        let Some(key) = self.ids.get(&flow).copied() else {
+            self.drop_reason(DropReason::UnknownFlow);
+            return None;
+        };
+        self.flows
+            .get_mut(&key)
+            .filter(|f| f.state == State::Open && f.icmp == icmp)
     }
 
     /// An echo reply that arrived upstream for the flow.
