@@ -803,23 +803,34 @@ fn down_in(net: &Net, args: &[&str]) -> std::process::Command {
     c
 }
 
+/// `geowall run` in the namespace that plays the host, on `world` and
+/// `policy`, with its state in the test's directory.
+fn run_command(
+    net: &Net,
+    world: &std::path::Path,
+    policy: &std::path::Path,
+) -> std::process::Command {
+    let mut c = std::process::Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &net.fw,
+        env!("CARGO_BIN_EXE_geowall"),
+        "run",
+    ])
+    .arg("--world")
+    .arg(world)
+    .arg("--policy")
+    .arg(policy)
+    .arg("--state-dir")
+    .arg(run_state(net));
+    c
+}
+
 fn start_run(net: &Net, world: &std::path::Path, policy: &std::path::Path) -> std::process::Child {
     use std::io::BufRead;
-    let mut c = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.fw,
-            env!("CARGO_BIN_EXE_geowall"),
-            "run",
-        ])
-        .arg("--world")
-        .arg(world)
-        .arg("--policy")
-        .arg(policy)
+    let mut c = run_command(net, world, policy)
         .args(["--dns-upstream", "udp:198.51.100.53"])
-        .arg("--state-dir")
-        .arg(run_state(net))
         .arg("--events")
         .arg(&net.events)
         .stdin(std::process::Stdio::null())
@@ -842,6 +853,138 @@ fn start_run(net: &Net, world: &std::path::Path, policy: &std::path::Path) -> st
 /// host): all of its traffic, IPv4 and IPv6, goes through geowall; SIGTERM
 /// leaves rules, routes and resolver exactly as before; after SIGKILL
 /// nothing leaves until `geowall down`, which is idempotent.
+/// `geowall run` with the default `system` DNS upstream on a host whose
+/// resolv.conf names a local stub (127.0.0.53, as systemd-resolved's
+/// does) besides a real server: the stub (played here by a forwarder that
+/// asks through the TUN, as resolved does once the host points at
+/// geowall) would ask geowall back, so geowall asks the real server only
+/// (the stub is asked nothing), and the host's names resolve. A stub alone: geowall does not start, says what to give,
+/// and the host stays blocked until `down`.
+#[test]
+fn run_never_takes_a_local_stub_for_its_upstream() {
+    use hickory_proto::rr::{RData, RecordType, rdata::A};
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    fn zone(name: &str, t: RecordType) -> Vec<hickory_proto::rr::Record> {
+        match (name, t) {
+            ("ok.example", RecordType::A) => vec![hickory_proto::rr::Record::from_rdata(
+                hickory_proto::rr::Name::from_ascii(name).expect("name"),
+                60,
+                RData::A(A(addr::US.parse().expect("ip"))),
+            )],
+            _ => Vec::new(),
+        }
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.add_server_address("198.51.100.53");
+    let served = net.dns_server(sa("198.51.100.53", 53), zone);
+    let (_cleanup, resolv) = host_resolv(&net);
+    std::fs::write(&resolv, "nameserver 127.0.0.53\nnameserver 198.51.100.53\n").expect("write");
+    // The host's stub, as systemd-resolved's behaves once the host points
+    // at geowall: it asks geowall (through the TUN), counting what it is
+    // asked.
+    let fw = net.fw.clone();
+    let (stub, ask) = in_ns(&fw, || {
+        let stub = std::net::UdpSocket::bind("127.0.0.53:53").expect("bind the stub");
+        let ask = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        (stub, ask)
+    });
+    stub.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    ask.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let stub_asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (stop, n) = (net.stopping(), stub_asked.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((k, from)) = stub.recv_from(&mut buf) else {
+                    continue;
+                };
+                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = ask.send_to(&buf[..k], sa("192.0.2.99", 53));
+                let mut answer = [0u8; 1500];
+                if let Ok(a) = ask.recv(&mut answer) {
+                    let _ = stub.send_to(&answer[..a], from);
+                }
+            }
+        });
+    }
+    let start = || {
+        run_command(&net, &world, &policy)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("geowall run")
+    };
+    let mut g = start();
+    let mut err = std::io::BufReader::new(g.stderr.take().expect("stderr"));
+    let mut said = String::new();
+    while !said.contains("whole host goes through") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) == 0 {
+            panic!("geowall run did not start: {said}");
+        }
+        said.push_str(&line);
+    }
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    assert!(said.contains("DNS upstream: 198.51.100.53"), "{said}");
+    let answer = in_ns(&fw, || {
+        support::dns_query(sa("192.0.2.99", 53), "ok.example", RecordType::A, false)
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = g.wait();
+    let answer = answer.expect("the host's query is answered");
+    let got: Vec<_> = answer.answers.iter().map(|r| r.data.clone()).collect();
+    assert_eq!(
+        got,
+        [RData::A(A(addr::US.parse().expect("ip")))],
+        "{answer:?}"
+    );
+    assert!(served.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(
+        stub_asked.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "geowall never asks the stub that asks geowall"
+    );
+    // A stub alone.
+    std::fs::write(&resolv, "nameserver 127.0.0.53\n").expect("write");
+    let mut g = start();
+    let ended = (0..200).any(|_| {
+        let done = g.try_wait().ok().flatten().is_some();
+        if !done {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        done
+    });
+    if !ended {
+        let _ = g.kill();
+    }
+    let out = g.wait_with_output().expect("geowall run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(ended, "geowall run started on a local stub alone: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--dns-upstream") && err.contains("127.0.0.53"),
+        "{err}"
+    );
+    let blocked = in_ns(&fw, || udp_exchange(sa(addr::US, 7000), b"x"));
+    assert!(blocked.is_err(), "fail-closed until down");
+    let out = down_in(&net, &[]).output().expect("down");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn run_routes_the_whole_host_and_fails_closed() {
     if !support::root_or_skip("netns_e2e") {

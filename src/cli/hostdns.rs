@@ -202,9 +202,152 @@ pub(crate) fn restore(state: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Where systemd-resolved lists the DNS servers of the host's links (not
+/// its own stub).
+pub(crate) const RESOLVED_UPLINKS: &str = "/run/systemd/resolve/resolv.conf";
+
+/// [`run_upstreams`] for this host: its `/etc/resolv.conf`, under
+/// systemd-resolved its links' servers; and when the file still names
+/// geowall (an instance died before putting it back), the host's own
+/// settings kept in `state`. `own` tells geowall's addresses.
+pub(crate) fn host_run_upstreams(
+    state: &Path,
+    own: impl Fn(std::net::IpAddr) -> bool,
+) -> anyhow::Result<Option<Vec<std::net::IpAddr>>> {
+    let resolv = Path::new(RESOLV_CONF);
+    let mut text = std::fs::read_to_string(resolv)
+        .with_context(|| format!("cannot read {}", resolv.display()))?;
+    let mut by_resolved = managed_by_resolved(resolv);
+    let mut from_backup = false;
+    if nameservers(&text).into_iter().any(&own) {
+        match read_backup(state)? {
+            Some(Before::File { content }) => {
+                (text, by_resolved, from_backup) = (content, false, true);
+            }
+            Some(Before::Symlink { target }) => {
+                let t = std::fs::read_to_string(&target).with_context(|| {
+                    format!("cannot read {} (the host's resolv.conf)", target.display())
+                })?;
+                by_resolved = target.starts_with("/run/systemd/resolve/");
+                (text, from_backup) = (t, true);
+            }
+            Some(Before::Resolved { .. }) | None => {}
+        }
+    }
+    let uplinks = || {
+        std::fs::read_to_string(RESOLVED_UPLINKS).with_context(|| {
+            format!(
+                "{} is systemd-resolved's stub; cannot read its list of the links' servers {RESOLVED_UPLINKS}",
+                resolv.display()
+            )
+        })
+    };
+    match run_upstreams(&text, by_resolved, uplinks, &own)? {
+        Some(servers) => Ok(Some(servers)),
+        // The backup as it is: its servers, not the file's.
+        None if from_backup => Ok(Some(nameservers(&text))),
+        None => Ok(None),
+    }
+}
+
+/// The `nameserver` addresses of a resolv.conf text (a scoped IPv6
+/// link-local one, which an address alone cannot reach, is left out).
+fn nameservers(text: &str) -> Vec<std::net::IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
+        })
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+/// What `geowall run` takes for the `system` DNS upstream, given the text
+/// of the host's resolv.conf: `None` to read it as it is, or the servers
+/// to use. A server on loopback (systemd-resolved's stub 127.0.0.53, a
+/// local dnsmasq) would hand geowall's own queries back to a resolver
+/// that, once the host is pointed at geowall, asks geowall again: a loop;
+/// so would geowall's own address. So when the text names one, the servers of the host's links are used
+/// instead: as systemd-resolved lists them (`uplinks`, read only when
+/// `by_resolved`: the text is its stub's), else the text's other servers;
+/// loopback servers and geowall's own (`own`) left out. None left is an
+/// error that says what to give.
+pub(crate) fn run_upstreams(
+    resolv: &str,
+    by_resolved: bool,
+    uplinks: impl FnOnce() -> anyhow::Result<String>,
+    own: impl Fn(std::net::IpAddr) -> bool,
+) -> anyhow::Result<Option<Vec<std::net::IpAddr>>> {
+    let listed = nameservers(resolv);
+    if !listed.iter().any(|ip| ip.is_loopback() || own(*ip)) {
+        return Ok(None);
+    }
+    let mut servers = if by_resolved {
+        nameservers(&uplinks()?)
+    } else {
+        listed.clone()
+    };
+    servers.retain(|ip| !ip.is_loopback() && !own(*ip));
+    servers.dedup();
+    if servers.is_empty() {
+        anyhow::bail!(
+            "the host's resolver is a local one ({}) that geowall run would route back to geowall, and no other server is listed; give an upstream with --dns-upstream (udp:IP, tls:IP@NAME, ...)",
+            listed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(Some(servers))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A host whose resolv.conf names a loopback stub: under resolved its
+    /// links' servers are taken (loopback, scoped link-local and geowall's
+    /// own left out), a plain file keeps its other servers, a stub alone is
+    /// an error saying what to give, and a file without a loopback server
+    /// is read as it is (the links' list not even read).
+    #[test]
+    fn a_loopback_stub_is_not_run_s_upstream() {
+        let ip = |s: &str| -> std::net::IpAddr { s.parse().expect("ip") };
+        let own = |a: std::net::IpAddr| a.to_string().starts_with("198.18.255.");
+        let uplinks = || {
+            Ok("# resolved\nnameserver 192.0.2.53\nnameserver 198.18.255.2\nnameserver 2001:db8::53\nnameserver fe80::1%wlan0\nnameserver 127.0.0.1\nsearch lan\n".to_owned())
+        };
+        let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\n";
+        assert_eq!(
+            run_upstreams(stub, true, uplinks, own).expect("read"),
+            Some(vec![ip("192.0.2.53"), ip("2001:db8::53")])
+        );
+        let e = run_upstreams(stub, true, || anyhow::bail!("no such file"), own)
+            .expect_err("the links' list is needed");
+        assert!(format!("{e:#}").contains("no such file"), "{e:#}");
+        let plain = "nameserver 127.0.0.1\nnameserver 198.51.100.53\n";
+        assert_eq!(
+            run_upstreams(plain, false, uplinks, own).expect("read"),
+            Some(vec![ip("198.51.100.53")])
+        );
+        let e = run_upstreams(stub, false, uplinks, own).expect_err("a stub alone");
+        assert!(format!("{e}").contains("--dns-upstream"), "{e}");
+        assert!(format!("{e}").contains("127.0.0.53"), "{e}");
+        let remote = "nameserver 198.51.100.53\n";
+        let unread = || anyhow::bail!("not read");
+        assert_eq!(
+            run_upstreams(remote, true, unread, own).expect("read"),
+            None
+        );
+        // geowall's own address (left by an instance that died) is no
+        // upstream either.
+        let left = "nameserver 198.18.255.2\nnameserver 198.51.100.53\n";
+        assert_eq!(
+            run_upstreams(left, false, uplinks, own).expect("read"),
+            Some(vec![ip("198.51.100.53")])
+        );
+    }
 
     #[test]
     fn resolved_is_told_what_wg_quick_tells_it() {

@@ -139,6 +139,33 @@ const STATE_DIR: &str = "/var/lib/geowall";
 pub(crate) fn run(mut a: Args) -> anyhow::Result<ExitCode> {
     super::need_root("run", "it routes the whole host through geowall")?;
     let state = a.engine.rules.default_state_dir(STATE_DIR);
+    if a.engine.uses_system_upstream() {
+        // Not a loopback stub: it would ask geowall back (see
+        // `hostdns::run_upstreams`).
+        let tun: [ipnet::IpNet; 2] = [V4.parse()?, V6.parse()?];
+        let own = |ip| tun.iter().any(|n| n.contains(&ip));
+        match super::hostdns::host_run_upstreams(&state, own) {
+            Ok(Some(servers)) => {
+                eprintln!(
+                    "geowall: DNS upstream: {} (what the host's resolver asks)",
+                    servers
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                a.engine.replace_system_upstream(&servers);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                install_blackhole().context("cannot install the blackhole (fail-closed)")?;
+                eprintln!(
+                    "geowall: cannot start: {e:#}\ngeowall: the host is blocked (fail-closed: nothing leaves but the LAN) until geowall starts; `geowall down` opens it"
+                );
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
     let protection = Protection {
         fwmark: Some(FWMARK),
         ..Protection::default()

@@ -161,6 +161,30 @@ pub(crate) struct Prepared {
 pub(crate) const ANSWERS_FILE: &str = "answers.toml";
 
 impl EngineArgs {
+    /// Whether an upstream is `system` (the default).
+    pub(crate) fn uses_system_upstream(&self) -> bool {
+        self.dns_upstream.iter().any(|u| u == "system")
+    }
+
+    /// Puts plain DNS to `servers` (port 53) where the upstreams say
+    /// `system`.
+    pub(crate) fn replace_system_upstream(&mut self, servers: &[std::net::IpAddr]) {
+        let specs: Vec<String> = servers
+            .iter()
+            .map(|ip| format!("udp:{}", std::net::SocketAddr::new(*ip, 53)))
+            .collect();
+        self.dns_upstream = std::mem::take(&mut self.dns_upstream)
+            .into_iter()
+            .flat_map(|u| {
+                if u == "system" {
+                    specs.clone()
+                } else {
+                    vec![u]
+                }
+            })
+            .collect();
+    }
+
     /// Loads the rules and the world, builds the resolver (its sockets
     /// protected like the flows'; refusing an upstream under a blocked
     /// jurisdiction) and the engine.
