@@ -786,44 +786,32 @@ fn run_state(net: &Net) -> std::path::PathBuf {
     net.dir.path().join("run-state")
 }
 
-/// `geowall down ARGS` in the namespace `net.fw` plays the host in, with
-/// the tests' state directory.
-fn down_in(net: &Net, args: &[&str]) -> std::process::Command {
+/// `geowall SUB` in the namespace `net.fw` plays the host in, with the
+/// tests' state directory.
+fn in_host(net: &Net, sub: &str) -> std::process::Command {
     let mut c = std::process::Command::new("ip");
-    c.args([
-        "netns",
-        "exec",
-        &net.fw,
-        env!("CARGO_BIN_EXE_geowall"),
-        "down",
-    ])
-    .args(args)
-    .arg("--state-dir")
-    .arg(run_state(net));
+    c.args(["netns", "exec", &net.fw, env!("CARGO_BIN_EXE_geowall"), sub])
+        .arg("--state-dir")
+        .arg(run_state(net));
+    c
+}
+
+/// `geowall down ARGS` in the namespace `net.fw` plays the host in.
+fn down_in(net: &Net, args: &[&str]) -> std::process::Command {
+    let mut c = in_host(net, "down");
+    c.args(args);
     c
 }
 
 /// `geowall run` in the namespace that plays the host, on `world` and
-/// `policy`, with its state in the test's directory.
+/// `policy`.
 fn run_command(
     net: &Net,
     world: &std::path::Path,
     policy: &std::path::Path,
 ) -> std::process::Command {
-    let mut c = std::process::Command::new("ip");
-    c.args([
-        "netns",
-        "exec",
-        &net.fw,
-        env!("CARGO_BIN_EXE_geowall"),
-        "run",
-    ])
-    .arg("--world")
-    .arg(world)
-    .arg("--policy")
-    .arg(policy)
-    .arg("--state-dir")
-    .arg(run_state(net));
+    let mut c = in_host(net, "run");
+    c.arg("--world").arg(world).arg("--policy").arg(policy);
     c
 }
 

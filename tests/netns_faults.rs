@@ -463,7 +463,7 @@ fn a_family_with_no_route_fails_at_connect_so_apps_fall_back() {
     let mut net = Net::new();
     let v4 = http_server(&net, sa(addr::US, 80));
     let v6 = http_server(&net, sa(addr::US6, 80));
-    support::ip(&["-n", &net.fw, "-6", "route", "del", "default"]);
+    support::ipv6_default_route(&net.fw, "del");
     let (policy, world) = net.policy_and_world(POLICY);
     net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
     let app = net.app.clone();
@@ -492,16 +492,7 @@ fn a_family_with_no_route_fails_at_connect_so_apps_fall_back() {
     assert!(status_reaches(&net, "no_route", 2), "{}", status(&net));
     // The route comes back: within a few of geowall's route checks, IPv6
     // connects again.
-    support::ip(&[
-        "-n",
-        &net.fw,
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "2001:db8:ff00::2",
-    ]);
+    support::ipv6_default_route(&net.fw, "add");
     let back = (0..30).any(|_| {
         let ok = in_ns(&app, move || {
             support::tcp_exchange_within(six, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", WAIT)

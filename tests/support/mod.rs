@@ -255,16 +255,7 @@ impl Net {
         ip(&["-n", &fw, "link", "set", &vf, "up"]);
         ip(&["-n", &net, "link", "set", &vn, "up"]);
         ip(&["-n", &fw, "route", "add", "default", "via", "198.18.0.2"]);
-        ip(&[
-            "-n",
-            &fw,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            "2001:db8:ff00::2",
-        ]);
+        ipv6_default_route(&fw, "add");
         for a in [
             addr::CN,
             addr::HK,
@@ -537,6 +528,21 @@ impl Net {
             }
         }));
     }
+}
+
+/// Adds (`op` "add") or deletes ("del") the IPv6 default route of the
+/// firewall namespace `fw`, through the internet namespace.
+pub(crate) fn ipv6_default_route(fw: &str, op: &str) {
+    ip(&[
+        "-n",
+        fw,
+        "-6",
+        "route",
+        op,
+        "default",
+        "via",
+        "2001:db8:ff00::2",
+    ]);
 }
 
 /// Sets a sysctl inside namespace `ns`.
