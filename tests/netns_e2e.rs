@@ -973,6 +973,109 @@ fn run_never_takes_a_local_stub_for_its_upstream() {
     );
 }
 
+/// A network change under `geowall run`: the host's resolver settings now
+/// name another DNS server (as a network manager writes them on a new
+/// link), and geowall, which answers every query, asks the new server from
+/// then on, without a restart; the old one is asked nothing more.
+#[test]
+fn run_follows_the_host_s_dns_servers_when_the_network_changes() {
+    use hickory_proto::rr::{RData, RecordType, rdata::A};
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    fn answer_with(name: &str, t: RecordType, ip: &str) -> Vec<hickory_proto::rr::Record> {
+        if t != RecordType::A {
+            return Vec::new();
+        }
+        vec![hickory_proto::rr::Record::from_rdata(
+            hickory_proto::rr::Name::from_ascii(name).expect("name"),
+            60,
+            RData::A(A(ip.parse().expect("ip"))),
+        )]
+    }
+    fn first(name: &str, t: RecordType) -> Vec<hickory_proto::rr::Record> {
+        answer_with(name, t, addr::US)
+    }
+    fn second(name: &str, t: RecordType) -> Vec<hickory_proto::rr::Record> {
+        answer_with(name, t, addr::US2)
+    }
+    let mut net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.add_server_address("198.51.100.53");
+    net.add_server_address("198.51.100.54");
+    let asked_first = net.dns_server(sa("198.51.100.53", 53), first);
+    let asked_second = net.dns_server(sa("198.51.100.54", 53), second);
+    let (_cleanup, resolv) = host_resolv(&net);
+    std::fs::write(&resolv, "nameserver 198.51.100.53\n").expect("write");
+    let mut g = run_command(&net, &world, &policy)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("geowall run");
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let mut err = std::io::BufReader::new(g.stderr.take().expect("stderr"));
+        let said = said.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
+                said.lock().expect("said").push_str(&line);
+                line.clear();
+            }
+        });
+    }
+    let says = |what: &str| {
+        (0..200).any(|_| {
+            let found = said.lock().expect("said").contains(what);
+            if !found {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            found
+        })
+    };
+    let started = says("whole host goes through");
+    let fw = net.fw.clone();
+    let ask = |name: &str| {
+        in_ns(&fw, || {
+            support::dns_query(sa("192.0.2.99", 53), name, RecordType::A, false)
+        })
+        .map(|m| m.answers.iter().map(|r| r.data.clone()).collect::<Vec<_>>())
+    };
+    let before = started.then(|| ask("one.example"));
+    // The new link's servers, as its manager writes them.
+    std::fs::write(&resolv, "nameserver 198.51.100.54\n").expect("write");
+    let followed = started && says("DNS upstream now 198.51.100.54");
+    let first_count = asked_first.load(std::sync::atomic::Ordering::SeqCst);
+    let after = followed.then(|| ask("two.example"));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = g.wait();
+    let said = said.lock().expect("said").clone();
+    assert!(started, "geowall run did not start: {said}");
+    assert!(said.contains("DNS upstream: 198.51.100.53"), "{said}");
+    let us = |ip: &str| vec![RData::A(A(ip.parse().expect("ip")))];
+    assert_eq!(
+        before.map(|r| r.expect("answered")),
+        Some(us(addr::US)),
+        "{said}"
+    );
+    assert!(followed, "the new server was not taken: {said}");
+    assert_eq!(
+        after.map(|r| r.expect("answered")),
+        Some(us(addr::US2)),
+        "answered by the new server: {said}"
+    );
+    assert!(asked_second.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(
+        asked_first.load(std::sync::atomic::Ordering::SeqCst),
+        first_count,
+        "the old server is asked nothing more"
+    );
+}
+
 #[test]
 fn run_routes_the_whole_host_and_fails_closed() {
     if !support::root_or_skip("netns_e2e") {

@@ -1309,6 +1309,7 @@ fn engine_thread(
                 // The platform says who owns a flow (`app_for_flow`).
                 attribution: None,
                 answers: Some(following.answers),
+                resolvers: None,
             },
             on_event,
             shutdown,

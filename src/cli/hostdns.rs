@@ -23,7 +23,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 /// The file the host's resolvers are read from.
-const RESOLV_CONF: &str = "/etc/resolv.conf";
+pub(crate) const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// The backup's name in the state directory.
 const BACKUP: &str = "resolver.before.json";
 /// Where earlier versions kept the backup (a tmpfs: lost on power loss);
@@ -206,30 +206,31 @@ pub(crate) fn restore(state: &Path) -> anyhow::Result<bool> {
 /// its own stub).
 pub(crate) const RESOLVED_UPLINKS: &str = "/run/systemd/resolve/resolv.conf";
 
-/// [`run_upstreams`] for this host: its `/etc/resolv.conf`, under
-/// systemd-resolved its links' servers; and when the file still names
-/// geowall (an instance died before putting it back), the host's own
-/// settings kept in `state`. `own` tells geowall's addresses.
+/// The servers `geowall run` asks, as [`run_upstreams`] says for this
+/// host: its `/etc/resolv.conf`'s, under systemd-resolved its links'; and
+/// when the file names geowall (while it runs, or after an instance died
+/// before putting it back), those of the host's own settings kept in
+/// `state`. `own` tells geowall's addresses. Read at start and again while
+/// running, so a network change reaches geowall.
 pub(crate) fn host_run_upstreams(
     state: &Path,
     own: impl Fn(std::net::IpAddr) -> bool,
-) -> anyhow::Result<Option<Vec<std::net::IpAddr>>> {
+) -> anyhow::Result<Vec<std::net::IpAddr>> {
     let resolv = Path::new(RESOLV_CONF);
     let mut text = std::fs::read_to_string(resolv)
         .with_context(|| format!("cannot read {}", resolv.display()))?;
     let mut by_resolved = managed_by_resolved(resolv);
-    let mut from_backup = false;
     if nameservers(&text).into_iter().any(&own) {
         match read_backup(state)? {
             Some(Before::File { content }) => {
-                (text, by_resolved, from_backup) = (content, false, true);
+                (text, by_resolved) = (content, false);
             }
             Some(Before::Symlink { target }) => {
                 let t = std::fs::read_to_string(&target).with_context(|| {
                     format!("cannot read {} (the host's resolv.conf)", target.display())
                 })?;
                 by_resolved = target.starts_with("/run/systemd/resolve/");
-                (text, from_backup) = (t, true);
+                text = t;
             }
             Some(Before::Resolved { .. }) | None => {}
         }
@@ -242,17 +243,13 @@ pub(crate) fn host_run_upstreams(
             )
         })
     };
-    match run_upstreams(&text, by_resolved, uplinks, &own)? {
-        Some(servers) => Ok(Some(servers)),
-        // The backup as it is: its servers, not the file's.
-        None if from_backup => Ok(Some(nameservers(&text))),
-        None => Ok(None),
-    }
+    // Read as it is: the file's servers (or the backup's).
+    Ok(run_upstreams(&text, by_resolved, uplinks, &own)?.unwrap_or_else(|| nameservers(&text)))
 }
 
 /// The `nameserver` addresses of a resolv.conf text (a scoped IPv6
 /// link-local one, which an address alone cannot reach, is left out).
-fn nameservers(text: &str) -> Vec<std::net::IpAddr> {
+pub(crate) fn nameservers(text: &str) -> Vec<std::net::IpAddr> {
     text.lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();

@@ -141,30 +141,12 @@ pub(crate) fn run(mut a: Args) -> anyhow::Result<ExitCode> {
     let state = a.engine.rules.default_state_dir(STATE_DIR);
     if a.engine.uses_system_upstream() {
         // Not a loopback stub: it would ask geowall back (see
-        // `hostdns::run_upstreams`).
+        // `hostdns::run_upstreams`). Read again while running.
         let tun: [ipnet::IpNet; 2] = [V4.parse()?, V6.parse()?];
-        let own = |ip| tun.iter().any(|n| n.contains(&ip));
-        match super::hostdns::host_run_upstreams(&state, own) {
-            Ok(Some(servers)) => {
-                eprintln!(
-                    "geowall: DNS upstream: {} (what the host's resolver asks)",
-                    servers
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                a.engine.replace_system_upstream(&servers);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                install_blackhole().context("cannot install the blackhole (fail-closed)")?;
-                eprintln!(
-                    "geowall: cannot start: {e:#}\ngeowall: the host is blocked (fail-closed: nothing leaves but the LAN) until geowall starts; `geowall down` opens it"
-                );
-                return Ok(ExitCode::from(1));
-            }
-        }
+        let state = state.clone();
+        a.engine.system_servers = Some(std::sync::Arc::new(move || {
+            super::hostdns::host_run_upstreams(&state, |ip| tun.iter().any(|n| n.contains(&ip)))
+        }));
     }
     let protection = Protection {
         fwmark: Some(FWMARK),
@@ -176,11 +158,17 @@ pub(crate) fn run(mut a: Args) -> anyhow::Result<ExitCode> {
             // No usable rules is never a reason to run open.
             install_blackhole().context("cannot install the blackhole (fail-closed)")?;
             eprintln!(
-                "geowall: cannot start: {e:#}\ngeowall: the host is blocked (fail-closed: nothing leaves but the LAN) until geowall starts with good rules; `geowall down` opens it"
+                "geowall: cannot start: {e:#}\ngeowall: the host is blocked (fail-closed: nothing leaves but the LAN) until geowall starts; `geowall down` opens it"
             );
             return Ok(ExitCode::from(1));
         }
     };
+    if let Some(s) = &prepared.system_dns {
+        eprintln!(
+            "geowall: DNS upstream: {} (what the host's resolver asks; followed while running)",
+            super::tunnel::server_list(s.servers())
+        );
+    }
     // Each flow's owning process and user, for events and `app` / `uid`
     // rules, found off the engine's thread.
     prepared.attribute = true;

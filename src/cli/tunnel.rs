@@ -102,6 +102,69 @@ pub(crate) struct EngineArgs {
     max_flows: usize,
     #[command(flatten)]
     pub(crate) rules: super::source::RulesArgs,
+    /// What `system` stands for (default: /etc/resolv.conf's servers);
+    /// `geowall run` reads the host's resolver past its own setup.
+    #[arg(skip)]
+    pub(crate) system_servers: Option<ReadServers>,
+}
+
+/// Reads the DNS servers that the `system` upstream stands for now.
+pub(crate) type ReadServers = Arc<dyn Fn() -> anyhow::Result<Vec<std::net::IpAddr>> + Send + Sync>;
+
+/// How often the `system` upstream's servers are read again while running.
+const SYSTEM_DNS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The `system` DNS upstream, followed while running: its servers are read
+/// again every [`SYSTEM_DNS_CHECK`], and when they change (a laptop on
+/// another network, a link's DHCP lease renewed with other servers) the
+/// engine resolves through the new ones.
+pub(crate) struct SystemDns {
+    /// The upstreams as given, `system` among them.
+    specs: Vec<String>,
+    /// The servers `system` stands for now.
+    servers: Vec<std::net::IpAddr>,
+    read: ReadServers,
+}
+
+impl SystemDns {
+    /// The servers `system` stands for now.
+    pub(crate) fn servers(&self) -> &[std::net::IpAddr] {
+        &self.servers
+    }
+}
+
+/// The servers of the host's /etc/resolv.conf: what `system` stands for
+/// unless told otherwise.
+fn resolv_conf_servers() -> anyhow::Result<Vec<std::net::IpAddr>> {
+    let f = super::hostdns::RESOLV_CONF;
+    let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {f}"))?;
+    Ok(super::hostdns::nameservers(&text))
+}
+
+/// `specs` with `system` replaced by plain DNS to `servers` (port 53).
+fn with_system(specs: &[String], servers: &[std::net::IpAddr]) -> Vec<String> {
+    specs
+        .iter()
+        .flat_map(|u| {
+            if u == "system" {
+                servers
+                    .iter()
+                    .map(|ip| format!("udp:{}", std::net::SocketAddr::new(*ip, 53)))
+                    .collect()
+            } else {
+                vec![u.clone()]
+            }
+        })
+        .collect()
+}
+
+/// Servers joined for a message.
+pub(crate) fn server_list(servers: &[std::net::IpAddr]) -> String {
+    servers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Checks a `--dns-upstream` while the arguments are read.
@@ -151,6 +214,8 @@ pub(crate) struct Prepared {
     subscriptions: Vec<super::subscribe::Follow>,
     /// The resolver settings their fetchers are built from.
     run: RunConfig,
+    /// The `system` DNS upstream, followed while running.
+    pub(crate) system_dns: Option<SystemDns>,
     /// Hands users' answers to `ask` rules to the engine.
     pub(crate) asker: driver::ask::Asker,
     /// The engine loop's end of it.
@@ -166,30 +231,30 @@ impl EngineArgs {
         self.dns_upstream.iter().any(|u| u == "system")
     }
 
-    /// Puts plain DNS to `servers` (port 53) where the upstreams say
-    /// `system`.
-    pub(crate) fn replace_system_upstream(&mut self, servers: &[std::net::IpAddr]) {
-        let specs: Vec<String> = servers
-            .iter()
-            .map(|ip| format!("udp:{}", std::net::SocketAddr::new(*ip, 53)))
-            .collect();
-        self.dns_upstream = std::mem::take(&mut self.dns_upstream)
-            .into_iter()
-            .flat_map(|u| {
-                if u == "system" {
-                    specs.clone()
-                } else {
-                    vec![u]
-                }
-            })
-            .collect();
-    }
-
     /// Loads the rules and the world, builds the resolver (its sockets
     /// protected like the flows'; refusing an upstream under a blocked
     /// jurisdiction) and the engine.
     pub(crate) fn prepare(&self, protection: &Protection) -> anyhow::Result<Prepared> {
-        let run = self.run_config()?;
+        let system_dns = if self.uses_system_upstream() {
+            let read = self
+                .system_servers
+                .clone()
+                .unwrap_or_else(|| Arc::new(resolv_conf_servers));
+            let servers = read()?;
+            anyhow::ensure!(
+                !servers.is_empty(),
+                "the host's resolver lists no DNS server ({} has no usable nameserver line); give one with --dns-upstream (udp:IP, tls:IP@NAME, ...)",
+                super::hostdns::RESOLV_CONF
+            );
+            Some(SystemDns {
+                specs: self.dns_upstream.clone(),
+                servers,
+                read,
+            })
+        } else {
+            None
+        };
+        let run = self.run_config(system_dns.as_ref())?;
         let subscription = self.rules.subscription()?;
         let list_subscriptions = self.rules.list_subscriptions()?;
         // One resolver for the fetches at start, built only if needed.
@@ -355,6 +420,7 @@ impl EngineArgs {
             world_update,
             subscriptions: follows,
             run,
+            system_dns,
             asker,
             answers,
         })
@@ -393,7 +459,7 @@ impl EngineArgs {
     }
 
     /// The resolver and engine settings the options give.
-    fn run_config(&self) -> anyhow::Result<RunConfig> {
+    fn run_config(&self, system: Option<&SystemDns>) -> anyhow::Result<RunConfig> {
         let mut dns_ca = Vec::new();
         for f in &self.dns_ca {
             let pem = std::fs::read_to_string(f)
@@ -406,7 +472,10 @@ impl EngineArgs {
         let mut run = RunConfig::default();
         run.mtu = self.mtu;
         run.max_flows = self.max_flows;
-        run.dns_upstreams.clone_from(&self.dns_upstream);
+        run.dns_upstreams = match system {
+            Some(s) => with_system(&s.specs, &s.servers),
+            None => self.dns_upstream.clone(),
+        };
         run.dns_ca = dns_ca;
         run.nat64_prefixes.clone_from(&self.nat64_prefixes);
         Ok(run)
@@ -505,6 +574,7 @@ pub(crate) fn serve(
         world,
         subscriptions,
         run,
+        system_dns,
         ui,
         asker,
         answers,
@@ -578,6 +648,18 @@ pub(crate) fn serve(
         };
         let tun = Tun::create(spec)?;
         up();
+        let resolvers = system_dns.map(|sys| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(follow_system_dns(
+                sys,
+                run.clone(),
+                protection.clone(),
+                Arc::clone(&policy),
+                Arc::clone(&world),
+                tx,
+            ));
+            rx
+        });
         // Each round is said on standard error and, as an `update` or
         // `update-failed` line, among the events.
         let (updates, mut updates_rx) =
@@ -683,6 +765,7 @@ pub(crate) fn serve(
                 live,
                 attribution,
                 answers: Some(answers),
+                resolvers,
             },
             on_event,
             shutdown,
@@ -699,6 +782,89 @@ pub(crate) fn serve(
         );
     }
     Ok(summary)
+}
+
+/// Follows the `system` DNS upstream (see [`SystemDns`]): its servers read
+/// again every [`SYSTEM_DNS_CHECK`] (off the engine's thread); a new list
+/// gets a resolver built as at start and checked against the running rules
+/// as at start, handed to the engine through `tx`. A list that cannot be
+/// read, is empty, or is refused leaves the resolver as it is, said once.
+async fn follow_system_dns(
+    mut sys: SystemDns,
+    run: RunConfig,
+    protection: Protection,
+    policy: Arc<PolicyHandle>,
+    world: Arc<WorldHandle>,
+    tx: tokio::sync::mpsc::Sender<driver::dns::Resolver>,
+) {
+    let mut tick = tokio::time::interval(SYSTEM_DNS_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    // The last problem said, and a list refused (not built again).
+    let mut said: Option<String> = None;
+    let mut refused: Option<Vec<std::net::IpAddr>> = None;
+    loop {
+        tick.tick().await;
+        let read = Arc::clone(&sys.read);
+        let now = match tokio::task::spawn_blocking(move || read()).await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("reading the host's resolver failed: {e}")),
+        };
+        let outcome = match now {
+            Ok(s) if s == sys.servers => {
+                said = None;
+                continue;
+            }
+            Ok(s) if refused.as_ref() == Some(&s) => continue,
+            Ok(s) if s.is_empty() => Err(anyhow::anyhow!(
+                "the host's resolver lists no DNS server now"
+            )),
+            Ok(s) => {
+                let mut cfg = run.clone();
+                cfg.dns_upstreams = with_system(&sys.specs, &s);
+                let built = driver::setup::resolver(&cfg, &protection)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|(r, ips)| {
+                        driver::dns::refuse_blocked(
+                            &policy.current(),
+                            &Intel::new(world.current()),
+                            &ips,
+                        )
+                        .map_err(anyhow::Error::msg)?;
+                        Ok(r)
+                    });
+                if built.is_err() {
+                    refused = Some(s.clone());
+                }
+                built.map(|r| (s, r))
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((servers, resolver)) => {
+                if tx.send(resolver).await.is_err() {
+                    return;
+                }
+                eprintln!(
+                    "geowall: DNS upstream now {} (the host's resolver changed; was {})",
+                    server_list(&servers),
+                    server_list(&sys.servers)
+                );
+                sys.servers = servers;
+                (said, refused) = (None, None);
+            }
+            Err(e) => {
+                let m = format!("{e:#}");
+                if said.as_ref() != Some(&m) {
+                    eprintln!(
+                        "geowall: WARNING: the host's DNS servers changed but cannot be used: {m}; geowall goes on asking {}",
+                        server_list(&sys.servers)
+                    );
+                    said = Some(m);
+                }
+            }
+        }
+    }
 }
 
 /// Opens the control socket of the instance named `name` (`geowall status`,

@@ -233,6 +233,10 @@ pub struct Services {
     /// Users' answers to `ask` rules' questions (from [`ask::channel`]);
     /// without, every question gets its rule's default at its timeout.
     pub answers: Option<mpsc::Receiver<ask::AnswerRequest>>,
+    /// Resolvers that replace `resolver` from the next query on (the
+    /// host's DNS servers changed); queries already asked finish with the
+    /// one they started on.
+    pub resolvers: Option<mpsc::Receiver<dns::Resolver>>,
 }
 
 /// Runs the engine on `tun` until `shutdown` completes or the TUN fails,
@@ -250,10 +254,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Summary> {
     let Services {
-        resolver,
+        mut resolver,
         live,
         mut attribution,
         mut answers,
+        mut resolvers,
     } = services;
     let mut published = Instant::now();
     let mut volumes_published = Instant::now();
@@ -393,7 +398,8 @@ pub async fn run(
                     a.answered(&mut engine, key, owner, now());
                 }
             }
-            Some(req) = next_answer(&mut answers) => {
+            Some(r) = next(&mut resolvers) => resolver = Some(r),
+            Some(req) = next(&mut answers) => {
                 let outcome = engine.answer(req.prompt, req.answer, now());
                 // The asker may have given up waiting: nothing to tell.
                 let _ = req.done.send(outcome);
@@ -475,9 +481,8 @@ async fn answer(
 }
 
 /// The next user answer, when anyone can answer (otherwise never).
-async fn next_answer(
-    rx: &mut Option<mpsc::Receiver<ask::AnswerRequest>>,
-) -> Option<ask::AnswerRequest> {
+/// The next message of an optional channel (never, without one).
+async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
