@@ -983,21 +983,11 @@ fn run_follows_the_host_s_dns_servers_when_the_network_changes() {
     if !support::root_or_skip("netns_e2e") {
         return;
     }
-    fn answer_with(name: &str, t: RecordType, ip: &str) -> Vec<hickory_proto::rr::Record> {
-        if t != RecordType::A {
-            return Vec::new();
-        }
-        vec![hickory_proto::rr::Record::from_rdata(
-            hickory_proto::rr::Name::from_ascii(name).expect("name"),
-            60,
-            RData::A(A(ip.parse().expect("ip"))),
-        )]
-    }
     fn first(name: &str, t: RecordType) -> Vec<hickory_proto::rr::Record> {
-        answer_with(name, t, addr::US)
+        support::every_name_is(name, t, addr::US)
     }
     fn second(name: &str, t: RecordType) -> Vec<hickory_proto::rr::Record> {
-        answer_with(name, t, addr::US2)
+        support::every_name_is(name, t, addr::US2)
     }
     let mut net = Net::new();
     let (policy, world) = net.policy_and_world(POLICY);

@@ -309,6 +309,16 @@ GeowallStatus geowall_update_bundle(GeowallHandle handle, const uint8_t *bytes, 
 // `identifiers_json` is a NUL-terminated string.
 GeowallStatus geowall_set_identifiers(GeowallHandle engine, const char *identifiers_json);
 
+// Resolves the apps' DNS through other upstreams from the next query on
+// (the servers of a network the device just joined): `upstreams_json` is
+// an array of upstreams as `dns_upstreams` at start, e.g.
+// `["udp:192.0.2.53","tls:192.0.2.1@dns.example"]`. Each is checked against
+// the running rules as at start; on any error the upstreams in use stay.
+//
+// # Safety
+// `upstreams_json` is a NUL-terminated string.
+GeowallStatus geowall_set_dns_upstreams(GeowallHandle engine, const char *upstreams_json);
+
 // Writes the engine's numbers to `*out` (the last ones once stopped).
 //
 // # Safety

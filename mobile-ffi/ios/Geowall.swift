@@ -266,6 +266,16 @@ public final class Geowall: @unchecked Sendable {
         return Geowall.versionInfo(handle: handle).bundle_sequence
     }
 
+    /// Resolves the apps' DNS through other upstreams from the next query
+    /// on (the servers of a network the device just joined), in the form of
+    /// `dns_upstreams` at start (e.g. ["udp:192.0.2.53"]). Each is checked
+    /// against the running rules; on an error the upstreams in use stay.
+    public func setDnsUpstreams(_ upstreams: [String]) throws {
+        let data = try JSONSerialization.data(withJSONObject: upstreams)
+        let json = String(decoding: data, as: UTF8.self)
+        try json.withCString { try ok(geowall_set_dns_upstreams(handle, $0)) }
+    }
+
     /// Replaces the identifiers the engine looks for in cleartext, label to
     /// value (e.g. ["user_id": "1234567890"]); [:] watches for none.
     public func setIdentifiers(_ identifiers: [String: String]) throws {

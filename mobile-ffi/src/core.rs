@@ -90,6 +90,19 @@ fn config_error(m: impl Into<String>) -> Error {
     Error::new(Code::InvalidConfig, m)
 }
 
+/// The upstreams of a JSON array of strings (`what` names it in errors).
+///
+/// # Errors
+/// Not an array of strings.
+pub fn upstream_list(json: &str, what: &str) -> Result<Vec<String>, Error> {
+    serde_json::from_str(json).map_err(|e| {
+        Error::new(
+            Code::InvalidArgument,
+            format!("{what}: expected an array of upstreams such as [\"udp:192.0.2.53\"]: {e}"),
+        )
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -837,7 +850,16 @@ pub struct Running {
     host: Arc<dyn Host>,
     started: Instant,
     asker: driver::ask::Asker,
+    /// Hands resolvers built for new upstreams to the engine's loop.
+    resolvers: tokio::sync::mpsc::Sender<driver::dns::Resolver>,
+    /// What new upstreams' resolvers are built from: the start's settings
+    /// (CAs) and socket protection.
+    run: RunConfig,
+    protection: Protection,
 }
+
+/// Resolvers for new upstreams waiting for the engine's loop, at most.
+const RESOLVERS_WAITING: usize = 4;
 
 /// The answers file's name in `state_dir`.
 pub const ANSWERS_FILE: &str = "answers.toml";
@@ -952,6 +974,7 @@ impl Running {
             );
         }
         let (asker, answers) = driver::ask::channel(answers_file);
+        let (resolvers_tx, resolvers) = tokio::sync::mpsc::channel(RESOLVERS_WAITING);
         let mtu = run.mtu;
         if host.has_app_lookup() {
             let h = host.clone();
@@ -980,7 +1003,9 @@ impl Running {
             policy: Arc::clone(&rules.policy),
             world,
             answers,
+            resolvers,
         };
+        let protection_kept = protection.clone();
         let t = {
             let (live, ending, host) = (live.clone(), ending.clone(), host.clone());
             std::thread::Builder::new()
@@ -1044,6 +1069,9 @@ impl Running {
             host,
             started: Instant::now(),
             asker,
+            resolvers: resolvers_tx,
+            run,
+            protection: protection_kept,
         })
     }
 
@@ -1147,6 +1175,47 @@ impl Running {
             })
     }
 
+    /// Resolves the apps' DNS through `upstreams` from the next query on
+    /// (as `dns_upstreams` at start: `udp:IP[:PORT]`, `tls:IP@NAME`, ...):
+    /// for the servers of a network the device just joined. Each is
+    /// checked against the running rules as at start.
+    ///
+    /// # Errors
+    /// Stopped; no upstream, or one that does not parse or whose resolver
+    /// cannot be built; an upstream under a jurisdiction the rules block;
+    /// too many changes waiting for the engine. The upstreams in use stay.
+    pub fn set_dns_upstreams(&self, upstreams: &[String]) -> Result<(), Error> {
+        self.usable()?;
+        if upstreams.is_empty() {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                "dns_upstreams: empty; give at least one (udp:IP, tls:IP@NAME, ...)",
+            ));
+        }
+        let mut run = self.run.clone();
+        run.dns_upstreams = upstreams.to_vec();
+        let (resolver, ips) = driver::setup::resolver(&run, &self.protection)
+            .map_err(|e| Error::new(Code::InvalidArgument, e.to_string()))?;
+        driver::dns::refuse_blocked(&self.rules.policy.current(), &self.rules.intel(), &ips)
+            .map_err(|e| Error::new(Code::InvalidArgument, e))?;
+        self.resolvers.try_send(resolver).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => Error::new(
+                Code::Io,
+                format!(
+                    "{RESOLVERS_WAITING} upstream changes are already waiting for the engine; try again"
+                ),
+            ),
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                Error::new(Code::Stopped, "the engine has ended")
+            }
+        })?;
+        self.host.on_log(
+            Level::Info,
+            &format!("DNS upstreams now {}", upstreams.join(", ")),
+        );
+        Ok(())
+    }
+
     /// Replaces the identifiers watched for leaks.
     ///
     /// # Errors
@@ -1216,6 +1285,8 @@ struct Following {
     world: Arc<WorldHandle>,
     /// Users' answers to `ask` rules, for the engine's loop.
     answers: tokio::sync::mpsc::Receiver<driver::ask::AnswerRequest>,
+    /// Resolvers for new upstreams ([`Running::set_dns_upstreams`]).
+    resolvers: tokio::sync::mpsc::Receiver<driver::dns::Resolver>,
 }
 
 #[expect(
@@ -1309,7 +1380,7 @@ fn engine_thread(
                 // The platform says who owns a flow (`app_for_flow`).
                 attribution: None,
                 answers: Some(following.answers),
-                resolvers: None,
+                resolvers: Some(following.resolvers),
             },
             on_event,
             shutdown,

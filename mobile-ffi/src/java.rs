@@ -243,6 +243,21 @@ pub extern "system" fn Java_org_geowall_Geowall_nativeUpdateBundle<'l>(
     })
 }
 
+/// `static native void nativeSetDnsUpstreams(long handle, String json)`
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_org_geowall_Geowall_nativeSetDnsUpstreams<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass<'l>,
+    h: jlong,
+    json: JString<'l>,
+) {
+    call(&mut env, (), |env| {
+        let text = string(env, &json, "upstreamsJson")?;
+        let upstreams = core::upstream_list(&text, "upstreamsJson")?;
+        core::engine(handle(h))?.set_dns_upstreams(&upstreams)
+    });
+}
+
 /// `static native void nativeSetIdentifiers(long handle, String json)`
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_org_geowall_Geowall_nativeSetIdentifiers<'l>(

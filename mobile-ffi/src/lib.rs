@@ -600,6 +600,27 @@ pub unsafe extern "C" fn geowall_set_identifiers(
     })
 }
 
+/// Resolves the apps' DNS through other upstreams from the next query on
+/// (the servers of a network the device just joined): `upstreams_json` is
+/// an array of upstreams as `dns_upstreams` at start, e.g.
+/// `["udp:192.0.2.53","tls:192.0.2.1@dns.example"]`. Each is checked against
+/// the running rules as at start; on any error the upstreams in use stay.
+///
+/// # Safety
+/// `upstreams_json` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn geowall_set_dns_upstreams(
+    engine: GeowallHandle,
+    upstreams_json: *const c_char,
+) -> GeowallStatus {
+    guard(|| {
+        // SAFETY: the caller promises a NUL-terminated string or null.
+        let json = unsafe { text(upstreams_json, "upstreams_json") }?;
+        let upstreams = core::upstream_list(json, "upstreams_json")?;
+        core::engine(engine)?.set_dns_upstreams(&upstreams)
+    })
+}
+
 /// Writes the engine's numbers to `*out` (the last ones once stopped).
 ///
 /// # Safety

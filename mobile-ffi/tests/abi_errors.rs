@@ -120,6 +120,10 @@ fn null_pointers_are_errors() {
             geowall_set_identifiers(1, ptr::null()),
             GeowallStatus::NullPointer
         );
+        assert_eq!(
+            geowall_set_dns_upstreams(1, ptr::null()),
+            GeowallStatus::NullPointer
+        );
     }
     let h = checker("{}");
     let mut v = GeowallVerdict::default();
@@ -290,6 +294,11 @@ fn handles_are_checked() {
         assert_eq!(geowall_stats(h, &raw mut st), GeowallStatus::InvalidHandle);
         assert_eq!(
             geowall_set_identifiers(h, ids.as_ptr()),
+            GeowallStatus::InvalidHandle
+        );
+        let upstreams = c("[\"udp:192.0.2.53\"]");
+        assert_eq!(
+            geowall_set_dns_upstreams(h, upstreams.as_ptr()),
             GeowallStatus::InvalidHandle
         );
         // Made-up handles.

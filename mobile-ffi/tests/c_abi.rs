@@ -14,7 +14,10 @@ mod support;
 mod host;
 
 use std::io::ErrorKind;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use hickory_proto::rr::{RData, RecordType, rdata::A};
 
 use geowall::policy::bundle;
 use host::{compile, library_dir, stat};
@@ -95,12 +98,24 @@ fn a_c_app_runs_the_engine_on_a_tun() {
     for a in [us, us2, cn] {
         net.tcp_server(a, echo);
     }
+    // Two networks' DNS servers: each answers every name with its own
+    // address.
+    fn first(name: &str, t: RecordType) -> Vec<hickory_proto::rr::Record> {
+        support::every_name_is(name, t, addr::US)
+    }
+    fn second(name: &str, t: RecordType) -> Vec<hickory_proto::rr::Record> {
+        support::every_name_is(name, t, addr::DE)
+    }
+    net.add_server_address("198.51.100.53");
+    net.add_server_address("198.51.100.54");
+    let asked_first = net.dns_server(sa("198.51.100.53", 53), first);
+    let asked_second = net.dns_server(sa("198.51.100.54", 53), second);
     let key = bundle::SigningKey::from_bytes(&[7; 32]);
     let config = serde_json::json!({
         "policy": POLICY,
         "world": world,
         "trusted_keys": [bundle::key_hex(key.verifying_key().as_bytes())],
-        "dns_upstreams": [format!("udp:{}:53", addr::US)],
+        "dns_upstreams": ["udp:198.51.100.53:53"],
         "mtu": 1500,
     });
     let cfg = net.dir.path().join("config.json");
@@ -172,6 +187,27 @@ fn a_c_app_runs_the_engine_on_a_tun() {
     assert_eq!(app.cmd(r#"ids {"user_id":"1234567890"}"#), "ok");
     assert!(app.cmd(r#"ids {"user_id":"#).starts_with("err 4 "));
 
+    // The device joins another network: the app hands over its DNS
+    // servers, asked from the next query on; the old ones no more.
+    let ask = |name: &str| {
+        in_ns(&fw, || {
+            support::dns_query(sa("192.0.2.99", 53), name, RecordType::A, false)
+        })
+        .map(|m| m.answers.iter().map(|r| r.data.clone()).collect::<Vec<_>>())
+        .expect("answered")
+    };
+    let a = |ip: &str| vec![RData::A(A(ip.parse().expect("ip")))];
+    assert_eq!(ask("one.example"), a(addr::US));
+    assert_eq!(app.cmd(r#"dns ["udp:198.51.100.54:53"]"#), "ok");
+    let first_count = asked_first.load(Ordering::SeqCst);
+    assert_eq!(ask("two.example"), a(addr::DE), "the new network's server");
+    assert_eq!(asked_first.load(Ordering::SeqCst), first_count);
+    assert!(asked_second.load(Ordering::SeqCst) >= 1);
+    // A bad list changes nothing.
+    assert!(app.cmd(r#"dns ["8.8.8.8"]"#).starts_with("err 4 "));
+    assert!(app.cmd("dns []").starts_with("err 4 "));
+    assert_eq!(ask("three.example"), a(addr::DE));
+
     // Every bad call returns its error; none crashes.
     assert_eq!(app.cmd("abuse"), "ok abuse");
 
@@ -207,6 +243,10 @@ fn a_c_app_runs_the_engine_on_a_tun() {
             .starts_with("err 6 ")
     );
     assert!(app.cmd(r#"ids {"a":"bcdefgh"}"#).starts_with("err 6 "));
+    assert!(
+        app.cmd(r#"dns ["udp:198.51.100.54:53"]"#)
+            .starts_with("err 6 ")
+    );
     assert!(app.cmd("check 198.51.100.10 80 6 0").starts_with("err 6 "));
     let s = app.cmd("stats");
     assert!(s.starts_with("ok running=0 "), "{s}");

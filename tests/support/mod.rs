@@ -593,6 +593,24 @@ pub(crate) fn client_hello(sni: &str) -> Vec<u8> {
 /// type to records.
 pub(crate) type Zone = fn(&str, hickory_proto::rr::RecordType) -> Vec<hickory_proto::rr::Record>;
 
+/// A zone's answer that gives every name the IPv4 address `ip` (and no
+/// other type anything): for servers told apart by what they answer.
+pub(crate) fn every_name_is(
+    name: &str,
+    t: hickory_proto::rr::RecordType,
+    ip: &str,
+) -> Vec<hickory_proto::rr::Record> {
+    use hickory_proto::rr::{Name, RData, Record, RecordType, rdata::A};
+    if t != RecordType::A {
+        return Vec::new();
+    }
+    vec![Record::from_rdata(
+        Name::from_ascii(name).expect("name"),
+        60,
+        RData::A(A(ip.parse().expect("ip"))),
+    )]
+}
+
 /// The answer of the test's DNS server to `query`.
 pub(crate) fn zone_answer(query: &[u8], zone: Zone) -> Option<Vec<u8>> {
     use hickory_proto::op::{Message, MessageType, ResponseCode};

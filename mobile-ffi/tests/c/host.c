@@ -8,6 +8,7 @@
  *   start CONFIG_FILE      geowall_start on the TUN with the JSON in the file
  *   bundle FILE            geowall_update_bundle with the file's bytes
  *   ids JSON               geowall_set_identifiers
+ *   dns JSON               geowall_set_dns_upstreams
  *   check HOST PORT PROTO TRAFFIC
  *   stats                  geowall_stats
  *   version
@@ -169,6 +170,12 @@ static void abuse(GeowallHandle engine) {
     expect("ids null", geowall_set_identifiers(engine, NULL), GEOWALL_STATUS_NULL_POINTER);
     expect("ids not an object", geowall_set_identifiers(engine, "[1,2]"), GEOWALL_STATUS_INVALID_ARGUMENT);
     expect("ids invalid utf-8", geowall_set_identifiers(engine, bad_utf8), GEOWALL_STATUS_INVALID_UTF8);
+    expect("dns null", geowall_set_dns_upstreams(engine, NULL), GEOWALL_STATUS_NULL_POINTER);
+    expect("dns not an array", geowall_set_dns_upstreams(engine, "{\"a\":1}"), GEOWALL_STATUS_INVALID_ARGUMENT);
+    expect("dns empty", geowall_set_dns_upstreams(engine, "[]"), GEOWALL_STATUS_INVALID_ARGUMENT);
+    expect("dns bad upstream", geowall_set_dns_upstreams(engine, "[\"8.8.8.8\"]"), GEOWALL_STATUS_INVALID_ARGUMENT);
+    expect("dns invalid utf-8", geowall_set_dns_upstreams(engine, bad_utf8), GEOWALL_STATUS_INVALID_UTF8);
+    expect("dns bad handle", geowall_set_dns_upstreams(987654321, "[\"udp:192.0.2.53\"]"), GEOWALL_STATUS_INVALID_HANDLE);
     expect("check null host", geowall_check(engine, NULL, 443, 6, 0, NULL, &v), GEOWALL_STATUS_NULL_POINTER);
     expect("check null out", geowall_check(engine, "example.org", 443, 6, 0, NULL, NULL), GEOWALL_STATUS_NULL_POINTER);
     expect("check bad proto", geowall_check(engine, "example.org", 443, 99, 0, NULL, &v), GEOWALL_STATUS_INVALID_ARGUMENT);
@@ -271,6 +278,8 @@ int main(int argc, char **argv) {
             report(geowall_answer(engine, (uint64_t)prompt, allow != 0, scope), NULL);
         } else if (!strcmp(line, "ids") && arg) {
             report(geowall_set_identifiers(engine, arg), NULL);
+        } else if (!strcmp(line, "dns") && arg) {
+            report(geowall_set_dns_upstreams(engine, arg), NULL);
         } else if (!strcmp(line, "check") && arg) {
             char host[256];
             unsigned port;

@@ -120,6 +120,9 @@ public final class JniHost {
                         expectCode("bundle null", 1, () -> e.updateBundle(null));
                         expectCode("bundle garbage", 7, () -> e.updateBundle(new byte[] {1, 2, 3}));
                         expectCode("ids not an object", 4, () -> e.setIdentifiers("[1]"));
+                        expectCode("dns null", 1, () -> e.setDnsUpstreams(null));
+                        expectCode("dns not an array", 4, () -> e.setDnsUpstreams("{}"));
+                        expectCode("dns bad upstream", 4, () -> e.setDnsUpstreams("[\"8.8.8.8\"]"));
                         try (Geowall c = Geowall.checker("{\"preset\":\"clubhouse\"}")) {
                             String v = c.check("agora.io", 443, Geowall.UDP, Geowall.TRAFFIC_MEDIA, null);
                             if (!v.contains("\"action\":\"block\"")) {

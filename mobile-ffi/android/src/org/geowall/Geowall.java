@@ -125,6 +125,16 @@ public final class Geowall implements AutoCloseable {
         nativeAnswer(handle, prompt, allow, scope);
     }
 
+    /**
+     * Resolves the apps' DNS through other upstreams from the next query on, e.g. the servers of a
+     * network the device just joined ({@code LinkProperties.getDnsServers()}): a JSON array such as
+     * {@code ["udp:192.0.2.53"]}, in the form of {@code dns_upstreams} at start. Each is checked
+     * against the running rules; on an error the upstreams in use stay.
+     */
+    public void setDnsUpstreams(String upstreamsJson) throws GeowallException {
+        nativeSetDnsUpstreams(handle, upstreamsJson);
+    }
+
     /** Identifiers to watch for in cleartext: a JSON object of label to value. */
     public void setIdentifiers(String identifiersJson) throws GeowallException {
         nativeSetIdentifiers(handle, identifiersJson);
@@ -182,6 +192,9 @@ public final class Geowall implements AutoCloseable {
             throws GeowallException;
 
     private static native void nativeSetIdentifiers(long handle, String json)
+            throws GeowallException;
+
+    private static native void nativeSetDnsUpstreams(long handle, String json)
             throws GeowallException;
 
     private static native String nativeStats(long handle) throws GeowallException;
