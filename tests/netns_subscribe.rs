@@ -422,3 +422,59 @@ fn a_list_subscription_feeds_the_policy_and_a_missing_list_is_never_an_allow() {
     let err = refused_start(&net, &world, &a2);
     assert!(err.contains("list bundle 'acme' is not installed"), "{err}");
 }
+
+/// The host moves to another network while geowall follows a
+/// subscription with the system's resolver: the host's resolver settings
+/// now name another server, and the next fetches resolve the site through
+/// it (the new server is asked), not through the resolver of the network
+/// left behind.
+#[test]
+fn a_subscription_resolves_through_the_host_s_new_dns_servers() {
+    if !support::root_or_skip("a_subscription_resolves_through_the_host_s_new_dns_servers") {
+        return;
+    }
+    /// `ip netns exec` shows this folder's resolv.conf as the namespace's
+    /// /etc/resolv.conf; removed at the end.
+    struct Etc(std::path::PathBuf);
+    impl Drop for Etc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    const SECOND: &str = "198.51.100.54";
+    let mut net = Net::new();
+    net.add_server_address(RESOLVER);
+    net.add_server_address(SECOND);
+    net.dns_server(sa(RESOLVER, 53), zone);
+    let asked_second = net.dns_server(sa(SECOND, 53), zone);
+    let scratch = net.dir.path().to_owned();
+    let m = Maintainer::new(&scratch);
+    m.publish(ALLOW_ALL, 1, 3_600, &m.key);
+    let _site = start_site(&mut net, m.site.clone());
+    let world = support::test_world(&scratch);
+    let etc = Etc(Path::new("/etc/netns").join(&net.fw));
+    std::fs::create_dir_all(&etc.0).expect("etc");
+    let resolv = etc.0.join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {RESOLVER}\n")).expect("resolv.conf");
+    // The test's options but the upstream: the system's (the default).
+    let mut args = subscribed_args(&scratch, &scratch.join("state"));
+    let i = args
+        .iter()
+        .position(|a| a == "--dns-upstream")
+        .expect("arg");
+    args.drain(i..i + 2);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    net.start_geowall(&world, &args);
+    assert_eq!(status(&net)["policy"], "v1");
+    assert_eq!(asked_second.load(Ordering::SeqCst), 0);
+    std::fs::write(&resolv, format!("nameserver {SECOND}\n")).expect("resolv.conf");
+    m.publish(NO_AGORA, 2, 3_600, &m.key);
+    let s = wait_status(&net, Duration::from_secs(12), |s| {
+        s["policy"] == "v2" && asked_second.load(Ordering::SeqCst) > 0
+    });
+    assert_eq!(s["policy"], "v2", "{s}");
+    assert!(
+        asked_second.load(Ordering::SeqCst) > 0,
+        "the site was resolved through the new network's server"
+    );
+}

@@ -856,6 +856,9 @@ pub struct Running {
     /// (CAs) and socket protection.
     run: RunConfig,
     protection: Protection,
+    /// The subscriptions' fetchers (sharing their resolver with the
+    /// followers' copies): they resolve through new upstreams too.
+    fetchers: Vec<Fetcher>,
 }
 
 /// Resolvers for new upstreams waiting for the engine's loop, at most.
@@ -998,6 +1001,7 @@ impl Running {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let events = cfg.events.unwrap_or(true);
         let policy_name = rules.policy_name();
+        let fetchers = follows.iter().map(|(_, f)| f.clone()).collect();
         let following = Following {
             follows,
             policy: Arc::clone(&rules.policy),
@@ -1072,6 +1076,7 @@ impl Running {
             resolvers: resolvers_tx,
             run,
             protection: protection_kept,
+            fetchers,
         })
     }
 
@@ -1178,7 +1183,8 @@ impl Running {
     /// Resolves the apps' DNS through `upstreams` from the next query on
     /// (as `dns_upstreams` at start: `udp:IP[:PORT]`, `tls:IP@NAME`, ...):
     /// for the servers of a network the device just joined. Each is
-    /// checked against the running rules as at start.
+    /// checked against the running rules as at start. The subscriptions'
+    /// fetches resolve through them too.
     ///
     /// # Errors
     /// Stopped; no upstream, or one that does not parse or whose resolver
@@ -1198,6 +1204,7 @@ impl Running {
             .map_err(|e| Error::new(Code::InvalidArgument, e.to_string()))?;
         driver::dns::refuse_blocked(&self.rules.policy.current(), &self.rules.intel(), &ips)
             .map_err(|e| Error::new(Code::InvalidArgument, e))?;
+        let resolver_for_fetchers = resolver.clone();
         self.resolvers.try_send(resolver).map_err(|e| match e {
             tokio::sync::mpsc::error::TrySendError::Full(_) => Error::new(
                 Code::Io,
@@ -1209,6 +1216,9 @@ impl Running {
                 Error::new(Code::Stopped, "the engine has ended")
             }
         })?;
+        for f in &self.fetchers {
+            f.set_resolver(resolver_for_fetchers.clone());
+        }
         self.host.on_log(
             Level::Info,
             &format!("DNS upstreams now {}", upstreams.join(", ")),

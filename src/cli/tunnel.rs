@@ -648,15 +648,16 @@ pub(crate) fn serve(
         };
         let tun = Tun::create(spec)?;
         up();
+        let fetchers: Vec<_> = follows.iter().map(|(_, f)| f.clone()).collect();
         let resolvers = system_dns.map(|sys| {
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             tokio::spawn(follow_system_dns(
                 sys,
                 run.clone(),
                 protection.clone(),
-                Arc::clone(&policy),
-                Arc::clone(&world),
+                (Arc::clone(&policy), Arc::clone(&world)),
                 tx,
+                fetchers,
             ));
             rx
         });
@@ -787,16 +788,18 @@ pub(crate) fn serve(
 /// Follows the `system` DNS upstream (see [`SystemDns`]): its servers read
 /// again every [`SYSTEM_DNS_CHECK`] (off the engine's thread); a new list
 /// gets a resolver built as at start and checked against the running rules
-/// as at start, handed to the engine through `tx`. A list that cannot be
-/// read, is empty, or is refused leaves the resolver as it is, said once.
+/// (`judged`) as at start, handed to the engine through `tx` and to the
+/// subscriptions' `fetchers`. A list that cannot be read, is empty, or is
+/// refused leaves the resolver as it is, said once.
 async fn follow_system_dns(
     mut sys: SystemDns,
     run: RunConfig,
     protection: Protection,
-    policy: Arc<PolicyHandle>,
-    world: Arc<WorldHandle>,
+    judged: (Arc<PolicyHandle>, Arc<WorldHandle>),
     tx: tokio::sync::mpsc::Sender<driver::dns::Resolver>,
+    fetchers: Vec<driver::fetch::Fetcher>,
 ) {
+    let (policy, world) = judged;
     let mut tick = tokio::time::interval(SYSTEM_DNS_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -842,6 +845,9 @@ async fn follow_system_dns(
         };
         match outcome {
             Ok((servers, resolver)) => {
+                for f in &fetchers {
+                    f.set_resolver(resolver.clone());
+                }
                 if tx.send(resolver).await.is_err() {
                     return;
                 }

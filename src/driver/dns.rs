@@ -330,7 +330,7 @@ pub async fn resolve(r: &Resolver, name: Name, rtype: RecordType) -> Option<Reso
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -383,10 +383,13 @@ mod tests {
         }
     }
 
-    /// A real resolver against a server of the test's own on loopback:
-    /// the answer comes back, and the protector saw the resolver's socket.
-    #[test]
-    fn resolver_sockets_are_protected_and_answers_come_back() {
+    /// A DNS server of a test's own on loopback, answering `answers` queries
+    /// within 5 s (an A question with the record `ip`, for any name; other
+    /// types with no record); its address.
+    pub(crate) fn loopback_server(
+        ip: [u8; 4],
+        answers: usize,
+    ) -> (SocketAddr, std::thread::JoinHandle<()>) {
         use hickory_proto::op::Message;
         use hickory_proto::rr::rdata::A;
         use hickory_proto::rr::{RData, Record};
@@ -397,18 +400,35 @@ mod tests {
             server
                 .set_read_timeout(Some(Duration::from_secs(5)))
                 .expect("timeout");
-            let Ok((n, from)) = server.recv_from(&mut buf) else {
-                return;
-            };
-            let q = Message::from_vec(&buf[..n]).expect("query");
-            let mut m = Message::response(q.metadata.id, q.metadata.op_code);
-            m.metadata.recursion_available = true;
-            let question = q.queries[0].clone();
-            let name = question.name().clone();
-            m.add_query(question);
-            m.add_answer(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 7))));
-            let _ = server.send_to(&m.to_vec().expect("encode"), from);
+            for _ in 0..answers {
+                let Ok((n, from)) = server.recv_from(&mut buf) else {
+                    return;
+                };
+                let q = Message::from_vec(&buf[..n]).expect("query");
+                let mut m = Message::response(q.metadata.id, q.metadata.op_code);
+                m.metadata.recursion_available = true;
+                let question = q.queries[0].clone();
+                let name = question.name().clone();
+                let a = question.query_type() == RecordType::A;
+                m.add_query(question);
+                if a {
+                    m.add_answer(Record::from_rdata(
+                        name,
+                        60,
+                        RData::A(A::from(std::net::Ipv4Addr::from(ip))),
+                    ));
+                }
+                let _ = server.send_to(&m.to_vec().expect("encode"), from);
+            }
         });
+        (at, t)
+    }
+
+    /// A real resolver against a server of the test's own on loopback:
+    /// the answer comes back, and the protector saw the resolver's socket.
+    #[test]
+    fn resolver_sockets_are_protected_and_answers_come_back() {
+        let (at, t) = loopback_server([192, 0, 2, 7], 1);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let prot = Protection {
             protector: Some(count.clone()),

@@ -117,10 +117,11 @@ pub enum Fetched {
     },
 }
 
-/// Fetches over HTTPS as the module says.
+/// Fetches over HTTPS as the module says. Clones share the resolver
+/// ([`Fetcher::set_resolver`]).
 #[derive(Clone)]
 pub struct Fetcher {
-    resolver: Resolver,
+    resolver: Arc<arc_swap::ArcSwap<Resolver>>,
     protection: Protection,
     tls: Arc<rustls::ClientConfig>,
 }
@@ -145,10 +146,16 @@ impl Fetcher {
         extra: &[rustls::pki_types::CertificateDer<'static>],
     ) -> Result<Self, String> {
         Ok(Self {
-            resolver,
+            resolver: Arc::new(arc_swap::ArcSwap::from_pointee(resolver)),
             protection,
             tls: Arc::new(super::dns::tls_config(extra)?),
         })
+    }
+
+    /// Resolves with `resolver` from the next fetch on, in this fetcher and
+    /// its clones: the servers of a network the host moved to.
+    pub fn set_resolver(&self, resolver: Resolver) {
+        self.resolver.store(Arc::new(resolver));
     }
 
     /// The addresses `url`'s host has (itself, if it is an address).
@@ -159,8 +166,8 @@ impl Fetcher {
         if let Ok(ip) = url.host.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        let ips: Vec<IpAddr> = self
-            .resolver
+        let resolver = self.resolver.load_full();
+        let ips: Vec<IpAddr> = resolver
             .lookup_ip(url.host.as_str())
             .await
             .map_err(|e| format!("cannot resolve {}: {e}", url.host))?
@@ -344,6 +351,33 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A resolver set on a fetcher is the one its clones (the followers'
+    /// copies) resolve with from then on.
+    #[test]
+    fn a_new_resolver_reaches_every_clone() {
+        use super::super::dns::{Upstream, build, tests::loopback_server};
+        let (first, t1) = loopback_server([192, 0, 2, 7], 2);
+        let (second, t2) = loopback_server([192, 0, 2, 8], 2);
+        let resolver = |at| {
+            build(&[Upstream::Udp(at)], &Protection::default(), &[])
+                .expect("resolver")
+                .0
+        };
+        let fetcher = Fetcher::new(resolver(first), Protection::default(), &[]).expect("fetcher");
+        let copy = fetcher.clone();
+        let url: HttpsUrl = "https://updates.example/index.json".parse().expect("url");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let before = rt.block_on(copy.resolve(&url));
+        fetcher.set_resolver(resolver(second));
+        let after = rt.block_on(copy.resolve(&url));
+        let _ = (t1.join(), t2.join());
+        assert_eq!(before, Ok(vec![IpAddr::from([192, 0, 2, 7])]));
+        assert_eq!(after, Ok(vec![IpAddr::from([192, 0, 2, 8])]));
+    }
 
     #[test]
     fn urls_read_and_siblings() {
