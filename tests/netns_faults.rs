@@ -447,6 +447,20 @@ fn http_server(net: &Net, at: SocketAddr) -> std::sync::Arc<std::sync::atomic::A
     served
 }
 
+/// What curl in namespace `app` gets from `http://dual.example/`, the name
+/// given both addresses (`v6` first, as Happy Eyeballs tries it).
+fn curl_dual(app: &str, v6: &str, v4: &str) -> String {
+    let resolve = format!("dual.example:80:[{v6}],{v4}");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", app, "curl", "-sS", "--max-time", "5"])
+        .args(["--resolve", &resolve, "http://dual.example/"])
+        .output()
+        .expect("curl (the CI installs it)");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("curl: {said:?} {}", String::from_utf8_lossy(&out.stderr));
+    said
+}
+
 /// On a network with no IPv6 route (geowall's side has no IPv6 default
 /// route), a connection to an IPv6 internet address fails at `connect()`
 /// with "network unreachable", as it does without geowall, instead of
@@ -478,14 +492,7 @@ fn a_family_with_no_route_fails_at_connect_so_apps_fall_back() {
         Some(nix::libc::ENETUNREACH),
         "network unreachable at connect, not accepted then reset: {e}"
     );
-    let resolve = format!("dual.example:80:[{}],{}", addr::US6, addr::US);
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &app, "curl", "-sS", "--max-time", "5"])
-        .args(["--resolve", &resolve, "http://dual.example/"])
-        .output()
-        .expect("curl (the CI installs it)");
-    let said = String::from_utf8_lossy(&out.stdout);
-    eprintln!("curl: {said:?} {}", String::from_utf8_lossy(&out.stderr));
+    let said = curl_dual(&app, addr::US6, addr::US);
     assert_eq!(said, "ok", "curl fell back to IPv4");
     assert_eq!(v4.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(v6.load(std::sync::atomic::Ordering::SeqCst), 0);
@@ -505,6 +512,59 @@ fn a_family_with_no_route_fails_at_connect_so_apps_fall_back() {
     });
     assert!(back, "IPv6 works again once its route is back");
     assert_eq!(v6.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// On a network whose IPv6 default route leads nowhere (here: a range
+/// geowall's side cannot reach, while the family's route check still
+/// finds a default route), the first IPv6 connections are accepted by the
+/// local stack and reset once their upstream connects fail; after three
+/// servers, geowall takes IPv6 as not carrying connections, and a new
+/// IPv6 connection fails at `connect()` with "network unreachable" as
+/// without a route, so curl, with both addresses of a server, falls back
+/// to IPv4 and gets its page where it got "connection reset". IPv4 goes on.
+#[test]
+fn a_family_whose_route_leads_nowhere_is_refused_after_a_few_connects() {
+    if !support::root_or_skip("a_family_whose_route_leads_nowhere_is_refused_after_a_few_connects")
+    {
+        return;
+    }
+    let mut net = Net::new();
+    let v4 = http_server(&net, sa(addr::US, 80));
+    support::ip(&[
+        "-n",
+        &net.fw,
+        "-6",
+        "route",
+        "add",
+        "unreachable",
+        "2001:db8:99::/48",
+    ]);
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
+    let app = net.app.clone();
+    for i in 1..=3 {
+        let to = sa(&format!("2001:db8:99::{i}"), 80);
+        let r = in_ns(&app, move || {
+            support::tcp_exchange_within(to, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", WAIT)
+        });
+        eprintln!("{to}: {r:?}");
+        assert!(r.is_err(), "{to}: no server can answer");
+    }
+    assert!(status_reaches(&net, "families_down", 1), "{}", status(&net));
+    let to = sa("2001:db8:99::4", 80);
+    let r = in_ns(&app, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(3))
+    });
+    let e = r.expect_err("IPv6 does not carry connections, yet connected");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(nix::libc::ENETUNREACH),
+        "network unreachable at connect: {e}"
+    );
+    let said = curl_dual(&app, "2001:db8:99::5", addr::US);
+    assert_eq!(said, "ok", "curl fell back to IPv4");
+    assert_eq!(v4.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(status_reaches(&net, "family_down", 2), "{}", status(&net));
 }
 
 /// Starts geowall on a bundle of [`POLICY`] (sequence 10) signed by `key`,

@@ -4,7 +4,7 @@
 //! the last flow it opened (or its socket reporting an ICMP error).
 #![no_main]
 
-use geowall::engine::dataplane::{Output, Unreachable, UpstreamRoutes};
+use geowall::engine::dataplane::{ConnectFailure, Output, Unreachable, UpstreamRoutes};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -35,6 +35,12 @@ fuzz_target!(|data: &[u8]| {
             }
             3 => {
                 if let Some(f) = last_tcp {
+                    // Now and then its connect fails instead.
+                    match body.first() {
+                        Some(1) => e.handle_tcp_connect_failed(f, ConnectFailure::Unanswered, now),
+                        Some(2) => e.handle_tcp_connect_failed(f, ConnectFailure::Refused, now),
+                        _ => {}
+                    }
                     e.handle_tcp_connected(f, now);
                     e.handle_tcp_from_upstream(f, body, now);
                     if body.first() == Some(&0) {

@@ -258,6 +258,8 @@ fn status(s: &State) -> Value {
         "udp_unreachable": c.udp_unreachable,
         "echo_unreachable": c.echo_unreachable,
         "no_route": c.no_route,
+        "family_down": c.family_down,
+        "families_down": c.families_down,
         "bytes_up": live.bytes_up,
         "bytes_down": live.bytes_down,
         "dns": {"queries": c.dns_queries, "blocked": c.dns_blocked, "filtered": c.dns_filtered, "cached": live.dns_cached},

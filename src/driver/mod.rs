@@ -201,6 +201,13 @@ impl std::fmt::Display for Summary {
                 c.no_route
             )?;
         }
+        if c.family_down > 0 {
+            write!(
+                f,
+                "; {} new flows answered \"network unreachable\" (their address family's upstream connects went unanswered; found {} times)",
+                c.family_down, c.families_down
+            )?;
+        }
         if c.asked + c.asked_busy > 0 {
             write!(
                 f,
@@ -553,7 +560,15 @@ fn on_report(
             links.remove(&flow);
             stalled.remove(&flow);
             if tcp {
-                engine.handle_tcp_upstream_failed(flow, now);
+                use crate::engine::dataplane::ConnectFailure;
+                let why = match error.kind() {
+                    std::io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+                    std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::HostUnreachable => ConnectFailure::Unanswered,
+                    _ => ConnectFailure::Other,
+                };
+                engine.handle_tcp_connect_failed(flow, why, now);
             }
         }
         Up::Datagram(d) => {

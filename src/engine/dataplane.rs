@@ -300,6 +300,26 @@ pub struct EngineCounters {
     /// because the upstream network had no route for their address family
     /// (see [`Engine::set_upstream_routes`]).
     pub no_route: u64,
+    /// New flows answered "network unreachable" at their first packet
+    /// because their family's upstream connects had gone unanswered (see
+    /// [`super::paths`]).
+    pub family_down: u64,
+    /// Times an address family was found not to carry connections (see
+    /// [`super::paths`]).
+    pub families_down: u64,
+}
+
+/// How a flow's upstream connect failed, as far as the engine learns from
+/// it ([`Engine::handle_tcp_connect_failed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The server answered: refused (a reset). The network carries
+    /// connections.
+    Refused,
+    /// No answer in time, or the host or network is unreachable.
+    Unanswered,
+    /// Anything else (a local error): nothing learned.
+    Other,
 }
 
 /// Which address families the upstream network has a default route for,
@@ -407,6 +427,8 @@ pub struct Engine {
     routes: UpstreamRoutes,
     /// Routes to single addresses of a family without a default route.
     route_lookup: Option<RouteLookup>,
+    /// Which families' upstream connects go unanswered.
+    paths: super::paths::Paths,
 }
 
 impl std::fmt::Debug for Engine {
@@ -466,6 +488,7 @@ impl Engine {
             counters: EngineCounters::default(),
             routes: UpstreamRoutes::default(),
             route_lookup: None,
+            paths: super::paths::Paths::default(),
         }
     }
 
@@ -867,7 +890,12 @@ impl Engine {
     /// [`EngineCounters::no_route`]), unless the [`RouteLookup`] finds a
     /// route to that address; local addresses (a LAN) and DNS queries
     /// (answered by the engine) never are. Both families, by default.
+    /// A change of routes means another network: what was learned of the
+    /// families' connects ([`super::paths`]) is forgotten.
     pub fn set_upstream_routes(&mut self, routes: UpstreamRoutes) {
+        if routes != self.routes {
+            self.paths.forget();
+        }
         self.routes = routes;
     }
 
@@ -884,10 +912,20 @@ impl Engine {
     }
 
     /// Refuses a new flow's first packet `raw` to `dst` when the upstream
-    /// has no route to it (see [`Engine::set_upstream_routes`]); whether
-    /// it did.
-    fn refused_without_route(&mut self, raw: &[u8], dst: IpAddr) -> bool {
-        if self.routes.covers(dst) || crate::policy::eval::is_local(dst) {
+    /// has no route to it (see [`Engine::set_upstream_routes`]), or its
+    /// family's connects go unanswered ([`super::paths`]); whether it did.
+    fn refused_without_route(&mut self, raw: &[u8], dst: IpAddr, now_ns: u64) -> bool {
+        if crate::policy::eval::is_local(dst) {
+            return false;
+        }
+        if self.paths.broken(dst, now_ns) {
+            self.counters.family_down += 1;
+            if let Some(r) = reply::icmp_unreachable(raw, Unreachable::Network) {
+                self.out.push_back(Output::ToTun(r));
+            }
+            return true;
+        }
+        if self.routes.covers(dst) {
             return false;
         }
         if let Some(f) = &mut self.route_lookup

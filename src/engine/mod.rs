@@ -8,6 +8,7 @@ pub mod dns;
 pub mod events;
 pub mod frag;
 pub mod pages;
+pub mod paths;
 pub mod reorder;
 pub mod reply;
 pub mod stack;

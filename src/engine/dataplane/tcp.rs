@@ -171,7 +171,7 @@ impl Engine {
                 return;
             }
             let is_dns = server.port() == 53;
-            if !is_dns && self.refused_without_route(raw, server.ip()) {
+            if !is_dns && self.refused_without_route(raw, server.ip(), now_ns) {
                 return;
             }
             let policy = self.policy.current();
@@ -791,6 +791,10 @@ impl Engine {
             && f.phase == TcpPhase::Connecting
         {
             f.phase = TcpPhase::Open;
+            let server = f.core.server.ip();
+            if !crate::policy::eval::is_local(server) {
+                self.paths.answered(server);
+            }
             if f.first_bytes == FirstBytes::Judged && !f.msg_held && !f.pending.is_empty() {
                 self.out.push_back(Output::TcpSend {
                     flow,
@@ -871,6 +875,32 @@ impl Engine {
     /// The upstream connection failed or was reset: reset the app's side.
     pub fn handle_tcp_upstream_failed(&mut self, flow: FlowId, now_ns: u64) {
         self.with_app_socket(flow, now_ns, smoltcp::socket::tcp::Socket::abort);
+    }
+
+    /// The upstream connect failed (`why`): reset the app's side, as
+    /// [`Engine::handle_tcp_upstream_failed`], and learn from it whether
+    /// the family carries connections ([`super::super::paths`]; an
+    /// internet server's only, and only while the flow was connecting).
+    pub fn handle_tcp_connect_failed(&mut self, flow: FlowId, why: ConnectFailure, now_ns: u64) {
+        let server = self
+            .tcp_ids
+            .get(&flow)
+            .and_then(|k| self.tcp.get(k))
+            .filter(|f| f.phase == TcpPhase::Connecting)
+            .map(|f| f.core.server.ip())
+            .filter(|ip| !crate::policy::eval::is_local(*ip));
+        if let Some(ip) = server {
+            match why {
+                ConnectFailure::Refused => self.paths.answered(ip),
+                ConnectFailure::Unanswered => {
+                    if self.paths.unanswered(ip, now_ns) {
+                        self.counters.families_down += 1;
+                    }
+                }
+                ConnectFailure::Other => {}
+            }
+        }
+        self.handle_tcp_upstream_failed(flow, now_ns);
     }
 
     /// Applies `op` to the flow's local socket (if it still has one), then

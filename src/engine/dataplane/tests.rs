@@ -37,6 +37,15 @@ fn engine(preset: &str, cfg: EngineConfig, ids: &[(&str, &str)]) -> (Engine, Arc
     )
 }
 
+/// An engine (default settings) judging with the policy `toml`.
+fn engine_with(toml: &str) -> (Engine, Arc<PolicyHandle>) {
+    let cat = Catalog::shipped().expect("catalog");
+    let p = Policy::parse(Path::new("p.toml"), toml, None, &cat).expect("policy");
+    let (e, handle) = engine("default", EngineConfig::default(), &[]);
+    handle.replace(p);
+    (e, handle)
+}
+
 fn sa(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
 }
@@ -327,6 +336,124 @@ fn a_family_without_an_upstream_route_is_unreachable_at_the_first_packet() {
         "the route is back: accepted: {out:?}"
     );
     assert_eq!(e.counters.no_route, 4);
+}
+
+/// An app's connection to `to`, accepted and opened upstream at once (an
+/// address-only policy): the flow the engine asked to connect.
+fn opened_at_the_syn(e: &mut Engine, to: &str, now: &mut u64) -> FlowId {
+    let mut app = App::connect(to);
+    for _ in 0..5 {
+        *now += MS;
+        for o in app.step(e, *now) {
+            if let Output::TcpOpen { flow, .. } = o {
+                return flow;
+            }
+        }
+    }
+    panic!("{to}: no TcpOpen")
+}
+
+/// Whether a SYN to `to` is accepted (a SYN-ACK) rather than answered
+/// "network unreachable".
+fn syn_accepted(e: &mut Engine, from: &str, to: &str, now: u64) -> bool {
+    e.handle_tun(&tcp_syn(from, to), now);
+    let out = drain(e);
+    let answers: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::ToTun(p) => parse_ip(p).ok().map(|p| p.transport),
+            _ => None,
+        })
+        .collect();
+    match answers.as_slice() {
+        [Transport::Tcp { flags, .. }, ..] if flags & tcp_flags::SYN != 0 => true,
+        [Transport::Icmp { kind, code: 0, .. }] if *kind == 3 || *kind == 1 => false,
+        other => panic!("{to}: neither accepted nor unreachable: {other:?}"),
+    }
+}
+
+/// Connects of a family that go unanswered (a default route that leads
+/// nowhere): after three different servers, new flows of that family are
+/// refused at their first packet, as without a route, so the apps use
+/// their other addresses; the other family goes on; after the hold, or
+/// once a connect is answered, or on another network, flows go on again.
+#[test]
+fn a_family_whose_connects_go_unanswered_is_refused_for_a_while() {
+    use crate::engine::paths::FIRST_HOLD_NS;
+    let (mut e, _) = engine_with("name='open'\ndefault='allow'\n");
+    let mut now = S;
+    for i in 1..=3 {
+        let flow = opened_at_the_syn(&mut e, &format!("198.51.100.{i}:443"), &mut now);
+        e.handle_tcp_connect_failed(flow, ConnectFailure::Unanswered, now);
+        drain(&mut e);
+    }
+    assert_eq!(e.counters.families_down, 1);
+    assert!(
+        !syn_accepted(&mut e, "192.0.2.200:41001", "198.51.100.9:443", now),
+        "refused at the SYN"
+    );
+    assert_eq!(e.counters.family_down, 1);
+    assert!(
+        syn_accepted(&mut e, "[2001:db8::2]:41002", "[2001:db8:1::7]:443", now),
+        "the other family goes on"
+    );
+    assert!(
+        syn_accepted(
+            &mut e,
+            "192.0.2.200:41003",
+            "198.51.100.9:443",
+            now + FIRST_HOLD_NS
+        ),
+        "after the hold"
+    );
+    // An answered connect between failures keeps the family.
+    let mut now = now + FIRST_HOLD_NS;
+    // (None: the connect succeeded.)
+    for (i, why) in [
+        (11, Some(ConnectFailure::Unanswered)),
+        (12, Some(ConnectFailure::Unanswered)),
+        (13, Some(ConnectFailure::Refused)),
+        (14, Some(ConnectFailure::Unanswered)),
+        (15, Some(ConnectFailure::Unanswered)),
+        (16, None),
+        (17, Some(ConnectFailure::Unanswered)),
+    ] {
+        let flow = opened_at_the_syn(&mut e, &format!("198.51.100.{i}:443"), &mut now);
+        match why {
+            Some(why) => e.handle_tcp_connect_failed(flow, why, now),
+            None => e.handle_tcp_connected(flow, now),
+        }
+        drain(&mut e);
+    }
+    assert!(syn_accepted(
+        &mut e,
+        "192.0.2.200:41004",
+        "198.51.100.9:443",
+        now
+    ));
+    // Broken again, then another network: forgotten.
+    for i in 21..=22 {
+        let flow = opened_at_the_syn(&mut e, &format!("198.51.100.{i}:443"), &mut now);
+        e.handle_tcp_connect_failed(flow, ConnectFailure::Unanswered, now);
+        drain(&mut e);
+    }
+    assert!(!syn_accepted(
+        &mut e,
+        "192.0.2.200:41005",
+        "198.51.100.9:443",
+        now
+    ));
+    e.set_upstream_routes(UpstreamRoutes {
+        v4: true,
+        v6: false,
+    });
+    assert!(syn_accepted(
+        &mut e,
+        "192.0.2.200:41006",
+        "198.51.100.9:443",
+        now
+    ));
+    assert_eq!(e.counters.families_down, 2);
 }
 
 #[test]
@@ -1208,17 +1335,10 @@ fn a_refused_long_read_is_judged_on_the_first_read_and_counted() {
 
 #[test]
 fn an_address_only_policy_judges_at_the_syn() {
-    let cat = Catalog::shipped().expect("catalog");
-    let p = Policy::parse(
-        Path::new("p.toml"),
+    let (mut e, handle) = engine_with(
         "name='cidr'\ndefault='allow'\n[[rule]]\nname='no test-CN'\naction='block'\nblock='reject'\ncidr=['203.0.113.0/25']\n",
-        None,
-        &cat,
-    )
-    .expect("policy");
-    assert!(!p.needs_payload());
-    let (mut e, handle) = engine("default", EngineConfig::default(), &[]);
-    handle.replace(p);
+    );
+    assert!(!handle.current().needs_payload());
     let mut app = App::connect("203.0.113.5:443");
     let mut outs = Vec::new();
     let mut now = S;

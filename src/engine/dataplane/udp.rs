@@ -81,7 +81,7 @@ impl Engine {
                 }
                 return;
             }
-            if self.refused_without_route(raw, server.ip()) {
+            if self.refused_without_route(raw, server.ip(), now_ns) {
                 return;
             }
             let id = self.next_id;
