@@ -1316,10 +1316,7 @@ fn engine_thread(
     ready: std::sync::mpsc::Sender<Result<(), String>>,
     following: Following,
 ) -> Result<driver::Summary, String> {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match driver::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             let e = format!("cannot start the async runtime: {e}");

@@ -622,10 +622,7 @@ pub(crate) fn serve(
     // Event lines that could not be written (a full disk, a closed pipe).
     let unwritten = std::cell::Cell::new(0u64);
     // The resolver's sockets were protected when it was built.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = driver::runtime().context("cannot start the async runtime")?;
     let summary = rt.block_on(async {
         let signals = if stop_on_signals {
             use tokio::signal::unix::{SignalKind, signal};

@@ -52,6 +52,22 @@ const REPORT_BATCH: usize = 64;
 /// that changed: Wi-Fi to mobile data, IPv6 that came or went).
 const ROUTE_CHECK: Duration = Duration::from_secs(2);
 
+/// Threads beside the loop's own for blocking work kept off it (reading
+/// the host's resolver settings).
+pub const BLOCKING_THREADS: usize = 4;
+
+/// The runtime [`run`] is meant for: the loop on the calling thread, and at
+/// most [`BLOCKING_THREADS`] more for blocking system calls.
+///
+/// # Errors
+/// The runtime cannot be made (no threads, no epoll).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+}
+
 /// Which families the protected sockets have a default route for: a
 /// route lookup (no packet) to a documentation address of each (RFC 5737,
 /// RFC 3849), which only a default route (or one as wide) covers.
