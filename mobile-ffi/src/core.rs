@@ -850,8 +850,8 @@ pub struct Running {
     host: Arc<dyn Host>,
     started: Instant,
     asker: driver::ask::Asker,
-    /// Hands resolvers built for new upstreams to the engine's loop.
-    resolvers: tokio::sync::mpsc::Sender<driver::dns::Resolver>,
+    /// The engine's resolver, replaced in place by new upstreams.
+    resolver: driver::dns::SharedResolver,
     /// What new upstreams' resolvers are built from: the start's settings
     /// (CAs) and socket protection.
     run: RunConfig,
@@ -860,9 +860,6 @@ pub struct Running {
     /// followers' copies): they resolve through new upstreams too.
     fetchers: Vec<Fetcher>,
 }
-
-/// Resolvers for new upstreams waiting for the engine's loop, at most.
-const RESOLVERS_WAITING: usize = 4;
 
 /// The answers file's name in `state_dir`.
 pub const ANSWERS_FILE: &str = "answers.toml";
@@ -977,7 +974,7 @@ impl Running {
             );
         }
         let (asker, answers) = driver::ask::channel(answers_file);
-        let (resolvers_tx, resolvers) = tokio::sync::mpsc::channel(RESOLVERS_WAITING);
+        let resolver = driver::dns::shared(resolver);
         let mtu = run.mtu;
         if host.has_app_lookup() {
             let h = host.clone();
@@ -1007,9 +1004,9 @@ impl Running {
             policy: Arc::clone(&rules.policy),
             world,
             answers,
-            resolvers,
         };
         let protection_kept = protection.clone();
+        let resolver_kept = Arc::clone(&resolver);
         let t = {
             let (live, ending, host) = (live.clone(), ending.clone(), host.clone());
             std::thread::Builder::new()
@@ -1073,7 +1070,7 @@ impl Running {
             host,
             started: Instant::now(),
             asker,
-            resolvers: resolvers_tx,
+            resolver: resolver_kept,
             run,
             protection: protection_kept,
             fetchers,
@@ -1188,8 +1185,8 @@ impl Running {
     ///
     /// # Errors
     /// Stopped; no upstream, or one that does not parse or whose resolver
-    /// cannot be built; an upstream under a jurisdiction the rules block;
-    /// too many changes waiting for the engine. The upstreams in use stay.
+    /// cannot be built; an upstream under a jurisdiction the rules block.
+    /// The upstreams in use stay.
     pub fn set_dns_upstreams(&self, upstreams: &[String]) -> Result<(), Error> {
         self.usable()?;
         if upstreams.is_empty() {
@@ -1204,21 +1201,10 @@ impl Running {
             .map_err(|e| Error::new(Code::InvalidArgument, e.to_string()))?;
         driver::dns::refuse_blocked(&self.rules.policy.current(), &self.rules.intel(), &ips)
             .map_err(|e| Error::new(Code::InvalidArgument, e))?;
-        let resolver_for_fetchers = resolver.clone();
-        self.resolvers.try_send(resolver).map_err(|e| match e {
-            tokio::sync::mpsc::error::TrySendError::Full(_) => Error::new(
-                Code::Io,
-                format!(
-                    "{RESOLVERS_WAITING} upstream changes are already waiting for the engine; try again"
-                ),
-            ),
-            tokio::sync::mpsc::error::TrySendError::Closed(_) => {
-                Error::new(Code::Stopped, "the engine has ended")
-            }
-        })?;
         for f in &self.fetchers {
-            f.set_resolver(resolver_for_fetchers.clone());
+            f.set_resolver(resolver.clone());
         }
+        self.resolver.store(Arc::new(resolver));
         self.host.on_log(
             Level::Info,
             &format!("DNS upstreams now {}", upstreams.join(", ")),
@@ -1295,8 +1281,6 @@ struct Following {
     world: Arc<WorldHandle>,
     /// Users' answers to `ask` rules, for the engine's loop.
     answers: tokio::sync::mpsc::Receiver<driver::ask::AnswerRequest>,
-    /// Resolvers for new upstreams ([`Running::set_dns_upstreams`]).
-    resolvers: tokio::sync::mpsc::Receiver<driver::dns::Resolver>,
 }
 
 #[expect(
@@ -1308,7 +1292,7 @@ fn engine_thread(
     fd: OwnedFd,
     mtu: u16,
     protection: Protection,
-    resolver: driver::dns::Resolver,
+    resolver: driver::dns::SharedResolver,
     live: Arc<Mutex<Live>>,
     host: Arc<dyn Host>,
     events: bool,
@@ -1387,7 +1371,6 @@ fn engine_thread(
                 // The platform says who owns a flow (`app_for_flow`).
                 attribution: None,
                 answers: Some(following.answers),
-                resolvers: Some(following.resolvers),
             },
             on_event,
             shutdown,

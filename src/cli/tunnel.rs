@@ -645,19 +645,17 @@ pub(crate) fn serve(
         };
         let tun = Tun::create(spec)?;
         up();
-        let fetchers: Vec<_> = follows.iter().map(|(_, f)| f.clone()).collect();
-        let resolvers = system_dns.map(|sys| {
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let resolver = driver::dns::shared(resolver);
+        if let Some(sys) = system_dns {
             tokio::spawn(follow_system_dns(
                 sys,
                 run.clone(),
                 protection.clone(),
                 (Arc::clone(&policy), Arc::clone(&world)),
-                tx,
-                fetchers,
+                Arc::clone(&resolver),
+                follows.iter().map(|(_, f)| f.clone()).collect(),
             ));
-            rx
-        });
+        }
         // Each round is said on standard error and, as an `update` or
         // `update-failed` line, among the events.
         let (updates, mut updates_rx) =
@@ -763,7 +761,6 @@ pub(crate) fn serve(
                 live,
                 attribution,
                 answers: Some(answers),
-                resolvers,
             },
             on_event,
             shutdown,
@@ -785,15 +782,15 @@ pub(crate) fn serve(
 /// Follows the `system` DNS upstream (see [`SystemDns`]): its servers read
 /// again every [`SYSTEM_DNS_CHECK`] (off the engine's thread); a new list
 /// gets a resolver built as at start and checked against the running rules
-/// (`judged`) as at start, handed to the engine through `tx` and to the
-/// subscriptions' `fetchers`. A list that cannot be read, is empty, or is
+/// (`judged`) as at start, put in the engine's place (`engine`) and the
+/// subscriptions' `fetchers`'. A list that cannot be read, is empty, or is
 /// refused leaves the resolver as it is, said once.
 async fn follow_system_dns(
     mut sys: SystemDns,
     run: RunConfig,
     protection: Protection,
     judged: (Arc<PolicyHandle>, Arc<WorldHandle>),
-    tx: tokio::sync::mpsc::Sender<driver::dns::Resolver>,
+    engine: driver::dns::SharedResolver,
     fetchers: Vec<driver::fetch::Fetcher>,
 ) {
     let (policy, world) = judged;
@@ -845,9 +842,7 @@ async fn follow_system_dns(
                 for f in &fetchers {
                     f.set_resolver(resolver.clone());
                 }
-                if tx.send(resolver).await.is_err() {
-                    return;
-                }
+                engine.store(Arc::new(resolver));
                 eprintln!(
                     "geowall: DNS upstream now {} (the host's resolver changed; was {})",
                     server_list(&servers),

@@ -36,6 +36,15 @@ use crate::engine::dns::Resolved;
 /// the flows' (fwmark, interface, protector hook).
 pub type Resolver = hickory_resolver::Resolver<ProtectedRuntime>;
 
+/// A resolver replaced in place (the host moved to a network with other
+/// DNS servers): each lookup takes the one current when it starts.
+pub type SharedResolver = Arc<arc_swap::ArcSwap<Resolver>>;
+
+/// `r`, to be replaced in place later.
+pub fn shared(r: Resolver) -> SharedResolver {
+    Arc::new(arc_swap::ArcSwap::from_pointee(r))
+}
+
 /// hickory's tokio runtime, with every socket it opens protected.
 #[derive(Clone, Default)]
 pub struct ProtectedRuntime {

@@ -121,7 +121,7 @@ pub enum Fetched {
 /// ([`Fetcher::set_resolver`]).
 #[derive(Clone)]
 pub struct Fetcher {
-    resolver: Arc<arc_swap::ArcSwap<Resolver>>,
+    resolver: super::dns::SharedResolver,
     protection: Protection,
     tls: Arc<rustls::ClientConfig>,
 }
@@ -146,7 +146,7 @@ impl Fetcher {
         extra: &[rustls::pki_types::CertificateDer<'static>],
     ) -> Result<Self, String> {
         Ok(Self {
-            resolver: Arc::new(arc_swap::ArcSwap::from_pointee(resolver)),
+            resolver: super::dns::shared(resolver),
             protection,
             tls: Arc::new(super::dns::tls_config(extra)?),
         })

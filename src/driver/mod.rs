@@ -246,8 +246,10 @@ impl std::fmt::Display for Summary {
 /// What runs beside the engine, each optional.
 #[derive(Debug, Default)]
 pub struct Services {
-    /// Answers the DNS queries geowall takes (without, they fail).
-    pub resolver: Option<dns::Resolver>,
+    /// Answers the DNS queries geowall takes (without, they fail); it may
+    /// be replaced in place while running (the host's DNS servers
+    /// changed): each query takes the one current when it is asked.
+    pub resolver: Option<dns::SharedResolver>,
     /// Kept up to date (about every 100 ms) for status queries.
     pub live: Option<Arc<std::sync::Mutex<Live>>>,
     /// Finds each new flow's owner (off the loop's thread) before the
@@ -256,10 +258,6 @@ pub struct Services {
     /// Users' answers to `ask` rules' questions (from [`ask::channel`]);
     /// without, every question gets its rule's default at its timeout.
     pub answers: Option<mpsc::Receiver<ask::AnswerRequest>>,
-    /// Resolvers that replace `resolver` from the next query on (the
-    /// host's DNS servers changed); queries already asked finish with the
-    /// one they started on.
-    pub resolvers: Option<mpsc::Receiver<dns::Resolver>>,
 }
 
 /// Runs the engine on `tun` until `shutdown` completes or the TUN fails,
@@ -277,11 +275,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Summary> {
     let Services {
-        mut resolver,
+        resolver,
         live,
         mut attribution,
         mut answers,
-        mut resolvers,
     } = services;
     let mut published = Instant::now();
     let mut volumes_published = Instant::now();
@@ -309,7 +306,7 @@ pub async fn run(
                 Output::Event(e) => on_event(&e),
                 Output::DnsQuery { query, name, rtype } => match &resolver {
                     Some(r) => {
-                        let (r, tx) = (r.clone(), report_tx.clone());
+                        let (r, tx) = (r.load_full(), report_tx.clone());
                         tokio::spawn(async move {
                             let answer = dns::resolve(&r, name, rtype).await;
                             let _ = tx.send((query, Up::Dns(answer)));
@@ -421,7 +418,6 @@ pub async fn run(
                     a.answered(&mut engine, key, owner, now());
                 }
             }
-            Some(r) = next(&mut resolvers) => resolver = Some(r),
             Some(req) = next(&mut answers) => {
                 let outcome = engine.answer(req.prompt, req.answer, now());
                 // The asker may have given up waiting: nothing to tell.
