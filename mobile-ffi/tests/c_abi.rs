@@ -203,8 +203,14 @@ fn a_c_app_runs_the_engine_on_a_tun() {
     assert_eq!(ask("two.example"), a(addr::DE), "the new network's server");
     assert_eq!(asked_first.load(Ordering::SeqCst), first_count);
     assert!(asked_second.load(Ordering::SeqCst) >= 1);
-    // A bad list changes nothing.
+    // A bad list changes nothing; nor does a server the rules block
+    // (bundle 5 blocks 198.51.100.20).
     assert!(app.cmd(r#"dns ["8.8.8.8"]"#).starts_with("err 4 "));
+    let r = app.cmd(r#"dns ["udp:198.51.100.20:53"]"#);
+    assert!(
+        r.starts_with("err 4 ") && r.contains("refusing upstream resolver 198.51.100.20"),
+        "{r}"
+    );
     assert!(app.cmd("dns []").starts_with("err 4 "));
     assert_eq!(ask("three.example"), a(addr::DE));
 
