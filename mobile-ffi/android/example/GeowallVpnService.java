@@ -37,6 +37,14 @@ public final class GeowallVpnService extends VpnService {
     // jurisdiction the policy blocks is refused at start). trusted_keys
     // lists the hex Ed25519 public keys that sign your rules bundles;
     // without one, every bundle is refused.
+    //
+    // To resolve through each network's own servers instead, follow the
+    // underlying network (ConnectivityManager.registerDefaultNetworkCallback)
+    // and, in onLinkPropertiesChanged, hand its servers to the engine:
+    // engine.setDnsUpstreams("[\"udp:" + a.getHostAddress() + "\", ...]")
+    // for each address a of LinkProperties.getDnsServers(); from the next
+    // query on geowall asks them (a server the rules block is refused and
+    // the ones in use stay).
     private static final String CONFIG = "{"
             + "\"preset\": \"clubhouse\","
             + "\"dns_upstreams\": [\"https:192.0.2.53@dns.example\"],"
