@@ -567,6 +567,46 @@ fn a_family_whose_route_leads_nowhere_is_refused_after_a_few_connects() {
     assert!(status_reaches(&net, "family_down", 2), "{}", status(&net));
 }
 
+/// On a network without IPv4 (geowall's side has no IPv4 default route),
+/// an app's connected UDP socket to an IPv4 internet address gets "network
+/// unreachable" at once, as without geowall (there at `connect()`),
+/// instead of waiting out its own timeout; TCP fails at connect.
+#[test]
+fn without_an_ipv4_route_udp_and_tcp_fail_at_once() {
+    if !support::root_or_skip("without_an_ipv4_route_udp_and_tcp_fail_at_once") {
+        return;
+    }
+    let mut net = Net::new();
+    net.udp_server(sa(addr::US, 7000), echo);
+    support::ip(&[
+        "-n",
+        &net.fw,
+        "route",
+        "del",
+        "default",
+        "via",
+        "198.18.0.2",
+    ]);
+    let (policy, world) = net.policy_and_world(POLICY);
+    net.start_geowall(&world, &["--policy", policy.to_str().expect("utf-8")]);
+    let app = net.app.clone();
+    let to = sa(addr::US, 7000);
+    let r = in_ns(&app, move || udp_exchange_within(to, b"x", WAIT));
+    let e = r.expect_err("no IPv4 route, yet answered");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(nix::libc::ENETUNREACH),
+        "network unreachable on the connected socket, not a timeout: {e}"
+    );
+    let to = sa(addr::US, 80);
+    let r = in_ns(&app, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(3))
+    });
+    let e = r.expect_err("no IPv4 route, yet connected");
+    assert_eq!(e.raw_os_error(), Some(nix::libc::ENETUNREACH), "{e}");
+    assert!(status_reaches(&net, "no_route", 2), "{}", status(&net));
+}
+
 /// Starts geowall on a bundle of [`POLICY`] (sequence 10) signed by `key`,
 /// trusting only `key`; the bundle file's path (rewrite it and run
 /// `geowall reload` to update).

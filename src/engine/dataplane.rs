@@ -920,7 +920,7 @@ impl Engine {
         }
         if self.paths.broken(dst, now_ns) {
             self.counters.family_down += 1;
-            if let Some(r) = reply::icmp_unreachable(raw, Unreachable::Network) {
+            if let Some(r) = reply::icmp_unreachable(raw, Unreachable::NoRoute) {
                 self.out.push_back(Output::ToTun(r));
             }
             return true;
@@ -934,7 +934,7 @@ impl Engine {
             return false;
         }
         self.counters.no_route += 1;
-        if let Some(r) = reply::icmp_unreachable(raw, Unreachable::Network) {
+        if let Some(r) = reply::icmp_unreachable(raw, Unreachable::NoRoute) {
             self.out.push_back(Output::ToTun(r));
         }
         true

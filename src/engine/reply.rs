@@ -287,6 +287,12 @@ pub enum Unreachable {
     Prohibited,
     /// No route to its network: ICMP code 0, ICMPv6 code 0.
     Network,
+    /// No route to its network here at all (the host's own answer, where
+    /// its `connect()` would fail): ICMP code 6, "destination network
+    /// unknown", which Linux reports to a connected UDP socket as
+    /// `ENETUNREACH` (code 0 only to one that asked for errors with
+    /// `IP_RECVERR`); ICMPv6 code 0 (no such code there).
+    NoRoute,
     /// Its host did not answer: ICMP code 1, ICMPv6 code 3 ("address
     /// unreachable").
     Host,
@@ -300,7 +306,8 @@ impl Unreachable {
         match (self, v6) {
             (Self::Prohibited, false) => 13,
             (Self::Prohibited, true) => 1,
-            (Self::Network, _) => 0,
+            (Self::Network, _) | (Self::NoRoute, true) => 0,
+            (Self::NoRoute, false) => 6,
             (Self::Host, false) => 1,
             (Self::Host, true) => 3,
             (Self::Port, false) => 3,

@@ -367,7 +367,15 @@ fn syn_accepted(e: &mut Engine, from: &str, to: &str, now: u64) -> bool {
         .collect();
     match answers.as_slice() {
         [Transport::Tcp { flags, .. }, ..] if flags & tcp_flags::SYN != 0 => true,
-        [Transport::Icmp { kind, code: 0, .. }] if *kind == 3 || *kind == 1 => false,
+        // IPv4: "destination network unknown"; IPv6: "no route".
+        [
+            Transport::Icmp {
+                kind: 3, code: 6, ..
+            }
+            | Transport::Icmp {
+                kind: 1, code: 0, ..
+            },
+        ] => false,
         other => panic!("{to}: neither accepted nor unreachable: {other:?}"),
     }
 }
