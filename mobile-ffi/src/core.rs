@@ -1197,10 +1197,13 @@ impl Running {
         }
         let mut run = self.run.clone();
         run.dns_upstreams = upstreams.to_vec();
-        let (resolver, ips) = driver::setup::resolver(&run, &self.protection)
-            .map_err(|e| Error::new(Code::InvalidArgument, e.to_string()))?;
-        driver::dns::refuse_blocked(&self.rules.policy.current(), &self.rules.intel(), &ips)
-            .map_err(|e| Error::new(Code::InvalidArgument, e))?;
+        let resolver = driver::setup::judged_resolver(
+            &run,
+            &self.protection,
+            &self.rules.policy.current(),
+            &self.rules.intel(),
+        )
+        .map_err(|e| Error::new(Code::InvalidArgument, e.to_string()))?;
         for f in &self.fetchers {
             f.set_resolver(resolver.clone());
         }

@@ -819,17 +819,13 @@ async fn follow_system_dns(
             Ok(s) => {
                 let mut cfg = run.clone();
                 cfg.dns_upstreams = with_system(&sys.specs, &s);
-                let built = driver::setup::resolver(&cfg, &protection)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|(r, ips)| {
-                        driver::dns::refuse_blocked(
-                            &policy.current(),
-                            &Intel::new(world.current()),
-                            &ips,
-                        )
-                        .map_err(anyhow::Error::msg)?;
-                        Ok(r)
-                    });
+                let built = driver::setup::judged_resolver(
+                    &cfg,
+                    &protection,
+                    &policy.current(),
+                    &Intel::new(world.current()),
+                )
+                .map_err(anyhow::Error::from);
                 if built.is_err() {
                     refused = Some(s.clone());
                 }

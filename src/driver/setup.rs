@@ -174,6 +174,23 @@ pub fn resolver(
     dns::build(&upstreams, protection, &roots).map_err(SetupError::Resolver)
 }
 
+/// [`resolver`], refused when an upstream is under a jurisdiction `policy`
+/// blocks (with `intel`): what a start and a later change of upstreams
+/// build.
+///
+/// # Errors
+/// As [`resolver`], or [`SetupError::BlockedUpstream`] naming the rule.
+pub fn judged_resolver(
+    cfg: &RunConfig,
+    protection: &Protection,
+    policy: &crate::policy::Policy,
+    intel: &Intel,
+) -> Result<dns::Resolver, SetupError> {
+    let (r, ips) = resolver(cfg, protection)?;
+    dns::refuse_blocked(policy, intel, &ips).map_err(SetupError::BlockedUpstream)?;
+    Ok(r)
+}
+
 /// Makes an engine judging with `policy` (shared: replacing it re-judges
 /// the open flows) and `intel`, watching for `leak` identifiers, as `cfg`
 /// says, with upstream sockets protected by `protection`.
@@ -194,8 +211,7 @@ pub fn start(
         .with_nat64(&cfg.nat64_prefixes)
         .map_err(SetupError::Nat64)?;
     let max_flows = fit_open_files(cfg.max_flows);
-    let (resolver, ips) = resolver(cfg, protection)?;
-    dns::refuse_blocked(&policy.current(), &intel, &ips).map_err(SetupError::BlockedUpstream)?;
+    let resolver = judged_resolver(cfg, protection, &policy.current(), &intel)?;
     let ecfg = EngineConfig {
         max_flows,
         mtu: usize::from(cfg.mtu),

@@ -915,18 +915,17 @@ impl Engine {
     /// has no route to it (see [`Engine::set_upstream_routes`]), or its
     /// family's connects go unanswered ([`super::paths`]); whether it did.
     fn refused_without_route(&mut self, raw: &[u8], dst: IpAddr, now_ns: u64) -> bool {
-        if crate::policy::eval::is_local(dst) {
+        // Two comparisons for a new flow while both families carry.
+        let down = self.paths.broken(dst, now_ns);
+        if (!down && self.routes.covers(dst)) || crate::policy::eval::is_local(dst) {
             return false;
         }
-        if self.paths.broken(dst, now_ns) {
+        if down {
             self.counters.family_down += 1;
             if let Some(r) = reply::icmp_unreachable(raw, Unreachable::NoRoute) {
                 self.out.push_back(Output::ToTun(r));
             }
             return true;
-        }
-        if self.routes.covers(dst) {
-            return false;
         }
         if let Some(f) = &mut self.route_lookup
             && f(dst)
