@@ -514,6 +514,83 @@ fn a_family_with_no_route_fails_at_connect_so_apps_fall_back() {
     assert_eq!(v6.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// On a network with no IPv6 route, geowall's DNS answers leave out IPv6
+/// addresses: a AAAA question gets an empty answer and an A question its
+/// address, as from a host resolver that asks only for the families the
+/// host has, so apps (UDP ones too, which would not see an ICMPv6 "no
+/// route") use IPv4 from the start. The answers are cached whole: once the
+/// route is back, the same question gets its IPv6 address.
+#[test]
+fn without_an_ipv6_route_names_resolve_to_ipv4_only() {
+    if !support::root_or_skip("without_an_ipv6_route_names_resolve_to_ipv4_only") {
+        return;
+    }
+    fn dual(name: &str, t: RecordType) -> Vec<Record> {
+        let n = Name::from_ascii("dual.example.").expect("name");
+        match (name, t) {
+            ("dual.example", RecordType::A) => {
+                vec![Record::from_rdata(
+                    n,
+                    60,
+                    RData::A(A(addr::US.parse().expect("ip"))),
+                )]
+            }
+            ("dual.example", RecordType::AAAA) => vec![Record::from_rdata(
+                n,
+                60,
+                RData::AAAA(hickory_proto::rr::rdata::AAAA(
+                    addr::US6.parse().expect("ip"),
+                )),
+            )],
+            _ => Vec::new(),
+        }
+    }
+    let upstream = "198.51.100.53";
+    let mut net = Net::new();
+    net.add_server_address(upstream);
+    net.dns_server(sa(upstream, 53), dual);
+    support::ipv6_default_route(&net.fw, "del");
+    let (policy, world) = net.policy_and_world(POLICY);
+    support::start_with_resolver(&mut net, &world, &policy, upstream);
+    let app = net.app.clone();
+    let ask = |t: RecordType| {
+        in_ns(&app, || {
+            dns_query(sa("192.0.2.53", 53), "dual.example.", t, false).expect("an answer")
+        })
+    };
+    let addresses = |m: &hickory_proto::op::Message| -> Vec<String> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                RData::AAAA(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let six = ask(RecordType::AAAA);
+    assert_eq!(six.metadata.response_code, ResponseCode::NoError, "{six:?}");
+    assert!(addresses(&six).is_empty(), "no IPv6 route, yet: {six:?}");
+    assert_eq!(addresses(&ask(RecordType::A)), vec![addr::US.to_string()]);
+    let counted = (0..20).any(|_| {
+        let n = status(&net)["dns"]["unroutable"].as_u64().unwrap_or(0);
+        if n < 1 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        n == 1
+    });
+    assert!(counted, "{}", status(&net));
+    support::ipv6_default_route(&net.fw, "add");
+    let back = (0..30).any(|_| {
+        let got = addresses(&ask(RecordType::AAAA));
+        if got.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        got == vec![addr::US6.to_string()]
+    });
+    assert!(back, "the IPv6 address is answered once the route is back");
+}
+
 /// On a network whose IPv6 default route leads nowhere (here: a range
 /// geowall's side cannot reach, while the family's route check still
 /// finds a default route), the first IPv6 connections are accepted by the

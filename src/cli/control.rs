@@ -262,7 +262,7 @@ fn status(s: &State) -> Value {
         "families_down": c.families_down,
         "bytes_up": live.bytes_up,
         "bytes_down": live.bytes_down,
-        "dns": {"queries": c.dns_queries, "blocked": c.dns_blocked, "filtered": c.dns_filtered, "cached": live.dns_cached},
+        "dns": {"queries": c.dns_queries, "blocked": c.dns_blocked, "filtered": c.dns_filtered, "unroutable": c.dns_unroutable, "cached": live.dns_cached},
         "drops": c.drops,
         "blocked_by_jurisdiction": layers,
         "decisions_by_class": classes,

@@ -217,6 +217,13 @@ impl std::fmt::Display for Summary {
                 c.no_route
             )?;
         }
+        if c.dns_unroutable > 0 {
+            write!(
+                f,
+                "; {} DNS answers without the addresses the upstream network cannot reach",
+                c.dns_unroutable
+            )?;
+        }
         if c.family_down > 0 {
             write!(
                 f,

@@ -289,6 +289,12 @@ pub struct EngineCounters {
     pub dns_blocked: u64,
     /// DNS answers with addresses removed.
     pub dns_filtered: u64,
+    /// DNS answers with addresses left out because the upstream network
+    /// cannot reach them now (their family has no route, or is down; see
+    /// [`Engine::set_upstream_routes`]): apps then use the family that
+    /// works, as they do on a host whose resolver asks only for the
+    /// families it has.
+    pub dns_unroutable: u64,
     /// ICMP destination-unreachable errors passed on to the app for its
     /// UDP flows (what the upstream sockets reported; see
     /// [`Engine::handle_udp_unreachable`]).
@@ -353,6 +359,16 @@ impl UpstreamRoutes {
             IpAddr::V6(_) => self.v6,
         }
     }
+}
+
+/// Why the upstream network cannot reach an address now
+/// ([`Engine::unroutable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unroutable {
+    /// Its family's connects went unanswered ([`super::paths`]).
+    Down,
+    /// No route to it.
+    NoRoute,
 }
 
 /// Whether the upstream network has a route to one address (the driver
@@ -889,7 +905,10 @@ impl Engine {
     /// its first packet with "network unreachable" (counted in
     /// [`EngineCounters::no_route`]), unless the [`RouteLookup`] finds a
     /// route to that address; local addresses (a LAN) and DNS queries
-    /// (answered by the engine) never are. Both families, by default.
+    /// (answered by the engine) never are. DNS answers leave out the
+    /// addresses such flows would go to (counted in
+    /// [`EngineCounters::dns_unroutable`]), so apps do not try them. Both
+    /// families, by default.
     /// A change of routes means another network: what was learned of the
     /// families' connects ([`super::paths`]) is forgotten.
     pub fn set_upstream_routes(&mut self, routes: UpstreamRoutes) {
@@ -915,28 +934,36 @@ impl Engine {
     /// has no route to it (see [`Engine::set_upstream_routes`]), or its
     /// family's connects go unanswered ([`super::paths`]); whether it did.
     fn refused_without_route(&mut self, raw: &[u8], dst: IpAddr, now_ns: u64) -> bool {
-        // Two comparisons for a new flow while both families carry.
-        let down = self.paths.broken(dst, now_ns);
-        if (!down && self.routes.covers(dst)) || crate::policy::eval::is_local(dst) {
-            return false;
+        match self.unroutable(dst, now_ns) {
+            None => return false,
+            Some(Unroutable::Down) => self.counters.family_down += 1,
+            Some(Unroutable::NoRoute) => self.counters.no_route += 1,
         }
-        if down {
-            self.counters.family_down += 1;
-            if let Some(r) = reply::icmp_unreachable(raw, Unreachable::NoRoute) {
-                self.out.push_back(Output::ToTun(r));
-            }
-            return true;
-        }
-        if let Some(f) = &mut self.route_lookup
-            && f(dst)
-        {
-            return false;
-        }
-        self.counters.no_route += 1;
         if let Some(r) = reply::icmp_unreachable(raw, Unreachable::NoRoute) {
             self.out.push_back(Output::ToTun(r));
         }
         true
+    }
+
+    /// Why the upstream network cannot reach `dst` now, if it cannot: its
+    /// family is down ([`super::paths`]), or has no default route and the
+    /// [`RouteLookup`] finds none to `dst`. Local addresses are always
+    /// reachable.
+    pub(super) fn unroutable(&mut self, dst: IpAddr, now_ns: u64) -> Option<Unroutable> {
+        // Two comparisons while both families carry.
+        let down = self.paths.broken(dst, now_ns);
+        if (!down && self.routes.covers(dst)) || crate::policy::eval::is_local(dst) {
+            return None;
+        }
+        if down {
+            return Some(Unroutable::Down);
+        }
+        if let Some(f) = &mut self.route_lookup
+            && f(dst)
+        {
+            return None;
+        }
+        Some(Unroutable::NoRoute)
     }
 
     /// Whether the link the engine's packets go to finishes their TCP

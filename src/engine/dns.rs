@@ -582,7 +582,25 @@ pub fn seen_answer(payload: &[u8]) -> Option<SeenAnswer> {
 
 /// Removes blocked addresses from ipv4hint/ipv6hint; a hint list left
 /// empty is removed.
-fn filter_hints(
+/// The addresses of an HTTPS or SVCB record's `ipv4hint` and `ipv6hint`.
+pub(crate) fn hints(
+    params: &[(hickory_proto::rr::rdata::svcb::SvcParamKey, SvcParamValue)],
+) -> impl Iterator<Item = IpAddr> + '_ {
+    params.iter().flat_map(|(_, v)| {
+        let (v4, v6): (&[A], &[AAAA]) = match v {
+            SvcParamValue::Ipv4Hint(IpHint(h)) => (h, &[]),
+            SvcParamValue::Ipv6Hint(IpHint(h)) => (&[], h),
+            _ => (&[], &[]),
+        };
+        v4.iter()
+            .map(|a| IpAddr::V4(a.0))
+            .chain(v6.iter().map(|a| IpAddr::V6(a.0)))
+    })
+}
+
+/// Removes the hint addresses `blocked` says so of (and hints left with
+/// none).
+pub(crate) fn filter_hints(
     params: &mut Vec<(hickory_proto::rr::rdata::svcb::SvcParamKey, SvcParamValue)>,
     blocked: &mut dyn FnMut(IpAddr) -> bool,
 ) {

@@ -186,9 +186,19 @@ impl Engine {
         if q.name_text() == "ipv4only.arpa" {
             self.learn_nat64(records);
         }
+        let shown = self.routable_only(records, now_ns);
         let policy = self.policy.current();
         let tcp = matches!(reply, Reply::Tcp(_));
-        let (bytes, out) = dns::answer(q, rcode, records, age, &policy, &self.intel, None, tcp);
+        let (bytes, out) = dns::answer(
+            q,
+            rcode,
+            shown.as_deref().unwrap_or(records),
+            age,
+            &policy,
+            &self.intel,
+            None,
+            tcp,
+        );
         drop(policy);
         // Every address of the answer carries its names, also those removed
         // from it or the whole answer blocked: the app may know them
@@ -245,6 +255,50 @@ impl Engine {
             }
         }
         self.dns_reply(reply, &bytes, now_ns);
+    }
+
+    /// `records` without the addresses (and address hints) the upstream
+    /// network cannot reach now ([`Engine::unroutable`]): on a network
+    /// with no IPv6, say, an AAAA answer comes back empty and the app
+    /// connects over IPv4 at once, as on a host whose resolver asks only
+    /// for the families it has (Happy Eyeballs would otherwise try IPv6
+    /// first, and a UDP app would wait out its own timeout there). `None`
+    /// when every address can be reached (the common case: no copy).
+    fn routable_only(
+        &mut self,
+        records: &[hickory_proto::rr::Record],
+        now_ns: u64,
+    ) -> Option<Vec<hickory_proto::rr::Record>> {
+        use hickory_proto::rr::RData;
+        let mut unreachable = |ip: IpAddr| self.unroutable(ip, now_ns).is_some();
+        let any = records.iter().any(|r| match &r.data {
+            RData::A(a) => unreachable(IpAddr::V4(a.0)),
+            RData::AAAA(a) => unreachable(IpAddr::V6(a.0)),
+            RData::HTTPS(s) => dns::hints(&s.0.svc_params).any(&mut unreachable),
+            RData::SVCB(s) => dns::hints(&s.svc_params).any(&mut unreachable),
+            _ => false,
+        });
+        if !any {
+            return None;
+        }
+        let mut kept = Vec::with_capacity(records.len());
+        for r in records {
+            match &r.data {
+                RData::A(a) if unreachable(IpAddr::V4(a.0)) => {}
+                RData::AAAA(a) if unreachable(IpAddr::V6(a.0)) => {}
+                _ => {
+                    let mut r = r.clone();
+                    match &mut r.data {
+                        RData::HTTPS(s) => dns::filter_hints(&mut s.0.svc_params, &mut unreachable),
+                        RData::SVCB(s) => dns::filter_hints(&mut s.svc_params, &mut unreachable),
+                        _ => {}
+                    }
+                    kept.push(r);
+                }
+            }
+        }
+        self.counters.dns_unroutable += 1;
+        Some(kept)
     }
 
     pub(super) fn dns_event(

@@ -338,6 +338,167 @@ fn a_family_without_an_upstream_route_is_unreachable_at_the_first_packet() {
     assert_eq!(e.counters.no_route, 4);
 }
 
+/// The app's resolver answer for `name`/`qtype` when the resolver found
+/// `records` (unless it is in the engine's cache): what the engine
+/// writes back into the TUN, parsed.
+fn answer_through(
+    e: &mut Engine,
+    name: &str,
+    qtype: hickory_proto::rr::RecordType,
+    records: Vec<hickory_proto::rr::Record>,
+    now: u64,
+) -> hickory_proto::op::Message {
+    use hickory_proto::op::{Message, Query};
+    let mut q = Message::query();
+    q.metadata.id = 99;
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(
+        hickory_proto::rr::Name::from_ascii(name).expect("name"),
+        qtype,
+    ));
+    e.handle_tun(
+        &udp(
+            "192.0.2.200:5353",
+            "198.18.1.1:53",
+            &q.to_vec().expect("query"),
+        ),
+        now,
+    );
+    let mut out = drain(e);
+    let token = out.iter().find_map(|o| match o {
+        Output::DnsQuery { query, .. } => Some(*query),
+        _ => None,
+    });
+    // None: answered from the cache.
+    if let Some(token) = token {
+        e.handle_dns_answer(
+            token,
+            Some(Resolved {
+                rcode: hickory_proto::op::ResponseCode::NoError,
+                records,
+                negative_ttl: None,
+            }),
+            now,
+        );
+        out = drain(e);
+    }
+    let reply = out
+        .iter()
+        .find_map(|o| match o {
+            Output::ToTun(p) => parse_ip(p).ok().map(|p| p.l4[8..].to_vec()),
+            _ => None,
+        })
+        .expect("an answer");
+    Message::from_vec(&reply).expect("parses")
+}
+
+/// An answer's addresses: A and AAAA records, then HTTPS hints.
+fn answer_addresses(m: &hickory_proto::op::Message) -> Vec<IpAddr> {
+    use hickory_proto::rr::RData;
+    let mut v = Vec::new();
+    for r in &m.answers {
+        match &r.data {
+            RData::A(a) => v.push(IpAddr::V4(a.0)),
+            RData::AAAA(a) => v.push(IpAddr::V6(a.0)),
+            RData::HTTPS(s) => v.extend(dns::hints(&s.0.svc_params)),
+            _ => {}
+        }
+    }
+    v
+}
+
+/// On a network with no IPv6 route, the engine's DNS answers leave out
+/// IPv6 addresses (AAAA records, HTTPS hints) the upstream cannot reach,
+/// so apps connect over IPv4 at once instead of trying IPv6 first; an
+/// address the route lookup finds a route to stays, IPv4 answers are
+/// untouched, and with the route back AAAA answers are whole again.
+#[test]
+fn dns_answers_leave_out_addresses_the_upstream_cannot_reach() {
+    use hickory_proto::rr::rdata::svcb::{IpHint, SVCB, SvcParamKey, SvcParamValue};
+    use hickory_proto::rr::rdata::{A, AAAA, HTTPS};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    let name = "dual.example.";
+    let rec = |d: RData| Record::from_rdata(Name::from_ascii(name).expect("name"), 60, d);
+    let aaaa = |s: &str| rec(RData::AAAA(AAAA(s.parse().expect("v6"))));
+    // Another name, for answers not in the cache yet.
+    let two = "two.example.";
+    let aaaa2 = |s: &str| {
+        Record::from_rdata(
+            Name::from_ascii(two).expect("name"),
+            60,
+            RData::AAAA(AAAA(s.parse().expect("v6"))),
+        )
+    };
+    let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+    e.set_upstream_routes(UpstreamRoutes {
+        v4: true,
+        v6: false,
+    });
+    let m = answer_through(
+        &mut e,
+        name,
+        RecordType::AAAA,
+        vec![aaaa("2001:db8:1::7")],
+        S,
+    );
+    assert_eq!(
+        m.metadata.response_code,
+        hickory_proto::op::ResponseCode::NoError
+    );
+    assert!(answer_addresses(&m).is_empty(), "no AAAA: {m:?}");
+    assert_eq!(e.counters.dns_unroutable, 1);
+    let m = answer_through(
+        &mut e,
+        name,
+        RecordType::A,
+        vec![rec(RData::A(A("198.51.100.7".parse().expect("v4"))))],
+        S,
+    );
+    assert_eq!(answer_addresses(&m), vec![sa("198.51.100.7:0").ip()]);
+    assert_eq!(e.counters.dns_unroutable, 1, "IPv4 is reachable");
+    let https = rec(RData::HTTPS(HTTPS(SVCB::new(
+        1,
+        Name::root(),
+        vec![
+            (
+                SvcParamKey::Ipv4Hint,
+                SvcParamValue::Ipv4Hint(IpHint(vec![A("198.51.100.7".parse().expect("v4"))])),
+            ),
+            (
+                SvcParamKey::Ipv6Hint,
+                SvcParamValue::Ipv6Hint(IpHint(vec![AAAA("2001:db8:1::7".parse().expect("v6"))])),
+            ),
+        ],
+    ))));
+    let m = answer_through(&mut e, name, RecordType::HTTPS, vec![https.clone()], S);
+    assert_eq!(
+        answer_addresses(&m),
+        vec![sa("198.51.100.7:0").ip()],
+        "the IPv6 hint is gone, the IPv4 one stays: {m:?}"
+    );
+    // One address of the family has a route (the driver's lookup).
+    e.set_route_lookup(Box::new(|ip| ip == sa("[2001:db8:1::8]:0").ip()));
+    let m = answer_through(
+        &mut e,
+        two,
+        RecordType::AAAA,
+        vec![aaaa2("2001:db8:1::7"), aaaa2("2001:db8:1::8")],
+        2 * S,
+    );
+    assert_eq!(answer_addresses(&m), vec![sa("[2001:db8:1::8]:0").ip()]);
+    assert_eq!(e.counters.dns_unroutable, 3);
+    e.set_upstream_routes(UpstreamRoutes::default());
+    let m = answer_through(&mut e, two, RecordType::AAAA, Vec::new(), 3 * S);
+    assert_eq!(
+        answer_addresses(&m).len(),
+        2,
+        "the route is back, the cached answer whole: {m:?}"
+    );
+    let m = answer_through(&mut e, name, RecordType::HTTPS, vec![https], 3 * S);
+    assert_eq!(answer_addresses(&m).len(), 2);
+    assert_eq!(e.counters.dns_unroutable, 3);
+}
+
 /// An app's connection to `to`, accepted and opened upstream at once (an
 /// address-only policy): the flow the engine asked to connect.
 fn opened_at_the_syn(e: &mut Engine, to: &str, now: &mut u64) -> FlowId {
