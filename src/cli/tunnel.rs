@@ -75,8 +75,8 @@ pub(crate) struct EngineArgs {
     /// A NAT64 prefix of the network (a carrier's, e.g. 2001:db8:64::/96;
     /// lengths /32, /40, /48, /56, /64, /96): IPv6 addresses under it are
     /// judged by the IPv4 address they embed (repeatable; 64:ff9b::/96 and
-    /// 64:ff9b:1::/48 always are, and prefixes the apps' `ipv4only.arpa`
-    /// lookups reveal are added).
+    /// every /96 inside 64:ff9b:1::/48 always are, and prefixes the apps'
+    /// `ipv4only.arpa` lookups reveal are added).
     #[arg(long = "nat64-prefix", value_name = "CIDR")]
     nat64_prefixes: Vec<ipnet::Ipv6Net>,
     /// Append decisions as JSON lines, each with its time, to FILE (`-`:

@@ -51,7 +51,8 @@ pub struct RunConfig {
     #[serde(with = "seconds")]
     pub tcp_idle: Duration,
     /// NAT64 prefixes the device's network uses besides `64:ff9b::/96` and
-    /// `64:ff9b:1::/48` (a carrier's; Android reports it to VPN apps):
+    /// the `/96`s inside `64:ff9b:1::/48` (a carrier's; Android reports it
+    /// to VPN apps):
     /// addresses under them carry the jurisdiction of the IPv4 address they
     /// embed. Lengths /32, /40, /48, /56, /64 or /96 (RFC 6052). Prefixes
     /// the apps' own `ipv4only.arpa` lookups reveal (RFC 7050) are added

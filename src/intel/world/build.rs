@@ -188,8 +188,10 @@ pub struct WorldBuilder {
 /// benchmarking, multicast and reserved space. Public sources sometimes
 /// geolocate them (the 2026-06 npm data puts 192.168.1.1 in AU and
 /// 2001:db8::1 in JP); a firewall must not, or a rule against that country
-/// would cut the LAN. Tunnelling prefixes that embed an IPv4 address
-/// (6to4, Teredo, NAT64) are not listed: they are resolved by policy.
+/// would cut the LAN. Tunnelling prefixes that embed an IPv4 address are
+/// resolved by policy, by that address: 6to4, Teredo and the well-known
+/// NAT64 prefix are not listed, and the local-use NAT64 `/48` is, so that
+/// no source geolocates its addresses themselves.
 pub const SPECIAL_PURPOSE: [&str; 25] = [
     "0.0.0.0/8",
     "10.0.0.0/8",

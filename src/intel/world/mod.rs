@@ -364,9 +364,11 @@ pub struct Announced {
 pub enum Embedding {
     /// NAT64, the well-known prefix `64:ff9b::/96` (RFC 6052).
     Nat64,
-    /// NAT64 under the local-use prefix `64:ff9b:1::/48` (RFC 8215), as a
-    /// `/96` inside it (`64:ff9b:1::a.b.c.d`, the IPv4 address in the last
-    /// 32 bits).
+    /// NAT64 under the local-use prefix `64:ff9b:1::/48` (RFC 8215), with
+    /// a `/96` inside it, whichever the network chose (`64:ff9b:1::a.b.c.d`,
+    /// `64:ff9b:1:ab::a.b.c.d`: the IPv4 address in the last 32 bits). A
+    /// network using a shorter prefix there is told with
+    /// `--nat64-prefix`, or learned from `ipv4only.arpa`.
     Nat64Local,
     /// 6to4, `2002::/16` (RFC 3056): the IPv4 address in bits 16-47.
     SixToFour,
@@ -412,7 +414,7 @@ pub fn embedded_ipv4(ip: IpAddr) -> Option<(Embedding, Ipv4Addr)> {
     if o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0] {
         return Some((Embedding::Nat64, last));
     }
-    if o[..12] == [0, 0x64, 0xff, 0x9b, 0, 1, 0, 0, 0, 0, 0, 0] {
+    if o[..6] == [0, 0x64, 0xff, 0x9b, 0, 1] {
         return Some((Embedding::Nat64Local, last));
     }
     if o[0] == 0x20 && o[1] == 0x02 {

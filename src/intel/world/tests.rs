@@ -667,6 +667,11 @@ fn embedded_ipv4_forms() {
         Some((Embedding::Nat64Local, v4)),
         "RFC 8215 local use, as a /96"
     );
+    assert_eq!(
+        e("64:ff9b:1:ab:12::cb00:7105"),
+        Some((Embedding::Nat64Local, v4)),
+        "any /96 inside the local-use /48"
+    );
     assert_eq!(e("2002:cb00:7105::1"), Some((Embedding::SixToFour, v4)));
     // Teredo: server 65.54.227.120, client 203.0.113.5 inverted.
     assert_eq!(
