@@ -545,8 +545,10 @@ pub unsafe extern "C" fn geowall_free(handle: GeowallHandle) -> GeowallStatus {
 /// Verifies a signed rules bundle (`len` bytes at `bytes`) against the
 /// configuration's `trusted_keys` and the installed sequence (no
 /// rollback), and installs it in the engine or checker: its policy applies
-/// to new decisions at once. A refused bundle (`GEOWALL_STATUS_BUNDLE_REJECTED`,
-/// with the reason) changes nothing.
+/// to new decisions at once. A refused bundle changes nothing; its status
+/// says why (`GEOWALL_STATUS_BUNDLE_REJECTED`, `_BUNDLE_ROLLBACK`,
+/// `_BUNDLE_EXPIRED`, `_BUNDLE_BAD_SIGNATURE` or `_BUNDLE_UNKNOWN_KEY`,
+/// with the reason).
 ///
 /// # Safety
 /// `bytes` points to `len` readable bytes.

@@ -1,5 +1,5 @@
 //! QUIC Initial packets (RFC 9000/9001, v2 RFC 9369 and its drafts, IETF
-//! drafts 22-34, mvfst, Google's Q050 and T05x; [`Version`]): derive the
+//! drafts 21-34, mvfst, Google's Q050 and T05x; [`Version`]): derive the
 //! client's Initial keys from the Destination Connection ID, remove header
 //! protection, decrypt, and reassemble CRYPTO frames across packets into
 //! the hello (a TLS ClientHello, or for Q050 Google's CHLO), for its server
