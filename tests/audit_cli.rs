@@ -232,6 +232,24 @@ fn audit_reports_bad_input_clearly() {
         "novalue",
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("LABEL=VALUE"));
+    // A subscription is read only as the bundle it keeps: without a state
+    // directory, an error instead of the default rules.
+    let key = dir.path().join("key.pub");
+    std::fs::write(&key, b"not read").expect("write");
+    let o = geowall(&[
+        "audit",
+        junk.to_str().expect("utf8"),
+        "--subscribe",
+        "https://rules.example/",
+        "--pubkey",
+        key.to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--subscribe: this command fetches nothing"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // A truncated capture: the flows before the damage are still reported.
     let good = pcap_udp(&[
         ([192, 0, 2, 1], 5000, [198, 51, 100, 1], 53, vec![0; 12]),

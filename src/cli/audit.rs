@@ -37,6 +37,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
+    a.rules.kept_only()?;
     let super::source::Loaded {
         policy,
         leak,

@@ -282,6 +282,25 @@ impl RulesArgs {
         })
     }
 
+    /// For a command that fetches nothing (`audit`): subscriptions are
+    /// read only as the bundles they keep in the state directory, so one
+    /// given without `--state-dir` is an error, not silently left out.
+    pub(crate) fn kept_only(&self) -> anyhow::Result<()> {
+        let given = [
+            ("--subscribe", self.subscribe.is_some()),
+            ("--subscribe-world", self.subscribe_world.is_some()),
+            ("--subscribe-list", !self.subscribe_list.is_empty()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, on)| *on)
+            && self.state_dir.is_none()
+        {
+            anyhow::bail!(
+                "{flag}: this command fetches nothing; it reads the bundle the subscription keeps in a state directory: give --state-dir DIR (e.g. /var/lib/geowall)"
+            );
+        }
+        Ok(())
+    }
+
     /// The state directory, if one was given (or defaulted).
     pub(crate) fn state_dir(&self) -> Option<&Path> {
         self.state_dir.as_deref()
