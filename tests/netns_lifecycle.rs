@@ -298,6 +298,82 @@ fn a_late_client_hello_naming_a_blocked_vendor_never_reaches_the_server() {
     });
 }
 
+/// Under `strict`, a ClientHello naming an Agora edge that stops midway
+/// for a second (two writes a second apart, past the 300 ms sniffing
+/// time): cut before its name, the server gets the bytes before the name
+/// and nothing more; cut after its name, the server gets nothing (the
+/// flow is judged by the name those bytes hold). Either way the app gets
+/// a reset and the event names the vendor. An ordinary name sent the same
+/// way arrives whole.
+#[test]
+fn a_client_hello_that_stops_midway_never_gives_the_server_its_name() {
+    let test = "a_client_hello_that_stops_midway_never_gives_the_server_its_name";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        net.add_server_address(US3);
+        let world = support::test_world(net.dir.path());
+        let hello = support::client_hello(AGORA_EDGE);
+        let name_ends = hello
+            .windows(AGORA_EDGE.len())
+            .position(|w| w == AGORA_EDGE.as_bytes())
+            .expect("the name is in the hello")
+            + AGORA_EDGE.len();
+        // (server, bytes before the pause, bytes the server may get)
+        let cases = [(addr::US, 20, 20), (addr::US2, name_ends, 0)];
+        let servers: Vec<Tally> = cases
+            .iter()
+            .map(|(ip, _, _)| counting_tcp_server(&net, sa(ip, 443)))
+            .collect();
+        let control = counting_tcp_server(&net, sa(US3, 443));
+        net.start_geowall(&world, &["--preset", "strict"]);
+        let app = net.app.clone();
+        let in_two = |to: SocketAddr, hello: &[u8], first: usize| {
+            in_ns(&app, || {
+                let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                s.write_all(&hello[..first])?;
+                std::thread::sleep(Duration::from_secs(1));
+                s.write_all(&hello[first..])?;
+                let mut back = vec![0u8; hello.len()];
+                s.read_exact(&mut back)?;
+                Ok::<_, std::io::Error>(back)
+            })
+        };
+        for ((ip, first, allowed), server) in cases.iter().zip(&servers) {
+            let r = in_two(sa(ip, 443), &hello, *first);
+            std::thread::sleep(Duration::from_millis(300));
+            eprintln!(
+                "{ip}: {first} bytes, a second, the rest: the app got {:?}; the server received {} bytes",
+                r.as_ref().map(Vec::len),
+                server.bytes()
+            );
+            assert_eq!(server.bytes(), *allowed as u64, "{ip}: bytes at the server");
+            match &r {
+                Err(e) => assert!(is_reset(e), "{ip}: not a reset: {e}"),
+                Ok(b) => panic!("{ip}: the hello came back ({} bytes)", b.len()),
+            }
+        }
+        let ordinary = support::client_hello("www.example.org");
+        let got = in_two(sa(US3, 443), &ordinary, 20).expect("the control hello is answered");
+        assert_eq!(got, ordinary);
+        assert_eq!(control.bytes(), ordinary.len() as u64);
+        let events = net.events();
+        for (ip, _, _) in cases {
+            let server = format!("{ip}:443");
+            let stop = events
+                .iter()
+                .find(|e| e["server"] == server.as_str() && e["action"] == "block")
+                .unwrap_or_else(|| panic!("{ip}: no block event: {events:#?}"));
+            assert_eq!(stop["server_name"], AGORA_EDGE, "{ip}: {stop}");
+        }
+        net.stop_geowall();
+    });
+}
+
 /// The first policy: allows everything (its rule about media makes TCP
 /// connections be read before they are judged, as under the presets).
 const ALLOW_US: &str = r#"

@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = tls::client_hello(data, &mut scratch);
     let _ = tls::client_hello_message(data);
     let _ = tls::sslv2_client_hello(data);
+    let _ = tls::partial_hello_sni(data);
     let _ = http::host(data);
     let _ = rtc::classify(data);
     let _ = rtc::sd_rtn(data);

@@ -996,6 +996,26 @@ impl Sniffer {
     pub fn is_done(&self) -> bool {
         self.done
     }
+
+    /// Takes the server name from a ClientHello that is not whole yet,
+    /// when the bytes so far hold it ([`tls::partial_hello_sni`]): a flow
+    /// judged before its hello is whole is judged by the name the server
+    /// would already have read. The hello is still read to its end.
+    pub fn name_from_partial_hello(&mut self) {
+        if self.server_name.is_none()
+            && self.head_coming()
+            && let Some(n) = tls::partial_hello_sni(&self.stream).map(str::to_owned)
+        {
+            self.name(&n);
+        }
+    }
+
+    /// Whether the client's stream ends inside a ClientHello or request
+    /// head the sniffer is still reading (up to [`sniff_limit`]): its rest
+    /// may name the server.
+    pub fn head_coming(&self) -> bool {
+        !self.done && self.head_coming && self.stream.len() < sniff_limit(&self.stream)
+    }
 }
 
 /// The class of TLS on a server port: DNS over TLS (853) is `dns`; mail,

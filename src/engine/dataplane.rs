@@ -60,8 +60,8 @@ pub const TCP_SNIFF_BYTES: usize = crate::classify::SNIFF_BYTES;
 /// at once by default (a ClientHello or request head that goes on):
 /// together they hold at most 64 × [`crate::classify::HELLO_SNIFF_BYTES`]
 /// (5 MiB). Past it, a connection is judged on its first
-/// [`TCP_SNIFF_BYTES`], as if its hello were cut there (without the name
-/// it had not given yet), and counted (`tcp_long_reads_refused`).
+/// [`TCP_SNIFF_BYTES`], as if its hello were cut there (with the name
+/// only if they hold it), and counted (`tcp_long_reads_refused`).
 pub const LONG_FIRST_READS: usize = 64;
 /// How long after the handshake a TCP connection may stay unjudged
 /// waiting for the app's first bytes (server-first protocols send none).

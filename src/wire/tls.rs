@@ -126,6 +126,26 @@ pub fn client_hello<'a>(stream: &'a [u8], scratch: &'a mut Vec<u8>) -> Hello<'a>
     }
 }
 
+/// The server name of a ClientHello whose first record is not whole yet,
+/// when its `server_name` extension already is: what a server would read
+/// of the name from the bytes so far. `None` when they are not the start
+/// of a ClientHello or end before the name does.
+pub fn partial_hello_sni(stream: &[u8]) -> Option<&str> {
+    if stream.first() != Some(&22) || stream.get(1) != Some(&3) {
+        return None;
+    }
+    let rlen = be16(stream, 3)?;
+    let first = stream.get(5..)?;
+    let first = &first[..first.len().min(rlen)];
+    if first.first() != Some(&1) {
+        return None;
+    }
+    let hs = first.get(1..4)?;
+    let hlen = (usize::from(hs[0]) << 16) | (usize::from(hs[1]) << 8) | usize::from(hs[2]);
+    let body = first.get(4..)?;
+    parse_extensions(&body[..body.len().min(hlen)])?.sni
+}
+
 /// A minimal TLS 1.3-shaped ClientHello record naming `sni` (one cipher
 /// suite, the server-name extension only): what the demo and the tests
 /// send.
@@ -301,6 +321,27 @@ pub(crate) mod tests {
 
     /// The SSL 2.0-format hello from Wireshark's `rsasnakeoil2.pcap` (a
     /// TLS 1.0 client, 26 cipher specs, no session, a 16-byte challenge).
+    /// A hello cut anywhere gives its name once the `server_name`
+    /// extension is whole, and never a name it does not hold.
+    #[test]
+    fn a_partial_hello_gives_its_name_once_the_name_is_in() {
+        let name = "104-166-161-75.edge.agora.io";
+        let h = client_hello_records(name, 300);
+        let ends = h
+            .windows(name.len())
+            .position(|w| w == name.as_bytes())
+            .expect("in")
+            + name.len();
+        for cut in 0..h.len() {
+            let want = (cut >= ends).then_some(name);
+            assert_eq!(partial_hello_sni(&h[..cut]), want, "cut at {cut}");
+        }
+        assert_eq!(partial_hello_sni(b"GET / HTTP/1.1\r\n"), None);
+        let mut not_hello = h.clone();
+        not_hello[5] = 2;
+        assert_eq!(partial_hello_sni(&not_hello), None, "a ServerHello");
+    }
+
     #[test]
     fn sslv2_hello_from_a_capture() {
         let h = crate::wire::bytes::hex(

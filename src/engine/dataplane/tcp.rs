@@ -502,6 +502,7 @@ impl Engine {
                     _ => break,
                 };
                 f.seq_read = f.seq_read.wrapping_add(data.len() as u32);
+                let named = f.core.sniffer.server_name.is_some();
                 f.core.sniffer.on_payload(
                     Carrier::Tcp,
                     Dir::Up,
@@ -529,13 +530,18 @@ impl Engine {
                 // before it leaves; so is a head still coming in pieces.
                 let req = f.core.learn_stream_hosts(&data);
                 new_host |= req.new;
+                // The first ClientHello or request head, judged before it
+                // was whole (it stopped coming for the sniffing time): its
+                // rest is held until the name it gives is judged.
+                let head = !reading_first && f.core.sniffer.head_coming();
+                new_host |= !reading_first && !named && f.core.sniffer.server_name.is_some();
                 if req.udp_relay {
                     // Its datagrams to the proxy name their targets.
                     self.socks_relays
                         .add(f.core.client.ip(), f.core.server.ip());
                 }
-                f.msg_held |= turn.partial || req.partial;
-                if (turn.partial || req.partial) && f.partial_since_ns.is_none() {
+                f.msg_held |= turn.partial || req.partial || head;
+                if (turn.partial || req.partial || head) && f.partial_since_ns.is_none() {
                     f.partial_since_ns = Some(now_ns);
                     let t = now_ns + TCP_SNIFF_NS;
                     self.wake_ns = Some(self.wake_ns.map_or(t, |w| w.min(t)));
@@ -600,7 +606,9 @@ impl Engine {
                 }
                 return;
             }
-            let partial_now = f.core.turn_partial() || f.core.head_partial();
+            let partial_now = f.core.turn_partial()
+                || f.core.head_partial()
+                || (!reading_first && f.core.sniffer.head_coming());
             if !partial_now {
                 f.partial_since_ns = None;
             }
@@ -645,6 +653,9 @@ impl Engine {
             };
             f.rejudge = false;
             if due {
+                // A hello judged before it is whole: by the name its bytes
+                // so far give, if they do.
+                f.core.sniffer.name_from_partial_hello();
                 if let Some(n) = f.core.server_own_name() {
                     // TLS, QUIC and HTTP names feed the same map as DNS.
                     let until = now_ns + dns::SEEN_NAME_TTL_NS;

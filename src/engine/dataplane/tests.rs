@@ -1479,20 +1479,78 @@ fn an_allowed_long_hello_goes_out_whole() {
     assert_eq!(e.long_reads, 0);
 }
 
+/// A ClientHello naming `sni` whose padding extension (`pad` bytes)
+/// comes before its `server_name`, in records of at most 16,384 bytes.
+fn padding_then_name(sni: &str, pad: usize) -> Vec<u8> {
+    let n = |v: usize| u16::try_from(v).expect("fits").to_be_bytes();
+    let mut ext = vec![0, 21];
+    ext.extend_from_slice(&n(pad));
+    ext.resize(ext.len() + pad, 0);
+    ext.extend_from_slice(&[0, 0]);
+    ext.extend_from_slice(&n(sni.len() + 5));
+    ext.extend_from_slice(&n(sni.len() + 3));
+    ext.push(0);
+    ext.extend_from_slice(&n(sni.len()));
+    ext.extend_from_slice(sni.as_bytes());
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&n(ext.len()));
+    body.extend_from_slice(&ext);
+    let len = u32::try_from(body.len()).expect("fits").to_be_bytes();
+    let mut hs = vec![1, len[1], len[2], len[3]];
+    hs.extend_from_slice(&body);
+    let mut rec = Vec::new();
+    for chunk in hs.chunks(16_384) {
+        rec.extend_from_slice(&[22, 3, 1]);
+        rec.extend_from_slice(&n(chunk.len()));
+        rec.extend_from_slice(chunk);
+    }
+    rec
+}
+
 /// With no long read allowed, a padded hello is judged on its first
-/// 16 KiB, without the name it gives later (here: let through, as any
-/// nameless hello to a US address under `strict`), and counted.
+/// 16 KiB and counted: by the name they hold when its `server_name`
+/// extension is in them (here: blocked, a PRC vendor under `strict`),
+/// without a name when they end before it (here: let through, as any
+/// nameless hello to a US address under `strict`).
 #[test]
 fn a_refused_long_read_is_judged_on_the_first_read_and_counted() {
     use smoltcp::socket::tcp::State as S_;
-    let hello = crate::wire::tls::client_hello_records("104-166-161-75.edge.agora.io", 40_000);
+    let agora = "104-166-161-75.edge.agora.io";
     let cfg = EngineConfig {
         long_first_reads: 0,
         ..EngineConfig::default()
     };
+    // The name first, then the padding.
+    let hello = crate::wire::tls::client_hello_records(agora, 40_000);
     let (mut e, _) = engine("strict", cfg, &[]);
     let mut app = App::connect("198.51.100.7:443");
     let mut now = S;
+    let outs = app_sends_until(&mut app, &mut e, &mut now, &hello, |a, o| {
+        tcp_open_of(o).is_some() || a.socket().state() == S_::Closed
+    });
+    assert!(tcp_open_of(&outs).is_none(), "not opened: {outs:?}");
+    let ev = events(&outs);
+    assert!(
+        ev.iter()
+            .any(|e| e.kind == EventKind::Blocked && e.server_name.as_deref() == Some(agora)),
+        "{ev:?}"
+    );
+    assert_eq!(e.counters.tcp_long_reads_refused, 1);
+    // The padding first (a hello whose other extensions come before its
+    // name), then the name: past the first read.
+    let hello = padding_then_name(agora, 40_000);
+    assert_eq!(
+        crate::wire::tls::client_hello(&hello, &mut Vec::new()),
+        crate::wire::tls::Hello::Found(crate::wire::tls::ClientHello {
+            sni: Some(agora),
+            alpn_raw: None
+        }),
+        "a hello naming the vendor"
+    );
+    let (mut e, _) = engine("strict", cfg, &[]);
+    let mut app = App::connect("198.51.100.8:443");
     let outs = app_sends_until(&mut app, &mut e, &mut now, &hello, |_, o| {
         tcp_open_of(o).is_some()
     });
@@ -3420,4 +3478,102 @@ fn idle_connections_give_their_buffers_back_and_lose_no_byte() {
         got.len(),
         body.len()
     );
+}
+
+/// A ClientHello that stops midway for longer than the sniffing time
+/// (sent in two pieces a second apart, on a connection that spoke at once
+/// or one the timer opened) is judged at the deadline by the name its
+/// bytes so far hold, if they hold it whole (none of it leaves then), and
+/// its rest is held until the name it completes is judged: the server of a
+/// blocked vendor never gets the name, the connection is cut, the event
+/// names the vendor; so is an HTTP request's head. An allowed hello in
+/// two pieces goes out whole.
+#[test]
+fn a_hello_that_stops_midway_is_judged_by_its_name_before_its_rest_leaves() {
+    use smoltcp::socket::tcp::State as S_;
+    let agora = "104-166-161-75.edge.agora.io";
+    let hello = crate::wire::tls::tests::hello_record(agora);
+    let name_ends = hello
+        .windows(agora.len())
+        .position(|w| w == agora.as_bytes())
+        .expect("the name is in")
+        + agora.len();
+    // (name, bytes of the first piece, the timer opened the flow first,
+    // bytes the server may get)
+    let cases = [
+        ("http", 10, false, 10),
+        ("http", 10, true, 10),
+        (agora, 40, false, 40),
+        (agora, 40, true, 40),
+        (agora, name_ends - 1, false, name_ends - 1),
+        (agora, name_ends, false, 0),
+        (agora, name_ends, true, 0),
+        ("www.example.org", 40, false, usize::MAX),
+        ("www.example.org", 40, true, usize::MAX),
+    ];
+    for (name, first, quiet, allowed_bytes) in cases {
+        let case = format!("{name}, {first} bytes first, opened by the timer: {quiet}");
+        // An HTTP request's head, the same way.
+        let hello = match name {
+            "http" => {
+                format!("GET / HTTP/1.1\r\nHost: {agora}\r\nAccept: */*\r\n\r\n").into_bytes()
+            }
+            _ => crate::wire::tls::tests::hello_record(name),
+        };
+        let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+        let mut app = App::connect("198.51.100.7:443");
+        let mut now = S;
+        let mut outs = Vec::new();
+        let mut opened = false;
+        // The app's side, and the upstream connect answered at once.
+        let step =
+            |app: &mut App, e: &mut Engine, now: u64, outs: &mut Vec<Output>, opened: &mut bool| {
+                outs.extend(app.step(e, now));
+                if !*opened && let Some(f) = tcp_open_of(outs) {
+                    *opened = true;
+                    e.handle_tcp_connected(f, now);
+                    deliver(app, e, outs);
+                }
+            };
+        let quiet_until = now + if quiet { 2 * S } else { 20 * MS };
+        while now < quiet_until {
+            now += 10 * MS;
+            step(&mut app, &mut e, now, &mut outs, &mut opened);
+        }
+        assert_eq!(app.socket().state(), S_::Established, "{case}");
+        app.socket().send_slice(&hello[..first]).expect("send");
+        let pause_until = now + S;
+        while now < pause_until {
+            now += 10 * MS;
+            step(&mut app, &mut e, now, &mut outs, &mut opened);
+        }
+        // The rest (the connection may be gone already).
+        let _ = app.socket().send_slice(&hello[first..]);
+        for _ in 0..100 {
+            now += 10 * MS;
+            step(&mut app, &mut e, now, &mut outs, &mut opened);
+        }
+        let sent = upstream_bytes(&outs);
+        let ev = events(&outs);
+        if allowed_bytes == usize::MAX {
+            assert_eq!(sent, hello.len(), "{case}: the hello, whole");
+            assert!(
+                !ev.iter()
+                    .any(|e| matches!(e.kind, EventKind::Cut | EventKind::Blocked)),
+                "{case}"
+            );
+            continue;
+        }
+        assert_eq!(sent, allowed_bytes, "{case}: {outs:?}");
+        let stop = ev
+            .iter()
+            .find(|e| matches!(e.kind, EventKind::Cut | EventKind::Blocked))
+            .unwrap_or_else(|| panic!("{case}: cut or blocked: {ev:?}"));
+        assert_eq!(stop.server_name.as_deref(), Some(agora), "{case}");
+        assert_eq!(
+            app.socket().state(),
+            S_::Closed,
+            "{case}: the app saw an RST"
+        );
+    }
 }
