@@ -1280,26 +1280,7 @@ fn every_quic_connection_on_one_socket_is_judged_by_its_own_name() {
         let mut net = Net::new();
         net.add_server_address(US4);
         let world = support::test_world(net.dir.path());
-        // The server: the DCID of every long-header datagram it receives.
-        let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
-        let s = in_ns(&net.net, || UdpSocket::bind(sa(US4, 443)).expect("bind"));
-        s.set_read_timeout(Some(Duration::from_millis(50)))
-            .expect("timeout");
-        let (stop, got) = (net.stopping(), seen.clone());
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65_536];
-            while !stop.load(Ordering::SeqCst) {
-                if let Ok((n, _)) = s.recv_from(&mut buf) {
-                    let d = &buf[..n];
-                    let dcid = if d[0] & 0x80 != 0 && n > 6 {
-                        d.get(6..6 + usize::from(d[5])).unwrap_or_default().to_vec()
-                    } else {
-                        b"short".to_vec()
-                    };
-                    got.lock().expect("seen").push(dcid);
-                }
-            }
-        });
+        let seen = dcid_server(&net, sa(US4, 443));
         net.start_geowall(&world, &["--preset", "strict"]);
         let (a, b, c) = ([0xA1; 8], [0xB2; 8], [0xC3; 8]);
         let first = client_initials(1, &a, "www.example.com", 1).expect("built");
@@ -1335,6 +1316,93 @@ fn every_quic_connection_on_one_socket_is_judged_by_its_own_name() {
             .find(|e| e["kind"] == "cut" && e["server"] == format!("{US4}:443").as_str())
             .unwrap_or_else(|| panic!("no cut event: {events:#?}"));
         assert_eq!(cut["hosts"][1], AGORA_EDGE, "{cut}");
+        net.stop_geowall();
+    });
+}
+
+/// A UDP server on `at` in the internet namespace that records the
+/// Destination Connection ID of every long-header datagram it receives
+/// (`short` for any other datagram), with its own reading.
+fn dcid_server(net: &Net, at: SocketAddr) -> Arc<std::sync::Mutex<Vec<Vec<u8>>>> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let s = in_ns(&net.net, || UdpSocket::bind(at).expect("bind"));
+    s.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let (stop, got) = (net.stopping(), seen.clone());
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                let d = &buf[..n];
+                let dcid = if d[0] & 0x80 != 0 && n > 6 {
+                    d.get(6..6 + usize::from(d[5])).unwrap_or_default().to_vec()
+                } else {
+                    b"short".to_vec()
+                };
+                got.lock().expect("seen").push(dcid);
+            }
+        }
+    });
+    seen
+}
+
+/// Under `strict`, a flow's first QUIC connection whose ClientHello takes
+/// two Initials (as a browser's with post-quantum key shares does), sent
+/// back to back: naming an Agora edge in the second, the server reads
+/// none of them; with an ordinary name, both. The server reads the
+/// connection ID of each datagram itself.
+#[test]
+fn a_first_quic_hello_in_two_initials_naming_a_blocked_vendor_never_reaches_the_server() {
+    use geowall::wire::quic::client_initials_padded;
+    let test =
+        "a_first_quic_hello_in_two_initials_naming_a_blocked_vendor_never_reaches_the_server";
+    if !support::root_or_skip(test) {
+        return;
+    }
+    bounded(test, Duration::from_secs(60), || {
+        let mut net = Net::new();
+        net.add_server_address(US3);
+        net.add_server_address(US4);
+        let world = support::test_world(net.dir.path());
+        let edge_server = dcid_server(&net, sa(US4, 443));
+        let control = dcid_server(&net, sa(US3, 443));
+        net.start_geowall(&world, &["--preset", "strict"]);
+        // 1,400 bytes of padding after the name: the name in the first
+        // Initial, the hello's end in the second.
+        let (a, b) = ([0xA1; 8], [0xB2; 8]);
+        let edge = client_initials_padded(1, &a, AGORA_EDGE, 1_400, 2).expect("built");
+        let ordinary = client_initials_padded(1, &b, "www.example.org", 1_400, 2).expect("built");
+        let app = net.app.clone();
+        in_ns(&app, || {
+            for (to, initials) in [(US4, &edge), (US3, &ordinary)] {
+                let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+                for d in initials {
+                    s.send_to(d, sa(to, 443)).expect("send");
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1_500));
+        let (edge_got, control_got) = (
+            edge_server.lock().expect("seen").clone(),
+            control.lock().expect("seen").clone(),
+        );
+        eprintln!(
+            "the edge's server read {} datagrams, the other server {}",
+            edge_got.len(),
+            control_got.len()
+        );
+        assert!(edge_got.is_empty(), "Initials reached the edge's server");
+        assert_eq!(
+            control_got,
+            [b.to_vec(), b.to_vec()],
+            "the ordinary hello, whole"
+        );
+        let events = net.events();
+        let blocked = events
+            .iter()
+            .find(|e| e["kind"] == "blocked" && e["server"] == format!("{US4}:443").as_str())
+            .unwrap_or_else(|| panic!("no block event: {events:#?}"));
+        assert_eq!(blocked["server_name"], AGORA_EDGE, "{blocked}");
         net.stop_geowall();
     });
 }

@@ -997,17 +997,34 @@ impl Sniffer {
         self.done
     }
 
-    /// Takes the server name from a ClientHello that is not whole yet,
-    /// when the bytes so far hold it ([`tls::partial_hello_sni`]): a flow
+    /// Takes the server name from a ClientHello that is not whole yet (over
+    /// TCP, or in QUIC Initials), when the bytes so far hold it
+    /// ([`tls::partial_hello_sni`]): a flow
     /// judged before its hello is whole is judged by the name the server
     /// would already have read. The hello is still read to its end.
     pub fn name_from_partial_hello(&mut self) {
-        if self.server_name.is_none()
-            && self.head_coming()
-            && let Some(n) = tls::partial_hello_sni(&self.stream).map(str::to_owned)
-        {
+        if self.server_name.is_some() {
+            return;
+        }
+        let n = if self.head_coming() {
+            tls::partial_hello_sni(&self.stream).map(str::to_owned)
+        } else if self.quic_hello_coming() {
+            self.quic
+                .as_ref()
+                .and_then(|a| a.partial_sni())
+                .map(str::to_owned)
+        } else {
+            None
+        };
+        if let Some(n) = n {
             self.name(&n);
         }
+    }
+
+    /// Whether the flow's first QUIC Initials were read and their
+    /// ClientHello is not whole yet: the rest may name the server.
+    pub fn quic_hello_coming(&self) -> bool {
+        !self.done && self.protocol == Some(Protocol::Quic) && self.quic.is_some()
     }
 
     /// Whether the client's stream ends inside a ClientHello or request

@@ -225,6 +225,20 @@ pub fn client_initials(
     sni: &str,
     packets: usize,
 ) -> Option<Vec<Vec<u8>>> {
+    client_initials_padded(version, dcid, sni, 0, packets)
+}
+
+/// [`client_initials`] with a padding extension of `pad` bytes after the
+/// server name ([`tls::client_hello_records`]), for a hello as long as a
+/// browser's with post-quantum key shares, whose first Initial holds the
+/// name and the rest follow.
+pub fn client_initials_padded(
+    version: u32,
+    dcid: &[u8],
+    sni: &str,
+    pad: usize,
+    packets: usize,
+) -> Option<Vec<Vec<u8>>> {
     let v = *Version::candidates(version).first()?;
     if v == Version::Q050 || dcid.len() > 20 {
         return None;
@@ -233,7 +247,7 @@ pub fn client_initials(
     let key = aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_128_GCM, &keys.key).ok()?);
     let hpk = hp::HeaderProtectionKey::new(&hp::AES_128, &keys.hp).ok()?;
     // The handshake message, out of its records.
-    let records = tls::client_hello_records(sni, 0);
+    let records = tls::client_hello_records(sni, pad);
     let mut hello = Vec::new();
     let mut at = 0;
     while let Some(h) = records.get(at..at + 5) {
@@ -470,6 +484,16 @@ impl InitialAssembler {
         } else {
             self.client_hello().and_then(|h| h.sni)
         }
+    }
+
+    /// The server name of a TLS ClientHello not whole yet, when the
+    /// CRYPTO bytes received from offset 0 already hold its
+    /// `server_name` extension ([`tls::partial_message_sni`]).
+    pub fn partial_sni(&self) -> Option<&str> {
+        if self.version == Some(Version::Q050) {
+            return None;
+        }
+        tls::partial_message_sni(&self.data[..self.prefix()])
     }
 
     fn frames(&mut self, p: &[u8], version: Version) -> Option<()> {

@@ -136,13 +136,18 @@ pub fn partial_hello_sni(stream: &[u8]) -> Option<&str> {
     }
     let rlen = be16(stream, 3)?;
     let first = stream.get(5..)?;
-    let first = &first[..first.len().min(rlen)];
-    if first.first() != Some(&1) {
+    partial_message_sni(&first[..first.len().min(rlen)])
+}
+
+/// [`partial_hello_sni`] for a ClientHello handshake message without its
+/// record header (QUIC's CRYPTO stream).
+pub fn partial_message_sni(msg: &[u8]) -> Option<&str> {
+    if msg.first() != Some(&1) {
         return None;
     }
-    let hs = first.get(1..4)?;
+    let hs = msg.get(1..4)?;
     let hlen = (usize::from(hs[0]) << 16) | (usize::from(hs[1]) << 8) | usize::from(hs[2]);
-    let body = first.get(4..)?;
+    let body = msg.get(4..)?;
     parse_extensions(&body[..body.len().min(hlen)])?.sni
 }
 

@@ -95,6 +95,16 @@ fn events(out: &[Output]) -> Vec<&Event> {
         .collect()
 }
 
+/// The datagrams the engine sent upstream, in order.
+fn udp_sent(out: &[Output]) -> Vec<Vec<u8>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::UdpSend { payload, .. } => Some(payload.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 fn sent_upstream(out: &[Output]) -> usize {
     out.iter()
         .filter(|o| {
@@ -814,14 +824,6 @@ fn rtp_after_a_quic_start_never_leaves_for_a_blocked_server() {
 #[test]
 fn every_quic_connection_on_a_flow_is_judged_by_its_name() {
     use crate::wire::quic::client_initials;
-    let udp_sent = |out: &[Output]| -> Vec<Vec<u8>> {
-        out.iter()
-            .filter_map(|o| match o {
-                Output::UdpSend { payload, .. } => Some(payload.clone()),
-                _ => None,
-            })
-            .collect()
-    };
     let agora = "104-166-161-75.edge.agora.io";
     let (app, us) = ("192.0.2.200:40000", "198.51.100.7:443");
     let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
@@ -3576,4 +3578,69 @@ fn a_hello_that_stops_midway_is_judged_by_its_name_before_its_rest_leaves() {
             "{case}: the app saw an RST"
         );
     }
+}
+
+/// A flow's first QUIC connection whose ClientHello takes two Initials
+/// (a browser's, with post-quantum key shares) waits until the hello is
+/// whole before any Initial leaves: one naming a PRC vendor's edge in its
+/// second Initial is blocked with nothing sent; an ordinary one leaves
+/// whole, in order. A hello the hold's end finds unfinished is judged by
+/// the name its first Initial holds, if it does (nothing sent), or goes
+/// on, and the Initial that completes a blocked name is not sent: the
+/// flow is cut.
+#[test]
+fn a_first_quic_hello_in_several_initials_is_judged_whole_before_any_leaves() {
+    use crate::wire::quic::{client_initials, client_initials_padded};
+    let agora = "104-166-161-75.edge.agora.io";
+    let (app, us) = ("192.0.2.200:40000", "198.51.100.7:443");
+    let sent = udp_sent;
+    let stop = |out: &[Output]| {
+        events(out)
+            .iter()
+            .find(|e| matches!(e.kind, EventKind::Blocked | EventKind::Cut))
+            .map(|e| (e.kind, e.server_name.clone()))
+    };
+    // Back to back, the name in the second Initial.
+    let two = client_initials(1, &[0xA1; 8], agora, 2).expect("initials");
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    e.handle_tun(&udp(app, us, &two[0]), S);
+    e.handle_tun(&udp(app, us, &two[1]), S + MS);
+    let out = drain(&mut e);
+    assert!(sent(&out).is_empty(), "{out:?}");
+    assert_eq!(
+        stop(&out),
+        Some((EventKind::Blocked, Some(agora.to_owned())))
+    );
+    // An ordinary name: both leave, in order.
+    let ok = client_initials(1, &[0xA2; 8], "www.example.org", 2).expect("initials");
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    e.handle_tun(&udp(app, us, &ok[0]), S);
+    e.handle_tun(&udp(app, us, &ok[1]), S + MS);
+    let out = drain(&mut e);
+    assert_eq!(sent(&out), ok);
+    assert_eq!(stop(&out), None);
+    // The name whole in the first Initial; the rest never comes: at the
+    // hold's end, judged by that name.
+    let long = client_initials_padded(1, &[0xA3; 8], agora, 1_000, 2).expect("initials");
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    e.handle_tun(&udp(app, us, &long[0]), S);
+    let mut out = drain(&mut e);
+    e.handle_timeout(S + udp::HOLD_NS);
+    out.extend(drain(&mut e));
+    assert!(sent(&out).is_empty(), "{out:?}");
+    assert_eq!(
+        stop(&out),
+        Some((EventKind::Blocked, Some(agora.to_owned())))
+    );
+    // The name in the second Initial, 2 s later: the first goes on at the
+    // hold's end, the second does not; the flow is cut.
+    let (mut e, _) = engine("strict", EngineConfig::default(), &[]);
+    e.handle_tun(&udp(app, us, &two[0]), S);
+    let mut out = drain(&mut e);
+    e.handle_timeout(S + udp::HOLD_NS);
+    out.extend(drain(&mut e));
+    e.handle_tun(&udp(app, us, &two[1]), 3 * S);
+    out.extend(drain(&mut e));
+    assert_eq!(sent(&out), [two[0].clone()]);
+    assert_eq!(stop(&out), Some((EventKind::Cut, Some(agora.to_owned()))));
 }

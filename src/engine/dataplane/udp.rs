@@ -129,6 +129,7 @@ impl Engine {
         } else {
             Carrier::Udp
         };
+        let named = f.core.sniffer.server_name.is_some();
         f.core.sniffer.on_payload(
             carrier,
             Dir::Up,
@@ -225,9 +226,18 @@ impl Engine {
         } else {
             Vec::new()
         };
-        // Judge at the first datagram, and again on new evidence.
+        // Judge at the first datagram, and again on new evidence (a name
+        // the flow's first hello gave only now among it).
         let class_changed = f.core.sniffer.class != f.judged_class;
-        if new || new_leak || new_peer || later.new || !f.core.sniffer.is_done() || class_changed {
+        let name_learned = !named && f.core.sniffer.server_name.is_some();
+        if new
+            || new_leak
+            || new_peer
+            || later.new
+            || !f.core.sniffer.is_done()
+            || class_changed
+            || name_learned
+        {
             if let Some(f) = self.flows.get_mut(&key) {
                 f.judged_class = f.core.sniffer.class;
             }
@@ -293,10 +303,12 @@ impl Engine {
             if new
                 && !icmp
                 && !self.flows[&key].core.sniffer.is_done()
-                && self.class_could_block(&policy, &self.flows[&key])
+                && ((policy.needs_payload() && self.flows[&key].core.sniffer.quic_hello_coming())
+                    || self.class_could_block(&policy, &self.flows[&key]))
                 && self.held_bytes + payload.len() <= HOLD_BYTES_TOTAL
             {
-                // The class could still block it: hold, open nothing.
+                // The class, or the name the rest of a QUIC hello gives,
+                // could still block it: hold, open nothing.
                 self.held_bytes += payload.len();
                 if let Some(f) = self.flows.get_mut(&key) {
                     f.state = State::Holding { since_ns: now_ns };
@@ -362,6 +374,9 @@ impl Engine {
             return;
         };
         let held = std::mem::take(&mut f.held);
+        // A QUIC hello not whole by the end of the hold: judged by the name
+        // its Initials so far hold, if they do.
+        f.core.sniffer.name_from_partial_hello();
         f.core.sniffer.end_hold();
         f.judged_class = f.core.sniffer.class;
         let held_len = held.iter().map(Vec::len).sum::<usize>();
