@@ -32,6 +32,11 @@ another, each sends a small request and reads the small reply, and all are
 held open at once; counted: served (got their reply) and refused (reset or
 failed), and the firewall's peak RSS with all of them open.
 
+Busy (--busy N): N keep-alive connections are opened first, as above, and
+held open while single streams run up and down again (columns "up, N
+open" and "down, N open"): a browser's connections are open when a
+download starts.
+
 Every loop is bounded. Prints a table with ratios to the better sing-box
 stack and to the direct path, medians of --runs runs.
 """
@@ -361,7 +366,7 @@ def peak_rss_mb(proc):
     return float("nan")
 
 
-def measure(name, start, seconds, samples):
+def measure(name, start, seconds, samples, busy=0):
     with_app = name.startswith("geowall")
     topology(with_app)
     tmp = tempfile.mkdtemp()
@@ -379,6 +384,21 @@ def measure(name, start, seconds, samples):
         c = ns(where, sys.executable, "-c", CLIENT, SERVER4, str(samples), timeout=120)
         r.update(json.loads(c.stdout))
         r["rss"] = peak_rss_mb(fw) if fw else float("nan")
+        if busy:
+            # `busy` keep-alive connections held open while single streams
+            # run again.
+            servers.append(subprocess.Popen(
+                ["ip", "netns", "exec", SRV, sys.executable, "-c", KEEPALIVE_SERVER, SERVER4,
+                 str(4 * seconds + 120)], preexec_fn=raise_nofile))
+            time.sleep(0.5)
+            held = subprocess.Popen(["ip", "netns", "exec", where, sys.executable, "-c", KEEPALIVE_CLIENT,
+                                     SERVER4, str(busy), str(4 * seconds + 30)], stdout=subprocess.PIPE,
+                                    text=True, preexec_fn=raise_nofile)
+            servers.append(held)
+            opened = json.loads(held.stdout.readline() or "{}")
+            r["busy_served"] = opened.get("served", 0)
+            r["up_busy"] = iperf(where, seconds)
+            r["down_busy"] = iperf(where, seconds, "-R")
         return r
     finally:
         for p in ([fw] if fw else []) + servers:
@@ -438,6 +458,8 @@ def main():
     ap.add_argument("--conns", default="1000,10000",
                     help="keep-alive connection counts to hold at once (comma-separated; empty: none)")
     ap.add_argument("--no-throughput", action="store_true", help="only the concurrency measurement")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="also measure single streams with N keep-alive connections open")
     ap.add_argument("--only",
                     help="comma-separated subset of direct,geowall,geowall-no-offload,geowall-ui,geowall-baseline,"
                          "sing-box-gvisor,sing-box-system (default: direct, geowall, both sing-box stacks, "
@@ -479,7 +501,7 @@ def main():
                 print(f"run {run + 1}/{a.runs} {name} {n} connections: {r}", file=sys.stderr, flush=True)
             if a.no_throughput:
                 continue
-            r = measure(name, start, a.seconds, a.samples)
+            r = measure(name, start, a.seconds, a.samples, a.busy)
             results[name].append(r)
             print(f"run {run + 1}/{a.runs} {name}: " + ", ".join(f"{k}={v:.2f}" for k, v in r.items()), file=sys.stderr, flush=True)
     if conns:
@@ -500,6 +522,8 @@ def main():
             ("udp_p50", "UDP RTT p50 us"), ("udp_p99", "UDP RTT p99 us"),
             ("conn_p50", "connect p50 us"), ("conn_p99", "connect p99 us"),
             ("http_p50", "HTTP request p50 us"), ("http_rps", "HTTP requests/s"), ("rss", "peak RSS MB")]
+    if a.busy:
+        cols += [("up_busy", f"TCP up, {a.busy} open, Gbit/s"), ("down_busy", f"TCP down, {a.busy} open, Gbit/s")]
     print(f"\nmedian of {a.runs} runs, iperf3 -t {a.seconds}, {a.samples} UDP round trips, {a.samples // 4} connects, "
           f"{a.samples // 2} HTTP/1.1 requests on one keep-alive connection\n")
     print("| | " + " | ".join(c[1] for c in cols) + " |")

@@ -71,6 +71,10 @@ pub const TCP_SNIFF_NS: u64 = 300_000_000;
 pub const TCP_BUFFER: usize = 1024 * 1024;
 /// Smallest buffer a connection is given (each way).
 pub const TCP_BUFFER_MIN: usize = 4 * 1024;
+/// Connections for which half the TCP budget is kept, a fair share each
+/// (a 1,024th of the budget each way: 16 KiB of the default's 16 MiB), so
+/// that this many open at once all keep useful windows.
+pub const TCP_FAIR_CONNS: usize = 256;
 /// Default budget for all local TCP buffers together.
 pub const TCP_MEMORY: usize = 16 * 1024 * 1024;
 
@@ -100,10 +104,12 @@ pub struct EngineConfig {
     /// DNS cache, name map and pending-query bounds.
     pub dns: DnsLimits,
     /// Budget for the local TCP buffers (default [`TCP_MEMORY`]).
-    /// Buffers adapt: a new connection gets a sixteenth of what is left,
-    /// between [`TCP_BUFFER_MIN`] and `tcp_buffer` each way, so the first
-    /// connections run at full speed and a flood of them shrinks each
-    /// one's share. Once the budget is spent, new connections still open,
+    /// Buffers adapt, between [`TCP_BUFFER_MIN`] and `tcp_buffer` each
+    /// way: half the budget is kept for [`TCP_FAIR_CONNS`] connections at
+    /// a fair share each (a 1,024th of the budget), the first connections
+    /// also share the other half (full speed for bulk transfers), and past
+    /// the fair connections a flood shrinks each one's share (a sixteenth
+    /// of what is left). Once the budget is spent, new connections still open,
     /// with [`TCP_BUFFER_MIN`] each way (small windows: pressure slows
     /// them, it does not refuse them; counted as `tcp_squeezed`). Only the
     /// flow table's bound (`max_flows`) refuses connections, so the most

@@ -119,13 +119,24 @@ pub(super) struct TcpFlow {
 }
 
 impl Engine {
-    /// Buffer size (each way) for a new TCP connection: a sixteenth of the
-    /// budget left, within [`TCP_BUFFER_MIN`]..=`tcp_buffer`. Past the
-    /// budget it is the minimum: the connection is served with a small
-    /// window, never refused.
+    /// Buffer size (each way) for a new TCP connection. Half the budget is
+    /// kept for [`TCP_FAIR_CONNS`] connections at a fair share each (a
+    /// 1,024th of the budget each way), so that a browser's hundreds of
+    /// connections all keep useful windows; a new connection gets its fair
+    /// share plus a quarter of what is left beyond the part kept for the
+    /// connections that may follow it (the first ones, up to `tcp_buffer`:
+    /// bulk transfers run at full speed). Past the fair connections, a
+    /// sixteenth of what is left; past the budget, [`TCP_BUFFER_MIN`]: the
+    /// connection is served with a small window, never refused.
     pub(super) fn tcp_buffer_size(&self) -> usize {
         let left = self.cfg.tcp_memory.saturating_sub(self.tcp_memory);
-        (left / 16).clamp(TCP_BUFFER_MIN, self.cfg.tcp_buffer.max(TCP_BUFFER_MIN)) / 1024 * 1024
+        let fair = self.cfg.tcp_memory / (4 * TCP_FAIR_CONNS);
+        let kept = 2 * fair * TCP_FAIR_CONNS.saturating_sub(self.socks.len() + 1);
+        let size = match left.checked_sub(kept + 2 * fair) {
+            Some(spare) => fair + spare / 4,
+            None => left / 16,
+        };
+        size.clamp(TCP_BUFFER_MIN, self.cfg.tcp_buffer.max(TCP_BUFFER_MIN)) / 1024 * 1024
     }
 
     /// Bytes of local TCP buffers held now: at most

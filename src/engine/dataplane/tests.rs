@@ -1113,6 +1113,11 @@ struct App {
 
 impl App {
     fn connect(to: &str) -> Self {
+        Self::connect_from("192.0.2.200:40000", to)
+    }
+
+    /// An app at `from` (an address in 192.0.2.0/24) connecting to `to`.
+    fn connect_from(from: &str, to: &str) -> Self {
         use smoltcp::iface::{Config, Interface, SocketSet};
         use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address};
         let mut dev = crate::engine::stack::QueueDevice::new(1500);
@@ -1134,8 +1139,12 @@ impl App {
             smoltcp::socket::tcp::SocketBuffer::new(vec![0; 65_536]),
         );
         let remote = sa(to);
-        s.connect(iface.context(), (remote.ip(), remote.port()), 40_000)
-            .expect("connect");
+        s.connect(
+            iface.context(),
+            (remote.ip(), remote.port()),
+            sa(from).port(),
+        )
+        .expect("connect");
         let sock = sockets.add(s);
         Self {
             dev,
@@ -1953,19 +1962,20 @@ fn the_app_fin_follows_all_its_bytes_through_a_paused_upstream() {
     assert!(upstream == data, "the bytes, in order");
 }
 
-/// Local TCP buffers adapt to how many connections there are: a
-/// sixteenth of what is left of the budget each, shrinking as connections
-/// come; past the budget, connections still open with the smallest
-/// buffers (counted as squeezed), and none is refused.
+/// Local TCP buffers adapt to how many connections there are: the first
+/// ones get the most (full speed for a bulk transfer), the first
+/// [`TCP_FAIR_CONNS`] all keep at least their fair share (a 1,024th of the
+/// budget each way: a browser's hundreds of connections keep useful
+/// windows), shares never grow as connections come; past the budget,
+/// connections still open with the smallest buffers (counted as
+/// squeezed), within the stated bound, and none is refused.
 #[test]
 fn tcp_buffers_adapt_and_pressure_never_refuses() {
-    let cfg = EngineConfig {
-        tcp_memory: 256 * 1024,
-        ..EngineConfig::default()
-    };
-    let (mut e, _) = engine("default", cfg, &[]);
+    let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+    let budget = EngineConfig::default().tcp_memory;
+    let fair = budget / 1024;
     let mut sizes = Vec::new();
-    for i in 0..200u16 {
+    for i in 0..600u16 {
         let before = e.tcp_memory();
         let syn = tcp_syn(&format!("192.0.2.200:{}", 20_000 + i), "198.51.100.7:443");
         e.handle_tun(&syn, S);
@@ -1978,17 +1988,21 @@ fn tcp_buffers_adapt_and_pressure_never_refuses() {
         sizes.push((e.tcp_memory() - before) / 2);
     }
     assert_eq!(e.counters.refused, 0, "none refused");
-    assert_eq!(e.flow_count(), 200);
-    assert_eq!(sizes[0], 16 * 1024, "a sixteenth of the budget at first");
+    assert_eq!(e.flow_count(), 600);
+    assert_eq!(sizes[0], TCP_BUFFER, "the first at full size");
     assert!(
         sizes.windows(2).all(|w| w[1] <= w[0]),
-        "shares shrink: {sizes:?}"
+        "shares never grow: {sizes:?}"
+    );
+    assert!(
+        sizes[..TCP_FAIR_CONNS].iter().all(|&s| s >= fair),
+        "the first {TCP_FAIR_CONNS} keep their fair share: {sizes:?}"
     );
     assert_eq!(*sizes.last().expect("some"), TCP_BUFFER_MIN);
     assert!(e.counters.tcp_squeezed > 0, "the budget ran out");
     let over = usize::try_from(e.counters.tcp_squeezed).expect("fits");
     assert!(
-        e.tcp_memory() <= 256 * 1024 + over * 2 * TCP_BUFFER_MIN,
+        e.tcp_memory() <= budget + over * 2 * TCP_BUFFER_MIN,
         "within the stated bound: {}",
         e.tcp_memory()
     );
