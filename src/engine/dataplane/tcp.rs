@@ -118,6 +118,34 @@ pub(super) struct TcpFlow {
     pub(super) partial_since_ns: Option<u64>,
 }
 
+impl TcpFlow {
+    /// A new connection whose SYN had sequence number `syn`, holding
+    /// `buffers` bytes of local buffers.
+    fn new(id: FlowId, core: FlowCore, phase: TcpPhase, buffers: usize, syn: u32) -> Self {
+        Self {
+            id,
+            core,
+            timer: None,
+            scan: ScanState::default(),
+            phase,
+            pending: Vec::new(),
+            first_bytes: FirstBytes::Judged,
+            rejudge: false,
+            app_fin_sent: false,
+            paused: false,
+            buffers,
+            long_read: false,
+            long_refused: false,
+            silent: false,
+            seq_read: syn.wrapping_add(1),
+            seq_seen: syn.wrapping_add(1),
+            buffers_used: false,
+            msg_held: false,
+            partial_since_ns: None,
+        }
+    }
+}
+
 impl Engine {
     /// Buffer size (each way) for a new TCP connection. Half the budget is
     /// kept for [`TCP_FAIR_CONNS`] connections at a fair share each (a
@@ -232,6 +260,15 @@ impl Engine {
                         self.out.push_back(Output::ToTun(r));
                     }
                     self.out.push_back(Output::Event(Box::new(ev)));
+                    if mode == BlockMode::Drop {
+                        // Remembered, silent: the app's retransmitted SYNs
+                        // are swallowed, not judged (and evented) again.
+                        let mut f = TcpFlow::new(id, core, TcpPhase::Blocked, 0, seg.seq);
+                        f.silent = true;
+                        self.tcp.insert(key, f);
+                        self.tcp_ids.insert(id, key);
+                        self.wake_at(now_ns + self.cfg.udp_idle_ns);
+                    }
                     return;
                 }
                 decided = v;
@@ -265,27 +302,7 @@ impl Engine {
             } else {
                 TcpPhase::Connecting
             };
-            let f = TcpFlow {
-                id,
-                core,
-                timer: None,
-                scan: ScanState::default(),
-                phase,
-                pending: Vec::new(),
-                first_bytes: FirstBytes::Judged,
-                rejudge: false,
-                app_fin_sent: false,
-                paused: false,
-                buffers: 2 * each,
-                long_read: false,
-                long_refused: false,
-                silent: false,
-                seq_read: seg.seq.wrapping_add(1),
-                seq_seen: seg.seq.wrapping_add(1),
-                buffers_used: false,
-                msg_held: false,
-                partial_since_ns: None,
-            };
+            let f = TcpFlow::new(id, core, phase, 2 * each, seg.seq);
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
             if !asked && !sniff && !is_dns {
                 self.counters.opened += 1;

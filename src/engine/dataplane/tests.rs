@@ -1608,6 +1608,36 @@ fn an_address_only_policy_judges_at_the_syn() {
     );
 }
 
+/// A connection dropped at its SYN (`block = "drop"` on an address that
+/// settles it) is remembered silently: the app's retransmitted SYNs get no
+/// answer and are neither judged nor evented again (one `blocked` event,
+/// one count, however often the app retries); the entry is freed once the
+/// app gives up.
+#[test]
+fn a_connection_dropped_at_its_syn_is_evented_once() {
+    let (mut e, _) = engine_with(
+        "name='drop cn'\ndefault='allow'\n[[rule]]\nname='no test-CN'\naction='block'\nblock='drop'\ncidr=['203.0.113.0/25']\n",
+    );
+    let mut app = App::connect("203.0.113.5:443");
+    let mut outs = Vec::new();
+    let mut now = S;
+    let mut syns = 0;
+    for _ in 0..100 {
+        now += 100 * MS;
+        let before = app.sent.0;
+        outs.extend(app.step(&mut e, now));
+        syns += app.sent.0 - before;
+    }
+    assert!(syns >= 3, "the app retried its SYN: {syns}");
+    assert_eq!(app.received, 0, "no answer at all");
+    let ev = events(&outs);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].kind, EventKind::Blocked);
+    assert_eq!(e.counters.blocked, 1);
+    e.handle_timeout(now + 61 * S);
+    assert_eq!(e.flow_count(), 0, "freed once idle");
+}
+
 #[test]
 fn a_dropped_tcp_flow_gets_no_answer_at_all() {
     let cat = Catalog::shipped().expect("catalog");
