@@ -328,32 +328,14 @@ sys.exit(7)
         us = addr::US,
         cn = addr::CN
     );
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.fw,
-            env!("CARGO_BIN_EXE_geowall"),
-            "exec",
-        ])
-        .arg("--world")
-        .arg(&world)
-        .arg("--policy")
-        .arg(&policy)
-        // The system's Python: one under root's home is not the user's to run.
-        .args([
-            "--dns-upstream",
-            "udp:198.51.100.53",
-            "--ui",
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            &script,
-        ])
-        .env("SUDO_UID", "65534")
-        .env("SUDO_GID", "65534")
-        .output()
+    let out = geowall_exec(&net, &world, &policy, &["--ui"], &script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("geowall exec runs");
+    // `ip netns exec` execs geowall: its namespace is named after this id.
+    let own = format!("gwexec{}", out.id());
+    let out = out.wait_with_output().expect("geowall exec ends");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -383,8 +365,92 @@ sys.exit(7)
         .output()
         .expect("ip");
     assert!(
-        !String::from_utf8_lossy(&left.stdout).contains("gwexec"),
-        "the namespace is removed"
+        !String::from_utf8_lossy(&left.stdout)
+            .split_whitespace()
+            .any(|n| n == own),
+        "the namespace {own} is removed"
+    );
+}
+
+/// `geowall exec` with the test's world and rules (its DNS upstream in the
+/// internet namespace, and `extra` options) running the system's Python
+/// on `script` as nobody, from the firewall namespace. (The system's
+/// Python: one under root's home is not the user's to run.)
+fn geowall_exec(
+    net: &Net,
+    world: &std::path::Path,
+    policy: &std::path::Path,
+    extra: &[&str],
+    script: &str,
+) -> std::process::Command {
+    let mut c = std::process::Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &net.fw,
+        env!("CARGO_BIN_EXE_geowall"),
+        "exec",
+    ])
+    .arg("--world")
+    .arg(world)
+    .arg("--policy")
+    .arg(policy)
+    .args(["--dns-upstream", "udp:198.51.100.53"])
+    .args(extra)
+    .args(["--", "/usr/bin/python3", "-c", script])
+    .env("SUDO_UID", "65534")
+    .env("SUDO_GID", "65534");
+    c
+}
+
+/// A program confined with `geowall exec` can be watched and steered as
+/// any instance: `geowall status --tun gwx<PID>` (the TUN is named after
+/// geowall's process id) answers while the program runs, and the control
+/// socket is gone once it has exited.
+#[test]
+fn status_reaches_a_program_confined_with_exec() {
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("status_reaches_a_program_confined_with_exec: skipped (no /usr/bin/python3)");
+        return;
+    }
+    let net = Net::new();
+    let (policy, world) = net.policy_and_world(POLICY);
+    let mut child = geowall_exec(&net, &world, &policy, &[], "import time; time.sleep(4)")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("geowall exec runs");
+    // `ip netns exec` execs geowall: the same process id.
+    let tun = format!("gwx{}", child.id());
+    let status = |tun: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_geowall"))
+            .args(["status", "--json", "--tun", tun])
+            .output()
+            .expect("geowall status runs")
+    };
+    let answered = (0..30).find_map(|_| {
+        let out = status(&tun);
+        if out.status.success() {
+            return Some(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        None
+    });
+    let answered = answered.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("`geowall status --tun {tun}` never answered")
+    });
+    let j: serde_json::Value = serde_json::from_str(&answered).expect("JSON");
+    assert_eq!(j["policy"], "e2e", "{j}");
+    let done = child.wait().expect("exec ends");
+    assert!(done.success(), "{done:?}");
+    let after = status(&tun);
+    assert!(!after.status.success(), "the socket is removed at the end");
+    assert!(
+        !std::path::Path::new(&format!("/run/geowall/{tun}.sock")).exists(),
+        "the socket file is removed"
     );
 }
 

@@ -73,6 +73,15 @@ fn program_path(program: &std::ffi::OsStr) -> String {
         .into_owned()
 }
 
+/// The control socket's file, removed when dropped (on every way out).
+struct ControlSocket(PathBuf);
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     super::need_root("exec", "it creates a network namespace and a TUN device")?;
     let mut prepared = a.engine.prepare(&Protection::default())?;
@@ -115,6 +124,9 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
         default_route: true,
         offload: !a.engine.no_offload,
     };
+    // `geowall status|reload|answer --tun NAME` reach it as any tunnel.
+    let (watch, sock) = super::tunnel::control(&spec.name, &prepared)?;
+    let control = ControlSocket(sock);
     let (up_tx, up_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let engine = std::thread::spawn(move || {
@@ -132,7 +144,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
                 let _ = up_tx.send(());
             },
             shutdown,
-            None,
+            Some(watch),
         )
     });
     if up_rx.recv().is_err() {
@@ -159,6 +171,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
     let status = cmd.status();
     let _ = stop_tx.send(());
     let summary = engine.join();
+    drop(control);
     drop(sandbox);
     let status = status.with_context(|| format!("cannot run {:?}", a.command[0]))?;
     match summary {

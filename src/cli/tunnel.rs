@@ -588,8 +588,13 @@ pub(crate) fn serve(
             .iter()
             .find(|r| matches!(r.action, geowall::policy::Action::Ask(_)))
     {
+        let tun = if spec.name == "geowall0" {
+            String::new()
+        } else {
+            format!(" --tun {}", spec.name)
+        };
         eprintln!(
-            "geowall: the rules ask before some flows (rule \"{}\"): answer with `geowall answer` (`geowall status` lists the questions) or start with --ui; unanswered, a question gets its rule's default at its timeout",
+            "geowall: the rules ask before some flows (rule \"{}\"): answer with `geowall answer N allow|block{tun}` (`geowall status{tun}` lists the questions) or start with --ui; unanswered, a question gets its rule's default at its timeout",
             r.name
         );
     }
