@@ -271,26 +271,53 @@ impl Engine {
     ) -> Option<Vec<hickory_proto::rr::Record>> {
         use hickory_proto::rr::RData;
         let mut unreachable = |ip: IpAddr| self.unroutable(ip, now_ns).is_some();
-        let any = records.iter().any(|r| match &r.data {
-            RData::A(a) => unreachable(IpAddr::V4(a.0)),
-            RData::AAAA(a) => unreachable(IpAddr::V6(a.0)),
-            RData::HTTPS(s) => dns::hints(&s.0.svc_params).any(&mut unreachable),
-            RData::SVCB(s) => dns::hints(&s.svc_params).any(&mut unreachable),
-            _ => false,
-        });
+        fn goes(
+            r: &hickory_proto::rr::Record,
+            unreachable: &mut dyn FnMut(IpAddr) -> bool,
+        ) -> bool {
+            match &r.data {
+                RData::A(a) => unreachable(IpAddr::V4(a.0)),
+                RData::AAAA(a) => unreachable(IpAddr::V6(a.0)),
+                RData::HTTPS(s) => dns::hints(&s.0.svc_params).any(unreachable),
+                RData::SVCB(s) => dns::hints(&s.svc_params).any(unreachable),
+                _ => false,
+            }
+        }
+        // Each of the first 64 records looked at once (a bit each: no
+        // allocation for the common answer, all reachable); any after
+        // them, rare, again below.
+        let mut mask = 0u64;
+        let mut any = false;
+        for (i, r) in records.iter().enumerate() {
+            if goes(r, &mut unreachable) {
+                any = true;
+                if i < 64 {
+                    mask |= 1 << i;
+                }
+            }
+        }
         if !any {
             return None;
         }
         let mut kept = Vec::with_capacity(records.len());
-        for r in records {
+        for (i, r) in records.iter().enumerate() {
+            let drop = if i < 64 {
+                mask & (1 << i) != 0
+            } else {
+                goes(r, &mut unreachable)
+            };
             match &r.data {
-                RData::A(a) if unreachable(IpAddr::V4(a.0)) => {}
-                RData::AAAA(a) if unreachable(IpAddr::V6(a.0)) => {}
+                RData::A(_) | RData::AAAA(_) if drop => {}
                 _ => {
                     let mut r = r.clone();
                     match &mut r.data {
-                        RData::HTTPS(s) => dns::filter_hints(&mut s.0.svc_params, &mut unreachable),
-                        RData::SVCB(s) => dns::filter_hints(&mut s.svc_params, &mut unreachable),
+                        // Only records with a hint to drop are looked at again.
+                        RData::HTTPS(s) if drop => {
+                            dns::filter_hints(&mut s.0.svc_params, &mut unreachable)
+                        }
+                        RData::SVCB(s) if drop => {
+                            dns::filter_hints(&mut s.svc_params, &mut unreachable)
+                        }
                         _ => {}
                     }
                     kept.push(r);
