@@ -263,6 +263,32 @@ fn audit_reports_bad_input_clearly() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("truncated"));
 }
 
+/// The help tells the rules options as an audit uses them: nothing is
+/// fetched, and the options that only steer fetching are not offered.
+#[test]
+fn audit_help_says_subscriptions_are_read_from_the_state_directory() {
+    let out = geowall(&["audit", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for hidden in ["--subscribe-every", "--subscribe-ca"] {
+        assert!(!help.contains(hidden), "{hidden} is not offered:\n{help}");
+    }
+    for flag in ["--subscribe <URL>", "--subscribe-world", "--subscribe-list"] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} is listed:\n{help}"));
+        assert!(
+            line.contains("--state-dir") && line.contains("nothing is fetched"),
+            "{flag} says where it reads from: {line}"
+        );
+    }
+    // The running commands still offer and explain fetching.
+    let out = geowall(&["tunnel", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--subscribe-every") && help.contains("fetched at start"));
+}
+
 #[test]
 fn audit_of_a_shared_capture() {
     let cap = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ndpi/signal.pcap");

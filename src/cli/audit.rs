@@ -16,8 +16,38 @@ use geowall::wire::capture::CaptureStream;
 use geowall::wire::packet::strip_link;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Arguments of `geowall audit`.
+/// Arguments of `geowall audit`. The rules options are the running
+/// commands', told as an audit uses them: it fetches nothing, so a
+/// subscription's URL names the bundle kept in the state directory, and
+/// the options that only steer fetching are not shown.
 #[derive(clap::Args)]
+#[command(
+    mut_arg("subscribe", |a| a.help(
+        "Judge with the rules bundle the subscription keeps in --state-dir \
+         (the last one `run`, `tunnel` or `exec` accepted), verified again \
+         with --pubkey; nothing is fetched"
+    )),
+    mut_arg("subscribe_world", |a| a.help(
+        "Use the world data bundle this subscription keeps in --state-dir, \
+         verified again with --world-pubkey; nothing is fetched"
+    )),
+    mut_arg("subscribe_list", |a| a.help(
+        "Use the list bundle NAME this subscription keeps in --state-dir, \
+         as NAME=URL (repeatable; each needs --list-pubkey NAME=FILE); \
+         nothing is fetched"
+    )),
+    mut_arg("world_pubkey", |a| a.help(
+        "The key the world bundle kept in --state-dir must be signed with \
+         (repeatable); without one, --world or the shipped data is used"
+    )),
+    mut_arg("state_dir", |a| a.help(
+        "Where `run`, `tunnel` or `exec` keep the bundles they accepted: \
+         read for the subscriptions; a --bundle older than the one \
+         recorded there is refused, as at start"
+    )),
+    mut_arg("subscribe_every", |a| a.hide(true)),
+    mut_arg("subscribe_ca", |a| a.hide(true)),
+)]
 pub(crate) struct Args {
     /// A pcap or pcapng capture, plain or gzip/zstd-compressed; `-` reads
     /// standard input. Read as a stream: memory does not grow with the
