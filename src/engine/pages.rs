@@ -10,8 +10,11 @@
 //! is bigger. Once both of a connection's buffers are empty (and nothing
 //! waits out of order: see [`ConnSockets::release`]), their pages are
 //! given back to the system (`MADV_DONTNEED`); the next bytes fault fresh
-//! zero pages in. Where mapping fails, the buffers are ordinary heap
-//! vectors and are never released.
+//! zero pages in. A closed connection's own mappings are emptied the same
+//! way and kept by the pool for the next connections (at most
+//! [`SPARE_MAPPINGS`], address space only), so that opening and closing
+//! connections does not map and unmap memory each time. Where mapping
+//! fails, the buffers are ordinary heap vectors and are never released.
 //!
 //! This is the library's one module with `unsafe` code: smoltcp borrows
 //! its buffers for `'static`, and giving pages back is a system call on
@@ -58,6 +61,12 @@ pub const MMAP_THRESHOLD: usize = 512 * 1024;
 /// Pages mapped at once for the pool.
 const CHUNK_PAGES: usize = 256;
 
+/// Emptied mappings of closed connections' buffers the pool keeps for
+/// reuse. They hold no resident memory (their pages were given back), only
+/// address space: at most this many times the largest buffer
+/// ([`crate::engine::dataplane::TCP_BUFFER`] by default).
+pub const SPARE_MAPPINGS: usize = 32;
+
 /// The system's page size (4 KiB where it cannot be read).
 pub fn page_size() -> usize {
     static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -93,6 +102,9 @@ struct PoolInner {
     free: Vec<usize>,
     /// Mappings: (address, length).
     chunks: Vec<(usize, usize)>,
+    /// Emptied mappings of buffers bigger than a page, for reuse:
+    /// (address, length), at most [`SPARE_MAPPINGS`].
+    spare: Vec<(usize, usize)>,
 }
 
 impl PagePool {
@@ -122,6 +134,48 @@ impl PagePool {
         g.free.push(page.as_ptr() as usize);
     }
 
+    /// A mapping of at least `len` bytes and less than twice that, from
+    /// the spares (the smallest that fits), or a new one. Returns its
+    /// address and its whole length.
+    fn take_mapping(&self, len: usize) -> Option<(NonNull<u8>, usize)> {
+        let reused = {
+            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let best = g
+                .spare
+                .iter()
+                .enumerate()
+                .filter(|&(_, &(_, l))| l >= len && l / 2 < len)
+                .min_by_key(|&(_, &(_, l))| l)
+                .map(|(i, _)| i);
+            best.map(|i| g.spare.swap_remove(i))
+        };
+        match reused {
+            Some((at, l)) => NonNull::new(at as *mut u8).map(|p| (p, l)),
+            None => map(len).map(|p| (p, len)),
+        }
+    }
+
+    /// Takes back a buffer's own mapping: emptied and kept while there is
+    /// room among the spares, otherwise unmapped.
+    fn give_mapping(&self, at: NonNull<u8>, len: usize) {
+        {
+            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if g.spare.len() < SPARE_MAPPINGS {
+                release(at, len);
+                g.spare.push((at.as_ptr() as usize, len));
+                return;
+            }
+        }
+        // SAFETY: our own mapping, no longer used by any buffer.
+        let _ = unsafe { nix::sys::mman::munmap(at.cast(), len) };
+    }
+
+    /// Emptied mappings kept for reuse.
+    pub fn spare_mappings(&self) -> usize {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.spare.len()
+    }
+
     /// Pages mapped (in use or free).
     pub fn mapped_pages(&self) -> usize {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -132,7 +186,7 @@ impl PagePool {
 impl Drop for PagePool {
     fn drop(&mut self) {
         let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        for &(at, len) in &g.chunks {
+        for &(at, len) in g.chunks.iter().chain(&g.spare) {
             if let Some(p) = NonNull::new(at as *mut std::ffi::c_void) {
                 // SAFETY: the pool mapped this range, and no buffer uses it
                 // any more (each holds the pool alive).
@@ -171,9 +225,13 @@ fn release(at: NonNull<u8>, len: usize) {
 #[derive(Debug)]
 struct Pages {
     at: NonNull<u8>,
+    /// The buffer's length (whole pages).
     len: usize,
-    /// The pool the page came from; `None`: its own mapping.
-    pool: Option<Arc<PagePool>>,
+    /// The pool that gave the pages and takes them back.
+    pool: Arc<PagePool>,
+    /// The length of the buffer's own mapping (at least `len`), or `None`
+    /// for a page of the pool's.
+    mapping: Option<usize>,
 }
 
 // SAFETY: `Pages` owns its range outright (like a `Box<[u8]>`); the pool
@@ -189,13 +247,16 @@ impl Pages {
             return Some(Self {
                 at,
                 len,
-                pool: Some(pool.clone()),
+                pool: pool.clone(),
+                mapping: None,
             });
         }
+        let (at, whole) = pool.take_mapping(len)?;
         Some(Self {
-            at: map(len)?,
+            at,
             len,
-            pool: None,
+            pool: pool.clone(),
+            mapping: Some(whole),
         })
     }
 
@@ -212,12 +273,10 @@ impl Pages {
 
 impl Drop for Pages {
     fn drop(&mut self) {
-        match &self.pool {
-            Some(p) => p.give(self.at),
-            None => {
-                // SAFETY: our own mapping, no longer used (see `slice`).
-                let _ = unsafe { nix::sys::mman::munmap(self.at.cast(), self.len) };
-            }
+        // No longer used (see `slice`).
+        match self.mapping {
+            None => self.pool.give(self.at),
+            Some(whole) => self.pool.give_mapping(self.at, whole),
         }
     }
 }
@@ -351,8 +410,41 @@ mod tests {
         let pool = PagePool::new();
         let p = Pages::new(3 * page_size() + 1, &pool).expect("pages");
         assert_eq!(p.len, 4 * page_size());
-        assert!(p.pool.is_none());
+        assert_eq!(p.mapping, Some(4 * page_size()));
         assert_eq!(pool.mapped_pages(), 0);
+    }
+
+    #[test]
+    fn closed_buffers_mappings_are_emptied_and_reused_within_the_bound() {
+        let pool = PagePool::new();
+        let len = 16 * page_size();
+        let mut a = Pages::new(len, &pool).expect("pages");
+        // SAFETY: written while `a` lives.
+        unsafe { a.slice() }.fill(0xCD);
+        let at = a.at;
+        drop(a);
+        assert_eq!(pool.spare_mappings(), 1);
+        // SAFETY: the spare is the pool's mapping, still mapped.
+        assert_eq!(resident(at, len), 0, "a spare holds no memory");
+        // A smaller buffer (more than half) takes it, and reads zeros.
+        let b = Pages::new(9 * page_size(), &pool).expect("pages");
+        assert_eq!((b.at, b.len, b.mapping), (at, 9 * page_size(), Some(len)));
+        // SAFETY: read while `b` lives.
+        let s = unsafe { std::slice::from_raw_parts(b.at.as_ptr(), b.len) };
+        assert!(s.iter().all(|&x| x == 0), "a reused mapping reads as zeros");
+        assert_eq!(pool.spare_mappings(), 0);
+        // Half the size or less: a mapping of its own.
+        drop(b);
+        let c = Pages::new(8 * page_size(), &pool).expect("pages");
+        assert_ne!(c.at, at);
+        assert_eq!(c.mapping, Some(8 * page_size()));
+        drop(c);
+        // At most SPARE_MAPPINGS are kept.
+        let many: Vec<Pages> = (0..SPARE_MAPPINGS + 5)
+            .map(|_| Pages::new(2 * page_size(), &pool).expect("pages"))
+            .collect();
+        drop(many);
+        assert_eq!(pool.spare_mappings(), SPARE_MAPPINGS);
     }
 
     #[test]
