@@ -798,7 +798,14 @@ impl Sniffer {
         let verdict: Option<(Protocol, Traffic, bool, Option<String>)> =
             match tls::client_hello(&stream, &mut scratch) {
                 tls::Hello::Found(h) => {
-                    Some((Protocol::Tls, Traffic::Web, true, h.sni.map(str::to_owned)))
+                    // TURN or STUN over TLS by its ALPN (RFC 7443): a
+                    // relay's media whatever the port.
+                    let class = if h.alpn().any(|a| TURN_ALPNS.contains(&a)) {
+                        Traffic::Media
+                    } else {
+                        Traffic::Web
+                    };
+                    Some((Protocol::Tls, class, true, h.sni.map(str::to_owned)))
                 }
                 tls::Hello::NeedMore(_) => {
                     self.head_coming = true;
@@ -863,7 +870,7 @@ impl Sniffer {
             if let Some(n) = name {
                 self.name(&n);
             }
-            let class = if proto == Protocol::Tls {
+            let class = if proto == Protocol::Tls && class == Traffic::Web {
                 tls_class(ports.1)
             } else {
                 class
@@ -1035,11 +1042,19 @@ impl Sniffer {
     }
 }
 
-/// The class of TLS on a server port: DNS over TLS (853) is `dns`; mail,
-/// directory and SIP over TLS are `other`; the rest is `web`.
+/// ALPN protocol IDs of STUN and TURN over (D)TLS (RFC 7443).
+const TURN_ALPNS: [&[u8]; 2] = [b"stun.turn", b"stun.nat-discovery"];
+
+/// The class of TLS on a server port: DNS over TLS (853) is `dns`; TURN
+/// over TLS (`turns:`, 5349, RFC 7065; and STUN's own 3478, where no web
+/// service listens) is `media`: a relay carries the call inside it, which
+/// nothing in a browser's hello (no server name for an address, no ALPN)
+/// tells apart from web; mail, directory and SIP over TLS are `other`;
+/// the rest is `web`.
 fn tls_class(server_port: u16) -> Traffic {
     match server_port {
         853 => Traffic::Dns,
+        3478 | 5349 => Traffic::Media,
         465 | 587 | 993 | 995 | 636 | 989 | 990 | 5061 => Traffic::Other,
         _ => Traffic::Web,
     }
@@ -1248,6 +1263,8 @@ pub(crate) mod tests {
             (443, Traffic::Web),
             (5223, Traffic::Web),
             (853, Traffic::Dns),
+            (5349, Traffic::Media),
+            (3478, Traffic::Media),
             (993, Traffic::Other),
             (5061, Traffic::Other),
         ] {
@@ -1257,6 +1274,30 @@ pub(crate) mod tests {
                 (s.protocol, s.class),
                 (Some(Protocol::Tls), Some(class)),
                 "port {port}"
+            );
+        }
+    }
+
+    /// TURN over TLS: by its ALPN (RFC 7443) on any port, and by the
+    /// `turns:` port without one (a browser's hello to a relay named by
+    /// address carries neither a name nor an ALPN): media, so a rule on
+    /// media judges the relay; web's ALPN on the same port 443 stays web.
+    #[test]
+    fn turn_over_tls_is_media() {
+        for (alpn, port, class) in [
+            (&b"\x09stun.turn"[..], 443, Traffic::Media),
+            (&b"\x12stun.nat-discovery"[..], 8443, Traffic::Media),
+            (&b"\x02h2\x09stun.turn"[..], 443, Traffic::Media),
+            (&b"\x02h2\x08http/1.1"[..], 443, Traffic::Web),
+            (&b"\x08http/1.1"[..], 5349, Traffic::Media),
+        ] {
+            let hello = tls::tests::hello_record_alpn("relay.example", alpn);
+            let mut s = Sniffer::new();
+            feed(&mut s, Carrier::Tcp, Dir::Up, (50000, port), &hello);
+            assert_eq!(
+                (s.protocol, s.class),
+                (Some(Protocol::Tls), Some(class)),
+                "{alpn:?} on {port}"
             );
         }
     }

@@ -369,6 +369,12 @@ pub(crate) mod tests {
 
     /// A real-shaped ClientHello record for `sni` with ALPN h2, http/1.1.
     pub(crate) fn hello_record(sni: &str) -> Vec<u8> {
+        hello_record_alpn(sni, b"\x02h2\x08http/1.1")
+    }
+
+    /// A real-shaped ClientHello record for `sni` offering `alpn` (the
+    /// extension's list, each protocol ID length-prefixed).
+    pub(crate) fn hello_record_alpn(sni: &str, alpn: &[u8]) -> Vec<u8> {
         let mut ext = Vec::new();
         let name = sni.as_bytes();
         let mut sn = vec![0u8];
@@ -378,7 +384,6 @@ pub(crate) mod tests {
         ext.extend_from_slice(&((sn.len() + 2) as u16).to_be_bytes());
         ext.extend_from_slice(&(sn.len() as u16).to_be_bytes());
         ext.extend_from_slice(&sn);
-        let alpn: &[u8] = b"\x02h2\x08http/1.1";
         ext.extend_from_slice(&16u16.to_be_bytes());
         ext.extend_from_slice(&((alpn.len() + 2) as u16).to_be_bytes());
         ext.extend_from_slice(&(alpn.len() as u16).to_be_bytes());
