@@ -612,7 +612,7 @@ fn turn_allocate() -> Vec<u8> {
 }
 
 #[test]
-fn a_relayed_flow_shows_its_peers_and_the_peer_that_decided() {
+fn a_relayed_flow_shows_the_peer_refused_and_why() {
     use geowall::wire::rtc::{TURN_CREATE_PERMISSION, turn_message};
     let dir = tempfile::tempdir().expect("tempdir");
     let world = support::test_world(dir.path());
@@ -645,12 +645,19 @@ fn a_relayed_flow_shows_its_peers_and_the_peer_that_decided() {
     let fl: Value = serde_json::from_str(run(true).lines().next().expect("a flow")).expect("json");
     assert_eq!(fl["dst"], "198.51.100.7:3478");
     assert_eq!(fl["jurisdiction"]["network"]["country"], "US");
-    assert_eq!(fl["peers"][0]["peer"], "203.0.113.10:5004");
-    assert_eq!(fl["peers"][0]["jurisdiction"]["network"]["country"], "CN");
-    assert_eq!(fl["verdict"]["action"], "block");
-    assert_eq!(fl["verdict"]["peer"], "203.0.113.10:5004");
+    // The peer is refused (its message dropped), the relay itself allowed.
+    let refused = &fl["peers_refused"][0];
+    assert_eq!(refused["peer"], "203.0.113.10:5004", "{fl}");
+    assert_eq!(refused["jurisdiction"]["network"]["country"], "CN");
+    assert_eq!(refused["verdict"]["action"], "block");
+    assert_eq!(refused["verdict"]["peer"], "203.0.113.10:5004");
+    assert_eq!(fl["peers"], serde_json::json!([]));
+    assert_eq!(fl["verdict"]["action"], "allow");
     let table = run(false);
-    assert!(table.contains("(peer 203.0.113.10:5004)"), "{table}");
+    assert!(
+        table.contains("peers refused: 203.0.113.10:5004 ("),
+        "{table}"
+    );
 }
 
 /// TCP segments from `src` to `dst` carrying `chunks` in order (PSH|ACK,
@@ -704,6 +711,59 @@ fn a_relay_over_tcp_shows_the_peer_its_stream_names() {
     assert_eq!(fl["peers"][0]["peer"], "203.0.113.10:5004", "{fl}");
     assert_eq!(fl["verdict"]["action"], "block");
     assert_eq!(fl["verdict"]["peer"], "203.0.113.10:5004");
+}
+
+/// A UDP relay asked for a US peer and then a CN one: the audit shows
+/// what the live engine does, the CN peer refused (its messages dropped)
+/// and the relay allowed for the US peer, in the JSON and in the table.
+#[test]
+fn a_relay_over_udp_shows_the_peer_it_would_have_refused() {
+    use geowall::wire::rtc::{TURN_CREATE_PERMISSION, TURN_SEND, turn_message};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let world = support::test_world(dir.path());
+    let us = "198.51.100.20:5004".parse().expect("addr");
+    let cn = "203.0.113.10:5004".parse().expect("addr");
+    let app = ([192, 0, 2, 10], 40_000);
+    let relay = ([198, 51, 100, 7], 3478);
+    let msgs = [
+        turn_allocate(),
+        turn_message(TURN_CREATE_PERMISSION, [4; 12], &[us], None, &[]),
+        turn_message(TURN_CREATE_PERMISSION, [5; 12], &[cn], None, &[]),
+        turn_message(TURN_SEND, [6; 12], &[us], None, b"voice"),
+    ];
+    let dgrams: Vec<Datagram> = msgs
+        .into_iter()
+        .map(|m| (app.0, app.1, relay.0, relay.1, m))
+        .collect();
+    let pcap = pcap_udp(&dgrams);
+    let fl = first_flow(dir.path(), &pcap, "clubhouse", &world);
+    assert_eq!(fl["verdict"]["action"], "allow", "{fl}");
+    assert_eq!(fl["peers"].as_array().map(Vec::len), Some(1), "{fl}");
+    assert_eq!(fl["peers"][0]["peer"], "198.51.100.20:5004");
+    assert_eq!(fl["peers_refused"][0]["peer"], "203.0.113.10:5004", "{fl}");
+    assert_eq!(
+        fl["peers_refused"][0]["rule"],
+        "no pings or media to PRC jurisdiction"
+    );
+    let f = dir.path().join("flows.pcap");
+    let o = geowall(&[
+        "audit",
+        f.to_str().expect("utf8"),
+        "--preset",
+        "clubhouse",
+        "--world",
+        world.to_str().expect("utf8"),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("198.51.100.7:3478"))
+        .unwrap_or_else(|| panic!("the relay's row:\n{text}"));
+    assert!(line.contains("allow"), "{line}");
+    assert!(
+        line.contains("peers refused: 203.0.113.10:5004 (rule \"no pings or media to PRC jurisdiction\", geo layer: CN)"),
+        "{line}"
+    );
 }
 
 /// A keep-alive HTTP/1.1 connection whose second request names an Agora

@@ -183,7 +183,7 @@ type Talk = fn(&Net, SocketAddr, usize) -> Option<u16>;
 
 /// Under `clubhouse`, with the app talking to a US relay by `talk` over
 /// `proto` (6 TCP, 17 UDP): a US peer is granted and gets the media, a CN
-/// peer behind the same relay gets nothing, and the cut names it.
+/// peer behind the same relay gets nothing, and the event names it.
 fn a_us_relay_is_judged_by_the_peer_it_reaches(talk: Talk, media: usize, proto: u8) {
     let mut net = Net::new();
     // Both peers listen (and would answer); the counter, not they, decides.
@@ -222,11 +222,14 @@ fn a_us_relay_is_judged_by_the_peer_it_reaches(talk: Talk, media: usize, proto: 
     // The relay itself was reached (the allocations), and the event names
     // the peer that decided.
     assert!(net.count(addr::US, proto, TURN_PORT) > 0);
+    // Over UDP the peer is refused and its messages dropped; over TCP (a
+    // message cannot be taken out of the stream) the connection is cut.
+    let kind = if proto == 6 { "cut" } else { "peer-refused" };
     let ev = net.events();
     let cut = ev
         .iter()
-        .find(|e| e["kind"] == "cut" && e["peer"] == cn.to_string())
-        .unwrap_or_else(|| panic!("no cut naming the CN peer in {ev:#?}"));
+        .find(|e| e["kind"] == kind && e["peer"] == cn.to_string())
+        .unwrap_or_else(|| panic!("no {kind} naming the CN peer in {ev:#?}"));
     assert_eq!(cut["server"], format!("{}:{TURN_PORT}", addr::US));
     assert_eq!(cut["proto"], if proto == 6 { "tcp" } else { "udp" });
     assert_eq!(cut["rule"], "no pings or media to PRC jurisdiction");
@@ -251,4 +254,111 @@ fn media_through_a_us_relay_over_tcp_is_judged_by_the_peer_it_reaches() {
     }
     // Twenty Send indications; the connection to the CN peer is cut.
     a_us_relay_is_judged_by_the_peer_it_reaches(talk_through_relay_tcp, 20, 6);
+}
+
+/// From the app namespace, on one allocation: a permission and a channel
+/// for `us`, then a permission for `cn`, then `media` rounds of a Send
+/// indication to each peer and ChannelData on the US channel. What the
+/// relay answered to the two permission requests.
+fn call_with_two_peers(
+    net: &Net,
+    us: SocketAddr,
+    cn: SocketAddr,
+    media: usize,
+) -> (Option<u16>, Option<u16>) {
+    in_ns(&net.app, || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(sa(addr::US, TURN_PORT)).expect("connect");
+        let t = Instant::now();
+        let mut id = 1u8;
+        while answer(&s, Duration::from_millis(300)) != Some(0x0103) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the relay never answered an Allocate"
+            );
+            s.send(&allocate(id)).expect("send allocate");
+            id = id.wrapping_add(1);
+        }
+        let perm = |peer, tid| turn_message(TURN_CREATE_PERMISSION, [tid; 12], &[peer], None, &[]);
+        s.send(&perm(us, 0x71)).expect("send permission");
+        let to_us = answer(&s, Duration::from_secs(1));
+        let bind = turn_message(TURN_CHANNEL_BIND, [0x72; 12], &[us], Some(0x4001), &[]);
+        s.send(&bind).expect("send bind");
+        let _ = answer(&s, Duration::from_millis(500));
+        s.send(&perm(cn, 0x73)).expect("send permission");
+        let to_cn = answer(&s, Duration::from_secs(1));
+        for i in 0..media {
+            let voice = [0x55u8; 160];
+            for peer in [us, cn] {
+                let _ = s.send(&turn_message(
+                    TURN_SEND,
+                    [0x80 + i as u8; 12],
+                    &[peer],
+                    None,
+                    &voice,
+                ));
+            }
+            let mut cd = vec![0x40, 0x01, 0, 160];
+            cd.extend_from_slice(&voice);
+            let _ = s.send(&cd);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (to_us, to_cn)
+    })
+}
+
+/// A call through a US relay whose far side also offers a CN candidate:
+/// under `clubhouse` the CN peer is refused (its permission request and
+/// the media for it never reach the relay, and nothing reaches it), while
+/// the call to the US peer goes on, media included, after the refusal.
+#[test]
+fn a_peer_under_a_blocked_jurisdiction_is_refused_and_the_call_goes_on() {
+    if !support::root_or_skip("a_peer_under_a_blocked_jurisdiction_is_refused_and_the_call_goes_on")
+    {
+        return;
+    }
+    let mut net = Net::new();
+    net.udp_server(sa(addr::CN, PEER_PORT), |_| Vec::new());
+    net.udp_server(sa(addr::US2, PEER_PORT), |_| Vec::new());
+    let _relay = Relay::start(&net);
+    let world = support::test_world(net.dir.path());
+    net.start_geowall(&world, &["--preset", "clubhouse"]);
+    let (us, cn) = (sa(addr::US2, PEER_PORT), sa(addr::CN, PEER_PORT));
+    let (to_us, to_cn) = call_with_two_peers(&net, us, cn, 15);
+    // 0x0108: CreatePermission success response.
+    assert_eq!(to_us, Some(0x0108), "the relay granted the US peer");
+    assert_eq!(
+        to_cn, None,
+        "the permission request for the CN peer never left"
+    );
+    let t = Instant::now();
+    while net.count(addr::US2, 17, PEER_PORT) < 30 && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Each round's Send indication and ChannelData, all after the refusal.
+    let at_us = net.count(addr::US2, 17, PEER_PORT);
+    assert!(
+        at_us >= 30,
+        "the call to the US peer went on: {at_us} packets"
+    );
+    assert_eq!(
+        net.count(addr::CN, 17, PEER_PORT),
+        0,
+        "packets reached the CN peer"
+    );
+    let ev = net.events();
+    let refused: Vec<_> = ev.iter().filter(|e| e["kind"] == "peer-refused").collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "one event for the peer, not one per message: {ev:#?}"
+    );
+    assert_eq!(refused[0]["peer"], cn.to_string());
+    assert_eq!(refused[0]["rule"], "no pings or media to PRC jurisdiction");
+    assert!(
+        !ev.iter()
+            .any(|e| e["kind"] == "cut" || e["kind"] == "blocked"),
+        "the relay was not cut: {ev:#?}"
+    );
+    net.stop_geowall();
 }

@@ -182,6 +182,9 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
                     line.push_str(&format!(" ({why})"));
                 }
             }
+            if !r.refused_peers.is_empty() {
+                line.push_str(&format!("  peers refused: {}", r.refused_peers.join(", ")));
+            }
             if !r.leaks.is_empty() {
                 let leaks: Vec<String> = r
                     .leaks
@@ -311,6 +314,9 @@ pub(crate) struct Row {
     pub(crate) why: Option<String>,
     /// (label, encoding, offset).
     pub(crate) leaks: Vec<(String, String, u64)>,
+    /// The relay's peers the live engine would have refused (their TURN
+    /// messages dropped, the relay going on), each with its rule and layer.
+    pub(crate) refused_peers: Vec<String>,
 }
 
 fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
@@ -324,7 +330,9 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
         &names,
         f.core.sniffer.protocol.map(|p| p.name()),
     );
-    let v = f.judge(policy, intel);
+    let (v, refused) = f.judge_relayed(policy, intel);
+    let peer_jurisdiction =
+        |p: &std::net::SocketAddr| intel.jurisdiction(policy.catalog(), Some(p.ip()), &[], None);
     let mut countries: Vec<String> = Vec::new();
     for l in geowall::intel::Layer::ALL {
         for c in j.countries(l).into_iter().flatten() {
@@ -368,9 +376,15 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
         "names": f.core.ctx.names,
         "encrypted": f.core.sniffer.encryption(),
         "jurisdiction": j.to_json(),
-        "peers": f.core.peers.iter().map(|p| serde_json::json!({
+        "peers": f.core.peers.iter().filter(|p| !refused.iter().any(|(r, _)| r == *p)).map(|p| serde_json::json!({
             "peer": p,
-            "jurisdiction": intel.jurisdiction(policy.catalog(), Some(p.ip()), &[], None).to_json(),
+            "jurisdiction": peer_jurisdiction(p).to_json(),
+        })).collect::<Vec<_>>(),
+        "peers_refused": refused.iter().map(|(p, rv)| serde_json::json!({
+            "peer": p,
+            "jurisdiction": peer_jurisdiction(p).to_json(),
+            "verdict": rv.to_json(),
+            "rule": rv.rule.map(|(_, r)| r.name.as_str()),
         })).collect::<Vec<_>>(),
         "verdict": v.to_json(),
         "rule": v.rule.map(|(_, r)| r.name.as_str()),
@@ -395,6 +409,19 @@ fn row(f: &Flow, intel: &Intel, policy: &Policy) -> Row {
             let whom = v.peer.map(|p| format!(" (peer {p})")).unwrap_or_default();
             format!("{} layer: {}{whom}", l.layer.name(), l.country_name())
         }),
+        refused_peers: refused
+            .iter()
+            .map(|(p, rv)| {
+                let rule = rv
+                    .rule
+                    .map_or("the policy's default", |(_, r)| r.name.as_str());
+                let why = rv
+                    .layer
+                    .map(|l| format!(", {} layer: {}", l.layer.name(), l.country_name()))
+                    .unwrap_or_default();
+                format!("{p} (rule \"{rule}\"{why})")
+            })
+            .collect(),
         leaks: f
             .core
             .leaks

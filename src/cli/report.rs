@@ -166,6 +166,24 @@ pub(crate) fn html(title: &str, policy: &str, rows: &[Row], counters: &Counters)
         }
         h.push_str("</table>");
     }
+    let refusing: Vec<&Row> = rows
+        .iter()
+        .filter(|r| !r.refused_peers.is_empty())
+        .collect();
+    if !refusing.is_empty() {
+        h.push_str("<h2>Relays' peers that would have been refused</h2><p>The relay's messages naming these peers would have been dropped; the relay went on for its other peers.</p>");
+        h.push_str("<table><tr><th>relay</th><th>class</th><th>peers refused</th></tr>");
+        for r in refusing {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.server),
+                esc(r.class),
+                esc(&r.refused_peers.join("; "))
+            );
+        }
+        h.push_str("</table>");
+    }
     h.push_str("<h2>Identifiers sent in cleartext</h2>");
     if leaking == 0 {
         h.push_str("<p>None found (only identifiers given with <code>--identifier</code> are looked for).</p>");

@@ -875,6 +875,11 @@ impl Engine {
                 self.intel = self.intel.with_world(h.current());
             }
         }
+        // Peers refused under the old rules are judged again at their
+        // next message.
+        for f in self.flows.values_mut() {
+            f.core.refused_peers.clear();
+        }
         let open: Vec<_> = self
             .flows
             .iter()
@@ -1086,7 +1091,7 @@ use udp::{FlowState, State};
 
 pub use ask::{Answer, AnswerError, KeptAction, KeptAnswer, Prompt, PromptId, Scope};
 use tcp::tcp_idle_limit;
-pub use verdict::{fact_names, facts, judge_parts};
+pub use verdict::{admit_peers, fact_names, facts, judge_parts, judge_with_peers, peer_refusal};
 
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,11 @@ pub enum EventKind {
     Cut,
     /// A flow ended (idle, or both sides closed).
     Closed,
+    /// A relayed flow's message asking its relay to reach a peer the rules
+    /// block was dropped, and later ones naming that peer will be; the
+    /// flow goes on with its other peers. The event's `peers` is the
+    /// refused peer, its rule and layer what refused it.
+    PeerRefused,
     /// A DNS name (or a link of its CNAME chain) is blocked.
     DnsBlocked,
     /// Addresses were removed from a DNS answer.
@@ -45,6 +50,7 @@ impl EventKind {
             EventKind::Blocked => "blocked",
             EventKind::Cut => "cut",
             EventKind::Closed => "closed",
+            EventKind::PeerRefused => "peer-refused",
             EventKind::DnsBlocked => "dns-blocked",
             EventKind::DnsFiltered => "dns-filtered",
             EventKind::Asked => "asked",
@@ -138,6 +144,9 @@ pub enum DropReason {
     /// A TURN message naming more peers than geowall reads from one
     /// message: it cannot be judged, so it does not leave.
     TurnTooManyPeers,
+    /// A TURN message naming a peer the rules refuse (see
+    /// [`EventKind::PeerRefused`]): it does not leave, the flow goes on.
+    TurnPeerRefused,
     /// On a flow decided as QUIC or a tunnel, a datagram that starts like
     /// an RTP stream no second packet has confirmed yet, where media could
     /// be blocked: dropped, not relayed (if it is the start of a call, none
@@ -165,6 +174,7 @@ impl DropReason {
             DropReason::DnsTcpGone => "dns-tcp-gone",
             DropReason::DnsTcpFull => "dns-tcp-full",
             DropReason::TurnTooManyPeers => "turn-too-many-peers",
+            DropReason::TurnPeerRefused => "turn-peer-refused",
             DropReason::UnconfirmedRtp => "unconfirmed-rtp",
         }
     }
@@ -443,6 +453,7 @@ mod tests {
             (EventKind::Blocked, "\"blocked\""),
             (EventKind::Cut, "\"cut\""),
             (EventKind::Closed, "\"closed\""),
+            (EventKind::PeerRefused, "\"peer-refused\""),
             (EventKind::DnsBlocked, "\"dns-blocked\""),
         ] {
             assert_eq!(serde_json::to_string(&k).expect("json"), s);

@@ -53,6 +53,12 @@ pub struct FlowCore {
     /// none); at most [`MAX_PEERS`], the oldest forgotten
     /// first (a forgotten peer named again is learned, and judged, again).
     pub peers: Vec<SocketAddr>,
+    /// The peers the live engine refused to let a relay be asked to reach
+    /// ([`FlowCore::learn_peers_with`]): every message naming one is
+    /// dropped while the flow goes on. At most [`MAX_PEERS`], the oldest
+    /// forgotten first; emptied when the rules change (each is judged
+    /// again at its next message).
+    pub refused_peers: Vec<SocketAddr>,
     /// The answer an `ask` rule got for this flow (allow?, how it came):
     /// it settles every later verdict of that rule on the flow.
     pub answer: Option<(bool, crate::policy::Answered)>,
@@ -224,6 +230,9 @@ pub enum PeerNews {
     Nothing,
     /// At least one peer not known before: judge the flow again.
     New,
+    /// The message names a peer refused ([`FlowCore::refused_peers`]): it
+    /// must not leave; the flow goes on.
+    Refused,
     /// A TURN message naming more peers than one message is read for
     /// ([`crate::wire::rtc::MAX_PEERS_PER_MESSAGE`]): it cannot be judged
     /// and must not be relayed.
@@ -303,6 +312,7 @@ impl FlowCore {
             last_ns: now_ns,
             volume: Volume::default(),
             peers: Vec::new(),
+            refused_peers: Vec::new(),
             answer: None,
             turn: TurnRead::Unseen,
             hosts: Vec::new(),
@@ -531,6 +541,19 @@ impl FlowCore {
     /// Reads a datagram the app sent for the TURN peers it names
     /// ([`crate::wire::rtc::turn_peers`]) and keeps the new ones.
     pub fn learn_peers(&mut self, payload: &[u8]) -> PeerNews {
+        self.learn_peers_with(payload, |_, _| false)
+    }
+
+    /// As [`FlowCore::learn_peers`], each peer not known before first
+    /// offered to `refuse` (the flow with the peers it has, the new one):
+    /// a peer it refuses is kept among [`FlowCore::refused_peers`]. A
+    /// message naming a refused peer, new or known, is
+    /// [`PeerNews::Refused`] (it must not leave), whatever else it names.
+    pub fn learn_peers_with(
+        &mut self,
+        payload: &[u8],
+        mut refuse: impl FnMut(&FlowCore, SocketAddr) -> bool,
+    ) -> PeerNews {
         let Some(found) = crate::wire::rtc::turn_peers(payload) else {
             return PeerNews::Nothing;
         };
@@ -539,8 +562,20 @@ impl FlowCore {
         }
         let mut news = PeerNews::Nothing;
         for peer in found.iter() {
-            if self.learn_peer(peer) {
-                news = PeerNews::New;
+            if self.refused_peers.iter().any(|p| p.ip() == peer.ip()) {
+                news = PeerNews::Refused;
+            } else if self.peers.iter().any(|p| p.ip() == peer.ip()) {
+            } else if refuse(self, peer) {
+                if self.refused_peers.len() == MAX_PEERS {
+                    self.refused_peers.remove(0);
+                }
+                self.refused_peers.push(peer);
+                news = PeerNews::Refused;
+            } else {
+                self.learn_peer(peer);
+                if news == PeerNews::Nothing {
+                    news = PeerNews::New;
+                }
             }
         }
         news
@@ -582,12 +617,34 @@ impl Flow {
     /// judges with ([`dataplane::judge_parts`]): the same packets give the
     /// same verdict in an audit and in the firewall.
     pub fn judge<'p>(&self, policy: &'p Policy, intel: &Intel) -> Verdict<'p> {
+        self.judge_relayed(policy, intel).0
+    }
+
+    /// The verdict ([`Flow::judge`]) and the peers the live engine would
+    /// have refused, each with the verdict that refused it: over UDP, a
+    /// TURN message naming a peer the rules block is dropped while the
+    /// relay goes on for its other peers ([`dataplane::peer_refusal`]), so
+    /// the flow is judged with the peers let through; over TCP, and for a
+    /// SOCKS relay's targets, every peer counts in the flow's verdict.
+    pub fn judge_relayed<'p>(
+        &self,
+        policy: &'p Policy,
+        intel: &Intel,
+    ) -> (Verdict<'p>, Vec<(SocketAddr, Verdict<'p>)>) {
         let t = match self.proto {
             6 => PTransport::Tcp,
             1 | 58 => PTransport::Icmp,
             _ => PTransport::Udp,
         };
-        dataplane::judge_parts(policy, intel, t, &self.core)
+        if t == PTransport::Udp && !self.core.socks_relay && !self.core.peers.is_empty() {
+            let (accepted, refused) = dataplane::admit_peers(policy, intel, t, &self.core);
+            let v = dataplane::judge_with_peers(policy, intel, t, &self.core, &accepted);
+            return (v, refused);
+        }
+        (
+            dataplane::judge_parts(policy, intel, t, &self.core),
+            Vec::new(),
+        )
     }
 }
 

@@ -69,8 +69,12 @@ function onEvent(e) {
   r.up += e.bytes_up || 0;
   r.down += e.bytes_down || 0;
   r.cls = e.class; r.proto = e.protocol; r.enc = e.encrypted;
-  r.verdict = e.kind === "cut" ? "cut" : e.action;
-  r.rule = e.rule || "";
+  // A relay's refused peer: the relay itself goes on.
+  const refusal = e.kind === "peer-refused";
+  if (!refusal) {
+    r.verdict = e.kind === "cut" ? "cut" : e.action;
+    r.rule = e.rule || "";
+  }
   if (e.where) {
     r.geo = layerCountries(e.where, "geo").join(" ");
     r.network = layerCountries(e.where, "network").join(" ");
@@ -81,7 +85,8 @@ function onEvent(e) {
   if (blocked) {
     counts.blocked++;
     // A later request or QUIC connection on the flow named another host.
-    const later = e.hosts && e.hosts.length ? ` (then ${e.hosts[e.hosts.length - 1]})` : "";
+    const later = refusal ? ` (peer ${(e.peers || []).join(", ")})`
+      : e.hosts && e.hosts.length ? ` (then ${e.hosts[e.hosts.length - 1]})` : "";
     addAlert(`${e.kind} ${app} → ${dest}${later}: ${e.rule || "default"}${e.layer ? " (" + e.layer + ")" : ""}`, "block", e.time_ms);
   }
   if (e.leaks && e.leaks.length) {

@@ -550,7 +550,9 @@ impl Engine {
                 // before it leaves; so is one still coming in pieces.
                 let turn = f.core.learn_stream_peers(&data);
                 match turn.news {
-                    PeerNews::New => new_peer = true,
+                    // Over TCP every peer is kept (a message cannot be
+                    // taken out of the stream): a blocked one cuts it.
+                    PeerNews::New | PeerNews::Refused => new_peer = true,
                     PeerNews::TooMany => too_many = true,
                     PeerNews::Nothing => {}
                 }

@@ -1405,6 +1405,50 @@ fn blocked_by_name_on(e: &mut Engine, now: &mut u64, to: &str, first: &[u8], nam
     assert_eq!(block.server_name.as_deref(), Some(name), "{to}");
 }
 
+/// TURN over TLS is media: under `clubhouse` a relay under a PRC
+/// jurisdiction reached on the `turns:` port, or on 443 with TURN's ALPN,
+/// gets none of the hello, and the event says media; web to it on 443,
+/// and TURN over TLS to a US relay, go on.
+#[test]
+fn turn_over_tls_to_a_relay_under_a_blocked_jurisdiction_is_blocked_as_media() {
+    use smoltcp::socket::tcp::State as S_;
+    for (to, alpn, blocked) in [
+        ("203.0.113.10:5349", &b"\x08http/1.1"[..], true),
+        ("203.0.113.10:443", &b"\x09stun.turn"[..], true),
+        ("203.0.113.10:443", &b"\x02h2"[..], false),
+        ("198.51.100.7:5349", &b"\x09stun.turn"[..], false),
+    ] {
+        let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+        let mut now = S;
+        let mut app = App::connect(to);
+        let hello = crate::wire::tls::tests::hello_record_alpn("", alpn);
+        let mut outs = app_sends_until(&mut app, &mut e, &mut now, &hello, |a, o| {
+            a.socket().state() == S_::Closed || tcp_open_of(o).is_some()
+        });
+        let ev = events(&outs);
+        assert_eq!(ev.len(), 1, "{to} {alpn:?}: {ev:?}");
+        let media = blocked || to.ends_with("5349");
+        assert_eq!(
+            ev[0].class,
+            if media { Traffic::Media } else { Traffic::Web }
+        );
+        if blocked {
+            assert_eq!(ev[0].kind, EventKind::Blocked, "{to} {alpn:?}");
+            assert_eq!(app.socket().state(), S_::Closed, "the app saw an RST");
+            assert_eq!(upstream_bytes(&outs), 0);
+        } else {
+            assert_eq!(ev[0].kind, EventKind::Opened, "{to} {alpn:?}");
+            let flow = tcp_open_of(&outs).expect("opened");
+            e.handle_tcp_connected(flow, now);
+            deliver(&mut app, &mut e, &mut outs);
+            outs.extend(run_until(&mut app, &mut e, &mut now, MS, 50, |_, o| {
+                upstream_bytes(o) >= hello.len()
+            }));
+            assert_eq!(upstream_bytes(&outs), hello.len(), "the hello, whole");
+        }
+    }
+}
+
 /// A ClientHello padded past the 16 KiB read before a verdict (40 KiB, in
 /// three records) is still read whole and judged by its name.
 #[test]
@@ -2602,7 +2646,7 @@ fn turn_allocate() -> Vec<u8> {
 #[test]
 fn a_relay_is_judged_by_the_peers_it_is_asked_to_reach() {
     use crate::wire::rtc::{TURN_CHANNEL_BIND, TURN_CREATE_PERMISSION, TURN_SEND, turn_message};
-    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    let (mut e, handle) = engine("clubhouse", EngineConfig::default(), &[]);
     let (app, relay) = ("192.0.2.200:40000", "198.51.100.7:3478");
     // The allocation itself goes to a US relay: media, allowed.
     e.handle_tun(&udp(app, relay, &turn_allocate()), S);
@@ -2620,50 +2664,78 @@ fn a_relay_is_judged_by_the_peers_it_is_asked_to_reach() {
         payload: perm.clone()
     }));
     assert!(events(&out).is_empty());
-    // A channel to a CN peer: the request never leaves and the flow is cut,
-    // the event naming the peer and both peers listed.
+    // A channel to a CN peer: the request never leaves, the peer is
+    // refused (one event naming it and the rule), and the relay goes on
+    // for its US peer: a peer on the far side cannot end the call by
+    // offering a candidate under a blocked jurisdiction.
     let cn = sa("203.0.113.10:5004");
     let bind = turn_message(TURN_CHANNEL_BIND, [5; 12], &[cn], Some(0x4001), &[]);
     e.handle_tun(&udp(app, relay, &bind), 3 * S);
     let out = drain(&mut e);
     assert_eq!(sent_upstream(&out), 0, "the bind to a CN peer never leaves");
-    assert!(out.contains(&Output::Close { flow }));
-    let ev = events(&out);
-    assert_eq!(ev[0].kind, EventKind::Cut);
-    assert_eq!(ev[0].peer.as_deref(), Some("203.0.113.10:5004"));
-    assert_eq!(
-        ev[0].peers,
-        [
-            "198.51.100.20:5004".to_owned(),
-            "203.0.113.10:5004".to_owned()
-        ]
+    assert!(
+        !out.contains(&Output::Close { flow }),
+        "the relay is not cut"
     );
+    let ev = events(&out);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].kind, EventKind::PeerRefused);
+    assert_eq!(ev[0].flow, flow);
+    assert_eq!(ev[0].peer.as_deref(), Some("203.0.113.10:5004"));
+    assert_eq!(ev[0].peers, ["203.0.113.10:5004".to_owned()]);
     assert_eq!(
         ev[0].rule.as_deref(),
         Some("no pings or media to PRC jurisdiction")
     );
     let json = serde_json::to_value(ev[0]).expect("json");
+    assert_eq!(json["kind"], "peer-refused");
     assert_eq!(json["peer"], "203.0.113.10:5004");
-    // Media sent afterwards through the channel goes nowhere.
-    e.handle_tun(&udp(app, relay, &[0x40, 0x01, 0, 4, 1, 2, 3, 4]), 4 * S);
-    assert_eq!(sent_upstream(&drain(&mut e)), 0);
-    assert_eq!(e.counters.cut, 1);
-
-    // A Send indication naming a CN peer (IPv6 this time) on a new flow.
-    let app2 = "192.0.2.200:40002";
-    e.handle_tun(&udp(app2, relay, &turn_allocate()), 5 * S);
-    drain(&mut e);
-    let send = turn_message(
-        TURN_SEND,
-        [6; 12],
-        &[sa("[2001:db8:86::10]:6000")],
-        None,
-        b"voice",
+    // Its retries, and a Send indication with media for it, never leave,
+    // without more events; one naming the US peer and the CN one neither.
+    let send_cn = turn_message(TURN_SEND, [6; 12], &[cn], None, b"voice");
+    let both = turn_message(TURN_CREATE_PERMISSION, [8; 12], &[us, cn], None, &[]);
+    for (i, m) in [&bind, &send_cn, &both].into_iter().enumerate() {
+        e.handle_tun(&udp(app, relay, m), (4 + i as u64) * S);
+        let out = drain(&mut e);
+        assert_eq!(sent_upstream(&out), 0, "message {i} names the CN peer");
+        assert!(events(&out).is_empty());
+    }
+    assert_eq!(e.counters.drops.get(&DropReason::TurnPeerRefused), Some(&4));
+    // The US peer's media still goes: a Send indication and ChannelData.
+    let send_us = turn_message(TURN_SEND, [9; 12], &[us], None, b"voice");
+    for m in [send_us.clone(), vec![0x40, 0x00, 0, 4, 1, 2, 3, 4]] {
+        e.handle_tun(&udp(app, relay, &m), 8 * S);
+        let out = drain(&mut e);
+        assert!(out.contains(&Output::UdpSend { flow, payload: m }));
+    }
+    assert_eq!((e.counters.cut, e.counters.blocked), (0, 0));
+    // New rules judge a refused peer again at its next message: under
+    // rules that allow it, the bind leaves.
+    let cat = Catalog::shipped().expect("catalog");
+    let open = "name='open'\ndefault='allow'\n";
+    handle.replace(Policy::parse(Path::new("p.toml"), open, None, &cat).expect("policy"));
+    e.handle_tun(&udp(app, relay, &bind), 9 * S);
+    assert!(drain(&mut e).contains(&Output::UdpSend {
+        flow,
+        payload: bind.clone()
+    }));
+    handle.replace(Policy::preset("clubhouse", &cat).expect("preset"));
+    // And a reload that blocks a peer the relay already reaches cuts it.
+    e.handle_tun(&udp(app, relay, &send_us), 10 * S);
+    let out = drain(&mut e);
+    assert!(
+        out.contains(&Output::Close { flow }),
+        "the CN channel exists now"
     );
-    e.handle_tun(&udp(app2, relay, &send), 6 * S);
+    assert_eq!(events(&out)[0].kind, EventKind::Cut);
+
+    // A relay the rules block for itself is blocked whole, whatever its
+    // peers: the allocation to a CN relay never leaves.
+    let app2 = "192.0.2.200:40002";
+    e.handle_tun(&udp(app2, "203.0.113.7:3478", &turn_allocate()), 11 * S);
     let out = drain(&mut e);
     assert_eq!(sent_upstream(&out), 0);
-    assert_eq!(events(&out)[0].kind, EventKind::Cut);
+    assert_eq!(events(&out)[0].kind, EventKind::Blocked);
 
     // A message naming more peers than geowall reads is dropped, counted.
     let app3 = "192.0.2.200:40003";

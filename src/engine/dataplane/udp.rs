@@ -137,12 +137,32 @@ impl Engine {
             payload,
             now_ns,
         );
-        let new_peer = match if icmp {
+        // A TURN message naming a peer the rules block does not leave; the
+        // relay goes on for the other peers (it forwards only to peers it
+        // was given permission for).
+        let mut refusals = Vec::new();
+        let news = if icmp {
             PeerNews::Nothing
         } else {
-            f.core.learn_peers(payload)
-        } {
+            let (policy, intel, id) = (self.policy.current(), &self.intel, f.id);
+            f.core.learn_peers_with(payload, |core, peer| {
+                let refused =
+                    peer_refusal(&policy, intel, PTransport::Udp, core, &core.peers, peer);
+                if let Some(v) = &refused {
+                    let mut ev =
+                        Event::of_flow(EventKind::PeerRefused, id, FlowProto::Udp, core, Some(v));
+                    ev.peers = vec![peer.to_string()];
+                    refusals.push(ev);
+                }
+                refused.is_some()
+            })
+        };
+        for ev in refusals {
+            self.out.push_back(Output::Event(Box::new(ev)));
+        }
+        let new_peer = match news {
             PeerNews::TooMany => return self.drop_reason(DropReason::TurnTooManyPeers),
+            PeerNews::Refused => return self.drop_reason(DropReason::TurnPeerRefused),
             news => news == PeerNews::New,
         };
         // A SOCKS 5 UDP relay's datagram: the target its header names.

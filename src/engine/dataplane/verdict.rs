@@ -59,12 +59,75 @@ pub fn judge_parts<'p>(
     transport: PTransport,
     core: &FlowCore,
 ) -> Verdict<'p> {
+    judge_with_peers(policy, intel, transport, core, &core.peers)
+}
+
+/// Whether a relayed flow's server may not be asked to reach `peer` (a
+/// TURN message naming it): the verdict on the flow with the peer added
+/// to those it has, when that blocks and the flow without it is not
+/// blocked. Such a peer is refused, and its message dropped, while the
+/// flow goes on with its other peers; a flow the rules block without it
+/// is blocked as a whole instead (`None` here). The live engine and the
+/// audit decide with this one function.
+pub fn peer_refusal<'p>(
+    policy: &'p crate::policy::Policy,
+    intel: &Intel,
+    transport: PTransport,
+    core: &FlowCore,
+    accepted: &[SocketAddr],
+    peer: SocketAddr,
+) -> Option<Verdict<'p>> {
+    let mut with: Vec<SocketAddr> = Vec::with_capacity(accepted.len() + 1);
+    with.extend_from_slice(accepted);
+    with.push(peer);
+    let v = judge_with_peers(policy, intel, transport, core, &with);
+    if !v.is_block() || judge_with_peers(policy, intel, transport, core, accepted).is_block() {
+        return None;
+    }
+    Some(v)
+}
+
+/// The peers of a relayed flow, in the order its messages named them,
+/// told apart as the live engine admitted them ([`peer_refusal`], each
+/// judged with those accepted before it): (accepted, refused with the
+/// verdict that refused it). For the audit, which reads every peer first.
+pub fn admit_peers<'p>(
+    policy: &'p crate::policy::Policy,
+    intel: &Intel,
+    transport: PTransport,
+    core: &FlowCore,
+) -> (Vec<SocketAddr>, Vec<(SocketAddr, Verdict<'p>)>) {
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for &p in &core.peers {
+        match peer_refusal(policy, intel, transport, core, &accepted, p) {
+            Some(v) => refused.push((p, v)),
+            None => accepted.push(p),
+        }
+    }
+    (accepted, refused)
+}
+
+/// As [`judge_parts`], the flow's peers being `peers`.
+pub fn judge_with_peers<'p>(
+    policy: &'p crate::policy::Policy,
+    intel: &Intel,
+    transport: PTransport,
+    core: &FlowCore,
+    peers: &[SocketAddr],
+) -> Verdict<'p> {
     let own = core.sniffer.server_name.as_deref();
     let together: Vec<&str> = own
         .into_iter()
         .chain(core.ctx.names.iter().map(String::as_str))
         .collect();
-    let v = policy.evaluate(intel, &facts(transport, core, &together));
+    let v = policy.evaluate(
+        intel,
+        &Facts {
+            peers,
+            ..facts(transport, core, &together)
+        },
+    );
     if matches!(v.action, Action::Block(_)) {
         return v;
     }
@@ -77,7 +140,13 @@ pub fn judge_parts<'p>(
         .chain(core.hosts.iter().map(String::as_str))
     {
         let one = [n];
-        let w = policy.evaluate(intel, &facts(transport, core, &one));
+        let w = policy.evaluate(
+            intel,
+            &Facts {
+                peers,
+                ..facts(transport, core, &one)
+            },
+        );
         match w.action {
             Action::Block(_) => return w,
             Action::Ask(_) if asked.is_none() => asked = Some(w),
