@@ -628,7 +628,31 @@ fn closed_flows_carry_their_bytes_and_sighup_reopens_the_events() {
         1,
         "{old}"
     );
+    // A UDP flow still open when geowall stops is closed in the log too,
+    // with its bytes (a study of where the bytes went misses none).
+    net.udp_server(sa(addr::US, 7003), |q| q.to_vec());
+    in_ns(&app, || {
+        assert_eq!(
+            udp_exchange(sa(addr::US, 7003), b"open at stop").expect("udp"),
+            b"open at stop"
+        );
+    });
     net.stop_geowall();
+    let ev = net.events();
+    let udp = ev
+        .iter()
+        .find(|e| {
+            e["kind"] == "closed"
+                && e["proto"] == "udp"
+                && e["server"] == format!("{}:7003", addr::US)
+        })
+        .unwrap_or_else(|| panic!("the open UDP flow closed at the stop: {ev:#?}"));
+    // 12 bytes each way, in one datagram (IPv4 and UDP headers: 28).
+    assert_eq!(
+        (udp["bytes_up"].as_u64(), udp["bytes_down"].as_u64()),
+        (Some(40), Some(40)),
+        "{udp}"
+    );
 }
 
 fn snapshot(ns: &str) -> String {

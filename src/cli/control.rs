@@ -58,7 +58,11 @@ impl Tally {
     /// Counts one decision.
     pub(crate) fn add(&mut self, e: &Event) {
         self.bytes_events += 1;
-        if let Some(v) = &e.volume {
+        // Every flow's bytes come once, with its `closed` event (a `cut`
+        // event carries them too, so far: not added again).
+        if e.kind == EventKind::Closed
+            && let Some(v) = &e.volume
+        {
             let app = e.app.clone().unwrap_or_else(|| "-".to_owned());
             add_bounded(&mut self.closed_by_app, app, v);
             add_bounded(&mut self.closed_by_destination, e.destination(), v);
@@ -619,6 +623,49 @@ mod tests {
         assert_eq!(human_bytes(20 * 1024 * 1024), "20.0 MiB");
         assert_eq!(human_bytes(3 << 40), "3.0 TiB");
         assert_eq!(human_bytes(5000 << 40), "5000.0 TiB");
+    }
+
+    /// A cut flow's bytes are added once, from its `closed` event, not
+    /// also from the `cut` event before it.
+    #[test]
+    fn a_cut_flows_bytes_are_added_once() {
+        let v = Volume {
+            packets_up: 2,
+            packets_down: 1,
+            bytes_up: 700,
+            bytes_down: 90,
+        };
+        let mut e = Event {
+            kind: EventKind::Cut,
+            flow: 3,
+            proto: geowall::engine::dataplane::FlowProto::Udp,
+            client: "198.18.1.2:40000".into(),
+            server: "198.51.100.10:3478".into(),
+            class: geowall::classify::Traffic::Media,
+            protocol: geowall::classify::Protocol::Stun,
+            server_name: None,
+            encrypted: geowall::classify::Encryption::Unknown,
+            action: Decision::Block,
+            rule: Some("no media".into()),
+            layer: None,
+            leaks: Vec::new(),
+            names: Vec::new(),
+            app: None,
+            uid: None,
+            detail: None,
+            peers: Vec::new(),
+            hosts: Vec::new(),
+            peer: None,
+            prompt: None,
+            answered: None,
+            volume: Some(v),
+        };
+        let mut t = Tally::default();
+        t.add(&e);
+        e.kind = EventKind::Closed;
+        t.add(&e);
+        assert_eq!(t.closed_by_destination.get(&e.destination()), Some(&v));
+        assert_eq!(t.closed_by_app.get("-"), Some(&v));
     }
 
     #[test]

@@ -461,6 +461,15 @@ pub async fn run(
             });
         }
     }
+    // Every flow still open ends here: its `closed` event, with its
+    // packets and bytes (the upstream sockets close as `links` drops).
+    engine.close_all();
+    while let Some(o) = engine.poll_output() {
+        if let Output::Event(e) = o {
+            on_event(&e);
+        }
+    }
+    drop(links);
     summary.counters = engine.counters.clone();
     summary.attribution = attribution.map(|a| a.counters).unwrap_or_default();
     if let Some(l) = &live {

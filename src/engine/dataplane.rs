@@ -534,6 +534,34 @@ impl Engine {
             .chain(self.tcp.values().map(|f| &f.core))
     }
 
+    /// Ends every flow, as when the firewall stops: each gets its `closed`
+    /// event (with its packets and bytes, and what blocked it, if
+    /// anything), and the table is left empty. Upstream sockets are the
+    /// driver's to drop.
+    pub fn close_all(&mut self) {
+        let mut ended: Vec<Event> = self
+            .flows
+            .drain()
+            .map(|(_, f)| f.event(EventKind::Closed, None))
+            .collect();
+        ended.extend(
+            self.tcp
+                .drain()
+                .filter(|(_, f)| !f.silent)
+                .map(|(_, f)| f.event(EventKind::Closed, None)),
+        );
+        self.ids.clear();
+        self.held_bytes = 0;
+        self.tcp_ids.clear();
+        self.tcp_timers.clear();
+        self.socks.clear();
+        self.tcp_memory = 0;
+        self.long_reads = 0;
+        ended.sort_by_key(|e| e.flow);
+        self.out
+            .extend(ended.into_iter().map(|e| Output::Event(Box::new(e))));
+    }
+
     /// Flows in the table (UDP, echo and TCP).
     pub fn flow_count(&self) -> usize {
         self.flows.len() + self.tcp.len()

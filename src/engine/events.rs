@@ -294,6 +294,11 @@ impl Event {
         f: &FlowCore,
         v: Option<&Verdict<'_>>,
     ) -> Self {
+        // A blocked or cut flow's close repeats what blocked it.
+        let note = f
+            .blocked
+            .as_deref()
+            .filter(|_| kind == EventKind::Closed && v.is_none());
         Self {
             kind,
             flow: id,
@@ -311,10 +316,17 @@ impl Event {
             action: match v.map(|v| v.action) {
                 Some(Action::Block(_)) => Decision::Block,
                 Some(Action::Ask(_)) => Decision::Ask,
+                _ if note.is_some() => Decision::Block,
                 _ => Decision::Allow,
             },
-            rule: v.and_then(|v| v.rule.map(|(_, r)| r.name.clone())),
-            layer: v.and_then(|v| v.layer).map(|l| l.to_string()),
+            rule: match note {
+                Some(n) => n.rule.clone(),
+                None => v.and_then(|v| v.rule.map(|(_, r)| r.name.clone())),
+            },
+            layer: match note {
+                Some(n) => n.layer.clone(),
+                None => v.and_then(|v| v.layer).map(|l| l.to_string()),
+            },
             leaks: f.leaks.iter().map(|l| l.label.clone()).collect(),
             names: f.ctx.names.clone(),
             app: f.ctx.app.clone(),
@@ -322,7 +334,10 @@ impl Event {
             detail: None,
             peers: f.peers.iter().map(ToString::to_string).collect(),
             hosts: f.hosts.clone(),
-            peer: v.and_then(|v| v.peer).map(|p| p.to_string()),
+            peer: match note {
+                Some(n) => n.peer.clone(),
+                None => v.and_then(|v| v.peer).map(|p| p.to_string()),
+            },
             prompt: None,
             answered: v.and_then(|v| v.answered),
             volume: matches!(kind, EventKind::Closed | EventKind::Cut).then_some(f.volume),

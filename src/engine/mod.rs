@@ -59,6 +59,9 @@ pub struct FlowCore {
     /// forgotten first; emptied when the rules change (each is judged
     /// again at its next message).
     pub refused_peers: Vec<SocketAddr>,
+    /// What blocked the flow (at its start or later), for the event that
+    /// closes it ([`FlowCore::note_block`]).
+    pub blocked: Option<Box<BlockNote>>,
     /// The answer an `ask` rule got for this flow (allow?, how it came):
     /// it settles every later verdict of that rule on the flow.
     pub answer: Option<(bool, crate::policy::Answered)>,
@@ -220,6 +223,18 @@ pub struct StreamPeers {
     pub partial: bool,
 }
 
+/// The rule, layer and peer of the verdict that blocked a flow, as its
+/// `blocked` or `cut` event gave them: the `closed` event repeats them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockNote {
+    /// The deciding rule's name (none: the policy's default).
+    pub rule: Option<String>,
+    /// The layer and country that made it match.
+    pub layer: Option<String>,
+    /// The relay's peer that made it match.
+    pub peer: Option<String>,
+}
+
 /// Peers of one relayed flow kept, at most (see [`FlowCore::peers`]).
 pub const MAX_PEERS: usize = 32;
 
@@ -313,6 +328,7 @@ impl FlowCore {
             volume: Volume::default(),
             peers: Vec::new(),
             refused_peers: Vec::new(),
+            blocked: None,
             answer: None,
             turn: TurnRead::Unseen,
             hosts: Vec::new(),
@@ -320,6 +336,16 @@ impl FlowCore {
             quic: None,
             socks_relay: false,
         }
+    }
+
+    /// Remembers what blocked the flow, from its `blocked` or `cut`
+    /// event `ev`, for the event that closes it.
+    pub fn note_block(&mut self, ev: &events::Event) {
+        self.blocked = Some(Box::new(BlockNote {
+            rule: ev.rule.clone(),
+            layer: ev.layer.clone(),
+            peer: ev.peer.clone(),
+        }));
     }
 
     /// Keeps `n` as a name a later message asked for, unless the flow

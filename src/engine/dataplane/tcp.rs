@@ -254,6 +254,7 @@ impl Engine {
                     self.counters.blocked += 1;
                     let ev =
                         Event::of_flow(EventKind::Blocked, id, FlowProto::Tcp, &core, Some(&v));
+                    core.note_block(&ev);
                     if mode == BlockMode::Reject
                         && let Some(r) = reply::tcp_reset(raw)
                     {
@@ -737,6 +738,7 @@ impl Engine {
                         },
                         Some(&v),
                     );
+                    f.core.note_block(&ev);
                     self.out.push_back(Output::Event(Box::new(ev)));
                 } else if first {
                     f.phase = TcpPhase::Connecting;

@@ -1078,6 +1078,82 @@ fn idle_flows_close_and_the_table_is_bounded() {
     assert_eq!(e.flow_count(), 0);
 }
 
+/// A flow's `closed` event says how it ended: a blocked or cut flow's
+/// repeats the block and its rule (not an allow without one), an allowed
+/// one's is an allow; and when the firewall stops, every flow still open
+/// gets its `closed` event with its packets and bytes, and the table is
+/// left empty.
+#[test]
+fn closed_events_say_how_flows_ended_and_the_stop_closes_every_flow() {
+    let cfg = EngineConfig {
+        udp_idle_ns: 10 * S,
+        ..EngineConfig::default()
+    };
+    let (mut e, handle) = engine("clubhouse", cfg, &[]);
+    let rtp = |seq: u8| {
+        let mut p = vec![0x80, 0x60, 0, seq, 0, 0, 0, seq, 0, 0, 0, 7];
+        p.extend_from_slice(&[0x55; 160]);
+        p
+    };
+    // Media to CN: blocked at the first packets.
+    let (app, cn) = ("192.0.2.200:5000", "203.0.113.5:7000");
+    for i in 0..3 {
+        e.handle_tun(&udp(app, cn, &rtp(i)), S + u64::from(i) * MS);
+    }
+    let out = drain(&mut e);
+    assert_eq!(sent_upstream(&out), 0);
+    let blocked = events(&out)[0].clone();
+    assert_eq!(blocked.kind, EventKind::Blocked);
+    // Media to the US, allowed; then rules that block it: cut.
+    let us = "198.51.100.7:7000";
+    e.handle_tun(&udp("192.0.2.200:5002", us, &rtp(1)), 2 * S);
+    e.handle_tun(&udp("192.0.2.200:5002", us, &rtp(2)), 2 * S + MS);
+    drain(&mut e);
+    let cat = Catalog::shipped().expect("catalog");
+    let strict = "name='no media'\ndefault='allow'\n[[rule]]\nname='no media'\naction='block'\ntraffic=['media']\n";
+    handle.replace(Policy::parse(Path::new("p.toml"), strict, None, &cat).expect("policy"));
+    e.handle_tun(&udp("192.0.2.200:5002", us, &rtp(3)), 3 * S);
+    let out = drain(&mut e);
+    assert_eq!(events(&out)[0].kind, EventKind::Cut);
+    // A UDP flow to DE that stays open.
+    e.handle_tun(
+        &udp("192.0.2.200:5004", "192.0.2.130:9000", b"hello"),
+        4 * S,
+    );
+    drain(&mut e);
+    // The blocked and the cut flows go idle: closed, as blocks.
+    e.handle_timeout(13 * S);
+    let out = drain(&mut e);
+    let closed: Vec<_> = events(&out)
+        .into_iter()
+        .filter(|ev| ev.kind == EventKind::Closed)
+        .collect();
+    assert_eq!(closed.len(), 2, "{closed:?}");
+    for c in &closed {
+        assert_eq!(c.action, Decision::Block, "{c:?}");
+        assert!(c.rule.is_some(), "{c:?}");
+    }
+    let first = closed
+        .iter()
+        .find(|c| c.flow == blocked.flow)
+        .expect("the blocked flow");
+    assert_eq!((&first.rule, &first.layer), (&blocked.rule, &blocked.layer));
+    assert_eq!(first.volume.map(|v| v.packets_up), Some(3));
+    // The stop: the flows still open are closed, allowed, with their bytes.
+    assert!(e.flow_count() >= 1);
+    e.close_all();
+    let out = drain(&mut e);
+    let ev = events(&out);
+    let de = ev
+        .iter()
+        .find(|c| c.server == "192.0.2.130:9000")
+        .expect("the open flow");
+    assert_eq!((de.kind, de.action), (EventKind::Closed, Decision::Allow));
+    assert_eq!(de.volume.map(|v| v.bytes_up), Some(20 + 8 + 5));
+    assert!(ev.iter().all(|c| c.kind == EventKind::Closed));
+    assert_eq!(e.flow_count(), 0);
+}
+
 #[test]
 fn a_policy_swap_applies_to_new_flows() {
     let (mut e, handle) = engine("default", EngineConfig::default(), &[]);

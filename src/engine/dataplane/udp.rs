@@ -304,6 +304,7 @@ impl Engine {
                 let id = self.flows[&key].id;
                 if let Some(f) = self.flows.get_mut(&key) {
                     f.state = State::Blocked(mode);
+                    f.core.note_block(&ev);
                 }
                 if new {
                     self.counters.blocked += 1;
@@ -424,6 +425,7 @@ impl Engine {
             self.counters.held_dropped += held.len() as u64;
             if let Some(f) = self.flows.get_mut(&key) {
                 f.state = State::Blocked(mode);
+                f.core.note_block(&ev);
             }
             if mode == BlockMode::Reject
                 && let Some(r) = raw.and_then(reply::unreachable)
@@ -487,6 +489,7 @@ impl Engine {
         let id = f.id;
         if let Some(f) = self.flows.get_mut(&key) {
             f.state = State::Blocked(mode);
+            f.core.note_block(&ev);
             // A later connection's Initials held: never sent now.
             f.later_since = None;
             let held = std::mem::take(&mut f.held);
