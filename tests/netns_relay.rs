@@ -79,36 +79,33 @@ fn answer(s: &UdpSocket, wait: Duration) -> Option<u16> {
     (n >= 20).then(|| u16::from_be_bytes([buf[0], buf[1]]))
 }
 
-/// From the app namespace: allocates on the relay (retrying while coturn
-/// starts), then asks for `peer` by CreatePermission and ChannelBind and
-/// sends it `media` datagrams by Send indication and ChannelData. What the
-/// relay answered to the permission request (`None`: no answer).
-fn talk_through_relay(net: &Net, peer: SocketAddr, media: usize) -> Option<u16> {
-    in_ns(&net.app, || {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        s.connect(sa(addr::US, TURN_PORT)).expect("connect");
-        let t = Instant::now();
-        let mut id = 1u8;
-        loop {
-            s.send(&allocate(id)).expect("send allocate");
-            // 0x0103: Allocate success response.
-            if answer(&s, Duration::from_millis(300)) == Some(0x0103) {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "the relay never answered an Allocate"
-            );
-            id = id.wrapping_add(1);
+/// A UDP socket (in the calling namespace) with an allocation on the
+/// relay, retrying while coturn starts (at most 10 s).
+fn allocated() -> UdpSocket {
+    let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    s.connect(sa(addr::US, TURN_PORT)).expect("connect");
+    let t = Instant::now();
+    let mut id = 1u8;
+    loop {
+        s.send(&allocate(id)).expect("send allocate");
+        // 0x0103: Allocate success response.
+        if answer(&s, Duration::from_millis(300)) == Some(0x0103) {
+            return s;
         }
-        let perm = turn_message(TURN_CREATE_PERMISSION, [0x51; 12], &[peer], None, &[]);
-        s.send(&perm).expect("send permission");
-        let got = answer(&s, Duration::from_secs(1));
-        let bind = turn_message(TURN_CHANNEL_BIND, [0x52; 12], &[peer], Some(0x4001), &[]);
-        s.send(&bind).expect("send bind");
-        let _ = answer(&s, Duration::from_millis(500));
-        for i in 0..media {
-            let voice = [0x55u8; 160];
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the relay never answered an Allocate"
+        );
+        id = id.wrapping_add(1);
+    }
+}
+
+/// `rounds` rounds, 20 ms apart, of 160 bytes of voice to each of `peers`
+/// by Send indication and one ChannelData frame on channel 0x4001.
+fn send_media(s: &UdpSocket, peers: &[SocketAddr], rounds: usize) {
+    for i in 0..rounds {
+        let voice = [0x55u8; 160];
+        for &peer in peers {
             let _ = s.send(&turn_message(
                 TURN_SEND,
                 [0x60 + i as u8; 12],
@@ -116,11 +113,28 @@ fn talk_through_relay(net: &Net, peer: SocketAddr, media: usize) -> Option<u16> 
                 None,
                 &voice,
             ));
-            let mut cd = vec![0x40, 0x01, 0, 160];
-            cd.extend_from_slice(&voice);
-            let _ = s.send(&cd);
-            std::thread::sleep(Duration::from_millis(20));
         }
+        let mut cd = vec![0x40, 0x01, 0, 160];
+        cd.extend_from_slice(&voice);
+        let _ = s.send(&cd);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// From the app namespace: allocates on the relay (retrying while coturn
+/// starts), then asks for `peer` by CreatePermission and ChannelBind and
+/// sends it `media` datagrams by Send indication and ChannelData. What the
+/// relay answered to the permission request (`None`: no answer).
+fn talk_through_relay(net: &Net, peer: SocketAddr, media: usize) -> Option<u16> {
+    in_ns(&net.app, || {
+        let s = allocated();
+        let perm = turn_message(TURN_CREATE_PERMISSION, [0x51; 12], &[peer], None, &[]);
+        s.send(&perm).expect("send permission");
+        let got = answer(&s, Duration::from_secs(1));
+        let bind = turn_message(TURN_CHANNEL_BIND, [0x52; 12], &[peer], Some(0x4001), &[]);
+        s.send(&bind).expect("send bind");
+        let _ = answer(&s, Duration::from_millis(500));
+        send_media(&s, &[peer], media);
         got
     })
 }
@@ -267,18 +281,7 @@ fn call_with_two_peers(
     media: usize,
 ) -> (Option<u16>, Option<u16>) {
     in_ns(&net.app, || {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        s.connect(sa(addr::US, TURN_PORT)).expect("connect");
-        let t = Instant::now();
-        let mut id = 1u8;
-        while answer(&s, Duration::from_millis(300)) != Some(0x0103) {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "the relay never answered an Allocate"
-            );
-            s.send(&allocate(id)).expect("send allocate");
-            id = id.wrapping_add(1);
-        }
+        let s = allocated();
         let perm = |peer, tid| turn_message(TURN_CREATE_PERMISSION, [tid; 12], &[peer], None, &[]);
         s.send(&perm(us, 0x71)).expect("send permission");
         let to_us = answer(&s, Duration::from_secs(1));
@@ -287,22 +290,7 @@ fn call_with_two_peers(
         let _ = answer(&s, Duration::from_millis(500));
         s.send(&perm(cn, 0x73)).expect("send permission");
         let to_cn = answer(&s, Duration::from_secs(1));
-        for i in 0..media {
-            let voice = [0x55u8; 160];
-            for peer in [us, cn] {
-                let _ = s.send(&turn_message(
-                    TURN_SEND,
-                    [0x80 + i as u8; 12],
-                    &[peer],
-                    None,
-                    &voice,
-                ));
-            }
-            let mut cd = vec![0x40, 0x01, 0, 160];
-            cd.extend_from_slice(&voice);
-            let _ = s.send(&cd);
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        send_media(&s, &[us, cn], media);
         (to_us, to_cn)
     })
 }
