@@ -144,8 +144,11 @@ impl Engine {
         let news = if icmp {
             PeerNews::Nothing
         } else {
-            let (policy, intel, id) = (self.policy.current(), &self.intel, f.id);
+            // The rules are loaded only for a peer not seen before (most
+            // datagrams name none).
+            let (rules, intel, id) = (&self.policy, &self.intel, f.id);
             f.core.learn_peers_with(payload, |core, peer| {
+                let policy = rules.current();
                 let refused =
                     peer_refusal(&policy, intel, PTransport::Udp, core, &core.peers, peer);
                 if let Some(v) = &refused {
