@@ -195,17 +195,24 @@ fn talk_through_relay_tcp(net: &Net, peer: SocketAddr, media: usize) -> Option<u
 /// media; what the relay answered to the permission request.
 type Talk = fn(&Net, SocketAddr, usize) -> Option<u16>;
 
+/// The namespaces with a CN and a US peer listening (both would answer;
+/// the counter, not they, decides), coturn on the US relay address, and
+/// geowall under `clubhouse`; the relay runs while its guard lives.
+fn relay_and_two_peers() -> (Net, Relay) {
+    let mut net = Net::new();
+    net.udp_server(sa(addr::CN, PEER_PORT), |_| Vec::new());
+    net.udp_server(sa(addr::US2, PEER_PORT), |_| Vec::new());
+    let relay = Relay::start(&net);
+    let world = support::test_world(net.dir.path());
+    net.start_geowall(&world, &["--preset", "clubhouse"]);
+    (net, relay)
+}
+
 /// Under `clubhouse`, with the app talking to a US relay by `talk` over
 /// `proto` (6 TCP, 17 UDP): a US peer is granted and gets the media, a CN
 /// peer behind the same relay gets nothing, and the event names it.
 fn a_us_relay_is_judged_by_the_peer_it_reaches(talk: Talk, media: usize, proto: u8) {
-    let mut net = Net::new();
-    // Both peers listen (and would answer); the counter, not they, decides.
-    net.udp_server(sa(addr::CN, PEER_PORT), |_| Vec::new());
-    net.udp_server(sa(addr::US2, PEER_PORT), |_| Vec::new());
-    let _relay = Relay::start(&net);
-    let world = support::test_world(net.dir.path());
-    net.start_geowall(&world, &["--preset", "clubhouse"]);
+    let (mut net, _relay) = relay_and_two_peers();
 
     // A US peer: the permission is granted and media reaches it.
     let us = sa(addr::US2, PEER_PORT);
@@ -305,12 +312,7 @@ fn a_peer_under_a_blocked_jurisdiction_is_refused_and_the_call_goes_on() {
     {
         return;
     }
-    let mut net = Net::new();
-    net.udp_server(sa(addr::CN, PEER_PORT), |_| Vec::new());
-    net.udp_server(sa(addr::US2, PEER_PORT), |_| Vec::new());
-    let _relay = Relay::start(&net);
-    let world = support::test_world(net.dir.path());
-    net.start_geowall(&world, &["--preset", "clubhouse"]);
+    let (mut net, _relay) = relay_and_two_peers();
     let (us, cn) = (sa(addr::US2, PEER_PORT), sa(addr::CN, PEER_PORT));
     let (to_us, to_cn) = call_with_two_peers(&net, us, cn, 15);
     // 0x0108: CreatePermission success response.
