@@ -708,9 +708,12 @@ fn a_relay_over_tcp_shows_the_peer_its_stream_names() {
     );
     let fl = first_flow(dir.path(), &pcap, "clubhouse", &world);
     assert_eq!(fl["dst"], "198.51.100.7:3478", "{fl}");
-    assert_eq!(fl["peers"][0]["peer"], "203.0.113.10:5004", "{fl}");
-    assert_eq!(fl["verdict"]["action"], "block");
-    assert_eq!(fl["verdict"]["peer"], "203.0.113.10:5004");
+    // As live: the permission is taken out of the stream, the relay goes
+    // on.
+    assert_eq!(fl["peers_refused"][0]["peer"], "203.0.113.10:5004", "{fl}");
+    assert_eq!(fl["peers_refused"][0]["verdict"]["action"], "block");
+    assert_eq!(fl["peers"], serde_json::json!([]), "{fl}");
+    assert_eq!(fl["verdict"]["action"], "allow");
 }
 
 /// A UDP relay asked for a US peer and then a CN one: the audit shows

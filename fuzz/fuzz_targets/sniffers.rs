@@ -22,8 +22,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = rtc::stun_incomplete(data);
     let mut turn = rtc::TurnStream::new();
     for part in data.chunks(data.len() / 3 + 1) {
-        turn.feed(part, |m| {
+        turn.feed(part, |m, at| {
             let _ = rtc::turn_peers(m);
+            // A message is bytes of the stream.
+            assert!(at as usize + m.len() <= data.len());
         });
     }
     // HTTP/1.x request framing, from a request start and from the bytes

@@ -213,14 +213,18 @@ enum TurnRead {
 
 /// What the next bytes of a TCP stream told of its relay's peers
 /// ([`FlowCore::learn_stream_peers`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamPeers {
     /// What the messages the bytes completed said (the most pressing:
-    /// too many, then new).
+    /// too many, then new, then refused).
     pub news: PeerNews,
     /// The bytes end inside a TURN message: what comes next completes it,
     /// and only then can it be judged.
     pub partial: bool,
+    /// The stream ranges (offsets from the stream's first byte) of the
+    /// messages they completed that name a refused peer
+    /// ([`FlowCore::learn_stream_peers_with`]), in stream order.
+    pub refused: Vec<std::ops::Range<u64>>,
 }
 
 /// The rule, layer and peer of the verdict that blocked a flow, as its
@@ -533,6 +537,24 @@ impl FlowCore {
     /// ([`crate::wire::rtc::TurnStream`]), and keeps the new peers the
     /// messages they complete name.
     pub fn learn_stream_peers(&mut self, data: &[u8]) -> StreamPeers {
+        self.learn_stream_peers_with(data, |_, _, _| false)
+    }
+
+    /// Whether the client's TCP stream is read as TURN over TCP.
+    pub fn reads_turn(&self) -> bool {
+        matches!(self.turn, TurnRead::Reading(_))
+    }
+
+    /// As [`FlowCore::learn_stream_peers`], each peer not known before
+    /// first offered to `refuse` (the flow, the peer, the stream offset of
+    /// the message naming it), as in [`FlowCore::learn_peers_with`]: the
+    /// stream ranges of the messages naming a refused peer are in
+    /// [`StreamPeers::refused`], to be taken out of the stream.
+    pub fn learn_stream_peers_with(
+        &mut self,
+        data: &[u8],
+        mut refuse: impl FnMut(&FlowCore, SocketAddr, u64) -> bool,
+    ) -> StreamPeers {
         if matches!(self.turn, TurnRead::Unseen) {
             self.turn = if crate::wire::rtc::stun_start(data) {
                 TurnRead::Reading(Box::default())
@@ -540,28 +562,37 @@ impl FlowCore {
                 TurnRead::No
             };
         }
-        let mut news = PeerNews::Nothing;
+        let mut out = StreamPeers {
+            news: PeerNews::Nothing,
+            partial: false,
+            refused: Vec::new(),
+        };
         // The framer is taken out while its messages are read, then put
         // back (unless the stream stopped looking like TURN).
         let TurnRead::Reading(mut t) = std::mem::take(&mut self.turn) else {
             self.turn = TurnRead::No;
-            return StreamPeers {
-                news,
-                partial: false,
-            };
+            return out;
         };
-        t.feed(data, |m| match self.learn_peers(m) {
-            PeerNews::TooMany => news = PeerNews::TooMany,
-            PeerNews::New if news == PeerNews::Nothing => news = PeerNews::New,
-            _ => {}
+        t.feed(data, |m, start| {
+            match self.learn_peers_with(m, |core, peer| refuse(core, peer, start)) {
+                PeerNews::TooMany => out.news = PeerNews::TooMany,
+                PeerNews::New if out.news != PeerNews::TooMany => out.news = PeerNews::New,
+                PeerNews::Refused => {
+                    out.refused.push(start..start + m.len() as u64);
+                    if out.news == PeerNews::Nothing {
+                        out.news = PeerNews::Refused;
+                    }
+                }
+                _ => {}
+            }
         });
-        let partial = t.partial();
+        out.partial = t.partial();
         self.turn = if t.lost() {
             TurnRead::No
         } else {
             TurnRead::Reading(t)
         };
-        StreamPeers { news, partial }
+        out
     }
 
     /// Reads a datagram the app sent for the TURN peers it names
@@ -607,6 +638,14 @@ impl FlowCore {
         news
     }
 
+    /// The refused peers become the flow's own (a message naming one
+    /// reached, or will reach, its server): the flow is judged with them.
+    pub fn admit_refused(&mut self) {
+        for p in std::mem::take(&mut self.refused_peers) {
+            self.learn_peer(p);
+        }
+    }
+
     /// Keeps `peer` among the addresses the flow's server is asked to
     /// reach, unless its address is known; whether it is new.
     fn learn_peer(&mut self, peer: SocketAddr) -> bool {
@@ -647,11 +686,14 @@ impl Flow {
     }
 
     /// The verdict ([`Flow::judge`]) and the peers the live engine would
-    /// have refused, each with the verdict that refused it: over UDP, a
-    /// TURN message naming a peer the rules block is dropped while the
-    /// relay goes on for its other peers ([`dataplane::peer_refusal`]), so
-    /// the flow is judged with the peers let through; over TCP, and for a
-    /// SOCKS relay's targets, every peer counts in the flow's verdict.
+    /// have refused, each with the verdict that refused it: a TURN message
+    /// (over UDP or TCP) naming a peer the rules block is dropped while
+    /// the relay goes on for its other peers ([`dataplane::peer_refusal`]),
+    /// so the flow is judged with the peers let through; for a SOCKS
+    /// relay's or a proxy's targets, every peer counts in the flow's
+    /// verdict. (Live, a TURN message over TCP whose head had to leave
+    /// before its end came, slower than the sniffing time, cuts the flow
+    /// instead: a capture's timing is not read for that.)
     pub fn judge_relayed<'p>(
         &self,
         policy: &'p Policy,
@@ -662,7 +704,15 @@ impl Flow {
             1 | 58 => PTransport::Icmp,
             _ => PTransport::Udp,
         };
-        if t == PTransport::Udp && !self.core.socks_relay && !self.core.peers.is_empty() {
+        // A relay's peers are admitted one by one, as live, where a message
+        // naming a refused peer is dropped: TURN over UDP and TCP (not a
+        // SOCKS relay, nor a proxy's target).
+        let turn = match t {
+            PTransport::Udp => !self.core.socks_relay,
+            PTransport::Tcp => self.core.reads_turn(),
+            _ => false,
+        };
+        if turn && !self.core.peers.is_empty() {
             let (accepted, refused) = dataplane::admit_peers(policy, intel, t, &self.core);
             let v = dataplane::judge_with_peers(policy, intel, t, &self.core, &accepted);
             return (v, refused);

@@ -310,6 +310,8 @@ pub struct TurnStream {
     msg: Vec<u8>,
     /// Bytes of the current frame still to pass over unread.
     skip: usize,
+    /// Bytes fed so far: the stream offset of the next byte.
+    fed: u64,
     lost: bool,
 }
 
@@ -332,12 +334,16 @@ impl TurnStream {
     }
 
     /// Frames the next bytes of the stream; `on_message` gets every whole
-    /// STUN message they complete.
-    pub fn feed(&mut self, mut data: &[u8], mut on_message: impl FnMut(&[u8])) {
+    /// STUN message they complete, with the stream offset of its first
+    /// byte (the first byte ever fed is at 0): the message is the stream's
+    /// bytes from there to there plus its length, so it can be taken out
+    /// of the stream whole, the framing of what follows unchanged.
+    pub fn feed(&mut self, mut data: &[u8], mut on_message: impl FnMut(&[u8], u64)) {
         while !data.is_empty() && !self.lost {
             if self.skip > 0 {
                 let n = self.skip.min(data.len());
                 self.skip -= n;
+                self.fed += n as u64;
                 data = &data[n..];
                 continue;
             }
@@ -349,6 +355,7 @@ impl TurnStream {
             };
             let n = (want - self.msg.len()).min(data.len());
             self.msg.extend_from_slice(&data[..n]);
+            self.fed += n as u64;
             data = &data[n..];
             if self.msg.len() == 4 {
                 let len = usize::from(u16::from_be_bytes([self.msg[2], self.msg[3]]));
@@ -371,7 +378,7 @@ impl TurnStream {
                     }
                 }
             } else if self.msg.len() > 4 && self.msg.len() == want {
-                on_message(&self.msg);
+                on_message(&self.msg, self.fed - want as u64);
                 self.msg.clear();
             }
         }
@@ -801,15 +808,24 @@ pub(crate) mod tests {
         let mut cd = vec![0x40, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5];
         cd.extend_from_slice(&[0; 3]); // padded to 4 on TCP
         stream.extend_from_slice(&cd);
-        stream.extend_from_slice(&turn_message(TURN_SEND, id, &[cn], None, &[0x55; 160]));
+        let send = turn_message(TURN_SEND, id, &[cn], None, &[0x55; 160]);
+        stream.extend_from_slice(&send);
         // Every way of cutting the stream in two gives the same messages.
         for cut in 0..stream.len() {
             let mut t = TurnStream::new();
             let mut peers = Vec::new();
+            let mut at = Vec::new();
             for part in [&stream[..cut], &stream[cut..]] {
-                t.feed(part, |m| peers.extend(turn_peers(m).expect("peers").iter()));
+                t.feed(part, |m, start| {
+                    // Each message is the stream's bytes at its offset.
+                    let start = start as usize;
+                    assert_eq!(&stream[start..start + m.len()], m, "cut at {cut}");
+                    at.push(start);
+                    peers.extend(turn_peers(m).expect("peers").iter())
+                });
             }
             assert_eq!(peers, vec![us, cn], "cut at {cut}");
+            assert_eq!(at, [0, stream.len() - send.len()], "cut at {cut}");
             assert!(!t.lost());
         }
         // A long Send is passed over, and what follows is still read.
@@ -817,13 +833,16 @@ pub(crate) mod tests {
         let mut long = turn_message(TURN_SEND, id, &[us], None, &[0x55; 4000]);
         long.extend_from_slice(&turn_message(TURN_CREATE_PERMISSION, id, &[cn], None, &[]));
         let mut peers = Vec::new();
-        t.feed(&long, |m| {
+        let mut at = 0;
+        t.feed(&long, |m, start| {
+            at = start;
             peers.extend(turn_peers(m).expect("peers").iter())
         });
         assert_eq!(peers, vec![cn]);
+        assert_eq!(at as usize + 32, long.len(), "offset past the long Send");
         // Not TURN framing: given up, nothing more read.
         let mut t = TurnStream::new();
-        t.feed(&rtp_packet(1), |_| panic!("no message"));
+        t.feed(&rtp_packet(1), |_, _| panic!("no message"));
         assert!(t.lost());
     }
 
@@ -835,8 +854,10 @@ pub(crate) mod tests {
         ) {
             let mut t = TurnStream::new();
             let cut = cut.min(b.len());
-            t.feed(&b[..cut], |m| { let _ = turn_peers(m); });
-            t.feed(&b[cut..], |m| { let _ = turn_peers(m); });
+            let mut end = 0;
+            t.feed(&b[..cut], |m, at| { let _ = turn_peers(m); end = at + m.len() as u64; });
+            t.feed(&b[cut..], |m, at| { let _ = turn_peers(m); end = at + m.len() as u64; });
+            proptest::prop_assert!(end <= b.len() as u64);
             proptest::prop_assert!(t.msg.len() <= MAX_TURN_TCP_MESSAGE);
         }
 

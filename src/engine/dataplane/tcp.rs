@@ -12,6 +12,11 @@ use super::*;
 /// App bytes moved out of a local TCP socket in one read.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// TURN messages taken out of one connection's stream and not yet past
+/// ([`TcpFlow::elide`]); past it, a message naming a refused peer cuts the
+/// connection instead.
+const MAX_ELIDED: usize = 64;
+
 /// A connection with empty buffers and no packet from the app for this
 /// long gives its buffers' pages back (see [`Engine::release_idle`]): a
 /// busy one is not slowed by it, an idle one holds its pages this long
@@ -99,6 +104,13 @@ pub(super) struct TcpFlow {
     /// Sequence number of the app's next byte the engine will read from
     /// the socket (the SYN's + 1 + bytes read).
     pub(super) seq_read: u32,
+    /// App bytes read from the socket in all: the stream offset of the
+    /// next one (the bytes held in `pending` end there).
+    pub(super) read: u64,
+    /// Stream ranges of TURN messages naming a refused peer, inside
+    /// `pending`, in order: taken out when it is released
+    /// ([`TcpFlow::release`]). At most [`MAX_ELIDED`].
+    pub(super) elide: Vec<std::ops::Range<u64>>,
     /// End of the furthest app segment seen: beyond `seq_read` with an
     /// empty socket, the stack may hold bytes that came ahead of a gap.
     pub(super) seq_seen: u32,
@@ -138,6 +150,8 @@ impl TcpFlow {
             long_refused: false,
             silent: false,
             seq_read: syn.wrapping_add(1),
+            read: 0,
+            elide: Vec::new(),
             seq_seen: syn.wrapping_add(1),
             buffers_used: false,
             msg_held: false,
@@ -530,7 +544,10 @@ impl Engine {
                     Ok(v) if !v.is_empty() => v,
                     _ => break,
                 };
+                // Where the bytes not yet relayed begin.
+                let kept_from = f.read - f.pending.len() as u64;
                 f.seq_read = f.seq_read.wrapping_add(data.len() as u32);
+                f.read += data.len() as u64;
                 let named = f.core.sniffer.server_name.is_some();
                 f.core.sniffer.on_payload(
                     Carrier::Tcp,
@@ -548,11 +565,51 @@ impl Engine {
                     &mut f.core.leaks,
                 );
                 // TURN over TCP: a message naming a new peer is judged
-                // before it leaves; so is one still coming in pieces.
-                let turn = f.core.learn_stream_peers(&data);
+                // before it leaves; so is one still coming in pieces. One
+                // naming a peer the rules refuse is taken out of the
+                // stream whole (the framing of what follows is unchanged)
+                // and the relay goes on for its other peers, as over UDP;
+                // if some of it left already (it came in pieces slower
+                // than the sniffing time), the peer is the flow's and the
+                // judging cuts it.
+                let (rules, intel, id) = (&self.policy, &self.intel, f.id);
+                let mut refusals = Vec::new();
+                let turn = f.core.learn_stream_peers_with(&data, |core, peer, start| {
+                    if start < kept_from {
+                        return false;
+                    }
+                    let policy = rules.current();
+                    let refused =
+                        peer_refusal(&policy, intel, PTransport::Tcp, core, &core.peers, peer);
+                    if let Some(v) = &refused {
+                        let mut ev = Event::of_flow(
+                            EventKind::PeerRefused,
+                            id,
+                            FlowProto::Tcp,
+                            core,
+                            Some(v),
+                        );
+                        ev.peers = vec![peer.to_string()];
+                        refusals.push(ev);
+                    }
+                    refused.is_some()
+                });
+                for ev in refusals {
+                    self.out.push_back(Output::Event(Box::new(ev)));
+                }
+                for r in turn.refused {
+                    if r.start < kept_from || f.elide.len() == MAX_ELIDED {
+                        f.core.admit_refused();
+                    } else {
+                        f.elide.push(r);
+                        *self
+                            .counters
+                            .drops
+                            .entry(DropReason::TurnPeerRefused)
+                            .or_insert(0) += 1;
+                    }
+                }
                 match turn.news {
-                    // Over TCP every peer is kept (a message cannot be
-                    // taken out of the stream): a blocked one cuts it.
                     PeerNews::New | PeerNews::Refused => new_peer = true,
                     PeerNews::TooMany => too_many = true,
                     PeerNews::Nothing => {}
@@ -624,6 +681,7 @@ impl Engine {
                 let upstream = matches!(f.phase, TcpPhase::Open | TcpPhase::Connecting);
                 f.phase = TcpPhase::Blocked;
                 f.pending.clear();
+                f.elide.clear();
                 *self
                     .counters
                     .drops
@@ -724,6 +782,7 @@ impl Engine {
                     }
                     f.phase = TcpPhase::Blocked;
                     f.pending.clear();
+                    f.elide.clear();
                     if first {
                         self.counters.blocked += 1;
                     } else {
@@ -772,7 +831,7 @@ impl Engine {
                     {
                         self.out.push_back(Output::TcpSend {
                             flow: f.id,
-                            payload: std::mem::take(&mut f.pending),
+                            payload: f.release(),
                         });
                     }
                 }
@@ -841,7 +900,7 @@ impl Engine {
             if f.first_bytes == FirstBytes::Judged && !f.msg_held && !f.pending.is_empty() {
                 self.out.push_back(Output::TcpSend {
                     flow,
-                    payload: std::mem::take(&mut f.pending),
+                    payload: f.release(),
                 });
             }
         }
@@ -965,6 +1024,30 @@ impl Engine {
 }
 
 impl TcpFlow {
+    /// The held app bytes, to be relayed: [`TcpFlow::pending`] without the
+    /// TURN messages taken out of the stream ([`TcpFlow::elide`]).
+    fn release(&mut self) -> Vec<u8> {
+        let mut held = std::mem::take(&mut self.pending);
+        if self.elide.is_empty() {
+            return held;
+        }
+        let start = self.read - held.len() as u64;
+        let at_of = |o: u64| usize::try_from(o.saturating_sub(start)).unwrap_or(usize::MAX);
+        // Kept bytes are moved down over the ones taken out, in place.
+        let (mut kept, mut at) = (0, 0);
+        for r in self.elide.drain(..) {
+            let a = at_of(r.start).clamp(at, held.len());
+            let b = at_of(r.end).clamp(a, held.len());
+            held.copy_within(at..a, kept);
+            kept += a - at;
+            at = b;
+        }
+        held.copy_within(at.., kept);
+        kept += held.len() - at;
+        held.truncate(kept);
+        held
+    }
+
     /// A decision event about this connection.
     pub(super) fn event(&self, kind: EventKind, v: Option<&Verdict<'_>>) -> Event {
         Event::of_flow(kind, self.id, FlowProto::Tcp, &self.core, v)

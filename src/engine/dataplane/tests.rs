@@ -2829,16 +2829,16 @@ fn a_relay_is_judged_by_the_peers_it_is_asked_to_reach() {
     );
 }
 
-/// An engine with one `ask` rule over 198.51.100.0/24 and 198.18.0.0/15
-/// (`default` and `timeout` as given, blocks rejected); flows from app
-/// ports below 41,000 belong to `/usr/bin/a`, the rest to `/usr/bin/b`.
 /// TURN over TCP: the client's stream is framed and each message read for
 /// its peers. A permission for a US peer that comes in two pieces leaves
-/// only once whole (and judged); one for a CN peer never leaves and the
-/// connection is cut, the event naming the peer.
+/// only once whole (and judged). One for a CN peer is taken out of the
+/// stream whole, and so is every later message naming it, while the
+/// connection goes on for the US peer (one event naming the CN peer and
+/// the rule). A message naming it whose head had to leave before the rest
+/// came (slower than the sniffing time) cuts the connection instead.
 #[test]
 fn a_relay_over_tcp_is_judged_by_the_peers_it_is_asked_to_reach() {
-    use crate::wire::rtc::{TURN_CREATE_PERMISSION, turn_message};
+    use crate::wire::rtc::{TURN_CREATE_PERMISSION, TURN_SEND, turn_message};
     use smoltcp::socket::tcp::State as S_;
     let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
     let mut now = S;
@@ -2866,20 +2866,68 @@ fn a_relay_over_tcp_is_judged_by_the_peers_it_is_asked_to_reach() {
     assert_eq!(tcp_sent_upstream(&outs), alloc, "half a message waits");
     app.socket().send_slice(&perm[10..]).expect("send");
     outs.extend(run_until(&mut app, &mut e, &mut now, MS, 20, |_, _| false));
-    assert_eq!(tcp_sent_upstream(&outs), [alloc.clone(), perm].concat());
+    let mut relayed = [alloc.clone(), perm].concat();
+    assert_eq!(tcp_sent_upstream(&outs), relayed);
     assert!(!events(&outs).iter().any(|e| e.kind == EventKind::Cut));
-    // A CN peer's permission: never leaves; the connection is cut.
+    // A CN peer's permission, in one segment between media for the US
+    // peer: taken out, the media on both sides of it relayed.
     let cn = sa("203.0.113.10:5004");
     let bad = turn_message(TURN_CREATE_PERMISSION, [5; 12], &[cn], None, &[]);
-    let before = tcp_sent_upstream(&outs).len();
-    app.socket().send_slice(&bad).expect("send");
+    let voice = turn_message(TURN_SEND, [6; 12], &[us], None, b"voice");
+    let frame = vec![0x40, 0x00, 0, 5, 1, 2, 3, 4, 5, 0, 0, 0];
+    app.socket()
+        .send_slice(&[voice.clone(), bad.clone(), frame.clone()].concat())
+        .expect("send");
+    let mut outs = run_until(&mut app, &mut e, &mut now, MS, 20, |_, _| false);
+    relayed.extend_from_slice(&[voice.clone(), frame.clone()].concat());
+    assert_eq!(
+        tcp_sent_upstream(&outs),
+        relayed[relayed.len() - 12 - voice.len()..]
+    );
+    assert!(
+        !outs.contains(&Output::Close { flow }),
+        "the relay is not cut"
+    );
+    let ev = events(&outs);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].kind, EventKind::PeerRefused);
+    assert_eq!(ev[0].proto, FlowProto::Tcp);
+    assert_eq!(ev[0].peer.as_deref(), Some("203.0.113.10:5004"));
+    assert_eq!(
+        ev[0].rule.as_deref(),
+        Some("no pings or media to PRC jurisdiction")
+    );
+    // Its retry and media for it, in pieces within the sniffing time,
+    // around media for the US peer: taken out too, without more events.
+    let send_cn = turn_message(TURN_SEND, [7; 12], &[cn], None, b"voice");
+    let stream = [bad.clone(), voice.clone(), send_cn.clone(), frame.clone()].concat();
+    for part in stream.chunks(17) {
+        app.socket().send_slice(part).expect("send");
+        outs.extend(run_until(&mut app, &mut e, &mut now, MS, 5, |_, _| false));
+    }
+    outs.extend(run_until(&mut app, &mut e, &mut now, MS, 20, |_, _| false));
+    assert_eq!(
+        tcp_sent_upstream(&outs),
+        [voice.clone(), frame.clone(), voice.clone(), frame.clone()].concat()
+    );
+    assert!(events(&outs).len() == 1 && !outs.contains(&Output::Close { flow }));
+    assert_eq!(e.counters.drops.get(&DropReason::TurnPeerRefused), Some(&3));
+    assert_eq!((e.counters.cut, e.counters.blocked), (0, 0));
+    // Media for it whose head stops for longer than the sniffing time:
+    // the head leaves (the stream may be read wrongly), so the message
+    // cannot be taken out whole when it ends: the connection is cut
+    // before its end leaves, the event naming the peer.
+    app.socket().send_slice(&send_cn[..24]).expect("send");
+    let mut outs = run_until(&mut app, &mut e, &mut now, 10 * MS, 40, |_, _| false);
+    assert_eq!(tcp_sent_upstream(&outs), send_cn[..24], "the head left");
+    app.socket().send_slice(&send_cn[24..]).expect("send");
     outs.extend(run_until(&mut app, &mut e, &mut now, MS, 50, |a, _| {
         a.socket().state() == S_::Closed
     }));
     assert_eq!(
-        tcp_sent_upstream(&outs).len(),
-        before,
-        "the CN permission never left"
+        tcp_sent_upstream(&outs),
+        send_cn[..24],
+        "its end never left"
     );
     assert!(outs.contains(&Output::Close { flow }));
     let ev = events(&outs);
@@ -3327,6 +3375,9 @@ fn a_head_that_stops_coming_holds_no_longer_and_its_end_is_still_judged() {
     );
 }
 
+/// An engine with one `ask` rule over 198.51.100.0/24 and 198.18.0.0/15
+/// (`default` and `timeout` as given, blocks rejected); flows from app
+/// ports below 41,000 belong to `/usr/bin/a`, the rest to `/usr/bin/b`.
 fn ask_engine(default: &str, timeout: u32) -> Engine {
     let text = format!(
         "name = \"ask\"\ndefault = \"allow\"\n[[rule]]\nname = \"ask about the test nets\"\naction = \"ask\"\nblock = \"reject\"\nask = {{ default = \"{default}\", timeout = {timeout} }}\ncidr = [\"198.51.100.0/24\", \"198.18.0.0/15\"]\n"
