@@ -544,12 +544,7 @@ impl Engine {
             .drain()
             .map(|(_, f)| f.event(EventKind::Closed, None))
             .collect();
-        ended.extend(
-            self.tcp
-                .drain()
-                .filter(|(_, f)| !f.silent)
-                .map(|(_, f)| f.event(EventKind::Closed, None)),
-        );
+        ended.extend(self.tcp.drain().filter_map(|(_, f)| f.closed_event()));
         self.ids.clear();
         self.held_bytes = 0;
         self.tcp_ids.clear();
@@ -751,6 +746,10 @@ impl Engine {
                 if matches!(f.phase, TcpPhase::Open | TcpPhase::Connecting) {
                     self.out.push_back(Output::Close { flow: f.id });
                 }
+            }
+            // Idle past its time (a silently dropped one too): it ends here.
+            if let Some(ev) = f.closed_event() {
+                self.out.push_back(Output::Event(Box::new(ev)));
             }
         }
         while let Some(p) = self.device.tx.pop_front() {

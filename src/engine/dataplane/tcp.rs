@@ -1048,6 +1048,13 @@ impl TcpFlow {
         held
     }
 
+    /// The event that ends this connection: none for one whose handshake
+    /// never completed (no event ever named it).
+    pub(super) fn closed_event(&self) -> Option<Event> {
+        (!matches!(self.phase, TcpPhase::Sniffing { since_ns: None }))
+            .then(|| self.event(EventKind::Closed, None))
+    }
+
     /// A decision event about this connection.
     pub(super) fn event(&self, kind: EventKind, v: Option<&Verdict<'_>>) -> Event {
         Event::of_flow(kind, self.id, FlowProto::Tcp, &self.core, v)

@@ -2829,6 +2829,100 @@ fn a_relay_is_judged_by_the_peers_it_is_asked_to_reach() {
     );
 }
 
+/// The app at `from` connects to `to`, sends `req` and its FIN at once, a
+/// millisecond a step for 50 steps; the engine's outputs.
+fn send_and_close(e: &mut Engine, now: &mut u64, from: &str, to: &str, req: &[u8]) -> Vec<Output> {
+    let mut app = App::connect_from(from, to);
+    let mut outs = Vec::new();
+    let mut sent = false;
+    for _ in 0..50 {
+        *now += MS;
+        outs.extend(app.step(e, *now));
+        if !sent && app.socket().may_send() {
+            app.socket().send_slice(req).expect("send");
+            app.socket().close();
+            sent = true;
+        }
+    }
+    outs
+}
+
+/// TCP flows end with a `closed` event however they end: an idle
+/// connection closed by the idle time, a flow dropped silently (its
+/// segments swallowed) when it has been idle for the UDP idle time, and
+/// one still dropped silently when geowall stops, each repeating its
+/// block and rule.
+#[test]
+fn idle_and_silently_dropped_tcp_flows_are_closed_too() {
+    let cfg = EngineConfig {
+        tcp_idle_ns: 5 * S,
+        udp_idle_ns: 10 * S,
+        ..EngineConfig::default()
+    };
+    let (mut e, handle) = engine("clubhouse", cfg, &[]);
+    let cat = Catalog::shipped().expect("catalog");
+    let text = "name='w'\ndefault='allow'\n[[rule]]\nname='no web on 7001'\naction='block'\nblock='drop'\ntraffic=['web']\nport=[7001]\n";
+    handle.replace(Policy::parse(Path::new("p.toml"), text, None, &cat).expect("policy"));
+    let mut now = S;
+    let req = b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n";
+    let outs = send_and_close(
+        &mut e,
+        &mut now,
+        "192.0.2.200:40001",
+        "198.51.100.8:7001",
+        req,
+    );
+    let dropped = events(&outs)[0].clone();
+    assert_eq!(
+        (dropped.kind, dropped.action),
+        (EventKind::Blocked, Decision::Block)
+    );
+    // (Opened last: an app stepped after it would take its segments.)
+    let (_app, open, _) = open_keep_alive(&mut e, &mut now, "198.51.100.7:80");
+    assert_eq!(
+        e.flow_count(),
+        2,
+        "the dropped flow is kept to swallow its segments"
+    );
+    let closed_now = |e: &mut Engine, at: u64| -> Vec<Event> {
+        e.handle_timeout(at);
+        events(&drain(e))
+            .into_iter()
+            .filter(|ev| ev.kind == EventKind::Closed)
+            .cloned()
+            .collect()
+    };
+    // The idle connection, at its idle time.
+    let closed = closed_now(&mut e, 7 * S);
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!((closed[0].flow, closed[0].action), (open, Decision::Allow));
+    assert!(closed[0].volume.is_some_and(|v| v.bytes_up > 0));
+    // The dropped one, at the UDP idle time, as the block it was.
+    let closed = closed_now(&mut e, 12 * S);
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0].flow, dropped.flow);
+    assert_eq!(closed[0].action, Decision::Block);
+    assert_eq!(closed[0].rule.as_deref(), Some("no web on 7001"));
+    assert_eq!(e.flow_count(), 0);
+    // One still dropped at the stop: closed then.
+    let outs = send_and_close(
+        &mut e,
+        &mut now,
+        "192.0.2.200:40002",
+        "198.51.100.8:7001",
+        req,
+    );
+    let flow = events(&outs)[0].flow;
+    e.close_all();
+    let ev = events(&drain(&mut e))
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].kind, ev[0].flow), (EventKind::Closed, flow));
+    assert_eq!(ev[0].rule.as_deref(), Some("no web on 7001"));
+}
+
 /// TURN over TCP: the client's stream is framed and each message read for
 /// its peers. A permission for a US peer that comes in two pieces leaves
 /// only once whole (and judged). One for a CN peer is taken out of the
