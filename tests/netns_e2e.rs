@@ -589,11 +589,34 @@ fn closed_flows_carry_their_bytes_and_sighup_reopens_the_events() {
         (Some(n("bytes_up")), Some(n("bytes_down"))),
         "{v}"
     );
+    // Media the rules block, its flow still open: what the app sent is
+    // listed apart, never among the bytes that went to a destination.
+    in_ns(&app, || {
+        assert!(media_exchange(sa(addr::CN, 7004), 1).is_err());
+    });
+    assert_eq!(net.count(addr::CN, 17, 7004), 0);
+    let t = std::time::Instant::now();
+    let v = loop {
+        let out = support::geowall_cli(&net, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        if v["blocked_bytes_by_destination"][0]["destination"] == addr::CN
+            || t.elapsed() > Duration::from_secs(5)
+        {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let blocked = &v["blocked_bytes_by_destination"];
+    assert_eq!(blocked[0]["destination"], addr::CN, "{v}");
+    assert_eq!(blocked[0]["packets_up"], 2, "{v}");
+    let rows = v["bytes_by_destination"].as_array().expect("rows");
+    assert!(!rows.iter().any(|r| r["destination"] == addr::CN), "{v}");
     let out = support::geowall_cli(&net, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bytes by destination"), "{text}");
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("bytes by destination"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        text.contains("blocked flows' bytes by destination"),
+        "{text}"
     );
     // logrotate: the file moves, SIGHUP, the next events go to a new file.
     let rotated = net.events.with_extension("1");

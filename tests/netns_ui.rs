@@ -230,7 +230,7 @@ fn a_browser_shows_the_flows_on_the_live_page() {
         return;
     };
     let ask = format!(
-        "{POLICY}[[rule]]\nname = \"ask before US2\"\naction = \"ask\"\nask = {{ timeout = 60 }}\ncidr = [\"{}/32\"]\n",
+        "{POLICY}[[rule]]\nname = \"ask before US2\"\naction = \"ask\"\nask = {{ timeout = 60 }}\ncidr = [\"{}/32\"]\n[[rule]]\nname = \"no web on 7001\"\naction = \"block\"\nblock = \"reject\"\ntraffic = [\"web\"]\nport = [7001]\n",
         addr::US2
     );
     let (us, us2, cn) = (sa(addr::US, 7000), sa(addr::US2, 7000), sa(addr::CN, 7000));
@@ -350,6 +350,27 @@ fn a_browser_shows_the_flows_on_the_live_page() {
         "const c = id => (document.querySelector('#map path#' + id) || {getAttribute: () => 'missing'}).getAttribute('class'); return [c('cn'), c('us'), c('fr')].join(' ')",
     );
     assert_eq!(map, "blocked traffic ", "{map}");
+    // A flow blocked at its request (opened, judged, closed): one block on
+    // the page, not a second for the `closed` event that repeats it.
+    let web = b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n";
+    let _ = in_ns(&net.app, || tcp_exchange(sa(addr::US, 7001), web));
+    let t = Instant::now();
+    while !read().contains("no web on 7001") && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let text = |id: &str| {
+        let v = script(&format!(
+            "return document.getElementById('{id}').textContent"
+        ));
+        v.as_str().unwrap_or_default().to_owned()
+    };
+    let (counts, alerts) = (text("counts"), text("alerts"));
+    assert!(
+        counts.contains(" 2 blocked"),
+        "the CN flow and the web flow: {counts}; {alerts}"
+    );
+    assert!(!alerts.contains("closed "), "{alerts}");
     eprintln!(
         "live page: flows shown {} ms after the traffic ({} ms after the page opened)",
         took.as_millis(),

@@ -35,8 +35,11 @@ pub(crate) struct Tally {
     destinations: HashMap<String, u64>,
     /// Packets and bytes of the closed flows, by app.
     closed_by_app: HashMap<String, Volume>,
-    /// Packets and bytes of the closed flows, by destination.
+    /// Packets and bytes of the closed flows not blocked, by destination.
     closed_by_destination: HashMap<String, Volume>,
+    /// Packets and bytes of the closed flows blocked (at their start or
+    /// cut later), by destination: what their apps sent, not relayed.
+    closed_blocked_by_destination: HashMap<String, Volume>,
     bytes_events: u64,
 }
 
@@ -65,7 +68,13 @@ impl Tally {
         {
             let app = e.app.clone().unwrap_or_else(|| "-".to_owned());
             add_bounded(&mut self.closed_by_app, app, v);
-            add_bounded(&mut self.closed_by_destination, e.destination(), v);
+            // A blocked flow's `closed` repeats the block.
+            let dests = if e.action == Decision::Block {
+                &mut self.closed_blocked_by_destination
+            } else {
+                &mut self.closed_by_destination
+            };
+            add_bounded(dests, e.destination(), v);
         }
         if e.kind == EventKind::Closed {
             return;
@@ -199,7 +208,7 @@ fn by_bytes(key: &str, closed: &HashMap<String, Volume>, open: &[(String, Volume
 fn status(s: &State) -> Value {
     let live = s.live.lock().map(|l| l.clone()).unwrap_or_default();
     let t = s.tally.lock();
-    let (layers, classes, rules, mut top, apps, dests) = match &t {
+    let (layers, classes, rules, mut top, apps, dests, blocked_dests) = match &t {
         Ok(t) => (
             t.blocked_by_layer.clone(),
             t.by_class.clone(),
@@ -213,6 +222,11 @@ fn status(s: &State) -> Value {
                 "destination",
                 &t.closed_by_destination,
                 &live.open_by_destination,
+            ),
+            by_bytes(
+                "destination",
+                &t.closed_blocked_by_destination,
+                &live.open_blocked_by_destination,
             ),
         ),
         Err(_) => Default::default(),
@@ -275,6 +289,9 @@ fn status(s: &State) -> Value {
         // Closed flows, plus the open ones as of the last second.
         "bytes_by_app": apps,
         "bytes_by_destination": dests,
+        // What apps sent in flows geowall blocked (at their start: none of
+        // it left; cut later: what came before the cut did).
+        "blocked_bytes_by_destination": blocked_dests,
     })
 }
 
@@ -492,6 +509,11 @@ pub(crate) fn run_status(a: Args) -> anyhow::Result<ExitCode> {
             "bytes_by_destination",
             "destination",
         ),
+        (
+            "blocked flows' bytes by destination (what apps sent; not relayed past the block)",
+            "blocked_bytes_by_destination",
+            "destination",
+        ),
     ] {
         if let Some(rows) = v[key].as_array().filter(|t| !t.is_empty()) {
             println!("{title} (up / down):");
@@ -626,9 +648,11 @@ mod tests {
     }
 
     /// A cut flow's bytes are added once, from its `closed` event, not
-    /// also from the `cut` event before it.
+    /// also from the `cut` event before it, and by destination apart from
+    /// the flows not blocked (what the app sent was not all relayed); an
+    /// allowed flow's among those.
     #[test]
-    fn a_cut_flows_bytes_are_added_once() {
+    fn a_cut_flows_bytes_are_added_once_and_apart() {
         let v = Volume {
             packets_up: 2,
             packets_down: 1,
@@ -664,8 +688,17 @@ mod tests {
         t.add(&e);
         e.kind = EventKind::Closed;
         t.add(&e);
-        assert_eq!(t.closed_by_destination.get(&e.destination()), Some(&v));
+        assert_eq!(
+            t.closed_blocked_by_destination.get(&e.destination()),
+            Some(&v)
+        );
+        assert_eq!(t.closed_by_destination.get(&e.destination()), None);
         assert_eq!(t.closed_by_app.get("-"), Some(&v));
+        e.action = Decision::Allow;
+        e.server = "198.51.100.11:3478".into();
+        t.add(&e);
+        assert_eq!(t.closed_by_destination.get(&e.destination()), Some(&v));
+        assert_eq!(t.closed_blocked_by_destination.len(), 1);
     }
 
     #[test]

@@ -114,8 +114,13 @@ pub struct Live {
     /// it, or `-` when unknown), most bytes first, at most
     /// [`OPEN_TOP`]; refreshed about every second.
     pub open_by_app: Volumes,
-    /// The same by destination ([`crate::engine::FlowCore::destination`]).
+    /// The same by destination ([`crate::engine::FlowCore::destination`]),
+    /// of the flows not blocked.
     pub open_by_destination: Volumes,
+    /// The same, of the flows blocked (at their start, or cut later): what
+    /// their apps sent, which was not relayed (a cut flow's bytes before
+    /// the cut were).
+    pub open_blocked_by_destination: Volumes,
     /// The questions of `ask` rules waiting for an answer, oldest first
     /// (at most [`crate::engine::dataplane::ask::MAX_PROMPTS`]).
     pub waiting: Vec<(
@@ -130,16 +135,23 @@ pub type Volumes = Vec<(String, Volume)>;
 /// How many apps and destinations [`Live`] keeps of the open flows.
 pub const OPEN_TOP: usize = 32;
 
-/// The open flows' volumes added up by app and by destination, the
-/// [`OPEN_TOP`] largest of each.
-fn open_volumes(engine: &Engine) -> (Volumes, Volumes) {
+/// The open flows' volumes added up by app, by destination (flows not
+/// blocked) and by destination of the blocked ones, the [`OPEN_TOP`]
+/// largest of each.
+fn open_volumes(engine: &Engine) -> (Volumes, Volumes, Volumes) {
     let mut apps: HashMap<&str, Volume> = HashMap::new();
     let mut dests: HashMap<String, Volume> = HashMap::new();
+    let mut blocked: HashMap<String, Volume> = HashMap::new();
     for f in engine.open_flows() {
         apps.entry(f.ctx.app.as_deref().unwrap_or("-"))
             .or_default()
             .add(&f.volume);
-        dests.entry(f.destination()).or_default().add(&f.volume);
+        let to = if f.blocked.is_some() {
+            &mut blocked
+        } else {
+            &mut dests
+        };
+        to.entry(f.destination()).or_default().add(&f.volume);
     }
     let top = |mut v: Volumes| {
         v.sort_by(|a, b| b.1.bytes().cmp(&a.1.bytes()).then_with(|| a.0.cmp(&b.0)));
@@ -149,6 +161,7 @@ fn open_volumes(engine: &Engine) -> (Volumes, Volumes) {
     (
         top(apps.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
         top(dests.into_iter().collect()),
+        top(blocked.into_iter().collect()),
     )
 }
 
@@ -483,9 +496,10 @@ pub async fn run(
 fn publish(live: &std::sync::Mutex<Live>, engine: &Engine, summary: &Summary, volumes: bool) {
     let v = volumes.then(|| open_volumes(engine));
     if let Ok(mut l) = live.lock() {
-        if let Some((apps, dests)) = v {
+        if let Some((apps, dests, blocked)) = v {
             l.open_by_app = apps;
             l.open_by_destination = dests;
+            l.open_blocked_by_destination = blocked;
         }
         l.flows = engine.flow_count();
         l.waiting.clear();

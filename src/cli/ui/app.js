@@ -8,7 +8,7 @@ const MAX_ROWS = 5000;
 const MAX_ALERTS = 200;
 const token = decodeURIComponent(location.hash.slice(1));
 const rows = new Map();   // app|destination|address -> row
-const recent = [];        // {t, app, where, up, down, blocked} for the last hour
+const recent = [];        // {t, app, where, up, down, relayed, blocked, opened} for the last hour
 const questions = new Map(); // prompt -> {li, flows}
 const MAX_QUESTIONS = 256;
 let keeps = false;         // whether answers "always" can be kept (/api/info)
@@ -40,7 +40,10 @@ function layerCountries(where, layer) {
 }
 
 function onEvent(e) {
-  counts.events++;
+  // A flow's `closed` event is no decision: it brings the flow's bytes,
+  // once for its whole life, and repeats the block of a blocked flow.
+  const closed = e.kind === "closed";
+  if (!closed) counts.events++;
   if (e.kind === "skipped") { counts.skipped += e.count; return; }
   if (e.kind === "update" || e.kind === "update-failed") {
     const text = e.kind === "update"
@@ -66,12 +69,13 @@ function onEvent(e) {
     rows.set(key, r);
   }
   if (e.kind === "opened" || e.kind === "blocked" || e.kind === "dns-blocked") r.flows++;
-  r.up += e.bytes_up || 0;
-  r.down += e.bytes_down || 0;
+  const up = closed ? e.bytes_up || 0 : 0, down = closed ? e.bytes_down || 0 : 0;
+  r.up += up;
+  r.down += down;
   r.cls = e.class; r.proto = e.protocol; r.enc = e.encrypted;
   // A relay's refused peer: the relay itself goes on.
   const refusal = e.kind === "peer-refused";
-  if (!refusal) {
+  if (!refusal && !closed) {
     r.verdict = e.kind === "cut" ? "cut" : e.action;
     r.rule = e.rule || "";
   }
@@ -81,7 +85,7 @@ function onEvent(e) {
     r.owner = e.where.owner ? `${e.where.owner.operator} (${e.where.owner.country})` : "";
     r.vendor = e.where.vendor ? `${e.where.vendor.vendor} (${e.where.vendor.country})` : "";
   }
-  const blocked = e.action === "block";
+  const blocked = e.action === "block" && !closed;
   if (blocked) {
     counts.blocked++;
     // A later request or QUIC connection on the flow named another host.
@@ -93,7 +97,10 @@ function onEvent(e) {
     counts.leaks++;
     addAlert(`leak ${app} → ${dest}: ${e.leaks.join(", ")} in cleartext`, "leak", e.time_ms);
   }
-  recent.push({ t: e.time_ms || Date.now(), app, where: e.where, up: e.bytes_up || 0, down: e.bytes_down || 0, blocked, opened: e.kind === "opened" });
+  // A blocked or cut flow's bytes are its app's, not its country's: they
+  // were not relayed there (a cut flow's, before the cut, were).
+  const relayed = e.action !== "block";
+  recent.push({ t: e.time_ms || Date.now(), app, where: e.where, up, down, relayed, blocked, opened: e.kind === "opened" });
   dirty = true;
 }
 
@@ -191,7 +198,7 @@ function render() {
       const t = byCountry.get(c) || { flows: 0, blocked: 0, bytes: 0 };
       if (x.opened) t.flows++;
       if (x.blocked) t.blocked++;
-      t.bytes += x.up + x.down;
+      if (x.relayed) t.bytes += x.up + x.down;
       byCountry.set(c, t);
     }
   }
