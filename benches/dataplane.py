@@ -461,7 +461,7 @@ def main():
     ap.add_argument("--busy", type=int, default=0, metavar="N",
                     help="also measure single streams with N keep-alive connections open")
     ap.add_argument("--only",
-                    help="comma-separated subset of direct,geowall,geowall-no-offload,geowall-ui,geowall-baseline,"
+                    help="comma-separated subset of direct,geowall,geowall-no-offload,geowall-ui,geowall-owners,geowall-baseline,"
                          "sing-box-gvisor,sing-box-system (default: direct, geowall, both sing-box stacks, "
                          "and geowall-baseline with --baseline)")
     a = ap.parse_args()
@@ -478,6 +478,9 @@ def main():
         "geowall-no-offload": lambda tmp: start_geowall(tmp, a.geowall, "--no-offload"),
         # The live page served (and fed) with no browser on it.
         "geowall-ui": lambda tmp: start_geowall(tmp, a.geowall, "--ui"),
+        # Each new flow's program found before it goes on, as `geowall run`
+        # does on a whole machine.
+        "geowall-owners": lambda tmp: start_geowall(tmp, a.geowall, "--owners"),
     }
     if a.baseline:
         if not os.path.exists(a.baseline):

@@ -907,6 +907,9 @@ impl Engine {
         for f in self.flows.values_mut() {
             f.core.refused_peers.clear();
         }
+        for f in self.tcp.values_mut() {
+            f.core.refused_peers.clear();
+        }
         let open: Vec<_> = self
             .flows
             .iter()

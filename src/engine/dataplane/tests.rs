@@ -2934,7 +2934,7 @@ fn idle_and_silently_dropped_tcp_flows_are_closed_too() {
 fn a_relay_over_tcp_is_judged_by_the_peers_it_is_asked_to_reach() {
     use crate::wire::rtc::{TURN_CREATE_PERMISSION, TURN_SEND, turn_message};
     use smoltcp::socket::tcp::State as S_;
-    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    let (mut e, handle) = engine("clubhouse", EngineConfig::default(), &[]);
     let mut now = S;
     let (mut app, _) = connected(&mut e, "198.51.100.7:3478", &mut now);
     let alloc = turn_allocate();
@@ -3007,22 +3007,56 @@ fn a_relay_over_tcp_is_judged_by_the_peers_it_is_asked_to_reach() {
     assert!(events(&outs).len() == 1 && !outs.contains(&Output::Close { flow }));
     assert_eq!(e.counters.drops.get(&DropReason::TurnPeerRefused), Some(&3));
     assert_eq!((e.counters.cut, e.counters.blocked), (0, 0));
-    // Media for it whose head stops for longer than the sniffing time:
-    // the head leaves (the stream may be read wrongly), so the message
-    // cannot be taken out whole when it ends: the connection is cut
-    // before its end leaves, the event naming the peer.
+    // New rules judge the refused peer again at its next message: under
+    // rules that allow it, its permission leaves; back under `clubhouse`,
+    // the relay reaches it now, so the connection is cut.
+    let cat = Catalog::shipped().expect("catalog");
+    let open = "name='open'\ndefault='allow'\n";
+    handle.replace(Policy::parse(Path::new("p.toml"), open, None, &cat).expect("policy"));
+    app.socket().send_slice(&bad).expect("send");
+    let outs = run_until(&mut app, &mut e, &mut now, MS, 20, |_, _| false);
+    assert_eq!(tcp_sent_upstream(&outs), bad, "allowed now");
+    handle.replace(Policy::preset("clubhouse", &cat).expect("preset"));
+    let outs = run_until(&mut app, &mut e, &mut now, MS, 50, |a, _| {
+        a.socket().state() == S_::Closed
+    });
+    assert!(
+        outs.contains(&Output::Close { flow }),
+        "cut: the relay reaches it"
+    );
+    // A second connection to the relay, its CN peer refused, then media
+    // for it whose head stops for longer than the sniffing time: the head
+    // leaves (the stream may be read wrongly), so the message cannot be
+    // taken out whole when it ends: the connection is cut before its end
+    // leaves, the event naming the peer.
+    let (mut app, _) = connected(&mut e, "198.51.100.7:3480", &mut now);
+    app.socket()
+        .send_slice(&[alloc.clone(), bad.clone()].concat())
+        .expect("send");
+    let mut outs = run_until(&mut app, &mut e, &mut now, MS, 50, |_, o| {
+        tcp_open_of(o).is_some()
+    });
+    let flow = tcp_open_of(&outs).expect("opened");
+    e.handle_tcp_connected(flow, now);
+    outs.extend(run_until(&mut app, &mut e, &mut now, MS, 5, |_, _| false));
+    assert_eq!(tcp_sent_upstream(&outs), alloc, "the permission taken out");
     app.socket().send_slice(&send_cn[..24]).expect("send");
-    let mut outs = run_until(&mut app, &mut e, &mut now, 10 * MS, 40, |_, _| false);
-    assert_eq!(tcp_sent_upstream(&outs), send_cn[..24], "the head left");
+    outs.extend(run_until(
+        &mut app,
+        &mut e,
+        &mut now,
+        10 * MS,
+        40,
+        |_, _| false,
+    ));
+    let mut head = alloc.clone();
+    head.extend_from_slice(&send_cn[..24]);
+    assert_eq!(tcp_sent_upstream(&outs), head, "the head left");
     app.socket().send_slice(&send_cn[24..]).expect("send");
     outs.extend(run_until(&mut app, &mut e, &mut now, MS, 50, |a, _| {
         a.socket().state() == S_::Closed
     }));
-    assert_eq!(
-        tcp_sent_upstream(&outs),
-        send_cn[..24],
-        "its end never left"
-    );
+    assert_eq!(tcp_sent_upstream(&outs), head, "its end never left");
     assert!(outs.contains(&Output::Close { flow }));
     let ev = events(&outs);
     let cut = ev.iter().find(|e| e.kind == EventKind::Cut).expect("a cut");
