@@ -894,6 +894,64 @@ port = [7001]
     );
 }
 
+/// Under `geowall run` with rules that do not look at owners, a TCP
+/// connection is accepted while its program is being found and judged
+/// once it is: the request reaches the server and the `opened` event names
+/// the program; a connection the address alone blocks still fails at once,
+/// and nothing reaches that server.
+#[test]
+fn run_finds_the_program_of_a_connection_it_accepted_before_judging_it() {
+    if !support::root_or_skip("netns_e2e") {
+        return;
+    }
+    let mut net = Net::new();
+    let policy = r#"
+name = "no owner rules"
+default = "allow"
+
+[[rule]]
+name = "nothing to PRC"
+action = "block"
+block = "reject"
+jurisdiction = { countries = ["CN"] }
+"#;
+    let (policy, world) = net.policy_and_world(policy);
+    net.tcp_server(sa(addr::US, 7001), echo);
+    net.tcp_server(sa(addr::CN, 7001), echo);
+    let (_cleanup, _) = host_resolv(&net);
+    let mut g = start_run(&net, &world, &policy);
+    let fw = net.fw.clone();
+    let (us, cn) = in_ns(&fw, || {
+        let us = tcp_exchange(sa(addr::US, 7001), b"whose?");
+        let t = std::time::Instant::now();
+        let cn = TcpStream::connect_timeout(&sa(addr::CN, 7001), Duration::from_secs(2));
+        (us, cn.map(drop).map_err(|e| (e.kind(), t.elapsed())))
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = g.wait();
+    assert_eq!(us.expect("US").as_slice(), b"whose?");
+    let (kind, took) = cn.expect_err("the CN connect is refused");
+    assert_eq!(kind, ErrorKind::ConnectionRefused);
+    assert!(took < Duration::from_secs(1), "at once: {took:?}");
+    assert_eq!(net.count(addr::CN, 6, 7001), 0);
+    let me = std::env::current_exe().expect("this test's program");
+    let ev = net.events();
+    let opened = ev
+        .iter()
+        .find(|e| e["kind"] == "opened" && e["server"] == format!("{}:7001", addr::US))
+        .unwrap_or_else(|| panic!("no opened event: {ev:#?}"));
+    assert_eq!(opened["app"], me.to_str().expect("utf8"), "{opened}");
+    assert_eq!(opened["uid"], 0, "{opened}");
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "blocked" && e["rule"] == "nothing to PRC"),
+        "{ev:#?}"
+    );
+}
+
 /// Where the tests' `geowall run` keeps its state (never the host's).
 fn run_state(net: &Net) -> std::path::PathBuf {
     net.dir.path().join("run-state")

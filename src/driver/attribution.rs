@@ -1,10 +1,14 @@
-//! Who owns each new flow, found off the engine's thread: the driver holds
-//! a new flow's first packets (bounded), a thread of its own asks the
-//! kernel ([`super::procs::Finder`]), and when the answer is in the engine
-//! is told ([`Engine::hint_owner`]) and given the packets. The engine never
-//! waits, and never reads `/proc`.
+//! Who owns each new flow, found off the engine's thread: a thread of its
+//! own asks the kernel ([`super::procs::Finder`]) while the flow waits,
+//! and when the answer is in the engine is told. A TCP connection is
+//! accepted at once and judged when its owner is known
+//! ([`Engine::await_owner`], [`Engine::owner_found`]), so the app's
+//! handshake does not wait on the search; a datagram flow's first packets
+//! are held here (bounded) and handed over after the answer
+//! ([`Engine::hint_owner`]). The engine never waits, and never reads
+//! `/proc`.
 //!
-//! Bounds: at most [`MAX_WAITING`] flows wait, each with at most
+//! Bounds: at most [`MAX_WAITING`] flows wait, each held one with at most
 //! [`PACKETS_PER_FLOW`] packets; a flow past the first bound goes on at
 //! once without an owner, packets past the second are dropped (the app
 //! sends again), and no flow waits longer than [`MAX_WAIT`].
@@ -48,7 +52,11 @@ pub struct AttributionCounters {
 pub struct Attribution {
     ask: std::sync::mpsc::SyncSender<(OwnerKey, Instant)>,
     answers: mpsc::UnboundedReceiver<(OwnerKey, AppOwner)>,
+    /// Flows whose first packets are held here.
     waiting: HashMap<OwnerKey, Waiting>,
+    /// TCP connections the engine accepted while their owner is looked
+    /// for, and since when.
+    accepted: HashMap<OwnerKey, Instant>,
     /// What it did.
     pub counters: AttributionCounters,
 }
@@ -57,6 +65,7 @@ impl std::fmt::Debug for Attribution {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Attribution")
             .field("waiting", &self.waiting.len())
+            .field("accepted", &self.accepted.len())
             .field("counters", &self.counters)
             .finish_non_exhaustive()
     }
@@ -129,6 +138,7 @@ impl Attribution {
             ask,
             answers,
             waiting: HashMap::new(),
+            accepted: HashMap::new(),
             counters: AttributionCounters::default(),
         })
     }
@@ -148,11 +158,18 @@ impl Attribution {
             }
             return;
         }
-        if self.waiting.len() >= MAX_WAITING || self.ask.try_send((key, Instant::now())).is_err() {
+        if self.waiting.len() + self.accepted.len() >= MAX_WAITING
+            || self.ask.try_send((key, Instant::now())).is_err()
+        {
             self.counters.unattributed += 1;
             return engine.handle_tun(packet, now_ns);
         }
         self.counters.asked += 1;
+        if engine.await_owner(key) {
+            // Accepted at once; judged when the owner is known.
+            self.accepted.insert(key, Instant::now());
+            return engine.handle_tun(packet, now_ns);
+        }
         self.waiting.insert(
             key,
             Waiting {
@@ -164,7 +181,7 @@ impl Attribution {
 
     /// Waits for the next answer (forever when none is awaited).
     pub async fn answer(&mut self) -> Option<(OwnerKey, AppOwner)> {
-        if self.waiting.is_empty() {
+        if self.waiting.is_empty() && self.accepted.is_empty() {
             // Answers to flows already let go are read with the next ones.
             std::future::pending::<()>().await;
         }
@@ -172,15 +189,18 @@ impl Attribution {
     }
 
     /// The owner of `key` is known: the engine is told, and gets the
-    /// flow's packets.
+    /// flow's packets if they were held.
     pub fn answered(&mut self, engine: &mut Engine, key: OwnerKey, owner: AppOwner, now_ns: u64) {
+        let found = owner.app.is_some() || owner.uid.is_some();
+        if self.accepted.remove(&key).is_some() {
+            self.counters.found += u64::from(found);
+            return engine.owner_found(key, owner, now_ns);
+        }
         let Some(w) = self.waiting.remove(&key) else {
             // Late: the flow went on without it.
             return;
         };
-        if owner.app.is_some() || owner.uid.is_some() {
-            self.counters.found += 1;
-        }
+        self.counters.found += u64::from(found);
         engine.hint_owner(key, owner);
         for p in w.packets {
             engine.handle_tun(&p, now_ns);
@@ -203,10 +223,23 @@ impl Attribution {
                 }
             }
         }
+        let late: Vec<OwnerKey> = self
+            .accepted
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= MAX_WAIT)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in late {
+            self.accepted.remove(&k);
+            self.counters.unattributed += 1;
+            engine.owner_found(k, AppOwner::default(), now_ns);
+        }
     }
 
     /// When the oldest waiting flow's time is up, if any waits.
     pub fn deadline(&self) -> Option<Instant> {
-        self.waiting.values().map(|w| w.since + MAX_WAIT).min()
+        let held = self.waiting.values().map(|w| w.since);
+        let accepted = self.accepted.values().copied();
+        held.chain(accepted).map(|t| t + MAX_WAIT).min()
     }
 }

@@ -76,7 +76,28 @@ impl Finder {
         let Some((inode, uid)) = found else {
             return AppOwner::default();
         };
-        let app = self.process_of(inode, uid, deadline).and_then(|pid| {
+        if inode == 0 {
+            // No file holds it: closed already (TIME-WAIT, or orphaned), so
+            // no process is looked for (a search for inode 0 would read
+            // every process's descriptors for nothing).
+            return AppOwner::default();
+        }
+        let want = format!("socket:[{inode}]");
+        let pid = match self.recent_holder(&want) {
+            Some(pid) => Some(pid),
+            // A search through every process, unless the socket was closed
+            // meanwhile (an app that connected and closed before its
+            // owner was asked for): then no process holds it, and reading
+            // every process's descriptors would find nothing.
+            None if self.still_open(proto, local, remote, inode) => {
+                self.search(&want, uid, deadline)
+            }
+            None => None,
+        };
+        if let Some(pid) = pid {
+            self.remember(pid);
+        }
+        let app = pid.and_then(|pid| {
             std::fs::read_link(format!("/proc/{pid}/exe"))
                 .ok()
                 .map(|e| e.to_string_lossy().into_owned())
@@ -84,51 +105,69 @@ impl Finder {
         AppOwner { app, uid }
     }
 
-    /// The process holding socket `inode`: recent owners first, then the
-    /// processes that ran since the last search, then the others (each
-    /// group the processes of `uid` first, the newest first).
-    fn process_of(
+    /// The recent owner holding the descriptor whose link reads `want`.
+    fn recent_holder(&self, want: &str) -> Option<u32> {
+        self.recent.iter().copied().find(|&pid| holds(pid, want))
+    }
+
+    /// Whether the socket found as `inode` is still open (sock_diag finds
+    /// it with that inode); without sock_diag, taken as open.
+    fn still_open(
         &mut self,
+        proto: Transport,
+        local: SocketAddr,
+        remote: SocketAddr,
         inode: u64,
+    ) -> bool {
+        match (&mut self.diag, proto) {
+            (Some(d), Transport::Tcp | Transport::Udp) => d
+                .owner(proto, local, remote)
+                .is_some_and(|o| o.inode == inode),
+            _ => true,
+        }
+    }
+
+    /// The process holding the descriptor whose link reads `want`, among
+    /// all but the recent owners: the processes that ran since the last
+    /// search first, then the others (each group the processes of `uid`
+    /// first, the newest first), until `deadline`.
+    fn search(
+        &mut self,
+        want: &str,
         uid: Option<u32>,
         deadline: Option<std::time::Instant>,
     ) -> Option<u32> {
-        let want = format!("socket:[{inode}]");
-        let recent: Vec<u32> = self.recent.iter().copied().collect();
-        let found = match recent.into_iter().find(|&pid| holds(pid, &want)) {
-            Some(p) => Some(p),
-            None => {
-                let mut cpu = HashMap::with_capacity(self.cpu.len());
-                // (idle, not the user's, newest first) sorts the order;
-                // newest by start time, as pids wrap around.
-                let mut pids: Vec<(bool, bool, std::cmp::Reverse<u64>, u32)> = Vec::new();
-                for e in std::fs::read_dir("/proc").ok()?.flatten() {
-                    let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
-                    else {
-                        continue;
-                    };
-                    let ran = cpu_time(pid);
-                    let idle = ran.is_some() && ran == self.cpu.get(&pid).copied();
-                    if let Some(t) = ran {
-                        cpu.insert(pid, t);
-                    }
-                    let mine = uid.is_some_and(|u| e.metadata().is_ok_and(|m| m.uid() == u));
-                    pids.push((idle, !mine, std::cmp::Reverse(start_time(pid)), pid));
-                }
-                self.cpu = cpu;
-                pids.sort_unstable();
-                pids.into_iter()
-                    .map(|(_, _, _, pid)| pid)
-                    .take_while(|_| deadline.is_none_or(|d| std::time::Instant::now() < d))
-                    .find(|&pid| !self.recent.contains(&pid) && holds(pid, &want))
+        let mut cpu = HashMap::with_capacity(self.cpu.len());
+        // (idle, not the user's, newest first) sorts the order; newest by
+        // start time, as pids wrap around.
+        let mut pids: Vec<(bool, bool, std::cmp::Reverse<u64>, u32)> = Vec::new();
+        for e in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let ran = cpu_time(pid);
+            let idle = ran.is_some() && ran == self.cpu.get(&pid).copied();
+            if let Some(t) = ran {
+                cpu.insert(pid, t);
             }
-        }?;
-        self.recent.retain(|&p| p != found);
+            let mine = uid.is_some_and(|u| e.metadata().is_ok_and(|m| m.uid() == u));
+            pids.push((idle, !mine, std::cmp::Reverse(start_time(pid)), pid));
+        }
+        self.cpu = cpu;
+        pids.sort_unstable();
+        pids.into_iter()
+            .map(|(_, _, _, pid)| pid)
+            .take_while(|_| deadline.is_none_or(|d| std::time::Instant::now() < d))
+            .find(|&pid| !self.recent.contains(&pid) && holds(pid, want))
+    }
+
+    /// Puts `pid` first among the recent owners (at most [`RECENT`]).
+    fn remember(&mut self, pid: u32) {
+        self.recent.retain(|&p| p != pid);
         if self.recent.len() == RECENT {
             self.recent.pop_back();
         }
-        self.recent.push_front(found);
-        Some(found)
+        self.recent.push_front(pid);
     }
 }
 

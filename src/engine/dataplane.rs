@@ -435,6 +435,10 @@ pub struct Engine {
     world_gen: u64,
     /// Owners found ahead of their flows' first packets.
     owner_hints: HashMap<OwnerKey, AppOwner>,
+    /// TCP connections whose owner the driver looks for
+    /// ([`Engine::await_owner`]): accepted at their SYN, judged once it is
+    /// known. At most [`OWNER_HINTS`].
+    owners_pending: std::collections::HashSet<TcpKey>,
     next_query: u64,
     /// The policy generation the open flows were judged with.
     policy_gen: u64,
@@ -491,6 +495,7 @@ impl Engine {
             dns_pending: HashMap::new(),
             apps: None,
             owner_hints: HashMap::new(),
+            owners_pending: std::collections::HashSet::new(),
             world: None,
             world_gen: 0,
             next_query: 1,
@@ -1038,6 +1043,39 @@ impl Engine {
             self.owner_hints.clear();
         }
         self.owner_hints.insert(key, owner);
+    }
+
+    /// The owner of the flow `key` is being looked for (off the packet
+    /// path). A TCP connection (true) need not wait for it when no rule
+    /// looks at owners ([`crate::policy::Policy::needs_owner`]): its SYN
+    /// is handed over at once and answered (or refused, when the address
+    /// alone blocks it), and the connection is judged, and its events
+    /// written, once [`Engine::owner_found`] says who owns it, so the
+    /// app's handshake does not wait on the search. Otherwise (false) the
+    /// driver holds the flow's first packets until the owner is known,
+    /// tells the engine ([`Engine::hint_owner`]) and hands them over.
+    pub fn await_owner(&mut self, key: OwnerKey) -> bool {
+        let (t, client, server) = key;
+        if t != PTransport::Tcp
+            || self.owners_pending.len() >= OWNER_HINTS
+            || self.policy.current().needs_owner()
+        {
+            return false;
+        }
+        self.owners_pending.insert((client, server));
+        true
+    }
+
+    /// The owner of the flow `key`, as found (`owner` empty: not found, or
+    /// given up). A TCP connection accepted while it was looked for
+    /// ([`Engine::await_owner`]) is judged now; a flow yet to start takes
+    /// it when it does ([`Engine::hint_owner`]).
+    pub fn owner_found(&mut self, key: OwnerKey, owner: AppOwner, now_ns: u64) {
+        let (t, client, server) = key;
+        if t == PTransport::Tcp && !self.owners_pending.remove(&(client, server)) {
+            return self.start_owned((client, server), owner, now_ns);
+        }
+        self.hint_owner(key, owner);
     }
 
     /// The flow `packet` (from the app) would start, if it starts one: a

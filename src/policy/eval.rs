@@ -514,6 +514,16 @@ impl Policy {
         })
     }
 
+    /// True when some rule looks at who owns a flow (`app`, `uid`) or asks
+    /// the user (whose answers may hold for one program): then a flow's
+    /// owner must be known before anything of it is judged, its first
+    /// packet included.
+    pub fn needs_owner(&self) -> bool {
+        self.rules.iter().any(|r| {
+            r.cond.app.is_some() || r.cond.uid.is_some() || matches!(r.action, Action::Ask(_))
+        })
+    }
+
     /// The verdict at a TCP SYN or a flow's first datagram when the payload
     /// cannot change it: `Some` when a rule that needs nothing from the
     /// payload (no class, encryption or leak condition) blocks `f` (the

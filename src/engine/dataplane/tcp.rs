@@ -53,6 +53,11 @@ pub(super) enum FirstBytes {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum TcpPhase {
+    /// Accepted, waiting for its owner (the program that opened it, which
+    /// the driver looks for off the engine's thread): nothing is judged
+    /// before it is known ([`Engine::owner_found`]); the app's first bytes
+    /// are read and held meanwhile, bounded as while sniffing.
+    Owner,
     /// Reading the app's first bytes.
     Sniffing { since_ns: Option<u64> },
     /// Held for an answer to an `ask` rule's question (the app's first
@@ -188,6 +193,113 @@ impl Engine {
         self.tcp_memory
     }
 
+    /// The verdict a new connection gets before any payload (at its SYN,
+    /// or once its owner is known): the whole verdict when no rule needs
+    /// the payload (`sniff` false), otherwise only a block no payload could
+    /// lift, so the app fails over at once instead of after its first
+    /// write. With an `ask` rule's question the connection is held (true).
+    fn start_verdict<'p>(
+        &mut self,
+        policy: &'p crate::policy::Policy,
+        key: TcpKey,
+        id: FlowId,
+        core: &mut FlowCore,
+        sniff: bool,
+        now_ns: u64,
+    ) -> (Option<Verdict<'p>>, bool) {
+        let mut v = if sniff {
+            let names = fact_names(core);
+            let facts = facts(PTransport::Tcp, core, &names);
+            policy.settled_block(&self.intel, &facts)
+        } else {
+            let v = judge_parts(policy, &self.intel, PTransport::Tcp, core);
+            Some(self.asks.resolve(v, core))
+        };
+        let mut asked = false;
+        if let Some(vv) = &mut v {
+            // An ask rule: accept the connection and hold it.
+            let held = ask::Held::Tcp(key);
+            asked = self
+                .asking()
+                .hold_or_settle(held, id, FlowProto::Tcp, core, vv, now_ns);
+        }
+        (v, asked)
+    }
+
+    /// A connection blocked at its start by `v`: counted, noted on the
+    /// flow; its `blocked` event.
+    fn blocked_at_start(&mut self, id: FlowId, core: &mut FlowCore, v: &Verdict<'_>) -> Event {
+        self.counters.blocked += 1;
+        let ev = Event::of_flow(EventKind::Blocked, id, FlowProto::Tcp, core, Some(v));
+        core.note_block(&ev);
+        ev
+    }
+
+    /// The owner of a connection accepted while it was looked for
+    /// ([`TcpPhase::Owner`]) is known (or given up: `owner` empty): the
+    /// connection gets the verdict of its start now, as at a SYN, and goes
+    /// on (blocked, held for a question, sniffed or opened).
+    pub(super) fn start_owned(&mut self, key: TcpKey, owner: AppOwner, now_ns: u64) {
+        use smoltcp::socket::tcp::State as S;
+        let Some(mut f) = self.tcp.remove(&key) else {
+            return;
+        };
+        if f.phase != TcpPhase::Owner {
+            self.tcp.insert(key, f);
+            return;
+        }
+        f.core.ctx.app = owner.app;
+        f.core.ctx.uid = owner.uid;
+        let policy = self.policy.current();
+        let sniff = policy.needs_payload();
+        let (v, asked) = self.start_verdict(&policy, key, f.id, &mut f.core, sniff, now_ns);
+        let handshake_done = self
+            .socks
+            .get(&key)
+            .is_some_and(|c| !matches!(c.socket().state(), S::Listen | S::SynReceived));
+        match v {
+            Some(v) if matches!(v.action, Action::Block(_)) => {
+                let ev = self.blocked_at_start(f.id, &mut f.core, &v);
+                self.out.push_back(Output::Event(Box::new(ev)));
+                f.phase = TcpPhase::Blocked;
+                f.pending.clear();
+                if v.action == Action::Block(BlockMode::Reject) {
+                    // The RST leaves at the poll below.
+                    if let Some(c) = self.socks.get_mut(&key) {
+                        c.socket_mut().abort();
+                    }
+                } else {
+                    // Dropped: its segments are swallowed from now on.
+                    f.silent = true;
+                    self.socks.remove(&key);
+                    self.tcp_memory -= std::mem::take(&mut f.buffers);
+                    self.wake_at(now_ns + self.cfg.udp_idle_ns);
+                }
+            }
+            _ if asked => f.phase = TcpPhase::Asking,
+            _ if sniff => {
+                f.phase = TcpPhase::Sniffing {
+                    since_ns: handshake_done.then_some(now_ns),
+                };
+                let t = now_ns + TCP_SNIFF_NS;
+                self.wake_at(t);
+            }
+            v => {
+                f.phase = TcpPhase::Connecting;
+                self.counters.opened += 1;
+                let ev = f.event(EventKind::Opened, v.as_ref());
+                self.out.push_back(Output::Event(Box::new(ev)));
+                self.out.push_back(Output::TcpOpen {
+                    flow: f.id,
+                    dst: f.core.server,
+                    window: f.buffers / 2,
+                });
+            }
+        }
+        self.tcp.insert(key, f);
+        self.poll_stack(now_ns, Some(key));
+    }
+
     pub(super) fn on_tcp_packet(
         &mut self,
         raw: &[u8],
@@ -229,6 +341,9 @@ impl Engine {
             }
             let policy = self.policy.current();
             let sniff = policy.needs_payload() && !is_dns;
+            // Its owner is being looked for: accepted now (unless the
+            // address alone blocks it), judged once known.
+            let owner_wait = !is_dns && self.owners_pending.remove(&key);
             let ctx = self.flow_ctx(PTransport::Tcp, false, client, server, now_ns);
             let mut core = FlowCore::new(client, server, ctx, now_ns);
             core.volume.up(raw.len());
@@ -237,38 +352,17 @@ impl Engine {
             // The verdict the SYN decided (none: the payload decides).
             let mut decided = None;
             let mut asked = false;
-            if !is_dns {
-                // Judge at the SYN when the address alone decides: every
-                // time for a policy with no payload rules, and for a block
-                // that no payload could lift (so the app fails over at
-                // once instead of after its first write).
-                let mut v = if sniff {
-                    let names = fact_names(&core);
-                    let facts = facts(PTransport::Tcp, &core, &names);
-                    policy.settled_block(&self.intel, &facts)
-                } else {
-                    let v = judge_parts(&policy, &self.intel, PTransport::Tcp, &core);
-                    Some(self.asks.resolve(v, &core))
-                };
-                if let Some(vv) = &mut v {
-                    // An ask rule: accept the connection and hold it.
-                    let held = ask::Held::Tcp(key);
-                    asked = self.asking().hold_or_settle(
-                        held,
-                        id,
-                        FlowProto::Tcp,
-                        &mut core,
-                        vv,
-                        now_ns,
-                    );
-                }
+            // The start's verdict needs no owner unless a rule looks at it
+            // (then the driver holds the SYN until the owner is known; new
+            // rules between the two leave this one to its owner's arrival).
+            let owner_decides = owner_wait && policy.needs_owner();
+            if !is_dns && !owner_decides {
+                let (v, held) = self.start_verdict(&policy, key, id, &mut core, sniff, now_ns);
+                asked = held;
                 if let Some(v) = v
                     && let Action::Block(mode) = v.action
                 {
-                    self.counters.blocked += 1;
-                    let ev =
-                        Event::of_flow(EventKind::Blocked, id, FlowProto::Tcp, &core, Some(&v));
-                    core.note_block(&ev);
+                    let ev = self.blocked_at_start(id, &mut core, &v);
                     if mode == BlockMode::Reject
                         && let Some(r) = reply::tcp_reset(raw)
                     {
@@ -310,6 +404,8 @@ impl Engine {
             self.tcp_memory += 2 * each;
             let phase = if is_dns {
                 TcpPhase::Dns
+            } else if owner_wait {
+                TcpPhase::Owner
             } else if asked {
                 TcpPhase::Asking
             } else if sniff {
@@ -319,7 +415,7 @@ impl Engine {
             };
             let f = TcpFlow::new(id, core, phase, 2 * each, seg.seq);
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
-            if !asked && !sniff && !is_dns {
+            if !asked && !sniff && !is_dns && !owner_wait {
                 self.counters.opened += 1;
                 let ev = f.event(EventKind::Opened, decided.as_ref());
                 self.out.push_back(Output::Event(Box::new(ev)));
@@ -498,7 +594,10 @@ impl Engine {
             let reading_first = holding
                 || matches!(
                     f.phase,
-                    TcpPhase::Sniffing { .. } | TcpPhase::Asking | TcpPhase::Connecting
+                    TcpPhase::Owner
+                        | TcpPhase::Sniffing { .. }
+                        | TcpPhase::Asking
+                        | TcpPhase::Connecting
                 );
             loop {
                 // Relayed bytes of an open flow are not looked at here.
@@ -525,7 +624,10 @@ impl Engine {
                         first_limit.saturating_sub(f.pending.len()).min(READ_CHUNK)
                     }
                     TcpPhase::Open => READ_CHUNK,
-                    TcpPhase::Sniffing { .. } | TcpPhase::Asking | TcpPhase::Connecting => {
+                    TcpPhase::Owner
+                    | TcpPhase::Sniffing { .. }
+                    | TcpPhase::Asking
+                    | TcpPhase::Connecting => {
                         first_limit.saturating_sub(f.pending.len()).min(READ_CHUNK)
                     }
                     TcpPhase::Blocked => 0,
@@ -842,7 +944,10 @@ impl Engine {
                 && f.first_bytes == FirstBytes::Judged
                 && !matches!(
                     f.phase,
-                    TcpPhase::Sniffing { .. } | TcpPhase::Asking | TcpPhase::Connecting
+                    TcpPhase::Owner
+                        | TcpPhase::Sniffing { .. }
+                        | TcpPhase::Asking
+                        | TcpPhase::Connecting
                 )
             {
                 f.long_read = false;
@@ -873,12 +978,14 @@ impl Engine {
                 && !matches!(f.phase, TcpPhase::Sniffing { since_ns: None })
             {
                 let (id, phase) = (f.id, f.phase);
-                let ev = f.event(EventKind::Closed, None);
+                let ev = f.closed_event();
                 self.remove_tcp(&key);
                 if matches!(phase, TcpPhase::Open | TcpPhase::Connecting) {
                     self.out.push_back(Output::Close { flow: id });
                 }
-                self.out.push_back(Output::Event(Box::new(ev)));
+                if let Some(ev) = ev {
+                    self.out.push_back(Output::Event(Box::new(ev)));
+                }
             }
         }
     }
@@ -1049,10 +1156,14 @@ impl TcpFlow {
     }
 
     /// The event that ends this connection: none for one whose handshake
-    /// never completed (no event ever named it).
+    /// never completed, or that ended before its owner was known (no event
+    /// ever named it).
     pub(super) fn closed_event(&self) -> Option<Event> {
-        (!matches!(self.phase, TcpPhase::Sniffing { since_ns: None }))
-            .then(|| self.event(EventKind::Closed, None))
+        (!matches!(
+            self.phase,
+            TcpPhase::Sniffing { since_ns: None } | TcpPhase::Owner
+        ))
+        .then(|| self.event(EventKind::Closed, None))
     }
 
     /// A decision event about this connection.
@@ -1074,7 +1185,10 @@ fn count_sent(core: &mut FlowCore, tx: &VecDeque<Vec<u8>>, from: usize) {
 pub(super) fn tcp_idle_limit(cfg: &EngineConfig, f: &TcpFlow) -> u64 {
     if f.silent {
         cfg.udp_idle_ns
-    } else if matches!(f.phase, TcpPhase::Sniffing { since_ns: None }) {
+    } else if matches!(
+        f.phase,
+        TcpPhase::Sniffing { since_ns: None } | TcpPhase::Owner
+    ) {
         cfg.tcp_handshake_ns
     } else {
         cfg.tcp_idle_ns

@@ -4015,3 +4015,73 @@ fn a_first_quic_hello_in_several_initials_is_judged_whole_before_any_leaves() {
     assert_eq!(sent(&out), [two[0].clone()]);
     assert_eq!(stop(&out), Some((EventKind::Cut, Some(agora.to_owned()))));
 }
+
+/// While its owner is looked for, a connection is accepted at once: its
+/// handshake completes and its first bytes are read, but nothing of it is
+/// judged, written in an event or relayed until the owner is known; then
+/// it is judged and goes on, its events naming the program. One the
+/// address alone blocks is still refused at its SYN. Under rules that
+/// look at owners the engine does not take the SYN early (the driver
+/// holds it until the owner is known).
+#[test]
+fn a_connection_waits_for_its_owner_to_be_judged_not_to_be_accepted() {
+    use smoltcp::socket::tcp::State as S_;
+    let (mut e, _) = engine("clubhouse", EngineConfig::default(), &[]);
+    let mut now = S;
+    let us = "198.51.100.7:80";
+    let key = (PTransport::Tcp, sa("192.0.2.200:40000"), sa(us));
+    assert!(e.await_owner(key));
+    let (mut app, mut outs) = connected(&mut e, us, &mut now);
+    assert_eq!(app.socket().state(), S_::Established, "accepted at once");
+    let req = b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n";
+    app.socket().send_slice(req).expect("send");
+    // Longer than the sniffing time: still nothing.
+    outs.extend(run_until(&mut app, &mut e, &mut now, MS, 400, |_, _| false));
+    assert!(events(&outs).is_empty(), "{:?}", events(&outs));
+    assert_eq!(tcp_open_of(&outs), None);
+    assert_eq!(upstream_bytes(&outs), 0);
+    let owner = AppOwner {
+        app: Some("/usr/bin/a".into()),
+        uid: Some(1000),
+    };
+    e.owner_found(key, owner, now);
+    let mut outs = drain(&mut e);
+    outs.extend(run_until(&mut app, &mut e, &mut now, MS, 5, |_, _| false));
+    let flow = tcp_open_of(&outs).expect("opened once its owner is known");
+    let ev = events(&outs);
+    assert_eq!(ev[0].kind, EventKind::Opened);
+    assert_eq!(
+        (ev[0].app.as_deref(), ev[0].uid),
+        (Some("/usr/bin/a"), Some(1000))
+    );
+    e.handle_tcp_connected(flow, now);
+    outs.extend(run_until(&mut app, &mut e, &mut now, MS, 5, |_, _| false));
+    assert_eq!(
+        tcp_sent_upstream(&outs),
+        req,
+        "the held request, once judged"
+    );
+
+    // Under `strict` a CN address alone blocks: refused at the SYN, owner
+    // or not.
+    let (mut e, handle) = engine("strict", EngineConfig::default(), &[]);
+    let cn = "203.0.113.10:443";
+    let key = (PTransport::Tcp, sa("192.0.2.200:40000"), sa(cn));
+    assert!(e.await_owner(key));
+    let mut app = App::connect(cn);
+    let outs = run_until(&mut app, &mut e, &mut now, MS, 20, |a, _| {
+        a.socket().state() == S_::Closed
+    });
+    assert_eq!(app.socket().state(), S_::Closed, "refused at the SYN");
+    assert_eq!(events(&outs)[0].kind, EventKind::Blocked);
+    e.owner_found(key, AppOwner::default(), now);
+    assert!(events(&drain(&mut e)).is_empty());
+
+    // Rules that look at owners: the SYN waits for the owner in the driver.
+    let cat = Catalog::shipped().expect("catalog");
+    let by_app =
+        "name='a'\ndefault='allow'\n[[rule]]\nname='no b'\naction='block'\napp=['/usr/bin/b']\n";
+    handle.replace(Policy::parse(Path::new("p.toml"), by_app, None, &cat).expect("policy"));
+    let other = (PTransport::Tcp, sa("192.0.2.200:40001"), sa(us));
+    assert!(!e.await_owner(other));
+}
