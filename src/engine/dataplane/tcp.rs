@@ -263,6 +263,7 @@ impl Engine {
                 self.out.push_back(Output::Event(Box::new(ev)));
                 f.phase = TcpPhase::Blocked;
                 f.pending.clear();
+                f.elide.clear();
                 if v.action == Action::Block(BlockMode::Reject) {
                     // The RST leaves at the poll below.
                     if let Some(c) = self.socks.get_mut(&key) {
