@@ -13,7 +13,10 @@ benchmark ranges only):
 
 - direct:   the clients run in cli, no TUN.
 - geowall:  `geowall tunnel` runs in cli (its sockets leave by the veth;
-            `geowall-no-offload`: the same without TUN offloads);
+            `geowall-no-offload`: the same without TUN offloads;
+            `geowall-owners`: each flow's program found, as `geowall run`
+            does; `geowall-baseline` and `geowall-baseline-owners`: the
+            same two with the --baseline binary);
             its TUN is moved into a third namespace `app` where the clients
             run, with the default route through it. Default preset, full
             shipped world database.
@@ -461,7 +464,7 @@ def main():
     ap.add_argument("--busy", type=int, default=0, metavar="N",
                     help="also measure single streams with N keep-alive connections open")
     ap.add_argument("--only",
-                    help="comma-separated subset of direct,geowall,geowall-no-offload,geowall-ui,geowall-owners,geowall-baseline,"
+                    help="comma-separated subset of direct,geowall,geowall-no-offload,geowall-ui,geowall-owners,geowall-baseline,geowall-baseline-owners,"
                          "sing-box-gvisor,sing-box-system (default: direct, geowall, both sing-box stacks, "
                          "and geowall-baseline with --baseline)")
     a = ap.parse_args()
@@ -486,6 +489,7 @@ def main():
         if not os.path.exists(a.baseline):
             raise SystemExit(f"no {a.baseline} (--baseline)")
         cases["geowall-baseline"] = lambda tmp: start_geowall(tmp, a.baseline)
+        cases["geowall-baseline-owners"] = lambda tmp: start_geowall(tmp, a.baseline, "--owners")
     if a.singbox:
         cases["sing-box-gvisor"] = lambda tmp: start_singbox(tmp, a.singbox, "gvisor")
         cases["sing-box-system"] = lambda tmp: start_singbox(tmp, a.singbox, "system")
