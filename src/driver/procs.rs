@@ -67,13 +67,7 @@ impl Finder {
         remote: SocketAddr,
         deadline: Option<std::time::Instant>,
     ) -> AppOwner {
-        let found = match (&mut self.diag, proto) {
-            (Some(d), Transport::Tcp | Transport::Udp) => d
-                .owner(proto, local, remote)
-                .map(|o| (o.inode, Some(o.uid))),
-            _ => table_entry(proto, local),
-        };
-        let Some((inode, uid)) = found else {
+        let Some((inode, uid)) = self.socket(proto, local, remote) else {
             return AppOwner::default();
         };
         if inode == 0 {
@@ -89,7 +83,10 @@ impl Finder {
             // meanwhile (an app that connected and closed before its
             // owner was asked for): then no process holds it, and reading
             // every process's descriptors would find nothing.
-            None if self.still_open(proto, local, remote, inode) => {
+            None if self
+                .socket(proto, local, remote)
+                .is_some_and(|(now, _)| now == inode) =>
+            {
                 self.search(&want, uid, deadline)
             }
             None => None,
@@ -110,20 +107,19 @@ impl Finder {
         self.recent.iter().copied().find(|&pid| holds(pid, want))
     }
 
-    /// Whether the socket found as `inode` is still open (sock_diag finds
-    /// it with that inode); without sock_diag, taken as open.
-    fn still_open(
+    /// The inode and user of the `proto` socket at `local` talking to
+    /// `remote`, from sock_diag (TCP, UDP) or the `/proc/net` tables.
+    fn socket(
         &mut self,
         proto: Transport,
         local: SocketAddr,
         remote: SocketAddr,
-        inode: u64,
-    ) -> bool {
+    ) -> Option<(u64, Option<u32>)> {
         match (&mut self.diag, proto) {
             (Some(d), Transport::Tcp | Transport::Udp) => d
                 .owner(proto, local, remote)
-                .is_some_and(|o| o.inode == inode),
-            _ => true,
+                .map(|o| (o.inode, Some(o.uid))),
+            _ => table_entry(proto, local),
         }
     }
 
