@@ -314,6 +314,7 @@ fn exec_confines_one_program() {
         r#"
 import os, socket, sys
 print("uid", os.getuid())
+print("tunables", os.environ.get("GLIBC_TUNABLES", "unset"), os.environ.get("GEOWALL_GLIBC_TUNABLES_BEFORE", "none"))
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
 u.sendto(b"through", ("{us}", 7000)); print("udp", u.recvfrom(100)[0].decode())
 m = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); m.settimeout(0.5)
@@ -329,12 +330,35 @@ sys.exit(7)
         cn = addr::CN
     );
     let out = geowall_exec(&net, &world, &policy, &["--ui"], &script)
+        .env("GLIBC_TUNABLES", "glibc.malloc.check=0")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("geowall exec runs");
     // `ip netns exec` execs geowall: its namespace is named after this id.
     let own = format!("gwexec{}", out.id());
+    const TUNED: &[u8] = b"glibc.cpu.x86_rep_movsb_threshold=1073741824";
+    // On an AMD CPU geowall starts again with glibc's vector copies (the
+    // environment it was started with, as /proc shows it, says so).
+    let amd = std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|c| c.contains("AuthenticAMD") || c.contains("HygonGenuine"));
+    let environ = format!("/proc/{}/environ", out.id());
+    let tuned = (0..100).any(|_| {
+        // glibc's loader cuts the variable where it read it: the value
+        // shows as separate strings.
+        let seen =
+            std::fs::read(&environ).is_ok_and(|e| e.windows(TUNED.len()).any(|w| w == TUNED));
+        if !seen {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        seen
+    });
+    assert_eq!(
+        tuned,
+        amd,
+        "geowall runs with vector copies where the CPU is AMD's: {:?}",
+        String::from_utf8_lossy(&std::fs::read(&environ).unwrap_or_default())
+    );
     let out = out.wait_with_output().expect("geowall exec ends");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -349,6 +373,10 @@ sys.exit(7)
     );
     assert!(stdout.contains("udp through"), "{stdout} {stderr}");
     assert!(stdout.contains("media blocked"), "{stdout}");
+    assert!(
+        stdout.contains("tunables glibc.malloc.check=0 none"),
+        "the program gets the environment geowall was given: {stdout}"
+    );
     assert!(
         stderr.contains("live page at http://127.0.0.1:") && stderr.contains("/#"),
         "--ui prints the page's loopback address with its token: {stderr}"

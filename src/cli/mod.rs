@@ -3,6 +3,7 @@
 
 mod audit;
 mod control;
+mod copies;
 mod demo;
 mod exec;
 mod hostdns;
@@ -165,6 +166,12 @@ pub(crate) fn main() -> ExitCode {
             };
         }
     };
+    if matches!(
+        cli.command,
+        Command::Tunnel(_) | Command::Exec(_) | Command::Demo(_) | Command::Run(_)
+    ) {
+        copies::prefer_vector_copies();
+    }
     let result = match cli.command {
         Command::Lookup(a) => lookup::run(a),
         Command::World(c) => world::run(c),
