@@ -359,6 +359,9 @@ sys.exit(7)
         "geowall runs with vector copies where the CPU is AMD's: {:?}",
         String::from_utf8_lossy(&std::fs::read(&environ).unwrap_or_default())
     );
+    // Started again, it keeps its name.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", out.id())).unwrap_or_default();
+    assert_eq!(comm.trim(), "geowall", "the process's name");
     let out = out.wait_with_output().expect("geowall exec ends");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

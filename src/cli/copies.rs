@@ -19,8 +19,9 @@
 //! The programs it starts (`geowall exec`'s command, hooks) get the
 //! environment it was given: the tunable is taken out again as soon as the
 //! second start begins. A `GLIBC_TUNABLES` that already sets the threshold
-//! is the user's choice and is left alone, as is any system where
-//! `/proc/self/exe` cannot be run (the command then goes on as it is).
+//! is the user's choice and is left alone, as is a binary that cannot be
+//! started again (replaced or removed since it started; the command then
+//! goes on as it is).
 
 use std::ffi::{OsStr, OsString};
 
@@ -55,8 +56,17 @@ pub(crate) fn prefer_vector_copies() {
         let Some(arg0) = args.next() else {
             return;
         };
+        // The file itself, not `/proc/self/exe`, so that the process keeps
+        // its name (`ps`, `top`, `pgrep geowall`). A binary replaced or
+        // removed since it started cannot be started again.
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        if !exe.is_file() {
+            return;
+        }
         // `exec` returns only when it failed: the command goes on as it is.
-        let _ = std::process::Command::new("/proc/self/exe")
+        let _ = std::process::Command::new(exe)
             .arg0(arg0)
             .args(args)
             .env("GLIBC_TUNABLES", tuned)
