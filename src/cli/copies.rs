@@ -3,17 +3,16 @@
 //!
 //! Every TCP segment geowall relays is copied twice by the C library's
 //! `memmove`: into a socket's ring buffer and out of it into a packet,
-//! blocks of up to 64 KiB each. glibc before 2.40 (Debian 12 has 2.36)
-//! copies such blocks with `rep movsb`, and on AMD's Zen cores `rep movsb`
-//! is slow when the destination lies a few bytes past the source modulo
-//! 4 KiB (glibc bug 30994): measured on this project's AMD EPYC machine, a
-//! 65,000-byte copy at 2 GB/s instead of 40. Which copies fall there
+//! blocks of up to 64 KiB each. glibc (2.36 in Debian 12) copies such
+//! blocks with `rep movsb`, and on AMD's Zen cores `rep movsb` is slow when
+//! the destination lies a few bytes past the source modulo 4 KiB: measured
+//! on this project's AMD EPYC machine, a 65,000-byte copy at 2 GB/s instead
+//! of 40. Which copies fall there
 //! depends on where the heap happens to place the buffers, so one build
 //! downloaded at 4.0 Gbit/s with owners found and 5.5 without
-//! (`benches/README.md`). glibc 2.40 stops using `rep movsb` for these
-//! sizes on AMD; for the glibc at hand the same choice is its tunable
-//! `glibc.cpu.x86_rep_movsb_threshold`, which the dynamic loader reads only
-//! when a program starts. So on an AMD CPU a packet-moving command starts
+//! (`benches/README.md`). glibc's tunable
+//! `glibc.cpu.x86_rep_movsb_threshold` moves these sizes to its vector
+//! loops, but the dynamic loader reads it only when a program starts. So on an AMD CPU a packet-moving command starts
 //! itself again, once, with that tunable raised past any block it copies.
 //!
 //! The programs it starts (`geowall exec`'s command, hooks) get the

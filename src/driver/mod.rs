@@ -59,9 +59,9 @@ pub const BLOCKING_THREADS: usize = 4;
 /// Upstream tasks run before the runtime looks for I/O again, and so
 /// before the loop reads the TUN again (tokio's default is 61). A new
 /// flow's task connects its socket in its first run, and on a fast path
-/// that system call carries the whole handshake: when a burst of flows is
-/// opened together (owners found at once under `geowall run`), 61 of them
-/// held a new connection's SYN for 2.5 to 3.8 ms.
+/// that system call carries the whole handshake: with tokio's default, a
+/// burst of flows opened together (owners found at once under `geowall
+/// run`) held a new connection's SYN for 2.5 to 3.8 ms.
 pub const EVENT_INTERVAL: u32 = 8;
 
 /// The runtime [`run`] is meant for: the loop on the calling thread, and at
