@@ -6,15 +6,17 @@
 //! that moves a little data and then stays open (a keep-alive HTTP
 //! connection, a push channel) would keep the pages its buffers touched
 //! for its whole life. Here each buffer is whole pages of anonymous
-//! memory: one page from a shared [`PagePool`], or its own mapping when it
-//! is bigger. Once both of a connection's buffers are empty (and nothing
-//! waits out of order: see [`ConnSockets::release`]), their pages are
-//! given back to the system (`MADV_DONTNEED`); the next bytes fault fresh
-//! zero pages in. A closed connection's own mappings are emptied the same
-//! way and kept by the pool for the next connections (at most
-//! [`SPARE_MAPPINGS`], address space only), so that opening and closing
-//! connections does not map and unmap memory each time. Where mapping
-//! fails, the buffers are ordinary heap vectors and are never released.
+//! memory from a shared [`PagePool`]: one page, or a slot of its size in
+//! a chunk of slots of that size mapped together (so that thousands of
+//! connections do not take thousands of mappings). Once both of a
+//! connection's buffers are empty (and nothing waits out of order: see
+//! [`ConnSockets::release`]), their pages are given back to the system
+//! (`MADV_DONTNEED`); the next bytes fault fresh zero pages in. A closed
+//! connection's pages and slots are emptied the same way and kept by the
+//! pool for the next connections (address space only), so that opening
+//! and closing connections does not map and unmap memory each time. Where
+//! mapping fails, the buffers are ordinary heap vectors of at most
+//! [`HEAP_BUFFER_MAX`] and are never released.
 //!
 //! This is the library's one module with `unsafe` code: smoltcp borrows
 //! its buffers for `'static`, and giving pages back is a system call on
@@ -61,11 +63,12 @@ pub const MMAP_THRESHOLD: usize = 512 * 1024;
 /// Pages mapped at once for the pool.
 const CHUNK_PAGES: usize = 256;
 
-/// Emptied mappings of closed connections' buffers the pool keeps for
-/// reuse. They hold no resident memory (their pages were given back), only
-/// address space: at most this many times the largest buffer
-/// ([`crate::engine::dataplane::TCP_BUFFER`] by default).
-pub const SPARE_MAPPINGS: usize = 32;
+/// Bytes of slots mapped at once for buffers bigger than a page (at
+/// least one slot): 16 slots of the default 1 MiB buffers.
+pub const SLOT_CHUNK: usize = 16 * 1024 * 1024;
+
+/// The largest buffer made on the heap where pages cannot be mapped.
+pub const HEAP_BUFFER_MAX: usize = 64 * 1024;
 
 /// The system's page size (4 KiB where it cannot be read).
 pub fn page_size() -> usize {
@@ -86,11 +89,13 @@ pub fn whole_pages(n: usize) -> usize {
     n.max(1).div_ceil(p) * p
 }
 
-/// Single pages for one-page buffers, mapped `CHUNK_PAGES` at a time and
-/// reused; a page is released to the system whenever it is freed, so the
-/// pool's resident memory is only the pages in use. Its mappings (its
-/// address space) stay until the pool is dropped, which happens after the
-/// last buffer using it is gone.
+/// Single pages for one-page buffers, mapped `CHUNK_PAGES` at a time, and
+/// slots for bigger ones, mapped [`SLOT_CHUNK`] bytes at a time, all
+/// reused; a page or slot is released to the system whenever it is freed,
+/// so the pool's resident memory is only the pages in use. Its mappings
+/// (its address space: at most what the most buffers open at once needed,
+/// rounded up to chunks) stay until the pool is dropped, which happens
+/// after the last buffer using it is gone.
 #[derive(Debug, Default)]
 pub struct PagePool {
     inner: Mutex<PoolInner>,
@@ -102,9 +107,8 @@ struct PoolInner {
     free: Vec<usize>,
     /// Mappings: (address, length).
     chunks: Vec<(usize, usize)>,
-    /// Emptied mappings of buffers bigger than a page, for reuse:
-    /// (address, length), at most [`SPARE_MAPPINGS`].
-    spare: Vec<(usize, usize)>,
+    /// Free slots for buffers bigger than a page, by length: addresses.
+    slots: std::collections::HashMap<usize, Vec<usize>>,
 }
 
 impl PagePool {
@@ -134,46 +138,39 @@ impl PagePool {
         g.free.push(page.as_ptr() as usize);
     }
 
-    /// A mapping of at least `len` bytes and less than twice that, from
-    /// the spares (the smallest that fits), or a new one. Returns its
-    /// address and its whole length.
-    fn take_mapping(&self, len: usize) -> Option<(NonNull<u8>, usize)> {
-        let reused = {
-            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            let best = g
-                .spare
-                .iter()
-                .enumerate()
-                .filter(|&(_, &(_, l))| l >= len && l / 2 < len)
-                .min_by_key(|&(_, &(_, l))| l)
-                .map(|(i, _)| i);
-            best.map(|i| g.spare.swap_remove(i))
-        };
-        match reused {
-            Some((at, l)) => NonNull::new(at as *mut u8).map(|p| (p, l)),
-            None => map(len).map(|p| (p, len)),
+    /// A slot of `len` bytes (whole pages, more than one), or `None` when
+    /// no more can be mapped.
+    fn take_slot(&self, len: usize) -> Option<NonNull<u8>> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let g = &mut *g;
+        let free = g.slots.entry(len).or_default();
+        if free.is_empty() {
+            let n = (SLOT_CHUNK / len).max(1);
+            let at = map(n * len)?;
+            g.chunks.push((at.as_ptr() as usize, n * len));
+            let base = at.as_ptr() as usize;
+            free.extend((0..n).rev().map(|i| base + i * len));
         }
+        free.pop().and_then(|a| NonNull::new(a as *mut u8))
     }
 
-    /// Takes back a buffer's own mapping: emptied and kept while there is
-    /// room among the spares, otherwise unmapped.
-    fn give_mapping(&self, at: NonNull<u8>, len: usize) {
-        {
-            let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if g.spare.len() < SPARE_MAPPINGS {
-                release(at, len);
-                g.spare.push((at.as_ptr() as usize, len));
-                return;
-            }
-        }
-        // SAFETY: our own mapping, no longer used by any buffer.
-        let _ = unsafe { nix::sys::mman::munmap(at.cast(), len) };
+    /// Takes back a slot, releasing its memory.
+    fn give_slot(&self, at: NonNull<u8>, len: usize) {
+        release(at, len);
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.slots.entry(len).or_default().push(at.as_ptr() as usize);
     }
 
-    /// Emptied mappings kept for reuse.
-    pub fn spare_mappings(&self) -> usize {
+    /// Free slots, all lengths.
+    pub fn free_slots(&self) -> usize {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.spare.len()
+        g.slots.values().map(Vec::len).sum()
+    }
+
+    /// Mappings made (chunks of pages or slots).
+    pub fn mappings(&self) -> usize {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.chunks.len()
     }
 
     /// Pages mapped (in use or free).
@@ -186,7 +183,7 @@ impl PagePool {
 impl Drop for PagePool {
     fn drop(&mut self) {
         let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        for &(at, len) in g.chunks.iter().chain(&g.spare) {
+        for &(at, len) in &g.chunks {
             if let Some(p) = NonNull::new(at as *mut std::ffi::c_void) {
                 // SAFETY: the pool mapped this range, and no buffer uses it
                 // any more (each holds the pool alive).
@@ -229,9 +226,6 @@ struct Pages {
     len: usize,
     /// The pool that gave the pages and takes them back.
     pool: Arc<PagePool>,
-    /// The length of the buffer's own mapping (at least `len`), or `None`
-    /// for a page of the pool's.
-    mapping: Option<usize>,
 }
 
 // SAFETY: `Pages` owns its range outright (like a `Box<[u8]>`); the pool
@@ -242,21 +236,15 @@ impl Pages {
     /// `len` bytes (whole pages) of zeroed memory.
     fn new(len: usize, pool: &Arc<PagePool>) -> Option<Self> {
         let len = whole_pages(len);
-        if len == page_size() {
-            let at = pool.take()?;
-            return Some(Self {
-                at,
-                len,
-                pool: pool.clone(),
-                mapping: None,
-            });
-        }
-        let (at, whole) = pool.take_mapping(len)?;
+        let at = if len == page_size() {
+            pool.take()?
+        } else {
+            pool.take_slot(len)?
+        };
         Some(Self {
             at,
             len,
             pool: pool.clone(),
-            mapping: Some(whole),
         })
     }
 
@@ -274,9 +262,10 @@ impl Pages {
 impl Drop for Pages {
     fn drop(&mut self) {
         // No longer used (see `slice`).
-        match self.mapping {
-            None => self.pool.give(self.at),
-            Some(whole) => self.pool.give_mapping(self.at, whole),
+        if self.len == page_size() {
+            self.pool.give(self.at);
+        } else {
+            self.pool.give_slot(self.at, self.len);
         }
     }
 }
@@ -318,7 +307,8 @@ impl ConnSockets {
                 )
             }
             None => {
-                let each = whole_pages(each);
+                // Heap memory is never given back: kept small.
+                let each = whole_pages(each.min(HEAP_BUFFER_MAX));
                 (
                     tcp::Socket::new(
                         tcp::SocketBuffer::new(vec![0; each]),
@@ -406,16 +396,27 @@ mod tests {
     }
 
     #[test]
-    fn bigger_buffers_are_their_own_mappings() {
+    fn bigger_buffers_are_slots_of_shared_mappings() {
         let pool = PagePool::new();
-        let p = Pages::new(3 * page_size() + 1, &pool).expect("pages");
-        assert_eq!(p.len, 4 * page_size());
-        assert_eq!(p.mapping, Some(4 * page_size()));
-        assert_eq!(pool.mapped_pages(), 0);
+        let len = 256 * page_size();
+        let per_chunk = SLOT_CHUNK / len;
+        let many: Vec<Pages> = (0..per_chunk + 1)
+            .map(|_| Pages::new(len - 1, &pool).expect("pages"))
+            .collect();
+        assert!(many.iter().all(|p| p.len == len));
+        assert_eq!(
+            pool.mappings(),
+            2,
+            "{} slots in two mappings",
+            per_chunk + 1
+        );
+        assert_eq!(pool.mapped_pages(), 2 * per_chunk * len / page_size());
+        drop(many);
+        assert_eq!(pool.free_slots(), 2 * per_chunk);
     }
 
     #[test]
-    fn closed_buffers_mappings_are_emptied_and_reused_within_the_bound() {
+    fn closed_buffers_slots_are_emptied_and_reused() {
         let pool = PagePool::new();
         let len = 16 * page_size();
         let mut a = Pages::new(len, &pool).expect("pages");
@@ -423,28 +424,23 @@ mod tests {
         unsafe { a.slice() }.fill(0xCD);
         let at = a.at;
         drop(a);
-        assert_eq!(pool.spare_mappings(), 1);
-        // SAFETY: the spare is the pool's mapping, still mapped.
-        assert_eq!(resident(at, len), 0, "a spare holds no memory");
-        // A smaller buffer (more than half) takes it, and reads zeros.
-        let b = Pages::new(9 * page_size(), &pool).expect("pages");
-        assert_eq!((b.at, b.len, b.mapping), (at, 9 * page_size(), Some(len)));
+        // SAFETY: the free slot is in the pool's mapping, still mapped.
+        assert_eq!(resident(at, len), 0, "a free slot holds no memory");
+        let b = Pages::new(len, &pool).expect("pages");
+        assert_eq!(b.at, at, "the freed slot is taken again");
         // SAFETY: read while `b` lives.
         let s = unsafe { std::slice::from_raw_parts(b.at.as_ptr(), b.len) };
-        assert!(s.iter().all(|&x| x == 0), "a reused mapping reads as zeros");
-        assert_eq!(pool.spare_mappings(), 0);
-        // Half the size or less: a mapping of its own.
+        assert!(s.iter().all(|&x| x == 0), "a reused slot reads as zeros");
+        let mappings = pool.mappings();
         drop(b);
-        let c = Pages::new(8 * page_size(), &pool).expect("pages");
-        assert_ne!(c.at, at);
-        assert_eq!(c.mapping, Some(8 * page_size()));
-        drop(c);
-        // At most SPARE_MAPPINGS are kept.
-        let many: Vec<Pages> = (0..SPARE_MAPPINGS + 5)
-            .map(|_| Pages::new(2 * page_size(), &pool).expect("pages"))
-            .collect();
-        drop(many);
-        assert_eq!(pool.spare_mappings(), SPARE_MAPPINGS);
+        for _ in 0..100 {
+            drop(Pages::new(len, &pool).expect("pages"));
+        }
+        assert_eq!(
+            pool.mappings(),
+            mappings,
+            "opening and closing maps nothing"
+        );
     }
 
     #[test]
