@@ -350,6 +350,13 @@ pub async fn run(
                     let (p, r) = (protection.clone(), report_tx.clone());
                     tokio::spawn(upstream::tcp(flow, dst, p, shared, r));
                 }
+                Output::TcpWindow { flow, window } => {
+                    if let Some(l) = links.get(&flow)
+                        && l.shared.set_window(window.min(upstream::TCP_WINDOW_MAX))
+                    {
+                        engine.set_tcp_upstream_paused(flow, false, now());
+                    }
+                }
                 Output::UdpOpen { flow, dst } => {
                     let link = new_link(upstream::UDP_QUEUE);
                     let shared = link.shared.clone();
@@ -646,7 +653,7 @@ fn on_report(
         }
         Up::Dns(_) => {}
         Up::Drained => {
-            if l.shared.up_queued.load(Ordering::Acquire) < l.shared.window {
+            if l.shared.up_queued.load(Ordering::Acquire) < l.shared.window() {
                 engine.set_tcp_upstream_paused(flow, false, now);
             }
         }
@@ -657,15 +664,15 @@ fn on_report(
 mod tests {
     use super::*;
 
-    /// A TCP flow's driver queues follow its local buffer, up to
-    /// [`upstream::TCP_WINDOW_MAX`]: a 1 MiB buffer gets 256 KiB queues, a
-    /// buffer squeezed to 8 KiB gets 8 KiB ones.
+    /// A TCP flow's driver queues follow its allowance, up to
+    /// [`upstream::TCP_WINDOW_MAX`]: a 1 MiB allowance gets 256 KiB queues,
+    /// one of 8 KiB gets 8 KiB ones.
     #[test]
     fn driver_queues_follow_the_buffer_up_to_their_cap() {
         assert_eq!(
-            new_link(1024 * 1024).shared.window,
+            new_link(1024 * 1024).shared.window(),
             upstream::TCP_WINDOW_MAX
         );
-        assert_eq!(new_link(8 * 1024).shared.window, 8 * 1024);
+        assert_eq!(new_link(8 * 1024).shared.window(), 8 * 1024);
     }
 }

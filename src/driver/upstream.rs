@@ -3,13 +3,13 @@
 //!
 //! Flow control both ways is by byte counts shared with the loop: a task
 //! stops reading from its server while its flow's window ([`Shared`]: the
-//! flow's local buffer up to [`TCP_WINDOW_MAX`], each way) of bytes it read
-//! are still waiting for
-//! room in the app's window, and the loop pauses reading from the app
-//! while a window of bytes wait to be written upstream. So a flow's memory
-//! here is bounded whatever the two ends do, and follows the engine's TCP
-//! memory budget: a connection squeezed to small buffers has small queues
-//! here too.
+//! flow's allowance in the engine up to [`TCP_WINDOW_MAX`], each way, set
+//! again as the allowance grows and shrinks) of bytes it read are still
+//! waiting for room in the app's window, and the loop pauses reading from
+//! the app while a window of bytes wait to be written upstream. So a
+//! flow's memory here is bounded whatever the two ends do, and follows the
+//! engine's TCP memory budget: a connection with a small allowance has
+//! small queues here too.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -207,8 +207,10 @@ pub struct Shared {
     /// taken by the engine (plus one read), or waiting to be written to the
     /// server before the app is paused. For a TCP flow, its local buffer
     /// ([`crate::engine::dataplane::Output::TcpOpen`]) up to
-    /// [`TCP_WINDOW_MAX`]; for UDP, [`UDP_QUEUE`] towards the server.
-    pub window: usize,
+    /// [`TCP_WINDOW_MAX`], following its allowance
+    /// ([`crate::engine::dataplane::Output::TcpWindow`]); for UDP,
+    /// [`UDP_QUEUE`] towards the server.
+    window: AtomicUsize,
     /// Bytes read from the server and not yet taken by the engine.
     pub down_inflight: AtomicUsize,
     /// Bytes queued for the server.
@@ -221,9 +223,26 @@ impl Shared {
     /// Counters for a flow whose queues hold `window` bytes each way.
     pub fn new(window: usize) -> Self {
         Self {
-            window,
+            window: AtomicUsize::new(window),
             ..Self::default()
         }
+    }
+
+    /// The flow's window now.
+    pub fn window(&self) -> usize {
+        self.window.load(Ordering::Acquire)
+    }
+
+    /// Sets the flow's window; wakes the task if that lets it read again.
+    /// Returns whether the bytes queued for the server are now below it
+    /// (the app may be resumed).
+    pub fn set_window(&self, window: usize) -> bool {
+        let before = self.window.swap(window, Ordering::AcqRel);
+        let inflight = self.down_inflight.load(Ordering::Acquire);
+        if inflight >= before && inflight < window {
+            self.room.notify_one();
+        }
+        self.up_queued.load(Ordering::Acquire) < window
     }
 
     /// Queues `data` for the server. Counted first, then queued: the task
@@ -235,7 +254,7 @@ impl Shared {
         let n = data.len();
         let queued = self.up_queued.fetch_add(n, Ordering::AcqRel) + n;
         self.cmds.send(Cmd::Data(data));
-        queued >= self.window
+        queued >= self.window()
     }
 
     /// The task wrote `n` queued bytes to the server. Returns whether that
@@ -243,13 +262,15 @@ impl Shared {
     /// [`Up::Drained`]).
     fn written(&self, n: usize) -> bool {
         let before = self.up_queued.fetch_sub(n, Ordering::AcqRel);
-        before >= self.window && before.saturating_sub(n) < self.window
+        let w = self.window();
+        before >= w && before.saturating_sub(n) < w
     }
 
     /// The engine took `n` of the task's bytes.
     pub fn taken(&self, n: usize) {
         let before = self.down_inflight.fetch_sub(n, Ordering::AcqRel);
-        if before >= self.window && before - n < self.window {
+        let w = self.window();
+        if before >= w && before - n < w {
             self.room.notify_one();
         }
     }
@@ -303,7 +324,7 @@ pub async fn tcp(
     // Allocated at the first write, not for a connection that stays idle.
     let mut batch: Vec<Vec<u8>> = Vec::new();
     loop {
-        let may_read = reading && shared.down_inflight.load(Ordering::Acquire) < shared.window;
+        let may_read = reading && shared.down_inflight.load(Ordering::Acquire) < shared.window();
         tokio::select! {
             cmd = shared.cmds.recv() => match cmd {
                 Some(Cmd::Data(b)) => {
@@ -350,7 +371,7 @@ pub async fn tcp(
                 }
                 Ok(b) => {
                     if b.len() == chunk {
-                        chunk = (chunk * 2).min(READ_CHUNK).min(shared.window.max(MIN_CHUNK));
+                        chunk = (chunk * 2).min(READ_CHUNK).min(shared.window().max(MIN_CHUNK));
                     }
                     shared.down_inflight.fetch_add(b.len(), Ordering::AcqRel);
                     let _ = reports.send((flow, Up::Data(b)));
@@ -566,6 +587,23 @@ mod tests {
         assert_eq!(short, 0, "the task saw bytes not yet counted");
         assert_eq!(shared.up_queued.load(Ordering::Acquire), 0);
         assert!(last_drained, "the last write reports the window drained");
+    }
+
+    /// A window that grows past what the task read ahead wakes it, and
+    /// says whether the bytes queued for the server are now below it (the
+    /// app may be resumed); one that shrinks wakes nothing.
+    #[tokio::test]
+    async fn a_grown_window_wakes_the_task_and_resumes_the_app() {
+        let shared = Shared::new(16 * 1024);
+        shared.down_inflight.store(16 * 1024, Ordering::Release);
+        shared.up_queued.store(20 * 1024, Ordering::Release);
+        assert!(!shared.set_window(8 * 1024), "still past it");
+        let woke = tokio::time::timeout(Duration::from_millis(10), shared.room.notified()).await;
+        assert!(woke.is_err(), "a smaller window wakes nothing");
+        assert!(shared.set_window(32 * 1024), "queued bytes now below it");
+        assert_eq!(shared.window(), 32 * 1024);
+        let woke = tokio::time::timeout(Duration::from_secs(5), shared.room.notified()).await;
+        assert!(woke.is_ok(), "the task may read again");
     }
 
     /// A flow's task reads ahead from its server at most its window (plus

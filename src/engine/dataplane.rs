@@ -67,15 +67,12 @@ pub const LONG_FIRST_READS: usize = 64;
 /// waiting for the app's first bytes (server-first protocols send none).
 pub const TCP_SNIFF_NS: u64 = 300_000_000;
 /// Default largest receive and send buffer of one local TCP connection
-/// (each way).
+/// (each way): the most its allowance grows to.
 pub const TCP_BUFFER: usize = 1024 * 1024;
-/// Smallest buffer a connection is given (each way).
+/// The floor of a connection's allowance (each way): what a quiet one
+/// keeps, and what a new one gets once the budget is spent.
 pub const TCP_BUFFER_MIN: usize = 4 * 1024;
-/// Connections for which half the TCP budget is kept, a fair share each
-/// (a 1,024th of the budget each way: 16 KiB of the default's 16 MiB), so
-/// that this many open at once all keep useful windows.
-pub const TCP_FAIR_CONNS: usize = 256;
-/// Default budget for all local TCP buffers together.
+/// Default budget for the connections' allowances together.
 pub const TCP_MEMORY: usize = 16 * 1024 * 1024;
 
 /// Limits and timeouts, with defaults.
@@ -98,22 +95,28 @@ pub struct EngineConfig {
     /// 65,535: big segments make the userspace stack cheap per byte).
     pub mtu: usize,
     /// Largest receive and send buffer of one local TCP connection, each
-    /// way (default [`TCP_BUFFER`]); it is also the most the app's window
-    /// opens.
+    /// way (default [`TCP_BUFFER`]): the most its allowance grows to, and
+    /// so the most the app's window opens. Address space only until bytes
+    /// pass (see [`super::pages`]).
     pub tcp_buffer: usize,
     /// DNS cache, name map and pending-query bounds.
     pub dns: DnsLimits,
-    /// Budget for the local TCP buffers (default [`TCP_MEMORY`]).
-    /// Buffers adapt, between [`TCP_BUFFER_MIN`] and `tcp_buffer` each
-    /// way: half the budget is kept for [`TCP_FAIR_CONNS`] connections at
-    /// a fair share each (a 1,024th of the budget), the first connections
-    /// also share the other half (full speed for bulk transfers), and past
-    /// the fair connections a flood shrinks each one's share (a sixteenth
-    /// of what is left). Once the budget is spent, new connections still open,
-    /// with [`TCP_BUFFER_MIN`] each way (small windows: pressure slows
-    /// them, it does not refuse them; counted as `tcp_squeezed`). Only the
-    /// flow table's bound (`max_flows`) refuses connections, so the most
-    /// these buffers hold is `tcp_memory + max_flows × 2 × TCP_BUFFER_MIN`.
+    /// Budget for the connections' allowances above the floor (default
+    /// [`TCP_MEMORY`]): what each may hold each way, between
+    /// [`TCP_BUFFER_MIN`] and `tcp_buffer` (see `dataplane/window.rs`). A
+    /// new connection starts at a 1,024th of the budget each way; an
+    /// allowance doubles each time it held its connection back, while
+    /// three quarters of the budget are not spent (a quarter is kept for
+    /// new connections), and goes back to the floor once its connection
+    /// has been quiet for 50 ms. Once the budget is spent, new connections
+    /// still open, at the floor (small windows: pressure slows them, it
+    /// does not refuse them; counted as `tcp_squeezed`). Only the flow
+    /// table's bound (`max_flows`) refuses connections. A connection keeps
+    /// the window its app was offered until the app uses it (a window's
+    /// edge never moves back), so the bytes held can pass
+    /// `tcp_memory + max_flows × 2 × TCP_BUFFER_MIN` by what quiet
+    /// connections were offered before they shrank: at most the budget
+    /// again.
     pub tcp_memory: usize,
     /// Connections that may read their first bytes past
     /// [`TCP_SNIFF_BYTES`] at once (default [`LONG_FIRST_READS`]).
@@ -175,10 +178,19 @@ pub enum Output {
         flow: FlowId,
         /// Where to.
         dst: SocketAddr,
-        /// The flow's local buffer, each way, in bytes: the most the driver
-        /// should read ahead from the server for it, and queue towards the
-        /// server before pausing the app (so the driver's queues stay
-        /// within the TCP memory budget too).
+        /// The flow's allowance (the larger way), in bytes: the most the
+        /// driver should read ahead from the server for it, and queue
+        /// towards the server before pausing the app (so the driver's
+        /// queues follow the TCP memory budget too). Changed later by
+        /// [`Output::TcpWindow`].
+        window: usize,
+    },
+    /// The flow's allowance changed: its new window, as in
+    /// [`Output::TcpOpen`].
+    TcpWindow {
+        /// The flow.
+        flow: FlowId,
+        /// Its window, in bytes.
         window: usize,
     },
     /// Write bytes to the flow's upstream connection.
@@ -265,9 +277,13 @@ pub struct EngineCounters {
     pub cut: u64,
     /// New flows refused because the table was full.
     pub refused: u64,
-    /// TCP connections given the smallest buffers because the TCP memory
-    /// budget was spent (they run with small windows; none is refused).
+    /// TCP connections started at the floor allowance because the TCP
+    /// memory budget was spent (they run with small windows until it has
+    /// room; none is refused).
     pub tcp_squeezed: u64,
+    /// Times a TCP connection's allowance doubled (see
+    /// [`EngineConfig::tcp_memory`]).
+    pub tcp_windows_grown: u64,
     /// TCP connections judged on their first [`TCP_SNIFF_BYTES`] although
     /// their ClientHello or request head went on, because
     /// [`EngineConfig::long_first_reads`] others were reading past them.
@@ -1152,6 +1168,7 @@ mod names;
 mod tcp;
 mod udp;
 mod verdict;
+mod window;
 
 use names::Reply;
 use tcp::{FirstBytes, TcpFlow, TcpPhase};

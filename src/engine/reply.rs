@@ -254,13 +254,28 @@ pub fn tcp_reset(raw: &[u8]) -> Option<Vec<u8>> {
             + usize::from(flags & tcp_flags::FIN != 0);
         (0, Some(TcpSeqNumber(seq as i32) + len))
     };
+    let ports = (dport, sport);
+    bare_segment(p.dst, p.src, ports, TcpControl::Rst, rseq, rack, 0)
+}
+
+/// A TCP segment with no options and no payload, from `src` to `dst`
+/// (one family), `ports` (source, destination), its checksum computed.
+fn bare_segment(
+    src: IpAddr,
+    dst: IpAddr,
+    ports: (u16, u16),
+    control: TcpControl,
+    seq: u32,
+    ack: Option<TcpSeqNumber>,
+    window: u16,
+) -> Option<Vec<u8>> {
     let repr = TcpRepr {
-        src_port: dport,
-        dst_port: sport,
-        control: TcpControl::Rst,
-        seq_number: TcpSeqNumber(rseq as i32),
-        ack_number: rack,
-        window_len: 0,
+        src_port: ports.0,
+        dst_port: ports.1,
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack,
+        window_len: window,
         window_scale: None,
         max_seg_size: None,
         sack_permitted: false,
@@ -268,14 +283,37 @@ pub fn tcp_reset(raw: &[u8]) -> Option<Vec<u8>> {
         timestamp: None,
         payload: &[],
     };
-    let (mut buf, at) = ip_packet(p.dst, p.src, IpProtocol::Tcp, repr.buffer_len())?;
+    let (mut buf, at) = ip_packet(src, dst, IpProtocol::Tcp, repr.buffer_len())?;
     repr.emit(
         &mut TcpPacket::new_unchecked(&mut buf[at..]),
-        &IpAddress::from(p.dst),
-        &IpAddress::from(p.src),
+        &IpAddress::from(src),
+        &IpAddress::from(dst),
         &ChecksumCapabilities::default(),
     );
     Some(buf)
+}
+
+/// A bare ACK from `src` to `dst` (one family) with sequence number
+/// `seq`, acknowledgment number `ack` and window field `window` (already
+/// scaled): a window update. `None` for mixed families.
+pub fn tcp_ack(
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    seq: u32,
+    ack: u32,
+    window: u16,
+) -> Option<Vec<u8>> {
+    let ack = Some(TcpSeqNumber(ack as i32));
+    let ports = (src.port(), dst.port());
+    bare_segment(
+        src.ip(),
+        dst.ip(),
+        ports,
+        TcpControl::None,
+        seq,
+        ack,
+        window,
+    )
 }
 
 /// Why a destination cannot be reached, as an ICMP destination

@@ -96,8 +96,9 @@ pub(super) struct TcpFlow {
     /// The driver's upstream queue is full: leave the app's bytes in the
     /// local socket (its window closes) until resumed.
     pub(super) paused: bool,
-    /// Bytes of local buffers (both ways) this connection holds.
-    pub(super) buffers: usize,
+    /// What the connection may hold each way, and what its app was told
+    /// (see [`super::window`]).
+    pub(super) win: window::Window,
     /// Counted in the engine's `long_reads`: it may read its first bytes
     /// past [`TCP_SNIFF_BYTES`].
     pub(super) long_read: bool,
@@ -137,8 +138,8 @@ pub(super) struct TcpFlow {
 
 impl TcpFlow {
     /// A new connection whose SYN had sequence number `syn`, holding
-    /// `buffers` bytes of local buffers.
-    fn new(id: FlowId, core: FlowCore, phase: TcpPhase, buffers: usize, syn: u32) -> Self {
+    /// Allowed `each` bytes each way at first.
+    fn new(id: FlowId, core: FlowCore, phase: TcpPhase, each: usize, syn: u32) -> Self {
         Self {
             id,
             core,
@@ -150,7 +151,7 @@ impl TcpFlow {
             rejudge: false,
             app_fin_sent: false,
             paused: false,
-            buffers,
+            win: window::Window::new(each),
             long_read: false,
             long_refused: false,
             silent: false,
@@ -166,29 +167,9 @@ impl TcpFlow {
 }
 
 impl Engine {
-    /// Buffer size (each way) for a new TCP connection. Half the budget is
-    /// kept for [`TCP_FAIR_CONNS`] connections at a fair share each (a
-    /// 1,024th of the budget each way), so that a browser's hundreds of
-    /// connections all keep useful windows; a new connection gets its fair
-    /// share plus a quarter of what is left beyond the part kept for the
-    /// connections that may follow it (the first ones, up to `tcp_buffer`:
-    /// bulk transfers run at full speed). Past the fair connections, a
-    /// sixteenth of what is left; past the budget, [`TCP_BUFFER_MIN`]: the
-    /// connection is served with a small window, never refused.
-    pub(super) fn tcp_buffer_size(&self) -> usize {
-        let left = self.cfg.tcp_memory.saturating_sub(self.tcp_memory);
-        let fair = self.cfg.tcp_memory / (4 * TCP_FAIR_CONNS);
-        let kept = 2 * fair * TCP_FAIR_CONNS.saturating_sub(self.socks.len() + 1);
-        let size = match left.checked_sub(kept + 2 * fair) {
-            Some(spare) => fair + spare / 4,
-            None => left / 16,
-        };
-        size.clamp(TCP_BUFFER_MIN, self.cfg.tcp_buffer.max(TCP_BUFFER_MIN)) / 1024 * 1024
-    }
-
-    /// Bytes of local TCP buffers held now: at most
-    /// [`EngineConfig::tcp_memory`] plus 2 × [`TCP_BUFFER_MIN`] for each
-    /// connection opened past it.
+    /// Bytes of the connections' allowances above the floor
+    /// ([`TCP_BUFFER_MIN`] each way): at most [`EngineConfig::tcp_memory`]
+    /// (see [`super::window`]).
     pub fn tcp_memory(&self) -> usize {
         self.tcp_memory
     }
@@ -273,7 +254,7 @@ impl Engine {
                     // Dropped: its segments are swallowed from now on.
                     f.silent = true;
                     self.socks.remove(&key);
-                    self.tcp_memory -= std::mem::take(&mut f.buffers);
+                    self.tcp_memory -= f.win.take_charge();
                     self.wake_at(now_ns + self.cfg.udp_idle_ns);
                 }
             }
@@ -293,7 +274,7 @@ impl Engine {
                 self.out.push_back(Output::TcpOpen {
                     flow: f.id,
                     dst: f.core.server,
-                    window: f.buffers / 2,
+                    window: f.win.up.max(f.win.down),
                 });
             }
         }
@@ -314,16 +295,24 @@ impl Engine {
         if let Some(f) = self.tcp.get_mut(&key) {
             f.core.last_ns = now_ns;
             f.core.volume.up(raw.len());
+            let mut grow = false;
             if seg.len > 0 {
                 f.buffers_used = true;
                 let end = seg.seq.wrapping_add(seg.len as u32);
                 if seq_after(end, f.seq_seen) {
                     f.seq_seen = end;
                 }
+                // The app sent its whole allowance within a round while
+                // its bytes were being moved on: the allowance held it back.
+                grow = f.win.up_limited(seg.len, now_ns) && !f.paused && f.phase == TcpPhase::Open;
             }
             if f.silent {
                 // A silently dropped connection: nothing back, nothing on.
                 return;
+            }
+            f.win.on_app_segment(raw);
+            if grow {
+                self.grow_allowance(key, true);
             }
         }
         if !self.tcp.contains_key(&key)
@@ -383,12 +372,13 @@ impl Engine {
                 }
                 decided = v;
             }
-            let each = self.tcp_buffer_size();
-            if self.cfg.tcp_memory.saturating_sub(self.tcp_memory) < 2 * each {
+            let each = self.tcp_start_allowance();
+            if each == TCP_BUFFER_MIN {
                 self.counters.tcp_squeezed += 1;
             }
-            let mut conn = crate::engine::pages::ConnSockets::new(each, &self.pages);
-            let each = conn.capacity();
+            let cap = self.cfg.tcp_buffer.max(TCP_BUFFER_MIN);
+            let mut conn = crate::engine::pages::ConnSockets::new(cap, &self.pages);
+            let each = each.min(conn.capacity());
             let sock = conn.socket_mut();
             sock.set_nagle_enabled(false);
             // One ACK per two segments (or after 1 ms): with 64 KiB
@@ -402,7 +392,6 @@ impl Engine {
                 return self.drop_reason(DropReason::TcpListenFailed);
             }
             self.socks.insert(key, conn);
-            self.tcp_memory += 2 * each;
             let phase = if is_dns {
                 TcpPhase::Dns
             } else if owner_wait {
@@ -414,7 +403,9 @@ impl Engine {
             } else {
                 TcpPhase::Connecting
             };
-            let f = TcpFlow::new(id, core, phase, 2 * each, seg.seq);
+            let mut f = TcpFlow::new(id, core, phase, each, seg.seq);
+            f.win.on_app_segment(raw);
+            self.tcp_memory += f.win.charge();
             self.wake_at(now_ns + self.cfg.tcp_handshake_ns.min(self.cfg.tcp_idle_ns));
             if !asked && !sniff && !is_dns && !owner_wait {
                 self.counters.opened += 1;
@@ -423,7 +414,7 @@ impl Engine {
                 self.out.push_back(Output::TcpOpen {
                     flow: id,
                     dst: server,
-                    window: f.buffers / 2,
+                    window: f.win.up.max(f.win.down),
                 });
             }
             self.tcp.insert(key, f);
@@ -485,21 +476,22 @@ impl Engine {
             return;
         };
         count_sent(&mut f.core, &self.device.tx, sent);
+        self.clamp_sent(key, sent);
         self.service_tcp(now_ns, key);
         let sent = self.device.tx.len();
-        let at = match self.socks.get_mut(&key) {
-            Some(c) => {
-                let set = c.set();
-                self.iface.poll(t, &mut self.device, set);
-                if let Some(f) = self.tcp.get_mut(&key) {
-                    count_sent(&mut f.core, &self.device.tx, sent);
-                }
-                self.iface
-                    .poll_at(t, set)
-                    .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000)
+        if let Some(c) = self.socks.get_mut(&key) {
+            self.iface.poll(t, &mut self.device, c.set());
+            if let Some(f) = self.tcp.get_mut(&key) {
+                count_sent(&mut f.core, &self.device.tx, sent);
             }
-            None => None,
-        };
+            self.clamp_sent(key, sent);
+            self.window_update(key);
+        }
+        let at = self.socks.get_mut(&key).and_then(|c| {
+            self.iface
+                .poll_at(t, c.set())
+                .map(|i| u64::try_from(i.total_micros()).unwrap_or(0) * 1_000)
+        });
         let at = match (at, self.release_idle(key, now_ns)) {
             (Some(a), Some(r)) => Some(a.min(r)),
             (a, r) => a.or(r),
@@ -542,6 +534,7 @@ impl Engine {
         if c.release(f.seq_seen == f.seq_read) {
             f.buffers_used = false;
             self.counters.tcp_released += 1;
+            self.shrink_allowance(key);
         }
         None
     }
@@ -557,7 +550,7 @@ impl Engine {
         if let Some(t) = f.timer {
             self.tcp_timers.remove(&(t, *key));
         }
-        self.tcp_memory -= f.buffers;
+        self.tcp_memory -= f.win.charge();
         if f.long_read {
             self.long_reads -= 1;
         }
@@ -918,7 +911,7 @@ impl Engine {
                     self.out.push_back(Output::TcpOpen {
                         flow: f.id,
                         dst: f.core.server,
-                        window: f.buffers / 2,
+                        window: f.win.up.max(f.win.down),
                     });
                 } else {
                     if late_in {
@@ -957,7 +950,7 @@ impl Engine {
             if drop_silently {
                 f.silent = true;
                 self.socks.remove(&key);
-                self.tcp_memory -= std::mem::take(&mut f.buffers);
+                self.tcp_memory -= f.win.take_charge();
                 return;
             }
             // The app finished sending.
@@ -1032,8 +1025,16 @@ impl Engine {
         let Some(set) = self.socks.get_mut(&key) else {
             return 0;
         };
+        let (queued, cap) = (set.socket().send_queue(), set.capacity());
+        if f.win.down < cap && f.win.down_limited(queued, data.len()) {
+            self.grow_allowance(key, false);
+        }
+        let (Some(f), Some(set)) = (self.tcp.get_mut(&key), self.socks.get_mut(&key)) else {
+            return 0;
+        };
+        let room = f.win.down.min(cap).saturating_sub(queued);
         let sock = set.socket_mut();
-        let n = sock.send_slice(data).unwrap_or(0);
+        let n = sock.send_slice(&data[..data.len().min(room)]).unwrap_or(0);
         f.core.sniffer.on_payload(
             Carrier::Tcp,
             Dir::Down,
@@ -1048,17 +1049,33 @@ impl Engine {
     /// How many bytes [`Engine::handle_tcp_from_upstream`] would take now
     /// for the flow (room in its local send buffer); 0 for a flow that is
     /// not open.
-    pub fn tcp_send_room(&self, flow: FlowId) -> usize {
-        let Some(k) = self.tcp_ids.get(&flow) else {
+    /// Asked with bytes waiting: a flow whose allowance is full while its
+    /// app's window has room for more grows it first.
+    pub fn tcp_send_room(&mut self, flow: FlowId) -> usize {
+        let Some(&k) = self.tcp_ids.get(&flow) else {
             return 0;
         };
+        let full = self
+            .tcp
+            .get(&k)
+            .zip(self.socks.get(&k))
+            .is_some_and(|(f, c)| {
+                let queued = c.socket().send_queue();
+                f.win.down < c.capacity() && queued >= f.win.down && f.win.down_limited(queued, 1)
+            });
+        if full {
+            self.grow_allowance(k, false);
+        }
         self.tcp
-            .get(k)
+            .get(&k)
             .filter(|f| f.phase == TcpPhase::Open && !f.silent)
-            .zip(self.socks.get(k))
-            .map_or(0, |(_, set)| {
+            .zip(self.socks.get(&k))
+            .map_or(0, |(f, set)| {
                 let s = set.socket();
-                s.send_capacity() - s.send_queue()
+                f.win
+                    .down
+                    .min(s.send_capacity())
+                    .saturating_sub(s.send_queue())
             })
     }
 

@@ -2112,21 +2112,17 @@ fn the_app_fin_follows_all_its_bytes_through_a_paused_upstream() {
     assert!(upstream == data, "the bytes, in order");
 }
 
-/// Local TCP buffers adapt to how many connections there are: the first
-/// ones get the most (full speed for a bulk transfer), the first
-/// [`TCP_FAIR_CONNS`] all keep at least their fair share (a 1,024th of the
-/// budget each way: a browser's hundreds of connections keep useful
-/// windows), shares never grow as connections come; past the budget,
-/// connections still open with the smallest buffers (counted as
-/// squeezed), within the stated bound, and none is refused.
+/// Every new connection starts at the same allowance (a 1,024th of the
+/// budget each way), whoever came before it; once the starts have spent
+/// the budget, connections still open at the floor (counted as squeezed),
+/// the budget is never passed, and none is refused.
 #[test]
-fn tcp_buffers_adapt_and_pressure_never_refuses() {
+fn tcp_allowances_start_equal_and_pressure_never_refuses() {
     let (mut e, _) = engine("default", EngineConfig::default(), &[]);
     let budget = EngineConfig::default().tcp_memory;
-    let fair = budget / 1024;
-    let mut sizes = Vec::new();
-    for i in 0..600u16 {
-        let before = e.tcp_memory();
+    let start = budget / 1024;
+    let mut starts = Vec::new();
+    for i in 0..800u16 {
         let syn = tcp_syn(&format!("192.0.2.200:{}", 20_000 + i), "198.51.100.7:443");
         e.handle_tun(&syn, S);
         let out = drain(&mut e);
@@ -2135,26 +2131,27 @@ fn tcp_buffers_adapt_and_pressure_never_refuses() {
                 .any(|o| matches!(o, Output::ToTun(p) if p[33] & 0x04 != 0)),
             "no RST"
         );
-        sizes.push((e.tcp_memory() - before) / 2);
+        let key = (
+            sa(&format!("192.0.2.200:{}", 20_000 + i)),
+            sa("198.51.100.7:443"),
+        );
+        let f = &e.tcp[&key];
+        assert_eq!(f.win.up, f.win.down);
+        starts.push(f.win.up);
+        assert!(e.tcp_memory() <= budget, "within the budget");
     }
     assert_eq!(e.counters.refused, 0, "none refused");
-    assert_eq!(e.flow_count(), 600);
-    assert_eq!(sizes[0], TCP_BUFFER, "the first at full size");
+    assert_eq!(e.flow_count(), 800);
+    let fair = budget / (2 * (start - TCP_BUFFER_MIN));
     assert!(
-        sizes.windows(2).all(|w| w[1] <= w[0]),
-        "shares never grow: {sizes:?}"
+        starts[..fair].iter().all(|&s| s == start),
+        "the first {fair} all start at {start}: {starts:?}"
     );
-    assert!(
-        sizes[..TCP_FAIR_CONNS].iter().all(|&s| s >= fair),
-        "the first {TCP_FAIR_CONNS} keep their fair share: {sizes:?}"
-    );
-    assert_eq!(*sizes.last().expect("some"), TCP_BUFFER_MIN);
-    assert!(e.counters.tcp_squeezed > 0, "the budget ran out");
-    let over = usize::try_from(e.counters.tcp_squeezed).expect("fits");
-    assert!(
-        e.tcp_memory() <= budget + over * 2 * TCP_BUFFER_MIN,
-        "within the stated bound: {}",
-        e.tcp_memory()
+    assert!(starts[fair..].iter().all(|&s| s == TCP_BUFFER_MIN));
+    assert_eq!(
+        e.counters.tcp_squeezed,
+        u64::try_from(800 - fair).expect("fits"),
+        "the rest were squeezed"
     );
     // The flow table's bound is what refuses.
     let cfg = EngineConfig {
@@ -3760,6 +3757,20 @@ fn tcp_sent_upstream(outs: &[Output]) -> Vec<u8> {
         .collect()
 }
 
+/// A request the app sends on a new connection to 198.51.100.7:80.
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n";
+
+/// An app connects and sends [`REQUEST`]; the flow is opened upstream.
+/// The app, the flow, the engine's outputs until it opened.
+fn requested(e: &mut Engine, now: &mut u64) -> (App, FlowId, Vec<Output>) {
+    let (mut app, _) = connected(e, "198.51.100.7:80", now);
+    app.socket().send_slice(REQUEST).expect("send");
+    let outs = run_until(&mut app, e, now, MS, 50, |_, o| tcp_open_of(o).is_some());
+    let flow = tcp_open_of(&outs).expect("opened");
+    e.handle_tcp_connected(flow, *now);
+    (app, flow, outs)
+}
+
 /// An idle connection gives its buffers' pages back (both empty), and the
 /// bytes that come after arrive intact both ways; while segments wait
 /// behind a lost one, nothing is given back, whatever the time.
@@ -3767,14 +3778,8 @@ fn tcp_sent_upstream(outs: &[Output]) -> Vec<u8> {
 fn idle_connections_give_their_buffers_back_and_lose_no_byte() {
     let (mut e, _) = engine("default", EngineConfig::default(), &[]);
     let mut now = S;
-    let (mut app, _) = connected(&mut e, "198.51.100.7:80", &mut now);
-    let request = b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n";
-    app.socket().send_slice(request).expect("send");
-    let outs = run_until(&mut app, &mut e, &mut now, MS, 50, |_, o| {
-        tcp_open_of(o).is_some()
-    });
-    let flow = tcp_open_of(&outs).expect("opened");
-    e.handle_tcp_connected(flow, now);
+    let (mut app, flow, _) = requested(&mut e, &mut now);
+    let request = REQUEST;
     let mut up = Vec::new();
     while let Some(o) = e.poll_output() {
         if let Output::ToTun(p) = o {
@@ -4084,4 +4089,199 @@ fn a_connection_waits_for_its_owner_to_be_judged_not_to_be_accepted() {
     handle.replace(Policy::parse(Path::new("p.toml"), by_app, None, &cat).expect("policy"));
     let other = (PTransport::Tcp, sa("192.0.2.200:40001"), sa(us));
     assert!(!e.await_owner(other));
+}
+
+/// A connection opened after 64 others went quiet grows its allowances
+/// (the quiet ones went back to the floor), the windows its app sees grow
+/// with them, and every byte arrives in order both ways.
+#[test]
+fn a_bulk_connection_after_quiet_ones_grows_its_windows_and_loses_no_byte() {
+    let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+    let mut now = S;
+    let request = b"GET / HTTP/1.1\r\nHost: www.example.org\r\n\r\n";
+    let mut quiet = Vec::new();
+    for i in 0..64u16 {
+        let mut app = App::connect_from(&format!("192.0.2.200:{}", 30_000 + i), "198.51.100.7:80");
+        run_until(&mut app, &mut e, &mut now, MS, 20, |a, _| {
+            a.socket().may_send()
+        });
+        app.socket().send_slice(request).expect("send");
+        let outs = run_until(&mut app, &mut e, &mut now, MS, 50, |_, o| {
+            tcp_open_of(o).is_some()
+        });
+        let flow = tcp_open_of(&outs).expect("opened");
+        e.handle_tcp_connected(flow, now);
+        let reply = vec![b'x'; 2000];
+        assert_eq!(e.handle_tcp_from_upstream(flow, &reply, now), reply.len());
+        run_until(&mut app, &mut e, &mut now, MS, 20, |a, _| {
+            a.socket().recv_queue() == 2000
+        });
+        quiet.push(app);
+    }
+    // Their apps' last ACKs go, then quiet for 200 ms: every one is back
+    // at the floor.
+    for app in &mut quiet {
+        run_until(app, &mut e, &mut now, MS, 2, |_, _| false);
+    }
+    for _ in 0..20 {
+        now += 10 * MS;
+        e.handle_timeout(now);
+        drain(&mut e);
+    }
+    assert_eq!(e.tcp_memory(), 0, "quiet connections hold no allowance");
+    assert!(e.tcp.values().all(|f| f.win.up == TCP_BUFFER_MIN));
+
+    // The bulk connection: 512 KiB up after a request head, 512 KiB down.
+    let body: Vec<u8> = (0..512 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut up = format!(
+        "POST /up HTTP/1.1\r\nHost: www.example.org\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    let head = up.len();
+    up.extend_from_slice(&body);
+    let mut app = App::connect_from("192.0.2.200:40000", "198.51.100.7:80");
+    run_until(&mut app, &mut e, &mut now, MS, 20, |a, _| {
+        a.socket().may_send()
+    });
+    let mut queued = 0;
+    let mut got_up = Vec::new();
+    let mut got_down = Vec::new();
+    let mut flow = None;
+    let mut down_sent = 0;
+    let mut widest = 0usize;
+    let mut first = None;
+    for _ in 0..20_000 {
+        if queued < up.len()
+            && let Ok(n) = app.socket().send_slice(&up[queued..])
+        {
+            queued += n;
+        }
+        now += MS / 10;
+        let t = crate::engine::stack::instant(now);
+        app.iface.poll(t, &mut app.dev, &mut app.sockets);
+        while let Some(p) = app.dev.tx.pop_front() {
+            e.handle_tun(&p, now);
+        }
+        e.handle_timeout(now);
+        while let Some(o) = e.poll_output() {
+            match o {
+                Output::ToTun(p) => {
+                    // The window the engine offers the app.
+                    let ip = parse_ip(&p).expect("parses");
+                    if ip.l4[13] & 0x02 == 0 {
+                        let w = usize::from(u16::from_be_bytes([ip.l4[14], ip.l4[15]]));
+                        first.get_or_insert(w);
+                        widest = widest.max(w);
+                    }
+                    app.dev.rx.push_back(p);
+                }
+                Output::TcpOpen { flow: f, .. } => {
+                    flow = Some(f);
+                    e.handle_tcp_connected(f, now);
+                }
+                Output::TcpSend { payload, .. } => got_up.extend_from_slice(&payload),
+                _ => {}
+            }
+        }
+        if let Some(f) = flow
+            && down_sent < body.len()
+        {
+            down_sent += e.handle_tcp_from_upstream(f, &body[down_sent..], now);
+        }
+        app.iface.poll(t, &mut app.dev, &mut app.sockets);
+        let mut b = [0u8; 16 * 1024];
+        while let Ok(n) = app.socket().recv_slice(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got_down.extend_from_slice(&b[..n]);
+        }
+        if got_up.len() == up.len() && got_down.len() == body.len() {
+            break;
+        }
+    }
+    assert!(
+        got_up == up,
+        "{} of {} bytes up, in order",
+        got_up.len(),
+        up.len()
+    );
+    assert!(
+        got_down == body,
+        "{} of {} bytes down, in order",
+        got_down.len(),
+        body.len()
+    );
+    assert!(got_up.len() > head);
+    let key = (sa("192.0.2.200:40000"), sa("198.51.100.7:80"));
+    let f = &e.tcp[&key];
+    let start = EngineConfig::default().tcp_memory / 1024;
+    // The app's own buffers are 64 KiB each way: what it can use.
+    assert!(
+        f.win.up >= 64 * 1024 && f.win.down >= 64 * 1024,
+        "grown from {start}: up {}, down {}, grown {} times, {:?}",
+        f.win.up,
+        f.win.down,
+        e.counters.tcp_windows_grown,
+        f.win
+    );
+    assert!(
+        first.is_some_and(|w| w << 5 <= start),
+        "the app was first offered at most its allowance, not the 1 MiB buffer: {:?}",
+        first.map(|w| w << 5)
+    );
+    assert!(
+        widest > start >> 5,
+        "the app was offered more than the start: {} bytes",
+        widest << 5
+    );
+    assert!(e.tcp_memory() <= EngineConfig::default().tcp_memory);
+}
+
+/// A connection whose upstream is paused closes its app's window at the
+/// allowance; resumed, the engine tells the app at once that the window
+/// opened (the stack's own window never closed, so it would not), and the
+/// app's next bytes come without waiting for a probe.
+#[test]
+fn a_window_closed_by_a_paused_upstream_is_reopened_at_once() {
+    let (mut e, _) = engine("default", EngineConfig::default(), &[]);
+    let mut now = S;
+    let (mut app, flow, outs) = requested(&mut e, &mut now);
+    let request = REQUEST;
+    let mut up = upstream_bytes(&outs);
+    e.set_tcp_upstream_paused(flow, true, now);
+    let body = vec![7u8; 60 * 1024];
+    let mut queued = 0;
+    // While paused, the app gets its allowance in and then waits.
+    for _ in 0..50 {
+        if queued < body.len()
+            && let Ok(n) = app.socket().send_slice(&body[queued..])
+        {
+            queued += n;
+        }
+        now += MS / 10;
+        up += upstream_bytes(&app.step(&mut e, now));
+    }
+    let start = EngineConfig::default().tcp_memory / 1024;
+    let key = (sa("192.0.2.200:40000"), sa("198.51.100.7:80"));
+    let held = e.socks[&key].socket().recv_queue();
+    assert!(
+        held > 0 && held <= start,
+        "the app's bytes wait, within its allowance: {held}"
+    );
+    let in_flight = app.socket().send_queue();
+    assert!(in_flight > 0, "the app has more to send");
+    // Resumed: what waited goes up, and the app sends more within a
+    // tenth of a millisecond or two.
+    e.set_tcp_upstream_paused(flow, false, now);
+    let mut sent_more = false;
+    for _ in 0..3 {
+        now += MS / 10;
+        let before = app.sent.1;
+        up += upstream_bytes(&app.step(&mut e, now));
+        sent_more |= app.sent.1 > before + 1000;
+    }
+    assert!(sent_more, "the app was told its window opened");
+    assert!(up > request.len() + held, "{up} bytes went up");
 }
