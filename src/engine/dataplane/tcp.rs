@@ -97,7 +97,7 @@ pub(super) struct TcpFlow {
     /// local socket (its window closes) until resumed.
     pub(super) paused: bool,
     /// What the connection may hold each way, and what its app was told
-    /// (see [`super::window`]).
+    /// (see `dataplane/window.rs`).
     pub(super) win: window::Window,
     /// Counted in the engine's `long_reads`: it may read its first bytes
     /// past [`TCP_SNIFF_BYTES`].
@@ -169,7 +169,7 @@ impl TcpFlow {
 impl Engine {
     /// Bytes of the connections' allowances above the floor
     /// ([`TCP_BUFFER_MIN`] each way): at most [`EngineConfig::tcp_memory`]
-    /// (see [`super::window`]).
+    /// (see `dataplane/window.rs`).
     pub fn tcp_memory(&self) -> usize {
         self.tcp_memory
     }
